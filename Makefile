@@ -1,0 +1,49 @@
+# One entry point for people and CI. Every target builds its own virtual environment.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo/bucket
+
+.PHONY: help venv venv-dev demo test lint format bench graphs clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/activate
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/activate
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+venv: $(VENV)/.runtime  ## runtime virtual environment
+venv-dev: $(VENV)/.dev  ## runtime + test and lint tools
+
+demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and run the loader on it
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-processed
+	$(BIN)/python -m warehouse.components.synthetic --output $(DEMO_DIR) --demo
+	$(BIN)/bonobo run warehouse/warehouseloader.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR)
+	@echo
+	@echo "Warehouse written to $(DEMO_DIR)/ (training/, validation/, reports/)."
+
+test: $(VENV)/.dev  ## run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev  ## check formatting and lint
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(VENV)/.dev  ## format and fix what ruff can
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(VENV)/.dev  ## run the S3 benchmark (see README, Performance)
+	$(BIN)/python -m benchmarks.run
+
+clean:  ## remove the virtual environment and generated data
+	rm -rf $(VENV) demo .pytest_cache .ruff_cache

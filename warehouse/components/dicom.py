@@ -1,0 +1,231 @@
+"""DICOM images: reading the header with ranged reads, the identifiers that file an image, and
+the header as DICOM JSON (PS3.18 F.2) without bulk data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+
+from warehouse.components.keys import (
+    MODALITY_FOLDERS,
+    UnsafeIdentifier,
+    check_pseudonym,
+    check_uid,
+)
+
+#: First ranged read. Real chest X-ray and CT headers are mostly 1-10 KiB; 64 KiB covers nearly
+#: all of them in one request (a larger range costs no extra round trip), and the range doubles
+#: for the few with large private blocks.
+FIRST_READ_BYTES = 64 * 1024
+PIXEL_DATA = 0x7FE00010
+VOI_LUT_SEQUENCE = "00283010"
+_BINARY_VALUE_KEYS = ("InlineBinary", "BulkDataURI")
+
+
+class NotDicom(ValueError):
+    """The file is not a readable DICOM file (garbage, empty or truncated)."""
+
+
+class MissingIdentifier(ValueError):
+    """The header lacks an element that decides where the image is filed."""
+
+
+class UnsupportedModality(ValueError):
+    """The image's modality has no warehouse folder."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRead:
+    """A parsed header and what it cost: the number of range requests and bytes read."""
+
+    dataset: Dataset
+    requests: int
+    bytes_read: int
+
+
+def parse_header(data: bytes, complete: bool) -> Dataset | None:
+    """Parse a DICOM header from the first bytes of a file, stopping before the pixel data.
+
+    Parameters
+    ----------
+    data : bytes
+        The start of the file.
+    complete : bool
+        Whether ``data`` is the whole file.
+
+    Returns
+    -------
+    Dataset or None
+        The header, or None when ``data`` is too short to hold it (read more).
+
+    Raises
+    ------
+    NotDicom
+        When the whole file is not a DICOM file, or is truncated.
+    """
+    buffer = io.BytesIO(data)
+    state = {"pixels": False, "end": 0}
+
+    def at_pixel_data(tag, vr, length) -> bool:
+        if tag >= PIXEL_DATA:
+            state["pixels"] = True
+            return True
+        # Where this element's value would end; past the data means truncated (or read more).
+        if length != 0xFFFFFFFF:
+            state["end"] = max(state["end"], buffer.tell() + length)
+        return False
+
+    try:
+        dataset = read_partial(buffer, stop_when=at_pixel_data)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError) as exc:
+        if not complete:
+            return None
+        raise NotDicom(_describe(exc, data)) from None
+    if state["pixels"]:
+        return dataset
+    if not complete:
+        return None
+    if state["end"] > len(data):
+        raise NotDicom("truncated DICOM file (an element runs past the end of the file)")
+    return dataset
+
+
+def _describe(exc: Exception, data: bytes) -> str:
+    if not data:
+        return "empty file"
+    if isinstance(exc, InvalidDicomError):
+        return "not a DICOM file (no DICM preamble and file meta)"
+    return f"not a readable DICOM file ({type(exc).__name__}: {exc})"
+
+
+def read_header(storage, key: str, size: int, first: int = FIRST_READ_BYTES) -> HeaderRead:
+    """Read an image's header with ranged reads that start small and double until the pixel
+    data tag or the end of the file; the pixel data itself is never fetched whole.
+
+    Parameters
+    ----------
+    storage : Storage
+        Where the image is.
+    key : str
+        The image's key.
+    size : int
+        The object's size from the listing (no HEAD request is made).
+    first : int
+        Size of the first range.
+
+    Raises
+    ------
+    NotDicom
+        When the file is not a DICOM file or is truncated.
+    """
+    data = b""
+    requests = 0
+    want = first
+    at_end = False
+    while True:
+        end = min(want, size) if size > 0 else want
+        if end > len(data):
+            chunk = storage.read_range(key, len(data), end)
+            requests += 1
+            data += chunk
+            at_end = len(data) < end  # fewer bytes than asked: the end of the object
+        complete = at_end or (size > 0 and len(data) >= size)
+        dataset = parse_header(data, complete)
+        if dataset is not None:
+            return HeaderRead(dataset, requests, len(data))
+        want *= 2
+
+
+@dataclass(frozen=True, slots=True)
+class ImageIdentity:
+    """The header elements that decide where an image is filed."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    folder: str
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    element = dataset.get(keyword)
+    value = "" if element is None else element
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip() if value is not None else ""
+
+
+def image_identity(dataset: Dataset) -> ImageIdentity:
+    """Take PatientID, StudyInstanceUID, SeriesInstanceUID and Modality from a header.
+
+    Raises
+    ------
+    MissingIdentifier
+        When one of them is absent or empty.
+    UnsafeIdentifier
+        When one cannot be used as a key part (not a UID, path characters, too long).
+    UnsupportedModality
+        When the modality has no warehouse folder.
+    """
+    values = {}
+    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"):
+        try:
+            values[keyword] = _text(dataset, keyword)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise UnsafeIdentifier(f"{keyword} cannot be decoded: {exc}") from None
+        if not values[keyword]:
+            raise MissingIdentifier(f"no {keyword} in the header")
+    patient_id = check_pseudonym(values["PatientID"])
+    study = check_uid(values["StudyInstanceUID"], "StudyInstanceUID")
+    series = check_uid(values["SeriesInstanceUID"], "SeriesInstanceUID")
+    modality = values["Modality"].upper()
+    folder = MODALITY_FOLDERS.get(modality)
+    if folder is None:
+        raise UnsupportedModality(f"modality {values['Modality']!r} is not filed")
+    return ImageIdentity(patient_id, study, series, modality, folder)
+
+
+def _strip_bulk(elements: dict) -> dict:
+    """Make binary elements and the VOI LUT Sequence elements without a value, at any depth."""
+    for tag, element in elements.items():
+        if tag == VOI_LUT_SEQUENCE:
+            elements[tag] = {"vr": "SQ"}
+            continue
+        for name in _BINARY_VALUE_KEYS:
+            element.pop(name, None)
+        if element.get("vr") == "SQ":
+            for item in element.get("Value", ()):
+                if isinstance(item, dict):
+                    _strip_bulk(item)
+    return elements
+
+
+def _no_bulk_data(element) -> str:
+    return ""  # the value is dropped by _strip_bulk; nothing is inlined or fetched
+
+
+def header_json(dataset: Dataset) -> bytes:
+    """The header as DICOM JSON (PS3.18 F.2), without file meta, pixel data or binary values.
+
+    Binary elements and the VOI LUT Sequence are written without a value (``{"vr": "OB"}``,
+    ``{"vr": "SQ"}``), so ``pydicom.Dataset.from_json`` reads the result back as it is. Elements
+    whose value cannot be converted are left out rather than failing the image.
+
+    Returns
+    -------
+    bytes
+        Compact UTF-8 JSON.
+    """
+    elements = dataset.to_json_dict(
+        bulk_data_threshold=0,
+        bulk_data_element_handler=_no_bulk_data,
+        suppress_invalid_tags=True,
+    )
+    return json.dumps(_strip_bulk(elements), separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,310 @@
+"""Running bonobo graphs well: logging that works on Python 3.11, bounded worker pools inside
+nodes, status lines when output is not a terminal, a final report, and a truthful exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import bonobo
+from bonobo.config.processors import use_context_processor
+from bonobo.constants import BEGIN, END
+from bonobo.execution import events
+from bonobo.execution.strategies.executor import ThreadPoolExecutorStrategy
+from bonobo.plugins import Plugin
+
+from warehouse.components.errors import ExpectedError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_CONFIG = 2
+EXIT_INTERNAL = 70
+
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class _PlainExpectedErrors(logging.Filter):
+    """Turn a record about an `ExpectedError` (bonobo logs node errors with their traceback)
+    into its message alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ExpectedError):
+            record.msg, record.args = str(exc), ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Set up logging once, in the one place that knows about mondrian.
+
+    mondrian 0.8.1's formatter style never calls ``PercentStyle.__init__``, so on Python >= 3.10
+    every record fails with ``'_Style' object has no attribute '_defaults'``. bonobo's CLI and
+    ``bonobo.run`` call ``mondrian.setup()`` themselves, so the style class is repaired here;
+    without a handler yet (``python -m``), a plain one is installed and mondrian is told it is set
+    up, so it does not add a second.
+    """
+    import mondrian
+    from mondrian import formatters
+
+    if not hasattr(formatters._Style, "_defaults"):
+        formatters._Style._defaults = None
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        root.addHandler(handler)
+        mondrian.is_setup = True
+    for handler in root.handlers:
+        if not any(isinstance(f, _PlainExpectedErrors) for f in handler.filters):
+            handler.addFilter(_PlainExpectedErrors())
+    root.setLevel(level)
+    # botocore logs every retry at DEBUG; keep third-party chatter out of INFO logs.
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class OrderedPool:
+    """A bounded pool of worker threads whose results come back in submission order.
+
+    Work is submitted from a node's thread; ``then`` callbacks turn each result into the node's
+    outputs, in the node's thread and in input order, so decisions that depend on order (first
+    upload wins, first claim of a target) do not depend on timing or on the number of workers.
+    At most ``window`` items are in flight: the node blocks on the oldest when it is full.
+    """
+
+    def __init__(self, workers: int, window: int | None = None, name: str = "pool"):
+        self.workers = max(1, workers)
+        self.window = window or self.workers * 4
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=name)
+        self._pending: deque[tuple[Future, Callable]] = deque()
+
+    def submit(self, work: Callable, *args, then: Callable) -> None:
+        """Run ``work(*args)`` in a worker; ``then(result)`` later yields the outputs."""
+        self._pending.append((self._executor.submit(work, *args), then))
+
+    def put(self, value, *, then: Callable) -> None:
+        """Queue an already-known result behind the work submitted before it."""
+        future: Future = Future()
+        future.set_result(value)
+        self._pending.append((future, then))
+
+    def ready(self) -> Iterator[tuple]:
+        """Outputs of the oldest results that are done (waiting only when the window is full),
+        each as a one-item tuple, the shape bonobo passes between nodes."""
+        while self._pending and (self._pending[0][0].done() or len(self._pending) >= self.window):
+            future, then = self._pending.popleft()
+            for output in then(future.result()) or ():
+                yield (output,)
+
+    def drain(self) -> Iterator:
+        """Outputs of every remaining result, in order, waiting for them."""
+        while self._pending:
+            future, then = self._pending.popleft()
+            yield from then(future.result()) or ()
+
+    def close(self) -> None:
+        """Stop the worker threads (after `drain`)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def pooled(workers: Callable[[Mapping], int]):
+    """Give a node function a first argument ``pool`` (an `OrderedPool`).
+
+    The node submits work and yields ``pool.ready()``; when its input ends, what is still in
+    flight is drained and sent downstream before the end of the stream is (bonobo tears a node
+    down before it passes END on). ``workers(services)`` sizes the pool.
+    """
+
+    def open_pool(node, context, *args, **services):
+        context.set_output_type(tuple)
+        pool = OrderedPool(workers(services), name=getattr(node, "__name__", "pool"))
+        try:
+            yield pool
+            for output in _guarded(pool.drain(), node):
+                context.send(output)
+        finally:
+            pool.close()
+
+    return use_context_processor(open_pool)
+
+
+def _guarded(outputs: Iterable, node) -> Iterator:
+    """Drain outputs, logging (and counting on the run) an unexpected error without losing the
+    rest of the queue."""
+    iterator = iter(outputs)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except Exception:
+            logger.exception("unexpected error while finishing %s", getattr(node, "__name__", node))
+            _UNEXPECTED.set()
+
+
+_UNEXPECTED = threading.Event()
+
+
+class StatusLines(Plugin):
+    """bonobo's status lines (``- name in=.. out=.. err=.. [done]``) for output that is not a
+    terminal (containers, CloudWatch): every ``period`` seconds while running, and at the end."""
+
+    def __init__(self, period: float = 10.0, stream=None):
+        self.period = period
+        self.stream = stream
+        self._last = 0.0
+
+    def register(self, dispatcher):
+        dispatcher.add_listener(events.START, self._start)
+        dispatcher.add_listener(events.TICK, self._tick)
+        dispatcher.add_listener(events.STOPPED, self._stopped)
+
+    def unregister(self, dispatcher):
+        dispatcher.remove_listener(events.STOPPED, self._stopped)
+        dispatcher.remove_listener(events.TICK, self._tick)
+        dispatcher.remove_listener(events.START, self._start)
+
+    def _start(self, event):
+        self._last = time.monotonic()
+
+    def _tick(self, event):
+        if time.monotonic() - self._last >= self.period:
+            self._last = time.monotonic()
+            self._print(event.context, final=False)
+
+    def _stopped(self, event):
+        self._print(event.context, final=True)
+
+    def _print(self, context, final: bool):
+        stream = self.stream or sys.stderr
+        stamp = "" if final else time.strftime("[%H:%M:%S] ")
+        for line in status_lines(context):
+            print(stamp + line, file=stream)
+        stream.flush()
+
+
+def status_lines(context) -> list[str]:
+    """The status line of each node of a graph execution context, without colours."""
+    lines = []
+    for index in context.graph.topologically_sorted_indexes:
+        node = context[index]
+        stats = node.get_statistics_as_string()
+        if node.defunct:
+            flag = "[defunct]"
+        elif node.killed:
+            flag = "[killed]"
+        elif node.stopped:
+            flag = "[done]"
+        else:
+            flag = ""
+        lines.append(" ".join(part for part in (node.status, node.name, stats, flag) if part))
+    return lines
+
+
+class OnFinish(Plugin):
+    """Call ``callback(context)`` once the graph has stopped, after the status lines."""
+
+    def __init__(self, callback: Callable):
+        self.callback = callback
+
+    def register(self, dispatcher):
+        dispatcher.add_listener(events.STOPPED, self._stopped, priority=100)
+
+    def unregister(self, dispatcher):
+        dispatcher.remove_listener(events.STOPPED, self._stopped)
+
+    def _stopped(self, event):
+        self.callback(event.context)
+
+
+class StartedThreadPoolStrategy(ThreadPoolExecutorStrategy):
+    """bonobo's thread-per-node strategy, but it waits for every node to start before it
+    watches for the end, so a graph never ends early ("context cannot be stopped as it never
+    started") when threads are slow to start."""
+
+    def execute(self, graph, **kwargs):
+        context = self.create_graph_execution_context(graph, **kwargs)
+        context.write(BEGIN, (), END)
+        futures: list[Future] = []
+        with self.create_executor(graph) as executor:
+            try:
+                context.start(self.get_starter(executor, futures))
+            except Exception:
+                logger.critical("could not start the graph", exc_info=True)
+            while not all(node.started for node in context.nodes) and not all(
+                f.done() for f in futures
+            ):
+                time.sleep(0.005)
+            while context.alive:
+                try:
+                    context.tick()
+                except KeyboardInterrupt:
+                    logger.warning("interrupted: stopping the nodes")
+                    context.kill()
+                    break
+            context.stop()
+        return context
+
+
+class LazyServices(Mapping):
+    """A graph's services, built on first use.
+
+    bonobo reads the services only when it starts the graph, so ``bonobo inspect`` never builds
+    them (it needs no environment), while a run with a bad setting stops before any node starts:
+    ``factory`` raising `ExpectedError` prints its message and exits with `EXIT_CONFIG`.
+    """
+
+    def __init__(self, factory: Callable[[], dict]):
+        self._factory = factory
+        self._services: dict | None = None
+
+    def load(self) -> dict:
+        """Build the services (once) and return them."""
+        if self._services is None:
+            try:
+                self._services = self._factory()
+            except ExpectedError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(EXIT_CONFIG) from None
+        return self._services
+
+    def __getitem__(self, name):
+        return self.load()[name]
+
+    def __iter__(self):
+        return iter(self.load())
+
+    def __len__(self) -> int:
+        return len(self.load())
+
+
+def unexpected_errors(context) -> int:
+    """Errors bonobo counted in the nodes (each an exception a node did not handle)."""
+    extra = 1 if _UNEXPECTED.is_set() else 0
+    return sum(node.statistics.get("err", 0) for node in context.nodes) + extra
+
+
+def run(graph, services, *, finish: Callable | None = None, progress_seconds: float = 10.0):
+    """Run ``graph`` with bonobo, the way both ``bonobo run`` and ``python -m`` use it.
+
+    Under ``bonobo run`` this only records the call (the CLI runs the graph afterwards, with the
+    same plugins) and returns None; otherwise it runs the graph and returns the context.
+    """
+    _UNEXPECTED.clear()
+    plugins: list = []
+    if not sys.stdout.isatty():
+        plugins.append(StatusLines(progress_seconds))
+    if finish is not None:
+        plugins.append(OnFinish(finish))
+    return bonobo.run(
+        graph, services=services, plugins=plugins, strategy=StartedThreadPoolStrategy()
+    )

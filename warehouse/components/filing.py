@@ -1,0 +1,217 @@
+"""The loader's per-file rules: what happens to one clinical file and to one image.
+
+Workers do the reads (`read_clinical`, `read_image`); the decisions (`file_clinical`,
+`file_image`) run in the node's own thread, in input order, against the run's state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import namedtuple
+from dataclasses import dataclass, field
+
+from warehouse.components.clinical import (
+    InvalidClinicalFile,
+    MissingSubmittingCentre,
+    parse_clinical_record,
+    submitting_centre,
+)
+from warehouse.components.config import PipelineConfig, Settings
+from warehouse.components.dicom import (
+    MissingIdentifier,
+    NotDicom,
+    UnsupportedModality,
+    image_identity,
+    read_header,
+)
+from warehouse.components.keys import (
+    UnsafeIdentifier,
+    check_pseudonym,
+    clinical_target,
+    image_targets,
+    is_safe_name,
+)
+from warehouse.components.listing import WarehouseIndex
+from warehouse.components.patients import GroupConflict, PatientGroups, UnknownSite, group_for
+from warehouse.components.report import Reason, RunReport
+from warehouse.components.storage import StorageError
+
+#: One item between the loader's nodes. ``action`` is ``clinical`` or ``image`` (a raw file to
+#: process), ``copy`` (copy ``key`` to ``target``), ``metadata`` (``payload`` is the header of
+#: image ``key``, to write at ``target``) or ``write`` (``payload`` is the bytes for ``target``).
+Task = namedtuple("Task", "action key size target payload")
+
+
+@dataclass
+class LoaderState:
+    """Everything one loader run shares between its nodes (one instance, a bonobo service)."""
+
+    settings: Settings
+    report: RunReport
+    config: PipelineConfig | None = None
+    index: WarehouseIndex | None = None
+    groups: PatientGroups | None = None
+    header_requests: int = 0
+    header_bytes: int = 0
+    exit_code: int | None = None
+    _claimed: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self, key: str) -> bool:
+        """Claim a target key for this run; False if another raw file already has it."""
+        with self._lock:
+            if key in self._claimed:
+                return False
+            self._claimed.add(key)
+            return True
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """What a worker read: the value, or the reason and detail it could not be used."""
+
+    task: Task
+    value: object = None
+    reason: Reason | None = None
+    detail: str = ""
+
+
+def read_clinical(storage, task: Task) -> ReadResult:
+    """Worker: read and decode one clinical file and take its ``SubmittingCentre``."""
+    try:
+        record = parse_clinical_record(storage.read(task.key))
+        return ReadResult(task, submitting_centre(record))
+    except InvalidClinicalFile as exc:
+        return ReadResult(task, reason=Reason.INVALID_JSON, detail=str(exc))
+    except MissingSubmittingCentre as exc:
+        return ReadResult(task, reason=Reason.NO_SUBMITTING_CENTRE, detail=str(exc))
+    except StorageError as exc:
+        return ReadResult(task, reason=Reason.READ_FAILED, detail=str(exc))
+
+
+def file_clinical(state: LoaderState, result: ReadResult) -> list[Task]:
+    """Decide a clinical file's group and return its copy task (or report why not)."""
+    task, raw, report = result.task, result.task.payload, state.report
+    if result.reason is not None:
+        report.skip(task.key, result.reason, result.detail)
+        return []
+    centre = result.value
+    try:
+        wanted = group_for(raw.pseudonym, centre, state.config)
+        group = state.groups.assign(raw.pseudonym, wanted)
+    except UnknownSite:
+        report.skip(task.key, Reason.SITE_NOT_IN_CONFIG, f"SubmittingCentre {centre!r}")
+        return []
+    except GroupConflict as exc:
+        report.skip(task.key, Reason.GROUP_CONFLICT, str(exc))
+        return []
+    target = clinical_target(group, raw.pseudonym, raw.clinical_kind, raw.upload_date)
+    return [Task("copy", task.key, task.size, target, None)]
+
+
+def unsafe_clinical(raw) -> str | None:
+    """Why a clinical file's pseudonym cannot be a key part, or None if it can."""
+    try:
+        check_pseudonym(raw.pseudonym)
+    except UnsafeIdentifier as exc:
+        return str(exc)
+    return None
+
+
+def read_image(storage, task: Task) -> ReadResult:
+    """Worker: read one image's header (ranged reads) and take its identity."""
+    try:
+        header = read_header(storage, task.key, task.size)
+        identity = image_identity(header.dataset)
+        return ReadResult(task, (header, identity))
+    except NotDicom as exc:
+        return ReadResult(task, reason=Reason.NOT_DICOM, detail=str(exc))
+    except MissingIdentifier as exc:
+        return ReadResult(task, reason=Reason.MISSING_IDENTIFIER, detail=str(exc))
+    except UnsafeIdentifier as exc:
+        return ReadResult(task, reason=Reason.UNSAFE_IDENTIFIER, detail=str(exc))
+    except UnsupportedModality as exc:
+        return ReadResult(task, reason=Reason.UNSUPPORTED_MODALITY, detail=str(exc))
+    except StorageError as exc:
+        return ReadResult(task, reason=Reason.READ_FAILED, detail=str(exc))
+
+
+def unsafe_image_name(name: str) -> str | None:
+    """Why an image file name cannot be a key part, or None if it can."""
+    return None if is_safe_name(name) else f"unsafe file name {name!r}"
+
+
+def file_image(state: LoaderState, result: ReadResult) -> list[Task]:
+    """Decide where an image goes; return its copy and metadata tasks (those not yet done)."""
+    task, report = result.task, state.report
+    if result.reason is not None:
+        report.skip(task.key, result.reason, result.detail)
+        return []
+    header, identity = result.value
+    with state._lock:
+        state.header_requests += header.requests
+        state.header_bytes += header.bytes_read
+    group = state.groups.get(identity.patient_id)
+    if group is None:
+        report.skip(task.key, Reason.NO_PATIENT_DATA, f"PatientID {identity.patient_id!r}")
+        return []
+    image_key, metadata_key = image_targets(
+        group,
+        identity.folder,
+        identity.patient_id,
+        identity.study_uid,
+        identity.series_uid,
+        task.payload.name,
+    )
+    if not state.claim(image_key):
+        report.skip(task.key, Reason.DUPLICATE_TARGET, image_key)
+        return []
+    tasks = []
+    if image_key not in state.index.keys:
+        tasks.append(Task("copy", task.key, task.size, image_key, None))
+    if metadata_key not in state.index.keys:
+        tasks.append(Task("metadata", task.key, None, metadata_key, header.dataset))
+    if not tasks:
+        report.count("images already filed")
+    return tasks
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """A write or copy a worker made, and its error if it failed."""
+
+    task: Task
+    error: str = ""
+
+
+def write_object(storage, task: Task) -> WriteResult:
+    """Worker: write ``task.payload`` at ``task.target``."""
+    try:
+        storage.write(task.target, task.payload)
+        return WriteResult(task)
+    except StorageError as exc:
+        return WriteResult(task, str(exc))
+
+
+def copy_object(storage, task: Task) -> WriteResult:
+    """Worker: copy ``task.key`` to ``task.target`` (server-side on S3)."""
+    try:
+        storage.copy(task.key, task.target, task.size)
+        return WriteResult(task)
+    except StorageError as exc:
+        return WriteResult(task, str(exc))
+
+
+def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
+    """Count a finished write or copy (or report its failure); pass the task on if it worked."""
+    task = result.task
+    if result.error:
+        state.report.skip(task.key, Reason.WRITE_FAILED, f"{task.target}: {result.error}")
+        return []
+    if task.action == "write":
+        state.report.count("metadata files written")
+    elif task.target.split("/", 2)[1] == "data":
+        state.report.count("clinical files copied")
+    else:
+        state.report.count("images copied")
+    return [task]

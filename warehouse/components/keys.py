@@ -1,0 +1,208 @@
+"""The warehouse's key layout: parsing raw keys, building warehouse keys, and identifier safety.
+
+Every identifier that ends up in a key (a pseudonym from a file name, DICOM PatientID and UIDs,
+an image file name) comes from a hospital's upload and is checked here before it is used as a
+key part, so nothing can write outside the warehouse layout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+GROUPS = ("training", "validation")
+
+#: DICOM Modality (0008,0060) to warehouse folder. Others are reported, not filed.
+MODALITY_FOLDERS = {"DX": "xray", "CR": "xray", "CT": "ct", "MR": "mri"}
+
+CLINICAL_SUFFIXES = {"_data.json": "data", "_status.json": "status"}
+
+MAX_PSEUDONYM_LENGTH = 128
+MAX_FILE_NAME_LENGTH = 255
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_SAFE_PART = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._\-+=@, ]*[A-Za-z0-9._\-+=@,])?$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class UnsafeIdentifier(ValueError):
+    """An identifier from a file that cannot be used as a key part."""
+
+
+def is_dicom_uid(value: str) -> bool:
+    """Return whether ``value`` is a DICOM UID (PS3.5 9.1): digits and dots, at most 64 chars.
+
+    Parameters
+    ----------
+    value : str
+        Candidate UID.
+
+    Returns
+    -------
+    bool
+        True for a syntactically valid UID.
+    """
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def is_safe_name(value: str, max_length: int = MAX_FILE_NAME_LENGTH) -> bool:
+    """Return whether ``value`` is safe as one key part.
+
+    Safe means: a non-empty string of letters, digits, inner spaces and ``._-+=@,`` that starts
+    with a letter or digit (so no ``..``, no hidden names, no separators, no control characters),
+    and no longer than ``max_length``.
+    """
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and bool(_SAFE_PART.match(value))
+        and ".." not in value
+    )
+
+
+def check_pseudonym(value: str) -> str:
+    """Return ``value`` if it is safe as a pseudonym key part, else raise `UnsafeIdentifier`."""
+    if not is_safe_name(value, MAX_PSEUDONYM_LENGTH):
+        raise UnsafeIdentifier(f"unsafe pseudonym {value!r}")
+    return value
+
+
+def check_uid(value: str, what: str) -> str:
+    """Return ``value`` if it is a DICOM UID, else raise `UnsafeIdentifier` naming ``what``."""
+    if not is_dicom_uid(value):
+        raise UnsafeIdentifier(f"{what} is not a DICOM UID: {value!r}")
+    return value
+
+
+def parse_upload_date(value: str) -> str | None:
+    """Return ``value`` if it is an upload folder date ``YYYY-MM-DD`` (a real date), else None."""
+    if not _DATE.match(value):
+        return None
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return None
+    return value
+
+
+def normalise_prefix(prefix: str) -> str:
+    """Return a raw prefix without leading or trailing slashes (``raw-x/`` -> ``raw-x``)."""
+    return prefix.strip().strip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class RawKey:
+    """What a raw key is, by its position in the layout.
+
+    ``kind`` is ``"clinical"``, ``"image"`` or ``"other"``; ``reason`` says why an ``other`` key
+    is not processed.
+    """
+
+    key: str
+    kind: str
+    prefix: str = ""
+    upload_date: str = ""
+    name: str = ""
+    clinical_kind: str = ""
+    pseudonym: str = ""
+    reason: str = ""
+
+
+def parse_raw_key(key: str, prefix: str) -> RawKey:
+    """Classify a key listed under the configured raw ``prefix``.
+
+    Clinical files are exactly ``<prefix>/<date>/data/<Pseudonym>_(data|status).json``; images sit
+    directly in ``<prefix>/<date>/images/`` with a ``.dcm`` suffix in any case. Anything else is
+    ``other`` with a reason.
+
+    Parameters
+    ----------
+    key : str
+        The full object key.
+    prefix : str
+        The configured raw prefix it was listed under (normalised, no trailing slash).
+
+    Returns
+    -------
+    RawKey
+    """
+    rest = key[len(prefix) + 1 :] if key.startswith(prefix + "/") else None
+    if rest is None:
+        return RawKey(key, "other", prefix, reason="outside prefix")
+    parts = rest.split("/")
+    if len(parts) != 3:
+        return RawKey(key, "other", prefix, reason="not in the raw layout")
+    date, folder, name = parts
+    if parse_upload_date(date) is None:
+        return RawKey(key, "other", prefix, reason="not in a YYYY-MM-DD upload folder")
+    if folder == "data":
+        for suffix, clinical_kind in CLINICAL_SUFFIXES.items():
+            if name.endswith(suffix):
+                pseudonym = name[: -len(suffix)]
+                return RawKey(
+                    key, "clinical", prefix, date, name, clinical_kind, pseudonym=pseudonym
+                )
+        return RawKey(key, "other", prefix, date, name, reason="not a clinical file name")
+    if folder == "images":
+        if name.lower().endswith(".dcm") and len(name) > 4:
+            return RawKey(key, "image", prefix, date, name)
+        return RawKey(key, "other", prefix, date, name, reason="not a .dcm file")
+    return RawKey(key, "other", prefix, date, name, reason="not in data/ or images/")
+
+
+def clinical_target(group: str, pseudonym: str, clinical_kind: str, upload_date: str) -> str:
+    """Warehouse key of a clinical file: ``<group>/data/<P>/<kind>_<date>.json``."""
+    return f"{group}/data/{pseudonym}/{clinical_kind}_{upload_date}.json"
+
+
+def image_stem(name: str) -> str:
+    """File name without its ``.dcm`` suffix (any case)."""
+    return name[:-4] if name.lower().endswith(".dcm") else name
+
+
+def image_targets(
+    group: str, folder: str, patient_id: str, study_uid: str, series_uid: str, name: str
+) -> tuple[str, str]:
+    """Warehouse keys of an image and of its metadata JSON.
+
+    Returns
+    -------
+    tuple of str
+        ``(<group>/<mod>/<P>/<study>/<series>/<name>,
+        <group>/<mod>-metadata/<P>/<study>/<series>/<stem>.json)``
+    """
+    tail = f"{patient_id}/{study_uid}/{series_uid}"
+    return (
+        f"{group}/{folder}/{tail}/{name}",
+        f"{group}/{folder}-metadata/{tail}/{image_stem(name)}.json",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WarehouseKey:
+    """What a warehouse-side key is: a clinical file, an image, or image metadata."""
+
+    group: str
+    kind: str  # "clinical", "image", "metadata"
+    pseudonym: str
+    name: str
+
+
+def parse_warehouse_key(key: str) -> WarehouseKey | None:
+    """Classify a key of the warehouse side, or return None if it is not in the layout."""
+    parts = key.split("/")
+    if len(parts) < 2 or parts[0] not in GROUPS:
+        return None
+    group, folder = parts[0], parts[1]
+    if folder == "data" and len(parts) == 4:
+        return WarehouseKey(group, "clinical", parts[2], parts[3])
+    if len(parts) == 6:
+        if folder in _IMAGE_FOLDERS:
+            return WarehouseKey(group, "image", parts[2], parts[5])
+        if folder in _METADATA_FOLDERS:
+            return WarehouseKey(group, "metadata", parts[2], parts[5])
+    return None
+
+
+_IMAGE_FOLDERS = frozenset(MODALITY_FOLDERS.values())
+_METADATA_FOLDERS = frozenset(f"{f}-metadata" for f in _IMAGE_FOLDERS)

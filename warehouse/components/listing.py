@@ -1,0 +1,160 @@
+"""Listing, once per run: the configured raw prefixes and the warehouse side.
+
+The warehouse listing gives everything "already done" is decided from (no request per object):
+the groups of patients already filed, the clinical files already copied, and the names of the
+images and metadata files already written. Only names are kept, never listing objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from warehouse.components.keys import (
+    GROUPS,
+    RawKey,
+    image_stem,
+    parse_raw_key,
+    parse_warehouse_key,
+)
+from warehouse.components.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WarehouseIndex:
+    """What the warehouse side already holds.
+
+    Attributes
+    ----------
+    groups : dict
+        Pseudonym -> group of every patient with clinical files filed.
+    conflicts : dict
+        Pseudonym -> groups, for patients found in both groups (an existing inconsistency).
+    clinical : set
+        ``(pseudonym, file name)`` of filed clinical files, whatever their group.
+    image_names, metadata_names : set
+        Base names of filed images and of metadata files.
+    keys : set
+        Full keys of filed images and metadata files.
+    """
+
+    groups: dict[str, str] = field(default_factory=dict)
+    conflicts: dict[str, set[str]] = field(default_factory=dict)
+    clinical: set[tuple[str, str]] = field(default_factory=set)
+    image_names: set[str] = field(default_factory=set)
+    metadata_names: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)
+    objects: int = 0
+
+    def add(self, key: str) -> None:
+        """Take one listed warehouse key into account."""
+        parsed = parse_warehouse_key(key)
+        if parsed is None:
+            return
+        self.objects += 1
+        if parsed.kind == "clinical":
+            known = self.groups.setdefault(parsed.pseudonym, parsed.group)
+            if known != parsed.group:
+                self.conflicts.setdefault(parsed.pseudonym, {known}).add(parsed.group)
+            self.clinical.add((parsed.pseudonym, parsed.name))
+        elif parsed.kind == "image":
+            self.image_names.add(parsed.name)
+            self.keys.add(key)
+        else:
+            self.metadata_names.add(parsed.name)
+            self.keys.add(key)
+
+    def image_done(self, name: str) -> bool:
+        """Whether an image of this file name and its metadata file are both filed."""
+        return name in self.image_names and f"{image_stem(name)}.json" in self.metadata_names
+
+
+def index_warehouse(storage: Storage, workers: int = 8) -> WarehouseIndex:
+    """List the warehouse side (``training/``, ``validation/``) once and index it."""
+    index = WarehouseIndex()
+    for info in storage.list_many([f"{group}/" for group in GROUPS], workers):
+        index.add(info.key)
+    return index
+
+
+@dataclass
+class RawListing:
+    """The configured raw prefixes, classified.
+
+    Attributes
+    ----------
+    clinical : list
+        ``(RawKey, size)`` of clinical files, sorted by upload date then key.
+    images : list
+        ``(RawKey, size)`` of images, sorted by key.
+    other : list
+        Keys under the configured prefixes that are not in the raw layout.
+    unconfigured : list
+        ``raw-*`` prefixes at the bucket root that ``config.json`` does not list.
+    """
+
+    clinical: list[tuple[RawKey, int]] = field(default_factory=list)
+    images: list[tuple[RawKey, int]] = field(default_factory=list)
+    other: list[RawKey] = field(default_factory=list)
+    unconfigured: list[str] = field(default_factory=list)
+
+    def image_name_counts(self) -> Counter:
+        """How many raw images share each file name."""
+        return Counter(raw.name for raw, _ in self.images)
+
+
+def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> RawListing:
+    """List the configured raw prefixes once (in parallel, by upload folder) and classify keys.
+
+    Parameters
+    ----------
+    storage : Storage
+        The warehouse store.
+    prefixes : tuple of str
+        Configured raw prefixes, normalised (no trailing slash).
+    workers : int
+        Parallel listings.
+    """
+    listing = RawListing()
+    configured = set(prefixes)
+    root_folders, _ = storage.list_folders("")
+    listing.unconfigured = sorted(
+        folder.rstrip("/")
+        for folder in root_folders
+        if folder.startswith("raw-") and folder.rstrip("/") not in configured
+    )
+    for info in storage.list_many([f"{p}/" for p in prefixes], workers):
+        prefix = info.key.split("/", 1)[0]
+        raw = parse_raw_key(info.key, prefix)
+        if raw.kind == "clinical":
+            listing.clinical.append((raw, info.size))
+        elif raw.kind == "image":
+            listing.images.append((raw, info.size))
+        else:
+            listing.other.append(raw)
+    listing.clinical.sort(key=lambda item: (item[0].upload_date, item[0].key))
+    listing.images.sort(key=lambda item: item[0].key)
+    listing.other.sort(key=lambda raw: raw.key)
+    return listing
+
+
+def pending_images(
+    listing: RawListing, index: WarehouseIndex
+) -> Iterator[tuple[RawKey, int] | tuple[RawKey, None]]:
+    """Split raw images into pending ones ``(raw, size)`` and filed ones ``(raw, None)``.
+
+    An image is filed when a warehouse image of its name and the metadata file of its stem both
+    exist. Names are compared without their folders (the target folder is only known from the
+    header), so when several raw images share a name, each is processed and its full target
+    keys decide.
+    """
+    shared = {name for name, n in listing.image_name_counts().items() if n > 1}
+    for raw, size in listing.images:
+        if raw.name not in shared and index.image_done(raw.name):
+            yield raw, None
+        else:
+            yield raw, size

@@ -1,0 +1,107 @@
+"""Patients and their group: the split rule, and the registry of groups for one run.
+
+The split rule must stay bit-for-bit stable: existing warehouses depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from warehouse.components.config import PipelineConfig
+
+
+def is_training_by_hash(pseudonym: str, training_percentage: int) -> bool:
+    """Return whether a split site's patient goes to training.
+
+    ``int(sha512(pseudonym.strip().upper()).hexdigest(), 16) % 100 < training_percentage``.
+
+    Parameters
+    ----------
+    pseudonym : str
+        The patient's pseudonym; case and surrounding white space do not matter.
+    training_percentage : int
+        Share of patients (0..100) that go to training.
+    """
+    digest = hashlib.sha512(pseudonym.strip().upper().encode("utf-8")).hexdigest()
+    return int(digest, 16) % 100 < training_percentage
+
+
+class UnknownSite(LookupError):
+    """The submitting centre is in no list of ``config.json``."""
+
+
+def group_for(pseudonym: str, centre: str, config: PipelineConfig) -> str:
+    """Group (``training`` or ``validation``) that the config gives a patient of ``centre``.
+
+    Raises
+    ------
+    UnknownSite
+        When ``centre`` is not configured (matched exactly).
+    """
+    rule = config.site_rules.get(centre)
+    if rule is None:
+        raise UnknownSite(centre)
+    if rule == "split":
+        return (
+            "training"
+            if is_training_by_hash(pseudonym, config.training_percentage)
+            else "validation"
+        )
+    return rule
+
+
+class GroupConflict(Exception):
+    """A patient already has the other group."""
+
+    def __init__(self, pseudonym: str, existing: str, wanted: str):
+        super().__init__(f"{pseudonym} is in {existing}; this file would put it in {wanted}")
+        self.pseudonym, self.existing, self.wanted = pseudonym, existing, wanted
+
+
+class PatientGroups:
+    """Each patient's group for one run: those already in the warehouse win, then first come.
+
+    Thread-safe; assignments for new patients must be made in a deterministic order (earliest
+    upload first), which the clinical node guarantees.
+    """
+
+    def __init__(self, existing: dict[str, str] | None = None, conflicted=()):
+        self._groups: dict[str, str] = dict(existing or {})
+        # Patients already filed in both groups: nothing more is filed for them.
+        self._conflicted = frozenset(conflicted)
+        for pseudonym in self._conflicted:
+            self._groups.pop(pseudonym, None)
+        self._lock = threading.Lock()
+
+    def get(self, pseudonym: str) -> str | None:
+        """Return the patient's group, or None if the patient is unknown or conflicted."""
+        return self._groups.get(pseudonym)
+
+    def is_conflicted(self, pseudonym: str) -> bool:
+        """Whether the warehouse already holds this patient in both groups."""
+        return pseudonym in self._conflicted
+
+    def assign(self, pseudonym: str, group: str) -> str:
+        """Record ``group`` for a new patient, or check it against the known one.
+
+        Returns
+        -------
+        str
+            The patient's group.
+
+        Raises
+        ------
+        GroupConflict
+            When the patient already has the other group.
+        """
+        if pseudonym in self._conflicted:
+            raise GroupConflict(pseudonym, "both groups", group)
+        with self._lock:
+            existing = self._groups.setdefault(pseudonym, group)
+        if existing != group:
+            raise GroupConflict(pseudonym, existing, group)
+        return existing
+
+    def __len__(self) -> int:
+        return len(self._groups)

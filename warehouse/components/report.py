@@ -1,0 +1,115 @@
+"""What a run did: counts by outcome and reason, every input that was not filed, the summary
+text and the JSON run report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections import Counter
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why an input was not filed (or why a write failed). The value is the report's wording."""
+
+    NOT_DICOM = "not a DICOM file"
+    MISSING_IDENTIFIER = "missing DICOM identifier"
+    UNSUPPORTED_MODALITY = "unsupported modality"
+    UNSAFE_IDENTIFIER = "unsafe identifier"
+    NO_PATIENT_DATA = "no patient data for PatientID"
+    INVALID_JSON = "invalid JSON"
+    INVALID_HEADER = "invalid DICOM header"
+    NO_SUBMITTING_CENTRE = "no SubmittingCentre"
+    SITE_NOT_IN_CONFIG = "site not in config"
+    GROUP_CONFLICT = "group conflict"
+    DUPLICATE_TARGET = "another raw file has the same target"
+    NOT_IN_LAYOUT = "not in the raw layout"
+    UNCONFIGURED_PREFIX = "raw prefix not in config"
+    WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"
+    READ_FAILED = "read failed"
+    WRITE_FAILED = "write failed"
+
+
+#: Reasons that mean the run could not do its work (a rerun should finish it).
+FAILURES = frozenset({Reason.READ_FAILED, Reason.WRITE_FAILED})
+#: Inputs that are counted but not listed one by one in the report (other kinds of files).
+_COUNTED_ONLY = frozenset({Reason.UNCONFIGURED_PREFIX})
+
+
+class RunReport:
+    """Thread-safe record of a run's outcomes."""
+
+    def __init__(self, graph: str):
+        self.graph = graph
+        self.started = dt.datetime.now(dt.UTC)
+        self.counts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.problems: list[dict] = []
+        self.fatal: str | None = None
+        self._lock = threading.Lock()
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        """Count ``n`` inputs with ``outcome`` (e.g. ``images filed``, ``already filed``)."""
+        with self._lock:
+            self.counts[outcome] += n
+
+    def skip(self, key: str, reason: Reason, detail: str = "") -> None:
+        """Record an input that is not filed, with its reason."""
+        with self._lock:
+            self.reasons[reason.value] += 1
+            if reason not in _COUNTED_ONLY:
+                self.problems.append({"key": key, "reason": reason.value, "detail": detail})
+
+    def fail(self, message: str) -> None:
+        """Record that the run could not complete (config, listing, ...)."""
+        with self._lock:
+            if self.fatal is None:
+                self.fatal = message
+
+    @property
+    def failures(self) -> int:
+        """Number of reads or writes that failed."""
+        return sum(self.reasons[r.value] for r in FAILURES)
+
+    @property
+    def completed(self) -> bool:
+        """Whether the run did all its work (per-file data problems do not count)."""
+        return self.fatal is None and self.failures == 0
+
+    def summary(self) -> str:
+        """Plain-text summary: counts by outcome, then inputs not filed by reason."""
+        lines = [f"{self.graph} run summary"]
+        if self.fatal:
+            lines.append(f"  run could not complete: {self.fatal}")
+        for outcome, n in sorted(self.counts.items()):
+            lines.append(f"  {outcome}: {n}")
+        skipped = sum(self.reasons.values())
+        lines.append(f"  not filed: {skipped}")
+        for reason, n in sorted(self.reasons.items(), key=lambda item: (-item[1], item[0])):
+            lines.append(f"    {reason}: {n}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        """The JSON run report: counts, reasons, and every input not filed by key."""
+        by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
+        return {
+            "graph": self.graph,
+            "started": self.started.isoformat(),
+            "finished": dt.datetime.now(dt.UTC).isoformat(),
+            "completed": self.completed,
+            "fatal": self.fatal,
+            "counts": dict(sorted(self.counts.items())),
+            "not_filed": dict(sorted(self.reasons.items())),
+            "problems": by_key,
+        }
+
+    def key(self) -> str:
+        """Where the report goes in the warehouse: ``reports/<graph>/<UTC timestamp>.json``."""
+        stamp = self.started.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
+        return f"reports/{self.graph}/{stamp}.json"
+
+    def to_json(self) -> bytes:
+        """The report as indented UTF-8 JSON."""
+        return json.dumps(self.as_dict(), indent=2).encode("utf-8")

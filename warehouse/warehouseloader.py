@@ -1,0 +1,294 @@
+"""The warehouse loader: raw hospital uploads in, the training/validation warehouse out.
+
+    load_config -> extract_raw_files_from_folder -> process_patient_data -> process_image
+        process_image -> process_dicom_data -> upload_text_data
+        process_patient_data, process_image -> data_copy
+
+Run it with ``bonobo run warehouse/warehouseloader.py --env WAREHOUSE_BUCKET=...`` or
+``python -m warehouse.warehouseloader`` (same graph, a truthful exit code). The rules live in
+``warehouse.components``; this module only wires nodes and services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import sys
+
+import bonobo
+from bonobo.config import use
+
+from warehouse.components import execution
+from warehouse.components.config import CONFIG_KEY, Settings, parse_config, settings_from_env
+from warehouse.components.dicom import header_json
+from warehouse.components.errors import ExpectedError
+from warehouse.components.filing import (
+    LoaderState,
+    Reason,
+    Task,
+    copy_object,
+    file_clinical,
+    file_image,
+    read_clinical,
+    read_image,
+    record_write,
+    unsafe_clinical,
+    unsafe_image_name,
+    write_object,
+)
+from warehouse.components.listing import index_warehouse, list_raw, pending_images
+from warehouse.components.patients import PatientGroups
+from warehouse.components.report import RunReport
+from warehouse.components.storage import ObjectNotFound, Storage, storage_from_url
+
+logger = logging.getLogger("warehouseloader")
+
+GRAPH_NAME = "warehouseloader"
+
+
+def _workers(services) -> int:
+    return services["state"].settings.workers
+
+
+@use("storage", "state")
+def load_config(storage: Storage, state: LoaderState):
+    """Read and validate ``config.json``; nothing runs without a valid one."""
+    try:
+        state.config = parse_config(storage.read(CONFIG_KEY))
+    except ObjectNotFound:
+        message = f"no {CONFIG_KEY} at the root of {storage.url}"
+        state.report.fail(message)
+        raise ExpectedError(message) from None
+    except ExpectedError as exc:
+        state.report.fail(str(exc))
+        raise
+    logger.info(
+        "config: %d raw prefixes, %d sites, training_percentage %d",
+        len(state.config.raw_prefixes),
+        len(state.config.site_rules),
+        state.config.training_percentage,
+    )
+    yield (Task("config", CONFIG_KEY, None, None, state.config),)
+
+
+@use("storage", "state")
+def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderState):
+    """List the warehouse and the raw prefixes once; yield clinical files, then pending images."""
+    report, workers = state.report, state.settings.workers
+    try:
+        index = index_warehouse(storage, workers)
+        listing = list_raw(storage, state.config.raw_prefixes, workers)
+    except ExpectedError as exc:
+        state.report.fail(str(exc))
+        raise
+    state.index = index
+    state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
+    for pseudonym, groups in sorted(index.conflicts.items()):
+        report.skip(
+            f"{'|'.join(sorted(groups))}/data/{pseudonym}/", Reason.WAREHOUSE_CONFLICT, pseudonym
+        )
+    for prefix in listing.unconfigured:
+        report.skip(prefix + "/", Reason.UNCONFIGURED_PREFIX, "not in raw_prefixes")
+    for raw in listing.other:
+        report.skip(raw.key, Reason.NOT_IN_LAYOUT, raw.reason)
+    logger.info(
+        "listed %d clinical files and %d images under %d raw prefixes; "
+        "the warehouse holds %d objects of %d patients",
+        len(listing.clinical),
+        len(listing.images),
+        len(state.config.raw_prefixes),
+        index.objects,
+        len(index.groups),
+    )
+    for raw, size in listing.clinical:
+        if (raw.pseudonym, f"{raw.clinical_kind}_{raw.upload_date}.json") in index.clinical:
+            report.count("clinical files already filed")
+            continue
+        yield (Task("clinical", raw.key, size, None, raw),)
+    for raw, size in pending_images(listing, index):
+        if size is None:
+            report.count("images already filed")
+            continue
+        yield (Task("image", raw.key, size, None, raw),)
+
+
+def _passthrough(task: Task) -> list[Task]:
+    return [task]
+
+
+@use("storage", "state")
+@execution.pooled(_workers)
+def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState):
+    """Read new clinical files concurrently; assign groups in upload order; yield copy tasks.
+
+    Images pass through behind the clinical files, so every group is known when they arrive.
+    """
+    if task.action == "clinical":
+        unsafe = unsafe_clinical(task.payload)
+        if unsafe:
+            state.report.skip(task.key, Reason.UNSAFE_IDENTIFIER, unsafe)
+        else:
+            pool.submit(read_clinical, storage, task, then=functools.partial(file_clinical, state))
+    else:
+        pool.put(task, then=_passthrough)
+    yield from pool.ready()
+
+
+@use("storage", "state")
+@execution.pooled(_workers)
+def process_image(pool, task: Task, storage: Storage, state: LoaderState):
+    """Read each image's header (ranged reads) and yield its copy and metadata tasks."""
+    if task.action == "image":
+        unsafe = unsafe_image_name(task.payload.name)
+        if unsafe:
+            state.report.skip(task.key, Reason.UNSAFE_IDENTIFIER, unsafe)
+        else:
+            pool.submit(read_image, storage, task, then=functools.partial(file_image, state))
+    yield from pool.ready()
+
+
+@use("state")
+def process_dicom_data(task: Task, state: LoaderState):
+    """Turn a header into DICOM JSON (PS3.18 F.2) without bulk data."""
+    if task.action != "metadata":
+        return
+    try:
+        data = header_json(task.payload)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        state.report.skip(task.key, Reason.INVALID_HEADER, f"{type(exc).__name__}: {exc}")
+        return
+    yield (Task("write", task.key, len(data), task.target, data),)
+
+
+@use("storage", "state")
+@execution.pooled(_workers)
+def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
+    """Write metadata files."""
+    if task.action == "write":
+        pool.submit(write_object, storage, task, then=functools.partial(record_write, state))
+    yield from pool.ready()
+
+
+@use("storage", "state")
+@execution.pooled(_workers)
+def data_copy(pool, task: Task, storage: Storage, state: LoaderState):
+    """Copy clinical files and images into the warehouse (server-side on S3)."""
+    if task.action == "copy":
+        pool.submit(copy_object, storage, task, then=functools.partial(record_write, state))
+    yield from pool.ready()
+
+
+def get_graph(**options) -> bonobo.Graph:
+    """The loader graph (DESIGN section 3); node names are part of the interface."""
+    graph = bonobo.Graph()
+    graph.add_chain(load_config, extract_raw_files_from_folder, process_patient_data, process_image)
+    graph.add_chain(process_dicom_data, upload_text_data, _input=process_image)
+    graph.add_chain(data_copy, _input=process_patient_data)
+    graph.add_chain(_input=process_image, _output=data_copy)
+    return graph
+
+
+def get_services(
+    settings: Settings | None = None, storage: Storage | None = None, **options
+) -> dict:
+    """The loader's services: ``storage`` (the warehouse store) and ``state`` (the run).
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Run settings; read from the environment when omitted.
+    storage : Storage, optional
+        A store to use instead of the one the settings name (tests swap backends here).
+    """
+    settings = settings or settings_from_env()
+    if storage is None:
+        storage = storage_from_url(
+            settings.bucket, workers=settings.workers, dry_run=settings.dry_run
+        )
+    state = LoaderState(settings=settings, report=RunReport(GRAPH_NAME))
+    return {"storage": storage, "state": state}
+
+
+def finish_run(services, context) -> int:
+    """After the graph: write the JSON report, print the summary, and decide the exit code."""
+    storage, state = services["storage"], services["state"]
+    report = state.report
+    errors = execution.unexpected_errors(context)
+    if errors:
+        report.fail(f"{errors} unexpected error(s) in the nodes; see the log above")
+    if state.header_requests:
+        report.count("header read requests", state.header_requests)
+    summary = report.summary()
+    if state.settings.dry_run:
+        summary += "\n  (dry run: nothing was written)"
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        try:
+            storage.write(report.key(), report.to_json())
+            summary += f"\n  report: {storage.url}/{report.key()}"
+        except ExpectedError as exc:
+            logger.error("could not write the run report: %s", exc)
+            report.fail(f"run report not written: {exc}")
+    print(summary, flush=True)
+    summary_file = os.environ.get("RUN_SUMMARY_FILE")
+    if summary_file:
+        with open(summary_file, "w", encoding="utf-8") as handle:
+            handle.write(summary + "\n")
+    if report.fatal and report.fatal.startswith(("config.json", f"no {CONFIG_KEY}")):
+        state.exit_code = execution.EXIT_CONFIG
+    elif not report.completed:
+        state.exit_code = execution.EXIT_INCOMPLETE
+    else:
+        state.exit_code = execution.EXIT_OK
+    return state.exit_code
+
+
+def run(services) -> int | None:
+    """Run the graph with ``services``; the exit code, or None when only recorded (bonobo run)."""
+    execution.configure_logging()
+    lazy = services if isinstance(services, execution.LazyServices) else None
+    progress = float(os.environ.get("WAREHOUSE_PROGRESS_SECONDS", "10") or 10)
+    context = execution.run(
+        get_graph(),
+        services,
+        finish=lambda ctx: finish_run(lazy.load() if lazy else services, ctx),
+        progress_seconds=progress,
+    )
+    if context is None:
+        return None
+    state = (lazy.load() if lazy else services)["state"]
+    return getattr(state, "exit_code", execution.EXIT_INTERNAL)
+
+
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="python -m warehouse.warehouseloader",
+        description="Load raw uploads (clinical JSON, DICOM) into the training/validation "
+        "warehouse of WAREHOUSE_BUCKET.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""environment:
+  WAREHOUSE_BUCKET   bucket name, s3://name, or file:///path (BUCKET_NAME accepted too)
+  DRY_RUN            true/false: run everything, write nothing (default false)
+  WAREHOUSE_WORKERS  storage worker threads per node (default 32)
+  WAREHOUSE_PROGRESS_SECONDS  status line period when output is not a terminal (default 10)
+  RUN_SUMMARY_FILE   also write the run summary to this file
+  AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE, ...  standard AWS settings
+
+exit codes: 0 run completed (per-file problems are reported, not failures);
+  1 some reads or writes failed (rerun to finish); 2 bad settings or config.json""",
+    )
+
+
+def main(argv=None) -> int | None:
+    """Command line entry point (``python -m warehouse.warehouseloader``)."""
+    _parser().parse_args(argv)
+    return run(execution.LazyServices(get_services))
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
