@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 
 import pydicom
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
@@ -27,6 +28,10 @@ FIRST_READ_BYTES = 64 * 1024
 PIXEL_DATA = 0x7FE00010
 VOI_LUT_SEQUENCE = "00283010"
 _BINARY_VALUE_KEYS = ("InlineBinary", "BulkDataURI")
+
+# Identifiers are validated here (keys.py), so pydicom's own warnings about invalid values in
+# uploaded headers would only be noise in the run's log.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 class NotDicom(ValueError):
@@ -68,33 +73,28 @@ def parse_header(data: bytes, complete: bool) -> Dataset | None:
     Raises
     ------
     NotDicom
-        When the whole file is not a DICOM file, or is truncated.
+        When the whole file is not a DICOM file, or ends before its pixel data.
     """
-    buffer = io.BytesIO(data)
-    state = {"pixels": False, "end": 0}
+    seen_pixel_data = False
 
     def at_pixel_data(tag, vr, length) -> bool:
-        if tag >= PIXEL_DATA:
-            state["pixels"] = True
-            return True
-        # Where this element's value would end; past the data means truncated (or read more).
-        if length != 0xFFFFFFFF:
-            state["end"] = max(state["end"], buffer.tell() + length)
-        return False
+        nonlocal seen_pixel_data
+        seen_pixel_data = tag >= PIXEL_DATA
+        return seen_pixel_data
 
     try:
-        dataset = read_partial(buffer, stop_when=at_pixel_data)
+        dataset = read_partial(io.BytesIO(data), stop_when=at_pixel_data)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError) as exc:
         if not complete:
             return None
         raise NotDicom(_describe(exc, data)) from None
-    if state["pixels"]:
+    if seen_pixel_data:
         return dataset
     if not complete:
         return None
-    if state["end"] > len(data):
-        raise NotDicom("truncated DICOM file (an element runs past the end of the file)")
-    return dataset
+    # pydicom stops quietly at a cut, so a file that ends before its pixel data is truncated
+    # (an image always has pixel data).
+    raise NotDicom("truncated DICOM file: it ends before the pixel data")
 
 
 def _describe(exc: Exception, data: bytes) -> str:

@@ -63,9 +63,13 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter(_LOG_FORMAT))
         root.addHandler(handler)
         mondrian.is_setup = True
+    plain = not sys.stderr.isatty()
     for handler in root.handlers:
         if not any(isinstance(f, _PlainExpectedErrors) for f in handler.filters):
             handler.addFilter(_PlainExpectedErrors())
+        if plain and isinstance(handler.formatter, formatters.Formatter):
+            # Container logs: no ANSI colours or cursor codes.
+            handler.setFormatter(logging.Formatter(_LOG_FORMAT))
     root.setLevel(level)
     # botocore logs every retry at DEBUG; keep third-party chatter out of INFO logs.
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):

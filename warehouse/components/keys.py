@@ -42,7 +42,7 @@ def is_dicom_uid(value: str) -> bool:
     bool
         True for a syntactically valid UID.
     """
-    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.fullmatch(value))
 
 
 def is_safe_name(value: str, max_length: int = MAX_FILE_NAME_LENGTH) -> bool:
@@ -55,7 +55,7 @@ def is_safe_name(value: str, max_length: int = MAX_FILE_NAME_LENGTH) -> bool:
     return (
         isinstance(value, str)
         and 0 < len(value) <= max_length
-        and bool(_SAFE_PART.match(value))
+        and bool(_SAFE_PART.fullmatch(value))
         and ".." not in value
     )
 

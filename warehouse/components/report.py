@@ -34,8 +34,6 @@ class Reason(StrEnum):
 
 #: Reasons that mean the run could not do its work (a rerun should finish it).
 FAILURES = frozenset({Reason.READ_FAILED, Reason.WRITE_FAILED})
-#: Inputs that are counted but not listed one by one in the report (other kinds of files).
-_COUNTED_ONLY = frozenset({Reason.UNCONFIGURED_PREFIX})
 
 
 class RunReport:
@@ -59,8 +57,7 @@ class RunReport:
         """Record an input that is not filed, with its reason."""
         with self._lock:
             self.reasons[reason.value] += 1
-            if reason not in _COUNTED_ONLY:
-                self.problems.append({"key": key, "reason": reason.value, "detail": detail})
+            self.problems.append({"key": key, "reason": reason.value, "detail": detail})
 
     def fail(self, message: str) -> None:
         """Record that the run could not complete (config, listing, ...)."""

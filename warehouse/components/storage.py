@@ -143,6 +143,11 @@ class Storage:
             producer.join(timeout=5)
 
 
+def _key_order(entry: os.DirEntry) -> str:
+    """Sort a directory's entries in S3 key order: a folder's keys continue with ``/``."""
+    return entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
+
+
 class LocalStorage(Storage):
     """A local directory laid out like a bucket: key ``a/b/c`` is file ``<root>/a/b/c``.
 
@@ -171,7 +176,7 @@ class LocalStorage(Storage):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self._check_root()
         folder, _, _ = prefix.rpartition("/")
-        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        start = self._path(folder) if folder else self.root  # no ".." out of the root
         base = folder + "/" if folder else ""
         if not start.is_dir():
             return
@@ -179,11 +184,12 @@ class LocalStorage(Storage):
 
     def _walk(self, directory: Path, base: str, prefix: str) -> Iterator[ObjectInfo]:
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            entries = sorted(os.scandir(directory), key=_key_order)
         except FileNotFoundError:
             return
         for entry in entries:
             if entry.name.startswith(_TEMP_PREFIX):
+                _remove_if_abandoned(entry)
                 continue
             key = base + entry.name
             if entry.is_dir(follow_symlinks=False):
@@ -194,12 +200,13 @@ class LocalStorage(Storage):
 
     def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
         self._check_root()
-        directory = self.root.joinpath(*prefix.strip("/").split("/")) if prefix else self.root
+        directory = self._path(prefix.strip("/")) if prefix.strip("/") else self.root
         folders, objects = [], []
         if not directory.is_dir():
             return folders, objects
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        for entry in sorted(os.scandir(directory), key=_key_order):
             if entry.name.startswith(_TEMP_PREFIX):
+                _remove_if_abandoned(entry)
                 continue
             if entry.is_dir(follow_symlinks=False):
                 folders.append(f"{prefix}{entry.name}/")
@@ -229,7 +236,7 @@ class LocalStorage(Storage):
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=target.parent)
+            fd, temp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=target.parent)
         except OSError as exc:
             raise StorageError(f"cannot write {self.url}/{key}: {exc.strerror}") from None
         try:
@@ -256,6 +263,20 @@ class LocalStorage(Storage):
 
     def processed(self) -> LocalStorage:
         return LocalStorage(self.root.with_name(self.root.name + "-processed"))
+
+
+def _remove_if_abandoned(entry: os.DirEntry) -> None:
+    """Delete a temporary file whose writer process is gone (a run killed mid-write)."""
+    pid_text = entry.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
+    if not pid_text.isdigit():
+        return
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        Path(entry.path).unlink(missing_ok=True)
+        logger.info("removed %s, left by a run that was killed while writing", entry.path)
+    except PermissionError:
+        return  # another user's live process
 
 
 class S3Storage(Storage):
@@ -357,7 +378,10 @@ class S3Storage(Storage):
                 )
                 self.client.copy(source, self.bucket, target_key, Config=config)
         except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc, "copy to", target_key) from None
+            error = self._error(exc, "copy to", target_key)
+            if isinstance(error, ObjectNotFound):  # only the source has to exist
+                error = ObjectNotFound(f"{self.url}/{source_key} does not exist")
+            raise error from None
 
     def processed(self) -> S3Storage:
         return S3Storage(self.bucket + "-processed", client=self.client, workers=self.workers)
