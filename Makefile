@@ -33,7 +33,12 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	$(BIN)/python -m warehouse.components.synthetic --output $(DEMO_DIR) --demo
 	$(BIN)/bonobo run warehouse/warehouseloader.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR)
 	@echo
-	@echo "Warehouse written to $(DEMO_DIR)/ (training/, validation/, reports/)."
+	@echo "Warehouse written to $(DEMO_DIR)/. Its first levels:"
+	@cd $(DEMO_DIR) && find training validation -maxdepth 2 -type d | sort | sed 's/^/  /'
+	@echo "One image, its metadata, and the run report:"
+	@cd $(DEMO_DIR) && find training/xray -name '*.dcm' | sort | head -n 1 | sed 's/^/  /'
+	@cd $(DEMO_DIR) && find training/xray-metadata -name '*.json' | sort | head -n 1 | sed 's/^/  /'
+	@cd $(DEMO_DIR) && find reports -name '*.json' | sort | tail -n 1 | sed 's/^/  /'
 
 test: $(VENV)/.dev  ## run the whole test suite
 	$(BIN)/python -m pytest

@@ -394,7 +394,9 @@ def make_s3_client(workers: int = 32):
 
     config = Config(
         retries={"mode": "adaptive", "max_attempts": 10},
-        max_pool_connections=max(10, workers + 8),
+        # Every pooled node (header reads, copies, metadata writes, clinical reads) may run
+        # `workers` requests at once on the one shared client.
+        max_pool_connections=4 * workers + 8,
         connect_timeout=10,
         read_timeout=60,
     )

@@ -1,0 +1,1 @@
+"""Deployment: the CloudFormation template, the stack script and the operator tools."""

@@ -1,0 +1,1 @@
+"""Operator tools for a deployed warehouse: logs, inventory, batch deletion."""
