@@ -1,0 +1,385 @@
+"""DICOM headers: ranged reads, the identifiers that file an image, and DICOM JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import boto3
+import pydicom
+import pytest
+from moto import mock_aws
+from pydicom.dataset import Dataset
+
+from tests.builders import uid
+from warehouse.components.dicom import (
+    FIRST_READ_BYTES,
+    ImageIdentity,
+    MissingIdentifier,
+    NotDicom,
+    UnsupportedModality,
+    header_json,
+    image_identity,
+    parse_header,
+    read_header,
+)
+from warehouse.components.keys import UnsafeIdentifier
+from warehouse.components.storage import LocalStorage, S3Storage
+from warehouse.components.synthetic import build_dicom
+
+MB = 1024 * 1024
+STUDY = uid("Covid1", "study")
+SERIES = uid("Covid1", "study", "series")
+SOP = uid("Covid1", "study", "series", 1)
+PIXEL_TAG = b"\xe0\x7f\x10\x00OW"  # (7FE0,0010) in explicit VR little endian
+
+
+def dicom(modality="DX", **kwargs) -> bytes:
+    args = {
+        "patient_id": "Covid1",
+        "study_uid": STUDY,
+        "series_uid": SERIES,
+        "sop_uid": SOP,
+        "modality": modality,
+    }
+    args.update(kwargs)
+    return build_dicom(**args)
+
+
+def header(modality="DX", **kwargs) -> Dataset:
+    """The parsed header of a built image."""
+    return parse_header(dicom(modality, **kwargs), complete=True)
+
+
+class CountingStorage(LocalStorage):
+    """A local store that records every ranged read."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.ranges: list[tuple[int, int]] = []
+        self.reads = 0
+
+    def read_range(self, key, start, end):
+        self.ranges.append((start, end))
+        return super().read_range(key, start, end)
+
+    def read(self, key):
+        self.reads += 1
+        return super().read(key)
+
+
+@pytest.fixture
+def counting(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    return CountingStorage(root)
+
+
+def walk(elements: dict):
+    """Every ``(tag, element)`` of a DICOM JSON object, at any depth."""
+    for tag, element in elements.items():
+        yield tag, element
+        for item in element.get("Value", ()) if element.get("vr") == "SQ" else ():
+            yield from walk(item)
+
+
+# --------------------------------------------------------------------------------------------
+# ranged header reads
+
+
+def test_large_image_header_in_one_small_request(counting):
+    data = dicom(rows=3200, columns=3200)
+    assert len(data) > 20 * 1000 * 1000
+    counting.write("raw-a/2021-01-01/images/big.dcm", data)
+    result = read_header(counting, "raw-a/2021-01-01/images/big.dcm", len(data))
+    assert result.requests == 1
+    assert counting.ranges == [(0, FIRST_READ_BYTES)]
+    assert counting.reads == 0  # never a whole-object read
+    assert result.bytes_read < MB // 4
+    assert sum(end - start for start, end in counting.ranges) < MB
+    assert result.dataset.PatientID == "Covid1"
+    assert "PixelData" not in result.dataset
+
+
+def test_large_header_grows_the_range(counting):
+    data = dicom(rows=1024, columns=1024, header_padding=300_000)
+    pixel_offset = data.index(PIXEL_TAG)
+    assert pixel_offset > 300_000
+    counting.write("padded.dcm", data)
+    result = read_header(counting, "padded.dcm", len(data))
+    # 64 KiB, then up to 128, 256 and 512 KiB: each request reads only the new bytes
+    assert counting.ranges == [
+        (0, 64 * 1024),
+        (64 * 1024, 128 * 1024),
+        (128 * 1024, 256 * 1024),
+        (256 * 1024, 512 * 1024),
+    ]
+    assert result.requests == 4
+    assert result.bytes_read == 512 * 1024 < len(data)
+    identity = image_identity(result.dataset)
+    assert (identity.patient_id, identity.study_uid, identity.series_uid) == (
+        "Covid1",
+        STUDY,
+        SERIES,
+    )
+
+
+def test_range_stops_at_the_end_of_a_small_file(counting):
+    data = dicom(header_padding=100_000)  # 64x64 pixels: the file is ~110 KB
+    counting.write("small.dcm", data)
+    result = read_header(counting, "small.dcm", len(data))
+    assert counting.ranges == [(0, 64 * 1024), (64 * 1024, len(data))]
+    assert result.bytes_read == len(data)
+    assert result.dataset.PatientID == "Covid1"
+
+
+def test_unknown_size_reads_until_the_end(counting):
+    data = dicom(header_padding=100_000)
+    counting.write("small.dcm", data)
+    result = read_header(counting, "small.dcm", 0)  # size unknown
+    assert result.dataset.PatientID == "Covid1"
+    assert result.requests == 2
+    assert counting.ranges[-1] == (64 * 1024, 128 * 1024)
+
+
+def test_read_header_on_s3_is_one_ranged_get():
+    data = dicom(rows=1024, columns=1024)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="warehouse-test")
+        store = S3Storage("warehouse-test", client=client)
+        store.write("img.dcm", data, content_type="application/dicom")
+        calls = []
+        client.meta.events.register(
+            "before-parameter-build.s3.*",
+            lambda event_name, params, **kw: calls.append((event_name.split(".")[-1], params)),
+        )
+        result = read_header(store, "img.dcm", len(data))
+    assert result.requests == 1
+    assert [(name, params.get("Range")) for name, params in calls] == [
+        ("GetObject", f"bytes=0-{FIRST_READ_BYTES - 1}")
+    ]
+    assert result.dataset.SOPInstanceUID == SOP
+
+
+# --------------------------------------------------------------------------------------------
+# files that are not DICOM
+
+
+def test_garbage(counting):
+    blob = bytes(range(256)) * 40
+    counting.write("g.dcm", blob)
+    with pytest.raises(NotDicom, match=r"^not a DICOM file \(no DICM preamble and file meta\)$"):
+        read_header(counting, "g.dcm", len(blob))
+
+
+def test_text_file_named_dcm():
+    with pytest.raises(NotDicom, match="not a DICOM file"):
+        parse_header(b"Images for this batch were exported from PACS.\n", complete=True)
+
+
+def test_empty(counting):
+    counting.write("e.dcm", b"")
+    with pytest.raises(NotDicom, match="^empty file$"):
+        read_header(counting, "e.dcm", 0)
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        lambda data: data[:1000],  # inside the data set
+        lambda data: data[: data.index(b"\x08\x00\x70\x00LO") + 12],  # inside Manufacturer
+        lambda data: data[: data.index(PIXEL_TAG)],  # just before the pixel data
+    ],
+)
+def test_truncated(counting, cut):
+    blob = cut(dicom())
+    counting.write("t.dcm", blob)
+    with pytest.raises(NotDicom, match="^truncated DICOM file"):
+        read_header(counting, "t.dcm", len(blob))
+
+
+def test_cut_inside_the_pixel_data_still_reads_the_header():
+    """Pixels are never fetched, so a cut after the pixel data tag cannot be seen (by design)."""
+    data = dicom()
+    blob = data[: data.index(PIXEL_TAG) + 100]
+    assert parse_header(blob, complete=True).PatientID == "Covid1"
+
+
+def test_parse_header_asks_for_more_when_incomplete():
+    data = dicom(header_padding=100_000)
+    assert parse_header(data[:50_000], complete=False) is None
+    assert parse_header(data[:10], complete=False) is None
+    assert parse_header(data, complete=True).PatientID == "Covid1"
+
+
+def test_parse_header_stops_before_pixel_data():
+    data = dicom()
+    dataset = parse_header(data[: data.index(PIXEL_TAG) + 12], complete=False)
+    assert dataset is not None
+    assert "PixelData" not in dataset
+    assert dataset.Rows == 64
+
+
+# --------------------------------------------------------------------------------------------
+# image identity
+
+
+@pytest.mark.parametrize(
+    ("modality", "folder"), [("DX", "xray"), ("CR", "xray"), ("CT", "ct"), ("MR", "mri")]
+)
+def test_identity_and_folder(modality, folder):
+    identity = image_identity(header(modality))
+    assert identity == ImageIdentity("Covid1", STUDY, SERIES, modality, folder)
+
+
+def test_modality_case_does_not_matter():
+    assert image_identity(header("DX", extra={"Modality": "dx"})).folder == "xray"
+
+
+@pytest.mark.parametrize("modality", ["US", "OT", "MG", "PT"])
+def test_unsupported_modality(modality):
+    with pytest.raises(UnsupportedModality, match=f"modality '{modality}' is not filed"):
+        image_identity(header(modality))
+
+
+@pytest.mark.parametrize(
+    "keyword", ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
+)
+@pytest.mark.parametrize("value", [None, ""])
+def test_missing_identifier(keyword, value):
+    dataset = header(extra={keyword: value})
+    with pytest.raises(MissingIdentifier, match=f"^no {keyword} in the header$"):
+        image_identity(dataset)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"PatientID": "../etc"}, "unsafe pseudonym '../etc'"),
+        ({"PatientID": "raw-site/Covid1"}, "unsafe pseudonym 'raw-site/Covid1'"),
+        ({"PatientID": ".."}, "unsafe pseudonym"),
+        ({"PatientID": "Covid\x071"}, "unsafe pseudonym"),
+        ({"PatientID": "Covid1\\Covid2"}, "unsafe pseudonym"),  # two values
+        ({"StudyInstanceUID": "1.2.826.0.abc.7"}, "StudyInstanceUID is not a DICOM UID"),
+        ({"StudyInstanceUID": "1.2." + "9" * 66}, "StudyInstanceUID is not a DICOM UID"),
+        ({"StudyInstanceUID": "1.02.3"}, "StudyInstanceUID is not a DICOM UID"),
+        ({"SeriesInstanceUID": "1.2.826.0.1\x01.5"}, "SeriesInstanceUID is not a DICOM UID"),
+        ({"SeriesInstanceUID": "../1.2"}, "SeriesInstanceUID is not a DICOM UID"),
+    ],
+)
+def test_unsafe_identifier(extra, message):
+    with pytest.raises(UnsafeIdentifier, match=re.escape(message)):
+        image_identity(header(extra=extra))
+
+
+def test_uuid_pseudonym_is_fine():
+    pseudonym = "Covida9a3751d-f614-4d4a-b3ee-c3f5ca1fb858"
+    assert image_identity(header(patient_id=pseudonym)).patient_id == pseudonym
+
+
+def test_padded_values_are_stripped():
+    identity = image_identity(header(extra={"PatientID": " Covid1 "}))
+    assert identity.patient_id == "Covid1"
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM JSON
+
+
+@pytest.fixture
+def rich_header() -> Dataset:
+    """A DX header with a VOI LUT Sequence, an OW element, and binary data inside a sequence."""
+    icon = Dataset()
+    icon.Rows = icon.Columns = 2
+    icon.add_new(0x7FE00010, "OW", b"\x01\x02" * 4)
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = SOP
+    item.add_new(0x00091010, "OB", b"nested")  # ignored by the group number; only the VR counts
+    item.add_new(0x00090010, "LO", "NESTED CREATOR")
+    extra = {
+        "RedPaletteColorLookupTableData": b"\x00\x01" * 8,
+        "IconImageSequence": [icon],
+        "ReferencedImageSequence": [item],
+    }
+    return header("DX", voi_lut=True, extra=extra)
+
+
+def test_header_json_reads_back_with_pydicom(rich_header):
+    text = header_json(rich_header).decode("utf-8")
+    back = Dataset.from_json(text)
+    assert back.PatientID == "Covid1"
+    assert back.StudyInstanceUID == STUDY
+    assert back.SeriesInstanceUID == SERIES
+    assert back.SOPInstanceUID == SOP
+    assert back.Modality == "DX"
+    assert back.Rows == 64
+    assert back.VOILUTSequence == pydicom.Sequence([])
+
+
+def test_header_json_is_compact_utf8_one_line(rich_header):
+    data = header_json(rich_header)
+    assert isinstance(data, bytes)
+    assert b"\n" not in data
+    assert b", " not in data.split(b'"Value"')[0]
+
+
+def test_header_json_structure(rich_header):
+    doc = json.loads(header_json(rich_header))
+    keys = list(doc)
+    assert all(re.fullmatch(r"[0-9A-F]{8}", key) for key in keys)
+    assert keys == sorted(keys, key=lambda k: int(k, 16))
+    assert not [key for key in keys if key.startswith("0002")]
+    assert "7FE00010" not in doc
+    assert doc["00100020"] == {"vr": "LO", "Value": ["Covid1"]}
+    assert doc["0020000D"] == {"vr": "UI", "Value": [STUDY]}
+    assert doc["0020000E"] == {"vr": "UI", "Value": [SERIES]}
+    assert doc["00080018"] == {"vr": "UI", "Value": [SOP]}
+    assert doc["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Covid1"}]}
+    assert doc["00280010"] == {"vr": "US", "Value": [64]}
+
+
+def test_binary_elements_have_no_value(rich_header):
+    doc = json.loads(header_json(rich_header))
+    assert doc["00291010"] == {"vr": "OB"}  # private vendor block
+    assert doc["00290010"]["Value"] == ["SYNTHETIC VENDOR HEADER"]  # private tags kept
+    assert doc["00281201"] == {"vr": "OW"}
+    (icon,) = doc["00880200"]["Value"]
+    assert icon["7FE00010"] == {"vr": "OW"}
+    (item,) = doc["00081140"]["Value"]
+    assert item["00091010"] == {"vr": "OB"}
+    for _tag, element in walk(doc):
+        assert "InlineBinary" not in element
+        assert "BulkDataURI" not in element
+
+
+def test_voi_lut_sequence_has_no_value(rich_header):
+    assert "VOILUTSequence" in rich_header
+    doc = json.loads(header_json(rich_header))
+    assert doc["00283010"] == {"vr": "SQ"}
+
+
+def test_voi_lut_sequence_nested_has_no_value():
+    nested = Dataset()
+    lut = Dataset()
+    lut.LUTDescriptor = [4, 0, 8]
+    lut.add_new(0x00283006, "OW", b"\x00\x00\x01\x00\x02\x00\x03\x00")
+    nested.VOILUTSequence = [lut]
+    dataset = header("DX", extra={"SoftcopyVOILUTSequence": [nested]})
+    doc = json.loads(header_json(dataset))
+    (item,) = doc["00283110"]["Value"]
+    assert item["00283010"] == {"vr": "SQ"}
+
+
+def test_header_json_of_a_parsed_file_has_no_pixel_data():
+    data = dicom("CT", header_padding=2000)
+    doc = json.loads(header_json(parse_header(data, complete=True)))
+    assert "7FE00010" not in doc
+    assert doc["00331010"] == {"vr": "OB"}  # the padding block
+    assert doc["00080060"] == {"vr": "CS", "Value": ["CT"]}
+    assert Dataset.from_json(doc).PatientID == "Covid1"
+
+
+def test_header_json_without_voi_lut():
+    doc = json.loads(header_json(header("DX", voi_lut=False)))
+    assert "00283010" not in doc

@@ -1,0 +1,455 @@
+"""Running graphs: logging on Python 3.11 despite mondrian, ordered worker pools, status lines
+when output is not a terminal, and lazily built services."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import bonobo
+import pytest
+
+from warehouse.components import execution
+from warehouse.components.config import ConfigError
+from warehouse.components.execution import (
+    EXIT_CONFIG,
+    LazyServices,
+    OrderedPool,
+    StartedThreadPoolStrategy,
+    StatusLines,
+    pooled,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# --------------------------------------------------------------------------------------------
+# logging (in a subprocess: the mondrian repair and the root handlers are process-wide)
+
+LOGGING_SCRIPT = textwrap.dedent(
+    """
+    import io, json, logging, sys
+
+    import mondrian
+    from mondrian import filters, formatters
+
+    # A handler of our own with mondrian's formatter, like the one mondrian.setup() installs.
+    buffer = io.StringIO()
+    own = logging.StreamHandler(buffer)
+    own.setFormatter(formatters.Formatter())
+    own.addFilter(filters.Filter())
+    probe = logging.getLogger("probe")
+    probe.addHandler(own)
+    probe.propagate = False
+
+    mondrian.setup()  # what bonobo's CLI and bonobo.run do
+    probe.warning("before the fix")
+    before = buffer.getvalue()
+    sys.stderr.write("=== configure_logging ===\\n")
+    sys.stderr.flush()
+
+    from warehouse.components.errors import ExpectedError
+    from warehouse.components.execution import configure_logging
+
+    configure_logging()
+    probe.warning("after the fix %s", 42)
+    after = buffer.getvalue()
+    logging.getLogger("demo").info("hello %s", "world")
+    logging.getLogger("demo").debug("not shown at INFO")
+    try:
+        raise ExpectedError("bucket nope does not exist")
+    except ExpectedError:
+        logging.getLogger("node").exception("node failed")
+    try:
+        raise RuntimeError("a real bug")
+    except RuntimeError:
+        logging.getLogger("node").exception("node crashed")
+    print(json.dumps({"before": before, "after": after}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def logging_run():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGING_SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    before, _, after = result.stderr.partition("=== configure_logging ===\n")
+    return json.loads(result.stdout), before, after
+
+
+def strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def test_mondrian_is_broken_without_the_repair(logging_run):
+    """The premise: after mondrian.setup() on Python 3.11 a record cannot be formatted."""
+    formatted, before, _ = logging_run
+    assert formatted["before"] == ""
+    assert "--- Logging error ---" in before
+    assert "'_Style' object has no attribute '_defaults'" in before
+
+
+def test_mondrian_formatter_works_after_configure_logging(logging_run):
+    formatted, _, after = logging_run
+    lines = strip_ansi(formatted["after"]).splitlines()
+    assert len(lines) == 1
+    # mondrian's own level names (WARN, ERR.) and elapsed-time column
+    assert re.fullmatch(r"WARN:\d{4}:probe: after the fix 42", lines[0])
+    assert "Logging error" not in after
+    assert "_defaults" not in after
+
+
+def test_root_logging_is_clean_when_piped(logging_run):
+    _, _, after = logging_run
+    lines = after.splitlines()
+    assert "INFO demo: hello world" in lines
+    assert "not shown at INFO" not in after
+    assert "\x1b[" not in after  # no colour codes in container logs
+
+
+def test_expected_error_is_logged_as_its_message_alone(logging_run):
+    _, _, after = logging_run
+    assert re.search(r"^ERR\S* node: bucket nope does not exist$", after, re.M)
+    assert "node failed" not in after
+    assert "ExpectedError" not in after
+
+
+def test_other_errors_keep_their_traceback(logging_run):
+    _, _, after = logging_run
+    crashed = after[after.index(" node: node crashed") :]
+    assert "Traceback (most recent call last)" in crashed
+    assert "RuntimeError: a real bug" in crashed
+
+
+def test_configure_logging_without_a_handler_installs_a_plain_one():
+    script = textwrap.dedent(
+        """
+        import logging
+        import mondrian
+        from warehouse.components.execution import configure_logging
+
+        configure_logging()
+        configure_logging()  # idempotent: still one handler, one filter
+        root = logging.getLogger()
+        assert len(root.handlers) == 1, root.handlers
+        assert len(root.handlers[0].filters) == 1, root.handlers[0].filters
+        assert mondrian.is_setup
+        mondrian.setup()  # bonobo.run later: must not add a second handler
+        assert len(root.handlers) == 1
+        assert logging.getLogger("botocore").level == logging.WARNING
+        logging.getLogger("x").info("only once")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["INFO x: only once"]
+
+
+# --------------------------------------------------------------------------------------------
+# OrderedPool
+
+
+def test_results_come_back_in_submission_order():
+    rng = random.Random(7)
+    delays = [rng.uniform(0, 0.004) for _ in range(60)]
+    finished: list[int] = []
+    lock = threading.Lock()
+    third_done = threading.Event()
+
+    def work(n):
+        if n == 0:
+            third_done.wait(5)  # the first item finishes after the fourth, for certain
+        time.sleep(delays[n])
+        with lock:
+            finished.append(n)
+        if n == 3:
+            third_done.set()
+        return n * 10
+
+    pool = OrderedPool(workers=8, window=16)
+    outputs = []
+    try:
+        for n in range(60):
+            pool.submit(work, n, then=lambda result: [result])
+            outputs.extend(pool.ready())
+        assert all(isinstance(out, tuple) and len(out) == 1 for out in outputs)
+        outputs = [out for (out,) in outputs]
+        outputs.extend(pool.drain())
+    finally:
+        pool.close()
+    assert outputs == [n * 10 for n in range(60)]
+    assert finished.index(3) < finished.index(0)  # completion order differed
+
+
+def test_then_may_yield_several_outputs_or_none():
+    pool = OrderedPool(workers=2)
+    try:
+        pool.submit(lambda n: n, 1, then=lambda r: [r, r + 100])
+        pool.submit(lambda n: n, 2, then=lambda r: None)
+        pool.put(3, then=lambda r: (r,))
+        assert list(pool.drain()) == [1, 101, 3]
+        assert list(pool.drain()) == []
+    finally:
+        pool.close()
+
+
+def test_put_waits_behind_earlier_work():
+    release = threading.Event()
+
+    def slow(n):
+        release.wait(5)
+        return n
+
+    pool = OrderedPool(workers=2, window=10)
+    try:
+        pool.submit(slow, "first", then=lambda r: [r])
+        pool.put("known", then=lambda r: [r])
+        assert list(pool.ready()) == []  # "known" is done but waits behind "first"
+        release.set()
+        assert list(pool.drain()) == ["first", "known"]
+    finally:
+        pool.close()
+
+
+def test_in_flight_work_is_bounded_by_the_window():
+    workers, window = 2, 4
+    running = 0
+    max_running = 0
+    lock = threading.Lock()
+    submitted = delivered = max_in_flight = 0
+
+    def work(n):
+        nonlocal running, max_running
+        with lock:
+            running += 1
+            max_running = max(max_running, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return n
+
+    pool = OrderedPool(workers=workers, window=window)
+    outputs = []
+    try:
+        for n in range(16):
+            pool.submit(work, n, then=lambda r: [r])
+            submitted += 1
+            max_in_flight = max(max_in_flight, submitted - delivered)
+            for (out,) in pool.ready():
+                outputs.append(out)
+                delivered += 1
+            assert submitted - delivered < window  # ready() made room before returning
+        outputs.extend(pool.drain())
+    finally:
+        pool.close()
+    assert outputs == list(range(16))
+    assert max_in_flight == window
+    assert max_running <= workers
+
+
+def test_work_errors_surface_in_order():
+    def work(n):
+        if n == 1:
+            raise ValueError("bad item")
+        return n
+
+    pool = OrderedPool(workers=2)
+    try:
+        for n in range(3):
+            pool.submit(work, n, then=lambda r: [r])
+        drained = pool.drain()
+        assert next(drained) == 0
+        with pytest.raises(ValueError, match="bad item"):
+            next(drained)
+    finally:
+        pool.close()
+
+
+def test_default_window_and_worker_floor():
+    pool = OrderedPool(workers=0)
+    try:
+        assert pool.workers == 1
+        assert pool.window == 4
+    finally:
+        pool.close()
+
+
+# --------------------------------------------------------------------------------------------
+# graphs: status lines, pooled nodes
+
+
+@pytest.fixture
+def keep_root_logger():
+    """bonobo.run sets the root logger's level; put it back."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
+def extract():
+    yield from range(3)
+
+
+def double(n):
+    yield n * 2
+
+
+def test_status_lines_to_a_given_stream(keep_root_logger):
+    collected = []
+
+    def sink(n):
+        collected.append(n)
+
+    stream = io.StringIO()
+    graph = bonobo.Graph(extract, double, sink)
+    context = bonobo.run(
+        graph,
+        services={},
+        plugins=[StatusLines(period=3600, stream=stream)],
+        strategy=StartedThreadPoolStrategy(),
+    )
+    assert collected == [0, 2, 4]
+    assert stream.getvalue().splitlines() == [
+        "- extract in=1 out=3 [done]",
+        "- double in=3 out=3 [done]",
+        "- sink in=3 [done]",
+    ]
+    assert execution.unexpected_errors(context) == 0
+
+
+def test_status_lines_while_running(keep_root_logger):
+    def slow(n):
+        time.sleep(0.2)
+        yield n
+
+    stream = io.StringIO()
+    graph = bonobo.Graph(extract, slow)
+    bonobo.run(
+        graph,
+        services={},
+        plugins=[StatusLines(period=0.01, stream=stream)],
+        strategy=StartedThreadPoolStrategy(),
+    )
+    lines = stream.getvalue().splitlines()
+    periodic = [line for line in lines if line.startswith("[")]
+    assert periodic, lines
+    assert all(re.match(r"^\[\d\d:\d\d:\d\d\] [-+] (extract|slow) in=", line) for line in periodic)
+    assert any(re.search(r"\] \+ slow in=\d", line) for line in periodic)  # seen running
+    assert lines[-2:] == ["- extract in=1 out=3 [done]", "- slow in=3 out=3 [done]"]
+
+
+def test_run_prints_status_lines_when_stdout_is_not_a_tty(capsys, keep_root_logger):
+    def fail_on_two(n):
+        if n == 2:
+            raise ValueError("boom")
+        yield n
+
+    finished = []
+    graph = bonobo.Graph(extract, double, fail_on_two)
+    assert not sys.stdout.isatty()
+    context = execution.run(graph, {}, finish=finished.append, progress_seconds=3600)
+    stderr = capsys.readouterr().err
+    assert "- extract in=1 out=3 [done]" in stderr.splitlines()
+    assert "- double in=3 out=3 [done]" in stderr.splitlines()
+    assert "- fail_on_two in=3 out=2 err=1 [done]" in stderr.splitlines()
+    assert finished == [context]
+    assert execution.unexpected_errors(context) == 1
+
+
+def test_pooled_node_sends_everything_in_order(keep_root_logger):
+    rng = random.Random(3)
+    delays = {n: rng.uniform(0, 0.01) for n in range(40)}
+    collected = []
+
+    def numbers():
+        yield from range(40)
+
+    def slow_square(n):
+        time.sleep(delays[n])
+        return n * n
+
+    @pooled(lambda services: 4)
+    def squares(pool, n):
+        pool.submit(slow_square, n, then=lambda r: [r])
+        yield from pool.ready()
+
+    def sink(n):
+        collected.append(n)
+
+    stream = io.StringIO()
+    context = bonobo.run(
+        bonobo.Graph(numbers, squares, sink),
+        services={},
+        plugins=[StatusLines(period=3600, stream=stream)],
+        strategy=StartedThreadPoolStrategy(),
+    )
+    # what was still in flight when the input ended was drained and sent before the end
+    assert collected == [n * n for n in range(40)]
+    assert "- squares in=40 out=40 [done]" in stream.getvalue().splitlines()
+    assert execution.unexpected_errors(context) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# LazyServices
+
+
+def test_lazy_services_build_once_on_first_use():
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return {"storage": "s", "state": "t"}
+
+    services = LazyServices(factory)
+    assert calls == []
+    assert services["storage"] == "s"
+    assert sorted(services) == ["state", "storage"]
+    assert len(services) == 2
+    assert dict(services) == {"storage": "s", "state": "t"}
+    assert calls == [1]
+
+
+def test_lazy_services_config_error_exits_with_its_message(capsys):
+    def factory():
+        raise ConfigError("No warehouse bucket: set WAREHOUSE_BUCKET")
+
+    services = LazyServices(factory)
+    with pytest.raises(SystemExit) as caught:
+        services["storage"]
+    assert caught.value.code == EXIT_CONFIG
+    assert capsys.readouterr().err == "error: No warehouse bucket: set WAREHOUSE_BUCKET\n"
+
+
+def test_lazy_services_let_bugs_through():
+    def factory():
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError, match="bug"):
+        LazyServices(factory).load()

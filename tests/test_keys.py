@@ -1,0 +1,347 @@
+"""Key layout rules: raw key parsing, warehouse key building and parsing, identifier safety."""
+
+from __future__ import annotations
+
+import pytest
+
+from warehouse.components.keys import (
+    MAX_PSEUDONYM_LENGTH,
+    RawKey,
+    UnsafeIdentifier,
+    WarehouseKey,
+    check_pseudonym,
+    check_uid,
+    clinical_target,
+    image_stem,
+    image_targets,
+    is_dicom_uid,
+    is_safe_name,
+    normalise_prefix,
+    parse_raw_key,
+    parse_upload_date,
+    parse_warehouse_key,
+)
+
+PREFIX = "raw-site"
+
+
+# --------------------------------------------------------------------------------------------
+# parse_raw_key
+
+
+def test_clinical_data_file():
+    raw = parse_raw_key("raw-site/2021-02-28/data/Covid1_data.json", PREFIX)
+    assert raw == RawKey(
+        key="raw-site/2021-02-28/data/Covid1_data.json",
+        kind="clinical",
+        prefix=PREFIX,
+        upload_date="2021-02-28",
+        name="Covid1_data.json",
+        clinical_kind="data",
+        pseudonym="Covid1",
+    )
+
+
+def test_clinical_status_file():
+    raw = parse_raw_key("raw-site/2021-03-01/data/Covid149_status.json", PREFIX)
+    assert raw.kind == "clinical"
+    assert raw.clinical_kind == "status"
+    assert raw.pseudonym == "Covid149"
+    assert raw.upload_date == "2021-03-01"
+    assert raw.reason == ""
+
+
+def test_clinical_pseudonym_is_everything_before_the_suffix():
+    raw = parse_raw_key(
+        "raw-site/2021-03-01/data/Covida9a3751d-f614-4d4a-b3ee-c3f5ca1fb858_data.json", PREFIX
+    )
+    assert raw.pseudonym == "Covida9a3751d-f614-4d4a-b3ee-c3f5ca1fb858"
+
+
+@pytest.mark.parametrize("name", ["1.2.3.4.dcm", "1.2.3.4.DCM", "scan.Dcm"])
+def test_image_suffix_in_any_case(name):
+    raw = parse_raw_key(f"raw-site/2021-02-28/images/{name}", PREFIX)
+    assert raw.kind == "image"
+    assert raw.name == name
+    assert raw.upload_date == "2021-02-28"
+    assert raw.prefix == PREFIX
+    assert raw.pseudonym == ""
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        # extra levels: ignored, as in the original loader
+        ("raw-site/2021-02-28/age-0/data/Covid1_data.json", "not in the raw layout"),
+        ("raw-site/2021-02-28/images/sub/1.2.3.dcm", "not in the raw layout"),
+        # not a real date, or not a date at all
+        ("raw-site/2021-13-01/data/Covid1_data.json", "not in a YYYY-MM-DD upload folder"),
+        ("raw-site/2021-02-30/images/1.2.3.dcm", "not in a YYYY-MM-DD upload folder"),
+        ("raw-site/21-02-28/data/Covid1_data.json", "not in a YYYY-MM-DD upload folder"),
+        ("raw-site/latest/data/Covid1_data.json", "not in a YYYY-MM-DD upload folder"),
+        # directly under the date folder, or the prefix
+        ("raw-site/2021-02-28/upload.log", "not in the raw layout"),
+        ("raw-site/notes.txt", "not in the raw layout"),
+        # wrong folder
+        ("raw-site/2021-02-28/dicom/1.2.3.dcm", "not in data/ or images/"),
+        ("raw-site/2021-02-28/Data/Covid1_data.json", "not in data/ or images/"),
+        # wrong names
+        ("raw-site/2021-02-28/data/readme.csv", "not a clinical file name"),
+        ("raw-site/2021-02-28/data/Covid1_data.JSON", "not a clinical file name"),
+        ("raw-site/2021-02-28/images/notes.txt", "not a .dcm file"),
+        ("raw-site/2021-02-28/images/.dcm", "not a .dcm file"),
+        ("raw-site/2021-02-28/images/1.2.3.dcm.gz", "not a .dcm file"),
+        # listed under another prefix
+        ("raw-other/2021-02-28/data/Covid1_data.json", "outside prefix"),
+        ("raw-site2/2021-02-28/data/Covid1_data.json", "outside prefix"),
+    ],
+)
+def test_other_keys_have_a_reason(key, reason):
+    raw = parse_raw_key(key, PREFIX)
+    assert raw.kind == "other"
+    assert raw.reason == reason
+    assert raw.key == key
+
+
+def test_date_folder_with_a_trailing_newline_is_not_a_date():
+    assert parse_upload_date("2021-02-28") == "2021-02-28"
+    assert parse_upload_date("2021-02-28\n") is None
+    assert parse_upload_date("2021-2-28") is None
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [("raw-x/", "raw-x"), ("raw-x", "raw-x"), ("/raw-x//", "raw-x"), (" raw-x/ ", "raw-x")],
+)
+def test_normalise_prefix(prefix, expected):
+    assert normalise_prefix(prefix) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# warehouse keys
+
+
+def test_clinical_target():
+    assert (
+        clinical_target("training", "Covid1", "data", "2021-03-01")
+        == "training/data/Covid1/data_2021-03-01.json"
+    )
+    assert (
+        clinical_target("validation", "Covid14", "status", "2021-02-15")
+        == "validation/data/Covid14/status_2021-02-15.json"
+    )
+
+
+def test_image_targets():
+    image, metadata = image_targets("training", "xray", "Covid0000", "1.2.3", "1.2.3.4", "5.6.dcm")
+    assert image == "training/xray/Covid0000/1.2.3/1.2.3.4/5.6.dcm"
+    assert metadata == "training/xray-metadata/Covid0000/1.2.3/1.2.3.4/5.6.json"
+
+
+def test_image_targets_keep_the_name_and_drop_an_upper_case_suffix_for_metadata():
+    image, metadata = image_targets("validation", "ct", "P", "1.2", "1.2.3", "Scan.DCM")
+    assert image == "validation/ct/P/1.2/1.2.3/Scan.DCM"
+    assert metadata == "validation/ct-metadata/P/1.2/1.2.3/Scan.json"
+
+
+def test_image_stem():
+    assert image_stem("a.b.dcm") == "a.b"
+    assert image_stem("a.DCM") == "a"
+    assert image_stem("noext") == "noext"
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        (
+            "training/data/Covid1/data_2021-03-01.json",
+            WarehouseKey("training", "clinical", "Covid1", "data_2021-03-01.json"),
+        ),
+        (
+            "validation/data/Covid14/status_2021-02-15.json",
+            WarehouseKey("validation", "clinical", "Covid14", "status_2021-02-15.json"),
+        ),
+        (
+            "training/xray/Covid1/1.2/1.2.3/9.dcm",
+            WarehouseKey("training", "image", "Covid1", "9.dcm"),
+        ),
+        ("validation/ct/P/1.2/1.2.3/9.dcm", WarehouseKey("validation", "image", "P", "9.dcm")),
+        ("training/mri/P/1.2/1.2.3/9.DCM", WarehouseKey("training", "image", "P", "9.DCM")),
+        (
+            "training/xray-metadata/Covid1/1.2/1.2.3/9.json",
+            WarehouseKey("training", "metadata", "Covid1", "9.json"),
+        ),
+        (
+            "validation/mri-metadata/P/1.2/1.2.3/9.json",
+            WarehouseKey("validation", "metadata", "P", "9.json"),
+        ),
+    ],
+)
+def test_parse_warehouse_key(key, expected):
+    assert parse_warehouse_key(key) == expected
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "config.json",
+        "raw-site/2021-02-28/data/Covid1_data.json",
+        "reports/warehouseloader/2021.json",
+        "testing/data/Covid1/data_2021-03-01.json",  # not a group
+        "training/data/Covid1",  # too short
+        "training/data/Covid1/extra/data_2021-03-01.json",  # too deep
+        "training/unknown/P/1.2/1.2.3/9.dcm",  # not a modality folder
+        "training/xray/P/1.2/9.dcm",  # missing the series level
+        "training",
+    ],
+)
+def test_parse_warehouse_key_outside_the_layout(key):
+    assert parse_warehouse_key(key) is None
+
+
+def test_built_keys_parse_back():
+    image, metadata = image_targets("training", "ct", "Covid1", "1.2", "1.2.3", "x.dcm")
+    assert parse_warehouse_key(image) == WarehouseKey("training", "image", "Covid1", "x.dcm")
+    assert parse_warehouse_key(metadata) == WarehouseKey("training", "metadata", "Covid1", "x.json")
+    clinical = clinical_target("validation", "Covid2", "data", "2021-01-01")
+    assert parse_warehouse_key(clinical) == WarehouseKey(
+        "validation", "clinical", "Covid2", "data_2021-01-01.json"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# identifier safety
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "1.2.826.0.1.3680043.10.1.12345",
+        "0",
+        "1.0.2",
+        "2.25.329800735698586629295641978511506172918",
+        "1." + "2" * 62,  # exactly 64 characters
+    ],
+)
+def test_valid_dicom_uids(uid):
+    assert is_dicom_uid(uid)
+    assert check_uid(uid, "StudyInstanceUID") == uid
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "",
+        "1." + "2" * 63,  # 65 characters
+        "1.2." + "9" * 66,
+        "1.2.826.0.abc.7",
+        "1.02.3",  # leading zero in a component
+        "01.2",
+        "1..2",  # empty component
+        ".1.2",
+        "1.2.",
+        "1.2.826.0.1\x01.5",  # control character
+        "1.2.3\n",  # trailing newline
+        "1.2.3 ",
+        "1/2/3",
+        "../1.2",
+        None,
+        123,
+    ],
+)
+def test_invalid_dicom_uids(uid):
+    assert not is_dicom_uid(uid)
+
+
+def test_check_uid_names_what_it_checked():
+    with pytest.raises(UnsafeIdentifier, match="SeriesInstanceUID is not a DICOM UID: '1.02'"):
+        check_uid("1.02", "SeriesInstanceUID")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Covid1",
+        "Covid0000",
+        "Covida9a3751d-f614-4d4a-b3ee-c3f5ca1fb858",
+        "1.2.826.0.1.3680043.10.1.5.dcm",
+        "scan 1.dcm",
+        "a",
+        "a.b",
+    ],
+)
+def test_safe_names(name):
+    assert is_safe_name(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "..",
+        ".",
+        "../x",
+        "a/../b",
+        "a..b",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "-rf",
+        "a\x00b",
+        "a\x01",
+        "Covid1\n",  # trailing newline ($ alone would accept it)
+        "Covid1\r",
+        "a\tb",
+        "a\x7f",
+        "trailing ",
+        " leading",
+        "caf\u00e9",
+        None,
+        1,
+    ],
+)
+def test_unsafe_names(name):
+    assert not is_safe_name(name)
+
+
+def test_name_length_limit():
+    assert is_safe_name("a" * 255)
+    assert not is_safe_name("a" * 256)
+    assert is_safe_name("a" * 10, max_length=10)
+    assert not is_safe_name("a" * 11, max_length=10)
+
+
+@pytest.mark.parametrize(
+    "pseudonym",
+    ["Covid1", "Covid149", "Covida9a3751d-f614-4d4a-b3ee-c3f5ca1fb858", "C" * MAX_PSEUDONYM_LENGTH],
+)
+def test_check_pseudonym_accepts(pseudonym):
+    assert check_pseudonym(pseudonym) == pseudonym
+
+
+@pytest.mark.parametrize(
+    "pseudonym",
+    [
+        "../x",
+        "a/b",
+        "..",
+        ".Covid1",
+        "Covid1\x07",
+        "Covid1\n",
+        "",
+        "C" * (MAX_PSEUDONYM_LENGTH + 1),
+    ],
+)
+def test_check_pseudonym_rejects(pseudonym):
+    with pytest.raises(UnsafeIdentifier, match="unsafe pseudonym") as caught:
+        check_pseudonym(pseudonym)
+    assert repr(pseudonym) in str(caught.value)
+
+
+def test_clinical_key_with_unsafe_pseudonym_is_parsed_but_not_safe():
+    """parse_raw_key reports positions; safety is checked separately before use as a key."""
+    raw = parse_raw_key("raw-site/2021-02-28/data/.._data.json", PREFIX)
+    assert raw.kind == "clinical"
+    assert raw.pseudonym == ".."
+    with pytest.raises(UnsafeIdentifier):
+        check_pseudonym(raw.pseudonym)

@@ -1,0 +1,230 @@
+"""Listing once per run: the warehouse index and the classified raw prefixes."""
+
+from __future__ import annotations
+
+import pytest
+
+from warehouse.components.listing import (
+    RawListing,
+    WarehouseIndex,
+    index_warehouse,
+    list_raw,
+    pending_images,
+)
+from warehouse.components.storage import LocalStorage
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    return LocalStorage(root)
+
+
+def put(storage, *keys):
+    for key in keys:
+        storage.write(key, b"{}")
+
+
+def raw_keys(items) -> list[str]:
+    return [raw.key for raw, _ in items]
+
+
+# --------------------------------------------------------------------------------------------
+# WarehouseIndex
+
+
+def test_index_from_keys():
+    index = WarehouseIndex()
+    for key in [
+        "training/data/Covid1/data_2021-01-04.json",
+        "training/data/Covid1/status_2021-01-11.json",
+        "validation/data/Covid14/status_2021-01-04.json",
+        "training/xray/Covid1/1.2/1.2.3/a.dcm",
+        "training/xray-metadata/Covid1/1.2/1.2.3/a.json",
+        "validation/ct/Covid14/1.4/1.4.5/b.dcm",
+        "config.json",  # not warehouse keys: ignored
+        "raw-a/2021-01-04/data/Covid1_data.json",
+        "reports/warehouseloader/x.json",
+        "training/unknown/Covid1/1/2/c.dcm",
+    ]:
+        index.add(key)
+    assert index.groups == {"Covid1": "training", "Covid14": "validation"}
+    assert index.conflicts == {}
+    assert index.clinical == {
+        ("Covid1", "data_2021-01-04.json"),
+        ("Covid1", "status_2021-01-11.json"),
+        ("Covid14", "status_2021-01-04.json"),
+    }
+    assert index.image_names == {"a.dcm", "b.dcm"}
+    assert index.metadata_names == {"a.json"}
+    assert index.keys == {
+        "training/xray/Covid1/1.2/1.2.3/a.dcm",
+        "training/xray-metadata/Covid1/1.2/1.2.3/a.json",
+        "validation/ct/Covid14/1.4/1.4.5/b.dcm",
+    }
+    assert index.objects == 6
+    assert index.image_done("a.dcm")
+    assert not index.image_done("b.dcm")  # no metadata yet
+    assert not index.image_done("c.dcm")
+
+
+def test_index_conflicts():
+    index = WarehouseIndex()
+    index.add("training/data/Covid1/data_2021-01-04.json")
+    index.add("validation/data/Covid1/data_2021-01-11.json")
+    index.add("training/data/Covid1/status_2021-01-18.json")
+    index.add("validation/data/Covid2/data_2021-01-04.json")
+    assert index.conflicts == {"Covid1": {"training", "validation"}}
+    assert index.groups["Covid1"] == "training"  # first seen; callers use conflicts
+    assert index.groups["Covid2"] == "validation"
+    assert ("Covid1", "data_2021-01-11.json") in index.clinical
+
+
+def test_image_done_needs_the_metadata_of_the_same_stem():
+    index = WarehouseIndex()
+    index.add("training/mri/P/1.2/1.2.3/Scan.DCM")
+    index.add("training/mri-metadata/P/1.2/1.2.3/Scan.json")
+    index.add("training/mri/P/1.2/1.2.3/other.dcm")
+    index.add("training/mri-metadata/P/1.2/1.2.3/Other.json")
+    assert index.image_done("Scan.DCM")
+    assert not index.image_done("other.dcm")  # names are case-sensitive
+    assert not index.image_done("Scan.dcm")
+
+
+def test_index_warehouse_lists_both_groups(store):
+    put(
+        store,
+        "training/data/Covid1/data_2021-01-04.json",
+        "validation/data/Covid14/data_2021-01-04.json",
+        "validation/xray/Covid14/1.2/1.2.3/x.dcm",
+        "validation/xray-metadata/Covid14/1.2/1.2.3/x.json",
+        "raw-a/2021-01-04/data/Covid1_data.json",
+        "trainingset/data/Covid9/data_2021-01-04.json",
+    )
+    index = index_warehouse(store, workers=2)
+    assert index.groups == {"Covid1": "training", "Covid14": "validation"}
+    assert index.image_done("x.dcm")
+    assert index.objects == 4
+
+
+# --------------------------------------------------------------------------------------------
+# list_raw
+
+
+def test_list_raw_classifies_and_sorts(store):
+    put(
+        store,
+        "config.json",
+        # clinical: sorted by upload date, then key (not by prefix)
+        "raw-b/2021-01-05/data/Covid3_data.json",
+        "raw-a/2021-01-11/data/Covid1_status.json",
+        "raw-a/2021-01-04/data/Covid2_status.json",
+        "raw-a/2021-01-04/data/Covid1_data.json",
+        "raw-b/2021-01-04/data/Covid0_data.json",
+        # images: sorted by key
+        "raw-b/2021-01-05/images/z.dcm",
+        "raw-a/2021-01-11/images/b.DCM",
+        "raw-a/2021-01-04/images/c.dcm",
+        # other kinds of files
+        "raw-a/2021-01-04/images/notes.txt",
+        "raw-a/2021-01-04/upload.log",
+        "raw-a/2021-13-01/data/Covid5_data.json",
+        "raw-a/2021-01-04/age-0/data/Covid6_data.json",
+        "raw-b/readme.txt",
+        # not configured
+        "raw-c/2021-01-04/data/Covid7_data.json",
+        "raw-d/2021-01-04/images/d.dcm",
+        "training/data/Covid1/data_2021-01-04.json",
+    )
+    listing = list_raw(store, ("raw-a", "raw-b"), workers=3)
+    assert raw_keys(listing.clinical) == [
+        "raw-a/2021-01-04/data/Covid1_data.json",
+        "raw-a/2021-01-04/data/Covid2_status.json",
+        "raw-b/2021-01-04/data/Covid0_data.json",
+        "raw-b/2021-01-05/data/Covid3_data.json",
+        "raw-a/2021-01-11/data/Covid1_status.json",
+    ]
+    assert [size for _, size in listing.clinical] == [2] * 5
+    assert raw_keys(listing.images) == [
+        "raw-a/2021-01-04/images/c.dcm",
+        "raw-a/2021-01-11/images/b.DCM",
+        "raw-b/2021-01-05/images/z.dcm",
+    ]
+    assert [(raw.key, raw.reason) for raw in listing.other] == [
+        ("raw-a/2021-01-04/age-0/data/Covid6_data.json", "not in the raw layout"),
+        ("raw-a/2021-01-04/images/notes.txt", "not a .dcm file"),
+        ("raw-a/2021-01-04/upload.log", "not in the raw layout"),
+        ("raw-a/2021-13-01/data/Covid5_data.json", "not in a YYYY-MM-DD upload folder"),
+        ("raw-b/readme.txt", "not in the raw layout"),
+    ]
+    assert listing.unconfigured == ["raw-c", "raw-d"]
+    first = listing.clinical[0][0]
+    assert (first.prefix, first.upload_date, first.pseudonym, first.clinical_kind) == (
+        "raw-a",
+        "2021-01-04",
+        "Covid1",
+        "data",
+    )
+
+
+def test_list_raw_nothing_configured(store):
+    put(store, "raw-a/2021-01-04/data/Covid1_data.json")
+    listing = list_raw(store, ())
+    assert listing.clinical == listing.images == listing.other == []
+    assert listing.unconfigured == ["raw-a"]
+
+
+def test_list_raw_configured_prefix_missing(store):
+    put(store, "config.json")
+    listing = list_raw(store, ("raw-a",))
+    assert listing == RawListing()
+
+
+def test_list_raw_prefix_names_must_match_exactly(store):
+    put(store, "raw-a/2021-01-04/data/Covid1_data.json", "raw-ab/2021-01-04/data/Covid2_data.json")
+    listing = list_raw(store, ("raw-a",))
+    assert raw_keys(listing.clinical) == ["raw-a/2021-01-04/data/Covid1_data.json"]
+    assert listing.unconfigured == ["raw-ab"]
+
+
+# --------------------------------------------------------------------------------------------
+# pending_images
+
+
+def test_pending_images(store):
+    put(
+        store,
+        "raw-a/2021-01-04/images/done.dcm",
+        "raw-a/2021-01-04/images/no-metadata.dcm",
+        "raw-a/2021-01-04/images/new.dcm",
+        "raw-a/2021-01-11/images/shared.dcm",
+        "raw-a/2021-01-18/images/shared.dcm",
+    )
+    index = WarehouseIndex()
+    for key in [
+        "training/xray/P/1.2/1.2.3/done.dcm",
+        "training/xray-metadata/P/1.2/1.2.3/done.json",
+        "training/xray/P/1.2/1.2.3/no-metadata.dcm",
+        "training/ct/Q/1.5/1.5.6/shared.dcm",
+        "training/ct-metadata/Q/1.5/1.5.6/shared.json",
+    ]:
+        index.add(key)
+    listing = list_raw(store, ("raw-a",))
+    result = [(raw.key, size) for raw, size in pending_images(listing, index)]
+    assert result == [
+        ("raw-a/2021-01-04/images/done.dcm", None),
+        ("raw-a/2021-01-04/images/new.dcm", 2),
+        ("raw-a/2021-01-04/images/no-metadata.dcm", 2),
+        # two raw files share the name: both are processed, the full target keys decide
+        ("raw-a/2021-01-11/images/shared.dcm", 2),
+        ("raw-a/2021-01-18/images/shared.dcm", 2),
+    ]
+    assert listing.image_name_counts()["shared.dcm"] == 2
+
+
+def test_pending_images_with_an_empty_warehouse(store):
+    put(store, "raw-a/2021-01-04/images/a.dcm", "raw-a/2021-01-04/images/b.dcm")
+    listing = list_raw(store, ("raw-a",))
+    pending = list(pending_images(listing, WarehouseIndex()))
+    assert [(raw.name, size) for raw, size in pending] == [("a.dcm", 2), ("b.dcm", 2)]

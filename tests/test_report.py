@@ -1,0 +1,173 @@
+"""The run report: counts, inputs not filed, summary text, JSON and where it is stored."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+
+from warehouse.components.report import FAILURES, Reason, RunReport
+
+
+def test_counts():
+    report = RunReport("warehouseloader")
+    report.count("images filed")
+    report.count("images filed", 2)
+    report.count("already filed", 5)
+    assert report.counts == {"images filed": 3, "already filed": 5}
+    assert report.completed
+
+
+def test_skip_records_the_reason_by_key():
+    report = RunReport("warehouseloader")
+    report.skip("raw-a/2021-01-04/images/x.dcm", Reason.NOT_DICOM, "empty file")
+    report.skip("raw-a/2021-01-04/images/y.dcm", Reason.NOT_DICOM)
+    report.skip("raw-a/2021-01-04/data/P_data.json", Reason.SITE_NOT_IN_CONFIG, "Elsewhere")
+    assert report.reasons == {"not a DICOM file": 2, "site not in config": 1}
+    assert report.problems[0] == {
+        "key": "raw-a/2021-01-04/images/x.dcm",
+        "reason": "not a DICOM file",
+        "detail": "empty file",
+    }
+    assert report.problems[1]["detail"] == ""
+    # per-file data problems do not make the run incomplete
+    assert report.completed
+    assert report.failures == 0
+
+
+def test_read_and_write_failures_make_the_run_incomplete():
+    assert FAILURES == {Reason.READ_FAILED, Reason.WRITE_FAILED}
+    report = RunReport("warehouseloader")
+    report.skip("training/xray/P/1/2/x.dcm", Reason.WRITE_FAILED, "AccessDenied")
+    report.skip("raw-a/2021-01-04/images/y.dcm", Reason.READ_FAILED, "timeout")
+    report.skip("raw-a/2021-01-04/images/z.dcm", Reason.GROUP_CONFLICT)
+    assert report.failures == 2
+    assert not report.completed
+
+
+def test_fail_keeps_the_first_message():
+    report = RunReport("warehouseloader")
+    report.fail("no config.json at the root of file:///x")
+    report.fail("something later")
+    assert report.fatal == "no config.json at the root of file:///x"
+    assert not report.completed
+
+
+def test_summary_text():
+    report = RunReport("warehouseloader")
+    report.count("images filed", 3)
+    report.count("clinical files filed", 2)
+    report.skip("a", Reason.GROUP_CONFLICT)
+    report.skip("b", Reason.NOT_DICOM)
+    report.skip("c", Reason.NOT_DICOM)
+    report.skip("d", Reason.INVALID_JSON)
+    assert report.summary() == "\n".join(
+        [
+            "warehouseloader run summary",
+            "  clinical files filed: 2",
+            "  images filed: 3",
+            "  not filed: 4",
+            "    not a DICOM file: 2",
+            "    group conflict: 1",
+            "    invalid JSON: 1",
+        ]
+    )
+
+
+def test_summary_names_a_fatal_problem():
+    report = RunReport("warehouseloader")
+    report.fail("config.json is not valid JSON")
+    assert report.summary().splitlines() == [
+        "warehouseloader run summary",
+        "  run could not complete: config.json is not valid JSON",
+        "  not filed: 0",
+    ]
+
+
+def test_as_dict():
+    report = RunReport("warehouseloader")
+    report.count("images filed")
+    report.skip("z.dcm", Reason.NOT_DICOM, "garbage")
+    report.skip("a.dcm", Reason.UNSUPPORTED_MODALITY, "modality 'US' is not filed")
+    report.skip("a.dcm", Reason.INVALID_HEADER)
+    doc = report.as_dict()
+    assert set(doc) == {
+        "graph",
+        "started",
+        "finished",
+        "completed",
+        "fatal",
+        "counts",
+        "not_filed",
+        "problems",
+    }
+    assert doc["graph"] == "warehouseloader"
+    assert doc["completed"] is True
+    assert doc["fatal"] is None
+    assert doc["counts"] == {"images filed": 1}
+    assert doc["not_filed"] == {
+        "invalid DICOM header": 1,
+        "not a DICOM file": 1,
+        "unsupported modality": 1,
+    }
+    assert [(p["key"], p["reason"]) for p in doc["problems"]] == [
+        ("a.dcm", "invalid DICOM header"),
+        ("a.dcm", "unsupported modality"),
+        ("z.dcm", "not a DICOM file"),
+    ]
+    started = dt.datetime.fromisoformat(doc["started"])
+    finished = dt.datetime.fromisoformat(doc["finished"])
+    assert started.utcoffset() == dt.timedelta(0)
+    assert started <= finished
+
+
+def test_to_json_round_trips():
+    report = RunReport("dataprocess")
+    report.skip("k", Reason.NO_PATIENT_DATA, "Covid\u00e9")
+    doc = json.loads(report.to_json().decode("utf-8"))
+    assert doc["problems"] == [
+        {"key": "k", "reason": "no patient data for PatientID", "detail": "Covid\u00e9"}
+    ]
+    assert doc["not_filed"] == {"no patient data for PatientID": 1}
+
+
+def test_key_format():
+    report = RunReport("warehouseloader")
+    report.started = dt.datetime(2021, 3, 1, 9, 5, 7, 123456, tzinfo=dt.UTC)
+    assert report.key() == "reports/warehouseloader/2021-03-01T09-05-07.123456Z.json"
+
+
+def test_key_of_a_new_report_is_its_utc_start():
+    before = dt.datetime.now(dt.UTC)
+    report = RunReport("submittingcentres")
+    match = re.fullmatch(
+        r"reports/submittingcentres/(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d{6})Z\.json", report.key()
+    )
+    assert match
+    stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H-%M-%S.%f").replace(tzinfo=dt.UTC)
+    assert before - dt.timedelta(seconds=1) <= stamp <= dt.datetime.now(dt.UTC)
+
+
+def test_reason_values_are_the_report_wording():
+    assert str(Reason.NO_SUBMITTING_CENTRE) == "no SubmittingCentre"
+    assert Reason.UNSAFE_IDENTIFIER.value == "unsafe identifier"
+    assert len({r.value for r in Reason}) == len(Reason)
+
+
+def test_report_is_thread_safe():
+    report = RunReport("warehouseloader")
+
+    def work():
+        for n in range(500):
+            report.count("images filed")
+            report.skip(f"k{n}", Reason.NOT_DICOM)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert report.counts["images filed"] == 4000
+    assert report.reasons["not a DICOM file"] == 4000
+    assert len(report.problems) == 4000

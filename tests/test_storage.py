@@ -1,0 +1,549 @@
+"""The storage port and its adapters: a local directory, S3 (moto), and the dry-run wrapper."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from warehouse.components.errors import ExpectedError
+from warehouse.components.storage import (
+    DryRunStorage,
+    LocalStorage,
+    ObjectInfo,
+    ObjectNotFound,
+    S3Storage,
+    StorageError,
+    storage_from_url,
+)
+
+BUCKET = "warehouse-test"
+MB = 1024 * 1024
+
+#: Keys whose S3 order differs from a naive directory walk ("-" and "." sort before "/").
+TRICKY_KEYS = ["a/b", "a-c", "a/a/x", "a.b/c", "ab", "a0", "b/deep/er/key.json"]
+
+
+class RequestCounter:
+    """Counts S3 API calls by operation name, through botocore's event hooks."""
+
+    def __init__(self, client):
+        self.calls: Counter[str] = Counter()
+        client.meta.events.register("before-call.s3.*", self._count)
+
+    def _count(self, event_name, **kwargs):
+        self.calls[event_name.rsplit(".", 1)[-1]] += 1
+
+
+@pytest.fixture
+def s3_client():
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        client.create_bucket(Bucket=f"{BUCKET}-processed")
+        yield client
+
+
+@pytest.fixture
+def s3(s3_client):
+    return S3Storage(BUCKET, client=s3_client)
+
+
+@pytest.fixture
+def local(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    return LocalStorage(root)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """Each test using it runs on both backends."""
+    if request.param == "local":
+        root = tmp_path / "bucket"
+        root.mkdir()
+        yield LocalStorage(root)
+    else:
+        with mock_aws():
+            client = boto3.client("s3", region_name="us-east-1")
+            client.create_bucket(Bucket=BUCKET)
+            client.create_bucket(Bucket=f"{BUCKET}-processed")
+            yield S3Storage(BUCKET, client=client)
+
+
+def put(storage, keys, data=b"x"):
+    for key in keys:
+        storage.write(key, data)
+
+
+def bulk_put(keys, bucket=BUCKET):
+    """Create many objects straight in moto's backend (thousands of PUTs would be slow)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    for key in keys:
+        backend.put_object(bucket, key, b"x")
+
+
+def keys_of(infos) -> list[str]:
+    return [info.key for info in infos]
+
+
+# --------------------------------------------------------------------------------------------
+# listing
+
+
+def test_list_in_key_order(store):
+    put(store, reversed(TRICKY_KEYS))
+    assert keys_of(store.list("")) == sorted(TRICKY_KEYS)
+
+
+def test_list_prefix_is_a_string_prefix_not_a_folder(store):
+    put(store, ["raw-a/1.txt", "raw-ab/2.txt", "raw-a/sub/3.txt", "raw-b/4.txt", "raw-a.txt"])
+    assert keys_of(store.list("raw-a/")) == ["raw-a/1.txt", "raw-a/sub/3.txt"]
+    assert keys_of(store.list("raw-a")) == [
+        "raw-a.txt",
+        "raw-a/1.txt",
+        "raw-a/sub/3.txt",
+        "raw-ab/2.txt",
+    ]
+    assert keys_of(store.list("raw-a/su")) == ["raw-a/sub/3.txt"]
+    assert keys_of(store.list("raw-a/sub/3.txt")) == ["raw-a/sub/3.txt"]
+    assert keys_of(store.list("raw-c/")) == []
+    assert keys_of(store.list("nothing/at/all/")) == []
+
+
+def test_list_gives_size_and_utc_time(store):
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    store.write("k/one.json", b"12345")
+    (info,) = store.list("k/")
+    assert info.key == "k/one.json"
+    assert info.size == 5
+    assert info.last_modified.utcoffset() == dt.timedelta(0)
+    assert before <= info.last_modified <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+
+
+def test_list_folders(store):
+    put(store, ["raw-a/2021-01-01/data/x.json", "raw-a/2021-01-02/images/y.dcm", "raw-a/top.log"])
+    put(store, ["raw-a.b/z", "raw-a-c/z", "config.json"])
+    folders, objects = store.list_folders("raw-a/")
+    assert folders == ["raw-a/2021-01-01/", "raw-a/2021-01-02/"]
+    assert keys_of(objects) == ["raw-a/top.log"]
+    assert objects[0].size == 1
+    folders, objects = store.list_folders("")
+    assert folders == ["raw-a-c/", "raw-a.b/", "raw-a/"]
+    assert keys_of(objects) == ["config.json"]
+    assert store.list_folders("missing/") == ([], [])
+
+
+def test_list_many_over_several_prefixes(store):
+    keys = [f"training/data/P{n}/data_2021-01-0{n % 9 + 1}.json" for n in range(30)]
+    keys += [f"validation/xray/P{n}/1.2/1.2.3/{n}.dcm" for n in range(20)]
+    keys += ["training/loose.json", "other/never.json", "trainingx/never.json"]
+    put(store, keys)
+    listed = keys_of(store.list_many(["training/", "validation/"], workers=4))
+    assert sorted(listed) == sorted(k for k in keys if k.startswith(("training/", "validation/")))
+    assert len(listed) == len(set(listed))
+
+
+def test_list_many_can_stop_early(store):
+    put(store, [f"p/{n:02d}/x" for n in range(20)])
+    iterator = store.list_many(["p/"], workers=2)
+    first = next(iterator)
+    iterator.close()
+    assert first.key.startswith("p/")
+
+
+def test_list_many_of_nothing(store):
+    assert list(store.list_many([], workers=2)) == []
+    assert list(store.list_many(["none/"], workers=2)) == []
+
+
+def test_s3_list_paginates_past_1000_keys(s3_client, s3):
+    keys = [f"many/{n:05d}.json" for n in range(1005)]
+    bulk_put(reversed(keys))
+    counter = RequestCounter(s3_client)
+    assert keys_of(s3.list("many/")) == keys
+    assert counter.calls["ListObjectsV2"] == 2
+
+
+def test_s3_list_folders_paginates(s3_client, s3):
+    bulk_put([f"f/{n:04d}/x" for n in range(1003)] + ["f/z.json"])
+    counter = RequestCounter(s3_client)
+    folders, objects = s3.list_folders("f/")
+    assert len(folders) == 1003
+    assert folders[0] == "f/0000/" and folders[-1] == "f/1002/"
+    assert keys_of(objects) == ["f/z.json"]
+    assert counter.calls["ListObjectsV2"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def test_read_and_read_range(store):
+    data = bytes(range(256)) * 4
+    store.write("blob.bin", data)
+    assert store.read("blob.bin") == data
+    assert store.read_range("blob.bin", 0, 10) == data[:10]
+    assert store.read_range("blob.bin", 100, 228) == data[100:228]
+    # past the end: fewer bytes, then none
+    assert store.read_range("blob.bin", 1000, 5000) == data[1000:]
+    assert store.read_range("blob.bin", 2000, 3000) == b""
+    assert store.read_range("blob.bin", 5, 5) == b""
+
+
+def test_read_empty_object(store):
+    store.write("empty", b"")
+    assert store.read("empty") == b""
+    assert store.read_range("empty", 0, 100) == b""
+
+
+@pytest.mark.parametrize("key", ["missing.json", "deep/missing/key.json"])
+def test_object_not_found(store, key):
+    with pytest.raises(ObjectNotFound) as caught:
+        store.read(key)
+    assert str(caught.value) == f"{store.url}/{key} does not exist"
+    with pytest.raises(ObjectNotFound, match="does not exist"):
+        store.read_range(key, 0, 10)
+
+
+def test_object_not_found_is_a_storage_error_and_a_key_error():
+    assert issubclass(ObjectNotFound, StorageError)
+    assert issubclass(ObjectNotFound, KeyError)
+    assert issubclass(StorageError, ExpectedError)
+    assert str(ObjectNotFound("s3://b/k does not exist")) == "s3://b/k does not exist"
+
+
+def test_local_folder_is_not_an_object(local):
+    local.write("a/b.json", b"{}")
+    with pytest.raises(ObjectNotFound):
+        local.read("a")
+    with pytest.raises(ObjectNotFound):
+        local.read("a/b.json/c")
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def test_write_replaces(store):
+    store.write("x/y.json", b"old")
+    store.write("x/y.json", b"new content")
+    assert store.read("x/y.json") == b"new content"
+    assert [(i.key, i.size) for i in store.list("x/")] == [("x/y.json", 11)]
+
+
+def test_local_write_leaves_no_temporary_file(local):
+    local.write("a/b/c.json", b"{}")
+    local.write("a/b/c.json", b"{1}")
+    assert sorted(p.name for p in (local.root / "a" / "b").iterdir()) == ["c.json"]
+    assert oct((local.root / "a/b/c.json").stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_local_temporary_files_are_never_listed(local):
+    local.write("d/real.json", b"1")
+    (local.root / "d" / ".tmp-abc123").write_bytes(b"partial")
+    (local.root / ".tmp-root").write_bytes(b"partial")
+    (local.root / ".tmp-dir").mkdir()
+    (local.root / ".tmp-dir" / "x").write_bytes(b"partial")
+    assert keys_of(local.list("")) == ["d/real.json"]
+    assert keys_of(local.list("d/")) == ["d/real.json"]
+    assert local.list_folders("") == (["d/"], [])
+    assert keys_of(local.list_folders("d/")[1]) == ["d/real.json"]
+    assert keys_of(local.list_many([""])) == ["d/real.json"]
+
+
+def test_local_failing_write_keeps_the_old_content(local, monkeypatch):
+    local.write("k.json", b"old")
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(StorageError, match="cannot write .*k.json: No space left on device"):
+        local.write("k.json", b"new")
+    monkeypatch.undo()
+    assert local.read("k.json") == b"old"
+    assert sorted(p.name for p in local.root.iterdir()) == ["k.json"]
+
+
+def test_local_write_interrupted_while_filling_keeps_the_old_content(local):
+    local.write("k.json", b"old")
+    with pytest.raises(TypeError):
+        local.write("k.json", "not bytes")  # fails inside the temporary file
+    assert local.read("k.json") == b"old"
+    assert sorted(p.name for p in local.root.iterdir()) == ["k.json"]
+
+
+def test_local_write_onto_a_file_used_as_folder(local):
+    local.write("a", b"file")
+    with pytest.raises(StorageError, match="cannot write"):
+        local.write("a/b", b"x")
+
+
+@pytest.mark.parametrize(
+    "key", ["", "../escape", "a/../../escape", "a//b", "/abs", "a/", "a/./b", ".", "a\x00b"]
+)
+def test_local_rejects_unsafe_keys(local, key):
+    with pytest.raises(StorageError, match="invalid key"):
+        local.write(key, b"x")
+    with pytest.raises(StorageError, match="invalid key"):
+        local.read(key)
+    with pytest.raises(StorageError, match="invalid key"):
+        local.read_range(key, 0, 1)
+    with pytest.raises(StorageError, match="invalid key"):
+        local.copy(key, "target")
+    assert not (local.root.parent / "escape").exists()
+
+
+@pytest.mark.parametrize("prefix", ["../", "../bucket-other/", "a/../../"])
+def test_local_listing_never_leaves_the_root(local, prefix):
+    outside = local.root.parent / "bucket-other"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    with pytest.raises(StorageError, match="invalid key"):
+        list(local.list(prefix))
+    with pytest.raises(StorageError, match="invalid key"):
+        local.list_folders(prefix)
+
+
+def test_local_root_must_be_a_directory(tmp_path):
+    store = LocalStorage(tmp_path / "nope")
+    with pytest.raises(StorageError, match="is not a directory"):
+        list(store.list(""))
+    with pytest.raises(StorageError, match="is not a directory"):
+        store.list_folders("")
+
+
+# --------------------------------------------------------------------------------------------
+# copying
+
+
+def test_copy(store):
+    store.write("raw/1.dcm", b"DICM" * 100)
+    store.copy("raw/1.dcm", "training/xray/P/1.2/1.2.3/1.dcm", size=400)
+    store.copy("raw/1.dcm", "validation/1.dcm")  # size unknown
+    assert store.read("training/xray/P/1.2/1.2.3/1.dcm") == b"DICM" * 100
+    assert store.read("validation/1.dcm") == b"DICM" * 100
+    assert store.read("raw/1.dcm") == b"DICM" * 100
+
+
+def test_copy_missing_source_names_the_source(store):
+    for size in (None, 10):
+        with pytest.raises(ObjectNotFound) as caught:
+            store.copy("raw/missing.dcm", "target.dcm", size=size)
+        assert str(caught.value) == f"{store.url}/raw/missing.dcm does not exist"
+    assert keys_of(store.list("")) == []
+
+
+def test_s3_copy_is_one_server_side_request_when_size_is_known(s3_client, s3):
+    s3.write("src", b"data")
+    counter = RequestCounter(s3_client)
+    s3.copy("src", "dst", size=4)
+    assert counter.calls == Counter({"CopyObject": 1})
+    assert s3.read("dst") == b"data"
+
+
+def test_s3_multipart_copy_above_the_copy_limit(s3_client):
+    store = S3Storage(BUCKET, client=s3_client, copy_limit=5 * MB)
+    data = os.urandom(6 * MB)
+    store.write("big.dcm", data)
+    counter = RequestCounter(s3_client)
+    store.copy("big.dcm", "copy/big.dcm", size=len(data))
+    assert counter.calls["UploadPartCopy"] >= 2
+    assert counter.calls["CopyObject"] == 0
+    assert store.read("copy/big.dcm") == data
+
+
+# --------------------------------------------------------------------------------------------
+# S3 errors
+
+
+def test_s3_missing_bucket(s3_client):
+    store = S3Storage("no-such-bucket-here", client=s3_client)
+    expected = "bucket no-such-bucket-here does not exist"
+    with pytest.raises(StorageError, match=expected):
+        list(store.list(""))
+    with pytest.raises(StorageError, match=expected):
+        store.list_folders("")
+    with pytest.raises(StorageError, match=expected):
+        store.read("k")
+    with pytest.raises(StorageError, match=expected):
+        store.write("k", b"x")
+    with pytest.raises(StorageError, match=expected):
+        list(store.list_many(["training/", "validation/"]))
+
+
+def test_s3_other_errors_name_the_action_and_key(s3_client):
+    from botocore.exceptions import ClientError
+
+    def deny(**kwargs):
+        raise ClientError(
+            {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject"
+        )
+
+    store = S3Storage(BUCKET, client=s3_client)
+    s3_client.meta.events.register("before-call.s3.PutObject", deny)
+    with pytest.raises(StorageError) as caught:
+        store.write("reports/x.json", b"{}")
+    assert (
+        str(caught.value)
+        == f"cannot write s3://{BUCKET}/reports/x.json: AccessDenied Access Denied"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# against a moto server over HTTP (the client built from the environment)
+
+
+def test_s3_over_http(s3_bucket, s3_endpoint):
+    store = storage_from_url(f"s3://{s3_bucket}", workers=4)
+    assert isinstance(store, S3Storage)
+    assert store.client.meta.endpoint_url == s3_endpoint
+    put(store, reversed(TRICKY_KEYS), b"0123456789")
+    assert keys_of(store.list("")) == sorted(TRICKY_KEYS)
+    assert store.list_folders("")[0] == ["a.b/", "a/", "b/"]
+    assert store.read_range("a/b", 2, 5) == b"234"
+    assert store.read_range("a/b", 8, 100) == b"89"
+    assert store.read_range("a/b", 50, 100) == b""
+    store.copy("a/b", "c/copied", size=10)
+    assert store.read("c/copied") == b"0123456789"
+    with pytest.raises(ObjectNotFound):
+        store.read("missing")
+    processed = store.processed()
+    processed.write("latest.csv", b"x\n")
+    assert keys_of(processed.list("")) == ["latest.csv"]
+    assert "latest.csv" not in keys_of(store.list(""))
+
+
+def test_s3_client_is_tuned():
+    client = S3Storage(BUCKET, workers=40).client
+    config = client.meta.config
+    assert config.retries["mode"] == "adaptive"
+    assert config.max_pool_connections >= 40
+
+
+# --------------------------------------------------------------------------------------------
+# processed store
+
+
+def test_processed_local(tmp_path):
+    store = LocalStorage(tmp_path / "warehouse")
+    processed = store.processed()
+    assert isinstance(processed, LocalStorage)
+    assert processed.root == tmp_path / "warehouse-processed"
+    assert processed.url == (tmp_path / "warehouse-processed").as_uri()
+
+
+def test_processed_s3(s3_client):
+    store = S3Storage(BUCKET, client=s3_client, workers=7)
+    processed = store.processed()
+    assert isinstance(processed, S3Storage)
+    assert processed.bucket == f"{BUCKET}-processed"
+    assert processed.url == f"s3://{BUCKET}-processed"
+    assert processed.client is s3_client
+    assert processed.workers == 7
+
+
+def test_processed_dry_run(tmp_path):
+    store = DryRunStorage(LocalStorage(tmp_path / "w"))
+    processed = store.processed()
+    assert isinstance(processed, DryRunStorage)
+    assert processed.url == (tmp_path / "w-processed").as_uri()
+
+
+# --------------------------------------------------------------------------------------------
+# dry run
+
+
+def test_dry_run_reads_but_writes_nothing(store, caplog):
+    store.write("raw/a.json", b"{}")
+    dry = DryRunStorage(store)
+    assert dry.url == store.url
+    assert dry.read("raw/a.json") == b"{}"
+    assert dry.read_range("raw/a.json", 0, 1) == b"{"
+    assert keys_of(dry.list("raw/")) == ["raw/a.json"]
+    assert dry.list_folders("") == store.list_folders("")
+    with caplog.at_level(logging.INFO, logger="warehouse.components.storage"):
+        dry.write("training/data/P/data_2021-01-01.json", b"{}")
+        dry.copy("raw/a.json", "training/x.json", size=2)
+        dry.processed().write("latest.csv", b"x")
+    assert dry.intended_writes == 2
+    assert keys_of(store.list("")) == ["raw/a.json"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"DRY RUN: would write {store.url}/training/data/P/data_2021-01-01.json (2 bytes)" in (
+        messages
+    )
+    assert f"DRY RUN: would copy {store.url}/raw/a.json to {store.url}/training/x.json" in messages
+
+
+def test_dry_run_local_creates_no_folder(tmp_path):
+    root = tmp_path / "w"
+    root.mkdir()
+    dry = DryRunStorage(LocalStorage(root))
+    dry.write("a/b/c.json", b"{}")
+    assert list(root.iterdir()) == []
+    assert not (tmp_path / "w-processed").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# storage_from_url
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket"),
+    [("name", "name"), ("s3://name", "name"), ("s3://my-bucket/", "my-bucket"), (" b-1 ", "b-1")],
+)
+def test_storage_from_url_s3(url, bucket):
+    store = storage_from_url(url)
+    assert isinstance(store, S3Storage)
+    assert store.bucket == bucket
+    assert store.url == f"s3://{bucket}"
+
+
+def test_storage_from_url_absolute_file(tmp_path):
+    store = storage_from_url(f"file://{tmp_path}/bucket")
+    assert isinstance(store, LocalStorage)
+    assert store.root == tmp_path / "bucket"
+    assert store.url == f"file://{tmp_path}/bucket"
+
+
+def test_storage_from_url_relative_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = storage_from_url("file://demo/bucket")
+    assert isinstance(store, LocalStorage)
+    assert store.root == tmp_path / "demo" / "bucket"
+
+
+def test_storage_from_url_dry_run(tmp_path):
+    store = storage_from_url(f"file://{tmp_path}", dry_run=True)
+    assert isinstance(store, DryRunStorage)
+    assert isinstance(store.inner, LocalStorage)
+    assert isinstance(storage_from_url("name", dry_run=True).inner, S3Storage)
+
+
+@pytest.mark.parametrize(
+    "url", ["", "  ", "s3://", "s3://a/b", "name/key", "http://host/bucket", "gs://bucket"]
+)
+def test_storage_from_url_rejects(url):
+    with pytest.raises(StorageError, match="is not a bucket name, s3://name or file://path"):
+        storage_from_url(url)
+
+
+def test_storage_from_url_file_needs_a_path():
+    with pytest.raises(StorageError, match="file:// needs a path"):
+        storage_from_url("file://")
+
+
+def test_object_info_is_small():
+    info = ObjectInfo("k", 1, dt.datetime(2021, 1, 1, tzinfo=dt.UTC))
+    assert not hasattr(info, "__dict__")
+    assert Path(info.key).name == "k"
