@@ -28,10 +28,12 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/acti
 venv: $(VENV)/.runtime  ## runtime virtual environment
 venv-dev: $(VENV)/.dev  ## runtime + test and lint tools
 
-demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and run the loader on it
-	rm -rf $(DEMO_DIR) $(DEMO_DIR)-processed
+demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and run the three graphs on it
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-processed $(DEMO_DIR)-centres.txt
 	$(BIN)/python -m warehouse.components.synthetic --output $(DEMO_DIR) --demo
 	$(BIN)/bonobo run warehouse/warehouseloader.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR)
+	$(BIN)/bonobo run warehouse/submittingcentres.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR) > $(DEMO_DIR)-centres.txt
+	$(BIN)/bonobo run warehouse/dataprocess.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR)
 	@echo
 	@echo "Warehouse written to $(DEMO_DIR)/. Its first levels:"
 	@cd $(DEMO_DIR) && find training validation -maxdepth 2 -type d | sort | sed 's/^/  /'
@@ -39,6 +41,10 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@cd $(DEMO_DIR) && find training/xray -name '*.dcm' | sort | head -n 1 | sed 's/^/  /'
 	@cd $(DEMO_DIR) && find training/xray-metadata -name '*.json' | sort | head -n 1 | sed 's/^/  /'
 	@cd $(DEMO_DIR) && find reports -name '*.json' | sort | tail -n 1 | sed 's/^/  /'
+	@echo "Submitting centres of the configured raw prefixes (also in $(DEMO_DIR)-centres.txt):"
+	@sed 's/^/  /' $(DEMO_DIR)-centres.txt
+	@echo "Dashboard tables in $(DEMO_DIR)-processed/; latest.csv names the newest batch:"
+	@sed 's/^/  /' $(DEMO_DIR)-processed/latest.csv
 
 test: $(VENV)/.dev  ## run the whole test suite
 	$(BIN)/python -m pytest

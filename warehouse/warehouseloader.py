@@ -11,18 +11,21 @@ Run it with ``bonobo run warehouse/warehouseloader.py --env WAREHOUSE_BUCKET=...
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
-import os
 import sys
 
 import bonobo
 from bonobo.config import use
 
 from warehouse.components import execution
-from warehouse.components.config import CONFIG_KEY, Settings, parse_config, settings_from_env
+from warehouse.components.config import (
+    CONFIG_KEY,
+    Settings,
+    load_pipeline_config,
+    settings_from_env,
+)
 from warehouse.components.dicom import header_json
 from warehouse.components.errors import ExpectedError
 from warehouse.components.filing import (
@@ -42,29 +45,17 @@ from warehouse.components.filing import (
 from warehouse.components.listing import index_warehouse, list_raw, pending_images
 from warehouse.components.patients import PatientGroups
 from warehouse.components.report import RunReport
-from warehouse.components.storage import ObjectNotFound, Storage, storage_from_url
+from warehouse.components.storage import Storage, storage_from_url
 
 logger = logging.getLogger("warehouseloader")
 
 GRAPH_NAME = "warehouseloader"
 
 
-def _workers(services) -> int:
-    return services["state"].settings.workers
-
-
 @use("storage", "state")
 def load_config(storage: Storage, state: LoaderState):
     """Read and validate ``config.json``; nothing runs without a valid one."""
-    try:
-        state.config = parse_config(storage.read(CONFIG_KEY))
-    except ObjectNotFound:
-        message = f"no {CONFIG_KEY} at the root of {storage.url}"
-        state.report.fail(message)
-        raise ExpectedError(message) from None
-    except ExpectedError as exc:
-        state.report.fail(str(exc))
-        raise
+    state.config = load_pipeline_config(storage, state.report)
     logger.info(
         "config: %d raw prefixes, %d sites, training_percentage %d",
         len(state.config.raw_prefixes),
@@ -120,7 +111,7 @@ def _passthrough(task: Task) -> list[Task]:
 
 
 @use("storage", "state")
-@execution.pooled(_workers)
+@execution.pooled(execution.pool_size)
 def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState):
     """Read new clinical files concurrently; assign groups in upload order; yield copy tasks.
 
@@ -138,7 +129,7 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
 
 
 @use("storage", "state")
-@execution.pooled(_workers)
+@execution.pooled(execution.pool_size)
 def process_image(pool, task: Task, storage: Storage, state: LoaderState):
     """Read each image's header (ranged reads) and yield its copy and metadata tasks."""
     if task.action == "image":
@@ -164,7 +155,7 @@ def process_dicom_data(task: Task, state: LoaderState):
 
 
 @use("storage", "state")
-@execution.pooled(_workers)
+@execution.pooled(execution.pool_size)
 def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
     """Write metadata files."""
     if task.action == "write":
@@ -173,7 +164,7 @@ def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
 
 
 @use("storage", "state")
-@execution.pooled(_workers)
+@execution.pooled(execution.pool_size)
 def data_copy(pool, task: Task, storage: Storage, state: LoaderState):
     """Copy clinical files and images into the warehouse (server-side on S3)."""
     if task.action == "copy":
@@ -216,9 +207,7 @@ def finish_run(services, context) -> int:
     """After the graph: write the JSON report, print the summary, and decide the exit code."""
     storage, state = services["storage"], services["state"]
     report = state.report
-    errors = execution.unexpected_errors(context)
-    if errors:
-        report.fail(f"{errors} unexpected error(s) in the nodes; see the log above")
+    execution.account_for_errors(report, context)
     if state.header_requests:
         report.count("header read requests", state.header_requests)
     summary = report.summary()
@@ -233,49 +222,23 @@ def finish_run(services, context) -> int:
             logger.error("could not write the run report: %s", exc)
             report.fail(f"run report not written: {exc}")
     print(summary, flush=True)
-    summary_file = os.environ.get("RUN_SUMMARY_FILE")
-    if summary_file:
-        with open(summary_file, "w", encoding="utf-8") as handle:
-            handle.write(summary + "\n")
-    if report.fatal and report.fatal.startswith(("config.json", f"no {CONFIG_KEY}")):
-        state.exit_code = execution.EXIT_CONFIG
-    elif not report.completed:
-        state.exit_code = execution.EXIT_INCOMPLETE
-    else:
-        state.exit_code = execution.EXIT_OK
+    execution.write_summary_file(summary)
+    state.exit_code = execution.exit_code(report)
     return state.exit_code
 
 
 def run(services) -> int | None:
     """Run the graph with ``services``; the exit code, or None when only recorded (bonobo run)."""
-    execution.configure_logging()
-    lazy = services if isinstance(services, execution.LazyServices) else None
-    progress = float(os.environ.get("WAREHOUSE_PROGRESS_SECONDS", "10") or 10)
-    context = execution.run(
-        get_graph(),
-        services,
-        finish=lambda ctx: finish_run(lazy.load() if lazy else services, ctx),
-        progress_seconds=progress,
-    )
-    if context is None:
-        return None
-    state = (lazy.load() if lazy else services)["state"]
-    return getattr(state, "exit_code", execution.EXIT_INTERNAL)
+    return execution.run_graph(get_graph(), services, finish_run)
 
 
-def _parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="python -m warehouse.warehouseloader",
-        description="Load raw uploads (clinical JSON, DICOM) into the training/validation "
-        "warehouse of WAREHOUSE_BUCKET.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="""environment:
-  WAREHOUSE_BUCKET   bucket name, s3://name, or file:///path (BUCKET_NAME accepted too)
-  DRY_RUN            true/false: run everything, write nothing (default false)
-  WAREHOUSE_WORKERS  storage worker threads per node (default 32)
-  WAREHOUSE_PROGRESS_SECONDS  status line period when output is not a terminal (default 10)
-  RUN_SUMMARY_FILE   also write the run summary to this file
-  AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE, ...  standard AWS settings
+def command_parser():
+    """The command line (``--help``)."""
+    return execution.command_parser(
+        "warehouseloader",
+        "Load raw uploads (clinical JSON, DICOM) into the training/validation warehouse of "
+        "WAREHOUSE_BUCKET.",
+        """  DRY_RUN            true/false: run everything, write nothing (default false)
 
 exit codes: 0 run completed (per-file problems are reported, not failures);
   1 some reads or writes failed (rerun to finish); 2 bad settings or config.json""",
@@ -284,8 +247,7 @@ exit codes: 0 run completed (per-file problems are reported, not failures);
 
 def main(argv=None) -> int | None:
     """Command line entry point (``python -m warehouse.warehouseloader``)."""
-    _parser().parse_args(argv)
-    return run(execution.LazyServices(get_services))
+    return execution.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -183,3 +183,25 @@ def parse_config(data: bytes) -> PipelineConfig:
                 )
             rules[name] = group
     return PipelineConfig(tuple(normalised), percentage, rules)
+
+
+def load_pipeline_config(storage, report) -> PipelineConfig:
+    """Read and validate ``config.json`` from the root of ``storage``.
+
+    A problem is recorded on ``report`` as a configuration problem (the run exits 2) and
+    raised as `ConfigError`, or `StorageError` when the store cannot be read.
+    """
+    from warehouse.components.storage import ObjectNotFound, StorageError
+
+    try:
+        return parse_config(storage.read(CONFIG_KEY))
+    except ObjectNotFound:
+        problem: ExpectedError = ConfigError(f"no {CONFIG_KEY} at the root of {storage.url}")
+    except ConfigError as exc:
+        problem = exc
+    except StorageError as exc:
+        report.fail(str(exc))
+        raise
+    report.fail(str(problem))
+    report.config_problem = True
+    raise problem

@@ -4,7 +4,9 @@ nodes, status lines when output is not a terminal, a final report, and a truthfu
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -312,3 +314,88 @@ def run(graph, services, *, finish: Callable | None = None, progress_seconds: fl
     return bonobo.run(
         graph, services=services, plugins=plugins, strategy=StartedThreadPoolStrategy()
     )
+
+
+def pool_size(services) -> int:
+    """Worker pool size of a pooled node: the run's ``WAREHOUSE_WORKERS``."""
+    return services["state"].settings.workers
+
+
+#: The environment every graph reads (each command adds its own lines).
+ENVIRONMENT_HELP = """environment:
+  WAREHOUSE_BUCKET   bucket name, s3://name, or file:///path (BUCKET_NAME accepted too)
+  WAREHOUSE_WORKERS  storage worker threads per node (default 32)
+  WAREHOUSE_PROGRESS_SECONDS  status line period when output is not a terminal (default 10)
+  RUN_SUMMARY_FILE   also write the run summary to this file
+  AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE, ...  standard AWS settings"""
+
+
+def command_parser(module: str, description: str, extra_help: str) -> argparse.ArgumentParser:
+    """The ``python -m warehouse.<graph>`` parser: its description and the environment."""
+    return argparse.ArgumentParser(
+        prog=f"python -m warehouse.{module}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{ENVIRONMENT_HELP}\n{extra_help}",
+    )
+
+
+def account_for_errors(report, context) -> None:
+    """Mark the run incomplete if bonobo counted unhandled errors in its nodes."""
+    errors = unexpected_errors(context)
+    if errors:
+        report.fail(f"{errors} unexpected error(s) in the nodes; see the log above")
+
+
+def write_summary_file(summary: str) -> None:
+    """Copy the run summary to ``RUN_SUMMARY_FILE`` when it is set (the bin/ wrappers read it)."""
+    path = os.environ.get("RUN_SUMMARY_FILE")
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(summary + "\n")
+
+
+def exit_code(report) -> int:
+    """0 when the run completed, 2 when config.json stopped it, 1 when it could not complete."""
+    if report.fatal and getattr(report, "config_problem", False):
+        return EXIT_CONFIG
+    return EXIT_OK if report.completed else EXIT_INCOMPLETE
+
+
+def run_graph(graph, services, finish: Callable[[dict, object], int]) -> int | None:
+    """Run a graph module's graph; the exit code ``finish(services, context)`` decided, or None
+    when the call was only recorded (under ``bonobo run``, which runs the graph afterwards).
+
+    Parameters
+    ----------
+    graph : bonobo.Graph
+        The graph.
+    services : dict or LazyServices
+        Its services; a `LazyServices` is built when the graph starts.
+    finish : callable
+        ``finish(services, context) -> exit code``, called once the graph has stopped.
+    """
+    configure_logging()
+    lazy = services if isinstance(services, LazyServices) else None
+
+    def loaded() -> dict:
+        return lazy.load() if lazy else services
+
+    codes: list[int] = []
+    progress = float(os.environ.get("WAREHOUSE_PROGRESS_SECONDS", "10") or 10)
+    context = run(
+        graph,
+        services,
+        finish=lambda ctx: codes.append(finish(loaded(), ctx)),
+        progress_seconds=progress,
+    )
+    if context is None:
+        return None
+    return codes[0] if codes else EXIT_INTERNAL
+
+
+def main(module, argv) -> int | None:
+    """Command line of a graph module: parse ``--help``, run with services from the
+    environment (built lazily, so ``bonobo inspect`` needs none)."""
+    module.command_parser().parse_args(argv)
+    return run_graph(module.get_graph(), LazyServices(module.get_services), module.finish_run)

@@ -46,6 +46,8 @@ class RunReport:
         self.reasons: Counter[str] = Counter()
         self.problems: list[dict] = []
         self.fatal: str | None = None
+        #: Whether ``fatal`` is a problem of the settings or ``config.json`` (exit code 2).
+        self.config_problem = False
         self._lock = threading.Lock()
 
     def count(self, outcome: str, n: int = 1) -> None:

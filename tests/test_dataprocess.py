@@ -1,0 +1,597 @@
+"""End-to-end tests of the dataprocess graph on both backends.
+
+A small warehouse is written key by key (clinical files with known names and dates, metadata
+JSON in both forms, image bytes of known sizes), so every expected row, value and byte count
+is worked out here from the rules, independently of the graph's code. One test builds its
+warehouse with the loader instead, to check the two graphs fit together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+
+from tests import builders
+from tests.builders import clinical, image, uid
+from warehouse import dataprocess
+from warehouse.components.catalogue import WarehouseCatalogue
+from warehouse.components.config import Settings
+from warehouse.components.dashboard import arrow_ready, batch_name, parquet_bytes
+from warehouse.components.dicom import header_json
+from warehouse.components.storage import (
+    DryRunStorage,
+    LocalStorage,
+    S3Storage,
+    Storage,
+    StorageError,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BATCH = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z$")
+
+CENTRE_A, CENTRE_B = "Alpha Trust", "Beta Trust"
+STUDY = {name: uid("study", name) for name in ("A", "B", "C", "D")}
+SERIES = {name: uid("series", name) for name in ("A1", "A2", "B1", "C1", "D1")}
+
+
+def product_json(patient, modality, study, series, age="045Y", sex="M") -> bytes:
+    """Metadata JSON as the loader writes it (valid DICOM JSON) for one image."""
+    _, data = image(patient, modality)
+    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    dataset.StudyInstanceUID = study
+    dataset.SeriesInstanceUID = series
+    dataset.PatientAge = age
+    dataset.PatientSex = sex
+    return header_json(dataset)
+
+
+def original_json(patient, study, series) -> bytes:
+    """Metadata JSON in the original loader's form: ``InlineBinary: null``, top-level null."""
+    document = {
+        "00080060": {"vr": "CS", "Value": ["DX"]},
+        "00080070": {"vr": "LO", "Value": ["ACME"]},
+        "00100020": {"vr": "LO", "Value": [patient]},
+        "00100040": {"vr": "CS", "Value": ["M"]},
+        "00101010": {"vr": "AS", "Value": ["081Y"]},
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "0020000E": {"vr": "UI", "Value": [series]},
+        "00283010": None,
+        "00291010": {"vr": "OB", "InlineBinary": None},
+    }
+    return json.dumps(document).encode()
+
+
+def warehouse_files() -> dict[str, bytes]:
+    """The hand-made warehouse side (plus a run report and a raw file, which are not read)."""
+    return {
+        # Covid1: positive; a newer status file dates it but is not the record.
+        "training/data/Covid1/status_2021-02-15.json": clinical("Covid1", CENTRE_A, Age=99),
+        "training/data/Covid1/data_2021-03-01.json": clinical(
+            "Covid1",
+            CENTRE_A,
+            Age="45.9",
+            Sex="1",
+            Ethnicity="A",
+            FiO2="2 L",
+            OtherDataSources={"SegmentationData": {"Ethnicity": "CA"}},
+        ),
+        "training/data/Covid1/status_2021-04-01.json": clinical("Covid1", CENTRE_A),
+        # Covid2: negative, two status files; age and sex come from its CT.
+        "training/data/Covid2/status_2021-01-10.json": clinical("Covid2", CENTRE_B, Sex=0),
+        "training/data/Covid2/status_2021-02-10.json": clinical("Covid2", CENTRE_B, SwabStatus=0),
+        # Covid3: its only file is not JSON: reported, no row.
+        "training/data/Covid3/data_2021-05-01.json": b'{"Pseudonym": "Covid3", ',
+        # Covid4: validation.
+        "validation/data/Covid4/status_2021-03-03.json": clinical("Covid4", CENTRE_B, Age=30),
+        # CT: study A has two series (one row, from the first key), study B one.
+        f"training/ct/Covid1/{STUDY['A']}/{SERIES['A1']}/a.dcm": b"\0" * 1000,
+        f"training/ct/Covid1/{STUDY['A']}/{SERIES['A2']}/b.dcm": b"\0" * 2000,
+        f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A1']}/a.json": product_json(
+            "Covid1", "CT", STUDY["A"], SERIES["A1"]
+        ),
+        f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A2']}/b.json": product_json(
+            "Covid1", "CT", STUDY["A"], SERIES["A2"]
+        ),
+        f"training/ct/Covid2/{STUDY['B']}/{SERIES['B1']}/c.dcm": b"\0" * 3000,
+        f"training/ct-metadata/Covid2/{STUDY['B']}/{SERIES['B1']}/c.json": product_json(
+            "Covid2", "CT", STUDY["B"], SERIES["B1"], age="024M", sex="F"
+        ),
+        # X-ray: the original's metadata form (training) and the product's (validation).
+        f"training/xray/Covid1/{STUDY['C']}/{SERIES['C1']}/d.dcm": b"\0" * 400,
+        f"training/xray-metadata/Covid1/{STUDY['C']}/{SERIES['C1']}/d.json": original_json(
+            "Covid1", STUDY["C"], SERIES["C1"]
+        ),
+        f"validation/xray/Covid4/{STUDY['D']}/{SERIES['D1']}/e.dcm": b"\0" * 500,
+        f"validation/xray-metadata/Covid4/{STUDY['D']}/{SERIES['D1']}/e.json": product_json(
+            "Covid4", "DX", STUDY["D"], SERIES["D1"]
+        ),
+        # Not part of the warehouse side.
+        "reports/warehouseloader/2021-01-01T00-00-00.000000Z.json": b"{}",
+        "raw-a/2021-01-01/data/Covid9_data.json": clinical("Covid9", CENTRE_A),
+    }
+
+
+BAD_CLINICAL = "training/data/Covid3/data_2021-05-01.json"
+
+
+def expected_storage(files: dict[str, bytes]) -> dict[str, int]:
+    """Bytes per storage prefix, summed here from the files written."""
+    sizes = {}
+    for group in ("training", "validation"):
+        for folder in ("ct/", "xray/", "mri/", ""):
+            prefix = f"{group}/{folder}"
+            sizes[prefix] = sum(len(v) for k, v in files.items() if k.startswith(prefix))
+    return sizes
+
+
+def set_dates(store: LocalStorage) -> None:
+    """Give every local file the modification date its test expects (noon UTC)."""
+    for path in store.root.rglob("*"):
+        if path.is_file():
+            stamp = dt.datetime(2021, 3, 2, 12, tzinfo=dt.UTC)
+            if path.name == "status_2021-02-10.json":
+                stamp = dt.datetime(2021, 2, 11, 12, tzinfo=dt.UTC)
+            os.utime(path, (stamp.timestamp(), stamp.timestamp()))
+
+
+class RecordingStorage(Storage):
+    """A store that records reads, listings and writes (shared with its processed store)."""
+
+    def __init__(self, inner: Storage, log: dict | None = None, fail_reads=(), fail_writes=()):
+        self.inner = inner
+        self.url = inner.url
+        self.log = log if log is not None else {"reads": [], "writes": [], "folders": []}
+        self.fail_reads = set(fail_reads)
+        self.fail_writes = set(fail_writes)
+        self._lock = threading.Lock()
+
+    def _record(self, kind, value):
+        with self._lock:
+            self.log[kind].append(value)
+
+    def list(self, prefix):
+        return self.inner.list(prefix)
+
+    def list_folders(self, prefix):
+        self._record("folders", prefix)
+        return self.inner.list_folders(prefix)
+
+    def read(self, key):
+        self._record("reads", key)
+        if key in self.fail_reads:
+            raise StorageError(f"cannot read {key}: simulated")
+        return self.inner.read(key)
+
+    def read_range(self, key, start, end):
+        return self.inner.read_range(key, start, end)
+
+    def write(self, key, data, content_type="application/json"):
+        self._record("writes", f"{self.url}/{key}")
+        if key.rsplit("/", 1)[-1] in self.fail_writes:
+            raise StorageError(f"cannot write {key}: simulated")
+        self.inner.write(key, data, content_type)
+
+    def copy(self, source_key, target_key, size=None):
+        raise AssertionError("dataprocess never copies")
+
+    def processed(self):
+        return RecordingStorage(self.inner.processed(), self.log, fail_writes=self.fail_writes)
+
+
+def run_graph(storage: Storage, **settings):
+    services = dataprocess.get_services(
+        settings=Settings(bucket=storage.url, **settings), storage=storage
+    )
+    code = dataprocess.run(services)
+    return code, services["state"]
+
+
+def read_batch(processed: Storage) -> tuple[str, dict[str, bytes]]:
+    """``(batch name, file name -> bytes)`` of the batch ``latest.csv`` names."""
+    latest = pd.read_csv(io.BytesIO(processed.read("latest.csv")))
+    batch = latest["path"].iloc[0].split("/")[0]
+    files = {
+        info.key.split("/", 1)[1]: processed.read(info.key) for info in processed.list(f"{batch}/")
+    }
+    return batch, files
+
+
+def csv(files, name) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(files[name]), dtype=str, keep_default_na=False)
+
+
+def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[str, bytes]:
+    """The checks every backend must pass on the hand-made warehouse's batch."""
+    batch, out = read_batch(processed)
+    assert BATCH.match(batch)
+    tables = ("ct", "xray", "patient", "patient_clean", "storage")
+    stats = (
+        "stats_patients.csv",
+        "stats_images.csv",
+        "stats_storage.csv",
+        "stats_submittingcentres.csv",
+        "stats_date.txt",
+    )
+    assert sorted(out) == sorted(
+        [f"{t}.{ext}" for t in tables for ext in ("csv", "parquet")] + list(stats)
+    )
+    latest = processed.read("latest.csv").decode()
+    assert latest == "archive,path\n" + "".join(f"{t},{batch}/{t}.csv\n" for t in tables)
+
+    ct = csv(out, "ct.csv")
+    assert list(ct["Pseudonym"]) == ["Covid1", "Covid2"]  # one row per study
+    assert list(ct["StudyInstanceUID"]) == [STUDY["A"], STUDY["B"]]
+    assert list(ct["SeriesInstanceUID"]) == [SERIES["A1"], SERIES["B1"]]  # first key
+    assert list(ct["PatientAge"]) == ["045Y", "024M"]
+    assert set(ct["group"]) == {"training"}
+    xray = csv(out, "xray.csv")
+    assert list(xray["Pseudonym"]) == ["Covid1", "Covid4"]
+    assert list(xray["group"]) == ["training", "validation"]
+    original = xray.iloc[0]  # read from the original's form
+    assert (original["PatientAge"], original["PatientSex"], original["Manufacturer"]) == (
+        "081Y",
+        "M",
+        "ACME",
+    )
+    assert original["Modality"] == "DX" and original["SeriesInstanceUID"] == SERIES["C1"]
+
+    patient = csv(out, "patient.csv")
+    assert list(patient["Pseudonym"]) == ["Covid1", "Covid2", "Covid4"]  # one row per patient
+    assert list(patient.columns[:5]) == [
+        "filename_earliest_date",
+        "filename_covid_status",
+        "filename_latest_date",
+        "last_modified",
+        "group",
+    ]
+    first = patient.iloc[0]
+    assert (first["filename_earliest_date"], first["filename_latest_date"]) == (
+        "2021-02-15",
+        "2021-04-01",
+    )
+    assert first["filename_covid_status"] == "True"
+    assert first["Ethnicity"] == "CA"  # SegmentationData wins
+    assert first["Age"] == "45.9"  # the data file, not the status files
+    assert "SegmentationData" in first["OtherDataSources"]
+    assert list(patient["group"]) == ["training", "training", "validation"]
+    assert patient.iloc[1]["filename_covid_status"] == "False"
+
+    clean = csv(out, "patient_clean.csv")
+    assert list(clean["Pseudonym"]) == ["Covid1", "Covid2", "Covid4"]
+    assert list(clean["ethnicity"]) == ["White", "Unknown", "Unknown"]
+    assert list(clean["age"]) == ["45.0", "", "30.0"]
+    assert list(clean["fio2"]) == ["", "", ""]  # "2 L" crashed the original: missing here
+    assert list(clean["age_update"]) == ["45.0", "2.0", "30.0"]  # Covid2 from "024M"
+    # Covid2 and Covid4 have no Sex in their chosen file: their images say (any group).
+    assert list(clean["sex_update"]) == ["M", "F", "M"]
+
+    storage = csv(out, "storage.csv")
+    sizes = expected_storage(files)
+    assert list(storage["prefix"]) == list(sizes)
+    assert [int(v) for v in storage["storage"]] == list(sizes.values())
+
+    for name in tables:
+        from_parquet = pd.read_parquet(io.BytesIO(out[f"{name}.parquet"]))
+        from_csv = csv(out, f"{name}.csv")
+        assert list(from_parquet.columns) == list(from_csv.columns), name
+        assert len(from_parquet) == len(from_csv), name
+    assert list(pd.read_parquet(io.BytesIO(out["patient.parquet"]))["Pseudonym"]) == [
+        "Covid1",
+        "Covid2",
+        "Covid4",
+    ]
+
+    # Training only: Covid1 (positive) and Covid2 (negative) have images; 3 training studies.
+    assert out["stats_patients.csv"].decode() == (
+        "Total number of patients with images,2\n"
+        "Positive patients with images,1\n"
+        "Negative patients with images,1\n"
+        "New patients added in the last 30 days,0\n"
+    )
+    assert out["stats_images.csv"].decode() == (
+        "Total number of image studies,3\n"
+        "CT image studies,2\n"
+        "X-ray image studies,1\n"
+        "MRI image studies,0\n"
+    )
+    assert out["stats_submittingcentres.csv"].decode() == (
+        "Submitting centres (e.g. NHS trusts),2\n"
+    )
+    assert (
+        out["stats_storage.csv"]
+        .decode()
+        .startswith('"Total image, image metadata, and clinical data storage",0GB\n')
+    )
+    assert out["stats_date.txt"].decode().startswith("This information was last updated on ")
+    return out
+
+
+def latest_report(storage: Storage) -> dict:
+    keys = sorted(i.key for i in storage.list("reports/dataprocess/"))
+    assert keys, "no run report written"
+    return json.loads(storage.read(keys[-1]))
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    return LocalStorage(tmp_path / "bucket")
+
+
+def test_tables_of_a_hand_made_warehouse(local_store, capsys):
+    files = warehouse_files()
+    builders.put_tree(local_store, files)
+    set_dates(local_store)
+    store = RecordingStorage(local_store)
+
+    code, state = run_graph(store)
+
+    assert code == 0
+    processed = LocalStorage(local_store.root.parent / "bucket-processed")
+    out = check_hand_made_batch(processed, files)
+    patient = csv(out, "patient.csv")
+    # last_modified: the chosen file's date (Covid2's chosen file is dated 2021-02-11).
+    assert list(patient["last_modified"]) == ["2021-03-02", "2021-02-11", "2021-03-02"]
+    assert set(csv(out, "ct.csv")["last_modified"]) == {"2021-03-02"}
+
+    report = latest_report(local_store)
+    assert report["completed"] is True
+    assert [(p["key"], p["reason"]) for p in report["problems"]] == [(BAD_CLINICAL, "invalid JSON")]
+    assert report["counts"] == {"ct studies": 2, "patients": 3, "xray studies": 2}
+
+    # Listed once (each group folder split once), each chosen file and study file read once.
+    assert sorted(store.log["folders"]) == ["training/", "validation/"]
+    reads = store.log["reads"]
+    assert len(reads) == len(set(reads)) == 4 + 4  # 3 patients + the bad file, 4 studies
+    assert f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A2']}/b.json" not in reads
+    assert "training/data/Covid1/status_2021-04-01.json" not in reads
+
+    # latest.csv is the last write; the run report comes after the graph.
+    writes = [w.rsplit("/", 1)[-1] for w in store.log["writes"]]
+    assert writes[-2] == "latest.csv"
+    assert writes[-1].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-1]
+    assert len(writes) == 10 + 5 + 1 + 1
+
+    printed = capsys.readouterr()
+    assert "dataprocess run summary" in printed.out
+    assert f"{processed.url}/{state.batch}/" in printed.out
+    for node in dataprocess.get_graph().nodes:
+        assert f"- {node.__name__} in=" in printed.err
+
+
+def test_a_modality_without_studies_has_no_table(local_store):
+    files = {k: v for k, v in warehouse_files().items() if "/xray" not in k}
+    builders.put_tree(local_store, files)
+    assert run_graph(local_store)[0] == 0
+    processed = local_store.processed()
+    batch, out = read_batch(processed)
+    assert not any(name.startswith(("xray.", "mri.")) for name in out)
+    latest = pd.read_csv(io.BytesIO(processed.read("latest.csv")))
+    assert list(latest["archive"]) == ["ct", "patient", "patient_clean", "storage"]
+    assert "X-ray image studies,0\n" in out["stats_images.csv"].decode()
+
+
+def test_a_warehouse_without_images(local_store):
+    files = {k: v for k, v in warehouse_files().items() if "/data/" in k}
+    builders.put_tree(local_store, files)
+    assert run_graph(local_store)[0] == 0
+    processed = local_store.processed()
+    latest = pd.read_csv(io.BytesIO(processed.read("latest.csv")))
+    assert list(latest["archive"]) == ["patient", "patient_clean", "storage"]
+    _, out = read_batch(processed)
+    clean = csv(out, "patient_clean.csv")
+    assert list(clean["sex"]) == ["M", "Unknown", "Unknown"]  # Sex=0 is in an older file
+    assert list(clean["sex_update"]) == ["M", "Unknown", "Unknown"]  # no image to fill from
+    assert list(clean["age_update"]) == ["45.0", "", "30.0"]
+
+
+def test_dry_run_writes_nothing(local_store, capsys):
+    builders.put_tree(local_store, warehouse_files())
+    before = sorted(i.key for i in local_store.list(""))
+    code, state = run_graph(DryRunStorage(local_store), dry_run=True)
+    assert code == 0
+    assert not (local_store.root.parent / "bucket-processed").exists()
+    assert sorted(i.key for i in local_store.list("")) == before
+    out = capsys.readouterr().out
+    assert "dry run: nothing was written" in out
+    assert state.written[-1] == "latest.csv"
+
+
+def test_a_failed_read_publishes_nothing(local_store):
+    builders.put_tree(local_store, warehouse_files())
+    failing = f"training/ct-metadata/Covid2/{STUDY['B']}/{SERIES['B1']}/c.json"
+    code, state = run_graph(RecordingStorage(local_store, fail_reads={failing}))
+    assert code == 1
+    assert not (local_store.root.parent / "bucket-processed").exists()
+    report = latest_report(local_store)
+    assert report["completed"] is False
+    problems = {p["key"]: p["reason"] for p in report["problems"]}
+    assert problems == {failing: "read failed", BAD_CLINICAL: "invalid JSON"}
+
+
+def test_a_failed_write_leaves_latest_csv_alone(local_store):
+    builders.put_tree(local_store, warehouse_files())
+    assert run_graph(local_store)[0] == 0
+    processed = local_store.processed()
+    previous = processed.read("latest.csv")
+    code, state = run_graph(RecordingStorage(local_store, fail_writes={"patient.parquet"}))
+    assert code == 1
+    assert processed.read("latest.csv") == previous
+    assert latest_report(local_store)["fatal"].startswith("tables not written")
+
+
+def test_the_catalogue_lists_once_for_concurrent_callers(local_store):
+    builders.put_tree(local_store, warehouse_files())
+    catalogue = WarehouseCatalogue(RecordingStorage(local_store), workers=4)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(catalogue.contents())) for _ in "abc"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert catalogue.listings == 1 and len({id(r) for r in results}) == 1
+    contents = results[0]
+    assert sorted(contents.clinical) == ["Covid1", "Covid2", "Covid3", "Covid4"]
+    assert len(contents.studies) == 4 and contents.storage == expected_storage(warehouse_files())
+
+    broken = WarehouseCatalogue(LocalStorage(local_store.root / "missing"))
+    for _ in range(2):
+        with pytest.raises(StorageError, match="not a directory"):
+            broken.contents()
+    assert broken.listings == 1 and not broken.listed
+
+
+def test_batch_names_and_parquet_columns():
+    stamp = dt.datetime(2026, 11, 25, 10, 30, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert batch_name(stamp) == "2026-11-25T09-30-00Z"
+    table = pd.DataFrame(
+        {
+            "mixed": pd.Series([1, "x", None], dtype="object"),
+            "numbers": pd.Series([1, 2.5, None], dtype="object"),
+            "nested": pd.Series([{"a": 1}, [1, 2], None], dtype="object"),
+        }
+    )
+    ready = arrow_ready(table)
+    assert ready["mixed"].tolist() == ["1", "x", None]
+    assert ready["nested"].tolist() == ["{'a': 1}", "[1, 2]", None]
+    assert ready["numbers"].tolist()[:2] == [1, 2.5]
+    back = pd.read_parquet(io.BytesIO(parquet_bytes(table)))
+    assert back["mixed"].tolist()[:2] == ["1", "x"] and pd.isna(back["mixed"][2])
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAREHOUSE_")}
+    env.pop("BUCKET_NAME", None)
+    env.update(extra)
+    return env
+
+
+def test_bonobo_run_after_the_loader(tmp_path):
+    """Raw uploads -> loader -> ``bonobo run warehouse/dataprocess.py`` on a local directory."""
+    store = LocalStorage(tmp_path / "bucket")
+    raw = {"config.json": builders.config(["raw-a"], training=[CENTRE_A], validation=[CENTRE_B])}
+    studies = {"CT": 0, "DX": 0, "MR": 0}
+    for n, (pseudonym, centre) in enumerate(
+        [("Covid1", CENTRE_A), ("Covid2", CENTRE_A), ("Covid3", CENTRE_B)]
+    ):
+        kind = "data" if n == 0 else "status"
+        raw[f"raw-a/2021-01-0{n + 1}/data/{pseudonym}_{kind}.json"] = clinical(pseudonym, centre)
+        for modality, study, series in (("CT", "s1", "r1"), ("CT", "s1", "r2"), ("DX", "s2", "r1")):
+            name, data = image(pseudonym, modality, study=study, series=series)
+            raw[f"raw-a/2021-01-0{n + 1}/images/{name}"] = data
+        studies["CT"] += 1
+        studies["DX"] += 1
+    builders.put_tree(store, raw)
+    assert builders.run_loader(store)[0] == 0
+
+    result = subprocess.run(
+        [
+            str(BIN / "bonobo"),
+            "run",
+            str(REPO / "warehouse" / "dataprocess.py"),
+            "--env",
+            f"WAREHOUSE_BUCKET=file://{store.root}",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "dataprocess run summary" in result.stdout
+    for node in (
+        "list_clinical_files",
+        "load_clinical_files",
+        "list_image_metadata_files",
+        "load_image_metadata_files",
+        "get_storage_stats",
+        "DataExtractor",
+    ):
+        assert f"- {node} in=" in result.stderr
+    _, out = read_batch(store.processed())
+    assert len(csv(out, "ct.csv")) == studies["CT"]
+    assert len(csv(out, "xray.csv")) == studies["DX"]
+    assert "mri.csv" not in out
+    patient = csv(out, "patient.csv")
+    assert list(patient["Pseudonym"]) == ["Covid1", "Covid2", "Covid3"]
+    assert list(patient["group"]) == ["training", "training", "validation"]
+    assert set(csv(out, "patient_clean.csv")["sex_update"]) <= {"M", "F", "O"}  # from DICOM
+
+
+def test_python_m_on_s3_over_http(s3_bucket):
+    store = S3Storage(s3_bucket, workers=8)
+    files = warehouse_files()
+    builders.put_tree(store, files)
+    result = subprocess.run(
+        [str(BIN / "python"), "-m", "warehouse.dataprocess"],
+        cwd=REPO,
+        env=_env(WAREHOUSE_BUCKET=f"s3://{s3_bucket}", WAREHOUSE_WORKERS="8"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"s3://{s3_bucket}-processed/" in result.stdout
+    check_hand_made_batch(S3Storage(f"{s3_bucket}-processed", workers=8), files)
+    report = latest_report(store)
+    assert [p["key"] for p in report["problems"]] == [BAD_CLINICAL]
+
+
+@pytest.mark.parametrize(
+    "env, code, message",
+    [
+        ({}, 2, "WAREHOUSE_BUCKET"),
+        ({"WAREHOUSE_BUCKET": "file:///nonexistent", "WAREHOUSE_WORKERS": "0"}, 2, "WORKERS"),
+        ({"WAREHOUSE_BUCKET": "file://{tmp}/missing"}, 1, "not a directory"),
+    ],
+)
+def test_bad_settings_and_missing_warehouse(env, code, message, tmp_path):
+    env = {k: v.replace("{tmp}", str(tmp_path)) for k, v in env.items()}
+    result = subprocess.run(
+        [str(BIN / "python"), "-m", "warehouse.dataprocess"],
+        cwd=REPO,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "missing-processed").exists()
+
+
+def test_help_and_inspect_need_no_environment(tmp_path):
+    result = subprocess.run(
+        [str(BIN / "python"), "-m", "warehouse.dataprocess", "--help"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    for name in ("WAREHOUSE_BUCKET", "DRY_RUN", "WAREHOUSE_WORKERS", "latest.csv"):
+        assert name in result.stdout
+    result = subprocess.run(
+        [str(BIN / "bonobo"), "inspect", "--graph", str(REPO / "warehouse/dataprocess.py")],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "DataExtractor" in result.stdout and "get_storage_stats" in result.stdout

@@ -1,0 +1,75 @@
+"""The ``submittingcentres`` graph's per-file rules: reading a patient's raw clinical files for
+their ``SubmittingCentre`` and collecting the distinct values.
+
+The worker reads (:func:`read_centres`); the collection (:func:`collect_centres`) runs in the
+node's own thread, in input order, and reports the files that have no usable centre.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import namedtuple
+from dataclasses import dataclass, field
+
+from warehouse.components.clinical import (
+    InvalidClinicalFile,
+    MissingSubmittingCentre,
+    parse_clinical_record,
+    submitting_centre,
+)
+from warehouse.components.config import PipelineConfig, Settings
+from warehouse.components.report import Reason, RunReport
+from warehouse.components.storage import Storage, StorageError
+
+logger = logging.getLogger("submittingcentres")
+
+#: One patient's raw clinical files (every upload, every configured prefix).
+PatientFiles = namedtuple("PatientFiles", "pseudonym keys")
+#: What a worker found in one file: the centre, or the reason there is none.
+FileCentre = namedtuple("FileCentre", "key centre reason detail")
+
+
+@dataclass
+class CentresState:
+    """What one submittingcentres run shares between its nodes (one instance, a bonobo
+    service): the settings, the report, ``config.json`` and the centres found so far."""
+
+    settings: Settings
+    report: RunReport
+    config: PipelineConfig | None = None
+    centres: set[str] = field(default_factory=set)
+    exit_code: int | None = None
+
+
+def read_centres(storage: Storage, patient: PatientFiles) -> list[FileCentre]:
+    """Worker: read each of a patient's files once and take its ``SubmittingCentre``."""
+    found = []
+    for key in patient.keys:
+        try:
+            centre = submitting_centre(parse_clinical_record(storage.read(key)))
+            found.append(FileCentre(key, centre, None, ""))
+        except InvalidClinicalFile as exc:
+            found.append(FileCentre(key, None, Reason.INVALID_JSON, str(exc)))
+        except MissingSubmittingCentre as exc:
+            found.append(FileCentre(key, None, Reason.NO_SUBMITTING_CENTRE, str(exc)))
+        except StorageError as exc:
+            found.append(FileCentre(key, None, Reason.READ_FAILED, str(exc)))
+    return found
+
+
+def collect_centres(state: CentresState, found: list[FileCentre]) -> list[str]:
+    """Keep the centres (returning those not seen before); report files without one."""
+    new = []
+    for item in found:
+        if item.reason is not None:
+            state.report.skip(item.key, item.reason, item.detail)
+            if item.detail and item.detail != item.reason.value:
+                logger.warning("%s: %s (%s)", item.key, item.reason.value, item.detail)
+            else:
+                logger.warning("%s: %s", item.key, item.reason.value)
+            continue
+        state.report.count("clinical files read")
+        if item.centre not in state.centres:
+            state.centres.add(item.centre)
+            new.append(item.centre)
+    return new

@@ -1,0 +1,236 @@
+"""A batch of dashboard tables: built from the rows ``dataprocess`` read, written to the processed
+store as CSV and Parquet in one folder per run, and published by ``latest.csv``, written last.
+
+The table rules are in :mod:`warehouse.components.tables` and
+:mod:`warehouse.components.cleaning`; this module puts them together and writes the result::
+
+    <processed store>/<batch>/ct.csv, ct.parquet, xray.*, mri.*       (modalities with studies)
+    <processed store>/<batch>/patient.*, patient_clean.*, storage.*
+    <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
+    <processed store>/latest.csv                                      (archive,path; last)
+
+``<batch>`` is the run's UTC time, ISO 8601 with ``-`` for ``:`` so that it is a valid file
+name everywhere: ``2026-11-25T09-30-00Z``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+
+from warehouse.components.catalogue import STUDY_MODALITIES
+from warehouse.components.cleaning import clean_patient_table, fill_from_dicom
+from warehouse.components.storage import Storage
+from warehouse.components.tables import (
+    patient_table,
+    public_statistics,
+    storage_table,
+    study_table,
+)
+
+logger = logging.getLogger(__name__)
+
+LATEST_KEY = "latest.csv"
+#: Tables in the order of ``latest.csv`` (a study table only when its modality has studies).
+TABLE_ORDER = (*STUDY_MODALITIES, "patient", "patient_clean", "storage")
+
+_CONTENT_TYPES = {
+    ".csv": "text/csv",
+    ".parquet": "application/vnd.apache.parquet",
+    ".txt": "text/plain",
+}
+
+
+def batch_name(now: dt.datetime) -> str:
+    """The batch folder name for a run started at ``now``: ``2026-11-25T09-30-00Z`` (UTC).
+
+    Parameters
+    ----------
+    now : datetime.datetime
+        The run's time; a naive value is taken as UTC.
+    """
+    if now.tzinfo is not None:
+        now = now.astimezone(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H-%M-%SZ")
+
+
+@dataclass
+class Batch:
+    """One run's output, ready to write.
+
+    Attributes
+    ----------
+    name : str
+        The batch folder (:func:`batch_name`).
+    tables : dict
+        Archive name (``ct``, ..., ``storage``) -> table, in :data:`TABLE_ORDER`; study tables
+        of modalities without studies are absent.
+    files : dict
+        Other files of the batch (the public statistics), file name -> text.
+    """
+
+    name: str
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def latest(self) -> pd.DataFrame:
+        """The ``latest.csv`` table: ``archive``, ``path`` (``<batch>/<archive>.csv``)."""
+        archives = [name for name in TABLE_ORDER if name in self.tables]
+        return pd.DataFrame(
+            {
+                "archive": pd.Series(archives, dtype="str"),
+                "path": pd.Series([f"{self.name}/{a}.csv" for a in archives], dtype="str"),
+            }
+        )
+
+
+def build_batch(
+    patient_rows: list[dict],
+    study_rows: Mapping[str, list[dict]],
+    storage_sizes: Mapping[str, int],
+    now: dt.datetime,
+) -> Batch:
+    """Build every table and statistics file of a run.
+
+    Parameters
+    ----------
+    patient_rows : list of dict
+        One per patient: the flattened chosen record plus the ``filename_*``,
+        ``last_modified`` and ``group`` fields (see ``tables.patient_table``).
+    study_rows : mapping
+        Modality folder (``ct``, ``xray``, ``mri``) -> one row per study
+        (``tables.metadata_row`` plus ``group`` and ``last_modified``).
+    storage_sizes : mapping
+        Storage prefix -> bytes.
+    now : datetime.datetime
+        The run's time (batch name, "new patients in the last 30 days", the date line).
+
+    Returns
+    -------
+    Batch
+    """
+    batch = Batch(batch_name(now))
+    studies: dict[str, pd.DataFrame] = {}
+    for modality in STUDY_MODALITIES:
+        table = study_table(list(study_rows.get(modality, ())))
+        studies[modality] = table
+        if len(table):
+            batch.tables[modality] = table
+
+    patients = patient_table(patient_rows)
+    images = pd.concat([studies[m] for m in STUDY_MODALITIES], ignore_index=True)
+    patient_clean = fill_from_dicom(clean_patient_table(patients), images)
+    storage = storage_table(storage_sizes)
+    batch.tables["patient"] = patients
+    batch.tables["patient_clean"] = patient_clean
+    batch.tables["storage"] = storage
+
+    batch.files = public_statistics(
+        patient_clean, studies["ct"], studies["xray"], studies["mri"], storage, now
+    )
+    return batch
+
+
+def csv_bytes(table: pd.DataFrame) -> bytes:
+    """A table as UTF-8 CSV: header row, no index, ``\\n`` line ends."""
+    return table.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def _is_container(value) -> bool:
+    return isinstance(value, dict | list | tuple)
+
+
+def _as_text(value):
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
+        return None
+    if value is pd.NA:
+        return None
+    return str(value)
+
+
+def arrow_ready(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` that Parquet can store: raw JSON columns of mixed types become text.
+
+    A column of object dtype is kept when Arrow can type it (all numbers, all strings, ...).
+    Otherwise, and whenever it holds dicts or lists (``OtherDataSources``, ``SwabDates``),
+    each value becomes the text the CSV holds (``str(value)``), missing values stay missing.
+    """
+    out = table.copy()
+    for name in out.columns:
+        column = out[name]
+        if column.dtype != object:
+            continue
+        values = column.tolist()
+        if not any(_is_container(v) for v in values):
+            try:
+                pa.array(values, from_pandas=True)
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+                pass
+        out[name] = pd.Series([_as_text(v) for v in values], index=column.index, dtype="object")
+    return out
+
+
+def parquet_bytes(table: pd.DataFrame) -> bytes:
+    """A table as Parquet (pyarrow), without the index."""
+    buffer = io.BytesIO()
+    arrow_ready(table).to_parquet(buffer, index=False, engine="pyarrow")
+    return buffer.getvalue()
+
+
+def batch_files(batch: Batch) -> dict[str, bytes]:
+    """Every file of the batch folder (not ``latest.csv``): key -> bytes."""
+    files: dict[str, bytes] = {}
+    for name, table in batch.tables.items():
+        files[f"{batch.name}/{name}.csv"] = csv_bytes(table)
+        files[f"{batch.name}/{name}.parquet"] = parquet_bytes(table)
+    for name, text in batch.files.items():
+        files[f"{batch.name}/{name}"] = text.encode("utf-8")
+    return files
+
+
+def _content_type(key: str) -> str:
+    return _CONTENT_TYPES.get(key[key.rfind(".") :], "application/octet-stream")
+
+
+def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
+    """Write the batch folder, then ``latest.csv`` once every other file is written.
+
+    A reader of ``latest.csv`` therefore never sees a batch that is not complete; when any
+    write fails, ``latest.csv`` keeps naming the previous batch.
+
+    Parameters
+    ----------
+    store : Storage
+        The processed store.
+    batch : Batch
+        What to write.
+    workers : int
+        Concurrent writes.
+
+    Returns
+    -------
+    list of str
+        The keys written, ``latest.csv`` last.
+
+    Raises
+    ------
+    StorageError
+        If a write fails (``latest.csv`` is then not written).
+    """
+    files = batch_files(batch)
+    with ThreadPoolExecutor(max(1, min(workers, len(files) or 1)), "batch-write") as pool:
+        futures = [
+            pool.submit(store.write, key, data, _content_type(key)) for key, data in files.items()
+        ]
+        for future in futures:
+            future.result()
+    store.write(LATEST_KEY, csv_bytes(batch.latest()), "text/csv")
+    return [*files, LATEST_KEY]

@@ -1,0 +1,191 @@
+"""The ``dataprocess`` graph's per-file rules: which clinical file stands for a patient, and
+turning that file, or a study's metadata file, into a table row.
+
+Workers do the reads (:func:`read_patient_record`, :func:`read_study_row`); the decisions
+(:func:`patient_row`, :func:`study_row`) run in the node's own thread, in input order, and
+report what cannot be used. :class:`Collected` is what the join node keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from warehouse.components.catalogue import STUDY_MODALITIES, StudyFile, WarehouseContents
+from warehouse.components.clinical import InvalidClinicalFile, parse_clinical_record
+from warehouse.components.config import Settings
+from warehouse.components.report import Reason, RunReport
+from warehouse.components.storage import Storage, StorageError
+from warehouse.components.tables import (
+    choose_patient_file,
+    flatten_clinical_record,
+    metadata_row,
+)
+
+#: A patient's chosen clinical file, with what the file names say (clinical-data.md 1.2).
+PatientFile = namedtuple(
+    "PatientFile", "pseudonym group key last_modified earliest latest positive"
+)
+#: Items for the join node: a patient (``row`` of the patient table), a study (``modality``
+#: and the study table's ``row``), or the storage sums (``sizes``, prefix -> bytes).
+PatientRow = namedtuple("PatientRow", "row")
+StudyRow = namedtuple("StudyRow", "modality row")
+StorageSizes = namedtuple("StorageSizes", "sizes")
+
+
+@dataclass
+class DataprocessState:
+    """What one dataprocess run shares between its nodes (one instance, a bonobo service).
+
+    Attributes
+    ----------
+    settings : Settings
+        The run settings.
+    report : RunReport
+        Counts and unusable files.
+    batch : str or None
+        The batch folder written (or that would be, in a dry run).
+    written : list of str
+        Keys written to the processed store, ``latest.csv`` last.
+    processed_url : str
+        The processed store.
+    exit_code : int or None
+        Set once the run has finished.
+    """
+
+    settings: Settings
+    report: RunReport
+    batch: str | None = None
+    written: list[str] = field(default_factory=list)
+    processed_url: str = ""
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOutcome:
+    """What a worker read: the value, or the reason (and detail) it cannot be used."""
+
+    item: object
+    value: object = None
+    reason: Reason | None = None
+    detail: str = ""
+
+
+def patient_files(contents: WarehouseContents, report: RunReport) -> Iterator[PatientFile]:
+    """Each patient's chosen clinical file, by pseudonym, from the listed names alone.
+
+    A patient found in both groups (an inconsistency the loader never creates) is reported and
+    kept once, in the group of the chosen file; a patient with no ``data_``/``status_`` file
+    name of the layout is reported and left out.
+    """
+    for pseudonym in sorted(contents.clinical):
+        files = sorted(contents.clinical[pseudonym], key=lambda f: (f.name, f.group))
+        groups = sorted({f.group for f in files})
+        if len(groups) > 1:
+            report.skip(f"{'|'.join(groups)}/data/{pseudonym}/", Reason.WAREHOUSE_CONFLICT)
+        try:
+            chosen, earliest, latest, positive = choose_patient_file([f.name for f in files])
+        except ValueError:
+            report.skip(
+                f"{groups[0]}/data/{pseudonym}/",
+                Reason.NOT_IN_LAYOUT,
+                "no data_<date>.json or status_<date>.json file",
+            )
+            continue
+        entry = next(f for f in files if f.name == chosen)
+        yield PatientFile(
+            pseudonym,
+            entry.group,
+            entry.key(pseudonym),
+            entry.last_modified,
+            earliest,
+            latest,
+            positive,
+        )
+
+
+def read_patient_record(storage: Storage, patient: PatientFile) -> ReadOutcome:
+    """Worker: read a patient's chosen clinical file and flatten it (SegmentationData merged)."""
+    try:
+        record = parse_clinical_record(storage.read(patient.key))
+    except InvalidClinicalFile as exc:
+        return ReadOutcome(patient, reason=Reason.INVALID_JSON, detail=str(exc))
+    except StorageError as exc:
+        return ReadOutcome(patient, reason=Reason.READ_FAILED, detail=str(exc))
+    return ReadOutcome(patient, flatten_clinical_record(record))
+
+
+def patient_row(report: RunReport, outcome: ReadOutcome) -> list[PatientRow]:
+    """The patient table row of a read record: the record plus the ``filename_*``,
+    ``last_modified`` and ``group`` fields (or nothing, reported, when it is unusable)."""
+    patient = outcome.item
+    if outcome.reason is not None:
+        report.skip(patient.key, outcome.reason, outcome.detail)
+        return []
+    row = dict(outcome.value)
+    row.setdefault("Pseudonym", patient.pseudonym)
+    row.update(
+        filename_earliest_date=patient.earliest,
+        filename_covid_status=patient.positive,
+        filename_latest_date=patient.latest,
+        last_modified=patient.last_modified,
+        group=patient.group,
+    )
+    report.count("patients")
+    return [PatientRow(row)]
+
+
+def read_study_row(storage: Storage, study: StudyFile) -> ReadOutcome:
+    """Worker: read one metadata JSON file (valid DICOM JSON or the original's form)."""
+    try:
+        row = metadata_row(json.loads(storage.read(study.key).decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+        return ReadOutcome(study, reason=Reason.INVALID_JSON, detail=str(exc))
+    except StorageError as exc:
+        return ReadOutcome(study, reason=Reason.READ_FAILED, detail=str(exc))
+    return ReadOutcome(study, row)
+
+
+def study_row(report: RunReport, outcome: ReadOutcome) -> list[StudyRow]:
+    """The study table row of a read metadata file, with ``group`` and ``last_modified`` (or
+    nothing, reported). Without a PatientID the folder's name (the PatientID it was filed
+    under) is the ``Pseudonym``."""
+    study = outcome.item
+    if outcome.reason is not None:
+        report.skip(study.key, outcome.reason, outcome.detail)
+        return []
+    row = dict(outcome.value)
+    if not row.get("Pseudonym"):
+        row["Pseudonym"] = study.pseudonym
+    row["group"] = study.group
+    row["last_modified"] = study.last_modified
+    report.count(f"{study.modality} studies")
+    return [StudyRow(study.modality, row)]
+
+
+class Collected:
+    """The rows the join node receives from the three branches."""
+
+    def __init__(self):
+        self.patients: list[dict] = []
+        self.studies: dict[str, list[dict]] = {modality: [] for modality in STUDY_MODALITIES}
+        self.storage: dict[str, int] = {}
+
+    def add(self, item) -> None:
+        """Keep one item (`PatientRow`, `StudyRow` or `StorageSizes`).
+
+        Raises
+        ------
+        TypeError
+            For anything else.
+        """
+        if isinstance(item, PatientRow):
+            self.patients.append(item.row)
+        elif isinstance(item, StudyRow):
+            self.studies[item.modality].append(item.row)
+        elif isinstance(item, StorageSizes):
+            self.storage = dict(item.sizes)
+        else:
+            raise TypeError(f"cannot collect {item!r}")

@@ -1,0 +1,158 @@
+"""Submitting centres: the sorted unique ``SubmittingCentre`` values of the raw clinical files.
+
+    load_config -> extract_raw_data_files -> SubmittingCentreExtractor
+
+An operator runs it to fill the ``sites`` of ``config.json``. Standard output carries the
+centres only, one per line, sorted, so that ``... > centres.txt`` keeps them; logs, status
+lines, unreadable files and the run summary go to standard error. Nothing is written.
+
+Run it with ``bonobo run warehouse/submittingcentres.py --env WAREHOUSE_BUCKET=...`` or
+``python -m warehouse.submittingcentres`` (same graph, a truthful exit code). The per-file
+rules live in ``warehouse.components.centres``; this module only wires nodes and services.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import bonobo
+from bonobo.config import use
+
+from warehouse.components import execution
+from warehouse.components.centres import (
+    CentresState,
+    PatientFiles,
+    collect_centres,
+    read_centres,
+)
+from warehouse.components.config import (
+    PipelineConfig,
+    Settings,
+    load_pipeline_config,
+    settings_from_env,
+)
+from warehouse.components.errors import ExpectedError
+from warehouse.components.listing import list_raw
+from warehouse.components.report import RunReport
+from warehouse.components.storage import Storage, storage_from_url
+
+logger = logging.getLogger("submittingcentres")
+
+GRAPH_NAME = "submittingcentres"
+
+
+@use("storage", "state")
+def load_config(storage: Storage, state: CentresState):
+    """Read and validate ``config.json`` (its ``raw_prefixes`` say what to read)."""
+    state.config = load_pipeline_config(storage, state.report)
+    yield (state.config,)
+
+
+@use("storage", "state")
+def extract_raw_data_files(config: PipelineConfig, storage: Storage, state: CentresState):
+    """List the configured raw prefixes once; yield each patient's clinical files together."""
+    try:
+        listing = list_raw(storage, config.raw_prefixes, state.settings.workers)
+    except ExpectedError as exc:
+        state.report.fail(str(exc))
+        raise
+    by_patient: dict[str, list[str]] = {}
+    for raw, _size in listing.clinical:
+        by_patient.setdefault(raw.pseudonym, []).append(raw.key)
+    logger.info(
+        "listed %d clinical files of %d patients under %d raw prefixes",
+        len(listing.clinical),
+        len(by_patient),
+        len(config.raw_prefixes),
+    )
+    for pseudonym in sorted(by_patient):
+        yield (PatientFiles(pseudonym, tuple(by_patient[pseudonym])),)
+
+
+# The node names are part of the interface (status lines): hence a class-like function name.
+@use("storage", "state")
+@execution.pooled(execution.pool_size)
+def SubmittingCentreExtractor(pool, patient: PatientFiles, storage: Storage, state: CentresState):
+    """Read the patients' files concurrently; collect the centres (yield each new one)."""
+    pool.submit(read_centres, storage, patient, then=functools.partial(collect_centres, state))
+    yield from pool.ready()
+
+
+def get_graph(**options) -> bonobo.Graph:
+    """The submittingcentres graph; node names are part of the interface."""
+    graph = bonobo.Graph()
+    graph.add_chain(load_config, extract_raw_data_files, SubmittingCentreExtractor)
+    return graph
+
+
+def get_services(
+    settings: Settings | None = None, storage: Storage | None = None, **options
+) -> dict:
+    """The services: ``storage`` (the warehouse store, read only) and ``state`` (the run).
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Run settings; read from the environment when omitted.
+    storage : Storage, optional
+        A store to use instead of the one the settings name (tests swap backends here).
+    """
+    settings = settings or settings_from_env()
+    if storage is None:
+        storage = storage_from_url(
+            settings.bucket, workers=settings.workers, dry_run=settings.dry_run
+        )
+    return {"storage": storage, "state": CentresState(settings, RunReport(GRAPH_NAME))}
+
+
+def finish_run(services, context, stdout=None, stderr=None) -> int:
+    """After the graph: the centres on stdout, the summary on stderr; decide the exit code."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    state = services["state"]
+    report = state.report
+    execution.account_for_errors(report, context)
+    if report.completed:
+        for centre in sorted(state.centres):
+            print(centre, file=stdout)
+        stdout.flush()
+        report.count("submitting centres", len(state.centres))
+    summary = report.summary()
+    for problem in sorted(report.problems, key=lambda p: p["key"]):
+        summary += f"\n  {problem['reason']}: {problem['key']}"
+    print(summary, file=stderr, flush=True)
+    execution.write_summary_file(summary)
+    state.exit_code = execution.exit_code(report)
+    return state.exit_code
+
+
+def run(services) -> int | None:
+    """Run the graph with ``services``; the exit code, or None when only recorded (bonobo run)."""
+    return execution.run_graph(get_graph(), services, finish_run)
+
+
+def command_parser():
+    """The command line (``--help``)."""
+    return execution.command_parser(
+        "submittingcentres",
+        "Print the sorted unique SubmittingCentre values of the clinical files under the raw "
+        "prefixes that config.json lists, one per line on standard output (logs and the run "
+        "summary go to standard error). Nothing is written.",
+        """
+exit codes: 0 run completed (unreadable files are reported on stderr, not failures);
+  1 some reads failed (the list may be incomplete, so it is not printed);
+  2 bad settings or config.json""",
+    )
+
+
+def main(argv=None) -> int | None:
+    """Command line entry point (``python -m warehouse.submittingcentres``)."""
+    return execution.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
