@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import logging
 import sys
 
@@ -44,7 +43,7 @@ from warehouse.components.extraction import (
     study_row,
 )
 from warehouse.components.report import RunReport
-from warehouse.components.storage import Storage, storage_from_url
+from warehouse.components.storage import Storage
 
 logger = logging.getLogger("dataprocess")
 
@@ -170,10 +169,7 @@ def get_services(
         ``processed()`` store receives the tables.
     """
     settings = settings or settings_from_env()
-    if storage is None:
-        storage = storage_from_url(
-            settings.bucket, workers=settings.workers, dry_run=settings.dry_run
-        )
+    storage = execution.open_storage(settings, storage)
     return {
         "storage": storage,
         "catalogue": WarehouseCatalogue(storage, settings.workers),
@@ -193,16 +189,10 @@ def finish_run(services, context) -> int:
             summary += f"\n  tables: {where} (dry run: nothing was written)"
         else:
             summary += f"\n  tables: {where} ({len(state.written) - 1} files; latest.csv updated)"
-    if state.settings.dry_run:
-        print(json.dumps(report.as_dict(), indent=2))
-    elif not services["catalogue"].listed:
+    if not state.settings.dry_run and not services["catalogue"].listed:
         logger.warning("the warehouse could not be listed: no run report written")
     else:
-        try:
-            storage.write(report.key(), report.to_json())
-            summary += f"\n  report: {storage.url}/{report.key()}"
-        except ExpectedError as exc:
-            logger.error("could not write the run report: %s", exc)
+        summary += execution.publish_report(storage, report, state.settings.dry_run)
     print(summary, flush=True)
     execution.write_summary_file(summary)
     state.exit_code = execution.exit_code(report)

@@ -36,7 +36,7 @@ from warehouse.components.config import (
 from warehouse.components.errors import ExpectedError
 from warehouse.components.listing import list_raw
 from warehouse.components.report import RunReport
-from warehouse.components.storage import Storage, storage_from_url
+from warehouse.components.storage import Storage
 
 logger = logging.getLogger("submittingcentres")
 
@@ -100,10 +100,7 @@ def get_services(
         A store to use instead of the one the settings name (tests swap backends here).
     """
     settings = settings or settings_from_env()
-    if storage is None:
-        storage = storage_from_url(
-            settings.bucket, workers=settings.workers, dry_run=settings.dry_run
-        )
+    storage = execution.open_storage(settings, storage)
     return {"storage": storage, "state": CentresState(settings, RunReport(GRAPH_NAME))}
 
 

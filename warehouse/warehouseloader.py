@@ -12,7 +12,6 @@ Run it with ``bonobo run warehouse/warehouseloader.py --env WAREHOUSE_BUCKET=...
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 
@@ -45,7 +44,7 @@ from warehouse.components.filing import (
 from warehouse.components.listing import index_warehouse, list_raw, pending_images
 from warehouse.components.patients import PatientGroups
 from warehouse.components.report import RunReport
-from warehouse.components.storage import Storage, storage_from_url
+from warehouse.components.storage import Storage
 
 logger = logging.getLogger("warehouseloader")
 
@@ -195,10 +194,7 @@ def get_services(
         A store to use instead of the one the settings name (tests swap backends here).
     """
     settings = settings or settings_from_env()
-    if storage is None:
-        storage = storage_from_url(
-            settings.bucket, workers=settings.workers, dry_run=settings.dry_run
-        )
+    storage = execution.open_storage(settings, storage)
     state = LoaderState(settings=settings, report=RunReport(GRAPH_NAME))
     return {"storage": storage, "state": state}
 
@@ -213,14 +209,7 @@ def finish_run(services, context) -> int:
     summary = report.summary()
     if state.settings.dry_run:
         summary += "\n  (dry run: nothing was written)"
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        try:
-            storage.write(report.key(), report.to_json())
-            summary += f"\n  report: {storage.url}/{report.key()}"
-        except ExpectedError as exc:
-            logger.error("could not write the run report: %s", exc)
-            report.fail(f"run report not written: {exc}")
+    summary += execution.publish_report(storage, report, state.settings.dry_run)
     print(summary, flush=True)
     execution.write_summary_file(summary)
     state.exit_code = execution.exit_code(report)

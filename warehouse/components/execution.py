@@ -399,3 +399,34 @@ def main(module, argv) -> int | None:
     environment (built lazily, so ``bonobo inspect`` needs none)."""
     module.command_parser().parse_args(argv)
     return run_graph(module.get_graph(), LazyServices(module.get_services), module.finish_run)
+
+
+def publish_report(storage, report, dry_run: bool) -> str:
+    """Write the JSON run report into the warehouse (print it instead in a dry run).
+
+    Returns
+    -------
+    str
+        The summary line that says where the report is (empty when it is not written).
+    """
+    import json
+
+    if dry_run:
+        print(json.dumps(report.as_dict(), indent=2))
+        return ""
+    try:
+        storage.write(report.key(), report.to_json())
+    except ExpectedError as exc:
+        logger.error("could not write the run report: %s", exc)
+        report.fail(f"run report not written: {exc}")
+        return ""
+    return f"\n  report: {storage.url}/{report.key()}"
+
+
+def open_storage(settings, storage=None):
+    """The store a graph's settings name (``storage`` instead, when given: tests swap it)."""
+    from warehouse.components.storage import storage_from_url
+
+    if storage is not None:
+        return storage
+    return storage_from_url(settings.bucket, workers=settings.workers, dry_run=settings.dry_run)
