@@ -35,8 +35,9 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	$(BIN)/bonobo run warehouse/submittingcentres.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR) > $(DEMO_DIR)-centres.txt
 	$(BIN)/bonobo run warehouse/dataprocess.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR)
 	@echo
-	@echo "Warehouse written to $(DEMO_DIR)/. Its first levels:"
-	@cd $(DEMO_DIR) && find training validation -maxdepth 2 -type d | sort | sed 's/^/  /'
+	@echo "Warehouse written to $(DEMO_DIR)/:"
+	@cd $(DEMO_DIR) && for folder in $$(find training validation -mindepth 1 -maxdepth 1 -type d | sort); do \
+		echo "  $$folder/  $$(ls $$folder | wc -l) patients, $$(find $$folder -type f | wc -l) files"; done
 	@echo "One image, its metadata, and the run report:"
 	@cd $(DEMO_DIR) && find training/xray -name '*.dcm' | sort | head -n 1 | sed 's/^/  /'
 	@cd $(DEMO_DIR) && find training/xray-metadata -name '*.json' | sort | head -n 1 | sed 's/^/  /'
