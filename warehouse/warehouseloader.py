@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import bonobo
 from bonobo.config import use
@@ -69,8 +70,11 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
     """List the warehouse and the raw prefixes once; yield clinical files, then pending images."""
     report, workers = state.report, state.settings.workers
     try:
-        index = index_warehouse(storage, workers)
-        listing = list_raw(storage, state.config.raw_prefixes, workers)
+        # The two sides are independent: list them at the same time.
+        with ThreadPoolExecutor(2, thread_name_prefix="listing") as pool:
+            warehouse_side = pool.submit(index_warehouse, storage, workers)
+            raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
+            index, listing = warehouse_side.result(), raw_side.result()
     except ExpectedError as exc:
         state.report.fail(str(exc))
         raise

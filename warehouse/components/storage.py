@@ -115,8 +115,7 @@ class Storage:
             try:
                 with ThreadPoolExecutor(max(1, workers), thread_name_prefix="list") as pool:
                     futures = []
-                    for prefix in prefixes:
-                        folders, objects = self.list_folders(prefix)
+                    for folders, objects in pool.map(self.list_folders, prefixes):
                         for info in objects:
                             if not put(info):
                                 return
