@@ -357,11 +357,13 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A2']}/b.json" not in reads
     assert "training/data/Covid1/status_2021-04-01.json" not in reads
 
-    # latest.csv is the last write; the run report comes after the graph.
+    # latest.csv is the last write of the batch; the run report (and its latest.json copy)
+    # come after the graph.
     writes = [w.rsplit("/", 1)[-1] for w in store.log["writes"]]
-    assert writes[-2] == "latest.csv"
-    assert writes[-1].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-1]
-    assert len(writes) == 10 + 5 + 1 + 1
+    assert writes[-3] == "latest.csv"
+    assert writes[-2].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-2]
+    assert store.log["writes"][-1].endswith("reports/dataprocess/latest.json")
+    assert len(writes) == 10 + 5 + 1 + 2
 
     printed = capsys.readouterr()
     assert "dataprocess run summary" in printed.out

@@ -299,11 +299,43 @@ def test_rerun_writes_nothing_and_reads_only_what_was_not_filed(store):
     assert builders.snapshot(store) == before
     assert counting.calls.get("copy", []) == []
     assert [k for k in counting.calls["write"] if not k.startswith("reports/")] == []
-    # Filed images and clinical files are never read again; only inputs that were not filed.
-    read = set(counting.calls["read"]) - {"config.json"}
-    assert read <= set(problems)
+    # Filed files are never read again, nor are unchanged inputs the last run could not file
+    # while their reason still holds: only the config and the last run's report are read.
+    assert sorted(counting.calls["read"]) == ["config.json", "reports/warehouseloader/latest.json"]
     assert state.report.counts["images already filed"] == 7
     assert state.report.counts["clinical files already filed"] == 5
+    check_report(latest_report(store), problems)
+
+
+def test_rerun_reads_an_unfiled_input_again_when_it_or_its_reason_changes(local_store):
+    files, expected, problems = sample_tree()
+    builders.put_tree(local_store, files)
+    assert builders.run_loader(local_store, workers=4)[0] == 0
+    orphan = "raw-split/2021-01-02/images/orphan.dcm"
+    garbage = "raw-split/2021-01-02/images/garbage.dcm"
+    unknown_site = "raw-unknown/2021-01-05/data/Covid5_data.json"
+    # The orphan's patient arrives, the garbage file is replaced, Covid5's site is configured.
+    local_store.write("raw-split/2021-04-01/data/Covid999_data.json", clinical("Covid999", SPLIT))
+    time.sleep(0.01)
+    local_store.write(garbage, b"still not an image, but a different one")
+    config = json.loads(files["config.json"])
+    config["sites"]["training"].append(UNKNOWN)
+    local_store.write("config.json", json.dumps(config).encode())
+    counting = CountingStorage(local_store)
+    code, state = builders.run_loader(counting, workers=4)
+    assert code == 0
+    read = set(counting.calls["read"])
+    assert {orphan, garbage, unknown_site} <= read
+    assert "raw-split/2021-01-02/images/us.dcm" not in read
+    keys = {i.key for i in local_store.list("")}
+    assert "training/data/Covid5/data_2021-01-05.json" in keys
+    assert any(
+        k.startswith("validation/xray/Covid999/") or k.startswith("training/xray/Covid999/")
+        for k in keys
+    )
+    found = {p["key"]: p["reason"] for p in state.report.problems}
+    assert found[garbage] == "not a DICOM file"
+    assert orphan not in found and unknown_site not in found
 
 
 def test_dry_run_writes_nothing_and_logs_each_write(local_store, capsys, caplog):
@@ -580,4 +612,4 @@ def test_generated_tree_is_filed_as_its_summary_says(tmp_path):
     expected_faults = summary["faulty_images"] + summary["unconfigured_site_images"]
     assert len(image_problems) == expected_faults
     unlisted = [k for k in store.calls["read"] if not k.startswith(state.config.raw_prefixes)]
-    assert unlisted == ["config.json"]
+    assert unlisted == ["config.json", "reports/warehouseloader/latest.json"]

@@ -43,6 +43,7 @@ from warehouse.components.filing import (
     write_object,
 )
 from warehouse.components.listing import index_warehouse, list_raw, pending_images
+from warehouse.components.memo import load_memo, recall, still_holds
 from warehouse.components.patients import PatientGroups
 from warehouse.components.report import RunReport
 from warehouse.components.storage import Storage
@@ -71,10 +72,11 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
     report, workers = state.report, state.settings.workers
     try:
         # The two sides are independent: list them at the same time.
-        with ThreadPoolExecutor(2, thread_name_prefix="listing") as pool:
+        with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
             warehouse_side = pool.submit(index_warehouse, storage, workers)
             raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
-            index, listing = warehouse_side.result(), raw_side.result()
+            last_run = pool.submit(load_memo, storage, GRAPH_NAME)
+            index, listing, memo = warehouse_side.result(), raw_side.result(), last_run.result()
     except ExpectedError as exc:
         state.report.fail(str(exc))
         raise
@@ -97,16 +99,31 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
         index.objects,
         len(index.groups),
     )
+
+    def known_unfiled(raw, size, new_patients) -> bool:
+        """An unchanged input whose reason, from the last run, still holds: report it again."""
+        problem = recall(memo, raw, size)
+        if problem is None or not still_holds(problem, state.config, index, new_patients):
+            return False
+        reason, detail = Reason(problem["reason"]), problem.get("detail", "")
+        report.skip(raw.key, reason, detail, stamp=(size, raw.modified), facts=problem.get("facts"))
+        report.count("unfiled inputs not read again (unchanged)")
+        return True
+
+    clinical = []
     for raw, size in listing.clinical:
         if (raw.pseudonym, f"{raw.clinical_kind}_{raw.upload_date}.json") in index.clinical:
             report.count("clinical files already filed")
-            continue
-        yield (Task("clinical", raw.key, size, None, raw),)
+        elif not known_unfiled(raw, size, set()):
+            clinical.append(Task("clinical", raw.key, size, None, raw))
+    new_patients = {task.payload.pseudonym for task in clinical}
+    for task in clinical:
+        yield (task,)
     for raw, size in pending_images(listing, index):
         if size is None:
             report.count("images already filed")
-            continue
-        yield (Task("image", raw.key, size, None, raw),)
+        elif not known_unfiled(raw, size, new_patients):
+            yield (Task("image", raw.key, size, None, raw),)
 
 
 def _passthrough(task: Task) -> list[Task]:

@@ -382,13 +382,17 @@ def run_graph(graph, services, finish: Callable[[dict, object], int]) -> int | N
         return lazy.load() if lazy else services
 
     codes: list[int] = []
+
+    def finish_safely(context) -> None:
+        # bonobo swallows an exception here and returns nothing: keep the exit code truthful.
+        try:
+            codes.append(finish(loaded(), context))
+        except Exception:
+            logger.exception("could not finish the run")
+            codes.append(EXIT_INTERNAL)
+
     progress = float(os.environ.get("WAREHOUSE_PROGRESS_SECONDS", "10") or 10)
-    context = run(
-        graph,
-        services,
-        finish=lambda ctx: codes.append(finish(loaded(), ctx)),
-        progress_seconds=progress,
-    )
+    context = run(graph, services, finish=finish_safely, progress_seconds=progress)
     if context is None:
         return None
     return codes[0] if codes else EXIT_INTERNAL
@@ -415,7 +419,10 @@ def publish_report(storage, report, dry_run: bool) -> str:
         print(json.dumps(report.as_dict(), indent=2))
         return ""
     try:
-        storage.write(report.key(), report.to_json())
+        data = report.to_json()
+        storage.write(report.key(), data)
+        # The next run reads this copy to recognise unfiled inputs that have not changed.
+        storage.write(report.latest_key(), data)
     except ExpectedError as exc:
         logger.error("could not write the run report: %s", exc)
         report.fail(f"run report not written: {exc}")

@@ -89,21 +89,28 @@ def read_clinical(storage, task: Task) -> ReadResult:
         return ReadResult(task, reason=Reason.READ_FAILED, detail=str(exc))
 
 
+def stamp(task: Task) -> tuple[int, str]:
+    """A raw input's size and modification time from the listing (how the next run knows it)."""
+    return task.size, task.payload.modified
+
+
 def file_clinical(state: LoaderState, result: ReadResult) -> list[Task]:
     """Decide a clinical file's group and return its copy task (or report why not)."""
     task, raw, report = result.task, result.task.payload, state.report
     if result.reason is not None:
-        report.skip(task.key, result.reason, result.detail)
+        report.skip(task.key, result.reason, result.detail, stamp=stamp(task))
         return []
     centre = result.value
+    facts = {"pseudonym": raw.pseudonym, "centre": centre}
     try:
         wanted = group_for(raw.pseudonym, centre, state.config)
         group = state.groups.assign(raw.pseudonym, wanted)
     except UnknownSite:
-        report.skip(task.key, Reason.SITE_NOT_IN_CONFIG, f"SubmittingCentre {centre!r}")
+        detail = f"SubmittingCentre {centre!r}"
+        report.skip(task.key, Reason.SITE_NOT_IN_CONFIG, detail, stamp=stamp(task), facts=facts)
         return []
     except GroupConflict as exc:
-        report.skip(task.key, Reason.GROUP_CONFLICT, str(exc))
+        report.skip(task.key, Reason.GROUP_CONFLICT, str(exc), stamp=stamp(task), facts=facts)
         return []
     target = clinical_target(group, raw.pseudonym, raw.clinical_kind, raw.upload_date)
     return [Task("copy", task.key, task.size, target, None)]
@@ -145,7 +152,7 @@ def file_image(state: LoaderState, result: ReadResult) -> list[Task]:
     """Decide where an image goes; return its copy and metadata tasks (those not yet done)."""
     task, report = result.task, state.report
     if result.reason is not None:
-        report.skip(task.key, result.reason, result.detail)
+        report.skip(task.key, result.reason, result.detail, stamp=stamp(task))
         return []
     header, identity = result.value
     with state._lock:
@@ -153,7 +160,13 @@ def file_image(state: LoaderState, result: ReadResult) -> list[Task]:
         state.header_bytes += header.bytes_read
     group = state.groups.get(identity.patient_id)
     if group is None:
-        report.skip(task.key, Reason.NO_PATIENT_DATA, f"PatientID {identity.patient_id!r}")
+        report.skip(
+            task.key,
+            Reason.NO_PATIENT_DATA,
+            f"PatientID {identity.patient_id!r}",
+            stamp=stamp(task),
+            facts={"patient": identity.patient_id},
+        )
         return []
     image_key, metadata_key = image_targets(
         group,

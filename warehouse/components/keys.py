@@ -106,6 +106,8 @@ class RawKey:
     clinical_kind: str = ""
     pseudonym: str = ""
     reason: str = ""
+    #: When the listing saw the object last modified (ISO 8601), if it was listed.
+    modified: str = ""
 
 
 def parse_raw_key(key: str, prefix: str) -> RawKey:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from warehouse.components.keys import (
     GROUPS,
@@ -130,6 +130,8 @@ def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> R
     for info in storage.list_many([f"{p}/" for p in prefixes], workers):
         prefix = info.key.split("/", 1)[0]
         raw = parse_raw_key(info.key, prefix)
+        if raw.kind != "other":
+            raw = replace(raw, modified=info.last_modified.isoformat())
         if raw.kind == "clinical":
             listing.clinical.append((raw, info.size))
         elif raw.kind == "image":

@@ -55,11 +55,28 @@ class RunReport:
         with self._lock:
             self.counts[outcome] += n
 
-    def skip(self, key: str, reason: Reason, detail: str = "") -> None:
-        """Record an input that is not filed, with its reason."""
+    def skip(
+        self,
+        key: str,
+        reason: Reason,
+        detail: str = "",
+        *,
+        stamp: tuple[int, str] | None = None,
+        facts: dict | None = None,
+    ) -> None:
+        """Record an input that is not filed, with its reason.
+
+        ``stamp`` (size, modification time from the listing) and ``facts`` (what the reason
+        depends on) let the next run recognise the same input unchanged without reading it.
+        """
+        problem = {"key": key, "reason": reason.value, "detail": detail}
+        if stamp is not None:
+            problem["size"], problem["modified"] = stamp
+        if facts:
+            problem["facts"] = facts
         with self._lock:
             self.reasons[reason.value] += 1
-            self.problems.append({"key": key, "reason": reason.value, "detail": detail})
+            self.problems.append(problem)
 
     def fail(self, message: str) -> None:
         """Record that the run could not complete (config, listing, ...)."""
@@ -109,6 +126,15 @@ class RunReport:
         stamp = self.started.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
         return f"reports/{self.graph}/{stamp}.json"
 
+    def latest_key(self) -> str:
+        """Where a copy of the newest report goes: ``reports/<graph>/latest.json``."""
+        return latest_report_key(self.graph)
+
     def to_json(self) -> bytes:
         """The report as indented UTF-8 JSON."""
         return json.dumps(self.as_dict(), indent=2).encode("utf-8")
+
+
+def latest_report_key(graph: str) -> str:
+    """Key of the copy of a graph's newest run report."""
+    return f"reports/{graph}/latest.json"

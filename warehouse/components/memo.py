@@ -1,0 +1,110 @@
+"""What the last loader run learnt about the inputs it could not file.
+
+Faulty uploads are never modified (sites upload corrections as new files), so re-reading them
+on every run would only repeat the same verdict. The previous run report lists each unfiled
+input with its size and modification time from the listing and the facts its reason depends
+on; an input listed unchanged is not read again when its reason still holds:
+
+- a reason that is about the file alone (not DICOM, invalid JSON, ...) always holds;
+- "no patient data for PatientID" holds while that patient still has no group and no new
+  clinical file;
+- "site not in config" holds while the centre is still in no list of ``config.json``;
+- "group conflict" holds while the patient's filed group still differs from the centre's.
+
+Failed reads and writes, and anything the report does not describe, are processed again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from warehouse.components.config import PipelineConfig
+from warehouse.components.keys import RawKey
+from warehouse.components.listing import WarehouseIndex
+from warehouse.components.patients import UnknownSite, group_for
+from warehouse.components.report import Reason, latest_report_key
+from warehouse.components.storage import ObjectNotFound, Storage
+
+logger = logging.getLogger(__name__)
+
+#: Reasons that depend on nothing but the file's own content.
+FILE_REASONS = frozenset(
+    {
+        Reason.NOT_DICOM,
+        Reason.MISSING_IDENTIFIER,
+        Reason.UNSUPPORTED_MODALITY,
+        Reason.UNSAFE_IDENTIFIER,
+        Reason.INVALID_JSON,
+        Reason.INVALID_HEADER,
+        Reason.NO_SUBMITTING_CENTRE,
+    }
+)
+
+
+def load_memo(storage: Storage, graph: str) -> dict[str, dict]:
+    """The unfiled inputs of the previous run report, by key (empty when there is none).
+
+    A missing or unreadable report only means that everything is read again.
+    """
+    try:
+        report = json.loads(storage.read(latest_report_key(graph)))
+        problems = report["problems"]
+    except ObjectNotFound:
+        return {}
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("the previous run report cannot be used (%s); reading every input", exc)
+        return {}
+    return {p["key"]: p for p in problems if isinstance(p, dict) and "modified" in p}
+
+
+def recall(memo: dict[str, dict], raw: RawKey, size: int) -> dict | None:
+    """The remembered problem of ``raw`` if the object is unchanged since, else None."""
+    problem = memo.get(raw.key)
+    if problem is None or problem.get("size") != size or problem.get("modified") != raw.modified:
+        return None
+    return problem
+
+
+def still_holds(
+    problem: dict,
+    config: PipelineConfig,
+    index: WarehouseIndex,
+    new_patients: set[str],
+) -> bool:
+    """Whether a remembered reason still holds without reading the file again.
+
+    Parameters
+    ----------
+    problem : dict
+        The previous report's entry (reason, facts).
+    config : PipelineConfig
+        This run's config.
+    index : WarehouseIndex
+        What the warehouse holds now.
+    new_patients : set of str
+        Pseudonyms of this run's new clinical files (they may give a patient a group).
+    """
+    try:
+        reason = Reason(problem.get("reason"))
+    except ValueError:
+        return False
+    facts = problem.get("facts") or {}
+    if reason in FILE_REASONS:
+        return True
+    if reason is Reason.NO_PATIENT_DATA:
+        patient = facts.get("patient")
+        return bool(patient) and patient not in index.groups and patient not in new_patients
+    if reason is Reason.SITE_NOT_IN_CONFIG:
+        centre = facts.get("centre")
+        return isinstance(centre, str) and centre not in config.site_rules
+    if reason is Reason.GROUP_CONFLICT:
+        pseudonym, centre = facts.get("pseudonym"), facts.get("centre")
+        existing = index.groups.get(pseudonym)
+        if existing is None or not isinstance(centre, str):
+            return False
+        try:
+            return group_for(pseudonym, centre, config) != existing
+        except UnknownSite:
+            return False
+    return False
