@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from dataclasses import dataclass
 
 import pydicom
 from pydicom import config as pydicom_config
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
@@ -223,9 +225,127 @@ def header_json(dataset: Dataset) -> bytes:
     bytes
         Compact UTF-8 JSON.
     """
-    elements = dataset.to_json_dict(
-        bulk_data_threshold=0,
-        bulk_data_element_handler=_no_bulk_data,
-        suppress_invalid_tags=True,
-    )
-    return json.dumps(_strip_bulk(elements), separators=(",", ":")).encode("utf-8")
+    return json.dumps(header_json_dict(dataset), separators=(",", ":")).encode("utf-8")
+
+
+def header_json_dict(dataset: Dataset) -> dict:
+    """The DICOM JSON model of a header, as `header_json` writes it.
+
+    The elements of a header are converted straight from the bytes pydicom read, which is several
+    times faster than pydicom's ``Dataset.to_json_dict`` (the loader's largest CPU cost per
+    image); anything that fast path does not cover (sequences, implicit or ambiguous VRs,
+    multi-byte character sets, values it cannot read) goes through pydicom, and a test checks
+    that both give the same JSON. One difference is deliberate: readable text that breaks its
+    VR's rules (a UID with letters) is kept as the file says, where pydicom leaves it out.
+    """
+    encoding = _single_encoding(dataset)
+    elements = {}
+    for tag, raw in dataset._dict.items():
+        key = f"{tag:08X}"
+        if key == VOI_LUT_SEQUENCE:
+            elements[key] = {"vr": "SQ"}
+            continue
+        element = _fast_element(raw, encoding) if isinstance(raw, RawDataElement) else None
+        if element is None:
+            element = _pydicom_element(dataset, tag)
+        if element is not None:
+            elements[key] = element
+    return elements
+
+
+def _pydicom_element(dataset: Dataset, tag) -> dict | None:
+    try:
+        element = dataset[tag].to_json_dict(_no_bulk_data, 0)
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, struct.error):
+        return None  # as pydicom's suppress_invalid_tags: leave out what cannot be converted
+    return _strip_bulk({"x": element})["x"]
+
+
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_NUMBER_FORMATS.update({"UV": "Q", "SV": "q"})
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+_CHARSET_VRS = frozenset({"SH", "LO", "UC"})
+_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+
+
+def _single_encoding(dataset: Dataset) -> str | None:
+    """The Python codec of a single-byte or UTF-8 character set, or None (use pydicom)."""
+    try:
+        encodings = dataset._character_set
+    except (AttributeError, LookupError, ValueError):
+        return None
+    return encodings[0] if len(encodings) == 1 else None
+
+
+def _fast_element(raw: RawDataElement, encoding: str | None) -> dict | None:
+    """One explicit-VR little-endian element as DICOM JSON, or None to let pydicom do it."""
+    vr, value = raw.VR, raw.value
+    if raw.is_implicit_VR or not raw.is_little_endian or vr is None or vr == "SQ":
+        return None
+    if vr in _BINARY_VRS:
+        return {"vr": vr}
+    if not value:
+        return {"vr": vr} if vr in _NUMBER_FORMATS or vr in _ASCII_VRS or encoding else None
+    try:
+        if vr in _NUMBER_FORMATS:
+            code = _NUMBER_FORMATS[vr]
+            count, rest = divmod(len(value), struct.calcsize(code))
+            if rest:
+                return None
+            return {"vr": vr, "Value": list(struct.unpack(f"<{count}{code}", value))}
+        if vr == "AT":
+            if len(value) % 4:
+                return None
+            pairs = struct.unpack(f"<{len(value) // 2}H", value)
+            tags = [f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs), 2)]
+            return {"vr": vr, "Value": tags}
+        if vr in ("DS", "IS"):
+            items = value.decode("ascii").rstrip(" \x00").split("\\")
+            if items == [""]:
+                return {"vr": vr}
+            return {"vr": vr, "Value": [_number(item, vr) for item in items]}
+        if vr in _ASCII_VRS:
+            items = value.decode("latin-1").rstrip(" \x00").split("\\")
+            return {"vr": vr, "Value": items} if items != [""] else {"vr": vr}
+        if encoding is None or b"\x1b" in value:
+            return None
+        if vr in _CHARSET_VRS:
+            items = [item.rstrip("\x00 ") for item in value.decode(encoding).split("\\")]
+            return {"vr": vr, "Value": items} if items != [""] else {"vr": vr}
+        if vr in _TEXT_VRS:
+            text = value.decode(encoding).rstrip("\x00 ")
+            return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+        if vr == "PN":
+            text = value.rstrip(b"\x00 ").decode(encoding)
+            if not text:
+                return {"vr": vr}
+            return {"vr": vr, "Value": [_person_name(name) for name in text.split("\\")]}
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return None
+    return None
+
+
+def _number(item: str, vr: str) -> int | float:
+    text = item.strip(" ")
+    if not text:
+        raise ValueError("empty value in a multi-valued number")
+    if vr == "IS":
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError(f"IS value {item!r} is not an integer")
+        return int(number)
+    number = float(text)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("DS value is not finite")
+    return number
+
+
+def _person_name(name: str) -> dict:
+    groups = name.split("=")
+    json_name = {"Alphabetic": groups[0]}
+    if len(groups) > 1:
+        json_name["Ideographic"] = groups[1]
+    if len(groups) > 2:
+        json_name["Phonetic"] = groups[2]
+    return json_name
