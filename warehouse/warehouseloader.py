@@ -51,6 +51,8 @@ from warehouse.components.storage import Storage
 logger = logging.getLogger("warehouseloader")
 
 GRAPH_NAME = "warehouseloader"
+#: Parsed headers waiting for their JSON conversion (each some kilobytes of elements).
+HEADERS_IN_QUEUE = 256
 
 
 @use("storage", "state")
@@ -162,6 +164,7 @@ def process_image(pool, task: Task, storage: Storage, state: LoaderState):
 
 
 @use("state")
+@execution.bounded_input(HEADERS_IN_QUEUE)
 def process_dicom_data(task: Task, state: LoaderState):
     """Turn a header into DICOM JSON (PS3.18 F.2) without bulk data."""
     if task.action != "metadata":

@@ -91,6 +91,9 @@ def parse_header(data: bytes, complete: bool) -> Dataset | None:
             return None
         raise NotDicom(_describe(exc, data)) from None
     if seen_pixel_data:
+        # pydicom keeps the whole read buffer on the dataset; the header alone is kept, so a
+        # queue of headers between nodes costs their elements, not every first range read.
+        dataset.buffer = None
         return dataset
     if not complete:
         return None

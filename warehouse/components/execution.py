@@ -143,6 +143,20 @@ def pooled(workers: Callable[[Mapping], int]):
     return use_context_processor(open_pool)
 
 
+def bounded_input(size: int):
+    """Make a node's input queue hold at most ``size`` items instead of bonobo's 8,192.
+
+    A node whose items are large (parsed headers) then holds its producers back when it lags,
+    so memory stays flat however fast the reads upstream are.
+    """
+
+    def limit_queue(node, context, *args, **services):
+        context.input.maxsize = size
+        yield None
+
+    return use_context_processor(limit_queue)
+
+
 def _guarded(outputs: Iterable, node) -> Iterator:
     """Drain outputs, logging (and counting on the run) an unexpected error without losing the
     rest of the queue."""
