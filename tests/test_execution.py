@@ -453,3 +453,27 @@ def test_lazy_services_let_bugs_through():
 
     with pytest.raises(RuntimeError, match="bug"):
         LazyServices(factory).load()
+
+
+def test_bounded_input_holds_a_fast_producer_back():
+    """A slow node with a small input queue keeps its producer at most that far ahead."""
+    produced, consumed, ahead = [0], [0], []
+
+    def produce():
+        for n in range(60):
+            produced[0] += 1
+            ahead.append(produced[0] - consumed[0])
+            yield (n,)
+
+    @execution.bounded_input(4)
+    def consume(n):
+        time.sleep(0.002)
+        consumed[0] += 1
+        yield (n,)
+
+    graph = bonobo.Graph()
+    graph.add_chain(produce, consume)
+    context = execution.run(graph, {}, progress_seconds=60)
+    assert context is not None and consumed[0] == 60
+    # The queue holds 4; the consumer holds one more; the producer has one in hand.
+    assert max(ahead) <= 4 + 2

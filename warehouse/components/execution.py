@@ -147,14 +147,15 @@ def bounded_input(size: int):
     """Make a node's input queue hold at most ``size`` items instead of bonobo's 8,192.
 
     A node whose items are large (parsed headers) then holds its producers back when it lags,
-    so memory stays flat however fast the reads upstream are.
+    so memory stays flat however fast the reads upstream are. `StartedThreadPoolStrategy`
+    applies the size before any node starts.
     """
 
-    def limit_queue(node, context, *args, **services):
-        context.input.maxsize = size
-        yield None
+    def mark(node):
+        node.__input_size__ = size
+        return node
 
-    return use_context_processor(limit_queue)
+    return mark
 
 
 def _guarded(outputs: Iterable, node) -> Iterator:
@@ -253,6 +254,8 @@ class StartedThreadPoolStrategy(ThreadPoolExecutorStrategy):
 
     def execute(self, graph, **kwargs):
         context = self.create_graph_execution_context(graph, **kwargs)
+        for node in context.nodes:
+            node.input.maxsize = getattr(node.wrapped, "__input_size__", node.input.maxsize)
         context.write(BEGIN, (), END)
         futures: list[Future] = []
         with self.create_executor(graph) as executor:
