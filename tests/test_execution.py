@@ -15,9 +15,11 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import bonobo
 import pytest
+from bonobo.config import use
 
 from warehouse.components import execution
 from warehouse.components.config import ConfigError
@@ -27,6 +29,7 @@ from warehouse.components.execution import (
     OrderedPool,
     StartedThreadPoolStrategy,
     StatusLines,
+    WorkerPool,
     pooled,
 )
 
@@ -192,7 +195,7 @@ def test_results_come_back_in_submission_order():
             third_done.set()
         return n * 10
 
-    pool = OrderedPool(workers=8, window=16)
+    pool = OrderedPool(WorkerPool(8), window=16)
     outputs = []
     try:
         for n in range(60):
@@ -202,13 +205,13 @@ def test_results_come_back_in_submission_order():
         outputs = [out for (out,) in outputs]
         outputs.extend(pool.drain())
     finally:
-        pool.close()
+        pool.workers.shutdown()
     assert outputs == [n * 10 for n in range(60)]
     assert finished.index(3) < finished.index(0)  # completion order differed
 
 
 def test_then_may_yield_several_outputs_or_none():
-    pool = OrderedPool(workers=2)
+    pool = OrderedPool(WorkerPool(2))
     try:
         pool.submit(lambda n: n, 1, then=lambda r: [r, r + 100])
         pool.submit(lambda n: n, 2, then=lambda r: None)
@@ -216,7 +219,7 @@ def test_then_may_yield_several_outputs_or_none():
         assert list(pool.drain()) == [1, 101, 3]
         assert list(pool.drain()) == []
     finally:
-        pool.close()
+        pool.workers.shutdown()
 
 
 def test_put_waits_behind_earlier_work():
@@ -226,7 +229,7 @@ def test_put_waits_behind_earlier_work():
         release.wait(5)
         return n
 
-    pool = OrderedPool(workers=2, window=10)
+    pool = OrderedPool(WorkerPool(2), window=10)
     try:
         pool.submit(slow, "first", then=lambda r: [r])
         pool.put("known", then=lambda r: [r])
@@ -234,7 +237,7 @@ def test_put_waits_behind_earlier_work():
         release.set()
         assert list(pool.drain()) == ["first", "known"]
     finally:
-        pool.close()
+        pool.workers.shutdown()
 
 
 def test_in_flight_work_is_bounded_by_the_window():
@@ -254,7 +257,7 @@ def test_in_flight_work_is_bounded_by_the_window():
             running -= 1
         return n
 
-    pool = OrderedPool(workers=workers, window=window)
+    pool = OrderedPool(WorkerPool(workers), window=window)
     outputs = []
     try:
         for n in range(16):
@@ -267,7 +270,7 @@ def test_in_flight_work_is_bounded_by_the_window():
             assert submitted - delivered < window  # ready() made room before returning
         outputs.extend(pool.drain())
     finally:
-        pool.close()
+        pool.workers.shutdown()
     assert outputs == list(range(16))
     assert max_in_flight == window
     assert max_running <= workers
@@ -279,7 +282,7 @@ def test_work_errors_surface_in_order():
             raise ValueError("bad item")
         return n
 
-    pool = OrderedPool(workers=2)
+    pool = OrderedPool(WorkerPool(2))
     try:
         for n in range(3):
             pool.submit(work, n, then=lambda r: [r])
@@ -288,16 +291,16 @@ def test_work_errors_surface_in_order():
         with pytest.raises(ValueError, match="bad item"):
             next(drained)
     finally:
-        pool.close()
+        pool.workers.shutdown()
 
 
 def test_default_window_and_worker_floor():
-    pool = OrderedPool(workers=0)
+    pool = OrderedPool(WorkerPool(0))
     try:
-        assert pool.workers == 1
+        assert pool.workers.size == 1
         assert pool.window == 4
     finally:
-        pool.close()
+        pool.workers.shutdown()
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,8 +398,11 @@ def test_pooled_node_sends_everything_in_order(keep_root_logger):
         time.sleep(delays[n])
         return n * n
 
-    @pooled(lambda services: 4)
-    def squares(pool, n):
+    workers = WorkerPool(4)
+
+    @use("state")
+    @pooled
+    def squares(pool, n, state):
         pool.submit(slow_square, n, then=lambda r: [r])
         yield from pool.ready()
 
@@ -406,10 +412,11 @@ def test_pooled_node_sends_everything_in_order(keep_root_logger):
     stream = io.StringIO()
     context = bonobo.run(
         bonobo.Graph(numbers, squares, sink),
-        services={},
+        services={"state": SimpleNamespace(workers=workers)},
         plugins=[StatusLines(period=3600, stream=stream)],
         strategy=StartedThreadPoolStrategy(),
     )
+    workers.shutdown()
     # what was still in flight when the input ended was drained and sent before the end
     assert collected == [n * n for n in range(40)]
     assert "- squares in=40 out=40 [done]" in stream.getvalue().splitlines()

@@ -73,7 +73,7 @@ def list_clinical_files(catalogue: WarehouseCatalogue, state: DataprocessState):
 
 
 @use("storage", "state")
-@execution.pooled(execution.pool_size)
+@execution.pooled
 def load_clinical_files(pool, patient: PatientFile, storage: Storage, state: DataprocessState):
     """Read the chosen clinical files concurrently; yield one patient row each."""
     then = functools.partial(patient_row, state.report)
@@ -89,7 +89,7 @@ def list_image_metadata_files(catalogue: WarehouseCatalogue, state: DataprocessS
 
 
 @use("storage", "state")
-@execution.pooled(execution.pool_size)
+@execution.pooled
 def load_image_metadata_files(pool, study: StudyFile, storage: Storage, state: DataprocessState):
     """Read the studies' metadata files concurrently; yield one study row each."""
     pool.submit(read_study_row, storage, study, then=functools.partial(study_row, state.report))
@@ -173,7 +173,9 @@ def get_services(
     return {
         "storage": storage,
         "catalogue": WarehouseCatalogue(storage, settings.workers),
-        "state": DataprocessState(settings=settings, report=RunReport(GRAPH_NAME)),
+        "state": DataprocessState(
+            settings, RunReport(GRAPH_NAME), execution.WorkerPool(settings.workers)
+        ),
     }
 
 

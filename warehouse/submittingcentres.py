@@ -73,7 +73,7 @@ def extract_raw_data_files(config: PipelineConfig, storage: Storage, state: Cent
 
 # The node names are part of the interface (status lines): hence a class-like function name.
 @use("storage", "state")
-@execution.pooled(execution.pool_size)
+@execution.pooled
 def SubmittingCentreExtractor(pool, patient: PatientFiles, storage: Storage, state: CentresState):
     """Read the patients' files concurrently; collect the centres (yield each new one)."""
     pool.submit(read_centres, storage, patient, then=functools.partial(collect_centres, state))
@@ -101,7 +101,12 @@ def get_services(
     """
     settings = settings or settings_from_env()
     storage = execution.open_storage(settings, storage)
-    return {"storage": storage, "state": CentresState(settings, RunReport(GRAPH_NAME))}
+    return {
+        "storage": storage,
+        "state": CentresState(
+            settings, RunReport(GRAPH_NAME), execution.WorkerPool(settings.workers)
+        ),
+    }
 
 
 def finish_run(services, context, stdout=None, stderr=None) -> int:

@@ -133,7 +133,7 @@ def _passthrough(task: Task) -> list[Task]:
 
 
 @use("storage", "state")
-@execution.pooled(execution.pool_size)
+@execution.pooled
 def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState):
     """Read new clinical files concurrently; assign groups in upload order; yield copy tasks.
 
@@ -151,7 +151,7 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
 
 
 @use("storage", "state")
-@execution.pooled(execution.pool_size)
+@execution.pooled
 def process_image(pool, task: Task, storage: Storage, state: LoaderState):
     """Read each image's header (ranged reads) and yield its copy and metadata tasks."""
     if task.action == "image":
@@ -178,7 +178,7 @@ def process_dicom_data(task: Task, state: LoaderState):
 
 
 @use("storage", "state")
-@execution.pooled(execution.pool_size)
+@execution.pooled
 def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
     """Write metadata files."""
     if task.action == "write":
@@ -187,7 +187,7 @@ def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
 
 
 @use("storage", "state")
-@execution.pooled(execution.pool_size)
+@execution.pooled
 def data_copy(pool, task: Task, storage: Storage, state: LoaderState):
     """Copy clinical files and images into the warehouse (server-side on S3)."""
     if task.action == "copy":
@@ -219,7 +219,7 @@ def get_services(
     """
     settings = settings or settings_from_env()
     storage = execution.open_storage(settings, storage)
-    state = LoaderState(settings=settings, report=RunReport(GRAPH_NAME))
+    state = LoaderState(settings, RunReport(GRAPH_NAME), execution.WorkerPool(settings.workers))
     return {"storage": storage, "state": state}
 
 

@@ -17,8 +17,9 @@ from warehouse.components.clinical import (
     parse_clinical_record,
     submitting_centre,
 )
-from warehouse.components.config import PipelineConfig, Settings
-from warehouse.components.report import Reason, RunReport
+from warehouse.components.config import PipelineConfig
+from warehouse.components.execution import RunState
+from warehouse.components.report import Reason
 from warehouse.components.storage import Storage, StorageError
 
 logger = logging.getLogger("submittingcentres")
@@ -30,15 +31,12 @@ FileCentre = namedtuple("FileCentre", "key centre reason detail")
 
 
 @dataclass
-class CentresState:
+class CentresState(RunState):
     """What one submittingcentres run shares between its nodes (one instance, a bonobo
     service): the settings, the report, ``config.json`` and the centres found so far."""
 
-    settings: Settings
-    report: RunReport
     config: PipelineConfig | None = None
     centres: set[str] = field(default_factory=set)
-    exit_code: int | None = None
 
 
 def read_centres(storage: Storage, patient: PatientFiles) -> list[FileCentre]:

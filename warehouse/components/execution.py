@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import bonobo
 from bonobo.config.processors import use_context_processor
@@ -21,7 +22,9 @@ from bonobo.execution import events
 from bonobo.execution.strategies.executor import ThreadPoolExecutorStrategy
 from bonobo.plugins import Plugin
 
+from warehouse.components.config import Settings
 from warehouse.components.errors import ExpectedError
+from warehouse.components.report import RunReport
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +81,40 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class WorkerPool:
+    """The run's one bounded pool of storage workers (``WAREHOUSE_WORKERS`` threads).
+
+    Every pooled node submits its reads, copies and writes here, so at most ``size`` storage
+    requests are in flight at once, whichever nodes they come from: a run with one worker makes
+    one request at a time, and the threads contending for the interpreter stay few.
+    """
+
+    def __init__(self, size: int):
+        self.size = max(1, size)
+        self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="storage")
+
+    def submit(self, work: Callable, *args) -> Future:
+        """Run ``work(*args)`` in a worker."""
+        return self._executor.submit(work, *args)
+
+    def shutdown(self) -> None:
+        """Stop the threads once the run is over."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class RunState:
+    """What every graph's ``state`` service holds: the settings, the report, the storage
+    workers and, at the end, the exit code. Each graph adds its own fields."""
+
+    settings: Settings
+    report: RunReport
+    workers: WorkerPool | None = None
+    exit_code: int | None = None
+
+
 class OrderedPool:
-    """A bounded pool of worker threads whose results come back in submission order.
+    """A node's view of the `WorkerPool`: its results come back in submission order.
 
     Work is submitted from a node's thread; ``then`` callbacks turn each result into the node's
     outputs, in the node's thread and in input order, so decisions that depend on order (first
@@ -87,15 +122,14 @@ class OrderedPool:
     At most ``window`` items are in flight: the node blocks on the oldest when it is full.
     """
 
-    def __init__(self, workers: int, window: int | None = None, name: str = "pool"):
-        self.workers = max(1, workers)
-        self.window = window or self.workers * 4
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=name)
+    def __init__(self, workers: WorkerPool, window: int | None = None):
+        self.workers = workers
+        self.window = window or workers.size * 4
         self._pending: deque[tuple[Future, Callable]] = deque()
 
     def submit(self, work: Callable, *args, then: Callable) -> None:
         """Run ``work(*args)`` in a worker; ``then(result)`` later yields the outputs."""
-        self._pending.append((self._executor.submit(work, *args), then))
+        self._pending.append((self.workers.submit(work, *args), then))
 
     def put(self, value, *, then: Callable) -> None:
         """Queue an already-known result behind the work submitted before it."""
@@ -117,30 +151,24 @@ class OrderedPool:
             future, then = self._pending.popleft()
             yield from then(future.result()) or ()
 
-    def close(self) -> None:
-        """Stop the worker threads (after `drain`)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
 
-
-def pooled(workers: Callable[[Mapping], int]):
-    """Give a node function a first argument ``pool`` (an `OrderedPool`).
+def pooled(node):
+    """Give a node function a first argument ``pool`` (an `OrderedPool` on the run's
+    `WorkerPool`, ``state.workers``; the node must use the ``state`` service).
 
     The node submits work and yields ``pool.ready()``; when its input ends, what is still in
     flight is drained and sent downstream before the end of the stream is (bonobo tears a node
-    down before it passes END on). ``workers(services)`` sizes the pool.
+    down before it passes END on).
     """
 
     def open_pool(node, context, *args, **services):
         context.set_output_type(tuple)
-        pool = OrderedPool(workers(services), name=getattr(node, "__name__", "pool"))
-        try:
-            yield pool
-            for output in _guarded(pool.drain(), node):
-                context.send(output)
-        finally:
-            pool.close()
+        pool = OrderedPool(services["state"].workers)
+        yield pool
+        for output in _guarded(pool.drain(), node):
+            context.send(output)
 
-    return use_context_processor(open_pool)
+    return use_context_processor(open_pool)(node)
 
 
 def bounded_input(size: int):
@@ -333,15 +361,10 @@ def run(graph, services, *, finish: Callable | None = None, progress_seconds: fl
     )
 
 
-def pool_size(services) -> int:
-    """Worker pool size of a pooled node: the run's ``WAREHOUSE_WORKERS``."""
-    return services["state"].settings.workers
-
-
 #: The environment every graph reads (each command adds its own lines).
 ENVIRONMENT_HELP = """environment:
   WAREHOUSE_BUCKET   bucket name, s3://name, or file:///path (BUCKET_NAME accepted too)
-  WAREHOUSE_WORKERS  storage worker threads per node (default 32)
+  WAREHOUSE_WORKERS  storage requests in flight at once (default 32)
   WAREHOUSE_PROGRESS_SECONDS  status line period when output is not a terminal (default 10)
   RUN_SUMMARY_FILE   also write the run summary to this file
   AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE, ...  standard AWS settings"""
@@ -412,6 +435,9 @@ def run_graph(graph, services, finish: Callable[[dict, object], int]) -> int | N
     context = run(graph, services, finish=finish_safely, progress_seconds=progress)
     if context is None:
         return None
+    workers = getattr(loaded()["state"], "workers", None)
+    if workers is not None:
+        workers.shutdown()
     return codes[0] if codes else EXIT_INTERNAL
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from warehouse.components.catalogue import STUDY_MODALITIES, StudyFile, WarehouseContents
 from warehouse.components.clinical import InvalidClinicalFile, parse_clinical_record
-from warehouse.components.config import Settings
+from warehouse.components.execution import RunState
 from warehouse.components.report import Reason, RunReport
 from warehouse.components.storage import Storage, StorageError
 from warehouse.components.tables import (
@@ -36,31 +36,24 @@ StorageSizes = namedtuple("StorageSizes", "sizes")
 
 
 @dataclass
-class DataprocessState:
+class DataprocessState(RunState):
     """What one dataprocess run shares between its nodes (one instance, a bonobo service).
 
     Attributes
     ----------
-    settings : Settings
-        The run settings.
-    report : RunReport
-        Counts and unusable files.
     batch : str or None
         The batch folder written (or that would be, in a dry run).
     written : list of str
         Keys written to the processed store, ``latest.csv`` last.
     processed_url : str
         The processed store.
-    exit_code : int or None
-        Set once the run has finished.
+
+    The settings, the report, the workers and the exit code are `RunState`'s.
     """
 
-    settings: Settings
-    report: RunReport
     batch: str | None = None
     written: list[str] = field(default_factory=list)
     processed_url: str = ""
-    exit_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from warehouse.components.clinical import (
     parse_clinical_record,
     submitting_centre,
 )
-from warehouse.components.config import PipelineConfig, Settings
+from warehouse.components.config import PipelineConfig
 from warehouse.components.dicom import (
     MissingIdentifier,
     NotDicom,
@@ -24,6 +24,7 @@ from warehouse.components.dicom import (
     image_identity,
     read_header,
 )
+from warehouse.components.execution import RunState
 from warehouse.components.keys import (
     UnsafeIdentifier,
     check_pseudonym,
@@ -33,7 +34,7 @@ from warehouse.components.keys import (
 )
 from warehouse.components.listing import WarehouseIndex
 from warehouse.components.patients import GroupConflict, PatientGroups, UnknownSite, group_for
-from warehouse.components.report import Reason, RunReport
+from warehouse.components.report import Reason
 from warehouse.components.storage import StorageError
 
 #: One item between the loader's nodes. ``action`` is ``clinical`` or ``image`` (a raw file to
@@ -43,17 +44,14 @@ Task = namedtuple("Task", "action key size target payload")
 
 
 @dataclass
-class LoaderState:
+class LoaderState(RunState):
     """Everything one loader run shares between its nodes (one instance, a bonobo service)."""
 
-    settings: Settings
-    report: RunReport
     config: PipelineConfig | None = None
     index: WarehouseIndex | None = None
     groups: PatientGroups | None = None
     header_requests: int = 0
     header_bytes: int = 0
-    exit_code: int | None = None
     _claimed: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
