@@ -484,3 +484,15 @@ def test_bounded_input_holds_a_fast_producer_back():
     assert context is not None and consumed[0] == 60
     # The queue holds 4; the consumer holds one more; the producer has one in hand.
     assert max(ahead) <= 4 + 2
+
+
+def test_prompt_input_waits_for_an_item_instead_of_polling():
+    """bonobo's nodes ask with timeout=0; the prompt queue waits for the next item."""
+    from bonobo.constants import BEGIN
+
+    from warehouse.components.execution import PromptInput
+
+    queue = PromptInput()
+    queue.put(BEGIN)
+    threading.Timer(0.05, queue.put, args=(("late",),)).start()
+    assert queue.get(timeout=0) == ("late",)

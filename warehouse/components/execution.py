@@ -19,8 +19,11 @@ import bonobo
 from bonobo.config.processors import use_context_processor
 from bonobo.constants import BEGIN, END
 from bonobo.execution import events
+from bonobo.execution.contexts.graph import GraphExecutionContext
+from bonobo.execution.contexts.node import NodeExecutionContext
 from bonobo.execution.strategies.executor import ThreadPoolExecutorStrategy
 from bonobo.plugins import Plugin
+from bonobo.structs.inputs import Input
 
 from warehouse.components.config import Settings
 from warehouse.components.errors import ExpectedError
@@ -275,10 +278,39 @@ class OnFinish(Plugin):
         self.callback(event.context)
 
 
+class PromptInput(Input):
+    """A node's input queue that waits for the next item instead of polling for it.
+
+    bonobo asks for an item without waiting and, when there is none, sleeps 0.2 s: at every
+    stage of a graph an item (or the end of the stream) could wait that long. Waiting on the
+    queue itself wakes the node as soon as something arrives.
+    """
+
+    WAIT = 1.0
+
+    def get(self, block=True, timeout=None):
+        return super().get(block, self.WAIT if timeout == 0 else timeout)
+
+
+class PromptNodeExecutionContext(NodeExecutionContext):
+    """bonobo's node context with a `PromptInput`."""
+
+    QueueType = PromptInput
+
+
+class PromptGraphExecutionContext(GraphExecutionContext):
+    """bonobo's graph context with prompt nodes, watched 20 times a second."""
+
+    NodeExecutionContextType = PromptNodeExecutionContext
+    TICK_PERIOD = 0.05
+
+
 class StartedThreadPoolStrategy(ThreadPoolExecutorStrategy):
     """bonobo's thread-per-node strategy, but it waits for every node to start before it
     watches for the end, so a graph never ends early ("context cannot be stopped as it never
-    started") when threads are slow to start."""
+    started") when threads are slow to start; its nodes wait for their input promptly."""
+
+    GraphExecutionContextType = PromptGraphExecutionContext
 
     def execute(self, graph, **kwargs):
         context = self.create_graph_execution_context(graph, **kwargs)
