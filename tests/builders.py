@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from warehouse.components.config import Settings
 from warehouse.components.storage import DryRunStorage, Storage
@@ -72,3 +76,47 @@ def run_loader(storage: Storage, **settings):
     )
     code = warehouseloader.run(services)
     return code, services["state"]
+
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def graph_env(**extra) -> dict[str, str]:
+    """This process's environment without any WAREHOUSE_* or BUCKET_NAME setting, plus
+    ``extra``: what a graph subprocess sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAREHOUSE_")}
+    env.pop("BUCKET_NAME", None)
+    env.update(extra)
+    return env
+
+
+def python_m(graph: str, args=(), env=None, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m warehouse.<graph> args`` from the repository root, output captured."""
+    return subprocess.run(
+        [str(BIN / "python"), "-m", f"warehouse.{graph}", *args],
+        cwd=REPO,
+        env=graph_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+def bonobo_run(graph: str, bucket_root, cwd) -> subprocess.CompletedProcess:
+    """``bonobo run warehouse/<graph>.py --env WAREHOUSE_BUCKET=file://<bucket_root>``."""
+    return subprocess.run(
+        [
+            str(BIN / "bonobo"),
+            "run",
+            str(REPO / "warehouse" / f"{graph}.py"),
+            "--env",
+            f"WAREHOUSE_BUCKET=file://{bucket_root}",
+        ],
+        cwd=cwd,
+        env=graph_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -472,13 +472,6 @@ def test_batch_names_and_parquet_columns():
     assert back["mixed"].tolist()[:2] == ["1", "x"] and pd.isna(back["mixed"][2])
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAREHOUSE_")}
-    env.pop("BUCKET_NAME", None)
-    env.update(extra)
-    return env
-
-
 def test_bonobo_run_after_the_loader(tmp_path):
     """Raw uploads -> loader -> ``bonobo run warehouse/dataprocess.py`` on a local directory."""
     store = LocalStorage(tmp_path / "bucket")
@@ -497,20 +490,7 @@ def test_bonobo_run_after_the_loader(tmp_path):
     builders.put_tree(store, raw)
     assert builders.run_loader(store)[0] == 0
 
-    result = subprocess.run(
-        [
-            str(BIN / "bonobo"),
-            "run",
-            str(REPO / "warehouse" / "dataprocess.py"),
-            "--env",
-            f"WAREHOUSE_BUCKET=file://{store.root}",
-        ],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = builders.bonobo_run("dataprocess", store.root, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "dataprocess run summary" in result.stdout
     for node in (
@@ -536,13 +516,10 @@ def test_python_m_on_s3_over_http(s3_bucket):
     store = S3Storage(s3_bucket, workers=8)
     files = warehouse_files()
     builders.put_tree(store, files)
-    result = subprocess.run(
-        [str(BIN / "python"), "-m", "warehouse.dataprocess"],
-        cwd=REPO,
-        env=_env(WAREHOUSE_BUCKET=f"s3://{s3_bucket}", WAREHOUSE_WORKERS="8"),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = builders.python_m(
+        "dataprocess",
+        (),
+        builders.graph_env(WAREHOUSE_BUCKET=f"s3://{s3_bucket}", WAREHOUSE_WORKERS="8"),
     )
     assert result.returncode == 0, result.stderr
     assert f"s3://{s3_bucket}-processed/" in result.stdout
@@ -561,14 +538,7 @@ def test_python_m_on_s3_over_http(s3_bucket):
 )
 def test_bad_settings_and_missing_warehouse(env, code, message, tmp_path):
     env = {k: v.replace("{tmp}", str(tmp_path)) for k, v in env.items()}
-    result = subprocess.run(
-        [str(BIN / "python"), "-m", "warehouse.dataprocess"],
-        cwd=REPO,
-        env=_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = builders.python_m("dataprocess", (), builders.graph_env(**env))
     assert result.returncode == code, result.stderr
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
@@ -576,21 +546,14 @@ def test_bad_settings_and_missing_warehouse(env, code, message, tmp_path):
 
 
 def test_help_and_inspect_need_no_environment(tmp_path):
-    result = subprocess.run(
-        [str(BIN / "python"), "-m", "warehouse.dataprocess", "--help"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = builders.python_m("dataprocess", ["--help"], builders.graph_env())
     assert result.returncode == 0
     for name in ("WAREHOUSE_BUCKET", "DRY_RUN", "WAREHOUSE_WORKERS", "latest.csv"):
         assert name in result.stdout
     result = subprocess.run(
         [str(BIN / "bonobo"), "inspect", "--graph", str(REPO / "warehouse/dataprocess.py")],
         cwd=tmp_path,
-        env=_env(),
+        env=builders.graph_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,8 +6,6 @@ readable clinical file under a configured prefix, sorted, once each.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import threading
 from collections import Counter
@@ -123,42 +121,11 @@ def test_centres_in_process_read_each_file_once(tmp_path, capsys, workers):
     assert "submittingcentres run summary" in printed.err
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAREHOUSE_")}
-    env.pop("BUCKET_NAME", None)
-    env.update(extra)
-    return env
-
-
-def _python_m(args, env):
-    return subprocess.run(
-        [str(BIN / "python"), "-m", "warehouse.submittingcentres", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_bonobo_run_local_prints_only_the_centres_on_stdout(tmp_path):
     store = LocalStorage(tmp_path / "bucket")
     builders.put_tree(store, raw_tree())
     before = builders.snapshot(store)
-    result = subprocess.run(
-        [
-            str(BIN / "bonobo"),
-            "run",
-            str(REPO / "warehouse" / "submittingcentres.py"),
-            "--env",
-            f"WAREHOUSE_BUCKET=file://{store.root}",
-        ],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = builders.bonobo_run("submittingcentres", store.root, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "".join(f"{c}\n" for c in EXPECTED)
     assert "- SubmittingCentreExtractor in=5 out=4" in result.stderr
@@ -170,7 +137,9 @@ def test_bonobo_run_local_prints_only_the_centres_on_stdout(tmp_path):
 def test_python_m_on_s3_over_http(s3_bucket):
     store = S3Storage(s3_bucket, workers=8)
     builders.put_tree(store, raw_tree())
-    result = _python_m([], _env(WAREHOUSE_BUCKET=s3_bucket))
+    result = builders.python_m(
+        "submittingcentres", [], builders.graph_env(WAREHOUSE_BUCKET=s3_bucket)
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "".join(f"{c}\n" for c in EXPECTED)
     assert "no SubmittingCentre: raw-b/2021-01-06/data/Covid4_status.json" in result.stderr
@@ -200,7 +169,9 @@ def test_config_problems_stop_with_a_clear_message(tmp_path, config, code, messa
     if config is not None:
         files["config.json"] = config
     builders.put_tree(store, files)
-    result = _python_m([], _env(WAREHOUSE_BUCKET=f"file://{store.root}"))
+    result = builders.python_m(
+        "submittingcentres", [], builders.graph_env(WAREHOUSE_BUCKET=f"file://{store.root}")
+    )
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -208,10 +179,10 @@ def test_config_problems_stop_with_a_clear_message(tmp_path, config, code, messa
 
 
 def test_no_bucket_and_help():
-    result = _python_m([], _env())
+    result = builders.python_m("submittingcentres", [], builders.graph_env())
     assert result.returncode == 2
     assert "WAREHOUSE_BUCKET" in result.stderr and result.stdout == ""
-    result = _python_m(["--help"], _env())
+    result = builders.python_m("submittingcentres", ["--help"], builders.graph_env())
     assert result.returncode == 0
     for name in ("WAREHOUSE_BUCKET", "WAREHOUSE_WORKERS", "AWS_ENDPOINT_URL", "standard output"):
         assert name in result.stdout

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -402,42 +401,10 @@ def test_earliest_upload_decides_a_new_patient(local_store):
     assert [p["key"] for p in conflicts] == ["raw-a/2021-05-01/data/Covid77_data.json"]
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAREHOUSE_")}
-    env.pop("BUCKET_NAME", None)
-    env.update(extra)
-    return env
-
-
-def _loader(args, env, **kwargs):
-    return subprocess.run(
-        [str(BIN / "python"), "-m", "warehouse.warehouseloader", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kwargs,
-    )
-
-
 def test_bonobo_run_local_prints_status_lines_and_summary(local_store, tmp_path):
     files, expected, problems = sample_tree()
     builders.put_tree(local_store, files)
-    result = subprocess.run(
-        [
-            str(BIN / "bonobo"),
-            "run",
-            str(REPO / "warehouse" / "warehouseloader.py"),
-            "--env",
-            f"WAREHOUSE_BUCKET=file://{local_store.root}",
-        ],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = builders.bonobo_run("warehouseloader", local_store.root, tmp_path)
     assert result.returncode == 0, result.stderr
     for node in (
         "load_config",
@@ -461,7 +428,11 @@ def test_python_m_on_s3_over_http(s3_store, s3_bucket, tmp_path):
     files, expected, problems = sample_tree()
     builders.put_tree(s3_store, files)
     summary = tmp_path / "summary.txt"
-    result = _loader([], _env(WAREHOUSE_BUCKET=f"s3://{s3_bucket}", RUN_SUMMARY_FILE=str(summary)))
+    result = builders.python_m(
+        "warehouseloader",
+        [],
+        builders.graph_env(WAREHOUSE_BUCKET=f"s3://{s3_bucket}", RUN_SUMMARY_FILE=str(summary)),
+    )
     assert result.returncode == 0, result.stderr
     check_warehouse(s3_store, files, expected)
     check_report(latest_report(s3_store), problems)
@@ -477,7 +448,7 @@ def test_python_m_on_s3_over_http(s3_store, s3_bucket, tmp_path):
     ],
 )
 def test_bad_settings_stop_with_a_clear_message(env, message):
-    result = _loader([], _env(**env))
+    result = builders.python_m("warehouseloader", [], builders.graph_env(**env))
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -505,7 +476,9 @@ def test_bad_config_stops_before_any_write(tmp_path, content, message):
         files["config.json"] = content
     builders.put_tree(store, files)
     before = builders.snapshot(store)
-    result = _loader([], _env(WAREHOUSE_BUCKET=f"file://{store.root}"))
+    result = builders.python_m(
+        "warehouseloader", [], builders.graph_env(WAREHOUSE_BUCKET=f"file://{store.root}")
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
@@ -515,13 +488,15 @@ def test_bad_config_stops_before_any_write(tmp_path, content, message):
 
 
 def test_missing_bucket_exits_non_zero(s3_endpoint):
-    result = _loader([], _env(WAREHOUSE_BUCKET="no-such-bucket-here"))
+    result = builders.python_m(
+        "warehouseloader", [], builders.graph_env(WAREHOUSE_BUCKET="no-such-bucket-here")
+    )
     assert result.returncode != 0
     assert "no-such-bucket-here" in result.stderr
 
 
 def test_help_lists_the_environment():
-    result = _loader(["--help"], _env())
+    result = builders.python_m("warehouseloader", ["--help"], builders.graph_env())
     assert result.returncode == 0
     for name in ("WAREHOUSE_BUCKET", "DRY_RUN", "WAREHOUSE_WORKERS", "AWS_ENDPOINT_URL"):
         assert name in result.stdout
@@ -531,7 +506,7 @@ def test_bonobo_inspect_needs_no_environment(tmp_path):
     result = subprocess.run(
         [str(BIN / "bonobo"), "inspect", "--graph", str(REPO / "warehouse/warehouseloader.py")],
         cwd=tmp_path,
-        env=_env(),
+        env=builders.graph_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -558,7 +533,7 @@ def test_killed_run_is_finished_by_the_next_one(tmp_path):
     process = subprocess.Popen(
         [str(BIN / "python"), "-m", "warehouse.warehouseloader"],
         cwd=REPO,
-        env=_env(WAREHOUSE_BUCKET=f"file://{killed.root}", WAREHOUSE_WORKERS="1"),
+        env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{killed.root}", WAREHOUSE_WORKERS="1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
