@@ -23,6 +23,7 @@ from benchmarks.proxy import (
     classify,
     read_counts,
     reset_counts,
+    start_moto,
     start_proxy,
     subject_of,
 )
@@ -154,6 +155,17 @@ def test_proxy_runs_in_its_own_process(moto_server):
         assert server.process.pid != os.getpid()
     finally:
         server.stop()
+    assert not server.process.is_alive()
+
+
+def test_moto_runs_in_its_own_process():
+    with start_moto() as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        client = client_for(server.url)
+        client.create_bucket(Bucket="bench-own-process")
+        client.put_object(Bucket="bench-own-process", Key="a.json", Body=b"[]")
+        assert client.get_object(Bucket="bench-own-process", Key="a.json")["Body"].read() == b"[]"
+        assert server.process.pid != os.getpid()
     assert not server.process.is_alive()
 
 
