@@ -152,6 +152,50 @@ def local_floor(root: str | os.PathLike, out: str | os.PathLike, keys: list[str]
     return {"images": len(keys), "seconds": seconds}
 
 
+def local_work_floor(root: str | os.PathLike, keys: list[str], workers: int) -> dict:
+    """Per image, the work the product cannot avoid, and nothing else: read the header (ranged
+    reads), take its identifiers, convert it to DICOM JSON, write that JSON and copy the file
+    into the warehouse layout of the same directory, both atomically (temporary file, then
+    rename), with the product's own functions. No listing, no graph, no report.
+
+    Parameters
+    ----------
+    root : path
+        A copy of the tree, laid out like the bucket; its warehouse side is written.
+    keys : list of str
+        Image keys (well-formed images).
+    workers : int
+        Worker threads.
+
+    Returns
+    -------
+    dict
+        ``images`` and ``seconds``.
+    """
+    from warehouse.components.dicom import header_json, image_identity, read_header
+    from warehouse.components.keys import image_targets
+    from warehouse.components.storage import LocalStorage
+
+    store = LocalStorage(root)
+
+    def one(key: str) -> None:
+        size = (Path(root) / key).stat().st_size
+        try:
+            header = read_header(store, key, size)
+            ids = image_identity(header.dataset)
+        except ValueError:  # a faulty image: the loader reports it, the floor skips it
+            return
+        name = key.rsplit("/", 1)[-1]
+        image_key, metadata_key = image_targets(
+            "training", ids.folder, ids.patient_id, ids.study_uid, ids.series_uid, name
+        )
+        store.write(metadata_key, header_json(header.dataset))
+        store.copy(key, image_key, size)
+
+    seconds = _run_pool(one, keys, workers)
+    return {"images": len(keys), "seconds": seconds}
+
+
 def list_only(bucket: str, prefixes: list[str], workers: int, client=None) -> dict:
     """List like a loader run does, and nothing else.
 
@@ -209,6 +253,12 @@ def _parser() -> argparse.ArgumentParser:
     s3.add_argument("--keys", required=True, help="file with one image key a line")
     s3.add_argument("--workers", type=int, default=32)
     local = sub.add_parser("local", help="read 64 KiB, write a JSON, copy, per image")
+    local.add_argument(
+        "--work",
+        action="store_true",
+        help="the product's per-image work in --root itself: parse the header, write its "
+        "DICOM JSON and copy the file into the warehouse layout, atomically (--out unused)",
+    )
     local.add_argument("--root", required=True, help="directory laid out like the bucket")
     local.add_argument("--out", required=True, help="directory to write into")
     local.add_argument("--keys", required=True, help="file with one image key a line")
@@ -231,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "s3":
         figures = s3_floor(args.bucket, _read_keys(args.keys), args.workers)
     elif args.command == "local":
-        figures = local_floor(args.root, args.out, _read_keys(args.keys), args.workers)
+        if args.work:
+            figures = local_work_floor(args.root, _read_keys(args.keys), args.workers)
+        else:
+            figures = local_floor(args.root, args.out, _read_keys(args.keys), args.workers)
     else:
         prefixes = [p if p.endswith("/") else p + "/" for p in args.prefix]
         figures = list_only(args.bucket, prefixes, args.workers)
