@@ -53,6 +53,9 @@ logger = logging.getLogger("warehouseloader")
 GRAPH_NAME = "warehouseloader"
 #: Parsed headers waiting for their JSON conversion (each some kilobytes of elements).
 HEADERS_IN_QUEUE = 256
+#: Tasks waiting for data_copy, which also sees (and passes over) every metadata task, header
+#: included: its queue is bounded too.
+TASKS_IN_QUEUE = 1024
 
 
 @use("storage", "state")
@@ -145,8 +148,10 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
             state.report.skip(task.key, Reason.UNSAFE_IDENTIFIER, unsafe)
         else:
             pool.submit(read_clinical, storage, task, then=functools.partial(file_clinical, state))
+    elif pool.pending:
+        pool.put(task, then=_passthrough)  # behind the clinical files still being read
     else:
-        pool.put(task, then=_passthrough)
+        yield (task,)
     yield from pool.ready()
 
 
@@ -187,6 +192,7 @@ def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
 
 
 @use("storage", "state")
+@execution.bounded_input(TASKS_IN_QUEUE)
 @execution.pooled
 def data_copy(pool, task: Task, storage: Storage, state: LoaderState):
     """Copy clinical files and images into the warehouse (server-side on S3)."""

@@ -6,13 +6,14 @@ Nodes use the storage service only; they never touch boto3 or the file system th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import queue
 import shutil
-import tempfile
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -157,6 +158,7 @@ class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
         self.url = self.root.as_uri()
+        self._folders: set[Path] = set()
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -231,34 +233,44 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise StorageError(f"cannot read {self.url}/{key}: {exc.strerror}") from None
 
-    def _replace_atomically(self, key: str, fill) -> None:
+    def _replace_atomically(self, key: str, produce) -> None:
+        """Have ``produce(temporary path)`` write the content, then rename it into place."""
         target = self._path(key)
+        temp = target.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=target.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.url}/{key}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                fill(handle)
-            os.chmod(temp, 0o644)
+            self._make_folder(target.parent)
+            try:
+                produce(temp)
+            except FileNotFoundError:
+                if not target.parent.is_dir():  # removed since it was made: make it again
+                    self._folders.discard(target.parent)
+                    self._make_folder(target.parent)
+                    produce(temp)
+                else:
+                    raise
             os.replace(temp, target)
         except BaseException as exc:
-            Path(temp).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                temp.unlink()  # never made when its folder could not be
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot write {self.url}/{key}: {exc.strerror}") from None
             raise
 
+    def _make_folder(self, folder: Path) -> None:
+        # One mkdir per folder and run, not one per write.
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
+
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
-        self._replace_atomically(key, lambda handle: handle.write(data))
+        self._replace_atomically(key, lambda temp: temp.write_bytes(data))
 
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
         source = self._path(source_key)
-        try:
-            with open(source, "rb") as src:
-                self._replace_atomically(target_key, lambda dst: shutil.copyfileobj(src, dst))
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{self.url}/{source_key} does not exist") from None
+        if not source.is_file():
+            raise ObjectNotFound(f"{self.url}/{source_key} does not exist")
+        # copyfile uses the kernel's copy (sendfile / copy_file_range), not Python buffers.
+        self._replace_atomically(target_key, lambda temp: shutil.copyfile(source, temp))
 
     def processed(self) -> LocalStorage:
         return LocalStorage(self.root.with_name(self.root.name + "-processed"))
