@@ -41,7 +41,7 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@echo "One image, its metadata, and the run report:"
 	@cd $(DEMO_DIR) && find training/xray -name '*.dcm' | sort | head -n 1 | sed 's/^/  /'
 	@cd $(DEMO_DIR) && find training/xray-metadata -name '*.json' | sort | head -n 1 | sed 's/^/  /'
-	@cd $(DEMO_DIR) && find reports -name '*.json' | sort | tail -n 1 | sed 's/^/  /'
+	@cd $(DEMO_DIR) && find reports/warehouseloader -name '20*.json' | sort | tail -n 1 | sed 's/^/  /'
 	@echo "Submitting centres of the configured raw prefixes (also in $(DEMO_DIR)-centres.txt):"
 	@sed 's/^/  /' $(DEMO_DIR)-centres.txt
 	@echo "Dashboard tables in $(DEMO_DIR)-processed/; latest.csv names the newest batch:"

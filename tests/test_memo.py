@@ -85,3 +85,21 @@ def test_group_conflict_holds_while_the_groups_differ():
 @pytest.mark.parametrize("reason", ["read failed", "write failed", "something new", None])
 def test_failures_and_unknown_reasons_are_processed_again(reason):
     assert not still_holds({"reason": reason}, CONFIG, WarehouseIndex(), set())
+
+
+def test_a_problem_recorded_again_keeps_its_stamp_and_facts():
+    from warehouse.components.report import RunReport
+
+    problem = {
+        "key": "k",
+        "reason": "site not in config",
+        "detail": "SubmittingCentre 'X'",
+        "size": 3,
+        "modified": "m",
+        "facts": {"centre": "X"},
+    }
+    report = RunReport("warehouseloader")
+    report.skip_again(problem)
+    assert report.problems == [problem] and report.problems[0] is not problem
+    assert report.reasons["site not in config"] == 1
+    assert report.counts["unfiled inputs not read again (unchanged)"] == 1

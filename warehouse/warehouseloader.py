@@ -43,7 +43,7 @@ from warehouse.components.filing import (
     write_object,
 )
 from warehouse.components.listing import index_warehouse, list_raw, pending_images
-from warehouse.components.memo import load_memo, recall, still_holds
+from warehouse.components.memo import known_problem, load_memo
 from warehouse.components.patients import PatientGroups
 from warehouse.components.report import RunReport
 from warehouse.components.storage import Storage
@@ -106,14 +106,10 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
     )
 
     def known_unfiled(raw, size, new_patients) -> bool:
-        """An unchanged input whose reason, from the last run, still holds: report it again."""
-        problem = recall(memo, raw, size)
-        if problem is None or not still_holds(problem, state.config, index, new_patients):
-            return False
-        reason, detail = Reason(problem["reason"]), problem.get("detail", "")
-        report.skip(raw.key, reason, detail, stamp=(size, raw.modified), facts=problem.get("facts"))
-        report.count("unfiled inputs not read again (unchanged)")
-        return True
+        problem = known_problem(memo, raw, size, state.config, index, new_patients)
+        if problem is not None:
+            report.skip_again(problem)
+        return problem is not None
 
     clinical = []
     for raw, size in listing.clinical:

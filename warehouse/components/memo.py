@@ -108,3 +108,19 @@ def still_holds(
         except UnknownSite:
             return False
     return False
+
+
+def known_problem(
+    memo: dict[str, dict],
+    raw: RawKey,
+    size: int,
+    config: PipelineConfig,
+    index: WarehouseIndex,
+    new_patients: set[str],
+) -> dict | None:
+    """The last run's problem with ``raw`` if the input is unchanged and the reason still
+    holds (so it need not be read again), else None."""
+    problem = recall(memo, raw, size)
+    if problem is None or not still_holds(problem, config, index, new_patients):
+        return None
+    return problem

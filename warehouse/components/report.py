@@ -78,6 +78,13 @@ class RunReport:
             self.reasons[reason.value] += 1
             self.problems.append(problem)
 
+    def skip_again(self, problem: dict) -> None:
+        """Record again an input the last run reported, unchanged and not read again."""
+        with self._lock:
+            self.reasons[problem["reason"]] += 1
+            self.problems.append(dict(problem))
+            self.counts["unfiled inputs not read again (unchanged)"] += 1
+
     def fail(self, message: str) -> None:
         """Record that the run could not complete (config, listing, ...)."""
         with self._lock:
