@@ -26,6 +26,7 @@ Two paths are the proxy's own and are neither delayed nor forwarded nor counted:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -385,10 +386,9 @@ class ServerProcess:
 
 
 def _wait_for_parent(pipe) -> None:
-    try:
+    # Returns when the parent says stop or goes away (the pipe's other end closes).
+    with contextlib.suppress(EOFError):
         pipe.recv()
-    except EOFError:
-        pass
 
 
 def _serve_moto(pipe) -> None:

@@ -21,6 +21,7 @@ the AWS credentials of every process are fake and every endpoint is the local se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -174,13 +175,11 @@ class ProcessRun:
 
 def _peak_rss_kb(pid: int) -> int:
     """The process's peak resident set size so far (``VmHWM``), or its current RSS."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
+    # No /proc entry (the process just ended, or not Linux): fall back to psutil below.
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
     try:
         import psutil
 

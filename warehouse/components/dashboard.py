@@ -168,14 +168,19 @@ def arrow_ready(table: pd.DataFrame) -> pd.DataFrame:
         if column.dtype != object:
             continue
         values = column.tolist()
-        if not any(_is_container(v) for v in values):
-            try:
-                pa.array(values, from_pandas=True)
-                continue
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-                pass
+        if not any(_is_container(v) for v in values) and _arrow_accepts(values):
+            continue
         out[name] = pd.Series([_as_text(v) for v in values], index=column.index, dtype="object")
     return out
+
+
+def _arrow_accepts(values: list) -> bool:
+    """Whether pyarrow can store a column of these values as they are (else: as text)."""
+    try:
+        pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def parquet_bytes(table: pd.DataFrame) -> bytes:
