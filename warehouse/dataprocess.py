@@ -28,7 +28,7 @@ from bonobo.config.processors import use_context_processor
 
 from warehouse.components import execution
 from warehouse.components.catalogue import StudyFile, WarehouseCatalogue, WarehouseContents
-from warehouse.components.config import Settings, settings_from_env
+from warehouse.components.config import Settings
 from warehouse.components.dashboard import build_batch, write_batch
 from warehouse.components.errors import ExpectedError
 from warehouse.components.extraction import (
@@ -42,7 +42,6 @@ from warehouse.components.extraction import (
     read_study_row,
     study_row,
 )
-from warehouse.components.report import RunReport
 from warehouse.components.storage import Storage
 
 logger = logging.getLogger("dataprocess")
@@ -154,29 +153,15 @@ def get_graph(**options) -> bonobo.Graph:
     return graph
 
 
-def get_services(
-    settings: Settings | None = None, storage: Storage | None = None, **options
-) -> dict:
-    """The services: ``storage`` (the warehouse store), ``catalogue`` (its listing, made once)
-    and ``state`` (the run).
-
-    Parameters
-    ----------
-    settings : Settings, optional
-        Run settings; read from the environment when omitted.
-    storage : Storage, optional
-        A store to use instead of the one the settings name (tests swap backends here). Its
-        ``processed()`` store receives the tables.
-    """
-    settings = settings or settings_from_env()
-    storage = execution.open_storage(settings, storage)
-    return {
-        "storage": storage,
-        "catalogue": WarehouseCatalogue(storage, settings.workers),
-        "state": DataprocessState(
-            settings, RunReport(GRAPH_NAME), execution.WorkerPool(settings.workers)
-        ),
-    }
+def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
+    """The services: ``storage`` (the warehouse store; its ``processed()`` store receives the
+    tables), ``catalogue`` (its listing, made once) and ``state`` (the run); see
+    `execution.graph_services`."""
+    services = execution.graph_services(GRAPH_NAME, DataprocessState, settings, storage)
+    services["catalogue"] = WarehouseCatalogue(
+        services["storage"], services["state"].settings.workers
+    )
+    return services
 
 
 def finish_run(services, context) -> int:

@@ -31,11 +31,9 @@ from warehouse.components.config import (
     PipelineConfig,
     Settings,
     load_pipeline_config,
-    settings_from_env,
 )
 from warehouse.components.errors import ExpectedError
 from warehouse.components.listing import list_raw
-from warehouse.components.report import RunReport
 from warehouse.components.storage import Storage
 
 logger = logging.getLogger("submittingcentres")
@@ -87,26 +85,10 @@ def get_graph(**options) -> bonobo.Graph:
     return graph
 
 
-def get_services(
-    settings: Settings | None = None, storage: Storage | None = None, **options
-) -> dict:
-    """The services: ``storage`` (the warehouse store, read only) and ``state`` (the run).
-
-    Parameters
-    ----------
-    settings : Settings, optional
-        Run settings; read from the environment when omitted.
-    storage : Storage, optional
-        A store to use instead of the one the settings name (tests swap backends here).
-    """
-    settings = settings or settings_from_env()
-    storage = execution.open_storage(settings, storage)
-    return {
-        "storage": storage,
-        "state": CentresState(
-            settings, RunReport(GRAPH_NAME), execution.WorkerPool(settings.workers)
-        ),
-    }
+def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
+    """The services: ``storage`` (the warehouse store, read only) and ``state`` (the run); see
+    `execution.graph_services`."""
+    return execution.graph_services(GRAPH_NAME, CentresState, settings, storage)
 
 
 def finish_run(services, context, stdout=None, stderr=None) -> int:

@@ -24,7 +24,6 @@ from warehouse.components.config import (
     CONFIG_KEY,
     Settings,
     load_pipeline_config,
-    settings_from_env,
 )
 from warehouse.components.dicom import header_json
 from warehouse.components.errors import ExpectedError
@@ -45,7 +44,6 @@ from warehouse.components.filing import (
 from warehouse.components.listing import index_warehouse, list_raw, pending_images
 from warehouse.components.memo import known_problem, load_memo
 from warehouse.components.patients import PatientGroups
-from warehouse.components.report import RunReport
 from warehouse.components.storage import Storage
 
 logger = logging.getLogger("warehouseloader")
@@ -207,22 +205,10 @@ def get_graph(**options) -> bonobo.Graph:
     return graph
 
 
-def get_services(
-    settings: Settings | None = None, storage: Storage | None = None, **options
-) -> dict:
-    """The loader's services: ``storage`` (the warehouse store) and ``state`` (the run).
-
-    Parameters
-    ----------
-    settings : Settings, optional
-        Run settings; read from the environment when omitted.
-    storage : Storage, optional
-        A store to use instead of the one the settings name (tests swap backends here).
-    """
-    settings = settings or settings_from_env()
-    storage = execution.open_storage(settings, storage)
-    state = LoaderState(settings, RunReport(GRAPH_NAME), execution.WorkerPool(settings.workers))
-    return {"storage": storage, "state": state}
+def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
+    """The loader's services: ``storage`` (the warehouse store) and ``state`` (the run); see
+    `execution.graph_services`."""
+    return execution.graph_services(GRAPH_NAME, LoaderState, settings, storage)
 
 
 def finish_run(services, context) -> int:

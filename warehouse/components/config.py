@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from warehouse.components.errors import ExpectedError
 from warehouse.components.keys import normalise_prefix
+from warehouse.components.storage import ObjectNotFound, StorageError
 
 CONFIG_KEY = "config.json"
 DEFAULT_WORKERS = 32
@@ -191,8 +192,6 @@ def load_pipeline_config(storage, report) -> PipelineConfig:
     A problem is recorded on ``report`` as a configuration problem (the run exits 2) and
     raised as `ConfigError`, or `StorageError` when the store cannot be read.
     """
-    from warehouse.components.storage import ObjectNotFound, StorageError
-
     try:
         return parse_config(storage.read(CONFIG_KEY))
     except ObjectNotFound:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import sys
@@ -26,9 +27,10 @@ from bonobo.execution.strategies.executor import ThreadPoolExecutorStrategy
 from bonobo.plugins import Plugin
 from bonobo.structs.inputs import Input
 
-from warehouse.components.config import Settings
+from warehouse.components.config import Settings, settings_from_env
 from warehouse.components.errors import ExpectedError
 from warehouse.components.report import RunReport
+from warehouse.components.storage import storage_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -448,7 +450,7 @@ def write_summary_file(summary: str) -> None:
 
 def exit_code(report) -> int:
     """0 when the run completed, 2 when config.json stopped it, 1 when it could not complete."""
-    if report.fatal and getattr(report, "config_problem", False):
+    if report.fatal and report.config_problem:
         return EXIT_CONFIG
     return EXIT_OK if report.completed else EXIT_INCOMPLETE
 
@@ -507,8 +509,6 @@ def publish_report(storage, report, dry_run: bool) -> str:
     str
         The summary line that says where the report is (empty when it is not written).
     """
-    import json
-
     if dry_run:
         print(json.dumps(report.as_dict(), indent=2))
         return ""
@@ -524,10 +524,25 @@ def publish_report(storage, report, dry_run: bool) -> str:
     return f"\n  report: {storage.url}/{report.key()}"
 
 
-def open_storage(settings, storage=None):
-    """The store a graph's settings name (``storage`` instead, when given: tests swap it)."""
-    from warehouse.components.storage import storage_from_url
+def graph_services(graph: str, state_type: type, settings=None, storage=None) -> dict:
+    """The services every graph has: ``storage`` and ``state`` (a ``state_type``, with the run's
+    report and `WorkerPool`).
 
-    if storage is not None:
-        return storage
-    return storage_from_url(settings.bucket, workers=settings.workers, dry_run=settings.dry_run)
+    Parameters
+    ----------
+    graph : str
+        The graph's name (its run report's folder).
+    state_type : type
+        The graph's `RunState` subclass.
+    settings : Settings, optional
+        Run settings; read from the environment when omitted.
+    storage : Storage, optional
+        A store to use instead of the one the settings name (tests swap backends here).
+    """
+    settings = settings or settings_from_env()
+    if storage is None:
+        storage = storage_from_url(
+            settings.bucket, workers=settings.workers, dry_run=settings.dry_run
+        )
+    state = state_type(settings, RunReport(graph), WorkerPool(settings.workers))
+    return {"storage": storage, "state": state}

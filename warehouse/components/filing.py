@@ -55,6 +55,12 @@ class LoaderState(RunState):
     _claimed: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def count_header_read(self, requests: int, size: int) -> None:
+        """Add one header read's requests and bytes to the run's totals."""
+        with self._lock:
+            self.header_requests += requests
+            self.header_bytes += size
+
     def claim(self, key: str) -> bool:
         """Claim a target key for this run; False if another raw file already has it."""
         with self._lock:
@@ -153,9 +159,7 @@ def file_image(state: LoaderState, result: ReadResult) -> list[Task]:
         report.skip(task.key, result.reason, result.detail, stamp=stamp(task))
         return []
     header, identity = result.value
-    with state._lock:
-        state.header_requests += header.requests
-        state.header_bytes += header.bytes_read
+    state.count_header_read(header.requests, header.bytes_read)
     group = state.groups.get(identity.patient_id)
     if group is None:
         report.skip(
