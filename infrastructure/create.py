@@ -3,12 +3,14 @@
 
 Usage::
 
-    python infrastructure/create.py --suffix dev --region eu-west-2
-    python infrastructure/create.py --suffix prod --parameter ImageTag=v1.4.0
+    python infrastructure/create.py --suffix dev --region eu-west-2 --parameter ImageTag=v1.4.0
+    python infrastructure/create.py --suffix prod --parameter ImageTag=v1.5.0
 
 The stack is named ``warehouse-<suffix>`` and built from ``templates/warehouse.yaml``. A stack
-that does not exist is created; one that exists is updated, keeping the previous value of every
-parameter not given on the command line ("No updates are to be performed" counts as success).
+that does not exist is created, and every parameter without a default (``ImageTag``: the image
+tags are immutable, so there is no ``latest``) must then be given; one that exists is updated,
+keeping the previous value of every parameter not given on the command line ("No updates are to
+be performed" counts as success).
 The AWS credentials, region and endpoint come from the usual places (profile, environment,
 ``AWS_ENDPOINT_URL``), ``--region`` winning.
 """
@@ -137,6 +139,28 @@ def stack_parameters(
     return result
 
 
+def missing_parameters(summary: list[dict], given: dict[str, str]) -> list[str]:
+    """Return the template parameters a new stack needs but was not given.
+
+    Parameters
+    ----------
+    summary : list of dict
+        The ``Parameters`` of ``get_template_summary``.
+    given : dict
+        Values from the command line.
+
+    Returns
+    -------
+    list of str
+        The keys without a ``DefaultValue`` that are not in ``given``, in template order.
+    """
+    return [
+        p["ParameterKey"]
+        for p in summary
+        if "DefaultValue" not in p and p["ParameterKey"] not in given
+    ]
+
+
 def describe_stack(client, name: str) -> dict | None:
     """Return the stack's description, or ``None`` when it does not exist.
 
@@ -217,11 +241,12 @@ def deploy(
     RuntimeError
         When the stack cannot be updated (a failed creation must be deleted first), or the
         operation failed; the message includes the failed resources' reasons.
+    ValueError
+        When a given key is not a parameter of the template, or a new stack lacks a parameter
+        that has no default.
     """
-    template_keys = [
-        p["ParameterKey"]
-        for p in client.get_template_summary(TemplateBody=template_body).get("Parameters", [])
-    ]
+    summary = client.get_template_summary(TemplateBody=template_body).get("Parameters", [])
+    template_keys = [p["ParameterKey"] for p in summary]
     existing = describe_stack(client, name)
     common = {"StackName": name, "TemplateBody": template_body, "Capabilities": CAPABILITIES}
     tags = [{"Key": "warehouse:stack-suffix", "Value": given.get("StackSuffix", name)}]
@@ -229,6 +254,10 @@ def deploy(
 
     if existing is None:
         parameters = stack_parameters(given, template_keys, None)
+        missing = missing_parameters(summary, given)
+        if missing:
+            flags = " ".join(f"--parameter {key}=..." for key in missing)
+            raise ValueError(f"a new stack needs {', '.join(missing)} (no default): {flags}")
         client.create_stack(**common, Parameters=parameters, Tags=tags)
         print(f"Creating stack {name}...", flush=True)
         waiter = client.get_waiter("stack_create_complete")
@@ -311,7 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         type=parameter_argument,
         metavar="KEY=VALUE",
-        help="template parameter, repeatable (ImageTag=v1.4.0, NotificationEmail=ops@...)",
+        help="template parameter, repeatable (ImageTag=v1.4.0, NotificationEmail=ops@...); "
+        "ImageTag is required when the stack is created",
     )
     parser.add_argument(
         "--stack-name", help="override the stack name (default: warehouse-<suffix>)"

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import boto3
@@ -68,6 +69,148 @@ def as_list(value):
     return value if isinstance(value, list) else [value]
 
 
+# ------------------------------------------------------------------ policy evaluation
+# A small model of IAM evaluation, enough to ask "may this principal do this action on this
+# key?" of the template's policy documents: wildcards in actions and resources, the condition
+# operators the template uses, an explicit deny winning over any allow. Template references
+# stay symbolic: !GetAtt WarehouseBucket.Arn is "${WarehouseBucket.Arn}", !Ref Topic "${Topic}".
+
+WAREHOUSE = "${WarehouseBucket.Arn}"
+PROCESSED = "${ProcessedBucket.Arn}"
+UPLOADER = "site-a"  # the IAM user name ${aws:username} stands for
+OPERATOR_ARN = f"arn:aws:iam::{ACCOUNT}:user/operator"
+UPLOADER_ARN = f"arn:aws:iam::{ACCOUNT}:user/{UPLOADER}"
+
+# One sample key for each part of the bucket layout.
+CONFIG = "config.json"
+RAW_DATA = "raw-site-a/2026-11-25/data/Covid1_data.json"
+RAW_IMAGE = "raw-site-b/2026-11-25/images/IM0001.dcm"
+TRAINING = "training/data/Covid1/data_2026-11-25.json"
+VALIDATION = "validation/xray/P1/1.2.3/1.2.3.4/IM0001.dcm"
+CATALOGUE = "catalogue/images/2026-11-25T09-22-50Z.parquet"
+LOADER_REPORT = "reports/warehouseloader/latest.json"
+DATAPROCESS_REPORT = "reports/dataprocess/2026-11-25T09-22-50Z.json"
+OTHER_REPORT = "reports/submittingcentres/latest.json"
+FEEDBACK = "feedback/raw-site-a/latest.json"
+LOCK = "locks/warehouseloader.json"
+ELSEWHERE = "notes/readme.txt"
+WAREHOUSE_KEYS = [
+    CONFIG,
+    RAW_DATA,
+    RAW_IMAGE,
+    TRAINING,
+    VALIDATION,
+    CATALOGUE,
+    LOADER_REPORT,
+    DATAPROCESS_REPORT,
+    OTHER_REPORT,
+    FEEDBACK,
+    LOCK,
+    ELSEWHERE,
+]
+PROCESSED_KEYS = ["latest.csv", "2026-11-25T09-22-50Z/patients.parquet"]
+OBJECT_WRITES = [
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:PutObjectAcl",
+    "s3:PutObjectTagging",
+    "s3:RestoreObject",
+    "s3:AbortMultipartUpload",
+]
+
+
+def rendered(value, username: str = UPLOADER) -> str:
+    """A template value as the string IAM would compare, template references kept symbolic."""
+    if isinstance(value, dict):
+        if "Fn::GetAtt" in value:
+            text = "${" + ".".join(value["Fn::GetAtt"]) + "}"
+        elif "Ref" in value:
+            text = "${" + value["Ref"] + "}"
+        elif "Fn::Sub" in value:
+            text = value["Fn::Sub"].replace("${!", "${")  # ${!x} is Sub's escape for ${x}
+        else:
+            raise AssertionError(f"value not modelled: {value}")
+    else:
+        text = str(value)
+    return text.replace("${aws:username}", username)
+
+
+def condition_holds(condition: dict, context: dict, username: str) -> bool:
+    for operator, tests in condition.items():
+        for key, expected in tests.items():
+            values = [rendered(v, username) for v in as_list(expected)]
+            present, actual = key in context, context.get(key)
+            if operator == "Null":
+                holds = (not present) == (values == ["true"])
+            elif operator in ("Bool", "StringEquals", "ArnEquals"):
+                holds = present and actual in values
+            elif operator in ("StringLike", "ArnLike"):
+                holds = present and any(fnmatchcase(actual, v) for v in values)
+            elif operator == "StringNotEquals":  # a negated operator holds when the key is absent
+                holds = not present or actual not in values
+            elif operator == "ArnNotLike":
+                holds = not present or not any(fnmatchcase(actual, v) for v in values)
+            else:
+                raise AssertionError(f"condition operator not modelled: {operator}")
+            if not holds:
+                return False
+    return True
+
+
+def applies(statement: dict, action: str, resource: str, context: dict, username: str) -> bool:
+    assert not {"NotAction", "NotResource", "NotPrincipal"} & set(statement)
+    if not any(fnmatchcase(action.lower(), a.lower()) for a in as_list(statement["Action"])):
+        return False
+    if not any(
+        fnmatchcase(resource, rendered(r, username)) for r in as_list(statement["Resource"])
+    ):
+        return False
+    return condition_holds(statement.get("Condition", {}), context, username)
+
+
+def effects(
+    policy: list[dict], action: str, resource: str, context=None, username: str = UPLOADER
+) -> set[str]:
+    """The effects of the statements that apply to one request (over HTTPS unless told)."""
+    context = {"aws:SecureTransport": "true", **(context or {})}
+    return {s["Effect"] for s in policy if applies(s, action, resource, context, username)}
+
+
+def allows(policy: list[dict], action: str, resource: str, context=None, **kwargs) -> bool:
+    found = effects(policy, action, resource, context, **kwargs)
+    return "Allow" in found and "Deny" not in found
+
+
+def denies(policy: list[dict], action: str, resource: str, context=None, **kwargs) -> bool:
+    return "Deny" in effects(policy, action, resource, context, **kwargs)
+
+
+def grants(policy: list[dict]) -> dict[str, set[str]]:
+    """Each allowed action with the resources it is allowed on."""
+    result: dict[str, set[str]] = {}
+    for statement in policy:
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            result.setdefault(action, set()).update(
+                rendered(r) for r in as_list(statement["Resource"])
+            )
+    return result
+
+
+def role_policy(template, name: str) -> list[dict]:
+    return statements(resource(template, name, "AWS::IAM::Role")["Policies"])
+
+
+def bucket_policy(template) -> list[dict]:
+    policy = resource(template, "WarehouseBucketPolicy", "AWS::S3::BucketPolicy")
+    return policy["PolicyDocument"]["Statement"]
+
+
+def on_warehouse(key: str) -> str:
+    return f"{WAREHOUSE}/{key}"
+
+
 def test_template_passes_cfn_lint():
     cfn_lint = shutil.which("cfn-lint", path=str(Path(sys.executable).parent)) or shutil.which(
         "cfn-lint"
@@ -88,8 +231,17 @@ def test_parameters(template):
         assert suffix.match(good) and create.SUFFIX_PATTERN.match(good)
     for bad in ("Dev", "", "prod-1", "a" * 13):
         assert not suffix.match(bad) and not create.SUFFIX_PATTERN.match(bad)
-    assert params["ImageTag"]["Default"] == "latest"
     assert params["ImageRepository"]["Default"] == ""
+
+
+def test_image_tag_is_required_and_never_latest(template):
+    image_tag = template["Parameters"]["ImageTag"]
+    assert "Default" not in image_tag  # tags are immutable: a default could name no new image
+    pattern = re.compile(image_tag["AllowedPattern"])
+    for good in ("v1.4.0", "2026-11-25", "release_7", "latest-2026-11-25"):
+        assert pattern.match(good), good
+    for bad in ("latest", "", "-v1", "v1/2", "a" * 129):
+        assert not pattern.match(bad), bad
 
 
 def test_warehouse_bucket_is_versioned_encrypted_private_with_daily_inventory(template):
@@ -136,49 +288,263 @@ def test_inventory_bucket_accepts_deliveries_from_s3_for_the_warehouse_bucket_on
     assert allow["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
 
 
-def test_uploaders_may_write_only_under_their_own_raw_prefix(template):
+def test_uploaders_write_their_raw_prefix_and_read_their_feedback_only(template):
     group = resource(template, "UploadersGroup", "AWS::IAM::Group")
-    allowed = statements(group["Policies"])
-    writes = [s for s in allowed if any(a.startswith("s3:Put") for a in as_list(s["Action"]))]
-    assert len(writes) == 1
-    assert writes[0]["Resource"] == {"Fn::Sub": "${WarehouseBucket.Arn}/raw-${!aws:username}/*"}
-    for statement in allowed:
-        assert statement["Effect"] == "Allow"
-        for action in as_list(statement["Action"]):
-            assert "*" not in action and "Delete" not in action and action != "s3:GetObject"
-    [listing] = [s for s in allowed if s["Action"] == "s3:ListBucket"]
-    assert listing["Condition"]["StringLike"]["s3:prefix"] == [
-        "raw-${aws:username}/*",
-        "raw-${aws:username}/",
-    ]
+    policy = statements(group["Policies"])
+    assert grants(policy) == {
+        "s3:GetBucketLocation": {WAREHOUSE},
+        "s3:ListBucket": {WAREHOUSE},  # with an s3:prefix condition, below
+        "s3:PutObject": {f"{WAREHOUSE}/raw-site-a/*"},
+        "s3:AbortMultipartUpload": {f"{WAREHOUSE}/raw-site-a/*"},
+        "s3:ListMultipartUploadParts": {f"{WAREHOUSE}/raw-site-a/*"},
+        "s3:GetObject": {f"{WAREHOUSE}/feedback/raw-site-a/*"},
+    }
+    for key in WAREHOUSE_KEYS:
+        own = {"s3:PutObject", "s3:AbortMultipartUpload"} if key == RAW_DATA else set()
+        for action in OBJECT_WRITES:
+            assert allows(policy, action, on_warehouse(key)) is (action in own), (action, key)
+    assert not allows(policy, "s3:PutObject", on_warehouse("raw-site-ab/2026-11-25/data/x.json"))
+    # The loader's feedback on site-a's uploads, and nothing else of the bucket.
+    for feedback in (FEEDBACK, "feedback/raw-site-a/2026-11-25T09-22-50Z.json"):
+        assert allows(policy, "s3:GetObject", on_warehouse(feedback))
+    for key in WAREHOUSE_KEYS:
+        if key != FEEDBACK:
+            assert not allows(policy, "s3:GetObject", on_warehouse(key)), key
+    for other in ("feedback/raw-site-b/latest.json", "feedback/raw-site-ab/latest.json"):
+        assert not allows(policy, "s3:GetObject", on_warehouse(other))
+    assert not allows(policy, "s3:GetObject", on_warehouse(FEEDBACK), username="site-b")
 
 
-def test_task_role_is_least_privilege(template):
-    role = resource(template, "TaskRole", "AWS::IAM::Role")
+@pytest.mark.parametrize(
+    ("prefix", "allowed"),
+    [
+        ("raw-site-a/", True),
+        ("raw-site-a/2026-11-25/", True),
+        ("feedback/raw-site-a/", True),
+        ("feedback/raw-site-a/2026", True),
+        (None, False),  # the whole bucket
+        ("", False),
+        ("raw-site-a", False),  # would also list raw-site-ab/
+        ("raw-site-b/", False),
+        ("feedback/", False),
+        ("feedback/raw-site-a", False),
+        ("training/", False),
+        ("reports/", False),
+    ],
+)
+def test_uploaders_list_only_their_own_prefixes(template, prefix, allowed):
+    policy = statements(resource(template, "UploadersGroup", "AWS::IAM::Group")["Policies"])
+    context = {} if prefix is None else {"s3:prefix": prefix}
+    assert allows(policy, "s3:ListBucket", WAREHOUSE, context) is allowed
+
+
+# What each graph may do with each sample key: the brief of the three task roles.
+TASK_ROLES = {
+    "WarehouseLoaderTaskRole": {
+        "family": "Pipeline",
+        "read": {CONFIG, RAW_DATA, RAW_IMAGE, TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT, LOCK},
+        "write": {TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT, FEEDBACK, LOCK},
+        "delete": {LOCK},
+        "write_processed": False,
+    },
+    "SubmittingCentresTaskRole": {
+        "family": "SubmittingCentres",
+        "read": {CONFIG, RAW_DATA, RAW_IMAGE},
+        "write": set(),
+        "delete": set(),
+        "write_processed": False,
+    },
+    "DataProcessTaskRole": {
+        "family": "DataProcessing",
+        "read": {CONFIG, TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT},
+        "write": {DATAPROCESS_REPORT},
+        "delete": set(),
+        "write_processed": True,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASK_ROLES))
+def test_each_task_role_reads_and_writes_only_its_graphs_prefixes(template, name):
+    expected = TASK_ROLES[name]
+    role = resource(template, name, "AWS::IAM::Role")
     [trust] = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
-    allowed = statements(role["Policies"])
-    actions = {a for s in allowed for a in as_list(s["Action"])}
-    assert actions == {
-        "s3:ListBucket",
-        "s3:GetObject",
-        "s3:PutObject",
-        "s3:AbortMultipartUpload",
-        "sns:Publish",
+    assert trust["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    policy = role_policy(template, name)
+    for key in WAREHOUSE_KEYS:
+        resource_arn = on_warehouse(key)
+        assert allows(policy, "s3:GetObject", resource_arn) is (key in expected["read"]), key
+        assert allows(policy, "s3:PutObject", resource_arn) is (key in expected["write"]), key
+        assert allows(policy, "s3:DeleteObject", resource_arn) is (key in expected["delete"]), key
+        for action in ("s3:DeleteObjectVersion", "s3:PutObjectAcl", "s3:PutObjectTagging"):
+            assert not allows(policy, action, resource_arn), (action, key)
+    assert allows(policy, "s3:ListBucket", WAREHOUSE)
+    for key in PROCESSED_KEYS:
+        assert allows(policy, "s3:PutObject", f"{PROCESSED}/{key}") is expected["write_processed"]
+        assert not allows(policy, "s3:GetObject", f"{PROCESSED}/{key}")
+    assert allows(policy, "sns:Publish", "${Topic}")
+    assert grants(policy)["sns:Publish"] == {"${Topic}"}
+    assert not any("*" in action for action in grants(policy))
+
+
+def test_task_role_grants_action_by_action(template):
+    w = WAREHOUSE
+    assert grants(role_policy(template, "WarehouseLoaderTaskRole")) == {
+        "s3:ListBucket": {w},
+        "s3:GetObject": {
+            f"{w}/config.json",
+            f"{w}/raw-*",
+            f"{w}/training/*",
+            f"{w}/validation/*",
+            f"{w}/catalogue/*",
+            f"{w}/reports/warehouseloader/*",
+            f"{w}/locks/*",
+        },
+        "s3:PutObject": {
+            f"{w}/training/*",
+            f"{w}/validation/*",
+            f"{w}/catalogue/*",
+            f"{w}/reports/warehouseloader/*",
+            f"{w}/feedback/*",
+            f"{w}/locks/*",
+        },
+        "s3:AbortMultipartUpload": {f"{w}/training/*", f"{w}/validation/*"},  # large copies
+        "s3:DeleteObject": {f"{w}/locks/*"},  # the run lease
+        "sns:Publish": {"${Topic}"},
     }
-    [write] = [s for s in allowed if "s3:PutObject" in as_list(s["Action"])]
-    targets = [r["Fn::Sub"] for r in write["Resource"]]
-    assert targets == [
-        "${WarehouseBucket.Arn}/training/*",
-        "${WarehouseBucket.Arn}/validation/*",
-        "${WarehouseBucket.Arn}/reports/*",
-        "${ProcessedBucket.Arn}/*",
-    ]  # never raw-*, never config.json
-    [publish] = [s for s in allowed if s["Action"] == "sns:Publish"]
-    assert publish["Resource"] == {"Ref": "Topic"}
+    assert grants(role_policy(template, "SubmittingCentresTaskRole")) == {
+        "s3:ListBucket": {w},
+        "s3:GetObject": {f"{w}/config.json", f"{w}/raw-*"},
+        "sns:Publish": {"${Topic}"},
+    }
+    assert grants(role_policy(template, "DataProcessTaskRole")) == {
+        "s3:ListBucket": {w},
+        "s3:GetObject": {
+            f"{w}/config.json",
+            f"{w}/training/*",
+            f"{w}/validation/*",
+            f"{w}/catalogue/*",
+            f"{w}/reports/warehouseloader/*",
+        },
+        "s3:PutObject": {f"{PROCESSED}/*", f"{w}/reports/dataprocess/*"},
+        "sns:Publish": {"${Topic}"},
+    }
 
 
-def test_etl_group_can_run_the_tasks_and_never_write_raw(template):
+@pytest.mark.parametrize("name", sorted(TASK_ROLES))
+@pytest.mark.parametrize("key", [CONFIG, RAW_DATA, RAW_IMAGE, "raw-x/config.json"])
+def test_no_task_role_writes_raw_or_config(template, name, key):
+    policy = role_policy(template, name)
+    for action in OBJECT_WRITES:
+        assert not allows(policy, action, on_warehouse(key)), action
+
+
+def test_submittingcentres_writes_nothing_anywhere(template):
+    policy = role_policy(template, "SubmittingCentresTaskRole")
+    assert set(grants(policy)) == {"s3:ListBucket", "s3:GetObject", "sns:Publish"}
+    objects = [on_warehouse(k) for k in WAREHOUSE_KEYS] + [
+        f"{PROCESSED}/{k}" for k in PROCESSED_KEYS
+    ]
+    for resource_arn in objects:
+        for action in OBJECT_WRITES:
+            assert not allows(policy, action, resource_arn), (action, resource_arn)
+
+
+def test_dataprocess_cannot_touch_the_loaders_side(template):
+    policy = role_policy(template, "DataProcessTaskRole")
+    for key in (TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT, FEEDBACK, LOCK):
+        for action in OBJECT_WRITES:
+            assert not allows(policy, action, on_warehouse(key)), (action, key)
+    assert allows(policy, "s3:PutObject", on_warehouse(DATAPROCESS_REPORT))
+
+
+def test_execution_role_pulls_the_stack_repository_and_writes_the_stack_log_group(template):
+    execution = resource(template, "ExecutionRole", "AWS::IAM::Role")
+    assert grants(statements(execution["Policies"])) == {
+        "ecr:GetAuthorizationToken": {"*"},  # the only ECR action without a resource
+        "ecr:BatchCheckLayerAvailability": {"${Repository.Arn}"},
+        "ecr:GetDownloadUrlForLayer": {"${Repository.Arn}"},
+        "ecr:BatchGetImage": {"${Repository.Arn}"},
+        "logs:CreateLogStream": {"${LogGroup.Arn}"},
+        "logs:PutLogEvents": {"${LogGroup.Arn}"},
+    }
+
+
+def test_repository_tags_are_immutable(template):
+    repository = resource(template, "Repository", "AWS::ECR::Repository")
+    assert repository["ImageTagMutability"] == "IMMUTABLE"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"s3:x-amz-server-side-encryption-customer-algorithm": "AES256"},  # SSE-C
+        {"s3:x-amz-server-side-encryption": "aws:kms"},  # the account's AWS managed key
+        {
+            "s3:x-amz-server-side-encryption": "aws:kms",
+            "s3:x-amz-server-side-encryption-aws-kms-key-id": (
+                f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+            ),
+        },
+        {"s3:x-amz-server-side-encryption": "aws:kms:dsse"},
+    ],
+)
+def test_bucket_refuses_uploads_the_tasks_could_not_decrypt(template, headers):
+    policy = bucket_policy(template)
+    for principal in (UPLOADER_ARN, OPERATOR_ARN, "${WarehouseLoaderTaskRole.Arn}"):
+        for key in (RAW_DATA, TRAINING, CONFIG):
+            context = {**headers, "aws:PrincipalArn": principal}
+            assert denies(policy, "s3:PutObject", on_warehouse(key), context), (principal, key)
+
+
+@pytest.mark.parametrize("headers", [{}, {"s3:x-amz-server-side-encryption": "AES256"}])
+def test_bucket_accepts_uploads_under_its_default_encryption(template, headers):
+    uploaders = statements(resource(template, "UploadersGroup", "AWS::IAM::Group")["Policies"])
+    context = {**headers, "aws:PrincipalArn": UPLOADER_ARN}
+    assert not denies(bucket_policy(template), "s3:PutObject", on_warehouse(RAW_DATA), context)
+    assert allows(
+        uploaders + bucket_policy(template), "s3:PutObject", on_warehouse(RAW_DATA), context
+    )
+
+
+@pytest.mark.parametrize("action", ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"])
+@pytest.mark.parametrize("key", [LOADER_REPORT, DATAPROCESS_REPORT, OTHER_REPORT])
+def test_only_the_task_roles_write_reports(template, action, key):
+    policy = bucket_policy(template)
+    for principal in (
+        OPERATOR_ARN,
+        UPLOADER_ARN,
+        f"arn:aws:iam::{ACCOUNT}:root",
+        "${SubmittingCentresTaskRole.Arn}",  # writes no report, so may not either
+    ):
+        assert denies(policy, action, on_warehouse(key), {"aws:PrincipalArn": principal}), principal
+    for principal in ("${WarehouseLoaderTaskRole.Arn}", "${DataProcessTaskRole.Arn}"):
+        assert not denies(policy, action, on_warehouse(key), {"aws:PrincipalArn": principal})
+    # the denial is about reports/ only
+    assert not denies(policy, action, on_warehouse(TRAINING), {"aws:PrincipalArn": OPERATOR_ARN})
+
+
+@pytest.mark.parametrize(
+    ("graph", "key"),
+    [("WarehouseLoaderTaskRole", LOADER_REPORT), ("DataProcessTaskRole", DATAPROCESS_REPORT)],
+)
+def test_a_graph_still_writes_its_own_report_through_the_bucket_policy(template, graph, key):
+    policy = role_policy(template, graph) + bucket_policy(template)
+    context = {"aws:PrincipalArn": "${" + graph + ".Arn}"}
+    assert allows(policy, "s3:PutObject", on_warehouse(key), context)
+
+
+def test_bucket_is_https_only_and_its_denials_name_no_principal(template):
+    policy = bucket_policy(template)
+    for statement in policy:
+        assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
+    for action, target in [("s3:GetObject", on_warehouse(RAW_DATA)), ("s3:ListBucket", WAREHOUSE)]:
+        assert denies(policy, action, target, {"aws:SecureTransport": "false"})
+        assert not denies(policy, action, target, {"aws:SecureTransport": "true"})
+
+
+def test_etl_group_can_run_the_tasks_and_never_write_raw_or_reports(template):
     group = resource(template, "EtlGroup", "AWS::IAM::Group")
     allowed = statements(group["Policies"])
     actions = {a for s in allowed for a in as_list(s["Action"])}
@@ -187,9 +553,8 @@ def test_etl_group_can_run_the_tasks_and_never_write_raw(template):
         "${WarehouseBucket.Arn}/config.json",
         "${WarehouseBucket.Arn}/training/*",
         "${WarehouseBucket.Arn}/validation/*",
-        "${WarehouseBucket.Arn}/reports/*",
         "${ProcessedBucket.Arn}/*",
-    }
+    }  # reports/ is refused by the bucket policy anyway
     for statement in allowed:
         if {"s3:PutObject", "s3:DeleteObject"} & set(as_list(statement["Action"])):
             assert {target["Fn::Sub"] for target in statement["Resource"]} <= writable
@@ -197,6 +562,12 @@ def test_etl_group_can_run_the_tasks_and_never_write_raw(template):
     assert (
         pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == "ecs-tasks.amazonaws.com"
     )
+    assert {rendered(r) for r in pass_role["Resource"]} == {
+        "${WarehouseLoaderTaskRole.Arn}",
+        "${SubmittingCentresTaskRole.Arn}",
+        "${DataProcessTaskRole.Arn}",
+        "${ExecutionRole.Arn}",
+    }
 
 
 def test_log_group_cluster_and_topic(template):
@@ -217,7 +588,8 @@ def test_fargate_task_definitions(template, family, command):
     assert task["Family"] == {"Fn::Sub": f"warehouse-${{StackSuffix}}-{family}"}
     assert task["RequiresCompatibilities"] == ["FARGATE"]
     assert task["NetworkMode"] == "awsvpc"
-    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["TaskRole", "Arn"]}
+    [role] = [name for name, graph in TASK_ROLES.items() if graph["family"] == family]
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": [role, "Arn"]}
     assert task["ExecutionRoleArn"] == {"Fn::GetAtt": ["ExecutionRole", "Arn"]}
     [container] = task["ContainerDefinitions"]
     assert container["Name"] == command
@@ -251,7 +623,12 @@ def test_outputs_give_the_operator_everything(template):
         "DataProcessingTaskDefinitionArn",
         "LogGroupName",
         "TopicArn",
+        "WarehouseLoaderTaskRoleArn",
+        "SubmittingCentresTaskRoleArn",
+        "DataProcessTaskRoleArn",
+        "ExecutionRoleArn",
     } <= set(template["Outputs"])
+    assert "TaskRoleArn" not in template["Outputs"]  # one role per graph now
 
 
 def test_no_commit_hash_in_the_template():
@@ -314,7 +691,7 @@ def test_stack_parameters_keep_previous_values_on_update():
 def test_create_then_update_the_stack(aws, capsys):
     argv = ["--suffix", "dev", "--region", REGION, "--poll-seconds", "1"]
 
-    assert create.main([*argv, "-p", "LogRetentionDays=30"]) == 0
+    assert create.main([*argv, "-p", "LogRetentionDays=30", "-p", "ImageTag=v1.0.0"]) == 0
 
     out = capsys.readouterr().out
     bucket = f"warehouse-{ACCOUNT}-dev"
@@ -322,7 +699,7 @@ def test_create_then_update_the_stack(aws, capsys):
     assert "Stack warehouse-dev: CREATE_COMPLETE" in out
     assert re.search(rf"^WarehouseBucketName +{bucket}$", out, re.M)
     assert re.search(r"^LogGroupName +/ecs/warehouse-dev-pipeline$", out, re.M)
-    assert re.search(r"^ImageUri +\S+/warehouse-dev:latest$", out, re.M)
+    assert re.search(r"^ImageUri +\S+/warehouse-dev:v1\.0\.0$", out, re.M)
     names = {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]}
     assert names == {bucket, f"{bucket}-processed", f"{bucket}-inventory"}
     families = boto3.client("ecs").list_task_definition_families()["families"]
@@ -342,7 +719,7 @@ def test_create_then_update_the_stack(aws, capsys):
 
 
 def test_update_without_changes_is_a_success(aws, capsys, monkeypatch):
-    assert create.main(["--suffix", "dev", "--poll-seconds", "1"]) == 0
+    assert create.main(["--suffix", "dev", "--poll-seconds", "1", "-p", "ImageTag=v1"]) == 0
     make_client = boto3.client
 
     class Response:
@@ -364,6 +741,28 @@ def test_update_without_changes_is_a_success(aws, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "Stack warehouse-dev is up to date" in out
     assert "WarehouseBucketName" in out
+
+
+def test_a_new_stack_needs_an_image_tag(aws, capsys):
+    assert create.main(["--suffix", "dev", "--poll-seconds", "1"]) == 1
+    assert "needs ImageTag (no default): --parameter ImageTag=..." in capsys.readouterr().err
+    assert create.describe_stack(boto3.client("cloudformation"), "warehouse-dev") is None
+    assert create.main(["--suffix", "dev", "--poll-seconds", "1", "-p", "ImageTag=v1"]) == 0
+    # an update keeps the tag the stack already has
+    assert create.main(["--suffix", "dev", "--poll-seconds", "1", "-p", "TaskCpu=2048"]) == 0
+    stack = boto3.client("cloudformation").describe_stacks(StackName="warehouse-dev")["Stacks"][0]
+    assert {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}["ImageTag"] == "v1"
+
+
+def test_missing_parameters_are_those_without_a_default():
+    summary = [
+        {"ParameterKey": "StackSuffix"},
+        {"ParameterKey": "ImageTag"},
+        {"ParameterKey": "TaskCpu", "DefaultValue": "1024"},
+        {"ParameterKey": "NotificationEmail", "DefaultValue": ""},
+    ]
+    assert create.missing_parameters(summary, {"StackSuffix": "dev"}) == ["ImageTag"]
+    assert create.missing_parameters(summary, {"StackSuffix": "dev", "ImageTag": "v1"}) == []
 
 
 def test_unknown_parameter_and_suffix_override_are_errors(aws, capsys):
