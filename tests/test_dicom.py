@@ -7,6 +7,7 @@ import re
 
 import boto3
 import pydicom
+import pydicom.data
 import pytest
 from moto import mock_aws
 from pydicom.dataset import Dataset
@@ -16,7 +17,10 @@ from warehouse.components.dicom import (
     FIRST_READ_BYTES,
     ImageIdentity,
     MissingIdentifier,
+    MissingPixelData,
     NotDicom,
+    TruncatedHeader,
+    TruncatedPixelData,
     UnsupportedModality,
     header_json,
     image_identity,
@@ -46,9 +50,23 @@ def dicom(modality="DX", **kwargs) -> bytes:
     return build_dicom(**args)
 
 
+def real(name: str) -> bytes:
+    """One of pydicom's own real-world test files."""
+    with open(pydicom.data.get_testdata_file(name), "rb") as handle:
+        return handle.read()
+
+
+def _reference(n: int) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPInstanceUID = uid("Covid1", "reference", n)
+    item.add_new(0x00204000, "LT", "referenced image with a note")
+    return item
+
+
 def header(modality="DX", **kwargs) -> Dataset:
     """The parsed header of a built image."""
-    return parse_header(dicom(modality, **kwargs), complete=True)
+    return parse_header(dicom(modality, **kwargs))
 
 
 class CountingStorage(LocalStorage):
@@ -101,45 +119,62 @@ def test_large_image_header_in_one_small_request(counting):
     assert "PixelData" not in result.dataset
 
 
-def test_large_header_grows_the_range(counting):
+def test_a_large_value_before_the_pixel_data_is_skipped_not_fetched(counting):
     data = dicom(rows=1024, columns=1024, header_padding=300_000)
     pixel_offset = data.index(PIXEL_TAG)
     assert pixel_offset > 300_000
     counting.write("padded.dcm", data)
     result = read_header(counting, "padded.dcm", len(data))
-    # 64 KiB, then up to 128, 256 and 512 KiB: each request reads only the new bytes
-    assert counting.ranges == [
-        (0, 64 * 1024),
-        (64 * 1024, 128 * 1024),
-        (128 * 1024, 256 * 1024),
-        (256 * 1024, 512 * 1024),
-    ]
-    assert result.requests == 4
-    assert result.bytes_read == 512 * 1024 < len(data)
+    # the first range, then a new one where the 300 KB private value ends
+    assert counting.ranges[0] == (0, 64 * 1024)
+    assert len(counting.ranges) == 2
+    start, end = counting.ranges[1]
+    assert start <= pixel_offset < end and start > 300_000
+    assert result.requests == 2
+    assert result.bytes_read == 128 * 1024
     identity = image_identity(result.dataset)
     assert (identity.patient_id, identity.study_uid, identity.series_uid) == (
         "Covid1",
         STUDY,
         SERIES,
     )
+    assert json.loads(header_json(result.dataset))["00331010"] == {"vr": "OB"}
+
+
+def test_a_header_of_many_elements_grows_the_range(counting):
+    """No value is large, so every byte is needed: the range doubles on from 64 KiB."""
+    extra = {"ReferencedImageSequence": [_reference(n) for n in range(1500)]}
+    data = dicom(rows=512, columns=512, extra=extra)
+    pixel_offset = data.index(PIXEL_TAG)
+    assert 200_000 < pixel_offset < 256 * 1024 - 100
+    counting.write("many.dcm", data)
+    result = read_header(counting, "many.dcm", len(data))
+    assert len(result.dataset.ReferencedImageSequence) == 1500
+    doc = json.loads(header_json(result.dataset))
+    assert len(doc["00081140"]["Value"]) == 1500
+    assert result.bytes_read < pixel_offset + 256 * 1024
+    assert result.requests <= 4
 
 
 def test_range_stops_at_the_end_of_a_small_file(counting):
     data = dicom(header_padding=100_000)  # 64x64 pixels: the file is ~110 KB
     counting.write("small.dcm", data)
     result = read_header(counting, "small.dcm", len(data))
-    assert counting.ranges == [(0, 64 * 1024), (64 * 1024, len(data))]
-    assert result.bytes_read == len(data)
+    # the 100 KB private value is skipped; the range after it stops at the end of the file
+    assert counting.ranges[0] == (0, 64 * 1024)
+    assert counting.ranges[1][1] == len(data)
+    assert result.bytes_read == 64 * 1024 + len(data) - counting.ranges[1][0]
+    assert result.bytes_read < len(data) - 30_000
     assert result.dataset.PatientID == "Covid1"
 
 
 def test_unknown_size_reads_until_the_end(counting):
     data = dicom(header_padding=100_000)
     counting.write("small.dcm", data)
-    result = read_header(counting, "small.dcm", 0)  # size unknown
+    result = read_header(counting, "small.dcm", None)  # size unknown
     assert result.dataset.PatientID == "Covid1"
     assert result.requests == 2
-    assert counting.ranges[-1] == (64 * 1024, 128 * 1024)
+    assert counting.ranges[-1][1] - counting.ranges[-1][0] == 64 * 1024
 
 
 def test_read_header_on_s3_is_one_ranged_get():
@@ -175,7 +210,7 @@ def test_garbage(counting):
 
 def test_text_file_named_dcm():
     with pytest.raises(NotDicom, match="not a DICOM file"):
-        parse_header(b"Images for this batch were exported from PACS.\n", complete=True)
+        parse_header(b"Images for this batch were exported from PACS.\n")
 
 
 def test_empty(counting):
@@ -185,38 +220,48 @@ def test_empty(counting):
 
 
 @pytest.mark.parametrize(
-    "cut",
+    ("cut", "problem", "message"),
     [
-        lambda data: data[:1000],  # inside the data set
-        lambda data: data[: data.index(b"\x08\x00\x70\x00LO") + 12],  # inside Manufacturer
-        lambda data: data[: data.index(PIXEL_TAG)],  # just before the pixel data
+        (lambda data: data[:1003], TruncatedHeader, "^the file ends inside its header"),
+        (
+            lambda data: data[: data.index(b"\x08\x00\x70\x00LO") + 12],  # inside Manufacturer
+            TruncatedHeader,
+            "^the file ends inside its header",
+        ),
+        (
+            lambda data: data[: data.index(PIXEL_TAG)],  # just before the pixel data
+            MissingPixelData,
+            "^a Digital X-Ray Image Storage - For Presentation object that ends before any "
+            "pixel data",
+        ),
     ],
 )
-def test_truncated(counting, cut):
+def test_truncated(counting, cut, problem, message):
     blob = cut(dicom())
     counting.write("t.dcm", blob)
-    with pytest.raises(NotDicom, match="^truncated DICOM file"):
+    with pytest.raises(problem, match=message):
         read_header(counting, "t.dcm", len(blob))
 
 
-def test_cut_inside_the_pixel_data_still_reads_the_header():
-    """Pixels are never fetched, so a cut after the pixel data tag cannot be seen (by design)."""
+def test_a_cut_inside_the_pixel_data_is_seen_from_the_listed_size(counting):
     data = dicom()
     blob = data[: data.index(PIXEL_TAG) + 100]
-    assert parse_header(blob, complete=True).PatientID == "Covid1"
+    counting.write("cut.dcm", blob)
+    with pytest.raises(TruncatedPixelData, match="pixel data of 8,192 bytes"):
+        read_header(counting, "cut.dcm", len(blob))
+    assert counting.ranges == [(0, len(blob))]  # no extra request for that check
+    with pytest.raises(TruncatedPixelData):
+        parse_header(data[:-1])
+    assert parse_header(data).PatientID == "Covid1"
 
 
-def test_parse_header_asks_for_more_when_incomplete():
-    data = dicom(header_padding=100_000)
-    assert parse_header(data[:50_000], complete=False) is None
-    assert parse_header(data[:10], complete=False) is None
-    assert parse_header(data, complete=True).PatientID == "Covid1"
+def test_real_truncated_file():
+    with pytest.raises(TruncatedPixelData, match="8,130 of them"):
+        parse_header(real("MR_truncated.dcm"))
 
 
-def test_parse_header_stops_before_pixel_data():
-    data = dicom()
-    dataset = parse_header(data[: data.index(PIXEL_TAG) + 12], complete=False)
-    assert dataset is not None
+def test_the_header_stops_before_the_pixel_data():
+    dataset = parse_header(dicom())
     assert "PixelData" not in dataset
     assert dataset.Rows == 64
 
@@ -278,9 +323,19 @@ def test_uuid_pseudonym_is_fine():
     assert image_identity(header(patient_id=pseudonym)).patient_id == pseudonym
 
 
-def test_padded_values_are_stripped():
-    identity = image_identity(header(extra={"PatientID": " Covid1 "}))
-    assert identity.patient_id == "Covid1"
+def test_dicom_padding_is_stripped_and_nothing_else():
+    assert image_identity(header(extra={"PatientID": "Covid1 "})).patient_id == "Covid1"
+    for value in (" Covid1", "Covid12\n", "Covid12\t", "Covid 12", "Covid12\x00"):
+        with pytest.raises(UnsafeIdentifier, match="unsafe pseudonym"):
+            image_identity(header(extra={"PatientID": value}))
+
+
+def test_a_uid_loses_its_nul_padding_only():
+    data = dicom()
+    assert data.count(STUDY.encode()) == 1
+    padded = STUDY[:-1] + "\x00"  # same length: the file stays valid
+    identity = image_identity(parse_header(data.replace(STUDY.encode(), padded.encode())))
+    assert identity.study_uid == STUDY[:-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,7 +428,7 @@ def test_voi_lut_sequence_nested_has_no_value():
 
 def test_header_json_of_a_parsed_file_has_no_pixel_data():
     data = dicom("CT", header_padding=2000)
-    doc = json.loads(header_json(parse_header(data, complete=True)))
+    doc = json.loads(header_json(parse_header(data)))
     assert "7FE00010" not in doc
     assert doc["00331010"] == {"vr": "OB"}  # the padding block
     assert doc["00080060"] == {"vr": "CS", "Value": ["CT"]}

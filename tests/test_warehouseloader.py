@@ -146,7 +146,7 @@ def sample_tree():
 
     add_bad("garbage.dcm", b"this is not an image" * 50, "not a DICOM file")
     add_bad("empty.dcm", b"", "not a DICOM file")
-    add_bad("truncated.dcm", valid[:700], "not a DICOM file")
+    add_bad("truncated.dcm", valid[:700], "truncated DICOM header")
     for n, keyword in enumerate(
         ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"), start=1
     ):

@@ -25,7 +25,6 @@ from warehouse.components.config import (
     Settings,
     load_pipeline_config,
 )
-from warehouse.components.dicom import header_json
 from warehouse.components.errors import ExpectedError
 from warehouse.components.filing import (
     LoaderState,
@@ -34,11 +33,10 @@ from warehouse.components.filing import (
     copy_object,
     file_clinical,
     file_image,
+    metadata_file,
     read_clinical,
     read_image,
     record_write,
-    unsafe_clinical,
-    unsafe_image_name,
     write_object,
 )
 from warehouse.components.listing import index_warehouse, list_raw, pending_images
@@ -137,11 +135,7 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
     Images pass through behind the clinical files, so every group is known when they arrive.
     """
     if task.action == "clinical":
-        unsafe = unsafe_clinical(task.payload)
-        if unsafe:
-            state.report.skip(task.key, Reason.UNSAFE_IDENTIFIER, unsafe)
-        else:
-            pool.submit(read_clinical, storage, task, then=functools.partial(file_clinical, state))
+        pool.submit(read_clinical, storage, task, then=functools.partial(file_clinical, state))
     elif pool.pending:
         pool.put(task, then=_passthrough)  # behind the clinical files still being read
     else:
@@ -154,26 +148,18 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
 def process_image(pool, task: Task, storage: Storage, state: LoaderState):
     """Read each image's header (ranged reads) and yield its copy and metadata tasks."""
     if task.action == "image":
-        unsafe = unsafe_image_name(task.payload.name)
-        if unsafe:
-            state.report.skip(task.key, Reason.UNSAFE_IDENTIFIER, unsafe)
-        else:
-            pool.submit(read_image, storage, task, then=functools.partial(file_image, state))
+        pool.submit(read_image, storage, task, then=functools.partial(file_image, state))
     yield from pool.ready()
 
 
 @use("state")
 @execution.bounded_input(HEADERS_IN_QUEUE)
+@execution.per_item
 def process_dicom_data(task: Task, state: LoaderState):
     """Turn a header into DICOM JSON (PS3.18 F.2) without bulk data."""
-    if task.action != "metadata":
-        return
-    try:
-        data = header_json(task.payload)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        state.report.skip(task.key, Reason.INVALID_HEADER, f"{type(exc).__name__}: {exc}")
-        return
-    yield (Task("write", task.key, len(data), task.target, data),)
+    if task.action == "metadata":
+        for write in metadata_file(state, task):
+            yield (write,)
 
 
 @use("storage", "state")

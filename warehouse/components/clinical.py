@@ -4,13 +4,49 @@ from __future__ import annotations
 
 import json
 
+from warehouse.components.keys import identifier_problem
+from warehouse.components.report import Reason
+
 
 class InvalidClinicalFile(ValueError):
-    """The file is not a UTF-8 JSON object."""
+    """The file is not a UTF-8 JSON object (or one too deep or with a number too long)."""
+
+    reason = Reason.INVALID_JSON
 
 
 class MissingSubmittingCentre(ValueError):
     """The record has no usable ``SubmittingCentre``."""
+
+    reason = Reason.NO_SUBMITTING_CENTRE
+
+
+class PseudonymMismatch(ValueError):
+    """The record's ``Pseudonym`` is not the one its file name gives."""
+
+    reason = Reason.PSEUDONYM_MISMATCH
+
+
+def parse_json_document(data: bytes) -> object:
+    """Decode UTF-8 JSON from an upload or the warehouse, whatever its bytes.
+
+    Raises
+    ------
+    InvalidClinicalFile
+        Saying what is wrong: not UTF-8, not JSON, nested too deeply to decode, or a number
+        with more digits than Python converts.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidClinicalFile(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidClinicalFile(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidClinicalFile("invalid JSON: nested too deeply to decode") from None
+    except ValueError as exc:  # an integer past Python's int-string conversion limit
+        raise InvalidClinicalFile(f"invalid JSON: {exc}") from None
 
 
 def parse_clinical_record(data: bytes) -> dict:
@@ -19,16 +55,9 @@ def parse_clinical_record(data: bytes) -> dict:
     Raises
     ------
     InvalidClinicalFile
-        Saying what is wrong (not UTF-8, not JSON, not an object).
+        Saying what is wrong (not UTF-8, not JSON, too deep, not an object).
     """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidClinicalFile(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidClinicalFile(f"invalid JSON: {exc}") from None
+    record = parse_json_document(data)
     if not isinstance(record, dict):
         raise InvalidClinicalFile(f"a JSON {type(record).__name__}, not an object")
     return record
@@ -46,3 +75,23 @@ def submitting_centre(record: dict) -> str:
     if not isinstance(centre, str) or not centre.strip():
         raise MissingSubmittingCentre("no SubmittingCentre")
     return centre
+
+
+def check_record_pseudonym(record: dict, file_pseudonym: str) -> None:
+    """Check that a record's ``Pseudonym`` (when it has one) is its file name's pseudonym.
+
+    The two are compared as they are, by the one identity rule (`keys.identifier_problem`):
+    nothing is stripped or case-folded.
+
+    Raises
+    ------
+    PseudonymMismatch
+        With both values.
+    """
+    if "Pseudonym" not in record:
+        return
+    value = record["Pseudonym"]
+    if value != file_pseudonym or identifier_problem(value) is not None:
+        raise PseudonymMismatch(
+            f"the record's Pseudonym is {value!r}; the file name's is {file_pseudonym!r}"
+        )

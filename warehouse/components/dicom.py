@@ -1,5 +1,12 @@
 """DICOM images: reading the header with ranged reads, the identifiers that file an image, and
 the header as DICOM JSON (PS3.18 F.2) without bulk data.
+
+Reading is total: whatever bytes a hospital sends, `read_header` returns a header or raises a
+`HeaderProblem` whose ``reason`` says what is wrong (not DICOM, no file meta, not an image,
+truncated header or pixel data, unreadable, too large). pydicom parses through a
+`RangedReader`, a file-like object that fetches the ranges pydicom asks for, so a header of any
+size is read in the fewest requests, large values are skipped without being fetched, and the
+pixel data is never read.
 """
 
 from __future__ import annotations
@@ -7,45 +14,130 @@ from __future__ import annotations
 import io
 import json
 import struct
+import warnings
+import zlib
 from dataclasses import dataclass
 
-import pydicom
 from pydicom import config as pydicom_config
+from pydicom.charset import decode_bytes
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
+from pydicom.uid import UID
+from pydicom.values import TEXT_VR_DELIMS
 
 from warehouse.components.keys import (
     MODALITY_FOLDERS,
     UnsafeIdentifier,
     check_pseudonym,
     check_uid,
+    dicom_identifier,
 )
+from warehouse.components.report import Reason
 
 #: First ranged read. Real chest X-ray and CT headers are mostly 1-10 KiB; 64 KiB covers nearly
-#: all of them in one request (a larger range costs no extra round trip), and the range doubles
-#: for the few with large private blocks.
+#: all of them in one request (a larger range costs no extra round trip). Contiguous reads
+#: double from there; a read after a skipped value starts again at this size.
 FIRST_READ_BYTES = 64 * 1024
+#: Values longer than this (other than sequences) are not fetched: pydicom skips them and the
+#: metadata JSON has the element without a value, so a 20 MB private element costs no memory.
+LARGE_VALUE_BYTES = 16 * 1024
+#: Defined-length sequences up to this size are kept (fetched when pydicom skipped them);
+#: larger ones are written without their items (4 MiB holds the per-frame functional groups
+#: of an enhanced image of several thousand frames).
+MAX_SEQUENCE_BYTES = 4 * 1024 * 1024
+#: A sequence holding more items than this (at any depth) is written without its items:
+#: converting each item costs about 0.2 ms, so 100,000 tiny items would hold the run for 20 s.
+MAX_SEQUENCE_ITEMS = 20_000
+#: The most bytes one header may cost (settings can lower or raise it).
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024 * 1024
+#: How much of the end of a file is read to check that encapsulated pixel data is complete.
+ENCAPSULATED_TAIL_BYTES = 4096
+_CONTIGUOUS_BLOCK_LIMIT = 8 * 1024 * 1024
+_KEEP_BEHIND = 4096
+
 PIXEL_DATA = 0x7FE00010
+#: Float, Double Float and (plain) Pixel Data: the first of them ends the header.
+PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
+_FIRST_PIXEL_TAG = 0x7FE00008
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")  # little and big endian
 VOI_LUT_SEQUENCE = "00283010"
 _BINARY_VALUE_KEYS = ("InlineBinary", "BulkDataURI")
 
 # Identifiers are validated here (keys.py), so pydicom's own warnings about invalid values in
-# uploaded headers would only be noise in the run's log.
+# uploaded headers would only be noise in the run's log (and warnings.catch_warnings is not
+# thread-safe, so they are silenced once for the process).
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 
-class NotDicom(ValueError):
-    """The file is not a readable DICOM file (garbage, empty or truncated)."""
+class HeaderProblem(ValueError):
+    """A file that cannot be filed as an image; ``reason`` is the report's reason."""
+
+    reason: Reason = Reason.UNREADABLE_HEADER
 
 
-class MissingIdentifier(ValueError):
+class NotDicom(HeaderProblem):
+    """The file is not DICOM at all (garbage, text, empty)."""
+
+    reason = Reason.NOT_DICOM
+
+
+class NoFileMeta(HeaderProblem):
+    """A bare data set: no 128-byte preamble, no ``DICM`` prefix, no file meta."""
+
+    reason = Reason.NO_FILE_META
+
+
+class NotAnImage(HeaderProblem):
+    """A complete DICOM object without pixel data (a report, an RT plan, a waveform)."""
+
+    reason = Reason.NOT_AN_IMAGE
+
+
+class MissingPixelData(HeaderProblem):
+    """An image object (its SOP class stores an image) that ends, complete, before any pixel
+    data: cut exactly at an element boundary, or sent without its pixels."""
+
+    reason = Reason.MISSING_PIXEL_DATA
+
+
+class TruncatedHeader(HeaderProblem):
+    """The file ends inside its header (the upload broke off)."""
+
+    reason = Reason.TRUNCATED_HEADER
+
+
+class TruncatedPixelData(HeaderProblem):
+    """The pixel data element is cut: the file ends before its declared end."""
+
+    reason = Reason.TRUNCATED_PIXEL_DATA
+
+
+class UnreadableHeader(HeaderProblem):
+    """pydicom cannot parse a header that is not truncated."""
+
+    reason = Reason.UNREADABLE_HEADER
+
+
+class HeaderTooLarge(HeaderProblem):
+    """Reading the header would cost more bytes than the cap allows."""
+
+    reason = Reason.HEADER_TOO_LARGE
+
+
+class MissingIdentifier(HeaderProblem):
     """The header lacks an element that decides where the image is filed."""
 
+    reason = Reason.MISSING_IDENTIFIER
 
-class UnsupportedModality(ValueError):
+
+class UnsupportedModality(HeaderProblem):
     """The image's modality has no warehouse folder."""
+
+    reason = Reason.UNSUPPORTED_MODALITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,62 +149,200 @@ class HeaderRead:
     bytes_read: int
 
 
-def parse_header(data: bytes, complete: bool) -> Dataset | None:
-    """Parse a DICOM header from the first bytes of a file, stopping before the pixel data.
+class RangedReader(io.RawIOBase):
+    """A read-only file over ``fetch(start, end)`` that fetches only the ranges read.
+
+    Reads inside the current window are served from memory; a read past it extends the window
+    (doubling the block while reading on contiguously) or, after a forward seek over a skipped
+    value, starts a new window there. Only a few KiB behind the position are kept.
 
     Parameters
     ----------
-    data : bytes
-        The start of the file.
-    complete : bool
-        Whether ``data`` is the whole file.
-
-    Returns
-    -------
-    Dataset or None
-        The header, or None when ``data`` is too short to hold it (read more).
-
-    Raises
-    ------
-    NotDicom
-        When the whole file is not a DICOM file, or ends before its pixel data.
+    fetch : callable
+        ``fetch(start, end) -> bytes`` of the object (fewer bytes at its end).
+    size : int or None
+        The object's size from the listing; None if unknown.
+    first : int
+        Size of the first range.
+    limit : int
+        The most bytes this reader may fetch; past it, `HeaderTooLarge`.
     """
-    seen_pixel_data = False
 
-    def at_pixel_data(tag, vr, length) -> bool:
-        nonlocal seen_pixel_data
-        seen_pixel_data = tag >= PIXEL_DATA
-        return seen_pixel_data
+    def __init__(self, fetch, size: int | None, *, first=FIRST_READ_BYTES, limit=None):
+        super().__init__()
+        self._fetch = fetch
+        self.size = size
+        self._first = first
+        self._block = first
+        self._limit = DEFAULT_MAX_HEADER_BYTES if limit is None else limit
+        self._start = 0
+        self._data = b""
+        self._pos = 0
+        self.requests = 0
+        self.bytes_read = 0
+        #: Whether a read asked for bytes past the end of the object and got only part of them.
+        self.cut = False
 
-    try:
-        dataset = read_partial(io.BytesIO(data), stop_when=at_pixel_data)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError) as exc:
-        if not complete:
-            return None
-        raise NotDicom(_describe(exc, data)) from None
-    if seen_pixel_data:
-        # pydicom keeps the whole read buffer on the dataset; the header alone is kept, so a
-        # queue of headers between nodes costs their elements, not every first range read.
-        dataset.buffer = None
-        return dataset
-    if not complete:
-        return None
-    # pydicom stops quietly at a cut, so a file that ends before its pixel data is truncated
-    # (an image always has pixel data).
-    raise NotDicom("truncated DICOM file: it ends before the pixel data")
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            position = offset
+        elif whence == io.SEEK_CUR:
+            position = self._pos + offset
+        elif self.size is not None:
+            position = self.size + offset
+        else:
+            raise OSError("cannot seek from the end of an object of unknown size")
+        self._pos = max(0, position)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        offset = self._pos - self._start
+        if size > 0 and offset >= 0 and offset + size <= len(self._data):
+            self._pos += size  # the common case: inside the window
+            return self._data[offset : offset + size]
+        if size is None or size < 0:
+            # Only pydicom's deflate branch reads "everything": it is read lazily instead.
+            raise _WholeObjectRead
+        if size == 0:
+            return b""
+        end = self._pos + size
+        self._load(self._pos, end)
+        offset = self._pos - self._start
+        chunk = self._data[offset : offset + size]
+        self._pos += len(chunk)
+        if 0 < len(chunk) < size:
+            self.cut = True
+        return chunk
+
+    def readinto(self, buffer) -> int:
+        chunk = self.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def read_chunk(self, size: int) -> bytes:
+        """Up to ``size`` bytes from the position, fewer at the end of the object (a stream
+        read, never counted as a cut)."""
+        cut = self.cut
+        chunk = self.read(size)
+        self.cut = cut
+        return chunk
+
+    def peek_window(self) -> bytes:
+        """The bytes of the current window (what the first range holds, at the start)."""
+        return self._data
+
+    def _load(self, start: int, end: int) -> None:
+        window_end = self._start + len(self._data)
+        if self._start <= start <= window_end and self._data:
+            fetch_from, keep_from = window_end, max(self._start, start - _KEEP_BEHIND)
+        else:
+            fetch_from, keep_from = start, start
+            self._block = self._first
+        want = max(end, fetch_from + self._block)
+        if self.size is not None:
+            want = min(want, self.size)
+        if want > fetch_from:
+            if self.bytes_read + (want - fetch_from) > self._limit:
+                raise HeaderTooLarge(
+                    f"reading the header would take more than {self._limit:,} bytes"
+                )
+            chunk = self._fetch(fetch_from, want)
+            self.requests += 1
+            self.bytes_read += len(chunk)
+            if len(chunk) < want - fetch_from:
+                self.size = fetch_from + len(chunk)  # the object is shorter than listed
+            if fetch_from == window_end and self._data:
+                self._data = self._data[keep_from - self._start :] + chunk
+            else:
+                self._data = chunk
+            self._start = keep_from if fetch_from == window_end else fetch_from
+            self._block = min(self._block * 2, _CONTIGUOUS_BLOCK_LIMIT)
+        elif not (self._start <= start <= window_end):
+            self._start, self._data = start, b""
 
 
-def _describe(exc: Exception, data: bytes) -> str:
-    if not data:
-        return "empty file"
-    if isinstance(exc, InvalidDicomError):
-        return "not a DICOM file (no DICM preamble and file meta)"
-    return f"not a readable DICOM file ({type(exc).__name__}: {exc})"
+class _WholeObjectRead(Exception):
+    """pydicom asked a `RangedReader` for the rest of the object (a deflated data set)."""
 
 
-def read_header(storage, key: str, size: int, first: int = FIRST_READ_BYTES) -> HeaderRead:
-    """Read an image's header with ranged reads that start small and double until the pixel
-    data tag or the end of the file; the pixel data itself is never fetched whole.
+class _Inflating(io.RawIOBase):
+    """The inflated data set of a Deflated Explicit VR Little Endian file, inflated lazily."""
+
+    def __init__(self, source: RangedReader, block: int = FIRST_READ_BYTES):
+        super().__init__()
+        self._source = source
+        self._block = block
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._data = bytearray()
+        self._pos = 0
+        self.cut = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            raise OSError("cannot seek from the end of a deflated data set")
+        self._pos = max(0, offset if whence == io.SEEK_SET else self._pos + offset)
+        return self._pos
+
+    def _fill(self, end: int) -> None:
+        while len(self._data) < end and not self._inflater.eof:
+            compressed = self._source.read_chunk(self._block)
+            if not compressed:
+                break
+            try:
+                self._data += self._inflater.decompress(compressed)
+            except zlib.error as exc:
+                raise UnreadableHeader(f"the deflated data set cannot be inflated: {exc}") from None
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            raise OSError("a deflated data set is read element by element")
+        self._fill(self._pos + size)
+        chunk = bytes(self._data[self._pos : self._pos + size])
+        self._pos += len(chunk)
+        if 0 < len(chunk) < size or (not chunk and size and not self._inflater.eof):
+            self.cut = True
+        return chunk
+
+    def inflate_rest(self) -> bool:
+        """Inflate what is left (discarding it); whether the deflate stream ends properly."""
+        self._data = bytearray()
+        self._pos = 0
+        while not self._inflater.eof:
+            compressed = self._source.read_chunk(self._block)
+            if not compressed:
+                return False
+            try:
+                self._inflater.decompress(compressed, 1)
+                while self._inflater.unconsumed_tail and not self._inflater.eof:
+                    self._inflater.decompress(self._inflater.unconsumed_tail, 1 << 20)
+            except zlib.error:
+                return False
+        return True
+
+
+def read_header(
+    storage, key: str, size: int | None, *, max_header_bytes: int | None = None
+) -> HeaderRead:
+    """Read an image's header with ranged reads: the first range, then only what pydicom asks
+    for (values over `LARGE_VALUE_BYTES` skipped); the pixel data itself is never fetched.
 
     Parameters
     ----------
@@ -120,32 +350,222 @@ def read_header(storage, key: str, size: int, first: int = FIRST_READ_BYTES) -> 
         Where the image is.
     key : str
         The image's key.
-    size : int
-        The object's size from the listing (no HEAD request is made).
-    first : int
-        Size of the first range.
+    size : int or None
+        The object's size from the listing (no HEAD request is made); None if unknown.
+    max_header_bytes : int, optional
+        The most bytes the header may cost (default `DEFAULT_MAX_HEADER_BYTES`).
 
     Raises
     ------
-    NotDicom
-        When the file is not a DICOM file or is truncated.
+    HeaderProblem
+        A subclass whose ``reason`` says why the file cannot be filed.
+    StorageError
+        When a read fails.
     """
-    data = b""
-    requests = 0
-    want = first
-    at_end = False
-    while True:
-        end = min(want, size) if size > 0 else want
-        if end > len(data):
-            chunk = storage.read_range(key, len(data), end)
-            requests += 1
-            data += chunk
-            at_end = len(data) < end  # fewer bytes than asked: the end of the object
-        complete = at_end or (size > 0 and len(data) >= size)
-        dataset = parse_header(data, complete)
-        if dataset is not None:
-            return HeaderRead(dataset, requests, len(data))
-        want *= 2
+    reader = RangedReader(
+        lambda start, end: storage.read_range(key, start, end), size, limit=max_header_bytes
+    )
+    dataset = _read(reader)
+    return HeaderRead(dataset, reader.requests, reader.bytes_read)
+
+
+def parse_header(data: bytes, *, max_header_bytes: int | None = None) -> Dataset:
+    """Parse the header of a whole file held in memory (as `read_header` does from storage).
+
+    Raises
+    ------
+    HeaderProblem
+        As `read_header`.
+    """
+    reader = RangedReader(lambda start, end: data[start:end], len(data), limit=max_header_bytes)
+    return _read(reader)
+
+
+def _read(reader: RangedReader) -> Dataset:
+    head = reader.read(132)
+    if not head:
+        raise NotDicom("empty file")
+    if head[128:132] != b"DICM":
+        first = reader.peek_window()
+        if _bare_data_set(first):
+            raise NoFileMeta(
+                "a bare data set without the 128-byte preamble, DICM prefix and file meta "
+                "(readable only with pydicom's force=True)"
+            )
+        raise NotDicom("not a DICOM file (no DICM preamble and file meta)")
+    reader.seek(0)
+    pixel: dict = {}
+    stream = reader
+
+    def at_pixel_data(tag, vr, length) -> bool:
+        if tag >> 16 < 0x7FE0:
+            return False  # (BaseTag's own comparisons are slow: this runs for every element)
+        if tag >= _FIRST_PIXEL_TAG:
+            pixel.update(tag=int(tag), length=length, offset=stream.tell())
+            return True
+        return False
+
+    try:
+        dataset, stream = _parse(reader, at_pixel_data)
+        _fetch_skipped_sequences(dataset, stream)
+    except HeaderProblem:
+        raise
+    except RecursionError:
+        raise UnreadableHeader("sequences nested too deeply to read") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom's failures on hostile bytes have no common base
+        if reader.cut or getattr(stream, "cut", False):
+            raise TruncatedHeader(f"the file ends inside its header ({_describe(exc)})") from None
+        raise UnreadableHeader(_describe(exc)) from None
+    if reader.cut or getattr(stream, "cut", False) or _ends_past_the_object(dataset, stream):
+        raise TruncatedHeader("the file ends inside its header")
+    if pixel.get("tag") not in PIXEL_DATA_TAGS:
+        _no_pixel_data(dataset)
+    _check_pixel_data(reader, stream, pixel)
+    _empty_skipped_values(dataset)
+    # pydicom keeps the file-like object on the dataset: drop it, so a queued header costs its
+    # elements only and nothing can read from storage later.
+    dataset.buffer = None
+    dataset.filename = None
+    dataset.fileobj_type = None
+    return dataset
+
+
+def _parse(reader: RangedReader, stop_when):
+    """The data set up to the pixel data, and the stream its offsets refer to."""
+    try:
+        return read_partial(reader, stop_when=stop_when, defer_size=LARGE_VALUE_BYTES), reader
+    except _WholeObjectRead:
+        pass
+    # Deflated Explicit VR Little Endian: pydicom would inflate the whole file at once; inflate
+    # only as far as the header goes.
+    reader.seek(0)
+    preamble = read_preamble(reader, False)
+    file_meta = _read_file_meta_info(reader)
+    inflated = _Inflating(reader)
+    data_set = read_dataset(
+        inflated, False, True, stop_when=stop_when, defer_size=LARGE_VALUE_BYTES
+    )
+    dataset = FileDataset(io.BytesIO(), data_set, preamble, file_meta, False, True)
+    dataset.set_original_encoding(False, True, data_set._character_set)
+    return dataset, inflated
+
+
+def _raw_vr(raw: RawDataElement) -> str | None:
+    if raw.VR not in (None, "UN"):
+        return raw.VR
+    try:
+        return dictionary_VR(raw.tag)
+    except KeyError:
+        return raw.VR
+
+
+def _fetch_skipped_sequences(dataset: Dataset, stream) -> None:
+    """Fetch the sequences pydicom skipped for their size (up to `MAX_SEQUENCE_BYTES`)."""
+    for tag, raw in list(dataset._dict.items()):
+        if not isinstance(raw, RawDataElement) or raw.value is not None or not raw.length:
+            continue
+        if _raw_vr(raw) != "SQ" or raw.length > MAX_SEQUENCE_BYTES:
+            continue
+        stream.seek(raw.value_tell)
+        value = stream.read(raw.length)
+        if len(value) == raw.length:
+            dataset._dict[tag] = raw._replace(value=value)
+
+
+def _empty_skipped_values(dataset: Dataset) -> None:
+    """Make the values pydicom skipped for their size empty elements, so nothing ever tries to
+    read them later; the tags are kept in ``dataset.skipped_for_size`` (the metadata JSON has
+    those elements without a value)."""
+    skipped = set()
+    for tag, raw in list(dataset._dict.items()):
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            dataset._dict[tag] = raw._replace(value=b"", length=0)
+            skipped.add(int(tag))
+    dataset.skipped_for_size = frozenset(skipped)
+
+
+def _ends_past_the_object(dataset: Dataset, stream) -> bool:
+    """Whether a top-level value (read or skipped) ends past the end of the object."""
+    size = getattr(stream, "size", None)
+    if size is None:
+        return False
+    for raw in dataset._dict.values():
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
+            if raw.value_tell + raw.length > size:
+                return True
+    return False
+
+
+def _no_pixel_data(dataset: Dataset) -> None:
+    """Raise the reason of a complete header without pixel data."""
+    sop_class = _element_text(dataset, 0x00080016, "UI")
+    name = UID(sop_class).name if sop_class else ""
+    if "Image Storage" in name:
+        raise MissingPixelData(
+            f"a {name} object that ends before any pixel data (cut off at an element "
+            "boundary, or sent without its pixels)"
+        )
+    what = f"{name} ({sop_class})" if name and name != sop_class else (sop_class or "no SOP class")
+    raise NotAnImage(f"no pixel data: not an image ({what})")
+
+
+def _check_pixel_data(reader: RangedReader, stream, pixel: dict) -> None:
+    """Raise `TruncatedPixelData` when the file ends before the pixel data does."""
+    length, offset = pixel["length"], pixel["offset"]
+    if isinstance(stream, _Inflating):
+        limit = reader._limit - reader.bytes_read
+        if reader.size is not None and reader.size - reader.tell() <= limit:
+            if not stream.inflate_rest():
+                raise TruncatedPixelData("the deflated data ends before its pixel data does")
+        return
+    size = reader.size
+    if size is None:
+        return
+    if length != 0xFFFFFFFF:
+        if offset + length > size:
+            raise TruncatedPixelData(
+                f"pixel data of {length:,} bytes at offset {offset:,}; "
+                f"the file holds {max(0, size - offset):,} of them"
+            )
+        return
+    # Encapsulated: the fragments end with a sequence delimiter, found in the last bytes (one
+    # small ranged read unless the window already holds the end of the file).
+    start = max(offset, size - ENCAPSULATED_TAIL_BYTES)
+    reader.seek(start)
+    tail = reader.read(size - start)
+    if _SEQUENCE_DELIMITER not in tail:
+        raise TruncatedPixelData(
+            "encapsulated pixel data without its sequence delimiter at the end of the file"
+        )
+
+
+def _bare_data_set(data: bytes) -> bool:
+    """Whether ``data`` (a first range without ``DICM``) starts like a DICOM data set: the
+    first elements parse (as pydicom would with force=True) into ascending standard tags."""
+    try:
+        dataset = read_partial(io.BytesIO(data), force=True, defer_size=LARGE_VALUE_BYTES)
+    except Exception:  # noqa: BLE001 - any failure means it does not start like a data set
+        return False
+    tags = [int(tag) for tag in list(dataset._dict)[:8]]
+    if len(tags) < 2 or tags != sorted(tags) or len(set(tags)) != len(tags):
+        return False
+    known = 0
+    for tag in tags:
+        try:
+            dictionary_VR(tag)
+            known += 1
+        except KeyError:
+            continue
+    return tags[0] >> 16 <= 0x0008 and known >= len(tags) - 1
+
+
+def _describe(exc: Exception) -> str:
+    message = str(exc).strip() or "no message"
+    return f"{type(exc).__name__}: {message}"[:500]
+
+
+# --------------------------------------------------------------------------------------------
+# the identifiers that file an image
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +579,30 @@ class ImageIdentity:
     folder: str
 
 
-def _text(dataset: Dataset, keyword: str) -> str:
-    element = dataset.get(keyword)
-    value = "" if element is None else element
-    if isinstance(value, pydicom.multival.MultiValue):
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip() if value is not None else ""
+_IDENTIFIER_TAGS = {
+    "PatientID": (0x00100020, "LO"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "Modality": (0x00080060, "CS"),
+}
+
+
+def _element_text(dataset: Dataset, tag: int, vr: str) -> str:
+    """An element's text as the file holds it, less its DICOM padding (keys.dicom_identifier):
+    from the raw bytes when pydicom has not converted them, so nothing else is stripped."""
+    element = dataset._dict.get(tag)
+    if element is None:
+        return ""
+    if isinstance(element, RawDataElement):
+        if element.value is None:
+            return ""
+        text = decode_bytes(element.value, dataset._character_set, TEXT_VR_DELIMS)
+    else:
+        value = element.value
+        if value is None:
+            return ""
+        text = "\\".join(str(v) for v in value) if element.VM > 1 else str(value)
+    return dicom_identifier(text, vr)
 
 
 def image_identity(dataset: Dataset) -> ImageIdentity:
@@ -175,15 +613,16 @@ def image_identity(dataset: Dataset) -> ImageIdentity:
     MissingIdentifier
         When one of them is absent or empty.
     UnsafeIdentifier
-        When one cannot be used as a key part (not a UID, path characters, too long).
+        When one cannot be used as a key part (not a UID, whitespace, control or path
+        characters, too long).
     UnsupportedModality
         When the modality has no warehouse folder.
     """
     values = {}
-    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"):
+    for keyword, (tag, vr) in _IDENTIFIER_TAGS.items():
         try:
-            values[keyword] = _text(dataset, keyword)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            values[keyword] = _element_text(dataset, tag, vr)
+        except (ValueError, TypeError, LookupError) as exc:
             raise UnsafeIdentifier(f"{keyword} cannot be decoded: {exc}") from None
         if not values[keyword]:
             raise MissingIdentifier(f"no {keyword} in the header")
@@ -197,74 +636,127 @@ def image_identity(dataset: Dataset) -> ImageIdentity:
     return ImageIdentity(patient_id, study, series, modality, folder)
 
 
-def _strip_bulk(elements: dict) -> dict:
-    """Make binary elements and the VOI LUT Sequence elements without a value, at any depth."""
-    for tag, element in elements.items():
-        if tag == VOI_LUT_SEQUENCE:
-            elements[tag] = {"vr": "SQ"}
-            continue
-        for name in _BINARY_VALUE_KEYS:
-            element.pop(name, None)
-        if element.get("vr") == "SQ":
-            for item in element.get("Value", ()):
-                if isinstance(item, dict):
-                    _strip_bulk(item)
-    return elements
+# --------------------------------------------------------------------------------------------
+# DICOM JSON
 
 
-def _no_bulk_data(element) -> str:
-    return ""  # the value is dropped by _strip_bulk; nothing is inlined or fetched
-
-
-def header_json(dataset: Dataset) -> bytes:
+def header_json(dataset: Dataset, left_out: list[str] | None = None) -> bytes:
     """The header as DICOM JSON (PS3.18 F.2), without file meta, pixel data or binary values.
 
-    Binary elements and the VOI LUT Sequence are written without a value (``{"vr": "OB"}``,
-    ``{"vr": "SQ"}``), so ``pydicom.Dataset.from_json`` reads the result back as it is. Elements
-    whose value cannot be converted are left out rather than failing the image.
+    Binary elements, the VOI LUT Sequence and values not fetched for their size are written
+    without a value (``{"vr": "OB"}``, ``{"vr": "SQ"}``), so ``pydicom.Dataset.from_json``
+    reads the result back as it is. Group Length elements are left out (PS3.18 F.2), and so
+    are elements whose value cannot be converted (their tags are appended to ``left_out``),
+    rather than failing the image.
 
     Returns
     -------
     bytes
         Compact UTF-8 JSON.
     """
-    return json.dumps(header_json_dict(dataset), separators=(",", ":")).encode("utf-8")
+    elements = header_json_dict(dataset, left_out)
+    return json.dumps(elements, separators=(",", ":")).encode("utf-8")
 
 
-def header_json_dict(dataset: Dataset) -> dict:
+def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dict:
     """The DICOM JSON model of a header, as `header_json` writes it.
 
-    The elements of a header are converted straight from the bytes pydicom read, which is several
-    times faster than pydicom's ``Dataset.to_json_dict`` (the loader's largest CPU cost per
-    image); anything that fast path does not cover (sequences, implicit or ambiguous VRs,
-    multi-byte character sets, values it cannot read) goes through pydicom, and a test checks
-    that both give the same JSON. One difference is deliberate: readable text that breaks its
-    VR's rules (a UID with letters) is kept as the file says, where pydicom leaves it out.
+    Elements are converted straight from the bytes pydicom read where that is proven to give
+    pydicom's own result (explicit VR little endian values of the common VRs, one character
+    set); everything else (sequences, implicit or ``UN`` VRs, code extensions, values the fast
+    path does not cover) goes through pydicom's ``DataElement.to_json_dict``. Deliberate
+    differences from pydicom are listed in the README (Group Length left out, empty trailing
+    person-name groups left out, readable text that breaks its VR's rules kept).
     """
     encoding = _single_encoding(dataset)
+    skipped = getattr(dataset, "skipped_for_size", frozenset())
     elements = {}
     for tag, raw in dataset._dict.items():
+        if not tag & 0xFFFF:
+            continue  # Group Length (gggg,0000): not part of the JSON model
         key = f"{tag:08X}"
         if key == VOI_LUT_SEQUENCE:
             elements[key] = {"vr": "SQ"}
             continue
-        element = _fast_element(raw, encoding) if isinstance(raw, RawDataElement) else None
+        element = None
+        if isinstance(raw, RawDataElement):
+            if tag in skipped:
+                elements[key] = {"vr": _raw_vr(raw) or "UN"}
+                if _raw_vr(raw) == "SQ" and left_out is not None:
+                    left_out.append(key)  # a sequence too large to keep its items
+                continue
+            if _too_many_items(raw):
+                elements[key] = {"vr": "SQ"}
+                if left_out is not None:
+                    left_out.append(key)
+                continue
+            element = _fast_element(raw, encoding)
         if element is None:
             element = _pydicom_element(dataset, tag)
+            if element is None and left_out is not None:
+                left_out.append(key)
         if element is not None:
             elements[key] = element
     return elements
 
 
+def _too_many_items(raw: RawDataElement) -> bool:
+    """Whether a sequence's bytes hold more than `MAX_SEQUENCE_ITEMS` item tags (counted in
+    C, an upper bound: a value may hold the same four bytes)."""
+    value = raw.value
+    if not isinstance(value, bytes) or len(value) < 8 * MAX_SEQUENCE_ITEMS:
+        return False
+    tag = _ITEM_TAGS[0] if raw.is_little_endian else _ITEM_TAGS[1]
+    return _raw_vr(raw) == "SQ" and value.count(tag) > MAX_SEQUENCE_ITEMS
+
+
 def _pydicom_element(dataset: Dataset, tag) -> dict | None:
     try:
-        element = dataset[tag].to_json_dict(_no_bulk_data, 0)
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, struct.error):
-        return None  # as pydicom's suppress_invalid_tags: leave out what cannot be converted
-    return _strip_bulk({"x": element})["x"]
+        return _without_bulk(dataset[tag].to_json_dict(_no_bulk_data, 0))
+    except RecursionError:
+        return None  # sequences nested too deeply to convert
+    except Exception:  # noqa: BLE001 - as pydicom's suppress_invalid_tags: leave the element out
+        return None
 
 
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+def _no_bulk_data(element) -> str:
+    return ""  # the value is dropped by _without_bulk; nothing is inlined or fetched
+
+
+def _without_bulk(element: dict) -> dict:
+    """An element of pydicom's JSON with binary values, the VOI LUT Sequence and Group Length
+    elements removed (at any depth), and empty trailing person-name groups left out."""
+    for name in _BINARY_VALUE_KEYS:
+        element.pop(name, None)
+    vr = element.get("vr")
+    if vr == "SQ":
+        for item in element.get("Value", ()):
+            if not isinstance(item, dict):
+                continue
+            for tag in list(item):
+                if tag == VOI_LUT_SEQUENCE:
+                    item[tag] = {"vr": "SQ"}
+                elif tag.endswith("0000"):
+                    del item[tag]
+                else:
+                    _without_bulk(item[tag])
+    elif vr == "PN":
+        element["Value"] = [_trim_name(name) for name in element.get("Value", ())]
+        if not element["Value"]:
+            del element["Value"]
+    return element
+
+
+def _trim_name(name):
+    if not isinstance(name, dict):
+        return name
+    for group in ("Phonetic", "Ideographic"):
+        if name.get(group) == "" and (group == "Phonetic" or "Phonetic" not in name):
+            del name[group]
+    return name
+
+
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 _NUMBER_FORMATS.update({"UV": "Q", "SV": "q"})
 _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
@@ -284,7 +776,7 @@ def _single_encoding(dataset: Dataset) -> str | None:
 def _fast_element(raw: RawDataElement, encoding: str | None) -> dict | None:
     """One explicit-VR little-endian element as DICOM JSON, or None to let pydicom do it."""
     vr, value = raw.VR, raw.value
-    if raw.is_implicit_VR or not raw.is_little_endian or vr is None or vr == "SQ":
+    if raw.is_implicit_VR or not raw.is_little_endian or vr in (None, "SQ", "UN"):
         return None
     if vr in _BINARY_VRS:
         return {"vr": vr}
@@ -323,7 +815,8 @@ def _fast_element(raw: RawDataElement, encoding: str | None) -> dict | None:
             text = value.rstrip(b"\x00 ").decode(encoding)
             if not text:
                 return {"vr": vr}
-            return {"vr": vr, "Value": [_person_name(name) for name in text.split("\\")]}
+            names = [_person_name(name) for name in text.split("\\")]
+            return None if None in names else {"vr": vr, "Value": names}
     except (ValueError, UnicodeDecodeError, struct.error):
         return None
     return None
@@ -344,8 +837,12 @@ def _number(item: str, vr: str) -> int | float:
     return number
 
 
-def _person_name(name: str) -> dict:
+def _person_name(name: str) -> dict | None:
     groups = name.split("=")
+    while groups and not groups[-1]:
+        groups.pop()  # PS3.18 F.2.2: empty trailing component groups are left out
+    if not groups:
+        return None  # an empty name among others: pydicom decides
     json_name = {"Alphabetic": groups[0]}
     if len(groups) > 1:
         json_name["Ideographic"] = groups[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from bonobo.structs.inputs import Input
 
 from warehouse.components.config import Settings, settings_from_env
 from warehouse.components.errors import ExpectedError
-from warehouse.components.report import RunReport
+from warehouse.components.report import Reason, RunReport, problem_of
 from warehouse.components.storage import storage_from_url
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,40 @@ class RunState:
     workers: WorkerPool | None = None
     exit_code: int | None = None
 
+    def item_failed(self, item, exc: BaseException) -> list:
+        """Report one input that raised instead of being handled, and go on with the others.
+
+        The exception's own reason is used (`report.problem_of`); anything else is an
+        "internal error", logged with its traceback. Graphs add what their reports need
+        (the loader: the listing stamp that lets the next run skip the input).
+
+        Returns
+        -------
+        list
+            No outputs: the item goes no further.
+        """
+        key = item_key(item)
+        reason, detail = problem_of(exc)
+        if reason is Reason.INTERNAL_ERROR:
+            logger.error("internal error on %s", key, exc_info=(type(exc), exc, exc.__traceback__))
+        self.report.skip(key, reason, detail, **self.skip_extras(item, reason))
+        return []
+
+    def skip_extras(self, item, reason: Reason) -> dict:
+        """Extra `RunReport.skip` arguments for a failed item (none by default)."""
+        return {}
+
+
+def item_key(item) -> str:
+    """The key an item stands for in a report: its ``key``, or its first of ``keys``."""
+    key = getattr(item, "key", None)
+    if isinstance(key, str):
+        return key
+    keys = getattr(item, "keys", None)
+    if isinstance(keys, tuple | list) and keys:
+        return str(keys[0])
+    return repr(item)[:200]
+
 
 class OrderedPool:
     """A node's view of the `WorkerPool`: its results come back in submission order.
@@ -139,41 +174,78 @@ class OrderedPool:
     outputs, in the node's thread and in input order, so decisions that depend on order (first
     upload wins, first claim of a target) do not depend on timing or on the number of workers.
     At most ``window`` items are in flight: the node blocks on the oldest when it is full.
+
+    An exception in the work or in ``then`` is handed to ``on_error(item, exception)``, which
+    returns the item's outputs (usually none, after reporting it): one bad item never costs the
+    items behind it. Without ``on_error`` the exception propagates.
     """
 
-    def __init__(self, workers: WorkerPool, window: int | None = None):
+    def __init__(self, workers: WorkerPool, window: int | None = None, on_error=None):
         self.workers = workers
         self.window = window or workers.size * 4
-        self._pending: deque[tuple[Future, Callable]] = deque()
+        self.on_error = on_error
+        self._pending: deque[tuple[Future, Callable, object]] = deque()
 
-    def submit(self, work: Callable, *args, then: Callable) -> None:
-        """Run ``work(*args)`` in a worker; ``then(result)`` later yields the outputs."""
-        self._pending.append((self.workers.submit(work, *args), then))
+    def submit(self, work: Callable, *args, then: Callable, item=None) -> None:
+        """Run ``work(*args)`` in a worker; ``then(result)`` later yields the outputs.
+
+        ``item`` is what a failure is reported against (default: the first argument after
+        the storage, the usual input of a worker).
+        """
+        if item is None and args:
+            item = args[-1]
+        self._pending.append((self.workers.submit(work, *args), then, item))
 
     @property
     def pending(self) -> int:
         """Results not yet handed out."""
         return len(self._pending)
 
-    def put(self, value, *, then: Callable) -> None:
+    def put(self, value, *, then: Callable, item=None) -> None:
         """Queue an already-known result behind the work submitted before it."""
         future: Future = Future()
         future.set_result(value)
-        self._pending.append((future, then))
+        self._pending.append((future, then, value if item is None else item))
+
+    def _outputs(self, future: Future, then: Callable, item) -> Iterable:
+        try:
+            return list(then(future.result()) or ())
+        except Exception as exc:
+            if self.on_error is None:
+                raise
+            return list(self.on_error(item, exc) or ())
 
     def ready(self) -> Iterator[tuple]:
         """Outputs of the oldest results that are done (waiting only when the window is full),
         each as a one-item tuple, the shape bonobo passes between nodes."""
         while self._pending and (self._pending[0][0].done() or len(self._pending) >= self.window):
-            future, then = self._pending.popleft()
-            for output in then(future.result()) or ():
+            for output in self._outputs(*self._pending.popleft()):
                 yield (output,)
 
     def drain(self) -> Iterator:
         """Outputs of every remaining result, in order, waiting for them."""
         while self._pending:
-            future, then = self._pending.popleft()
-            yield from then(future.result()) or ()
+            yield from self._outputs(*self._pending.popleft())
+
+
+def per_item(node):
+    """Report an exception a node raises for one input against that input
+    (``state.item_failed``; the node must use the ``state`` service) instead of letting bonobo
+    count an unexpected error: the node goes on with the next input."""
+    names = list(inspect.signature(node).parameters)
+    state_at = names.index("state")
+    item_at = 1 if names and names[0] == "pool" else 0
+
+    @functools.wraps(node)
+    def guarded(*args, **kwargs):
+        try:
+            yield from node(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - reported against its input; the node goes on
+            state = args[state_at] if len(args) > state_at else kwargs["state"]
+            item = args[item_at] if len(args) > item_at else None
+            state.item_failed(item, exc)
+
+    return guarded
 
 
 def pooled(node):
@@ -182,17 +254,21 @@ def pooled(node):
 
     The node submits work and yields ``pool.ready()``; when its input ends, what is still in
     flight is drained and sent downstream before the end of the stream is (bonobo tears a node
-    down before it passes END on).
+    down before it passes END on). A failure of one item is reported against it
+    (``state.item_failed``), in the node body, the work or its ``then``, and every other item
+    is still handled.
     """
 
     def open_pool(node, context, *args, **services):
         context.set_output_type(tuple)
-        pool = OrderedPool(services["state"].workers)
+        state = services["state"]
+        pool = OrderedPool(state.workers, on_error=getattr(state, "item_failed", None))
         yield pool
-        for output in _guarded(pool.drain(), node):
-            context.send(output)
+        while pool.pending:  # a failure that escapes on_error ends one drain, not the rest
+            for output in _guarded(pool.drain(), node):
+                context.send(output)
 
-    return use_context_processor(open_pool)(node)
+    return use_context_processor(open_pool)(per_item(node))
 
 
 def bounded_input(size: int):

@@ -6,21 +6,22 @@ Workers do the reads (`read_clinical`, `read_image`); the decisions (`file_clini
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import namedtuple
 from dataclasses import dataclass, field
 
+from warehouse import __version__
 from warehouse.components.clinical import (
-    InvalidClinicalFile,
-    MissingSubmittingCentre,
+    check_record_pseudonym,
     parse_clinical_record,
     submitting_centre,
 )
 from warehouse.components.config import PipelineConfig
 from warehouse.components.dicom import (
-    MissingIdentifier,
-    NotDicom,
-    UnsupportedModality,
+    HeaderRead,
+    ImageIdentity,
+    header_json,
     image_identity,
     read_header,
 )
@@ -36,6 +37,8 @@ from warehouse.components.listing import WarehouseIndex
 from warehouse.components.patients import GroupConflict, PatientGroups, UnknownSite, group_for
 from warehouse.components.report import Reason
 from warehouse.components.storage import StorageError
+
+logger = logging.getLogger("warehouseloader")
 
 #: One item between the loader's nodes. ``action`` is ``clinical`` or ``image`` (a raw file to
 #: process), ``copy`` (copy ``key`` to ``target``), ``metadata`` (``payload`` is the header of
@@ -61,6 +64,15 @@ class LoaderState(RunState):
             self.header_requests += requests
             self.header_bytes += size
 
+    def skip_extras(self, item, reason: Reason) -> dict:
+        """A raw input that failed is reported with its listing stamp, so the next run knows
+        it unchanged and does not read it again (memo)."""
+        if not isinstance(item, Task) or item.action not in ("clinical", "image"):
+            return {}
+        if reason is Reason.INTERNAL_ERROR:
+            return {"stamp": stamp(item), "facts": {"version": __version__}}
+        return {"stamp": stamp(item)}
+
     def claim(self, key: str) -> bool:
         """Claim a target key for this run; False if another raw file already has it."""
         with self._lock:
@@ -70,27 +82,20 @@ class LoaderState(RunState):
             return True
 
 
-@dataclass(frozen=True, slots=True)
-class ReadResult:
-    """What a worker read: the value, or the reason and detail it could not be used."""
+def read_clinical(storage, task: Task) -> tuple[Task, str]:
+    """Worker: read and decode one clinical file, check its ``Pseudonym`` against its file
+    name, and take its ``SubmittingCentre``.
 
-    task: Task
-    value: object = None
-    reason: Reason | None = None
-    detail: str = ""
-
-
-def read_clinical(storage, task: Task) -> ReadResult:
-    """Worker: read and decode one clinical file and take its ``SubmittingCentre``."""
-    try:
-        record = parse_clinical_record(storage.read(task.key))
-        return ReadResult(task, submitting_centre(record))
-    except InvalidClinicalFile as exc:
-        return ReadResult(task, reason=Reason.INVALID_JSON, detail=str(exc))
-    except MissingSubmittingCentre as exc:
-        return ReadResult(task, reason=Reason.NO_SUBMITTING_CENTRE, detail=str(exc))
-    except StorageError as exc:
-        return ReadResult(task, reason=Reason.READ_FAILED, detail=str(exc))
+    Raises
+    ------
+    UnsafeIdentifier, InvalidClinicalFile, PseudonymMismatch, MissingSubmittingCentre,
+    StorageError
+        Each with its report reason.
+    """
+    check_pseudonym(task.payload.pseudonym)
+    record = parse_clinical_record(storage.read(task.key))
+    check_record_pseudonym(record, task.payload.pseudonym)
+    return task, submitting_centre(record)
 
 
 def stamp(task: Task) -> tuple[int, str]:
@@ -98,13 +103,10 @@ def stamp(task: Task) -> tuple[int, str]:
     return task.size, task.payload.modified
 
 
-def file_clinical(state: LoaderState, result: ReadResult) -> list[Task]:
+def file_clinical(state: LoaderState, read: tuple[Task, str]) -> list[Task]:
     """Decide a clinical file's group and return its copy task (or report why not)."""
-    task, raw, report = result.task, result.task.payload, state.report
-    if result.reason is not None:
-        report.skip(task.key, result.reason, result.detail, stamp=stamp(task))
-        return []
-    centre = result.value
+    task, centre = read
+    raw, report = task.payload, state.report
     facts = {"pseudonym": raw.pseudonym, "centre": centre}
     try:
         wanted = group_for(raw.pseudonym, centre, state.config)
@@ -120,45 +122,24 @@ def file_clinical(state: LoaderState, result: ReadResult) -> list[Task]:
     return [Task("copy", task.key, task.size, target, None)]
 
 
-def unsafe_clinical(raw) -> str | None:
-    """Why a clinical file's pseudonym cannot be a key part, or None if it can."""
-    try:
-        check_pseudonym(raw.pseudonym)
-    except UnsafeIdentifier as exc:
-        return str(exc)
-    return None
+def read_image(storage, task: Task) -> tuple[Task, HeaderRead, ImageIdentity]:
+    """Worker: read one image's header (ranged reads) and take its identity.
+
+    Raises
+    ------
+    HeaderProblem, UnsafeIdentifier, StorageError
+        Each with its report reason.
+    """
+    if not is_safe_name(task.payload.name):
+        raise UnsafeIdentifier(f"unsafe file name {task.payload.name!r}")
+    header = read_header(storage, task.key, task.size)
+    return task, header, image_identity(header.dataset)
 
 
-def read_image(storage, task: Task) -> ReadResult:
-    """Worker: read one image's header (ranged reads) and take its identity."""
-    try:
-        header = read_header(storage, task.key, task.size)
-        identity = image_identity(header.dataset)
-        return ReadResult(task, (header, identity))
-    except NotDicom as exc:
-        return ReadResult(task, reason=Reason.NOT_DICOM, detail=str(exc))
-    except MissingIdentifier as exc:
-        return ReadResult(task, reason=Reason.MISSING_IDENTIFIER, detail=str(exc))
-    except UnsafeIdentifier as exc:
-        return ReadResult(task, reason=Reason.UNSAFE_IDENTIFIER, detail=str(exc))
-    except UnsupportedModality as exc:
-        return ReadResult(task, reason=Reason.UNSUPPORTED_MODALITY, detail=str(exc))
-    except StorageError as exc:
-        return ReadResult(task, reason=Reason.READ_FAILED, detail=str(exc))
-
-
-def unsafe_image_name(name: str) -> str | None:
-    """Why an image file name cannot be a key part, or None if it can."""
-    return None if is_safe_name(name) else f"unsafe file name {name!r}"
-
-
-def file_image(state: LoaderState, result: ReadResult) -> list[Task]:
+def file_image(state: LoaderState, read: tuple[Task, HeaderRead, ImageIdentity]) -> list[Task]:
     """Decide where an image goes; return its copy and metadata tasks (those not yet done)."""
-    task, report = result.task, state.report
-    if result.reason is not None:
-        report.skip(task.key, result.reason, result.detail, stamp=stamp(task))
-        return []
-    header, identity = result.value
+    task, header, identity = read
+    report = state.report
     state.count_header_read(header.requests, header.bytes_read)
     group = state.groups.get(identity.patient_id)
     if group is None:
@@ -189,6 +170,20 @@ def file_image(state: LoaderState, result: ReadResult) -> list[Task]:
     if not tasks:
         report.count("images already filed")
     return tasks
+
+
+def metadata_file(state: LoaderState, task: Task) -> list[Task]:
+    """Turn a metadata task's header into the DICOM JSON write task.
+
+    Elements that cannot be converted are left out of the JSON (the image is still filed);
+    they are counted and logged with the image's key.
+    """
+    left_out: list[str] = []
+    data = header_json(task.payload, left_out)
+    if left_out:
+        state.report.count("metadata elements left out (cannot be converted)", len(left_out))
+        logger.warning("%s: metadata JSON without %s (cannot be converted)", task.key, left_out)
+    return [Task("write", task.key, len(data), task.target, data)]
 
 
 @dataclass(frozen=True, slots=True)

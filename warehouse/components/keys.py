@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from dataclasses import dataclass
+
+from warehouse.components.report import Reason
 
 GROUPS = ("training", "validation")
 
@@ -27,6 +30,8 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 class UnsafeIdentifier(ValueError):
     """An identifier from a file that cannot be used as a key part."""
+
+    reason = Reason.UNSAFE_IDENTIFIER
 
 
 def is_dicom_uid(value: str) -> bool:
@@ -60,10 +65,48 @@ def is_safe_name(value: str, max_length: int = MAX_FILE_NAME_LENGTH) -> bool:
     )
 
 
-def check_pseudonym(value: str) -> str:
-    """Return ``value`` if it is safe as a pseudonym key part, else raise `UnsafeIdentifier`."""
+def dicom_identifier(text: str, vr: str) -> str:
+    """An identifier element's text without its DICOM padding, and nothing else removed.
+
+    Padding is trailing spaces (PS3.5 6.2), and for a UID (VR ``UI``) a trailing NUL. Any other
+    white space or control character stays, so that `check_pseudonym` refuses it.
+
+    Parameters
+    ----------
+    text : str
+        The decoded value as the file holds it.
+    vr : str
+        The element's value representation.
+    """
+    if vr == "UI":
+        text = text.rstrip("\x00")
+    return text.rstrip(" ")
+
+
+def identifier_problem(value: object, what: str = "pseudonym") -> str | None:
+    """Why ``value`` cannot be a pseudonym (or PatientID) key part, or None if it can.
+
+    This is the one identity rule for every pseudonym: from a clinical file name, a clinical
+    record's ``Pseudonym`` and a DICOM PatientID. Nothing is stripped here: white space or a
+    control character anywhere, path characters, ``..``, a leading non-alphanumeric character
+    or more than `MAX_PSEUDONYM_LENGTH` characters make it unsafe.
+    """
+    if not isinstance(value, str) or not value:
+        return f"unsafe {what} {value!r}: empty or not text"
+    for position, char in enumerate(value):
+        if char.isspace() or unicodedata.category(char)[0] == "C":
+            return f"unsafe {what} {value!r}: {unicodedata.name(char, repr(char))} at {position}"
     if not is_safe_name(value, MAX_PSEUDONYM_LENGTH):
-        raise UnsafeIdentifier(f"unsafe pseudonym {value!r}")
+        return f"unsafe {what} {value!r}"
+    return None
+
+
+def check_pseudonym(value: str, what: str = "pseudonym") -> str:
+    """Return ``value`` if it is safe as a pseudonym key part (`identifier_problem`), else raise
+    `UnsafeIdentifier` saying why."""
+    problem = identifier_problem(value, what)
+    if problem:
+        raise UnsafeIdentifier(problem)
     return value
 
 

@@ -6,6 +6,7 @@ input with its size and modification time from the listing and the facts its rea
 on; an input listed unchanged is not read again when its reason still holds:
 
 - a reason that is about the file alone (not DICOM, invalid JSON, ...) always holds;
+- "internal error" (a bug met on the input) holds while the product's version is the same;
 - "no patient data for PatientID" holds while that patient still has no group and no new
   clinical file;
 - "site not in config" holds while the centre is still in no list of ``config.json``;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 
+from warehouse import __version__
 from warehouse.components.config import PipelineConfig
 from warehouse.components.keys import RawKey
 from warehouse.components.listing import WarehouseIndex
@@ -32,6 +34,13 @@ logger = logging.getLogger(__name__)
 FILE_REASONS = frozenset(
     {
         Reason.NOT_DICOM,
+        Reason.NO_FILE_META,
+        Reason.NOT_AN_IMAGE,
+        Reason.MISSING_PIXEL_DATA,
+        Reason.TRUNCATED_HEADER,
+        Reason.TRUNCATED_PIXEL_DATA,
+        Reason.UNREADABLE_HEADER,
+        Reason.PSEUDONYM_MISMATCH,
         Reason.MISSING_IDENTIFIER,
         Reason.UNSUPPORTED_MODALITY,
         Reason.UNSAFE_IDENTIFIER,
@@ -92,6 +101,9 @@ def still_holds(
     facts = problem.get("facts") or {}
     if reason in FILE_REASONS:
         return True
+    if reason is Reason.INTERNAL_ERROR:
+        # a bug met on this input: read it again once the product has changed
+        return facts.get("version") == __version__
     if reason is Reason.NO_PATIENT_DATA:
         patient = facts.get("patient")
         return bool(patient) and patient not in index.groups and patient not in new_patients

@@ -15,11 +15,19 @@ class Reason(StrEnum):
     """Why an input was not filed (or why a write failed). The value is the report's wording."""
 
     NOT_DICOM = "not a DICOM file"
+    NO_FILE_META = "no DICOM file meta"
+    NOT_AN_IMAGE = "not an image"
+    MISSING_PIXEL_DATA = "image without pixel data"
+    TRUNCATED_HEADER = "truncated DICOM header"
+    TRUNCATED_PIXEL_DATA = "truncated pixel data"
+    UNREADABLE_HEADER = "unreadable DICOM header"
+    HEADER_TOO_LARGE = "DICOM header too large"
     MISSING_IDENTIFIER = "missing DICOM identifier"
     UNSUPPORTED_MODALITY = "unsupported modality"
     UNSAFE_IDENTIFIER = "unsafe identifier"
     NO_PATIENT_DATA = "no patient data for PatientID"
     INVALID_JSON = "invalid JSON"
+    PSEUDONYM_MISMATCH = "pseudonym differs from the file name"
     INVALID_HEADER = "invalid DICOM header"
     NO_SUBMITTING_CENTRE = "no SubmittingCentre"
     SITE_NOT_IN_CONFIG = "site not in config"
@@ -30,10 +38,26 @@ class Reason(StrEnum):
     WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"
     READ_FAILED = "read failed"
     WRITE_FAILED = "write failed"
+    INTERNAL_ERROR = "internal error"
 
 
 #: Reasons that mean the run could not do its work (a rerun should finish it).
 FAILURES = frozenset({Reason.READ_FAILED, Reason.WRITE_FAILED})
+
+
+def problem_of(exc: BaseException) -> tuple[Reason, str]:
+    """The report line of an exception: its reason and a detail.
+
+    An exception names its own reason (a ``reason`` attribute on its class, as the header,
+    identifier and clinical-file problems have) and its message is the detail. Anything else
+    is a bug met on one input: "internal error", with the exception's type and message, so the
+    input is reported and the run goes on.
+    """
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, Reason):
+        return reason, str(exc)
+    message = str(exc).strip()
+    return Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}"[:1000]
 
 
 class RunReport:

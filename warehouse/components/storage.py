@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warehouse.components.errors import ExpectedError
+from warehouse.components.report import Reason
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ _LIST_QUEUE_SIZE = 4096
 
 class StorageError(ExpectedError):
     """A storage request failed (after the SDK's retries); the message says which and why."""
+
+    reason = Reason.READ_FAILED  # an input that could not be read; writes report their own
 
 
 class ObjectNotFound(StorageError, KeyError):

@@ -1,0 +1,364 @@
+"""Header reading is total: real-world files, every cut of a real header, and hostile shapes
+(deflated, huge sequences, deep nesting, large values) each give a header or a true reason,
+never an unexpected exception."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_partial
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+from tests.builders import uid
+from tests.test_dicom import PIXEL_TAG, CountingStorage, dicom, real
+from warehouse.components.dicom import (
+    FIRST_READ_BYTES,
+    MAX_SEQUENCE_ITEMS,
+    HeaderProblem,
+    HeaderTooLarge,
+    NoFileMeta,
+    NotAnImage,
+    NotDicom,
+    TruncatedHeader,
+    TruncatedPixelData,
+    UnreadableHeader,
+    header_json,
+    header_json_dict,
+    image_identity,
+    parse_header,
+    read_header,
+)
+from warehouse.components.report import Reason
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture
+def counting(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    return CountingStorage(root)
+
+
+def real_files() -> list[str]:
+    return sorted(f for f in pydicom.data.get_testdata_files() if os.path.isfile(f))
+
+
+# --------------------------------------------------------------------------------------------
+# real files with a true reason
+
+
+def test_a_sequence_across_the_first_range_is_read(counting):
+    """waveform_ecg.dcm: a 290 KB waveform whose sequence crosses the first 64 KiB."""
+    data = real("waveform_ecg.dcm")
+    assert len(data) > 4 * FIRST_READ_BYTES
+    counting.write("ecg.dcm", data)
+    with pytest.raises(NotAnImage, match=r"12-lead ECG Waveform Storage"):
+        read_header(counting, "ecg.dcm", len(data))
+    assert counting.reads == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "sop_class"),
+    [
+        ("test-SR.dcm", "Comprehensive SR Storage"),
+        ("reportsi.dcm", "Basic Text SR Storage"),
+        ("rtplan.dcm", "RT Plan Storage"),
+    ],
+)
+def test_objects_without_pixel_data_are_not_images(name, sop_class):
+    with pytest.raises(NotAnImage, match=f"^no pixel data: not an image \\({sop_class}"):
+        parse_header(real(name))
+
+
+@pytest.mark.parametrize(
+    "name", ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm", "rtstruct.dcm"]
+)
+def test_bare_data_sets_are_named_for_what_they_miss(name):
+    with pytest.raises(
+        NoFileMeta, match="without the 128-byte preamble, DICM prefix and file meta"
+    ):
+        parse_header(real(name))
+
+
+@pytest.mark.parametrize("name", ["README.txt", "crayons.icc", "zipMR.gz", "test1.json"])
+def test_other_files_are_not_dicom(name):
+    with pytest.raises(NotDicom, match=r"^not a DICOM file"):
+        parse_header(real(name))
+
+
+def test_every_real_file_gives_a_header_or_a_reason():
+    reasons = {}
+    for path in real_files():
+        with open(path, "rb") as handle:
+            data = handle.read()
+        try:
+            image_identity(parse_header(data))
+            reasons[path] = "filed"
+        except HeaderProblem as exc:
+            reasons[path] = exc.reason
+        except ValueError as exc:  # UnsafeIdentifier
+            reasons[path] = getattr(exc, "reason", None)
+    assert None not in reasons.values()
+    assert list(reasons.values()).count("filed") >= 40
+
+
+# --------------------------------------------------------------------------------------------
+# every cut of every real header
+
+
+def cut_points(data: bytes) -> list[int]:
+    """Every top-level element boundary of a file (file meta included), a point inside each
+    element, and points inside the pixel data."""
+    try:
+        dataset = read_partial(io.BytesIO(data), force=True)
+    except Exception:  # noqa: BLE001 - a file pydicom cannot parse has only byte cuts
+        return sorted({1, 10, 131, 132, 133, len(data) // 2, len(data) - 1})
+    points = {1, 10, 131, 132, 133, 140}
+    for elements in (dataset.file_meta._dict.values(), dataset._dict.values()):
+        for raw in elements:
+            if not isinstance(raw, RawDataElement) or raw.value_tell is None:
+                continue
+            points.update({raw.value_tell - 2, raw.value_tell})
+            if raw.length != 0xFFFFFFFF:
+                points.update({raw.value_tell + raw.length // 2, raw.value_tell + raw.length})
+    return sorted(p for p in points if 0 < p < len(data))
+
+
+def test_every_cut_of_a_real_file_gives_a_reason_never_an_exception():
+    """A cut file is never filed: each cut gives a HeaderProblem, or (a cut after the last
+    element a reader needs, such as trailing padding) the same header as the whole file."""
+    cuts = 0
+    for path in real_files():
+        with open(path, "rb") as handle:
+            data = handle.read()
+        try:
+            whole = parse_header(data)
+        except HeaderProblem:
+            whole = None
+        for point in cut_points(data):
+            cuts += 1
+            try:
+                cut = parse_header(data[:point])
+            except HeaderProblem as exc:
+                assert isinstance(exc.reason, Reason)
+                continue
+            # accepted: only a cut past the pixel data, giving the same header
+            assert whole is not None, (path, point)
+            assert header_json_dict(cut) == header_json_dict(whole), (path, point)
+    assert cuts > 3000
+
+
+def test_cut_encapsulated_pixel_data_is_truncated(counting):
+    data = real("examples_jpeg2k.dcm")  # 154 KB of JPEG 2000 fragments
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID.is_compressed
+    assert len(data) > 2 * FIRST_READ_BYTES
+    counting.write("whole.dcm", data)
+    result = read_header(counting, "whole.dcm", len(data))
+    # the first range, then the last 4 KiB to see the sequence delimiter
+    assert counting.ranges == [(0, FIRST_READ_BYTES), (len(data) - 4096, len(data))]
+    assert result.requests == 2
+    counting.write("cut.dcm", data[:-5000])
+    with pytest.raises(TruncatedPixelData, match="without its sequence delimiter"):
+        read_header(counting, "cut.dcm", len(data) - 5000)
+
+
+# --------------------------------------------------------------------------------------------
+# hostile and unusual shapes
+
+
+def _part10(dataset: Dataset, syntax=ExplicitVRLittleEndian, sop_class=None) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class or dataset.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    dataset.file_meta = meta
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _image(modality="CT", rows=256, columns=256, noise=False) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = uid("hostile", modality, rows)
+    ds.PatientID = "Covid1"
+    ds.StudyInstanceUID = uid("Covid1", "study")
+    ds.SeriesInstanceUID = uid("Covid1", "study", "series")
+    ds.Modality = modality
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 4096, rows * columns, dtype=np.uint16) if noise else None
+    ds.PixelData = pixels.tobytes() if noise else b"\0\1" * rows * columns
+    return ds
+
+
+def test_a_deflated_image_larger_than_the_first_range(counting):
+    data = _part10(_image(rows=384, columns=384, noise=True), DeflatedExplicitVRLittleEndian)
+    assert len(data) > 2 * FIRST_READ_BYTES  # noise does not deflate much
+    counting.write("deflated.dcm", data)
+    result = read_header(counting, "deflated.dcm", len(data))
+    assert image_identity(result.dataset).patient_id == "Covid1"
+    assert json.loads(header_json(result.dataset))["00100020"]["Value"] == ["Covid1"]
+    counting.write("deflated-cut.dcm", data[:-1000])
+    with pytest.raises(TruncatedPixelData, match="deflated"):
+        read_header(counting, "deflated-cut.dcm", len(data) - 1000)
+
+
+def test_an_enhanced_multiframe_header_larger_than_the_first_range(counting):
+    ds = _image(rows=64, columns=64)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    frames = 1200
+    ds.NumberOfFrames = frames
+    ds.PixelData = b"\0\1" * 64 * 64 * frames
+    groups = []
+    for n in range(frames):
+        position, plane = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(n)]
+        plane.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        frame = Dataset()
+        frame.PlanePositionSequence = Sequence([position])
+        frame.PlaneOrientationSequence = Sequence([plane])
+        groups.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    data = _part10(ds)
+    assert data.index(PIXEL_TAG) > FIRST_READ_BYTES
+    counting.write("enhanced.dcm", data)
+    result = read_header(counting, "enhanced.dcm", len(data))
+    doc = json.loads(header_json(result.dataset))
+    assert len(doc["52009230"]["Value"]) == frames
+    assert doc["52009230"]["Value"][-1]["00209113"]["Value"][0]["00200032"]["Value"] == [
+        0.0,
+        0.0,
+        float(frames - 1),
+    ]
+    assert result.bytes_read < data.index(PIXEL_TAG) + 2 * FIRST_READ_BYTES
+
+
+def test_a_large_private_text_value_is_never_fetched(counting):
+    data = dicom(extra={})
+    at = data.index(PIXEL_TAG)
+    text = b"x" * (20 * 1024 * 1024)
+    private = (
+        struct.pack("<HH2sH", 0x7FDF, 0x0010, b"LO", 4)
+        + b"BIG "
+        + struct.pack("<HH2sHI", 0x7FDF, 0x1000, b"UT", 0, len(text))
+        + text
+    )
+    data = data[:at] + private + data[at:]
+    counting.write("big.dcm", data)
+    result = read_header(counting, "big.dcm", len(data))
+    assert result.bytes_read < 4 * FIRST_READ_BYTES
+    doc = json.loads(header_json(result.dataset))
+    assert doc["7FDF1000"] == {"vr": "UT"}
+    assert doc["7FDF0010"] == {"vr": "LO", "Value": ["BIG"]}
+
+
+def test_a_header_over_the_cap_is_refused(counting):
+    data = dicom(extra={"ReferencedImageSequence": [_item(n) for n in range(3000)]})
+    counting.write("capped.dcm", data)
+    with pytest.raises(HeaderTooLarge, match="more than 100,000 bytes"):
+        read_header(counting, "capped.dcm", len(data), max_header_bytes=100_000)
+    assert read_header(counting, "capped.dcm", len(data)).dataset.PatientID == "Covid1"
+
+
+def _item(n: int) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = uid("item", n)
+    return item
+
+
+def test_a_garbage_file_is_refused_from_its_first_range(counting):
+    blob = os.urandom(1024) * 4096  # 4 MiB of noise
+    counting.write("noise.dcm", blob)
+    with pytest.raises(NotDicom):
+        read_header(counting, "noise.dcm", len(blob))
+    assert counting.ranges == [(0, FIRST_READ_BYTES)]
+
+
+def test_a_garbage_file_behind_a_valid_preamble_costs_little(counting):
+    blob = b"\0" * 128 + b"DICM" + os.urandom(1024) * 2048
+    counting.write("dicm-noise.dcm", blob)
+    with pytest.raises(HeaderProblem):
+        read_header(counting, "dicm-noise.dcm", len(blob))
+    assert sum(end - start for start, end in counting.ranges) < 8 * FIRST_READ_BYTES
+
+
+def _nested(depth: int) -> bytes:
+    """A private sequence nested ``depth`` deep, undefined lengths, explicit VR little endian."""
+    opening = struct.pack("<HH2sHI", 0x7FDF, 0x1000, b"SQ", 0, 0xFFFFFFFF)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    item_end = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    sequence_end = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    leaf = struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 2) + b"X "
+    body = leaf
+    for _ in range(depth):
+        body = opening + item + body + item_end + sequence_end
+    return struct.pack("<HH2sH", 0x7FDF, 0x0010, b"LO", 4) + b"DEEP" + body[len(b"") :]
+
+
+def test_sequences_nested_thousands_deep_are_refused_with_a_reason():
+    data = dicom()
+    at = data.index(PIXEL_TAG)
+    with pytest.raises(UnreadableHeader, match="nested too deeply"):
+        parse_header(data[:at] + _nested(5000) + data[at:])
+    shallow = parse_header(data[:at] + _nested(20) + data[at:])
+    doc = json.loads(header_json(shallow))
+    depth, element = 0, doc["7FDF1000"]
+    while "7FDF1000" in element["Value"][0]:
+        depth, element = depth + 1, element["Value"][0]["7FDF1000"]
+    assert depth == 19
+
+
+def _wide(items: int) -> bytes:
+    """(0008,1140) as a defined-length sequence of ``items`` small items (built as bytes: 100,000
+    pydicom datasets take seconds to write)."""
+    value = struct.pack("<HH2sH", 0x0008, 0x1155, b"UI", 8) + b"1.2.3.4\x00"
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(value)) + value
+    body = item * items
+    return struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, len(body)) + body
+
+
+def _with_element(element: bytes, tag: int) -> bytes:
+    """A built image (explicit VR little endian) with ``element`` inserted in tag order."""
+    data = dicom()
+    dataset = read_partial(io.BytesIO(data))
+    after = next(raw for t, raw in dataset._dict.items() if t > tag)
+    at = after.value_tell - (12 if after.VR in ("OB", "OW", "SQ", "UN", "UT", "UC") else 8)
+    return data[:at] + element + data[at:]
+
+
+def test_a_sequence_of_a_hundred_thousand_items_is_written_without_them():
+    # (0008,1150) ReferencedSOPClassUID exists in the synthetic header? insert before a later tag
+    data = _with_element(_wide(100_000), 0x00081140)
+    left_out: list[str] = []
+    doc = json.loads(header_json(parse_header(data), left_out))
+    assert doc["00081140"] == {"vr": "SQ"}  # over MAX_SEQUENCE_BYTES: never fetched
+    assert left_out == ["00081140"]
+    # fewer bytes than a sequence may keep, but more items than are worth converting
+    data = _with_element(_wide(MAX_SEQUENCE_ITEMS + 1000), 0x00081140)
+    left_out = []
+    doc = json.loads(header_json(parse_header(data), left_out))
+    assert doc["00081140"] == {"vr": "SQ"} and left_out == ["00081140"]
+    small = parse_header(_with_element(_wide(50), 0x00081140))
+    assert len(json.loads(header_json(small))["00081140"]["Value"]) == 50
+
+
+def test_a_cut_inside_a_nested_sequence_is_a_truncated_header():
+    data = dicom(extra={"ReferencedImageSequence": [_item(n) for n in range(20)]})
+    at = data.index(b"\x08\x00\x40\x11SQ")  # (0008,1140)
+    with pytest.raises(TruncatedHeader):
+        parse_header(data[: at + 300])
