@@ -647,7 +647,8 @@ def _raise_problems(problems: list[str]) -> None:
         raise ConfigError(f"{CONFIG_KEY}: {problems[0]}")
     if problems:
         raise ConfigError(
-            f"{CONFIG_KEY} has {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)
+            f"{CONFIG_KEY} has {len(problems)} problems:\n"
+            + "\n".join(f"    - {p}" for p in problems)
         )
 
 
