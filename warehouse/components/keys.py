@@ -128,6 +128,45 @@ def parse_upload_date(value: str) -> str | None:
     return value
 
 
+def upload_date_problem(upload_date: str, modified: dt.datetime, max_delay_days: int) -> str | None:
+    """Why an upload folder's date is implausible for its object, or None when it is plausible.
+
+    A folder is implausible when it is dated after the object's last-modified date (one day
+    is allowed for time zones: a site may name the folder by its own date), or more than
+    ``max_delay_days`` days before it.
+
+    Parameters
+    ----------
+    upload_date : str
+        The upload folder, ``YYYY-MM-DD``.
+    modified : datetime.datetime
+        When the object was last modified; a naive value is taken as UTC.
+    max_delay_days : int
+        How many days the folder's date may be before ``modified`` (``max_upload_delay_days``).
+
+    Returns
+    -------
+    str or None
+        A human-readable detail (e.g. ``folder 2031-01-01 is after the object's last-modified
+        2021-01-05``), or None.
+    """
+    if parse_upload_date(upload_date) is None:
+        return f"folder {upload_date!r} is not a YYYY-MM-DD date"
+    folder = dt.date.fromisoformat(upload_date)
+    if modified.tzinfo is not None:
+        modified = modified.astimezone(dt.UTC)
+    last = modified.date()
+    if (folder - last).days > 1:
+        return f"folder {upload_date} is after the object's last-modified {last.isoformat()}"
+    delay = (last - folder).days
+    if delay > max_delay_days:
+        return (
+            f"folder {upload_date} is {delay} days before the object's last-modified "
+            f"{last.isoformat()} (at most {max_delay_days} allowed)"
+        )
+    return None
+
+
 def normalise_prefix(prefix: str) -> str:
     """Return a raw prefix without leading or trailing slashes (``raw-x/`` -> ``raw-x``)."""
     return prefix.strip().strip("/")

@@ -109,7 +109,7 @@ def still_holds(
         return bool(patient) and patient not in index.groups and patient not in new_patients
     if reason is Reason.SITE_NOT_IN_CONFIG:
         centre = facts.get("centre")
-        return isinstance(centre, str) and centre not in config.site_rules
+        return isinstance(centre, str) and config.site_rule(centre) is None
     if reason is Reason.GROUP_CONFLICT:
         pseudonym, centre = facts.get("pseudonym"), facts.get("centre")
         existing = index.groups.get(pseudonym)

@@ -37,9 +37,9 @@ def group_for(pseudonym: str, centre: str, config: PipelineConfig) -> str:
     Raises
     ------
     UnknownSite
-        When ``centre`` is not configured (matched exactly).
+        When ``centre`` is not configured (matched by `PipelineConfig.site_rule`).
     """
-    rule = config.site_rules.get(centre)
+    rule = config.site_rule(centre)
     if rule is None:
         raise UnknownSite(centre)
     if rule == "split":
