@@ -16,66 +16,20 @@ import os
 import pydicom
 import pydicom.data
 import pytest
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.builders import image
+from tests.dicom_oracle import expected_json
 from warehouse.components.dicom import (
-    LARGE_VALUE_BYTES,
     HeaderProblem,
     header_json,
     header_json_dict,
     parse_header,
 )
 
-BINARY_KEYS = ("InlineBinary", "BulkDataURI")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom, reading odd files
-
-
-def pydicom_json(dataset: Dataset) -> dict:
-    """pydicom's JSON of a data set; where one element cannot be converted, pydicom's JSON of
-    each element alone (as ``suppress_invalid_tags`` does, without its strict validation)."""
-    try:
-        return dataset.to_json_dict(bulk_data_threshold=0, bulk_data_element_handler=lambda e: "")
-    except (ValueError, TypeError, KeyError):
-        doc = {}
-        for tag in dataset.keys():
-            try:
-                doc[f"{tag:08X}"] = dataset[tag].to_json_dict(lambda e: "", 0)
-            except (ValueError, TypeError, KeyError):
-                continue
-        return doc
-
-
-def expected_json(data: bytes) -> dict:
-    """What the metadata file of ``data`` must hold, from pydicom's own reading of it."""
-    dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-    lengths = {
-        int(tag): raw.length
-        for tag, raw in dataset._dict.items()
-        if isinstance(raw, RawDataElement)
-    }
-
-    def rules(elements: dict, top: bool) -> dict:
-        out = {}
-        for key, element in elements.items():
-            tag = int(key, 16)
-            if tag & 0xFFFF == 0 or (top and tag >= 0x7FE00008):
-                continue  # Group Length; pixel data and what follows it
-            if key == "00283010":
-                out[key] = {"vr": "SQ"}
-                continue
-            element = {k: v for k, v in element.items() if k not in BINARY_KEYS}
-            if top and element["vr"] != "SQ" and lengths.get(tag, 0) > LARGE_VALUE_BYTES:
-                element = {"vr": element["vr"]}
-            if element["vr"] == "SQ" and "Value" in element:
-                element["Value"] = [rules(item, False) for item in element["Value"]]
-            out[key] = element
-        return out
-
-    return rules(pydicom_json(dataset), True)
 
 
 def part10(dataset: Dataset, syntax=ExplicitVRLittleEndian) -> bytes:

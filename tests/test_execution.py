@@ -496,3 +496,119 @@ def test_prompt_input_waits_for_an_item_instead_of_polling():
     queue.put(BEGIN)
     threading.Timer(0.05, queue.put, args=(("late",),)).start()
     assert queue.get(timeout=0) == ("late",)
+
+
+# --------------------------------------------------------------------------------------------
+# one bad item never costs the others
+
+
+class RecordingState:
+    """A graph's state service with the run's workers and `RunState.item_failed`."""
+
+    def __init__(self, workers):
+        from warehouse.components.report import RunReport
+
+        self.workers = workers
+        self.report = RunReport("test")
+
+    item_failed = execution.RunState.item_failed
+    skip_extras = execution.RunState.skip_extras
+
+
+def test_a_failing_item_is_reported_and_every_other_one_still_arrives(keep_root_logger):
+    """Failures in the work (mid-stream: ready(); the last item: the final drain), in ``then``
+    and in the node body, with many items in flight: each is reported against its item."""
+    rng = random.Random(11)
+    delays = {n: rng.uniform(0, 0.005) for n in range(200)}
+    collected = []
+
+    def numbers():
+        yield from (SimpleNamespace(key=f"item-{n}", n=n) for n in range(200))
+
+    def slow(item):
+        time.sleep(delays[item.n])
+        if item.n in (37, 199):
+            raise RuntimeError(f"worker broke on {item.n}")
+        return item.n
+
+    def then(n):
+        if n == 100:
+            raise KeyError("decision broke")
+        return [n]
+
+    workers = WorkerPool(8)
+    state = RecordingState(workers)
+
+    @use("state")
+    @pooled
+    def node(pool, item, state):
+        if item.n == 150:
+            raise ValueError("node body broke")
+        pool.submit(slow, item, then=then)
+        yield from pool.ready()
+
+    def sink(n):
+        collected.append(n)
+
+    stream = io.StringIO()
+    context = bonobo.run(
+        bonobo.Graph(numbers, node, sink),
+        services={"state": state},
+        plugins=[StatusLines(period=3600, stream=stream)],
+        strategy=StartedThreadPoolStrategy(),
+    )
+    workers.shutdown()
+    failed = {37, 100, 150, 199}
+    assert collected == [n for n in range(200) if n not in failed]
+    problems = {p["key"]: (p["reason"], p["detail"]) for p in state.report.problems}
+    assert problems == {
+        "item-37": ("internal error", "RuntimeError: worker broke on 37"),
+        "item-100": ("internal error", "KeyError: 'decision broke'"),
+        "item-150": ("internal error", "ValueError: node body broke"),
+        "item-199": ("internal error", "RuntimeError: worker broke on 199"),
+    }
+    assert execution.unexpected_errors(context) == 0
+    assert "- node in=200 out=196 [done]" in stream.getvalue().splitlines()
+
+
+def test_a_failure_in_the_final_drain_does_not_lose_what_is_behind_it(keep_root_logger):
+    """Every item still in flight when the input ends: the first fails, the rest arrive."""
+    release = threading.Event()
+    collected = []
+
+    def numbers():
+        yield from (SimpleNamespace(key=f"item-{n}", n=n) for n in range(30))
+
+    def held(item):
+        release.wait(5)  # nothing finishes before the input has ended
+        if item.n == 0:
+            raise OSError("No tag to read at file position 10000")
+        return item.n
+
+    workers = WorkerPool(8)  # a window of 32: all 30 are still in flight when the input ends
+    state = RecordingState(workers)
+    handed_out_before_the_end = []
+
+    @use("state")
+    @pooled
+    def node(pool, item, state):
+        pool.submit(held, item, then=lambda n: [n])
+        if item.n == 29:
+            threading.Timer(0.05, release.set).start()
+        for output in pool.ready():
+            handed_out_before_the_end.append(output)
+            yield output
+
+    def sink(n):
+        collected.append(n)
+
+    context = bonobo.run(
+        bonobo.Graph(numbers, node, sink),
+        services={"state": state},
+        strategy=StartedThreadPoolStrategy(),
+    )
+    workers.shutdown()
+    assert handed_out_before_the_end == []
+    assert collected == list(range(1, 30))
+    assert [p["key"] for p in state.report.problems] == ["item-0"]
+    assert execution.unexpected_errors(context) == 0

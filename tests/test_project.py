@@ -32,3 +32,16 @@ def test_runtime_requirements_are_pinned_and_free_of_test_tools():
     names = {line.split("==")[0].lower() for line in lines}
     assert not names & {"pytest", "moto", "ruff", "cfn-lint", "flask"}
     assert "bonobo2" in names and "markupsafe" in names
+
+
+def test_every_reason_the_code_can_give_is_in_the_readme():
+    from warehouse.components.report import Reason
+
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("Every input that is not filed has one of these reasons") :]
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")}
+    reasons = {reason.value for reason in Reason}
+    listed = set()
+    for row in rows:
+        listed.update(part.strip() for part in row.split(","))
+    assert reasons <= listed, sorted(reasons - listed)

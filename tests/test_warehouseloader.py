@@ -588,3 +588,106 @@ def test_generated_tree_is_filed_as_its_summary_says(tmp_path):
     assert len(image_problems) == expected_faults
     unlisted = [k for k in store.calls["read"] if not k.startswith(state.config.raw_prefixes)]
     assert unlisted == ["config.json", "reports/warehouseloader/latest.json"]
+
+
+def test_an_internal_error_on_one_image_is_reported_and_the_next_run_completes(
+    local_store, monkeypatch
+):
+    """A bug met on one file (here injected into the header reader) is reported against that
+    file; everything else is filed, the run completes, and the next run does not read it."""
+    from warehouse.components import filing
+
+    files, expected, problems = sample_tree()
+    builders.put_tree(local_store, files)
+    victim = next(key for key in expected.values() if key.endswith(".dcm"))
+    real_read_header = filing.read_header
+
+    def breaking(storage, key, size, **kwargs):
+        if key == victim:
+            raise OSError("No tag to read at file position 10000")
+        return real_read_header(storage, key, size, **kwargs)
+
+    monkeypatch.setattr(filing, "read_header", breaking)
+    code, state = builders.run_loader(local_store, workers=8)
+    assert code == 0
+    found = {p["key"]: (p["reason"], p["detail"]) for p in state.report.problems}
+    assert found[victim] == ("internal error", "OSError: No tag to read at file position 10000")
+    assert state.report.counts["images copied"] == 6  # every other image
+    monkeypatch.setattr(filing, "read_header", real_read_header)
+    counting = CountingStorage(local_store)
+    code, state = builders.run_loader(counting, workers=8)
+    assert code == 0
+    assert victim not in counting.calls.get("read_range", [])  # the same version: not again
+    assert {p["key"]: p["reason"] for p in state.report.problems}[victim] == "internal error"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason", "detail"),
+    [
+        (
+            "Covid31_data.json",
+            clinical("Covid32", SPLIT),
+            "pseudonym differs from the file name",
+            "the record's Pseudonym is 'Covid32'; the file name's is 'Covid31'",
+        ),
+        (
+            "Covid33_data.json",
+            clinical("Covid33 ", SPLIT),
+            "pseudonym differs from the file name",
+            "the record's Pseudonym is 'Covid33 '; the file name's is 'Covid33'",
+        ),
+        ("Covid34_data.json", b"[" * 100_000 + b"]" * 100_000, "invalid JSON", "nested too deeply"),
+        (
+            "Covid35_data.json",
+            b'{"SubmittingCentre": "Split Trust", "Age": ' + b"9" * 5000 + b"}",
+            "invalid JSON",
+            "digits",
+        ),
+        ("Covid 36_data.json", clinical("Covid 36", SPLIT), "unsafe identifier", "SPACE at 5"),
+        ("Covid37\t_data.json", clinical("Covid37\t", SPLIT), "unsafe identifier", "U+0009 at 7"),
+    ],
+)
+def test_clinical_files_that_get_it_wrong_are_reported(local_store, name, content, reason, detail):
+    files = {
+        "config.json": builders.config(["raw-split"], split=[SPLIT]),
+        f"raw-split/2021-01-01/data/{name}": content,
+    }
+    builders.put_tree(local_store, files)
+    code, state = builders.run_loader(local_store, workers=2)
+    assert code == 0
+    (problem,) = state.report.problems
+    assert problem["reason"] == reason
+    assert detail in problem["detail"]
+    assert not any(local_store.list("training/")) and not any(local_store.list("validation/"))
+
+
+def test_size_limits_refuse_unread_and_hold_while_the_limit_does(local_store):
+    big_record = clinical("Covid41", SPLIT, Notes="x" * 5000)
+    name, data = image("Covid1", "DX", "s1", "r1", 1)
+    files = {
+        "config.json": builders.config(["raw-split"], split=[SPLIT]),
+        "raw-split/2021-01-01/data/Covid1_data.json": clinical("Covid1", SPLIT),
+        "raw-split/2021-01-01/data/Covid41_data.json": big_record,
+        f"raw-split/2021-01-02/images/{name}": data,
+    }
+    builders.put_tree(local_store, files)
+    counting = CountingStorage(local_store)
+    code, state = builders.run_loader(
+        counting, workers=2, max_clinical_bytes=4096, max_header_bytes=1024
+    )
+    assert code == 0
+    found = {p["key"]: p for p in state.report.problems}
+    too_big = found["raw-split/2021-01-01/data/Covid41_data.json"]
+    assert too_big["reason"] == "clinical file too large"
+    assert too_big["facts"] == {"max_clinical_bytes": 4096}
+    assert "raw-split/2021-01-01/data/Covid41_data.json" not in counting.calls["read"]
+    header = found[f"raw-split/2021-01-02/images/{name}"]
+    assert header["reason"] == "DICOM header too large"
+    # the same limits: not read again; raised limits: read and filed
+    counting = CountingStorage(local_store)
+    builders.run_loader(counting, workers=2, max_clinical_bytes=4096, max_header_bytes=1024)
+    assert counting.calls.get("read_range", []) == []
+    code, state = builders.run_loader(local_store, workers=2)
+    assert code == 0 and state.report.problems == []
+    assert state.report.counts["images copied"] == 1
+    assert state.report.counts["clinical files copied"] == 1

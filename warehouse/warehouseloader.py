@@ -102,7 +102,7 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
     )
 
     def known_unfiled(raw, size, new_patients) -> bool:
-        problem = known_problem(memo, raw, size, state.config, index, new_patients)
+        problem = known_problem(memo, raw, size, state.config, index, new_patients, state.settings)
         if problem is not None:
             report.skip_again(problem)
         return problem is not None
@@ -135,7 +135,8 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
     Images pass through behind the clinical files, so every group is known when they arrive.
     """
     if task.action == "clinical":
-        pool.submit(read_clinical, storage, task, then=functools.partial(file_clinical, state))
+        read = functools.partial(read_clinical, max_bytes=state.settings.max_clinical_bytes)
+        pool.submit(read, storage, task, then=functools.partial(file_clinical, state))
     elif pool.pending:
         pool.put(task, then=_passthrough)  # behind the clinical files still being read
     else:
@@ -148,7 +149,8 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
 def process_image(pool, task: Task, storage: Storage, state: LoaderState):
     """Read each image's header (ranged reads) and yield its copy and metadata tasks."""
     if task.action == "image":
-        pool.submit(read_image, storage, task, then=functools.partial(file_image, state))
+        read = functools.partial(read_image, max_header_bytes=state.settings.max_header_bytes)
+        pool.submit(read, storage, task, then=functools.partial(file_image, state))
     yield from pool.ready()
 
 

@@ -20,6 +20,27 @@ class MissingSubmittingCentre(ValueError):
     reason = Reason.NO_SUBMITTING_CENTRE
 
 
+class ClinicalTooLarge(ValueError):
+    """The file is larger than the clinical-file limit: reported unread."""
+
+    reason = Reason.CLINICAL_TOO_LARGE
+
+
+def check_clinical_size(size: int | None, limit: int) -> None:
+    """Refuse a clinical file larger than ``limit`` bytes before it is read.
+
+    Raises
+    ------
+    ClinicalTooLarge
+        Naming the size and the limit (``WAREHOUSE_MAX_CLINICAL_BYTES``).
+    """
+    if size is not None and size > limit:
+        raise ClinicalTooLarge(
+            f"{size:,} bytes; clinical files are read up to {limit:,} bytes "
+            "(WAREHOUSE_MAX_CLINICAL_BYTES)"
+        )
+
+
 class PseudonymMismatch(ValueError):
     """The record's ``Pseudonym`` is not the one its file name gives."""
 

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import bonobo
+from bonobo import _api as bonobo_api
 from bonobo.config.processors import use_context_processor
 from bonobo.constants import BEGIN, END
 from bonobo.execution import events
@@ -473,11 +474,21 @@ def unexpected_errors(context) -> int:
     return sum(node.statistics.get("err", 0) for node in context.nodes) + extra
 
 
+class GraphDidNotRun(RuntimeError):
+    """bonobo stopped before the graph ran (it prints the error in a box and returns None)."""
+
+
 def run(graph, services, *, finish: Callable | None = None, progress_seconds: float = 10.0):
     """Run ``graph`` with bonobo, the way both ``bonobo run`` and ``python -m`` use it.
 
     Under ``bonobo run`` this only records the call (the CLI runs the graph afterwards, with the
     same plugins) and returns None; otherwise it runs the graph and returns the context.
+
+    Raises
+    ------
+    GraphDidNotRun
+        When bonobo could not run the graph at all (an import or start-up error that
+        ``bonobo.run`` reports in a box and swallows): the run must not look successful.
     """
     _UNEXPECTED.clear()
     plugins: list = []
@@ -485,9 +496,13 @@ def run(graph, services, *, finish: Callable | None = None, progress_seconds: fl
         plugins.append(StatusLines(progress_seconds))
     if finish is not None:
         plugins.append(OnFinish(finish))
-    return bonobo.run(
+    recorded = bonobo.run is not bonobo_api.run  # the bonobo CLI's recorder
+    context = bonobo.run(
         graph, services=services, plugins=plugins, strategy=StartedThreadPoolStrategy()
     )
+    if context is None and not recorded:
+        raise GraphDidNotRun("bonobo could not run the graph; its error is printed above")
+    return context
 
 
 #: The environment every graph reads (each command adds its own lines).
@@ -561,7 +576,11 @@ def run_graph(graph, services, finish: Callable[[dict, object], int]) -> int | N
             codes.append(EXIT_INTERNAL)
 
     progress = float(os.environ.get("WAREHOUSE_PROGRESS_SECONDS", "10") or 10)
-    context = run(graph, services, finish=finish_safely, progress_seconds=progress)
+    try:
+        context = run(graph, services, finish=finish_safely, progress_seconds=progress)
+    except GraphDidNotRun as exc:
+        logger.critical("%s: nothing was done (exit code %d)", exc, EXIT_INTERNAL)
+        return EXIT_INTERNAL
     if context is None:
         return None
     workers = getattr(loaded()["state"], "workers", None)
@@ -621,4 +640,6 @@ def graph_services(graph: str, state_type: type, settings=None, storage=None) ->
             settings.bucket, workers=settings.workers, dry_run=settings.dry_run
         )
     state = state_type(settings, RunReport(graph), WorkerPool(settings.workers))
-    return {"storage": storage, "state": state}
+    # bonobo adds an ``fs`` (pyfilesystem, which needs pkg_resources) and an ``http``
+    # (requests) service to any graph without them; no node uses either, so neither is built.
+    return {"storage": storage, "state": state, "fs": None, "http": None}

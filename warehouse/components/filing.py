@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from warehouse import __version__
 from warehouse.components.clinical import (
+    check_clinical_size,
     check_record_pseudonym,
     parse_clinical_record,
     submitting_centre,
@@ -34,6 +35,7 @@ from warehouse.components.keys import (
     is_safe_name,
 )
 from warehouse.components.listing import WarehouseIndex
+from warehouse.components.memo import limit_facts
 from warehouse.components.patients import GroupConflict, PatientGroups, UnknownSite, group_for
 from warehouse.components.report import Reason
 from warehouse.components.storage import StorageError
@@ -71,7 +73,8 @@ class LoaderState(RunState):
             return {}
         if reason is Reason.INTERNAL_ERROR:
             return {"stamp": stamp(item), "facts": {"version": __version__}}
-        return {"stamp": stamp(item)}
+        facts = limit_facts(reason, self.settings)
+        return {"stamp": stamp(item), "facts": facts} if facts else {"stamp": stamp(item)}
 
     def claim(self, key: str) -> bool:
         """Claim a target key for this run; False if another raw file already has it."""
@@ -82,17 +85,18 @@ class LoaderState(RunState):
             return True
 
 
-def read_clinical(storage, task: Task) -> tuple[Task, str]:
+def read_clinical(storage, task: Task, *, max_bytes: int) -> tuple[Task, str]:
     """Worker: read and decode one clinical file, check its ``Pseudonym`` against its file
     name, and take its ``SubmittingCentre``.
 
     Raises
     ------
-    UnsafeIdentifier, InvalidClinicalFile, PseudonymMismatch, MissingSubmittingCentre,
-    StorageError
+    UnsafeIdentifier, ClinicalTooLarge, InvalidClinicalFile, PseudonymMismatch,
+    MissingSubmittingCentre, StorageError
         Each with its report reason.
     """
     check_pseudonym(task.payload.pseudonym)
+    check_clinical_size(task.size, max_bytes)
     record = parse_clinical_record(storage.read(task.key))
     check_record_pseudonym(record, task.payload.pseudonym)
     return task, submitting_centre(record)
@@ -122,7 +126,9 @@ def file_clinical(state: LoaderState, read: tuple[Task, str]) -> list[Task]:
     return [Task("copy", task.key, task.size, target, None)]
 
 
-def read_image(storage, task: Task) -> tuple[Task, HeaderRead, ImageIdentity]:
+def read_image(
+    storage, task: Task, *, max_header_bytes: int
+) -> tuple[Task, HeaderRead, ImageIdentity]:
     """Worker: read one image's header (ranged reads) and take its identity.
 
     Raises
@@ -132,7 +138,7 @@ def read_image(storage, task: Task) -> tuple[Task, HeaderRead, ImageIdentity]:
     """
     if not is_safe_name(task.payload.name):
         raise UnsafeIdentifier(f"unsafe file name {task.payload.name!r}")
-    header = read_header(storage, task.key, task.size)
+    header = read_header(storage, task.key, task.size, max_header_bytes=max_header_bytes)
     return task, header, image_identity(header.dataset)
 
 

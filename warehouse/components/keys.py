@@ -95,7 +95,8 @@ def identifier_problem(value: object, what: str = "pseudonym") -> str | None:
         return f"unsafe {what} {value!r}: empty or not text"
     for position, char in enumerate(value):
         if char.isspace() or unicodedata.category(char)[0] == "C":
-            return f"unsafe {what} {value!r}: {unicodedata.name(char, repr(char))} at {position}"
+            name = unicodedata.name(char, f"control character U+{ord(char):04X}")
+            return f"unsafe {what} {value!r}: {name} at {position}"
     if not is_safe_name(value, MAX_PSEUDONYM_LENGTH):
         return f"unsafe {what} {value!r}"
     return None

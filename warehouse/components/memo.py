@@ -7,6 +7,7 @@ on; an input listed unchanged is not read again when its reason still holds:
 
 - a reason that is about the file alone (not DICOM, invalid JSON, ...) always holds;
 - "internal error" (a bug met on the input) holds while the product's version is the same;
+- "DICOM header too large" and "clinical file too large" hold while the limit is the same;
 - "no patient data for PatientID" holds while that patient still has no group and no new
   clinical file;
 - "site not in config" holds while the centre is still in no list of ``config.json``;
@@ -75,11 +76,25 @@ def recall(memo: dict[str, dict], raw: RawKey, size: int) -> dict | None:
     return problem
 
 
+#: Reasons that depend on a size limit of the settings, and that setting's name.
+LIMIT_REASONS = {
+    Reason.HEADER_TOO_LARGE: "max_header_bytes",
+    Reason.CLINICAL_TOO_LARGE: "max_clinical_bytes",
+}
+
+
+def limit_facts(reason: Reason, settings) -> dict:
+    """The facts a size-limit reason depends on: the limit in force (see `still_holds`)."""
+    name = LIMIT_REASONS.get(reason)
+    return {name: getattr(settings, name)} if name else {}
+
+
 def still_holds(
     problem: dict,
     config: PipelineConfig,
     index: WarehouseIndex,
     new_patients: set[str],
+    settings=None,
 ) -> bool:
     """Whether a remembered reason still holds without reading the file again.
 
@@ -93,6 +108,8 @@ def still_holds(
         What the warehouse holds now.
     new_patients : set of str
         Pseudonyms of this run's new clinical files (they may give a patient a group).
+    settings : Settings, optional
+        This run's settings (a size-limit reason holds while its limit is the same).
     """
     try:
         reason = Reason(problem.get("reason"))
@@ -101,6 +118,9 @@ def still_holds(
     facts = problem.get("facts") or {}
     if reason in FILE_REASONS:
         return True
+    if reason in LIMIT_REASONS:
+        name = LIMIT_REASONS[reason]
+        return settings is not None and facts.get(name) == getattr(settings, name)
     if reason is Reason.INTERNAL_ERROR:
         # a bug met on this input: read it again once the product has changed
         return facts.get("version") == __version__
@@ -129,10 +149,11 @@ def known_problem(
     config: PipelineConfig,
     index: WarehouseIndex,
     new_patients: set[str],
+    settings=None,
 ) -> dict | None:
     """The last run's problem with ``raw`` if the input is unchanged and the reason still
     holds (so it need not be read again), else None."""
     problem = recall(memo, raw, size)
-    if problem is None or not still_holds(problem, config, index, new_patients):
+    if problem is None or not still_holds(problem, config, index, new_patients, settings):
         return None
     return problem

@@ -27,6 +27,7 @@ class Reason(StrEnum):
     UNSAFE_IDENTIFIER = "unsafe identifier"
     NO_PATIENT_DATA = "no patient data for PatientID"
     INVALID_JSON = "invalid JSON"
+    CLINICAL_TOO_LARGE = "clinical file too large"
     PSEUDONYM_MISMATCH = "pseudonym differs from the file name"
     INVALID_HEADER = "invalid DICOM header"
     NO_SUBMITTING_CENTRE = "no SubmittingCentre"
