@@ -326,6 +326,8 @@ def latest_report(storage: Storage) -> dict:
 
 @pytest.fixture
 def local_store(tmp_path):
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket-processed").mkdir()
     return LocalStorage(tmp_path / "bucket")
 
 
@@ -403,7 +405,7 @@ def test_dry_run_writes_nothing(local_store, capsys):
     before = sorted(i.key for i in local_store.list(""))
     code, state = run_graph(DryRunStorage(local_store), dry_run=True)
     assert code == 0
-    assert not (local_store.root.parent / "bucket-processed").exists()
+    assert list((local_store.root.parent / "bucket-processed").iterdir()) == []
     assert sorted(i.key for i in local_store.list("")) == before
     out = capsys.readouterr().out
     assert "dry run: nothing was written" in out
@@ -415,7 +417,7 @@ def test_a_failed_read_publishes_nothing(local_store):
     failing = f"training/ct-metadata/Covid2/{STUDY['B']}/{SERIES['B1']}/c.json"
     code, state = run_graph(RecordingStorage(local_store, fail_reads={failing}))
     assert code == 1
-    assert not (local_store.root.parent / "bucket-processed").exists()
+    assert list((local_store.root.parent / "bucket-processed").iterdir()) == []
     report = latest_report(local_store)
     assert report["completed"] is False
     problems = {p["key"]: p["reason"] for p in report["problems"]}
@@ -449,7 +451,7 @@ def test_the_catalogue_lists_once_for_concurrent_callers(local_store):
 
     broken = WarehouseCatalogue(LocalStorage(local_store.root / "missing"))
     for _ in range(2):
-        with pytest.raises(StorageError, match="not a directory"):
+        with pytest.raises(StorageError, match="missing does not exist"):
             broken.contents()
     assert broken.listings == 1 and not broken.listed
 
@@ -474,6 +476,8 @@ def test_batch_names_and_parquet_columns():
 
 def test_bonobo_run_after_the_loader(tmp_path):
     """Raw uploads -> loader -> ``bonobo run warehouse/dataprocess.py`` on a local directory."""
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket-processed").mkdir()
     store = LocalStorage(tmp_path / "bucket")
     raw = {"config.json": builders.config(["raw-a"], training=[CENTRE_A], validation=[CENTRE_B])}
     studies = {"CT": 0, "DX": 0, "MR": 0}
@@ -533,7 +537,7 @@ def test_python_m_on_s3_over_http(s3_bucket):
     [
         ({}, 2, "WAREHOUSE_BUCKET"),
         ({"WAREHOUSE_BUCKET": "file:///nonexistent", "WAREHOUSE_WORKERS": "0"}, 2, "WORKERS"),
-        ({"WAREHOUSE_BUCKET": "file://{tmp}/missing"}, 1, "not a directory"),
+        ({"WAREHOUSE_BUCKET": "file://{tmp}/missing"}, 2, "missing does not exist"),
     ],
 )
 def test_bad_settings_and_missing_warehouse(env, code, message, tmp_path):

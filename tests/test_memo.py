@@ -22,6 +22,7 @@ def _raw(key="raw-a/2021-01-01/images/x.dcm", modified="2021-01-01T00:00:00+00:0
 
 
 def test_load_memo_reads_the_latest_report_copy(tmp_path):
+    (tmp_path / "b").mkdir()
     store = LocalStorage(tmp_path / "b")
     assert load_memo(store, "warehouseloader") == {}
     problems = [
@@ -33,6 +34,7 @@ def test_load_memo_reads_the_latest_report_copy(tmp_path):
 
 
 def test_load_memo_ignores_a_broken_report(tmp_path):
+    (tmp_path / "b").mkdir()
     store = LocalStorage(tmp_path / "b")
     store.write("reports/warehouseloader/latest.json", b"{not json")
     assert load_memo(store, "warehouseloader") == {}

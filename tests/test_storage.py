@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -18,8 +19,11 @@ from warehouse.components.storage import (
     LocalStorage,
     ObjectInfo,
     ObjectNotFound,
+    PreconditionFailed,
     S3Storage,
     StorageError,
+    StoreUnavailable,
+    SymbolicLinkRefused,
     storage_from_url,
 )
 
@@ -264,7 +268,7 @@ def test_local_temporary_files_are_never_listed(local):
 def test_local_failing_write_keeps_the_old_content(local, monkeypatch):
     local.write("k.json", b"old")
 
-    def broken_replace(src, dst):
+    def broken_replace(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
@@ -315,12 +319,33 @@ def test_local_listing_never_leaves_the_root(local, prefix):
         local.list_folders(prefix)
 
 
-def test_local_root_must_be_a_directory(tmp_path):
+def test_local_root_must_exist(tmp_path):
     store = LocalStorage(tmp_path / "nope")
-    with pytest.raises(StorageError, match="is not a directory"):
+    expected = f"{store.url} does not exist: .*create it with `mkdir -p {tmp_path}/nope`"
+    for attempt in (
+        lambda: list(store.list("")),
+        lambda: store.list_folders(""),
+        lambda: store.read("k"),
+        lambda: store.write("k", b"x"),
+        lambda: store.write("a/b/k", b"x"),
+        lambda: store.copy("a", "b"),
+        lambda: store.write_if_absent("locks/l.json", b"{}"),
+        store.check_store,
+    ):
+        with pytest.raises(StoreUnavailable, match=expected):
+            attempt()
+    assert not (tmp_path / "nope").exists()  # writes never make the root
+
+
+def test_local_root_must_be_a_directory(tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    store = LocalStorage(tmp_path / "file")
+    with pytest.raises(StoreUnavailable, match="is not a directory"):
         list(store.list(""))
-    with pytest.raises(StorageError, match="is not a directory"):
-        store.list_folders("")
+    with pytest.raises(StoreUnavailable, match="is not a directory"):
+        store.write("k", b"x")
+    with pytest.raises(StoreUnavailable, match="is not a directory"):
+        store.check_store()
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,6 +535,7 @@ def test_storage_from_url_s3(url, bucket):
 
 
 def test_storage_from_url_absolute_file(tmp_path):
+    (tmp_path / "bucket").mkdir()
     store = storage_from_url(f"file://{tmp_path}/bucket")
     assert isinstance(store, LocalStorage)
     assert store.root == tmp_path / "bucket"
@@ -518,6 +544,7 @@ def test_storage_from_url_absolute_file(tmp_path):
 
 def test_storage_from_url_relative_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo" / "bucket").mkdir(parents=True)
     store = storage_from_url("file://demo/bucket")
     assert isinstance(store, LocalStorage)
     assert store.root == tmp_path / "demo" / "bucket"
@@ -547,3 +574,384 @@ def test_object_info_is_small():
     info = ObjectInfo("k", 1, dt.datetime(2021, 1, 1, tzinfo=dt.UTC))
     assert not hasattr(info, "__dict__")
     assert Path(info.key).name == "k"
+
+
+# --------------------------------------------------------------------------------------------
+# the store must exist: a missing store is a settings error, never made on first write
+
+
+def test_storage_from_url_refuses_a_missing_directory(tmp_path):
+    for dry_run in (False, True):
+        with pytest.raises(StoreUnavailable) as caught:
+            storage_from_url(f"file://{tmp_path}/nonexistent/dir", dry_run=dry_run)
+        assert isinstance(caught.value, ExpectedError)
+        assert str(caught.value) == (
+            f"file://{tmp_path}/nonexistent/dir does not exist: a local store is an existing "
+            f"directory; create it with `mkdir -p {tmp_path}/nonexistent/dir`"
+        )
+    assert not (tmp_path / "nonexistent").exists()
+
+
+@pytest.mark.parametrize("url", ["file:///", "file:////", "file:///..", "file:///tmp/.."])
+def test_storage_from_url_refuses_the_file_system_root(url):
+    with pytest.raises(StoreUnavailable, match="is the file-system root: name a directory"):
+        storage_from_url(url)
+    with pytest.raises(StoreUnavailable, match="is the file-system root"):
+        LocalStorage("/")
+
+
+def test_storage_from_url_refuses_a_file(tmp_path):
+    (tmp_path / "bucket").write_bytes(b"not a folder")
+    with pytest.raises(StoreUnavailable, match="bucket is not a directory"):
+        storage_from_url(f"file://{tmp_path}/bucket")
+
+
+def test_local_processed_store_must_exist(tmp_path):
+    (tmp_path / "w").mkdir()
+    store = storage_from_url(f"file://{tmp_path}/w")
+    store.check_store()
+    processed = store.processed()
+    with pytest.raises(StoreUnavailable, match=f"create it with `mkdir -p {tmp_path}/w-processed`"):
+        processed.check_store()
+    with pytest.raises(StoreUnavailable):
+        processed.write("2021-01-01/latest.csv", b"x")
+    assert not (tmp_path / "w-processed").exists()
+    (tmp_path / "w-processed").mkdir()
+    processed.check_store()
+    processed.write("batch/ct.csv", b"x")  # folders below the root are still made on demand
+    assert (tmp_path / "w-processed" / "batch" / "ct.csv").read_bytes() == b"x"
+
+
+def test_local_root_path_may_contain_a_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    store = storage_from_url(f"file://{tmp_path}/alias")
+    assert store.root == tmp_path / "real"
+    store.write("a/b.json", b"{}")
+    assert (tmp_path / "real" / "a" / "b.json").read_bytes() == b"{}"
+
+
+def test_s3_check_store_is_one_head_bucket(s3_client, s3):
+    counter = RequestCounter(s3_client)
+    s3.check_store()
+    s3.processed().check_store()
+    assert counter.calls == Counter({"HeadBucket": 2})
+
+
+def test_s3_check_store_says_how_to_create_a_missing_bucket(s3_client):
+    store = S3Storage("no-such-bucket-here", client=s3_client)
+    with pytest.raises(StoreUnavailable) as caught:
+        store.check_store()
+    assert str(caught.value) == (
+        "bucket no-such-bucket-here does not exist: create it with "
+        "`aws s3 mb s3://no-such-bucket-here` (the CloudFormation template "
+        "infrastructure/templates/warehouse.yaml makes the warehouse bucket and its "
+        "-processed bucket)"
+    )
+    s3_client.delete_bucket(Bucket=f"{BUCKET}-processed")
+    with pytest.raises(StoreUnavailable, match=f"aws s3 mb s3://{BUCKET}-processed"):
+        S3Storage(BUCKET, client=s3_client).processed().check_store()
+
+
+def test_s3_check_store_access_denied(s3_client, s3):
+    from botocore.exceptions import ClientError
+
+    def deny(**kwargs):
+        raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadBucket")
+
+    s3_client.meta.events.register("before-call.s3.HeadBucket", deny)
+    with pytest.raises(StoreUnavailable, match=f"cannot use bucket {BUCKET}: access denied"):
+        s3.check_store()
+
+
+def test_dry_run_checks_the_inner_store(tmp_path):
+    (tmp_path / "w").mkdir()
+    dry = DryRunStorage(LocalStorage(tmp_path / "w"))
+    dry.check_store()
+    with pytest.raises(StoreUnavailable, match="w-processed does not exist"):
+        dry.processed().check_store()
+
+
+# --------------------------------------------------------------------------------------------
+# symbolic links: listed as links, never followed, every read, write and copy through one refused
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """Real uploads outside the bucket, in the raw layout."""
+    folder = tmp_path / "outside"
+    (folder / "2021-01-01" / "images").mkdir(parents=True)
+    (folder / "2021-01-01" / "images" / "x.dcm").write_bytes(b"DICM outside")
+    (folder / "2021-01-01" / "data").mkdir()
+    (folder / "2021-01-01" / "data" / "P1_data.json").write_bytes(b'{"outside": 1}')
+    return folder
+
+
+def tree_of(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_linked_prefix_folder_is_listed_as_a_link_and_never_entered(local, outside):
+    local.write("raw-b/2021-01-01/data/P2_data.json", b"{}")
+    (local.root / "raw-a").symlink_to(outside)
+    (link,) = local.list("raw-a/")
+    assert (link.key, link.link) == ("raw-a", True)
+    assert link.last_modified.utcoffset() == dt.timedelta(0)
+    assert [(i.key, i.link) for i in local.list("raw-a/2021-01-01/images/")] == [("raw-a", True)]
+    assert [(i.key, i.link) for i in local.list("")] == [
+        ("raw-a", True),
+        ("raw-b/2021-01-01/data/P2_data.json", False),
+    ]
+    assert [(i.key, i.link) for i in local.list("raw-")] == [
+        ("raw-a", True),
+        ("raw-b/2021-01-01/data/P2_data.json", False),
+    ]
+    assert keys_of(local.list("raw-b/")) == ["raw-b/2021-01-01/data/P2_data.json"]
+    folders, objects = local.list_folders("")
+    assert folders == ["raw-b/"]
+    assert [(i.key, i.link) for i in objects] == [("raw-a", True)]
+    folders, objects = local.list_folders("raw-a/")
+    assert folders == [] and [(i.key, i.link) for i in objects] == [("raw-a", True)]
+    assert [(i.key, i.link) for i in local.list_many(["raw-a/", "raw-b/"])] in (
+        [("raw-a", True), ("raw-b/2021-01-01/data/P2_data.json", False)],
+        [("raw-b/2021-01-01/data/P2_data.json", False), ("raw-a", True)],
+    )
+
+
+def test_linked_folder_deep_in_a_prefix_is_a_link_entry(local, outside):
+    local.write("raw-a/2021-01-01/data/P1_data.json", b"{}")
+    (local.root / "raw-a" / "2021-01-01" / "images").symlink_to(outside / "2021-01-01" / "images")
+    assert [(i.key, i.link) for i in local.list("raw-a/")] == [
+        ("raw-a/2021-01-01/data/P1_data.json", False),
+        ("raw-a/2021-01-01/images", True),
+    ]
+    assert sorted((i.key, i.link) for i in local.list_many(["raw-a/"])) == [
+        ("raw-a/2021-01-01/data/P1_data.json", False),
+        ("raw-a/2021-01-01/images", True),
+    ]
+
+
+def test_linked_and_dangling_files_are_listed_as_links(local, outside):
+    local.write("d/real.json", b"1")
+    (local.root / "d" / "link.json").symlink_to(outside / "2021-01-01" / "data" / "P1_data.json")
+    (local.root / "d" / "dangling.json").symlink_to(local.root / "nowhere")
+    listed = [(i.key, i.link) for i in local.list("d/")]
+    assert listed == [("d/dangling.json", True), ("d/link.json", True), ("d/real.json", False)]
+    _, objects = local.list_folders("d/")
+    assert [(i.key, i.link) for i in objects] == listed
+    assert [i.link for i in local.list("d/real")] == [False]
+
+
+def test_reads_through_links_are_refused(local, outside):
+    (local.root / "raw-a").symlink_to(outside)
+    local.write("d/real.json", b"1")
+    (local.root / "d" / "link.json").symlink_to(outside / "2021-01-01" / "data" / "P1_data.json")
+    url = local.url
+    with pytest.raises(SymbolicLinkRefused) as caught:
+        local.read("raw-a/2021-01-01/images/x.dcm")
+    assert str(caught.value) == (
+        f"cannot read {url}/raw-a/2021-01-01/images/x.dcm: {url}/raw-a is a symbolic link "
+        "(links in a local store are never followed)"
+    )
+    assert caught.value.link == "raw-a"
+    with pytest.raises(SymbolicLinkRefused, match=f"{url}/d/link.json is a symbolic link"):
+        local.read("d/link.json")
+    with pytest.raises(SymbolicLinkRefused, match=f"{url}/d/link.json is a symbolic link"):
+        local.read_range("d/link.json", 0, 4)
+    with pytest.raises(SymbolicLinkRefused, match=f"cannot copy {url}/raw-a/2021-01-01"):
+        local.copy("raw-a/2021-01-01/images/x.dcm", "training/x.dcm", size=12)
+    with pytest.raises(SymbolicLinkRefused, match=f"cannot read {url}/d/link.json"):
+        local.read_with_token("d/link.json")
+    assert keys_of(local.list("training/")) == []
+
+
+def test_training_link_sends_no_write_outside_the_bucket(local, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (local.root / "training").symlink_to(elsewhere)
+    local.write("raw/x.dcm", b"DICM")
+    key = "training/xray/P1/1.2/1.2.3/x.dcm"
+    with pytest.raises(SymbolicLinkRefused) as caught:
+        local.write(key, b"DICM")
+    assert str(caught.value) == (
+        f"cannot write {local.url}/{key}: {local.url}/training is a symbolic link "
+        "(links in a local store are never followed)"
+    )
+    with pytest.raises(SymbolicLinkRefused, match="training is a symbolic link"):
+        local.copy("raw/x.dcm", key, size=4)
+    with pytest.raises(SymbolicLinkRefused, match="training is a symbolic link"):
+        local.write_if_absent("training/lock.json", b"{}")
+    with pytest.raises(SymbolicLinkRefused, match="training is a symbolic link"):
+        local.write_if_match("training/lock.json", b"{}", "token")
+    with pytest.raises(SymbolicLinkRefused, match="training is a symbolic link"):
+        local.delete_if_match("training/lock.json", "token")
+    assert list(elsewhere.iterdir()) == []
+    assert (local.root / "training").is_symlink()
+
+
+def test_link_deeper_in_the_warehouse_and_links_inside_the_bucket_are_refused(local):
+    local.write("validation/ct/P/s/r/a.dcm", b"a")
+    (local.root / "training").mkdir()
+    (local.root / "training" / "xray").symlink_to(local.root / "validation")
+    with pytest.raises(SymbolicLinkRefused, match="/training/xray is a symbolic link"):
+        local.write("training/xray/P/s/r/b.dcm", b"b")
+    with pytest.raises(SymbolicLinkRefused, match="/training/xray is a symbolic link"):
+        local.read("training/xray/ct/P/s/r/a.dcm")
+    local.write("training/ct/P/s/r/b.dcm", b"b")
+    assert keys_of(local.list("validation/")) == ["validation/ct/P/s/r/a.dcm"]
+
+
+def test_write_onto_a_linked_file_is_refused_and_keeps_the_link(local, tmp_path):
+    target = tmp_path / "target.json"
+    target.write_bytes(b"outside")
+    local.write("reports/loader/x.json", b"old")
+    (local.root / "reports" / "loader" / "latest.json").symlink_to(target)
+    with pytest.raises(SymbolicLinkRefused, match="reports/loader/latest.json is a symbolic"):
+        local.write("reports/loader/latest.json", b"new")
+    with pytest.raises(SymbolicLinkRefused, match="reports/loader/latest.json is a symbolic"):
+        local.copy("reports/loader/x.json", "reports/loader/latest.json")
+    assert target.read_bytes() == b"outside"
+    assert (local.root / "reports" / "loader" / "latest.json").is_symlink()
+
+
+def test_a_link_swapped_in_after_use_is_refused(local, tmp_path):
+    """No folder is trusted from an earlier write: each path is walked again."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    local.write("training/data/P1/a.json", b"1")
+    (local.root / "training").rename(tmp_path / "moved")
+    (local.root / "training").symlink_to(elsewhere)
+    with pytest.raises(SymbolicLinkRefused, match="training is a symbolic link"):
+        local.write("training/data/P1/b.json", b"2")
+    with pytest.raises(SymbolicLinkRefused, match="training is a symbolic link"):
+        local.read("training/data/P1/a.json")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_local_refuses_a_fifo_without_hanging(local):
+    os.mkfifo(local.root / "pipe")
+    with pytest.raises(StorageError, match="cannot read .*/pipe: not a regular file"):
+        local.read("pipe")
+    assert keys_of(local.list("")) == []
+
+
+# --------------------------------------------------------------------------------------------
+# conditional operations (for the run lease)
+
+
+def test_write_if_absent_creates_once(store):
+    token = store.write_if_absent("locks/l.json", b'{"a": 1}')
+    assert store.read_with_token("locks/l.json") == (b'{"a": 1}', token)
+    with pytest.raises(PreconditionFailed, match=f"{store.url}/locks/l.json already exists"):
+        store.write_if_absent("locks/l.json", b'{"b": 2}')
+    assert store.read("locks/l.json") == b'{"a": 1}'
+    assert keys_of(store.list("")) == ["locks/l.json"]  # no temporary file left
+
+
+def test_write_if_match_replaces_only_an_unchanged_object(store):
+    first = store.write_if_absent("locks/l.json", b"1")
+    second = store.write_if_match("locks/l.json", b"2", first)
+    assert second != first
+    assert store.read_with_token("locks/l.json") == (b"2", second)
+    with pytest.raises(PreconditionFailed, match="locks/l.json has changed"):
+        store.write_if_match("locks/l.json", b"3", first)
+    assert store.read("locks/l.json") == b"2"
+    with pytest.raises(PreconditionFailed, match="locks/missing.json does not exist"):
+        store.write_if_match("locks/missing.json", b"3", first)
+    assert keys_of(store.list("")) == ["locks/l.json"]
+
+
+def test_delete_if_match_deletes_only_an_unchanged_object(store):
+    first = store.write_if_absent("locks/l.json", b"1")
+    second = store.write_if_match("locks/l.json", b"2", first)
+    with pytest.raises(PreconditionFailed, match="locks/l.json has changed"):
+        store.delete_if_match("locks/l.json", first)
+    assert store.read("locks/l.json") == b"2"
+    store.delete_if_match("locks/l.json", second)
+    assert keys_of(store.list("")) == []
+    with pytest.raises(PreconditionFailed, match="locks/l.json does not exist"):
+        store.delete_if_match("locks/l.json", second)
+    with pytest.raises(ObjectNotFound):
+        store.read_with_token("locks/l.json")
+    store.write_if_absent("locks/l.json", b"again")  # absent again: can be created again
+
+
+def test_conditional_operations_are_one_request_each(s3_client, s3):
+    counter = RequestCounter(s3_client)
+    token = s3.write_if_absent("locks/l.json", b"1")
+    token = s3.write_if_match("locks/l.json", b"2", token)
+    _, token = s3.read_with_token("locks/l.json")
+    s3.delete_if_match("locks/l.json", token)
+    assert counter.calls == Counter({"PutObject": 2, "GetObject": 1, "DeleteObject": 1})
+
+
+def test_local_write_if_absent_never_shows_a_partial_object(local):
+    with pytest.raises(TypeError):
+        local.write_if_absent("locks/l.json", "not bytes")
+    assert keys_of(local.list("")) == []
+    assert list((local.root / "locks").iterdir()) == []
+
+
+def test_racing_creators_exactly_one_wins(tmp_path, s3_client, monkeypatch):
+    from tests.moto_conditions import serialise_conditional_requests
+
+    serialise_conditional_requests(monkeypatch)
+    (tmp_path / "bucket").mkdir()
+    for store in (LocalStorage(tmp_path / "bucket"), S3Storage(BUCKET, client=s3_client)):
+        racers = 8
+        barrier = threading.Barrier(racers)
+        outcomes: list[str] = []
+
+        def race(n, store=store, barrier=barrier, outcomes=outcomes):
+            barrier.wait()
+            try:
+                store.write_if_absent("locks/l.json", f"racer {n}".encode())
+                outcomes.append(f"won {n}")
+            except PreconditionFailed:
+                outcomes.append("lost")
+
+        threads = [threading.Thread(target=race, args=(n,)) for n in range(racers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [o for o in outcomes if o.startswith("won")]
+        assert len(winners) == 1 and outcomes.count("lost") == racers - 1
+        assert store.read("locks/l.json") == f"racer {winners[0].split()[1]}".encode()
+
+
+def test_dry_run_makes_no_conditional_write(store):
+    store.write("locks/l.json", b"1")
+    dry = DryRunStorage(store)
+    assert dry.read_only and not store.read_only
+    data, token = dry.read_with_token("locks/l.json")
+    assert (data, token) == store.read_with_token("locks/l.json")
+    with pytest.raises(StorageError, match="a dry run writes nothing"):
+        dry.write_if_absent("locks/new.json", b"x")
+    with pytest.raises(StorageError, match="a dry run writes nothing"):
+        dry.write_if_match("locks/l.json", b"x", token)
+    with pytest.raises(StorageError, match="a dry run writes nothing"):
+        dry.delete_if_match("locks/l.json", token)
+    assert keys_of(store.list("")) == ["locks/l.json"]
+    assert store.read("locks/l.json") == b"1"
+
+
+def test_s3_conditional_requests_over_http(s3_bucket, monkeypatch):
+    from tests.moto_conditions import serialise_conditional_requests
+
+    serialise_conditional_requests(monkeypatch)
+    store = storage_from_url(f"s3://{s3_bucket}", workers=4)
+    token = store.write_if_absent("locks/l.json", b"1")
+    with pytest.raises(PreconditionFailed, match="already exists"):
+        store.write_if_absent("locks/l.json", b"2")
+    token = store.write_if_match("locks/l.json", b"2", token)
+    with pytest.raises(PreconditionFailed, match="has changed"):
+        store.delete_if_match("locks/l.json", '"0123"')
+    store.delete_if_match("locks/l.json", token)
+    assert keys_of(store.list("locks/")) == []
+    store.check_store()
+    store.processed().check_store()

@@ -102,6 +102,7 @@ def run_graph(storage: Storage, **settings):
 
 @pytest.mark.parametrize("workers", [1, 32])
 def test_centres_in_process_read_each_file_once(tmp_path, capsys, workers):
+    (tmp_path / "bucket").mkdir()
     local = LocalStorage(tmp_path / "bucket")
     builders.put_tree(local, raw_tree())
     store = CountingStorage(local)
@@ -122,6 +123,7 @@ def test_centres_in_process_read_each_file_once(tmp_path, capsys, workers):
 
 
 def test_bonobo_run_local_prints_only_the_centres_on_stdout(tmp_path):
+    (tmp_path / "bucket").mkdir()
     store = LocalStorage(tmp_path / "bucket")
     builders.put_tree(store, raw_tree())
     before = builders.snapshot(store)
@@ -163,6 +165,7 @@ def test_the_demo_tree_gives_the_centres_of_the_listed_prefixes(tmp_path, capsys
     ],
 )
 def test_config_problems_stop_with_a_clear_message(tmp_path, config, code, message):
+    (tmp_path / "bucket").mkdir()
     store = LocalStorage(tmp_path / "bucket")
     files = raw_tree()
     del files["config.json"]

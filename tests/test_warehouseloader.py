@@ -226,6 +226,7 @@ def check_report(report: dict, problems):
 
 @pytest.fixture
 def local_store(tmp_path):
+    (tmp_path / "bucket").mkdir()
     return LocalStorage(tmp_path / "bucket")
 
 
@@ -356,6 +357,7 @@ def test_same_warehouse_with_one_worker_and_with_32(tmp_path):
     files, expected, _ = sample_tree()
     results = []
     for workers in (1, 32):
+        (tmp_path / f"bucket-{workers}").mkdir()
         store = LocalStorage(tmp_path / f"bucket-{workers}")
         builders.put_tree(store, files)
         assert builders.run_loader(store, workers=workers)[0] == 0
@@ -469,6 +471,7 @@ def test_bad_settings_stop_with_a_clear_message(env, message):
     ],
 )
 def test_bad_config_stops_before_any_write(tmp_path, content, message):
+    (tmp_path / "bucket").mkdir()
     store = LocalStorage(tmp_path / "bucket")
     files, _, _ = sample_tree()
     del files["config.json"]
@@ -525,6 +528,8 @@ def test_killed_run_is_finished_by_the_next_one(tmp_path):
         files[f"raw-a/2021-01-01/images/{name}"] = data
     for p in range(1, 13):
         files[f"raw-a/2021-01-01/data/Covid{p}_data.json"] = clinical(f"Covid{p}", SPLIT)
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "clean").mkdir()
     killed = LocalStorage(tmp_path / "killed")
     builders.put_tree(killed, files)
     clean = LocalStorage(tmp_path / "clean")

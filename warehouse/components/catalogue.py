@@ -62,15 +62,23 @@ class WarehouseContents:
         Storage prefix (``training/ct/``, ..., ``validation/``) -> bytes.
     objects : int
         Objects listed.
+    links : list
+        Keys of symbolic links on the warehouse side (local stores), sorted: never followed,
+        not counted as filed; to be reported with ``Reason.SYMLINK``.
     """
 
     clinical: dict[str, list[ClinicalFile]] = field(default_factory=dict)
     studies: dict[tuple[str, str, str, str], StudyFile] = field(default_factory=dict)
     storage: dict[str, int] = field(default_factory=dict)
     objects: int = 0
+    links: list[str] = field(default_factory=list)
 
     def add(self, info: ObjectInfo) -> None:
-        """Take one listed object into account (clinical file, metadata file, or neither)."""
+        """Take one listed object into account (clinical file, metadata file, or neither); a
+        symbolic link is only noted in ``links``."""
+        if info.link:
+            self.links.append(info.key)
+            return
         self.objects += 1
         parsed = parse_warehouse_key(info.key)
         if parsed is None:
@@ -130,10 +138,12 @@ def list_contents(storage: Storage, workers: int = 8) -> WarehouseContents:
     def sizes(infos: Iterable[ObjectInfo]) -> Iterator[tuple[str, int]]:
         for info in infos:
             contents.add(info)
-            yield info.key, info.size
+            if not info.link:
+                yield info.key, info.size
 
     listing = storage.list_many([f"{group}/" for group in GROUPS], workers)
     contents.storage = storage_by_prefix(sizes(listing))
+    contents.links.sort()
     return contents
 
 

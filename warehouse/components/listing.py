@@ -40,6 +40,9 @@ class WarehouseIndex:
         Base names of filed images and of metadata files.
     keys : set
         Full keys of filed images and metadata files.
+    links : list
+        Keys of symbolic links on the warehouse side (local stores), sorted: never followed,
+        not trusted as filed; to be reported with ``Reason.SYMLINK``.
     """
 
     groups: dict[str, str] = field(default_factory=dict)
@@ -49,6 +52,7 @@ class WarehouseIndex:
     metadata_names: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)
     objects: int = 0
+    links: list[str] = field(default_factory=list)
 
     def add(self, key: str) -> None:
         """Take one listed warehouse key into account."""
@@ -77,7 +81,11 @@ def index_warehouse(storage: Storage, workers: int = 8) -> WarehouseIndex:
     """List the warehouse side (``training/``, ``validation/``) once and index it."""
     index = WarehouseIndex()
     for info in storage.list_many([f"{group}/" for group in GROUPS], workers):
-        index.add(info.key)
+        if info.link:
+            index.links.append(info.key)
+        else:
+            index.add(info.key)
+    index.links.sort()
     return index
 
 
@@ -95,12 +103,17 @@ class RawListing:
         Keys under the configured prefixes that are not in the raw layout.
     unconfigured : list
         ``raw-*`` prefixes at the bucket root that ``config.json`` does not list.
+    links : list
+        Keys of symbolic links (local stores) under the configured prefixes, and of ``raw-*``
+        links at the root that are not configured, sorted: never followed, neither clinical
+        files nor images; to be reported with ``Reason.SYMLINK``.
     """
 
     clinical: list[tuple[RawKey, int]] = field(default_factory=list)
     images: list[tuple[RawKey, int]] = field(default_factory=list)
     other: list[RawKey] = field(default_factory=list)
     unconfigured: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
 
     def image_name_counts(self) -> Counter:
         """How many raw images share each file name."""
@@ -121,13 +134,21 @@ def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> R
     """
     listing = RawListing()
     configured = set(prefixes)
-    root_folders, _ = storage.list_folders("")
+    root_folders, root_objects = storage.list_folders("")
     listing.unconfigured = sorted(
         folder.rstrip("/")
         for folder in root_folders
         if folder.startswith("raw-") and folder.rstrip("/") not in configured
     )
+    listing.links = [
+        info.key
+        for info in root_objects
+        if info.link and info.key.startswith("raw-") and info.key not in configured
+    ]
     for info in storage.list_many([f"{p}/" for p in prefixes], workers):
+        if info.link:  # a linked prefix, folder or file: reported, never followed
+            listing.links.append(info.key)
+            continue
         prefix = info.key.split("/", 1)[0]
         raw = parse_raw_key(info.key, prefix)
         if raw.kind != "other":
@@ -141,6 +162,7 @@ def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> R
     listing.clinical.sort(key=lambda item: (item[0].upload_date, item[0].key))
     listing.images.sort(key=lambda item: item[0].key)
     listing.other.sort(key=lambda raw: raw.key)
+    listing.links.sort()
     return listing
 
 

@@ -37,6 +37,8 @@ class Reason(StrEnum):
     NOT_IN_LAYOUT = "not in the raw layout"
     UNCONFIGURED_PREFIX = "raw prefix not in config"
     WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"
+    #: A symbolic link in a local store: never followed, so neither read nor trusted as filed.
+    SYMLINK = "symbolic link"
     READ_FAILED = "read failed"
     WRITE_FAILED = "write failed"
     INTERNAL_ERROR = "internal error"

@@ -2,22 +2,32 @@
 bucket), and a dry-run wrapper that reads but never writes.
 
 Nodes use the storage service only; they never touch boto3 or the file system themselves.
+
+Besides plain reads and writes the port has conditional operations (create only if absent,
+replace or delete only if unchanged since read, judged by a token: the ETag on S3) for the run
+lease (`warehouse.components.lease`), and `Storage.check_store` to check up front that a store
+exists before anything reads or writes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
+import hashlib
 import logging
 import os
 import queue
-import shutil
+import shlex
+import stat
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from warehouse.components.errors import ExpectedError
 from warehouse.components.report import Reason
@@ -28,6 +38,8 @@ logger = logging.getLogger(__name__)
 S3_COPY_LIMIT = 5 * 1024**3
 _TEMP_PREFIX = ".tmp-"
 _LIST_QUEUE_SIZE = 4096
+#: Where the CloudFormation template is, for messages about a missing bucket.
+_TEMPLATE = "infrastructure/templates/warehouse.yaml"
 
 
 class StorageError(ExpectedError):
@@ -43,20 +55,60 @@ class ObjectNotFound(StorageError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class StoreUnavailable(StorageError):
+    """The bucket or directory a store names does not exist or cannot be used: a problem of the
+    settings (nothing is read or written). The message says how to create it."""
+
+
+class SymbolicLinkRefused(StorageError):
+    """A read, write or copy in a local store would go through a symbolic link: refused, since a
+    link can lead out of the bucket. ``link`` is the key of the link."""
+
+    def __init__(self, message: str, link: str):
+        super().__init__(message)
+        self.link = link
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write or delete found the object not as required: present when it had to
+    be absent, or changed (or gone) since the token was read. HTTP 412 (or 409) on S3."""
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """One listed object: key, size in bytes, last modification time (UTC)."""
+    """One listed object: key, size in bytes, last modification time (UTC).
+
+    ``link`` is true for a symbolic link in a local store (a file or a folder, never followed):
+    it is listed so that it can be reported, and is not an object to read, file or trust.
+    Its size and time are the link's own.
+    """
 
     key: str
     size: int
     last_modified: dt.datetime
+    link: bool = False
 
 
 class Storage:
-    """The storage port. Subclasses implement the five primitive operations."""
+    """The storage port. Subclasses implement the primitive operations."""
 
     #: URL-like name for messages (``s3://bucket`` or ``file:///path``).
     url: str = ""
+    #: Whether writes are only pretended (a dry run): no lease is taken then.
+    read_only: bool = False
+
+    def check_store(self) -> None:
+        """Check that the store exists and can be used; call it before reading or writing.
+
+        One request on S3 (HeadBucket), one ``open`` locally.
+
+        Raises
+        ------
+        StoreUnavailable
+            If the bucket or directory does not exist (the message says how to create it) or
+            cannot be used.
+        """
+        raise NotImplementedError
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix``, in key order, streaming."""
@@ -84,6 +136,51 @@ class Storage:
 
     def processed(self) -> Storage:
         """The processed store beside this one (``<bucket>-processed``)."""
+        raise NotImplementedError
+
+    def read_with_token(self, key: str) -> tuple[bytes, str]:
+        """Return an object's content and its token (the ETag on S3), for a conditional write.
+
+        Raises
+        ------
+        ObjectNotFound
+            If it does not exist.
+        """
+        raise NotImplementedError
+
+    def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        """Create an object only if no object has its key, atomically; return its token.
+
+        Of several callers racing for one key, exactly one succeeds.
+
+        Raises
+        ------
+        PreconditionFailed
+            If the object exists.
+        """
+        raise NotImplementedError
+
+    def write_if_match(
+        self, key: str, data: bytes, token: str, content_type: str = "application/json"
+    ) -> str:
+        """Replace an object only if it is unchanged since ``token`` was read; return the new
+        token. Of several callers holding the same token, exactly one succeeds.
+
+        Raises
+        ------
+        PreconditionFailed
+            If the object changed or no longer exists.
+        """
+        raise NotImplementedError
+
+    def delete_if_match(self, key: str, token: str) -> None:
+        """Delete an object only if it is unchanged since ``token`` was read.
+
+        Raises
+        ------
+        PreconditionFailed
+            If the object changed or no longer exists.
+        """
         raise NotImplementedError
 
     def list_many(self, prefixes: Iterable[str], workers: int = 8) -> Iterator[ObjectInfo]:
@@ -151,135 +248,402 @@ def _key_order(entry: os.DirEntry) -> str:
     return entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
 
 
+#: A folder below the root: opened without following a link (a link fails with ENOTDIR).
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: An object: never through a link (ELOOP); O_NONBLOCK so that a FIFO cannot hang the run.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SENDFILE_CHUNK = 1 << 30
+
+
+class _LinkFound(Exception):
+    """Internal: a path component is a symbolic link (``key``, with its ``lstat``)."""
+
+    def __init__(self, key: str, link_stat: os.stat_result):
+        super().__init__(key)
+        self.key = key
+        self.stat = link_stat
+
+
+def _content_token(data: bytes) -> str:
+    """A local object's token: a digest of its content (as an S3 ETag is, for one-part PUTs)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 class LocalStorage(Storage):
     """A local directory laid out like a bucket: key ``a/b/c`` is file ``<root>/a/b/c``.
 
     Writes go to a temporary file in the target folder, then are renamed into place, so a killed
     run never leaves a partial object; leftover temporary files are never listed.
+
+    The root must be an existing directory other than ``/``; writes make the folders below it
+    on demand, never the root itself. The root's own path may contain symbolic links (it is
+    resolved once), but nothing below it is ever read, written or copied through one: every
+    path is walked one folder at a time from the root with ``O_NOFOLLOW`` (``openat``), so a
+    link swapped in at any moment is refused, not followed (`SymbolicLinkRefused`). Listings
+    yield links as entries with ``link=True`` and never descend into them.
     """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
         self.url = self.root.as_uri()
-        self._folders: set[Path] = set()
+        if self.root == Path(self.root.anchor):
+            raise StoreUnavailable(
+                f"{self.url} is the file-system root: name a directory for the bucket, "
+                "e.g. file:///data/warehouse"
+            )
 
-    def _path(self, key: str) -> Path:
+    def _parts(self, key: str) -> list[str]:
         parts = key.split("/")
         if not key or any(p in ("", ".", "..") or "\x00" in p for p in parts):
             raise StorageError(f"invalid key {key!r}")
-        return self.root.joinpath(*parts)
+        return parts
 
-    def _info(self, key: str, stat: os.stat_result) -> ObjectInfo:
-        modified = dt.datetime.fromtimestamp(stat.st_mtime, tz=dt.UTC)
-        return ObjectInfo(key, stat.st_size, modified)
+    def _info(self, key: str, entry_stat: os.stat_result, link: bool = False) -> ObjectInfo:
+        modified = dt.datetime.fromtimestamp(entry_stat.st_mtime, tz=dt.UTC)
+        return ObjectInfo(key, entry_stat.st_size, modified, link)
 
-    def _check_root(self) -> None:
-        if not self.root.is_dir():
-            raise StorageError(f"{self.url} is not a directory")
+    def _refusal(self, action: str, key: str, found: _LinkFound) -> SymbolicLinkRefused:
+        return SymbolicLinkRefused(
+            f"cannot {action} {self.url}/{key}: {self.url}/{found.key} is a symbolic link "
+            "(links in a local store are never followed)",
+            found.key,
+        )
+
+    # -- walking from the root, one folder at a time, never through a link
+
+    def check_store(self) -> None:
+        os.close(self._open_root())
+
+    def _open_root(self) -> int:
+        try:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise StoreUnavailable(
+                f"{self.url} does not exist: a local store is an existing directory; "
+                f"create it with `mkdir -p {shlex.quote(str(self.root))}`"
+            ) from None
+        except NotADirectoryError:
+            raise StoreUnavailable(f"{self.url} is not a directory") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open {self.url}: {exc.strerror}") from None
+
+    @staticmethod
+    def _raise_if_link(folder: int, name: str, key: str) -> None:
+        """Raise `_LinkFound` if ``name`` in ``folder`` is a symbolic link (one ``lstat``)."""
+        try:
+            found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except OSError:
+            return
+        if stat.S_ISLNK(found.st_mode):
+            raise _LinkFound(key, found)
+
+    def _open_child(self, folder: int, name: str, key: str, create: bool) -> int:
+        """Open sub-folder ``name`` of ``folder`` (making it if ``create``), never a link."""
+        for attempt in (1, 2):
+            try:
+                return os.open(name, _FOLDER_FLAGS, dir_fd=folder)
+            except FileNotFoundError:
+                if not create or attempt == 2:
+                    raise
+            except NotADirectoryError:
+                self._raise_if_link(folder, name, key)
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=folder)
+        raise AssertionError("unreachable")
+
+    def _open_folder(self, parts: list[str], create: bool = False) -> int:
+        """The descriptor of the folder ``parts`` below the root (the caller closes it).
+
+        Raises FileNotFoundError or NotADirectoryError if it is not there, `_LinkFound` if a
+        component is a link, `StoreUnavailable` if the root is missing.
+        """
+        folder = self._open_root()
+        try:
+            for depth, name in enumerate(parts):
+                child = self._open_child(folder, name, "/".join(parts[: depth + 1]), create)
+                os.close(folder)
+                folder = child
+        except BaseException:
+            os.close(folder)
+            raise
+        return folder
+
+    @contextlib.contextmanager
+    def _folder(self, parts: list[str], create: bool = False) -> Iterator[int]:
+        folder = self._open_folder(parts, create)
+        try:
+            yield folder
+        finally:
+            os.close(folder)
+
+    def _open_object(self, folder: int, name: str, key: str) -> int:
+        """Open a regular file of ``folder`` for reading, never through a link."""
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._raise_if_link(folder, name, key)
+            raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "is a folder")  # a folder is no object
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fd
+
+    # -- listing
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        self._check_root()
         folder, _, _ = prefix.rpartition("/")
-        start = self._path(folder) if folder else self.root  # no ".." out of the root
-        base = folder + "/" if folder else ""
-        if not start.is_dir():
-            return
-        yield from self._walk(start, base, prefix)
-
-    def _walk(self, directory: Path, base: str, prefix: str) -> Iterator[ObjectInfo]:
+        parts = self._parts(folder) if folder else []  # no ".." out of the root
         try:
-            entries = sorted(os.scandir(directory), key=_key_order)
-        except FileNotFoundError:
+            start = self._open_folder(parts)
+        except (FileNotFoundError, NotADirectoryError):
             return
+        except _LinkFound as found:  # the prefix lies in a linked folder: list the link only
+            yield self._info(found.key, found.stat, link=True)
+            return
+        try:
+            yield from self._walk(start, folder + "/" if folder else "", prefix)
+        finally:
+            os.close(start)
+
+    def _walk(self, directory: int, base: str, prefix: str) -> Iterator[ObjectInfo]:
+        entries = sorted(os.scandir(directory), key=_key_order)
         for entry in entries:
             if entry.name.startswith(_TEMP_PREFIX):
-                _remove_if_abandoned(entry)
+                _remove_if_abandoned(directory, entry, self.url + "/" + base)
                 continue
             key = base + entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
-                    yield from self._walk(Path(entry.path), key + "/", prefix)
-            elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
-                yield self._info(key, entry.stat(follow_symlinks=False))
+            try:
+                if entry.is_symlink():
+                    if key.startswith(prefix) or prefix.startswith(key + "/"):
+                        yield self._info(key, entry.stat(follow_symlinks=False), link=True)
+                elif entry.is_dir(follow_symlinks=False):
+                    if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                        yield from self._walk_child(directory, entry.name, key, prefix)
+                elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
+                    yield self._info(key, entry.stat(follow_symlinks=False))
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed or replaced since the folder was read
+
+    def _walk_child(self, directory: int, name: str, key: str, prefix: str):
+        try:
+            child = self._open_child(directory, name, key, create=False)
+        except _LinkFound as found:  # replaced by a link since the folder was read
+            yield self._info(found.key, found.stat, link=True)
+            return
+        try:
+            yield from self._walk(child, key + "/", prefix)
+        finally:
+            os.close(child)
 
     def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
-        self._check_root()
-        directory = self._path(prefix.strip("/")) if prefix.strip("/") else self.root
-        folders, objects = [], []
-        if not directory.is_dir():
+        parts = self._parts(prefix.strip("/")) if prefix.strip("/") else []
+        folders: list[str] = []
+        objects: list[ObjectInfo] = []
+        try:
+            directory = self._open_folder(parts)
+        except (FileNotFoundError, NotADirectoryError):
             return folders, objects
-        for entry in sorted(os.scandir(directory), key=_key_order):
-            if entry.name.startswith(_TEMP_PREFIX):
-                _remove_if_abandoned(entry)
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                folders.append(f"{prefix}{entry.name}/")
-            elif entry.is_file(follow_symlinks=False):
-                objects.append(self._info(prefix + entry.name, entry.stat(follow_symlinks=False)))
+        except _LinkFound as found:
+            return folders, [self._info(found.key, found.stat, link=True)]
+        try:
+            for entry in sorted(os.scandir(directory), key=_key_order):
+                if entry.name.startswith(_TEMP_PREFIX):
+                    _remove_if_abandoned(directory, entry, self.url + "/" + prefix)
+                    continue
+                key = prefix + entry.name
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_symlink():
+                        objects.append(self._info(key, entry.stat(follow_symlinks=False), True))
+                    elif entry.is_dir(follow_symlinks=False):
+                        folders.append(key + "/")
+                    elif entry.is_file(follow_symlinks=False):
+                        objects.append(self._info(key, entry.stat(follow_symlinks=False)))
+        finally:
+            os.close(directory)
         return folders, objects
 
-    def read(self, key: str) -> bytes:
+    # -- reading
+
+    def _read_object(self, key: str, consume: Callable[[BinaryIO], bytes]) -> bytes:
+        parts = self._parts(key)
         try:
-            return self._path(key).read_bytes()
+            with self._folder(parts[:-1]) as folder:
+                fd = self._open_object(folder, parts[-1], key)
+            with open(fd, "rb") as handle:
+                return consume(handle)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFound(f"{self.url}/{key} does not exist") from None
+        except _LinkFound as found:
+            raise self._refusal("read", key, found) from None
         except OSError as exc:
             raise StorageError(f"cannot read {self.url}/{key}: {exc.strerror}") from None
+
+    def read(self, key: str) -> bytes:
+        return self._read_object(key, lambda handle: handle.read())
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        try:
-            with open(self._path(key), "rb") as handle:
-                handle.seek(start)
-                return handle.read(max(0, end - start))
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise ObjectNotFound(f"{self.url}/{key} does not exist") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {self.url}/{key}: {exc.strerror}") from None
+        def ranged(handle: BinaryIO) -> bytes:
+            handle.seek(start)
+            return handle.read(max(0, end - start))
 
-    def _replace_atomically(self, key: str, produce) -> None:
-        """Have ``produce(temporary path)`` write the content, then rename it into place."""
-        target = self._path(key)
-        temp = target.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        return self._read_object(key, ranged)
+
+    # -- writing
+
+    @staticmethod
+    def _write_temporary(folder: int, produce: Callable[[BinaryIO], object]) -> str:
+        """Have ``produce(file)`` fill a new temporary file of ``folder``; return its name."""
+        temp = f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        fd = os.open(temp, _CREATE_FLAGS, 0o666, dir_fd=folder)
         try:
-            self._make_folder(target.parent)
-            try:
-                produce(temp)
-            except FileNotFoundError:
-                if not target.parent.is_dir():  # removed since it was made: make it again
-                    self._folders.discard(target.parent)
-                    self._make_folder(target.parent)
-                    produce(temp)
-                else:
-                    raise
-            os.replace(temp, target)
-        except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                temp.unlink()  # never made when its folder could not be
-            if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {self.url}/{key}: {exc.strerror}") from None
+            with open(fd, "wb") as handle:
+                produce(handle)
+        except BaseException:
+            os.unlink(temp, dir_fd=folder)
             raise
+        return temp
 
-    def _make_folder(self, folder: Path) -> None:
-        # One mkdir per folder and run, not one per write.
-        if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._folders.add(folder)
+    def _replace_atomically(self, key: str, produce: Callable[[BinaryIO], object]) -> None:
+        """Have ``produce(file)`` write the content, then rename it into place."""
+        parts = self._parts(key)
+        name = parts[-1]
+        for attempt in (1, 2):
+            try:
+                with self._folder(parts[:-1], create=True) as folder:
+                    self._raise_if_link(folder, name, key)
+                    temp = self._write_temporary(folder, produce)
+                    try:
+                        os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+                    except BaseException:
+                        os.unlink(temp, dir_fd=folder)
+                        raise
+                return
+            except FileNotFoundError as exc:
+                if attempt == 2:  # else its folder was removed since it was opened: again
+                    raise StorageError(f"cannot write {self.url}/{key}: {exc.strerror}") from None
+            except _LinkFound as found:
+                raise self._refusal("write", key, found) from None
+            except OSError as exc:
+                raise StorageError(f"cannot write {self.url}/{key}: {exc.strerror}") from None
 
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
-        self._replace_atomically(key, lambda temp: temp.write_bytes(data))
+        self._replace_atomically(key, lambda handle: handle.write(data))
 
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
-        source = self._path(source_key)
-        if not source.is_file():
-            raise ObjectNotFound(f"{self.url}/{source_key} does not exist")
-        # copyfile uses the kernel's copy (sendfile / copy_file_range), not Python buffers.
-        self._replace_atomically(target_key, lambda temp: shutil.copyfile(source, temp))
+        parts = self._parts(source_key)
+        self._parts(target_key)
+        try:
+            with self._folder(parts[:-1]) as folder:
+                source = self._open_object(folder, parts[-1], source_key)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"{self.url}/{source_key} does not exist") from None
+        except _LinkFound as found:
+            raise self._refusal("copy", source_key, found) from None
+        except OSError as exc:
+            raise StorageError(f"cannot copy {self.url}/{source_key}: {exc.strerror}") from None
+        try:
+            self._replace_atomically(
+                target_key, lambda handle: _copy_descriptor(source, handle.fileno())
+            )
+        finally:
+            os.close(source)
 
     def processed(self) -> LocalStorage:
         return LocalStorage(self.root.with_name(self.root.name + "-processed"))
 
+    # -- conditional operations (the run lease)
 
-def _remove_if_abandoned(entry: os.DirEntry) -> None:
+    def read_with_token(self, key: str) -> tuple[bytes, str]:
+        data = self.read(key)
+        return data, _content_token(data)
+
+    def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        """Complete in a temporary file first, then ``link()`` into place: ``link`` fails if
+        the name exists (like ``O_CREAT|O_EXCL``), and nobody ever sees a half-written file."""
+        parts = self._parts(key)
+        try:
+            with self._folder(parts[:-1], create=True) as folder:
+                temp = self._write_temporary(folder, lambda handle: handle.write(data))
+                try:
+                    os.link(temp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+                except FileExistsError:
+                    raise PreconditionFailed(f"{self.url}/{key} already exists") from None
+                finally:
+                    os.unlink(temp, dir_fd=folder)
+        except _LinkFound as found:
+            raise self._refusal("write", key, found) from None
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.url}/{key}: {exc.strerror}") from None
+        return _content_token(data)
+
+    @contextlib.contextmanager
+    def _unchanged(self, key: str, token: str, action: str) -> Iterator[tuple[int, str]]:
+        """Hold the object's folder locked (``flock``) while it is compared with ``token`` and
+        changed: yields ``(folder descriptor, name)``. The kernel drops the lock with the
+        descriptor, so a killed process never leaves it held."""
+        parts = self._parts(key)
+        name = parts[-1]
+        try:
+            with self._folder(parts[:-1]) as folder:
+                fcntl.flock(folder, fcntl.LOCK_EX)
+                fd = self._open_object(folder, name, key)
+                with open(fd, "rb") as handle:
+                    current = _content_token(handle.read())
+                if current != token:
+                    raise PreconditionFailed(f"{self.url}/{key} has changed since it was read")
+                yield folder, name
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PreconditionFailed(f"{self.url}/{key} does not exist") from None
+        except _LinkFound as found:
+            raise self._refusal(action, key, found) from None
+        except OSError as exc:
+            raise StorageError(f"cannot {action} {self.url}/{key}: {exc.strerror}") from None
+
+    def write_if_match(
+        self, key: str, data: bytes, token: str, content_type: str = "application/json"
+    ) -> str:
+        with self._unchanged(key, token, "write") as (folder, name):
+            temp = self._write_temporary(folder, lambda handle: handle.write(data))
+            try:
+                os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                os.unlink(temp, dir_fd=folder)
+                raise
+        return _content_token(data)
+
+    def delete_if_match(self, key: str, token: str) -> None:
+        with self._unchanged(key, token, "delete") as (folder, name):
+            os.unlink(name, dir_fd=folder)
+
+
+def _copy_descriptor(source: int, target: int) -> None:
+    """Copy a whole file in the kernel (``sendfile``, as `shutil.copyfile` does on Linux), or
+    through a buffer where the file system cannot."""
+    offset = 0
+    while True:
+        try:
+            sent = os.sendfile(target, source, offset, _SENDFILE_CHUNK)
+        except OSError as exc:
+            if offset == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                break
+            raise
+        if sent == 0:
+            return
+        offset += sent
+    os.lseek(source, 0, os.SEEK_SET)
+    while chunk := os.read(source, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view) :]
+
+
+def _remove_if_abandoned(folder: int, entry: os.DirEntry, where: str) -> None:
     """Delete a temporary file whose writer process is gone (a run killed mid-write)."""
     pid_text = entry.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
     if not pid_text.isdigit():
@@ -287,8 +651,9 @@ def _remove_if_abandoned(entry: os.DirEntry) -> None:
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
-        Path(entry.path).unlink(missing_ok=True)
-        logger.info("removed %s, left by a run that was killed while writing", entry.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.name, dir_fd=folder)
+        logger.info("removed %s%s, left by a run that was killed while writing", where, entry.name)
     except PermissionError:
         return  # another user's live process
 
@@ -400,6 +765,81 @@ class S3Storage(Storage):
     def processed(self) -> S3Storage:
         return S3Storage(self.bucket + "-processed", client=self.client, workers=self.workers)
 
+    def check_store(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StoreUnavailable(
+                    f"bucket {self.bucket} does not exist: create it with "
+                    f"`aws s3 mb s3://{self.bucket}` (the CloudFormation template {_TEMPLATE} "
+                    "makes the warehouse bucket and its -processed bucket)"
+                ) from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise StoreUnavailable(
+                    f"cannot use bucket {self.bucket}: access denied (HeadBucket needs "
+                    "s3:ListBucket on it)"
+                ) from None
+            raise StoreUnavailable(str(self._error(exc, "use", ""))) from None
+        except BotoCoreError as exc:
+            raise StoreUnavailable(str(self._error(exc, "use", ""))) from None
+
+    # -- conditional operations (the run lease)
+
+    def read_with_token(self, key: str) -> tuple[bytes, str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            return response["Body"].read(), response["ETag"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "read", key) from None
+
+    def _conditional(self, call, action: str, key: str, **kwargs) -> dict:
+        """One conditional request; a failed condition raises `PreconditionFailed`."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return call(Bucket=self.bucket, Key=key, **kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            where = f"{self.url}/{key}"
+            if code in ("PreconditionFailed", "412"):
+                state = "already exists" if "IfNoneMatch" in kwargs else "has changed"
+                raise PreconditionFailed(f"{where} {state}") from None
+            if code in ("ConditionalRequestConflict", "409"):
+                raise PreconditionFailed(f"{where} is being changed by another request") from None
+            if code in ("NoSuchKey", "404"):
+                raise PreconditionFailed(f"{where} does not exist") from None
+            raise self._error(exc, action, key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, action, key) from None
+
+    def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        response = self._conditional(
+            self.client.put_object,
+            "write",
+            key,
+            Body=data,
+            ContentType=content_type,
+            IfNoneMatch="*",
+        )
+        return response["ETag"]
+
+    def write_if_match(
+        self, key: str, data: bytes, token: str, content_type: str = "application/json"
+    ) -> str:
+        response = self._conditional(
+            self.client.put_object, "write", key, Body=data, ContentType=content_type, IfMatch=token
+        )
+        return response["ETag"]
+
+    def delete_if_match(self, key: str, token: str) -> None:
+        self._conditional(self.client.delete_object, "delete", key, IfMatch=token)
+
 
 def make_s3_client(workers: int = 32):
     """A boto3 S3 client with adaptive retries and a connection pool for ``workers`` threads."""
@@ -418,7 +858,14 @@ def make_s3_client(workers: int = 32):
 
 
 class DryRunStorage(Storage):
-    """Reads from the wrapped store; logs each write or copy it would make instead of making it."""
+    """Reads from the wrapped store; logs each write or copy it would make instead of making it.
+
+    A dry run takes no run lease: it is ``read_only``, so `RunLease` only reads the lease (and
+    warns when another run holds it); the conditional writes refuse with a `StorageError`
+    rather than pretend that a lease was taken.
+    """
+
+    read_only = True
 
     def __init__(self, inner: Storage):
         self.inner = inner
@@ -452,6 +899,26 @@ class DryRunStorage(Storage):
     def processed(self) -> DryRunStorage:
         return DryRunStorage(self.inner.processed())
 
+    def check_store(self) -> None:
+        self.inner.check_store()
+
+    def read_with_token(self, key: str) -> tuple[bytes, str]:
+        return self.inner.read_with_token(key)
+
+    def _refuse(self, key: str) -> StorageError:
+        return StorageError(f"a dry run writes nothing, not even {self.url}/{key} (no lease)")
+
+    def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        raise self._refuse(key)
+
+    def write_if_match(
+        self, key: str, data: bytes, token: str, content_type: str = "application/json"
+    ) -> str:
+        raise self._refuse(key)
+
+    def delete_if_match(self, key: str, token: str) -> None:
+        raise self._refuse(key)
+
 
 def storage_from_url(url: str, *, workers: int = 32, dry_run: bool = False) -> Storage:
     """Open the store that ``url`` names.
@@ -464,6 +931,13 @@ def storage_from_url(url: str, *, workers: int = 32, dry_run: bool = False) -> S
         Size of the worker pools that will share the S3 client's connection pool.
     dry_run : bool
         Wrap the store so that nothing is written.
+
+    Raises
+    ------
+    StorageError
+        If ``url`` names no store; `StoreUnavailable` if it names a local directory that does
+        not exist, is not a directory, or is ``/`` (S3 buckets are checked by
+        `Storage.check_store`, which makes a request).
     """
     text = url.strip()
     if text.startswith("file://"):
@@ -471,6 +945,7 @@ def storage_from_url(url: str, *, workers: int = 32, dry_run: bool = False) -> S
         if not path:
             raise StorageError("file:// needs a path, e.g. file:///data/warehouse")
         store: Storage = LocalStorage(path)
+        store.check_store()  # a local store that is not there is a settings error, not a mkdir
     else:
         bucket = text[len("s3://") :] if text.startswith("s3://") else text
         bucket = bucket.rstrip("/")
