@@ -146,7 +146,7 @@ def set_dates(store: LocalStorage) -> None:
             os.utime(path, (stamp.timestamp(), stamp.timestamp()))
 
 
-class RecordingStorage(Storage):
+class RecordingStorage(builders.DelegatingStorage):
     """A store that records reads, listings and writes (shared with its processed store)."""
 
     def __init__(self, inner: Storage, log: dict | None = None, fail_reads=(), fail_writes=()):

@@ -503,3 +503,28 @@ def test_renewing_needs_a_lease(tmp_path):
         lease.renew()
     with pytest.raises(LeaseError, match="acquire or join it first"):
         lease.start_renewing()
+
+
+def test_a_lease_whose_process_on_this_machine_is_gone_is_taken_over_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from warehouse.components.lease import LeaseHeld, RunLease
+    from warehouse.components.storage import LocalStorage
+
+    root = tmp_path / "bucket"
+    root.mkdir()
+    store = LocalStorage(root)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    here = socket.gethostname()
+    RunLease(store, "killed", holder=f"{here}/{gone.stdout.strip()}").acquire()
+    successor = RunLease(store, "next")
+    assert successor.acquire().run_id == "next"
+    with pytest.raises(LeaseHeld, match="run next"):
+        RunLease(store, "third").acquire()  # this process is alive: held

@@ -94,6 +94,7 @@ def test_as_dict():
     doc = report.as_dict()
     assert set(doc) == {
         "graph",
+        "run_id",
         "started",
         "finished",
         "completed",
@@ -103,6 +104,8 @@ def test_as_dict():
         "problems",
     }
     assert doc["graph"] == "warehouseloader"
+    assert doc["run_id"] == report.run_id and report.run_id.startswith(doc["started"][:4])
+    assert RunReport("x", "shared-run").run_id == "shared-run"
     assert doc["completed"] is True
     assert doc["fatal"] is None
     assert doc["counts"] == {"images filed": 1}

@@ -60,7 +60,7 @@ def raw_tree() -> dict[str, bytes]:
     }
 
 
-class CountingStorage(Storage):
+class CountingStorage(builders.DelegatingStorage):
     """Counts the reads of each key."""
 
     def __init__(self, inner: Storage):

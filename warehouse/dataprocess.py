@@ -42,6 +42,7 @@ from warehouse.components.extraction import (
     read_study_row,
     study_row,
 )
+from warehouse.components.report import Reason
 from warehouse.components.storage import Storage
 
 logger = logging.getLogger("dataprocess")
@@ -61,6 +62,8 @@ def _contents(catalogue: WarehouseCatalogue, state: DataprocessState) -> Warehou
 def list_clinical_files(catalogue: WarehouseCatalogue, state: DataprocessState):
     """Choose each patient's clinical file from the listed names (section 1.2); yield it."""
     contents = _contents(catalogue, state)
+    for key in contents.links:
+        state.report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not read")
     logger.info(
         "listed %d objects: %d patients with clinical files, %d studies",
         contents.objects,
@@ -158,6 +161,7 @@ def get_services(settings: Settings | None = None, storage: Storage | None = Non
     tables), ``catalogue`` (its listing, made once) and ``state`` (the run); see
     `execution.graph_services`."""
     services = execution.graph_services(GRAPH_NAME, DataprocessState, settings, storage)
+    services["storage"].processed().check_store()  # before reading: where the tables go
     services["catalogue"] = WarehouseCatalogue(
         services["storage"], services["state"].settings.workers
     )

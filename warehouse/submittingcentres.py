@@ -34,6 +34,7 @@ from warehouse.components.config import (
 )
 from warehouse.components.errors import ExpectedError
 from warehouse.components.listing import list_raw
+from warehouse.components.report import Reason
 from warehouse.components.storage import Storage
 
 logger = logging.getLogger("submittingcentres")
@@ -56,6 +57,8 @@ def extract_raw_data_files(config: PipelineConfig, storage: Storage, state: Cent
     except ExpectedError as exc:
         state.report.fail(str(exc))
         raise
+    for key in listing.links:
+        state.report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
     by_patient: dict[str, list[str]] = {}
     for raw, _size in listing.clinical:
         by_patient.setdefault(raw.pseudonym, []).append(raw.key)

@@ -89,6 +89,10 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
         )
     for prefix in listing.unconfigured:
         report.skip(prefix + "/", Reason.UNCONFIGURED_PREFIX, "not in raw_prefixes")
+    for key in listing.links:
+        report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
+    for key in index.links:
+        report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not trusted as filed")
     for raw in listing.other:
         report.skip(raw.key, Reason.NOT_IN_LAYOUT, raw.reason)
     logger.info(
@@ -194,9 +198,11 @@ def get_graph(**options) -> bonobo.Graph:
 
 
 def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
-    """The loader's services: ``storage`` (the warehouse store) and ``state`` (the run); see
-    `execution.graph_services`."""
-    return execution.graph_services(GRAPH_NAME, LoaderState, settings, storage)
+    """The loader's services: ``storage`` (the warehouse store, under the run lease) and
+    ``state`` (the run); see `execution.graph_services`."""
+    services = execution.graph_services(GRAPH_NAME, LoaderState, settings, storage)
+    services["storage"] = services["state"].take_lease(services["storage"])
+    return services
 
 
 def finish_run(services, context) -> int:
@@ -206,10 +212,12 @@ def finish_run(services, context) -> int:
     execution.account_for_errors(report, context)
     if state.header_requests:
         report.count("header read requests", state.header_requests)
+    state.count_lease_requests()
     summary = report.summary()
     if state.settings.dry_run:
         summary += "\n  (dry run: nothing was written)"
     summary += execution.publish_report(storage, report, state.settings.dry_run)
+    state.release_lease()
     print(summary, flush=True)
     execution.write_summary_file(summary)
     state.exit_code = execution.exit_code(report)

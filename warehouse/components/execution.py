@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_CONFIG = 2
+EXIT_BUSY = 3  # another run holds the warehouse (the run lease)
 EXIT_INTERNAL = 70
 
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -155,6 +156,12 @@ class RunState:
     def skip_extras(self, item, reason: Reason) -> dict:
         """Extra `RunReport.skip` arguments for a failed item (none by default)."""
         return {}
+
+    def close(self) -> None:
+        """Give back what the run holds once it is over, however it ended (the storage
+        workers; graphs add theirs, such as the loader's lease)."""
+        if self.workers is not None:
+            self.workers.shutdown()
 
 
 def item_key(item) -> str:
@@ -441,12 +448,18 @@ class LazyServices(Mapping):
 
     bonobo reads the services only when it starts the graph, so ``bonobo inspect`` never builds
     them (it needs no environment), while a run with a bad setting stops before any node starts:
-    ``factory`` raising `ExpectedError` prints its message and exits with `EXIT_CONFIG`.
+    ``factory`` raising `ExpectedError` prints its message and exits with the error's
+    ``exit_code`` (`EXIT_CONFIG` by default; `EXIT_BUSY` when another run holds the lease).
     """
 
     def __init__(self, factory: Callable[[], dict]):
         self._factory = factory
         self._services: dict | None = None
+
+    @property
+    def built(self) -> bool:
+        """Whether the services have been built."""
+        return self._services is not None
 
     def load(self) -> dict:
         """Build the services (once) and return them."""
@@ -455,7 +468,7 @@ class LazyServices(Mapping):
                 self._services = self._factory()
             except ExpectedError as exc:
                 print(f"error: {exc}", file=sys.stderr)
-                raise SystemExit(EXIT_CONFIG) from None
+                raise SystemExit(getattr(exc, "exit_code", EXIT_CONFIG)) from None
         return self._services
 
     def __getitem__(self, name):
@@ -576,16 +589,18 @@ def run_graph(graph, services, finish: Callable[[dict, object], int]) -> int | N
             codes.append(EXIT_INTERNAL)
 
     progress = float(os.environ.get("WAREHOUSE_PROGRESS_SECONDS", "10") or 10)
+    recording = bonobo.run is not bonobo_api.run
     try:
         context = run(graph, services, finish=finish_safely, progress_seconds=progress)
     except GraphDidNotRun as exc:
         logger.critical("%s: nothing was done (exit code %d)", exc, EXIT_INTERNAL)
         return EXIT_INTERNAL
+    finally:
+        # (under bonobo run the graph only runs later: its finish gives things back)
+        if not recording and (lazy is None or lazy.built):
+            loaded()["state"].close()
     if context is None:
         return None
-    workers = getattr(loaded()["state"], "workers", None)
-    if workers is not None:
-        workers.shutdown()
     return codes[0] if codes else EXIT_INTERNAL
 
 
@@ -639,7 +654,9 @@ def graph_services(graph: str, state_type: type, settings=None, storage=None) ->
         storage = storage_from_url(
             settings.bucket, workers=settings.workers, dry_run=settings.dry_run
         )
-    state = state_type(settings, RunReport(graph), WorkerPool(settings.workers))
+    storage.check_store()  # before anything is read: a missing bucket is a settings error
+    report = RunReport(graph, settings.run_id)
+    state = state_type(settings, report, WorkerPool(settings.workers))
     # bonobo adds an ``fs`` (pyfilesystem, which needs pkg_resources) and an ``http``
     # (requests) service to any graph without them; no node uses either, so neither is built.
     return {"storage": storage, "state": state, "fs": None, "http": None}

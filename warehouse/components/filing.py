@@ -34,11 +34,12 @@ from warehouse.components.keys import (
     image_targets,
     is_safe_name,
 )
+from warehouse.components.lease import LeasedStorage, RunLease
 from warehouse.components.listing import WarehouseIndex
 from warehouse.components.memo import limit_facts
 from warehouse.components.patients import GroupConflict, PatientGroups, UnknownSite, group_for
 from warehouse.components.report import Reason
-from warehouse.components.storage import StorageError
+from warehouse.components.storage import Storage, StorageError
 
 logger = logging.getLogger("warehouseloader")
 
@@ -57,6 +58,7 @@ class LoaderState(RunState):
     groups: PatientGroups | None = None
     header_requests: int = 0
     header_bytes: int = 0
+    lease: RunLease | None = None
     _claimed: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -65,6 +67,43 @@ class LoaderState(RunState):
         with self._lock:
             self.header_requests += requests
             self.header_bytes += size
+
+    def take_lease(self, storage: Storage) -> Storage:
+        """Take the run lease on the warehouse (or, for a process of a sharded run, join it)
+        before anything is read, renewing it while the run lasts; return the store to use,
+        whose writes stop if the lease is lost.
+
+        Raises
+        ------
+        LeaseHeld
+            When another run holds the warehouse (exit code 3).
+        """
+        lease = RunLease(
+            storage, self.report.run_id, on_lost=lambda exc: self.report.fail(str(exc))
+        )
+        if self.settings.shard is not None:
+            lease.join()
+        else:
+            lease.acquire()
+        lease.start_renewing()
+        self.lease = lease
+        return LeasedStorage(storage, lease)
+
+    def count_lease_requests(self) -> None:
+        """Count what the lease cost, its release (one DELETE, made once the report is
+        written) included."""
+        if self.lease is not None and not self.settings.dry_run:
+            self.report.count("run lease requests", self.lease.request_count + 1)
+
+    def release_lease(self) -> None:
+        """Give the lease back, once the report is written."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+    def close(self) -> None:
+        self.release_lease()
+        super().close()
 
     def skip_extras(self, item, reason: Reason) -> dict:
         """A raw input that failed is reported with its listing stamp, so the next run knows

@@ -106,11 +106,27 @@ class LeaseRecord:
         return cls(fields["run_id"], fields["holder"], times["acquired"], times["expires"])
 
     def live(self, now: dt.datetime) -> bool:
-        """Whether it has not expired at ``now``."""
-        return now < self.expires
+        """Whether it has not expired at ``now``, and its holder, if it ran on this machine,
+        is still running (a run killed here need not wait for its lease to expire)."""
+        return now < self.expires and not self._holder_gone()
+
+    def _holder_gone(self) -> bool:
+        host, _, pid = self.holder.rpartition("/")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False  # another machine's process: only its expiry tells
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
 
 
 class LeaseError(ExpectedError):
+    #: The exit code of a run stopped by the lease (another run holds the warehouse).
+    exit_code = 3
+
     """The run cannot hold the warehouse's lease (the base of the lease errors)."""
 
 
@@ -314,12 +330,18 @@ class RunLease:
                 record = replace(found, expires=now + self.ttl)
             elif found.live(now):
                 raise LeaseHeld(found, self.where)
-            else:
+            elif now >= found.expires:
                 logger.warning(
                     "taking over the lease of run %s (%s), expired at %s",
                     found.run_id,
                     found.holder,
                     _stamp(found.expires),
+                )
+            else:
+                logger.warning(
+                    "taking over the lease of run %s (%s): its process on this machine is gone",
+                    found.run_id,
+                    found.holder,
                 )
             try:
                 return self._hold(record, self._replace(record, token))
@@ -505,3 +527,48 @@ class RunLease:
             yield self
         finally:
             self.stop()
+
+
+class LeasedStorage(Storage):
+    """A store whose writes and copies first check that the run still holds its lease: a run
+    that lost it stops writing (each write fails, naming why) instead of racing another run."""
+
+    def __init__(self, inner: Storage, lease: RunLease):
+        self.inner = inner
+        self.lease = lease
+        self.url = inner.url
+        self.read_only = inner.read_only
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def list(self, prefix):
+        return self.inner.list(prefix)
+
+    def list_folders(self, prefix):
+        return self.inner.list_folders(prefix)
+
+    def read(self, key):
+        return self.inner.read(key)
+
+    def read_range(self, key, start, end):
+        return self.inner.read_range(key, start, end)
+
+    def check_store(self):
+        self.inner.check_store()
+
+    def _check(self, key: str) -> None:
+        lost = self.lease.lost
+        if lost is not None:
+            raise StorageError(f"not writing {self.url}/{key}: the run lost its lease ({lost})")
+
+    def write(self, key, data, content_type="application/json"):
+        self._check(key)
+        self.inner.write(key, data, content_type)
+
+    def copy(self, source_key, target_key, size=None):
+        self._check(target_key)
+        self.inner.copy(source_key, target_key, size)
+
+    def processed(self):
+        return self.inner.processed()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import uuid
 from collections import Counter
 from enum import StrEnum
 
@@ -66,9 +67,11 @@ def problem_of(exc: BaseException) -> tuple[Reason, str]:
 class RunReport:
     """Thread-safe record of a run's outcomes."""
 
-    def __init__(self, graph: str):
+    def __init__(self, graph: str, run_id: str | None = None):
         self.graph = graph
         self.started = dt.datetime.now(dt.UTC)
+        #: This run's identifier (shared by the processes of a sharded run).
+        self.run_id = run_id or f"{self.started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.problems: list[dict] = []
@@ -146,6 +149,7 @@ class RunReport:
         by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
         return {
             "graph": self.graph,
+            "run_id": self.run_id,
             "started": self.started.isoformat(),
             "finished": dt.datetime.now(dt.UTC).isoformat(),
             "completed": self.completed,
