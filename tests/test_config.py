@@ -195,7 +195,7 @@ def test_trailing_slash_normalised_and_duplicates_dropped():
 def test_sites_and_the_optional_keys_default():
     config = parse_config(json.dumps({"raw_prefixes": [], "training_percentage": 0}).encode())
     assert config == PipelineConfig(raw_prefixes=(), training_percentage=0, site_rules={})
-    assert config.prefix_sites == {} and config.max_upload_delay_days == 30
+    assert config.prefix_sites == {} and config.max_upload_delay_days is None
 
 
 def test_sites_groups_may_be_omitted():
@@ -379,10 +379,10 @@ def test_config_help_describes_every_key_from_the_schema():
     assert list(entries) == paths
     for path in paths:
         required = path in CONFIG_SCHEMA["required"]
-        assert ("; required)" if required else "; optional, default") in entries[path], path
+        assert ("; required)" if required else "; optional, ") in entries[path], path
     assert entries["training_percentage"].startswith("training_percentage (an integer 0..100;")
     assert entries["max_upload_delay_days"].startswith(
-        "max_upload_delay_days (an integer 0..36500; optional, default 30)"
+        "max_upload_delay_days (an integer 0..36500; optional, when absent: no limit)"
     )
     assert "prefix_sites.<raw prefix> (a non-empty list of strings)" in entries["prefix_sites"]
     assert "every key not listed here is an error" in lines[0]
@@ -390,6 +390,7 @@ def test_config_help_describes_every_key_from_the_schema():
 
 def test_config_help_follows_the_schema(monkeypatch):
     schema = json.loads(json.dumps(CONFIG_SCHEMA))
+    del schema["properties"]["max_upload_delay_days"]["x-when-absent"]
     schema["properties"]["max_upload_delay_days"]["default"] = 7
     schema["properties"]["max_upload_delay_days"]["description"] = "a changed meaning"
     monkeypatch.setattr(config_module, "CONFIG_SCHEMA", schema)

@@ -89,12 +89,13 @@ def sample_tree():
         VALID,
         "validation/data/Covid149/status_2021-01-05.json",
     )
-    # Covid20 later sent by the validation-only site: a conflict, never copied.
+    # Covid20 later sent by the validation-only site: the pseudonym is bound to the training
+    # site of its first record, so this one is reported, never copied.
     add_clinical(
         "raw-valid/2021-03-01/data/Covid20_status.json",
         "Covid20",
         VALID,
-        reason="group conflict",
+        reason="pseudonym claimed by another centre",
     )
     add_clinical(
         "raw-unknown/2021-01-05/data/Covid5_data.json",
@@ -382,8 +383,13 @@ def test_existing_group_wins_over_config(local_store):
     assert conflicts == [
         "raw-split/2021-01-01/data/Covid1_data.json",
         "raw-split/2021-02-01/data/Covid1_data.json",
-        "raw-valid/2021-03-01/data/Covid20_status.json",
     ]
+    claimed = [
+        p["key"]
+        for p in state.report.problems
+        if p["reason"] == "pseudonym claimed by another centre"
+    ]
+    assert claimed == ["raw-valid/2021-03-01/data/Covid20_status.json"]
 
 
 def test_earliest_upload_decides_a_new_patient(local_store):
@@ -399,8 +405,11 @@ def test_earliest_upload_decides_a_new_patient(local_store):
     keys = {i.key for i in local_store.list("")}
     assert "validation/data/Covid77/status_2021-04-01.json" in keys
     assert not any(k.startswith("training/") for k in keys)
-    conflicts = [p for p in state.report.problems if p["reason"] == "group conflict"]
-    assert [p["key"] for p in conflicts] == ["raw-a/2021-05-01/data/Covid77_data.json"]
+    claimed = [
+        p for p in state.report.problems if p["reason"] == "pseudonym claimed by another centre"
+    ]
+    assert [p["key"] for p in claimed] == ["raw-a/2021-05-01/data/Covid77_data.json"]
+    assert "'B'" in claimed[0]["detail"] and "'A'" in claimed[0]["detail"]
 
 
 def test_bonobo_run_local_prints_status_lines_and_summary(local_store, tmp_path):

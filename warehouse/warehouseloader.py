@@ -27,8 +27,8 @@ from warehouse.components.config import (
 )
 from warehouse.components.errors import ExpectedError
 from warehouse.components.filing import (
+    FiledCentres,
     LoaderState,
-    Reason,
     Task,
     copy_object,
     file_clinical,
@@ -39,9 +39,10 @@ from warehouse.components.filing import (
     record_write,
     write_object,
 )
-from warehouse.components.listing import index_warehouse, list_raw, pending_images
-from warehouse.components.memo import known_problem, load_memo
+from warehouse.components.listing import index_warehouse, list_raw
+from warehouse.components.memo import load_memo, refused_claims
 from warehouse.components.patients import PatientGroups
+from warehouse.components.planning import plan_inputs
 from warehouse.components.storage import Storage
 
 logger = logging.getLogger("warehouseloader")
@@ -83,18 +84,8 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
         raise
     state.index = index
     state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
-    for pseudonym, groups in sorted(index.conflicts.items()):
-        report.skip(
-            f"{'|'.join(sorted(groups))}/data/{pseudonym}/", Reason.WAREHOUSE_CONFLICT, pseudonym
-        )
-    for prefix in listing.unconfigured:
-        report.skip(prefix + "/", Reason.UNCONFIGURED_PREFIX, "not in raw_prefixes")
-    for key in listing.links:
-        report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
-    for key in index.links:
-        report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not trusted as filed")
-    for raw in listing.other:
-        report.skip(raw.key, Reason.NOT_IN_LAYOUT, raw.reason)
+    state.filed_centres = FiledCentres(storage, index)
+    state.refused_claims.update(refused_claims(memo))
     logger.info(
         "listed %d clinical files and %d images under %d raw prefixes; "
         "the warehouse holds %d objects of %d patients",
@@ -104,27 +95,11 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
         index.objects,
         len(index.groups),
     )
-
-    def known_unfiled(raw, size, new_patients) -> bool:
-        problem = known_problem(memo, raw, size, state.config, index, new_patients, state.settings)
-        if problem is not None:
-            report.skip_again(problem)
-        return problem is not None
-
-    clinical = []
-    for raw, size in listing.clinical:
-        if (raw.pseudonym, f"{raw.clinical_kind}_{raw.upload_date}.json") in index.clinical:
-            report.count("clinical files already filed")
-        elif not known_unfiled(raw, size, set()):
-            clinical.append(Task("clinical", raw.key, size, None, raw))
-    new_patients = {task.payload.pseudonym for task in clinical}
-    for task in clinical:
-        yield (task,)
-    for raw, size in pending_images(listing, index):
-        if size is None:
-            report.count("images already filed")
-        elif not known_unfiled(raw, size, new_patients):
-            yield (Task("image", raw.key, size, None, raw),)
+    clinical, images = plan_inputs(listing, index, memo, state.config, state.settings, report)
+    for raw, size in clinical:
+        yield (Task("clinical", raw.key, size, None, raw),)
+    for raw, size in images:
+        yield (Task("image", raw.key, size, None, raw),)
 
 
 def _passthrough(task: Task) -> list[Task]:
@@ -139,7 +114,11 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
     Images pass through behind the clinical files, so every group is known when they arrive.
     """
     if task.action == "clinical":
-        read = functools.partial(read_clinical, max_bytes=state.settings.max_clinical_bytes)
+        read = functools.partial(
+            read_clinical,
+            max_bytes=state.settings.max_clinical_bytes,
+            filed_centre=state.filed_centres,
+        )
         pool.submit(read, storage, task, then=functools.partial(file_clinical, state))
     elif pool.pending:
         pool.put(task, then=_passthrough)  # behind the clinical files still being read
@@ -153,7 +132,12 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
 def process_image(pool, task: Task, storage: Storage, state: LoaderState):
     """Read each image's header (ranged reads) and yield its copy and metadata tasks."""
     if task.action == "image":
-        read = functools.partial(read_image, max_header_bytes=state.settings.max_header_bytes)
+        needs_centre = task.payload.prefix in state.config.prefix_sites
+        read = functools.partial(
+            read_image,
+            max_header_bytes=state.settings.max_header_bytes,
+            centre_of=state.filed_centres if needs_centre else None,
+        )
         pool.submit(read, storage, task, then=functools.partial(file_image, state))
     yield from pool.ready()
 

@@ -30,7 +30,10 @@ from warehouse.components.storage import ObjectNotFound, StorageError
 CONFIG_KEY = "config.json"
 DEFAULT_WORKERS = 32
 SITE_GROUPS = ("split", "training", "validation")
-DEFAULT_MAX_UPLOAD_DELAY_DAYS = 30
+#: No limit on how long before its object's last-modified time a folder may be dated, unless
+#: config.json sets one: a bucket copied or restored gives every raw object a new
+#: last-modified time, and a default limit would then refuse every new file.
+DEFAULT_MAX_UPLOAD_DELAY_DAYS = None
 #: A bound that keeps date arithmetic far from overflow (about a century).
 MAX_UPLOAD_DELAY_DAYS = 36_500
 
@@ -124,11 +127,11 @@ CONFIG_SCHEMA: dict = {
             "type": "integer",
             "minimum": 0,
             "maximum": MAX_UPLOAD_DELAY_DAYS,
-            "default": DEFAULT_MAX_UPLOAD_DELAY_DAYS,
+            "x-when-absent": "no limit",
             "description": (
                 "an upload folder dated more than this many days before its object's "
-                "last-modified time is implausible (so is one dated after it, past one day "
-                "for time zones)"
+                "last-modified time is implausible (30 suits sites that upload on the day the "
+                "folder names); one dated after it, past one day for time zones, always is"
             ),
         },
     },
@@ -417,15 +420,16 @@ class PipelineConfig:
         ``SubmittingCentre`` (NFC) -> ``"split"``, ``"training"`` or ``"validation"``.
     prefix_sites : dict
         Raw prefix -> the centres (NFC) it may send; a prefix not in it may send any centre.
-    max_upload_delay_days : int
-        How many days an upload folder's date may be before its object's last-modified time.
+    max_upload_delay_days : int or None
+        How many days an upload folder's date may be before its object's last-modified time
+        (None: no limit).
     """
 
     raw_prefixes: tuple[str, ...]
     training_percentage: int
     site_rules: dict[str, str] = field(default_factory=dict)
     prefix_sites: dict[str, frozenset[str]] = field(default_factory=dict)
-    max_upload_delay_days: int = DEFAULT_MAX_UPLOAD_DELAY_DAYS
+    max_upload_delay_days: int | None = DEFAULT_MAX_UPLOAD_DELAY_DAYS
 
     def __post_init__(self):
         object.__setattr__(
@@ -747,6 +751,8 @@ def config_help() -> str:
     def describe(path: str, schema: dict, required: bool, depth: int) -> None:
         if required:
             status = "required"
+        elif "x-when-absent" in schema:
+            status = f"optional, when absent: {schema['x-when-absent']}"
         else:
             status = f"optional, default {json.dumps(schema['default'])}"
         add(depth, f"{path} ({_expected(schema)}; {status}): {schema['description']}")

@@ -8,13 +8,16 @@ report what cannot be used. :class:`Collected` is what the join node keeps.
 
 from __future__ import annotations
 
-import json
 from collections import namedtuple
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from warehouse.components.catalogue import STUDY_MODALITIES, StudyFile, WarehouseContents
-from warehouse.components.clinical import InvalidClinicalFile, parse_clinical_record
+from warehouse.components.clinical import (
+    InvalidClinicalFile,
+    parse_clinical_record,
+    parse_json_document,
+)
 from warehouse.components.execution import RunState
 from warehouse.components.report import Reason, RunReport
 from warehouse.components.storage import Storage, StorageError
@@ -133,9 +136,11 @@ def patient_row(report: RunReport, outcome: ReadOutcome) -> list[PatientRow]:
 def read_study_row(storage: Storage, study: StudyFile) -> ReadOutcome:
     """Worker: read one metadata JSON file (valid DICOM JSON or the original's form)."""
     try:
-        row = metadata_row(json.loads(storage.read(study.key).decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+        row = metadata_row(parse_json_document(storage.read(study.key)))
+    except InvalidClinicalFile as exc:
         return ReadOutcome(study, reason=Reason.INVALID_JSON, detail=str(exc))
+    except TypeError as exc:
+        return ReadOutcome(study, reason=Reason.INVALID_JSON, detail=f"not DICOM JSON: {exc}")
     except StorageError as exc:
         return ReadOutcome(study, reason=Reason.READ_FAILED, detail=str(exc))
     return ReadOutcome(study, row)

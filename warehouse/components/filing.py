@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 from warehouse import __version__
 from warehouse.components.clinical import (
+    InvalidClinicalFile,
+    MissingSubmittingCentre,
     check_clinical_size,
     check_record_pseudonym,
     parse_clinical_record,
     submitting_centre,
 )
-from warehouse.components.config import PipelineConfig
+from warehouse.components.config import PipelineConfig, nfc
 from warehouse.components.dicom import (
     HeaderRead,
     ImageIdentity,
@@ -31,13 +33,19 @@ from warehouse.components.keys import (
     UnsafeIdentifier,
     check_pseudonym,
     clinical_target,
+    image_name_problem,
     image_targets,
-    is_safe_name,
 )
 from warehouse.components.lease import LeasedStorage, RunLease
 from warehouse.components.listing import WarehouseIndex
 from warehouse.components.memo import limit_facts
-from warehouse.components.patients import GroupConflict, PatientGroups, UnknownSite, group_for
+from warehouse.components.patients import (
+    CaseVariant,
+    GroupConflict,
+    PatientGroups,
+    UnknownSite,
+    group_for,
+)
 from warehouse.components.report import Reason
 from warehouse.components.storage import Storage, StorageError
 
@@ -59,7 +67,13 @@ class LoaderState(RunState):
     header_requests: int = 0
     header_bytes: int = 0
     lease: RunLease | None = None
-    _claimed: set[str] = field(default_factory=set)
+    #: The centre of each patient's first accepted record in this run (NFC).
+    bound_centres: dict[str, str] = field(default_factory=dict)
+    #: ``(raw prefix, pseudonym)`` whose records this run (or a recent one) refused as
+    #: claimed by another centre: images under that prefix for that patient are refused too.
+    refused_claims: set[tuple[str, str]] = field(default_factory=set)
+    filed_centres: FiledCentres | None = None
+    _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count_header_read(self, requests: int, size: int) -> None:
@@ -115,18 +129,47 @@ class LoaderState(RunState):
         facts = limit_facts(reason, self.settings)
         return {"stamp": stamp(item), "facts": facts} if facts else {"stamp": stamp(item)}
 
-    def claim(self, key: str) -> bool:
-        """Claim a target key for this run; False if another raw file already has it."""
+    def claim(self, target: str, key: str) -> str:
+        """Claim a target key for the raw file ``key``; the raw file that has it (``key``
+        itself unless another raw file claimed it first in this run)."""
         with self._lock:
-            if key in self._claimed:
-                return False
-            self._claimed.add(key)
-            return True
+            return self._claimed.setdefault(target, key)
 
 
-def read_clinical(storage, task: Task, *, max_bytes: int) -> tuple[Task, str]:
+class FiledCentres:
+    """The ``SubmittingCentre`` each filed patient is bound to: that of its first filed record
+    (earliest upload), read once per patient and run, only when a new record or an image needs
+    it (workers call it; thread-safe).
+    """
+
+    def __init__(self, storage: Storage, index: WarehouseIndex):
+        self.storage = storage
+        self.index = index
+        self._known: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, pseudonym: str) -> str | None:
+        with self._lock:
+            if pseudonym in self._known:
+                return self._known[pseudonym]
+        key = self.index.first_clinical_key(pseudonym)
+        centre = None
+        if key is not None:
+            try:
+                centre = nfc(submitting_centre(parse_clinical_record(self.storage.read(key))))
+            except (InvalidClinicalFile, MissingSubmittingCentre):
+                centre = None  # no binding can be read: the first accepted record binds
+        with self._lock:
+            self._known[pseudonym] = centre
+        return centre
+
+
+def read_clinical(
+    storage, task: Task, *, max_bytes: int, filed_centre: FiledCentres
+) -> tuple[Task, str, str | None]:
     """Worker: read and decode one clinical file, check its ``Pseudonym`` against its file
-    name, and take its ``SubmittingCentre``.
+    name, and take its ``SubmittingCentre`` (and, for a patient already filed, the centre
+    the patient is bound to).
 
     Raises
     ------
@@ -138,7 +181,8 @@ def read_clinical(storage, task: Task, *, max_bytes: int) -> tuple[Task, str]:
     check_clinical_size(task.size, max_bytes)
     record = parse_clinical_record(storage.read(task.key))
     check_record_pseudonym(record, task.payload.pseudonym)
-    return task, submitting_centre(record)
+    centre = submitting_centre(record)
+    return task, centre, filed_centre(task.payload.pseudonym)
 
 
 def stamp(task: Task) -> tuple[int, str]:
@@ -146,66 +190,119 @@ def stamp(task: Task) -> tuple[int, str]:
     return task.size, task.payload.modified
 
 
-def file_clinical(state: LoaderState, read: tuple[Task, str]) -> list[Task]:
-    """Decide a clinical file's group and return its copy task (or report why not)."""
-    task, centre = read
-    raw, report = task.payload, state.report
+def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> list[Task]:
+    """Decide a clinical file's group and return its copy task (or report why not).
+
+    In input order: the raw prefix must be allowed to send the record's centre
+    (``prefix_sites``); the pseudonym must not be bound to another centre (by its first filed
+    record, or by this run's first accepted one); then the site rules and the patient's group
+    decide, and the target must not be claimed by another raw file of this run.
+    """
+    task, centre, filed_centre = read
+    raw, report, config = task.payload, state.report, state.config
     facts = {"pseudonym": raw.pseudonym, "centre": centre}
+
+    def refuse(reason: Reason, detail: str, **more) -> list[Task]:
+        report.skip(task.key, reason, detail, stamp=stamp(task), facts={**facts, **more})
+        return []
+
+    if not config.centre_allowed(raw.prefix, centre):
+        allowed = sorted(config.prefix_sites.get(raw.prefix, ()))
+        return refuse(
+            Reason.CENTRE_NOT_ALLOWED,
+            f"{raw.prefix} may send {allowed}; this record names {centre!r}",
+            prefix=raw.prefix,
+        )
+    bound = filed_centre or state.bound_centres.get(raw.pseudonym)
+    if bound is not None and bound != nfc(centre):
+        state.refused_claims.add((raw.prefix, raw.pseudonym))
+        return refuse(
+            Reason.PSEUDONYM_CLAIMED,
+            f"{raw.pseudonym} is bound to {bound!r} (its first record); "
+            f"this record names {centre!r}",
+            bound=bound,
+            prefix=raw.prefix,
+        )
     try:
-        wanted = group_for(raw.pseudonym, centre, state.config)
+        wanted = group_for(raw.pseudonym, centre, config)
         group = state.groups.assign(raw.pseudonym, wanted)
     except UnknownSite:
-        detail = f"SubmittingCentre {centre!r}"
-        report.skip(task.key, Reason.SITE_NOT_IN_CONFIG, detail, stamp=stamp(task), facts=facts)
-        return []
+        return refuse(Reason.SITE_NOT_IN_CONFIG, f"SubmittingCentre {centre!r}")
     except GroupConflict as exc:
-        report.skip(task.key, Reason.GROUP_CONFLICT, str(exc), stamp=stamp(task), facts=facts)
-        return []
+        return refuse(Reason.GROUP_CONFLICT, str(exc))
+    except CaseVariant as exc:
+        return refuse(Reason.CASE_VARIANT, str(exc), variant=exc.known)
     target = clinical_target(group, raw.pseudonym, raw.clinical_kind, raw.upload_date)
+    claimant = state.claim(target, task.key)
+    if claimant != task.key:
+        report.skip(task.key, Reason.DUPLICATE_TARGET, f"{target} is claimed by {claimant}")
+        return []
+    state.bound_centres.setdefault(raw.pseudonym, nfc(centre))
     return [Task("copy", task.key, task.size, target, None)]
 
 
 def read_image(
-    storage, task: Task, *, max_header_bytes: int
-) -> tuple[Task, HeaderRead, ImageIdentity]:
-    """Worker: read one image's header (ranged reads) and take its identity.
+    storage, task: Task, *, max_header_bytes: int, centre_of=None
+) -> tuple[Task, HeaderRead, ImageIdentity, str | None]:
+    """Worker: read one image's header (ranged reads) and take its identity (and, when
+    ``centre_of`` is given, the centre its patient is bound to).
 
     Raises
     ------
     HeaderProblem, UnsafeIdentifier, StorageError
         Each with its report reason.
     """
-    if not is_safe_name(task.payload.name):
-        raise UnsafeIdentifier(f"unsafe file name {task.payload.name!r}")
+    problem = image_name_problem(task.payload.name)
+    if problem:
+        raise UnsafeIdentifier(problem)
     header = read_header(storage, task.key, task.size, max_header_bytes=max_header_bytes)
-    return task, header, image_identity(header.dataset)
+    identity = image_identity(header.dataset)
+    centre = centre_of(identity.patient_id) if centre_of is not None else None
+    return task, header, identity, centre
 
 
-def file_image(state: LoaderState, read: tuple[Task, HeaderRead, ImageIdentity]) -> list[Task]:
+def file_image(
+    state: LoaderState, read: tuple[Task, HeaderRead, ImageIdentity, str | None]
+) -> list[Task]:
     """Decide where an image goes; return its copy and metadata tasks (those not yet done)."""
-    task, header, identity = read
-    report = state.report
+    task, header, identity, filed_centre = read
+    report, raw, patient = state.report, task.payload, identity.patient_id
     state.count_header_read(header.requests, header.bytes_read)
-    group = state.groups.get(identity.patient_id)
-    if group is None:
-        report.skip(
-            task.key,
-            Reason.NO_PATIENT_DATA,
-            f"PatientID {identity.patient_id!r}",
-            stamp=stamp(task),
-            facts={"patient": identity.patient_id},
-        )
+
+    def refuse(reason: Reason, detail: str, **facts) -> list[Task]:
+        report.skip(task.key, reason, detail, stamp=stamp(task), facts=facts or None)
         return []
+
+    group = state.groups.get(patient)
+    if group is None:
+        known = state.groups.case_variant(patient)
+        if known is not None:
+            detail = f"PatientID {patient!r} differs only in case from the patient {known!r}"
+            return refuse(Reason.CASE_VARIANT, detail, pseudonym=patient, variant=known)
+        return refuse(Reason.NO_PATIENT_DATA, f"PatientID {patient!r}", patient=patient)
+    if (raw.prefix, patient) in state.refused_claims:
+        return refuse(
+            Reason.PSEUDONYM_CLAIMED,
+            f"{raw.prefix} sent a record for {patient} naming another centre than the one "
+            "the patient is bound to",
+            pseudonym=patient,
+            prefix=raw.prefix,
+        )
+    if raw.prefix in state.config.prefix_sites:
+        centre = state.bound_centres.get(patient) or filed_centre
+        if centre is not None and not state.config.centre_allowed(raw.prefix, centre):
+            return refuse(
+                Reason.CENTRE_NOT_ALLOWED,
+                f"{raw.prefix} may not send images of {patient}, a patient of {centre!r}",
+                prefix=raw.prefix,
+                centre=centre,
+            )
     image_key, metadata_key = image_targets(
-        group,
-        identity.folder,
-        identity.patient_id,
-        identity.study_uid,
-        identity.series_uid,
-        task.payload.name,
+        group, identity.folder, patient, identity.study_uid, identity.series_uid, raw.name
     )
-    if not state.claim(image_key):
-        report.skip(task.key, Reason.DUPLICATE_TARGET, image_key)
+    claimant = state.claim(image_key, task.key)
+    if claimant != task.key:
+        report.skip(task.key, Reason.DUPLICATE_TARGET, f"{image_key} is claimed by {claimant}")
         return []
     tasks = []
     if image_key not in state.index.keys:

@@ -102,6 +102,17 @@ def identifier_problem(value: object, what: str = "pseudonym") -> str | None:
     return None
 
 
+def image_name_problem(name: str) -> str | None:
+    """Why a raw image's file name cannot file it, or None: it must be a safe key part, and
+    both names it gives (``<name>``, ``<stem>.json``) must fit a file system's 255 bytes."""
+    if not is_safe_name(name):
+        return f"unsafe file name {name!r}"
+    for target in (name, f"{image_stem(name)}.json"):
+        if len(target.encode("utf-8")) > MAX_FILE_NAME_LENGTH:
+            return f"file name {name[:40]!r}... too long: {target!r} would exceed 255 bytes"
+    return None
+
+
 def check_pseudonym(value: str, what: str = "pseudonym") -> str:
     """Return ``value`` if it is safe as a pseudonym key part (`identifier_problem`), else raise
     `UnsafeIdentifier` saying why."""
@@ -129,7 +140,9 @@ def parse_upload_date(value: str) -> str | None:
     return value
 
 
-def upload_date_problem(upload_date: str, modified: dt.datetime, max_delay_days: int) -> str | None:
+def upload_date_problem(
+    upload_date: str, modified: dt.datetime, max_delay_days: int | None
+) -> str | None:
     """Why an upload folder's date is implausible for its object, or None when it is plausible.
 
     A folder is implausible when it is dated after the object's last-modified date (one day
@@ -142,8 +155,9 @@ def upload_date_problem(upload_date: str, modified: dt.datetime, max_delay_days:
         The upload folder, ``YYYY-MM-DD``.
     modified : datetime.datetime
         When the object was last modified; a naive value is taken as UTC.
-    max_delay_days : int
-        How many days the folder's date may be before ``modified`` (``max_upload_delay_days``).
+    max_delay_days : int or None
+        How many days the folder's date may be before ``modified`` (``max_upload_delay_days``);
+        None for no limit.
 
     Returns
     -------
@@ -160,7 +174,7 @@ def upload_date_problem(upload_date: str, modified: dt.datetime, max_delay_days:
     if (folder - last).days > 1:
         return f"folder {upload_date} is after the object's last-modified {last.isoformat()}"
     delay = (last - folder).days
-    if delay > max_delay_days:
+    if max_delay_days is not None and delay > max_delay_days:
         return (
             f"folder {upload_date} is {delay} days before the object's last-modified "
             f"{last.isoformat()} (at most {max_delay_days} allowed)"
@@ -235,9 +249,14 @@ def parse_raw_key(key: str, prefix: str) -> RawKey:
     return RawKey(key, "other", prefix, date, name, reason="not in data/ or images/")
 
 
+def clinical_name(clinical_kind: str, upload_date: str) -> str:
+    """The file name of a filed clinical file: ``<kind>_<date>.json``."""
+    return f"{clinical_kind}_{upload_date}.json"
+
+
 def clinical_target(group: str, pseudonym: str, clinical_kind: str, upload_date: str) -> str:
     """Warehouse key of a clinical file: ``<group>/data/<P>/<kind>_<date>.json``."""
-    return f"{group}/data/{pseudonym}/{clinical_kind}_{upload_date}.json"
+    return f"{group}/data/{pseudonym}/{clinical_name(clinical_kind, upload_date)}"
 
 
 def image_stem(name: str) -> str:

@@ -7,6 +7,7 @@ images and metadata files already written. Only names are kept, never listing ob
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -24,9 +25,31 @@ from warehouse.components.storage import Storage
 logger = logging.getLogger(__name__)
 
 
+#: A filed object's size and last-modified second, packed in one int (memory stays at one small
+#: object per filed name): ``size * _SECONDS + seconds``.
+_SECONDS = 1 << 34
+#: The stamp of a name filed more than once (its raw source is only known from the header).
+AMBIGUOUS = -1
+
+
+def pack_stamp(size: int, modified: dt.datetime | str) -> int:
+    """A listed object's size and last-modified time (to the second) as one int."""
+    if isinstance(modified, str):
+        modified = dt.datetime.fromisoformat(modified)
+    return size * _SECONDS + int(modified.timestamp())
+
+
+def changed_since_filed(raw_stamp: int, filed_stamp: int) -> bool:
+    """Whether a raw file differs from its filed copy: another size, or modified after the copy
+    was made (a copy's last-modified time is when it was made)."""
+    raw_size, raw_second = divmod(raw_stamp, _SECONDS)
+    filed_size, filed_second = divmod(filed_stamp, _SECONDS)
+    return raw_size != filed_size or raw_second > filed_second
+
+
 @dataclass
 class WarehouseIndex:
-    """What the warehouse side already holds.
+    """What the warehouse side already holds, from one listing.
 
     Attributes
     ----------
@@ -40,6 +63,10 @@ class WarehouseIndex:
         Base names of filed images and of metadata files.
     keys : set
         Full keys of filed images and metadata files.
+    clinical_stamps, image_stamps : dict
+        The stamp (`pack_stamp`: size and last-modified second) of each filed clinical file
+        (by ``(pseudonym, file name)``) and image (by base name; `AMBIGUOUS` for a name filed
+        more than once), to tell a raw file that changed since it was filed.
     links : list
         Keys of symbolic links on the warehouse side (local stores), sorted: never followed,
         not trusted as filed; to be reported with ``Reason.SYMLINK``.
@@ -51,21 +78,32 @@ class WarehouseIndex:
     image_names: set[str] = field(default_factory=set)
     metadata_names: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)
+    clinical_stamps: dict[tuple[str, str], int] = field(default_factory=dict)
+    image_stamps: dict[str, int] = field(default_factory=dict)
     objects: int = 0
     links: list[str] = field(default_factory=list)
+    _clinical_names: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, key: str) -> None:
-        """Take one listed warehouse key into account."""
+    def add(self, key: str, size: int = 0, modified: dt.datetime | None = None) -> None:
+        """Take one listed warehouse object (its key, size and last-modified time) into
+        account."""
         parsed = parse_warehouse_key(key)
         if parsed is None:
             return
         self.objects += 1
+        stamp = None if modified is None else pack_stamp(size, modified)
         if parsed.kind == "clinical":
             known = self.groups.setdefault(parsed.pseudonym, parsed.group)
             if known != parsed.group:
                 self.conflicts.setdefault(parsed.pseudonym, {known}).add(parsed.group)
             self.clinical.add((parsed.pseudonym, parsed.name))
+            self._clinical_names.setdefault(parsed.pseudonym, []).append(parsed.name)
+            if stamp is not None:
+                self.clinical_stamps[(parsed.pseudonym, parsed.name)] = stamp
         elif parsed.kind == "image":
+            if stamp is not None:
+                seen = parsed.name in self.image_names
+                self.image_stamps[parsed.name] = AMBIGUOUS if seen else stamp
             self.image_names.add(parsed.name)
             self.keys.add(key)
         else:
@@ -76,6 +114,15 @@ class WarehouseIndex:
         """Whether an image of this file name and its metadata file are both filed."""
         return name in self.image_names and f"{image_stem(name)}.json" in self.metadata_names
 
+    def first_clinical_key(self, pseudonym: str) -> str | None:
+        """The key of a filed patient's first clinical file (earliest upload date), or None."""
+        group = self.groups.get(pseudonym)
+        names = self._clinical_names.get(pseudonym) if group else None
+        if not names:
+            return None
+        first = min(names, key=lambda name: (name.rsplit("_", 1)[-1], name))
+        return f"{group}/data/{pseudonym}/{first}"
+
 
 def index_warehouse(storage: Storage, workers: int = 8) -> WarehouseIndex:
     """List the warehouse side (``training/``, ``validation/``) once and index it."""
@@ -84,7 +131,7 @@ def index_warehouse(storage: Storage, workers: int = 8) -> WarehouseIndex:
         if info.link:
             index.links.append(info.key)
         else:
-            index.add(info.key)
+            index.add(info.key, info.size, info.last_modified)
     index.links.sort()
     return index
 

@@ -11,7 +11,10 @@ on; an input listed unchanged is not read again when its reason still holds:
 - "no patient data for PatientID" holds while that patient still has no group and no new
   clinical file;
 - "site not in config" holds while the centre is still in no list of ``config.json``;
-- "group conflict" holds while the patient's filed group still differs from the centre's.
+- "group conflict" holds while the patient's filed group still differs from the centre's;
+- "pseudonym claimed by another centre" holds once the patient is filed (its binding is then
+  fixed); "centre not allowed for this prefix" while ``prefix_sites`` still refuses it;
+  "pseudonym differs only in case" while the other patient is filed and this one is not.
 
 Failed reads and writes, and anything the report does not describe, are processed again.
 """
@@ -121,6 +124,16 @@ def still_holds(
     if reason in LIMIT_REASONS:
         name = LIMIT_REASONS[reason]
         return settings is not None and facts.get(name) == getattr(settings, name)
+    if reason is Reason.PSEUDONYM_CLAIMED:
+        # a filed patient's binding (its first filed record) never changes
+        return facts.get("pseudonym") in index.groups
+    if reason is Reason.CENTRE_NOT_ALLOWED:
+        prefix, centre = facts.get("prefix"), facts.get("centre")
+        if not isinstance(prefix, str) or not isinstance(centre, str):
+            return False
+        return not config.centre_allowed(prefix, centre)
+    if reason is Reason.CASE_VARIANT:
+        return facts.get("variant") in index.groups and facts.get("pseudonym") not in index.groups
     if reason is Reason.INTERNAL_ERROR:
         # a bug met on this input: read it again once the product has changed
         return facts.get("version") == __version__
@@ -140,6 +153,19 @@ def still_holds(
         except UnknownSite:
             return False
     return False
+
+
+def refused_claims(memo: dict[str, dict]) -> set[tuple[str, str]]:
+    """``(raw prefix, pseudonym)`` of the records the last run refused as claimed by another
+    centre: images under that prefix for that patient are refused too."""
+    claims = set()
+    for problem in memo.values():
+        facts = problem.get("facts") or {}
+        if problem.get("reason") == Reason.PSEUDONYM_CLAIMED.value:
+            prefix, pseudonym = facts.get("prefix"), facts.get("pseudonym")
+            if isinstance(prefix, str) and isinstance(pseudonym, str):
+                claims.add((prefix, pseudonym))
+    return claims
 
 
 def known_problem(

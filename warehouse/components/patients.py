@@ -59,6 +59,15 @@ class GroupConflict(Exception):
         self.pseudonym, self.existing, self.wanted = pseudonym, existing, wanted
 
 
+class CaseVariant(Exception):
+    """A new pseudonym that differs only in case from a known patient's: the split rule
+    (upper case) takes them for one patient, the warehouse folders for two."""
+
+    def __init__(self, pseudonym: str, known: str):
+        super().__init__(f"{pseudonym!r} differs only in case from the patient {known!r}")
+        self.pseudonym, self.known = pseudonym, known
+
+
 class PatientGroups:
     """Each patient's group for one run: those already in the warehouse win, then first come.
 
@@ -72,7 +81,15 @@ class PatientGroups:
         self._conflicted = frozenset(conflicted)
         for pseudonym in self._conflicted:
             self._groups.pop(pseudonym, None)
+        self._by_case: dict[str, str] = {}
+        for pseudonym in (*self._groups, *self._conflicted):
+            self._by_case.setdefault(pseudonym.upper(), pseudonym)
         self._lock = threading.Lock()
+
+    def case_variant(self, pseudonym: str) -> str | None:
+        """A known patient whose pseudonym differs from this one only in case, or None."""
+        known = self._by_case.get(pseudonym.upper())
+        return known if known is not None and known != pseudonym else None
 
     def get(self, pseudonym: str) -> str | None:
         """Return the patient's group, or None if the patient is unknown or conflicted."""
@@ -94,10 +111,16 @@ class PatientGroups:
         ------
         GroupConflict
             When the patient already has the other group.
+        CaseVariant
+            When another patient's pseudonym differs from this one only in case.
         """
         if pseudonym in self._conflicted:
             raise GroupConflict(pseudonym, "both groups", group)
         with self._lock:
+            known = self.case_variant(pseudonym)
+            if known is not None:
+                raise CaseVariant(pseudonym, known)
+            self._by_case.setdefault(pseudonym.upper(), pseudonym)
             existing = self._groups.setdefault(pseudonym, group)
         if existing != group:
             raise GroupConflict(pseudonym, existing, group)

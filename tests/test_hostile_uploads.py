@@ -1,0 +1,329 @@
+"""Uploads and operators that get it wrong: no site moves another site's patient, two runs never
+collide, every refusal is named (issue 9)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests import builders
+from tests.builders import clinical, image
+from warehouse.components.storage import LocalStorage, S3Storage
+
+A, B, SPLIT = "A Valid Trust", "B Train Trust", "Split Trust"
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    (tmp_path / "bucket-processed").mkdir()
+    return LocalStorage(root)
+
+
+def put_at(store: LocalStorage, key: str, data: bytes, when: str) -> None:
+    """Write ``key`` and give it the last-modified time ``when`` (ISO date or time, UTC)."""
+    store.write(key, data)
+    moment = dt.datetime.fromisoformat(when).replace(tzinfo=dt.UTC).timestamp()
+    os.utime(store.root / key, (moment, moment))
+
+
+def config(**extra) -> bytes:
+    doc = json.loads(
+        builders.config(["raw-a", "raw-b", "raw-a2"], split=[SPLIT], training=[B], validation=[A])
+    )
+    doc.update(extra)
+    return json.dumps(doc).encode()
+
+
+def problems(state) -> dict[str, tuple[str, str]]:
+    return {p["key"]: (p["reason"], p["detail"]) for p in state.report.problems}
+
+
+def warehouse_keys(store) -> list[str]:
+    return sorted(i.key for i in store.list("") if i.key.startswith(("training/", "validation/")))
+
+
+# --------------------------------------------------------------------------------------------
+# 1. one site cannot move another site's patient
+
+
+def test_a_filed_patient_is_bound_to_the_centre_of_its_first_record(store):
+    store.write("config.json", config())
+    put_at(store, "raw-a/2021-02-01/data/Covid1_data.json", clinical("Covid1", A), "2021-02-01")
+    assert builders.run_loader(store)[0] == 0
+    assert warehouse_keys(store) == ["validation/data/Covid1/data_2021-02-01.json"]
+    # B forges A's patient: an earlier folder, B's own training-only centre, images too
+    name, data = image("Covid1", "DX")
+    put_at(store, "raw-b/2021-01-01/data/Covid1_data.json", clinical("Covid1", B), "2021-01-01")
+    put_at(store, f"raw-b/2021-01-01/images/{name}", data, "2021-01-01")
+    # and a same-date record that would replace A's file
+    put_at(store, "raw-b/2021-02-01/data/Covid1_data.json", clinical("Covid1", B), "2021-02-01")
+    code, state = builders.run_loader(store)
+    assert code == 0
+    found = problems(state)
+    reason, detail = found["raw-b/2021-01-01/data/Covid1_data.json"]
+    assert reason == "pseudonym claimed by another centre"
+    assert A in detail and B in detail
+    assert found[f"raw-b/2021-01-01/images/{name}"][0] == "pseudonym claimed by another centre"
+    assert found["raw-b/2021-02-01/data/Covid1_data.json"][0] in (
+        "pseudonym claimed by another centre",
+        "another raw file has the same target",
+    )
+    assert warehouse_keys(store) == ["validation/data/Covid1/data_2021-02-01.json"]
+    assert store.read("validation/data/Covid1/data_2021-02-01.json") == clinical("Covid1", A)
+    # the next run does not read the forgeries again, and still refuses the images
+    code, state = builders.run_loader(store)
+    assert problems(state)[f"raw-b/2021-01-01/images/{name}"][0] == (
+        "pseudonym claimed by another centre"
+    )
+
+
+def test_in_one_run_the_first_accepted_record_binds(store):
+    store.write("config.json", config())
+    store.write("raw-a/2021-02-01/data/Covid1_data.json", clinical("Covid1", A))
+    store.write("raw-b/2021-03-01/data/Covid1_status.json", clinical("Covid1", B))
+    code, state = builders.run_loader(store)
+    assert code == 0
+    assert problems(state)["raw-b/2021-03-01/data/Covid1_status.json"][0] == (
+        "pseudonym claimed by another centre"
+    )
+    assert warehouse_keys(store) == ["validation/data/Covid1/data_2021-02-01.json"]
+
+
+def test_an_upload_folder_dated_long_before_its_upload_is_not_trusted(store):
+    store.write("config.json", config(max_upload_delay_days=30))
+    put_at(store, "raw-a/2021-02-01/data/Covid1_data.json", clinical("Covid1", A), "2021-02-01")
+    # B's folder says 1 January, but B wrote it on 5 February, after A's upload
+    put_at(store, "raw-b/2021-01-01/data/Covid1_data.json", clinical("Covid1", B), "2021-02-05")
+    put_at(store, "raw-b/2031-01-01/data/Covid2_data.json", clinical("Covid2", B), "2021-02-05")
+    code, state = builders.run_loader(store)
+    assert code == 0
+    found = problems(state)
+    assert found["raw-b/2021-01-01/data/Covid1_data.json"] == (
+        "implausible upload date",
+        "folder 2021-01-01 is 35 days before the object's last-modified 2021-02-05 "
+        "(at most 30 allowed)",
+    )
+    assert found["raw-b/2031-01-01/data/Covid2_data.json"][0] == "implausible upload date"
+    assert warehouse_keys(store) == ["validation/data/Covid1/data_2021-02-01.json"]
+
+
+def test_prefix_sites_limit_what_each_prefix_sends_and_several_accounts_work(store):
+    sites = {"raw-a": [A], "raw-a2": [A], "raw-b": [B]}
+    store.write("config.json", config(prefix_sites=sites))
+    store.write("raw-a/2021-01-01/data/Covid1_data.json", clinical("Covid1", A))
+    store.write("raw-b/2021-01-01/data/Covid2_data.json", clinical("Covid2", A))  # not B's
+    name, data = image("Covid1", "CT")
+    store.write(f"raw-a2/2021-01-02/images/{name}", data)  # A's second account
+    other, other_data = image("Covid1", "CT", instance=2)
+    store.write(f"raw-b/2021-01-02/images/{other}", other_data)  # B sends A's patient
+    code, state = builders.run_loader(store)
+    assert code == 0
+    found = problems(state)
+    assert found["raw-b/2021-01-01/data/Covid2_data.json"] == (
+        "centre not allowed for this prefix",
+        f"raw-b may send ['{B}']; this record names '{A}'",
+    )
+    assert found[f"raw-b/2021-01-02/images/{other}"][0] == "centre not allowed for this prefix"
+    assert any(key.endswith(name) for key in warehouse_keys(store))
+    assert not any(key.endswith(other) for key in warehouse_keys(store))
+
+
+# --------------------------------------------------------------------------------------------
+# 2. two runs at once
+
+
+def _two_loaders(env) -> list[subprocess.CompletedProcess]:
+    command = [str(builders.BIN / "python"), "-m", "warehouse.warehouseloader"]
+    runs = [
+        subprocess.Popen(
+            command,
+            cwd=builders.REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    return [
+        subprocess.CompletedProcess(run.args, run.wait(120), *run.communicate()) for run in runs
+    ]
+
+
+def _upload_tree() -> dict[str, bytes]:
+    files = {"config.json": builders.config(["raw-a"], split=[SPLIT])}
+    for n in range(40):
+        patient = f"Covid{n}"
+        files[f"raw-a/2021-01-01/data/{patient}_data.json"] = clinical(patient, SPLIT)
+        for instance in range(3):
+            name, data = image(patient, "DX", instance=instance)
+            files[f"raw-a/2021-01-02/images/{name}"] = data
+    return files
+
+
+def test_two_loaders_on_a_local_directory_one_exits_3(tmp_path):
+    for copy in ("bucket", "reference"):
+        (tmp_path / copy).mkdir()
+        builders.put_tree(LocalStorage(tmp_path / copy), _upload_tree())
+    first, second = _two_loaders(builders.graph_env(WAREHOUSE_BUCKET=f"file://{tmp_path}/bucket"))
+    codes = sorted([first.returncode, second.returncode])
+    assert codes == [0, 3], (first.stderr, second.stderr)
+    loser = first if first.returncode == 3 else second
+    assert "another run holds the warehouse since" in loser.stderr
+    reference = builders.python_m(
+        "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{tmp_path}/reference")
+    )
+    assert reference.returncode == 0
+    got = builders.snapshot(LocalStorage(tmp_path / "bucket"))
+    want = builders.snapshot(LocalStorage(tmp_path / "reference"))
+    assert got == want
+    assert not (tmp_path / "bucket" / "locks" / "warehouseloader.json").exists()
+
+
+def test_two_loaders_on_s3_one_exits_3(s3_bucket, s3_endpoint, tmp_path):
+    store = S3Storage(s3_bucket)
+    builders.put_tree(store, _upload_tree())
+    env = builders.graph_env(WAREHOUSE_BUCKET=s3_bucket)
+    first, second = _two_loaders(env)
+    assert sorted([first.returncode, second.returncode]) == [0, 3], (first.stderr, second.stderr)
+    (tmp_path / "reference").mkdir()
+    reference = LocalStorage(tmp_path / "reference")
+    builders.put_tree(reference, _upload_tree())
+    assert builders.run_loader(reference)[0] == 0
+    assert builders.snapshot(store) == builders.snapshot(reference)
+    assert "locks/warehouseloader.json" not in {i.key for i in store.list("locks/")}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. two clinical files for one target
+
+
+def test_a_second_raw_file_for_a_filed_target_is_reported_every_run(store):
+    store.write("config.json", config())
+    put_at(store, "raw-a/2021-01-01/data/Covid1_data.json", clinical("Covid1", A), "2021-01-01")
+    put_at(
+        store, "raw-a2/2021-01-01/data/Covid1_data.json", clinical("Covid1", A, x=1), "2021-01-01"
+    )
+    code, state = builders.run_loader(store)
+    assert code == 0
+    assert problems(state)["raw-a2/2021-01-01/data/Covid1_data.json"] == (
+        "another raw file has the same target",
+        "validation/data/Covid1/data_2021-01-01.json is claimed by "
+        "raw-a/2021-01-01/data/Covid1_data.json",
+    )
+    assert store.read("validation/data/Covid1/data_2021-01-01.json") == clinical("Covid1", A)
+    code, state = builders.run_loader(store)
+    assert problems(state)["raw-a2/2021-01-01/data/Covid1_data.json"] == (
+        "another raw file has the same target",
+        "validation/data/Covid1/data_2021-01-01.json is filed from "
+        "raw-a/2021-01-01/data/Covid1_data.json",
+    )
+    assert state.report.counts["clinical files already filed"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# 6., 7., 8. long names, changed raw files, case variants
+
+
+def test_a_name_whose_metadata_file_would_be_too_long_is_refused(store):
+    store.write("config.json", config())
+    store.write("raw-a/2021-01-01/data/Covid1_data.json", clinical("Covid1", A))
+    _, data = image("Covid1", "DX")
+    name = "x" * 251 + ".dcm"  # 255 bytes: the file fits, its 256-byte <stem>.json does not
+    store.write(f"raw-a/2021-01-02/images/{name}", data)
+    code, state = builders.run_loader(store)
+    assert code == 0
+    reason, detail = problems(state)[f"raw-a/2021-01-02/images/{name}"]
+    assert reason == "unsafe identifier" and "255 bytes" in detail
+
+
+def test_a_raw_file_changed_after_filing_is_reported_every_run_and_never_overwritten(store):
+    store.write("config.json", config())
+    store.write("raw-a/2021-01-01/data/Covid1_data.json", clinical("Covid1", A))
+    name, data = image("Covid1", "DX")
+    half = data[: len(data) // 2]
+    key = f"raw-a/2021-01-02/images/{name}"
+    store.write(key, data)
+    assert builders.run_loader(store)[0] == 0
+    (filed,) = [k for k in warehouse_keys(store) if k.endswith(".dcm")]
+    time.sleep(1.1)  # a later second than the copy's
+    store.write(key, data[:-2] + b"\0\1")  # a corrected re-upload under the same key
+    store.write("raw-a/2021-01-01/data/Covid1_data.json", clinical("Covid1", A, note="fixed"))
+    for _ in range(2):
+        code, state = builders.run_loader(store)
+        assert code == 0
+        found = problems(state)
+        assert found[key][0] == "raw file changed after filing"
+        assert found["raw-a/2021-01-01/data/Covid1_data.json"][0] == (
+            "raw file changed after filing"
+        )
+        assert store.read(filed) == data
+    assert half  # the upload's first half was never what was filed
+
+
+def test_case_variants_of_one_pseudonym_are_one_patient(store):
+    store.write("config.json", config())
+    store.write("raw-b/2021-01-01/data/Covid77_data.json", clinical("Covid77", B))
+    store.write("raw-a/2021-01-02/data/COVID77_data.json", clinical("COVID77", A))
+    name, data = image("COVID77", "DX")
+    store.write(f"raw-a/2021-01-03/images/{name}", data)
+    code, state = builders.run_loader(store)
+    assert code == 0
+    found = problems(state)
+    assert found["raw-a/2021-01-02/data/COVID77_data.json"] == (
+        "pseudonym differs only in case",
+        "'COVID77' differs only in case from the patient 'Covid77'",
+    )
+    assert found[f"raw-a/2021-01-03/images/{name}"][0] == "pseudonym differs only in case"
+    assert warehouse_keys(store) == ["training/data/Covid77/data_2021-01-01.json"]
+    code, state = builders.run_loader(store)  # the next run: still one patient
+    assert problems(state)["raw-a/2021-01-02/data/COVID77_data.json"][0] == (
+        "pseudonym differs only in case"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 5. stores that do not exist; 9. poisoned files for dataprocess and submittingcentres
+
+
+@pytest.mark.parametrize("url", ["file:///nonexistent/warehouse", "file:///"])
+def test_a_missing_or_root_store_is_a_settings_error_and_nothing_is_written(url):
+    result = builders.python_m("warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=url))
+    assert result.returncode == 2, result.stderr
+    assert not os.path.exists("/nonexistent")
+    assert not os.path.exists("/reports")
+
+
+def test_dataprocess_and_submittingcentres_report_poisoned_files_and_go_on(store, tmp_path):
+    store.write("config.json", config())
+    store.write("raw-a/2021-01-01/data/Covid1_data.json", clinical("Covid1", A))
+    store.write("raw-a/2021-01-01/data/Covid2_data.json", clinical("Covid2", A))
+    name, data = image("Covid1", "DX")
+    store.write(f"raw-a/2021-01-02/images/{name}", data)
+    assert builders.run_loader(store)[0] == 0
+    deep = b"[" * 100_000 + b"]" * 100_000
+    store.write("validation/data/Covid2/data_2021-01-01.json", deep)
+    (metadata,) = [k for k in warehouse_keys(store) if k.endswith(".json") and "metadata" in k]
+    store.write(metadata, b'{"00100020": {"vr": "LO", "Value": [' + b"9" * 5000 + b"]}}")
+    store.write("raw-a/2021-01-01/data/Covid3_data.json", deep)
+    env = builders.graph_env(WAREHOUSE_BUCKET=f"file://{store.root}")
+    result = builders.python_m("dataprocess", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(store.read("reports/dataprocess/latest.json"))
+    reasons = {p["key"]: p["reason"] for p in report["problems"]}
+    assert reasons["validation/data/Covid2/data_2021-01-01.json"] == "invalid JSON"
+    assert reasons[metadata] == "invalid JSON"
+    assert (tmp_path / "bucket-processed" / "latest.csv").exists()
+    result = builders.python_m("submittingcentres", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [A]
+    assert "invalid JSON: raw-a/2021-01-01/data/Covid3_data.json" in result.stderr
+    shutil.rmtree(tmp_path / "bucket-processed")

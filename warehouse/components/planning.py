@@ -1,0 +1,160 @@
+"""What one loader run has to do, decided from the listings alone (no request per object).
+
+`plan_inputs` takes the index of the warehouse side, the classified raw side and the last run's
+memo, reports everything that needs no reading (links, keys outside the layout, implausible
+upload dates, raw files changed since they were filed, inputs whose known problem still
+holds), and returns the work: every new clinical file first (earliest upload first), then every
+image not yet filed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+from warehouse.components.config import PipelineConfig
+from warehouse.components.keys import RawKey, clinical_name, upload_date_problem
+from warehouse.components.listing import (
+    AMBIGUOUS,
+    RawListing,
+    WarehouseIndex,
+    changed_since_filed,
+    pack_stamp,
+    pending_images,
+)
+from warehouse.components.memo import known_problem
+from warehouse.components.report import Reason, RunReport
+
+
+def stamp(raw: RawKey, size: int) -> tuple[int, str]:
+    """A raw input's size and modification time from the listing (how the next run knows it)."""
+    return size, raw.modified
+
+
+def report_listing(listing: RawListing, index: WarehouseIndex, report: RunReport) -> None:
+    """Report what the listings show wrong by themselves: patients in both groups, raw
+    prefixes the config does not list, keys outside the layout, symbolic links."""
+    for pseudonym, groups in sorted(index.conflicts.items()):
+        report.skip(
+            f"{'|'.join(sorted(groups))}/data/{pseudonym}/", Reason.WAREHOUSE_CONFLICT, pseudonym
+        )
+    for prefix in listing.unconfigured:
+        report.skip(prefix + "/", Reason.UNCONFIGURED_PREFIX, "not in raw_prefixes")
+    for key in listing.links:
+        report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
+    for key in index.links:
+        report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not trusted as filed")
+    for raw in listing.other:
+        report.skip(raw.key, Reason.NOT_IN_LAYOUT, raw.reason)
+
+
+def plan_inputs(
+    listing: RawListing,
+    index: WarehouseIndex,
+    memo: dict[str, dict],
+    config: PipelineConfig,
+    settings,
+    report: RunReport,
+) -> tuple[list[tuple[RawKey, int]], Iterator[tuple[RawKey, int]]]:
+    """The clinical files to read, in upload order, and (lazily) the images to read.
+
+    Parameters
+    ----------
+    listing, index : RawListing, WarehouseIndex
+        This run's listings.
+    memo : dict
+        The last run's unfiled inputs (`memo.load_memo`).
+    config : PipelineConfig
+        This run's ``config.json``.
+    settings : Settings
+        This run's settings (size limits).
+    report : RunReport
+        Where what needs no reading is reported.
+
+    Returns
+    -------
+    tuple
+        ``(clinical, images)``: ``(RawKey, size)`` pairs.
+    """
+    report_listing(listing, index, report)
+
+    def known_unfiled(raw: RawKey, size: int, new_patients: set[str]) -> bool:
+        problem = known_problem(memo, raw, size, config, index, new_patients, settings)
+        if problem is not None:
+            report.skip_again(problem)
+        return problem is not None
+
+    clinical = []
+    filed_sources = _filed_clinical_sources(listing, index)
+    for raw, size in listing.clinical:
+        target = (raw.pseudonym, clinical_name(raw.clinical_kind, raw.upload_date))
+        if target in index.clinical:
+            _report_filed_clinical(raw, size, index, filed_sources.get(target), report)
+            continue
+        implausible = upload_date_problem(
+            raw.upload_date, dt.datetime.fromisoformat(raw.modified), config.max_upload_delay_days
+        )
+        if implausible:
+            facts = {"max_upload_delay_days": config.max_upload_delay_days}
+            report.skip(
+                raw.key, Reason.IMPLAUSIBLE_DATE, implausible, stamp=stamp(raw, size), facts=facts
+            )
+        elif not known_unfiled(raw, size, set()):
+            clinical.append((raw, size))
+    new_patients = {raw.pseudonym for raw, _ in clinical}
+
+    def images() -> Iterator[tuple[RawKey, int]]:
+        for (raw, size), (_, pending) in zip(
+            listing.images, pending_images(listing, index), strict=True
+        ):
+            if pending is None:
+                _report_filed_image(raw, size, index, report)
+            elif not known_unfiled(raw, size, new_patients):
+                yield raw, size
+
+    return clinical, images()
+
+
+def _filed_clinical_sources(listing: RawListing, index: WarehouseIndex) -> dict:
+    """For each filed clinical target that raw files point at: the first of them (in upload
+    order) unchanged since the copy was made, which is taken for the copy's source."""
+    sources: dict[tuple[str, str], str] = {}
+    for raw, size in listing.clinical:
+        target = (raw.pseudonym, clinical_name(raw.clinical_kind, raw.upload_date))
+        filed = index.clinical_stamps.get(target)
+        if target in sources or filed is None:
+            continue
+        if not changed_since_filed(pack_stamp(size, raw.modified), filed):
+            sources[target] = raw.key
+    return sources
+
+
+def _report_filed_clinical(raw, size, index, source, report) -> None:
+    """A raw clinical file whose target is filed: the copy's source (counted), another raw
+    file with the same target, or the source changed since (each reported, never copied)."""
+    name = clinical_name(raw.clinical_kind, raw.upload_date)
+    if source == raw.key or (raw.pseudonym, name) not in index.clinical_stamps:
+        report.count("clinical files already filed")
+        return
+    target = f"{index.groups.get(raw.pseudonym, '?')}/data/{raw.pseudonym}/{name}"
+    if source is not None:
+        report.skip(raw.key, Reason.DUPLICATE_TARGET, f"{target} is filed from {source}")
+    else:
+        report.skip(raw.key, Reason.RAW_CHANGED, _changed(size, raw, target))
+
+
+def _report_filed_image(raw: RawKey, size: int, index: WarehouseIndex, report: RunReport) -> None:
+    """A raw image whose name is filed: counted, or reported when it changed since."""
+    filed = index.image_stamps.get(raw.name)
+    if filed is not None and filed != AMBIGUOUS:
+        if changed_since_filed(pack_stamp(size, raw.modified), filed):
+            report.skip(raw.key, Reason.RAW_CHANGED, _changed(size, raw, f"an image {raw.name}"))
+            return
+    report.count("images already filed")
+
+
+def _changed(size: int, raw: RawKey, target: str) -> str:
+    return (
+        f"{target} was filed from it; it is now {size:,} bytes, last modified {raw.modified}: "
+        "not filed again (an operator decides)"
+    )
