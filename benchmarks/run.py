@@ -59,6 +59,7 @@ TARGETS = {
     "peak_memory_mb": ("<", 300.0),
     "local_peak_memory_mb": ("<", 300.0),
     "memory_growth_vs_images": ("<=", 0.25),
+    "hostile_memory_vs_clean": ("<=", 1.5),
     "harness_seconds": ("<", TIME_BUDGET_SECONDS),
 }
 
@@ -658,6 +659,32 @@ class Harness:
         }
         log(f"  local work floor: {process.seconds:.1f} s, {images / process.seconds:.1f} images/s")
         self.phase("local", started)
+        self.hostile(run)
+
+    def hostile(self, clean: LoaderRun) -> None:
+        """The local loader on a copy of the main tree with 2 % hostile files added (20 MB
+        private values, 1 GB garbage files, 100-200 MB clinical files): its peak memory
+        against the clean run's."""
+        from benchmarks.hostile import add_hostile_files
+
+        started = time.monotonic()
+        bucket = self.workdir / "hostile-bucket"
+        subprocess.run(
+            ["cp", "-r", "--sparse=always", str(self.main_tree.root), str(bucket)], check=True
+        )
+        added = add_hostile_files(bucket, images=len(self.main_tree.images))
+        log(f"loader on a local directory with hostile files: {added}")
+        (bucket.parent / f"{bucket.name}-processed").mkdir(exist_ok=True)
+        os.sync()
+        run = self.run_loader(bucket.as_uri(), self.main_tree, "local-hostile")
+        self.figures["local_hostile"] = {
+            **run.as_dict(),
+            "added": added,
+            "clean_max_rss_mb": round(clean.process.max_rss_mb, 1),
+            "memory_ratio": round(run.process.max_rss_mb / clean.process.max_rss_mb, 3),
+        }
+        shutil.rmtree(bucket, ignore_errors=True)
+        self.phase("hostile", started)
 
 
 def request_breakdown(counts: dict, raw_images: int, clinical_files: int) -> dict:
@@ -821,6 +848,19 @@ def evaluate(figures: dict) -> list[dict]:
             "< 300",
             "local_peak_memory_mb",
             "{:.0f}",
+        )
+    hostile = figures.get("local_hostile")
+    if hostile:
+        row(
+            f"local loader, {hostile['added']['hostile files']} hostile files: peak memory (MB)",
+            hostile["max_rss_mb"],
+            fmt="{:.0f}",
+        )
+        row(
+            "hostile / clean peak memory (local, same images)",
+            hostile["memory_ratio"],
+            "<= 1.5",
+            "hostile_memory_vs_clean",
         )
     memory = figures.get("memory")
     if memory:

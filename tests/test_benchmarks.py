@@ -317,3 +317,29 @@ def test_notes_say_which_request_figure_is_checked():
     assert "checked against 3.032" in text and "it holds" in text
     assert "all requests / raw images = 3.3, which would NOT hold" in text
     assert "bound by CPU" in text
+
+
+def test_hostile_files_are_what_they_claim(tmp_path, tiny_tree):
+    import json as json_module
+    import shutil
+
+    from benchmarks.hostile import MB, add_hostile_files
+    from warehouse.components.dicom import NotDicom, parse_header
+
+    root = tmp_path / "hostile"
+    shutil.copytree(tiny_tree.root, root)
+    added = add_hostile_files(root, share=0.5, images=40, clinical_sizes={2 * MB: 1})
+    assert added["hostile files"] == 20
+    folder = next(root.glob("raw-*/2021-06-01"))
+    big = sorted(folder.glob("images/big-value-*.dcm"))
+    assert len(big) == added["images with a 20 MB private value"]
+    assert big[0].stat().st_size > 20 * MB
+    assert big[0].stat().st_blocks * 512 < 2 * MB  # sparse: the value is never written
+    dataset = parse_header(big[0].read_bytes())
+    assert dataset.PatientID.startswith("Covid9")
+    garbage = sorted(folder.glob("images/garbage-*.dcm"))
+    assert garbage and garbage[0].stat().st_size == 1024 * MB
+    with pytest.raises(NotDicom):
+        parse_header(garbage[0].read_bytes()[: 64 * 1024])
+    (huge,) = [p for p in folder.glob("data/*.json") if p.stat().st_size > MB]
+    assert json_module.loads(huge.read_text())["SubmittingCentre"]

@@ -74,8 +74,10 @@ def original_json(patient, study, series) -> bytes:
 
 
 def warehouse_files() -> dict[str, bytes]:
-    """The hand-made warehouse side (plus a run report and a raw file, which are not read)."""
+    """The hand-made warehouse side (plus a run report and a raw file, which are not read, and
+    the config.json that makes the bucket a warehouse)."""
     return {
+        "config.json": builders.config(["raw-a"], training=[CENTRE_A], validation=[CENTRE_B]),
         # Covid1: positive; a newer status file dates it but is not the record.
         "training/data/Covid1/status_2021-02-15.json": clinical("Covid1", CENTRE_A, Age=99),
         "training/data/Covid1/data_2021-03-01.json": clinical(
@@ -355,7 +357,9 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     # Listed once (each group folder split once), each chosen file and study file read once.
     assert sorted(store.log["folders"]) == ["training/", "validation/"]
     reads = store.log["reads"]
-    assert len(reads) == len(set(reads)) == 4 + 4  # 3 patients + the bad file, 4 studies
+    # config.json, 3 patients + the bad file, 4 studies
+    assert len(reads) == len(set(reads)) == 1 + 4 + 4
+    assert reads[0] == "config.json"
     assert f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A2']}/b.json" not in reads
     assert "training/data/Covid1/status_2021-04-01.json" not in reads
 
@@ -387,7 +391,7 @@ def test_a_modality_without_studies_has_no_table(local_store):
 
 
 def test_a_warehouse_without_images(local_store):
-    files = {k: v for k, v in warehouse_files().items() if "/data/" in k}
+    files = {k: v for k, v in warehouse_files().items() if "/data/" in k or k == "config.json"}
     builders.put_tree(local_store, files)
     assert run_graph(local_store)[0] == 0
     processed = local_store.processed()
@@ -564,3 +568,15 @@ def test_help_and_inspect_need_no_environment(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "DataExtractor" in result.stdout and "get_storage_stats" in result.stdout
+
+
+def test_a_bucket_without_config_json_is_not_a_warehouse(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty-processed").mkdir()
+    result = builders.python_m(
+        "dataprocess", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{tmp_path}/empty")
+    )
+    assert result.returncode == 2
+    assert "no config.json" in result.stderr
+    assert list((tmp_path / "empty-processed").iterdir()) == []
+    assert list((tmp_path / "empty").iterdir()) == []

@@ -28,7 +28,7 @@ from bonobo.config.processors import use_context_processor
 
 from warehouse.components import execution
 from warehouse.components.catalogue import StudyFile, WarehouseCatalogue, WarehouseContents
-from warehouse.components.config import Settings
+from warehouse.components.config import Settings, load_pipeline_config
 from warehouse.components.dashboard import build_batch, write_batch
 from warehouse.components.errors import ExpectedError
 from warehouse.components.extraction import (
@@ -162,6 +162,9 @@ def get_services(settings: Settings | None = None, storage: Storage | None = Non
     `execution.graph_services`."""
     services = execution.graph_services(GRAPH_NAME, DataprocessState, settings, storage)
     services["storage"].processed().check_store()  # before reading: where the tables go
+    # A bucket without a valid config.json is not a warehouse: nothing is published from it.
+    state = services["state"]
+    state.config = load_pipeline_config(services["storage"], state.report)
     services["catalogue"] = WarehouseCatalogue(
         services["storage"], services["state"].settings.workers
     )

@@ -18,6 +18,7 @@ from warehouse.components.clinical import (
     parse_clinical_record,
     parse_json_document,
 )
+from warehouse.components.config import PipelineConfig
 from warehouse.components.execution import RunState
 from warehouse.components.report import Reason, RunReport
 from warehouse.components.storage import Storage, StorageError
@@ -50,6 +51,8 @@ class DataprocessState(RunState):
         Keys written to the processed store, ``latest.csv`` last.
     processed_url : str
         The processed store.
+    config : PipelineConfig or None
+        The warehouse's ``config.json`` (a bucket without one is not a warehouse).
 
     The settings, the report, the workers and the exit code are `RunState`'s.
     """
@@ -57,6 +60,7 @@ class DataprocessState(RunState):
     batch: str | None = None
     written: list[str] = field(default_factory=list)
     processed_url: str = ""
+    config: PipelineConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
