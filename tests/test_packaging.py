@@ -1,6 +1,10 @@
 """The package as ``pip install`` makes it: a wheel built from the sources, installed into a clean
 virtual environment, whose console scripts answer ``--help`` and ``--version``, load a tree,
-run under ``bonobo run -m``, and keep working with the newest setuptools (no pkg_resources)."""
+run under ``bonobo run -m``, and keep working with the newest setuptools (no pkg_resources).
+
+The one place the tests leave loopback: pip fetches the build backend and the declared
+dependencies (at the lock's versions) from its cache or PyPI. The venv is built once for the
+module, by pip's own cache, without byte-compiling (each command compiles what it imports)."""
 
 from __future__ import annotations
 

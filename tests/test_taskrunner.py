@@ -330,13 +330,16 @@ def _bin(name, *args, env):
     )
 
 
+def _topic(moto_server, name):
+    sns = boto3.client("sns", region_name="eu-west-2", endpoint_url=moto_server)
+    return sns.create_topic(Name=name)["TopicArn"]
+
+
 @pytest.mark.parametrize("name", sorted(GRAPH_TASKS))
-def test_bin_help_and_version_neither_time_nor_notify(name, env, tmp_path, moto_server):
+def test_bin_help_and_version_neither_time_nor_notify(name, env, moto_server):
     from warehouse import __version__
 
-    topic_arn = boto3.client("sns", region_name="eu-west-2", endpoint_url=moto_server).create_topic(
-        Name=f"wh-info-{name}"
-    )["TopicArn"]
+    topic_arn = _topic(moto_server, f"wh-info-{name}")
     child_env = {**os.environ, "AWS_ENDPOINT_URL": moto_server, "TOPIC_ARN": topic_arn}
 
     shown = _bin(name, "--help", env=child_env)
@@ -350,9 +353,16 @@ def test_bin_help_and_version_neither_time_nor_notify(name, env, tmp_path, moto_
         assert "Notification" not in result.stderr
     assert notifications(topic_arn) == []
 
-    # The same command with an argument the graph refuses is a run: timed and notified.
-    refused = _bin(name, "--bogus", env=child_env)
+
+def test_bin_with_an_argument_the_graph_refuses_is_a_run(env, moto_server):
+    """The counterpart of the test above, through the same harness: timed and notified."""
+    topic_arn = _topic(moto_server, "wh-refused")
+    child_env = {**os.environ, "AWS_ENDPOINT_URL": moto_server, "TOPIC_ARN": topic_arn}
+
+    refused = _bin("warehouseloader", "--bogus", "--", "--help", env=child_env)
+
     assert refused.returncode == 2
+    assert "unrecognized arguments: --bogus -- --help" in refused.stderr
     assert re.search(LINE.format(code=2), refused.stderr)
     assert len(notifications(topic_arn)) == 1
 
@@ -368,3 +378,12 @@ def test_taskrunner_command_line_answers_help_for_a_graph(env):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("python -m warehouse.dataprocess ")
     assert "Pipeline run in" not in result.stderr
+
+
+def test_taskrunner_has_its_own_version(capsys):
+    from warehouse import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        taskrunner.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"python -m warehouse.components.taskrunner {__version__}\n"

@@ -45,6 +45,8 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from warehouse import __version__
+
 #: Root of the source tree (the directory holding the ``warehouse`` package).
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -467,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-summary", action="store_true", help="add the RUN_SUMMARY_FILE text to the message"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("graph", help=f"one of {', '.join(GRAPH_TASKS)}, or a module name")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the graph")
     options = parser.parse_args(argv)
