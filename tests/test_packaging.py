@@ -4,7 +4,8 @@ run under ``bonobo run -m``, and keep working with the newest setuptools (no pkg
 
 The one place the tests leave loopback: pip fetches the build backend and the declared
 dependencies (at the lock's versions) from its cache or PyPI. The venv is built once for the
-module, by pip's own cache, without byte-compiling (each command compiles what it imports)."""
+module, from pip's cache where it can, without byte-compiling (each command compiles what it
+imports)."""
 
 from __future__ import annotations
 
