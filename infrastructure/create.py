@@ -25,6 +25,8 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError, WaiterError
 
+from warehouse import __version__
+
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "warehouse.yaml"
 SUFFIX_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,11}$")  # same rule as the template's StackSuffix
 TEMPLATE_BODY_LIMIT = 51_200  # CloudFormation's limit for an inline TemplateBody
@@ -349,6 +351,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--poll-seconds", type=int, default=15, help="seconds between status checks (default 15)"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

@@ -284,3 +284,106 @@ def test_run_graph_reads_topic_from_the_environment(env):
         "with_stdout": False,
         "with_summary": True,
     }
+
+
+# ------------------------------------------------- --help and --version only answer
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--help"],
+        ["-h"],
+        ["--version"],
+        ["--vers"],  # argparse takes an unambiguous abbreviation
+        ["--h"],
+        ["--bogus", "--help"],  # help is printed where it is met, before the error
+        ["--help", "--version=1"],
+        ["--version=1", "--help"],  # the error is met first: exit 2, a run
+        ["-hx"],
+        ["--", "--help"],  # an argument, not an option
+        ["--bogus"],
+        ["x", "--version"],
+    ],
+)
+def test_asks_for_information_agrees_with_the_graphs_own_parser(args, capsys):
+    from warehouse import warehouseloader
+
+    try:
+        warehouseloader.command_parser().parse_args(args)
+    except SystemExit as exit_info:
+        answers = exit_info.code == 0
+    else:
+        answers = False
+    capsys.readouterr()
+    assert taskrunner.asks_for_information(args) is answers
+
+
+def _bin(name, *args, env):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bin" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def _topic(moto_server, name):
+    sns = boto3.client("sns", region_name="eu-west-2", endpoint_url=moto_server)
+    return sns.create_topic(Name=name)["TopicArn"]
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH_TASKS))
+def test_bin_help_and_version_neither_time_nor_notify(name, env, moto_server):
+    from warehouse import __version__
+
+    topic_arn = _topic(moto_server, f"wh-info-{name}")
+    child_env = {**os.environ, "AWS_ENDPOINT_URL": moto_server, "TOPIC_ARN": topic_arn}
+
+    shown = _bin(name, "--help", env=child_env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"usage: python -m warehouse.{name} [-h] [--version]")
+    version = _bin(name, "--version", env=child_env)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout == f"python -m warehouse.{name} {__version__}\n"
+    for result in (shown, version):
+        assert "Pipeline run in" not in result.stderr
+        assert "Notification" not in result.stderr
+    assert notifications(topic_arn) == []
+
+
+def test_bin_with_an_argument_the_graph_refuses_is_a_run(env, moto_server):
+    """The counterpart of the test above, through the same harness: timed and notified."""
+    topic_arn = _topic(moto_server, "wh-refused")
+    child_env = {**os.environ, "AWS_ENDPOINT_URL": moto_server, "TOPIC_ARN": topic_arn}
+
+    refused = _bin("warehouseloader", "--bogus", "--", "--help", env=child_env)
+
+    assert refused.returncode == 2
+    assert "unrecognized arguments: --bogus -- --help" in refused.stderr
+    assert re.search(LINE.format(code=2), refused.stderr)
+    assert len(notifications(topic_arn)) == 1
+
+
+def test_taskrunner_command_line_answers_help_for_a_graph(env):
+    result = subprocess.run(
+        [sys.executable, "-m", "warehouse.components.taskrunner", "dataprocess", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("python -m warehouse.dataprocess ")
+    assert "Pipeline run in" not in result.stderr
+
+
+def test_taskrunner_has_its_own_version(capsys):
+    from warehouse import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        taskrunner.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"python -m warehouse.components.taskrunner {__version__}\n"

@@ -48,6 +48,22 @@ def test_help_lists_the_options(tool, options):
         assert option in result.stdout
 
 
+@pytest.mark.parametrize(
+    "script",
+    [TOOLS / "get_logs.py", TOOLS / "get_inventory.py", TOOLS / "batchdelete.py"]
+    + [ROOT / "infrastructure" / "create.py"],
+    ids=lambda path: path.name,
+)
+def test_version_is_the_package_version(script):
+    from warehouse import __version__
+
+    result = subprocess.run(
+        [sys.executable, str(script), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{script.name} {__version__}\n"
+
+
 # ------------------------------------------------------------------ get_logs
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError
 
+from warehouse import __version__
+
 MAX_BATCH = 1000  # the DeleteObjects limit
 
 
@@ -137,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-size", type=int, default=MAX_BATCH, help=f"keys per request (1-{MAX_BATCH})"
     )
     parser.add_argument("--region", help="AWS region (default: from the AWS configuration)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     options = parser.parse_args(argv)
     if not 1 <= options.batch_size <= MAX_BATCH:
         parser.error(f"--batch-size must be between 1 and {MAX_BATCH}")

@@ -36,6 +36,8 @@ from urllib.parse import unquote_plus
 import boto3
 from botocore.exceptions import ClientError
 
+from warehouse import __version__
+
 CONFIG_ID = "daily-full-inventory"
 COLUMNS = ("bucket", "key", "size", "last_modified")
 _SCHEMA_NAMES = {
@@ -216,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("-o", "--output", type=Path, help="CSV file (default: standard output)")
     parser.add_argument("--region", help="AWS region (default: from the AWS configuration)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError
 
+from warehouse import __version__
+
 
 def log_group_name(suffix: str) -> str:
     """Return the tasks' log group for a stack suffix.
@@ -191,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--page-size", type=page_size_argument, metavar="N", help="events per request (1-10000)"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

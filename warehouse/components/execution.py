@@ -528,13 +528,33 @@ ENVIRONMENT_HELP = """environment:
 
 
 def command_parser(module: str, description: str, extra_help: str) -> argparse.ArgumentParser:
-    """The ``python -m warehouse.<graph>`` parser: its description and the environment."""
-    return argparse.ArgumentParser(
-        prog=f"python -m warehouse.{module}",
+    """The command line of a graph: its description, the environment, ``--version``.
+
+    Parameters
+    ----------
+    module : str
+        The graph, such as ``warehouseloader``: also the name of its console script.
+    description, extra_help : str
+        What the graph does; its own environment and exit code lines.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Named after the console script when run as one, else ``python -m warehouse.<graph>``;
+        ``--version`` prints ``<name> <warehouse.__version__>``.
+    """
+    from warehouse import __version__
+
+    invoked_as = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    prog = module if invoked_as == module else f"python -m warehouse.{module}"
+    parser = argparse.ArgumentParser(
+        prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"{ENVIRONMENT_HELP}\n{extra_help}",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
 
 
 def account_for_errors(report, context) -> None:
@@ -606,7 +626,23 @@ def run_graph(graph, services, finish: Callable[[dict, object], int]) -> int | N
 
 def main(module, argv) -> int | None:
     """Command line of a graph module: parse ``--help``, run with services from the
-    environment (built lazily, so ``bonobo inspect`` needs none)."""
+    environment (built lazily, so ``bonobo inspect`` needs none).
+
+    Parameters
+    ----------
+    module : module
+        The graph module, as its ``main`` passes it: ``sys.modules[__name__]``.
+    argv : list of str or None
+        The arguments (``sys.argv[1:]`` when None).
+    """
+    graph_globals = sys._getframe(1).f_globals
+    if vars(module) is not graph_globals and graph_globals.get("__name__") == module.__name__:
+        # `bonobo run -m warehouse.<graph>` runs the module through runpy as "__main__" in a
+        # namespace of its own, without putting it in sys.modules: sys.modules["__main__"] is
+        # then bonobo's script. The caller's globals are the graph module's.
+        import types
+
+        module = types.SimpleNamespace(**graph_globals)
     module.command_parser().parse_args(argv)
     return run_graph(module.get_graph(), LazyServices(module.get_services), module.finish_run)
 

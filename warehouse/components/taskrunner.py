@@ -9,7 +9,8 @@ the graph's own, and prints one line when the run ends::
 When the environment variable ``TOPIC_ARN`` is set (and not empty), that line is also
 published to the SNS topic, in the topic's own region, with the centres list for
 ``submittingcentres`` and the run summary for ``warehouseloader``. A failed publication is
-reported on stderr and never changes the exit code.
+reported on stderr and never changes the exit code. A graph asked for its ``--help`` or
+``--version`` only answers: no timing line, no notification.
 
 The child's standard error is inherited (bonobo's status lines go straight to the container
 log); its standard output is inherited too, except when it is needed for the message, in which
@@ -43,6 +44,8 @@ from pathlib import Path
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
+
+from warehouse import __version__
 
 #: Root of the source tree (the directory holding the ``warehouse`` package).
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -350,6 +353,67 @@ def _publish_or_warn(topic_arn: str, subject: str, message: str) -> None:
         print(f"Notification sent to {topic_arn} ({message_id}).", file=sys.stderr, flush=True)
 
 
+class _Answered(Exception):
+    """Raised where a graph's parser would print its help or version and exit."""
+
+
+class _AnswerAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise _Answered
+
+
+def asks_for_information(argv: list[str]) -> bool:
+    """Whether these arguments make a graph print its help or its version and exit.
+
+    The graphs' parsers (`execution.command_parser`) have exactly the options ``-h``,
+    ``--help`` and ``--version``, which print and exit where argparse meets them; the
+    arguments are read here by a parser with the same options, so that abbreviations
+    (``--vers``), ``--`` and errors met first count as they do there.
+
+    Parameters
+    ----------
+    argv : list of str
+        The arguments passed on to the graph.
+
+    Returns
+    -------
+    bool
+        True when the graph would only answer, not run.
+    """
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("-h", "--help", action=_AnswerAction)
+    parser.add_argument("--version", action=_AnswerAction)
+    try:
+        parser.parse_known_args(argv)
+    except _Answered:
+        return True
+    except argparse.ArgumentError:  # such as --version=1: the graph refuses it (exit 2)
+        return False
+    return False
+
+
+def answer(module: str, argv: list[str]) -> int:
+    """Run ``python -m module argv...`` that only prints its help or version.
+
+    Parameters
+    ----------
+    module : str
+        The graph module.
+    argv : list of str
+        Arguments that ask for information (`asks_for_information`).
+
+    Returns
+    -------
+    int
+        The module's exit code; nothing is timed, summarised or notified.
+    """
+    command = [sys.executable, "-m", module, *argv]
+    return _run_child(command, _child_env(None), capture=False)[0]
+
+
 def run_graph(name: str, argv: list[str] | None = None) -> int:
     """Run one of the three graphs as its ``bin/`` script does.
 
@@ -358,7 +422,8 @@ def run_graph(name: str, argv: list[str] | None = None) -> int:
     name : str
         ``warehouseloader``, ``submittingcentres`` or ``dataprocess``.
     argv : list of str, optional
-        Arguments passed on to the graph unchanged.
+        Arguments passed on to the graph unchanged. When they ask for ``--help`` or
+        ``--version``, the graph only answers: no timing line, no notification.
 
     Returns
     -------
@@ -366,6 +431,8 @@ def run_graph(name: str, argv: list[str] | None = None) -> int:
         The graph's exit code.
     """
     task = GRAPH_TASKS[name]
+    if asks_for_information(argv or []):
+        return answer(task.module, argv)
     return run_task(
         task.module,
         argv,
@@ -380,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ``GRAPH`` is one of the three graph names (``warehouseloader``, ``submittingcentres``,
     ``dataprocess``), which bring their own message options, or any module name. ``ARGS`` are
-    passed on to the graph. The topic comes from the environment variable ``TOPIC_ARN``.
+    passed on to the graph (a graph's ``--help`` and ``--version`` only answer, see
+    `run_graph`). The topic comes from the environment variable ``TOPIC_ARN``.
 
     Parameters
     ----------
@@ -401,10 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-summary", action="store_true", help="add the RUN_SUMMARY_FILE text to the message"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("graph", help=f"one of {', '.join(GRAPH_TASKS)}, or a module name")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the graph")
     options = parser.parse_args(argv)
 
+    if options.graph in GRAPH_TASKS and asks_for_information(options.args):
+        return answer(GRAPH_TASKS[options.graph].module, options.args)
     task = GRAPH_TASKS.get(options.graph, GraphTask(options.graph))
     return run_task(
         task.module,
