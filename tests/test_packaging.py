@@ -1,11 +1,12 @@
-"""The package as ``pip install`` makes it: a wheel built from the sources, installed into a clean
+"""The package as ``pip install`` makes it: a wheel built from the sources, installed into a new
 virtual environment, whose console scripts answer ``--help`` and ``--version``, load a tree,
 run under ``bonobo run -m``, and keep working with the newest setuptools (no pkg_resources).
 
-The one place the tests leave loopback: pip fetches the build backend and the declared
-dependencies (at the lock's versions) from its cache or PyPI. The venv is built once for the
-module, from pip's cache where it can, without byte-compiling (each command compiles what it
-imports)."""
+Everything happens offline: the wheel is built with the test environment's setuptools (no build
+isolation), the venvs are seeded by virtualenv from the wheels it embeds, and the declared
+dependencies come from the test environment's own site-packages (the lock's versions), made
+visible to the new venv after its own packages; ``pip check`` then proves that the wheel's
+declared dependencies are met by them. No network, no pip cache."""
 
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ class Venv:
         return self.root / "bin" / "python"
 
     def pip(self, *args: str) -> subprocess.CompletedProcess:
-        """The test interpreter's pip, installing into this venv (``pip --python``)."""
-        return _checked([sys.executable, "-m", "pip", "--python", str(self.python), *args])
+        """This venv's own pip."""
+        return _checked([str(self.python), "-m", "pip", "--disable-pip-version-check", *args])
 
     def run(self, command: str, *args: str, **env: str) -> subprocess.CompletedProcess:
         """Run one of the venv's commands from outside the repository, output captured."""
@@ -137,35 +138,50 @@ def _checked(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory) -> Venv:
-    """Build the wheel (``pip wheel --no-deps``, from a copy of the sources) while a clean venv
-    (no system site packages, no pip of its own) gets the declared dependencies at the lock's
-    versions from pip's cache or PyPI; then install the wheel and check the set with
-    ``pip check``."""
-    base = tmp_path_factory.mktemp("packaging")
-    sources, dist, work = base / "sources", base / "dist", base / "work"
-    shutil.copytree(REPO, sources, ignore=NOT_SOURCES)
-    work.mkdir()
-    build = subprocess.Popen(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(sources)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _checked([sys.executable, "-m", "venv", "--without-pip", str(base / "venv")])
-        env = Venv(base / "venv", wheel=Path(), work=work)
-        constraints = str(REPO / "requirements.txt")
-        env.pip("install", "-q", "--no-compile", "-c", constraints,
-                *PYPROJECT["project"]["dependencies"])  # fmt: skip
-    finally:
-        output, _ = build.communicate(timeout=600)
-    assert build.returncode == 0, output
-    [env.wheel] = dist.glob("*.whl")
-    env.pip("install", "-q", "--no-compile", "--no-deps", str(env.wheel))
-    env.pip("check")  # the wheel's declared dependencies are all there, at compatible versions
+def _make_venv(root: Path, work: Path, wheel: Path, *, setuptools: bool) -> Venv:
+    """A virtualenv seeded offline (pip, and the newest setuptools virtualenv embeds when
+    ``setuptools``), seeing the test environment's packages after its own, with the wheel."""
+    seed = [] if setuptools else ["--no-setuptools"]
+    _checked([sys.executable, "-m", "virtualenv", "-q", "--no-wheel", *seed, str(root)])
+    site = next(root.glob("lib/python3*/site-packages"))
+    ours = next(Path(p) for p in sys.path if p.endswith("site-packages") and "lib" in p)
+    if setuptools:
+        # The newest setuptools has no pkg_resources: so that an import of it cannot fall
+        # through to the test environment's, show that one without its setuptools.
+        shown = root / "test-environment"
+        shown.mkdir()
+        for entry in ours.iterdir():
+            if not entry.name.startswith(("setuptools", "pkg_resources", "_distutils_hack")):
+                (shown / entry.name).symlink_to(entry)
+        ours = shown
+    (site / "zz_test_environment.pth").write_text(f"{ours}\n")
+    env = Venv(root, wheel=wheel, work=work)
+    env.pip("install", "-q", "--no-compile", "--no-deps", "--no-index", str(wheel))
+    if not setuptools:  # (the newest setuptools is, on purpose, not what the wheel declares)
+        env.pip("check")  # the wheel's declared dependencies are all there, compatible
     return env
+
+
+@pytest.fixture(scope="module")
+def built_wheel(tmp_path_factory) -> Path:
+    """The wheel, built from a copy of the sources (``pip wheel --no-deps``, offline)."""
+    base = tmp_path_factory.mktemp("wheel")
+    sources, dist = base / "sources", base / "dist"
+    shutil.copytree(REPO, sources, ignore=NOT_SOURCES)
+    _checked(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(dist), str(sources)]
+    )  # fmt: skip
+    [wheel] = dist.glob("*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory, built_wheel) -> Venv:
+    """A venv holding the wheel, with the lock's setuptools (bonobo's CLI needs it)."""
+    base = tmp_path_factory.mktemp("packaging")
+    (base / "work").mkdir()
+    return _make_venv(base / "venv", base / "work", built_wheel, setuptools=False)
 
 
 def _tree(root: Path) -> Path:
@@ -243,7 +259,7 @@ def test_bonobo_run_module_runs_each_installed_graph(venv, tmp_path):
     tree = _tree(tmp_path / "bucket")
     env = {"WAREHOUSE_BUCKET": f"file://{tree}"}
     for graph in GRAPHS:  # the loader first: dataprocess reads what it filed
-        result = venv.run("bonobo", "run", "-m", f"warehouse.{graph}", **env)
+        result = venv.run("python", "-m", "bonobo", "run", "-m", f"warehouse.{graph}", **env)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output
         assert "has no attribute" not in output
@@ -252,12 +268,13 @@ def test_bonobo_run_module_runs_each_installed_graph(venv, tmp_path):
     assert (Path(f"{tree}-processed") / "latest.csv").is_file()
 
 
-@pytest.fixture
-def newest_setuptools(venv):
-    """The venv with the newest setuptools (no pkg_resources); the lock's version afterwards."""
-    venv.pip("install", "-q", "--no-compile", "--upgrade", "setuptools")
-    yield venv
-    venv.pip("install", "-q", "--no-compile", f"setuptools=={_lock()['setuptools']}")
+@pytest.fixture(scope="module")
+def newest_setuptools(tmp_path_factory, built_wheel) -> Venv:
+    """A venv holding the wheel with the newest setuptools virtualenv embeds (no
+    pkg_resources), which shadows the test environment's."""
+    base = tmp_path_factory.mktemp("newest-setuptools")
+    (base / "work").mkdir()
+    return _make_venv(base / "venv", base / "work", built_wheel, setuptools=True)
 
 
 def test_newest_setuptools_does_not_break_the_commands(newest_setuptools, tmp_path):
