@@ -7,6 +7,7 @@ import json
 import re
 import threading
 
+from warehouse import __version__
 from warehouse.components.report import FAILURES, Reason, RunReport
 
 
@@ -94,6 +95,7 @@ def test_as_dict():
     doc = report.as_dict()
     assert set(doc) == {
         "graph",
+        "version",
         "run_id",
         "started",
         "finished",
@@ -104,6 +106,7 @@ def test_as_dict():
         "problems",
     }
     assert doc["graph"] == "warehouseloader"
+    assert doc["version"] == __version__
     assert doc["run_id"] == report.run_id and report.run_id.startswith(doc["started"][:4])
     assert RunReport("x", "shared-run").run_id == "shared-run"
     assert doc["completed"] is True
@@ -174,3 +177,27 @@ def test_report_is_thread_safe():
     assert report.counts["images filed"] == 4000
     assert report.reasons["not a DICOM file"] == 4000
     assert len(report.problems) == 4000
+
+
+def test_only_a_run_that_listed_its_inputs_replaces_the_memo(tmp_path):
+    from warehouse.components.execution import publish_report
+    from warehouse.components.report import latest_report_key
+    from warehouse.components.storage import LocalStorage
+
+    (tmp_path / "bucket").mkdir()
+    store = LocalStorage(tmp_path / "bucket")
+    listed = RunReport("warehouseloader")
+    listed.listed = True
+    publish_report(store, listed, dry_run=False)
+    memo = store.read(latest_report_key("warehouseloader"))
+    stopped = RunReport("warehouseloader")
+    stopped.fail("cannot list s3://x/raw-a/: timeout")
+    assert "report:" in publish_report(store, stopped, dry_run=False)
+    assert store.read(stopped.key())  # its own report is written
+    assert store.read(latest_report_key("warehouseloader")) == memo  # the memo is kept
+    config = RunReport("warehouseloader")
+    config.fail("config.json: unknown key")
+    config.config_problem = True
+    publish_report(store, config, dry_run=False)
+    assert b"unknown key" in store.read(config.key())
+    assert store.read(latest_report_key("warehouseloader")) == memo

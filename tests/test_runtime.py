@@ -3,6 +3,7 @@ graph that bonobo cannot start never exits 0."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import bonobo
@@ -100,3 +101,103 @@ def keep_root_logger():
     level = root.level
     yield
     root.setLevel(level)
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_an_unreachable_endpoint_is_reported_within_seconds(graph, silent_endpoint):
+    import time
+
+    env = builders.graph_env(WAREHOUSE_BUCKET="warehouse", AWS_ENDPOINT_URL=silent_endpoint)
+    started = time.monotonic()
+    result = builders.python_m(graph, env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert "cannot reach the S3 endpoint" in result.stderr
+    assert elapsed < 5, elapsed
+
+
+def test_a_closed_port_is_reported_at_once():
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    env = builders.graph_env(
+        WAREHOUSE_BUCKET="warehouse", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}"
+    )
+    result = builders.python_m("warehouseloader", env=env)
+    assert result.returncode == 2
+    assert "cannot reach the S3 endpoint" in result.stderr
+
+
+def test_dataprocess_finds_a_missing_processed_bucket_before_reading(s3_endpoint):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="only-the-warehouse")
+    client.put_object(Bucket="only-the-warehouse", Key="config.json", Body=b"not even read")
+    result = builders.python_m(
+        "dataprocess", env=builders.graph_env(WAREHOUSE_BUCKET="only-the-warehouse")
+    )
+    assert result.returncode == 2, result.stderr
+    assert "bucket only-the-warehouse-processed does not exist" in result.stderr
+    assert "aws s3 mb s3://only-the-warehouse-processed" in result.stderr
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="only-the-warehouse")["Contents"]]
+    assert keys == ["config.json"]  # nothing written either
+
+
+def test_a_config_error_keeps_the_memo(tmp_path):
+    from warehouse.components.storage import LocalStorage
+
+    root = tmp_path / "bucket"
+    root.mkdir()
+    store = LocalStorage(root)
+    builders.put_tree(
+        store,
+        {
+            "config.json": builders.config(["raw-a"], split=["A Trust"]),
+            "raw-a/2021-01-01/images/garbage.dcm": b"not an image" * 100,
+        },
+    )
+    env = builders.graph_env(WAREHOUSE_BUCKET=f"file://{root}")
+    assert builders.python_m("warehouseloader", env=env).returncode == 0
+    memo = store.read("reports/warehouseloader/latest.json")
+    reports = sorted(i.key for i in store.list("reports/"))
+    store.write("config.json", b'{"raw_prefixes": ["raw-a"], "trainingPercentage": 70}')
+    result = builders.python_m("warehouseloader", env=env)
+    assert result.returncode == 2
+    assert "did you mean training_percentage" in result.stdout + result.stderr
+    assert store.read("reports/warehouseloader/latest.json") == memo
+    (new,) = sorted(set(i.key for i in store.list("reports/")) - set(reports))
+    assert json.loads(store.read(new))["fatal"].startswith("config.json")

@@ -52,10 +52,12 @@ GRAPH_NAME = "dataprocess"
 
 def _contents(catalogue: WarehouseCatalogue, state: DataprocessState) -> WarehouseContents:
     try:
-        return catalogue.contents()
+        contents = catalogue.contents()
     except ExpectedError as exc:
         state.report.fail(f"cannot list the warehouse: {exc}")
         raise
+    state.report.listed = True
+    return contents
 
 
 @use("catalogue", "state")
@@ -187,9 +189,10 @@ def finish_run(services, context) -> int:
         logger.warning("the warehouse could not be listed: no run report written")
     else:
         summary += execution.publish_report(storage, report, state.settings.dry_run)
-    print(summary, flush=True)
-    execution.write_summary_file(summary)
     state.exit_code = execution.exit_code(report)
+    summary += f"\n  run id: {report.run_id}"
+    execution.emit_summary(summary, report, state.exit_code)
+    execution.write_summary_file(summary)
     return state.exit_code
 
 

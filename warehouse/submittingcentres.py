@@ -109,9 +109,9 @@ def finish_run(services, context, stdout=None, stderr=None) -> int:
     summary = report.summary()
     for problem in sorted(report.problems, key=lambda p: p["key"]):
         summary += f"\n  {problem['reason']}: {problem['key']}"
-    print(summary, file=stderr, flush=True)
-    execution.write_summary_file(summary)
     state.exit_code = execution.exit_code(report)
+    execution.emit_summary(summary, report, state.exit_code, stream=stderr)
+    execution.write_summary_file(summary)
     return state.exit_code
 
 

@@ -40,7 +40,7 @@ from warehouse.components.filing import (
     write_object,
 )
 from warehouse.components.listing import index_warehouse, list_raw
-from warehouse.components.memo import load_memo, refused_claims
+from warehouse.components.memo import load_previous_problems, memo_of, refused_claims
 from warehouse.components.patients import PatientGroups
 from warehouse.components.planning import plan_inputs
 from warehouse.components.storage import Storage
@@ -77,11 +77,14 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
         with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
             warehouse_side = pool.submit(index_warehouse, storage, workers)
             raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
-            last_run = pool.submit(load_memo, storage, GRAPH_NAME)
-            index, listing, memo = warehouse_side.result(), raw_side.result(), last_run.result()
+            last_run = pool.submit(load_previous_problems, storage, GRAPH_NAME)
+            index, listing = warehouse_side.result(), raw_side.result()
+            state.previous_problems = last_run.result()
+            memo = memo_of(state.previous_problems)
     except ExpectedError as exc:
         state.report.fail(str(exc))
         raise
+    report.listed = True
     state.index = index
     state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
     state.filed_centres = FiledCentres(storage, index)
@@ -96,6 +99,7 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
         len(index.groups),
     )
     clinical, images = plan_inputs(listing, index, memo, state.config, state.settings, report)
+    state.progress.plan(len(clinical), len(images))
     for raw, size in clinical:
         yield (Task("clinical", raw.key, size, None, raw),)
     for raw, size in images:
@@ -197,14 +201,17 @@ def finish_run(services, context) -> int:
     if state.header_requests:
         report.count("header read requests", state.header_requests)
     state.count_lease_requests()
+    if report.listed and not state.settings.dry_run:
+        state.publish_feedback(storage)
     summary = report.summary()
     if state.settings.dry_run:
         summary += "\n  (dry run: nothing was written)"
     summary += execution.publish_report(storage, report, state.settings.dry_run)
     state.release_lease()
-    print(summary, flush=True)
-    execution.write_summary_file(summary)
     state.exit_code = execution.exit_code(report)
+    summary += f"\n  run id: {report.run_id}"
+    execution.emit_summary(summary, report, state.exit_code)
+    execution.write_summary_file(summary)
     return state.exit_code
 
 
@@ -222,7 +229,8 @@ def command_parser():
         """  DRY_RUN            true/false: run everything, write nothing (default false)
 
 exit codes: 0 run completed (per-file problems are reported, not failures);
-  1 some reads or writes failed (rerun to finish); 2 bad settings or config.json""",
+  1 some reads or writes failed (rerun to finish); 2 bad settings, config.json or a missing
+  store; 3 another run holds the warehouse (the run lease); 70 the graph could not run""",
     )
 
 

@@ -5,11 +5,13 @@ nodes, status lines when output is not a terminal, a final report, and a truthfu
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import functools
 import inspect
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -29,9 +31,9 @@ from bonobo.execution.strategies.executor import ThreadPoolExecutorStrategy
 from bonobo.plugins import Plugin
 from bonobo.structs.inputs import Input
 
-from warehouse.components.config import Settings, settings_from_env
+from warehouse.components.config import Settings, config_help, settings_from_env
 from warehouse.components.errors import ExpectedError
-from warehouse.components.report import Reason, RunReport, problem_of
+from warehouse.components.report import REPORT_LOGGER, Reason, RunReport, problem_of
 from warehouse.components.storage import storage_from_url
 
 logger = logging.getLogger(__name__)
@@ -43,18 +45,6 @@ EXIT_BUSY = 3  # another run holds the warehouse (the run lease)
 EXIT_INTERNAL = 70
 
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
-
-
-class _PlainExpectedErrors(logging.Filter):
-    """Turn a record about an `ExpectedError` (bonobo logs node errors with their traceback)
-    into its message alone."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ExpectedError):
-            record.msg, record.args = str(exc), ()
-            record.exc_info, record.exc_text = None, None
-        return True
 
 
 def _cache_node_signatures() -> None:
@@ -70,7 +60,58 @@ def _cache_node_signatures() -> None:
 _cache_node_signatures()
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+#: What every log line of a run says about the run; filled in when its services are built.
+RUN_CONTEXT: dict[str, str | None] = {"graph": None, "run_id": None, "shard": None}
+#: The fields of a JSON log line (``WAREHOUSE_LOG_FORMAT=json``), in order.
+JSON_FIELDS = ("time", "level", "logger", "graph", "run_id", "shard", "event", "key", "reason")
+_NODE_IN_CONTEXT = re.compile(r"ExecutionContext\([-+!~ ]?(\w+)\)")
+
+
+class _RunRecords(logging.Filter):
+    """The one filter on every handler: it gives each record the run's fields (and an ISO UTC
+    time), names bonobo's own error lines after the product's node instead of
+    ``bonobo.execution...``, and turns a record about an `ExpectedError` (bonobo logs node
+    errors with their traceback) into its message alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ExpectedError):
+            record.msg, record.args = str(exc), ()
+            record.exc_info, record.exc_text = None, None
+        record.time = dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+            timespec="milliseconds"
+        )
+        for name, value in RUN_CONTEXT.items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        for name in ("event", "key", "reason"):
+            if not hasattr(record, name):
+                setattr(record, name, None)
+        if record.name.startswith("bonobo.execution"):
+            found = _NODE_IN_CONTEXT.search(str(record.msg))
+            graph = RUN_CONTEXT["graph"] or "graph"
+            record.name = f"warehouse.{graph}.{found.group(1)}" if found else f"warehouse.{graph}"
+        return True
+
+
+def log_format() -> str:
+    """``text`` or ``json``, from ``WAREHOUSE_LOG_FORMAT`` (a bad value is reported as a
+    settings error once the settings are read; logging stays text until then)."""
+    value = os.environ.get("WAREHOUSE_LOG_FORMAT", "text").strip().lower()
+    return value if value in ("text", "json") else "text"
+
+
+def _json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.json import JsonFormatter
+
+    fields = " ".join(f"%({name})s" for name in JSON_FIELDS if name not in ("level", "logger"))
+    return JsonFormatter(
+        f"%(time)s %(levelname)s %(name)s {fields.replace('%(time)s ', '')} %(message)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+    )
+
+
+def configure_logging(level: int = logging.INFO, fmt: str | None = None) -> None:
     """Set up logging once, in the one place that knows about mondrian.
 
     mondrian 0.8.1's formatter style never calls ``PercentStyle.__init__``, so on Python >= 3.10
@@ -78,10 +119,15 @@ def configure_logging(level: int = logging.INFO) -> None:
     ``bonobo.run`` call ``mondrian.setup()`` themselves, so the style class is repaired here;
     without a handler yet (``python -m``), a plain one is installed and mondrian is told it is set
     up, so it does not add a second.
+
+    With ``fmt="json"`` (``WAREHOUSE_LOG_FORMAT=json``) every line is one JSON object with the
+    fields of `JSON_FIELDS` and the message, for CloudWatch Logs Insights; each input that is not
+    filed is then logged too (event ``not_filed``, with its key and reason).
     """
     import mondrian
     from mondrian import formatters
 
+    fmt = fmt or log_format()
     if not hasattr(formatters._Style, "_defaults"):
         formatters._Style._defaults = None
     root = logging.getLogger()
@@ -92,12 +138,16 @@ def configure_logging(level: int = logging.INFO) -> None:
         mondrian.is_setup = True
     plain = not sys.stderr.isatty()
     for handler in root.handlers:
-        if not any(isinstance(f, _PlainExpectedErrors) for f in handler.filters):
-            handler.addFilter(_PlainExpectedErrors())
-        if plain and isinstance(handler.formatter, formatters.Formatter):
+        if not any(isinstance(f, _RunRecords) for f in handler.filters):
+            handler.addFilter(_RunRecords())
+        if fmt == "json":
+            handler.setFormatter(_json_formatter())
+        elif plain and isinstance(handler.formatter, formatters.Formatter):
             # Container logs: no ANSI colours or cursor codes.
             handler.setFormatter(logging.Formatter(_LOG_FORMAT))
     root.setLevel(level)
+    # One line per unfiled input: wanted in JSON logs (queried by key or reason), not in text.
+    logging.getLogger(REPORT_LOGGER).setLevel(logging.INFO if fmt == "json" else logging.WARNING)
     # botocore logs every retry at DEBUG; keep third-party chatter out of INFO logs.
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -313,11 +363,17 @@ _UNEXPECTED = threading.Event()
 
 class StatusLines(Plugin):
     """bonobo's status lines (``- name in=.. out=.. err=.. [done]``) for output that is not a
-    terminal (containers, CloudWatch): every ``period`` seconds while running, and at the end."""
+    terminal (containers, CloudWatch): every ``period`` seconds while running, and at the end.
 
-    def __init__(self, period: float = 10.0, stream=None):
+    While running, ``progress()`` (when given) adds a line of the run's own: how many inputs
+    are done out of how many, the rate and the time left. In JSON logs each line is an event
+    (``status``, ``progress``).
+    """
+
+    def __init__(self, period: float = 10.0, stream=None, progress: Callable | None = None):
         self.period = period
         self.stream = stream
+        self.progress = progress
         self._last = 0.0
 
     def register(self, dispatcher):
@@ -342,11 +398,38 @@ class StatusLines(Plugin):
         self._print(event.context, final=True)
 
     def _print(self, context, final: bool):
+        lines = status_lines(context)
+        progress = None if final or self.progress is None else self.progress()
+        if log_format() == "json" and self.stream is None:
+            for line in lines:
+                _status_logger.info(line, extra={"event": "status"})
+            if progress:
+                _status_logger.info(progress, extra={"event": "progress"})
+            return
         stream = self.stream or sys.stderr
         stamp = "" if final else time.strftime("[%H:%M:%S] ")
-        for line in status_lines(context):
+        for line in lines:
             print(stamp + line, file=stream)
+        if progress:
+            print(stamp + progress, file=stream)
         stream.flush()
+
+
+_status_logger = logging.getLogger("warehouse.status")
+
+
+def _progress_of(services) -> Callable[[], str | None]:
+    """The progress line of the run's state (its ``progress_line``), read when it is asked."""
+
+    def progress() -> str | None:
+        try:
+            state = services["state"]
+        except (KeyError, SystemExit):
+            return None
+        line = getattr(state, "progress_line", None)
+        return line() if callable(line) else None
+
+    return progress
 
 
 def status_lines(context) -> list[str]:
@@ -506,7 +589,7 @@ def run(graph, services, *, finish: Callable | None = None, progress_seconds: fl
     _UNEXPECTED.clear()
     plugins: list = []
     if not sys.stdout.isatty():
-        plugins.append(StatusLines(progress_seconds))
+        plugins.append(StatusLines(progress_seconds, progress=_progress_of(services)))
     if finish is not None:
         plugins.append(OnFinish(finish))
     recorded = bonobo.run is not bonobo_api.run  # the bonobo CLI's recorder
@@ -520,9 +603,12 @@ def run(graph, services, *, finish: Callable | None = None, progress_seconds: fl
 
 #: The environment every graph reads (each command adds its own lines).
 ENVIRONMENT_HELP = """environment:
-  WAREHOUSE_BUCKET   bucket name, s3://name, or file:///path (BUCKET_NAME accepted too)
+  WAREHOUSE_BUCKET   bucket name, s3://name, or file:///path (BUCKET_NAME accepted too);
+                     it and <bucket>-processed must exist
   WAREHOUSE_WORKERS  storage requests in flight at once (default 32)
   WAREHOUSE_PROGRESS_SECONDS  status line period when output is not a terminal (default 10)
+  WAREHOUSE_LOG_FORMAT  text (default) or json: one JSON object per line
+  WAREHOUSE_MAX_CLINICAL_BYTES, WAREHOUSE_MAX_HEADER_BYTES  size limits (16 MiB, 64 MiB)
   RUN_SUMMARY_FILE   also write the run summary to this file
   AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE, ...  standard AWS settings"""
 
@@ -551,7 +637,7 @@ def command_parser(module: str, description: str, extra_help: str) -> argparse.A
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"{ENVIRONMENT_HELP}\n{extra_help}",
+        epilog=f"{ENVIRONMENT_HELP}\n{extra_help}\n\n{config_help()}",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -562,6 +648,29 @@ def account_for_errors(report, context) -> None:
     errors = unexpected_errors(context)
     if errors:
         report.fail(f"{errors} unexpected error(s) in the nodes; see the log above")
+
+
+def emit_summary(summary: str, report, exit_code: int, stream=None) -> None:
+    """Print the run summary: as text, or (``WAREHOUSE_LOG_FORMAT=json``) as one JSON object
+    with the run's counts, its inputs not filed by reason and the exit code."""
+    stream = stream or sys.stdout
+    if log_format() == "json":
+        record = {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "level": "INFO",
+            "logger": f"warehouse.{report.graph}",
+            **{name: RUN_CONTEXT.get(name) for name in ("graph", "run_id", "shard")},
+            "event": "summary",
+            "completed": report.completed,
+            "fatal": report.fatal,
+            "exit_code": exit_code,
+            "counts": dict(sorted(report.counts.items())),
+            "not_filed": dict(sorted(report.reasons.items())),
+            "message": summary.splitlines()[-1].strip() if summary else "",
+        }
+        print(json.dumps(record), file=stream, flush=True)
+    else:
+        print(summary, file=stream, flush=True)
 
 
 def write_summary_file(summary: str) -> None:
@@ -650,6 +759,11 @@ def main(module, argv) -> int | None:
 def publish_report(storage, report, dry_run: bool) -> str:
     """Write the JSON run report into the warehouse (print it instead in a dry run).
 
+    The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is
+    replaced only by a run that listed its inputs: a run stopped by ``config.json`` or by a
+    listing that failed writes its own report (saying why) but never makes the next run read
+    every known-bad input again.
+
     Returns
     -------
     str
@@ -661,8 +775,8 @@ def publish_report(storage, report, dry_run: bool) -> str:
     try:
         data = report.to_json()
         storage.write(report.key(), data)
-        # The next run reads this copy to recognise unfiled inputs that have not changed.
-        storage.write(report.latest_key(), data)
+        if report.listed:
+            storage.write(report.latest_key(), data)
     except ExpectedError as exc:
         logger.error("could not write the run report: %s", exc)
         report.fail(f"run report not written: {exc}")
@@ -692,6 +806,8 @@ def graph_services(graph: str, state_type: type, settings=None, storage=None) ->
         )
     storage.check_store()  # before anything is read: a missing bucket is a settings error
     report = RunReport(graph, settings.run_id)
+    shard = f"{settings.shard[0]}/{settings.shard[1]}" if settings.shard else None
+    RUN_CONTEXT.update(graph=graph, run_id=report.run_id, shard=shard)
     state = state_type(settings, report, WorkerPool(settings.workers))
     # bonobo adds an ``fs`` (pyfilesystem, which needs pkg_resources) and an ``http``
     # (requests) service to any graph without them; no node uses either, so neither is built.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import namedtuple
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from warehouse.components.dicom import (
     read_header,
 )
 from warehouse.components.execution import RunState
+from warehouse.components.feedback import publish_feedback
 from warehouse.components.keys import (
     UnsafeIdentifier,
     check_pseudonym,
@@ -57,6 +59,64 @@ logger = logging.getLogger("warehouseloader")
 Task = namedtuple("Task", "action key size target payload")
 
 
+class Progress:
+    """How far a loader run is: clinical files and images done out of those planned, and the
+    rate of images, for the progress line of the status lines."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.total = {"clinical": None, "image": None}
+        self.done = {"clinical": 0, "image": 0}
+        self._first_image: float | None = None
+
+    def plan(self, clinical: int, images: int) -> None:
+        """The inputs this run has to read."""
+        with self._lock:
+            self.total = {"clinical": clinical, "image": images}
+
+    def finished(self, action: str) -> None:
+        """One input of ``action`` (``clinical`` or ``image``) is done (filed or reported)."""
+        with self._lock:
+            if action in self.done:
+                self.done[action] += 1
+                if action == "image" and self._first_image is None:
+                    self._first_image = self._clock()
+
+    def line(self) -> str | None:
+        """``progress: images 1,145/8,000 (14%), clinical files 968/968, 52.1 images/s, about
+        2 min 11 s left``; None before the inputs are known."""
+        with self._lock:
+            total, done = dict(self.total), dict(self.done)
+            started = self._first_image
+        if total["image"] is None:
+            return None
+        images, all_images = done["image"], total["image"]
+        share = f" ({100 * images // all_images}%)" if all_images else ""
+        parts = [
+            f"images {images:,}/{all_images:,}{share}",
+            f"clinical files {done['clinical']:,}/{total['clinical']:,}",
+        ]
+        elapsed = self._clock() - started if started is not None else 0.0
+        if images and elapsed > 0:
+            rate = images / elapsed
+            parts.append(f"{rate:.1f} images/s")
+            if images < all_images:
+                parts.append(f"about {_duration((all_images - images) / rate)} left")
+        return "progress: " + ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
 @dataclass
 class LoaderState(RunState):
     """Everything one loader run shares between its nodes (one instance, a bonobo service)."""
@@ -73,6 +133,9 @@ class LoaderState(RunState):
     #: claimed by another centre: images under that prefix for that patient are refused too.
     refused_claims: set[tuple[str, str]] = field(default_factory=set)
     filed_centres: FiledCentres | None = None
+    #: The last run's problems (its report), to write only the feedback that changed.
+    previous_problems: list[dict] | None = None
+    progress: Progress = field(default_factory=Progress)
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -103,6 +166,17 @@ class LoaderState(RunState):
         self.lease = lease
         return LeasedStorage(storage, lease)
 
+    def publish_feedback(self, storage: Storage) -> None:
+        """Write each raw prefix's feedback file that changed (see `feedback`); a failed
+        write makes the run incomplete."""
+        try:
+            written = publish_feedback(storage, self.report, self.previous_problems)
+        except StorageError as exc:
+            self.report.fail(f"feedback not written: {exc}")
+            return
+        if written:
+            self.report.count("feedback files written", written)
+
     def count_lease_requests(self) -> None:
         """Count what the lease cost, its release (one DELETE, made once the report is
         written) included."""
@@ -118,6 +192,15 @@ class LoaderState(RunState):
     def close(self) -> None:
         self.release_lease()
         super().close()
+
+    def progress_line(self) -> str | None:
+        """The status lines' progress line (see `Progress.line`)."""
+        return self.progress.line()
+
+    def item_failed(self, item, exc: BaseException) -> list:
+        if isinstance(item, Task):
+            self.progress.finished(item.action)
+        return super().item_failed(item, exc)
 
     def skip_extras(self, item, reason: Reason) -> dict:
         """A raw input that failed is reported with its listing stamp, so the next run knows
@@ -200,6 +283,7 @@ def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> lis
     """
     task, centre, filed_centre = read
     raw, report, config = task.payload, state.report, state.config
+    state.progress.finished("clinical")
     facts = {"pseudonym": raw.pseudonym, "centre": centre}
 
     def refuse(reason: Reason, detail: str, **more) -> list[Task]:
@@ -267,6 +351,7 @@ def file_image(
     """Decide where an image goes; return its copy and metadata tasks (those not yet done)."""
     task, header, identity, filed_centre = read
     report, raw, patient = state.report, task.payload, identity.patient_id
+    state.progress.finished("image")
     state.count_header_read(header.requests, header.bytes_read)
 
     def refuse(reason: Reason, detail: str, **facts) -> list[Task]:

@@ -55,20 +55,33 @@ FILE_REASONS = frozenset(
 )
 
 
+def load_previous_problems(storage: Storage, graph: str) -> list[dict] | None:
+    """The problems of the previous run report (``reports/<graph>/latest.json``), or None
+    when there is none or it cannot be used (then everything is read again)."""
+    try:
+        report = json.loads(storage.read(latest_report_key(graph)))
+        problems = report["problems"]
+        if not isinstance(problems, list):
+            raise TypeError("problems is not a list")
+    except ObjectNotFound:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("the previous run report cannot be used (%s); reading every input", exc)
+        return None
+    return [p for p in problems if isinstance(p, dict) and isinstance(p.get("key"), str)]
+
+
+def memo_of(problems: list[dict] | None) -> dict[str, dict]:
+    """The last run's unfiled inputs that carry a listing stamp, by key."""
+    return {p["key"]: p for p in problems or () if "modified" in p}
+
+
 def load_memo(storage: Storage, graph: str) -> dict[str, dict]:
     """The unfiled inputs of the previous run report, by key (empty when there is none).
 
     A missing or unreadable report only means that everything is read again.
     """
-    try:
-        report = json.loads(storage.read(latest_report_key(graph)))
-        problems = report["problems"]
-    except ObjectNotFound:
-        return {}
-    except (ValueError, KeyError, TypeError) as exc:
-        logger.warning("the previous run report cannot be used (%s); reading every input", exc)
-        return {}
-    return {p["key"]: p for p in problems if isinstance(p, dict) and "modified" in p}
+    return memo_of(load_previous_problems(storage, graph))
 
 
 def recall(memo: dict[str, dict], raw: RawKey, size: int) -> dict | None:

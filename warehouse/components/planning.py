@@ -10,7 +10,6 @@ image not yet filed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 from warehouse.components.config import PipelineConfig
 from warehouse.components.keys import RawKey, clinical_name, upload_date_problem
@@ -55,8 +54,8 @@ def plan_inputs(
     config: PipelineConfig,
     settings,
     report: RunReport,
-) -> tuple[list[tuple[RawKey, int]], Iterator[tuple[RawKey, int]]]:
-    """The clinical files to read, in upload order, and (lazily) the images to read.
+) -> tuple[list[tuple[RawKey, int]], list[tuple[RawKey, int]]]:
+    """The clinical files to read, in upload order, and the images to read, in key order.
 
     Parameters
     ----------
@@ -103,16 +102,14 @@ def plan_inputs(
             clinical.append((raw, size))
     new_patients = {raw.pseudonym for raw, _ in clinical}
 
-    def images() -> Iterator[tuple[RawKey, int]]:
-        for (raw, size), (_, pending) in zip(
-            listing.images, pending_images(listing, index), strict=True
-        ):
-            if pending is None:
-                _report_filed_image(raw, size, index, report)
-            elif not known_unfiled(raw, size, new_patients):
-                yield raw, size
-
-    return clinical, images()
+    images = []
+    for item, (_, pending) in zip(listing.images, pending_images(listing, index), strict=True):
+        raw, size = item
+        if pending is None:
+            _report_filed_image(raw, size, index, report)
+        elif not known_unfiled(raw, size, new_patients):
+            images.append(item)  # the listing's own pair: no new object per image
+    return clinical, images
 
 
 def _filed_clinical_sources(listing: RawListing, index: WarehouseIndex) -> dict:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 import uuid
 from collections import Counter
 from enum import StrEnum
+
+from warehouse import __version__
 
 
 class Reason(StrEnum):
@@ -69,6 +72,11 @@ def problem_of(exc: BaseException) -> tuple[Reason, str]:
     return Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}"[:1000]
 
 
+#: The logger of each unfiled input (shown in JSON logs, where an operator queries them).
+REPORT_LOGGER = "warehouse.report"
+_logger = logging.getLogger(REPORT_LOGGER)
+
+
 class RunReport:
     """Thread-safe record of a run's outcomes."""
 
@@ -83,6 +91,9 @@ class RunReport:
         self.fatal: str | None = None
         #: Whether ``fatal`` is a problem of the settings or ``config.json`` (exit code 2).
         self.config_problem = False
+        #: Whether the run listed its inputs: only such a report may become the memo the next
+        #: run reads (``latest.json``); one that stopped before cannot describe the inputs.
+        self.listed = False
         self._lock = threading.Lock()
 
     def count(self, outcome: str, n: int = 1) -> None:
@@ -112,6 +123,9 @@ class RunReport:
         with self._lock:
             self.reasons[reason.value] += 1
             self.problems.append(problem)
+        _logger.info(
+            "%s: %s", key, reason.value, extra={"event": "not_filed", "key": key, "reason": reason}
+        )
 
     def skip_again(self, problem: dict) -> None:
         """Record again an input the last run reported, unchanged and not read again."""
@@ -119,6 +133,12 @@ class RunReport:
             self.reasons[problem["reason"]] += 1
             self.problems.append(dict(problem))
             self.counts["unfiled inputs not read again (unchanged)"] += 1
+        _logger.info(
+            "%s: %s (unchanged, not read again)",
+            problem["key"],
+            problem["reason"],
+            extra={"event": "not_filed", "key": problem["key"], "reason": problem["reason"]},
+        )
 
     def fail(self, message: str) -> None:
         """Record that the run could not complete (config, listing, ...)."""
@@ -154,6 +174,7 @@ class RunReport:
         by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
         return {
             "graph": self.graph,
+            "version": __version__,
             "run_id": self.run_id,
             "started": self.started.isoformat(),
             "finished": dt.datetime.now(dt.UTC).isoformat(),

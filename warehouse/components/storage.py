@@ -665,12 +665,23 @@ class S3Storage(Storage):
     ``AWS_ENDPOINT_URL`` and the other standard AWS variables are honoured by botocore.
     """
 
-    def __init__(self, bucket: str, *, client=None, workers: int = 32, copy_limit=S3_COPY_LIMIT):
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        client=None,
+        probe=None,
+        workers: int = 32,
+        copy_limit=S3_COPY_LIMIT,
+    ):
         self.bucket = bucket
         self.url = f"s3://{bucket}"
         self.workers = workers
         self.copy_limit = copy_limit
         self.client = client or make_s3_client(workers)
+        #: The client of `check_store`: short timeouts, one attempt (the given client itself
+        #: when one is given).
+        self.probe = probe or (client if client is not None else probe_client(self.client))
 
     def _error(self, exc: Exception, action: str, key: str = "") -> StorageError:
         from botocore.exceptions import ClientError
@@ -763,13 +774,28 @@ class S3Storage(Storage):
             raise error from None
 
     def processed(self) -> S3Storage:
-        return S3Storage(self.bucket + "-processed", client=self.client, workers=self.workers)
+        return S3Storage(
+            self.bucket + "-processed", client=self.client, probe=self.probe, workers=self.workers
+        )
 
     def check_store(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        """One HeadBucket through a client with short timeouts and no retries, so that an
+        endpoint that cannot be reached is said within seconds, not after the SDK's retries."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
 
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.probe.head_bucket(Bucket=self.bucket)
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise StoreUnavailable(
+                f"cannot reach the S3 endpoint {self.client.meta.endpoint_url} for bucket "
+                f"{self.bucket} ({exc}); check AWS_ENDPOINT_URL, the region and the network"
+            ) from None
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket", "NotFound"):
@@ -839,6 +865,30 @@ class S3Storage(Storage):
 
     def delete_if_match(self, key: str, token: str) -> None:
         self._conditional(self.client.delete_object, "delete", key, IfMatch=token)
+
+
+#: The store probe's limits: it must answer within seconds when the endpoint cannot be reached.
+PROBE_CONNECT_SECONDS = 2
+PROBE_READ_SECONDS = 2
+
+
+def probe_client(client):
+    """A client of the same endpoint and region as ``client``, with short timeouts and a
+    single attempt: for the one request that checks a store before a run starts."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=PROBE_CONNECT_SECONDS,
+        read_timeout=PROBE_READ_SECONDS,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=client.meta.endpoint_url,
+        region_name=client.meta.region_name,
+        config=config,
+    )
 
 
 def make_s3_client(workers: int = 32):
