@@ -190,6 +190,29 @@ def chart_data(driver: webdriver.Chrome, name: str) -> list[dict]:
     )
 
 
+def texts(driver: webdriver.Chrome, selector: str) -> list[str]:
+    """The text content of every element matching ``selector``, in page order."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.textContent)",
+        selector,
+    )
+
+
+def values_by(driver: webdriver.Chrome, selector: str, *keys: str) -> dict:
+    """The figures of the elements matching ``selector``: the ``data-value`` of each (or of
+    the element inside it that has one), by the element's ``data-<key>`` attributes (one key:
+    its value; several: a tuple)."""
+    found = driver.execute_script(
+        "var keys = arguments[1];"
+        "return Array.from(document.querySelectorAll(arguments[0])).map(function (e) {"
+        "var holder = e.dataset.value !== undefined ? e : e.querySelector('[data-value]');"
+        "return [keys.map(k => e.dataset[k]), Number(holder.dataset.value)]; });",
+        selector,
+        list(keys),
+    )
+    return {(tuple(k) if len(k) > 1 else k[0]): value for k, value in found}
+
+
 def hover_tooltip(driver: webdriver.Chrome, name: str) -> str:
     """Move the mouse onto the largest bar or point of chart ``name``; the tooltip's text
     (empty when no tooltip shows)."""
