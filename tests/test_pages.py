@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import unicodedata
 
@@ -654,3 +655,54 @@ def test_a_page_that_cannot_be_written_costs_nothing_else(tmp_path, caplog):
     assert report.completed and execution.exit_code(report) == 0
     assert json.loads(store.read(report.latest_key()))["run_id"] == report.run_id
     assert "could not write the run report page" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# The chart JavaScript
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_javascript(monkeypatch, tmp_path):
+    """`chart_javascript` with an empty cache under ``tmp_path`` and a counted fake bundler."""
+    calls = []
+
+    def bundle():
+        calls.append(1)
+        return "var a = '</script><b>';"
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(pages.vl_convert, "javascript_bundle", bundle)
+    pages.chart_javascript.cache_clear()
+    yield calls
+    pages.chart_javascript.cache_clear()  # the next test gets the real bundle
+
+
+def test_the_chart_javascript_is_bundled_once_per_machine(fresh_javascript, tmp_path):
+    script = pages.chart_javascript()
+    assert script == "var a = '<\\/script><b>';" and fresh_javascript == [1]
+    cache = pages.javascript_cache()
+    assert cache.parent == tmp_path / "cache" / "warehouse-loader"
+    assert cache.name.startswith("vega-bundle-1.9.0") and cache.read_text() == script
+    assert list(cache.parent.iterdir()) == [cache]  # no temporary file left
+
+    pages.chart_javascript.cache_clear()  # another process
+    assert pages.chart_javascript() == script and fresh_javascript == [1]
+
+
+def test_an_unwritable_cache_only_costs_time(fresh_javascript, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=pages.__name__)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert pages.chart_javascript() == "var a = '<\\/script><b>';"
+    assert "chart JavaScript not cached" in caplog.text
+    pages.chart_javascript.cache_clear()
+    pages.chart_javascript()
+    assert fresh_javascript == [1, 1]
+
+
+def test_the_real_bundle_holds_vega_lite_and_no_script_end():
+    script = pages.chart_javascript()
+    assert "vegaEmbed" in script and "vegaLite" in script and len(script) > 500_000
+    assert "</script" not in script.lower()

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import importlib.metadata
+import logging
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +38,12 @@ __all__ = [
     "Chart",
     "PageInputs",
     "chart_javascript",
+    "javascript_cache",
     "dashboard_page",
     "public_page",
 ]
+
+logger = logging.getLogger(__name__)
 
 DASHBOARD_PAGE = "dashboard.html"
 PUBLIC_PAGE = "public.html"
@@ -104,9 +111,41 @@ class Chart:
 def chart_javascript() -> str:
     """Vega, Vega-Lite and Vega-Embed as one script, from `vl_convert` (made once a process).
 
+    `vl_convert` builds the bundle in 3-5 s; it is kept in a cache file named after its
+    version (:func:`javascript_cache`), so later processes on the same machine read it instead.
     The text is safe inside a ``<script>`` element (no ``</script``).
     """
-    return vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    cache = javascript_cache()
+    try:
+        return cache.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        logger.debug("no chart JavaScript in %s: bundling it", cache)
+    script = vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under another name, then renamed: a reader never sees half a file.
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_text(script, encoding="utf-8")
+        os.replace(partial, cache)
+    except OSError as exc:
+        logger.info("chart JavaScript not cached (%s): it is bundled again next time", exc)
+    return script
+
+
+def javascript_cache() -> Path:
+    """Where :func:`chart_javascript` keeps the bundle: ``$XDG_CACHE_HOME/warehouse-loader/``
+    (``~/.cache/warehouse-loader/`` without it), one file per vl-convert, Vega, Vega-Lite and
+    Vega-Embed version."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    versions = "-".join(
+        (
+            importlib.metadata.version("vl-convert-python"),
+            vl_convert.get_vega_version(),
+            vl_convert.get_vegalite_versions()[-1],
+            vl_convert.get_vega_embed_version(),
+        )
+    )
+    return Path(base) / "warehouse-loader" / f"vega-bundle-{versions}.js"
 
 
 def _environment() -> jinja2.Environment:
