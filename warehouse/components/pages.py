@@ -192,14 +192,20 @@ def _chart(name, title, caption, records, build, empty="Nothing to show yet.") -
 def _cumulative_chart(name: str, title: str, caption: str, records, measure: str) -> Chart:
     def build(chart):
         tooltip = [
-            alt.Tooltip("date:T", title="date", format="%Y-%m-%d"),
+            alt.Tooltip("date:N", title="date"),  # the ISO text: no time zone to shift it
             alt.Tooltip("centre:N"),
             alt.Tooltip("group:N"),
             alt.Tooltip(f"{measure}:Q", title=f"{measure} (cumulative)", format=","),
             alt.Tooltip("new:Q", title="new that day", format=","),
         ]
         encoding = {
-            "x": alt.X("date:T", title=None),
+            # Dates are UTC days: drawn in UTC, whatever the reader's time zone.
+            "x": alt.X(
+                "date:T",
+                title=None,
+                scale=alt.Scale(type="utc"),
+                axis=alt.Axis(format="%Y-%m-%d", formatType="utc", labelAngle=0),
+            ),
             "y": alt.Y(f"{measure}:Q", title=f"{measure} (cumulative)", axis=COUNT_AXIS),
             "color": alt.Color(
                 "centre:N",

@@ -20,17 +20,6 @@ __all__ = ["MAX_LISTED", "moment", "page_key", "prefix_of", "refused_by_prefix",
 #: Inputs not filed listed one by one on the page (the JSON report lists them all).
 MAX_LISTED = 5000
 
-_TEMPLATES = Path(__file__).with_name("page_templates")
-_ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
-    autoescape=jinja2.select_autoescape(["html"]),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_ENVIRONMENT.filters["thousands"] = lambda n: f"{int(n):,}"
-_ENVIRONMENT.filters["moment"] = lambda text: moment(text)
-
 
 def moment(text) -> str:
     """An ISO time as people read it: ``2026-12-02 05:36:10 UTC`` (the text when unreadable)."""
@@ -43,6 +32,18 @@ def moment(text) -> str:
     if stamp.tzinfo is None:
         return f"{stamp:%Y-%m-%d %H:%M:%S}"
     return f"{stamp.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+_TEMPLATES = Path(__file__).with_name("page_templates")
+_ENVIRONMENT = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_ENVIRONMENT.filters["thousands"] = lambda n: f"{int(n):,}"
+_ENVIRONMENT.filters["moment"] = moment
 
 
 def page_key(json_key: str) -> str:
