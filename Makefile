@@ -47,8 +47,21 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@sed 's/^/  /' $(DEMO_DIR)-centres.txt
 	@echo "Dashboard tables in $(DEMO_DIR)-processed/; latest.csv names the newest batch:"
 	@sed 's/^/  /' $(DEMO_DIR)-processed/latest.csv
+	@echo
+	@echo "Pages to open in a browser (self-contained, no network needed):"
+	@sed -n 's/^dashboard,/  internal dashboard: $(subst /,\/,$(abspath $(DEMO_DIR)))-processed\//p' $(DEMO_DIR)-processed/latest.csv
+	@sed -n 's/^public,/  public statistics:  $(subst /,\/,$(abspath $(DEMO_DIR)))-processed\//p' $(DEMO_DIR)-processed/latest.csv
+	@echo "  loader run report:  $$(find $(abspath $(DEMO_DIR))/reports/warehouseloader -name '20*.html' | sort | tail -n 1)"
 
-test: $(VENV)/.dev  ## run the whole test suite
+# The page tests drive headless Chromium: Debian's chromium and chromium-driver, installed
+# here when missing (as root, or through sudo), so a fresh machine and CI need nothing by hand.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+test: $(VENV)/.dev  ## run the whole test suite (installs headless Chromium when missing)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		echo "installing chromium and chromium-driver for the page tests"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; fi
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev  ## check formatting and lint

@@ -218,7 +218,8 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     """The checks every backend must pass on the hand-made warehouse's batch."""
     batch, out = read_batch(processed)
     assert BATCH.match(batch)
-    tables = ("ct", "xray", "patient", "patient_clean", "storage")
+    tables = ("ct", "xray", "patient", "patient_clean", "storage", "study_images")
+    pages = ("dashboard.html", "public.html")
     stats = (
         "stats_patients.csv",
         "stats_images.csv",
@@ -227,10 +228,38 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
         "stats_date.txt",
     )
     assert sorted(out) == sorted(
-        [f"{t}.{ext}" for t in tables for ext in ("csv", "parquet")] + list(stats)
+        [f"{t}.{ext}" for t in tables for ext in ("csv", "parquet")] + list(stats) + list(pages)
     )
     latest = processed.read("latest.csv").decode()
-    assert latest == "archive,path\n" + "".join(f"{t},{batch}/{t}.csv\n" for t in tables)
+    assert latest == (
+        "archive,path\n"
+        + "".join(f"{t},{batch}/{t}.csv\n" for t in tables)
+        + f"dashboard,{batch}/dashboard.html\npublic,{batch}/public.html\n"
+    )
+    for page in pages:
+        assert out[page].startswith(b"<!doctype html>")
+    assert b"vegaEmbed" in out["dashboard.html"]
+    # Every public count of this small warehouse is under 10: no figure, so no chart.
+    assert b"fewer than 10" in out["public.html"] and b"vegaEmbed" not in out["public.html"]
+
+    # Images per study folder, from the listing: study A has two metadata files.
+    images = csv(out, "study_images.csv")
+    assert list(images.columns) == [
+        "group",
+        "modality",
+        "Pseudonym",
+        "StudyInstanceUID",
+        "filed",
+        "images",
+    ]
+    assert [tuple(row) for row in images[["modality", "Pseudonym", "StudyInstanceUID"]].values] == [
+        ("ct", "Covid1", STUDY["A"]),
+        ("ct", "Covid2", STUDY["B"]),
+        ("xray", "Covid1", STUDY["C"]),
+        ("xray", "Covid4", STUDY["D"]),
+    ]
+    assert list(images["images"]) == ["2", "1", "1", "1"]
+    assert list(images["group"]) == ["training", "training", "training", "validation"]
 
     ct = csv(out, "ct.csv")
     assert list(ct["Pseudonym"]) == ["Covid1", "Covid2"]  # one row per study
@@ -354,22 +383,25 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert [(p["key"], p["reason"]) for p in report["problems"]] == [(BAD_CLINICAL, "invalid JSON")]
     assert report["counts"] == {"ct studies": 2, "patients": 3, "xray studies": 2}
 
-    # Listed once (each group folder split once), each chosen file and study file read once.
+    # Listed once (each group folder split once), each chosen file and study file read once,
+    # and for the pages config.json and the loader's latest report (neither is there).
     assert sorted(store.log["folders"]) == ["training/", "validation/"]
     reads = store.log["reads"]
-    # config.json, 3 patients + the bad file, 4 studies
-    assert len(reads) == len(set(reads)) == 1 + 4 + 4
-    assert reads[0] == "config.json"
+    assert len(reads) == len(set(reads)) == 4 + 4 + 2  # 3 patients + the bad file, 4 studies
+    assert {"config.json", "reports/warehouseloader/latest.json"} <= set(reads)
+    assert reads[0] == "config.json"  # before anything else: a bucket without it is refused
+    assert set(csv(out, "study_images.csv")["filed"]) == {"2021-03-02"}
     assert f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A2']}/b.json" not in reads
     assert "training/data/Covid1/status_2021-04-01.json" not in reads
 
-    # latest.csv is the last write of the batch; the run report (and its latest.json copy)
-    # come after the graph.
+    # latest.csv is the last write of the batch; the run report (and its latest.json copy),
+    # then its page, come after the graph.
     writes = [w.rsplit("/", 1)[-1] for w in store.log["writes"]]
-    assert writes[-3] == "latest.csv"
-    assert writes[-2].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-2]
-    assert store.log["writes"][-1].endswith("reports/dataprocess/latest.json")
-    assert len(writes) == 10 + 5 + 1 + 2
+    assert writes[-4] == "latest.csv"
+    assert writes[-3].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-3]
+    assert store.log["writes"][-2].endswith("reports/dataprocess/latest.json")
+    assert store.log["writes"][-1] == store.log["writes"][-3].removesuffix(".json") + ".html"
+    assert len(writes) == 12 + 5 + 2 + 1 + 3
 
     printed = capsys.readouterr()
     assert "dataprocess run summary" in printed.out
@@ -386,7 +418,15 @@ def test_a_modality_without_studies_has_no_table(local_store):
     batch, out = read_batch(processed)
     assert not any(name.startswith(("xray.", "mri.")) for name in out)
     latest = pd.read_csv(io.BytesIO(processed.read("latest.csv")))
-    assert list(latest["archive"]) == ["ct", "patient", "patient_clean", "storage"]
+    assert list(latest["archive"]) == [
+        "ct",
+        "patient",
+        "patient_clean",
+        "storage",
+        "study_images",
+        "dashboard",
+        "public",
+    ]
     assert "X-ray image studies,0\n" in out["stats_images.csv"].decode()
 
 
@@ -396,7 +436,7 @@ def test_a_warehouse_without_images(local_store):
     assert run_graph(local_store)[0] == 0
     processed = local_store.processed()
     latest = pd.read_csv(io.BytesIO(processed.read("latest.csv")))
-    assert list(latest["archive"]) == ["patient", "patient_clean", "storage"]
+    assert list(latest["archive"]) == ["patient", "patient_clean", "storage", "dashboard", "public"]
     _, out = read_batch(processed)
     clean = csv(out, "patient_clean.csv")
     assert list(clean["sex"]) == ["M", "Unknown", "Unknown"]  # Sex=0 is in an older file

@@ -29,7 +29,7 @@ from bonobo.config.processors import use_context_processor
 from warehouse.components import execution
 from warehouse.components.catalogue import StudyFile, WarehouseCatalogue, WarehouseContents
 from warehouse.components.config import Settings, load_pipeline_config
-from warehouse.components.dashboard import build_batch, write_batch
+from warehouse.components.dashboard import build_batch, read_page_inputs, write_batch
 from warehouse.components.errors import ExpectedError
 from warehouse.components.extraction import (
     Collected,
@@ -106,7 +106,13 @@ def get_storage_stats(catalogue: WarehouseCatalogue, state: DataprocessState):
     yield (StorageSizes(dict(_contents(catalogue, state).storage)),)
 
 
-def _build_and_write(context, storage: Storage, state: DataprocessState, collected: Collected):
+def _build_and_write(
+    context,
+    storage: Storage,
+    state: DataprocessState,
+    collected: Collected,
+    catalogue: WarehouseCatalogue,
+):
     """Build the batch and write it; a failure is reported and nothing else is published."""
     report = state.report
     errors = execution.unexpected_errors(context.parent) if context.parent else 0
@@ -122,6 +128,10 @@ def _build_and_write(context, storage: Storage, state: DataprocessState, collect
             collected.studies,
             collected.storage,
             dt.datetime.now(dt.UTC),
+            # For the pages: images per study from the same listing, config.json and the
+            # loader's last run report.
+            study_images=catalogue.contents().images,
+            inputs=read_page_inputs(storage, state.config),
         )
         state.batch = batch.name
         for name, table in batch.tables.items():
@@ -135,16 +145,30 @@ def _build_and_write(context, storage: Storage, state: DataprocessState, collect
         report.fail("could not build or write the tables; see the log above")
 
 
-def _collect_then_write(node, context, *, storage: Storage, state: DataprocessState, **services):
+def _collect_then_write(
+    node,
+    context,
+    *,
+    storage: Storage,
+    state: DataprocessState,
+    catalogue: WarehouseCatalogue,
+    **services,
+):
     collected = Collected()
     yield collected
-    _build_and_write(context, storage, state, collected)
+    _build_and_write(context, storage, state, collected, catalogue)
 
 
 # The node names are part of the interface (status lines): hence a class-like function name.
-@use("storage", "state")
+@use("storage", "state", "catalogue")
 @use_context_processor(_collect_then_write)
-def DataExtractor(collected: Collected, item, storage: Storage, state: DataprocessState):
+def DataExtractor(
+    collected: Collected,
+    item,
+    storage: Storage,
+    state: DataprocessState,
+    catalogue: WarehouseCatalogue,
+):
     """Join the branches: collect every row; at the end, build and write the tables."""
     collected.add(item)
 
@@ -207,8 +231,9 @@ def command_parser():
         "dataprocess",
         "Build the dashboard tables of the WAREHOUSE_BUCKET warehouse side (training/, "
         "validation/) and write them to <bucket>-processed: a folder <UTC time>/ with ct, xray, "
-        "mri, patient, patient_clean and storage as CSV and Parquet plus the public statistics "
-        "files, then latest.csv naming them.",
+        "mri, patient, patient_clean, storage and study_images as CSV and Parquet, the public "
+        "statistics files and two pages (dashboard.html, public.html), then latest.csv "
+        "naming them.",
         """  DRY_RUN            true/false: read and build everything, write nothing (default false)
 
 exit codes: 0 tables written (unusable files are reported, not failures);

@@ -65,6 +65,9 @@ class WarehouseContents:
     links : list
         Keys of symbolic links on the warehouse side (local stores), sorted: never followed,
         not counted as filed; to be reported with ``Reason.SYMLINK``.
+    images : dict
+        ``(group, modality, pseudonym, study, LastModified date)`` -> metadata files (one per
+        filed image) of that study folder listed with that date.
     """
 
     clinical: dict[str, list[ClinicalFile]] = field(default_factory=dict)
@@ -72,6 +75,7 @@ class WarehouseContents:
     storage: dict[str, int] = field(default_factory=dict)
     objects: int = 0
     links: list[str] = field(default_factory=list)
+    images: dict[tuple[str, str, str, str, dt.date], int] = field(default_factory=dict)
 
     def add(self, info: ObjectInfo) -> None:
         """Take one listed object into account (clinical file, metadata file, or neither); a
@@ -92,6 +96,8 @@ class WarehouseContents:
             if modality not in STUDY_MODALITIES:
                 return
             slot = (group, modality, pseudonym, study)
+            filed = (*slot, _date(info.last_modified))
+            self.images[filed] = self.images.get(filed, 0) + 1
             known = self.studies.get(slot)
             if known is None or info.key < known.key:
                 self.studies[slot] = StudyFile(

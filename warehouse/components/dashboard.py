@@ -1,12 +1,15 @@
-"""A batch of dashboard tables: built from the rows ``dataprocess`` read, written to the processed
-store as CSV and Parquet in one folder per run, and published by ``latest.csv``, written last.
+"""A batch of dashboard tables and pages: built from the rows ``dataprocess`` read, written to the
+processed store in one folder per run, and published by ``latest.csv``, written last.
 
 The table rules are in :mod:`warehouse.components.tables` and
-:mod:`warehouse.components.cleaning`; this module puts them together and writes the result::
+:mod:`warehouse.components.cleaning`, the pages in :mod:`warehouse.components.pages`; this
+module puts them together and writes the result::
 
     <processed store>/<batch>/ct.csv, ct.parquet, xray.*, mri.*       (modalities with studies)
     <processed store>/<batch>/patient.*, patient_clean.*, storage.*
+    <processed store>/<batch>/study_images.*                          (when there are images)
     <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
+    <processed store>/<batch>/dashboard.html, public.html             (the pages)
     <processed store>/latest.csv                                      (archive,path; last)
 
 ``<batch>`` is the run's UTC time, ISO 8601 with ``-`` for ``:`` so that it is a valid file
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +31,17 @@ import pyarrow as pa
 
 from warehouse.components.catalogue import STUDY_MODALITIES
 from warehouse.components.cleaning import clean_patient_table, fill_from_dicom
-from warehouse.components.storage import Storage
+from warehouse.components.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
+from warehouse.components.figures import STUDY_IMAGE_COLUMNS
+from warehouse.components.pages import (
+    DASHBOARD_PAGE,
+    PUBLIC_PAGE,
+    PageInputs,
+    dashboard_page,
+    public_page,
+)
+from warehouse.components.report import latest_report_key
+from warehouse.components.storage import ObjectNotFound, Storage
 from warehouse.components.tables import (
     patient_table,
     public_statistics,
@@ -38,11 +52,17 @@ from warehouse.components.tables import (
 logger = logging.getLogger(__name__)
 
 LATEST_KEY = "latest.csv"
-#: Tables in the order of ``latest.csv`` (a study table only when its modality has studies).
-TABLE_ORDER = (*STUDY_MODALITIES, "patient", "patient_clean", "storage")
+#: Tables in the order of ``latest.csv`` (a study table only when its modality has studies,
+#: ``study_images`` only when there are images).
+TABLE_ORDER = (*STUDY_MODALITIES, "patient", "patient_clean", "storage", "study_images")
+#: Pages in the order of ``latest.csv``, after the tables: archive name -> file name.
+PAGES = {"dashboard": DASHBOARD_PAGE, "public": PUBLIC_PAGE}
+#: The loader's newest run report, shown on the dashboard.
+LOADER_REPORT_KEY = latest_report_key("warehouseloader")
 
 _CONTENT_TYPES = {
     ".csv": "text/csv",
+    ".html": "text/html; charset=utf-8",
     ".parquet": "application/vnd.apache.parquet",
     ".txt": "text/plain",
 }
@@ -74,21 +94,92 @@ class Batch:
         of modalities without studies are absent.
     files : dict
         Other files of the batch (the public statistics), file name -> text.
+    pages : dict
+        The pages, archive name (``dashboard``, ``public``) -> HTML text.
     """
 
     name: str
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    pages: dict[str, str] = field(default_factory=dict)
 
     def latest(self) -> pd.DataFrame:
-        """The ``latest.csv`` table: ``archive``, ``path`` (``<batch>/<archive>.csv``)."""
+        """The ``latest.csv`` table: ``archive``, ``path``: ``<batch>/<archive>.csv`` for each
+        table, then ``<batch>/dashboard.html`` and ``<batch>/public.html``."""
         archives = [name for name in TABLE_ORDER if name in self.tables]
+        paths = [f"{self.name}/{a}.csv" for a in archives]
+        for archive, file_name in PAGES.items():
+            if archive in self.pages:
+                archives.append(archive)
+                paths.append(f"{self.name}/{file_name}")
         return pd.DataFrame(
             {
                 "archive": pd.Series(archives, dtype="str"),
-                "path": pd.Series([f"{self.name}/{a}.csv" for a in archives], dtype="str"),
+                "path": pd.Series(paths, dtype="str"),
             }
         )
+
+
+def study_image_table(counts: Mapping[tuple, int]) -> pd.DataFrame:
+    """Build ``study_images.csv``: the images filed in each study folder, per filing date.
+
+    Parameters
+    ----------
+    counts : mapping
+        ``(group, modality folder, pseudonym, study, filed date)`` -> images (metadata files
+        listed under ``<group>/<modality>-metadata/<pseudonym>/<study>/`` with that
+        LastModified date), as ``catalogue.WarehouseContents.images`` holds them.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`figures.STUDY_IMAGE_COLUMNS`: ``group``, ``modality`` (``ct``,
+        ``xray``, ``mri``), ``Pseudonym``, ``StudyInstanceUID`` (the folder names), ``filed``
+        (datetime64[ns] date) and ``images`` (int64); sorted by modality (table order),
+        group, patient, study and date.
+    """
+    order = {modality: index for index, modality in enumerate(STUDY_MODALITIES)}
+    keys = sorted(counts, key=lambda k: (order.get(k[1], len(order)), k[0], k[2], k[3], k[4]))
+    columns = list(zip(*keys, strict=True)) if keys else [()] * 5
+    data = {
+        name: pd.Series(list(values), dtype="str")
+        for name, values in zip(STUDY_IMAGE_COLUMNS[:4], columns[:4], strict=True)
+    }
+    data["filed"] = pd.Series(pd.to_datetime(list(columns[4])), dtype="datetime64[ns]")
+    data["images"] = pd.Series([int(counts[k]) for k in keys], dtype="int64")
+    return pd.DataFrame(data, columns=list(STUDY_IMAGE_COLUMNS))
+
+
+def read_page_inputs(storage: Storage, config: PipelineConfig | None = None) -> PageInputs:
+    """Read what the pages need from the warehouse: ``config.json`` (unless the run has read it
+    already: ``config``) and the loader's newest run report
+    (``reports/warehouseloader/latest.json``).
+
+    Either may be missing or unusable: the page then says why, and the run goes on.
+
+    Raises
+    ------
+    StorageError
+        When a read fails for another reason than a missing object (the run fails: rerun).
+    """
+    config_note = ""
+    if config is None:
+        try:
+            config = parse_config(storage.read(CONFIG_KEY))
+        except ObjectNotFound:
+            config_note = f"No {CONFIG_KEY} in the warehouse."
+        except ConfigError as exc:
+            config_note = f"{CONFIG_KEY} cannot be used: {exc}"
+    report, report_note = None, ""
+    try:
+        report = json.loads(storage.read(LOADER_REPORT_KEY).decode("utf-8"))
+    except ObjectNotFound:
+        report_note = f"No loader run report yet ({LOADER_REPORT_KEY})."
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        report_note = f"{LOADER_REPORT_KEY} is not valid JSON: {exc}"
+    if report is not None and not isinstance(report, dict):
+        report, report_note = None, f"{LOADER_REPORT_KEY} is not a JSON object."
+    return PageInputs(storage.url, config, config_note, report, report_note)
 
 
 def build_batch(
@@ -96,8 +187,11 @@ def build_batch(
     study_rows: Mapping[str, list[dict]],
     storage_sizes: Mapping[str, int],
     now: dt.datetime,
+    *,
+    study_images: Mapping[tuple, int] | None = None,
+    inputs: PageInputs | None = None,
 ) -> Batch:
-    """Build every table and statistics file of a run.
+    """Build every table, statistics file and page of a run.
 
     Parameters
     ----------
@@ -111,6 +205,10 @@ def build_batch(
         Storage prefix -> bytes.
     now : datetime.datetime
         The run's time (batch name, "new patients in the last 30 days", the date line).
+    study_images : mapping, optional
+        Images per study folder and filing date (see :func:`study_image_table`).
+    inputs : PageInputs, optional
+        What the pages show besides the tables (the warehouse, config, last loader report).
 
     Returns
     -------
@@ -132,9 +230,19 @@ def build_batch(
     batch.tables["patient_clean"] = patient_clean
     batch.tables["storage"] = storage
 
+    images = study_image_table(study_images or {})
+    if len(images):
+        batch.tables["study_images"] = images
+
     batch.files = public_statistics(
         patient_clean, studies["ct"], studies["xray"], studies["mri"], storage, now
     )
+    batch.pages = {
+        "dashboard": dashboard_page(
+            batch.name, now, {**batch.tables, "study_images": images}, inputs or PageInputs()
+        ),
+        "public": public_page(batch.files, now),
+    }
     return batch
 
 
@@ -198,6 +306,8 @@ def batch_files(batch: Batch) -> dict[str, bytes]:
         files[f"{batch.name}/{name}.parquet"] = parquet_bytes(table)
     for name, text in batch.files.items():
         files[f"{batch.name}/{name}"] = text.encode("utf-8")
+    for archive, text in batch.pages.items():
+        files[f"{batch.name}/{PAGES[archive]}"] = text.encode("utf-8")
     return files
 
 

@@ -34,6 +34,7 @@ from bonobo.structs.inputs import Input
 from warehouse.components.config import Settings, config_help, settings_from_env
 from warehouse.components.errors import ExpectedError
 from warehouse.components.report import REPORT_LOGGER, Reason, RunReport, problem_of
+from warehouse.components.report_page import page_key, run_report_page
 from warehouse.components.storage import storage_from_url
 
 logger = logging.getLogger(__name__)
@@ -757,7 +758,11 @@ def main(module, argv) -> int | None:
 
 
 def publish_report(storage, report, dry_run: bool) -> str:
-    """Write the JSON run report into the warehouse (print it instead in a dry run).
+    """Write the JSON run report into the warehouse (print it instead in a dry run), then its
+    page beside it (``report_page.page_key``).
+
+    A page that cannot be written is logged and named in the summary; it does not change the
+    run's outcome (the JSON report, which the next run reads, is written first).
 
     The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is
     replaced only by a run that listed its inputs: a run stopped by ``config.json`` or by a
@@ -767,7 +772,8 @@ def publish_report(storage, report, dry_run: bool) -> str:
     Returns
     -------
     str
-        The summary line that says where the report is (empty when it is not written).
+        The summary lines that say where the report and its page are (empty when the report
+        is not written).
     """
     if dry_run:
         print(json.dumps(report.as_dict(), indent=2))
@@ -781,7 +787,18 @@ def publish_report(storage, report, dry_run: bool) -> str:
         logger.error("could not write the run report: %s", exc)
         report.fail(f"run report not written: {exc}")
         return ""
-    return f"\n  report: {storage.url}/{report.key()}"
+    lines = f"\n  report: {storage.url}/{report.key()}"
+    page = page_key(report.key())
+    try:
+        html = run_report_page(json.loads(data), warehouse=storage.url, json_key=report.key())
+        storage.write(page, html.encode("utf-8"), "text/html; charset=utf-8")
+    except ExpectedError as exc:
+        logger.error("could not write the run report page: %s", exc)
+        return lines + f"\n  report page not written: {exc}"
+    except Exception:  # noqa: BLE001 - a bug in the page never costs the run or its report
+        logger.exception("could not build the run report page")
+        return lines + "\n  report page not written: see the log above"
+    return lines + f"\n  report page: {storage.url}/{page}"
 
 
 def graph_services(graph: str, state_type: type, settings=None, storage=None) -> dict:

@@ -1,0 +1,709 @@
+"""The figures behind each chart, the public statistics' suppression, and the pages as files:
+self-contained, escaped, named in ``latest.csv``; the run report page beside its JSON.
+
+Every expected figure here is worked out by hand from a small table built in the test. The
+pages in a real browser are in ``test_pages_browser.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import unicodedata
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests import builders
+from warehouse.components import execution, figures, pages, report_page
+from warehouse.components.config import parse_config
+from warehouse.components.dashboard import (
+    Batch,
+    batch_files,
+    build_batch,
+    read_page_inputs,
+    study_image_table,
+)
+from warehouse.components.report import Reason, RunReport
+from warehouse.components.storage import LocalStorage, StorageError
+from warehouse.components.tables import storage_table
+
+NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
+A, B = "Alpha Trust", "Beta Trust"
+HOSTILE = '</script><script>alert("x")</script><b>bold</b>'
+
+
+def patient_clean(rows) -> pd.DataFrame:
+    """A cleaned patient table with the columns the figures read."""
+    columns = (
+        "Pseudonym",
+        "group",
+        "SubmittingCentre",
+        "filename_earliest_date",
+        "filename_covid_status",
+        "age_update",
+        "sex_update",
+    )
+    table = pd.DataFrame([dict(zip(columns, row, strict=True)) for row in rows], columns=columns)
+    table["filename_earliest_date"] = pd.to_datetime(table["filename_earliest_date"])
+    return table
+
+
+PATIENTS = patient_clean(
+    [
+        ("P1", "training", A, "2021-01-04", True, 45.0, "M"),
+        ("P2", "training", A, "2021-01-04", False, 9.9, "F"),
+        ("P3", "training", A, "2021-01-10", False, 10.0, "Unknown"),
+        ("P4", "validation", A, "2021-01-05", True, 95.0, "M"),
+        ("P5", "training", B, "2021-01-06", False, np.nan, "F"),
+        ("P6", "validation", np.nan, "2021-01-07", False, -1.0, "O"),
+    ]
+)
+
+
+def study(pseudonym, group, uid, manufacturer="ACME", body="CHEST") -> dict:
+    return {
+        "Pseudonym": pseudonym,
+        "group": group,
+        "StudyInstanceUID": uid,
+        "Manufacturer": manufacturer,
+        "BodyPartExamined": body,
+    }
+
+
+STUDIES = {
+    "ct": pd.DataFrame([study("P1", "training", "1.1"), study("P4", "validation", "1.2", "Zeta")]),
+    "xray": pd.DataFrame([study("P2", "training", "2.1", "", None)]),
+}
+IMAGE_COUNTS = {
+    ("training", "ct", "P1", "1.1", dt.date(2021, 2, 1)): 3,
+    ("training", "ct", "P1", "1.1", dt.date(2021, 2, 3)): 2,
+    ("validation", "ct", "P4", "1.2", dt.date(2021, 2, 2)): 4,
+    ("training", "xray", "P2", "2.1", dt.date(2021, 2, 1)): 1,
+    # A study without a row (its metadata could not be read) and a patient without a record.
+    ("training", "xray", "P9", "2.9", dt.date(2021, 2, 5)): 6,
+}
+STUDY_IMAGES = study_image_table(IMAGE_COUNTS)
+
+
+# --------------------------------------------------------------------------------------------
+# The study_images table
+# --------------------------------------------------------------------------------------------
+
+
+def test_study_image_table_is_sorted_and_typed():
+    table = STUDY_IMAGES
+    assert list(table.columns) == list(figures.STUDY_IMAGE_COLUMNS)
+    assert [tuple(r) for r in table[["modality", "group", "Pseudonym"]].values] == [
+        ("ct", "training", "P1"),
+        ("ct", "training", "P1"),
+        ("ct", "validation", "P4"),
+        ("xray", "training", "P2"),
+        ("xray", "training", "P9"),
+    ]
+    assert table["images"].tolist() == [3, 2, 4, 1, 6] and table["images"].dtype == "int64"
+    assert table["filed"].dtype == "datetime64[ns]"
+    empty = study_image_table({})
+    assert list(empty.columns) == list(figures.STUDY_IMAGE_COLUMNS) and len(empty) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Internal figures
+# --------------------------------------------------------------------------------------------
+
+
+def test_patients_over_time_is_cumulative_per_centre_and_group():
+    records = figures.patients_over_time(PATIENTS)
+    assert records == [
+        {
+            "date": "2021-01-07",
+            "centre": figures.NO_CENTRE,
+            "group": "validation",
+            "patients": 1,
+            "new": 1,
+        },
+        {"date": "2021-01-04", "centre": A, "group": "training", "patients": 2, "new": 2},
+        {"date": "2021-01-10", "centre": A, "group": "training", "patients": 3, "new": 1},
+        {"date": "2021-01-05", "centre": A, "group": "validation", "patients": 1, "new": 1},
+        {"date": "2021-01-06", "centre": B, "group": "training", "patients": 1, "new": 1},
+    ]
+
+
+def test_images_over_time_by_filing_date_and_the_patients_centre():
+    records = figures.images_over_time(STUDY_IMAGES, PATIENTS)
+    assert records == [
+        {
+            "date": "2021-02-05",
+            "centre": figures.NO_CENTRE,
+            "group": "training",
+            "images": 6,
+            "new": 6,
+        },
+        {"date": "2021-02-01", "centre": A, "group": "training", "images": 4, "new": 4},
+        {"date": "2021-02-03", "centre": A, "group": "training", "images": 6, "new": 2},
+        {"date": "2021-02-02", "centre": A, "group": "validation", "images": 4, "new": 4},
+    ]
+
+
+def test_status_by_centre_counts_every_combination():
+    # After a CSV round trip the flag is text: read the same way.
+    as_text = PATIENTS.assign(filename_covid_status=PATIENTS["filename_covid_status"].astype(str))
+    for table in (PATIENTS, as_text):
+        counts = {
+            (r["centre"], r["group"], r["status"]): r["patients"]
+            for r in figures.status_by_centre(table)
+        }
+        assert len(counts) == 3 * 2 * 2
+        assert counts[(A, "training", "positive")] == 1
+        assert counts[(A, "training", "negative")] == 2
+        assert counts[(A, "validation", "positive")] == 1
+        assert counts[(B, "training", "negative")] == 1
+        assert counts[(figures.NO_CENTRE, "validation", "negative")] == 1
+        assert sum(counts.values()) == len(PATIENTS)
+
+
+def test_modality_counts_studies_and_images():
+    records = figures.modality_counts(STUDIES, STUDY_IMAGES)
+    table = {(r["modality"], r["group"]): (r["studies"], r["images"]) for r in records}
+    assert table == {
+        ("CT", "training"): (1, 5),
+        ("CT", "validation"): (1, 4),
+        ("X-ray", "training"): (1, 7),
+        ("X-ray", "validation"): (0, 0),
+        ("MRI", "training"): (0, 0),
+        ("MRI", "validation"): (0, 0),
+    }
+
+
+def test_split_shares_against_training_percentage():
+    decomposed = unicodedata.normalize("NFD", "Cité Trust")
+    assert decomposed != "Cité Trust"
+    config = parse_config(
+        builders.config(["raw-a"], split=["Cité Trust", "Empty Trust"], training=[B], percentage=70)
+    )
+    rows = [
+        (f"S{n}", "training" if n < 75 else "validation", decomposed, "2021-01-01", False, 1, "M")
+        for n in range(100)
+    ]
+    table = patient_clean([*rows, ("T1", "training", B, "2021-01-01", False, 1, "M")])
+    shares = figures.split_shares(table, config)
+    assert shares["target"] == 70
+    cite, empty = shares["sites"]
+    assert (cite["site"], cite["training"], cite["validation"], cite["patients"]) == (
+        "Cité Trust",
+        75,
+        25,
+        100,
+    )
+    assert cite["share"] == 75.0
+    spread = 1.96 * (0.7 * 0.3 / 100) ** 0.5 * 100
+    assert cite["expected_low"] == round(70 - spread, 2)
+    assert cite["expected_high"] == round(70 + spread, 2)
+    assert empty == {
+        "site": "Empty Trust",
+        "training": 0,
+        "validation": 0,
+        "patients": 0,
+        "share": None,
+        "expected_low": None,
+        "expected_high": None,
+    }
+    assert figures.split_shares(table, None) is None
+
+
+def test_age_bands_and_sexes():
+    bands = {(r["band"], r["group"]): r["patients"] for r in figures.age_bands(PATIENTS)}
+    assert len(bands) == 11 * 2
+    assert bands[("0-9", "training")] == 1  # 9.9
+    assert bands[("10-19", "training")] == 1  # 10.0
+    assert bands[("40-49", "training")] == 1
+    assert bands[("90+", "validation")] == 1
+    assert bands[("unknown", "training")] == 1  # NaN
+    assert bands[("unknown", "validation")] == 1  # negative
+    assert sum(bands.values()) == len(PATIENTS)
+    assert [r["order"] for r in figures.age_bands(PATIENTS)][::2] == list(range(11))
+
+    sexes = figures.sexes(PATIENTS)
+    assert [r["sex"] for r in sexes][::2] == ["M", "F", "Unknown", "O"]
+    counts = {(r["sex"], r["group"]): r["patients"] for r in sexes}
+    assert counts[("M", "training")] == 1 and counts[("M", "validation")] == 1
+    assert counts[("F", "training")] == 2 and counts[("O", "validation")] == 1
+
+
+def test_equipment_from_the_study_tables_weighs_each_study_by_its_images():
+    kit = figures.equipment(STUDIES, STUDY_IMAGES)
+    assert kit.source == "studies" and "ViewPosition" not in kit.attributes
+    maker = {(r["value"], r["group"]): r["images"] for r in kit.attributes["Manufacturer"]}
+    assert maker == {
+        ("ACME", "training"): 5,
+        ("ACME", "validation"): 0,
+        (figures.NOT_GIVEN, "training"): 7,  # "" for P2's study, no row for P9's
+        (figures.NOT_GIVEN, "validation"): 0,
+        ("Zeta", "training"): 0,
+        ("Zeta", "validation"): 4,
+    }
+    assert [r["value"] for r in kit.attributes["Manufacturer"]][::2] == [
+        figures.NOT_GIVEN,
+        "ACME",
+        "Zeta",
+    ]  # most images first
+    body = {(r["value"], r["group"]): r["images"] for r in kit.attributes["BodyPartExamined"]}
+    assert body[("CHEST", "training")] == 5 and body[("CHEST", "validation")] == 4
+    assert body[(figures.NOT_GIVEN, "training")] == 7
+
+
+def test_equipment_from_the_image_catalogue_keeps_the_top_values():
+    images = pd.DataFrame(
+        {
+            "group": ["training"] * 5 + ["validation"] * 2,
+            "Manufacturer": ["A", "A", "B", "B", "C", "A", None],
+            "BodyPartExamined": ["CHEST"] * 7,
+            "ViewPosition": ["PA", "AP", "PA", "", "PA", "LL", "PA"],
+        }
+    )
+    kit = figures.equipment({}, None, images, top=2)
+    assert kit.source == "catalogue"
+    maker = {(r["value"], r["group"]): r["images"] for r in kit.attributes["Manufacturer"]}
+    assert maker == {
+        ("A", "training"): 2,
+        ("A", "validation"): 1,
+        ("B", "training"): 2,
+        ("B", "validation"): 0,
+        ("other (2 values)", "training"): 1,  # C and not given
+        ("other (2 values)", "validation"): 1,
+    }
+    view = {(r["value"], r["group"]): r["images"] for r in kit.attributes["ViewPosition"]}
+    assert view[("PA", "training")] == 3 and view[("PA", "validation")] == 1
+
+
+def test_storage_use_and_header_totals():
+    storage = storage_table({"training/": 3_000_000_000, "training/ct/": 2_000_000_000})
+    records = figures.storage_use(storage)
+    assert [r["prefix"] for r in records] == list(storage["prefix"])
+    assert records[0] == {
+        "prefix": "training/ct/",
+        "group": "training",
+        "bytes": 2_000_000_000,
+        "gigabytes": 2.0,
+    }
+    totals = figures.header_totals(PATIENTS, STUDIES, STUDY_IMAGES, storage)
+    assert totals["patients"] == {"training": 4, "validation": 2, "all": 6}
+    assert totals["studies"] == {"training": 2, "validation": 1, "all": 3}
+    assert totals["images"] == {"training": 12, "validation": 4, "all": 16}
+    assert totals["bytes"] == {"training": 3_000_000_000, "validation": 0, "all": 3_000_000_000}
+
+
+def test_loader_run_lists_the_most_recent_unfiled_inputs_first():
+    report = {
+        "run_id": "r1",
+        "started": "2026-11-25T09:00:00+00:00",
+        "finished": "2026-11-25T09:01:00+00:00",
+        "completed": True,
+        "fatal": None,
+        "counts": {"images copied": 7, "clinical files copied": 2},
+        "not_filed": {"invalid JSON": 1, "not a DICOM file": 2, "group conflict": 1},
+        "problems": [
+            {
+                "key": "raw-a/x",
+                "reason": "not a DICOM file",
+                "modified": "2026-11-20T10:00:00+00:00",
+            },
+            {
+                "key": "raw-a/y",
+                "reason": "not a DICOM file",
+                "modified": "2026-11-24T10:00:00+00:00",
+            },
+            {"key": "raw-b/z", "reason": "invalid JSON", "modified": "2026-11-22T10:00:00+01:00"},
+            {"key": "raw-a/w", "reason": "group conflict"},
+        ],
+    }
+    run = figures.loader_run(report, recent=3)
+    assert [r["key"] for r in run["recent"]] == ["raw-a/y", "raw-b/z", "raw-a/x"]
+    assert run["reasons"] == [
+        {"reason": "not a DICOM file", "inputs": 2},
+        {"reason": "group conflict", "inputs": 1},
+        {"reason": "invalid JSON", "inputs": 1},
+    ]
+    assert run["unfiled"] == 4
+    assert run["counts"] == [
+        {"outcome": "clinical files copied", "inputs": 2},
+        {"outcome": "images copied", "inputs": 7},
+    ]
+    assert [r["key"] for r in figures.loader_run(report)["recent"]][-1] == "raw-a/w"
+    assert figures.loader_run(None) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Public figures: suppression
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "total, cells, expected",
+    [
+        (30, [20, 10], (False, [False, False])),  # nothing small
+        (53, [42, 8, 3], (False, [False, True, True])),  # two small cells adding up to 11
+        (18, [4, 14], (False, [True, True])),  # 4 = 18 - 14: hide 14 too
+        (55, [45, 3, 2, 5], (False, [False, True, True, True])),  # 3 + 2 = 5 < 10: hide 5 too
+        (60, [50, 3, 2], (False, [True, True, True])),  # 3 + 2 < 10 and nothing else smaller
+        (9, [5, 4], (True, [True, True])),  # a small total hides everything
+        (20, [20, 0], (False, [True, True])),  # zero is a count under 10
+        (None, [3, 30], (False, [True, False])),  # no total: cells stand alone
+    ],
+)
+def test_suppression(total, cells, expected):
+    assert figures.suppress(total, cells) == expected
+
+
+STATS = {
+    "stats_patients.csv": (
+        'Total number of patients with images,"1,204"\n'
+        "Positive patients with images,4\n"
+        'Negative patients with images,"1,200"\n'
+        "New patients added in the last 30 days,12\n"
+    ),
+    "stats_images.csv": (
+        "Total number of image studies,53\n"
+        "X-ray image studies,42\n"
+        "CT image studies,8\n"
+        "MRI image studies,3\n"
+    ),
+    "stats_storage.csv": (
+        '"Total image, image metadata, and clinical data storage",3GB\n'
+        "X-ray image storage,2GB\n"
+        "CT image storage,0GB\n"
+        "MRI image storage,0GB\n"
+        "Clinical data and image metadata export,1GB\n"
+    ),
+    "stats_submittingcentres.csv": "Submitting centres (e.g. NHS trusts),3\n",
+    "stats_date.txt": "This information was last updated on 25 November 2026.",
+}
+
+
+def test_public_figures_are_the_files_with_small_counts_hidden():
+    sections = {s.file: s for s in figures.public_figures(STATS)}
+    patients = sections["stats_patients.csv"].figures
+    assert [(f.count, f.suppressed) for f in patients] == [
+        (1204, ""),
+        (4, "small"),
+        (1200, "complement"),  # 1,204 - 1,200 would give the 4 away
+        (12, ""),
+    ]
+    assert [f.shown for f in patients] == ["1,204", "fewer than 10", "suppressed", "12"]
+    images = sections["stats_images.csv"].figures
+    assert [f.suppressed for f in images] == ["", "", "small", "small"]
+    storage = sections["stats_storage.csv"].figures
+    assert [f.shown for f in storage] == ["3GB", "2GB", "0GB", "0GB", "1GB"]  # not counts
+    assert sections["stats_submittingcentres.csv"].figures[0].suppressed == "small"
+
+
+def visible_counts(html: str) -> list[str]:
+    """The figures of the public page's table, as shown."""
+    return re.findall(r'<td class="number[^"]*">([^<]*)</td>', html)
+
+
+def test_the_public_page_shows_no_small_count_and_says_so():
+    html = pages.public_page(STATS, NOW)
+    assert visible_counts(html) == [
+        "1,204",
+        "fewer than 10",
+        "suppressed",
+        "12",
+        "53",
+        "42",
+        "fewer than 10",
+        "fewer than 10",
+        "3GB",
+        "2GB",
+        "0GB",
+        "0GB",
+        "1GB",
+        "fewer than 10",
+    ]
+    assert "no count under 10 is shown" in html and "<strong>training</strong> group only" in html
+    assert "validation" not in html.lower()
+    assert "This information was last updated on 25 November 2026." in html
+    # The charts hold only the figures shown.
+    specs = {chart.name: chart for chart in pages.public_charts(figures.public_figures(STATS))}
+    values = {
+        name: [r["value"] for r in chart.spec["data"]["values"]]
+        for name, chart in specs.items()
+        if chart.spec
+    }
+    assert specs["public_patients"].spec is None  # both cells hidden
+    assert values == {"public_studies": [42], "public_storage": [2.0, 0.0, 0.0, 1.0]}
+
+
+# --------------------------------------------------------------------------------------------
+# The pages as files
+# --------------------------------------------------------------------------------------------
+
+
+def tables_for_pages(centre: str = A) -> dict[str, pd.DataFrame]:
+    patients = PATIENTS.assign(SubmittingCentre=PATIENTS["SubmittingCentre"].replace(A, centre))
+    return {
+        **STUDIES,
+        "patient_clean": patients,
+        "storage": storage_table({"training/": 1000}),
+        "study_images": STUDY_IMAGES,
+    }
+
+
+def assert_self_contained(html: str) -> None:
+    """Nothing in the page points outside it (the browser test watches its requests too)."""
+    assert "default-src 'none'" in html  # the browser refuses every request
+    # The only </script> are those closing the page's own two scripts.
+    assert html.lower().count("</script") == 2 * ("vegaEmbed(" in html)
+    html = re.sub(r"<script>.*?</script>", "", html, flags=re.S)  # the inlined JavaScript
+    assert not re.search(
+        r"<(script|img|iframe|link|audio|video|source|embed)\b[^>]*\b(src|href)=", html, re.I
+    )
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", html, re.I)
+    assert "@import" not in html
+
+
+def test_the_dashboard_page_is_self_contained_and_escapes_its_data():
+    config = parse_config(builders.config(["raw-a"], split=[HOSTILE, B]))
+    inputs = pages.PageInputs(warehouse="file:///w<h>", config=config)
+    html = pages.dashboard_page("b1", NOW, tables_for_pages(HOSTILE), inputs)
+    assert_self_contained(html)
+    assert HOSTILE not in html and "<b>bold</b>" not in html
+    assert "file:///w&lt;h&gt;" in html
+    assert html.count('<section class="chart"') == len(
+        pages.dashboard_charts(tables_for_pages(), inputs)
+    )
+    # The loader report is missing: the page says so instead of drawing a chart.
+    assert "No loader run report." in html
+    assert 'data-total="images" data-value="16"' in html
+    assert 'data-total="patients-validation" data-value="2"' in html
+
+
+def test_every_chart_names_its_data_after_itself():
+    report = {"not_filed": {"invalid JSON": 2}, "problems": [], "counts": {}}
+    config = parse_config(builders.config(["raw-a"], split=[A]))
+    inputs = pages.PageInputs(config=config, loader_report=report)
+    charts = pages.dashboard_charts(tables_for_pages(), inputs)
+    names = [c.name for c in charts]
+    assert names == [
+        "patients_over_time",
+        "images_over_time",
+        "status_by_centre",
+        "modality_counts",
+        "split_shares",
+        "age_bands",
+        "sexes",
+        "images_by_manufacturer",
+        "images_by_bodypartexamined",
+        "images_by_viewposition",
+        "storage_use",
+        "loader_reasons",
+    ]
+    drawn = {c.name: c for c in charts if c.spec is not None}
+    assert set(names) - set(drawn) == {"images_by_viewposition"}  # not in the study tables
+    for name, chart in drawn.items():
+        assert chart.spec["data"]["name"] == name and chart.spec["data"]["values"]
+        assert "tooltip" in json.dumps(chart.spec), name  # numbers on hover
+        assert chart.caption
+    assert drawn["loader_reasons"].spec["data"]["values"] == [
+        {"reason": "invalid JSON", "inputs": 2}
+    ]
+
+
+def test_build_batch_names_the_pages_in_latest_csv(tmp_path):
+    row = {
+        "Pseudonym": "P1",
+        "SubmittingCentre": A,
+        "filename_earliest_date": dt.date(2021, 1, 4),
+        "filename_covid_status": True,
+        "filename_latest_date": dt.date(2021, 1, 4),
+        "last_modified": dt.date(2021, 1, 5),
+        "group": "training",
+    }
+    batch = build_batch([row], {}, {"training/": 10}, NOW, study_images={})
+    assert set(batch.pages) == {"dashboard", "public"}
+    assert "study_images" not in batch.tables  # no image, no table
+    latest = batch.latest()
+    assert latest.values.tolist()[-2:] == [
+        ["dashboard", f"{batch.name}/dashboard.html"],
+        ["public", f"{batch.name}/public.html"],
+    ]
+    files = batch_files(batch)
+    assert files[f"{batch.name}/dashboard.html"].decode() == batch.pages["dashboard"]
+    assert "Nothing to show yet." in batch.pages["dashboard"]  # no image to chart
+    assert Batch("x").latest().values.tolist() == []
+
+
+def test_read_page_inputs(tmp_path):
+    store = LocalStorage(tmp_path)
+    inputs = read_page_inputs(store)
+    assert inputs.config is None and "No config.json" in inputs.config_note
+    assert inputs.loader_report is None and "No loader run report yet" in inputs.loader_note
+    assert inputs.warehouse == store.url
+
+    store.write("config.json", b'{"raw_prefixes": ["raw-a"]}')
+    store.write("reports/warehouseloader/latest.json", b"{not json")
+    inputs = read_page_inputs(store)
+    assert (
+        "config.json cannot be used" in inputs.config_note
+        and "training_percentage" in inputs.config_note
+    )
+    assert "is not valid JSON" in inputs.loader_note
+
+    store.write("config.json", builders.config(["raw-a"], split=[A], percentage=40))
+    store.write("reports/warehouseloader/latest.json", b'{"run_id": "r"}')
+    inputs = read_page_inputs(store)
+    assert inputs.config.training_percentage == 40 and inputs.loader_report == {"run_id": "r"}
+
+    class Failing(builders.DelegatingStorage):
+        def read(self, key):
+            raise StorageError(f"cannot read {key}: simulated")
+
+    with pytest.raises(StorageError, match="simulated"):
+        read_page_inputs(Failing(store))
+
+
+def test_human_units():
+    assert pages.human_bytes(0) == "0 B"
+    assert pages.human_bytes(12_345) == "12.3 kB"
+    assert pages.human_bytes(4_560_000_000) == "4.56 GB"
+    assert report_page.moment("2026-11-25T10:30:00.123+01:00") == "2026-11-25 09:30:00 UTC"
+    assert report_page.moment("") == "" and report_page.moment("soon") == "soon"
+
+
+# --------------------------------------------------------------------------------------------
+# The run report page
+# --------------------------------------------------------------------------------------------
+
+
+def sample_report() -> RunReport:
+    report = RunReport("warehouseloader")
+    report.count("images copied", 5)
+    report.count("clinical files copied", 2)
+    report.skip("raw-a/2021-01-01/images/x.dcm", Reason.NOT_DICOM, "empty file")
+    report.skip("raw-a/2021-01-01/images/y.dcm", Reason.NOT_DICOM, "garbage")
+    report.skip("raw-a/2021-01-01/data/P_data.json", Reason.INVALID_JSON, HOSTILE)
+    report.skip("raw-b/2021-01-02/images/z.dcm", Reason.NO_PATIENT_DATA, "PatientID 'P9'")
+    return report
+
+
+def test_refused_by_prefix_and_reason():
+    assert report_page.refused_by_prefix(sample_report().as_dict()) == [
+        {
+            "prefix": "raw-a",
+            "inputs": 3,
+            "reasons": [
+                {"reason": "not a DICOM file", "inputs": 2},
+                {"reason": "invalid JSON", "inputs": 1},
+            ],
+        },
+        {
+            "prefix": "raw-b",
+            "inputs": 1,
+            "reasons": [{"reason": "no patient data for PatientID", "inputs": 1}],
+        },
+    ]
+
+
+def test_the_run_report_page_lists_every_unfiled_input(monkeypatch):
+    data = sample_report().as_dict()
+    html = report_page.run_report_page(data, warehouse="s3://w", json_key="reports/x.json")
+    assert_self_contained(html)
+    assert "<script" not in html
+    assert HOSTILE not in html and "&lt;/script&gt;" in html
+    for problem in data["problems"]:
+        assert problem["key"] in html
+    assert html.count('<tr class="problem">') == 4
+    assert 'data-prefix="raw-a" data-reason="not a DICOM file"' in html
+    assert 'data-outcome="images copied"' in html and "reports/x.json" in html
+
+    monkeypatch.setattr(report_page, "MAX_LISTED", 2)
+    html = report_page.run_report_page(data)
+    assert html.count('<tr class="problem">') == 2 and "The first 2 of 4 inputs" in html
+
+
+def test_publish_report_writes_the_page_beside_the_json(tmp_path, capsys):
+    store = LocalStorage(tmp_path)
+    report = sample_report()
+    lines = execution.publish_report(store, report, dry_run=False)
+    page = report.key().removesuffix(".json") + ".html"
+    assert report_page.page_key(report.key()) == page
+    assert f"report page: {store.url}/{page}" in lines
+    html = store.read(page).decode()
+    assert report.run_id in html and "raw-b" in html
+    assert json.loads(store.read(report.key()))["run_id"] == report.run_id
+
+    dry = RunReport("warehouseloader")
+    assert execution.publish_report(store, dry, dry_run=True) == ""
+    assert not (tmp_path / report_page.page_key(dry.key())).exists()
+    assert dry.run_id in capsys.readouterr().out
+
+
+def test_a_page_that_cannot_be_written_costs_nothing_else(tmp_path, caplog):
+    class NoHtml(builders.DelegatingStorage):
+        def write(self, key, data, content_type="application/json"):
+            if key.endswith(".html"):
+                raise StorageError(f"cannot write {key}: simulated")
+            self.inner.write(key, data, content_type)
+
+    store = NoHtml(LocalStorage(tmp_path))
+    report = sample_report()
+    report.listed = True  # a run that listed its inputs: its report becomes the memo too
+    lines = execution.publish_report(store, report, dry_run=False)
+    assert "report page not written: cannot write" in lines
+    assert report.completed and execution.exit_code(report) == 0
+    assert json.loads(store.read(report.latest_key()))["run_id"] == report.run_id
+    assert "could not write the run report page" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# The chart JavaScript
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_javascript(monkeypatch, tmp_path):
+    """`chart_javascript` with an empty cache under ``tmp_path`` and a counted fake bundler."""
+    calls = []
+
+    def bundle():
+        calls.append(1)
+        return "var a = '</script><b>';"
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(pages.vl_convert, "javascript_bundle", bundle)
+    pages.chart_javascript.cache_clear()
+    yield calls
+    pages.chart_javascript.cache_clear()  # the next test gets the real bundle
+
+
+def test_the_chart_javascript_is_bundled_once_per_machine(fresh_javascript, tmp_path):
+    script = pages.chart_javascript()
+    assert script == "var a = '<\\/script><b>';" and fresh_javascript == [1]
+    cache = pages.javascript_cache()
+    assert cache.parent == tmp_path / "cache" / "warehouse-loader"
+    assert cache.name.startswith("vega-bundle-1.9.0") and cache.read_text() == script
+    assert list(cache.parent.iterdir()) == [cache]  # no temporary file left
+
+    pages.chart_javascript.cache_clear()  # another process
+    assert pages.chart_javascript() == script and fresh_javascript == [1]
+
+
+def test_an_unwritable_cache_only_costs_time(fresh_javascript, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=pages.__name__)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert pages.chart_javascript() == "var a = '<\\/script><b>';"
+    assert "chart JavaScript not cached" in caplog.text
+    pages.chart_javascript.cache_clear()
+    pages.chart_javascript()
+    assert fresh_javascript == [1, 1]
+
+
+def test_the_real_bundle_holds_vega_lite_and_no_script_end():
+    script = pages.chart_javascript()
+    assert "vegaEmbed" in script and "vegaLite" in script and len(script) > 500_000
+    assert "</script" not in script.lower()

@@ -1,0 +1,791 @@
+"""The figures behind the dashboard pages: a batch's tables in, small tidy tables out.
+
+Each function here computes what one chart (or one line of figures) of the pages shows, as a
+list of plain records (``dict`` of ``str``, ``int`` and ``float``) that the chart draws and
+shows on hover. They are pure: no storage, no bonobo, no chart library. The pages themselves
+are put together in :mod:`warehouse.components.pages`.
+
+Dates are ISO strings (``2021-01-04``). Groups are ``training`` and ``validation``.
+
+Internal figures (both groups): :func:`header_totals`, :func:`patients_over_time`,
+:func:`images_over_time`, :func:`status_by_centre`, :func:`modality_counts`,
+:func:`split_shares`, :func:`age_bands`, :func:`sexes`, :func:`equipment`,
+:func:`storage_use`, :func:`loader_run`.
+
+Public figures (training only, counts under :data:`SUPPRESSION_THRESHOLD` suppressed):
+:func:`public_figures`, built from the ``stats_*.csv`` files themselves so that the page and
+the files can never disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from warehouse.components.config import PipelineConfig, nfc
+
+__all__ = [
+    "GROUPS",
+    "MODALITY_LABELS",
+    "NOT_GIVEN",
+    "NO_CENTRE",
+    "STUDY_IMAGE_COLUMNS",
+    "SUPPRESSION_THRESHOLD",
+    "PublicFigure",
+    "PublicSection",
+    "age_bands",
+    "equipment",
+    "header_totals",
+    "images_over_time",
+    "loader_run",
+    "modality_counts",
+    "patients_over_time",
+    "public_figures",
+    "sexes",
+    "split_shares",
+    "status_by_centre",
+    "storage_use",
+    "suppress",
+]
+
+GROUPS = ("training", "validation")
+#: Study table (modality folder) -> the name the pages show.
+MODALITY_LABELS = {"ct": "CT", "xray": "X-ray", "mri": "MRI"}
+#: The public page shows no count under this (per cell), see `suppress`.
+SUPPRESSION_THRESHOLD = 10
+#: Shown for a patient whose record names no centre.
+NO_CENTRE = "(no SubmittingCentre)"
+#: Shown for an empty or absent DICOM value (manufacturer, body part, view position).
+NOT_GIVEN = "(not given)"
+#: How many values of a DICOM attribute are charted; the others are summed as one bar.
+TOP_VALUES = 12
+#: How many unfiled keys of the last loader run are listed.
+RECENT_UNFILED = 20
+#: Columns of the ``study_images`` table: images filed per study folder and filing date.
+STUDY_IMAGE_COLUMNS = ("group", "modality", "Pseudonym", "StudyInstanceUID", "filed", "images")
+
+_AGE_BANDS = (*(f"{low}-{low + 9}" for low in range(0, 90, 10)), "90+")
+UNKNOWN = "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading table values
+# --------------------------------------------------------------------------------------------
+
+
+def _missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _text(value: Any, missing: str) -> str:
+    """A categorical value as text; missing and blank values become ``missing``."""
+    if _missing(value):
+        return missing
+    text = str(value).strip()
+    return text or missing
+
+
+def _day(value: Any) -> str | None:
+    """A date-like value as ``YYYY-MM-DD`` (None when missing or unreadable)."""
+    if _missing(value):
+        return None
+    if isinstance(value, dt.datetime | pd.Timestamp):
+        return value.date().isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        return None
+    return None if pd.isna(stamp) else stamp.date().isoformat()
+
+
+def _flag(value: Any) -> bool | None:
+    """A covid-status flag: bool, or its text after a CSV round trip."""
+    if isinstance(value, bool):
+        return value
+    if _missing(value):
+        return None
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    return None
+
+
+def _column(table: pd.DataFrame | None, name: str) -> list:
+    if table is None or name not in table.columns:
+        return [None] * (0 if table is None else len(table))
+    return table[name].tolist()
+
+
+def _records(table: pd.DataFrame | None, *names: str) -> Iterable[tuple]:
+    return zip(*(_column(table, name) for name in names), strict=True)
+
+
+def _group(value: Any) -> str | None:
+    return value if value in GROUPS else None
+
+
+def _centres(patient_clean: pd.DataFrame) -> dict[str, str]:
+    """Pseudonym -> submitting centre, from the patient table."""
+    return {
+        str(pseudonym): _text(centre, NO_CENTRE)
+        for pseudonym, centre in _records(patient_clean, "Pseudonym", "SubmittingCentre")
+        if not _missing(pseudonym)
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Internal figures
+# --------------------------------------------------------------------------------------------
+
+
+def header_totals(
+    patient_clean: pd.DataFrame,
+    studies: Mapping[str, pd.DataFrame],
+    study_images: pd.DataFrame | None,
+    storage: pd.DataFrame,
+) -> dict[str, dict[str, int]]:
+    """The totals of the dashboard's header line, per group and overall.
+
+    Parameters
+    ----------
+    patient_clean : pandas.DataFrame
+        The cleaned patient table (``group``).
+    studies : mapping
+        Modality folder -> study table (``group``); one row per study.
+    study_images : pandas.DataFrame or None
+        The ``study_images`` table (``group``, ``images``).
+    storage : pandas.DataFrame
+        ``storage.csv`` (``prefix``, ``storage``).
+
+    Returns
+    -------
+    dict
+        ``patients``, ``studies``, ``images``, ``bytes`` -> ``{"training": n, "validation": n,
+        "all": n}``.
+    """
+    totals: dict[str, dict[str, int]] = {}
+
+    def add(name: str, pairs: Iterable[tuple[Any, int]]) -> None:
+        counts = dict.fromkeys(GROUPS, 0)
+        for group, n in pairs:
+            if _group(group):
+                counts[group] += int(n)
+        totals[name] = {**counts, "all": sum(counts.values())}
+
+    add("patients", ((group, 1) for group in _column(patient_clean, "group")))
+    add(
+        "studies",
+        ((group, 1) for table in studies.values() for group in _column(table, "group")),
+    )
+    add("images", _records(study_images, "group", "images"))
+    sizes = dict(_records(storage, "prefix", "storage"))
+    add("bytes", ((group, sizes.get(f"{group}/", 0) or 0) for group in GROUPS))
+    return totals
+
+
+def _cumulative(events: Counter, value_name: str) -> list[dict]:
+    """Per (centre, group) series: the cumulative sum at each date where it changes."""
+    series: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+    for (date, centre, group), n in events.items():
+        series[(centre, group)].append((date, n))
+    records = []
+    for (centre, group), points in sorted(series.items()):
+        total = 0
+        for date, n in sorted(points):
+            total += n
+            records.append(
+                {"date": date, "centre": centre, "group": group, value_name: total, "new": n}
+            )
+    return records
+
+
+def patients_over_time(patient_clean: pd.DataFrame) -> list[dict]:
+    """Cumulative patients by first upload date, one series per submitting centre and group.
+
+    A patient counts from ``filename_earliest_date``: the upload folder date of its first
+    clinical file.
+
+    Returns
+    -------
+    list of dict
+        ``date``, ``centre``, ``group``, ``patients`` (cumulative in that series, up to and
+        including ``date``) and ``new`` (patients first uploaded that day), for each date
+        where a series grows; sorted by centre, group and date.
+    """
+    events: Counter = Counter()
+    for date, centre, group in _records(
+        patient_clean, "filename_earliest_date", "SubmittingCentre", "group"
+    ):
+        day = _day(date)
+        if day and _group(group):
+            events[(day, _text(centre, NO_CENTRE), group)] += 1
+    return _cumulative(events, "patients")
+
+
+def images_over_time(study_images: pd.DataFrame | None, patient_clean: pd.DataFrame) -> list[dict]:
+    """Cumulative images by the date they were filed, one series per centre and group.
+
+    The warehouse side keeps no upload date for an image: ``filed`` (the date of its metadata
+    file) stands for it. An image's centre is its patient's (``NO_CENTRE`` when the patient
+    has no row in the patient table).
+
+    Returns
+    -------
+    list of dict
+        ``date``, ``centre``, ``group``, ``images`` (cumulative) and ``new``, as in
+        `patients_over_time`.
+    """
+    centres = _centres(patient_clean)
+    events: Counter = Counter()
+    for group, pseudonym, filed, n in _records(
+        study_images, "group", "Pseudonym", "filed", "images"
+    ):
+        day = _day(filed)
+        if day and _group(group):
+            events[(day, centres.get(str(pseudonym), NO_CENTRE), group)] += int(n)
+    return _cumulative(events, "images")
+
+
+def status_by_centre(patient_clean: pd.DataFrame) -> list[dict]:
+    """Positive and negative patients by submitting centre and group.
+
+    A patient is positive when it has a ``data_`` clinical file (``filename_covid_status``).
+
+    Returns
+    -------
+    list of dict
+        ``centre``, ``group``, ``status`` (``positive`` / ``negative``), ``patients``; every
+        combination of a centre present in the table, a group and a status, zeros included;
+        sorted by centre.
+    """
+    counts: Counter = Counter()
+    centres = set()
+    for centre, group, status in _records(
+        patient_clean, "SubmittingCentre", "group", "filename_covid_status"
+    ):
+        flag = _flag(status)
+        if flag is None or not _group(group):
+            continue
+        centre = _text(centre, NO_CENTRE)
+        centres.add(centre)
+        counts[(centre, group, "positive" if flag else "negative")] += 1
+    return [
+        {
+            "centre": centre,
+            "group": group,
+            "status": status,
+            "patients": counts[(centre, group, status)],
+        }
+        for centre in sorted(centres)
+        for group in GROUPS
+        for status in ("positive", "negative")
+    ]
+
+
+def modality_counts(
+    studies: Mapping[str, pd.DataFrame], study_images: pd.DataFrame | None
+) -> list[dict]:
+    """Studies and images by modality and group.
+
+    Parameters
+    ----------
+    studies : mapping
+        Modality folder (``ct``, ``xray``, ``mri``) -> its study table (one row per study).
+    study_images : pandas.DataFrame or None
+        The ``study_images`` table.
+
+    Returns
+    -------
+    list of dict
+        ``modality`` (``CT``, ``X-ray``, ``MRI``), ``group``, ``studies``, ``images``: one
+        record per modality and group, zeros included.
+    """
+    study_counts: Counter = Counter()
+    for folder, table in studies.items():
+        for group in _column(table, "group"):
+            if _group(group):
+                study_counts[(folder, group)] += 1
+    image_counts: Counter = Counter()
+    for folder, group, n in _records(study_images, "modality", "group", "images"):
+        if _group(group):
+            image_counts[(folder, group)] += int(n)
+    return [
+        {
+            "modality": label,
+            "group": group,
+            "studies": study_counts[(folder, group)],
+            "images": image_counts[(folder, group)],
+        }
+        for folder, label in MODALITY_LABELS.items()
+        for group in GROUPS
+    ]
+
+
+def split_shares(patient_clean: pd.DataFrame, config: PipelineConfig | None) -> dict | None:
+    """The training share of each split site's patients, against ``training_percentage``.
+
+    Patients are matched to the sites of ``sites.split`` as the loader matches them
+    (`PipelineConfig.site_rule`: Unicode NFC, otherwise exact). ``expected_low`` and
+    ``expected_high`` bound the share a fair split gives 95 % of the time with that many
+    patients (normal approximation of the binomial: target +- 1.96 standard errors, clipped
+    to 0..100); a share outside them is worth a look.
+
+    Returns
+    -------
+    dict or None
+        None without a config. Otherwise ``target`` (the percentage) and ``sites``: one record
+        per split site of the config, in its order, with ``site``, ``training``,
+        ``validation``, ``patients``, ``share`` (training percentage, None without patients),
+        ``expected_low`` and ``expected_high`` (None without patients).
+    """
+    if config is None:
+        return None
+    target = config.training_percentage
+    sites = [name for name, rule in config.site_rules.items() if rule == "split"]
+    counts = {site: dict.fromkeys(GROUPS, 0) for site in sites}
+    for centre, group in _records(patient_clean, "SubmittingCentre", "group"):
+        if not isinstance(centre, str) or config.site_rule(centre) != "split" or not _group(group):
+            continue
+        counts[nfc(centre)][group] += 1
+    records = []
+    for site in sites:
+        training, validation = counts[site]["training"], counts[site]["validation"]
+        patients = training + validation
+        record = {
+            "site": site,
+            "training": training,
+            "validation": validation,
+            "patients": patients,
+            "share": None,
+            "expected_low": None,
+            "expected_high": None,
+        }
+        if patients:
+            p = target / 100
+            spread = 196 * math.sqrt(p * (1 - p) / patients)
+            record.update(
+                share=round(100 * training / patients, 2),
+                expected_low=round(max(0.0, target - spread), 2),
+                expected_high=round(min(100.0, target + spread), 2),
+            )
+        records.append(record)
+    return {"target": target, "sites": records}
+
+
+def _age_band(age: Any) -> str:
+    if _missing(age):
+        return UNKNOWN
+    try:
+        years = float(age)
+    except (TypeError, ValueError):
+        return UNKNOWN
+    if math.isnan(years) or years < 0:
+        return UNKNOWN
+    return _AGE_BANDS[min(int(years // 10), len(_AGE_BANDS) - 1)]
+
+
+def age_bands(patient_clean: pd.DataFrame) -> list[dict]:
+    """Patients by ten-year age band and group, from ``age_update`` (the cleaned age, filled
+    from the images' DICOM age).
+
+    Returns
+    -------
+    list of dict
+        ``band`` (``0-9``, ..., ``80-89``, ``90+``, then ``unknown``), ``order`` (its position),
+        ``group``, ``patients``: every band and group, zeros included.
+    """
+    counts: Counter = Counter()
+    for age, group in _records(patient_clean, "age_update", "group"):
+        if _group(group):
+            counts[(_age_band(age), group)] += 1
+    return [
+        {"band": band, "order": order, "group": group, "patients": counts[(band, group)]}
+        for order, band in enumerate((*_AGE_BANDS, UNKNOWN))
+        for group in GROUPS
+    ]
+
+
+def sexes(patient_clean: pd.DataFrame) -> list[dict]:
+    """Patients by sex and group, from ``sex_update`` (``M``, ``F``, ``Unknown``, ...).
+
+    Returns
+    -------
+    list of dict
+        ``sex``, ``group``, ``patients``: every value seen (``M``, ``F`` and ``Unknown``
+        always, in that order, then others sorted) and group, zeros included.
+    """
+    counts: Counter = Counter()
+    for sex, group in _records(patient_clean, "sex_update", "group"):
+        if _group(group):
+            counts[(_text(sex, "Unknown"), group)] += 1
+    seen = {sex for sex, _ in counts}
+    order = ["M", "F", "Unknown", *sorted(seen - {"M", "F", "Unknown"})]
+    return [
+        {"sex": sex, "group": group, "patients": counts[(sex, group)]}
+        for sex in order
+        for group in GROUPS
+    ]
+
+
+def _top_values(counts: Counter, top: int) -> list[dict]:
+    """Records of the ``top`` values with most images (both groups); the rest as one value."""
+    totals: Counter = Counter()
+    for (value, _), n in counts.items():
+        totals[value] += n
+    ranked = sorted(totals, key=lambda value: (-totals[value], value))
+    kept = ranked[:top]
+    others = ranked[top:]
+    records = [
+        {"value": value, "group": group, "images": counts[(value, group)]}
+        for value in kept
+        for group in GROUPS
+    ]
+    if others:
+        label = f"other ({len(others)} values)"
+        for group in GROUPS:
+            records.append(
+                {
+                    "value": label,
+                    "group": group,
+                    "images": sum(counts[(value, group)] for value in others),
+                }
+            )
+    return records
+
+
+@dataclass
+class Equipment:
+    """Images by DICOM attribute (see `equipment`).
+
+    Attributes
+    ----------
+    source : str
+        ``catalogue`` (one row per image) or ``studies`` (the study tables).
+    attributes : dict
+        Attribute name (``Manufacturer``, ``BodyPartExamined``, ``ViewPosition``) -> records
+        ``value``, ``group``, ``images``; an attribute the source does not hold is absent.
+    """
+
+    source: str
+    attributes: dict[str, list[dict]] = field(default_factory=dict)
+
+
+EQUIPMENT_ATTRIBUTES = ("Manufacturer", "BodyPartExamined", "ViewPosition")
+
+
+def equipment(
+    studies: Mapping[str, pd.DataFrame],
+    study_images: pd.DataFrame | None,
+    images: pd.DataFrame | None = None,
+    top: int = TOP_VALUES,
+) -> Equipment:
+    """Images by manufacturer, body part and view position, per group.
+
+    From the image catalogue when there is one (``images``: one row per filed image, with
+    ``group`` and the attribute columns). Until then from the study tables: each study's
+    images (``study_images``) count under the values of the study's row (its first metadata
+    file); the study tables hold no ViewPosition, so it is absent. Images of a study without
+    a row (its metadata file could not be read) count as ``NOT_GIVEN``.
+
+    Returns
+    -------
+    Equipment
+        The ``top`` values with most images per attribute, the others summed as one value
+        (``other (N values)``).
+    """
+    if images is not None:
+        result = Equipment("catalogue")
+        for attribute in EQUIPMENT_ATTRIBUTES:
+            if attribute not in images.columns:
+                continue
+            counts: Counter = Counter()
+            for value, group in _records(images, attribute, "group"):
+                if _group(group):
+                    counts[(_text(value, NOT_GIVEN), group)] += 1
+            result.attributes[attribute] = _top_values(counts, top)
+        return result
+
+    result = Equipment("studies")
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    for table in studies.values():
+        for group, pseudonym, study, manufacturer, body in _records(
+            table, "group", "Pseudonym", "StudyInstanceUID", "Manufacturer", "BodyPartExamined"
+        ):
+            key = (group, str(pseudonym), str(study))
+            rows.setdefault(
+                key,
+                {
+                    "Manufacturer": _text(manufacturer, NOT_GIVEN),
+                    "BodyPartExamined": _text(body, NOT_GIVEN),
+                },
+            )
+    counts = {"Manufacturer": Counter(), "BodyPartExamined": Counter()}
+    for group, pseudonym, study, n in _records(
+        study_images, "group", "Pseudonym", "StudyInstanceUID", "images"
+    ):
+        if not _group(group):
+            continue
+        row = rows.get((group, str(pseudonym), str(study)), {})
+        for attribute, counter in counts.items():
+            counter[(row.get(attribute, NOT_GIVEN), group)] += int(n)
+    for attribute, counter in counts.items():
+        result.attributes[attribute] = _top_values(counter, top)
+    return result
+
+
+def storage_use(storage: pd.DataFrame) -> list[dict]:
+    """Bytes under each of the eight storage prefixes (``storage.csv``).
+
+    Returns
+    -------
+    list of dict
+        ``prefix``, ``group``, ``bytes``, ``gigabytes`` (decimal, 3 decimals), in table order.
+    """
+    return [
+        {
+            "prefix": prefix,
+            "group": prefix.split("/", 1)[0],
+            "bytes": int(size),
+            "gigabytes": round(int(size) / 1e9, 3),
+        }
+        for prefix, size in _records(storage, "prefix", "storage")
+    ]
+
+
+def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | None:
+    """The last loader run, from its JSON run report (``reports/warehouseloader/latest.json``).
+
+    Returns
+    -------
+    dict or None
+        None without a report. Otherwise ``run_id``, ``started``, ``finished``, ``completed``,
+        ``fatal``, ``counts`` (records ``outcome``, ``inputs``), ``reasons`` (records
+        ``reason``, ``inputs``, most first), ``unfiled`` (their sum) and ``recent``: the
+        ``recent`` most recently modified unfiled inputs (``key``, ``reason``, ``detail``,
+        ``modified``; inputs without a modification time last, then by key).
+    """
+    if report is None:
+        return None
+    problems = [p for p in report.get("problems") or () if isinstance(p, Mapping)]
+
+    def newest_first(problem: Mapping) -> tuple:
+        modified = problem.get("modified")
+        stamp = pd.Timestamp(modified) if isinstance(modified, str) and modified else None
+        if stamp is not None and stamp.tzinfo is None:
+            stamp = stamp.tz_localize("UTC")
+        return (stamp is None, -(stamp.value if stamp is not None else 0), str(problem.get("key")))
+
+    reasons = {str(k): int(v) for k, v in (report.get("not_filed") or {}).items()}
+    return {
+        "run_id": report.get("run_id"),
+        "started": report.get("started"),
+        "finished": report.get("finished"),
+        "completed": report.get("completed"),
+        "fatal": report.get("fatal"),
+        "counts": [
+            {"outcome": str(k), "inputs": int(v)}
+            for k, v in sorted((report.get("counts") or {}).items())
+        ],
+        "reasons": [
+            {"reason": reason, "inputs": n}
+            for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+        ],
+        "unfiled": sum(reasons.values()),
+        "recent": [
+            {
+                "key": str(p.get("key", "")),
+                "reason": str(p.get("reason", "")),
+                "detail": str(p.get("detail", "")),
+                "modified": p.get("modified") or "",
+            }
+            for p in sorted(problems, key=newest_first)[:recent]
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Public figures
+# --------------------------------------------------------------------------------------------
+
+
+def suppress(
+    total: int | None, cells: list[int], threshold: int = SUPPRESSION_THRESHOLD
+) -> tuple[bool, list[bool]]:
+    """Which counts of one table (``cells`` that add up to ``total``) to hide.
+
+    Primary suppression hides every count under ``threshold`` (zero included). Secondary
+    suppression then hides more cells, smallest first, while a hidden value could be worked out
+    from the others: while exactly one cell is hidden (it would be ``total`` minus the rest)
+    or the hidden cells add up to less than ``threshold`` (their sum would be a small group).
+
+    Parameters
+    ----------
+    total : int or None
+        The shown total of the cells; None when they have none (then only primary suppression
+        applies, each cell stands alone).
+    cells : list of int
+        The counts.
+    threshold : int
+        The smallest count that may be shown.
+
+    Returns
+    -------
+    tuple
+        ``(total hidden, [cell hidden, ...])``.
+    """
+    hidden = [n < threshold for n in cells]
+    if total is None:
+        return False, hidden
+    total_hidden = total < threshold
+    if total_hidden:
+        return True, [True] * len(cells)
+
+    def needs_more() -> bool:
+        count = sum(hidden)
+        if count == 0 or count == len(cells):
+            return False
+        return count == 1 or sum(n for n, h in zip(cells, hidden, strict=True) if h) < threshold
+
+    while needs_more():
+        shown = [i for i, h in enumerate(hidden) if not h]
+        hidden[min(shown, key=lambda i: (cells[i], i))] = True
+    return False, hidden
+
+
+@dataclass(frozen=True)
+class PublicFigure:
+    """One line of the public statistics.
+
+    Attributes
+    ----------
+    label : str
+        As in the ``stats_*.csv`` file.
+    text : str
+        The value as the file writes it (``1,234``, ``12GB``).
+    count : int or None
+        The value as a number when it is a count (None for storage).
+    suppressed : str
+        ``""`` when shown, ``"small"`` when under the threshold, ``"complement"`` when hidden
+        because it would reveal a small count.
+    """
+
+    label: str
+    text: str
+    count: int | None
+    suppressed: str = ""
+
+    @property
+    def shown(self) -> str:
+        """What the page shows: the value, or the suppression mark."""
+        if self.suppressed == "small":
+            return f"fewer than {SUPPRESSION_THRESHOLD}"
+        if self.suppressed == "complement":
+            return "suppressed"
+        return self.text
+
+
+@dataclass(frozen=True)
+class PublicSection:
+    """The figures of one ``stats_*.csv`` file.
+
+    Attributes
+    ----------
+    file : str
+        ``stats_patients.csv`` and so on.
+    title : str
+        The section's heading.
+    figures : tuple of PublicFigure
+    """
+
+    file: str
+    title: str
+    figures: tuple[PublicFigure, ...]
+
+
+# file -> (title, rows forming total + cells, rows standing alone, counts or not)
+_PUBLIC_FILES = {
+    "stats_patients.csv": ("Patients", (0, (1, 2)), (3,), True),
+    "stats_images.csv": ("Image studies", (0, None), (), True),
+    "stats_storage.csv": ("Storage", None, (), False),
+    "stats_submittingcentres.csv": ("Submitting centres", None, (0,), True),
+}
+
+
+def _count(text: str) -> int:
+    return int(text.replace(",", "").strip())
+
+
+def public_figures(
+    stats_files: Mapping[str, str], threshold: int = SUPPRESSION_THRESHOLD
+) -> list[PublicSection]:
+    """The public statistics, as the ``stats_*.csv`` files hold them, with small counts hidden.
+
+    ``stats_patients.csv`` (total, then positive and negative, which add up to it, then new
+    patients alone), ``stats_images.csv`` (total, then one row per modality) and
+    ``stats_submittingcentres.csv`` are counts: each table goes through `suppress`.
+    ``stats_storage.csv`` holds storage in GB, not counts: shown as it is.
+
+    Parameters
+    ----------
+    stats_files : mapping
+        File name -> text, as ``tables.public_statistics`` makes them.
+    threshold : int
+        The smallest count shown.
+
+    Returns
+    -------
+    list of PublicSection
+        In the order above; a file that is absent has no section.
+
+    Raises
+    ------
+    ValueError
+        When a count is not a whole number.
+    """
+    sections = []
+    for name, (title, partition, alone, counts) in _PUBLIC_FILES.items():
+        if name not in stats_files:
+            continue
+        rows = [row for row in csv.reader(io.StringIO(stats_files[name])) if row]
+        labels = [row[0] for row in rows]
+        texts = [row[1] if len(row) > 1 else "" for row in rows]
+        suppressed = [""] * len(rows)
+        numbers: list[int | None] = [None] * len(rows)
+        if counts:
+            numbers = [_count(text) for text in texts]
+            if partition is not None:
+                total_row, cell_rows = partition
+                cell_rows = (
+                    tuple(range(total_row + 1, len(rows))) if cell_rows is None else cell_rows
+                )
+                total_hidden, cells_hidden = suppress(
+                    numbers[total_row], [numbers[i] for i in cell_rows], threshold
+                )
+                if total_hidden:
+                    suppressed[total_row] = "small"
+                for i, hidden in zip(cell_rows, cells_hidden, strict=True):
+                    if hidden:
+                        suppressed[i] = "small" if numbers[i] < threshold else "complement"
+            for i in alone:
+                if numbers[i] < threshold:
+                    suppressed[i] = "small"
+        figures = tuple(
+            PublicFigure(label, text, number, mark)
+            for label, text, number, mark in zip(labels, texts, numbers, suppressed, strict=True)
+        )
+        sections.append(PublicSection(name, title, figures))
+    return sections
