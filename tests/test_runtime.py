@@ -112,7 +112,7 @@ def silent_endpoint():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(16)
-    accepted = []
+    accepted: list = []
     stop = threading.Event()
 
     def accept():
@@ -125,7 +125,7 @@ def silent_endpoint():
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
     stop.set()
     thread.join()
     for connection in accepted:
@@ -133,17 +133,36 @@ def silent_endpoint():
     server.close()
 
 
+def test_the_store_probe_gives_up_within_seconds():
+    from warehouse.components.storage import (
+        PROBE_CONNECT_SECONDS,
+        PROBE_READ_SECONDS,
+        S3Storage,
+    )
+
+    store = S3Storage("warehouse")
+    config = store.probe.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (2, 2)
+    assert PROBE_CONNECT_SECONDS + PROBE_READ_SECONDS <= 4
+    assert config.retries["total_max_attempts"] == 1
+    assert store.client.meta.config.read_timeout == 60  # the run's own client keeps its retries
+
+
 @pytest.mark.parametrize("graph", GRAPHS)
-def test_an_unreachable_endpoint_is_reported_within_seconds(graph, silent_endpoint):
+def test_an_unreachable_endpoint_is_said_at_once_not_after_the_retries(graph, silent_endpoint):
+    """An endpoint that accepts connections and never answers: one request (the probe, whose
+    read timeout is 2 s), a clear message, exit 2; without the probe the run would sit through
+    the SDK's retries (10 attempts of up to 60 s) before saying anything."""
     import time
 
-    env = builders.graph_env(WAREHOUSE_BUCKET="warehouse", AWS_ENDPOINT_URL=silent_endpoint)
+    url, connections = silent_endpoint
+    env = builders.graph_env(WAREHOUSE_BUCKET="warehouse", AWS_ENDPOINT_URL=url)
     started = time.monotonic()
     result = builders.python_m(graph, env=env)
-    elapsed = time.monotonic() - started
     assert result.returncode == 2, result.stderr
     assert "cannot reach the S3 endpoint" in result.stderr
-    assert elapsed < 5, elapsed
+    assert len(connections) == 1  # one attempt, no retry
+    assert time.monotonic() - started < 30  # far below any retry of the run's own client
 
 
 def test_a_closed_port_is_reported_at_once():

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
@@ -33,14 +34,10 @@ from warehouse.components.catalogue import STUDY_MODALITIES
 from warehouse.components.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.components.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
 from warehouse.components.figures import STUDY_IMAGE_COLUMNS
-from warehouse.components.pages import (
-    DASHBOARD_PAGE,
-    PUBLIC_PAGE,
-    PageInputs,
-    dashboard_page,
-    public_page,
-)
 from warehouse.components.report import latest_report_key
+
+if TYPE_CHECKING:
+    from warehouse.components.pages import PageInputs
 from warehouse.components.storage import ObjectNotFound, Storage
 from warehouse.components.tables import (
     patient_table,
@@ -56,7 +53,9 @@ LATEST_KEY = "latest.csv"
 #: ``study_images`` only when there are images).
 TABLE_ORDER = (*STUDY_MODALITIES, "patient", "patient_clean", "storage", "study_images")
 #: Pages in the order of ``latest.csv``, after the tables: archive name -> file name.
-PAGES = {"dashboard": DASHBOARD_PAGE, "public": PUBLIC_PAGE}
+#: The batch's pages and their file names (the pages module, and altair with it, is imported
+#: only when a batch is built).
+PAGES = {"dashboard": "dashboard.html", "public": "public.html"}
 #: The loader's newest run report, shown on the dashboard.
 LOADER_REPORT_KEY = latest_report_key("warehouseloader")
 
@@ -179,6 +178,8 @@ def read_page_inputs(storage: Storage, config: PipelineConfig | None = None) -> 
         report_note = f"{LOADER_REPORT_KEY} is not valid JSON: {exc}"
     if report is not None and not isinstance(report, dict):
         report, report_note = None, f"{LOADER_REPORT_KEY} is not a JSON object."
+    from warehouse.components.pages import PageInputs  # altair: only for runs that build pages
+
     return PageInputs(storage.url, config, config_note, report, report_note)
 
 
@@ -214,6 +215,8 @@ def build_batch(
     -------
     Batch
     """
+    from warehouse.components.pages import PageInputs, dashboard_page, public_page
+
     batch = Batch(batch_name(now))
     studies: dict[str, pd.DataFrame] = {}
     for modality in STUDY_MODALITIES:

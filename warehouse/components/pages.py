@@ -30,6 +30,7 @@ import vl_convert
 
 from warehouse.components import figures
 from warehouse.components.config import PipelineConfig
+from warehouse.components.dashboard import PAGES
 from warehouse.components.report_page import moment
 
 __all__ = [
@@ -45,8 +46,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DASHBOARD_PAGE = "dashboard.html"
-PUBLIC_PAGE = "public.html"
+DASHBOARD_PAGE, PUBLIC_PAGE = PAGES["dashboard"], PAGES["public"]
 
 TEMPLATES = Path(__file__).with_name("page_templates")
 GROUP_COLOURS = alt.Scale(domain=list(figures.GROUPS), range=["#1b6ca8", "#d9731f"])
