@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-#: The loader's first ranged read of a header (``warehouse.components.dicom``).
+#: The loader's first ranged read of a header (``warehouse.core.dicom``).
 HEADER_BYTES = 64 * 1024
 #: Where the floor clients write, beside the raw tree (never under a prefix the loader lists).
 FLOOR_PREFIX = "floor/"
@@ -172,9 +172,9 @@ def local_work_floor(root: str | os.PathLike, keys: list[str], workers: int) -> 
     dict
         ``images`` and ``seconds``.
     """
-    from warehouse.components.dicom import header_json, image_identity, read_header
-    from warehouse.components.keys import image_targets
-    from warehouse.components.storage import LocalStorage
+    from warehouse.core.dicom import header_json, image_identity, read_header
+    from warehouse.core.keys import image_targets
+    from warehouse.core.storage import LocalStorage
 
     store = LocalStorage(root)
 

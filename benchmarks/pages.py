@@ -26,7 +26,7 @@ import pandas as pd
 from tests import browser
 from warehouse.components import pages
 from warehouse.components.dashboard import read_page_inputs
-from warehouse.components.storage import LocalStorage
+from warehouse.core.storage import LocalStorage
 
 TABLES = ("ct", "xray", "mri", "patient_clean", "storage", "study_images")
 

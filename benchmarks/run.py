@@ -37,7 +37,7 @@ from pathlib import Path
 
 from benchmarks import floor as floor_clients
 from benchmarks.proxy import KINDS, read_counts, reset_counts, start_moto, start_proxy
-from warehouse.components.config import DEFAULT_WORKERS
+from warehouse.core.config import DEFAULT_WORKERS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "latest.json"

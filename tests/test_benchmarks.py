@@ -324,7 +324,7 @@ def test_hostile_files_are_what_they_claim(tmp_path, tiny_tree):
     import shutil
 
     from benchmarks.hostile import MB, add_hostile_files
-    from warehouse.components.dicom import NotDicom, parse_header
+    from warehouse.core.dicom import NotDicom, parse_header
 
     root = tmp_path / "hostile"
     shutil.copytree(tiny_tree.root, root)

@@ -12,8 +12,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from warehouse.components import config as config_module
-from warehouse.components.config import (
+from warehouse.components.memo import still_holds
+from warehouse.core import config as config_module
+from warehouse.core.config import (
     CONFIG_SCHEMA,
     DEFAULT_WORKERS,
     ConfigError,
@@ -24,11 +25,10 @@ from warehouse.components.config import (
     parse_config,
     settings_from_env,
 )
-from warehouse.components.errors import ExpectedError
-from warehouse.components.keys import upload_date_problem
-from warehouse.components.listing import WarehouseIndex
-from warehouse.components.memo import still_holds
-from warehouse.components.patients import UnknownSite, group_for
+from warehouse.core.errors import ExpectedError
+from warehouse.core.keys import upload_date_problem
+from warehouse.core.listing import WarehouseIndex
+from warehouse.core.patients import UnknownSite, group_for
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,10 +26,10 @@ from tests import builders
 from tests.builders import clinical, image, uid
 from warehouse import dataprocess
 from warehouse.components.catalogue import WarehouseCatalogue
-from warehouse.components.config import Settings
 from warehouse.components.dashboard import arrow_ready, batch_name, parquet_bytes
-from warehouse.components.dicom import header_json
-from warehouse.components.storage import (
+from warehouse.core.config import Settings
+from warehouse.core.dicom import header_json
+from warehouse.core.storage import (
     DryRunStorage,
     LocalStorage,
     S3Storage,

@@ -13,7 +13,8 @@ from moto import mock_aws
 from pydicom.dataset import Dataset
 
 from tests.builders import uid
-from warehouse.components.dicom import (
+from warehouse.components.synthetic import build_dicom
+from warehouse.core.dicom import (
     FIRST_READ_BYTES,
     ImageIdentity,
     MissingIdentifier,
@@ -27,9 +28,8 @@ from warehouse.components.dicom import (
     parse_header,
     read_header,
 )
-from warehouse.components.keys import UnsafeIdentifier
-from warehouse.components.storage import LocalStorage, S3Storage
-from warehouse.components.synthetic import build_dicom
+from warehouse.core.keys import UnsafeIdentifier
+from warehouse.core.storage import LocalStorage, S3Storage
 
 MB = 1024 * 1024
 STUDY = uid("Covid1", "study")

@@ -21,7 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from tests.builders import uid
 from tests.test_dicom import PIXEL_TAG, CountingStorage, dicom, real
-from warehouse.components.dicom import (
+from warehouse.core.dicom import (
     FIRST_READ_BYTES,
     MAX_SEQUENCE_ITEMS,
     HeaderProblem,
@@ -38,7 +38,7 @@ from warehouse.components.dicom import (
     parse_header,
     read_header,
 )
-from warehouse.components.report import Reason
+from warehouse.core.report import Reason
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

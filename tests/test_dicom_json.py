@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.builders import image
 from tests.dicom_oracle import expected_json
-from warehouse.components.dicom import (
+from warehouse.core.dicom import (
     HeaderProblem,
     header_json,
     header_json_dict,

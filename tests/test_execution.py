@@ -22,7 +22,6 @@ import pytest
 from bonobo.config import use
 
 from warehouse.components import execution
-from warehouse.components.config import ConfigError
 from warehouse.components.execution import (
     EXIT_CONFIG,
     LazyServices,
@@ -32,6 +31,7 @@ from warehouse.components.execution import (
     WorkerPool,
     pooled,
 )
+from warehouse.core.config import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ LOGGING_SCRIPT = textwrap.dedent(
     sys.stderr.write("=== configure_logging ===\\n")
     sys.stderr.flush()
 
-    from warehouse.components.errors import ExpectedError
+    from warehouse.core.errors import ExpectedError
     from warehouse.components.execution import configure_logging
 
     configure_logging()
@@ -506,7 +506,7 @@ class RecordingState:
     """A graph's state service with the run's workers and `RunState.item_failed`."""
 
     def __init__(self, workers):
-        from warehouse.components.report import RunReport
+        from warehouse.core.report import RunReport
 
         self.workers = workers
         self.report = RunReport("test")

@@ -9,7 +9,7 @@ import pytest
 from tests import builders
 from tests.builders import clinical, image
 from warehouse.components.feedback import by_prefix, site_view
-from warehouse.components.storage import LocalStorage
+from warehouse.core.storage import LocalStorage
 
 A, B = "A Trust", "B Trust"
 

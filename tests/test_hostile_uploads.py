@@ -14,7 +14,7 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.components.storage import LocalStorage, S3Storage
+from warehouse.core.storage import LocalStorage, S3Storage
 
 A, B, SPLIT = "A Valid Trust", "B Train Trust", "Split Trust"
 

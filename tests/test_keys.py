@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from warehouse.components.keys import (
+from warehouse.core.keys import (
     MAX_PSEUDONYM_LENGTH,
     RawKey,
     UnsafeIdentifier,

@@ -14,8 +14,8 @@ import pytest
 from moto import mock_aws
 
 from tests.moto_conditions import serialise_conditional_requests
-from warehouse.components.errors import ExpectedError
-from warehouse.components.lease import (
+from warehouse.core.errors import ExpectedError
+from warehouse.core.lease import (
     LEASE_KEY,
     LeaseError,
     LeaseHeld,
@@ -24,7 +24,7 @@ from warehouse.components.lease import (
     LeaseRecord,
     RunLease,
 )
-from warehouse.components.storage import (
+from warehouse.core.storage import (
     DryRunStorage,
     LocalStorage,
     ObjectNotFound,
@@ -169,7 +169,7 @@ def test_expired_lease_is_taken_over(store, caplog):
     crashed.acquire()
     clock.advance(301)
     successor = RunLease(store, "next", holder="host-b/22", clock=clock)
-    with caplog.at_level(logging.WARNING, logger="warehouse.components.lease"):
+    with caplog.at_level(logging.WARNING, logger="warehouse.core.lease"):
         record = successor.acquire()
     assert record.run_id == "next" and record.acquired == T0 + dt.timedelta(seconds=301)
     assert lease_on(store) == record
@@ -421,7 +421,7 @@ def test_dry_run_takes_no_lease(store, caplog):
     assert list(store.list("")) == []
     assert lease.requests == Counter({"GET": 1})
     RunLease(store, "real", holder="host-a/11").acquire()
-    with caplog.at_level(logging.WARNING, logger="warehouse.components.lease"):
+    with caplog.at_level(logging.WARNING, logger="warehouse.core.lease"):
         with RunLease(dry, "dry"):
             pass
     assert "DRY RUN: takes no lease, but another run holds the warehouse since" in caplog.text
@@ -510,8 +510,8 @@ def test_a_lease_whose_process_on_this_machine_is_gone_is_taken_over_at_once(tmp
     import subprocess
     import sys
 
-    from warehouse.components.lease import LeaseHeld, RunLease
-    from warehouse.components.storage import LocalStorage
+    from warehouse.core.lease import LeaseHeld, RunLease
+    from warehouse.core.storage import LocalStorage
 
     root = tmp_path / "bucket"
     root.mkdir()

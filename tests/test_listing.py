@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from warehouse.components.listing import (
+from warehouse.core.listing import (
     RawListing,
     WarehouseIndex,
     index_warehouse,
     list_raw,
     pending_images,
 )
-from warehouse.components.storage import LocalStorage
+from warehouse.core.storage import LocalStorage
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from tests import builders
 from tests.builders import clinical, image
 from warehouse.components.filing import Progress
-from warehouse.components.storage import LocalStorage
+from warehouse.core.storage import LocalStorage
 
 
 @pytest.fixture

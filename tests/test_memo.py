@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from warehouse.components.config import PipelineConfig
-from warehouse.components.keys import parse_raw_key
-from warehouse.components.listing import WarehouseIndex
 from warehouse.components.memo import load_memo, recall, still_holds
-from warehouse.components.storage import LocalStorage
+from warehouse.core.config import PipelineConfig
+from warehouse.core.keys import parse_raw_key
+from warehouse.core.listing import WarehouseIndex
+from warehouse.core.storage import LocalStorage
 
 CONFIG = PipelineConfig(("raw-a",), 50, {"Split": "split", "Train": "training"})
 
@@ -90,7 +90,7 @@ def test_failures_and_unknown_reasons_are_processed_again(reason):
 
 
 def test_a_problem_recorded_again_keeps_its_stamp_and_facts():
-    from warehouse.components.report import RunReport
+    from warehouse.core.report import RunReport
 
     problem = {
         "key": "k",

@@ -18,8 +18,7 @@ import pandas as pd
 import pytest
 
 from tests import builders
-from warehouse.components import execution, figures, pages, report_page
-from warehouse.components.config import parse_config
+from warehouse.components import execution, figures, pages
 from warehouse.components.dashboard import (
     Batch,
     batch_files,
@@ -27,9 +26,11 @@ from warehouse.components.dashboard import (
     read_page_inputs,
     study_image_table,
 )
-from warehouse.components.report import Reason, RunReport
-from warehouse.components.storage import LocalStorage, StorageError
 from warehouse.components.tables import storage_table
+from warehouse.core import report_page
+from warehouse.core.config import parse_config
+from warehouse.core.report import Reason, RunReport
+from warehouse.core.storage import LocalStorage, StorageError
 
 NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
 A, B = "Alpha Trust", "Beta Trust"

@@ -23,9 +23,9 @@ import pytest
 from tests import browser, builders
 from warehouse import dataprocess
 from warehouse.components import synthetic
-from warehouse.components.config import Settings
 from warehouse.components.figures import NOT_GIVEN, SUPPRESSION_THRESHOLD
-from warehouse.components.storage import LocalStorage
+from warehouse.core.config import Settings
+from warehouse.core.storage import LocalStorage
 
 GROUPS = ("training", "validation")
 MODALITIES = {"ct": "CT", "xray": "X-ray", "mri": "MRI"}

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from warehouse.components.config import PipelineConfig
-from warehouse.components.patients import (
+from warehouse.core.config import PipelineConfig
+from warehouse.core.patients import (
     GroupConflict,
     PatientGroups,
     UnknownSite,

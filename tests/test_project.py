@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from warehouse.components.config import parse_config
+from warehouse.core.config import parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def test_runtime_requirements_are_pinned_and_free_of_test_tools():
 
 
 def test_every_reason_the_code_can_give_is_in_the_readme():
-    from warehouse.components.report import Reason
+    from warehouse.core.report import Reason
 
     readme = (REPO / "README.md").read_text()
     table = readme[readme.index("Every input that is not filed has one of these reasons") :]

@@ -20,8 +20,8 @@ from pydicom.errors import InvalidDicomError
 
 from tests import builders
 from tests.dicom_oracle import expected_json
-from warehouse.components.keys import identifier_problem
-from warehouse.components.storage import LocalStorage, S3Storage
+from warehouse.core.keys import identifier_problem
+from warehouse.core.storage import LocalStorage, S3Storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -8,7 +8,7 @@ import re
 import threading
 
 from warehouse import __version__
-from warehouse.components.report import FAILURES, Reason, RunReport
+from warehouse.core.report import FAILURES, Reason, RunReport
 
 
 def test_counts():
@@ -181,8 +181,8 @@ def test_report_is_thread_safe():
 
 def test_only_a_run_that_listed_its_inputs_replaces_the_memo(tmp_path):
     from warehouse.components.execution import publish_report
-    from warehouse.components.report import latest_report_key
-    from warehouse.components.storage import LocalStorage
+    from warehouse.core.report import latest_report_key
+    from warehouse.core.storage import LocalStorage
 
     (tmp_path / "bucket").mkdir()
     store = LocalStorage(tmp_path / "bucket")

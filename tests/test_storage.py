@@ -13,8 +13,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from warehouse.components.errors import ExpectedError
-from warehouse.components.storage import (
+from warehouse.core.errors import ExpectedError
+from warehouse.core.storage import (
     DryRunStorage,
     LocalStorage,
     ObjectInfo,
@@ -497,7 +497,7 @@ def test_dry_run_reads_but_writes_nothing(store, caplog):
     assert dry.read_range("raw/a.json", 0, 1) == b"{"
     assert keys_of(dry.list("raw/")) == ["raw/a.json"]
     assert dry.list_folders("") == store.list_folders("")
-    with caplog.at_level(logging.INFO, logger="warehouse.components.storage"):
+    with caplog.at_level(logging.INFO, logger="warehouse.core.storage"):
         dry.write("training/data/P/data_2021-01-01.json", b"{}")
         dry.copy("raw/a.json", "training/x.json", size=2)
         dry.processed().write("latest.csv", b"x")

@@ -21,7 +21,7 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image, uid
-from warehouse.components.storage import LocalStorage, S3Storage, Storage
+from warehouse.core.storage import LocalStorage, S3Storage, Storage
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

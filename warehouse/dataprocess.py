@@ -28,9 +28,7 @@ from bonobo.config.processors import use_context_processor
 
 from warehouse.components import execution
 from warehouse.components.catalogue import StudyFile, WarehouseCatalogue, WarehouseContents
-from warehouse.components.config import Settings, load_pipeline_config
 from warehouse.components.dashboard import build_batch, read_page_inputs, write_batch
-from warehouse.components.errors import ExpectedError
 from warehouse.components.extraction import (
     Collected,
     DataprocessState,
@@ -42,8 +40,10 @@ from warehouse.components.extraction import (
     read_study_row,
     study_row,
 )
-from warehouse.components.report import Reason
-from warehouse.components.storage import Storage
+from warehouse.core.config import Settings, load_pipeline_config
+from warehouse.core.errors import ExpectedError
+from warehouse.core.report import Reason
+from warehouse.core.storage import Storage
 
 logger = logging.getLogger("dataprocess")
 

@@ -27,15 +27,15 @@ from warehouse.components.centres import (
     collect_centres,
     read_centres,
 )
-from warehouse.components.config import (
+from warehouse.core.config import (
     PipelineConfig,
     Settings,
     load_pipeline_config,
 )
-from warehouse.components.errors import ExpectedError
-from warehouse.components.listing import list_raw
-from warehouse.components.report import Reason
-from warehouse.components.storage import Storage
+from warehouse.core.errors import ExpectedError
+from warehouse.core.listing import list_raw
+from warehouse.core.report import Reason
+from warehouse.core.storage import Storage
 
 logger = logging.getLogger("submittingcentres")
 

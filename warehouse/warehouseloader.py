@@ -20,12 +20,6 @@ import bonobo
 from bonobo.config import use
 
 from warehouse.components import execution
-from warehouse.components.config import (
-    CONFIG_KEY,
-    Settings,
-    load_pipeline_config,
-)
-from warehouse.components.errors import ExpectedError
 from warehouse.components.filing import (
     FiledCentres,
     LoaderState,
@@ -39,11 +33,17 @@ from warehouse.components.filing import (
     record_write,
     write_object,
 )
-from warehouse.components.listing import index_warehouse, list_raw
 from warehouse.components.memo import load_previous_problems, memo_of, refused_claims
-from warehouse.components.patients import PatientGroups
 from warehouse.components.planning import plan_inputs
-from warehouse.components.storage import Storage
+from warehouse.core.config import (
+    CONFIG_KEY,
+    Settings,
+    load_pipeline_config,
+)
+from warehouse.core.errors import ExpectedError
+from warehouse.core.listing import index_warehouse, list_raw
+from warehouse.core.patients import PatientGroups
+from warehouse.core.storage import Storage
 
 logger = logging.getLogger("warehouseloader")
 

@@ -11,16 +11,16 @@ import logging
 from collections import namedtuple
 from dataclasses import dataclass, field
 
-from warehouse.components.clinical import (
+from warehouse.components.execution import RunState
+from warehouse.core.clinical import (
     InvalidClinicalFile,
     MissingSubmittingCentre,
     parse_clinical_record,
     submitting_centre,
 )
-from warehouse.components.config import PipelineConfig
-from warehouse.components.execution import RunState
-from warehouse.components.report import Reason
-from warehouse.components.storage import Storage, StorageError
+from warehouse.core.config import PipelineConfig
+from warehouse.core.report import Reason
+from warehouse.core.storage import Storage, StorageError
 
 logger = logging.getLogger("submittingcentres")
 

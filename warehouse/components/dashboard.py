@@ -32,19 +32,19 @@ import pyarrow as pa
 
 from warehouse.components.catalogue import STUDY_MODALITIES
 from warehouse.components.cleaning import clean_patient_table, fill_from_dicom
-from warehouse.components.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
 from warehouse.components.figures import STUDY_IMAGE_COLUMNS
-from warehouse.components.report import latest_report_key
+from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
+from warehouse.core.report import latest_report_key
 
 if TYPE_CHECKING:
     from warehouse.components.pages import PageInputs
-from warehouse.components.storage import ObjectNotFound, Storage
 from warehouse.components.tables import (
     patient_table,
     public_statistics,
     storage_table,
     study_table,
 )
+from warehouse.core.storage import ObjectNotFound, Storage
 
 logger = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from bonobo.execution.strategies.executor import ThreadPoolExecutorStrategy
 from bonobo.plugins import Plugin
 from bonobo.structs.inputs import Input
 
-from warehouse.components.config import Settings, config_help, settings_from_env
-from warehouse.components.errors import ExpectedError
-from warehouse.components.report import REPORT_LOGGER, Reason, RunReport, problem_of
-from warehouse.components.report_page import page_key, run_report_page
-from warehouse.components.storage import storage_from_url
+from warehouse.core.config import Settings, config_help, settings_from_env
+from warehouse.core.errors import ExpectedError
+from warehouse.core.report import REPORT_LOGGER, Reason, RunReport, problem_of
+from warehouse.core.report_page import page_key, run_report_page
+from warehouse.core.storage import storage_from_url
 
 logger = logging.getLogger(__name__)
 

@@ -13,20 +13,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from warehouse.components.catalogue import STUDY_MODALITIES, StudyFile, WarehouseContents
-from warehouse.components.clinical import (
-    InvalidClinicalFile,
-    parse_clinical_record,
-    parse_json_document,
-)
-from warehouse.components.config import PipelineConfig
 from warehouse.components.execution import RunState
-from warehouse.components.report import Reason, RunReport
-from warehouse.components.storage import Storage, StorageError
 from warehouse.components.tables import (
     choose_patient_file,
     flatten_clinical_record,
     metadata_row,
 )
+from warehouse.core.clinical import (
+    InvalidClinicalFile,
+    parse_clinical_record,
+    parse_json_document,
+)
+from warehouse.core.config import PipelineConfig
+from warehouse.core.report import Reason, RunReport
+from warehouse.core.storage import Storage, StorageError
 
 #: A patient's chosen clinical file, with what the file names say (clinical-data.md 1.2).
 PatientFile = namedtuple(

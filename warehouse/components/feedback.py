@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import logging
 
-from warehouse.components.report import Reason, RunReport
+from warehouse.core.report import Reason, RunReport
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from warehouse.components.config import PipelineConfig, nfc
+from warehouse.core.config import PipelineConfig, nfc
 
 __all__ = [
     "GROUPS",

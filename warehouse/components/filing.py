@@ -13,7 +13,10 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 
 from warehouse import __version__
-from warehouse.components.clinical import (
+from warehouse.components.execution import RunState
+from warehouse.components.feedback import publish_feedback
+from warehouse.components.memo import limit_facts
+from warehouse.core.clinical import (
     InvalidClinicalFile,
     MissingSubmittingCentre,
     check_clinical_size,
@@ -21,35 +24,32 @@ from warehouse.components.clinical import (
     parse_clinical_record,
     submitting_centre,
 )
-from warehouse.components.config import PipelineConfig, nfc
-from warehouse.components.dicom import (
+from warehouse.core.config import PipelineConfig, nfc
+from warehouse.core.dicom import (
     HeaderRead,
     ImageIdentity,
     header_json,
     image_identity,
     read_header,
 )
-from warehouse.components.execution import RunState
-from warehouse.components.feedback import publish_feedback
-from warehouse.components.keys import (
+from warehouse.core.keys import (
     UnsafeIdentifier,
     check_pseudonym,
     clinical_target,
     image_name_problem,
     image_targets,
 )
-from warehouse.components.lease import LeasedStorage, RunLease
-from warehouse.components.listing import WarehouseIndex
-from warehouse.components.memo import limit_facts
-from warehouse.components.patients import (
+from warehouse.core.lease import LeasedStorage, RunLease
+from warehouse.core.listing import WarehouseIndex
+from warehouse.core.patients import (
     CaseVariant,
     GroupConflict,
     PatientGroups,
     UnknownSite,
     group_for,
 )
-from warehouse.components.report import Reason
-from warehouse.components.storage import Storage, StorageError
+from warehouse.core.report import Reason
+from warehouse.core.storage import Storage, StorageError
 
 logger = logging.getLogger("warehouseloader")
 

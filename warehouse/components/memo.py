@@ -25,12 +25,12 @@ import json
 import logging
 
 from warehouse import __version__
-from warehouse.components.config import PipelineConfig
-from warehouse.components.keys import RawKey
-from warehouse.components.listing import WarehouseIndex
-from warehouse.components.patients import UnknownSite, group_for
-from warehouse.components.report import Reason, latest_report_key
-from warehouse.components.storage import ObjectNotFound, Storage
+from warehouse.core.config import PipelineConfig
+from warehouse.core.keys import RawKey
+from warehouse.core.listing import WarehouseIndex
+from warehouse.core.patients import UnknownSite, group_for
+from warehouse.core.report import Reason, latest_report_key
+from warehouse.core.storage import ObjectNotFound, Storage
 
 logger = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ import pandas as pd
 import vl_convert
 
 from warehouse.components import figures
-from warehouse.components.config import PipelineConfig
 from warehouse.components.dashboard import PAGES
-from warehouse.components.report_page import moment
+from warehouse.core.config import PipelineConfig
+from warehouse.core.report_page import moment
 
 __all__ = [
     "DASHBOARD_PAGE",
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 DASHBOARD_PAGE, PUBLIC_PAGE = PAGES["dashboard"], PAGES["public"]
 
-TEMPLATES = Path(__file__).with_name("page_templates")
+TEMPLATES = Path(__file__).parent.parent / "core" / "page_templates"
 GROUP_COLOURS = alt.Scale(domain=list(figures.GROUPS), range=["#1b6ca8", "#d9731f"])
 STATUS_COLOURS = alt.Scale(domain=["positive", "negative"], range=["#b5283c", "#6a9f58"])
 WIDTH = 640

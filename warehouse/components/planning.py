@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from warehouse.components.config import PipelineConfig
-from warehouse.components.keys import RawKey, clinical_name, upload_date_problem
-from warehouse.components.listing import (
+from warehouse.components.memo import known_problem
+from warehouse.core.config import PipelineConfig
+from warehouse.core.keys import RawKey, clinical_name, upload_date_problem
+from warehouse.core.listing import (
     AMBIGUOUS,
     RawListing,
     WarehouseIndex,
@@ -21,8 +22,7 @@ from warehouse.components.listing import (
     pack_stamp,
     pending_images,
 )
-from warehouse.components.memo import known_problem
-from warehouse.components.report import Reason, RunReport
+from warehouse.core.report import Reason, RunReport
 
 
 def stamp(raw: RawKey, size: int) -> tuple[int, str]:

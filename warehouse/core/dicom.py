@@ -27,14 +27,14 @@ from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial,
 from pydicom.uid import UID
 from pydicom.values import TEXT_VR_DELIMS
 
-from warehouse.components.keys import (
+from warehouse.core.keys import (
     MODALITY_FOLDERS,
     UnsafeIdentifier,
     check_pseudonym,
     check_uid,
     dicom_identifier,
 )
-from warehouse.components.report import Reason
+from warehouse.core.report import Reason
 
 #: First ranged read. Real chest X-ray and CT headers are mostly 1-10 KiB; 64 KiB covers nearly
 #: all of them in one request (a larger range costs no extra round trip). Contiguous reads

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from warehouse.components.report import Reason
+from warehouse.core.report import Reason
 
 GROUPS = ("training", "validation")
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import jsonschema
 
-from warehouse.components.errors import ExpectedError
-from warehouse.components.keys import normalise_prefix
-from warehouse.components.storage import ObjectNotFound, StorageError
+from warehouse.core.errors import ExpectedError
+from warehouse.core.keys import normalise_prefix
+from warehouse.core.storage import ObjectNotFound, StorageError
 
 CONFIG_KEY = "config.json"
 DEFAULT_WORKERS = 32

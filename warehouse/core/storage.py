@@ -5,7 +5,7 @@ Nodes use the storage service only; they never touch boto3 or the file system th
 
 Besides plain reads and writes the port has conditional operations (create only if absent,
 replace or delete only if unchanged since read, judged by a token: the ETag on S3) for the run
-lease (`warehouse.components.lease`), and `Storage.check_store` to check up front that a store
+lease (`warehouse.core.lease`), and `Storage.check_store` to check up front that a store
 exists before anything reads or writes it.
 """
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from warehouse.components.errors import ExpectedError
-from warehouse.components.report import Reason
+from warehouse.core.errors import ExpectedError
+from warehouse.core.report import Reason
 
 logger = logging.getLogger(__name__)
 

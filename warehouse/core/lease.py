@@ -40,8 +40,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from warehouse.components.errors import ExpectedError
-from warehouse.components.storage import ObjectNotFound, PreconditionFailed, Storage, StorageError
+from warehouse.core.errors import ExpectedError
+from warehouse.core.storage import ObjectNotFound, PreconditionFailed, Storage, StorageError
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import threading
 
-from warehouse.components.config import PipelineConfig
+from warehouse.core.config import PipelineConfig
 
 
 def is_training_by_hash(pseudonym: str, training_percentage: int) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from warehouse.components.keys import identifier_problem
-from warehouse.components.report import Reason
+from warehouse.core.keys import identifier_problem
+from warehouse.core.report import Reason
 
 
 class InvalidClinicalFile(ValueError):

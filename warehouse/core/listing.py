@@ -13,14 +13,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from warehouse.components.keys import (
+from warehouse.core.keys import (
     GROUPS,
     RawKey,
     image_stem,
     parse_raw_key,
     parse_warehouse_key,
 )
-from warehouse.components.storage import Storage
+from warehouse.core.storage import Storage
 
 logger = logging.getLogger(__name__)
 
