@@ -12,7 +12,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from warehouse.components.memo import still_holds
 from warehouse.core import config as config_module
 from warehouse.core.config import (
     CONFIG_SCHEMA,
@@ -29,6 +28,7 @@ from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import upload_date_problem
 from warehouse.core.listing import WarehouseIndex
 from warehouse.core.patients import UnknownSite, group_for
+from warehouse.loader.memo import still_holds
 
 REPO = Path(__file__).resolve().parent.parent
 

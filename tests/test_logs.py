@@ -8,8 +8,8 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.components.filing import Progress
 from warehouse.core.storage import LocalStorage
+from warehouse.loader.filing import Progress
 
 
 @pytest.fixture

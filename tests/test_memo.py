@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from warehouse.components.memo import load_memo, recall, still_holds
 from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import parse_raw_key
 from warehouse.core.listing import WarehouseIndex
 from warehouse.core.storage import LocalStorage
+from warehouse.loader.memo import load_memo, recall, still_holds
 
 CONFIG = PipelineConfig(("raw-a",), 50, {"Split": "split", "Train": "training"})
 

@@ -8,7 +8,7 @@ lines, unreadable files and the run summary go to standard error. Nothing is wri
 
 Run it with ``bonobo run warehouse/submittingcentres.py --env WAREHOUSE_BUCKET=...`` or
 ``python -m warehouse.submittingcentres`` (same graph, a truthful exit code). The per-file
-rules live in ``warehouse.components.centres``; this module only wires nodes and services.
+rules live in ``warehouse.centres.collection``; this module only wires nodes and services.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import sys
 import bonobo
 from bonobo.config import use
 
-from warehouse.components import execution
-from warehouse.components.centres import (
+from warehouse.centres.collection import (
     CentresState,
     PatientFiles,
     collect_centres,
     read_centres,
 )
+from warehouse.components import execution
 from warehouse.core.config import (
     PipelineConfig,
     Settings,

@@ -20,7 +20,16 @@ import bonobo
 from bonobo.config import use
 
 from warehouse.components import execution
-from warehouse.components.filing import (
+from warehouse.core.config import (
+    CONFIG_KEY,
+    Settings,
+    load_pipeline_config,
+)
+from warehouse.core.errors import ExpectedError
+from warehouse.core.listing import index_warehouse, list_raw
+from warehouse.core.patients import PatientGroups
+from warehouse.core.storage import Storage
+from warehouse.loader.filing import (
     FiledCentres,
     LoaderState,
     Task,
@@ -33,17 +42,8 @@ from warehouse.components.filing import (
     record_write,
     write_object,
 )
-from warehouse.components.memo import load_previous_problems, memo_of, refused_claims
-from warehouse.components.planning import plan_inputs
-from warehouse.core.config import (
-    CONFIG_KEY,
-    Settings,
-    load_pipeline_config,
-)
-from warehouse.core.errors import ExpectedError
-from warehouse.core.listing import index_warehouse, list_raw
-from warehouse.core.patients import PatientGroups
-from warehouse.core.storage import Storage
+from warehouse.loader.memo import load_previous_problems, memo_of, refused_claims
+from warehouse.loader.planning import plan_inputs
 
 logger = logging.getLogger("warehouseloader")
 

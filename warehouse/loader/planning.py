@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from warehouse.components.memo import known_problem
 from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import RawKey, clinical_name, upload_date_problem
 from warehouse.core.listing import (
@@ -23,6 +22,7 @@ from warehouse.core.listing import (
     pending_images,
 )
 from warehouse.core.report import Reason, RunReport
+from warehouse.loader.memo import known_problem
 
 
 def stamp(raw: RawKey, size: int) -> tuple[int, str]:

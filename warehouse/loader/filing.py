@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 
 from warehouse import __version__
 from warehouse.components.execution import RunState
-from warehouse.components.feedback import publish_feedback
-from warehouse.components.memo import limit_facts
 from warehouse.core.clinical import (
     InvalidClinicalFile,
     MissingSubmittingCentre,
@@ -50,6 +48,8 @@ from warehouse.core.patients import (
 )
 from warehouse.core.report import Reason
 from warehouse.core.storage import Storage, StorageError
+from warehouse.loader.feedback import publish_feedback
+from warehouse.loader.memo import limit_facts
 
 logger = logging.getLogger("warehouseloader")
 
