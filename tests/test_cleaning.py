@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from warehouse.components import cleaning
-from warehouse.components.cleaning import (
+from warehouse.dashboard import cleaning
+from warehouse.dashboard.cleaning import (
     age_years,
     blood_pressure,
     clean_column_name,
@@ -29,7 +29,7 @@ from warehouse.components.cleaning import (
     to_category,
     to_number,
 )
-from warehouse.components.tables import patient_table
+from warehouse.dashboard.tables import patient_table
 
 T = pd.Timestamp
 

@@ -25,8 +25,6 @@ import pytest
 from tests import builders
 from tests.builders import clinical, image, uid
 from warehouse import dataprocess
-from warehouse.components.catalogue import WarehouseCatalogue
-from warehouse.components.dashboard import arrow_ready, batch_name, parquet_bytes
 from warehouse.core.config import Settings
 from warehouse.core.dicom import header_json
 from warehouse.core.storage import (
@@ -36,6 +34,8 @@ from warehouse.core.storage import (
     Storage,
     StorageError,
 )
+from warehouse.dashboard.batch import arrow_ready, batch_name, parquet_bytes
+from warehouse.dashboard.contents import WarehouseCatalogue
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -18,19 +18,20 @@ import pandas as pd
 import pytest
 
 from tests import builders
-from warehouse.components import execution, figures, pages
-from warehouse.components.dashboard import (
+from warehouse.components import execution
+from warehouse.core import report_page
+from warehouse.core.config import parse_config
+from warehouse.core.report import Reason, RunReport
+from warehouse.core.storage import LocalStorage, StorageError
+from warehouse.dashboard import figures, pages
+from warehouse.dashboard.batch import (
     Batch,
     batch_files,
     build_batch,
     read_page_inputs,
     study_image_table,
 )
-from warehouse.components.tables import storage_table
-from warehouse.core import report_page
-from warehouse.core.config import parse_config
-from warehouse.core.report import Reason, RunReport
-from warehouse.core.storage import LocalStorage, StorageError
+from warehouse.dashboard.tables import storage_table
 
 NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
 A, B = "Alpha Trust", "Beta Trust"

@@ -23,9 +23,9 @@ import pytest
 from tests import browser, builders
 from warehouse import dataprocess
 from warehouse.components import synthetic
-from warehouse.components.figures import NOT_GIVEN, SUPPRESSION_THRESHOLD
 from warehouse.core.config import Settings
 from warehouse.core.storage import LocalStorage
+from warehouse.dashboard.figures import NOT_GIVEN, SUPPRESSION_THRESHOLD
 
 GROUPS = ("training", "validation")
 MODALITIES = {"ct": "CT", "xray": "X-ray", "mri": "MRI"}

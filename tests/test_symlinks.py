@@ -9,10 +9,10 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.components.catalogue import list_contents
 from warehouse.core.listing import index_warehouse, list_raw
 from warehouse.core.report import Reason
 from warehouse.core.storage import LocalStorage
+from warehouse.dashboard.contents import list_contents
 
 CENTRE = "Train Trust"
 STUDY = "1.2.3.4"

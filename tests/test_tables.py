@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.datadict import tag_for_keyword
 
-from warehouse.components.cleaning import clean_patient_table, fill_from_dicom
-from warehouse.components.tables import (
+from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
+from warehouse.dashboard.tables import (
     DICOM_FIELDS,
     PATIENT_ID_TAG,
     STORAGE_PREFIXES,

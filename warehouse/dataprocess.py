@@ -27,9 +27,13 @@ from bonobo.config import use
 from bonobo.config.processors import use_context_processor
 
 from warehouse.components import execution
-from warehouse.components.catalogue import StudyFile, WarehouseCatalogue, WarehouseContents
-from warehouse.components.dashboard import build_batch, read_page_inputs, write_batch
-from warehouse.components.extraction import (
+from warehouse.core.config import Settings, load_pipeline_config
+from warehouse.core.errors import ExpectedError
+from warehouse.core.report import Reason
+from warehouse.core.storage import Storage
+from warehouse.dashboard.batch import build_batch, read_page_inputs, write_batch
+from warehouse.dashboard.contents import StudyFile, WarehouseCatalogue, WarehouseContents
+from warehouse.dashboard.extraction import (
     Collected,
     DataprocessState,
     PatientFile,
@@ -40,10 +44,6 @@ from warehouse.components.extraction import (
     read_study_row,
     study_row,
 )
-from warehouse.core.config import Settings, load_pipeline_config
-from warehouse.core.errors import ExpectedError
-from warehouse.core.report import Reason
-from warehouse.core.storage import Storage
 
 logger = logging.getLogger("dataprocess")
 

@@ -1,8 +1,8 @@
 """A batch of dashboard tables and pages: built from the rows ``dataprocess`` read, written to the
 processed store in one folder per run, and published by ``latest.csv``, written last.
 
-The table rules are in :mod:`warehouse.components.tables` and
-:mod:`warehouse.components.cleaning`, the pages in :mod:`warehouse.components.pages`; this
+The table rules are in :mod:`warehouse.dashboard.tables` and
+:mod:`warehouse.dashboard.cleaning`, the pages in :mod:`warehouse.dashboard.pages`; this
 module puts them together and writes the result::
 
     <processed store>/<batch>/ct.csv, ct.parquet, xray.*, mri.*       (modalities with studies)
@@ -30,21 +30,21 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
-from warehouse.components.catalogue import STUDY_MODALITIES
-from warehouse.components.cleaning import clean_patient_table, fill_from_dicom
-from warehouse.components.figures import STUDY_IMAGE_COLUMNS
 from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
 from warehouse.core.report import latest_report_key
+from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
+from warehouse.dashboard.contents import STUDY_MODALITIES
+from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
 
 if TYPE_CHECKING:
-    from warehouse.components.pages import PageInputs
-from warehouse.components.tables import (
+    from warehouse.dashboard.pages import PageInputs
+from warehouse.core.storage import ObjectNotFound, Storage
+from warehouse.dashboard.tables import (
     patient_table,
     public_statistics,
     storage_table,
     study_table,
 )
-from warehouse.core.storage import ObjectNotFound, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def read_page_inputs(storage: Storage, config: PipelineConfig | None = None) -> 
         report_note = f"{LOADER_REPORT_KEY} is not valid JSON: {exc}"
     if report is not None and not isinstance(report, dict):
         report, report_note = None, f"{LOADER_REPORT_KEY} is not a JSON object."
-    from warehouse.components.pages import PageInputs  # altair: only for runs that build pages
+    from warehouse.dashboard.pages import PageInputs  # altair: only for runs that build pages
 
     return PageInputs(storage.url, config, config_note, report, report_note)
 
@@ -215,7 +215,7 @@ def build_batch(
     -------
     Batch
     """
-    from warehouse.components.pages import PageInputs, dashboard_page, public_page
+    from warehouse.dashboard.pages import PageInputs, dashboard_page, public_page
 
     batch = Batch(batch_name(now))
     studies: dict[str, pd.DataFrame] = {}

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from warehouse.components.tables import storage_by_prefix
 from warehouse.core.keys import GROUPS, parse_warehouse_key
 from warehouse.core.storage import ObjectInfo, Storage
+from warehouse.dashboard.tables import storage_by_prefix
 
 #: Image modality folders whose ``<mod>-metadata`` files make the study tables, in table order.
 STUDY_MODALITIES = ("ct", "xray", "mri")

@@ -12,13 +12,7 @@ from collections import namedtuple
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from warehouse.components.catalogue import STUDY_MODALITIES, StudyFile, WarehouseContents
 from warehouse.components.execution import RunState
-from warehouse.components.tables import (
-    choose_patient_file,
-    flatten_clinical_record,
-    metadata_row,
-)
 from warehouse.core.clinical import (
     InvalidClinicalFile,
     parse_clinical_record,
@@ -27,6 +21,12 @@ from warehouse.core.clinical import (
 from warehouse.core.config import PipelineConfig
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.storage import Storage, StorageError
+from warehouse.dashboard.contents import STUDY_MODALITIES, StudyFile, WarehouseContents
+from warehouse.dashboard.tables import (
+    choose_patient_file,
+    flatten_clinical_record,
+    metadata_row,
+)
 
 #: A patient's chosen clinical file, with what the file names say (clinical-data.md 1.2).
 PatientFile = namedtuple(

@@ -10,7 +10,7 @@ statistics of section 4.1:
 - storage per prefix (:func:`storage_by_prefix`, :func:`storage_table`);
 - the public statistics files (:func:`public_statistics`).
 
-Cleaning the patient table is in :mod:`warehouse.components.cleaning`.
+Cleaning the patient table is in :mod:`warehouse.dashboard.cleaning`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each function here computes what one chart (or one line of figures) of the pages shows, as a
 list of plain records (``dict`` of ``str``, ``int`` and ``float``) that the chart draws and
 shows on hover. They are pure: no storage, no bonobo, no chart library. The pages themselves
-are put together in :mod:`warehouse.components.pages`.
+are put together in :mod:`warehouse.dashboard.pages`.
 
 Dates are ISO strings (``2021-01-04``). Groups are ``training`` and ``validation``.
 

@@ -3,7 +3,7 @@
 
 Both are pure functions of data (the batch's tables, the warehouse's ``config.json``, the last
 loader run report): HTML text out, no storage, no bonobo. The figures come from
-:mod:`warehouse.components.figures`; each chart is a Vega-Lite specification built with
+:mod:`warehouse.dashboard.figures`; each chart is a Vega-Lite specification built with
 `altair`, drawn in the browser by Vega, Vega-Lite and Vega-Embed, whose JavaScript
 `vl_convert` ships in its Python package and which is inlined in each page together with the
 style sheet: a page is one file that needs no network (its Content-Security-Policy forbids any
@@ -28,10 +28,10 @@ import jinja2
 import pandas as pd
 import vl_convert
 
-from warehouse.components import figures
-from warehouse.components.dashboard import PAGES
 from warehouse.core.config import PipelineConfig
 from warehouse.core.report_page import moment
+from warehouse.dashboard import figures
+from warehouse.dashboard.batch import PAGES
 
 __all__ = [
     "DASHBOARD_PAGE",
