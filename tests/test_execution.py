@@ -21,17 +21,14 @@ import bonobo
 import pytest
 from bonobo.config import use
 
-from warehouse.components import execution
-from warehouse.components.execution import (
-    EXIT_CONFIG,
-    LazyServices,
-    OrderedPool,
-    StartedThreadPoolStrategy,
-    StatusLines,
-    WorkerPool,
-    pooled,
-)
+from warehouse.core import run as run_module
 from warehouse.core.config import ConfigError
+from warehouse.core.run import EXIT_CONFIG, WorkerPool
+from warehouse.runtime import command, pools
+from warehouse.runtime.plugins import StatusLines
+from warehouse.runtime.pools import OrderedPool, pooled
+from warehouse.runtime.services import LazyServices
+from warehouse.runtime.strategy import StartedThreadPoolStrategy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +58,7 @@ LOGGING_SCRIPT = textwrap.dedent(
     sys.stderr.flush()
 
     from warehouse.core.errors import ExpectedError
-    from warehouse.components.execution import configure_logging
+    from warehouse.runtime.logs import configure_logging
 
     configure_logging()
     probe.warning("after the fix %s", 42)
@@ -147,7 +144,7 @@ def test_configure_logging_without_a_handler_installs_a_plain_one():
         """
         import logging
         import mondrian
-        from warehouse.components.execution import configure_logging
+        from warehouse.runtime.logs import configure_logging
 
         configure_logging()
         configure_logging()  # idempotent: still one handler, one filter
@@ -344,7 +341,7 @@ def test_status_lines_to_a_given_stream(keep_root_logger):
         "- double in=3 out=3 [done]",
         "- sink in=3 [done]",
     ]
-    assert execution.unexpected_errors(context) == 0
+    assert command.unexpected_errors(context) == 0
 
 
 def test_status_lines_while_running(keep_root_logger):
@@ -377,13 +374,13 @@ def test_run_prints_status_lines_when_stdout_is_not_a_tty(capsys, keep_root_logg
     finished = []
     graph = bonobo.Graph(extract, double, fail_on_two)
     assert not sys.stdout.isatty()
-    context = execution.run(graph, {}, finish=finished.append, progress_seconds=3600)
+    context = command.run(graph, {}, finish=finished.append, progress_seconds=3600)
     stderr = capsys.readouterr().err
     assert "- extract in=1 out=3 [done]" in stderr.splitlines()
     assert "- double in=3 out=3 [done]" in stderr.splitlines()
     assert "- fail_on_two in=3 out=2 err=1 [done]" in stderr.splitlines()
     assert finished == [context]
-    assert execution.unexpected_errors(context) == 1
+    assert command.unexpected_errors(context) == 1
 
 
 def test_pooled_node_sends_everything_in_order(keep_root_logger):
@@ -420,7 +417,7 @@ def test_pooled_node_sends_everything_in_order(keep_root_logger):
     # what was still in flight when the input ended was drained and sent before the end
     assert collected == [n * n for n in range(40)]
     assert "- squares in=40 out=40 [done]" in stream.getvalue().splitlines()
-    assert execution.unexpected_errors(context) == 0
+    assert command.unexpected_errors(context) == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,7 +469,7 @@ def test_bounded_input_holds_a_fast_producer_back():
             ahead.append(produced[0] - consumed[0])
             yield (n,)
 
-    @execution.bounded_input(4)
+    @pools.bounded_input(4)
     def consume(n):
         time.sleep(0.002)
         consumed[0] += 1
@@ -480,7 +477,7 @@ def test_bounded_input_holds_a_fast_producer_back():
 
     graph = bonobo.Graph()
     graph.add_chain(produce, consume)
-    context = execution.run(graph, {}, progress_seconds=60)
+    context = command.run(graph, {}, progress_seconds=60)
     assert context is not None and consumed[0] == 60
     # The queue holds 4; the consumer holds one more; the producer has one in hand.
     assert max(ahead) <= 4 + 2
@@ -490,7 +487,7 @@ def test_prompt_input_waits_for_an_item_instead_of_polling():
     """bonobo's nodes ask with timeout=0; the prompt queue waits for the next item."""
     from bonobo.constants import BEGIN
 
-    from warehouse.components.execution import PromptInput
+    from warehouse.runtime.strategy import PromptInput
 
     queue = PromptInput()
     queue.put(BEGIN)
@@ -511,8 +508,8 @@ class RecordingState:
         self.workers = workers
         self.report = RunReport("test")
 
-    item_failed = execution.RunState.item_failed
-    skip_extras = execution.RunState.skip_extras
+    item_failed = run_module.RunState.item_failed
+    skip_extras = run_module.RunState.skip_extras
 
 
 def test_a_failing_item_is_reported_and_every_other_one_still_arrives(keep_root_logger):
@@ -567,7 +564,7 @@ def test_a_failing_item_is_reported_and_every_other_one_still_arrives(keep_root_
         "item-150": ("internal error", "ValueError: node body broke"),
         "item-199": ("internal error", "RuntimeError: worker broke on 199"),
     }
-    assert execution.unexpected_errors(context) == 0
+    assert command.unexpected_errors(context) == 0
     assert "- node in=200 out=196 [done]" in stream.getvalue().splitlines()
 
 
@@ -611,4 +608,4 @@ def test_a_failure_in_the_final_drain_does_not_lose_what_is_behind_it(keep_root_
     assert handed_out_before_the_end == []
     assert collected == list(range(1, 30))
     assert [p["key"] for p in state.report.problems] == ["item-0"]
-    assert execution.unexpected_errors(context) == 0
+    assert command.unexpected_errors(context) == 0

@@ -92,7 +92,8 @@ def test_error_lines_name_the_product_not_bonobo(tree):
     """A node error bonobo logs itself is named after the product's node."""
     import logging
 
-    from warehouse.components.execution import RUN_CONTEXT, _RunRecords
+    from warehouse.core.run import RUN_CONTEXT
+    from warehouse.runtime.logs import _RunRecords
 
     RUN_CONTEXT.update(graph="warehouseloader", run_id="r1", shard=None)
     record = logging.LogRecord(

@@ -211,7 +211,7 @@ def test_wheel_holds_the_packages_the_template_and_the_version(venv):
     assert tops == {"warehouse", "infrastructure", f"warehouse_loader-{__version__}.dist-info"}
     assert "infrastructure/templates/warehouse.yaml" in names
     assert "warehouse/core/page_templates/dashboard.html" in names
-    assert "warehouse/components/execution.py" in names
+    assert "warehouse/runtime/command.py" in names
     metadata = zipfile.ZipFile(venv.wheel).read(
         f"warehouse_loader-{__version__}.dist-info/METADATA"
     )

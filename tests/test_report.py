@@ -180,8 +180,8 @@ def test_report_is_thread_safe():
 
 
 def test_only_a_run_that_listed_its_inputs_replaces_the_memo(tmp_path):
-    from warehouse.components.execution import publish_report
     from warehouse.core.report import latest_report_key
+    from warehouse.core.run import publish_report
     from warehouse.core.storage import LocalStorage
 
     (tmp_path / "bucket").mkdir()

@@ -11,8 +11,9 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.components import execution
-from warehouse.components.execution import EXIT_INTERNAL, LazyServices
+from warehouse.core.run import EXIT_INTERNAL
+from warehouse.runtime import command
+from warehouse.runtime.services import LazyServices
 
 GRAPHS = ("warehouseloader", "submittingcentres", "dataprocess")
 
@@ -90,7 +91,7 @@ def test_run_graph_returns_70_when_the_services_cannot_be_built(keep_root_logger
         raise AssertionError("finish must not run")
 
     graph = bonobo.Graph(lambda: None)
-    assert execution.run_graph(graph, LazyServices(broken), never) == EXIT_INTERNAL
+    assert command.run_graph(graph, LazyServices(broken), never) == EXIT_INTERNAL
 
 
 @pytest.fixture
@@ -222,3 +223,145 @@ def test_a_config_error_keeps_the_memo(tmp_path):
         k for k in {i.key for i in store.list("reports/")} - set(reports) if k.endswith(".json")
     )
     assert json.loads(store.read(new))["fatal"].startswith("config.json")
+
+
+# --------------------------------------------------------------------------------------------
+# premise tests: each fact about the pinned bonobo2 that a runtime change rests on
+
+
+def test_bonobo_binds_inputs_through_the_cached_signature(keep_root_logger):
+    """strategy.cache_node_signatures replaces ``processors.signature``: bonobo must look it up
+    in its module at every call (not hold ``inspect.signature`` itself), or the cache is idle."""
+    from bonobo.config import processors
+
+    from warehouse.runtime.strategy import StartedThreadPoolStrategy
+
+    assert hasattr(processors.signature, "cache_info"), "the cache is not installed"
+    seen = []
+
+    def node(item):
+        seen.append(item)
+
+    def numbers():
+        yield from range(50)
+
+    before = processors.signature.cache_info()
+    graph = bonobo.Graph(numbers, node)
+    bonobo.run(graph, strategy=StartedThreadPoolStrategy())
+    after = processors.signature.cache_info()
+    assert seen == list(range(50))
+    assert after.hits - before.hits >= 49  # one miss per node at most, then hits
+
+
+def test_bonobo_asks_node_inputs_without_waiting(keep_root_logger):
+    """strategy.PromptInput turns bonobo's ``input.get(timeout=0)`` into a wait; bonobo itself
+    (not a test) must ask that way, or nodes would wait 1 s per item, or poll again."""
+    from warehouse.runtime import strategy
+
+    asked: list = []
+
+    class Spy(strategy.PromptInput):
+        def get(self, block=True, timeout=None):
+            asked.append(timeout)
+            return super().get(block, timeout)
+
+    class SpyNode(strategy.PromptNodeExecutionContext):
+        QueueType = Spy
+
+    class SpyGraph(strategy.PromptGraphExecutionContext):
+        NodeExecutionContextType = SpyNode
+
+    class SpyStrategy(strategy.StartedThreadPoolStrategy):
+        GraphExecutionContextType = SpyGraph
+
+    def numbers():
+        yield from range(5)
+
+    got = []
+    graph = bonobo.Graph(numbers, got.append)
+    bonobo.run(graph, strategy=SpyStrategy())
+    assert got == list(range(5))
+    assert asked and set(asked) == {0}
+
+
+def test_bonobo_sizes_queues_through_the_node_context_hook(keep_root_logger):
+    """pools.bounded_input relies on bonobo creating every node context through
+    ``create_node_execution_context_for`` before the nodes start."""
+    from warehouse.runtime import pools
+    from warehouse.runtime.strategy import PromptGraphExecutionContext
+
+    @pools.bounded_input(7)
+    def small(item):
+        yield item
+
+    context = PromptGraphExecutionContext(bonobo.Graph(lambda: iter(()), small))
+    sizes = [node.input.maxsize for node in context.nodes]
+    assert sizes[1] == 7 and sizes[0] != 7
+
+
+def test_the_strategy_starts_through_get_starter_and_never_waits_for_an_unsubmitted_node(
+    keep_root_logger, caplog
+):
+    """bonobo's ``execute`` passes ``get_starter(executor, futures)`` to ``context.start``, and
+    its starter appends each submitted node's future to ``futures``: a node whose submission
+    fails is then known, so ``start`` returns instead of waiting for it forever, and the run
+    ends as one bonobo could not run (exit 70), never as a success."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from warehouse.runtime import strategy
+
+    class Refusing(ThreadPoolExecutor):
+        calls = 0
+
+        def submit(self, fn, /, *args, **kwargs):
+            Refusing.calls += 1
+            if Refusing.calls == 2:
+                raise RuntimeError("no thread for this node")
+            return super().submit(fn, *args, **kwargs)
+
+    contexts = []
+
+    class Graph(strategy.PromptGraphExecutionContext):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            contexts.append(self)
+
+    class Strategy(strategy.StartedThreadPoolStrategy):
+        executor_factory = Refusing
+        GraphExecutionContextType = Graph
+
+    def numbers():
+        yield from range(3)
+
+    outcome = []
+
+    def run():
+        try:
+            bonobo.run(bonobo.Graph(numbers, print), strategy=Strategy())
+            outcome.append("returned")
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(60)  # a guard against a hang, not a speed target
+    assert outcome, "the run waited for a node that was never submitted"
+    assert Refusing.calls == 2
+    assert len(contexts[0].unstartable) == 1
+    assert "futures.append" in caplog.text  # bonobo's own log of the failed submission
+
+
+def test_the_bonobo_cli_records_the_graph_by_replacing_bonobo_run():
+    """command.recording() tells ``bonobo run FILE`` (which replaces ``bonobo.run`` by a
+    recorder while it runs the file, then runs the recorded graph with bonobo's own run) from
+    a direct run."""
+    from bonobo import _api as bonobo_api
+    from bonobo.commands.base import _override_runner
+    from bonobo.commands.run import RunCommand
+
+    assert not command.recording()
+    with _override_runner(lambda graph, **options: None):
+        assert command.recording()
+    assert not command.recording()
+    assert RunCommand.handler is bonobo_api.run

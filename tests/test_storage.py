@@ -13,6 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from warehouse.core import storage as storage_module
 from warehouse.core.errors import ExpectedError
 from warehouse.core.storage import (
     DryRunStorage,
@@ -157,12 +158,27 @@ def test_list_many_over_several_prefixes(store):
     assert len(listed) == len(set(listed))
 
 
-def test_list_many_can_stop_early(store):
+def test_list_many_can_stop_early(store, monkeypatch):
+    """A consumer that stops after one object stops the listing: the producer thread ends
+    and most folders are never listed."""
+    monkeypatch.setattr(storage_module, "_LIST_QUEUE_SIZE", 2)
     put(store, [f"p/{n:02d}/x" for n in range(20)])
+    listed = []
+    original = store.list
+
+    def counting_list(prefix):
+        for info in original(prefix):
+            listed.append(info.key)
+            yield info
+
+    monkeypatch.setattr(store, "list", counting_list)
     iterator = store.list_many(["p/"], workers=2)
     first = next(iterator)
     iterator.close()
     assert first.key.startswith("p/")
+    assert not any(t.name == "list-many" and t.is_alive() for t in threading.enumerate())
+    # the queue (2), the one consumed and one object per busy worker (2), at most
+    assert len(listed) <= 5 < 20
 
 
 def test_list_many_of_nothing(store):

@@ -11,13 +11,12 @@ store (``<bucket>-processed``) in a folder named by the run's UTC time, then ``l
 
 Run it with ``bonobo run warehouse/dataprocess.py --env WAREHOUSE_BUCKET=...`` or
 ``python -m warehouse.dataprocess`` (same graph, a truthful exit code). The rules live in
-``warehouse.components`` (``catalogue``, ``extraction``, ``tables``, ``cleaning``,
-``dashboard``); this module only wires nodes and services.
+``warehouse.dashboard`` (``contents``, ``extraction``, ``tables``, ``cleaning``, ``batch``,
+``figures``, ``pages``); this module only wires nodes and services.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import sys
@@ -26,58 +25,38 @@ import bonobo
 from bonobo.config import use
 from bonobo.config.processors import use_context_processor
 
-from warehouse.components import execution
 from warehouse.core.config import Settings, load_pipeline_config
-from warehouse.core.errors import ExpectedError
-from warehouse.core.report import Reason
 from warehouse.core.storage import Storage
-from warehouse.dashboard.batch import build_batch, read_page_inputs, write_batch
-from warehouse.dashboard.contents import StudyFile, WarehouseCatalogue, WarehouseContents
+from warehouse.dashboard.batch import publish_batch
+from warehouse.dashboard.contents import StudyFile, WarehouseCatalogue
 from warehouse.dashboard.extraction import (
     Collected,
     DataprocessState,
     PatientFile,
     StorageSizes,
-    patient_files,
+    clinical_inputs,
     patient_row,
     read_patient_record,
     read_study_row,
     study_row,
 )
+from warehouse.runtime import command, pools
+from warehouse.runtime.services import graph_services
 
 logger = logging.getLogger("dataprocess")
 
 GRAPH_NAME = "dataprocess"
 
 
-def _contents(catalogue: WarehouseCatalogue, state: DataprocessState) -> WarehouseContents:
-    try:
-        contents = catalogue.contents()
-    except ExpectedError as exc:
-        state.report.fail(f"cannot list the warehouse: {exc}")
-        raise
-    state.report.listed = True
-    return contents
-
-
 @use("catalogue", "state")
 def list_clinical_files(catalogue: WarehouseCatalogue, state: DataprocessState):
     """Choose each patient's clinical file from the listed names (section 1.2); yield it."""
-    contents = _contents(catalogue, state)
-    for key in contents.links:
-        state.report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not read")
-    logger.info(
-        "listed %d objects: %d patients with clinical files, %d studies",
-        contents.objects,
-        len(contents.clinical),
-        len(contents.studies),
-    )
-    for patient in patient_files(contents, state.report):
+    for patient in clinical_inputs(state.contents(catalogue), state.report):
         yield (patient,)
 
 
 @use("storage", "state")
-@execution.pooled
+@pools.pooled
 def load_clinical_files(pool, patient: PatientFile, storage: Storage, state: DataprocessState):
     """Read the chosen clinical files concurrently; yield one patient row each."""
     then = functools.partial(patient_row, state.report)
@@ -88,12 +67,12 @@ def load_clinical_files(pool, patient: PatientFile, storage: Storage, state: Dat
 @use("catalogue", "state")
 def list_image_metadata_files(catalogue: WarehouseCatalogue, state: DataprocessState):
     """Yield one metadata file per study folder (the first key in sort order)."""
-    for study in _contents(catalogue, state).sorted_studies():
+    for study in state.contents(catalogue).sorted_studies():
         yield (study,)
 
 
 @use("storage", "state")
-@execution.pooled
+@pools.pooled
 def load_image_metadata_files(pool, study: StudyFile, storage: Storage, state: DataprocessState):
     """Read the studies' metadata files concurrently; yield one study row each."""
     pool.submit(read_study_row, storage, study, then=functools.partial(study_row, state.report))
@@ -103,46 +82,7 @@ def load_image_metadata_files(pool, study: StudyFile, storage: Storage, state: D
 @use("catalogue", "state")
 def get_storage_stats(catalogue: WarehouseCatalogue, state: DataprocessState):
     """Yield the bytes stored under each storage prefix (from the same listing)."""
-    yield (StorageSizes(dict(_contents(catalogue, state).storage)),)
-
-
-def _build_and_write(
-    context,
-    storage: Storage,
-    state: DataprocessState,
-    collected: Collected,
-    catalogue: WarehouseCatalogue,
-):
-    """Build the batch and write it; a failure is reported and nothing else is published."""
-    report = state.report
-    errors = execution.unexpected_errors(context.parent) if context.parent else 0
-    if errors or not report.completed:
-        report.fail(report.fatal or "some files could not be read; nothing was written")
-        logger.error("the run is incomplete: no tables written, latest.csv unchanged")
-        return
-    store = storage.processed()
-    state.processed_url = store.url
-    try:
-        batch = build_batch(
-            collected.patients,
-            collected.studies,
-            collected.storage,
-            dt.datetime.now(dt.UTC),
-            # For the pages: images per study from the same listing, config.json and the
-            # loader's last run report.
-            study_images=catalogue.contents().images,
-            inputs=read_page_inputs(storage, state.config),
-        )
-        state.batch = batch.name
-        for name, table in batch.tables.items():
-            logger.info("%s: %d rows", name, len(table))
-        state.written = write_batch(store, batch, state.settings.workers)
-    except ExpectedError as exc:
-        report.fail(f"tables not written: {exc}")
-        logger.error("tables not written: %s", exc)
-    except Exception:  # noqa: BLE001 - a bug: logged with its traceback, the run fails
-        logger.exception("could not build or write the tables")
-        report.fail("could not build or write the tables; see the log above")
+    yield (StorageSizes(dict(state.contents(catalogue).storage)),)
 
 
 def _collect_then_write(
@@ -156,7 +96,8 @@ def _collect_then_write(
 ):
     collected = Collected()
     yield collected
-    _build_and_write(context, storage, state, collected, catalogue)
+    errors = command.unexpected_errors(context.parent) if context.parent else 0
+    publish_batch(storage, state, collected, catalogue, errors)
 
 
 # The node names are part of the interface (status lines): hence a class-like function name.
@@ -185,8 +126,8 @@ def get_graph(**options) -> bonobo.Graph:
 def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
     """The services: ``storage`` (the warehouse store; its ``processed()`` store receives the
     tables), ``catalogue`` (its listing, made once) and ``state`` (the run); see
-    `execution.graph_services`."""
-    services = execution.graph_services(GRAPH_NAME, DataprocessState, settings, storage)
+    `graph_services`."""
+    services = graph_services(GRAPH_NAME, DataprocessState, settings, storage)
     services["storage"].processed().check_store()  # before reading: where the tables go
     # A bucket without a valid config.json is not a warehouse: nothing is published from it.
     state = services["state"]
@@ -197,37 +138,14 @@ def get_services(settings: Settings | None = None, storage: Storage | None = Non
     return services
 
 
-def finish_run(services, context) -> int:
-    """After the graph: print the summary, write the JSON report, decide the exit code."""
-    storage, state = services["storage"], services["state"]
-    report = state.report
-    execution.account_for_errors(report, context)
-    summary = report.summary()
-    if state.written:
-        where = f"{state.processed_url}/{state.batch}/"
-        if state.settings.dry_run:
-            summary += f"\n  tables: {where} (dry run: nothing was written)"
-        else:
-            summary += f"\n  tables: {where} ({len(state.written) - 1} files; latest.csv updated)"
-    if not state.settings.dry_run and not services["catalogue"].listed:
-        logger.warning("the warehouse could not be listed: no run report written")
-    else:
-        summary += execution.publish_report(storage, report, state.settings.dry_run)
-    state.exit_code = execution.exit_code(report)
-    summary += f"\n  run id: {report.run_id}"
-    execution.emit_summary(summary, report, state.exit_code)
-    execution.write_summary_file(summary)
-    return state.exit_code
-
-
 def run(services) -> int | None:
     """Run the graph with ``services``; the exit code, or None when only recorded (bonobo run)."""
-    return execution.run_graph(get_graph(), services, finish_run)
+    return command.run_graph(get_graph(), services)
 
 
 def command_parser():
     """The command line (``--help``)."""
-    return execution.command_parser(
+    return command.command_parser(
         "dataprocess",
         "Build the dashboard tables of the WAREHOUSE_BUCKET warehouse side (training/, "
         "validation/) and write them to <bucket>-processed: a folder <UTC time>/ with ct, xray, "
@@ -243,7 +161,7 @@ exit codes: 0 tables written (unusable files are reported, not failures);
 
 def main(argv=None) -> int | None:
     """Command line entry point (``python -m warehouse.dataprocess``)."""
-    return execution.main(sys.modules[__name__], argv)
+    return command.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

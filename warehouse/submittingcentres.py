@@ -24,18 +24,17 @@ from warehouse.centres.collection import (
     CentresState,
     PatientFiles,
     collect_centres,
+    patients_to_read,
     read_centres,
 )
-from warehouse.components import execution
 from warehouse.core.config import (
     PipelineConfig,
     Settings,
     load_pipeline_config,
 )
-from warehouse.core.errors import ExpectedError
-from warehouse.core.listing import list_raw
-from warehouse.core.report import Reason
 from warehouse.core.storage import Storage
+from warehouse.runtime import command, pools
+from warehouse.runtime.services import graph_services
 
 logger = logging.getLogger("submittingcentres")
 
@@ -52,29 +51,13 @@ def load_config(storage: Storage, state: CentresState):
 @use("storage", "state")
 def extract_raw_data_files(config: PipelineConfig, storage: Storage, state: CentresState):
     """List the configured raw prefixes once; yield each patient's clinical files together."""
-    try:
-        listing = list_raw(storage, config.raw_prefixes, state.settings.workers)
-    except ExpectedError as exc:
-        state.report.fail(str(exc))
-        raise
-    for key in listing.links:
-        state.report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
-    by_patient: dict[str, list[str]] = {}
-    for raw, _size in listing.clinical:
-        by_patient.setdefault(raw.pseudonym, []).append(raw.key)
-    logger.info(
-        "listed %d clinical files of %d patients under %d raw prefixes",
-        len(listing.clinical),
-        len(by_patient),
-        len(config.raw_prefixes),
-    )
-    for pseudonym in sorted(by_patient):
-        yield (PatientFiles(pseudonym, tuple(by_patient[pseudonym])),)
+    for patient in patients_to_read(storage, state):
+        yield (patient,)
 
 
 # The node names are part of the interface (status lines): hence a class-like function name.
 @use("storage", "state")
-@execution.pooled
+@pools.pooled
 def SubmittingCentreExtractor(pool, patient: PatientFiles, storage: Storage, state: CentresState):
     """Read the patients' files concurrently; collect the centres (yield each new one)."""
     pool.submit(read_centres, storage, patient, then=functools.partial(collect_centres, state))
@@ -90,39 +73,18 @@ def get_graph(**options) -> bonobo.Graph:
 
 def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
     """The services: ``storage`` (the warehouse store, read only) and ``state`` (the run); see
-    `execution.graph_services`."""
-    return execution.graph_services(GRAPH_NAME, CentresState, settings, storage)
-
-
-def finish_run(services, context, stdout=None, stderr=None) -> int:
-    """After the graph: the centres on stdout, the summary on stderr; decide the exit code."""
-    stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
-    state = services["state"]
-    report = state.report
-    execution.account_for_errors(report, context)
-    if report.completed:
-        for centre in sorted(state.centres):
-            print(centre, file=stdout)
-        stdout.flush()
-        report.count("submitting centres", len(state.centres))
-    summary = report.summary()
-    for problem in sorted(report.problems, key=lambda p: p["key"]):
-        summary += f"\n  {problem['reason']}: {problem['key']}"
-    state.exit_code = execution.exit_code(report)
-    execution.emit_summary(summary, report, state.exit_code, stream=stderr)
-    execution.write_summary_file(summary)
-    return state.exit_code
+    `graph_services`."""
+    return graph_services(GRAPH_NAME, CentresState, settings, storage)
 
 
 def run(services) -> int | None:
     """Run the graph with ``services``; the exit code, or None when only recorded (bonobo run)."""
-    return execution.run_graph(get_graph(), services, finish_run)
+    return command.run_graph(get_graph(), services)
 
 
 def command_parser():
     """The command line (``--help``)."""
-    return execution.command_parser(
+    return command.command_parser(
         "submittingcentres",
         "Print the sorted unique SubmittingCentre values of the clinical files under the raw "
         "prefixes that config.json lists, one per line on standard output (logs and the run "
@@ -136,7 +98,7 @@ exit codes: 0 run completed (unreadable files are reported on stderr, not failur
 
 def main(argv=None) -> int | None:
     """Command line entry point (``python -m warehouse.submittingcentres``)."""
-    return execution.main(sys.modules[__name__], argv)
+    return command.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 Run it with ``bonobo run warehouse/warehouseloader.py --env WAREHOUSE_BUCKET=...`` or
 ``python -m warehouse.warehouseloader`` (same graph, a truthful exit code). The rules live in
-``warehouse.components``; this module only wires nodes and services.
+``warehouse.loader`` over ``warehouse.core``; this module only wires nodes and services.
 """
 
 from __future__ import annotations
@@ -14,23 +14,17 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import bonobo
 from bonobo.config import use
 
-from warehouse.components import execution
 from warehouse.core.config import (
     CONFIG_KEY,
     Settings,
     load_pipeline_config,
 )
-from warehouse.core.errors import ExpectedError
-from warehouse.core.listing import index_warehouse, list_raw
-from warehouse.core.patients import PatientGroups
 from warehouse.core.storage import Storage
 from warehouse.loader.filing import (
-    FiledCentres,
     LoaderState,
     Task,
     copy_object,
@@ -42,8 +36,9 @@ from warehouse.loader.filing import (
     record_write,
     write_object,
 )
-from warehouse.loader.memo import load_previous_problems, memo_of, refused_claims
-from warehouse.loader.planning import plan_inputs
+from warehouse.loader.planning import run_inputs
+from warehouse.runtime import command, pools
+from warehouse.runtime.services import graph_services
 
 logger = logging.getLogger("warehouseloader")
 
@@ -71,39 +66,8 @@ def load_config(storage: Storage, state: LoaderState):
 @use("storage", "state")
 def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderState):
     """List the warehouse and the raw prefixes once; yield clinical files, then pending images."""
-    report, workers = state.report, state.settings.workers
-    try:
-        # The two sides are independent: list them at the same time.
-        with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
-            warehouse_side = pool.submit(index_warehouse, storage, workers)
-            raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
-            last_run = pool.submit(load_previous_problems, storage, GRAPH_NAME)
-            index, listing = warehouse_side.result(), raw_side.result()
-            state.previous_problems = last_run.result()
-            memo = memo_of(state.previous_problems)
-    except ExpectedError as exc:
-        state.report.fail(str(exc))
-        raise
-    report.listed = True
-    state.index = index
-    state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
-    state.filed_centres = FiledCentres(storage, index)
-    state.refused_claims.update(refused_claims(memo))
-    logger.info(
-        "listed %d clinical files and %d images under %d raw prefixes; "
-        "the warehouse holds %d objects of %d patients",
-        len(listing.clinical),
-        len(listing.images),
-        len(state.config.raw_prefixes),
-        index.objects,
-        len(index.groups),
-    )
-    clinical, images = plan_inputs(listing, index, memo, state.config, state.settings, report)
-    state.progress.plan(len(clinical), len(images))
-    for raw, size in clinical:
-        yield (Task("clinical", raw.key, size, None, raw),)
-    for raw, size in images:
-        yield (Task("image", raw.key, size, None, raw),)
+    for work in run_inputs(storage, state, GRAPH_NAME):
+        yield (work,)
 
 
 def _passthrough(task: Task) -> list[Task]:
@@ -111,7 +75,7 @@ def _passthrough(task: Task) -> list[Task]:
 
 
 @use("storage", "state")
-@execution.pooled
+@pools.pooled
 def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState):
     """Read new clinical files concurrently; assign groups in upload order; yield copy tasks.
 
@@ -132,7 +96,7 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
 
 
 @use("storage", "state")
-@execution.pooled
+@pools.pooled
 def process_image(pool, task: Task, storage: Storage, state: LoaderState):
     """Read each image's header (ranged reads) and yield its copy and metadata tasks."""
     if task.action == "image":
@@ -147,8 +111,8 @@ def process_image(pool, task: Task, storage: Storage, state: LoaderState):
 
 
 @use("state")
-@execution.bounded_input(HEADERS_IN_QUEUE)
-@execution.per_item
+@pools.bounded_input(HEADERS_IN_QUEUE)
+@pools.per_item
 def process_dicom_data(task: Task, state: LoaderState):
     """Turn a header into DICOM JSON (PS3.18 F.2) without bulk data."""
     if task.action == "metadata":
@@ -157,7 +121,7 @@ def process_dicom_data(task: Task, state: LoaderState):
 
 
 @use("storage", "state")
-@execution.pooled
+@pools.pooled
 def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
     """Write metadata files."""
     if task.action == "write":
@@ -166,8 +130,8 @@ def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
 
 
 @use("storage", "state")
-@execution.bounded_input(TASKS_IN_QUEUE)
-@execution.pooled
+@pools.bounded_input(TASKS_IN_QUEUE)
+@pools.pooled
 def data_copy(pool, task: Task, storage: Storage, state: LoaderState):
     """Copy clinical files and images into the warehouse (server-side on S3)."""
     if task.action == "copy":
@@ -187,42 +151,20 @@ def get_graph(**options) -> bonobo.Graph:
 
 def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
     """The loader's services: ``storage`` (the warehouse store, under the run lease) and
-    ``state`` (the run); see `execution.graph_services`."""
-    services = execution.graph_services(GRAPH_NAME, LoaderState, settings, storage)
+    ``state`` (the run); see `graph_services`."""
+    services = graph_services(GRAPH_NAME, LoaderState, settings, storage)
     services["storage"] = services["state"].take_lease(services["storage"])
     return services
 
 
-def finish_run(services, context) -> int:
-    """After the graph: write the JSON report, print the summary, and decide the exit code."""
-    storage, state = services["storage"], services["state"]
-    report = state.report
-    execution.account_for_errors(report, context)
-    if state.header_requests:
-        report.count("header read requests", state.header_requests)
-    state.count_lease_requests()
-    if report.listed and not state.settings.dry_run:
-        state.publish_feedback(storage)
-    summary = report.summary()
-    if state.settings.dry_run:
-        summary += "\n  (dry run: nothing was written)"
-    summary += execution.publish_report(storage, report, state.settings.dry_run)
-    state.release_lease()
-    state.exit_code = execution.exit_code(report)
-    summary += f"\n  run id: {report.run_id}"
-    execution.emit_summary(summary, report, state.exit_code)
-    execution.write_summary_file(summary)
-    return state.exit_code
-
-
 def run(services) -> int | None:
     """Run the graph with ``services``; the exit code, or None when only recorded (bonobo run)."""
-    return execution.run_graph(get_graph(), services, finish_run)
+    return command.run_graph(get_graph(), services)
 
 
 def command_parser():
     """The command line (``--help``)."""
-    return execution.command_parser(
+    return command.command_parser(
         "warehouseloader",
         "Load raw uploads (clinical JSON, DICOM) into the training/validation warehouse of "
         "WAREHOUSE_BUCKET.",
@@ -236,7 +178,7 @@ exit codes: 0 run completed (per-file problems are reported, not failures);
 
 def main(argv=None) -> int | None:
     """Command line entry point (``python -m warehouse.warehouseloader``)."""
-    return execution.main(sys.modules[__name__], argv)
+    return command.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ node's own thread, in input order, and reports the files that have no usable cen
 from __future__ import annotations
 
 import logging
+import sys
 from collections import namedtuple
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from warehouse.components.execution import RunState
 from warehouse.core.clinical import (
     InvalidClinicalFile,
     MissingSubmittingCentre,
@@ -19,7 +20,10 @@ from warehouse.core.clinical import (
     submitting_centre,
 )
 from warehouse.core.config import PipelineConfig
+from warehouse.core.errors import ExpectedError
+from warehouse.core.listing import list_raw
 from warehouse.core.report import Reason
+from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
 
 logger = logging.getLogger("submittingcentres")
@@ -37,6 +41,59 @@ class CentresState(RunState):
 
     config: PipelineConfig | None = None
     centres: set[str] = field(default_factory=set)
+
+    def conclude(self, storage: Storage) -> str:
+        """The centres on standard output (only when the run completed: a partial list
+        would be taken for the whole), and the summary with each unusable file."""
+        report = self.report
+        if report.completed:
+            for centre in sorted(self.centres):
+                print(centre, file=sys.stdout)
+            sys.stdout.flush()
+            report.count("submitting centres", len(self.centres))
+        summary = report.summary()
+        for problem in sorted(report.problems, key=lambda p: p["key"]):
+            summary += f"\n  {problem['reason']}: {problem['key']}"
+        return summary
+
+    def publishes_report(self) -> bool:
+        """Nothing is written: the report is the summary."""
+        return False
+
+    @property
+    def summary_stream(self):
+        """Standard error: standard output carries the centres only."""
+        return sys.stderr
+
+
+def patients_to_read(storage: Storage, state: CentresState) -> Iterator[PatientFiles]:
+    """List the configured raw prefixes once (links are reported, never followed) and yield
+    each patient's clinical files together, by pseudonym.
+
+    Raises
+    ------
+    ExpectedError
+        When the listing fails (the run is marked failed).
+    """
+    config = state.config
+    try:
+        listing = list_raw(storage, config.raw_prefixes, state.settings.workers)
+    except ExpectedError as exc:
+        state.report.fail(str(exc))
+        raise
+    for key in listing.links:
+        state.report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
+    by_patient: dict[str, list[str]] = {}
+    for raw, _size in listing.clinical:
+        by_patient.setdefault(raw.pseudonym, []).append(raw.key)
+    logger.info(
+        "listed %d clinical files of %d patients under %d raw prefixes",
+        len(listing.clinical),
+        len(by_patient),
+        len(config.raw_prefixes),
+    )
+    for pseudonym in sorted(by_patient):
+        yield PatientFiles(pseudonym, tuple(by_patient[pseudonym]))
 
 
 def read_centres(storage: Storage, patient: PatientFiles) -> list[FileCentre]:

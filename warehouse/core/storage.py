@@ -208,6 +208,8 @@ class Storage:
             return False
 
         def list_prefix(prefix: str) -> None:
+            if stop.is_set():  # the consumer has gone: the folders still queued are not listed
+                return
             for info in self.list(prefix):
                 if not put(info):
                     return

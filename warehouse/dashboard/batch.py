@@ -31,20 +31,22 @@ import pandas as pd
 import pyarrow as pa
 
 from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
+from warehouse.core.errors import ExpectedError
 from warehouse.core.report import latest_report_key
-from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
-from warehouse.dashboard.contents import STUDY_MODALITIES
-from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
-
-if TYPE_CHECKING:
-    from warehouse.dashboard.pages import PageInputs
 from warehouse.core.storage import ObjectNotFound, Storage
+from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
+from warehouse.dashboard.contents import STUDY_MODALITIES, WarehouseCatalogue
+from warehouse.dashboard.extraction import Collected, DataprocessState
+from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
 from warehouse.dashboard.tables import (
     patient_table,
     public_statistics,
     storage_table,
     study_table,
 )
+
+if TYPE_CHECKING:
+    from warehouse.dashboard.pages import PageInputs
 
 logger = logging.getLogger(__name__)
 
@@ -352,3 +354,57 @@ def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
             future.result()
     store.write(LATEST_KEY, csv_bytes(batch.latest()), "text/csv")
     return [*files, LATEST_KEY]
+
+
+def publish_batch(
+    storage: Storage,
+    state: DataprocessState,
+    collected: Collected,
+    catalogue: WarehouseCatalogue,
+    unexpected_errors: int = 0,
+) -> None:
+    """Build the run's batch from what the branches collected and write it, then
+    ``latest.csv``; an incomplete run (or a failure here) is reported and nothing is
+    published.
+
+    Parameters
+    ----------
+    storage : Storage
+        The warehouse store; the batch goes to its ``processed()`` store.
+    state : DataprocessState
+        The run (its report, settings and config; the batch written is recorded on it).
+    collected : Collected
+        The rows of the three branches.
+    catalogue : WarehouseCatalogue
+        The warehouse listing (images per study, for the pages).
+    unexpected_errors : int
+        Errors the graph runner counted in the branches: any means nothing is published.
+    """
+    report = state.report
+    if unexpected_errors or not report.completed:
+        report.fail(report.fatal or "some files could not be read; nothing was written")
+        logger.error("the run is incomplete: no tables written, latest.csv unchanged")
+        return
+    store = storage.processed()
+    state.processed_url = store.url
+    try:
+        batch = build_batch(
+            collected.patients,
+            collected.studies,
+            collected.storage,
+            dt.datetime.now(dt.UTC),
+            # For the pages: images per study from the same listing, config.json and the
+            # loader's last run report.
+            study_images=catalogue.contents().images,
+            inputs=read_page_inputs(storage, state.config),
+        )
+        state.batch = batch.name
+        for name, table in batch.tables.items():
+            logger.info("%s: %d rows", name, len(table))
+        state.written = write_batch(store, batch, state.settings.workers)
+    except ExpectedError as exc:
+        report.fail(f"tables not written: {exc}")
+        logger.error("tables not written: %s", exc)
+    except Exception:  # noqa: BLE001 - a bug: logged with its traceback, the run fails
+        logger.exception("could not build or write the tables")
+        report.fail("could not build or write the tables; see the log above")

@@ -8,25 +8,34 @@ report what cannot be used. :class:`Collected` is what the join node keeps.
 
 from __future__ import annotations
 
+import logging
 from collections import namedtuple
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from warehouse.components.execution import RunState
 from warehouse.core.clinical import (
     InvalidClinicalFile,
     parse_clinical_record,
     parse_json_document,
 )
 from warehouse.core.config import PipelineConfig
+from warehouse.core.errors import ExpectedError
 from warehouse.core.report import Reason, RunReport
+from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
-from warehouse.dashboard.contents import STUDY_MODALITIES, StudyFile, WarehouseContents
+from warehouse.dashboard.contents import (
+    STUDY_MODALITIES,
+    StudyFile,
+    WarehouseCatalogue,
+    WarehouseContents,
+)
 from warehouse.dashboard.tables import (
     choose_patient_file,
     flatten_clinical_record,
     metadata_row,
 )
+
+logger = logging.getLogger("dataprocess")
 
 #: A patient's chosen clinical file, with what the file names say (clinical-data.md 1.2).
 PatientFile = namedtuple(
@@ -61,6 +70,42 @@ class DataprocessState(RunState):
     written: list[str] = field(default_factory=list)
     processed_url: str = ""
     config: PipelineConfig | None = None
+
+    def contents(self, catalogue: WarehouseCatalogue) -> WarehouseContents:
+        """The warehouse side (listed once, shared by the branches); a failed listing fails
+        the run.
+
+        Raises
+        ------
+        ExpectedError
+            When the warehouse cannot be listed.
+        """
+        try:
+            contents = catalogue.contents()
+        except ExpectedError as exc:
+            self.report.fail(f"cannot list the warehouse: {exc}")
+            raise
+        self.report.listed = True
+        return contents
+
+    def conclude(self, storage: Storage) -> str:
+        """The summary, with where the tables went."""
+        summary = self.report.summary()
+        if self.written:
+            where = f"{self.processed_url}/{self.batch}/"
+            if self.settings.dry_run:
+                summary += f"\n  tables: {where} (dry run: nothing was written)"
+            else:
+                files = len(self.written) - 1
+                summary += f"\n  tables: {where} ({files} files; latest.csv updated)"
+        return summary
+
+    def publishes_report(self) -> bool:
+        """A run that could not list the warehouse writes no report (printed in a dry run)."""
+        if self.settings.dry_run or self.report.listed:
+            return True
+        logger.warning("the warehouse could not be listed: no run report written")
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,3 +236,17 @@ class Collected:
             self.storage = dict(item.sizes)
         else:
             raise TypeError(f"cannot collect {item!r}")
+
+
+def clinical_inputs(contents: WarehouseContents, report: RunReport) -> Iterator[PatientFile]:
+    """Report the links in the warehouse (never read), then choose each patient's clinical file
+    from the listed names (`patient_files`)."""
+    for key in contents.links:
+        report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not read")
+    logger.info(
+        "listed %d objects: %d patients with clinical files, %d studies",
+        contents.objects,
+        len(contents.clinical),
+        len(contents.studies),
+    )
+    yield from patient_files(contents, report)

@@ -13,7 +13,6 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 
 from warehouse import __version__
-from warehouse.components.execution import RunState
 from warehouse.core.clinical import (
     InvalidClinicalFile,
     MissingSubmittingCentre,
@@ -47,6 +46,7 @@ from warehouse.core.patients import (
     group_for,
 )
 from warehouse.core.report import Reason
+from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
@@ -177,6 +177,21 @@ class LoaderState(RunState):
         if written:
             self.report.count("feedback files written", written)
 
+    def conclude(self, storage: Storage) -> str:
+        """The end of a loader run, before its report is written: count the header reads and
+        the lease's requests, write the feedback files (a run that listed its inputs), and the
+        summary."""
+        report = self.report
+        if self.header_requests:
+            report.count("header read requests", self.header_requests)
+        self.count_lease_requests()
+        if report.listed and not self.settings.dry_run:
+            self.publish_feedback(storage)
+        summary = report.summary()
+        if self.settings.dry_run:
+            summary += "\n  (dry run: nothing was written)"
+        return summary
+
     def count_lease_requests(self) -> None:
         """Count what the lease cost, its release (one DELETE, made once the report is
         written) included."""
@@ -184,7 +199,7 @@ class LoaderState(RunState):
             self.report.count("run lease requests", self.lease.request_count + 1)
 
     def release_lease(self) -> None:
-        """Give the lease back, once the report is written."""
+        """Give the lease back, once the report is written (`close`)."""
         if self.lease is not None:
             self.lease.release()
             self.lease = None

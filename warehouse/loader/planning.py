@@ -10,19 +10,30 @@ image not yet filed.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from warehouse.core.config import PipelineConfig
+from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import RawKey, clinical_name, upload_date_problem
 from warehouse.core.listing import (
     AMBIGUOUS,
     RawListing,
     WarehouseIndex,
     changed_since_filed,
+    index_warehouse,
+    list_raw,
     pack_stamp,
     pending_images,
 )
+from warehouse.core.patients import PatientGroups
 from warehouse.core.report import Reason, RunReport
-from warehouse.loader.memo import known_problem
+from warehouse.core.storage import Storage
+from warehouse.loader.filing import FiledCentres, LoaderState, Task
+from warehouse.loader.memo import known_problem, load_previous_problems, memo_of, refused_claims
+
+logger = logging.getLogger("warehouseloader")
 
 
 def stamp(raw: RawKey, size: int) -> tuple[int, str]:
@@ -155,3 +166,49 @@ def _changed(size: int, raw: RawKey, target: str) -> str:
         f"{target} was filed from it; it is now {size:,} bytes, last modified {raw.modified}: "
         "not filed again (an operator decides)"
     )
+
+
+def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Task]:
+    """List the warehouse side, the raw prefixes and the last run's report once (at the same
+    time: they are independent), set the run's groups and bindings from them, and yield its
+    work (`plan_inputs`): one clinical task per new clinical file, then one image task per
+    image not yet filed.
+
+    Raises
+    ------
+    ExpectedError
+        When a listing fails: the run is marked failed (nothing is planned from half a
+        listing).
+    """
+    report, workers = state.report, state.settings.workers
+    try:
+        with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
+            warehouse_side = pool.submit(index_warehouse, storage, workers)
+            raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
+            last_run = pool.submit(load_previous_problems, storage, graph)
+            index, listing = warehouse_side.result(), raw_side.result()
+            state.previous_problems = last_run.result()
+            memo = memo_of(state.previous_problems)
+    except ExpectedError as exc:
+        report.fail(str(exc))
+        raise
+    report.listed = True
+    state.index = index
+    state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
+    state.filed_centres = FiledCentres(storage, index)
+    state.refused_claims.update(refused_claims(memo))
+    logger.info(
+        "listed %d clinical files and %d images under %d raw prefixes; "
+        "the warehouse holds %d objects of %d patients",
+        len(listing.clinical),
+        len(listing.images),
+        len(state.config.raw_prefixes),
+        index.objects,
+        len(index.groups),
+    )
+    clinical, images = plan_inputs(listing, index, memo, state.config, state.settings, report)
+    state.progress.plan(len(clinical), len(images))
+    for raw, size in clinical:
+        yield Task("clinical", raw.key, size, None, raw)
+    for raw, size in images:
+        yield Task("image", raw.key, size, None, raw)

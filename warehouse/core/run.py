@@ -1,0 +1,240 @@
+"""One run of a graph, free of bonobo: its state (settings, report, storage workers), how it
+ends (the summary, the JSON report and its page, the exit code) and the fields every log line
+of it carries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from warehouse.core.config import Settings
+from warehouse.core.errors import ExpectedError
+from warehouse.core.report import Reason, RunReport, problem_of
+from warehouse.core.report_page import page_key, run_report_page
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_CONFIG = 2
+EXIT_BUSY = 3  # another run holds the warehouse (the run lease)
+EXIT_INTERNAL = 70
+
+#: What every log line of a run says about the run; filled in when its services are built.
+RUN_CONTEXT: dict[str, str | None] = {"graph": None, "run_id": None, "shard": None}
+
+
+def log_format() -> str:
+    """``text`` or ``json``, from ``WAREHOUSE_LOG_FORMAT`` (a bad value is reported as a
+    settings error once the settings are read; logging stays text until then)."""
+    value = os.environ.get("WAREHOUSE_LOG_FORMAT", "text").strip().lower()
+    return value if value in ("text", "json") else "text"
+
+
+class WorkerPool:
+    """The run's one bounded pool of storage workers (``WAREHOUSE_WORKERS`` threads).
+
+    Every pooled node submits its reads, copies and writes here, so at most ``size`` storage
+    requests are in flight at once, whichever nodes they come from: a run with one worker makes
+    one request at a time, and the threads contending for the interpreter stay few.
+    """
+
+    def __init__(self, size: int):
+        self.size = max(1, size)
+        self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="storage")
+
+    def submit(self, work: Callable, *args) -> Future:
+        """Run ``work(*args)`` in a worker."""
+        return self._executor.submit(work, *args)
+
+    def shutdown(self) -> None:
+        """Stop the threads once the run is over."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class RunState:
+    """What every graph's ``state`` service holds: the settings, the report, the storage
+    workers and, at the end, the exit code. Each graph adds its own fields."""
+
+    settings: Settings
+    report: RunReport
+    workers: WorkerPool | None = None
+    exit_code: int | None = None
+
+    def item_failed(self, item, exc: BaseException) -> list:
+        """Report one input that raised instead of being handled, and go on with the others.
+
+        The exception's own reason is used (`report.problem_of`); anything else is an
+        "internal error", logged with its traceback. Graphs add what their reports need
+        (the loader: the listing stamp that lets the next run skip the input).
+
+        Returns
+        -------
+        list
+            No outputs: the item goes no further.
+        """
+        key = item_key(item)
+        reason, detail = problem_of(exc)
+        if reason is Reason.INTERNAL_ERROR:
+            logger.error("internal error on %s", key, exc_info=(type(exc), exc, exc.__traceback__))
+        self.report.skip(key, reason, detail, **self.skip_extras(item, reason))
+        return []
+
+    def skip_extras(self, item, reason: Reason) -> dict:
+        """Extra `RunReport.skip` arguments for a failed item (none by default)."""
+        return {}
+
+    def conclude(self, storage) -> str:
+        """The graph's own work once its nodes have stopped, and the summary text that comes
+        before the report's lines (by default the report's summary)."""
+        return self.report.summary()
+
+    def publishes_report(self) -> bool:
+        """Whether the run's JSON report (and its page) is written at the end (by default
+        yes; printed instead in a dry run)."""
+        return True
+
+    @property
+    def summary_stream(self):
+        """Where the summary is printed: standard output unless a graph says otherwise."""
+        return sys.stdout
+
+    def close(self) -> None:
+        """Give back what the run holds once it is over, however it ended (the storage
+        workers; graphs add theirs, such as the loader's lease)."""
+        if self.workers is not None:
+            self.workers.shutdown()
+
+
+def item_key(item) -> str:
+    """The key an item stands for in a report: its ``key``, or its first of ``keys``."""
+    key = getattr(item, "key", None)
+    if isinstance(key, str):
+        return key
+    keys = getattr(item, "keys", None)
+    if isinstance(keys, tuple | list) and keys:
+        return str(keys[0])
+    return repr(item)[:200]
+
+
+def end_run(state: RunState, storage, unexpected_errors: int = 0) -> int:
+    """End a run the same way in every graph: account for errors its nodes did not handle,
+    let the graph conclude (`RunState.conclude`), publish the report, give back what the run
+    holds, then print the summary and decide the exit code.
+
+    Parameters
+    ----------
+    state : RunState
+        The run's state service.
+    storage : Storage
+        The store the report is written to.
+    unexpected_errors : int
+        Exceptions the graph runner counted in the nodes: any makes the run incomplete.
+
+    Returns
+    -------
+    int
+        The exit code (also set on ``state.exit_code``).
+    """
+    report = state.report
+    if unexpected_errors:
+        report.fail(f"{unexpected_errors} unexpected error(s) in the nodes; see the log above")
+    summary = state.conclude(storage)
+    if state.publishes_report():
+        summary += publish_report(storage, report, state.settings.dry_run)
+    state.close()
+    state.exit_code = exit_code(report)
+    summary += f"\n  run id: {report.run_id}"
+    emit_summary(summary, report, state.exit_code, stream=state.summary_stream)
+    write_summary_file(summary)
+    return state.exit_code
+
+
+def emit_summary(summary: str, report, exit_code: int, stream=None) -> None:
+    """Print the run summary: as text, or (``WAREHOUSE_LOG_FORMAT=json``) as one JSON object
+    with the run's counts, its inputs not filed by reason and the exit code."""
+    stream = stream or sys.stdout
+    if log_format() == "json":
+        record = {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "level": "INFO",
+            "logger": f"warehouse.{report.graph}",
+            **{name: RUN_CONTEXT.get(name) for name in ("graph", "run_id", "shard")},
+            "event": "summary",
+            "completed": report.completed,
+            "fatal": report.fatal,
+            "exit_code": exit_code,
+            "counts": dict(sorted(report.counts.items())),
+            "not_filed": dict(sorted(report.reasons.items())),
+            "message": summary.splitlines()[-1].strip() if summary else "",
+        }
+        print(json.dumps(record), file=stream, flush=True)
+    else:
+        print(summary, file=stream, flush=True)
+
+
+def write_summary_file(summary: str) -> None:
+    """Copy the run summary to ``RUN_SUMMARY_FILE`` when it is set (the bin/ wrappers read it)."""
+    path = os.environ.get("RUN_SUMMARY_FILE")
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(summary + "\n")
+
+
+def exit_code(report) -> int:
+    """0 when the run completed, 2 when config.json stopped it, 1 when it could not complete."""
+    if report.fatal and report.config_problem:
+        return EXIT_CONFIG
+    return EXIT_OK if report.completed else EXIT_INCOMPLETE
+
+
+def publish_report(storage, report, dry_run: bool) -> str:
+    """Write the JSON run report into the warehouse (print it instead in a dry run), then its
+    page beside it (``report_page.page_key``).
+
+    A page that cannot be written is logged and named in the summary; it does not change the
+    run's outcome (the JSON report, which the next run reads, is written first).
+
+    The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is
+    replaced only by a run that listed its inputs: a run stopped by ``config.json`` or by a
+    listing that failed writes its own report (saying why) but never makes the next run read
+    every known-bad input again.
+
+    Returns
+    -------
+    str
+        The summary lines that say where the report and its page are (empty when the report
+        is not written).
+    """
+    if dry_run:
+        print(json.dumps(report.as_dict(), indent=2))
+        return ""
+    try:
+        data = report.to_json()
+        storage.write(report.key(), data)
+        if report.listed:
+            storage.write(report.latest_key(), data)
+    except ExpectedError as exc:
+        logger.error("could not write the run report: %s", exc)
+        report.fail(f"run report not written: {exc}")
+        return ""
+    lines = f"\n  report: {storage.url}/{report.key()}"
+    page = page_key(report.key())
+    try:
+        html = run_report_page(json.loads(data), warehouse=storage.url, json_key=report.key())
+        storage.write(page, html.encode("utf-8"), "text/html; charset=utf-8")
+    except ExpectedError as exc:
+        logger.error("could not write the run report page: %s", exc)
+        return lines + f"\n  report page not written: {exc}"
+    except Exception:  # noqa: BLE001 - a bug in the page never costs the run or its report
+        logger.exception("could not build the run report page")
+        return lines + "\n  report page not written: see the log above"
+    return lines + f"\n  report page: {storage.url}/{page}"

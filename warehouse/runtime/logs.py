@@ -1,0 +1,98 @@
+"""Logging for the graphs: mondrian repaired for Python >= 3.10, plain lines for containers,
+JSON lines with the run's fields for CloudWatch Logs Insights."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import sys
+
+from warehouse.core.errors import ExpectedError
+from warehouse.core.report import REPORT_LOGGER
+from warehouse.core.run import RUN_CONTEXT, log_format
+
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+#: The fields of a JSON log line (``WAREHOUSE_LOG_FORMAT=json``), in order.
+JSON_FIELDS = ("time", "level", "logger", "graph", "run_id", "shard", "event", "key", "reason")
+_NODE_IN_CONTEXT = re.compile(r"ExecutionContext\([-+!~ ]?(\w+)\)")
+
+
+class _RunRecords(logging.Filter):
+    """The one filter on every handler: it gives each record the run's fields (and an ISO UTC
+    time), names bonobo's own error lines after the product's node instead of
+    ``bonobo.execution...``, and turns a record about an `ExpectedError` (bonobo logs node
+    errors with their traceback) into its message alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ExpectedError):
+            record.msg, record.args = str(exc), ()
+            record.exc_info, record.exc_text = None, None
+        record.time = dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+            timespec="milliseconds"
+        )
+        for name, value in RUN_CONTEXT.items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        for name in ("event", "key", "reason"):
+            if not hasattr(record, name):
+                setattr(record, name, None)
+        if record.name.startswith("bonobo.execution"):
+            found = _NODE_IN_CONTEXT.search(str(record.msg))
+            graph = RUN_CONTEXT["graph"] or "graph"
+            record.name = f"warehouse.{graph}.{found.group(1)}" if found else f"warehouse.{graph}"
+        return True
+
+
+def _json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.json import JsonFormatter
+
+    fields = " ".join(f"%({name})s" for name in JSON_FIELDS if name not in ("level", "logger"))
+    return JsonFormatter(
+        f"%(time)s %(levelname)s %(name)s {fields.replace('%(time)s ', '')} %(message)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+    )
+
+
+def configure_logging(level: int = logging.INFO, fmt: str | None = None) -> None:
+    """Set up logging once, in the one place that knows about mondrian.
+
+    mondrian 0.8.1's formatter style never calls ``PercentStyle.__init__``, so on Python >= 3.10
+    every record fails with ``'_Style' object has no attribute '_defaults'``. bonobo's CLI and
+    ``bonobo.run`` call ``mondrian.setup()`` themselves, so the style class is repaired here;
+    without a handler yet (``python -m``), a plain one is installed and mondrian is told it is set
+    up, so it does not add a second.
+
+    With ``fmt="json"`` (``WAREHOUSE_LOG_FORMAT=json``) every line is one JSON object with the
+    fields of `JSON_FIELDS` and the message, for CloudWatch Logs Insights; each input that is not
+    filed is then logged too (event ``not_filed``, with its key and reason).
+    """
+    import mondrian
+    from mondrian import formatters
+
+    fmt = fmt or log_format()
+    if not hasattr(formatters._Style, "_defaults"):
+        formatters._Style._defaults = None
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        root.addHandler(handler)
+        mondrian.is_setup = True
+    plain = not sys.stderr.isatty()
+    for handler in root.handlers:
+        if not any(isinstance(f, _RunRecords) for f in handler.filters):
+            handler.addFilter(_RunRecords())
+        if fmt == "json":
+            handler.setFormatter(_json_formatter())
+        elif plain and isinstance(handler.formatter, formatters.Formatter):
+            # Container logs: no ANSI colours or cursor codes.
+            handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    root.setLevel(level)
+    # One line per unfiled input: wanted in JSON logs (queried by key or reason), not in text.
+    logging.getLogger(REPORT_LOGGER).setLevel(logging.INFO if fmt == "json" else logging.WARNING)
+    # botocore logs every retry at DEBUG; keep third-party chatter out of INFO logs.
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
