@@ -27,6 +27,7 @@ from tests.builders import clinical, image, uid
 from warehouse import dataprocess
 from warehouse.core.config import Settings
 from warehouse.core.dicom import header_json
+from warehouse.core.listing import SharedWarehouseIndex
 from warehouse.core.storage import (
     DryRunStorage,
     LocalStorage,
@@ -35,7 +36,7 @@ from warehouse.core.storage import (
     StorageError,
 )
 from warehouse.dashboard.batch import arrow_ready, batch_name, parquet_bytes
-from warehouse.dashboard.contents import WarehouseCatalogue
+from warehouse.dashboard.tables import storage_by_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -481,22 +482,24 @@ def test_a_failed_write_leaves_latest_csv_alone(local_store):
 
 def test_the_catalogue_lists_once_for_concurrent_callers(local_store):
     builders.put_tree(local_store, warehouse_files())
-    catalogue = WarehouseCatalogue(RecordingStorage(local_store), workers=4)
+    catalogue = SharedWarehouseIndex(RecordingStorage(local_store), workers=4)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(catalogue.contents())) for _ in "abc"]
+    threads = [threading.Thread(target=lambda: results.append(catalogue.index())) for _ in "abc"]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert catalogue.listings == 1 and len({id(r) for r in results}) == 1
     contents = results[0]
-    assert sorted(contents.clinical) == ["Covid1", "Covid2", "Covid3", "Covid4"]
-    assert len(contents.studies) == 4 and contents.storage == expected_storage(warehouse_files())
+    assert sorted(contents.clinical_files) == ["Covid1", "Covid2", "Covid3", "Covid4"]
+    assert len(contents.studies) == 4
+    assert storage_by_prefix(contents.stored_bytes()) == expected_storage(warehouse_files())
+    assert not contents.image_names  # dataprocess keeps no per-image names
 
-    broken = WarehouseCatalogue(LocalStorage(local_store.root / "missing"))
+    broken = SharedWarehouseIndex(LocalStorage(local_store.root / "missing"))
     for _ in range(2):
         with pytest.raises(StorageError, match="missing does not exist"):
-            broken.contents()
+            broken.index()
     assert broken.listings == 1 and not broken.listed
 
 

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from warehouse.core.keys import (
+    IMAGE_FOLDERS,
     MAX_PSEUDONYM_LENGTH,
     RawKey,
     UnsafeIdentifier,
     WarehouseKey,
     check_pseudonym,
     check_uid,
+    clinical_name,
     clinical_target,
     image_stem,
     image_targets,
     is_dicom_uid,
     is_safe_name,
     normalise_prefix,
+    parse_clinical_name,
     parse_raw_key,
     parse_upload_date,
     parse_warehouse_key,
@@ -345,3 +350,35 @@ def test_clinical_key_with_unsafe_pseudonym_is_parsed_but_not_safe():
     assert raw.pseudonym == ".."
     with pytest.raises(UnsafeIdentifier):
         check_pseudonym(raw.pseudonym)
+
+
+def test_warehouse_keys_say_their_folder_study_and_series():
+    image = parse_warehouse_key("training/ct/P/1.2/1.2.3/9.dcm")
+    metadata = parse_warehouse_key("validation/mri-metadata/P/1.2/1.2.3/9.json")
+    assert (image.folder, image.study, image.series) == ("ct", "1.2", "1.2.3")
+    assert (metadata.kind, metadata.folder, metadata.study) == ("metadata", "mri", "1.2")
+    clinical_key = parse_warehouse_key("training/data/P/data_2021-03-01.json")
+    assert (clinical_key.folder, clinical_key.study, clinical_key.series) == ("", "", "")
+    # every image target the loader builds parses back to what it was built from
+    for folder in IMAGE_FOLDERS:
+        built = image_targets("training", folder, "P", "1.2", "1.2.3", "a.DCM")
+        parsed = [parse_warehouse_key(key) for key in built]
+        assert [p.kind for p in parsed] == ["image", "metadata"]
+        assert {p.folder for p in parsed} == {folder}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("data_2021-03-01.json", ("data", dt.date(2021, 3, 1))),
+        ("status_2020-12-31.json", ("status", dt.date(2020, 12, 31))),
+        ("data_2021-02-30.json", None),  # no such day
+        ("data_2021-03-01.JSON", None),
+        ("other_2021-03-01.json", None),
+        ("data_2021-3-1.json", None),
+    ],
+)
+def test_parse_clinical_name(name, expected):
+    assert parse_clinical_name(name) == expected
+    if expected:
+        assert clinical_name(expected[0], expected[1].isoformat()) == name

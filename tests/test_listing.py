@@ -51,7 +51,7 @@ def test_index_from_keys():
         index.add(key)
     assert index.groups == {"Covid1": "training", "Covid14": "validation"}
     assert index.conflicts == {}
-    assert index.clinical == {
+    assert index.filed_clinical() == {
         ("Covid1", "data_2021-01-04.json"),
         ("Covid1", "status_2021-01-11.json"),
         ("Covid14", "status_2021-01-04.json"),
@@ -78,7 +78,7 @@ def test_index_conflicts():
     assert index.conflicts == {"Covid1": {"training", "validation"}}
     assert index.groups["Covid1"] == "training"  # first seen; callers use conflicts
     assert index.groups["Covid2"] == "validation"
-    assert ("Covid1", "data_2021-01-11.json") in index.clinical
+    assert ("Covid1", "data_2021-01-11.json") in index.filed_clinical()
 
 
 def test_image_done_needs_the_metadata_of_the_same_stem():

@@ -12,7 +12,7 @@ from tests.builders import clinical, image
 from warehouse.core.listing import index_warehouse, list_raw
 from warehouse.core.report import Reason
 from warehouse.core.storage import LocalStorage
-from warehouse.dashboard.contents import list_contents
+from warehouse.dashboard.tables import storage_by_prefix
 
 CENTRE = "Train Trust"
 STUDY = "1.2.3.4"
@@ -157,14 +157,15 @@ def test_warehouse_links_are_not_trusted_as_filed(store, tmp_path):
     index = index_warehouse(store, workers=3)
     assert index.links == links
     assert index.groups == {"Covid1": "training"}
-    assert index.clinical == {("Covid1", "data_2021-01-01.json")}
+    assert index.filed_clinical() == {("Covid1", "data_2021-01-01.json")}
     assert index.image_names == set() and not index.image_done("a.dcm")
     assert index.objects == 2
 
-    contents = list_contents(store, workers=3)
+    contents = index_warehouse(store, workers=3, names=False)  # as dataprocess lists
     assert contents.links == links
-    assert sorted(contents.clinical) == ["Covid1"]
-    assert [f.name for f in contents.clinical["Covid1"]] == ["data_2021-01-01.json"]
+    assert sorted(contents.clinical_files) == ["Covid1"]
+    assert [f.name for f in contents.clinical_files["Covid1"]] == ["data_2021-01-01.json"]
     assert [s.key for s in contents.studies.values()] == [metadata]
     assert contents.objects == 2
-    assert sum(contents.storage.values()) == len(clinical("Covid1", CENTRE)) + 2
+    sizes = storage_by_prefix(contents.stored_bytes())
+    assert sum(sizes.values()) == len(clinical("Covid1", CENTRE)) + 2

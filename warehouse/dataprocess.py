@@ -5,9 +5,10 @@
     get_storage_stats -----------------------------------------+
 
 The three branches run in parallel from one listing of ``training/`` and ``validation/`` (the
-``catalogue`` service lists on first use and shares the result). ``DataExtractor`` collects
-their rows and, once all three have ended, builds the tables and writes them to the processed
-store (``<bucket>-processed``) in a folder named by the run's UTC time, then ``latest.csv``.
+``warehouse_index`` service lists on first use and shares the result). ``DataExtractor``
+collects their rows and, once all three have ended, builds the tables and writes them to the
+processed store (``<bucket>-processed``) in a folder named by the run's UTC time, then
+``latest.csv``.
 
 Run it with ``bonobo run warehouse/dataprocess.py --env WAREHOUSE_BUCKET=...`` or
 ``python -m warehouse.dataprocess`` (same graph, a truthful exit code). The rules live in
@@ -26,18 +27,18 @@ from bonobo.config import use
 from bonobo.config.processors import use_context_processor
 
 from warehouse.core.config import Settings, load_pipeline_config
+from warehouse.core.listing import SharedWarehouseIndex, StudyFile
 from warehouse.core.storage import Storage
 from warehouse.dashboard.batch import publish_batch
-from warehouse.dashboard.contents import StudyFile, WarehouseCatalogue
 from warehouse.dashboard.extraction import (
     Collected,
     DataprocessState,
     PatientFile,
-    StorageSizes,
     clinical_inputs,
     patient_row,
     read_patient_record,
     read_study_row,
+    storage_sizes,
     study_row,
 )
 from warehouse.runtime import command, pools
@@ -48,10 +49,10 @@ logger = logging.getLogger("dataprocess")
 GRAPH_NAME = "dataprocess"
 
 
-@use("catalogue", "state")
-def list_clinical_files(catalogue: WarehouseCatalogue, state: DataprocessState):
+@use("warehouse_index", "state")
+def list_clinical_files(warehouse_index: SharedWarehouseIndex, state: DataprocessState):
     """Choose each patient's clinical file from the listed names (section 1.2); yield it."""
-    for patient in clinical_inputs(state.contents(catalogue), state.report):
+    for patient in clinical_inputs(state.index(warehouse_index), state.report):
         yield (patient,)
 
 
@@ -64,10 +65,10 @@ def load_clinical_files(pool, patient: PatientFile, storage: Storage, state: Dat
     yield from pool.ready()
 
 
-@use("catalogue", "state")
-def list_image_metadata_files(catalogue: WarehouseCatalogue, state: DataprocessState):
+@use("warehouse_index", "state")
+def list_image_metadata_files(warehouse_index: SharedWarehouseIndex, state: DataprocessState):
     """Yield one metadata file per study folder (the first key in sort order)."""
-    for study in state.contents(catalogue).sorted_studies():
+    for study in state.index(warehouse_index).sorted_studies():
         yield (study,)
 
 
@@ -79,10 +80,10 @@ def load_image_metadata_files(pool, study: StudyFile, storage: Storage, state: D
     yield from pool.ready()
 
 
-@use("catalogue", "state")
-def get_storage_stats(catalogue: WarehouseCatalogue, state: DataprocessState):
+@use("warehouse_index", "state")
+def get_storage_stats(warehouse_index: SharedWarehouseIndex, state: DataprocessState):
     """Yield the bytes stored under each storage prefix (from the same listing)."""
-    yield (StorageSizes(dict(state.contents(catalogue).storage)),)
+    yield (storage_sizes(state.index(warehouse_index)),)
 
 
 def _collect_then_write(
@@ -91,24 +92,24 @@ def _collect_then_write(
     *,
     storage: Storage,
     state: DataprocessState,
-    catalogue: WarehouseCatalogue,
+    warehouse_index: SharedWarehouseIndex,
     **services,
 ):
     collected = Collected()
     yield collected
     errors = command.unexpected_errors(context.parent) if context.parent else 0
-    publish_batch(storage, state, collected, catalogue, errors)
+    publish_batch(storage, state, collected, warehouse_index, errors)
 
 
 # The node names are part of the interface (status lines): hence a class-like function name.
-@use("storage", "state", "catalogue")
+@use("storage", "state", "warehouse_index")
 @use_context_processor(_collect_then_write)
 def DataExtractor(
     collected: Collected,
     item,
     storage: Storage,
     state: DataprocessState,
-    catalogue: WarehouseCatalogue,
+    warehouse_index: SharedWarehouseIndex,
 ):
     """Join the branches: collect every row; at the end, build and write the tables."""
     collected.add(item)
@@ -125,14 +126,14 @@ def get_graph(**options) -> bonobo.Graph:
 
 def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
     """The services: ``storage`` (the warehouse store; its ``processed()`` store receives the
-    tables), ``catalogue`` (its listing, made once) and ``state`` (the run); see
+    tables), ``warehouse_index`` (its listing, made once) and ``state`` (the run); see
     `graph_services`."""
     services = graph_services(GRAPH_NAME, DataprocessState, settings, storage)
     services["storage"].processed().check_store()  # before reading: where the tables go
     # A bucket without a valid config.json is not a warehouse: nothing is published from it.
     state = services["state"]
     state.config = load_pipeline_config(services["storage"], state.report)
-    services["catalogue"] = WarehouseCatalogue(
+    services["warehouse_index"] = SharedWarehouseIndex(
         services["storage"], services["state"].settings.workers
     )
     return services

@@ -368,8 +368,8 @@ class _AnswerAction(argparse.Action):
 def asks_for_information(argv: list[str]) -> bool:
     """Whether these arguments make a graph print its help or its version and exit.
 
-    The graphs' parsers (`warehouse.runtime.command.command_parser`) have exactly the options ``-h``,
-    ``--help`` and ``--version``, which print and exit where argparse meets them; the
+    The graphs' parsers (`warehouse.runtime.command.command_parser`) have exactly the options
+    ``-h``, ``--help`` and ``--version``, which print and exit where argparse meets them; the
     arguments are read here by a parser with the same options, so that abbreviations
     (``--vers``), ``--`` and errors met first count as they do there.
 

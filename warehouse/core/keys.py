@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from warehouse.core.report import Reason
 
@@ -18,6 +18,10 @@ GROUPS = ("training", "validation")
 
 #: DICOM Modality (0008,0060) to warehouse folder. Others are reported, not filed.
 MODALITY_FOLDERS = {"DX": "xray", "CR": "xray", "CT": "ct", "MR": "mri"}
+#: The image folders of a group, in the dashboard tables' order.
+IMAGE_FOLDERS = ("ct", "xray", "mri")
+#: What follows an image folder's name in the name of its metadata folder.
+METADATA_SUFFIX = "-metadata"
 
 CLINICAL_SUFFIXES = {"_data.json": "data", "_status.json": "status"}
 
@@ -254,6 +258,21 @@ def clinical_name(clinical_kind: str, upload_date: str) -> str:
     return f"{clinical_kind}_{upload_date}.json"
 
 
+_CLINICAL_NAME = re.compile(r"(data|status)_([0-9]{4}-[0-9]{2}-[0-9]{2})\.json")
+
+
+def parse_clinical_name(name: str) -> tuple[str, dt.date] | None:
+    """The kind (``data`` or ``status``) and upload date of a filed clinical file name
+    (`clinical_name`), or None for a name of another shape or an impossible date."""
+    match = _CLINICAL_NAME.fullmatch(name)
+    if not match:
+        return None
+    try:
+        return match.group(1), dt.date.fromisoformat(match.group(2))
+    except ValueError:
+        return None
+
+
 def clinical_target(group: str, pseudonym: str, clinical_kind: str, upload_date: str) -> str:
     """Warehouse key of a clinical file: ``<group>/data/<P>/<kind>_<date>.json``."""
     return f"{group}/data/{pseudonym}/{clinical_name(clinical_kind, upload_date)}"
@@ -278,18 +297,26 @@ def image_targets(
     tail = f"{patient_id}/{study_uid}/{series_uid}"
     return (
         f"{group}/{folder}/{tail}/{name}",
-        f"{group}/{folder}-metadata/{tail}/{image_stem(name)}.json",
+        f"{group}/{folder}{METADATA_SUFFIX}/{tail}/{image_stem(name)}.json",
     )
 
 
 @dataclass(frozen=True, slots=True)
 class WarehouseKey:
-    """What a warehouse-side key is: a clinical file, an image, or image metadata."""
+    """What a warehouse-side key is: a clinical file, an image, or image metadata.
+
+    ``folder`` (the image folder: ``ct``, ``xray``, ``mri``), ``study`` and ``series`` are
+    those of an image or metadata key (empty for a clinical file); two keys are equal when
+    their group, kind, pseudonym and name are.
+    """
 
     group: str
     kind: str  # "clinical", "image", "metadata"
     pseudonym: str
     name: str
+    folder: str = field(default="", compare=False)
+    study: str = field(default="", compare=False)
+    series: str = field(default="", compare=False)
 
 
 def parse_warehouse_key(key: str) -> WarehouseKey | None:
@@ -301,12 +328,15 @@ def parse_warehouse_key(key: str) -> WarehouseKey | None:
     if folder == "data" and len(parts) == 4:
         return WarehouseKey(group, "clinical", parts[2], parts[3])
     if len(parts) == 6:
+        pseudonym, study, series, name = parts[2:]
         if folder in _IMAGE_FOLDERS:
-            return WarehouseKey(group, "image", parts[2], parts[5])
+            return WarehouseKey(group, "image", pseudonym, name, folder, study, series)
         if folder in _METADATA_FOLDERS:
-            return WarehouseKey(group, "metadata", parts[2], parts[5])
+            image_folder = folder[: -len(METADATA_SUFFIX)]
+            return WarehouseKey(group, "metadata", pseudonym, name, image_folder, study, series)
     return None
 
 
-_IMAGE_FOLDERS = frozenset(MODALITY_FOLDERS.values())
-_METADATA_FOLDERS = frozenset(f"{f}-metadata" for f in _IMAGE_FOLDERS)
+_IMAGE_FOLDERS = frozenset(IMAGE_FOLDERS)
+assert _IMAGE_FOLDERS == set(MODALITY_FOLDERS.values()), "every modality has its folder"
+_METADATA_FOLDERS = frozenset(f"{f}{METADATA_SUFFIX}" for f in _IMAGE_FOLDERS)

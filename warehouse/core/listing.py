@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from warehouse.core.keys import (
     GROUPS,
+    IMAGE_FOLDERS,
     RawKey,
+    WarehouseKey,
     image_stem,
     parse_raw_key,
     parse_warehouse_key,
@@ -47,9 +50,43 @@ def changed_since_filed(raw_stamp: int, filed_stamp: int) -> bool:
     return raw_size != filed_size or raw_second > filed_second
 
 
+@dataclass(frozen=True, slots=True)
+class ClinicalFile:
+    """One filed clinical file, ``<group>/data/<pseudonym>/<name>``: its LastModified date (UTC)
+    and its stamp (`pack_stamp`), when it was listed with them."""
+
+    group: str
+    name: str
+    last_modified: dt.date | None = None
+    stamp: int | None = None
+
+    def key(self, pseudonym: str) -> str:
+        """The file's full key."""
+        return f"{self.group}/data/{pseudonym}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFile:
+    """The metadata file that stands for one study: the first key in sort order under
+    ``<group>/<modality>-metadata/<pseudonym>/<study>/``."""
+
+    group: str
+    modality: str
+    pseudonym: str
+    study: str
+    key: str
+    last_modified: dt.date | None
+
+
 @dataclass
 class WarehouseIndex:
-    """What the warehouse side already holds, from one listing.
+    """What the warehouse side holds, from one listing: the one index of it that the loader and
+    dataprocess use, with the "already filed" questions as its methods.
+
+    Every key is read once, through `keys.parse_warehouse_key`. Only names, dates, stamps and
+    sums are kept, never listing objects. With ``names=False`` (dataprocess) the per-image names
+    and stamps the loader's questions need are not kept, so memory grows with patients and
+    studies, not with images.
 
     Attributes
     ----------
@@ -57,76 +94,156 @@ class WarehouseIndex:
         Pseudonym -> group of every patient with clinical files filed.
     conflicts : dict
         Pseudonym -> groups, for patients found in both groups (an existing inconsistency).
-    clinical : set
-        ``(pseudonym, file name)`` of filed clinical files, whatever their group.
+    clinical_files : dict
+        Pseudonym -> its `ClinicalFile` entries (any group), in listing order.
     image_names, metadata_names : set
-        Base names of filed images and of metadata files.
+        Base names of filed images and of metadata files (``names=True``).
     keys : set
-        Full keys of filed images and metadata files.
-    clinical_stamps, image_stamps : dict
-        The stamp (`pack_stamp`: size and last-modified second) of each filed clinical file
-        (by ``(pseudonym, file name)``) and image (by base name; `AMBIGUOUS` for a name filed
-        more than once), to tell a raw file that changed since it was filed.
+        Full keys of filed images and metadata files (``names=True``).
+    image_stamps : dict
+        The stamp (`pack_stamp`: size and last-modified second) of each filed image, by base
+        name; `AMBIGUOUS` for a name filed more than once (``names=True``).
+    studies : dict
+        ``(group, modality, pseudonym, study)`` -> the `StudyFile` chosen for that study.
+    images : dict
+        ``(group, modality, pseudonym, study, LastModified date)`` -> metadata files (one per
+        filed image) of that study folder listed with that date.
+    folder_bytes : dict
+        ``(group, top folder)`` -> bytes of every object listed under it (``""`` for objects at
+        the group's top), whether in the layout or not.
+    objects : int
+        Objects in the layout.
     links : list
         Keys of symbolic links on the warehouse side (local stores), sorted: never followed,
         not trusted as filed; to be reported with ``Reason.SYMLINK``.
     """
 
+    names: bool = True
     groups: dict[str, str] = field(default_factory=dict)
     conflicts: dict[str, set[str]] = field(default_factory=dict)
-    clinical: set[tuple[str, str]] = field(default_factory=set)
+    clinical_files: dict[str, list[ClinicalFile]] = field(default_factory=dict)
     image_names: set[str] = field(default_factory=set)
     metadata_names: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)
-    clinical_stamps: dict[tuple[str, str], int] = field(default_factory=dict)
     image_stamps: dict[str, int] = field(default_factory=dict)
+    studies: dict[tuple[str, str, str, str], StudyFile] = field(default_factory=dict)
+    images: dict[tuple, int] = field(default_factory=dict)
+    folder_bytes: Counter = field(default_factory=Counter)
     objects: int = 0
     links: list[str] = field(default_factory=list)
-    _clinical_names: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, key: str, size: int = 0, modified: dt.datetime | None = None) -> None:
         """Take one listed warehouse object (its key, size and last-modified time) into
         account."""
+        group, _, rest = key.partition("/")
+        if group in GROUPS:
+            folder, sep, _ = rest.partition("/")
+            self.folder_bytes[(group, folder if sep else "")] += int(size or 0)
         parsed = parse_warehouse_key(key)
         if parsed is None:
             return
         self.objects += 1
         stamp = None if modified is None else pack_stamp(size, modified)
+        day = None if modified is None else _utc_date(modified)
         if parsed.kind == "clinical":
             known = self.groups.setdefault(parsed.pseudonym, parsed.group)
             if known != parsed.group:
                 self.conflicts.setdefault(parsed.pseudonym, {known}).add(parsed.group)
-            self.clinical.add((parsed.pseudonym, parsed.name))
-            self._clinical_names.setdefault(parsed.pseudonym, []).append(parsed.name)
-            if stamp is not None:
-                self.clinical_stamps[(parsed.pseudonym, parsed.name)] = stamp
-        elif parsed.kind == "image":
-            if stamp is not None:
-                seen = parsed.name in self.image_names
-                self.image_stamps[parsed.name] = AMBIGUOUS if seen else stamp
-            self.image_names.add(parsed.name)
+            entry = ClinicalFile(parsed.group, parsed.name, day, stamp)
+            self.clinical_files.setdefault(parsed.pseudonym, []).append(entry)
+            return
+        if self.names:
+            if parsed.kind == "image":
+                if stamp is not None:
+                    seen = parsed.name in self.image_names
+                    self.image_stamps[parsed.name] = AMBIGUOUS if seen else stamp
+                self.image_names.add(parsed.name)
+            else:
+                self.metadata_names.add(parsed.name)
             self.keys.add(key)
-        else:
-            self.metadata_names.add(parsed.name)
-            self.keys.add(key)
+        if parsed.kind == "metadata":
+            self._add_study(parsed, key, day)
+
+    def _add_study(self, parsed: WarehouseKey, key: str, day: dt.date | None) -> None:
+        slot = (parsed.group, parsed.folder, parsed.pseudonym, parsed.study)
+        filed = (*slot, day)
+        self.images[filed] = self.images.get(filed, 0) + 1
+        known = self.studies.get(slot)
+        if known is None or key < known.key:
+            self.studies[slot] = StudyFile(*slot, key, day)
+
+    def filed_clinical(self) -> set[tuple[str, str]]:
+        """``(pseudonym, file name)`` of every filed clinical file, whatever its group (a new
+        set: ask `clinical_filed` about one file)."""
+        return {(p, f.name) for p, files in self.clinical_files.items() for f in files}
+
+    def clinical_filed(self, pseudonym: str, name: str) -> bool:
+        """Whether a clinical file of this name is filed for the patient (in any group)."""
+        return any(f.name == name for f in self.clinical_files.get(pseudonym, ()))
+
+    def clinical_stamp(self, pseudonym: str, name: str) -> int | None:
+        """The stamp of a filed clinical file (the last listed of that name), or None."""
+        stamps = [f.stamp for f in self.clinical_files.get(pseudonym, ()) if f.name == name]
+        return stamps[-1] if stamps else None
 
     def image_done(self, name: str) -> bool:
         """Whether an image of this file name and its metadata file are both filed."""
         return name in self.image_names and f"{image_stem(name)}.json" in self.metadata_names
 
+    def filed(self, key: str) -> bool:
+        """Whether this image or metadata key is filed."""
+        return key in self.keys
+
     def first_clinical_key(self, pseudonym: str) -> str | None:
         """The key of a filed patient's first clinical file (earliest upload date), or None."""
         group = self.groups.get(pseudonym)
-        names = self._clinical_names.get(pseudonym) if group else None
-        if not names:
+        files = self.clinical_files.get(pseudonym) if group else None
+        if not files:
             return None
-        first = min(names, key=lambda name: (name.rsplit("_", 1)[-1], name))
+        first = min((f.name for f in files), key=lambda name: (name.rsplit("_", 1)[-1], name))
         return f"{group}/data/{pseudonym}/{first}"
 
+    def stored_bytes(self) -> Iterator[tuple[str, int]]:
+        """``(prefix, bytes)`` of every top folder (``training/ct/``) and of the objects at a
+        group's top (``training/``), as `dashboard.tables.storage_by_prefix` sums keys."""
+        for (group, folder), size in sorted(self.folder_bytes.items()):
+            yield (f"{group}/{folder}/" if folder else f"{group}/"), size
 
-def index_warehouse(storage: Storage, workers: int = 8) -> WarehouseIndex:
-    """List the warehouse side (``training/``, ``validation/``) once and index it."""
-    index = WarehouseIndex()
+    def sorted_studies(self) -> list[StudyFile]:
+        """The chosen metadata files, by image folder (table order), group, patient and study."""
+        order = {folder: index for index, folder in enumerate(IMAGE_FOLDERS)}
+        return sorted(
+            self.studies.values(),
+            key=lambda s: (order[s.modality], s.group, s.pseudonym, s.study),
+        )
+
+
+def _utc_date(value: dt.datetime) -> dt.date:
+    """The UTC date of a LastModified time."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.date()
+
+
+def index_warehouse(storage: Storage, workers: int = 8, *, names: bool = True) -> WarehouseIndex:
+    """List the warehouse side (``training/``, ``validation/``) once and index it.
+
+    Parameters
+    ----------
+    storage : Storage
+        The warehouse store.
+    workers : int
+        Parallel listings.
+    names : bool
+        Keep each filed image's names and stamps (the loader's questions); dataprocess does
+        not need them.
+
+    Raises
+    ------
+    StorageError
+        If the listing fails.
+    """
+    index = WarehouseIndex(names=names)
     for info in storage.list_many([f"{group}/" for group in GROUPS], workers):
         if info.link:
             index.links.append(info.key)
@@ -134,6 +251,48 @@ def index_warehouse(storage: Storage, workers: int = 8) -> WarehouseIndex:
             index.add(info.key, info.size, info.last_modified)
     index.links.sort()
     return index
+
+
+class SharedWarehouseIndex:
+    """A service: the warehouse side, indexed on first use (under a lock) and then shared.
+
+    Branches that ask for it at the same time get the same `WarehouseIndex`: the first lists,
+    the others wait. A failed listing is remembered and raised again to every caller, so the
+    warehouse is never listed twice in a run.
+    """
+
+    def __init__(self, storage: Storage, workers: int = 8, *, names: bool = False):
+        self.storage = storage
+        self.workers = workers
+        self.names = names
+        self._lock = threading.Lock()
+        self._index: WarehouseIndex | None = None
+        self._error: Exception | None = None
+        self.listings = 0
+
+    @property
+    def listed(self) -> bool:
+        """Whether the warehouse side has been listed successfully."""
+        return self._index is not None
+
+    def index(self) -> WarehouseIndex:
+        """The warehouse index (listing the warehouse if nobody has yet).
+
+        Raises
+        ------
+        StorageError
+            If the listing failed (now or for an earlier caller).
+        """
+        with self._lock:
+            if self._index is None and self._error is None:
+                self.listings += 1
+                try:
+                    self._index = index_warehouse(self.storage, self.workers, names=self.names)
+                except Exception as exc:  # noqa: BLE001 - re-raised to this and every caller
+                    self._error = exc
+            if self._error is not None:
+                raise self._error
+            return self._index
 
 
 @dataclass

@@ -32,10 +32,11 @@ import pyarrow as pa
 
 from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
 from warehouse.core.errors import ExpectedError
+from warehouse.core.keys import IMAGE_FOLDERS
+from warehouse.core.listing import SharedWarehouseIndex
 from warehouse.core.report import latest_report_key
 from warehouse.core.storage import ObjectNotFound, Storage
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
-from warehouse.dashboard.contents import STUDY_MODALITIES, WarehouseCatalogue
 from warehouse.dashboard.extraction import Collected, DataprocessState
 from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
 from warehouse.dashboard.tables import (
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 LATEST_KEY = "latest.csv"
 #: Tables in the order of ``latest.csv`` (a study table only when its modality has studies,
 #: ``study_images`` only when there are images).
-TABLE_ORDER = (*STUDY_MODALITIES, "patient", "patient_clean", "storage", "study_images")
+TABLE_ORDER = (*IMAGE_FOLDERS, "patient", "patient_clean", "storage", "study_images")
 #: Pages in the order of ``latest.csv``, after the tables: archive name -> file name.
 #: The batch's pages and their file names (the pages module, and altair with it, is imported
 #: only when a batch is built).
@@ -129,7 +130,7 @@ def study_image_table(counts: Mapping[tuple, int]) -> pd.DataFrame:
     counts : mapping
         ``(group, modality folder, pseudonym, study, filed date)`` -> images (metadata files
         listed under ``<group>/<modality>-metadata/<pseudonym>/<study>/`` with that
-        LastModified date), as ``catalogue.WarehouseContents.images`` holds them.
+        LastModified date), as ``listing.WarehouseIndex.images`` holds them.
 
     Returns
     -------
@@ -139,7 +140,7 @@ def study_image_table(counts: Mapping[tuple, int]) -> pd.DataFrame:
         (datetime64[ns] date) and ``images`` (int64); sorted by modality (table order),
         group, patient, study and date.
     """
-    order = {modality: index for index, modality in enumerate(STUDY_MODALITIES)}
+    order = {modality: index for index, modality in enumerate(IMAGE_FOLDERS)}
     keys = sorted(counts, key=lambda k: (order.get(k[1], len(order)), k[0], k[2], k[3], k[4]))
     columns = list(zip(*keys, strict=True)) if keys else [()] * 5
     data = {
@@ -221,14 +222,14 @@ def build_batch(
 
     batch = Batch(batch_name(now))
     studies: dict[str, pd.DataFrame] = {}
-    for modality in STUDY_MODALITIES:
+    for modality in IMAGE_FOLDERS:
         table = study_table(list(study_rows.get(modality, ())))
         studies[modality] = table
         if len(table):
             batch.tables[modality] = table
 
     patients = patient_table(patient_rows)
-    images = pd.concat([studies[m] for m in STUDY_MODALITIES], ignore_index=True)
+    images = pd.concat([studies[m] for m in IMAGE_FOLDERS], ignore_index=True)
     patient_clean = fill_from_dicom(clean_patient_table(patients), images)
     storage = storage_table(storage_sizes)
     batch.tables["patient"] = patients
@@ -360,7 +361,7 @@ def publish_batch(
     storage: Storage,
     state: DataprocessState,
     collected: Collected,
-    catalogue: WarehouseCatalogue,
+    shared: SharedWarehouseIndex,
     unexpected_errors: int = 0,
 ) -> None:
     """Build the run's batch from what the branches collected and write it, then
@@ -375,8 +376,8 @@ def publish_batch(
         The run (its report, settings and config; the batch written is recorded on it).
     collected : Collected
         The rows of the three branches.
-    catalogue : WarehouseCatalogue
-        The warehouse listing (images per study, for the pages).
+    shared : SharedWarehouseIndex
+        The warehouse index (images per study, for the pages).
     unexpected_errors : int
         Errors the graph runner counted in the branches: any means nothing is published.
     """
@@ -395,7 +396,7 @@ def publish_batch(
             dt.datetime.now(dt.UTC),
             # For the pages: images per study from the same listing, config.json and the
             # loader's last run report.
-            study_images=catalogue.contents().images,
+            study_images=shared.index().images,
             inputs=read_page_inputs(storage, state.config),
         )
         state.batch = batch.name

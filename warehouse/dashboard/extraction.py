@@ -20,19 +20,16 @@ from warehouse.core.clinical import (
 )
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
+from warehouse.core.keys import IMAGE_FOLDERS
+from warehouse.core.listing import SharedWarehouseIndex, StudyFile, WarehouseIndex
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
-from warehouse.dashboard.contents import (
-    STUDY_MODALITIES,
-    StudyFile,
-    WarehouseCatalogue,
-    WarehouseContents,
-)
 from warehouse.dashboard.tables import (
     choose_patient_file,
     flatten_clinical_record,
     metadata_row,
+    storage_by_prefix,
 )
 
 logger = logging.getLogger("dataprocess")
@@ -71,7 +68,7 @@ class DataprocessState(RunState):
     processed_url: str = ""
     config: PipelineConfig | None = None
 
-    def contents(self, catalogue: WarehouseCatalogue) -> WarehouseContents:
+    def index(self, shared: SharedWarehouseIndex) -> WarehouseIndex:
         """The warehouse side (listed once, shared by the branches); a failed listing fails
         the run.
 
@@ -81,12 +78,12 @@ class DataprocessState(RunState):
             When the warehouse cannot be listed.
         """
         try:
-            contents = catalogue.contents()
+            index = shared.index()
         except ExpectedError as exc:
             self.report.fail(f"cannot list the warehouse: {exc}")
             raise
         self.report.listed = True
-        return contents
+        return index
 
     def conclude(self, storage: Storage) -> str:
         """The summary, with where the tables went."""
@@ -118,15 +115,15 @@ class ReadOutcome:
     detail: str = ""
 
 
-def patient_files(contents: WarehouseContents, report: RunReport) -> Iterator[PatientFile]:
+def patient_files(index: WarehouseIndex, report: RunReport) -> Iterator[PatientFile]:
     """Each patient's chosen clinical file, by pseudonym, from the listed names alone.
 
     A patient found in both groups (an inconsistency the loader never creates) is reported and
     kept once, in the group of the chosen file; a patient with no ``data_``/``status_`` file
     name of the layout is reported and left out.
     """
-    for pseudonym in sorted(contents.clinical):
-        files = sorted(contents.clinical[pseudonym], key=lambda f: (f.name, f.group))
+    for pseudonym in sorted(index.clinical_files):
+        files = sorted(index.clinical_files[pseudonym], key=lambda f: (f.name, f.group))
         groups = sorted({f.group for f in files})
         if len(groups) > 1:
             report.skip(f"{'|'.join(groups)}/data/{pseudonym}/", Reason.WAREHOUSE_CONFLICT)
@@ -217,7 +214,7 @@ class Collected:
 
     def __init__(self):
         self.patients: list[dict] = []
-        self.studies: dict[str, list[dict]] = {modality: [] for modality in STUDY_MODALITIES}
+        self.studies: dict[str, list[dict]] = {modality: [] for modality in IMAGE_FOLDERS}
         self.storage: dict[str, int] = {}
 
     def add(self, item) -> None:
@@ -238,15 +235,20 @@ class Collected:
             raise TypeError(f"cannot collect {item!r}")
 
 
-def clinical_inputs(contents: WarehouseContents, report: RunReport) -> Iterator[PatientFile]:
+def clinical_inputs(index: WarehouseIndex, report: RunReport) -> Iterator[PatientFile]:
     """Report the links in the warehouse (never read), then choose each patient's clinical file
     from the listed names (`patient_files`)."""
-    for key in contents.links:
+    for key in index.links:
         report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not read")
     logger.info(
         "listed %d objects: %d patients with clinical files, %d studies",
-        contents.objects,
-        len(contents.clinical),
-        len(contents.studies),
+        index.objects,
+        len(index.clinical_files),
+        len(index.studies),
     )
-    yield from patient_files(contents, report)
+    yield from patient_files(index, report)
+
+
+def storage_sizes(index: WarehouseIndex) -> StorageSizes:
+    """The bytes stored under each storage prefix (`storage_by_prefix`), from the index."""
+    return StorageSizes(storage_by_prefix(index.stored_bytes()))

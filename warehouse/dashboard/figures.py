@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from warehouse.core import keys
 from warehouse.core.config import PipelineConfig, nfc
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
     "suppress",
 ]
 
-GROUPS = ("training", "validation")
+GROUPS = keys.GROUPS
 #: Study table (modality folder) -> the name the pages show.
 MODALITY_LABELS = {"ct": "CT", "xray": "X-ray", "mri": "MRI"}
 #: The public page shows no count under this (per cell), see `suppress`.

@@ -18,12 +18,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from warehouse.core import keys
 
 __all__ = [
     "DICOM_FIELDS",
@@ -41,8 +42,8 @@ __all__ = [
     "study_table",
 ]
 
-GROUPS = ("training", "validation")
-MODALITIES = ("ct", "xray", "mri")
+GROUPS = keys.GROUPS
+MODALITIES = keys.IMAGE_FOLDERS
 
 #: The eight storage prefixes, in the order of ``storage.csv``.
 STORAGE_PREFIXES = tuple(
@@ -77,7 +78,6 @@ PATIENT_ID_TAG = "00100020"
 
 STUDY_COLUMNS = ("Pseudonym", "group", "last_modified", *DICOM_FIELDS)
 
-_CLINICAL_NAME = re.compile(r"(data|status)_([0-9]{4}-[0-9]{2}-[0-9]{2})\.json")
 
 # --------------------------------------------------------------------------------------------
 # Patient table
@@ -110,14 +110,9 @@ def choose_patient_file(names: list[str]) -> tuple[str, dt.date, dt.date, bool]:
     """
     parsed = []
     for name in names:
-        match = _CLINICAL_NAME.fullmatch(name.rsplit("/", 1)[-1])
-        if not match:
-            continue
-        try:
-            date = dt.date.fromisoformat(match.group(2))
-        except ValueError:
-            continue
-        parsed.append((match.group(1), date, name))
+        found = keys.parse_clinical_name(name.rsplit("/", 1)[-1])
+        if found is not None:
+            parsed.append((*found, name))
     if not parsed:
         raise ValueError(f"no clinical file name of the form data_/status_<date>.json: {names}")
     positive = any(kind == "data" for kind, _, _ in parsed)

@@ -35,6 +35,7 @@ from warehouse.core.keys import (
     clinical_target,
     image_name_problem,
     image_targets,
+    parse_warehouse_key,
 )
 from warehouse.core.lease import LeasedStorage, RunLease
 from warehouse.core.listing import WarehouseIndex
@@ -405,9 +406,9 @@ def file_image(
         report.skip(task.key, Reason.DUPLICATE_TARGET, f"{image_key} is claimed by {claimant}")
         return []
     tasks = []
-    if image_key not in state.index.keys:
+    if not state.index.filed(image_key):
         tasks.append(Task("copy", task.key, task.size, image_key, None))
-    if metadata_key not in state.index.keys:
+    if not state.index.filed(metadata_key):
         tasks.append(Task("metadata", task.key, None, metadata_key, header.dataset))
     if not tasks:
         report.count("images already filed")
@@ -462,7 +463,7 @@ def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
         return []
     if task.action == "write":
         state.report.count("metadata files written")
-    elif task.target.split("/", 2)[1] == "data":
+    elif parse_warehouse_key(task.target).kind == "clinical":
         state.report.count("clinical files copied")
     else:
         state.report.count("images copied")

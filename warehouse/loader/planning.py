@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
-from warehouse.core.keys import RawKey, clinical_name, upload_date_problem
+from warehouse.core.keys import RawKey, clinical_name, clinical_target, upload_date_problem
 from warehouse.core.listing import (
     AMBIGUOUS,
     RawListing,
@@ -98,7 +98,7 @@ def plan_inputs(
     filed_sources = _filed_clinical_sources(listing, index)
     for raw, size in listing.clinical:
         target = (raw.pseudonym, clinical_name(raw.clinical_kind, raw.upload_date))
-        if target in index.clinical:
+        if index.clinical_filed(*target):
             _report_filed_clinical(raw, size, index, filed_sources.get(target), report)
             continue
         implausible = upload_date_problem(
@@ -129,7 +129,7 @@ def _filed_clinical_sources(listing: RawListing, index: WarehouseIndex) -> dict:
     sources: dict[tuple[str, str], str] = {}
     for raw, size in listing.clinical:
         target = (raw.pseudonym, clinical_name(raw.clinical_kind, raw.upload_date))
-        filed = index.clinical_stamps.get(target)
+        filed = index.clinical_stamp(*target)
         if target in sources or filed is None:
             continue
         if not changed_since_filed(pack_stamp(size, raw.modified), filed):
@@ -141,10 +141,12 @@ def _report_filed_clinical(raw, size, index, source, report) -> None:
     """A raw clinical file whose target is filed: the copy's source (counted), another raw
     file with the same target, or the source changed since (each reported, never copied)."""
     name = clinical_name(raw.clinical_kind, raw.upload_date)
-    if source == raw.key or (raw.pseudonym, name) not in index.clinical_stamps:
+    if source == raw.key or index.clinical_stamp(raw.pseudonym, name) is None:
         report.count("clinical files already filed")
         return
-    target = f"{index.groups.get(raw.pseudonym, '?')}/data/{raw.pseudonym}/{name}"
+    target = clinical_target(
+        index.groups.get(raw.pseudonym, "?"), raw.pseudonym, raw.clinical_kind, raw.upload_date
+    )
     if source is not None:
         report.skip(raw.key, Reason.DUPLICATE_TARGET, f"{target} is filed from {source}")
     else:
