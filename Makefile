@@ -30,7 +30,7 @@ venv-dev: $(VENV)/.dev  ## runtime + test and lint tools
 
 demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and run the three graphs on it
 	rm -rf $(DEMO_DIR) $(DEMO_DIR)-processed $(DEMO_DIR)-centres.txt
-	$(BIN)/python -m warehouse.components.synthetic --output $(DEMO_DIR) --demo
+	$(BIN)/python -m warehouse.synthetic --output $(DEMO_DIR) --demo
 	mkdir -p $(DEMO_DIR)-processed  # a local store must exist before anything writes it
 	$(BIN)/bonobo run warehouse/warehouseloader.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR)
 	$(BIN)/bonobo run warehouse/submittingcentres.py --env WAREHOUSE_BUCKET=file://$(DEMO_DIR) > $(DEMO_DIR)-centres.txt

@@ -20,7 +20,7 @@ import os
 import struct
 from pathlib import Path
 
-from warehouse.components.synthetic import build_dicom
+from warehouse.synthetic import build_dicom
 
 MB = 1024 * 1024
 PIXEL_TAG = b"\xe0\x7f\x10\x00OW"

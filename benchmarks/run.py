@@ -132,7 +132,7 @@ def make_tree(root: Path, patients: int, images: int, seed: int = 0) -> Tree:
     seed : int
         The generator's seed.
     """
-    from warehouse.components.synthetic import generate_tree
+    from warehouse.synthetic import generate_tree
 
     summary = generate_tree(root, patients=patients, images=images, seed=seed)
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from warehouse.components.synthetic import build_dicom
 from warehouse.core.config import Settings
 from warehouse.core.storage import DryRunStorage, Storage
+from warehouse.synthetic import build_dicom
 
 
 class DelegatingStorage(Storage):

@@ -13,7 +13,6 @@ from moto import mock_aws
 from pydicom.dataset import Dataset
 
 from tests.builders import uid
-from warehouse.components.synthetic import build_dicom
 from warehouse.core.dicom import (
     FIRST_READ_BYTES,
     ImageIdentity,
@@ -30,6 +29,7 @@ from warehouse.core.dicom import (
 )
 from warehouse.core.keys import UnsafeIdentifier
 from warehouse.core.storage import LocalStorage, S3Storage
+from warehouse.synthetic import build_dicom
 
 MB = 1024 * 1024
 STUDY = uid("Covid1", "study")

@@ -21,8 +21,7 @@ import pandas as pd
 import pytest
 
 from tests import browser, builders
-from warehouse import dataprocess
-from warehouse.components import synthetic
+from warehouse import dataprocess, synthetic
 from warehouse.core.config import Settings
 from warehouse.core.storage import LocalStorage
 from warehouse.dashboard.figures import NOT_GIVEN, SUPPRESSION_THRESHOLD

@@ -16,9 +16,9 @@ import pytest
 from tests import builders
 from tests.builders import clinical, image
 from warehouse import submittingcentres
-from warehouse.components.synthetic import SITES, generate_tree
 from warehouse.core.config import Settings
 from warehouse.core.storage import LocalStorage, S3Storage, Storage
+from warehouse.synthetic import SITES, generate_tree
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""Tests of the synthetic upload tree generator (warehouse.components.synthetic).
+"""Tests of the synthetic upload tree generator (warehouse.synthetic).
 
 The fault test classifies every file on disk independently of the generator and compares the
 result with the summary, so the summary can be trusted as the expected outcome of a load.
@@ -15,8 +15,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from warehouse.components import synthetic
-from warehouse.components.synthetic import (
+from warehouse import synthetic
+from warehouse.synthetic import (
     CLINICAL_FAULTS,
     IMAGE_FAULTS,
     SOP_CLASS_BY_MODALITY,

@@ -587,7 +587,7 @@ def test_s3_copies_are_server_side(s3_store, s3_bucket):
 def test_generated_tree_is_filed_as_its_summary_says(tmp_path):
     """The product's generator and the loader agree: every well-formed file is filed, every
     faulty one is reported, and nothing under an unlisted prefix is read."""
-    from warehouse.components.synthetic import generate_tree
+    from warehouse.synthetic import generate_tree
 
     root = tmp_path / "generated"
     summary = generate_tree(root, patients=20, seed=3)

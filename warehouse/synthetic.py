@@ -16,7 +16,7 @@ prefix that ``config.json`` does not list, and files of other kinds. The summary
 Everything is derived from one ``random.Random(seed)`` and from UIDs hashed from the seed, so
 a given seed always gives a byte-identical tree.
 
-Run ``python -m warehouse.components.synthetic --help`` for the command line.
+Run ``python -m warehouse.synthetic --help`` for the command line.
 """
 
 import argparse
@@ -1307,7 +1307,7 @@ def _other_file(name: str) -> bytes:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m warehouse.components.synthetic",
+        prog="python -m warehouse.synthetic",
         description=(
             "Write a synthetic raw upload tree (config.json, raw-<uploader>/<date>/data and "
             "images) into a local directory laid out like the warehouse bucket. With no size "

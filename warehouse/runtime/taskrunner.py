@@ -24,8 +24,8 @@ exit code ``128 + N``.
 
 Run it directly to wrap any module::
 
-    python -m warehouse.components.taskrunner warehouseloader --some-graph-option
-    python -m warehouse.components.taskrunner --with-stdout --with-summary some.module ...
+    python -m warehouse.runtime.taskrunner warehouseloader --some-graph-option
+    python -m warehouse.runtime.taskrunner --with-stdout --with-summary some.module ...
 """
 
 from __future__ import annotations
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         The graph's exit code.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m warehouse.components.taskrunner",
+        prog="python -m warehouse.runtime.taskrunner",
         description="Run a graph module, print how long it took, notify TOPIC_ARN when set, "
         "and exit with the graph's code.",
     )
