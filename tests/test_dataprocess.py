@@ -623,3 +623,17 @@ def test_a_bucket_without_config_json_is_not_a_warehouse(tmp_path):
     assert "no config.json" in result.stderr
     assert list((tmp_path / "empty-processed").iterdir()) == []
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_a_metadata_file_that_is_not_dicom_json_is_reported_and_the_rest_published(local_store):
+    files = warehouse_files()
+    bad = f"training/ct-metadata/Covid2/{STUDY['B']}/{SERIES['B1']}/c.json"
+    files[bad] = b"[1, 2]"  # JSON, not a DICOM JSON object
+    builders.put_tree(local_store, files)
+    code, state = run_graph(local_store)
+    assert code == 0
+    report = latest_report(local_store)
+    problems = {p["key"]: (p["reason"], p.get("detail", "")) for p in report["problems"]}
+    assert problems[bad][0] == "invalid JSON"
+    assert problems[bad][1].startswith("not DICOM JSON")
+    assert state.written[-1] == "latest.csv"

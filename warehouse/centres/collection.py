@@ -22,7 +22,7 @@ from warehouse.core.clinical import (
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
 from warehouse.core.listing import list_raw
-from warehouse.core.report import Reason
+from warehouse.core.report import Reason, problem_of
 from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
 
@@ -103,12 +103,9 @@ def read_centres(storage: Storage, patient: PatientFiles) -> list[FileCentre]:
         try:
             centre = submitting_centre(parse_clinical_record(storage.read(key)))
             found.append(FileCentre(key, centre, None, ""))
-        except InvalidClinicalFile as exc:
-            found.append(FileCentre(key, None, Reason.INVALID_JSON, str(exc)))
-        except MissingSubmittingCentre as exc:
-            found.append(FileCentre(key, None, Reason.NO_SUBMITTING_CENTRE, str(exc)))
-        except StorageError as exc:
-            found.append(FileCentre(key, None, Reason.READ_FAILED, str(exc)))
+        except (InvalidClinicalFile, MissingSubmittingCentre, StorageError) as exc:
+            # one file's problem, with its own reason: the patient's other files still count
+            found.append(FileCentre(key, None, *problem_of(exc)))
     return found
 
 

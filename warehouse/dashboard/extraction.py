@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from warehouse.core.clinical import (
-    InvalidClinicalFile,
     parse_clinical_record,
     parse_json_document,
 )
@@ -24,7 +23,7 @@ from warehouse.core.keys import IMAGE_FOLDERS
 from warehouse.core.listing import SharedWarehouseIndex, StudyFile, WarehouseIndex
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.run import RunState
-from warehouse.core.storage import Storage, StorageError
+from warehouse.core.storage import Storage
 from warehouse.dashboard.tables import (
     choose_patient_file,
     flatten_clinical_record,
@@ -105,14 +104,10 @@ class DataprocessState(RunState):
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class ReadOutcome:
-    """What a worker read: the value, or the reason (and detail) it cannot be used."""
+class NotDicomJson(ValueError):
+    """A metadata file that is JSON but not DICOM JSON (nor the original's form)."""
 
-    item: object
-    value: object = None
-    reason: Reason | None = None
-    detail: str = ""
+    reason = Reason.INVALID_JSON
 
 
 def patient_files(index: WarehouseIndex, report: RunReport) -> Iterator[PatientFile]:
@@ -148,25 +143,22 @@ def patient_files(index: WarehouseIndex, report: RunReport) -> Iterator[PatientF
         )
 
 
-def read_patient_record(storage: Storage, patient: PatientFile) -> ReadOutcome:
-    """Worker: read a patient's chosen clinical file and flatten it (SegmentationData merged)."""
-    try:
-        record = parse_clinical_record(storage.read(patient.key))
-    except InvalidClinicalFile as exc:
-        return ReadOutcome(patient, reason=Reason.INVALID_JSON, detail=str(exc))
-    except StorageError as exc:
-        return ReadOutcome(patient, reason=Reason.READ_FAILED, detail=str(exc))
-    return ReadOutcome(patient, flatten_clinical_record(record))
+def read_patient_record(storage: Storage, patient: PatientFile) -> tuple[PatientFile, dict]:
+    """Worker: read a patient's chosen clinical file and flatten it (SegmentationData merged).
+
+    Raises
+    ------
+    InvalidClinicalFile, StorageError
+        Reported against the file with their own reasons (the pool's ``item_failed``).
+    """
+    return patient, flatten_clinical_record(parse_clinical_record(storage.read(patient.key)))
 
 
-def patient_row(report: RunReport, outcome: ReadOutcome) -> list[PatientRow]:
+def patient_row(report: RunReport, read: tuple[PatientFile, dict]) -> list[PatientRow]:
     """The patient table row of a read record: the record plus the ``filename_*``,
-    ``last_modified`` and ``group`` fields (or nothing, reported, when it is unusable)."""
-    patient = outcome.item
-    if outcome.reason is not None:
-        report.skip(patient.key, outcome.reason, outcome.detail)
-        return []
-    row = dict(outcome.value)
+    ``last_modified`` and ``group`` fields."""
+    patient, record = read
+    row = dict(record)
     row.setdefault("Pseudonym", patient.pseudonym)
     row.update(
         filename_earliest_date=patient.earliest,
@@ -179,28 +171,27 @@ def patient_row(report: RunReport, outcome: ReadOutcome) -> list[PatientRow]:
     return [PatientRow(row)]
 
 
-def read_study_row(storage: Storage, study: StudyFile) -> ReadOutcome:
-    """Worker: read one metadata JSON file (valid DICOM JSON or the original's form)."""
+def read_study_row(storage: Storage, study: StudyFile) -> tuple[StudyFile, dict]:
+    """Worker: read one metadata JSON file (valid DICOM JSON or the original's form).
+
+    Raises
+    ------
+    InvalidClinicalFile, NotDicomJson, StorageError
+        Reported against the file with their own reasons (the pool's ``item_failed``).
+    """
+    document = parse_json_document(storage.read(study.key))
     try:
-        row = metadata_row(parse_json_document(storage.read(study.key)))
-    except InvalidClinicalFile as exc:
-        return ReadOutcome(study, reason=Reason.INVALID_JSON, detail=str(exc))
+        return study, metadata_row(document)
     except TypeError as exc:
-        return ReadOutcome(study, reason=Reason.INVALID_JSON, detail=f"not DICOM JSON: {exc}")
-    except StorageError as exc:
-        return ReadOutcome(study, reason=Reason.READ_FAILED, detail=str(exc))
-    return ReadOutcome(study, row)
+        raise NotDicomJson(f"not DICOM JSON: {exc}") from None
 
 
-def study_row(report: RunReport, outcome: ReadOutcome) -> list[StudyRow]:
-    """The study table row of a read metadata file, with ``group`` and ``last_modified`` (or
-    nothing, reported). Without a PatientID the folder's name (the PatientID it was filed
-    under) is the ``Pseudonym``."""
-    study = outcome.item
-    if outcome.reason is not None:
-        report.skip(study.key, outcome.reason, outcome.detail)
-        return []
-    row = dict(outcome.value)
+def study_row(report: RunReport, read: tuple[StudyFile, dict]) -> list[StudyRow]:
+    """The study table row of a read metadata file, with ``group`` and ``last_modified``.
+    Without a PatientID the folder's name (the PatientID it was filed under) is the
+    ``Pseudonym``."""
+    study, found = read
+    row = dict(found)
     if not row.get("Pseudonym"):
         row["Pseudonym"] = study.pseudonym
     row["group"] = study.group
