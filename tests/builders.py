@@ -14,52 +14,6 @@ from warehouse.core.storage import DryRunStorage, Storage
 from warehouse.synthetic import build_dicom
 
 
-class DelegatingStorage(Storage):
-    """A store that hands every operation to ``inner``: the base of the tests' recording and
-    counting stores, which override what they watch."""
-
-    def __init__(self, inner: Storage):
-        self.inner = inner
-        self.url = inner.url
-        self.read_only = inner.read_only
-
-    def check_store(self):
-        self.inner.check_store()
-
-    def list(self, prefix):
-        return self.inner.list(prefix)
-
-    def list_folders(self, prefix):
-        return self.inner.list_folders(prefix)
-
-    def read(self, key):
-        return self.inner.read(key)
-
-    def read_range(self, key, start, end):
-        return self.inner.read_range(key, start, end)
-
-    def write(self, key, data, content_type="application/json"):
-        self.inner.write(key, data, content_type)
-
-    def copy(self, source_key, target_key, size=None):
-        self.inner.copy(source_key, target_key, size)
-
-    def processed(self):
-        return self.inner.processed()
-
-    def read_with_token(self, key):
-        return self.inner.read_with_token(key)
-
-    def write_if_absent(self, key, data):
-        return self.inner.write_if_absent(key, data)
-
-    def write_if_match(self, key, data, token):
-        return self.inner.write_if_match(key, data, token)
-
-    def delete_if_match(self, key, token):
-        return self.inner.delete_if_match(key, token)
-
-
 def uid(*parts) -> str:
     """A stable DICOM UID derived from ``parts``."""
     digest = int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:30], 16)

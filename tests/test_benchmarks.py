@@ -343,3 +343,14 @@ def test_hostile_files_are_what_they_claim(tmp_path, tiny_tree):
         parse_header(garbage[0].read_bytes()[: 64 * 1024])
     (huge,) = [p for p in folder.glob("data/*.json") if p.stat().st_size > MB]
     assert json_module.loads(huge.read_text())["SubmittingCentre"]
+
+
+def test_dicom_json_benchmark_converts_the_real_world_headers(capsys):
+    from benchmarks import dicom_json
+
+    files = dicom_json.real_headers()
+    assert len(files) > 80  # pydicom ships about 90 readable files
+    assert dicom_json.main(["--rounds", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{len(files)} real-world headers: header_json_dict ")
+    assert line.endswith("x)")

@@ -29,6 +29,7 @@ from warehouse.core.config import Settings
 from warehouse.core.dicom import header_json
 from warehouse.core.listing import SharedWarehouseIndex
 from warehouse.core.storage import (
+    DelegatingStorage,
     DryRunStorage,
     LocalStorage,
     S3Storage,
@@ -149,7 +150,7 @@ def set_dates(store: LocalStorage) -> None:
             os.utime(path, (stamp.timestamp(), stamp.timestamp()))
 
 
-class RecordingStorage(builders.DelegatingStorage):
+class RecordingStorage(DelegatingStorage):
     """A store that records reads, listings and writes (shared with its processed store)."""
 
     def __init__(self, inner: Storage, log: dict | None = None, fail_reads=(), fail_writes=()):

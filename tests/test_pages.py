@@ -22,7 +22,7 @@ from warehouse.core import report_page
 from warehouse.core import run as run_module
 from warehouse.core.config import parse_config
 from warehouse.core.report import Reason, RunReport
-from warehouse.core.storage import LocalStorage, StorageError
+from warehouse.core.storage import DelegatingStorage, LocalStorage, StorageError
 from warehouse.dashboard import figures, pages
 from warehouse.dashboard.batch import (
     Batch,
@@ -559,7 +559,7 @@ def test_read_page_inputs(tmp_path):
     inputs = read_page_inputs(store)
     assert inputs.config.training_percentage == 40 and inputs.loader_report == {"run_id": "r"}
 
-    class Failing(builders.DelegatingStorage):
+    class Failing(DelegatingStorage):
         def read(self, key):
             raise StorageError(f"cannot read {key}: simulated")
 
@@ -644,7 +644,7 @@ def test_publish_report_writes_the_page_beside_the_json(tmp_path, capsys):
 
 
 def test_a_page_that_cannot_be_written_costs_nothing_else(tmp_path, caplog):
-    class NoHtml(builders.DelegatingStorage):
+    class NoHtml(DelegatingStorage):
         def write(self, key, data, content_type="application/json"):
             if key.endswith(".html"):
                 raise StorageError(f"cannot write {key}: simulated")

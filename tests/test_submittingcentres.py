@@ -17,7 +17,7 @@ from tests import builders
 from tests.builders import clinical, image
 from warehouse import submittingcentres
 from warehouse.core.config import Settings
-from warehouse.core.storage import LocalStorage, S3Storage, Storage
+from warehouse.core.storage import DelegatingStorage, LocalStorage, S3Storage, Storage
 from warehouse.synthetic import SITES, generate_tree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def raw_tree() -> dict[str, bytes]:
     }
 
 
-class CountingStorage(builders.DelegatingStorage):
+class CountingStorage(DelegatingStorage):
     """Counts the reads of each key."""
 
     def __init__(self, inner: Storage):

@@ -21,7 +21,7 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image, uid
-from warehouse.core.storage import LocalStorage, S3Storage, Storage
+from warehouse.core.storage import DelegatingStorage, LocalStorage, S3Storage, Storage
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -254,7 +254,7 @@ def test_files_every_input_as_designed(store):
     assert state.report.counts["clinical files copied"] == 5
 
 
-class CountingStorage(builders.DelegatingStorage):
+class CountingStorage(DelegatingStorage):
     """Delegates to a store and counts requests by kind."""
 
     def __init__(self, inner: Storage):

@@ -41,7 +41,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from warehouse.core.errors import ExpectedError
-from warehouse.core.storage import ObjectNotFound, PreconditionFailed, Storage, StorageError
+from warehouse.core.storage import (
+    DelegatingStorage,
+    ObjectNotFound,
+    PreconditionFailed,
+    Storage,
+    StorageError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -529,33 +535,17 @@ class RunLease:
             self.stop()
 
 
-class LeasedStorage(Storage):
+class LeasedStorage(DelegatingStorage):
     """A store whose writes and copies first check that the run still holds its lease: a run
     that lost it stops writing (each write fails, naming why) instead of racing another run."""
 
     def __init__(self, inner: Storage, lease: RunLease):
-        self.inner = inner
+        super().__init__(inner)
         self.lease = lease
-        self.url = inner.url
-        self.read_only = inner.read_only
 
     def __getattr__(self, name):
+        # what only some stores have (the S3 store's probe): asked of the wrapped one
         return getattr(self.inner, name)
-
-    def list(self, prefix):
-        return self.inner.list(prefix)
-
-    def list_folders(self, prefix):
-        return self.inner.list_folders(prefix)
-
-    def read(self, key):
-        return self.inner.read(key)
-
-    def read_range(self, key, start, end):
-        return self.inner.read_range(key, start, end)
-
-    def check_store(self):
-        self.inner.check_store()
 
     def _check(self, key: str) -> None:
         lost = self.lease.lost
@@ -570,5 +560,10 @@ class LeasedStorage(Storage):
         self._check(target_key)
         self.inner.copy(source_key, target_key, size)
 
-    def processed(self):
-        return self.inner.processed()
+    def write_if_absent(self, key, data, content_type="application/json"):
+        self._check(key)
+        return self.inner.write_if_absent(key, data, content_type)
+
+    def write_if_match(self, key, data, token, content_type="application/json"):
+        self._check(key)
+        return self.inner.write_if_match(key, data, token, content_type)

@@ -34,16 +34,27 @@ def moment(text) -> str:
     return f"{stamp.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
-_TEMPLATES = Path(__file__).with_name("page_templates")
-_ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
-    autoescape=jinja2.select_autoescape(["html"]),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_ENVIRONMENT.filters["thousands"] = lambda n: f"{int(n):,}"
-_ENVIRONMENT.filters["moment"] = moment
+#: The page templates (the run report page here, the dashboard pages in `dashboard.pages`).
+TEMPLATES = Path(__file__).with_name("page_templates")
+
+
+def page_environment(**filters) -> jinja2.Environment:
+    """The templates' environment: HTML escaped, undefined names an error, and the filters
+    every page uses (``thousands``, ``moment``) plus ``filters``."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["thousands"] = lambda n: f"{int(n):,}"
+    environment.filters["moment"] = moment
+    environment.filters.update(filters)
+    return environment
+
+
+_ENVIRONMENT = page_environment()
 
 
 def page_key(json_key: str) -> str:

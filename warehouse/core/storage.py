@@ -909,21 +909,17 @@ def make_s3_client(workers: int = 32):
     return boto3.session.Session().client("s3", config=config)
 
 
-class DryRunStorage(Storage):
-    """Reads from the wrapped store; logs each write or copy it would make instead of making it.
-
-    A dry run takes no run lease: it is ``read_only``, so `RunLease` only reads the lease (and
-    warns when another run holds it); the conditional writes refuse with a `StorageError`
-    rather than pretend that a lease was taken.
-    """
-
-    read_only = True
+class DelegatingStorage(Storage):
+    """A store that hands every operation to ``inner``: the base of the stores that change
+    some of them (a dry run's writes, a leased run's writes, the tests' recording stores)."""
 
     def __init__(self, inner: Storage):
         self.inner = inner
         self.url = inner.url
-        self.intended_writes = 0
-        self._lock = threading.Lock()
+        self.read_only = inner.read_only
+
+    def check_store(self) -> None:
+        self.inner.check_store()
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)
@@ -936,6 +932,44 @@ class DryRunStorage(Storage):
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return self.inner.read_range(key, start, end)
+
+    def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
+        self.inner.write(key, data, content_type)
+
+    def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
+        self.inner.copy(source_key, target_key, size)
+
+    def processed(self) -> Storage:
+        return self.inner.processed()
+
+    def read_with_token(self, key: str) -> tuple[bytes, str]:
+        return self.inner.read_with_token(key)
+
+    def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        return self.inner.write_if_absent(key, data, content_type)
+
+    def write_if_match(
+        self, key: str, data: bytes, token: str, content_type: str = "application/json"
+    ) -> str:
+        return self.inner.write_if_match(key, data, token, content_type)
+
+    def delete_if_match(self, key: str, token: str) -> None:
+        self.inner.delete_if_match(key, token)
+
+
+class DryRunStorage(DelegatingStorage):
+    """Reads from the wrapped store; logs each write or copy it would make instead of making it.
+
+    A dry run takes no run lease: it is ``read_only``, so `RunLease` only reads the lease (and
+    warns when another run holds it); the conditional writes refuse with a `StorageError`
+    rather than pretend that a lease was taken.
+    """
+
+    def __init__(self, inner: Storage):
+        super().__init__(inner)
+        self.read_only = True
+        self.intended_writes = 0
+        self._lock = threading.Lock()
 
     def _intend(self, message: str) -> None:
         with self._lock:
@@ -950,12 +984,6 @@ class DryRunStorage(Storage):
 
     def processed(self) -> DryRunStorage:
         return DryRunStorage(self.inner.processed())
-
-    def check_store(self) -> None:
-        self.inner.check_store()
-
-    def read_with_token(self, key: str) -> tuple[bytes, str]:
-        return self.inner.read_with_token(key)
 
     def _refuse(self, key: str) -> StorageError:
         return StorageError(f"a dry run writes nothing, not even {self.url}/{key} (no lease)")

@@ -29,7 +29,7 @@ import pandas as pd
 import vl_convert
 
 from warehouse.core.config import PipelineConfig
-from warehouse.core.report_page import moment
+from warehouse.core.report_page import page_environment
 from warehouse.dashboard import figures
 from warehouse.dashboard.batch import PAGES
 
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 DASHBOARD_PAGE, PUBLIC_PAGE = PAGES["dashboard"], PAGES["public"]
 
-TEMPLATES = Path(__file__).parent.parent / "core" / "page_templates"
 GROUP_COLOURS = alt.Scale(domain=list(figures.GROUPS), range=["#1b6ca8", "#d9731f"])
 STATUS_COLOURS = alt.Scale(domain=["positive", "negative"], range=["#b5283c", "#6a9f58"])
 WIDTH = 640
@@ -148,20 +147,6 @@ def javascript_cache() -> Path:
     return Path(base) / "warehouse-loader" / f"vega-bundle-{versions}.js"
 
 
-def _environment() -> jinja2.Environment:
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.filters["thousands"] = lambda n: f"{int(n):,}"
-    environment.filters["bytes"] = human_bytes
-    environment.filters["moment"] = moment
-    return environment
-
-
 def human_bytes(size: int | float) -> str:
     """A byte count for people, in decimal units: ``0 B``, ``12.3 kB``, ``4.56 GB``."""
     size = float(size)
@@ -172,7 +157,7 @@ def human_bytes(size: int | float) -> str:
     raise AssertionError("unreachable")
 
 
-_ENVIRONMENT = _environment()
+_ENVIRONMENT = page_environment(bytes=human_bytes)
 
 
 def _data(name: str, records: list[dict]) -> alt.InlineData:
