@@ -394,6 +394,19 @@ def test_the_run_report_page_shows_what_was_refused_by_site_and_reason(chromium,
     assert sorted(keys) == sorted(p["key"] for p in report["problems"])
     filed = browser.values_by(chromium, "#filed [data-outcome]", "outcome")
     assert filed == report["counts"] and filed["images copied"] > 0
+    # What each site's uploads came to: its raw images now in the warehouse, counted apart.
+    by_site = browser.values_by(chromium, "#filed-by-prefix tr[data-prefix]", "prefix", "outcome")
+    root = warehouse["root"]
+    filed_names = {
+        path.name
+        for path in root.glob("*/*/*/*/*/*")
+        if path.parts[-6] in ("training", "validation") and not path.parts[-5].endswith("metadata")
+    }
+    for prefix in sorted({p for p, _ in by_site}):
+        raw_images = [path.name for path in (root / prefix).glob("*/images/*")]
+        filed_here = sum(1 for name in raw_images if name in filed_names)
+        assert by_site[(prefix, "images copied")] == filed_here, prefix
+    assert sum(n for (_, o), n in by_site.items() if o == "images copied") == filed["images copied"]
     header = chromium.execute_script("return document.querySelector('header').innerText")
     assert report["run_id"] in header and "The run completed." in header
 

@@ -89,6 +89,8 @@ def test_summary_names_a_fatal_problem():
 def test_as_dict():
     report = RunReport("warehouseloader")
     report.count("images filed")
+    report.count("images copied", prefix="raw-a")
+    report.count("images copied", 2, prefix="raw-b")
     report.skip("z.dcm", Reason.NOT_DICOM, "garbage")
     report.skip("a.dcm", Reason.UNSUPPORTED_MODALITY, "modality 'US' is not filed")
     report.skip("a.dcm", Reason.INVALID_HEADER)
@@ -102,6 +104,7 @@ def test_as_dict():
         "completed",
         "fatal",
         "counts",
+        "counts_by_prefix",
         "not_filed",
         "problems",
     }
@@ -111,7 +114,8 @@ def test_as_dict():
     assert RunReport("x", "shared-run").run_id == "shared-run"
     assert doc["completed"] is True
     assert doc["fatal"] is None
-    assert doc["counts"] == {"images filed": 1}
+    assert doc["counts"] == {"images filed": 1, "images copied": 3}
+    assert doc["counts_by_prefix"] == {"raw-a": {"images copied": 1}, "raw-b": {"images copied": 2}}
     assert doc["not_filed"] == {
         "invalid DICOM header": 1,
         "not a DICOM file": 1,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import jsonschema
 
 from warehouse.core.errors import ExpectedError
-from warehouse.core.keys import normalise_prefix
+from warehouse.core.keys import RAW_PREFIX_MARK, normalise_prefix
 from warehouse.core.storage import ObjectNotFound, StorageError
 
 CONFIG_KEY = "config.json"
@@ -689,7 +689,7 @@ def parse_config(data: bytes) -> PipelineConfig:
         clean = normalise_prefix(prefix)
         if _has_control_character(prefix):
             problems.append(f"raw prefix {_short(prefix)} contains a control character")
-        elif not clean.startswith("raw-") or "/" in clean or ".." in clean:
+        elif not clean.startswith(RAW_PREFIX_MARK) or "/" in clean or ".." in clean:
             problems.append(f"raw prefix {_short(prefix)} must be one folder named raw-<uploader>")
         elif clean not in prefixes:
             prefixes.append(clean)

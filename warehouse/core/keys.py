@@ -186,6 +186,21 @@ def upload_date_problem(
     return None
 
 
+#: How the name of every raw prefix starts (``raw-<site>``).
+RAW_PREFIX_MARK = "raw-"
+
+
+def top_folder(key: str) -> str:
+    """The first part of a key: the raw prefix (``raw-cambridge``) of a raw input."""
+    return key.split("/", 1)[0]
+
+
+def raw_prefix_of(key: str) -> str | None:
+    """The raw prefix a key lies under (``raw-...``), or None for any other key."""
+    first = top_folder(key)
+    return first if first.startswith(RAW_PREFIX_MARK) else None
+
+
 def normalise_prefix(prefix: str) -> str:
     """Return a raw prefix without leading or trailing slashes (``raw-x/`` -> ``raw-x``)."""
     return prefix.strip().strip("/")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from warehouse.core.keys import (
     GROUPS,
     IMAGE_FOLDERS,
+    RAW_PREFIX_MARK,
     RawKey,
     WarehouseKey,
     image_stem,
@@ -344,12 +345,12 @@ def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> R
     listing.unconfigured = sorted(
         folder.rstrip("/")
         for folder in root_folders
-        if folder.startswith("raw-") and folder.rstrip("/") not in configured
+        if folder.startswith(RAW_PREFIX_MARK) and folder.rstrip("/") not in configured
     )
     listing.links = [
         info.key
         for info in root_objects
-        if info.link and info.key.startswith("raw-") and info.key not in configured
+        if info.link and info.key.startswith(RAW_PREFIX_MARK) and info.key not in configured
     ]
     for info in storage.list_many([f"{p}/" for p in prefixes], workers):
         if info.link:  # a linked prefix, folder or file: reported, never followed

@@ -86,6 +86,8 @@ class RunReport:
         #: This run's identifier (shared by the processes of a sharded run).
         self.run_id = run_id or f"{self.started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
         self.counts: Counter[str] = Counter()
+        #: Raw prefix -> the counts of that prefix's inputs (what was filed, by site).
+        self.counts_by_prefix: dict[str, Counter[str]] = {}
         self.reasons: Counter[str] = Counter()
         self.problems: list[dict] = []
         self.fatal: str | None = None
@@ -96,10 +98,14 @@ class RunReport:
         self.listed = False
         self._lock = threading.Lock()
 
-    def count(self, outcome: str, n: int = 1) -> None:
-        """Count ``n`` inputs with ``outcome`` (e.g. ``images filed``, ``already filed``)."""
+    def count(self, outcome: str, n: int = 1, *, prefix: str | None = None) -> None:
+        """Count ``n`` inputs with ``outcome`` (e.g. ``images copied``, ``already filed``),
+        and under their raw ``prefix`` too when it is given (the report's ``counts_by_prefix``:
+        what each site's uploads came to)."""
         with self._lock:
             self.counts[outcome] += n
+            if prefix is not None:
+                self.counts_by_prefix.setdefault(prefix, Counter())[outcome] += n
 
     def skip(
         self,
@@ -181,6 +187,10 @@ class RunReport:
             "completed": self.completed,
             "fatal": self.fatal,
             "counts": dict(sorted(self.counts.items())),
+            "counts_by_prefix": {
+                prefix: dict(sorted(counts.items()))
+                for prefix, counts in sorted(self.counts_by_prefix.items())
+            },
             "not_filed": dict(sorted(self.reasons.items())),
             "problems": by_key,
         }

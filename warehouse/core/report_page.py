@@ -15,7 +15,16 @@ from pathlib import Path
 
 import jinja2
 
-__all__ = ["MAX_LISTED", "moment", "page_key", "prefix_of", "refused_by_prefix", "run_report_page"]
+from warehouse.core.keys import top_folder
+
+__all__ = [
+    "MAX_LISTED",
+    "filed_by_prefix",
+    "moment",
+    "page_key",
+    "refused_by_prefix",
+    "run_report_page",
+]
 
 #: Inputs not filed listed one by one on the page (the JSON report lists them all).
 MAX_LISTED = 5000
@@ -62,11 +71,6 @@ def page_key(json_key: str) -> str:
     return json_key.removesuffix(".json") + ".html"
 
 
-def prefix_of(key: str) -> str:
-    """The top folder of a key: the raw prefix (``raw-cambridge``) of a raw input."""
-    return key.split("/", 1)[0]
-
-
 def refused_by_prefix(report: Mapping) -> list[dict]:
     """The inputs not filed, counted by prefix and reason.
 
@@ -79,7 +83,7 @@ def refused_by_prefix(report: Mapping) -> list[dict]:
     counts: dict[str, Counter] = defaultdict(Counter)
     for problem in report.get("problems") or ():
         if isinstance(problem, Mapping):
-            counts[prefix_of(str(problem.get("key", "")))][str(problem.get("reason", ""))] += 1
+            counts[top_folder(str(problem.get("key", "")))][str(problem.get("reason", ""))] += 1
     return [
         {
             "prefix": prefix,
@@ -109,9 +113,9 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
     Returns
     -------
     str
-        One self-contained HTML document: the run, what it filed (``counts``), the inputs
-        not filed by prefix and reason, and each such input (key, reason, detail) by prefix,
-        at most :data:`MAX_LISTED`.
+        One self-contained HTML document: the run, what it filed (``counts``, and by prefix
+        from ``counts_by_prefix``), the inputs not filed by prefix and reason, and each such
+        input (key, reason, detail) by prefix, at most :data:`MAX_LISTED`.
     """
     problems = sorted(
         (p for p in report.get("problems") or () if isinstance(p, Mapping)),
@@ -119,7 +123,7 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
     )
     listed: dict[str, list[Mapping]] = defaultdict(list)
     for problem in problems[:MAX_LISTED]:
-        listed[prefix_of(str(problem.get("key", "")))].append(problem)
+        listed[top_folder(str(problem.get("key", "")))].append(problem)
     reasons = sorted(
         ((str(r), int(n)) for r, n in (report.get("not_filed") or {}).items()),
         key=lambda item: (-item[1], item[0]),
@@ -139,4 +143,16 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
         listed=sorted(listed.items()),
         total_problems=len(problems),
         max_listed=MAX_LISTED,
+        filed_by_prefix=filed_by_prefix(report),
     )
+
+
+def filed_by_prefix(report: Mapping) -> list[tuple[str, list[tuple[str, int]]]]:
+    """What each raw prefix's inputs came to (``counts_by_prefix``), sorted by prefix and
+    outcome: ``(prefix, [(outcome, count), ...])``."""
+    found = report.get("counts_by_prefix") or {}
+    return [
+        (str(prefix), sorted((str(k), int(v)) for k, v in counts.items()))
+        for prefix, counts in sorted(found.items())
+        if isinstance(counts, Mapping)
+    ]

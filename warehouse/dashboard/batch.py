@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from warehouse.dashboard.pages import PageInputs
 
 logger = logging.getLogger(__name__)
+#: What a dataprocess run says about its batch is said under the graph's name.
+run_logger = logging.getLogger("dataprocess")
 
 LATEST_KEY = "latest.csv"
 #: Tables in the order of ``latest.csv`` (a study table only when its modality has studies,
@@ -384,7 +386,7 @@ def publish_batch(
     report = state.report
     if unexpected_errors or not report.completed:
         report.fail(report.fatal or "some files could not be read; nothing was written")
-        logger.error("the run is incomplete: no tables written, latest.csv unchanged")
+        run_logger.error("the run is incomplete: no tables written, latest.csv unchanged")
         return
     store = storage.processed()
     state.processed_url = store.url
@@ -401,11 +403,11 @@ def publish_batch(
         )
         state.batch = batch.name
         for name, table in batch.tables.items():
-            logger.info("%s: %d rows", name, len(table))
+            run_logger.info("%s: %d rows", name, len(table))
         state.written = write_batch(store, batch, state.settings.workers)
     except ExpectedError as exc:
         report.fail(f"tables not written: {exc}")
-        logger.error("tables not written: %s", exc)
+        run_logger.error("tables not written: %s", exc)
     except Exception:  # noqa: BLE001 - a bug: logged with its traceback, the run fails
-        logger.exception("could not build or write the tables")
+        run_logger.exception("could not build or write the tables")
         report.fail("could not build or write the tables; see the log above")

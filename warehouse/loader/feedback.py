@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 
+from warehouse.core.keys import raw_prefix_of
 from warehouse.core.report import Reason, RunReport
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,6 @@ def feedback_key(prefix: str, name: str) -> str:
     return f"feedback/{prefix}/{name}"
 
 
-def prefix_of(key: str) -> str | None:
-    """The raw prefix (``raw-...``) a problem's key lies under, or None."""
-    first = key.split("/", 1)[0]
-    return first if first.startswith("raw-") else None
-
-
 def site_view(problem: dict) -> dict:
     """What a site may read of one problem: its key, reason and a detail that says nothing of
     other sites."""
@@ -55,7 +50,7 @@ def by_prefix(problems) -> dict[str, list[dict]]:
     """The site views of ``problems``, grouped by raw prefix and sorted by key."""
     grouped: dict[str, list[dict]] = {}
     for problem in problems:
-        prefix = prefix_of(problem.get("key", ""))
+        prefix = raw_prefix_of(problem.get("key", ""))
         if prefix is not None:
             grouped.setdefault(prefix, []).append(site_view(problem))
     for entries in grouped.values():

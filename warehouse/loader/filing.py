@@ -36,6 +36,7 @@ from warehouse.core.keys import (
     image_name_problem,
     image_targets,
     parse_warehouse_key,
+    raw_prefix_of,
 )
 from warehouse.core.lease import LeasedStorage, RunLease
 from warehouse.core.listing import WarehouseIndex
@@ -411,7 +412,7 @@ def file_image(
     if not state.index.filed(metadata_key):
         tasks.append(Task("metadata", task.key, None, metadata_key, header.dataset))
     if not tasks:
-        report.count("images already filed")
+        report.count("images already filed", prefix=raw.prefix)
     return tasks
 
 
@@ -461,10 +462,11 @@ def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
     if result.error:
         state.report.skip(task.key, Reason.WRITE_FAILED, f"{task.target}: {result.error}")
         return []
+    prefix = raw_prefix_of(task.key)  # the raw input's: what each site's uploads came to
     if task.action == "write":
-        state.report.count("metadata files written")
+        state.report.count("metadata files written", prefix=prefix)
     elif parse_warehouse_key(task.target).kind == "clinical":
-        state.report.count("clinical files copied")
+        state.report.count("clinical files copied", prefix=prefix)
     else:
-        state.report.count("images copied")
+        state.report.count("images copied", prefix=prefix)
     return [task]

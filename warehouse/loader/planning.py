@@ -142,7 +142,7 @@ def _report_filed_clinical(raw, size, index, source, report) -> None:
     file with the same target, or the source changed since (each reported, never copied)."""
     name = clinical_name(raw.clinical_kind, raw.upload_date)
     if source == raw.key or index.clinical_stamp(raw.pseudonym, name) is None:
-        report.count("clinical files already filed")
+        report.count("clinical files already filed", prefix=raw.prefix)
         return
     target = clinical_target(
         index.groups.get(raw.pseudonym, "?"), raw.pseudonym, raw.clinical_kind, raw.upload_date
@@ -160,7 +160,7 @@ def _report_filed_image(raw: RawKey, size: int, index: WarehouseIndex, report: R
         if changed_since_filed(pack_stamp(size, raw.modified), filed):
             report.skip(raw.key, Reason.RAW_CHANGED, _changed(size, raw, f"an image {raw.name}"))
             return
-    report.count("images already filed")
+    report.count("images already filed", prefix=raw.prefix)
 
 
 def _changed(size: int, raw: RawKey, target: str) -> str:
