@@ -918,7 +918,7 @@ def _parser() -> argparse.ArgumentParser:
   local loader / local floor throughput         >= 0.7
   peak memory at 8,000 images                   < 300 MB, growing far slower than images
 
-The default run takes about 5 minutes on 2 cores; --quick about 40 s.
+The default run takes about 5 minutes on 2 cores; --quick about 50 s.
 Everything runs on 127.0.0.1 with fake AWS credentials.""",
     )
     parser.add_argument("--patients", type=int, help="patients of the main tree (default 800)")
