@@ -140,22 +140,58 @@ def test_prefix_sites_limit_what_each_prefix_sends_and_several_accounts_work(sto
 # 2. two runs at once
 
 
-def _two_loaders(env) -> list[subprocess.CompletedProcess]:
+_GATE_HOOK = """
+import os
+import time
+
+import warehouse.loader.planning as planning
+
+_run_inputs = planning.run_inputs
+
+
+def run_inputs(*args, **kwargs):
+    # Hold the run (and its lease) before it lists anything, until the test opens the gate.
+    while not os.path.exists(os.environ["WAREHOUSE_TEST_GATE"]):
+        time.sleep(0.01)
+    return _run_inputs(*args, **kwargs)
+
+
+planning.run_inputs = run_inputs
+"""
+
+
+def _two_loaders(env, tmp_path, lease_taken) -> list[subprocess.CompletedProcess]:
+    """Two loaders on one warehouse, the second started while the first holds the lease.
+
+    The first is held (a ``sitecustomize`` hook) after it took the lease and before it lists,
+    until the second has ended: the order does not depend on how fast either starts.
+    """
+    hook, gate = tmp_path / "gate-hook", tmp_path / "gate"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_GATE_HOOK)
     command = [str(builders.BIN / "python"), "-m", "warehouse.warehouseloader"]
-    runs = [
-        subprocess.Popen(
-            command,
-            cwd=builders.REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    path = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    held = dict(env, PYTHONPATH=path, WAREHOUSE_TEST_GATE=str(gate))
+    first = subprocess.Popen(
+        command,
+        cwd=builders.REPO,
+        env=held,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60  # a guard against a hang, not a speed target
+        while not lease_taken() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lease_taken(), "the first loader never took the lease"
+        second = subprocess.run(
+            command, cwd=builders.REPO, env=env, capture_output=True, text=True, timeout=120
         )
-        for _ in range(2)
-    ]
-    return [
-        subprocess.CompletedProcess(run.args, run.wait(120), *run.communicate()) for run in runs
-    ]
+    finally:
+        gate.touch()
+    out, err = first.communicate(timeout=120)
+    return [subprocess.CompletedProcess(first.args, first.returncode, out, err), second]
 
 
 def _upload_tree() -> dict[str, bytes]:
@@ -173,11 +209,12 @@ def test_two_loaders_on_a_local_directory_one_exits_3(tmp_path):
     for copy in ("bucket", "reference"):
         (tmp_path / copy).mkdir()
         builders.put_tree(LocalStorage(tmp_path / copy), _upload_tree())
-    first, second = _two_loaders(builders.graph_env(WAREHOUSE_BUCKET=f"file://{tmp_path}/bucket"))
-    codes = sorted([first.returncode, second.returncode])
-    assert codes == [0, 3], (first.stderr, second.stderr)
-    loser = first if first.returncode == 3 else second
-    assert "another run holds the warehouse since" in loser.stderr
+    lock = tmp_path / "bucket" / "locks" / "warehouseloader.json"
+    first, second = _two_loaders(
+        builders.graph_env(WAREHOUSE_BUCKET=f"file://{tmp_path}/bucket"), tmp_path, lock.exists
+    )
+    assert (first.returncode, second.returncode) == (0, 3), (first.stderr, second.stderr)
+    assert "another run holds the warehouse since" in second.stderr
     reference = builders.python_m(
         "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{tmp_path}/reference")
     )
@@ -192,8 +229,13 @@ def test_two_loaders_on_s3_one_exits_3(s3_bucket, s3_endpoint, tmp_path):
     store = S3Storage(s3_bucket)
     builders.put_tree(store, _upload_tree())
     env = builders.graph_env(WAREHOUSE_BUCKET=s3_bucket)
-    first, second = _two_loaders(env)
-    assert sorted([first.returncode, second.returncode]) == [0, 3], (first.stderr, second.stderr)
+
+    def lease_taken() -> bool:
+        return "locks/warehouseloader.json" in {i.key for i in store.list("locks/")}
+
+    first, second = _two_loaders(env, tmp_path, lease_taken)
+    assert (first.returncode, second.returncode) == (0, 3), (first.stderr, second.stderr)
+    assert "another run holds the warehouse since" in second.stderr
     (tmp_path / "reference").mkdir()
     reference = LocalStorage(tmp_path / "reference")
     builders.put_tree(reference, _upload_tree())

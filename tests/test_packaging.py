@@ -156,7 +156,11 @@ def _make_venv(root: Path, work: Path, wheel: Path, *, setuptools: bool) -> Venv
         ours = shown
     (site / "zz_test_environment.pth").write_text(f"{ours}\n")
     env = Venv(root, wheel=wheel, work=work)
-    env.pip("install", "-q", "--no-compile", "--no-deps", "--no-index", str(wheel))
+    # --ignore-installed: the test environment seen after the venv's own packages may hold the
+    # project too (tox installs it editable there); the wheel must land in the venv anyway.
+    env.pip(
+        "install", "-q", "--no-compile", "--no-deps", "--no-index", "--ignore-installed", str(wheel)
+    )  # fmt: skip
     if not setuptools:  # (the newest setuptools is, on purpose, not what the wheel declares)
         env.pip("check")  # the wheel's declared dependencies are all there, compatible
     return env
@@ -227,6 +231,7 @@ def test_the_venv_imports_the_installed_package_not_the_sources(venv):
         "-c",
         "import warehouse, infrastructure.create as c; print(warehouse.__file__, c.TEMPLATE)",
     )
+    assert result.returncode == 0, result.stderr
     location, template = map(Path, result.stdout.split())
     assert location.is_relative_to(venv.root), location
     assert template.is_relative_to(venv.root) and template.is_file(), template
