@@ -29,6 +29,7 @@ from warehouse.core.errors import ExpectedError
 from warehouse.core.listing import index_warehouse, list_raw
 from warehouse.core.patients import PatientGroups
 from warehouse.core.storage import Storage
+from warehouse.loader import runs
 from warehouse.loader.filing import (
     FiledCentres,
     LoaderState,
@@ -43,7 +44,6 @@ from warehouse.loader.filing import (
     write_object,
 )
 from warehouse.loader.memo import load_previous_problems, memo_of, refused_claims
-from warehouse.loader.planning import plan_inputs
 
 logger = logging.getLogger("warehouseloader")
 
@@ -74,15 +74,19 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
     report, workers = state.report, state.settings.workers
     try:
         # The two sides are independent: list them at the same time.
-        with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
+        with ThreadPoolExecutor(4, thread_name_prefix="listing") as pool:
             warehouse_side = pool.submit(index_warehouse, storage, workers)
             raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
             last_run = pool.submit(load_previous_problems, storage, GRAPH_NAME)
+            clinical_phase = pool.submit(runs.load_handoff, storage, state.settings, GRAPH_NAME)
             index, listing = warehouse_side.result(), raw_side.result()
+            handoff = clinical_phase.result()
             state.previous_problems = last_run.result()
             memo = memo_of(state.previous_problems)
     except ExpectedError as exc:
         state.report.fail(str(exc))
+        if isinstance(exc, runs.ClinicalPhaseMissing):
+            state.report.config_problem = True
         raise
     report.listed = True
     state.index = index
@@ -98,7 +102,7 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
         index.objects,
         len(index.groups),
     )
-    clinical, images = plan_inputs(listing, index, memo, state.config, state.settings, report)
+    clinical, images = runs.plan(state, listing, index, memo, handoff)
     state.progress.plan(len(clinical), len(images))
     for raw, size in clinical:
         yield (Task("clinical", raw.key, size, None, raw),)
@@ -201,13 +205,16 @@ def finish_run(services, context) -> int:
     if state.header_requests:
         report.count("header read requests", state.header_requests)
     state.count_lease_requests()
-    if report.listed and not state.settings.dry_run:
-        state.publish_feedback(storage)
+    if report.listed and not state.settings.dry_run and state.part is None:
+        state.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
     summary = report.summary()
     if state.settings.dry_run:
         summary += "\n  (dry run: nothing was written)"
-    summary += execution.publish_report(storage, report, state.settings.dry_run)
-    state.release_lease()
+    if state.part is None:
+        summary += execution.publish_report(storage, report, state.settings.dry_run)
+        state.release_lease()
+    else:
+        summary += runs.end_part(storage, state, GRAPH_NAME)
     state.exit_code = execution.exit_code(report)
     summary += f"\n  run id: {report.run_id}"
     execution.emit_summary(summary, report, state.exit_code)

@@ -50,6 +50,7 @@ from warehouse.core.report import Reason
 from warehouse.core.storage import Storage, StorageError
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
+from warehouse.loader.shards import RunPart, part_of
 
 logger = logging.getLogger("warehouseloader")
 
@@ -136,8 +137,16 @@ class LoaderState(RunState):
     #: The last run's problems (its report), to write only the feedback that changed.
     previous_problems: list[dict] | None = None
     progress: Progress = field(default_factory=Progress)
+    #: The part of a sharded run this process makes (`shards.part_of` its settings), or None.
+    part: RunPart | None = None
+    #: Pseudonyms of the clinical files this run reads (the clinical phase hands them over).
+    new_patients: set[str] = field(default_factory=set)
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        if self.part is None:
+            self.part = part_of(self.settings)
 
     def count_header_read(self, requests: int, size: int) -> None:
         """Add one header read's requests and bytes to the run's totals."""
@@ -181,12 +190,18 @@ class LoaderState(RunState):
         """Count what the lease cost, its release (one DELETE, made once the report is
         written) included."""
         if self.lease is not None and not self.settings.dry_run:
-            self.report.count("run lease requests", self.lease.request_count + 1)
+            release = 0 if self.part is not None else 1
+            self.report.count("run lease requests", self.lease.request_count + release)
 
     def release_lease(self) -> None:
-        """Give the lease back, once the report is written."""
+        """Give the lease back, once the report is written; a part of a sharded run only
+        stops renewing it (the run's lease outlives its parts: `runs.finish_run` releases
+        it)."""
         if self.lease is not None:
-            self.lease.release()
+            if self.part is None:
+                self.lease.release()
+            else:
+                self.lease.stop()
             self.lease = None
 
     def close(self) -> None:
@@ -245,6 +260,17 @@ class FiledCentres:
         with self._lock:
             self._known[pseudonym] = centre
         return centre
+
+    def known(self) -> dict[str, str | None]:
+        """The centres read so far, by pseudonym (None: none could be read)."""
+        with self._lock:
+            return dict(self._known)
+
+    def seed(self, centres: dict[str, str | None]) -> None:
+        """Take centres another process of the run read (the clinical phase's hand-off)."""
+        with self._lock:
+            for pseudonym, centre in centres.items():
+                self._known.setdefault(pseudonym, centre)
 
 
 def read_clinical(

@@ -23,6 +23,7 @@ from warehouse.core.listing import (
 )
 from warehouse.core.report import Reason, RunReport
 from warehouse.loader.memo import known_problem
+from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
 
 
 def stamp(raw: RawKey, size: int) -> tuple[int, str]:
@@ -54,8 +55,15 @@ def plan_inputs(
     config: PipelineConfig,
     settings,
     report: RunReport,
+    *,
+    part: RunPart | None = None,
+    new_patients: set[str] | None = None,
 ) -> tuple[list[tuple[RawKey, int]], list[tuple[RawKey, int]]]:
     """The clinical files to read, in upload order, and the images to read, in key order.
+
+    A part of a sharded run plans its own share (`warehouse.loader.shards`): the clinical
+    phase reports the listing and plans the clinical files, no image; an image shard plans
+    (and reports) only the images it owns, after the clinical phase.
 
     Parameters
     ----------
@@ -69,13 +77,18 @@ def plan_inputs(
         This run's settings (size limits).
     report : RunReport
         Where what needs no reading is reported.
+    part : RunPart, optional
+        The part of a sharded run this process makes (None: the whole run).
+    new_patients : set of str, optional
+        For an image shard: the pseudonyms of the clinical files its clinical phase read.
 
     Returns
     -------
     tuple
         ``(clinical, images)``: ``(RawKey, size)`` pairs.
     """
-    report_listing(listing, index, report)
+    if part is None or part.phase == CLINICAL_PHASE:
+        report_listing(listing, index, report)
 
     def known_unfiled(raw: RawKey, size: int, new_patients: set[str]) -> bool:
         problem = known_problem(memo, raw, size, config, index, new_patients, settings)
@@ -83,7 +96,11 @@ def plan_inputs(
             report.skip_again(problem)
         return problem is not None
 
-    clinical = []
+    clinical: list[tuple[RawKey, int]] = []
+    if part is not None and part.phase == IMAGE_PHASE:
+        return clinical, _plan_images(
+            listing, index, set(new_patients or ()), report, part, known_unfiled
+        )
     filed_sources = _filed_clinical_sources(listing, index)
     for raw, size in listing.clinical:
         target = (raw.pseudonym, clinical_name(raw.clinical_kind, raw.upload_date))
@@ -100,16 +117,25 @@ def plan_inputs(
             )
         elif not known_unfiled(raw, size, set()):
             clinical.append((raw, size))
+    if part is not None:  # the clinical phase files no image
+        return clinical, []
     new_patients = {raw.pseudonym for raw, _ in clinical}
+    return clinical, _plan_images(listing, index, new_patients, report, None, known_unfiled)
 
+
+def _plan_images(listing, index, new_patients, report, part, known_unfiled) -> list:
+    """The images to read (those ``part`` owns, when it is a shard), reporting the others
+    that need no reading."""
     images = []
     for item, (_, pending) in zip(listing.images, pending_images(listing, index), strict=True):
         raw, size = item
+        if part is not None and not part.owns(raw.name):
+            continue
         if pending is None:
             _report_filed_image(raw, size, index, report)
         elif not known_unfiled(raw, size, new_patients):
             images.append(item)  # the listing's own pair: no new object per image
-    return clinical, images
+    return images
 
 
 def _filed_clinical_sources(listing: RawListing, index: WarehouseIndex) -> dict:
