@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import bonobo
 from bonobo.config import use
 
-from warehouse.components import execution
+from warehouse.components import execution, processes
 from warehouse.core.config import (
     CONFIG_KEY,
     Settings,
@@ -242,7 +242,11 @@ exit codes: 0 run completed (per-file problems are reported, not failures);
 
 
 def main(argv=None) -> int | None:
-    """Command line entry point (``python -m warehouse.warehouseloader``)."""
+    """Command line entry point (``python -m warehouse.warehouseloader``); with
+    ``WAREHOUSE_PROCESSES`` above 1, a sharded run in processes of this machine."""
+    code = processes.run_if_many_processes(command_parser, argv)
+    if code is not None:
+        return code
     return execution.main(sys.modules[__name__], argv)
 
 
