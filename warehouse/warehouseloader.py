@@ -74,19 +74,15 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
     report, workers = state.report, state.settings.workers
     try:
         # The two sides are independent: list them at the same time.
-        with ThreadPoolExecutor(4, thread_name_prefix="listing") as pool:
+        with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
             warehouse_side = pool.submit(index_warehouse, storage, workers)
             raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
             last_run = pool.submit(load_previous_problems, storage, GRAPH_NAME)
-            clinical_phase = pool.submit(runs.load_handoff, storage, state.settings, GRAPH_NAME)
             index, listing = warehouse_side.result(), raw_side.result()
-            handoff = clinical_phase.result()
             state.previous_problems = last_run.result()
             memo = memo_of(state.previous_problems)
     except ExpectedError as exc:
         state.report.fail(str(exc))
-        if isinstance(exc, runs.ClinicalPhaseMissing):
-            state.report.config_problem = True
         raise
     report.listed = True
     state.index = index
@@ -102,7 +98,7 @@ def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderSta
         index.objects,
         len(index.groups),
     )
-    clinical, images = runs.plan(state, listing, index, memo, handoff)
+    clinical, images = runs.plan(state, listing, index, memo, state.handoff)
     state.progress.plan(len(clinical), len(images))
     for raw, size in clinical:
         yield (Task("clinical", raw.key, size, None, raw),)

@@ -50,7 +50,7 @@ from warehouse.core.report import Reason
 from warehouse.core.storage import Storage, StorageError
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
-from warehouse.loader.shards import RunPart, part_of
+from warehouse.loader.shards import Handoff, RunPart, part_of
 
 logger = logging.getLogger("warehouseloader")
 
@@ -141,6 +141,8 @@ class LoaderState(RunState):
     part: RunPart | None = None
     #: Pseudonyms of the clinical files this run reads (the clinical phase hands them over).
     new_patients: set[str] = field(default_factory=set)
+    #: For an image shard: what its run's clinical phase handed over.
+    handoff: Handoff | None = None
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -163,7 +165,14 @@ class LoaderState(RunState):
         ------
         LeaseHeld
             When another run holds the warehouse (exit code 3).
+        ClinicalPhaseMissing
+            When this image shard's clinical phase did not hand over (exit code 2; checked
+            first, so that is what the shard says).
         """
+        if self.part is not None and self.part.shard is not None:
+            from warehouse.loader.runs import load_handoff
+
+            self.handoff = load_handoff(storage, self.settings, self.report.graph)
         lease = RunLease(
             storage, self.report.run_id, on_lost=lambda exc: self.report.fail(str(exc))
         )

@@ -156,8 +156,9 @@ def end_part(storage: Storage, state, graph: str) -> str:
     part, report = state.part, state.report
     key = part_key(graph, report.run_id, part)
     lines = ""
+    data = part_report(state)
     try:
-        storage.write(key, json.dumps(part_report(state), indent=2).encode("utf-8"))
+        storage.write(key, json.dumps(data, indent=2).encode("utf-8"))
         lines += f"\n  {part.label} report: {storage.url}/{key}"
     except ExpectedError as exc:
         logger.error("could not write the %s report: %s", part.label, exc)
@@ -165,6 +166,12 @@ def end_part(storage: Storage, state, graph: str) -> str:
         return lines
     finally:
         state.release_lease()
+    if part.phase == CLINICAL_PHASE and part.finishes and "handoff" not in data:
+        # no shard can start: the run ends here (and the next one need not wait for expiry)
+        try:
+            release_run_lease(storage, report.run_id)
+        except ExpectedError as exc:
+            logger.error("could not release the run lease: %s", exc)
     if part.phase == IMAGE_PHASE and part.finishes:
         try:
             ended = finish_run(storage, graph, report.run_id, part.shard[1], force=False)
