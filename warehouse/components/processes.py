@@ -75,14 +75,29 @@ class PrefixedLines(io.TextIOBase):
             data = data[os.write(self._fd, data) :]
 
 
-def run_part(settings: Settings, label: str) -> None:
+def run_part(settings: Settings, label: str, go=None) -> None:
     """A part's process (``spawn`` target): run the loader graph for ``settings``'s part and
-    exit with its code."""
+    exit with its code.
+
+    With ``go`` (the receiving end of a pipe), the process starts up (imports) at once, then
+    waits for the word: True to run, False to exit without running (the shards start during
+    the clinical phase, which then needs not wait for their interpreters).
+    """
     streams = []
     if settings.log_format != "json":
         streams = [PrefixedLines(1, f"[{label}] "), PrefixedLines(2, f"[{label}] ")]
         sys.stdout, sys.stderr = streams
     from warehouse import warehouseloader as loader
+
+    if go is not None:
+        try:
+            started = go.recv()
+        except EOFError:  # the starting process is gone
+            started = False
+        if not started:
+            for stream in streams:
+                stream.close()
+            sys.exit(execution.EXIT_OK)
 
     def services() -> dict:
         built = loader.get_services(settings=settings)
@@ -115,9 +130,9 @@ def part_exit_code(process) -> tuple[int, str]:
     return code, f"exit code {code}"
 
 
-def _start(context, settings: Settings, part: RunPart):
+def _start(context, settings: Settings, part: RunPart, go=None):
     process = context.Process(
-        target=run_part, args=(settings, part.label), name=part.label.replace(" ", "-")
+        target=run_part, args=(settings, part.label, go), name=part.label.replace(" ", "-")
     )
     process.start()
     return process
@@ -151,17 +166,32 @@ def run_processes(settings: Settings) -> int:
         logger.info("run %s: the clinical phase, then %d shards in processes", run_id, count)
         clinical = RunPart(CLINICAL_PHASE)
         process = _start(context, replace(settings, phase=CLINICAL_PHASE, run_id=run_id), clinical)
+        # the shards' interpreters start meanwhile, and wait for the clinical phase's end
+        shards, words = {}, []
+        for index in range(count):
+            part = RunPart(IMAGE_PHASE, (index, count))
+            part_settings = replace(
+                settings, phase=IMAGE_PHASE, shard=(index, count), processes=1, run_id=run_id
+            )
+            waiting, word = context.Pipe(duplex=False)
+            started = _start(context, part_settings, part, waiting)
+            waiting.close()
+            shards[started.sentinel] = (part, started)
+            words.append(word)
         process.join()
         outcomes.append((clinical.label, *part_exit_code(process)))
-        if _clinical_phase_handed_over(storage, settings, run_id, outcomes[-1][1]):
-            shards = {}
-            for index in range(count):
-                part = RunPart(IMAGE_PHASE, (index, count))
-                part_settings = replace(
-                    settings, phase=IMAGE_PHASE, shard=(index, count), processes=1, run_id=run_id
-                )
-                started = _start(context, part_settings, part)
-                shards[started.sentinel] = (part, started)
+        handed_over = _clinical_phase_handed_over(storage, settings, run_id, outcomes[-1][1])
+        for word in words:
+            try:
+                word.send(handed_over)
+            except OSError:  # that shard ended already (its exit code tells)
+                pass
+            finally:
+                word.close()
+        if not handed_over:
+            for _, waiting_process in shards.values():
+                waiting_process.join()
+        else:
             pending = set(shards)
             while pending:
                 for sentinel in wait(list(pending)):
