@@ -230,6 +230,10 @@ def command_parser():
         "Load raw uploads (clinical JSON, DICOM) into the training/validation warehouse of "
         "WAREHOUSE_BUCKET.",
         """  DRY_RUN            true/false: run everything, write nothing (default false)
+  WAREHOUSE_PROCESSES  P or auto: a sharded run on this machine, the clinical phase then
+                     P shard processes (default 1)
+  WAREHOUSE_PHASE, WAREHOUSE_SHARD=i/N, WAREHOUSE_SHARDS=N (with AWS_BATCH_JOB_ARRAY_INDEX),
+  WAREHOUSE_RUN_ID   one part of a sharded run: its clinical phase, or shard i of N
 
 exit codes: 0 run completed (per-file problems are reported, not failures);
   1 some reads or writes failed (rerun to finish); 2 bad settings, config.json or a missing
