@@ -487,3 +487,40 @@ def test_a_failed_shard_leaves_work_the_next_run_finishes(tmp_path):
     assert LEASE_KEY not in builders.snapshot(sharded)  # the last part ended the run
     assert builders.run_loader(sharded, workers=4)[0] == 0
     assert builders.snapshot(sharded) == builders.snapshot(reference)
+
+
+def test_sigterm_stops_every_part_and_gives_the_lease_back(tmp_path):
+    """ECS stops a task with SIGTERM: the command stops its parts, releases the lease and
+    exits 143; the next run finishes the work."""
+    files = _tree(tmp_path)
+    sharded, reference, bucket = _local_pair(tmp_path, files)
+    process = _loader(_env(bucket, WAREHOUSE_PROCESSES="2", WAREHOUSE_WORKERS="1"))
+    parent = psutil.Process(process.pid)
+    deadline = time.monotonic() + 90
+    while not [k for k in builders.snapshot(sharded) if k.startswith("training/xray/")]:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    children = _shard_processes(parent)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert not [child for child in children if child.is_running() and child.status() != "zombie"]
+    assert LEASE_KEY not in builders.snapshot(sharded)
+    assert builders.run_loader(sharded, workers=8)[0] == 0
+    assert builders.snapshot(sharded) == builders.snapshot(reference)
+
+
+def test_prefixed_lines_write_whole_lines_with_their_prefix(tmp_path):
+    from warehouse.components.processes import PrefixedLines
+
+    path = tmp_path / "out.txt"
+    with open(path, "wb") as handle:
+        stream = PrefixedLines(handle.fileno(), "[shard 0/2] ")
+        stream.write("- process_image in=1")
+        stream.write(" [done]\nsecond\nthird, unfinished")
+        assert not stream.isatty()
+        stream.close()
+    assert path.read_text() == (
+        "[shard 0/2] - process_image in=1 [done]\n[shard 0/2] second\n"
+        "[shard 0/2] third, unfinished\n"
+    )

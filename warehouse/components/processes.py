@@ -162,6 +162,7 @@ def run_processes(settings: Settings) -> int:
     lease.start_renewing()
     context = multiprocessing.get_context("spawn")
     outcomes: list[tuple[str, int, str]] = []
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         logger.info("run %s: the clinical phase, then %d shards in processes", run_id, count)
         clinical = RunPart(CLINICAL_PHASE)
@@ -204,7 +205,17 @@ def run_processes(settings: Settings) -> int:
             outcomes[1:] = sorted(outcomes[1:], key=lambda outcome: outcome[0])
         return _end(storage, settings, run_id, count, outcomes)
     finally:
+        signal.signal(signal.SIGTERM, previous)
+        for child in multiprocessing.active_children():  # only when stopped: SIGTERM, Ctrl-C
+            logger.warning("stopping %s", child.name)
+            child.terminate()
+            child.join()
         lease.release()
+
+
+def _stop_on_sigterm(signum, frame):
+    """SIGTERM (ECS stopping the task): stop the parts too, give the lease back, exit 143."""
+    raise SystemExit(128 + signum)
 
 
 def _clinical_phase_handed_over(storage, settings, run_id: str, code: int) -> bool:
