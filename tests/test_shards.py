@@ -221,6 +221,8 @@ def check_same_run(sharded, reference, count: int):
     report = json.loads(sharded.read("reports/warehouseloader/latest.json"))
     single = json.loads(reference.read("reports/warehouseloader/latest.json"))
     assert report["completed"] and report["shards"] == count
+    pages = [i.key for i in sharded.list("reports/warehouseloader/") if i.key.endswith(".html")]
+    assert len(pages) == 1 and "/runs/" not in pages[0]  # the run's page, of the whole run
     assert len(report["parts"]) == count + 1
     keys = [(p["key"], p["reason"]) for p in report["problems"]]
     assert len(keys) == len(set(keys))  # each input reported once
