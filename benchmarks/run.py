@@ -46,6 +46,8 @@ GROUP_PREFIXES = ("training/", "validation/")
 #: The loader's default ``WAREHOUSE_WORKERS``.
 LOADER_DEFAULT_WORKERS = DEFAULT_WORKERS
 SEED_WORKERS = 16
+#: Shards of the sharded S3 run (the issue's request figure is for 4).
+SHARDS = 4
 TIME_BUDGET_SECONDS = 600.0
 
 #: Targets (the issue): name -> (comparison, bound).
@@ -56,6 +58,8 @@ TARGETS = {
     "rerun_time_vs_listing": ("<=", 1.10),
     "rerun_requests_vs_listing": ("<=", 1.10),
     "local_vs_floor": (">=", 0.7),
+    "local_two_processes_speedup": (">=", 1.6),
+    "sharded_extra_requests_per_image": ("<=", 0.05),
     "peak_memory_mb": ("<", 300.0),
     "local_peak_memory_mb": ("<", 300.0),
     "memory_growth_vs_images": ("<=", 0.25),
@@ -213,6 +217,27 @@ class _PeakMemory:
         return self.peak_kb / 1024.0
 
 
+_BURN = "x = 0\nfor i in range(8_000_000):\n    x += i\n"
+
+
+def parallel_ceiling(rounds: int = 3) -> float:
+    """How much faster this machine runs two CPU-bound Python processes than one, now: the
+    best of ``rounds`` (1.0 when a second core does nothing, 2.0 when it is free). Measured
+    beside the two-process loader run, whose speed-up it bounds."""
+    best = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _BURN], check=True)
+        one = time.perf_counter() - started
+        started = time.perf_counter()
+        pair = [subprocess.Popen([sys.executable, "-c", _BURN]) for _ in range(2)]
+        for process in pair:
+            process.wait()
+        two = time.perf_counter() - started
+        best = max(best, 2 * one / two)
+    return round(best, 2)
+
+
 def run_process(command: list[str], env: dict, log_path: Path) -> ProcessRun:
     """Run a command to its end: wall time, peak RSS (polled every 50 ms: the high-water
     mark, so only growth in the last 50 ms could be missed) and CPU time (``os.wait4``).
@@ -319,9 +344,11 @@ def s3_report(endpoint: str, bucket: str) -> dict:
     """The newest loader run report in a bucket (read directly from moto)."""
     client = floor_clients.make_client(1, endpoint)
     listed = client.list_objects_v2(Bucket=bucket, Prefix=REPORT_PREFIX).get("Contents", [])
-    if not listed:
+    # the run's report: latest.json (a sharded run's parts are under runs/, not newer)
+    keys = {item["Key"] for item in listed if "/" not in item["Key"][len(REPORT_PREFIX) :]}
+    if not keys:
         return {}
-    newest = max(item["Key"] for item in listed)
+    newest = REPORT_PREFIX + "latest.json" if REPORT_PREFIX + "latest.json" in keys else max(keys)
     return json.loads(client.get_object(Bucket=bucket, Key=newest)["Body"].read())
 
 
@@ -408,15 +435,26 @@ class Harness:
             env["WAREHOUSE_WORKERS"] = str(self.args.workers)
         return env
 
-    def run_loader(self, bucket: str, tree: Tree, name: str, workers: int | None = None):
-        """Run the loader on ``bucket``; its figures, with the proxy's counts on S3."""
+    def run_loader(
+        self,
+        bucket: str,
+        tree: Tree,
+        name: str,
+        workers: int | None = None,
+        processes: int = 1,
+    ):
+        """Run the loader on ``bucket`` (``processes``: ``WAREHOUSE_PROCESSES``); its figures,
+        with the proxy's counts on S3. Its CPU time includes its shard processes'."""
         local = bucket.startswith("file://")
         if not local:
             reset_counts(self.proxy.url)
         meter = self.cpu_meter()
+        env = self.loader_env(bucket, workers)
+        if processes > 1:
+            env["WAREHOUSE_PROCESSES"] = str(processes)
         process = run_process(
             [sys.executable, "-m", "warehouse.warehouseloader"],
-            self.loader_env(bucket, workers),
+            env,
             self.workdir / f"{name}.log",
         )
         cpu = meter.stop(process.cpu_seconds, process.seconds)
@@ -499,6 +537,7 @@ class Harness:
             ("bench-loader", self.main_tree),
             ("bench-floor", self.main_tree),
             ("bench-serial", self.serial_tree),
+            ("bench-sharded", self.main_tree),
         ]
         plan += [
             (f"bench-memory-{size}", tree)
@@ -594,6 +633,20 @@ class Harness:
         }
         self.phase("rerun", started)
 
+    def s3_sharded(self) -> None:
+        """The loader with ``WAREHOUSE_PROCESSES`` = `SHARDS` on a copy of the main tree: a
+        clinical phase, then that many shard processes; its requests per raw image against the
+        one-process run's."""
+        started = time.monotonic()
+        log(f"sharded loader on S3 ({SHARDS} shards): {len(self.main_tree.images)} raw images")
+        run = self.run_loader("bench-sharded", self.main_tree, "s3-sharded", processes=SHARDS)
+        self.figures["s3_sharded"] = run.as_dict()
+        self.figures["s3_sharded"]["shards"] = SHARDS
+        self.figures["s3_sharded"]["requests_breakdown"] = request_breakdown(
+            run.requests, len(self.main_tree.images), self.main_tree.clinical
+        )
+        self.phase("s3_sharded", started)
+
     def serial(self) -> None:
         """The loader with one worker on the small tree."""
         started = time.monotonic()
@@ -627,6 +680,15 @@ class Harness:
         os.sync()  # each local run starts with no dirty pages to write back
         run = self.run_loader(bucket.as_uri(), self.main_tree, "local-loader")
         self.figures["local_loader"] = run.as_dict()
+        two = self.workdir / "local-bucket-2"
+        shutil.copytree(self.main_tree.root, two)
+        (two.parent / f"{two.name}-processed").mkdir(exist_ok=True)
+        log(f"loader on a local directory, 2 processes: {len(self.main_tree.images)} raw images")
+        os.sync()
+        sharded = self.run_loader(two.as_uri(), self.main_tree, "local-loader-2", processes=2)
+        self.figures["local_loader_2"] = sharded.as_dict()
+        self.figures["local_loader_2"]["parallel_ceiling"] = parallel_ceiling()
+        shutil.rmtree(two, ignore_errors=True)
         log(f"local floor: {len(self.main_tree.images)} images, {self.workers} workers")
         keys = self.keys_file(self.main_tree, "main")
         arguments = ["local", "--root", str(self.main_tree.root), "--out"]
@@ -810,6 +872,34 @@ def evaluate(figures: dict) -> list[dict]:
             if value:
                 row(f"  {kind} per raw image (all)", value, fmt="{:.3f}")
         row("requests per clinical file", req["clinical_per_file"], fmt="{:.2f}")
+    sharded = figures.get("s3_sharded")
+    if sharded:
+        shards = sharded["shards"]
+        row(
+            f"S3 loader, {shards} shards: raw images per second",
+            sharded["images_per_second"],
+            fmt="{:.1f}",
+        )
+        row(
+            f"S3 loader, {shards} shards: CPU ms per raw image (loader / moto / proxy)",
+            _cpu_text(sharded),
+        )
+        req = sharded["requests_breakdown"]
+        row(f"requests per raw image, all, {shards} shards", req["all"], fmt="{:.3f}")
+        if main:
+            extra = req["all"] - main["requests_breakdown"]["all"]
+            row(
+                f"  {shards} shards - one process (all requests per raw image)",
+                extra,
+                "<= 0.05",
+                "sharded_extra_requests_per_image",
+                "{:+.3f}",
+            )
+            single_list = main["requests_breakdown"]["by_kind"]["LIST"]
+            row(
+                f"  LIST per raw image, {shards} shards / one process",
+                f"{req['by_kind']['LIST']:.3f} / {single_list:.3f}",
+            )
     rerun = figures.get("rerun")
     if rerun:
         row("rerun with nothing new: wall time (s)", rerun["seconds"], fmt="{:.2f}")
@@ -828,6 +918,25 @@ def evaluate(figures: dict) -> list[dict]:
     if local and local_floor:
         row("local loader: raw images per second", local["images_per_second"], fmt="{:.1f}")
         row("local loader: CPU ms per raw image", local["cpu_ms_per_image"])
+        two = figures.get("local_loader_2")
+        if two:
+            row(
+                "local loader, 2 processes: raw images per second",
+                two["images_per_second"],
+                fmt="{:.1f}",
+            )
+            row("local loader, 2 processes: CPU ms per raw image", two["cpu_ms_per_image"])
+            row(
+                "local loader: 2 processes / 1 process throughput",
+                two["images_per_second"] / local["images_per_second"],
+                ">= 1.6",
+                "local_two_processes_speedup",
+            )
+            if "parallel_ceiling" in two:
+                row(
+                    "  (2 CPU-bound processes / 1 on this machine then: the ceiling)",
+                    two["parallel_ceiling"],
+                )
         row("local floor: images per second", local_floor["images_per_second"], fmt="{:.1f}")
         row("local floor: CPU ms per image", local_floor["cpu_ms_per_image"])
         ratio = local["images_per_second"] / local_floor["images_per_second"]
@@ -1037,6 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
             harness.start_servers()
             harness.s3_floor()
             harness.s3_loader()
+            harness.s3_sharded()
             harness.serial()
             harness.memory()
         finally:

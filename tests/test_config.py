@@ -758,7 +758,46 @@ def test_bad_log_format():
     ("text", "expected"), [("all", "all"), ("clinical", "clinical"), (" Images", "images")]
 )
 def test_phase(text, expected):
-    assert settings(WAREHOUSE_PHASE=text).phase == expected
+    assert settings(WAREHOUSE_PHASE=text, WAREHOUSE_RUN_ID="r1").phase == expected
+
+
+def test_the_image_phase_alone_is_shard_0_of_1():
+    assert settings(WAREHOUSE_PHASE="images", WAREHOUSE_RUN_ID="r1").shard == (0, 1)
+
+
+def test_a_shard_runs_the_image_phase():
+    assert settings(WAREHOUSE_SHARD="1/4", WAREHOUSE_RUN_ID="r1").phase == "images"
+
+
+@pytest.mark.parametrize(
+    ("env", "start"),
+    [
+        ({"WAREHOUSE_SHARD": "1/4"}, "WAREHOUSE_SHARD=1/4 needs WAREHOUSE_RUN_ID"),
+        (
+            {"WAREHOUSE_SHARDS": "4", "AWS_BATCH_JOB_ARRAY_INDEX": "2"},
+            "WAREHOUSE_SHARDS=4 needs WAREHOUSE_RUN_ID",
+        ),
+        ({"WAREHOUSE_PHASE": "images"}, "WAREHOUSE_PHASE=images needs WAREHOUSE_RUN_ID"),
+        (
+            {"WAREHOUSE_PHASE": "clinical", "WAREHOUSE_SHARD": "0/2", "WAREHOUSE_RUN_ID": "r"},
+            "WAREHOUSE_PHASE=clinical cannot be combined with WAREHOUSE_SHARD=0/2",
+        ),
+        (
+            {"WAREHOUSE_PHASE": "clinical", "WAREHOUSE_PROCESSES": "2"},
+            "WAREHOUSE_PROCESSES=2 cannot be combined with WAREHOUSE_PHASE=clinical",
+        ),
+        (
+            {"WAREHOUSE_SHARD": "0/2", "WAREHOUSE_RUN_ID": "r", "DRY_RUN": "true"},
+            "DRY_RUN=true cannot be combined with WAREHOUSE_SHARD=0/2",
+        ),
+        (
+            {"WAREHOUSE_PHASE": "clinical", "DRY_RUN": "yes"},
+            "DRY_RUN=true cannot be combined with WAREHOUSE_PHASE=clinical",
+        ),
+    ],
+)
+def test_bad_parts_of_a_sharded_run_name_the_variable(env, start):
+    assert setting_error(**env).startswith(start)
 
 
 @pytest.mark.parametrize("text", ["both", "", "image"])
@@ -771,7 +810,7 @@ def test_bad_phase(text):
     ("text", "expected"), [("0/1", (0, 1)), (" 2/4 ", (2, 4)), ("9999/10000", (9999, 10000))]
 )
 def test_shard(text, expected):
-    assert settings(WAREHOUSE_SHARD=text).shard == expected
+    assert settings(WAREHOUSE_SHARD=text, WAREHOUSE_RUN_ID="r1").shard == expected
 
 
 @pytest.mark.parametrize(
@@ -784,7 +823,7 @@ def test_bad_shard(text):
 
 
 def test_shard_from_an_aws_batch_array_job():
-    env = {"WAREHOUSE_SHARDS": "8", "AWS_BATCH_JOB_ARRAY_INDEX": "3"}
+    env = {"WAREHOUSE_SHARDS": "8", "AWS_BATCH_JOB_ARRAY_INDEX": "3", "WAREHOUSE_RUN_ID": "r1"}
     assert settings(**env).shard == (3, 8)
     assert settings(**env, WAREHOUSE_SHARD="3/8").shard == (3, 8)  # both, agreeing
 
@@ -853,7 +892,8 @@ def test_processes_with_a_shard_is_an_error(env):
 
 
 def test_one_process_with_a_shard_is_fine():
-    assert settings(WAREHOUSE_SHARD="1/2", WAREHOUSE_PROCESSES="1").shard == (1, 2)
+    env = {"WAREHOUSE_SHARD": "1/2", "WAREHOUSE_PROCESSES": "1", "WAREHOUSE_RUN_ID": "r1"}
+    assert settings(**env).shard == (1, 2)
 
 
 @pytest.mark.parametrize("text", ["run-2026_11-25", "A" * 64, "7"])

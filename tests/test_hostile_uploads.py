@@ -144,9 +144,9 @@ _GATE_HOOK = """
 import os
 import time
 
-import warehouse.loader.planning as planning
+import warehouse.loader.runs as runs
 
-_run_inputs = planning.run_inputs
+_run_inputs = runs.run_inputs
 
 
 def run_inputs(*args, **kwargs):
@@ -156,7 +156,7 @@ def run_inputs(*args, **kwargs):
     return _run_inputs(*args, **kwargs)
 
 
-planning.run_inputs = run_inputs
+runs.run_inputs = run_inputs
 """
 
 
@@ -191,6 +191,7 @@ def _two_loaders(env, tmp_path, lease_taken) -> list[subprocess.CompletedProcess
     finally:
         gate.touch()
     out, err = first.communicate(timeout=120)
+    assert "Error in sitecustomize" not in err, err  # the gate held the first run
     return [subprocess.CompletedProcess(first.args, first.returncode, out, err), second]
 
 

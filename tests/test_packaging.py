@@ -35,6 +35,7 @@ TOOLS = (
     "warehouse-logs",
     "warehouse-inventory",
     "warehouse-batch-delete",
+    "warehouse-sharded-run",
 )
 #: What the wheel build does not need (and must not see: a stale build/ would leak into it).
 NOT_SOURCES = shutil.ignore_patterns(

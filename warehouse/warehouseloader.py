@@ -36,8 +36,8 @@ from warehouse.loader.filing import (
     record_write,
     write_object,
 )
-from warehouse.loader.planning import run_inputs
-from warehouse.runtime import command, pools
+from warehouse.loader.runs import run_inputs
+from warehouse.runtime import command, pools, processes
 from warehouse.runtime.services import graph_services
 
 logger = logging.getLogger("warehouseloader")
@@ -169,6 +169,10 @@ def command_parser():
         "Load raw uploads (clinical JSON, DICOM) into the training/validation warehouse of "
         "WAREHOUSE_BUCKET.",
         """  DRY_RUN            true/false: run everything, write nothing (default false)
+  WAREHOUSE_PROCESSES  P or auto: a sharded run on this machine, the clinical phase then
+                     P shard processes (default 1)
+  WAREHOUSE_PHASE, WAREHOUSE_SHARD=i/N, WAREHOUSE_SHARDS=N (with AWS_BATCH_JOB_ARRAY_INDEX),
+  WAREHOUSE_RUN_ID   one part of a sharded run: its clinical phase, or shard i of N
 
 exit codes: 0 run completed (per-file problems are reported, not failures);
   1 some reads or writes failed (rerun to finish); 2 bad settings, config.json or a missing
@@ -177,7 +181,11 @@ exit codes: 0 run completed (per-file problems are reported, not failures);
 
 
 def main(argv=None) -> int | None:
-    """Command line entry point (``python -m warehouse.warehouseloader``)."""
+    """Command line entry point (``python -m warehouse.warehouseloader``); with
+    ``WAREHOUSE_PROCESSES`` above 1, a sharded run in processes of this machine."""
+    code = processes.run_if_many_processes(command_parser, argv)
+    if code is not None:
+        return code
     return command.main(sys.modules[__name__], argv)
 
 

@@ -216,11 +216,13 @@ class Settings:
         ``WAREHOUSE_LOG_FORMAT``: ``"text"`` or ``"json"``.
     shard : tuple of int, or None
         ``(i, N)``: run shard ``i`` of ``N`` of the image work (``WAREHOUSE_SHARD=i/N``, or
-        ``WAREHOUSE_SHARDS=N`` with ``AWS_BATCH_JOB_ARRAY_INDEX=i``); None runs all of it.
+        ``WAREHOUSE_SHARDS=N`` with ``AWS_BATCH_JOB_ARRAY_INDEX=i``; ``WAREHOUSE_PHASE=images``
+        alone is ``(0, 1)``); None runs all of it.
     processes : int
         ``WAREHOUSE_PROCESSES``: processes for the image work (``auto`` resolved to a number).
     phase : str
-        ``WAREHOUSE_PHASE``: ``"all"``, ``"clinical"`` or ``"images"``.
+        ``WAREHOUSE_PHASE``: ``"all"``, ``"clinical"`` or ``"images"`` (a shard is always
+        ``"images"``; see `warehouse.loader.shards`).
     run_id : str or None
         ``WAREHOUSE_RUN_ID``: the identifier a sharded run's processes share.
     """
@@ -340,6 +342,44 @@ def _run_id(env) -> str | None:
     return text
 
 
+def _run_part(
+    phase: str,
+    shard: tuple[int, int] | None,
+    shard_source: str | None,
+    processes: int,
+    run_id: str | None,
+    dry_run: bool,
+) -> tuple[str, tuple[int, int] | None]:
+    """The phase and shard of a run, checked together: a shard runs the image phase (and the
+    image phase alone is shard 0/1), needs its run's id, and is no dry run."""
+    if phase == "clinical" and shard_source is not None:
+        raise ConfigError(
+            f"WAREHOUSE_PHASE=clinical cannot be combined with {shard_source}: the clinical "
+            "phase runs once, before the shards (it has no shard)"
+        )
+    if phase == "images" and shard is None:
+        shard, shard_source = (0, 1), "WAREHOUSE_PHASE=images"
+    if phase != "all" and processes > 1:
+        raise ConfigError(
+            f"WAREHOUSE_PROCESSES={processes} cannot be combined with WAREHOUSE_PHASE={phase}: "
+            "with several processes one run makes the clinical phase and the shards itself"
+        )
+    if shard is not None:
+        phase = "images"
+        if run_id is None:
+            raise ConfigError(
+                f"{shard_source} needs WAREHOUSE_RUN_ID, the id of the run whose clinical phase "
+                "ran first (WAREHOUSE_PHASE=clinical with the same WAREHOUSE_RUN_ID)"
+            )
+    if dry_run and phase != "all":
+        source = shard_source or f"WAREHOUSE_PHASE={phase}"
+        raise ConfigError(
+            f"DRY_RUN=true cannot be combined with {source}: a dry run writes nothing, so the "
+            "shards of a sharded run could not see its clinical phase"
+        )
+    return phase, shard
+
+
 def settings_from_env(environ: dict | None = None) -> Settings:
     """Read and validate the run settings from the environment.
 
@@ -382,6 +422,10 @@ def settings_from_env(environ: dict | None = None) -> Settings:
             f"WAREHOUSE_PROGRESS_SECONDS={_short(progress_text)} must be a positive number"
         )
     shard, shard_source = _shard(env)
+    phase = _choice(env, "WAREHOUSE_PHASE", PHASES)
+    processes = _processes(env, shard_source)
+    run_id = _run_id(env)
+    phase, shard = _run_part(phase, shard, shard_source, processes, run_id, dry_run)
     return Settings(
         bucket=bucket,
         dry_run=dry_run,
@@ -393,9 +437,9 @@ def settings_from_env(environ: dict | None = None) -> Settings:
         max_header_bytes=_byte_limit(env, "WAREHOUSE_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES),
         log_format=_choice(env, "WAREHOUSE_LOG_FORMAT", LOG_FORMATS),
         shard=shard,
-        processes=_processes(env, shard_source),
-        phase=_choice(env, "WAREHOUSE_PHASE", PHASES),
-        run_id=_run_id(env),
+        processes=processes,
+        phase=phase,
+        run_id=run_id,
     )
 
 

@@ -567,3 +567,36 @@ class LeasedStorage(DelegatingStorage):
     def write_if_match(self, key, data, token, content_type="application/json"):
         self._check(key)
         return self.inner.write_if_match(key, data, token, content_type)
+
+
+def release_run_lease(storage: Storage, run_id: str, key: str = LEASE_KEY) -> bool:
+    """Delete the lease if run ``run_id`` holds it, whichever of the run's processes took it
+    (the end of a sharded run, whose clinical phase took the lease and whose shards joined it);
+    a lease of another run is left alone.
+
+    Returns
+    -------
+    bool
+        Whether the lease was deleted.
+
+    Raises
+    ------
+    LeaseError
+        If the lease object is not a lease.
+    StorageError
+        If the store cannot be reached.
+    """
+    where = f"{storage.url}/{key}"
+    for _ in range(_ATTEMPTS):
+        try:
+            data, token = storage.read_with_token(key)
+        except ObjectNotFound:
+            return False
+        if LeaseRecord.from_json(data, where).run_id != run_id:
+            return False
+        try:
+            storage.delete_if_match(key, token)
+        except PreconditionFailed:
+            continue  # renewed by a process of the run meanwhile: read it again
+        return True
+    return False

@@ -52,6 +52,7 @@ from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
+from warehouse.loader.shards import Handoff, RunPart, part_of
 
 logger = logging.getLogger("warehouseloader")
 
@@ -138,8 +139,18 @@ class LoaderState(RunState):
     #: The last run's problems (its report), to write only the feedback that changed.
     previous_problems: list[dict] | None = None
     progress: Progress = field(default_factory=Progress)
+    #: The part of a sharded run this process makes (`shards.part_of` its settings), or None.
+    part: RunPart | None = None
+    #: Pseudonyms of the clinical files this run reads (the clinical phase hands them over).
+    new_patients: set[str] = field(default_factory=set)
+    #: For an image shard: what its run's clinical phase handed over.
+    handoff: Handoff | None = None
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        if self.part is None:
+            self.part = part_of(self.settings)
 
     def count_header_read(self, requests: int, size: int) -> None:
         """Add one header read's requests and bytes to the run's totals."""
@@ -156,7 +167,14 @@ class LoaderState(RunState):
         ------
         LeaseHeld
             When another run holds the warehouse (exit code 3).
+        ClinicalPhaseMissing
+            When this image shard's clinical phase did not hand over (exit code 2; checked
+            first, so that is what the shard says).
         """
+        if self.part is not None and self.part.shard is not None:
+            from warehouse.loader.runs import load_handoff
+
+            self.handoff = load_handoff(storage, self.settings, self.report.graph)
         lease = RunLease(
             storage, self.report.run_id, on_lost=lambda exc: self.report.fail(str(exc))
         )
@@ -182,28 +200,44 @@ class LoaderState(RunState):
     def conclude(self, storage: Storage) -> str:
         """The end of a loader run, before its report is written: count the header reads and
         the lease's requests, write the feedback files (a run that listed its inputs), and the
-        summary."""
+        summary; a part of a sharded run writes its part report and, when it is the last,
+        ends the run."""
         report = self.report
         if self.header_requests:
             report.count("header read requests", self.header_requests)
         self.count_lease_requests()
-        if report.listed and not self.settings.dry_run:
-            self.publish_feedback(storage)
+        if report.listed and not self.settings.dry_run and self.part is None:
+            self.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
         summary = report.summary()
         if self.settings.dry_run:
             summary += "\n  (dry run: nothing was written)"
+        if self.part is not None:
+            from warehouse.loader.runs import end_part  # (runs builds on this module)
+
+            summary += end_part(storage, self, report.graph)
         return summary
+
+    def publishes_report(self) -> bool:
+        """A part of a sharded run writes its part report instead (`runs.end_part`); the run's
+        report is the parts' combined."""
+        return self.part is None
 
     def count_lease_requests(self) -> None:
         """Count what the lease cost, its release (one DELETE, made once the report is
         written) included."""
         if self.lease is not None and not self.settings.dry_run:
-            self.report.count("run lease requests", self.lease.request_count + 1)
+            release = 0 if self.part is not None else 1
+            self.report.count("run lease requests", self.lease.request_count + release)
 
     def release_lease(self) -> None:
-        """Give the lease back, once the report is written (`close`)."""
+        """Give the lease back, once the report is written (`close`); a part of a sharded
+        run only stops renewing it (the run's lease outlives its parts: `runs.finish_run`
+        releases it)."""
         if self.lease is not None:
-            self.lease.release()
+            if self.part is None:
+                self.lease.release()
+            else:
+                self.lease.stop()
             self.lease = None
 
     def close(self) -> None:
@@ -262,6 +296,17 @@ class FiledCentres:
         with self._lock:
             self._known[pseudonym] = centre
         return centre
+
+    def known(self) -> dict[str, str | None]:
+        """The centres read so far, by pseudonym (None: none could be read)."""
+        with self._lock:
+            return dict(self._known)
+
+    def seed(self, centres: dict[str, str | None]) -> None:
+        """Take centres another process of the run read (the clinical phase's hand-off)."""
+        with self._lock:
+            for pseudonym, centre in centres.items():
+                self._known.setdefault(pseudonym, centre)
 
 
 def read_clinical(

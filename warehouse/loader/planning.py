@@ -10,30 +10,20 @@ image not yet filed.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from warehouse.core.config import PipelineConfig
-from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import RawKey, clinical_name, clinical_target, upload_date_problem
 from warehouse.core.listing import (
     AMBIGUOUS,
     RawListing,
     WarehouseIndex,
     changed_since_filed,
-    index_warehouse,
-    list_raw,
     pack_stamp,
     pending_images,
 )
-from warehouse.core.patients import PatientGroups
 from warehouse.core.report import Reason, RunReport
-from warehouse.core.storage import Storage
-from warehouse.loader.filing import FiledCentres, LoaderState, Task
-from warehouse.loader.memo import known_problem, load_previous_problems, memo_of, refused_claims
-
-logger = logging.getLogger("warehouseloader")
+from warehouse.loader.memo import known_problem
+from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
 
 
 def stamp(raw: RawKey, size: int) -> tuple[int, str]:
@@ -65,8 +55,15 @@ def plan_inputs(
     config: PipelineConfig,
     settings,
     report: RunReport,
+    *,
+    part: RunPart | None = None,
+    new_patients: set[str] | None = None,
 ) -> tuple[list[tuple[RawKey, int]], list[tuple[RawKey, int]]]:
     """The clinical files to read, in upload order, and the images to read, in key order.
+
+    A part of a sharded run plans its own share (`warehouse.loader.shards`): the clinical
+    phase reports the listing and plans the clinical files, no image; an image shard plans
+    (and reports) only the images it owns, after the clinical phase.
 
     Parameters
     ----------
@@ -80,13 +77,18 @@ def plan_inputs(
         This run's settings (size limits).
     report : RunReport
         Where what needs no reading is reported.
+    part : RunPart, optional
+        The part of a sharded run this process makes (None: the whole run).
+    new_patients : set of str, optional
+        For an image shard: the pseudonyms of the clinical files its clinical phase read.
 
     Returns
     -------
     tuple
         ``(clinical, images)``: ``(RawKey, size)`` pairs.
     """
-    report_listing(listing, index, report)
+    if part is None or part.phase == CLINICAL_PHASE:
+        report_listing(listing, index, report)
 
     def known_unfiled(raw: RawKey, size: int, new_patients: set[str]) -> bool:
         problem = known_problem(memo, raw, size, config, index, new_patients, settings)
@@ -94,7 +96,11 @@ def plan_inputs(
             report.skip_again(problem)
         return problem is not None
 
-    clinical = []
+    clinical: list[tuple[RawKey, int]] = []
+    if part is not None and part.phase == IMAGE_PHASE:
+        return clinical, _plan_images(
+            listing, index, set(new_patients or ()), report, part, known_unfiled
+        )
     filed_sources = _filed_clinical_sources(listing, index)
     for raw, size in listing.clinical:
         target = (raw.pseudonym, clinical_name(raw.clinical_kind, raw.upload_date))
@@ -111,16 +117,25 @@ def plan_inputs(
             )
         elif not known_unfiled(raw, size, set()):
             clinical.append((raw, size))
+    if part is not None:  # the clinical phase files no image
+        return clinical, []
     new_patients = {raw.pseudonym for raw, _ in clinical}
+    return clinical, _plan_images(listing, index, new_patients, report, None, known_unfiled)
 
+
+def _plan_images(listing, index, new_patients, report, part, known_unfiled) -> list:
+    """The images to read (those ``part`` owns, when it is a shard), reporting the others
+    that need no reading."""
     images = []
     for item, (_, pending) in zip(listing.images, pending_images(listing, index), strict=True):
         raw, size = item
+        if part is not None and not part.owns(raw.name):
+            continue
         if pending is None:
             _report_filed_image(raw, size, index, report)
         elif not known_unfiled(raw, size, new_patients):
             images.append(item)  # the listing's own pair: no new object per image
-    return clinical, images
+    return images
 
 
 def _filed_clinical_sources(listing: RawListing, index: WarehouseIndex) -> dict:
@@ -168,49 +183,3 @@ def _changed(size: int, raw: RawKey, target: str) -> str:
         f"{target} was filed from it; it is now {size:,} bytes, last modified {raw.modified}: "
         "not filed again (an operator decides)"
     )
-
-
-def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Task]:
-    """List the warehouse side, the raw prefixes and the last run's report once (at the same
-    time: they are independent), set the run's groups and bindings from them, and yield its
-    work (`plan_inputs`): one clinical task per new clinical file, then one image task per
-    image not yet filed.
-
-    Raises
-    ------
-    ExpectedError
-        When a listing fails: the run is marked failed (nothing is planned from half a
-        listing).
-    """
-    report, workers = state.report, state.settings.workers
-    try:
-        with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
-            warehouse_side = pool.submit(index_warehouse, storage, workers)
-            raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
-            last_run = pool.submit(load_previous_problems, storage, graph)
-            index, listing = warehouse_side.result(), raw_side.result()
-            state.previous_problems = last_run.result()
-            memo = memo_of(state.previous_problems)
-    except ExpectedError as exc:
-        report.fail(str(exc))
-        raise
-    report.listed = True
-    state.index = index
-    state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
-    state.filed_centres = FiledCentres(storage, index)
-    state.refused_claims.update(refused_claims(memo))
-    logger.info(
-        "listed %d clinical files and %d images under %d raw prefixes; "
-        "the warehouse holds %d objects of %d patients",
-        len(listing.clinical),
-        len(listing.images),
-        len(state.config.raw_prefixes),
-        index.objects,
-        len(index.groups),
-    )
-    clinical, images = plan_inputs(listing, index, memo, state.config, state.settings, report)
-    state.progress.plan(len(clinical), len(images))
-    for raw, size in clinical:
-        yield Task("clinical", raw.key, size, None, raw)
-    for raw, size in images:
-        yield Task("image", raw.key, size, None, raw)

@@ -1,0 +1,352 @@
+"""A loader run's work and its parts: the listings and the plan of one run (`run_inputs`), and
+the storage side of sharded runs: the clinical phase's hand-off, each part's report, and the
+end of the run (`warehouse.loader.shards` and `warehouse.loader.planning` have the rules).
+
+Keys, under ``reports/warehouseloader/``::
+
+    runs/<run id>/clinical.json                  the clinical phase's report and hand-off
+    runs/<run id>/shard-0003-of-0016.json        each shard's report
+    <UTC timestamp>.json (and .html)             the run's combined report
+    latest.json                                  the combined report: the next run's memo
+
+Requests: the clinical phase writes one report; each shard reads the hand-off (1 GET), writes
+its report (1 PUT) and lists the run's folder (1 LIST); the part that ends the run reads every
+part (N + 1 GETs) and the previous ``latest.json``, writes the combined report, its page and
+``latest.json``, the feedback files that changed, and deletes the run lease.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from warehouse.core.config import ConfigError
+from warehouse.core.errors import ExpectedError
+from warehouse.core.lease import release_run_lease
+from warehouse.core.listing import index_warehouse, list_raw
+from warehouse.core.patients import PatientGroups
+from warehouse.core.report import RunReport, latest_report_key
+from warehouse.core.report_page import page_key, run_report_page
+from warehouse.core.storage import ObjectNotFound, Storage
+from warehouse.loader.feedback import publish_feedback
+from warehouse.loader.filing import FiledCentres, LoaderState, Task
+from warehouse.loader.memo import load_previous_problems, memo_of, refused_claims
+from warehouse.loader.planning import plan_inputs
+from warehouse.loader.shards import (
+    CLINICAL_PHASE,
+    IMAGE_PHASE,
+    Handoff,
+    RunPart,
+    combine_reports,
+    combined_report_key,
+    expected_part_keys,
+    part_key,
+    run_folder,
+)
+
+logger = logging.getLogger(__name__)
+#: What a loader run says of its listings is said under the graph's name.
+run_logger = logging.getLogger("warehouseloader")
+
+
+class ClinicalPhaseMissing(ConfigError):
+    """An image shard found no usable report of its run's clinical phase (exit code 2)."""
+
+
+def load_handoff(storage: Storage, settings, graph: str) -> Handoff | None:
+    """The hand-off of the run's clinical phase, for an image shard (None for anything else).
+
+    Raises
+    ------
+    ClinicalPhaseMissing
+        When the clinical phase of ``settings.run_id`` wrote no report, or one without a
+        hand-off (it did not complete).
+    """
+    if settings.shard is None:
+        return None
+    key = part_key(graph, settings.run_id, RunPart(CLINICAL_PHASE))
+    where = f"{storage.url}/{key}"
+    label = f"shard {settings.shard[0]}/{settings.shard[1]} of run {settings.run_id}"
+    try:
+        report = json.loads(storage.read(key))
+    except ObjectNotFound:
+        raise ClinicalPhaseMissing(
+            f"{label}: its clinical phase wrote no report ({where}): run WAREHOUSE_PHASE=clinical "
+            f"with WAREHOUSE_RUN_ID={settings.run_id} first"
+        ) from None
+    except ValueError as exc:
+        raise ClinicalPhaseMissing(f"{label}: {where} is not JSON ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("handoff"), dict):
+        fatal = report.get("fatal") if isinstance(report, dict) else None
+        raise ClinicalPhaseMissing(
+            f"{label}: its clinical phase did not complete ({fatal or 'no hand-off'}); run it "
+            "again, then the shards"
+        )
+    try:
+        return Handoff.from_dict(report["handoff"])
+    except ValueError as exc:
+        raise ClinicalPhaseMissing(f"{label}: {where}: {exc}") from None
+
+
+def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Task]:
+    """List the warehouse side, the raw prefixes and the last run's report once (at the same
+    time: they are independent), set the run's groups and bindings from them, and yield its
+    work (`plan`: this process's share, all of it outside a sharded run): one clinical task per
+    new clinical file, then one image task per image not yet filed.
+
+    Raises
+    ------
+    ExpectedError
+        When a listing fails: the run is marked failed (nothing is planned from half a
+        listing).
+    """
+    report, workers = state.report, state.settings.workers
+    try:
+        with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
+            warehouse_side = pool.submit(index_warehouse, storage, workers)
+            raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
+            last_run = pool.submit(load_previous_problems, storage, graph)
+            index, listing = warehouse_side.result(), raw_side.result()
+            state.previous_problems = last_run.result()
+            memo = memo_of(state.previous_problems)
+    except ExpectedError as exc:
+        report.fail(str(exc))
+        raise
+    report.listed = True
+    state.index = index
+    state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
+    state.filed_centres = FiledCentres(storage, index)
+    state.refused_claims.update(refused_claims(memo))
+    run_logger.info(
+        "listed %d clinical files and %d images under %d raw prefixes; "
+        "the warehouse holds %d objects of %d patients",
+        len(listing.clinical),
+        len(listing.images),
+        len(state.config.raw_prefixes),
+        index.objects,
+        len(index.groups),
+    )
+    clinical, images = plan(state, listing, index, memo, state.handoff)
+    state.progress.plan(len(clinical), len(images))
+    for raw, size in clinical:
+        yield Task("clinical", raw.key, size, None, raw)
+    for raw, size in images:
+        yield Task("image", raw.key, size, None, raw)
+
+
+def plan(state, listing, index, memo, handoff: Handoff | None):
+    """This process's share of the run's work (`planning.plan_inputs` for its part), with the
+    clinical phase's hand-off taken into the state of an image shard.
+
+    Returns
+    -------
+    tuple
+        ``(clinical, images)`` as `planning.plan_inputs` returns them.
+    """
+    if handoff is not None:
+        # The warehouse's groups win; the hand-off adds those whose copy failed.
+        state.groups = PatientGroups({**handoff.groups, **index.groups}, conflicted=index.conflicts)
+        state.refused_claims.update(
+            (prefix, pseudonym) for prefix, pseudonym in handoff.refused_claims
+        )
+        state.bound_centres.update(handoff.bound_centres)
+        state.filed_centres.seed(handoff.filed_centres)
+    clinical, images = plan_inputs(
+        listing,
+        index,
+        memo,
+        state.config,
+        state.settings,
+        state.report,
+        part=state.part,
+        new_patients=set(handoff.new_patients) if handoff is not None else None,
+    )
+    state.new_patients.update(raw.pseudonym for raw, _ in clinical)
+    return clinical, images
+
+
+def handoff_of(state) -> Handoff:
+    """What the clinical phase hands to the shards, from its state at the end."""
+    groups = {p: g for p in state.new_patients if (g := state.groups.get(p)) is not None}
+    return Handoff(
+        groups=groups,
+        new_patients=sorted(state.new_patients),
+        refused_claims=[list(pair) for pair in state.refused_claims],
+        bound_centres=dict(state.bound_centres),
+        filed_centres=state.filed_centres.known() if state.filed_centres else {},
+    )
+
+
+def part_report(state) -> dict:
+    """A part's report: the run report of its process, with its phase and shard, and (for a
+    clinical phase that listed and did not stop) the hand-off."""
+    part, report = state.part, state.report
+    data = report.as_dict()
+    data["phase"] = part.phase
+    data["shard"] = list(part.shard) if part.shard else None
+    data["listed"] = report.listed
+    if part.phase == CLINICAL_PHASE and report.listed and report.fatal is None:
+        data["handoff"] = handoff_of(state).as_dict()
+    return data
+
+
+def end_part(storage: Storage, state, graph: str) -> str:
+    """After a part's graph: write its report, stop renewing the run's lease (which stays for
+    the other parts), and, for a shard that `RunPart.finishes`, end the run when every part has
+    written its report.
+
+    Returns
+    -------
+    str
+        Summary lines (where the reports are).
+    """
+    part, report = state.part, state.report
+    key = part_key(graph, report.run_id, part)
+    lines = ""
+    data = part_report(state)
+    try:
+        storage.write(key, json.dumps(data, indent=2).encode("utf-8"))
+        lines += f"\n  {part.label} report: {storage.url}/{key}"
+    except ExpectedError as exc:
+        logger.error("could not write the %s report: %s", part.label, exc)
+        report.fail(f"{part.label} report not written: {exc}")
+        return lines
+    finally:
+        state.release_lease()
+    if part.phase == CLINICAL_PHASE and part.finishes and "handoff" not in data:
+        # no shard can start: the run ends here (and the next one need not wait for expiry)
+        try:
+            release_run_lease(storage, report.run_id)
+        except ExpectedError as exc:
+            logger.error("could not release the run lease: %s", exc)
+    if part.phase == IMAGE_PHASE and part.finishes:
+        try:
+            ended = finish_run(storage, graph, report.run_id, part.shard[1], force=False)
+        except ExpectedError as exc:
+            logger.error("could not end run %s: %s", report.run_id, exc)
+            report.fail(f"the run's end failed: {exc}")
+            return lines
+        lines += ended.lines
+    return lines
+
+
+@dataclass
+class RunEnd:
+    """What ending a sharded run did: its combined report (None when it was not ended yet) and
+    summary lines."""
+
+    report: dict | None
+    lines: str = ""
+    key: str | None = None
+
+
+def read_parts(storage: Storage, graph: str, run_id: str, count: int) -> dict[str, dict | None]:
+    """Every part report of a run of ``count`` shards, by key (None for a part that wrote none
+    or whose report cannot be read)."""
+    listed = {info.key for info in storage.list(run_folder(graph, run_id))}
+    expected = expected_part_keys(graph, run_id, count)
+
+    def read(key: str) -> dict | None:
+        if key not in listed:
+            return None
+        try:
+            data = json.loads(storage.read(key))
+        except ObjectNotFound:
+            return None
+        except ValueError as exc:
+            logger.warning("%s/%s cannot be read (%s)", storage.url, key, exc)
+            return None
+        return data if isinstance(data, dict) else None
+
+    with ThreadPoolExecutor(min(8, len(expected)), thread_name_prefix="parts") as pool:
+        return dict(zip(expected, pool.map(read, expected), strict=True))
+
+
+def finish_run(
+    storage: Storage,
+    graph: str,
+    run_id: str,
+    count: int,
+    *,
+    force: bool,
+    release_lease: bool = True,
+) -> RunEnd:
+    """End a sharded run: combine its parts' reports into the run's report (and its page),
+    make it ``latest.json`` and publish the feedback files when every part listed its inputs,
+    and delete the run's lease.
+
+    Without ``force`` nothing is done unless every part has written its report (so of the
+    shards that end at once, at least the last to list the run's folder ends the run; ending
+    it twice writes the same report). With ``force`` (the process that started the shards, or
+    an operator, once they have all stopped) the parts found are combined and the missing ones
+    named; ``latest.json`` then stays the last complete run's.
+
+    Parameters
+    ----------
+    storage : Storage
+        The warehouse.
+    graph, run_id : str
+        The graph and the run.
+    count : int
+        The run's number of shards.
+    force : bool
+        End the run even if some parts wrote no report.
+    release_lease : bool
+        Delete the run's lease (the process that took it releases it itself otherwise).
+
+    Raises
+    ------
+    StorageError
+        When the store cannot be read or written.
+    """
+    if not force:
+        listed = {info.key for info in storage.list(run_folder(graph, run_id))}
+        if not all(key in listed for key in expected_part_keys(graph, run_id, count)):
+            return RunEnd(None)
+    parts = read_parts(storage, graph, run_id, count)
+    combined = combine_reports(parts, run_id, graph)
+    if combined["listed"]:
+        previous = load_previous_problems(storage, graph)
+        view = SimpleNamespace(
+            problems=combined["problems"],
+            run_id=run_id,
+            started=dt.datetime.fromisoformat(combined["started"]),
+        )
+        written = publish_feedback(storage, view, previous)
+        if written:
+            combined["counts"]["feedback files written"] = written
+            combined["counts"] = dict(sorted(combined["counts"].items()))
+    key = combined_report_key(graph, combined["started"])
+    data = json.dumps(combined, indent=2).encode("utf-8")
+    storage.write(key, data)
+    if combined["listed"]:
+        storage.write(latest_report_key(graph), data)
+    lines = f"\n  run report ({combined['shards']} shards): {storage.url}/{key}"
+    try:
+        html = run_report_page(combined, warehouse=storage.url, json_key=key)
+        storage.write(page_key(key), html.encode("utf-8"), "text/html; charset=utf-8")
+        lines += f"\n  run report page: {storage.url}/{page_key(key)}"
+    except ExpectedError as exc:
+        logger.error("could not write the run report page: %s", exc)
+        lines += f"\n  run report page not written: {exc}"
+    except Exception:  # noqa: BLE001 - a bug in the page never costs the run or its report
+        logger.exception("could not build the run report page")
+        lines += "\n  run report page not written: see the log above"
+    if release_lease:
+        release_run_lease(storage, run_id)
+    return RunEnd(combined, lines, key)
+
+
+def report_of(combined: dict) -> RunReport:
+    """A `RunReport` holding a combined report's outcomes (for its summary and exit code)."""
+    report = RunReport(combined["graph"], combined["run_id"])
+    report.counts.update(combined.get("counts", {}))
+    report.reasons.update(combined.get("not_filed", {}))
+    report.fatal = combined.get("fatal")
+    report.listed = bool(combined.get("listed"))
+    return report
