@@ -97,7 +97,12 @@ def test_every_real_file_is_filed_exactly_or_reported(store):
         assert metadata == expected_json(data), raw_key
         back = pydicom.Dataset.from_json(metadata)
         assert image_key.split("/")[2] == back.PatientID
-    assert len(filed) >= 40
+    # pydicom's MR_small in other transfer syntaxes (RLE, big endian, JPEG 2000, ...) is the
+    # same SOP instance in other bytes: filed once, the others conflicting duplicates
+    conflicts = sorted(k.rsplit("/", 1)[1] for k, r in reasons.items() if "duplicate" in r)
+    assert conflicts and all(n.startswith("MR_small_") for n in conflicts), conflicts
+    assert {reasons[k] for k in reasons if "MR_small_" in k} <= {"conflicting duplicate"}
+    assert len(filed) >= 35
     assert state.report.counts["images copied"] == len(filed)
     assert state.report.counts["metadata files written"] == len(filed)
 

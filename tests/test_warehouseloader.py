@@ -349,7 +349,10 @@ def test_dry_run_writes_nothing_and_logs_each_write(local_store, capsys, caplog)
     assert builders.snapshot(local_store) == before
     assert not list(local_store.list("reports/"))
     intended = [r.getMessage() for r in caplog.records if "DRY RUN: would" in r.getMessage()]
-    assert len(intended) == len(expected)
+    parts = [m for m in intended if "/catalogue/images/" in m]
+    assert len(parts) == 1 and parts[0].endswith("bytes)")  # logged, not written
+    assert len(intended) == len(expected) + 1
+    assert not list(local_store.list("catalogue/"))
     report = json.loads(capsys.readouterr().out.split("warehouseloader run summary")[0])
     assert {p["key"]: p["reason"] for p in report["problems"]} == problems
 

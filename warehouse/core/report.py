@@ -43,6 +43,14 @@ class Reason(StrEnum):
     SITE_NOT_IN_CONFIG = "site not in config"
     GROUP_CONFLICT = "group conflict"
     DUPLICATE_TARGET = "another raw file has the same target"
+    #: The SOP instance is filed already under another key, with the same size...
+    DUPLICATE_IMAGE = "duplicate image"
+    #: ... or with another size (both keys in the detail).
+    CONFLICTING_DUPLICATE = "conflicting duplicate"
+    #: dataprocess: a catalogue part that is not Parquet of catalogue rows (left out)...
+    INVALID_PART = "invalid catalogue part"
+    #: ... and a filed image whose header cannot be read for the catalogue's backfill.
+    NOT_CATALOGUED = "image left out of the catalogue"
     NOT_IN_LAYOUT = "not in the raw layout"
     UNCONFIGURED_PREFIX = "raw prefix not in config"
     WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"

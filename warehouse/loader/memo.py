@@ -14,7 +14,8 @@ on; an input listed unchanged is not read again when its reason still holds:
 - "group conflict" holds while the patient's filed group still differs from the centre's;
 - "pseudonym claimed by another centre" holds once the patient is filed (its binding is then
   fixed); "centre not allowed for this prefix" while ``prefix_sites`` still refuses it;
-  "pseudonym differs only in case" while the other patient is filed and this one is not.
+  "pseudonym differs only in case" while the other patient is filed and this one is not;
+- "duplicate image" and "conflicting duplicate" while the copy filed first is in the warehouse.
 
 Failed reads and writes, and anything the report does not describe, are processed again.
 """
@@ -156,6 +157,9 @@ def still_holds(
     if reason is Reason.SITE_NOT_IN_CONFIG:
         centre = facts.get("centre")
         return isinstance(centre, str) and config.site_rule(centre) is None
+    if reason in (Reason.DUPLICATE_IMAGE, Reason.CONFLICTING_DUPLICATE):
+        # the copy filed first decides while it is in the warehouse
+        return facts.get("filed") in index.keys
     if reason is Reason.GROUP_CONFLICT:
         pseudonym, centre = facts.get("pseudonym"), facts.get("centre")
         existing = index.groups.get(pseudonym)

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from warehouse.core.config import ConfigError
 from warehouse.core.errors import ExpectedError
 from warehouse.core.lease import release_run_lease
-from warehouse.core.listing import index_warehouse, list_raw
+from warehouse.core.listing import list_raw
 from warehouse.core.patients import PatientGroups
 from warehouse.core.report import RunReport, latest_report_key
 from warehouse.core.report_page import page_key, run_report_page
@@ -108,7 +108,7 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
     report, workers = state.report, state.settings.workers
     try:
         with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
-            warehouse_side = pool.submit(index_warehouse, storage, workers)
+            warehouse_side = pool.submit(state.catalogue.index_warehouse, storage, workers)
             raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
             last_run = pool.submit(load_previous_problems, storage, graph)
             index, listing = warehouse_side.result(), raw_side.result()
@@ -119,6 +119,7 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
         raise
     report.listed = True
     state.index = index
+    state.catalogue.match_raw(listing.images)
     state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
     state.filed_centres = FiledCentres(storage, index)
     state.refused_claims.update(refused_claims(memo))
