@@ -9,6 +9,7 @@ import pytest
 from warehouse.core.keys import (
     IMAGE_FOLDERS,
     MAX_PSEUDONYM_LENGTH,
+    MODALITY_FOLDERS,
     RawKey,
     UnsafeIdentifier,
     WarehouseKey,
@@ -359,7 +360,9 @@ def test_warehouse_keys_say_their_folder_study_and_series():
     assert (metadata.kind, metadata.folder, metadata.study) == ("metadata", "mri", "1.2")
     clinical_key = parse_warehouse_key("training/data/P/data_2021-03-01.json")
     assert (clinical_key.folder, clinical_key.study, clinical_key.series) == ("", "", "")
-    # every image target the loader builds parses back to what it was built from
+    # the image folders are exactly the modality map's, and every image target the loader
+    # builds parses back to what it was built from
+    assert set(IMAGE_FOLDERS) == set(MODALITY_FOLDERS.values())
     for folder in IMAGE_FOLDERS:
         built = image_targets("training", folder, "P", "1.2", "1.2.3", "a.DCM")
         parsed = [parse_warehouse_key(key) for key in built]

@@ -353,7 +353,6 @@ def parse_warehouse_key(key: str) -> WarehouseKey | None:
 
 
 _IMAGE_FOLDERS = frozenset(IMAGE_FOLDERS)
-assert _IMAGE_FOLDERS == set(MODALITY_FOLDERS.values()), "every modality has its folder"
 _METADATA_FOLDERS = frozenset(f"{f}{METADATA_SUFFIX}" for f in _IMAGE_FOLDERS)
 
 
