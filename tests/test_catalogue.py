@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import signal
 import subprocess
 import time
@@ -34,6 +35,7 @@ from warehouse.core.catalogue import (
 from warehouse.core.dicom import parse_header
 from warehouse.core.keys import parse_image_key
 from warehouse.core.storage import LocalStorage, S3Storage
+from warehouse.loader.catalogue import catalogue_cutoff, combined_catalogue
 
 
 @pytest.fixture
@@ -209,6 +211,105 @@ def test_a_run_stopped_before_its_part_is_listed_by_the_next(store):
     keys = [r["warehouse_key"] for r in rows]
     assert len(keys) == len(set(keys)) == 30
     assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, _raw_of(store))
+
+
+def _latest(storage) -> dict:
+    return json.loads(storage.read("reports/warehouseloader/latest.json"))
+
+
+def test_each_run_records_its_catalogue_and_a_part_comes_after_its_images(store):
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    (part,) = part_keys(store)
+    record = _latest(store)["catalogue"]
+    assert record == {"cutoff": None, "complete": True, "parts": [part]}
+    listed = {i.key: i.last_modified for i in store.list("")}
+    images = [t for k, t in listed.items() if parse_image_key(k) is not None]
+    assert len(images) == 6 and listed[part] > max(images)  # (S3 lists whole seconds)
+    builders.put_tree(store, _tree(images=3, date="2021-02-01", first=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    record = _latest(store)["catalogue"]
+    assert dt.datetime.fromisoformat(record["cutoff"]) == listed[part]
+    assert record["complete"] and len(record["parts"]) == 1 and record["parts"][0] != part
+
+
+def test_cutoff_from_the_last_report():
+    t = [dt.datetime(2026, 1, 1, 0, 0, n, tzinfo=dt.UTC) for n in range(4)]
+    parts = {"catalogue/images/a.parquet": t[1], "catalogue/images/b.parquet": t[2]}
+    both = ["catalogue/images/a.parquet", "catalogue/images/b.parquet"]
+
+    def record(**catalogue):
+        return {"problems": [], "catalogue": catalogue}
+
+    assert catalogue_cutoff(None, parts) == (None, frozenset())
+    assert catalogue_cutoff({"problems": []}, parts) == (None, frozenset())
+    complete = record(cutoff=t[0].isoformat(), complete=True, parts=both)
+    assert catalogue_cutoff(complete, parts) == (t[2], frozenset(both))
+    # an incomplete catalogue, or one of its parts gone: the cutoff that run used
+    incomplete = record(cutoff=t[0].isoformat(), complete=False, parts=both)
+    assert catalogue_cutoff(incomplete, parts) == (t[0], frozenset())
+    assert catalogue_cutoff(complete, {both[0]: t[1]}) == (t[0], frozenset())
+    nothing = record(cutoff=t[3].isoformat(), complete=True, parts=[])
+    assert catalogue_cutoff(nothing, parts) == (t[3], frozenset())
+    for broken in (
+        record(cutoff="yesterday", complete=True, parts=both),
+        record(cutoff="2026-01-01T00:00:00", complete=True, parts=both),  # no time zone
+        record(cutoff=None, complete=True, parts="catalogue/images/a.parquet"),
+        {"problems": [], "catalogue": []},
+    ):
+        assert catalogue_cutoff(broken, parts) == (None, frozenset())
+
+
+def test_a_sharded_runs_catalogue_record_is_complete_only_with_every_part():
+    clinical_part = {
+        "phase": "clinical",
+        "catalogue": {"cutoff": "C", "complete": True, "parts": ["p0"]},
+    }
+    shard = {"phase": "images", "catalogue": {"cutoff": None, "complete": True, "parts": ["p1"]}}
+    empty = {"phase": "images", "catalogue": {"cutoff": None, "complete": True, "parts": []}}
+    assert combined_catalogue([clinical_part, shard, empty]) == {
+        "cutoff": "C",
+        "complete": True,
+        "parts": ["p0", "p1"],
+    }
+    assert combined_catalogue([clinical_part, shard, None])["complete"] is False
+    stopped = {"phase": "images", "catalogue": {"cutoff": None, "complete": False, "parts": []}}
+    assert combined_catalogue([clinical_part, stopped])["complete"] is False
+    assert combined_catalogue([None, shard]) == {"cutoff": None, "complete": False, "parts": ["p1"]}
+
+
+@pytest.mark.parametrize("before", ["stopped run", "no catalogue"])
+def test_an_image_in_no_part_is_catalogued_and_known_to_the_duplicate_rule(store, before):
+    """Images filed by a run stopped before its part, or before the catalogue existed: the
+    next run lists them in its part, and a later copy of one is a duplicate."""
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    builders.put_tree(store, _tree(images=6, date="2021-02-01", first=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    parts = part_keys(store)
+    if before == "stopped run":
+        store_delete(store, parts[-1])  # what a stop before the part leaves
+    else:
+        for key in parts:
+            store_delete(store, key)
+        report = _latest(store)
+        del report["catalogue"]  # a report of a version before the catalogue
+        store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
+    name = image("Covid3", "DX", "s2", "r1", 8)[0]  # one of the second run's images
+    (orphan,) = [k for k in _raw_of(store) if k.endswith("/" + name)]
+    store.write("raw-a/2021-03-01/images/again.dcm", store.read(orphan))
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0
+    reason, detail = _problems(state)["raw-a/2021-03-01/images/again.dcm"]
+    assert reason == "duplicate image" and orphan in detail
+    rows = part_rows(store)
+    keys = [r["warehouse_key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 12
+    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, _raw_of(store))
+    # the record is complete again: the next run checks nothing
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0 and _latest(store)["catalogue"]["complete"]
+    assert len(part_rows(store)) == 12
 
 
 def _all_metadata(storage) -> list[str]:

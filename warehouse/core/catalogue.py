@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import re
+import time
 from collections.abc import Iterable
 
 import pyarrow as pa
@@ -61,6 +63,9 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 #: The columns taken from the header (after the seven that say where the image is).
 HEADER_COLUMNS = COLUMNS[7:]
+
+#: Seconds between two progress lines of a pass over filed images' headers.
+PROGRESS_SECONDS = 10.0
 
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
@@ -419,3 +424,29 @@ def raw_sources(
         if keys:
             found[keys.pop(0)] = (raw.key, raw.upload_date)
     return found
+
+
+class HeaderProgress:
+    """The progress line of a pass over filed images' headers (the loader's for the images a
+    stopped run left out, ``dataprocess``'s backfill), at most every `PROGRESS_SECONDS`."""
+
+    def __init__(self, total: int, log: logging.Logger, label: str, clock=time.monotonic):
+        self.total, self.done = total, 0
+        self._log, self._label = log, label
+        self._clock = clock
+        self._start = self._last = clock()
+
+    def step(self) -> None:
+        """One more image read; log the line when it is time (and at the end)."""
+        self.done += 1
+        now = self._clock()
+        if now - self._last >= PROGRESS_SECONDS or self.done == self.total:
+            self._last = now
+            self._log.info("%s", self.line())
+
+    def line(self) -> str:
+        """``catalogue backfill: images 1,200/5,000 (24%), 118.0 images/s``."""
+        share = 100 * self.done // self.total if self.total else 100
+        elapsed = self._clock() - self._start
+        rate = f", {self.done / elapsed:.1f} images/s" if elapsed > 0 else ""
+        return f"{self._label}: images {self.done:,}/{self.total:,} ({share}%){rate}"

@@ -104,6 +104,9 @@ class RunReport:
         #: Whether the run listed its inputs: only such a report may become the memo the next
         #: run reads (``latest.json``); one that stopped before cannot describe the inputs.
         self.listed = False
+        #: The loader's image catalogue this run: where its cutoff for a stopped run's images
+        #: was, the parts it wrote and whether they list everything (`loader.catalogue`).
+        self.catalogue: dict | None = None
         self._lock = threading.Lock()
 
     def count(self, outcome: str, n: int = 1, *, prefix: str | None = None) -> None:
@@ -201,7 +204,7 @@ class RunReport:
             },
             "not_filed": dict(sorted(self.reasons.items())),
             "problems": by_key,
-        }
+        } | ({"catalogue": self.catalogue} if self.catalogue is not None else {})
 
     def key(self) -> str:
         """Where the report goes in the warehouse: ``reports/<graph>/<UTC timestamp>.json``."""

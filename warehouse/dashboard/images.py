@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable
 
 import pandas as pd
@@ -25,6 +24,7 @@ import pyarrow as pa
 
 from warehouse.core.catalogue import (
     PARTS_PREFIX,
+    HeaderProgress,
     InvalidPart,
     RowBuffer,
     image_row,
@@ -51,8 +51,6 @@ CLINICAL_COLUMNS = {
     "age_update": "age",
     "sex_update": "sex",
 }
-#: Seconds between two progress lines of a backfill.
-PROGRESS_SECONDS = 10.0
 
 
 def backfill_key(now: dt.datetime) -> str:
@@ -92,30 +90,6 @@ def read_parts(
     return tables
 
 
-class Progress:
-    """The backfill's progress line, at most every `PROGRESS_SECONDS`."""
-
-    def __init__(self, total: int, clock=time.monotonic):
-        self.total, self.done = total, 0
-        self._clock = clock
-        self._start = self._last = clock()
-
-    def step(self) -> None:
-        """One more image read; log the line when it is time (and at the end)."""
-        self.done += 1
-        now = self._clock()
-        if now - self._last >= PROGRESS_SECONDS or self.done == self.total:
-            self._last = now
-            logger.info("%s", self.line())
-
-    def line(self) -> str:
-        """``catalogue backfill: images 1,200/5,000 (24%), 118.0 images/s``."""
-        share = 100 * self.done // self.total if self.total else 100
-        elapsed = self._clock() - self._start
-        rate = f", {self.done / elapsed:.1f} images/s" if elapsed > 0 else ""
-        return f"catalogue backfill: images {self.done:,}/{self.total:,} ({share}%){rate}"
-
-
 def _backfill_row(storage: Storage, key: str, size: int, raw, max_header_bytes: int) -> tuple:
     header = read_header(storage, key, size, max_header_bytes=max_header_bytes)
     raw_key, upload = raw or (None, None)
@@ -149,7 +123,7 @@ def backfill(
         return rows.table()
     logger.info("catalogue backfill: %d filed images are in no catalogue part", len(missing))
     sources = raw_sources(missing, list_raw(storage, raw_prefixes, workers).images)
-    progress = Progress(len(missing))
+    progress = HeaderProgress(len(missing), logger, "catalogue backfill")
     futures = [
         (key, submit(_backfill_row, storage, key, size, sources.get(key), max_header_bytes))
         for key, size in sorted(missing.items())

@@ -158,7 +158,9 @@ class LoaderState(RunState):
             self.part = part_of(self.settings)
         if self.catalogue is None:
             submit = self.workers.submit if self.workers is not None else None
-            self.catalogue = LoaderCatalogue(self.report, submit)
+            self.catalogue = LoaderCatalogue(
+                self.report, submit, max_header_bytes=self.settings.max_header_bytes
+            )
 
     def count_header_read(self, requests: int, size: int) -> None:
         """Add one header read's requests and bytes to the run's totals."""

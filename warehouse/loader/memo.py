@@ -56,9 +56,10 @@ FILE_REASONS = frozenset(
 )
 
 
-def load_previous_problems(storage: Storage, graph: str) -> list[dict] | None:
-    """The problems of the previous run report (``reports/<graph>/latest.json``), or None
-    when there is none or it cannot be used (then everything is read again)."""
+def load_previous_report(storage: Storage, graph: str) -> dict | None:
+    """The previous run report (``reports/<graph>/latest.json``) with its problems as a list
+    of dicts, or None when there is none or it cannot be used (then everything is read
+    again)."""
     try:
         report = json.loads(storage.read(latest_report_key(graph)))
         problems = report["problems"]
@@ -69,7 +70,20 @@ def load_previous_problems(storage: Storage, graph: str) -> list[dict] | None:
     except (ValueError, KeyError, TypeError) as exc:
         logger.warning("the previous run report cannot be used (%s); reading every input", exc)
         return None
-    return [p for p in problems if isinstance(p, dict) and isinstance(p.get("key"), str)]
+    report["problems"] = [
+        p for p in problems if isinstance(p, dict) and isinstance(p.get("key"), str)
+    ]
+    return report
+
+
+def problems_of(report: dict | None) -> list[dict] | None:
+    """The problems of a report `load_previous_report` returned (None for none)."""
+    return None if report is None else report["problems"]
+
+
+def load_previous_problems(storage: Storage, graph: str) -> list[dict] | None:
+    """The problems of the previous run report (`load_previous_report`), or None."""
+    return problems_of(load_previous_report(storage, graph))
 
 
 def memo_of(problems: list[dict] | None) -> dict[str, dict]:

@@ -35,7 +35,13 @@ from warehouse.core.report_page import page_key, run_report_page
 from warehouse.core.storage import ObjectNotFound, Storage
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.filing import FiledCentres, LoaderState, Task
-from warehouse.loader.memo import load_previous_problems, memo_of, refused_claims
+from warehouse.loader.memo import (
+    load_previous_problems,
+    load_previous_report,
+    memo_of,
+    problems_of,
+    refused_claims,
+)
 from warehouse.loader.planning import plan_inputs
 from warehouse.loader.shards import (
     CLINICAL_PHASE,
@@ -108,11 +114,18 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
     report, workers = state.report, state.settings.workers
     try:
         with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
-            warehouse_side = pool.submit(state.catalogue.index_warehouse, storage, workers)
+            last_run = pool.submit(load_previous_report, storage, graph)
+            # (the catalogue's cutoff for a stopped run's images is in the last report)
+            warehouse_side = pool.submit(
+                state.catalogue.index_warehouse,
+                storage,
+                workers,
+                last_run.result,
+                find_orphans=state.part is None or state.part.phase != IMAGE_PHASE,
+            )
             raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
-            last_run = pool.submit(load_previous_problems, storage, graph)
             index, listing = warehouse_side.result(), raw_side.result()
-            state.previous_problems = last_run.result()
+            state.previous_problems = problems_of(last_run.result())
             memo = memo_of(state.previous_problems)
     except ExpectedError as exc:
         report.fail(str(exc))
