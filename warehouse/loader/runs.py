@@ -295,10 +295,10 @@ def finish_run(
     and delete the run's lease.
 
     Without ``force`` nothing is done unless every part has written its report (so of the
-    shards that end at once, at least the last to list the run's folder ends the run; ending
-    it twice writes the same report). With ``force`` (the process that started the shards, or
-    an operator, once they have all stopped) the parts found are combined and the missing ones
-    named; ``latest.json`` then stays the last complete run's.
+    shards that end at once, at least the last to list the run's folder ends the run; one
+    that finds ``latest.json`` already this run's leaves it). With ``force`` (the process that
+    started the shards, or an operator, once they have all stopped) the parts found are
+    combined and the missing ones named; ``latest.json`` then stays the last complete run's.
 
     Parameters
     ----------
@@ -322,6 +322,13 @@ def finish_run(
         listed = {info.key for info in storage.list(run_folder(graph, run_id))}
         if not all(key in listed for key in expected_part_keys(graph, run_id, count)):
             return RunEnd(None)
+        last = load_previous_report(storage, graph)
+        if last is not None and last.get("run_id") == run_id:
+            # another shard that ended at the same time ended the run: its report stands (a
+            # second one would compare the feedback with the run's own and count none)
+            if release_lease:
+                release_run_lease(storage, run_id)
+            return RunEnd(last, "\n  run report: written by another shard of the run")
     parts = read_parts(storage, graph, run_id, count)
     combined = combine_reports(parts, run_id, graph)
     if combined["listed"]:
