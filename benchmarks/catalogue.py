@@ -61,12 +61,11 @@ def _catalogue_requests(counts: dict) -> dict:
 def _backfill(proxy_url: str, workers: int) -> dict:
     """Delete the parts, then run the backfill of `warehouse.dashboard.images` through the
     proxy, timed alone."""
-    from warehouse.components.execution import WorkerPool
-    from warehouse.dashboard.contents import list_contents
-
     from warehouse.core.catalogue import PARTS_PREFIX
     from warehouse.core.config import parse_config
+    from warehouse.core.listing import index_warehouse
     from warehouse.core.report import RunReport
+    from warehouse.core.run import WorkerPool
     from warehouse.core.storage import S3Storage
     from warehouse.dashboard.images import image_catalogue
 
@@ -76,7 +75,7 @@ def _backfill(proxy_url: str, workers: int) -> dict:
     for info in list(storage.list(PARTS_PREFIX)):
         client.delete_object(Bucket=BUCKET, Key=info.key)
     config = parse_config(storage.read("config.json"))
-    filed = list_contents(storage, workers).filed_images()
+    filed = index_warehouse(storage, workers).filed_images()
     pool = WorkerPool(workers)
     report = RunReport("dataprocess")
     reset_counts(proxy_url)
