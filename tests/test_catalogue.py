@@ -34,26 +34,8 @@ from warehouse.core.catalogue import (
 )
 from warehouse.core.dicom import parse_header
 from warehouse.core.keys import parse_image_key
-from warehouse.core.storage import LocalStorage, S3Storage
+from warehouse.core.storage import LocalStorage
 from warehouse.loader.catalogue import catalogue_cutoff, combined_catalogue
-
-
-@pytest.fixture
-def local_store(tmp_path):
-    (tmp_path / "bucket").mkdir()
-    (tmp_path / "bucket-processed").mkdir()
-    return LocalStorage(tmp_path / "bucket")
-
-
-@pytest.fixture
-def s3_store(s3_bucket):
-    return S3Storage(s3_bucket, workers=8)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request):
-    """A local directory, and S3 over HTTP (moto server on 127.0.0.1)."""
-    return request.getfixturevalue(f"{request.param}_store")
 
 
 def part_keys(storage) -> list[str]:
@@ -222,7 +204,7 @@ def test_each_run_records_its_catalogue_and_a_part_comes_after_its_images(store)
     assert builders.run_loader(store, workers=4)[0] == 0
     (part,) = part_keys(store)
     record = _latest(store)["catalogue"]
-    assert record == {"cutoff": None, "complete": True, "parts": [part]}
+    assert record == {"cutoff": None, "listed_until": None, "complete": True, "parts": [part]}
     listed = {i.key: i.last_modified for i in store.list("")}
     images = [t for k, t in listed.items() if parse_image_key(k) is not None]
     assert len(images) == 6 and listed[part] > max(images)  # (S3 lists whole seconds)
@@ -249,8 +231,12 @@ def test_cutoff_from_the_last_report():
     incomplete = record(cutoff=t[0].isoformat(), complete=False, parts=both)
     assert catalogue_cutoff(incomplete, parts) == (t[0], frozenset())
     assert catalogue_cutoff(complete, {both[0]: t[1]}) == (t[0], frozenset())
-    nothing = record(cutoff=t[3].isoformat(), complete=True, parts=[])
-    assert catalogue_cutoff(nothing, parts) == (t[3], frozenset())
+    nothing = record(cutoff=t[0].isoformat(), complete=True, parts=[])
+    assert catalogue_cutoff(nothing, parts) == (t[0], frozenset())
+    listed = record(cutoff=None, listed_until=t[3].isoformat(), complete=True, parts=[])
+    assert catalogue_cutoff(listed, parts) == (t[3], frozenset())
+    listed["catalogue"]["complete"] = False  # (then what it listed is not all in parts)
+    assert catalogue_cutoff(listed, parts) == (None, frozenset())
     for broken in (
         record(cutoff="yesterday", complete=True, parts=both),
         record(cutoff="2026-01-01T00:00:00", complete=True, parts=both),  # no time zone
@@ -263,19 +249,43 @@ def test_cutoff_from_the_last_report():
 def test_a_sharded_runs_catalogue_record_is_complete_only_with_every_part():
     clinical_part = {
         "phase": "clinical",
-        "catalogue": {"cutoff": "C", "complete": True, "parts": ["p0"]},
+        "catalogue": {"cutoff": "C", "listed_until": "L", "complete": True, "parts": ["p0"]},
     }
     shard = {"phase": "images", "catalogue": {"cutoff": None, "complete": True, "parts": ["p1"]}}
     empty = {"phase": "images", "catalogue": {"cutoff": None, "complete": True, "parts": []}}
     assert combined_catalogue([clinical_part, shard, empty]) == {
         "cutoff": "C",
+        "listed_until": "L",
         "complete": True,
         "parts": ["p0", "p1"],
     }
-    assert combined_catalogue([clinical_part, shard, None])["complete"] is False
+    missing = combined_catalogue([clinical_part, shard, None])
+    assert missing["complete"] is False and missing["listed_until"] is None
     stopped = {"phase": "images", "catalogue": {"cutoff": None, "complete": False, "parts": []}}
     assert combined_catalogue([clinical_part, stopped])["complete"] is False
-    assert combined_catalogue([None, shard]) == {"cutoff": None, "complete": False, "parts": ["p1"]}
+    assert combined_catalogue([None, shard]) == {
+        "cutoff": None,
+        "listed_until": None,
+        "complete": False,
+        "parts": ["p1"],
+    }
+
+
+def test_a_run_that_files_nothing_moves_the_cutoff_to_what_it_listed(store):
+    """A complete run that writes no part still says up to when every image is in a part: the
+    next run does not read every part again."""
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    report = _latest(store)
+    report["catalogue"] = {"cutoff": None, "complete": False, "parts": []}  # (an older run's)
+    store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
+    assert builders.run_loader(store, workers=4)[0] == 0  # checks all: every image is in a part
+    record = _latest(store)["catalogue"]
+    images = [i.last_modified for i in store.list("") if parse_image_key(i.key) is not None]
+    assert record["complete"] and record["parts"] == [] and record["cutoff"] is None
+    assert dt.datetime.fromisoformat(record["listed_until"]) >= max(images)
+    parts = {k: i.last_modified for k in part_keys(store) for i in store.list(k)}
+    assert catalogue_cutoff(_latest(store), parts)[0] >= max(images)
 
 
 @pytest.mark.parametrize("before", ["stopped run", "no catalogue"])

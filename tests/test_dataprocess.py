@@ -405,13 +405,6 @@ def latest_report(storage: Storage) -> dict:
     return json.loads(storage.read(keys[-1]))
 
 
-@pytest.fixture
-def local_store(tmp_path):
-    (tmp_path / "bucket").mkdir()
-    (tmp_path / "bucket-processed").mkdir()
-    return LocalStorage(tmp_path / "bucket")
-
-
 def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     files = warehouse_files()
     builders.put_tree(local_store, files)

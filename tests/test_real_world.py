@@ -21,7 +21,6 @@ from pydicom.errors import InvalidDicomError
 from tests import builders
 from tests.dicom_oracle import expected_json
 from warehouse.core.keys import identifier_problem
-from warehouse.core.storage import LocalStorage, S3Storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -52,23 +51,6 @@ def real_tree() -> tuple[dict[str, bytes], dict[str, bytes]]:
         files[f"{PREFIX}/data/{patient}_data.json"] = builders.clinical(patient, SITE)
     files.update(images)
     return files, images
-
-
-@pytest.fixture
-def local_store(tmp_path):
-    root = tmp_path / "bucket"
-    root.mkdir()
-    return LocalStorage(root)
-
-
-@pytest.fixture
-def s3_store(s3_bucket):
-    return S3Storage(s3_bucket, workers=8)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request):
-    return request.getfixturevalue(f"{request.param}_store")
 
 
 def test_every_real_file_is_filed_exactly_or_reported(store):

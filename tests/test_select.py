@@ -11,26 +11,8 @@ from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT
 from warehouse import select as select_command
 from warehouse.core.keys import parse_image_key
-from warehouse.core.storage import LocalStorage, S3Storage
 
 OTHER = "Other Trust"
-
-
-@pytest.fixture
-def local_store(tmp_path):
-    (tmp_path / "bucket").mkdir()
-    (tmp_path / "bucket-processed").mkdir()
-    return LocalStorage(tmp_path / "bucket")
-
-
-@pytest.fixture
-def s3_store(s3_bucket):
-    return S3Storage(s3_bucket, workers=8)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request):
-    return request.getfixturevalue(f"{request.param}_store")
 
 
 def _warehouse(storage):

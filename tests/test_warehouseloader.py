@@ -21,7 +21,7 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image, uid
-from warehouse.core.storage import DelegatingStorage, LocalStorage, S3Storage, Storage
+from warehouse.core.storage import DelegatingStorage, LocalStorage, Storage
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -223,23 +223,6 @@ def check_report(report: dict, problems):
     found = {p["key"]: p["reason"] for p in report["problems"]}
     assert found == problems
     assert report["completed"] is True
-
-
-@pytest.fixture
-def local_store(tmp_path):
-    (tmp_path / "bucket").mkdir()
-    return LocalStorage(tmp_path / "bucket")
-
-
-@pytest.fixture
-def s3_store(s3_bucket):
-    return S3Storage(s3_bucket, workers=8)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request):
-    """The same tests on a local directory and on S3 over HTTP (moto server on 127.0.0.1)."""
-    return request.getfixturevalue(f"{request.param}_store")
 
 
 def test_files_every_input_as_designed(store):

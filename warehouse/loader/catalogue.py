@@ -5,21 +5,21 @@ A run keeps one compact row per image it files, made from the header it filed th
 after the graph, once every image and metadata file the part lists is written: one PUT per
 run that files images, none for a run that files nothing, none in a dry run.
 
-**A run stopped before its part.** Runs hold the warehouse one at a time (the run lease) and
-a part is written after every object it lists. Each run's report (``latest.json``) records
-its catalogue: the parts it wrote, whether they list everything it filed, and the *cutoff*
-it used. The next run lists ``catalogue/images/`` (one LIST per 1,000 parts) and takes as its
-cutoff the newest listing time of the last run's parts when that run's catalogue was complete
-(else the cutoff that run used; none without such a report: then every filed image is
-checked). Every filed image listed before the cutoff is in a part; one listed at or after it
-that no later part names (those parts' key columns are read: none in a run that follows a
-complete one) was filed by a run that stopped before its part, however many processes that
-run had. This run reads those images' headers (one ranged GET each, through the worker pool,
-before it decides its first image, so the duplicate rule knows them) and lists them in its
-part; their raw key is the raw image of the same name and size, first in key order. On S3,
+**A run stopped before its part.** Runs hold the warehouse one at a time (the run lease) and a
+part is written after every object it lists. Each run's report (``latest.json``) records its
+catalogue: the parts it wrote, whether they list everything it filed, the *cutoff* it used and
+(when complete) the newest listing time it saw. The next run lists ``catalogue/images/`` (one
+LIST per 1,000 parts) and takes as its cutoff the newest of those times when that run's
+catalogue was complete (else the cutoff that run used; none without such a report: then every
+filed image is checked). Every filed image listed before the cutoff is in a part; one listed at
+or after it that no later part names (those parts' key columns are read: none in a run that
+follows a complete one) was filed by a run that stopped before its part, however many processes
+that run had. This run reads those images' headers (one ranged GET each, through the worker
+pool, before it decides its first image, so the duplicate rule knows them) and lists them in
+its part; their raw key is the raw image of the same name and size, first in key order. On S3,
 whose listing times are whole seconds, a run writes its part at least a second after its last
-image, so that the cutoff second holds none of them. In a sharded run the clinical phase
-does this (and writes its own part before the shards start), the shards do not.
+image, so that the cutoff second holds none of them. In a sharded run the clinical phase does
+this (and writes its own part before the shards start), the shards do not.
 
 **Duplicates.** The same SOPInstanceUID filed under another key is refused: "duplicate
 image" when the sizes are equal, "conflicting duplicate" when they differ. The SOP instances
@@ -83,24 +83,34 @@ def catalogue_cutoff(
     tuple
         ``(cutoff, settled)``: every filed image listed before ``cutoff`` is in a part (None:
         check them all); the parts in ``settled`` (the last run's, when its catalogue was
-        complete) name no image listed at or after it.
+        complete) name no image listed at or after it. A complete record gives the newest of
+        its parts' listing times and its ``listed_until`` (the newest object that run listed:
+        all of them were then in parts); an incomplete one, the cutoff that run used.
     """
     info = previous.get("catalogue") if isinstance(previous, dict) else None
     if not isinstance(info, dict):
         return None, frozenset()
-    used, written = info.get("cutoff"), info.get("parts")
+    written = info.get("parts")
     try:
-        used = dt.datetime.fromisoformat(used) if used is not None else None
+        used, listed = _time(info.get("cutoff")), _time(info.get("listed_until"))
     except (TypeError, ValueError):
-        return None, frozenset()
-    if used is not None and used.tzinfo is None:
         return None, frozenset()
     if not isinstance(written, list) or not all(isinstance(k, str) for k in written):
         return None, frozenset()
-    if info.get("complete") is True and written and all(k in parts for k in written):
-        newest = max(parts[k] for k in written)
-        return (newest if used is None else max(newest, used)), frozenset(written)
+    if info.get("complete") is True and all(k in parts for k in written):
+        times = [parts[k] for k in written] + [t for t in (used, listed) if t is not None]
+        return (max(times) if times else None), frozenset(written)
     return used, frozenset()
+
+
+def _time(text) -> dt.datetime | None:
+    """A record's time (ISO 8601 with its zone), None for none; ValueError for another."""
+    if text is None:
+        return None
+    time = dt.datetime.fromisoformat(text)
+    if time.tzinfo is None:
+        raise ValueError(f"{text} has no time zone")
+    return time
 
 
 def combined_catalogue(reports: list[dict | None]) -> dict:
@@ -110,11 +120,17 @@ def combined_catalogue(reports: list[dict | None]) -> dict:
     records = [r.get("catalogue") if isinstance(r, dict) else None for r in reports]
     complete = bool(records) and all(isinstance(r, dict) and r.get("complete") for r in records)
     cutoff = None
+    listed = None
     for report, record in zip(reports, records, strict=True):
         if isinstance(record, dict) and report.get("phase") == "clinical":
-            cutoff = record.get("cutoff")
+            cutoff, listed = record.get("cutoff"), record.get("listed_until")
     parts = sorted(k for r in records if isinstance(r, dict) for k in r.get("parts") or ())
-    return {"cutoff": cutoff, "complete": complete, "parts": parts}
+    return {
+        "cutoff": cutoff,
+        "listed_until": listed if complete else None,
+        "complete": complete,
+        "parts": parts,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +203,10 @@ class _FiledInstances:
         return self._rows[number]
 
 
+def _iso(time: dt.datetime | None) -> str | None:
+    return time.isoformat() if time is not None else None
+
+
 class LoaderCatalogue:
     """One loader run's catalogue: the rows of the images it files, the images a stopped run
     left out of the catalogue, and the SOP instances already filed (a service of the run,
@@ -227,6 +247,8 @@ class LoaderCatalogue:
         self._filed_error: StorageError | None = None
         self._listed_keys: set[str] = set()
         self._last_write: float | None = None
+        #: The newest listing time of the warehouse side this run listed.
+        self._listed_until: dt.datetime | None = None
         self._lock = threading.Lock()
         self._orphan_lock = threading.Lock()
 
@@ -288,6 +310,8 @@ class LoaderCatalogue:
         return index
 
     def _observe(self, info: ObjectInfo) -> None:
+        if self._listed_until is None or info.last_modified > self._listed_until:
+            self._listed_until = info.last_modified  # (a race keeps a smaller one: still true)
         if not info.link and (self.cutoff is None or info.last_modified >= self.cutoff):
             parsed = parse_warehouse_key(info.key)
             if parsed is not None and parsed.kind == "image":
@@ -448,11 +472,17 @@ class LoaderCatalogue:
         if self._unread:
             self.report.count("filed images left out of the catalogue part", len(self._unread))
         written, line = self._write_part(storage, settings, now)
-        self.report.catalogue = {
-            "cutoff": self.cutoff.isoformat() if self.cutoff is not None else None,
-            "complete": not storage.read_only
+        complete = (
+            not storage.read_only
             and not self._unread
-            and (written is not None or not len(self.rows)),
+            and (written is not None or not len(self.rows))
+        )
+        self.report.catalogue = {
+            "cutoff": _iso(self.cutoff),
+            # every image listed up to then is in a part, when complete (then the next run
+            # need not look before it even if this run filed nothing)
+            "listed_until": _iso(self._listed_until) if complete else None,
+            "complete": complete,
             "parts": [written] if written is not None else [],
         }
         return line
