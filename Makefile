@@ -47,6 +47,10 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@sed 's/^/  /' $(DEMO_DIR)-centres.txt
 	@echo "Dashboard tables in $(DEMO_DIR)-processed/; latest.csv names the newest batch:"
 	@sed 's/^/  /' $(DEMO_DIR)-processed/latest.csv
+	@echo "Image catalogue: one row per filed image, $$(find $(DEMO_DIR)/catalogue/images -name '*.parquet' | wc -l) part(s) in $(DEMO_DIR)/catalogue/images/ ($$(cat $(DEMO_DIR)/catalogue/images/*.parquet | wc -c) bytes);"
+	@echo "  the whole catalogue in the batch: $$(sed -n 's/^images,//p' $(DEMO_DIR)-processed/latest.csv) ($$(( $$(wc -l < $(DEMO_DIR)-processed/$$(sed -n 's/^images,//p' $(DEMO_DIR)-processed/latest.csv)) - 1 )) rows)"
+	@echo "A selection: python -m warehouse.select --group training --modality xray --positive"
+	@WAREHOUSE_BUCKET=file://$(DEMO_DIR) $(BIN)/python -m warehouse.select --group training --modality xray --positive | sed 's/^/  /'
 	@echo
 	@echo "Pages to open in a browser (self-contained, no network needed):"
 	@sed -n 's/^dashboard,/  internal dashboard: $(subst /,\/,$(abspath $(DEMO_DIR)))-processed\//p' $(DEMO_DIR)-processed/latest.csv

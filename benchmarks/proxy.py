@@ -17,8 +17,9 @@ unchanged, sleeps a fixed delay once per request (an S3 round trip in the same r
 ========== ===========================================================
 
 and by subject, from the object key (the copy source for a copy): ``image`` (``*.dcm`` files
-and ``*-metadata/`` JSON), ``clinical`` (``*.json`` below a ``data`` folder) or ``other``
-(listings, ``config.json``, run reports).
+and ``*-metadata/`` JSON), ``clinical`` (``*.json`` below a ``data`` folder), ``catalogue``
+(the image catalogue's parts, ``catalogue/``, and their listing) or ``other`` (listings,
+``config.json``, run reports).
 
 Two paths are the proxy's own and are neither delayed nor forwarded nor counted:
 ``GET /__counts`` returns the counts as JSON and ``POST /__reset`` sets them to zero.
@@ -39,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 KINDS = ("LIST", "GET-range", "GET", "PUT", "COPY", "HEAD", "other")
-SUBJECTS = ("image", "clinical", "other")
+SUBJECTS = ("image", "clinical", "catalogue", "other")
 COUNTS_PATH = "/__counts"
 RESET_PATH = "/__reset"
 
@@ -71,11 +72,13 @@ def subject_of(key: str) -> str:
     Returns
     -------
     str
-        ``image`` for DICOM files and metadata JSON (``*-metadata/`` folders), ``clinical`` for
-        JSON files below a ``data`` folder (raw uploads and the warehouse's copies), ``other``
-        for everything else.
+        ``catalogue`` for the catalogue's parts (``catalogue/``), ``image`` for DICOM files and
+        metadata JSON (``*-metadata/`` folders), ``clinical`` for JSON files below a ``data``
+        folder (raw uploads and the warehouse's copies), ``other`` for everything else.
     """
     lowered = key.lower()
+    if key.startswith("catalogue/"):
+        return "catalogue"
     if lowered.endswith(".dcm") or "-metadata/" in lowered:
         return "image"
     parts = key.split("/")
@@ -108,7 +111,10 @@ def classify(method: str, target: str, headers) -> tuple[str, str]:
     method = method.upper()
     if method == "GET":
         if not key:
-            return ("LIST" if "list-type" in query else "other"), "other"
+            if "list-type" not in query:
+                return "other", "other"
+            prefix = query.get("prefix", [""])[0]
+            return "LIST", "catalogue" if prefix.startswith("catalogue/") else "other"
         return ("GET-range" if headers.get("Range") else "GET"), subject_of(key)
     if method == "PUT":
         if not key:

@@ -767,13 +767,16 @@ def request_breakdown(counts: dict, raw_images: int, clinical_files: int) -> dic
         ``all`` (every request / raw images), ``without_clinical`` (image requests plus the
         listing, config and report / raw images: what the 3.2 target is checked against),
         ``image_only``, ``clinical_per_file``, ``clinical_per_image``, ``other`` (listing,
-        config, report), and ``by_kind`` (every request of each kind / raw images).
+        config, report, the catalogue's requests), ``catalogue_requests``, and ``by_kind``
+        (every request of each kind / raw images).
     """
     per = max(1, raw_images)
     subjects = counts["subjects"]
     image = sum(subjects.get("image", {}).values())
     clinical = sum(subjects.get("clinical", {}).values())
     other = sum(subjects.get("other", {}).values())
+    catalogue = sum(subjects.get("catalogue", {}).values())
+    other += catalogue  # the catalogue's LIST and PUT are the run's, as the report's are
     return {
         "raw_images": raw_images,
         "clinical_files": clinical_files,
@@ -786,6 +789,8 @@ def request_breakdown(counts: dict, raw_images: int, clinical_files: int) -> dic
         "clinical_per_image": round(clinical / per, 3),
         "other_requests": other,
         "other_by_kind": subjects.get("other", {}),
+        "catalogue_requests": catalogue,
+        "catalogue_by_kind": subjects.get("catalogue", {}),
         "by_kind": {kind: round(counts["kinds"].get(kind, 0) / per, 3) for kind in KINDS},
         "status": counts.get("status", {}),
     }

@@ -57,12 +57,12 @@ def put_tree(storage: Storage, files: dict[str, bytes]) -> None:
 
 
 def snapshot(storage: Storage, prefix: str = "") -> dict[str, bytes]:
-    """Every object under ``prefix`` (run records excluded: reports and feedback files, which
-    hold the run's id and times), key -> content."""
+    """Every object under ``prefix`` (run records excluded: reports, feedback files and
+    catalogue parts, which are named by the run's time), key -> content."""
     return {
         info.key: storage.read(info.key)
         for info in storage.list(prefix)
-        if not info.key.startswith(("reports/", "feedback/"))
+        if not info.key.startswith(("reports/", "feedback/", "catalogue/"))
     }
 
 

@@ -9,6 +9,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.fake_aws import use_fake_aws
+from warehouse.core.storage import LocalStorage, S3Storage
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +43,23 @@ def s3_bucket(s3_endpoint):
     client.create_bucket(Bucket=name)
     client.create_bucket(Bucket=f"{name}-processed")
     return name
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    """A local directory laid out like a bucket (and its ``-processed`` store)."""
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket-processed").mkdir()
+    return LocalStorage(tmp_path / "bucket")
+
+
+@pytest.fixture
+def s3_store(s3_bucket):
+    """A fresh bucket on the moto server, through the product's S3 store."""
+    return S3Storage(s3_bucket, workers=8)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request):
+    """The same test on a local directory and on S3 over HTTP (moto server on 127.0.0.1)."""
+    return request.getfixturevalue(f"{request.param}_store")

@@ -354,3 +354,21 @@ def test_dicom_json_benchmark_converts_the_real_world_headers(capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{len(files)} real-world headers: header_json_dict ")
     assert line.endswith("x)")
+
+
+def test_catalogue_benchmark_measures_the_parts_and_the_backfill(tmp_path, capsys):
+    """A small round of ``python -m benchmarks.catalogue``: its figures are there and say what
+    the catalogue should cost (one LIST and one PUT in a run that files images)."""
+    import json
+
+    from benchmarks import catalogue
+
+    output = tmp_path / "figures.json"
+    argv = ["--patients", "4", "--images", "24", "--delay-ms", "0", "--output", str(output)]
+    assert catalogue.main(argv) == 0
+    figures = json.loads(output.read_text())
+    assert figures["first run"]["raw_images"] >= 24  # (with the generator's faulty files)
+    assert figures["backfill"]["images"] == 24
+    assert figures["first run"]["catalogue_requests"].get("PUT", 0) >= 1
+    assert "PUT" not in figures["rerun"]["catalogue_requests"]
+    assert "backfill of 24 images" in capsys.readouterr().out

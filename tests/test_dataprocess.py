@@ -25,8 +25,10 @@ import pytest
 from tests import builders
 from tests.builders import clinical, image, uid
 from warehouse import dataprocess
+from warehouse.core.catalogue import image_row, part_bytes, read_part, table_of_rows
 from warehouse.core.config import Settings
-from warehouse.core.dicom import header_json
+from warehouse.core.dicom import header_json, parse_header
+from warehouse.core.keys import parse_image_key
 from warehouse.core.listing import SharedWarehouseIndex
 from warehouse.core.storage import (
     DelegatingStorage,
@@ -77,8 +79,9 @@ def original_json(patient, study, series) -> bytes:
 
 def warehouse_files() -> dict[str, bytes]:
     """The hand-made warehouse side (plus a run report and a raw file, which are not read, and
-    the config.json that makes the bucket a warehouse)."""
-    return {
+    the config.json that makes the bucket a warehouse), and the catalogue part of its
+    images."""
+    files = {
         "config.json": builders.config(["raw-a"], training=[CENTRE_A], validation=[CENTRE_B]),
         # Covid1: positive; a newer status file dates it but is not the record.
         "training/data/Covid1/status_2021-02-15.json": clinical("Covid1", CENTRE_A, Age=99),
@@ -125,9 +128,34 @@ def warehouse_files() -> dict[str, bytes]:
         "reports/warehouseloader/2021-01-01T00-00-00.000000Z.json": b"{}",
         "raw-a/2021-01-01/data/Covid9_data.json": clinical("Covid9", CENTRE_A),
     }
+    files[CATALOGUE_PART] = catalogue_part(files)
+    return files
 
 
 BAD_CLINICAL = "training/data/Covid3/data_2021-05-01.json"
+#: The loader's catalogue part of the hand-made warehouse (its images' rows).
+CATALOGUE_PART = "catalogue/images/2021-03-02T00-00-00.000000Z.parquet"
+_IMAGE_MODALITY = {"ct": "CT", "xray": "DX"}
+
+
+def catalogue_part(files: dict[str, bytes]) -> bytes:
+    """A catalogue part listing the hand-made warehouse's images (headers of images made for
+    their patients and modality; the listed size)."""
+    rows = []
+    for key in sorted(files):
+        where = parse_image_key(key)
+        if where is not None:
+            _, data = image(where.patient_id, _IMAGE_MODALITY[where.folder])
+            rows.append(
+                image_row(
+                    parse_header(data),
+                    where,
+                    size=len(files[key]),
+                    raw_key=f"raw-a/2021-03-01/images/{where.name}",
+                    upload="2021-03-01",
+                )
+            )
+    return part_bytes(table_of_rows(rows))
 
 
 def expected_storage(files: dict[str, bytes]) -> dict[str, int]:
@@ -220,7 +248,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     """The checks every backend must pass on the hand-made warehouse's batch."""
     batch, out = read_batch(processed)
     assert BATCH.match(batch)
-    tables = ("ct", "xray", "patient", "patient_clean", "storage", "study_images")
+    tables = ("ct", "xray", "patient", "patient_clean", "storage", "study_images", "images")
     pages = ("dashboard.html", "public.html")
     stats = (
         "stats_patients.csv",
@@ -243,6 +271,26 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert b"vegaEmbed" in out["dashboard.html"]
     # Every public count of this small warehouse is under 10: no figure, so no chart.
     assert b"fewer than 10" in out["public.html"] and b"vegaEmbed" not in out["public.html"]
+
+    # The image catalogue: the part's rows, joined with each patient's clinical summary.
+    catalogue = pd.read_parquet(io.BytesIO(out["images.parquet"]))
+    part = read_part(files[CATALOGUE_PART]).to_pandas()
+    assert list(catalogue["warehouse_key"]) == list(part["warehouse_key"])
+    assert list(catalogue.columns) == [
+        *part.columns,
+        "SubmittingCentre",
+        "covid_positive",
+        "age",
+        "sex",
+    ]
+    summary = catalogue.drop_duplicates("PatientID").set_index("PatientID")
+    assert summary.loc["Covid1", "SubmittingCentre"] == CENTRE_A
+    assert bool(summary.loc["Covid1", "covid_positive"]) is True
+    assert summary.loc["Covid1", "age"] == 45.0
+    assert bool(summary.loc["Covid2", "covid_positive"]) is False
+    assert catalogue["upload_date"].dt.strftime("%Y-%m-%d").unique().tolist() == ["2021-03-01"]
+    images_csv = csv(out, "images.csv")
+    assert len(images_csv) == 5 and "\\" in images_csv["PixelSpacing"].iloc[0]
 
     # Images per study folder, from the listing: study A has two metadata files.
     images = csv(out, "study_images.csv")
@@ -357,13 +405,6 @@ def latest_report(storage: Storage) -> dict:
     return json.loads(storage.read(keys[-1]))
 
 
-@pytest.fixture
-def local_store(tmp_path):
-    (tmp_path / "bucket").mkdir()
-    (tmp_path / "bucket-processed").mkdir()
-    return LocalStorage(tmp_path / "bucket")
-
-
 def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     files = warehouse_files()
     builders.put_tree(local_store, files)
@@ -389,7 +430,8 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     # and for the pages config.json and the loader's latest report (neither is there).
     assert sorted(store.log["folders"]) == ["training/", "validation/"]
     reads = store.log["reads"]
-    assert len(reads) == len(set(reads)) == 4 + 4 + 2  # 3 patients + the bad file, 4 studies
+    # (and the catalogue part)
+    assert len(reads) == len(set(reads)) == 4 + 4 + 2 + 1  # 3 patients + the bad file, 4 studies
     assert {"config.json", "reports/warehouseloader/latest.json"} <= set(reads)
     assert reads[0] == "config.json"  # before anything else: a bucket without it is refused
     assert set(csv(out, "study_images.csv")["filed"]) == {"2021-03-02"}
@@ -403,7 +445,7 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert writes[-3].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-3]
     assert store.log["writes"][-2].endswith("reports/dataprocess/latest.json")
     assert store.log["writes"][-1] == store.log["writes"][-3].removesuffix(".json") + ".html"
-    assert len(writes) == 12 + 5 + 2 + 1 + 3
+    assert len(writes) == 14 + 5 + 2 + 1 + 3  # tables (images too), stats, pages, latest
 
     printed = capsys.readouterr()
     assert "dataprocess run summary" in printed.out
@@ -426,10 +468,14 @@ def test_a_modality_without_studies_has_no_table(local_store):
         "patient_clean",
         "storage",
         "study_images",
+        "images",
         "dashboard",
         "public",
     ]
     assert "X-ray image studies,0\n" in out["stats_images.csv"].decode()
+    # the part's rows of images no longer in the warehouse are left out
+    images = pd.read_parquet(io.BytesIO(out["images.parquet"]))
+    assert set(images["modality_folder"]) == {"ct"} and len(images) == 3
 
 
 def test_a_warehouse_without_images(local_store):
@@ -495,7 +541,6 @@ def test_the_catalogue_lists_once_for_concurrent_callers(local_store):
     assert sorted(contents.clinical_files) == ["Covid1", "Covid2", "Covid3", "Covid4"]
     assert len(contents.studies) == 4
     assert storage_by_prefix(contents.stored_bytes()) == expected_storage(warehouse_files())
-    assert not contents.image_names  # dataprocess keeps no per-image names
 
     broken = SharedWarehouseIndex(LocalStorage(local_store.root / "missing"))
     for _ in range(2):

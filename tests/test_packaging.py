@@ -36,6 +36,7 @@ TOOLS = (
     "warehouse-inventory",
     "warehouse-batch-delete",
     "warehouse-sharded-run",
+    "warehouse-select",
 )
 #: What the wheel build does not need (and must not see: a stale build/ would leak into it).
 NOT_SOURCES = shutil.ignore_patterns(

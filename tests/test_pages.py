@@ -150,6 +150,29 @@ def test_images_over_time_by_filing_date_and_the_patients_centre():
     ]
 
 
+def test_images_over_time_by_upload_date_from_the_image_catalogue():
+    images = pd.DataFrame(
+        {
+            "group": ["training", "training", "training", "validation", "training"],
+            "PatientID": ["P1", "P1", "P5", "P4", "P9"],
+            "upload_date": pd.to_datetime(
+                ["2021-01-04", "2021-01-09", "2021-01-04", "2021-01-05", None]
+            ),
+        }
+    )
+    records = figures.images_over_time(STUDY_IMAGES, PATIENTS, images)
+    assert records == [
+        {"date": "2021-01-04", "centre": A, "group": "training", "images": 1, "new": 1},
+        {"date": "2021-01-09", "centre": A, "group": "training", "images": 2, "new": 1},
+        {"date": "2021-01-05", "centre": A, "group": "validation", "images": 1, "new": 1},
+        {"date": "2021-01-04", "centre": B, "group": "training", "images": 1, "new": 1},
+    ]
+    # an empty catalogue: the filing dates, as before
+    assert figures.images_over_time(STUDY_IMAGES, PATIENTS, images[:0]) == (
+        figures.images_over_time(STUDY_IMAGES, PATIENTS)
+    )
+
+
 def test_status_by_centre_counts_every_combination():
     # After a CSV round trip the flag is text: read the same way.
     as_text = PATIENTS.assign(filename_covid_status=PATIENTS["filename_covid_status"].astype(str))

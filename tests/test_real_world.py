@@ -21,7 +21,6 @@ from pydicom.errors import InvalidDicomError
 from tests import builders
 from tests.dicom_oracle import expected_json
 from warehouse.core.keys import identifier_problem
-from warehouse.core.storage import LocalStorage, S3Storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -54,23 +53,6 @@ def real_tree() -> tuple[dict[str, bytes], dict[str, bytes]]:
     return files, images
 
 
-@pytest.fixture
-def local_store(tmp_path):
-    root = tmp_path / "bucket"
-    root.mkdir()
-    return LocalStorage(root)
-
-
-@pytest.fixture
-def s3_store(s3_bucket):
-    return S3Storage(s3_bucket, workers=8)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request):
-    return request.getfixturevalue(f"{request.param}_store")
-
-
 def test_every_real_file_is_filed_exactly_or_reported(store):
     files, images = real_tree()
     assert len(images) > 170
@@ -97,7 +79,12 @@ def test_every_real_file_is_filed_exactly_or_reported(store):
         assert metadata == expected_json(data), raw_key
         back = pydicom.Dataset.from_json(metadata)
         assert image_key.split("/")[2] == back.PatientID
-    assert len(filed) >= 40
+    # pydicom's MR_small in other transfer syntaxes (RLE, big endian, JPEG 2000, ...) is the
+    # same SOP instance in other bytes: filed once, the others conflicting duplicates
+    conflicts = sorted(k.rsplit("/", 1)[1] for k, r in reasons.items() if "duplicate" in r)
+    assert conflicts and all(n.startswith("MR_small_") for n in conflicts), conflicts
+    assert {reasons[k] for k in reasons if "MR_small_" in k} <= {"conflicting duplicate"}
+    assert len(filed) >= 35
     assert state.report.counts["images copied"] == len(filed)
     assert state.report.counts["metadata files written"] == len(filed)
 

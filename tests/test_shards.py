@@ -275,6 +275,21 @@ def test_shards_in_separate_processes_make_the_warehouse_one_process_makes(
     )
 
 
+def test_a_shard_that_ends_an_ended_run_leaves_its_report(tmp_path):
+    """Two shards that finish at once may both end the run: the second finds latest.json
+    already the run's and leaves it (a second report would count no feedback files)."""
+    from warehouse.loader import runs
+
+    sharded, _, bucket = _stores("local", tmp_path)
+    builders.put_tree(sharded, _tree(tmp_path))
+    assert all(r.returncode == 0 for r in run_sharded(bucket, 2, "run-twice"))
+    latest = sharded.read("reports/warehouseloader/latest.json")
+    assert json.loads(latest)["counts"]["feedback files written"] > 0
+    ended = runs.finish_run(sharded, "warehouseloader", "run-twice", 2, force=False)
+    assert ended.report["run_id"] == "run-twice" and "another shard" in ended.lines
+    assert sharded.read("reports/warehouseloader/latest.json") == latest
+
+
 def test_a_shard_before_its_clinical_phase_or_with_bad_settings_stops(tmp_path):
     root = tmp_path / "bucket"
     root.mkdir()

@@ -161,7 +161,7 @@ def test_warehouse_links_are_not_trusted_as_filed(store, tmp_path):
     assert index.image_names == set() and not index.image_done("a.dcm")
     assert index.objects == 2
 
-    contents = index_warehouse(store, workers=3, names=False)  # as dataprocess lists
+    contents = index_warehouse(store, workers=3)  # as dataprocess lists it too
     assert contents.links == links
     assert sorted(contents.clinical_files) == ["Covid1"]
     assert [f.name for f in contents.clinical_files["Covid1"]] == ["data_2021-01-01.json"]

@@ -133,6 +133,7 @@ def get_services(settings: Settings | None = None, storage: Storage | None = Non
     # A bucket without a valid config.json is not a warehouse: nothing is published from it.
     state = services["state"]
     state.config = load_pipeline_config(services["storage"], state.report)
+    # (with each image's name: the image catalogue is checked against the listing)
     services["warehouse_index"] = SharedWarehouseIndex(
         services["storage"], services["state"].settings.workers
     )

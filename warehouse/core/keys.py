@@ -354,3 +354,33 @@ def parse_warehouse_key(key: str) -> WarehouseKey | None:
 
 _IMAGE_FOLDERS = frozenset(IMAGE_FOLDERS)
 _METADATA_FOLDERS = frozenset(f"{f}{METADATA_SUFFIX}" for f in _IMAGE_FOLDERS)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageKey:
+    """A filed image's key, by its parts: ``<group>/<folder>/<P>/<study>/<series>/<name>``."""
+
+    key: str
+    group: str
+    folder: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    name: str
+
+    @property
+    def metadata_key(self) -> str:
+        """The key of the image's metadata JSON (`image_targets`)."""
+        return image_targets(
+            self.group, self.folder, self.patient_id, self.study_uid, self.series_uid, self.name
+        )[1]
+
+
+def parse_image_key(key: str) -> ImageKey | None:
+    """The parts of a filed image's key, or None when ``key`` is not an image of the layout."""
+    parsed = parse_warehouse_key(key)
+    if parsed is None or parsed.kind != "image":
+        return None
+    return ImageKey(
+        key, parsed.group, parsed.folder, parsed.pseudonym, parsed.study, parsed.series, parsed.name
+    )

@@ -21,6 +21,7 @@ from warehouse.core.keys import (
     RawKey,
     WarehouseKey,
     image_stem,
+    parse_image_key,
     parse_raw_key,
     parse_warehouse_key,
 )
@@ -84,10 +85,8 @@ class WarehouseIndex:
     """What the warehouse side holds, from one listing: the one index of it that the loader and
     dataprocess use, with the "already filed" questions as its methods.
 
-    Every key is read once, through `keys.parse_warehouse_key`. Only names, dates, stamps and
-    sums are kept, never listing objects. With ``names=False`` (dataprocess) the per-image names
-    and stamps the loader's questions need are not kept, so memory grows with patients and
-    studies, not with images.
+    Every key is read once, through `keys.parse_warehouse_key`. Only names, sizes, dates,
+    stamps and sums are kept, never listing objects.
 
     Attributes
     ----------
@@ -98,12 +97,13 @@ class WarehouseIndex:
     clinical_files : dict
         Pseudonym -> its `ClinicalFile` entries (any group), in listing order.
     image_names, metadata_names : set
-        Base names of filed images and of metadata files (``names=True``).
-    keys : set
-        Full keys of filed images and metadata files (``names=True``).
+        Base names of filed images and of metadata files.
+    sizes : dict
+        Full key -> size of every filed image and metadata file; ``keys`` is the set of its
+        keys.
     image_stamps : dict
         The stamp (`pack_stamp`: size and last-modified second) of each filed image, by base
-        name; `AMBIGUOUS` for a name filed more than once (``names=True``).
+        name; `AMBIGUOUS` for a name filed more than once.
     studies : dict
         ``(group, modality, pseudonym, study)`` -> the `StudyFile` chosen for that study.
     images : dict
@@ -119,13 +119,12 @@ class WarehouseIndex:
         not trusted as filed; to be reported with ``Reason.SYMLINK``.
     """
 
-    names: bool = True
     groups: dict[str, str] = field(default_factory=dict)
     conflicts: dict[str, set[str]] = field(default_factory=dict)
     clinical_files: dict[str, list[ClinicalFile]] = field(default_factory=dict)
     image_names: set[str] = field(default_factory=set)
     metadata_names: set[str] = field(default_factory=set)
-    keys: set[str] = field(default_factory=set)
+    sizes: dict[str, int] = field(default_factory=dict)
     image_stamps: dict[str, int] = field(default_factory=dict)
     studies: dict[tuple[str, str, str, str], StudyFile] = field(default_factory=dict)
     images: dict[tuple, int] = field(default_factory=dict)
@@ -153,15 +152,14 @@ class WarehouseIndex:
             entry = ClinicalFile(parsed.group, parsed.name, day, stamp)
             self.clinical_files.setdefault(parsed.pseudonym, []).append(entry)
             return
-        if self.names:
-            if parsed.kind == "image":
-                if stamp is not None:
-                    seen = parsed.name in self.image_names
-                    self.image_stamps[parsed.name] = AMBIGUOUS if seen else stamp
-                self.image_names.add(parsed.name)
-            else:
-                self.metadata_names.add(parsed.name)
-            self.keys.add(key)
+        if parsed.kind == "image":
+            if stamp is not None:
+                seen = parsed.name in self.image_names
+                self.image_stamps[parsed.name] = AMBIGUOUS if seen else stamp
+            self.image_names.add(parsed.name)
+        else:
+            self.metadata_names.add(parsed.name)
+        self.sizes[key] = int(size or 0)
         if parsed.kind == "metadata":
             self._add_study(parsed, key, day)
 
@@ -191,9 +189,23 @@ class WarehouseIndex:
         """Whether an image of this file name and its metadata file are both filed."""
         return name in self.image_names and f"{image_stem(name)}.json" in self.metadata_names
 
+    @property
+    def keys(self):
+        """The full keys of filed images and metadata files (a set-like view)."""
+        return self.sizes.keys()
+
     def filed(self, key: str) -> bool:
         """Whether this image or metadata key is filed."""
-        return key in self.keys
+        return key in self.sizes
+
+    def filed_images(self) -> dict[str, int]:
+        """Image key -> size of every filed image: the image and its metadata file both
+        listed (what the image catalogue is checked against)."""
+        return {
+            key: size
+            for key, size in self.sizes.items()
+            if (image := parse_image_key(key)) is not None and image.metadata_key in self.sizes
+        }
 
     def first_clinical_key(self, pseudonym: str) -> str | None:
         """The key of a filed patient's first clinical file (earliest upload date), or None."""
@@ -226,7 +238,7 @@ def _utc_date(value: dt.datetime) -> dt.date:
     return value.date()
 
 
-def index_warehouse(storage: Storage, workers: int = 8, *, names: bool = True) -> WarehouseIndex:
+def index_warehouse(storage: Storage, workers: int = 8, *, observe=None) -> WarehouseIndex:
     """List the warehouse side (``training/``, ``validation/``) once and index it.
 
     Parameters
@@ -235,17 +247,19 @@ def index_warehouse(storage: Storage, workers: int = 8, *, names: bool = True) -
         The warehouse store.
     workers : int
         Parallel listings.
-    names : bool
-        Keep each filed image's names and stamps (the loader's questions); dataprocess does
-        not need them.
+    observe : callable, optional
+        ``observe(info)`` sees every listed `ObjectInfo` too (the catalogue notes the images
+        a killed run filed, from the same listing).
 
     Raises
     ------
     StorageError
         If the listing fails.
     """
-    index = WarehouseIndex(names=names)
+    index = WarehouseIndex()
     for info in storage.list_many([f"{group}/" for group in GROUPS], workers):
+        if observe is not None:
+            observe(info)
         if info.link:
             index.links.append(info.key)
         else:
@@ -262,10 +276,9 @@ class SharedWarehouseIndex:
     warehouse is never listed twice in a run.
     """
 
-    def __init__(self, storage: Storage, workers: int = 8, *, names: bool = False):
+    def __init__(self, storage: Storage, workers: int = 8):
         self.storage = storage
         self.workers = workers
-        self.names = names
         self._lock = threading.Lock()
         self._index: WarehouseIndex | None = None
         self._error: Exception | None = None
@@ -288,7 +301,7 @@ class SharedWarehouseIndex:
             if self._index is None and self._error is None:
                 self.listings += 1
                 try:
-                    self._index = index_warehouse(self.storage, self.workers, names=self.names)
+                    self._index = index_warehouse(self.storage, self.workers)
                 except Exception as exc:  # noqa: BLE001 - re-raised to this and every caller
                     self._error = exc
             if self._error is not None:

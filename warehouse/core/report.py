@@ -43,6 +43,14 @@ class Reason(StrEnum):
     SITE_NOT_IN_CONFIG = "site not in config"
     GROUP_CONFLICT = "group conflict"
     DUPLICATE_TARGET = "another raw file has the same target"
+    #: The SOP instance is filed already under another key, with the same size...
+    DUPLICATE_IMAGE = "duplicate image"
+    #: ... or with another size (both keys in the detail).
+    CONFLICTING_DUPLICATE = "conflicting duplicate"
+    #: dataprocess: a catalogue part that is not Parquet of catalogue rows (left out)...
+    INVALID_PART = "invalid catalogue part"
+    #: ... and a filed image whose header cannot be read for the catalogue's backfill.
+    NOT_CATALOGUED = "image left out of the catalogue"
     NOT_IN_LAYOUT = "not in the raw layout"
     UNCONFIGURED_PREFIX = "raw prefix not in config"
     WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"
@@ -96,6 +104,9 @@ class RunReport:
         #: Whether the run listed its inputs: only such a report may become the memo the next
         #: run reads (``latest.json``); one that stopped before cannot describe the inputs.
         self.listed = False
+        #: The loader's image catalogue this run: where its cutoff for a stopped run's images
+        #: was, the parts it wrote and whether they list everything (`loader.catalogue`).
+        self.catalogue: dict | None = None
         self._lock = threading.Lock()
 
     def count(self, outcome: str, n: int = 1, *, prefix: str | None = None) -> None:
@@ -193,7 +204,7 @@ class RunReport:
             },
             "not_filed": dict(sorted(self.reasons.items())),
             "problems": by_key,
-        }
+        } | ({"catalogue": self.catalogue} if self.catalogue is not None else {})
 
     def key(self) -> str:
         """Where the report goes in the warehouse: ``reports/<graph>/<UTC timestamp>.json``."""

@@ -96,6 +96,8 @@ class Storage:
     url: str = ""
     #: Whether writes are only pretended (a dry run): no lease is taken then.
     read_only: bool = False
+    #: Seconds to which a listing's ``last_modified`` is exact (S3 lists whole seconds).
+    time_resolution: float = 0.0
 
     def check_store(self) -> None:
         """Check that the store exists and can be used; call it before reading or writing.
@@ -667,6 +669,8 @@ class S3Storage(Storage):
     ``AWS_ENDPOINT_URL`` and the other standard AWS variables are honoured by botocore.
     """
 
+    time_resolution = 1.0
+
     def __init__(
         self,
         bucket: str,
@@ -917,6 +921,7 @@ class DelegatingStorage(Storage):
         self.inner = inner
         self.url = inner.url
         self.read_only = inner.read_only
+        self.time_resolution = inner.time_resolution
 
     def check_store(self) -> None:
         self.inner.check_store()

@@ -8,6 +8,7 @@ module puts them together and writes the result::
     <processed store>/<batch>/ct.csv, ct.parquet, xray.*, mri.*       (modalities with studies)
     <processed store>/<batch>/patient.*, patient_clean.*, storage.*
     <processed store>/<batch>/study_images.*                          (when there are images)
+    <processed store>/<batch>/images.*                  (the image catalogue, when there are images)
     <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
     <processed store>/<batch>/dashboard.html, public.html             (the pages)
     <processed store>/latest.csv                                      (archive,path; last)
@@ -39,6 +40,7 @@ from warehouse.core.storage import ObjectNotFound, Storage
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.extraction import Collected, DataprocessState
 from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
+from warehouse.dashboard.images import images_csv_table, images_table, run_catalogue
 from warehouse.dashboard.tables import (
     patient_table,
     public_statistics,
@@ -56,7 +58,14 @@ run_logger = logging.getLogger("dataprocess")
 LATEST_KEY = "latest.csv"
 #: Tables in the order of ``latest.csv`` (a study table only when its modality has studies,
 #: ``study_images`` only when there are images).
-TABLE_ORDER = (*IMAGE_FOLDERS, "patient", "patient_clean", "storage", "study_images")
+TABLE_ORDER = (
+    *IMAGE_FOLDERS,
+    "patient",
+    "patient_clean",
+    "storage",
+    "study_images",
+    "images",
+)
 #: Pages in the order of ``latest.csv``, after the tables: archive name -> file name.
 #: The batch's pages and their file names (the pages module, and altair with it, is imported
 #: only when a batch is built).
@@ -196,6 +205,7 @@ def build_batch(
     *,
     study_images: Mapping[tuple, int] | None = None,
     inputs: PageInputs | None = None,
+    catalogue: pa.Table | None = None,
 ) -> Batch:
     """Build every table, statistics file and page of a run.
 
@@ -215,6 +225,9 @@ def build_batch(
         Images per study folder and filing date (see :func:`study_image_table`).
     inputs : PageInputs, optional
         What the pages show besides the tables (the warehouse, config, last loader report).
+    catalogue : pyarrow.Table, optional
+        The image catalogue (``images.run_catalogue``): ``images.csv`` joins it with the
+        cleaned patient table.
 
     Returns
     -------
@@ -241,6 +254,8 @@ def build_batch(
     images = study_image_table(study_images or {})
     if len(images):
         batch.tables["study_images"] = images
+    if catalogue is not None and catalogue.num_rows:
+        batch.tables["images"] = images_table(catalogue, patient_clean)
 
     batch.files = public_statistics(
         patient_clean, studies["ct"], studies["xray"], studies["mri"], storage, now
@@ -310,7 +325,8 @@ def batch_files(batch: Batch) -> dict[str, bytes]:
     """Every file of the batch folder (not ``latest.csv``): key -> bytes."""
     files: dict[str, bytes] = {}
     for name, table in batch.tables.items():
-        files[f"{batch.name}/{name}.csv"] = csv_bytes(table)
+        text = images_csv_table(table) if name == "images" else table
+        files[f"{batch.name}/{name}.csv"] = csv_bytes(text)
         files[f"{batch.name}/{name}.parquet"] = parquet_bytes(table)
     for name, text in batch.files.items():
         files[f"{batch.name}/{name}"] = text.encode("utf-8")
@@ -391,15 +407,18 @@ def publish_batch(
     store = storage.processed()
     state.processed_url = store.url
     try:
+        now = dt.datetime.now(dt.UTC)
+        images = run_catalogue(storage, shared.index(), state, now)
         batch = build_batch(
             collected.patients,
             collected.studies,
             collected.storage,
-            dt.datetime.now(dt.UTC),
+            now,
             # For the pages: images per study from the same listing, config.json and the
             # loader's last run report.
             study_images=shared.index().images,
             inputs=read_page_inputs(storage, state.config),
+            catalogue=images,
         )
         state.batch = batch.name
         for name, table in batch.tables.items():

@@ -237,12 +237,19 @@ def patients_over_time(patient_clean: pd.DataFrame) -> list[dict]:
     return _cumulative(events, "patients")
 
 
-def images_over_time(study_images: pd.DataFrame | None, patient_clean: pd.DataFrame) -> list[dict]:
-    """Cumulative images by the date they were filed, one series per centre and group.
+def images_over_time(
+    study_images: pd.DataFrame | None,
+    patient_clean: pd.DataFrame,
+    images: pd.DataFrame | None = None,
+) -> list[dict]:
+    """Cumulative images by date, one series per centre and group.
 
-    The warehouse side keeps no upload date for an image: ``filed`` (the date of its metadata
-    file) stands for it. An image's centre is its patient's (``NO_CENTRE`` when the patient
-    has no row in the patient table).
+    With the image catalogue (``images``: one row per filed image) the date is each image's
+    upload date (its raw upload folder; an image whose upload date is not known counts on the
+    date it was filed, when ``study_images`` has it, else not at all). Without it, the
+    warehouse keeps no upload date for an image: ``filed`` (the date of its metadata file)
+    stands for it. An image's centre is its patient's (``NO_CENTRE`` when the patient has no
+    row in the patient table).
 
     Returns
     -------
@@ -252,6 +259,12 @@ def images_over_time(study_images: pd.DataFrame | None, patient_clean: pd.DataFr
     """
     centres = _centres(patient_clean)
     events: Counter = Counter()
+    if images is not None and len(images):
+        for group, patient, uploaded in _records(images, "group", "PatientID", "upload_date"):
+            day = _day(uploaded)
+            if day and _group(group):
+                events[(day, centres.get(str(patient), NO_CENTRE), group)] += 1
+        return _cumulative(events, "images")
     for group, pseudonym, filed, n in _records(
         study_images, "group", "Pseudonym", "filed", "images"
     ):

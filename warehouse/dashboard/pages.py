@@ -368,6 +368,10 @@ def dashboard_charts(
     patient_clean = tables["patient_clean"]
     studies = {m: tables[m] for m in figures.MODALITY_LABELS if m in tables}
     study_images = tables.get("study_images")
+    catalogue = tables.get("images")
+    if catalogue is None or not len(catalogue):
+        catalogue = inputs.images
+    by_upload = catalogue is not None and len(catalogue) > 0
     charts = [
         _cumulative_chart(
             "patients_over_time",
@@ -381,9 +385,15 @@ def dashboard_charts(
         _cumulative_chart(
             "images_over_time",
             "Images over time",
-            "Images by the date they were filed (the warehouse keeps no upload date for an "
-            "image), cumulative, by their patient's submitting centre and group.",
-            figures.images_over_time(study_images, patient_clean),
+            (
+                "Images by their upload date (the raw upload folder, from the image "
+                "catalogue), cumulative, by their patient's submitting centre and group."
+                if by_upload
+                else "Images by the date they were filed (the warehouse keeps no upload date "
+                "for an image until the batch has an image catalogue), cumulative, by their "
+                "patient's submitting centre and group."
+            ),
+            figures.images_over_time(study_images, patient_clean, catalogue),
             "images",
         ),
         _chart(
@@ -456,7 +466,7 @@ def dashboard_charts(
                 width=WIDTH // 2, height=240
             ),
         ),
-        *_equipment_charts(figures.equipment(studies, study_images, inputs.images)),
+        *_equipment_charts(figures.equipment(studies, study_images, catalogue)),
         _storage_chart(figures.storage_use(tables["storage"])),
     ]
     run = figures.loader_run(inputs.loader_report)

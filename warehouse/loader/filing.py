@@ -13,6 +13,7 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 
 from warehouse import __version__
+from warehouse.core.catalogue import image_row, instance_uid
 from warehouse.core.clinical import (
     InvalidClinicalFile,
     MissingSubmittingCentre,
@@ -30,6 +31,7 @@ from warehouse.core.dicom import (
     read_header,
 )
 from warehouse.core.keys import (
+    ImageKey,
     UnsafeIdentifier,
     check_pseudonym,
     clinical_target,
@@ -50,6 +52,7 @@ from warehouse.core.patients import (
 from warehouse.core.report import Reason
 from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
+from warehouse.loader.catalogue import LoaderCatalogue
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
 from warehouse.loader.shards import Handoff, RunPart, part_of
@@ -145,12 +148,19 @@ class LoaderState(RunState):
     new_patients: set[str] = field(default_factory=set)
     #: For an image shard: what its run's clinical phase handed over.
     handoff: Handoff | None = None
+    #: The run's image catalogue part (`warehouse.loader.catalogue`).
+    catalogue: LoaderCatalogue | None = None
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
         if self.part is None:
             self.part = part_of(self.settings)
+        if self.catalogue is None:
+            submit = self.workers.submit if self.workers is not None else None
+            self.catalogue = LoaderCatalogue(
+                self.report, submit, max_header_bytes=self.settings.max_header_bytes
+            )
 
     def count_header_read(self, requests: int, size: int) -> None:
         """Add one header read's requests and bytes to the run's totals."""
@@ -199,16 +209,17 @@ class LoaderState(RunState):
 
     def conclude(self, storage: Storage) -> str:
         """The end of a loader run, before its report is written: count the header reads and
-        the lease's requests, write the feedback files (a run that listed its inputs), and the
-        summary; a part of a sharded run writes its part report and, when it is the last,
-        ends the run."""
+        the lease's requests, write the run's image catalogue part and the feedback files (a
+        run that listed its inputs), and the summary; a part of a sharded run writes its part
+        report and, when it is the last, ends the run."""
         report = self.report
         if self.header_requests:
             report.count("header read requests", self.header_requests)
         self.count_lease_requests()
+        catalogue = self.catalogue.publish(storage, self.settings) if report.listed else ""
         if report.listed and not self.settings.dry_run and self.part is None:
             self.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
-        summary = report.summary()
+        summary = report.summary() + catalogue
         if self.settings.dry_run:
             summary += "\n  (dry run: nothing was written)"
         if self.part is not None:
@@ -447,10 +458,42 @@ def file_image(
     image_key, metadata_key = image_targets(
         group, identity.folder, patient, identity.study_uid, identity.series_uid, raw.name
     )
-    claimant = state.claim(image_key, task.key)
-    if claimant != task.key:
-        report.skip(task.key, Reason.DUPLICATE_TARGET, f"{image_key} is claimed by {claimant}")
-        return []
+    # A duplicate of an instance filed under another key is refused before it claims its own
+    # target: a refused file holds no claim, so the reasons of the files behind it do not
+    # depend on whether it was read in this run or remembered from the last.
+    catalogue, sop = state.catalogue, instance_uid(header.dataset)
+    filed = catalogue.filed_copy(sop, image_key)
+    if filed is None:
+        claimant = state.claim(image_key, task.key)
+        if claimant != task.key:
+            report.skip(task.key, Reason.DUPLICATE_TARGET, f"{image_key} is claimed by {claimant}")
+            return []
+    else:
+        facts = {"filed": filed.key, "sop": sop}
+        if filed.size == task.size:
+            detail = f"SOPInstanceUID {sop} is filed as {filed.key}"
+            return refuse(Reason.DUPLICATE_IMAGE, detail, **facts)
+        detail = (
+            f"SOPInstanceUID {sop} is filed as {filed.key} ({filed.size:,} bytes); "
+            f"{task.key} has {task.size:,} bytes"
+        )
+        return refuse(Reason.CONFLICTING_DUPLICATE, detail, **facts)
+    catalogue.claim_instance(sop, image_key, task.size)
+
+    def row() -> tuple:
+        where = ImageKey(
+            image_key,
+            group,
+            identity.folder,
+            patient,
+            identity.study_uid,
+            identity.series_uid,
+            raw.name,
+        )
+        return image_row(
+            header.dataset, where, size=task.size, raw_key=task.key, upload=raw.upload_date
+        )
+
     tasks = []
     if not state.index.filed(image_key):
         tasks.append(Task("copy", task.key, task.size, image_key, None))
@@ -458,6 +501,9 @@ def file_image(
         tasks.append(Task("metadata", task.key, None, metadata_key, header.dataset))
     if not tasks:
         report.count("images already filed", prefix=raw.prefix)
+        catalogue.already_filed(image_key, row)
+    else:
+        catalogue.expect(row(), [t.target for t in tasks])
     return tasks
 
 
@@ -508,6 +554,7 @@ def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
         state.report.skip(task.key, Reason.WRITE_FAILED, f"{task.target}: {result.error}")
         return []
     prefix = raw_prefix_of(task.key)  # the raw input's: what each site's uploads came to
+    state.catalogue.written(task.target)
     if task.action == "write":
         state.report.count("metadata files written", prefix=prefix)
     elif parse_warehouse_key(task.target).kind == "clinical":

@@ -14,7 +14,8 @@ on; an input listed unchanged is not read again when its reason still holds:
 - "group conflict" holds while the patient's filed group still differs from the centre's;
 - "pseudonym claimed by another centre" holds once the patient is filed (its binding is then
   fixed); "centre not allowed for this prefix" while ``prefix_sites`` still refuses it;
-  "pseudonym differs only in case" while the other patient is filed and this one is not.
+  "pseudonym differs only in case" while the other patient is filed and this one is not;
+- "duplicate image" and "conflicting duplicate" while the copy filed first is in the warehouse.
 
 Failed reads and writes, and anything the report does not describe, are processed again.
 """
@@ -55,9 +56,10 @@ FILE_REASONS = frozenset(
 )
 
 
-def load_previous_problems(storage: Storage, graph: str) -> list[dict] | None:
-    """The problems of the previous run report (``reports/<graph>/latest.json``), or None
-    when there is none or it cannot be used (then everything is read again)."""
+def load_previous_report(storage: Storage, graph: str) -> dict | None:
+    """The previous run report (``reports/<graph>/latest.json``) with its problems as a list
+    of dicts, or None when there is none or it cannot be used (then everything is read
+    again)."""
     try:
         report = json.loads(storage.read(latest_report_key(graph)))
         problems = report["problems"]
@@ -68,7 +70,20 @@ def load_previous_problems(storage: Storage, graph: str) -> list[dict] | None:
     except (ValueError, KeyError, TypeError) as exc:
         logger.warning("the previous run report cannot be used (%s); reading every input", exc)
         return None
-    return [p for p in problems if isinstance(p, dict) and isinstance(p.get("key"), str)]
+    report["problems"] = [
+        p for p in problems if isinstance(p, dict) and isinstance(p.get("key"), str)
+    ]
+    return report
+
+
+def problems_of(report: dict | None) -> list[dict] | None:
+    """The problems of a report `load_previous_report` returned (None for none)."""
+    return None if report is None else report["problems"]
+
+
+def load_previous_problems(storage: Storage, graph: str) -> list[dict] | None:
+    """The problems of the previous run report (`load_previous_report`), or None."""
+    return problems_of(load_previous_report(storage, graph))
 
 
 def memo_of(problems: list[dict] | None) -> dict[str, dict]:
@@ -156,6 +171,9 @@ def still_holds(
     if reason is Reason.SITE_NOT_IN_CONFIG:
         centre = facts.get("centre")
         return isinstance(centre, str) and config.site_rule(centre) is None
+    if reason in (Reason.DUPLICATE_IMAGE, Reason.CONFLICTING_DUPLICATE):
+        # the copy filed first decides while it is in the warehouse
+        return facts.get("filed") in index.keys
     if reason is Reason.GROUP_CONFLICT:
         pseudonym, centre = facts.get("pseudonym"), facts.get("centre")
         existing = index.groups.get(pseudonym)

@@ -28,14 +28,20 @@ from types import SimpleNamespace
 from warehouse.core.config import ConfigError
 from warehouse.core.errors import ExpectedError
 from warehouse.core.lease import release_run_lease
-from warehouse.core.listing import index_warehouse, list_raw
+from warehouse.core.listing import list_raw
 from warehouse.core.patients import PatientGroups
 from warehouse.core.report import RunReport, latest_report_key
 from warehouse.core.report_page import page_key, run_report_page
 from warehouse.core.storage import ObjectNotFound, Storage
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.filing import FiledCentres, LoaderState, Task
-from warehouse.loader.memo import load_previous_problems, memo_of, refused_claims
+from warehouse.loader.memo import (
+    load_previous_problems,
+    load_previous_report,
+    memo_of,
+    problems_of,
+    refused_claims,
+)
 from warehouse.loader.planning import plan_inputs
 from warehouse.loader.shards import (
     CLINICAL_PHASE,
@@ -108,17 +114,25 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
     report, workers = state.report, state.settings.workers
     try:
         with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
-            warehouse_side = pool.submit(index_warehouse, storage, workers)
+            last_run = pool.submit(load_previous_report, storage, graph)
+            # (the catalogue's cutoff for a stopped run's images is in the last report)
+            warehouse_side = pool.submit(
+                state.catalogue.index_warehouse,
+                storage,
+                workers,
+                last_run.result,
+                find_orphans=state.part is None or state.part.phase != IMAGE_PHASE,
+            )
             raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
-            last_run = pool.submit(load_previous_problems, storage, graph)
             index, listing = warehouse_side.result(), raw_side.result()
-            state.previous_problems = last_run.result()
+            state.previous_problems = problems_of(last_run.result())
             memo = memo_of(state.previous_problems)
     except ExpectedError as exc:
         report.fail(str(exc))
         raise
     report.listed = True
     state.index = index
+    state.catalogue.match_raw(listing.images)
     state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
     state.filed_centres = FiledCentres(storage, index)
     state.refused_claims.update(refused_claims(memo))
@@ -281,10 +295,10 @@ def finish_run(
     and delete the run's lease.
 
     Without ``force`` nothing is done unless every part has written its report (so of the
-    shards that end at once, at least the last to list the run's folder ends the run; ending
-    it twice writes the same report). With ``force`` (the process that started the shards, or
-    an operator, once they have all stopped) the parts found are combined and the missing ones
-    named; ``latest.json`` then stays the last complete run's.
+    shards that end at once, at least the last to list the run's folder ends the run; one
+    that finds ``latest.json`` already this run's leaves it). With ``force`` (the process that
+    started the shards, or an operator, once they have all stopped) the parts found are
+    combined and the missing ones named; ``latest.json`` then stays the last complete run's.
 
     Parameters
     ----------
@@ -308,6 +322,13 @@ def finish_run(
         listed = {info.key for info in storage.list(run_folder(graph, run_id))}
         if not all(key in listed for key in expected_part_keys(graph, run_id, count)):
             return RunEnd(None)
+        last = load_previous_report(storage, graph)
+        if last is not None and last.get("run_id") == run_id:
+            # another shard that ended at the same time ended the run: its report stands (a
+            # second one would compare the feedback with the run's own and count none)
+            if release_lease:
+                release_run_lease(storage, run_id)
+            return RunEnd(last, "\n  run report: written by another shard of the run")
     parts = read_parts(storage, graph, run_id, count)
     combined = combine_reports(parts, run_id, graph)
     if combined["listed"]:

@@ -28,6 +28,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from warehouse.core.keys import image_stem
+from warehouse.loader.catalogue import combined_catalogue
 
 #: The phases of a run: the whole run in one process, or one part of a sharded run.
 WHOLE_RUN, CLINICAL_PHASE, IMAGE_PHASE = "all", "clinical", "images"
@@ -269,6 +270,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
         "shards": shards,
         "parts": summaries,
         "listed": listed,
+        "catalogue": combined_catalogue([parts[key] for key in sorted(parts)]),
     }
 
 

@@ -1,0 +1,461 @@
+"""The image catalogue the loader writes: one part per run that files images, row for row the
+images in the warehouse, whatever stopped a run before; the duplicate rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from tests import builders
+from tests.builders import clinical, image
+from tests.test_dataprocess import read_batch
+from tests.test_dataprocess import run_graph as run_dataprocess
+from tests.test_warehouseloader import BIN, REPO, SPLIT, sample_tree
+from warehouse.core.catalogue import (
+    COLUMNS,
+    PARTS_PREFIX,
+    dicom_age_years,
+    dicom_date,
+    image_row,
+    is_part_key,
+    merge_parts,
+    part_bytes,
+    part_key,
+    read_part,
+    table_of_rows,
+)
+from warehouse.core.dicom import parse_header
+from warehouse.core.keys import parse_image_key
+from warehouse.core.storage import LocalStorage
+from warehouse.loader.catalogue import catalogue_cutoff, combined_catalogue
+
+
+def part_keys(storage) -> list[str]:
+    return sorted(i.key for i in storage.list(PARTS_PREFIX) if is_part_key(i.key))
+
+
+def part_rows(storage) -> list[dict]:
+    """Every row of every part, in part order (duplicates kept)."""
+    rows = []
+    for key in part_keys(storage):
+        rows.extend(read_part(storage.read(key)).to_pylist())
+    return rows
+
+
+def warehouse_rows(storage, raw_of: dict[str, str]) -> dict[str, dict]:
+    """The catalogue row each filed image should have, made from the filed copy itself (its
+    header, its listed size) and the raw key the test tree says it came from."""
+    rows = {}
+    for info in storage.list(""):
+        where = parse_image_key(info.key)
+        if where is None:
+            continue
+        raw = raw_of.get(info.key)
+        row = image_row(
+            parse_header(storage.read(info.key)),
+            where,
+            size=info.size,
+            raw_key=raw,
+            upload=raw.split("/")[1] if raw else None,
+        )
+        rows[info.key] = dict(zip(COLUMNS, row, strict=True))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# rows and parts
+
+
+def test_typed_values():
+    assert dicom_date("20200301") == dt.date(2020, 3, 1)
+    assert dicom_date("2020.03.01") == dt.date(2020, 3, 1)
+    assert dicom_date("20201301") is None and dicom_date("") is None and dicom_date(None) is None
+    assert dicom_age_years("065Y") == 65.0
+    assert dicom_age_years("006M") == 0.5
+    assert dicom_age_years("014D") == round(14 / 365.25, 4)
+    assert dicom_age_years("65") is None and dicom_age_years("abcY") is None
+
+
+def test_row_of_a_header_is_typed_and_missing_values_are_null():
+    name, data = image("Covid1", "CT", extra={"ViewPosition": "", "PatientAge": "0x5Y"})
+    key = f"training/ct/Covid1/1.2/1.3/{name}"
+    row = dict(
+        zip(
+            COLUMNS,
+            image_row(
+                parse_header(data),
+                parse_image_key(key),
+                size=len(data),
+                raw_key="raw-a/2021-01-01/images/" + name,
+                upload="2021-01-01",
+            ),
+            strict=True,
+        )
+    )
+    assert row["warehouse_key"] == key
+    assert row["metadata_key"] == f"training/ct-metadata/Covid1/1.2/1.3/{name[:-4]}.json"
+    assert row["group"] == "training" and row["modality_folder"] == "ct"
+    assert row["upload_date"] == dt.date(2021, 1, 1) and row["object_size"] == len(data)
+    assert row["Modality"] == "CT" and row["SOPInstanceUID"] == name[:-4]
+    assert row["ViewPosition"] is None and row["PatientAge"] is None
+    assert isinstance(row["StudyDate"], dt.date)
+    assert row["Rows"] == 64 and row["Columns"] == 64 and row["BitsStored"] == 12
+    assert all(isinstance(v, float) for v in row["PixelSpacing"])
+    assert row["TransferSyntaxUID"] == "1.2.840.10008.1.2.1"
+    table = read_part(part_bytes(table_of_rows([tuple(row.values())])))
+    assert table.schema.field("StudyDate").type == pa.date32()
+    assert table.to_pylist() == [row]
+
+
+def test_part_keys_and_merge_keeps_the_newest_row_of_a_key():
+    now = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
+    assert part_key(now) == "catalogue/images/2026-11-25T09-30-00.000000Z.parquet"
+    assert part_key(now, (1, 4)).endswith("00.000000Z-shard-1-of-4.parquet")
+    assert is_part_key(part_key(now)) and not is_part_key("catalogue/images/x/y.parquet")
+    name, data = image("Covid1", "DX")
+    where = parse_image_key(f"training/xray/Covid1/1.2/1.3/{name}")
+    old = image_row(parse_header(data), where, size=1, raw_key=None, upload=None)
+    new = image_row(parse_header(data), where, size=2, raw_key=None, upload=None)
+    merged = merge_parts([table_of_rows([old]), table_of_rows([new])])
+    assert merged.column("object_size").to_pylist() == [2]
+    assert merge_parts([table_of_rows([old])], present=set()).num_rows == 0
+
+
+# --------------------------------------------------------------------------------------------
+# the loader's parts
+
+
+def test_catalogue_after_a_run_is_the_warehouse_row_for_row(store):
+    files, expected, _ = sample_tree()
+    builders.put_tree(store, files)
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0
+    parts = part_keys(store)
+    assert len(parts) == 1
+    rows = part_rows(store)
+    assert [r["warehouse_key"] for r in rows] == sorted(r["warehouse_key"] for r in rows)
+    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, expected)
+    assert len(rows) == state.report.counts["images catalogued"]
+    # a rerun files nothing and adds no part
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0 and part_keys(store) == parts
+    assert "images catalogued" not in state.report.counts
+
+
+def _tree(patients=6, images=24, date="2021-01-01", first=0, **kwargs):
+    files = {"config.json": builders.config(["raw-a"], split=[SPLIT])}
+    for n in range(first, first + images):
+        name, data = image(f"Covid{n % patients + 1}", "DX", f"s{n % 3}", "r1", n, **kwargs)
+        files[f"raw-a/{date}/images/{name}"] = data
+    for p in range(1, patients + 1):
+        files[f"raw-a/2021-01-01/data/Covid{p}_data.json"] = clinical(f"Covid{p}", SPLIT)
+    return files
+
+
+def _raw_of(storage) -> dict[str, str]:
+    """Filed image key -> raw key, by file name (every raw name is unique in these trees)."""
+    raw = {i.key.rsplit("/", 1)[1]: i.key for i in storage.list("raw-a/") if "/images/" in i.key}
+    return {
+        i.key: raw[i.key.rsplit("/", 1)[1]]
+        for i in storage.list("")
+        if parse_image_key(i.key) is not None
+    }
+
+
+def test_a_run_stopped_before_its_part_is_listed_by_the_next(store):
+    builders.put_tree(store, _tree(images=12))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    first = part_keys(store)
+    time.sleep(1.1)  # S3 times are to the second: the next run's objects come later
+    # A run files 12 more images and stops before its part (and, for three images, before
+    # their metadata files): what a kill at that moment leaves.
+    builders.put_tree(store, _tree(images=12, date="2021-02-01", first=12))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    (stopped,) = [k for k in part_keys(store) if k not in first]
+    store_delete(store, stopped)
+    listed = {r["metadata_key"] for r in part_rows(store)}
+    for key in sorted(set(_all_metadata(store)) - listed)[:3]:
+        store_delete(store, key)
+    # the next run (with new uploads too) lists all of them, each once
+    builders.put_tree(store, _tree(images=6, date="2021-03-01", first=24))
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0
+    assert state.report.counts["metadata files written"] == 3 + 6
+    rows = part_rows(store)
+    keys = [r["warehouse_key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 30
+    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, _raw_of(store))
+
+
+def _latest(storage) -> dict:
+    return json.loads(storage.read("reports/warehouseloader/latest.json"))
+
+
+def test_each_run_records_its_catalogue_and_a_part_comes_after_its_images(store):
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    (part,) = part_keys(store)
+    record = _latest(store)["catalogue"]
+    assert record == {"cutoff": None, "listed_until": None, "complete": True, "parts": [part]}
+    listed = {i.key: i.last_modified for i in store.list("")}
+    images = [t for k, t in listed.items() if parse_image_key(k) is not None]
+    assert len(images) == 6 and listed[part] > max(images)  # (S3 lists whole seconds)
+    builders.put_tree(store, _tree(images=3, date="2021-02-01", first=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    record = _latest(store)["catalogue"]
+    assert dt.datetime.fromisoformat(record["cutoff"]) == listed[part]
+    assert record["complete"] and len(record["parts"]) == 1 and record["parts"][0] != part
+
+
+def test_cutoff_from_the_last_report():
+    t = [dt.datetime(2026, 1, 1, 0, 0, n, tzinfo=dt.UTC) for n in range(4)]
+    parts = {"catalogue/images/a.parquet": t[1], "catalogue/images/b.parquet": t[2]}
+    both = ["catalogue/images/a.parquet", "catalogue/images/b.parquet"]
+
+    def record(**catalogue):
+        return {"problems": [], "catalogue": catalogue}
+
+    assert catalogue_cutoff(None, parts) == (None, frozenset())
+    assert catalogue_cutoff({"problems": []}, parts) == (None, frozenset())
+    complete = record(cutoff=t[0].isoformat(), complete=True, parts=both)
+    assert catalogue_cutoff(complete, parts) == (t[2], frozenset(both))
+    # an incomplete catalogue, or one of its parts gone: the cutoff that run used
+    incomplete = record(cutoff=t[0].isoformat(), complete=False, parts=both)
+    assert catalogue_cutoff(incomplete, parts) == (t[0], frozenset())
+    assert catalogue_cutoff(complete, {both[0]: t[1]}) == (t[0], frozenset())
+    nothing = record(cutoff=t[0].isoformat(), complete=True, parts=[])
+    assert catalogue_cutoff(nothing, parts) == (t[0], frozenset())
+    listed = record(cutoff=None, listed_until=t[3].isoformat(), complete=True, parts=[])
+    assert catalogue_cutoff(listed, parts) == (t[3], frozenset())
+    listed["catalogue"]["complete"] = False  # (then what it listed is not all in parts)
+    assert catalogue_cutoff(listed, parts) == (None, frozenset())
+    for broken in (
+        record(cutoff="yesterday", complete=True, parts=both),
+        record(cutoff="2026-01-01T00:00:00", complete=True, parts=both),  # no time zone
+        record(cutoff=None, complete=True, parts="catalogue/images/a.parquet"),
+        {"problems": [], "catalogue": []},
+    ):
+        assert catalogue_cutoff(broken, parts) == (None, frozenset())
+
+
+def test_a_sharded_runs_catalogue_record_is_complete_only_with_every_part():
+    clinical_part = {
+        "phase": "clinical",
+        "catalogue": {"cutoff": "C", "listed_until": "L", "complete": True, "parts": ["p0"]},
+    }
+    shard = {"phase": "images", "catalogue": {"cutoff": None, "complete": True, "parts": ["p1"]}}
+    empty = {"phase": "images", "catalogue": {"cutoff": None, "complete": True, "parts": []}}
+    assert combined_catalogue([clinical_part, shard, empty]) == {
+        "cutoff": "C",
+        "listed_until": "L",
+        "complete": True,
+        "parts": ["p0", "p1"],
+    }
+    missing = combined_catalogue([clinical_part, shard, None])
+    assert missing["complete"] is False and missing["listed_until"] is None
+    stopped = {"phase": "images", "catalogue": {"cutoff": None, "complete": False, "parts": []}}
+    assert combined_catalogue([clinical_part, stopped])["complete"] is False
+    assert combined_catalogue([None, shard]) == {
+        "cutoff": None,
+        "listed_until": None,
+        "complete": False,
+        "parts": ["p1"],
+    }
+
+
+def test_a_run_that_files_nothing_moves_the_cutoff_to_what_it_listed(store):
+    """A complete run that writes no part still says up to when every image is in a part: the
+    next run does not read every part again."""
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    report = _latest(store)
+    report["catalogue"] = {"cutoff": None, "complete": False, "parts": []}  # (an older run's)
+    store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
+    assert builders.run_loader(store, workers=4)[0] == 0  # checks all: every image is in a part
+    record = _latest(store)["catalogue"]
+    images = [i.last_modified for i in store.list("") if parse_image_key(i.key) is not None]
+    assert record["complete"] and record["parts"] == [] and record["cutoff"] is None
+    assert dt.datetime.fromisoformat(record["listed_until"]) >= max(images)
+    parts = {k: i.last_modified for k in part_keys(store) for i in store.list(k)}
+    assert catalogue_cutoff(_latest(store), parts)[0] >= max(images)
+
+
+@pytest.mark.parametrize("before", ["stopped run", "no catalogue"])
+def test_an_image_in_no_part_is_catalogued_and_known_to_the_duplicate_rule(store, before):
+    """Images filed by a run stopped before its part, or before the catalogue existed: the
+    next run lists them in its part, and a later copy of one is a duplicate."""
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    builders.put_tree(store, _tree(images=6, date="2021-02-01", first=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    parts = part_keys(store)
+    if before == "stopped run":
+        store_delete(store, parts[-1])  # what a stop before the part leaves
+    else:
+        for key in parts:
+            store_delete(store, key)
+        report = _latest(store)
+        del report["catalogue"]  # a report of a version before the catalogue
+        store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
+    name = image("Covid3", "DX", "s2", "r1", 8)[0]  # one of the second run's images
+    (orphan,) = [k for k in _raw_of(store) if k.endswith("/" + name)]
+    store.write("raw-a/2021-03-01/images/again.dcm", store.read(orphan))
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0
+    reason, detail = _problems(state)["raw-a/2021-03-01/images/again.dcm"]
+    assert reason == "duplicate image" and orphan in detail
+    rows = part_rows(store)
+    keys = [r["warehouse_key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 12
+    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, _raw_of(store))
+    # the record is complete again: the next run checks nothing
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0 and _latest(store)["catalogue"]["complete"]
+    assert len(part_rows(store)) == 12
+
+
+def _all_metadata(storage) -> list[str]:
+    return [i.key for i in storage.list("") if "-metadata/" in i.key]
+
+
+def store_delete(storage, key: str) -> None:
+    """Delete one object (tests only: the product's store never deletes warehouse objects)."""
+    if isinstance(storage, LocalStorage):
+        (storage.root / key).unlink()
+    else:
+        storage.client.delete_object(Bucket=storage.bucket, Key=key)
+
+
+def test_sigkilled_run_then_rerun_lists_every_image_once(tmp_path):
+    """SIGKILL a real run half-way (after a first complete one); the rerun's part lists what
+    it filed and what the killed run filed."""
+    (tmp_path / "bucket").mkdir()
+    storage = LocalStorage(tmp_path / "bucket")
+    builders.put_tree(storage, _tree(patients=12, images=12))
+    assert builders.run_loader(storage, workers=4)[0] == 0
+    files = _tree(patients=12, images=120, date="2021-02-01", first=12, rows=128, columns=128)
+    builders.put_tree(storage, {k: v for k, v in files.items() if "/images/" in k})
+    process = subprocess.Popen(
+        [str(BIN / "python"), "-m", "warehouse.warehouseloader"],
+        cwd=REPO,
+        env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{storage.root}", WAREHOUSE_WORKERS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if len(_all_metadata(storage)) >= 40:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert len(part_keys(storage)) == 1
+    assert 12 < len(_all_metadata(storage)) < 132
+    assert builders.run_loader(storage, workers=4)[0] == 0
+    rows = part_rows(storage)
+    keys = [r["warehouse_key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 132
+    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(storage, _raw_of(storage))
+
+
+# --------------------------------------------------------------------------------------------
+# duplicates
+
+
+def _problems(state) -> dict[str, tuple[str, str]]:
+    return {p["key"]: (p["reason"], p["detail"]) for p in state.report.problems}
+
+
+def test_same_instance_twice_in_one_run_is_filed_once(store):
+    files = _tree(patients=1, images=1)
+    (raw,) = [k for k in files if "/images/" in k]
+    files["raw-a/2021-02-01/images/copy.dcm"] = files[raw]  # another name, another date
+    builders.put_tree(store, files)
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0
+    (filed,) = [r["warehouse_key"] for r in part_rows(store)]
+    assert filed.endswith(raw.rsplit("/", 1)[1])
+    reason, detail = _problems(state)["raw-a/2021-02-01/images/copy.dcm"]
+    assert reason == "duplicate image" and filed in detail
+    assert not [i.key for i in store.list("training/") if i.key.endswith("copy.dcm")]
+
+
+def test_later_uploads_of_a_filed_instance_are_duplicates_or_conflicts(store):
+    builders.put_tree(store, _tree(patients=1, images=2))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    other_name, other = image("Covid1", "DX", "s1", "r1", 1, rows=32, columns=32)
+    (second,) = [
+        r["warehouse_key"] for r in part_rows(store) if r["warehouse_key"].endswith(other_name)
+    ]
+    (first,) = [r["warehouse_key"] for r in part_rows(store) if r["warehouse_key"] != second]
+    same = store.read(first)
+    assert len(other) != len(store.read(second))
+    store.write("raw-a/2021-03-01/images/again.dcm", same)
+    store.write("raw-a/2021-03-01/images/changed.dcm", other)
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0
+    problems = _problems(state)
+    reason, detail = problems["raw-a/2021-03-01/images/again.dcm"]
+    assert reason == "duplicate image" and first in detail
+    reason, detail = problems["raw-a/2021-03-01/images/changed.dcm"]
+    assert reason == "conflicting duplicate"
+    assert second in detail and "raw-a/2021-03-01/images/changed.dcm" in detail
+    assert len(part_keys(store)) == 1  # nothing filed: no part
+    # unchanged, they are not read again: the reason holds while the first copy is filed
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0 and state.report.counts["unfiled inputs not read again (unchanged)"] == 2
+    assert {k: v[0] for k, v in _problems(state).items()} == {
+        "raw-a/2021-03-01/images/again.dcm": "duplicate image",
+        "raw-a/2021-03-01/images/changed.dcm": "conflicting duplicate",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# dataprocess: the whole catalogue, and the backfill
+
+
+def _images(storage) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(read_batch(storage.processed())[1]["images.parquet"]))
+
+
+def test_dataprocess_merges_the_parts_and_backfills_a_warehouse_without_them(store):
+    files = _tree(images=12)
+    builders.put_tree(store, files)
+    assert builders.run_loader(store, workers=4)[0] == 0
+    builders.put_tree(store, _tree(images=6, date="2021-02-01", first=12))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    assert len(part_keys(store)) == 2
+    code, state = run_dataprocess(store, workers=4)
+    assert code == 0 and "images catalogued by the backfill" not in state.report.counts
+    incremental = _images(store)
+    assert len(incremental) == 18 and incremental["warehouse_key"].is_unique
+    assert set(incremental["SubmittingCentre"]) == {SPLIT}
+    assert incremental["covid_positive"].all()
+    assert incremental[["upload_date", "StudyDate"]].dtypes.tolist() == ["datetime64[ns]"] * 2
+    assert str(incremental["Rows"].dtype) == "Int64"
+    expected = warehouse_rows(store, _raw_of(store))
+    parts = {r["warehouse_key"]: r for r in part_rows(store)}
+    assert parts == expected
+    # The same warehouse without its parts (as filed before the catalogue existed): the
+    # backfill reads every image's header once and gives the same table.
+    for key in part_keys(store):
+        store_delete(store, key)
+    code, state = run_dataprocess(store, workers=4)
+    assert code == 0 and state.report.counts["images catalogued by the backfill"] == 18
+    pd.testing.assert_frame_equal(_images(store), incremental)
+    (kept,) = [i.key for i in store.processed().list("catalogue/backfill/")]
+    assert {r["warehouse_key"] for r in read_part(store.processed().read(kept)).to_pylist()} == set(
+        expected
+    )
+    # once: the next run reads the backfill's rows instead of the headers
+    code, state = run_dataprocess(store, workers=4)
+    assert code == 0 and "images catalogued by the backfill" not in state.report.counts
+    pd.testing.assert_frame_equal(_images(store), incremental)
