@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydicom.dataset import Dataset
 
-from warehouse.core.keys import ImageKey, RawKey
+from warehouse.core.dicom import read_header
+from warehouse.core.keys import ImageKey, RawKey, parse_image_key
 
 #: Where the loader's parts are, in the warehouse.
 PARTS_PREFIX = "catalogue/images/"
@@ -280,6 +281,42 @@ def image_row(
         upload_date(upload),
         int(size),
         *header_values(dataset),
+    )
+
+
+def filed_image_row(
+    storage,
+    key: str,
+    size: int,
+    source: tuple[str, str] | None,
+    max_header_bytes: int | None = None,
+) -> tuple:
+    """The row of an image filed already but in no part, from its header (ranged reads, as
+    the loader's own): for the loader's pass over a stopped run's images and for
+    ``dataprocess``'s backfill.
+
+    Parameters
+    ----------
+    storage : Storage
+        The warehouse.
+    key : str
+        The filed image's key.
+    size : int
+        Its listed size.
+    source : tuple or None
+        ``(raw key, upload date)`` it came from (`raw_sources`), None when not known.
+    max_header_bytes : int, optional
+        The header read limit (`dicom.read_header`).
+
+    Raises
+    ------
+    HeaderProblem, StorageError
+        When the header cannot be read or parsed.
+    """
+    header = read_header(storage, key, size, max_header_bytes=max_header_bytes)
+    raw_key, upload = source or (None, None)
+    return image_row(
+        header.dataset, parse_image_key(key), size=size, raw_key=raw_key, upload=upload
     )
 
 

@@ -27,15 +27,14 @@ from warehouse.core.catalogue import (
     HeaderProgress,
     InvalidPart,
     RowBuffer,
-    image_row,
+    filed_image_row,
     is_part_key,
     merge_parts,
     part_bytes,
     raw_sources,
     read_part,
 )
-from warehouse.core.dicom import HeaderProblem, read_header
-from warehouse.core.keys import parse_image_key
+from warehouse.core.dicom import HeaderProblem
 from warehouse.core.listing import list_raw
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.storage import Storage
@@ -90,14 +89,6 @@ def read_parts(
     return tables
 
 
-def _backfill_row(storage: Storage, key: str, size: int, raw, max_header_bytes: int) -> tuple:
-    header = read_header(storage, key, size, max_header_bytes=max_header_bytes)
-    raw_key, upload = raw or (None, None)
-    return image_row(
-        header.dataset, parse_image_key(key), size=size, raw_key=raw_key, upload=upload
-    )
-
-
 def backfill(
     storage: Storage,
     missing: dict[str, int],
@@ -125,7 +116,7 @@ def backfill(
     sources = raw_sources(missing, list_raw(storage, raw_prefixes, workers).images)
     progress = HeaderProgress(len(missing), logger, "catalogue backfill")
     futures = [
-        (key, submit(_backfill_row, storage, key, size, sources.get(key), max_header_bytes))
+        (key, submit(filed_image_row, storage, key, size, sources.get(key), max_header_bytes))
         for key, size in sorted(missing.items())
     ]
     for key, future in futures:

@@ -47,14 +47,14 @@ from warehouse.core.catalogue import (
     HeaderProgress,
     InvalidPart,
     RowBuffer,
-    image_row,
+    filed_image_row,
     is_part_key,
     part_bytes,
     part_key,
     raw_sources,
     read_part,
 )
-from warehouse.core.dicom import HeaderProblem, read_header
+from warehouse.core.dicom import HeaderProblem
 from warehouse.core.keys import RawKey, parse_image_key, parse_warehouse_key
 from warehouse.core.listing import WarehouseIndex, index_warehouse
 from warehouse.core.report import Reason, RunReport
@@ -345,9 +345,12 @@ class LoaderCatalogue:
             if not wanted:
                 return
             progress = HeaderProgress(len(wanted), logger, "catalogue: filed images in no part")
-            futures = [
-                (key, size, self._submit_work(self._orphan_row, key, size)) for key, size in wanted
-            ]
+            storage, limit = self._storage, self._max_header_bytes
+            futures = []
+            for key, size in wanted:
+                source = self._orphan_raw.get(key)
+                work = self._submit_work(filed_image_row, storage, key, size, source, limit)
+                futures.append((key, size, work))
             for key, size, future in futures:
                 try:
                     row = future.result()
@@ -360,13 +363,6 @@ class LoaderCatalogue:
                     self._add(row)
                     self.claim_instance(row[_SOP], key, size)
                 progress.step()
-
-    def _orphan_row(self, key: str, size: int) -> tuple:
-        header = read_header(self._storage, key, size, max_header_bytes=self._max_header_bytes)
-        raw_key, upload = self._orphan_raw.get(key, (None, None))
-        return image_row(
-            header.dataset, parse_image_key(key), size=size, raw_key=raw_key, upload=upload
-        )
 
     # -- the images of this run ---------------------------------------------------------
 
