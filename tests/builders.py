@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from warehouse.core.config import Settings
@@ -90,6 +92,31 @@ def graph_env(**extra) -> dict[str, str]:
     env.pop("BUCKET_NAME", None)
     env.update(extra)
     return env
+
+
+def start_loader(env: dict[str, str], *, capture: bool = False) -> subprocess.Popen:
+    """``python -m warehouse.warehouseloader`` started from the repository root with ``env``;
+    its output captured as text with ``capture``, else discarded."""
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [str(BIN / "python"), "-m", "warehouse.warehouseloader"],
+        cwd=REPO,
+        env=env,
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+
+
+def kill_loader_when(root: Path, reached, timeout: float = 60) -> None:
+    """Run the loader on the local bucket ``root`` (one worker) and SIGKILL it as soon as
+    ``reached()`` holds (or after ``timeout`` seconds): what a killed task leaves."""
+    process = start_loader(graph_env(WAREHOUSE_BUCKET=f"file://{root}", WAREHOUSE_WORKERS="1"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not reached():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 def python_m(graph: str, args=(), env=None, **kwargs) -> subprocess.CompletedProcess:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import signal
-import subprocess
 import time
 
 import pandas as pd
@@ -18,7 +16,7 @@ from tests import builders
 from tests.builders import clinical, image
 from tests.test_dataprocess import read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
-from tests.test_warehouseloader import BIN, REPO, SPLIT, sample_tree
+from tests.test_warehouseloader import SPLIT, sample_tree
 from warehouse.core.catalogue import (
     COLUMNS,
     PARTS_PREFIX,
@@ -343,20 +341,7 @@ def test_sigkilled_run_then_rerun_lists_every_image_once(tmp_path):
     assert builders.run_loader(storage, workers=4)[0] == 0
     files = _tree(patients=12, images=120, date="2021-02-01", first=12, rows=128, columns=128)
     builders.put_tree(storage, {k: v for k, v in files.items() if "/images/" in k})
-    process = subprocess.Popen(
-        [str(BIN / "python"), "-m", "warehouse.warehouseloader"],
-        cwd=REPO,
-        env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{storage.root}", WAREHOUSE_WORKERS="1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if len(_all_metadata(storage)) >= 40:
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    builders.kill_loader_when(storage.root, lambda: len(_all_metadata(storage)) >= 40)
     assert len(part_keys(storage)) == 1
     assert 12 < len(_all_metadata(storage)) < 132
     assert builders.run_loader(storage, workers=4)[0] == 0

@@ -171,14 +171,7 @@ def _env(bucket: str, **extra) -> dict[str, str]:
 
 
 def _loader(env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(BIN / "python"), "-m", "warehouse.warehouseloader"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return builders.start_loader(env, capture=True)
 
 
 def run_sharded(bucket: str, count: int, run_id: str) -> list[subprocess.CompletedProcess]:

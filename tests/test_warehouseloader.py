@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -530,20 +529,10 @@ def test_killed_run_is_finished_by_the_next_one(tmp_path):
     clean = LocalStorage(tmp_path / "clean")
     builders.put_tree(clean, files)
 
-    process = subprocess.Popen(
-        [str(BIN / "python"), "-m", "warehouse.warehouseloader"],
-        cwd=REPO,
-        env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{killed.root}", WAREHOUSE_WORKERS="1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if len([k for k in builders.snapshot(killed) if k.startswith("training/")]) >= 20:
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    def twenty_filed():
+        return len([k for k in builders.snapshot(killed) if k.startswith("training/")]) >= 20
+
+    builders.kill_loader_when(killed.root, twenty_filed)
     partial = {k for k in builders.snapshot(killed) if k.startswith(("training/", "validation/"))}
 
     assert builders.run_loader(killed, workers=4)[0] == 0
