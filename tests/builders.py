@@ -148,3 +148,14 @@ def bonobo_run(graph: str, bucket_root, cwd) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+def exited_pid() -> int:
+    """The pid of a process that has exited (pids are not reused until they wrap)."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(child.stdout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from tests import builders
 from warehouse.core import storage as storage_module
 from warehouse.core.errors import ExpectedError
 from warehouse.core.storage import (
@@ -268,17 +270,156 @@ def test_local_write_leaves_no_temporary_file(local):
     assert oct((local.root / "a/b/c.json").stat().st_mode & 0o777) == oct(0o644)
 
 
+def temporary_name(pid: int) -> str:
+    """A temporary file's name as the local store gives it (the oracle: the README's form)."""
+    return f".warehouse-partial-{pid}-{'0a' * 16}"
+
+
 def test_local_temporary_files_are_never_listed(local):
+    """A live writer's temporary file, at the root or in a folder, is left alone and never
+    listed; other names (even ``.tmp-...``) are objects like any other."""
     local.write("d/real.json", b"1")
-    (local.root / "d" / ".tmp-abc123").write_bytes(b"partial")
-    (local.root / ".tmp-root").write_bytes(b"partial")
-    (local.root / ".tmp-dir").mkdir()
-    (local.root / ".tmp-dir" / "x").write_bytes(b"partial")
-    assert keys_of(local.list("")) == ["d/real.json"]
+    live = temporary_name(os.getpid())
+    (local.root / "d" / live).write_bytes(b"partial")
+    (local.root / live).write_bytes(b"partial")
+    (local.root / ".tmp-abc123").write_bytes(b"an object")
+    assert keys_of(local.list("")) == [".tmp-abc123", "d/real.json"]
     assert keys_of(local.list("d/")) == ["d/real.json"]
-    assert local.list_folders("") == (["d/"], [])
+    folders, objects = local.list_folders("")
+    assert (folders, keys_of(objects)) == (["d/"], [".tmp-abc123"])
     assert keys_of(local.list_folders("d/")[1]) == ["d/real.json"]
-    assert keys_of(local.list_many([""])) == ["d/real.json"]
+    assert keys_of(local.list_many([""])) == [".tmp-abc123", "d/real.json"]
+    assert (local.root / "d" / live).read_bytes() == b"partial"  # its writer is alive
+    assert (local.root / live).exists()
+
+
+def test_local_temporary_files_of_a_killed_writer_are_removed_where_the_product_writes(
+    local, caplog
+):
+    gone = builders.exited_pid()
+    abandoned = [
+        f"training/ct/{temporary_name(gone)}",
+        f"reports/warehouseloader/{temporary_name(gone)}",
+        f"training/data/P/.tmp-{gone}-0123456789ab",  # the form of versions up to 0.2.0
+    ]
+    for key in abandoned:
+        (local.root / key).parent.mkdir(parents=True, exist_ok=True)
+        (local.root / key).write_bytes(b"partial")
+    local.write("training/ct/a.dcm", b"1")
+    caplog.set_level(logging.INFO, logger="warehouse.core.storage")
+    assert keys_of(local.list("training/")) == ["training/ct/a.dcm"]
+    assert keys_of(local.list_folders("reports/warehouseloader/")[1]) == []
+    assert [key for key in abandoned if (local.root / key).exists()] == []
+    assert caplog.text.count("left by a run that was killed while writing") == 3
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".tmp-{gone}-x.dcm",
+        ".tmp-{gone}-0123456789ab",  # even the old temporary form
+        ".warehouse-partial-{gone}-" + "0a" * 16,  # even the product's own form
+        ".tmp-99999999999999999999999-x.dcm",
+        ".tmp-\u00b2-x.dcm",  # a digit for str.isdigit, not for int()
+        ".tmp--1-x",
+    ],
+)
+def test_local_raw_side_lists_every_name_and_removes_none(local, name):
+    """Under a raw-* prefix every name is an upload: listed, never removed, whatever it
+    looks like; nothing is looked for there."""
+    name = name.format(gone=builders.exited_pid())
+    key = f"raw-a/2021-01-01/images/{name}"
+    (local.root / key).parent.mkdir(parents=True)
+    (local.root / key).write_bytes(b"upload")
+    assert keys_of(local.list("raw-a/")) == [key]
+    assert keys_of(local.list_folders("raw-a/2021-01-01/images/")[1]) == [key]
+    assert keys_of(local.list_many(["raw-a/"])) == [key]
+    assert (local.root / key).read_bytes() == b"upload"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".tmp-99999999999999999999999-x.dcm",
+        ".tmp-\u00b2-x.dcm",
+        ".warehouse-partial-99999999999-" + "0a" * 16,  # a pid past any pid_t
+        ".warehouse-partial-\u00b2-" + "0a" * 16,
+        ".warehouse-partial-1-" + "0a" * 16 + "\n",
+    ],
+)
+def test_local_odd_names_where_the_product_writes_are_objects(local, name):
+    """A name that is not exactly a temporary file's is an object there too: listed, kept,
+    and no error whatever its digits."""
+    key = f"training/ct/{name}"
+    (local.root / "training" / "ct").mkdir(parents=True)
+    (local.root / key).write_bytes(b"x")
+    assert keys_of(local.list("")) == [key]
+    assert (local.root / key).exists()
+
+
+def test_local_folder_named_like_a_temporary_file_is_walked_not_removed(local):
+    folder = local.root / "training" / temporary_name(builders.exited_pid())
+    folder.mkdir(parents=True)
+    (folder / "x.json").write_bytes(b"x")
+    assert keys_of(local.list("")) == [f"training/{folder.name}/x.json"]
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_local_listing_of_500_nested_folders_stops_at_16_levels(local):
+    """No recursion: a folder 16 levels deep is listed as itself (``too_deep``), not
+    entered; what lies above it is listed, and no descriptor is left open."""
+    deep = local.root.joinpath("raw-a", *["d"] * 500)
+    deep.mkdir(parents=True)
+    (deep / "x.dcm").write_bytes(b"x")
+    (local.root / "raw-a" / "d" / "y.dcm").write_bytes(b"y")
+    sixteenth = "raw-a/" + "d/" * 15  # 16 levels: the folder itself is the 16th
+    before = open_descriptors()
+    for listing in (local.list(""), local.list("raw-a/"), local.list_many(["raw-a/"])):
+        infos = list(listing)
+        assert [(i.key, i.too_deep, i.size) for i in infos] == [
+            (sixteenth, True, 0),
+            ("raw-a/d/y.dcm", False, 1),
+        ]
+    assert open_descriptors() == before
+    # a key of exactly 16 levels is an object like any other
+    local.write("b/" * 15 + "k", b"k")
+    assert keys_of(local.list("b/")) == ["b/" * 15 + "k"]
+
+
+def test_local_listing_closes_its_folders_when_the_reader_stops(local):
+    local.root.joinpath(*["e"] * 10).mkdir(parents=True)
+    local.root.joinpath(*["e"] * 10, "x").write_bytes(b"x")
+    local.root.joinpath(*["e"] * 10, "y").write_bytes(b"y")
+    before = open_descriptors()
+    listing = local.list("")
+    assert next(listing).key == "e/" * 10 + "x"
+    listing.close()
+    assert open_descriptors() == before
+
+
+def test_local_time_past_what_a_datetime_holds_is_its_last_moment(local):
+    """Some file systems keep any 64-bit time: the listing still gives a datetime."""
+    year_300000 = os.stat_result((0o100644, 0, 0, 1, 0, 0, 5, 0, 10**13, 0))
+    far_past = os.stat_result((0o100644, 0, 0, 1, 0, 0, 5, 0, -(10**13), 0))
+    assert local._info("k", year_300000).last_modified == dt.datetime.max.replace(tzinfo=dt.UTC)
+    assert local._info("k", far_past).last_modified == dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def test_local_write_names_its_temporary_file_in_the_readme_form(local, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def spy(source, target, **kwargs):
+        seen.append(source)
+        return real_replace(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "replace", spy)
+    local.write("reports/r.json", b"{}")
+    assert len(seen) == 1
+    assert re.fullmatch(rf"\.warehouse-partial-{os.getpid()}-[0-9a-f]{{32}}", seen[0])
 
 
 def test_local_failing_write_keeps_the_old_content(local, monkeypatch):

@@ -540,7 +540,7 @@ def test_killed_run_is_finished_by_the_next_one(tmp_path):
     finished, reference = builders.snapshot(killed), builders.snapshot(clean)
     assert finished == reference
     assert len(partial) < len([k for k in reference if k.startswith(("training/", "validation/"))])
-    leftovers = [p for p in (tmp_path / "killed").rglob(".tmp-*")]
+    leftovers = list((tmp_path / "killed").rglob(".warehouse-partial-*"))
     assert leftovers == []
 
 

@@ -189,6 +189,10 @@ def upload_date_problem(
 #: How the name of every raw prefix starts (``raw-<site>``).
 RAW_PREFIX_MARK = "raw-"
 
+#: The most levels (folders and the name: ``a/b/c`` has 3) a key may have; a local listing
+#: descends no deeper (the raw layout has 4 levels, the warehouse's 6).
+MAX_KEY_DEPTH = 16
+
 
 def top_folder(key: str) -> str:
     """The first part of a key: the raw prefix (``raw-cambridge``) of a raw input."""

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import shlex
 import stat
 import threading
@@ -30,13 +31,23 @@ from pathlib import Path
 from typing import BinaryIO
 
 from warehouse.core.errors import ExpectedError
+from warehouse.core.keys import MAX_KEY_DEPTH, raw_prefix_of
 from warehouse.core.report import Reason
 
 logger = logging.getLogger(__name__)
 
 #: CopyObject's limit; larger objects are copied with a multipart (UploadPartCopy) copy.
 S3_COPY_LIMIT = 5 * 1024**3
-_TEMP_PREFIX = ".tmp-"
+#: How a local store's temporary files are named: the marker, the writer's pid and 32 random
+#: hex digits. They are only ever written, looked for and removed where the product writes
+#: (never under a ``raw-*`` prefix, where every name is an upload).
+_TEMP_MARK = ".warehouse-partial-"
+_TEMPORARY = re.compile(r"\.warehouse-partial-([1-9][0-9]{0,9})-[0-9a-f]{32}")
+#: The form versions up to 0.2.0 gave them (``.tmp-<pid>-<12 hex digits>``): still removed
+#: where the product writes, once their writer is gone.
+_LEGACY_TEMPORARY = re.compile(r"\.tmp-([1-9][0-9]{0,9})-[0-9a-f]{12}")
+#: The largest pid (``pid_t`` is a C int).
+_MAX_PID = 2**31 - 1
 _LIST_QUEUE_SIZE = 4096
 #: Where the CloudFormation template is, for messages about a missing bucket.
 _TEMPLATE = "infrastructure/templates/warehouse.yaml"
@@ -81,12 +92,17 @@ class ObjectInfo:
     ``link`` is true for a symbolic link in a local store (a file or a folder, never followed):
     it is listed so that it can be reported, and is not an object to read, file or trust.
     Its size and time are the link's own.
+
+    ``too_deep`` is true for a folder of a local store at `keys.MAX_KEY_DEPTH` levels: what it
+    holds is deeper than any key may be, so it is not listed; the folder is, so that it can be
+    reported. Its key ends with ``/``, its size is 0 and its time is the folder's own.
     """
 
     key: str
     size: int
     last_modified: dt.datetime
     link: bool = False
+    too_deep: bool = False
 
 
 class Storage:
@@ -278,7 +294,10 @@ class LocalStorage(Storage):
     """A local directory laid out like a bucket: key ``a/b/c`` is file ``<root>/a/b/c``.
 
     Writes go to a temporary file in the target folder, then are renamed into place, so a killed
-    run never leaves a partial object; leftover temporary files are never listed.
+    run never leaves a partial object; temporary files are never listed, and those a killed
+    run left are removed when their folder is listed. The product never writes under a
+    ``raw-*`` prefix, so there no name is taken for a temporary file and nothing is removed.
+    Listings descend at most `keys.MAX_KEY_DEPTH` levels (``ObjectInfo.too_deep``).
 
     The root must be an existing directory other than ``/``; writes make the folders below it
     on demand, never the root itself. The root's own path may contain symbolic links (it is
@@ -303,9 +322,12 @@ class LocalStorage(Storage):
             raise StorageError(f"invalid key {key!r}")
         return parts
 
-    def _info(self, key: str, entry_stat: os.stat_result, link: bool = False) -> ObjectInfo:
-        modified = dt.datetime.fromtimestamp(entry_stat.st_mtime, tz=dt.UTC)
-        return ObjectInfo(key, entry_stat.st_size, modified, link)
+    @staticmethod
+    def _info(
+        key: str, entry_stat: os.stat_result, link: bool = False, too_deep: bool = False
+    ) -> ObjectInfo:
+        size = 0 if too_deep else entry_stat.st_size
+        return ObjectInfo(key, size, _modified(entry_stat.st_mtime), link, too_deep)
 
     def _refusal(self, action: str, key: str, found: _LinkFound) -> SymbolicLinkRefused:
         return SymbolicLinkRefused(
@@ -415,35 +437,74 @@ class LocalStorage(Storage):
         finally:
             os.close(start)
 
-    def _walk(self, directory: int, base: str, prefix: str) -> Iterator[ObjectInfo]:
-        entries = sorted(os.scandir(directory), key=_key_order)
-        for entry in entries:
-            if entry.name.startswith(_TEMP_PREFIX):
-                _remove_if_abandoned(directory, entry, self.url + "/" + base)
-                continue
-            key = base + entry.name
-            try:
-                if entry.is_symlink():
-                    if key.startswith(prefix) or prefix.startswith(key + "/"):
-                        yield self._info(key, entry.stat(follow_symlinks=False), link=True)
-                elif entry.is_dir(follow_symlinks=False):
-                    if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
-                        yield from self._walk_child(directory, entry.name, key, prefix)
-                elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
-                    yield self._info(key, entry.stat(follow_symlinks=False))
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # removed or replaced since the folder was read
+    def _walk(self, start: int, base: str, prefix: str) -> Iterator[ObjectInfo]:
+        """Yield the objects below folder ``start`` (key ``base``) whose keys start with
+        ``prefix``, in key order.
 
-    def _walk_child(self, directory: int, name: str, key: str, prefix: str):
+        Depth first with a stack of open folders, never recursion: at most `MAX_KEY_DEPTH`
+        levels are entered (and as many descriptors open), and a folder at that depth inside
+        ``prefix`` is yielded itself (``too_deep``), not entered.
+        """
+        stack = [(start, base, iter(self._entries(start, base)))]
         try:
-            child = self._open_child(directory, name, key, create=False)
-        except _LinkFound as found:  # replaced by a link since the folder was read
-            yield self._info(found.key, found.stat, link=True)
-            return
-        try:
-            yield from self._walk(child, key + "/", prefix)
+            while stack:
+                directory, folder, entries = stack[-1]
+                entry = next(entries, None)
+                if entry is None:
+                    stack.pop()
+                    if directory != start:
+                        os.close(directory)
+                    continue
+                key = folder + entry.name
+                try:
+                    if entry.is_symlink():
+                        if key.startswith(prefix) or prefix.startswith(key + "/"):
+                            yield self._info(key, entry.stat(follow_symlinks=False), link=True)
+                    elif entry.is_dir(follow_symlinks=False):
+                        inside = (key + "/").startswith(prefix)
+                        if inside and key.count("/") + 1 >= MAX_KEY_DEPTH:
+                            found = entry.stat(follow_symlinks=False)
+                            yield self._info(key + "/", found, too_deep=True)
+                        elif inside or prefix.startswith(key + "/"):
+                            stack.append(self._enter(directory, entry.name, key))
+                    elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
+                        yield self._info(key, entry.stat(follow_symlinks=False))
+                except _LinkFound as found:  # replaced by a link since the folder was read
+                    yield self._info(found.key, found.stat, link=True)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed or replaced since the folder was read
         finally:
+            for directory, _, _ in stack:
+                if directory != start:
+                    os.close(directory)
+
+    def _enter(self, directory: int, name: str, key: str) -> tuple:
+        """Open sub-folder ``name`` and read its entries: a frame of `_walk`'s stack."""
+        child = self._open_child(directory, name, key, create=False)
+        try:
+            return child, key + "/", iter(self._entries(child, key + "/"))
+        except BaseException:
             os.close(child)
+            raise
+
+    def _entries(self, folder: int, base: str) -> list[os.DirEntry]:
+        """The entries of ``folder`` (key ``base``) in key order.
+
+        Where the product writes (anywhere but under a ``raw-*`` prefix) its temporary files
+        are left out, and removed once their writer is gone. Under a raw prefix every name is
+        an upload: all are kept, none is ever removed.
+        """
+        entries = sorted(os.scandir(folder), key=_key_order)
+        if raw_prefix_of(base) is not None:
+            return entries
+        kept = []
+        for entry in entries:
+            writer = _temporary_writer(entry.name)
+            if writer is None or not entry.is_file(follow_symlinks=False):
+                kept.append(entry)
+            else:
+                _remove_if_abandoned(folder, entry.name, writer, self.url + "/" + base)
+        return kept
 
     def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
         parts = self._parts(prefix.strip("/")) if prefix.strip("/") else []
@@ -456,10 +517,7 @@ class LocalStorage(Storage):
         except _LinkFound as found:
             return folders, [self._info(found.key, found.stat, link=True)]
         try:
-            for entry in sorted(os.scandir(directory), key=_key_order):
-                if entry.name.startswith(_TEMP_PREFIX):
-                    _remove_if_abandoned(directory, entry, self.url + "/" + prefix)
-                    continue
+            for entry in self._entries(directory, prefix):
                 key = prefix + entry.name
                 with contextlib.suppress(FileNotFoundError):
                     if entry.is_symlink():
@@ -503,7 +561,7 @@ class LocalStorage(Storage):
     @staticmethod
     def _write_temporary(folder: int, produce: Callable[[BinaryIO], object]) -> str:
         """Have ``produce(file)`` fill a new temporary file of ``folder``; return its name."""
-        temp = f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        temp = f"{_TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex}"
         fd = os.open(temp, _CREATE_FLAGS, 0o666, dir_fd=folder)
         try:
             with open(fd, "wb") as handle:
@@ -647,19 +705,44 @@ def _copy_descriptor(source: int, target: int) -> None:
             view = view[os.write(target, view) :]
 
 
-def _remove_if_abandoned(folder: int, entry: os.DirEntry, where: str) -> None:
-    """Delete a temporary file whose writer process is gone (a run killed mid-write)."""
-    pid_text = entry.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
-    if not pid_text.isdigit():
+def _modified(seconds: float) -> dt.datetime:
+    """A file's modification time (``st_mtime``) as a UTC datetime; one beyond what a datetime
+    holds (some file systems keep any 64-bit time) is its first or last moment."""
+    try:
+        return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return (dt.datetime.max if seconds > 0 else dt.datetime.min).replace(tzinfo=dt.UTC)
+
+
+def _temporary_writer(name: str) -> int | None:
+    """The pid of the process that wrote a local store's temporary file of this name, or None
+    when ``name`` is not one (any other name, whatever its digits or length)."""
+    match = _TEMPORARY.fullmatch(name) or _LEGACY_TEMPORARY.fullmatch(name)
+    if match is None:
+        return None
+    pid = int(match.group(1))  # ASCII digits only, at most 10 of them
+    return pid if pid <= _MAX_PID else None
+
+
+def _remove_if_abandoned(folder: int, name: str, writer: int, where: str) -> None:
+    """Delete temporary file ``name`` of ``folder`` if its ``writer`` process is gone (a run
+    killed mid-write); ``where`` is the folder's URL, for the log."""
+    try:
+        os.kill(writer, 0)
+    except ProcessLookupError:
+        pass
+    except OSError:  # another user's live process (EPERM)
+        return
+    else:
         return
     try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.name, dir_fd=folder)
-        logger.info("removed %s%s, left by a run that was killed while writing", where, entry.name)
-    except PermissionError:
-        return  # another user's live process
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        logger.warning("cannot remove %r, left by a killed run: %s", where + name, exc.strerror)
+        return
+    logger.info("removed %r, left by a run that was killed while writing", where + name)
 
 
 class S3Storage(Storage):
