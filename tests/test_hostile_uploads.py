@@ -370,3 +370,86 @@ def test_dataprocess_and_submittingcentres_report_poisoned_files_and_go_on(store
     assert result.stdout.splitlines() == [A]
     assert "invalid JSON: raw-a/2021-01-01/data/Covid3_data.json" in result.stderr
     shutil.rmtree(tmp_path / "bucket-processed")
+
+
+# --------------------------------------------------------------------------------------------
+# The raw side is read-only, whatever its names, depths and times
+
+
+def loader_tree(store, when: str = "2021-01-02") -> tuple[str, str]:
+    """A config, one clinical file and one image of site A; returns their keys."""
+    store.write("config.json", config())
+    name, data = image("Covid1", "DX")
+    clinical_key = "raw-a/2021-01-01/data/Covid1_data.json"
+    image_key = f"raw-a/{when}/images/{name}"
+    store.write(clinical_key, clinical("Covid1", A))
+    store.write(image_key, data)
+    return clinical_key, image_key
+
+
+def graph(name: str, store) -> subprocess.CompletedProcess:
+    url = f"file://{store.root}" if isinstance(store, LocalStorage) else store.url
+    return builders.python_m(name, env=builders.graph_env(WAREHOUSE_BUCKET=url))
+
+
+def filed_both(store) -> bool:
+    """The clinical file and the image of `loader_tree` are filed (validation: site A)."""
+    keys = warehouse_keys(store)
+    return "validation/data/Covid1/data_2021-01-01.json" in keys and any(
+        k.startswith("validation/xray/Covid1/") for k in keys
+    )
+
+
+def test_an_upload_named_like_a_temporary_file_is_never_deleted(store):
+    """The old local store took ``.tmp-<pid>-...`` for its own leftovers, in raw prefixes too,
+    and deleted it when no such process ran."""
+    loader_tree(store)
+    name, data = image("Covid2", "DX")
+    upload = f"raw-a/2021-01-02/images/.tmp-{builders.exited_pid()}-x.dcm"
+    store.write(upload, data)
+    for _ in range(2):
+        code, state = builders.run_loader(store)
+        assert code == 0 and state.report.completed
+        reason, detail = problems(state)[upload]
+        assert reason == "unsafe identifier" and "unsafe file name" in detail
+        assert (store.root / upload).read_bytes() == data
+    assert filed_both(store)
+    assert graph("submittingcentres", store).returncode == 0
+    assert (store.root / upload).read_bytes() == data
+
+
+@pytest.mark.parametrize("name", [".tmp-99999999999999999999999-x.dcm", ".tmp-²-x.dcm"])
+def test_names_that_broke_the_old_sweep_do_not_stop_any_graph(store, name):
+    """A pid past a C long, or a digit ``int()`` refuses: the run used to end "could not
+    complete" and file nothing, on every run."""
+    loader_tree(store)
+    upload = f"raw-a/2021-01-02/images/{name}"
+    store.write(upload, b"junk")
+    code, state = builders.run_loader(store)
+    assert code == 0 and state.report.completed
+    assert problems(state)[upload][0] == "unsafe identifier"
+    assert filed_both(store)
+    centres = graph("submittingcentres", store)
+    assert centres.returncode == 0, centres.stderr
+    assert centres.stdout.splitlines() == [A]
+    assert graph("dataprocess", store).returncode == 0
+    assert (store.root / upload).read_bytes() == b"junk"
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_500_nested_folders_under_a_prefix_are_reported_not_an_error(request, backend):
+    store = request.getfixturevalue("store" if backend == "local" else "s3_store")
+    loader_tree(store)
+    store.write("raw-a/" + "d/" * 500 + "x.dcm", b"deep")  # 1,011 bytes: S3 takes it
+    code, state = builders.run_loader(store)
+    assert code == 0 and state.report.completed
+    deep = {k: v for k, v in problems(state).items() if k.startswith("raw-a/d/")}
+    # a local listing stops at the folder 16 levels deep; S3 lists the key itself
+    expected_key = "raw-a/" + "d/" * 15 if backend == "local" else "raw-a/" + "d/" * 500 + "x.dcm"
+    assert list(deep) == [expected_key]
+    assert deep[expected_key][0] == "unsafe name"
+    assert filed_both(store)
+    centres = graph("submittingcentres", store)
+    assert centres.returncode == 0, centres.stderr
+    assert centres.stdout.splitlines() == [A]
+    assert f"unsafe name: {expected_key}" in centres.stderr

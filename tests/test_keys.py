@@ -21,11 +21,13 @@ from warehouse.core.keys import (
     image_targets,
     is_dicom_uid,
     is_safe_name,
+    modification_time_problem,
     normalise_prefix,
     parse_clinical_name,
     parse_raw_key,
     parse_upload_date,
     parse_warehouse_key,
+    raw_name_problem,
 )
 
 PREFIX = "raw-site"
@@ -385,3 +387,76 @@ def test_parse_clinical_name(name, expected):
     assert parse_clinical_name(name) == expected
     if expected:
         assert clinical_name(expected[0], expected[1].isoformat()) == name
+
+
+# --------------------------------------------------------------------------------------------
+# raw names and times that no layout position can make an input
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "raw-a/2021-01-01/images/x.dcm",
+        "raw-a/2021-01-01/images/.tmp-12345-x.dcm",  # hidden: the image rule refuses it later
+        "raw-a/2021-01-01/images/.tmp-\u00b2-x.dcm",
+        "raw-a/2021-01-01/images/caf\u00e9 \u0416.dcm",
+        "raw-a/2021-01-01/images/",  # an S3 console's folder marker
+        "raw-a/" + "d/" * 14 + "x",  # 16 levels
+        "raw-a/2021-01-01/images/" + "x" * (1024 - 24),  # 1,024 bytes
+    ],
+)
+def test_names_any_layout_position_may_take(key):
+    assert raw_name_problem(key) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "detail"),
+    [
+        ("raw-a/2021-01-01/data/Covid1\n_data.json", "'Covid1\\n_data.json' holds U+000A at 6"),
+        ("raw-a/2021-01-01/images/\x1b[31mx.dcm", "holds U+001B at 0"),
+        ("raw-a/2021-01-01/images/a\u202egpj.dcm", "holds U+202E at 1"),  # bidi override
+        ("raw-a/2021-01-01/images/\udcff.dcm", "holds U+DCFF at 0"),  # not UTF-8 on disk
+        ("raw-a/2021-01-01/images/\x7f.dcm", "holds U+007F at 0"),
+        ("raw-a/2021-01-01/../images/x.dcm", "a '.' or '..' level"),
+        ("raw-a/./2021-01-01/images/x.dcm", "a '.' or '..' level"),
+        ("raw-a/" + "d/" * 15 + "x", "17 levels (at most 16)"),
+        ("raw-a/" + "d/" * 500 + "x.dcm", "502 levels (at most 16)"),
+        ("raw-a/2021-01-01/images/" + "\u00e9" * 501, "1,026 bytes long (at most 1,024)"),
+    ],
+)
+def test_unsafe_raw_names(key, detail):
+    problem = raw_name_problem(key)
+    assert problem is not None and detail in problem
+    assert problem.isascii() and "\n" not in problem  # safe to show anywhere
+
+
+NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    "modified",
+    [
+        dt.datetime(1990, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2021, 1, 1, 9, 30),  # naive: UTC
+        NOW + dt.timedelta(days=1),  # clocks disagree a little
+        NOW - dt.timedelta(days=3000),
+    ],
+)
+def test_plausible_modification_times(modified):
+    assert modification_time_problem(modified, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("modified", "detail"),
+    [
+        (dt.datetime(2300, 1, 1, tzinfo=dt.UTC), "last modified 2300-01-01T00:00:00+00:00, after"),
+        (NOW + dt.timedelta(days=1, seconds=1), "after the listing (2026-06-01T12:00:00+00:00)"),
+        (dt.datetime.max.replace(tzinfo=dt.UTC), "last modified 9999-12-31"),
+        (dt.datetime(1989, 12, 31, 23, 59, tzinfo=dt.UTC), "before 1990-01-01"),
+        (dt.datetime(1970, 1, 1), "last modified 1970-01-01T00:00:00+00:00, before 1990-01-01"),
+        (dt.datetime.min.replace(tzinfo=dt.UTC), "before 1990-01-01"),
+    ],
+)
+def test_implausible_modification_times(modified, detail):
+    problem = modification_time_problem(modified, NOW)
+    assert problem is not None and detail in problem

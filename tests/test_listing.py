@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+
 import pytest
 
+from tests import builders
 from warehouse.core.listing import (
     RawListing,
     WarehouseIndex,
+    changed_since_filed,
     index_warehouse,
     list_raw,
+    pack_stamp,
     pending_images,
 )
 from warehouse.core.storage import LocalStorage
@@ -228,3 +234,142 @@ def test_pending_images_with_an_empty_warehouse(store):
     listing = list_raw(store, ("raw-a",))
     pending = list(pending_images(listing, WarehouseIndex()))
     assert [(raw.name, size) for raw, size in pending] == [("a.dcm", 2), ("b.dcm", 2)]
+
+
+# --------------------------------------------------------------------------------------------
+# the raw side, whatever its names, depths and times
+
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+
+
+def every_key(listing: RawListing) -> list[str]:
+    """Every key a listing holds, once per list it is in."""
+    return sorted(
+        [raw.key for raw, _ in listing.clinical + listing.images]
+        + [raw.key for raw in listing.other]
+        + listing.links
+        + [refusal.key for refusal in listing.refused]
+    )
+
+
+def touch(store: LocalStorage, key: str, when: dt.datetime) -> None:
+    os.utime(store.root / key, (when.timestamp(), when.timestamp()))
+
+
+def test_list_raw_refuses_odd_names_depths_and_times_and_keeps_every_name(store):
+    gone = builders.exited_pid()
+    deep = "raw-a/" + "d/" * 500 + "x.dcm"
+    keys = {
+        "raw-a/2021-01-04/data/Covid1_data.json": "clinical",
+        f"raw-a/2021-01-04/images/.tmp-{gone}-x.dcm": "image",
+        "raw-a/2021-01-04/images/.tmp-99999999999999999999999-x.dcm": "image",
+        "raw-a/2021-01-04/images/.tmp-\u00b2-x.dcm": "image",
+        "raw-a/2021-01-04/images/new\nline.dcm": "unsafe name",
+        "raw-a/2021-01-04/images/future.dcm": "implausible modification time",
+        "raw-a/2021-01-04/images/zip-epoch.dcm": "implausible modification time",
+        "raw-a/2021-01-04/notes/future.txt": "implausible modification time",
+        deep: None,  # below the folder reported in its place
+    }
+    put(store, *keys)
+    now = dt.datetime.now(dt.UTC)
+    touch(store, "raw-a/2021-01-04/images/future.dcm", dt.datetime(2300, 1, 1, tzinfo=dt.UTC))
+    touch(store, "raw-a/2021-01-04/notes/future.txt", now + dt.timedelta(days=2))
+    touch(store, "raw-a/2021-01-04/images/zip-epoch.dcm", dt.datetime(1980, 1, 1, tzinfo=dt.UTC))
+
+    listing = list_raw(store, ("raw-a",), workers=3, now=now)
+
+    sixteenth = "raw-a/" + "d/" * 15  # the folder 16 levels deep: not entered
+    refused = {r.key: (r.reason.value, r.detail, r.size, r.modified) for r in listing.refused}
+    assert refused == {
+        "raw-a/2021-01-04/images/future.dcm": (
+            "implausible modification time",
+            f"last modified 2300-01-01T00:00:00+00:00, after the listing ({now.isoformat()})",
+            2,
+            "2300-01-01T00:00:00+00:00",
+        ),
+        "raw-a/2021-01-04/images/new\nline.dcm": (
+            "unsafe name",
+            "'new\\nline.dcm' holds U+000A at 3",
+            2,
+            refused["raw-a/2021-01-04/images/new\nline.dcm"][3],
+        ),
+        "raw-a/2021-01-04/images/zip-epoch.dcm": (
+            "implausible modification time",
+            "last modified 1980-01-01T00:00:00+00:00, before 1990-01-01",
+            2,
+            "1980-01-01T00:00:00+00:00",
+        ),
+        "raw-a/2021-01-04/notes/future.txt": (
+            "implausible modification time",
+            refused["raw-a/2021-01-04/notes/future.txt"][1],
+            2,
+            (now + dt.timedelta(days=2)).isoformat(),
+        ),
+        sixteenth: (
+            "unsafe name",
+            "a folder 16 levels deep that holds more: nothing below it is listed",
+            0,
+            refused[sixteenth][3],
+        ),
+    }
+    assert [raw.name for raw, _ in listing.images] == sorted(
+        [".tmp-99999999999999999999999-x.dcm", f".tmp-{gone}-x.dcm", ".tmp-\u00b2-x.dcm"]
+    )
+    assert raw_keys(listing.clinical) == ["raw-a/2021-01-04/data/Covid1_data.json"]
+    expected = sorted([k for k, kind in keys.items() if kind is not None] + [sixteenth])
+    assert every_key(listing) == expected  # each listed name in exactly one list
+    assert all((store.root / key).read_bytes() == b"{}" for key in keys)  # none removed
+
+
+def test_list_raw_refuses_odd_names_on_s3(s3_store):
+    """S3 lists flat: a key of any depth is listed, and refused by its own name."""
+    deep = "raw-a/" + "d/" * 500 + "x.dcm"
+    put(
+        s3_store,
+        "raw-a/2021-01-04/images/ok.dcm",
+        deep,
+        "raw-a/2021-01-04/images/tab\t.dcm",
+        "raw-a/2021-01-04/images/" + "\u00e9" * 501 + ".dcm",
+        f"raw-a/2021-01-04/images/.warehouse-partial-{os.getpid()}-" + "0a" * 16,
+    )
+    listing = list_raw(s3_store, ("raw-a",), workers=2)
+    refused = {r.key: (r.reason.value, r.detail) for r in listing.refused}
+    assert refused == {
+        deep: ("unsafe name", "502 levels (at most 16)"),
+        "raw-a/2021-01-04/images/tab\t.dcm": ("unsafe name", "'tab\\t.dcm' holds U+0009 at 3"),
+        "raw-a/2021-01-04/images/" + "\u00e9" * 501 + ".dcm": (
+            "unsafe name",
+            "1,030 bytes long (at most 1,024)",
+        ),
+    }
+    assert raw_keys(listing.images) == ["raw-a/2021-01-04/images/ok.dcm"]
+    assert [raw.name for raw in listing.other] == [
+        f".warehouse-partial-{os.getpid()}-" + "0a" * 16  # an upload: listed, not hidden
+    ]
+
+
+def test_stamps_of_times_out_of_range_keep_their_size():
+    for when in (dt.datetime.max, dt.datetime(2600, 1, 1), dt.datetime(1901, 1, 1)):
+        stamp = pack_stamp(7, when.replace(tzinfo=dt.UTC))
+        assert not changed_since_filed(stamp, pack_stamp(7, when.replace(tzinfo=dt.UTC)))
+        assert changed_since_filed(stamp, pack_stamp(8, when.replace(tzinfo=dt.UTC)))
+    early = pack_stamp(7, dt.datetime(1901, 1, 1, tzinfo=dt.UTC))
+    assert not changed_since_filed(early, pack_stamp(7, dt.datetime(2021, 1, 1, tzinfo=dt.UTC)))
+
+
+def test_warehouse_objects_with_implausible_times_have_no_date():
+    index = WarehouseIndex(listed_at=NOW)
+    when = dt.datetime(2300, 1, 1, tzinfo=dt.UTC)
+    index.add("training/data/P/data_2021-01-04.json", 5, when)
+    index.add("training/ct/P/1.2/1.2.3/a.dcm", 9, dt.datetime(1970, 1, 1, tzinfo=dt.UTC))
+    index.add("training/ct-metadata/P/1.2/1.2.3/a.json", 3, when)
+    index.add("training/ct-metadata/P/1.3/1.3.4/b.json", 3, NOW)
+    index.add("reports/x.json", 3, when)  # not in the layout: not counted
+    assert index.implausible_times == 3
+    assert [f.last_modified for f in index.clinical_files["P"]] == [None]
+    assert index.clinical_stamp("P", "data_2021-01-04.json") is not None
+    assert {study.study: study.last_modified for study in index.studies.values()} == {
+        "1.2": None,
+        "1.3": NOW.date(),
+    }
+    assert index.images[("training", "ct", "P", "1.2", None)] == 1

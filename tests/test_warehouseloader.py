@@ -633,7 +633,7 @@ def test_an_internal_error_on_one_image_is_reported_and_the_next_run_completes(
             "digits",
         ),
         ("Covid 36_data.json", clinical("Covid 36", SPLIT), "unsafe identifier", "SPACE at 5"),
-        ("Covid37\t_data.json", clinical("Covid37\t", SPLIT), "unsafe identifier", "U+0009 at 7"),
+        ("Covid37\t_data.json", clinical("Covid37\t", SPLIT), "unsafe name", "U+0009 at 7"),
     ],
 )
 def test_clinical_files_that_get_it_wrong_are_reported(local_store, name, content, reason, detail):

@@ -21,7 +21,7 @@ from warehouse.core.clinical import (
 )
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
-from warehouse.core.listing import list_raw
+from warehouse.core.listing import list_raw, report_refused
 from warehouse.core.report import Reason, problem_of
 from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
@@ -67,8 +67,8 @@ class CentresState(RunState):
 
 
 def patients_to_read(storage: Storage, state: CentresState) -> Iterator[PatientFiles]:
-    """List the configured raw prefixes once (links are reported, never followed) and yield
-    each patient's clinical files together, by pseudonym.
+    """List the configured raw prefixes once (links, unsafe names and implausible times are
+    reported, never read) and yield each patient's clinical files together, by pseudonym.
 
     Raises
     ------
@@ -83,6 +83,7 @@ def patients_to_read(storage: Storage, state: CentresState) -> Iterator[PatientF
         raise
     for key in listing.links:
         state.report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
+    report_refused(listing, state.report)
     by_patient: dict[str, list[str]] = {}
     for raw, _size in listing.clinical:
         by_patient.setdefault(raw.pseudonym, []).append(raw.key)

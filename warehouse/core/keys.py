@@ -192,6 +192,61 @@ RAW_PREFIX_MARK = "raw-"
 #: The most levels (folders and the name: ``a/b/c`` has 3) a key may have; a local listing
 #: descends no deeper (the raw layout has 4 levels, the warehouse's 6).
 MAX_KEY_DEPTH = 16
+#: The longest key, in UTF-8 bytes (S3's own limit; a local directory allows longer).
+MAX_KEY_BYTES = 1024
+#: The earliest plausible last-modified time of a raw object: before it, a clock or a copy
+#: that kept a bogus time (a file's time of 0, 1970) is at work.
+EARLIEST_MODIFIED = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
+#: How far past the listing's own time a last-modified time may be (clocks disagree a little).
+MODIFIED_SLACK = dt.timedelta(days=1)
+
+
+def raw_name_problem(key: str) -> str | None:
+    """Why a listed raw key cannot be taken as an input whatever its place in the layout, or
+    None when its name can be.
+
+    A key is unsafe with a control, format or unassigned character (a newline, a bidi
+    override, a byte that is not UTF-8 on a local disk) anywhere, with a ``.`` or ``..``
+    level, with more than `MAX_KEY_DEPTH` levels or more than `MAX_KEY_BYTES` bytes. A level
+    the detail shows is escaped (ASCII) and cut short.
+    """
+    parts = key.split("/")
+    for part in parts:
+        for position, char in enumerate(part):
+            if unicodedata.category(char)[0] == "C":
+                shown = ascii(part[:80]) + ("..." if len(part) > 80 else "")
+                return f"{shown} holds U+{ord(char):04X} at {position}"
+    if any(part in (".", "..") for part in parts):
+        return "a '.' or '..' level"
+    if len(parts) > MAX_KEY_DEPTH:
+        return f"{len(parts)} levels (at most {MAX_KEY_DEPTH})"
+    size = len(key.encode("utf-8"))
+    if size > MAX_KEY_BYTES:
+        return f"{size:,} bytes long (at most {MAX_KEY_BYTES:,})"
+    return None
+
+
+def modification_time_problem(modified: dt.datetime, now: dt.datetime) -> str | None:
+    """Why an object's last-modified time is implausible, or None when it is plausible.
+
+    Implausible is before `EARLIEST_MODIFIED` or more than `MODIFIED_SLACK` after ``now``
+    (the listing's time): a junk file's time, which would otherwise pass for the newest
+    upload and be compared with filed copies forever.
+
+    Parameters
+    ----------
+    modified : datetime.datetime
+        The listed last-modified time; a naive value is taken as UTC.
+    now : datetime.datetime
+        When the listing was made (timezone-aware).
+    """
+    if modified.tzinfo is None:
+        modified = modified.replace(tzinfo=dt.UTC)
+    if modified < EARLIEST_MODIFIED:
+        return f"last modified {modified.isoformat()}, before {EARLIEST_MODIFIED.date()}"
+    if modified - now > MODIFIED_SLACK:
+        return f"last modified {modified.isoformat()}, after the listing ({now.isoformat()})"
+    return None
 
 
 def top_folder(key: str) -> str:

@@ -17,15 +17,19 @@ from dataclasses import dataclass, field, replace
 from warehouse.core.keys import (
     GROUPS,
     IMAGE_FOLDERS,
+    MAX_KEY_DEPTH,
     RAW_PREFIX_MARK,
     RawKey,
     WarehouseKey,
     image_stem,
+    modification_time_problem,
     parse_image_key,
     parse_raw_key,
     parse_warehouse_key,
+    raw_name_problem,
 )
-from warehouse.core.storage import Storage
+from warehouse.core.report import Reason, RunReport
+from warehouse.core.storage import ObjectInfo, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +42,11 @@ AMBIGUOUS = -1
 
 
 def pack_stamp(size: int, modified: dt.datetime | str) -> int:
-    """A listed object's size and last-modified time (to the second) as one int."""
+    """A listed object's size and last-modified time (to the second) as one int; a time before
+    1970 or after 2514 counts as the first or last second that fits."""
     if isinstance(modified, str):
         modified = dt.datetime.fromisoformat(modified)
-    return size * _SECONDS + int(modified.timestamp())
+    return size * _SECONDS + min(max(int(modified.timestamp()), 0), _SECONDS - 1)
 
 
 def changed_since_filed(raw_stamp: int, filed_stamp: int) -> bool:
@@ -117,6 +122,11 @@ class WarehouseIndex:
     links : list
         Keys of symbolic links on the warehouse side (local stores), sorted: never followed,
         not trusted as filed; to be reported with ``Reason.SYMLINK``.
+    listed_at : datetime.datetime
+        When the listing began: a time more than a day after it (or before 1990) is
+        implausible (`keys.modification_time_problem`) and gives its object no date.
+    implausible_times : int
+        How many objects of the layout were listed with such a time.
     """
 
     groups: dict[str, str] = field(default_factory=dict)
@@ -131,10 +141,12 @@ class WarehouseIndex:
     folder_bytes: Counter = field(default_factory=Counter)
     objects: int = 0
     links: list[str] = field(default_factory=list)
+    listed_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    implausible_times: int = 0
 
     def add(self, key: str, size: int = 0, modified: dt.datetime | None = None) -> None:
         """Take one listed warehouse object (its key, size and last-modified time) into
-        account."""
+        account; an implausible time gives it no date (the tables leave it empty)."""
         group, _, rest = key.partition("/")
         if group in GROUPS:
             folder, sep, _ = rest.partition("/")
@@ -144,7 +156,12 @@ class WarehouseIndex:
             return
         self.objects += 1
         stamp = None if modified is None else pack_stamp(size, modified)
-        day = None if modified is None else _utc_date(modified)
+        day = None
+        if modified is not None:
+            if modification_time_problem(modified, self.listed_at) is None:
+                day = _utc_date(modified)
+            else:
+                self.implausible_times += 1
         if parsed.kind == "clinical":
             known = self.groups.setdefault(parsed.pseudonym, parsed.group)
             if known != parsed.group:
@@ -309,6 +326,35 @@ class SharedWarehouseIndex:
             return self._index
 
 
+@dataclass(frozen=True, slots=True)
+class RawRefusal:
+    """A listed raw key that is no input, whatever its place in the layout: its report reason
+    and detail, and its size and last-modified time (ISO 8601) from the listing."""
+
+    key: str
+    reason: Reason
+    detail: str
+    size: int
+    modified: str
+
+
+def raw_refusal(info: ObjectInfo, now: dt.datetime) -> RawRefusal | None:
+    """Why a listed raw object is refused before its place in the layout is looked at, or
+    None: a folder too deep to list, an unsafe name (`keys.raw_name_problem`) or an
+    implausible modification time (`keys.modification_time_problem`, ``now`` being the
+    listing's time)."""
+    if info.too_deep:
+        detail = f"a folder {MAX_KEY_DEPTH} levels deep that holds more: nothing below it is listed"
+        reason = Reason.UNSAFE_NAME
+    elif (detail := raw_name_problem(info.key)) is not None:
+        reason = Reason.UNSAFE_NAME
+    elif (detail := modification_time_problem(info.last_modified, now)) is not None:
+        reason = Reason.IMPLAUSIBLE_TIME
+    else:
+        return None
+    return RawRefusal(info.key, reason, detail, info.size, info.last_modified.isoformat())
+
+
 @dataclass
 class RawListing:
     """The configured raw prefixes, classified.
@@ -327,6 +373,8 @@ class RawListing:
         Keys of symbolic links (local stores) under the configured prefixes, and of ``raw-*``
         links at the root that are not configured, sorted: never followed, neither clinical
         files nor images; to be reported with ``Reason.SYMLINK``.
+    refused : list
+        `RawRefusal` of every key refused whatever its place (`raw_refusal`), by key.
     """
 
     clinical: list[tuple[RawKey, int]] = field(default_factory=list)
@@ -334,14 +382,23 @@ class RawListing:
     other: list[RawKey] = field(default_factory=list)
     unconfigured: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    refused: list[RawRefusal] = field(default_factory=list)
 
     def image_name_counts(self) -> Counter:
         """How many raw images share each file name."""
         return Counter(raw.name for raw, _ in self.images)
 
 
-def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> RawListing:
+def list_raw(
+    storage: Storage,
+    prefixes: tuple[str, ...],
+    workers: int = 8,
+    *,
+    now: dt.datetime | None = None,
+) -> RawListing:
     """List the configured raw prefixes once (in parallel, by upload folder) and classify keys.
+
+    Every listed key is in exactly one list of the result: nothing raw is left out unsaid.
 
     Parameters
     ----------
@@ -351,7 +408,10 @@ def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> R
         Configured raw prefixes, normalised (no trailing slash).
     workers : int
         Parallel listings.
+    now : datetime.datetime, optional
+        The listing's time, for `raw_refusal` (the current time by default).
     """
+    now = now or dt.datetime.now(dt.UTC)
     listing = RawListing()
     configured = set(prefixes)
     root_folders, root_objects = storage.list_folders("")
@@ -369,6 +429,10 @@ def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> R
         if info.link:  # a linked prefix, folder or file: reported, never followed
             listing.links.append(info.key)
             continue
+        refusal = raw_refusal(info, now)
+        if refusal is not None:
+            listing.refused.append(refusal)
+            continue
         prefix = info.key.split("/", 1)[0]
         raw = parse_raw_key(info.key, prefix)
         if raw.kind != "other":
@@ -383,7 +447,16 @@ def list_raw(storage: Storage, prefixes: tuple[str, ...], workers: int = 8) -> R
     listing.images.sort(key=lambda item: item[0].key)
     listing.other.sort(key=lambda raw: raw.key)
     listing.links.sort()
+    listing.refused.sort(key=lambda refusal: refusal.key)
     return listing
+
+
+def report_refused(listing: RawListing, report: RunReport) -> None:
+    """Report the raw keys refused whatever their place (unsafe names, folders too deep,
+    implausible times), each with its stamp from the listing."""
+    for refusal in listing.refused:
+        stamp = (refusal.size, refusal.modified)
+        report.skip(refusal.key, refusal.reason, refusal.detail, stamp=stamp)
 
 
 def pending_images(

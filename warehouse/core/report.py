@@ -52,6 +52,11 @@ class Reason(StrEnum):
     #: ... and a filed image whose header cannot be read for the catalogue's backfill.
     NOT_CATALOGUED = "image left out of the catalogue"
     NOT_IN_LAYOUT = "not in the raw layout"
+    #: A raw key whose name cannot be taken as an input (`keys.raw_name_problem`), or a
+    #: folder nested too deeply to be listed.
+    UNSAFE_NAME = "unsafe name"
+    #: A raw object last modified before 1990 or in the future (`keys.modification_time_problem`).
+    IMPLAUSIBLE_TIME = "implausible modification time"
     UNCONFIGURED_PREFIX = "raw prefix not in config"
     WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"
     #: A symbolic link in a local store: never followed, so neither read nor trusted as filed.

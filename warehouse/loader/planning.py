@@ -1,10 +1,10 @@
 """What one loader run has to do, decided from the listings alone (no request per object).
 
 `plan_inputs` takes the index of the warehouse side, the classified raw side and the last run's
-memo, reports everything that needs no reading (links, keys outside the layout, implausible
-upload dates, raw files changed since they were filed, inputs whose known problem still
-holds), and returns the work: every new clinical file first (earliest upload first), then every
-image not yet filed.
+memo, reports everything that needs no reading (links, keys outside the layout, unsafe names,
+implausible modification times and upload dates, raw files changed since they were filed,
+inputs whose known problem still holds), and returns the work: every new clinical file first
+(earliest upload first), then every image not yet filed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from warehouse.core.listing import (
     changed_since_filed,
     pack_stamp,
     pending_images,
+    report_refused,
 )
 from warehouse.core.report import Reason, RunReport
 from warehouse.loader.memo import known_problem
@@ -33,7 +34,8 @@ def stamp(raw: RawKey, size: int) -> tuple[int, str]:
 
 def report_listing(listing: RawListing, index: WarehouseIndex, report: RunReport) -> None:
     """Report what the listings show wrong by themselves: patients in both groups, raw
-    prefixes the config does not list, keys outside the layout, symbolic links."""
+    prefixes the config does not list, keys outside the layout, symbolic links, unsafe names
+    and implausible times."""
     for pseudonym, groups in sorted(index.conflicts.items()):
         report.skip(
             f"{'|'.join(sorted(groups))}/data/{pseudonym}/", Reason.WAREHOUSE_CONFLICT, pseudonym
@@ -46,6 +48,7 @@ def report_listing(listing: RawListing, index: WarehouseIndex, report: RunReport
         report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not trusted as filed")
     for raw in listing.other:
         report.skip(raw.key, Reason.NOT_IN_LAYOUT, raw.reason)
+    report_refused(listing, report)
 
 
 def plan_inputs(
