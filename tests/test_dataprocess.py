@@ -38,8 +38,10 @@ from warehouse.core.storage import (
     Storage,
     StorageError,
 )
+from warehouse.dashboard import extraction as dataprocess_extraction
 from warehouse.dashboard.batch import arrow_ready, batch_name, parquet_bytes
-from warehouse.dashboard.tables import storage_by_prefix
+from warehouse.dashboard.figures import loader_run
+from warehouse.dashboard.tables import date_column, storage_by_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -683,3 +685,82 @@ def test_a_metadata_file_that_is_not_dicom_json_is_reported_and_the_rest_publish
     assert problems[bad][0] == "invalid JSON"
     assert problems[bad][1].startswith("not DICOM JSON")
     assert state.written[-1] == "latest.csv"
+
+
+# --------------------------------------------------------------------------------------------
+# times and dates out of what a datetime64[ns] column holds (year 2300): kept, left empty
+
+
+def test_warehouse_times_and_dates_past_pandas_range_leave_dates_empty(local_store):
+    """A warehouse object last modified in 2300, an image uploaded in a folder dated 2300
+    and a StudyDate of 2300 (or year 1) used to stop every dataprocess run."""
+    raw = {"config.json": builders.config(["raw-a"], training=[CENTRE_A])}
+    raw["raw-a/2021-01-01/data/Covid1_data.json"] = clinical("Covid1", CENTRE_A)
+    late, late_data = image("Covid1", "CT", study="s1", study_date="23000101")
+    early, early_data = image("Covid1", "DX", study="s2", study_date="00010101")
+    raw[f"raw-a/2300-01-01/images/{late}"] = late_data  # an image's folder date is not checked
+    raw[f"raw-a/2021-01-02/images/{early}"] = early_data
+    builders.put_tree(local_store, raw)
+    assert builders.run_loader(local_store)[0] == 0
+    year_2300 = dt.datetime(2300, 1, 1, tzinfo=dt.UTC).timestamp()
+    filed = [p for p in local_store.root.glob("training/**/*") if p.is_file()]
+    assert len(filed) == 5  # one clinical file, two images and their metadata
+    for path in filed:
+        os.utime(path, (year_2300, year_2300))
+
+    code, state = run_graph(local_store)
+
+    assert code == 0
+    assert state.report.counts[dataprocess_extraction.IMPLAUSIBLE_TIMES] == 5
+    _, out = read_batch(local_store.processed())
+    assert list(csv(out, "patient.csv")["last_modified"]) == [""]  # the row is kept
+    assert list(csv(out, "ct.csv")["last_modified"]) == [""]
+    assert list(csv(out, "study_images.csv")["filed"]) == ["", ""]
+    images = csv(out, "images.csv").sort_values("Modality")
+    assert list(images["Modality"]) == ["CT", "DX"]
+    assert list(images["StudyDate"]) == ["", ""]
+    assert list(images["upload_date"]) == ["", "2021-01-02"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (dt.date(2021, 3, 2), "2021-03-02"),
+        (dt.datetime(2021, 3, 2, 23, 59, tzinfo=dt.UTC), "2021-03-02"),
+        ("2021-03-02", "2021-03-02"),
+        (dt.date(2262, 4, 11), "2262-04-11"),  # the last day datetime64[ns] holds
+        (dt.date(1677, 9, 22), "1677-09-22"),  # and the first
+        (dt.date(2262, 4, 12), None),
+        (dt.date(1677, 9, 21), None),
+        (dt.date(2300, 1, 1), None),
+        (dt.datetime.max, None),
+        ("2300-01-01", None),
+        ("99999-01-01", None),
+        ("not a date", None),
+        (None, None),
+        (float("nan"), None),
+        (pd.NA, None),
+    ],
+)
+def test_date_column_leaves_what_it_cannot_hold_empty(value, expected):
+    column = date_column([value])
+    assert str(column.dtype) == "datetime64[ns]"
+    shown = None if pd.isna(column.iloc[0]) else column.iloc[0].date().isoformat()
+    assert shown == expected
+
+
+def test_the_report_page_sorts_a_junk_files_year_2300_with_the_others():
+    report = {
+        "problems": [
+            {"key": "a", "reason": "not a DICOM file", "modified": "2021-01-02T00:00:00+00:00"},
+            {"key": "b", "reason": "x", "modified": "2300-01-01T00:00:00+00:00"},
+            {"key": "c", "reason": "x", "modified": "9999-12-31T23:59:59.999999+00:00"},
+            {"key": "d", "reason": "x", "modified": "0001-01-01T00:00:00+00:00"},
+            {"key": "e", "reason": "x", "modified": "not a time"},
+            {"key": "f", "reason": "x"},
+            {"key": "g", "reason": "x", "modified": "2021-01-03T00:00:00"},  # naive: UTC
+        ]
+    }
+    recent = loader_run(report, recent=10)["recent"]
+    assert [p["key"] for p in recent] == ["c", "b", "g", "a", "d", "e", "f"]
+    assert recent[1]["modified"] == "2300-01-01T00:00:00+00:00"

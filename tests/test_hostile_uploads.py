@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 
+import pandas as pd
 import pytest
 
 from tests import builders
@@ -453,3 +454,29 @@ def test_500_nested_folders_under_a_prefix_are_reported_not_an_error(request, ba
     assert centres.returncode == 0, centres.stderr
     assert centres.stdout.splitlines() == [A]
     assert f"unsafe name: {expected_key}" in centres.stderr
+
+
+def test_a_raw_file_from_the_year_2300_is_reported_and_dataprocess_publishes(store, tmp_path):
+    loader_tree(store)
+    junk = "raw-a/2021-01-02/images/junk.dcm"
+    put_at(store, junk, b"junk", "2300-01-01")
+    put_at(store, "raw-a/2021-01-03/data/Covid9_data.json", clinical("Covid9", A), "2300-01-01")
+    for _ in range(2):  # and again on the next run
+        code, state = builders.run_loader(store)
+        assert code == 0 and state.report.completed
+        found = {p["key"]: p for p in state.report.problems}
+        assert set(found) == {junk, "raw-a/2021-01-03/data/Covid9_data.json"}
+        assert found[junk]["reason"] == "implausible modification time"
+        assert (found[junk]["size"], found[junk]["modified"]) == (4, "2300-01-01T00:00:00+00:00")
+    assert filed_both(store)
+    assert "validation/data/Covid9/data_2021-01-03.json" not in warehouse_keys(store)
+    result = graph("dataprocess", store)
+    assert result.returncode == 0, result.stderr
+    batch = pd.read_csv(tmp_path / "bucket-processed" / "latest.csv")["path"].iloc[0]
+    assert (tmp_path / "bucket-processed" / batch).is_file()
+    centres = graph("submittingcentres", store)
+    assert centres.returncode == 0, centres.stderr
+    assert centres.stdout.splitlines() == [A]
+    assert "implausible modification time: raw-a/2021-01-03/data/Covid9_data.json" in (
+        centres.stderr
+    )

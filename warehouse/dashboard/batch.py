@@ -42,6 +42,7 @@ from warehouse.dashboard.extraction import Collected, DataprocessState
 from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
 from warehouse.dashboard.images import images_csv_table, images_table, run_catalogue
 from warehouse.dashboard.tables import (
+    date_column,
     patient_table,
     public_statistics,
     storage_table,
@@ -158,7 +159,7 @@ def study_image_table(counts: Mapping[tuple, int]) -> pd.DataFrame:
         name: pd.Series(list(values), dtype="str")
         for name, values in zip(STUDY_IMAGE_COLUMNS[:4], columns[:4], strict=True)
     }
-    data["filed"] = pd.Series(pd.to_datetime(list(columns[4])), dtype="datetime64[ns]")
+    data["filed"] = date_column(columns[4])
     data["images"] = pd.Series([int(counts[k]) for k in keys], dtype="int64")
     return pd.DataFrame(data, columns=list(STUDY_IMAGE_COLUMNS))
 

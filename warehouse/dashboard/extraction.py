@@ -42,6 +42,8 @@ PatientFile = namedtuple(
 PatientRow = namedtuple("PatientRow", "row")
 StudyRow = namedtuple("StudyRow", "modality row")
 StorageSizes = namedtuple("StorageSizes", "sizes")
+#: The count of warehouse objects listed with a time before 1990 or in the future.
+IMPLAUSIBLE_TIMES = "warehouse objects with an implausible modification time (dates left empty)"
 
 
 @dataclass
@@ -227,10 +229,12 @@ class Collected:
 
 
 def clinical_inputs(index: WarehouseIndex, report: RunReport) -> Iterator[PatientFile]:
-    """Report the links in the warehouse (never read), then choose each patient's clinical file
-    from the listed names (`patient_files`)."""
+    """Report the links in the warehouse (never read) and count its implausible times, then
+    choose each patient's clinical file from the listed names (`patient_files`)."""
     for key in index.links:
         report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not read")
+    if index.implausible_times:  # their rows are kept, with no date
+        report.count(IMPLAUSIBLE_TIMES, index.implausible_times)
     logger.info(
         "listed %d objects: %d patients with clinical files, %d studies",
         index.objects,

@@ -111,6 +111,20 @@ def _day(value: Any) -> str | None:
     return None if pd.isna(stamp) else stamp.date().isoformat()
 
 
+def _seconds(value: Any) -> float | None:
+    """An ISO 8601 time (naive taken as UTC) as seconds since 1970, whatever its year (a junk
+    file's year 2300 is past what pandas holds); None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
 def _flag(value: Any) -> bool | None:
     """A covid-status flag: bool, or its text after a CSV round trip."""
     if isinstance(value, bool):
@@ -597,11 +611,8 @@ def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | N
     problems = [p for p in report.get("problems") or () if isinstance(p, Mapping)]
 
     def newest_first(problem: Mapping) -> tuple:
-        modified = problem.get("modified")
-        stamp = pd.Timestamp(modified) if isinstance(modified, str) and modified else None
-        if stamp is not None and stamp.tzinfo is None:
-            stamp = stamp.tz_localize("UTC")
-        return (stamp is None, -(stamp.value if stamp is not None else 0), str(problem.get("key")))
+        stamp = _seconds(problem.get("modified"))
+        return (stamp is None, -(stamp or 0.0), str(problem.get("key")))
 
     reasons = {str(k): int(v) for k, v in (report.get("not_filed") or {}).items()}
     return {

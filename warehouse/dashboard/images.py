@@ -38,6 +38,7 @@ from warehouse.core.dicom import HeaderProblem
 from warehouse.core.listing import list_raw
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.storage import Storage
+from warehouse.dashboard.tables import date_column
 
 logger = logging.getLogger("dataprocess")
 
@@ -188,7 +189,7 @@ def images_table(catalogue: pa.Table, patient_clean: pd.DataFrame | None) -> pd.
     ``sex``, from the cleaned patient table; missing for a patient without one)."""
     table = catalogue.to_pandas(types_mapper=_nullable)
     for column in ("upload_date", "StudyDate"):
-        table[column] = pd.to_datetime(table[column]).astype("datetime64[ns]")
+        table[column] = date_column(table[column].tolist()).to_numpy()
     summary = pd.DataFrame({"PatientID": pd.Series(dtype="str")})
     if patient_clean is not None and "Pseudonym" in patient_clean.columns:
         summary = pd.DataFrame({"PatientID": patient_clean["Pseudonym"].astype("str")})

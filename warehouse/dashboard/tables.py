@@ -147,22 +147,34 @@ def flatten_clinical_record(record: dict) -> dict:
     return flat
 
 
+#: The first and last days a datetime64[ns] column holds.
+_FIRST_DAY = (pd.Timestamp.min + pd.Timedelta(days=1)).date()
+_LAST_DAY = pd.Timestamp.max.date()
+
+
 def _as_date(value: Any) -> Any:
-    """A date-like value as a ``datetime.date`` (timezones dropped), or None."""
+    """A date-like value as a ``datetime.date`` (timezones dropped), or None: also for a day
+    that a datetime64[ns] column cannot hold (a junk file's year 2300, a StudyDate of 0001)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        return None
-    return None if pd.isna(stamp) else stamp.date()
+        day = value.date()
+    elif isinstance(value, dt.date):
+        day = value
+    else:
+        try:
+            stamp = pd.Timestamp(value)
+        except (ValueError, TypeError):
+            return None
+        if pd.isna(stamp):
+            return None
+        day = stamp.date()
+    return day if _FIRST_DAY <= day <= _LAST_DAY else None
 
 
-def _date_column(values: list) -> pd.Series:
+def date_column(values: Iterable) -> pd.Series:
+    """Date-like values as a datetime64[ns] column (midnight); a value that is no date, or a
+    day out of the column's range, is missing (NaT)."""
     dates = [_as_date(value) for value in values]
     return pd.Series(pd.to_datetime(dates), dtype="datetime64[ns]")
 
@@ -193,12 +205,12 @@ def patient_table(rows: list[dict]) -> pd.DataFrame:
                 json_columns.setdefault(key, None)
 
     data: dict[str, pd.Series] = {
-        "filename_earliest_date": _date_column([r.get("filename_earliest_date") for r in rows]),
+        "filename_earliest_date": date_column([r.get("filename_earliest_date") for r in rows]),
         "filename_covid_status": pd.Series(
             [bool(r.get("filename_covid_status")) for r in rows], dtype="bool"
         ),
-        "filename_latest_date": _date_column([r.get("filename_latest_date") for r in rows]),
-        "last_modified": _date_column([r.get("last_modified") for r in rows]),
+        "filename_latest_date": date_column([r.get("filename_latest_date") for r in rows]),
+        "last_modified": date_column([r.get("last_modified") for r in rows]),
         "group": pd.Series([r.get("group") for r in rows], dtype="str"),
     }
     for key in json_columns:
@@ -303,7 +315,7 @@ def study_table(rows: list[dict]) -> pd.DataFrame:
     for column in STUDY_COLUMNS:
         values = [row.get(column) for row in kept]
         if column == "last_modified":
-            data[column] = _date_column(values)
+            data[column] = date_column(values)
         else:
             texts = [value if isinstance(value, str) else None for value in values]
             data[column] = pd.Series(texts, dtype="str")
