@@ -211,7 +211,7 @@ def raw_name_problem(key: str) -> str | None:
     the detail shows is escaped (ASCII) and cut short.
     """
     parts = key.split("/")
-    for part in parts:
+    for part in parts if not key.isprintable() else ():  # printable: no C category at all
         for position, char in enumerate(part):
             if unicodedata.category(char)[0] == "C":
                 shown = ascii(part[:80]) + ("..." if len(part) > 80 else "")
