@@ -2,6 +2,7 @@
 
     python -m warehouse.select --group training --modality ct --positive --since 2020-03-01
     python -m warehouse.select --group training --modality xray --download data/xray
+    python -m warehouse.select --group training --query "Manufacturer = 'ACME' AND Rows > 1000"
 
 Reads the newest ``images.parquet`` of ``<bucket>-processed`` (``latest.csv`` names it,
 ``dataprocess`` writes it), prints how many images, studies and patients and how many bytes
@@ -84,8 +85,10 @@ exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad argum
     status.add_argument("--negative", action="store_true", help="covid negative patients only")
     parser.add_argument(
         "--query",
-        help="a pandas expression on the catalogue's columns, e.g. "
-        "\"Manufacturer == 'SIEMENS' and Rows >= 2048\"",
+        metavar="SQL",
+        help="a SQL expression (a WHERE clause's) on the catalogue's columns, run by DuckDB "
+        "with no access to files, network or extensions, e.g. "
+        "\"Manufacturer = 'SIEMENS' AND Rows >= 2048\"",
     )
     parser.add_argument(
         "--both-groups",

@@ -4,10 +4,15 @@
 The catalogue is the newest ``images.parquet`` of the processed store (``latest.csv`` names
 it). A selection is the rows that pass every filter given; it may not mix the training and
 validation groups unless that is asked for explicitly (mixing them is how hold-out leakage
-starts). A download writes each selected image and its metadata file under the same keys in a
-local folder, atomically (a temporary file, then a rename), so an interrupted download leaves
-no partial file; files already there are skipped (an image of the catalogued size, a metadata
-file that exists: it was renamed into place whole).
+starts). A query is a SQL expression, run by DuckDB on a connection that can read the
+catalogue and nothing else (no files, no network, no extensions, no Python objects): a query
+string is often not the researcher's own, so it is data, never code. A download writes each
+selected image and its metadata file under the same keys in a local folder, atomically (a
+temporary file, then a rename), so an interrupted download leaves no partial file; files
+already there are skipped (an image of the catalogued size, a metadata file that exists: it
+was renamed into place whole). The catalogue is not trusted either: a row whose keys are not
+an image of the selection and its own metadata file in the warehouse layout refuses the
+download.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import io
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import GROUPS
@@ -30,6 +38,21 @@ from warehouse.core.storage import ObjectNotFound, Storage
 LATEST_KEY = "latest.csv"
 #: Bytes per ranged read of a download (memory stays at one chunk per worker).
 CHUNK_BYTES = 8 * 1024 * 1024
+#: The settings of every connection that runs a user's SQL, locked once set: no file, network
+#: or Python object reachable (only the tables registered), no extension installed or loaded,
+#: nothing spilled to disk.
+LOCKED_SETTINGS = {
+    "enable_external_access": False,
+    "python_enable_replacements": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "temp_directory": "",
+    "lock_configuration": True,
+}
+#: The relation a query is run on: the catalogue with each row's position.
+_ROWS_VIEW = "catalogue_rows"
+#: How much of a user's text (a query, a key) an error message shows.
+_SHOWN_CHARS = 200
 
 
 class SelectionError(ExpectedError):
@@ -75,12 +98,135 @@ class Filters:
     both_groups: bool = False
 
 
+def locked_connection(tables: Mapping[str, pd.DataFrame | pa.Table]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection that can read ``tables`` and nothing else.
+
+    Each table is registered as a view of its name. The connection runs with
+    `LOCKED_SETTINGS`: external access (files, URLs, ``ATTACH``, ``COPY``, ``INSTALL``,
+    ``LOAD``) and Python replacement scans are off, extensions are neither installed nor
+    loaded on demand, and ``SET`` can change none of it. This is the one way SQL written by
+    someone else is run (``--query``; a ``--sql`` over more views would open its connection
+    here too).
+
+    Parameters
+    ----------
+    tables : mapping
+        View name to its rows (a pandas frame or an Arrow table).
+    """
+    connection = duckdb.connect(":memory:", config=dict(LOCKED_SETTINGS))
+    for name, table in tables.items():
+        connection.register(name, table)
+    return connection
+
+
+def expression_problem(expression: str) -> str | None:
+    """Why ``expression`` cannot be put whole inside the parentheses of ``WHERE (...)``, or
+    None.
+
+    Its tokens (DuckDB's) must hold no statement separator, no comment, and parentheses that
+    never close more than they opened and end balanced, so no ``)`` can end the clause
+    around it.
+    """
+    tokens = duckdb.tokenize(expression)
+    depth = 0
+    for number, (start, kind) in enumerate(tokens):
+        end = tokens[number + 1][0] if number + 1 < len(tokens) else len(expression)
+        if kind == duckdb.token_type.comment:
+            return "a comment is not allowed"
+        if kind != duckdb.token_type.operator:
+            continue
+        for char in expression[start:end]:
+            if char == ";":
+                return "one expression only (no ';')"
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth < 0:
+                return f"a ')' at {start} closes a parenthesis it did not open"
+    if depth:
+        return "a '(' is not closed"
+    return None
+
+
+def query_rows(catalogue: pd.DataFrame, query: str) -> np.ndarray:
+    """Which rows of ``catalogue`` pass ``query``: a boolean array, by position.
+
+    ``query`` is a SQL expression (a ``WHERE`` clause's) on the catalogue's columns, run by
+    DuckDB on a `locked_connection` whose view ``images`` is the catalogue: it can read the
+    catalogue (subqueries included) and nothing else.
+
+    Raises
+    ------
+    SelectionError
+        When ``query`` is not one expression, or DuckDB refuses it (a syntax error, an
+        unknown column: the message then lists the catalogue's columns, a type error).
+    """
+    shown = _shown(query)
+    problem = expression_problem(query)
+    if problem:
+        raise SelectionError(f"--query {shown}: {problem}")
+    position = "position"
+    while position in catalogue.columns:
+        position = f"_{position}"
+    rows = catalogue.reset_index(drop=True).assign(**{position: np.arange(len(catalogue))})
+    sql = f'SELECT "{position}" FROM {_ROWS_VIEW} AS images WHERE ({query})'
+    connection = locked_connection({"images": catalogue, _ROWS_VIEW: rows})
+    try:
+        statements = connection.extract_statements(sql)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise SelectionError(f"--query {shown}: not one expression")
+        found = connection.execute(sql).fetchnumpy()[position]
+    except duckdb.Error as exc:
+        detail = _printable(str(exc).split("\n", 1)[0])
+        if isinstance(exc, duckdb.BinderException):
+            detail += f" (the catalogue's columns: {', '.join(map(str, catalogue.columns))})"
+        if isinstance(exc, duckdb.ParserException):
+            detail += _keyword_columns_hint(query, catalogue.columns)
+        raise SelectionError(f"--query {shown}: {detail}") from None
+    finally:
+        connection.close()
+    keep = np.zeros(len(catalogue), dtype=bool)
+    keep[np.asarray(found, dtype=np.int64)] = True
+    return keep
+
+
+def _keyword_columns_hint(query: str, columns: Iterable) -> str:
+    """A hint for a query that names a column spelt like an SQL keyword (``group``) without
+    the double quotes it then needs; an empty string when it names none."""
+    tokens = duckdb.tokenize(query)
+    ends = [start for start, _ in tokens[1:]] + [len(query)]
+    names = {str(c).lower(): str(c) for c in columns}
+    bare = sorted(
+        {
+            names[query[start:end].strip().lower()]
+            for (start, kind), end in zip(tokens, ends, strict=True)
+            if kind == duckdb.token_type.keyword and query[start:end].strip().lower() in names
+        }
+    )
+    if not bare:
+        return ""
+    quoted = ", ".join(f'"{name}"' for name in bare)
+    return f" (a column named like an SQL keyword is written in double quotes: {quoted})"
+
+
+def _shown(text: str) -> str:
+    """User text in a message: quoted, escaped, and at most `_SHOWN_CHARS` of it."""
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]!r}... ({len(text):,} characters)"
+    return repr(text)
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped (a message of DuckDB's
+    may quote the user's text)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     """The catalogue rows that pass ``filters``.
 
     ``since`` and ``until`` bound the upload date (inclusive); ``positive`` keeps covid
-    positive (True) or negative (False) patients; ``query`` is a pandas expression on the
-    columns (``DataFrame.query``: ``"Manufacturer == 'SIEMENS' and Rows >= 2048"``).
+    positive (True) or negative (False) patients; ``query`` is a SQL expression on the
+    columns, run by DuckDB with no access outside the catalogue (`query_rows`:
+    ``"Manufacturer = 'SIEMENS' AND Rows >= 2048"``).
 
     Raises
     ------
@@ -103,12 +249,10 @@ def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     if filters.positive is not None:
         positive = catalogue["covid_positive"].astype("boolean").fillna(False)
         keep &= positive if filters.positive else ~positive
-    chosen = catalogue[keep.fillna(False).astype(bool)]
+    keep = keep.fillna(False).astype(bool)
     if filters.query:
-        try:
-            chosen = chosen.query(filters.query, engine="python")
-        except Exception as exc:  # noqa: BLE001 - any error of the user's expression
-            raise SelectionError(f"--query {filters.query!r}: {exc}") from None
+        keep &= query_rows(catalogue, filters.query)
+    chosen = catalogue[keep]
     groups = set(chosen["group"].dropna())
     if len(groups) > 1 and not filters.both_groups:
         raise SelectionError(
