@@ -16,8 +16,17 @@ from tests.builders import clinical, image
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT
 from warehouse import select as select_command
-from warehouse.core.keys import parse_image_key
-from warehouse.core.selection import SelectionError, locked_connection, query_rows
+from warehouse.core.keys import GROUPS, image_targets, parse_image_key
+from warehouse.core.selection import (
+    Fetch,
+    SelectionError,
+    fetch,
+    local_path,
+    locked_connection,
+    query_rows,
+    read_catalogue,
+    row_problem,
+)
 
 OTHER = "Other Trust"
 
@@ -281,3 +290,173 @@ def test_query_positions_follow_the_frame_not_its_labels():
     frame = _frame().iloc[::-1]
     kept = query_rows(frame, "Manufacturer = 'Third'")
     assert np.flatnonzero(kept).tolist() == [0]
+
+
+# ----------------------------------------------------------------- --download, trusting no row
+
+
+def test_download_refuses_a_row_that_is_not_an_image_of_the_selection(
+    local_store, monkeypatch, capsys, tmp_path
+):
+    _warehouse(local_store)
+    processed = local_store.processed()
+    key, catalogue = read_catalogue(processed)
+    original = processed.read(key)
+    xray = catalogue[catalogue["modality_folder"] == "xray"]
+    training = xray.index[xray["group"] == "training"]
+    row, other = training[0], catalogue.loc[training[1]]
+    validation = xray[xray["group"] == "validation"].iloc[0]
+    ct = catalogue[(catalogue["group"] == "training") & (catalogue["modality_folder"] == "ct")]
+    image = parse_image_key(catalogue.loc[row, "warehouse_key"])
+
+    def keys(patient=image.patient_id, name=image.name):
+        made = image_targets("training", "xray", patient, image.study_uid, image.series_uid, name)
+        return {"warehouse_key": made[0], "metadata_key": made[1]}
+
+    # what a row says instead, and the part of the refusal that says why
+    edits = {
+        "config.json as the metadata": (
+            {"metadata_key": "config.json"},
+            "its metadata_key 'config.json' is not its image's metadata file",
+        ),
+        "config.json as the image": (
+            {"warehouse_key": "config.json", "metadata_key": "config.json"},
+            "its warehouse_key is not an image key",
+        ),
+        "a validation image": (
+            {
+                "warehouse_key": validation["warehouse_key"],
+                "metadata_key": validation["metadata_key"],
+            },
+            "a validation image, outside the selection",
+        ),
+        "another image's metadata": (
+            {"metadata_key": other["metadata_key"]},
+            "is not its image's metadata file",
+        ),
+        "a CT image in an X-ray row": (
+            {
+                "warehouse_key": ct["warehouse_key"].iloc[0],
+                "metadata_key": ct["metadata_key"].iloc[0],
+            },
+            "its key is in training/ct, its row says 'training'/'xray'",
+        ),
+        "a NUL in the name": (keys(name="a\x00b.dcm"), "unsafe file name 'a\\x00b.dcm'"),
+        "a name of 300 bytes": (keys(name="n" * 296 + ".dcm"), "unsafe file name 'nnnn"),
+        "a name whose metadata file's is too long": (
+            keys(name="n" * 251 + ".dcm"),
+            "would exceed 255 bytes",
+        ),
+        "a parent folder": (keys(patient=".."), "unsafe PatientID in its key '..'"),
+        "no metadata key": ({"metadata_key": None}, "is not its image's metadata file"),
+        "a negative size": ({"object_size": -1}, "its object_size -1 is not a size"),
+    }
+    target = tmp_path / "selection"
+    args = ("--group", "training", "--modality", "xray", "--download", str(target))
+    for what, (values, why) in edits.items():
+        edited = catalogue.copy()
+        for column, value in values.items():
+            edited[column] = edited[column].astype(object)
+            edited.loc[row, column] = value
+        processed.write(key, edited.to_parquet(index=False))
+        capsys.readouterr()
+        assert _run(monkeypatch, local_store, *args, "--no-progress") == 2, what
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"warehouse-select: the catalogue's row {row} (")
+            and err.count("\n") == 1
+        ), (what, err)
+        assert why in err and "\x00" not in err and "nothing downloaded" in err, (what, err)
+        assert not target.exists(), what  # nothing at all was fetched
+    processed.write(key, original)
+    # the catalogue as dataprocess wrote it downloads exactly the selection
+    assert _run(monkeypatch, local_store, *args, "--no-progress") == 0
+    filed = _filed(local_store, group="training", folder="xray")
+    expected = {k.key for k, _ in filed} | {k.metadata_key for k, _ in filed}
+    assert {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()} == expected
+
+
+def test_download_names_a_bad_row_escaped(local_store, monkeypatch, capsys, tmp_path):
+    _warehouse(local_store)
+    processed = local_store.processed()
+    key, catalogue = read_catalogue(processed)
+    rows = catalogue.index[catalogue["group"] == "training"]
+    image = parse_image_key(catalogue.loc[rows[0], "warehouse_key"])
+    bad = image_targets(
+        "training", image.folder, "P\x00\x1b[2J", image.study_uid, image.series_uid, image.name
+    )
+    edited = catalogue.copy()
+    edited.loc[rows[0], ["warehouse_key", "metadata_key"]] = list(bad)
+    edited.loc[rows[1], "metadata_key"] = "config.json"
+    processed.write(key, edited.to_parquet(index=False))
+    capsys.readouterr()
+    target = tmp_path / "selection"
+    assert _run(monkeypatch, local_store, "--group", "training", "--download", str(target)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x00" not in err and "\x1b" not in err
+    assert repr(bad[0])[:40] in err  # the key, escaped (and cut: it is long)
+    assert f"row {rows[0]} " in err and "unsafe PatientID" in err and "1 more rows refused" in err
+    assert not target.exists()
+
+
+def test_local_path_stays_inside_the_folder(tmp_path):
+    folder = tmp_path / "selection"
+    folder.mkdir()
+    good = "training/xray/P1/1.2/1.3/image.dcm"
+    assert local_path(folder, good) == folder.resolve() / good
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "validation").symlink_to(outside, target_is_directory=True)
+    for key in (
+        "training/../../outside/x.dcm",
+        "/etc/passwd",
+        "training//xray/x.dcm",
+        "training/xray/.hidden",
+        "training/xray/a\x00b.dcm",
+        "training/xray/" + "n" * 256,
+        "validation/xray/P1/1.2/1.3/image.dcm",  # through a link out of the folder
+    ):
+        with pytest.raises(SelectionError):
+            local_path(folder, key)
+
+
+def test_fetch_writes_the_longest_name_the_loader_files(local_store, tmp_path):
+    name = "n" * 250 + ".dcm"  # and n * 250 + ".json", 255 bytes: its temporary name is longer
+    key = f"training/xray/P1/1.2/1.3/{name}"
+    data = bytes(range(256)) * 40
+    local_store.write(key, data)
+    assert fetch(local_store, tmp_path, Fetch(key, len(data))) == len(data)
+    assert (tmp_path / key).read_bytes() == data
+    assert [p.name for p in (tmp_path / key).parent.iterdir()] == [name]
+
+
+def test_a_row_with_nulls_is_refused_not_a_crash():
+    key, metadata = image_targets("training", "xray", "P1", "1.2", "1.3", "a.dcm")
+    assert row_problem(key, metadata, "training", "xray", np.int64(10), GROUPS) is None
+    for null in (None, pd.NA, np.nan):
+        for row in (
+            (null, metadata, "training", "xray", 10),
+            (key, null, "training", "xray", 10),
+            (key, metadata, null, "xray", 10),
+            (key, metadata, "training", null, 10),
+            (key, metadata, "training", "xray", null),
+        ):
+            assert isinstance(row_problem(*row, GROUPS), str), row
+    assert "outside the selection" in row_problem(
+        key, metadata, "training", "xray", 10, ["validation"]
+    )
+
+
+def test_a_catalogue_that_cannot_be_read_is_refused(local_store, monkeypatch, capsys):
+    _warehouse(local_store)
+    processed = local_store.processed()
+    key, catalogue = read_catalogue(processed)
+    processed.write(key, catalogue.drop(columns=["metadata_key"]).to_parquet(index=False))
+    capsys.readouterr()
+    assert _run(monkeypatch, local_store, "--group", "training") == 2
+    err = capsys.readouterr().err
+    assert "has no column metadata_key" in err and err.count("\n") == 1
+    processed.write(key, b"PAR1 not a parquet file")
+    assert _run(monkeypatch, local_store, "--group", "training") == 2
+    err = capsys.readouterr().err
+    assert "is not a Parquet file" in err and err.count("\n") == 1

@@ -63,7 +63,8 @@ def command_parser() -> argparse.ArgumentParser:
 
 A selection may not mix training and validation images unless --both-groups is given.
 exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad arguments,
-  settings, or a selection refused""",
+  settings, or a selection refused (a bad query, mixed groups, a catalogue row whose keys
+  are not an image of the selection and its metadata)""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -136,8 +137,12 @@ def main(argv=None) -> int:
         print(line)
     if args.download is None:
         return EXIT_OK
-    items = downloads(chosen)
-    total = int(chosen["object_size"].sum())
+    try:
+        items = downloads(chosen, args.group or GROUPS)
+    except SelectionError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    total = sum(item.size for item in items if item.size is not None)
     bar = tqdm(
         total=total,
         unit="B",

@@ -32,12 +32,33 @@ import pandas as pd
 import pyarrow as pa
 
 from warehouse.core.errors import ExpectedError
-from warehouse.core.keys import GROUPS
+from warehouse.core.keys import (
+    GROUPS,
+    MAX_FILE_NAME_LENGTH,
+    identifier_problem,
+    image_name_problem,
+    is_dicom_uid,
+    is_safe_name,
+    parse_image_key,
+)
 from warehouse.core.storage import ObjectNotFound, Storage
 
 LATEST_KEY = "latest.csv"
 #: Bytes per ranged read of a download (memory stays at one chunk per worker).
 CHUNK_BYTES = 8 * 1024 * 1024
+#: The catalogue's columns a selection, its summary and its download use.
+USED_COLUMNS = (
+    "warehouse_key",
+    "metadata_key",
+    "group",
+    "modality_folder",
+    "upload_date",
+    "object_size",
+    "PatientID",
+    "StudyInstanceUID",
+    "SubmittingCentre",
+    "covid_positive",
+)
 #: The settings of every connection that runs a user's SQL, locked once set: no file, network
 #: or Python object reachable (only the tables registered), no extension installed or loaded,
 #: nothing spilled to disk.
@@ -66,7 +87,8 @@ def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
     Raises
     ------
     SelectionError
-        When there is no batch, or the batch has no image catalogue.
+        When there is no batch, the batch has no image catalogue, or it cannot be read or
+        lacks a column a selection uses (`USED_COLUMNS`).
     StorageError
         When a read fails.
     """
@@ -81,7 +103,16 @@ def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
             "written by an older dataprocess): run dataprocess again"
         )
     key = paths["images"].removesuffix(".csv") + ".parquet"
-    return key, pd.read_parquet(io.BytesIO(processed.read(key)))
+    data = processed.read(key)
+    try:
+        catalogue = pd.read_parquet(io.BytesIO(data))
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        detail = _printable(str(exc).split("\n", 1)[0])
+        raise SelectionError(f"{key} is not a Parquet file pandas can read: {detail}") from None
+    missing = [c for c in USED_COLUMNS if c not in catalogue.columns]
+    if missing:
+        raise SelectionError(f"{key} has no column {', '.join(missing)}: run dataprocess again")
+    return key, catalogue
 
 
 @dataclass(frozen=True)
@@ -296,25 +327,103 @@ class Fetch:
     size: int | None
 
 
-def downloads(chosen: pd.DataFrame) -> list[Fetch]:
-    """What a selection downloads: each image (with its catalogued size), then its metadata
-    file."""
-    fetches = []
-    for key, metadata, size in zip(
-        chosen["warehouse_key"], chosen["metadata_key"], chosen["object_size"], strict=True
+def row_problem(
+    warehouse_key: object,
+    metadata_key: object,
+    group: object,
+    modality_folder: object,
+    object_size: object,
+    groups: Iterable[str],
+) -> str | None:
+    """Why a catalogue row cannot be downloaded in a selection of ``groups``, or None.
+
+    The catalogue is a file anyone with write access to the processed store can edit, so a
+    row is downloaded only when its ``warehouse_key`` is an image of the warehouse layout
+    (`keys.parse_image_key`) in one of ``groups`` and in the row's own ``group`` and
+    ``modality_folder``, each part of it is one the loader could have filed (a safe
+    PatientID, DICOM UIDs, a safe file name that fits 255 bytes), its ``metadata_key`` is that
+    image's own (`keys.ImageKey.metadata_key`), and its ``object_size`` is a size.
+    """
+    image = parse_image_key(warehouse_key) if isinstance(warehouse_key, str) else None
+    if image is None:
+        return "its warehouse_key is not an image key of the warehouse layout"
+    if image.group not in groups:
+        return f"its image is a {image.group} image, outside the selection"
+    row_place = (group, modality_folder)  # null in a hostile row: compared only as text
+    if not all(isinstance(v, str) for v in row_place) or row_place != (image.group, image.folder):
+        return (
+            f"its key is in {image.group}/{image.folder}, its row says "
+            f"{_shown(str(group))}/{_shown(str(modality_folder))}"
+        )
+    problem = identifier_problem(image.patient_id, "PatientID in its key")
+    for what, uid in (
+        ("StudyInstanceUID", image.study_uid),
+        ("SeriesInstanceUID", image.series_uid),
     ):
-        fetches.append(Fetch(key, int(size)))
-        fetches.append(Fetch(metadata, None))
+        if problem is None and not is_dicom_uid(uid):
+            problem = f"the {what} in its key is not a DICOM UID: {_shown(uid)}"
+    problem = problem or image_name_problem(image.name)
+    if problem:
+        return problem
+    if not isinstance(metadata_key, str) or metadata_key != image.metadata_key:
+        shown = _shown(metadata_key) if isinstance(metadata_key, str) else repr(metadata_key)
+        return f"its metadata_key {shown} is not its image's metadata file"
+    if not isinstance(object_size, int | np.integer) or object_size < 0:
+        return f"its object_size {object_size!r} is not a size in bytes"
+    return None
+
+
+def downloads(chosen: pd.DataFrame, groups: Iterable[str] = GROUPS) -> list[Fetch]:
+    """What a selection of ``groups`` downloads: each image (with its catalogued size), then
+    its metadata file.
+
+    Raises
+    ------
+    SelectionError
+        When a row cannot be downloaded (`row_problem`): one line naming the first such row
+        (its label in the catalogue, its key escaped) and how many there are; nothing is
+        fetched then.
+    """
+    groups = tuple(groups)
+    fetches: list[Fetch] = []
+    refused: list[str] = []
+    columns = ("warehouse_key", "metadata_key", "group", "modality_folder", "object_size")
+    for label, *row in zip(chosen.index, *(chosen[c] for c in columns), strict=True):
+        problem = row_problem(*row, groups)
+        if problem:
+            key = _shown(row[0]) if isinstance(row[0], str) else repr(row[0])
+            number = label if isinstance(label, int | np.integer) else _shown(str(label))
+            refused.append(f"row {number} ({key}): {problem}")
+        elif not refused:
+            fetches += [Fetch(row[0], int(row[4])), Fetch(row[1], None)]
+    if refused:
+        more = f"; {len(refused) - 1:,} more rows refused" if len(refused) > 1 else ""
+        raise SelectionError(
+            f"the catalogue's {refused[0]}{more}; nothing downloaded (images.parquet does "
+            "not match the warehouse: was it edited? run dataprocess again)"
+        )
     return fetches
 
 
 def local_path(folder: Path, key: str) -> Path:
-    """Where ``key`` goes under ``folder`` (the warehouse layout); keys come from the
-    catalogue and are checked to stay inside ``folder``."""
-    path = (folder / key).resolve()
-    if not path.is_relative_to(folder.resolve()) or ".." in key.split("/"):
-        raise SelectionError(f"a key outside the download folder: {key!r}")
-    return path
+    """Where ``key`` goes under ``folder`` (the warehouse layout).
+
+    Every part of ``key`` must be a safe name (`keys.is_safe_name`: no ``..``, no empty or
+    hidden part, no control character, at most 255 characters), and the path, symbolic links
+    resolved, must stay inside ``folder``.
+
+    Raises
+    ------
+    SelectionError
+        When it would not.
+    """
+    parts = key.split("/")
+    inside = folder.resolve()
+    if all(is_safe_name(part) for part in parts):
+        path = inside.joinpath(*parts).resolve()
+        if path.is_relative_to(inside):
+            return path
+    raise SelectionError(f"a key outside the download folder: {_shown(key)}")
 
 
 def already_there(path: Path, size: int | None) -> bool:
@@ -336,13 +445,20 @@ def fetch(storage: Storage, folder: Path, item: Fetch) -> int | None:
     ------
     StorageError
         When a read fails.
+    SelectionError
+        When the key has no place under ``folder`` (`local_path`), the object is shorter
+        than its catalogued size, or the file cannot be written.
     """
     path = local_path(folder, item.key)
     if already_there(path, item.size):
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    # the name may be 255 bytes already: the temporary one is cut to fit
+    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:MAX_FILE_NAME_LENGTH])
     written = 0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SelectionError(f"cannot make the folder {str(path.parent)!r}: {exc}") from None
     try:
         with open(temporary, "wb") as handle:
             if item.size is None:
@@ -362,6 +478,8 @@ def fetch(storage: Storage, folder: Path, item: Fetch) -> int | None:
                     handle.write(chunk)
                     written += len(chunk)
         os.replace(temporary, path)
+    except OSError as exc:
+        raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None
     finally:
         temporary.unlink(missing_ok=True)
     return written
