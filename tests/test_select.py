@@ -1,8 +1,14 @@
 """``python -m warehouse.select``: counts and downloads exactly the selection, resumes, and
-refuses a selection that mixes training and validation."""
+refuses a selection that mixes training and validation; ``--query`` is SQL that can read the
+catalogue and nothing else."""
 
 from __future__ import annotations
 
+import uuid
+
+import duckdb
+import numpy as np
+import pandas as pd
 import pytest
 
 from tests import builders
@@ -10,7 +16,17 @@ from tests.builders import clinical, image
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT
 from warehouse import select as select_command
-from warehouse.core.keys import parse_image_key
+from warehouse.core.keys import GROUPS, image_targets, parse_image_key
+from warehouse.core.selection import (
+    Fetch,
+    SelectionError,
+    fetch,
+    local_path,
+    locked_connection,
+    query_rows,
+    read_catalogue,
+    row_problem,
+)
 
 OTHER = "Other Trust"
 
@@ -69,7 +85,7 @@ def test_counts_exactly_the_selection(store, monkeypatch, capsys):
     args = ("--group", "training", "--negative", "--since", "2021-02-01")
     assert _run(monkeypatch, store, *args) == 0
     assert "selected: 2 images, 1 studies, 1 patients" in capsys.readouterr().out  # Covid7
-    assert _run(monkeypatch, store, "--group", "training", "--query", "Modality == 'DX'") == 0
+    assert _run(monkeypatch, store, "--group", "training", "--query", "Modality = 'DX'") == 0
     assert "selected: 6 images" in capsys.readouterr().out
 
 
@@ -118,3 +134,329 @@ def test_help_and_missing_catalogue(local_store, monkeypatch, capsys):
         assert option in shown
     assert _run(monkeypatch, local_store, "--group", "training") == 2
     assert "run dataprocess first" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ --query
+
+
+def _frame():
+    """Six catalogue-like rows: numbers, text and nulls in each column a query names."""
+    return pd.DataFrame(
+        {
+            "group": ["training", "validation", "training", "training", None, "validation"],
+            "Rows": pd.array([512, 2048, 4096, None, 1024, 1001], dtype="Int64"),
+            "Manufacturer": ["ACME", "ACME", "Other", "ACME", None, "Third"],
+            "x": [1.5, None, None, 2.0, 3.0, None],
+        },
+        index=[10, 11, 12, 13, 14, 15],  # a selection's labels are not positions
+    )
+
+
+def test_query_keeps_the_rows_its_sql_expression_holds_for():
+    frame = _frame()
+    rows, maker, group, x = frame["Rows"], frame["Manufacturer"], frame["group"], frame["x"]
+    # oracles: the same conditions in pandas, null comparing as false (SQL's WHERE)
+    expected = {
+        "Rows > 1000": (rows > 1000).fillna(False),
+        "Manufacturer = 'ACME'": maker.eq("ACME").fillna(False),
+        "\"group\" IN ('training')": group.eq("training").fillna(False),
+        "x IS NULL": x.isna(),
+        "x IS NOT NULL AND NOT (Manufacturer = 'ACME')": x.notna()
+        & maker.notna()
+        & maker.ne("ACME"),
+        "Rows < 1000 OR Manufacturer = 'Third' OR Manufacturer IS NULL": (
+            (rows < 1000).fillna(False) | maker.eq("Third").fillna(False) | maker.isna()
+        ),
+        "Manufacturer = ')' OR Manufacturer = ';'": pd.Series(False, index=frame.index),
+        # a subquery reads the catalogue (the view images), and only it
+        "Rows > (SELECT avg(Rows) FROM images)": (rows > rows.mean()).fillna(False),
+    }
+    for query, oracle in expected.items():
+        kept = query_rows(frame, query)
+        assert kept.dtype == bool and len(kept) == len(frame)
+        assert list(kept) == list(oracle.astype(bool)), query
+
+
+def test_query_errors_are_one_line_and_name_the_columns(local_store, monkeypatch, capsys):
+    _warehouse(local_store)
+    capsys.readouterr()
+    with pytest.raises(SelectionError) as refused:
+        query_rows(_frame(), "Maker = 'ACME'")
+    assert "Maker" in str(refused.value)
+    assert "the catalogue's columns: group, Rows, Manufacturer, x" in str(refused.value)
+    with pytest.raises(SelectionError) as refused:
+        query_rows(_frame(), "group = 'training'")
+    assert 'double quotes: "group"' in str(refused.value)
+    for query in ("Rows >", "Nope > 1", "Rows > 1\x1b[2J\nsecond line", "Modality = 'DX' ("):
+        assert _run(monkeypatch, local_store, "--group", "training", "--query", query) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("warehouse-select: --query ") and err.count("\n") == 1, err
+        assert "\x1b" not in err
+        if query.startswith("Nope"):
+            assert "warehouse_key" in err and "Manufacturer" in err and "SubmittingCentre" in err
+
+
+def test_query_runs_no_code_and_reads_no_file(local_store, monkeypatch, capsys, tmp_path):
+    _warehouse(local_store)
+    secret = f"S3CRET-{uuid.uuid4().hex}"
+    private = tmp_path / "private.txt"
+    private.write_text(f"{secret}\n")
+    frames = tmp_path / "frame.parquet"
+    pd.DataFrame({"s": [secret]}).to_parquet(frames)
+    sentinel = tmp_path / "sentinel"
+    monkeypatch.setenv("SECRET_VALUE", secret)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    attempts = [
+        f"@os.system('touch {sentinel}') == 0 or group == 'training'",
+        f"@os.system('touch {sentinel}') = 0 OR Rows > 0",
+        f"__import__('os').system('touch {sentinel}') = 0",
+        "Manufacturer.__class__.__name__ = 'str'",
+        f"@Path('{private}').read_text() LIKE 'S3CRET%'",
+        "@os.environ.get('SECRET_VALUE') IS NOT NULL",
+        "getenv('SECRET_VALUE') IS NOT NULL",
+        f"(SELECT count(*) FROM read_csv('{private}')) > 0",
+        f"(SELECT content FROM read_text('{private}')) LIKE '%S3CRET%'",
+        f"(SELECT s FROM read_parquet('{frames}')) IS NOT NULL",
+        f"(SELECT count(*) FROM '{frames}') > 0",
+        f"Rows > 0) ; COPY (SELECT 1) TO '{sentinel}'; SELECT (1",
+        f"Rows > 0); ATTACH '{sentinel}' AS stolen; SELECT (1",
+        "Rows > 0); INSTALL httpfs; LOAD httpfs; SELECT (1",
+        "Rows > 0); SET enable_external_access = true; SELECT (1",
+        "Rows > 0); DROP VIEW images; SELECT (1",
+        "Rows > 0) UNION ALL SELECT 1 FROM (SELECT 1",
+        "Rows > 0 -- ) OR (true",
+        f"Rows > 0 /* */ OR (SELECT count(*) FROM read_csv('{private}')) > 0",
+        "Rows > 0;",
+    ]
+    for query in attempts:
+        code = _run(monkeypatch, local_store, "--group", "training", "--query", query)
+        out, err = capsys.readouterr()
+        assert code == 2, (query, out, err)
+        assert err.count("\n") == 1, err
+        assert secret not in out + err
+        assert not sentinel.exists(), query
+    assert not list(work.iterdir())  # nothing written where it ran either
+    # the catalogue is still there, whole: a valid query on it works
+    assert _run(monkeypatch, local_store, "--group", "training", "--query", "Rows > 0") == 0
+    assert "selected: 12 images" in capsys.readouterr().out
+
+
+def test_locked_connection_reads_its_tables_and_nothing_else(tmp_path):
+    """The connection every user's SQL runs on: whole statements, as a ``--sql`` would send."""
+    secret = f"S3CRET-{uuid.uuid4().hex}"
+    private = tmp_path / "private.csv"
+    private.write_text(f"value\n{secret}\n")
+    hidden = pd.DataFrame({"value": [secret]})  # a Python object in the caller's frame
+    sentinel = tmp_path / "sentinel"
+    connection = locked_connection({"images": _frame()})
+    assert connection.execute("SELECT count(*) FROM images WHERE Rows > 1000").fetchall() == [(4,)]
+    refused = [
+        f"SELECT * FROM read_csv('{private}')",
+        f"SELECT * FROM '{private}'",
+        f"SELECT * FROM glob('{tmp_path}/*')",
+        "SELECT * FROM hidden",
+        f"COPY images TO '{sentinel}'",
+        f"ATTACH '{sentinel}' AS stolen",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET enable_external_access = true",
+        "SET autoload_known_extensions = true",
+        f"SET temp_directory = '{tmp_path}'",
+        "SELECT * FROM read_json('https://127.0.0.1:1/x.json')",
+    ]
+    for sql in refused:
+        with pytest.raises(duckdb.Error) as stopped:
+            connection.execute(sql).fetchall()
+        assert secret not in str(stopped.value), sql
+        assert not sentinel.exists(), sql
+    assert len(hidden) == 1
+    settings = dict(
+        connection.execute(
+            "SELECT name, value FROM duckdb_settings() WHERE name IN "
+            "('enable_external_access', 'lock_configuration', 'python_enable_replacements')"
+        ).fetchall()
+    )
+    assert settings == {
+        "enable_external_access": "false",
+        "lock_configuration": "true",
+        "python_enable_replacements": "false",
+    }
+
+
+def test_query_positions_follow_the_frame_not_its_labels():
+    frame = _frame().iloc[::-1]
+    kept = query_rows(frame, "Manufacturer = 'Third'")
+    assert np.flatnonzero(kept).tolist() == [0]
+
+
+# ----------------------------------------------------------------- --download, trusting no row
+
+
+def test_download_refuses_a_row_that_is_not_an_image_of_the_selection(
+    local_store, monkeypatch, capsys, tmp_path
+):
+    _warehouse(local_store)
+    processed = local_store.processed()
+    key, catalogue = read_catalogue(processed)
+    original = processed.read(key)
+    xray = catalogue[catalogue["modality_folder"] == "xray"]
+    training = xray.index[xray["group"] == "training"]
+    row, other = training[0], catalogue.loc[training[1]]
+    validation = xray[xray["group"] == "validation"].iloc[0]
+    ct = catalogue[(catalogue["group"] == "training") & (catalogue["modality_folder"] == "ct")]
+    image = parse_image_key(catalogue.loc[row, "warehouse_key"])
+
+    def keys(patient=image.patient_id, name=image.name):
+        made = image_targets("training", "xray", patient, image.study_uid, image.series_uid, name)
+        return {"warehouse_key": made[0], "metadata_key": made[1]}
+
+    # what a row says instead, and the part of the refusal that says why
+    edits = {
+        "config.json as the metadata": (
+            {"metadata_key": "config.json"},
+            "its metadata_key 'config.json' is not its image's metadata file",
+        ),
+        "config.json as the image": (
+            {"warehouse_key": "config.json", "metadata_key": "config.json"},
+            "its warehouse_key is not an image key",
+        ),
+        "a validation image": (
+            {
+                "warehouse_key": validation["warehouse_key"],
+                "metadata_key": validation["metadata_key"],
+            },
+            "a validation image, outside the selection",
+        ),
+        "another image's metadata": (
+            {"metadata_key": other["metadata_key"]},
+            "is not its image's metadata file",
+        ),
+        "a CT image in an X-ray row": (
+            {
+                "warehouse_key": ct["warehouse_key"].iloc[0],
+                "metadata_key": ct["metadata_key"].iloc[0],
+            },
+            "its key is in training/ct, its row says 'training'/'xray'",
+        ),
+        "a NUL in the name": (keys(name="a\x00b.dcm"), "unsafe file name 'a\\x00b.dcm'"),
+        "a name of 300 bytes": (keys(name="n" * 296 + ".dcm"), "unsafe file name 'nnnn"),
+        "a name whose metadata file's is too long": (
+            keys(name="n" * 251 + ".dcm"),
+            "would exceed 255 bytes",
+        ),
+        "a parent folder": (keys(patient=".."), "unsafe PatientID in its key '..'"),
+        "no metadata key": ({"metadata_key": None}, "is not its image's metadata file"),
+        "a negative size": ({"object_size": -1}, "its object_size -1 is not a size"),
+    }
+    target = tmp_path / "selection"
+    args = ("--group", "training", "--modality", "xray", "--download", str(target))
+    for what, (values, why) in edits.items():
+        edited = catalogue.copy()
+        for column, value in values.items():
+            edited[column] = edited[column].astype(object)
+            edited.loc[row, column] = value
+        processed.write(key, edited.to_parquet(index=False))
+        capsys.readouterr()
+        assert _run(monkeypatch, local_store, *args, "--no-progress") == 2, what
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"warehouse-select: the catalogue's row {row} (")
+            and err.count("\n") == 1
+        ), (what, err)
+        assert why in err and "\x00" not in err and "nothing downloaded" in err, (what, err)
+        assert not target.exists(), what  # nothing at all was fetched
+    processed.write(key, original)
+    # the catalogue as dataprocess wrote it downloads exactly the selection
+    assert _run(monkeypatch, local_store, *args, "--no-progress") == 0
+    filed = _filed(local_store, group="training", folder="xray")
+    expected = {k.key for k, _ in filed} | {k.metadata_key for k, _ in filed}
+    assert {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()} == expected
+
+
+def test_download_names_a_bad_row_escaped(local_store, monkeypatch, capsys, tmp_path):
+    _warehouse(local_store)
+    processed = local_store.processed()
+    key, catalogue = read_catalogue(processed)
+    rows = catalogue.index[catalogue["group"] == "training"]
+    image = parse_image_key(catalogue.loc[rows[0], "warehouse_key"])
+    bad = image_targets(
+        "training", image.folder, "P\x00\x1b[2J", image.study_uid, image.series_uid, image.name
+    )
+    edited = catalogue.copy()
+    edited.loc[rows[0], ["warehouse_key", "metadata_key"]] = list(bad)
+    edited.loc[rows[1], "metadata_key"] = "config.json"
+    processed.write(key, edited.to_parquet(index=False))
+    capsys.readouterr()
+    target = tmp_path / "selection"
+    assert _run(monkeypatch, local_store, "--group", "training", "--download", str(target)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x00" not in err and "\x1b" not in err
+    assert repr(bad[0])[:40] in err  # the key, escaped (and cut: it is long)
+    assert f"row {rows[0]} " in err and "unsafe PatientID" in err and "1 more rows refused" in err
+    assert not target.exists()
+
+
+def test_local_path_stays_inside_the_folder(tmp_path):
+    folder = tmp_path / "selection"
+    folder.mkdir()
+    good = "training/xray/P1/1.2/1.3/image.dcm"
+    assert local_path(folder, good) == folder.resolve() / good
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "validation").symlink_to(outside, target_is_directory=True)
+    for key in (
+        "training/../../outside/x.dcm",
+        "/etc/passwd",
+        "training//xray/x.dcm",
+        "training/xray/.hidden",
+        "training/xray/a\x00b.dcm",
+        "training/xray/" + "n" * 256,
+        "validation/xray/P1/1.2/1.3/image.dcm",  # through a link out of the folder
+    ):
+        with pytest.raises(SelectionError):
+            local_path(folder, key)
+
+
+def test_fetch_writes_the_longest_name_the_loader_files(local_store, tmp_path):
+    name = "n" * 250 + ".dcm"  # and n * 250 + ".json", 255 bytes: its temporary name is longer
+    key = f"training/xray/P1/1.2/1.3/{name}"
+    data = bytes(range(256)) * 40
+    local_store.write(key, data)
+    assert fetch(local_store, tmp_path, Fetch(key, len(data))) == len(data)
+    assert (tmp_path / key).read_bytes() == data
+    assert [p.name for p in (tmp_path / key).parent.iterdir()] == [name]
+
+
+def test_a_row_with_nulls_is_refused_not_a_crash():
+    key, metadata = image_targets("training", "xray", "P1", "1.2", "1.3", "a.dcm")
+    assert row_problem(key, metadata, "training", "xray", np.int64(10), GROUPS) is None
+    for null in (None, pd.NA, np.nan):
+        for row in (
+            (null, metadata, "training", "xray", 10),
+            (key, null, "training", "xray", 10),
+            (key, metadata, null, "xray", 10),
+            (key, metadata, "training", null, 10),
+            (key, metadata, "training", "xray", null),
+        ):
+            assert isinstance(row_problem(*row, GROUPS), str), row
+    assert "outside the selection" in row_problem(
+        key, metadata, "training", "xray", 10, ["validation"]
+    )
+
+
+def test_a_catalogue_that_cannot_be_read_is_refused(local_store, monkeypatch, capsys):
+    _warehouse(local_store)
+    processed = local_store.processed()
+    key, catalogue = read_catalogue(processed)
+    processed.write(key, catalogue.drop(columns=["metadata_key"]).to_parquet(index=False))
+    capsys.readouterr()
+    assert _run(monkeypatch, local_store, "--group", "training") == 2
+    err = capsys.readouterr().err
+    assert "has no column metadata_key" in err and err.count("\n") == 1
+    processed.write(key, b"PAR1 not a parquet file")
+    assert _run(monkeypatch, local_store, "--group", "training") == 2
+    err = capsys.readouterr().err
+    assert "is not a Parquet file" in err and err.count("\n") == 1

@@ -2,6 +2,7 @@
 
     python -m warehouse.select --group training --modality ct --positive --since 2020-03-01
     python -m warehouse.select --group training --modality xray --download data/xray
+    python -m warehouse.select --group training --query "Manufacturer = 'ACME' AND Rows > 1000"
 
 Reads the newest ``images.parquet`` of ``<bucket>-processed`` (``latest.csv`` names it,
 ``dataprocess`` writes it), prints how many images, studies and patients and how many bytes
@@ -62,7 +63,8 @@ def command_parser() -> argparse.ArgumentParser:
 
 A selection may not mix training and validation images unless --both-groups is given.
 exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad arguments,
-  settings, or a selection refused""",
+  settings, or a selection refused (a bad query, mixed groups, a catalogue row whose keys
+  are not an image of the selection and its metadata)""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -84,8 +86,10 @@ exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad argum
     status.add_argument("--negative", action="store_true", help="covid negative patients only")
     parser.add_argument(
         "--query",
-        help="a pandas expression on the catalogue's columns, e.g. "
-        "\"Manufacturer == 'SIEMENS' and Rows >= 2048\"",
+        metavar="SQL",
+        help="a SQL expression (a WHERE clause's) on the catalogue's columns, run by DuckDB "
+        "with no access to files, network or extensions, e.g. "
+        "\"Manufacturer = 'SIEMENS' AND Rows >= 2048\"",
     )
     parser.add_argument(
         "--both-groups",
@@ -133,8 +137,12 @@ def main(argv=None) -> int:
         print(line)
     if args.download is None:
         return EXIT_OK
-    items = downloads(chosen)
-    total = int(chosen["object_size"].sum())
+    try:
+        items = downloads(chosen, args.group or GROUPS)
+    except SelectionError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    total = sum(item.size for item in items if item.size is not None)
     bar = tqdm(
         total=total,
         unit="B",

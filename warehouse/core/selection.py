@@ -4,10 +4,15 @@
 The catalogue is the newest ``images.parquet`` of the processed store (``latest.csv`` names
 it). A selection is the rows that pass every filter given; it may not mix the training and
 validation groups unless that is asked for explicitly (mixing them is how hold-out leakage
-starts). A download writes each selected image and its metadata file under the same keys in a
-local folder, atomically (a temporary file, then a rename), so an interrupted download leaves
-no partial file; files already there are skipped (an image of the catalogued size, a metadata
-file that exists: it was renamed into place whole).
+starts). A query is a SQL expression, run by DuckDB on a connection that can read the
+catalogue and nothing else (no files, no network, no extensions, no Python objects): a query
+string is often not the researcher's own, so it is data, never code. A download writes each
+selected image and its metadata file under the same keys in a local folder, atomically (a
+temporary file, then a rename), so an interrupted download leaves no partial file; files
+already there are skipped (an image of the catalogued size, a metadata file that exists: it
+was renamed into place whole). The catalogue is not trusted either: a row whose keys are not
+an image of the selection and its own metadata file in the warehouse layout refuses the
+download.
 """
 
 from __future__ import annotations
@@ -17,19 +22,58 @@ import io
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from warehouse.core.errors import ExpectedError
-from warehouse.core.keys import GROUPS
+from warehouse.core.keys import (
+    GROUPS,
+    MAX_FILE_NAME_LENGTH,
+    identifier_problem,
+    image_name_problem,
+    is_dicom_uid,
+    is_safe_name,
+    parse_image_key,
+)
 from warehouse.core.storage import ObjectNotFound, Storage
 
 LATEST_KEY = "latest.csv"
 #: Bytes per ranged read of a download (memory stays at one chunk per worker).
 CHUNK_BYTES = 8 * 1024 * 1024
+#: The catalogue's columns a selection, its summary and its download use.
+USED_COLUMNS = (
+    "warehouse_key",
+    "metadata_key",
+    "group",
+    "modality_folder",
+    "upload_date",
+    "object_size",
+    "PatientID",
+    "StudyInstanceUID",
+    "SubmittingCentre",
+    "covid_positive",
+)
+#: The settings of every connection that runs a user's SQL, locked once set: no file, network
+#: or Python object reachable (only the tables registered), no extension installed or loaded,
+#: nothing spilled to disk.
+LOCKED_SETTINGS = {
+    "enable_external_access": False,
+    "python_enable_replacements": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "temp_directory": "",
+    "lock_configuration": True,
+}
+#: The relation a query is run on: the catalogue with each row's position.
+_ROWS_VIEW = "catalogue_rows"
+#: How much of a user's text (a query, a key) an error message shows.
+_SHOWN_CHARS = 200
 
 
 class SelectionError(ExpectedError):
@@ -43,7 +87,8 @@ def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
     Raises
     ------
     SelectionError
-        When there is no batch, or the batch has no image catalogue.
+        When there is no batch, the batch has no image catalogue, or it cannot be read or
+        lacks a column a selection uses (`USED_COLUMNS`).
     StorageError
         When a read fails.
     """
@@ -58,7 +103,16 @@ def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
             "written by an older dataprocess): run dataprocess again"
         )
     key = paths["images"].removesuffix(".csv") + ".parquet"
-    return key, pd.read_parquet(io.BytesIO(processed.read(key)))
+    data = processed.read(key)
+    try:
+        catalogue = pd.read_parquet(io.BytesIO(data))
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        detail = _printable(str(exc).split("\n", 1)[0])
+        raise SelectionError(f"{key} is not a Parquet file pandas can read: {detail}") from None
+    missing = [c for c in USED_COLUMNS if c not in catalogue.columns]
+    if missing:
+        raise SelectionError(f"{key} has no column {', '.join(missing)}: run dataprocess again")
+    return key, catalogue
 
 
 @dataclass(frozen=True)
@@ -75,12 +129,135 @@ class Filters:
     both_groups: bool = False
 
 
+def locked_connection(tables: Mapping[str, pd.DataFrame | pa.Table]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection that can read ``tables`` and nothing else.
+
+    Each table is registered as a view of its name. The connection runs with
+    `LOCKED_SETTINGS`: external access (files, URLs, ``ATTACH``, ``COPY``, ``INSTALL``,
+    ``LOAD``) and Python replacement scans are off, extensions are neither installed nor
+    loaded on demand, and ``SET`` can change none of it. This is the one way SQL written by
+    someone else is run (``--query``; a ``--sql`` over more views would open its connection
+    here too).
+
+    Parameters
+    ----------
+    tables : mapping
+        View name to its rows (a pandas frame or an Arrow table).
+    """
+    connection = duckdb.connect(":memory:", config=dict(LOCKED_SETTINGS))
+    for name, table in tables.items():
+        connection.register(name, table)
+    return connection
+
+
+def expression_problem(expression: str) -> str | None:
+    """Why ``expression`` cannot be put whole inside the parentheses of ``WHERE (...)``, or
+    None.
+
+    Its tokens (DuckDB's) must hold no statement separator, no comment, and parentheses that
+    never close more than they opened and end balanced, so no ``)`` can end the clause
+    around it.
+    """
+    tokens = duckdb.tokenize(expression)
+    depth = 0
+    for number, (start, kind) in enumerate(tokens):
+        end = tokens[number + 1][0] if number + 1 < len(tokens) else len(expression)
+        if kind == duckdb.token_type.comment:
+            return "a comment is not allowed"
+        if kind != duckdb.token_type.operator:
+            continue
+        for char in expression[start:end]:
+            if char == ";":
+                return "one expression only (no ';')"
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth < 0:
+                return f"a ')' at {start} closes a parenthesis it did not open"
+    if depth:
+        return "a '(' is not closed"
+    return None
+
+
+def query_rows(catalogue: pd.DataFrame, query: str) -> np.ndarray:
+    """Which rows of ``catalogue`` pass ``query``: a boolean array, by position.
+
+    ``query`` is a SQL expression (a ``WHERE`` clause's) on the catalogue's columns, run by
+    DuckDB on a `locked_connection` whose view ``images`` is the catalogue: it can read the
+    catalogue (subqueries included) and nothing else.
+
+    Raises
+    ------
+    SelectionError
+        When ``query`` is not one expression, or DuckDB refuses it (a syntax error, an
+        unknown column: the message then lists the catalogue's columns, a type error).
+    """
+    shown = _shown(query)
+    problem = expression_problem(query)
+    if problem:
+        raise SelectionError(f"--query {shown}: {problem}")
+    position = "position"
+    while position in catalogue.columns:
+        position = f"_{position}"
+    rows = catalogue.reset_index(drop=True).assign(**{position: np.arange(len(catalogue))})
+    sql = f'SELECT "{position}" FROM {_ROWS_VIEW} AS images WHERE ({query})'
+    connection = locked_connection({"images": catalogue, _ROWS_VIEW: rows})
+    try:
+        statements = connection.extract_statements(sql)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise SelectionError(f"--query {shown}: not one expression")
+        found = connection.execute(sql).fetchnumpy()[position]
+    except duckdb.Error as exc:
+        detail = _printable(str(exc).split("\n", 1)[0])
+        if isinstance(exc, duckdb.BinderException):
+            detail += f" (the catalogue's columns: {', '.join(map(str, catalogue.columns))})"
+        if isinstance(exc, duckdb.ParserException):
+            detail += _keyword_columns_hint(query, catalogue.columns)
+        raise SelectionError(f"--query {shown}: {detail}") from None
+    finally:
+        connection.close()
+    keep = np.zeros(len(catalogue), dtype=bool)
+    keep[np.asarray(found, dtype=np.int64)] = True
+    return keep
+
+
+def _keyword_columns_hint(query: str, columns: Iterable) -> str:
+    """A hint for a query that names a column spelt like an SQL keyword (``group``) without
+    the double quotes it then needs; an empty string when it names none."""
+    tokens = duckdb.tokenize(query)
+    ends = [start for start, _ in tokens[1:]] + [len(query)]
+    names = {str(c).lower(): str(c) for c in columns}
+    bare = sorted(
+        {
+            names[query[start:end].strip().lower()]
+            for (start, kind), end in zip(tokens, ends, strict=True)
+            if kind == duckdb.token_type.keyword and query[start:end].strip().lower() in names
+        }
+    )
+    if not bare:
+        return ""
+    quoted = ", ".join(f'"{name}"' for name in bare)
+    return f" (a column named like an SQL keyword is written in double quotes: {quoted})"
+
+
+def _shown(text: str) -> str:
+    """User text in a message: quoted, escaped, and at most `_SHOWN_CHARS` of it."""
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]!r}... ({len(text):,} characters)"
+    return repr(text)
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped (a message of DuckDB's
+    may quote the user's text)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     """The catalogue rows that pass ``filters``.
 
     ``since`` and ``until`` bound the upload date (inclusive); ``positive`` keeps covid
-    positive (True) or negative (False) patients; ``query`` is a pandas expression on the
-    columns (``DataFrame.query``: ``"Manufacturer == 'SIEMENS' and Rows >= 2048"``).
+    positive (True) or negative (False) patients; ``query`` is a SQL expression on the
+    columns, run by DuckDB with no access outside the catalogue (`query_rows`:
+    ``"Manufacturer = 'SIEMENS' AND Rows >= 2048"``).
 
     Raises
     ------
@@ -103,12 +280,10 @@ def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     if filters.positive is not None:
         positive = catalogue["covid_positive"].astype("boolean").fillna(False)
         keep &= positive if filters.positive else ~positive
-    chosen = catalogue[keep.fillna(False).astype(bool)]
+    keep = keep.fillna(False).astype(bool)
     if filters.query:
-        try:
-            chosen = chosen.query(filters.query, engine="python")
-        except Exception as exc:  # noqa: BLE001 - any error of the user's expression
-            raise SelectionError(f"--query {filters.query!r}: {exc}") from None
+        keep &= query_rows(catalogue, filters.query)
+    chosen = catalogue[keep]
     groups = set(chosen["group"].dropna())
     if len(groups) > 1 and not filters.both_groups:
         raise SelectionError(
@@ -152,25 +327,103 @@ class Fetch:
     size: int | None
 
 
-def downloads(chosen: pd.DataFrame) -> list[Fetch]:
-    """What a selection downloads: each image (with its catalogued size), then its metadata
-    file."""
-    fetches = []
-    for key, metadata, size in zip(
-        chosen["warehouse_key"], chosen["metadata_key"], chosen["object_size"], strict=True
+def row_problem(
+    warehouse_key: object,
+    metadata_key: object,
+    group: object,
+    modality_folder: object,
+    object_size: object,
+    groups: Iterable[str],
+) -> str | None:
+    """Why a catalogue row cannot be downloaded in a selection of ``groups``, or None.
+
+    The catalogue is a file anyone with write access to the processed store can edit, so a
+    row is downloaded only when its ``warehouse_key`` is an image of the warehouse layout
+    (`keys.parse_image_key`) in one of ``groups`` and in the row's own ``group`` and
+    ``modality_folder``, each part of it is one the loader could have filed (a safe
+    PatientID, DICOM UIDs, a safe file name that fits 255 bytes), its ``metadata_key`` is that
+    image's own (`keys.ImageKey.metadata_key`), and its ``object_size`` is a size.
+    """
+    image = parse_image_key(warehouse_key) if isinstance(warehouse_key, str) else None
+    if image is None:
+        return "its warehouse_key is not an image key of the warehouse layout"
+    if image.group not in groups:
+        return f"its image is a {image.group} image, outside the selection"
+    row_place = (group, modality_folder)  # null in a hostile row: compared only as text
+    if not all(isinstance(v, str) for v in row_place) or row_place != (image.group, image.folder):
+        return (
+            f"its key is in {image.group}/{image.folder}, its row says "
+            f"{_shown(str(group))}/{_shown(str(modality_folder))}"
+        )
+    problem = identifier_problem(image.patient_id, "PatientID in its key")
+    for what, uid in (
+        ("StudyInstanceUID", image.study_uid),
+        ("SeriesInstanceUID", image.series_uid),
     ):
-        fetches.append(Fetch(key, int(size)))
-        fetches.append(Fetch(metadata, None))
+        if problem is None and not is_dicom_uid(uid):
+            problem = f"the {what} in its key is not a DICOM UID: {_shown(uid)}"
+    problem = problem or image_name_problem(image.name)
+    if problem:
+        return problem
+    if not isinstance(metadata_key, str) or metadata_key != image.metadata_key:
+        shown = _shown(metadata_key) if isinstance(metadata_key, str) else repr(metadata_key)
+        return f"its metadata_key {shown} is not its image's metadata file"
+    if not isinstance(object_size, int | np.integer) or object_size < 0:
+        return f"its object_size {object_size!r} is not a size in bytes"
+    return None
+
+
+def downloads(chosen: pd.DataFrame, groups: Iterable[str] = GROUPS) -> list[Fetch]:
+    """What a selection of ``groups`` downloads: each image (with its catalogued size), then
+    its metadata file.
+
+    Raises
+    ------
+    SelectionError
+        When a row cannot be downloaded (`row_problem`): one line naming the first such row
+        (its label in the catalogue, its key escaped) and how many there are; nothing is
+        fetched then.
+    """
+    groups = tuple(groups)
+    fetches: list[Fetch] = []
+    refused: list[str] = []
+    columns = ("warehouse_key", "metadata_key", "group", "modality_folder", "object_size")
+    for label, *row in zip(chosen.index, *(chosen[c] for c in columns), strict=True):
+        problem = row_problem(*row, groups)
+        if problem:
+            key = _shown(row[0]) if isinstance(row[0], str) else repr(row[0])
+            number = label if isinstance(label, int | np.integer) else _shown(str(label))
+            refused.append(f"row {number} ({key}): {problem}")
+        elif not refused:
+            fetches += [Fetch(row[0], int(row[4])), Fetch(row[1], None)]
+    if refused:
+        more = f"; {len(refused) - 1:,} more rows refused" if len(refused) > 1 else ""
+        raise SelectionError(
+            f"the catalogue's {refused[0]}{more}; nothing downloaded (images.parquet does "
+            "not match the warehouse: was it edited? run dataprocess again)"
+        )
     return fetches
 
 
 def local_path(folder: Path, key: str) -> Path:
-    """Where ``key`` goes under ``folder`` (the warehouse layout); keys come from the
-    catalogue and are checked to stay inside ``folder``."""
-    path = (folder / key).resolve()
-    if not path.is_relative_to(folder.resolve()) or ".." in key.split("/"):
-        raise SelectionError(f"a key outside the download folder: {key!r}")
-    return path
+    """Where ``key`` goes under ``folder`` (the warehouse layout).
+
+    Every part of ``key`` must be a safe name (`keys.is_safe_name`: no ``..``, no empty or
+    hidden part, no control character, at most 255 characters), and the path, symbolic links
+    resolved, must stay inside ``folder``.
+
+    Raises
+    ------
+    SelectionError
+        When it would not.
+    """
+    parts = key.split("/")
+    inside = folder.resolve()
+    if all(is_safe_name(part) for part in parts):
+        path = inside.joinpath(*parts).resolve()
+        if path.is_relative_to(inside):
+            return path
+    raise SelectionError(f"a key outside the download folder: {_shown(key)}")
 
 
 def already_there(path: Path, size: int | None) -> bool:
@@ -192,13 +445,20 @@ def fetch(storage: Storage, folder: Path, item: Fetch) -> int | None:
     ------
     StorageError
         When a read fails.
+    SelectionError
+        When the key has no place under ``folder`` (`local_path`), the object is shorter
+        than its catalogued size, or the file cannot be written.
     """
     path = local_path(folder, item.key)
     if already_there(path, item.size):
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    # the name may be 255 bytes already: the temporary one is cut to fit
+    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:MAX_FILE_NAME_LENGTH])
     written = 0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SelectionError(f"cannot make the folder {str(path.parent)!r}: {exc}") from None
     try:
         with open(temporary, "wb") as handle:
             if item.size is None:
@@ -218,6 +478,8 @@ def fetch(storage: Storage, folder: Path, item: Fetch) -> int | None:
                     handle.write(chunk)
                     written += len(chunk)
         os.replace(temporary, path)
+    except OSError as exc:
+        raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None
     finally:
         temporary.unlink(missing_ok=True)
     return written
