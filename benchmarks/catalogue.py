@@ -62,7 +62,6 @@ def _backfill(proxy_url: str, workers: int) -> dict:
     """Delete the parts, then run the backfill of `warehouse.dashboard.images` through the
     proxy, timed alone."""
     from warehouse.core.catalogue import PARTS_PREFIX
-    from warehouse.core.config import parse_config
     from warehouse.core.listing import index_warehouse
     from warehouse.core.report import RunReport
     from warehouse.core.run import WorkerPool
@@ -74,21 +73,12 @@ def _backfill(proxy_url: str, workers: int) -> dict:
     client = storage.client
     for info in list(storage.list(PARTS_PREFIX)):
         client.delete_object(Bucket=BUCKET, Key=info.key)
-    config = parse_config(storage.read("config.json"))
     filed = index_warehouse(storage, workers).filed_images()
     pool = WorkerPool(workers)
     report = RunReport("dataprocess")
     reset_counts(proxy_url)
     started = time.perf_counter()
-    table = image_catalogue(
-        storage,
-        filed,
-        config.raw_prefixes,
-        pool.submit,
-        report,
-        dt.datetime.now(dt.UTC),
-        workers=workers,
-    )
+    table = image_catalogue(storage, filed, pool.submit, report, dt.datetime.now(dt.UTC))
     seconds = time.perf_counter() - started
     pool.shutdown()
     counts = read_counts(proxy_url)

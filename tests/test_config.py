@@ -712,7 +712,7 @@ def setting_error(**env) -> str:
 def test_new_settings_default():
     assert settings() == Settings(
         bucket="b",
-        max_clinical_bytes=16 * 1024 * 1024,
+        max_clinical_bytes=1024 * 1024,
         max_header_bytes=64 * 1024 * 1024,
         log_format="text",
         shard=None,

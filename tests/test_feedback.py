@@ -41,10 +41,13 @@ def test_each_prefix_reads_its_own_refusals_and_nothing_of_the_others(store):
     a, b, c = feedback(store, "raw-a"), feedback(store, "raw-b"), feedback(store, "raw-c")
     assert [p["key"] for p in a["problems"]] == ["raw-a/2021-01-02/images/garbage.dcm"]
     assert a["not_filed"] == {"not a DICOM file": 1}
+    # (the claimed record is for the operators only: any line would tell raw-b that Covid1
+    # is another centre's patient)
     assert {p["key"]: p["reason"] for p in b["problems"]} == {
-        "raw-b/2021-01-03/data/Covid1_status.json": "pseudonym claimed by another centre",
         "raw-b/2021-01-03/data/Covid2_data.json": "invalid JSON",
     }
+    claimed = [p for p in state.report.problems if p["key"].endswith("Covid1_status.json")]
+    assert [p["reason"] for p in claimed] == ["pseudonym claimed by another centre"]
     text = json.dumps(b)
     assert A not in text and "training" not in text and "raw-a" not in text
     assert c["problems"] == [
@@ -99,3 +102,165 @@ def test_details_that_would_tell_of_other_sites_are_neutral():
     assert "validation" not in view["detail"]
     grouped = by_prefix([problem, {"key": "training/data/x/", "reason": "symbolic link"}])
     assert list(grouped) == ["raw-b"]
+
+
+# A site's feedback, read as a hostile site would read it -----------------------------------
+
+GOOD, EVIL = "Good Hospital", "Evil Infirmary"
+
+
+def _confined_config() -> bytes:
+    doc = json.loads(builders.config(["raw-good", "raw-evil"], split=[GOOD], training=[EVIL]))
+    doc["prefix_sites"] = {"raw-good": [GOOD], "raw-evil": [EVIL]}
+    return json.dumps(doc).encode()
+
+
+def _anonymous(entries: list[dict], pseudonyms: dict[str, str]) -> list[dict]:
+    """Feedback entries with each probed pseudonym (and its image's name) replaced by its
+    role, so that two probes can be compared."""
+    text = json.dumps(entries, sort_keys=True)
+    for pseudonym, role in pseudonyms.items():
+        name, _ = image(pseudonym, "DX")
+        text = text.replace(name.removesuffix(".dcm"), f"<image of {role}>")
+        text = text.replace(pseudonym, role)
+    return json.loads(text)
+
+
+def test_a_site_cannot_tell_another_sites_patient_from_none_nor_training_from_validation(store):
+    # At 50 %, Covid1 is training and Covid14 validation (the split rule's published examples).
+    good_files = {}
+    for patient in ("Covid1", "Covid14"):
+        name, data = image(patient, "DX")
+        good_files[f"raw-good/2021-01-01/data/{patient}_data.json"] = clinical(patient, GOOD)
+        good_files[f"raw-good/2021-01-01/images/{name}"] = data
+    builders.put_tree(store, {"config.json": _confined_config(), **good_files})
+    assert builders.run_loader(store)[0] == 0
+
+    probes = {"Covid1": "P", "Covid14": "P", "Nobody7": "P"}
+    evil = {}
+    for patient in probes:
+        # an image alone, and a record naming the evil site's own centre, of each pseudonym
+        name, data = image(patient, "DX")
+        evil[f"raw-evil/2021-02-01/images/{name}"] = data
+        evil[f"raw-evil/2021-02-02/data/{patient}_data.json"] = clinical(patient, EVIL)
+    builders.put_tree(store, evil)
+    code, state = builders.run_loader(store)
+    assert code == 0
+    # the operators' report keeps the truth ...
+    reasons = {p["key"]: p["reason"] for p in state.report.problems}
+    assert (
+        reasons["raw-evil/2021-02-02/data/Covid1_data.json"]
+        == "pseudonym claimed by another centre"
+    )
+    assert "raw-evil/2021-02-02/data/Nobody7_data.json" not in reasons  # filed: a new patient
+    # ... the site reads the same for a training patient, a validation one and nobody: here
+    # nothing at all (a record for a pseudonym nobody holds is filed, so any line would tell)
+    assert not any(store.list("feedback/raw-evil/"))
+    entries = []
+    views = {
+        patient: _anonymous(
+            [e for e in entries if patient in e["key"] or patient in e["detail"]], {patient: "P"}
+        )
+        for patient in ("Covid1", "Covid14")
+    }
+    assert views["Covid1"] == views["Covid14"]
+
+
+def test_images_of_another_sites_patient_read_as_images_of_nobody(store):
+    good_name, good_image = image("Covid1", "DX")
+    builders.put_tree(
+        store,
+        {
+            "config.json": _confined_config(),
+            "raw-good/2021-01-01/data/Covid1_data.json": clinical("Covid1", GOOD),
+            f"raw-good/2021-01-01/images/{good_name}": good_image,
+        },
+    )
+    assert builders.run_loader(store)[0] == 0
+    probes = {}
+    for patient in ("Covid1", "Nobody7"):
+        name, data = image(patient, "DX", study="evil")
+        probes[f"raw-evil/2021-02-01/images/{name}"] = data
+    builders.put_tree(store, probes)
+    code, state = builders.run_loader(store)
+    assert code == 0
+    truth = {p["key"]: p["reason"] for p in state.report.problems}
+    assert sorted(truth.values()) == [
+        "centre not allowed for this prefix",
+        "no patient data for PatientID",
+    ]
+    entries = feedback(store, "raw-evil")["problems"]
+    assert len(entries) == 2
+    by_patient = {}
+    for entry in entries:
+        patient = "Covid1" if "Covid1" in entry["detail"] else "Nobody7"
+        by_patient[patient] = {
+            "reason": entry["reason"],
+            "detail": entry["detail"].replace(patient, "P"),
+        }
+    assert by_patient["Covid1"] == by_patient["Nobody7"]
+    assert by_patient["Covid1"]["reason"] == "no patient data for PatientID"
+
+
+def test_a_duplicate_or_a_changed_file_never_names_a_group_or_a_warehouse_key(store):
+    name, data = image("Covid14", "DX")
+    builders.put_tree(
+        store,
+        {
+            "config.json": _confined_config(),
+            "raw-good/2021-01-01/data/Covid14_data.json": clinical("Covid14", GOOD),
+            f"raw-good/2021-01-01/images/{name}": data,
+        },
+    )
+    assert builders.run_loader(store)[0] == 0
+    # the same instance again under another name, and the filed clinical file re-uploaded
+    builders.put_tree(
+        store,
+        {
+            "raw-good/2021-01-05/images/again.dcm": data,
+            "raw-good/2021-01-01/data/Covid14_data.json": clinical("Covid14", GOOD, Age=40),
+        },
+    )
+    code, state = builders.run_loader(store)
+    assert code == 0
+    truth = {p["reason"]: p["detail"] for p in state.report.problems}
+    assert "validation/" in truth["duplicate image"]  # the operators read where it is
+    assert "validation/" in truth["raw file changed after filing"]
+    site = feedback(store, "raw-good")
+    assert sorted(site["not_filed"]) == ["duplicate image", "raw file changed after filing"]
+    text = json.dumps(site)
+    assert "validation" not in text and "training" not in text and "xray" not in text
+
+
+def test_every_reason_has_a_site_view_that_names_no_group_and_no_warehouse_key():
+    from warehouse.core.report import Reason
+
+    for reason in Reason:
+        for key in ("raw-x/2021-01-01/images/a.dcm", "raw-x/2021-01-01/data/P1_data.json"):
+            problem = {
+                "key": key,
+                "reason": reason.value,
+                "detail": "filed at validation/xray/P1/1.2/1.3/a.dcm from raw-y/2021-01-01/x.dcm",
+                "facts": {"patient": "P1"},
+            }
+            view = site_view(problem)
+            if view is None:
+                assert reason.value in (
+                    "pseudonym claimed by another centre",
+                    "pseudonym differs only in case",
+                )
+                continue
+            if view["detail"] == problem["detail"]:
+                # a reason whose own detail a site reads: about its file or its settings only
+                assert reason.value not in (
+                    "group conflict",
+                    "duplicate image",
+                    "conflicting duplicate",
+                    "raw file changed after filing",
+                    "another raw file has the same target",
+                    "write failed",
+                    "internal error",
+                    "no patient data for PatientID",
+                )
+            else:
+                assert "validation" not in view["detail"] and "raw-y" not in view["detail"]

@@ -86,6 +86,7 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
             read_clinical,
             max_bytes=state.settings.max_clinical_bytes,
             filed_centre=state.filed_centres,
+            budget=state.clinical_budget,
         )
         pool.submit(read, storage, task, then=functools.partial(file_clinical, state))
     elif pool.pending:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydicom.dataset import Dataset
 
 from warehouse.core.dicom import read_header
-from warehouse.core.keys import ImageKey, RawKey, parse_image_key
+from warehouse.core.keys import ImageKey, parse_image_key
 
 #: Where the loader's parts are, in the warehouse.
 PARTS_PREFIX = "catalogue/images/"
@@ -284,16 +284,14 @@ def image_row(
     )
 
 
-def filed_image_row(
-    storage,
-    key: str,
-    size: int,
-    source: tuple[str, str] | None,
-    max_header_bytes: int | None = None,
-) -> tuple:
+def filed_image_row(storage, key: str, size: int, max_header_bytes: int | None = None) -> tuple:
     """The row of an image filed already but in no part, from its header (ranged reads, as
     the loader's own): for the loader's pass over a stopped run's images and for
     ``dataprocess``'s backfill.
+
+    Its raw key and upload date are recorded as unknown (null): only the run that filed an
+    image knows them, and a guess (another raw file of the same name and size) could borrow
+    the provenance of an upload of another site.
 
     Parameters
     ----------
@@ -303,8 +301,6 @@ def filed_image_row(
         The filed image's key.
     size : int
         Its listed size.
-    source : tuple or None
-        ``(raw key, upload date)`` it came from (`raw_sources`), None when not known.
     max_header_bytes : int, optional
         The header read limit (`dicom.read_header`).
 
@@ -314,10 +310,7 @@ def filed_image_row(
         When the header cannot be read or parsed.
     """
     header = read_header(storage, key, size, max_header_bytes=max_header_bytes)
-    raw_key, upload = source or (None, None)
-    return image_row(
-        header.dataset, parse_image_key(key), size=size, raw_key=raw_key, upload=upload
-    )
+    return image_row(header.dataset, parse_image_key(key), size=size, raw_key=None, upload=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,37 +423,6 @@ def merge_parts(tables: Iterable[pa.Table], present: set[str] | None = None) -> 
         key=lambda position: keys[position],
     )
     return merged.take(pa.array(chosen, type=pa.int64()))
-
-
-def raw_sources(
-    filed: dict[str, int], raw_images: Iterable[tuple[RawKey, int]]
-) -> dict[str, tuple[str, str]]:
-    """The raw key and upload date of filed images whose source is not known from a run
-    (a killed run's, a backfill's): the raw image of the same file name and size, the first in
-    key order not given to another filed image (the loader files raw images in key order).
-
-    Parameters
-    ----------
-    filed : dict
-        Filed image key -> size.
-    raw_images : iterable
-        ``(RawKey, size)`` of the raw images, in key order (as ``listing.list_raw`` gives
-        them).
-
-    Returns
-    -------
-    dict
-        Filed image key -> ``(raw key, upload date)``, for those a raw image was found for.
-    """
-    wanted: dict[tuple[str, int], list[str]] = {}
-    for key, size in sorted(filed.items()):
-        wanted.setdefault((key.rsplit("/", 1)[1], size), []).append(key)
-    found = {}
-    for raw, size in raw_images:
-        keys = wanted.get((raw.name, size))
-        if keys:
-            found[keys.pop(0)] = (raw.key, raw.upload_date)
-    return found
 
 
 class HeaderProgress:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
-from warehouse.core.keys import identifier_problem
-from warehouse.core.report import Reason
+from warehouse.core.keys import UnsafeIdentifier, identifier_problem
+from warehouse.core.report import Reason, quote
+
+#: The most characters a ``SubmittingCentre`` may have (NHS trust names have under 80): a
+#: longer one is refused before it is kept, compared or reported.
+MAX_CENTRE_LENGTH = 256
 
 
 class InvalidClinicalFile(ValueError):
@@ -91,10 +95,17 @@ def submitting_centre(record: dict) -> str:
     ------
     MissingSubmittingCentre
         When it is absent, not a string, or empty.
+    UnsafeIdentifier
+        When it is longer than `MAX_CENTRE_LENGTH` characters.
     """
     centre = record.get("SubmittingCentre")
     if not isinstance(centre, str) or not centre.strip():
         raise MissingSubmittingCentre("no SubmittingCentre")
+    if len(centre) > MAX_CENTRE_LENGTH:
+        raise UnsafeIdentifier(
+            f"SubmittingCentre of {len(centre):,} characters (at most {MAX_CENTRE_LENGTH}): "
+            f"{quote(centre)}"
+        )
     return centre
 
 
@@ -114,5 +125,5 @@ def check_record_pseudonym(record: dict, file_pseudonym: str) -> None:
     value = record["Pseudonym"]
     if value != file_pseudonym or identifier_problem(value) is not None:
         raise PseudonymMismatch(
-            f"the record's Pseudonym is {value!r}; the file name's is {file_pseudonym!r}"
+            f"the record's Pseudonym is {quote(value)}; the file name's is {quote(file_pseudonym)}"
         )

@@ -15,7 +15,6 @@ import difflib
 import json
 import os
 import re
-import reprlib
 import sys
 import textwrap
 import unicodedata
@@ -25,6 +24,7 @@ import jsonschema
 
 from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import RAW_PREFIX_MARK, normalise_prefix
+from warehouse.core.report import quote
 from warehouse.core.storage import ObjectNotFound, StorageError
 
 CONFIG_KEY = "config.json"
@@ -38,7 +38,9 @@ DEFAULT_MAX_UPLOAD_DELAY_DAYS = None
 MAX_UPLOAD_DELAY_DAYS = 36_500
 
 MIB = 1024 * 1024
-DEFAULT_MAX_CLINICAL_BYTES = 16 * MIB
+#: A clinical record is a few kilobytes; a megabyte leaves a wide margin and keeps a run's
+#: reads of such files small in memory.
+DEFAULT_MAX_CLINICAL_BYTES = 1 * MIB
 DEFAULT_MAX_HEADER_BYTES = 64 * MIB
 MAX_BYTES_SETTING = 1 << 40
 LOG_FORMATS = ("text", "json")
@@ -149,16 +151,6 @@ _ConfigValidator = jsonschema.validators.extend(
 )
 _VALIDATOR = _ConfigValidator(CONFIG_SCHEMA)
 
-_short_repr = reprlib.Repr()
-_short_repr.maxstring = 120
-_short_repr.maxother = 60
-_short_repr.maxlevel = 2
-
-
-def _short(value) -> str:
-    """``repr(value)``, shortened for a message (long strings, numbers and deep lists)."""
-    return _short_repr.repr(value)
-
 
 class ConfigError(ExpectedError):
     """The run cannot start: a setting or ``config.json`` is missing or invalid."""
@@ -245,7 +237,7 @@ def _byte_limit(env, name: str, default: int) -> int:
     value = _whole_number(text)
     if value is None or not 1 <= value <= MAX_BYTES_SETTING:
         raise ConfigError(
-            f"{name}={_short(text)} must be a whole number of bytes from 1 to "
+            f"{name}={quote(text)} must be a whole number of bytes from 1 to "
             f"{MAX_BYTES_SETTING} (default {default})"
         )
     return value
@@ -256,7 +248,7 @@ def _choice(env, name: str, choices: tuple[str, ...]) -> str:
     value = text.strip().lower()
     if value not in choices:
         raise ConfigError(
-            f"{name}={_short(text)} must be {', '.join(choices[:-1])} or {choices[-1]} "
+            f"{name}={quote(text)} must be {', '.join(choices[:-1])} or {choices[-1]} "
             f"(default {choices[0]})"
         )
     return value
@@ -271,7 +263,7 @@ def _shard(env) -> tuple[tuple[int, int] | None, str | None]:
         index, count = (int(match[1]), int(match[2])) if match else (-1, 0)
         if not (1 <= count <= MAX_SHARDS and 0 <= index < count):
             raise ConfigError(
-                f"WAREHOUSE_SHARD={_short(text)} must be i/N, shard i of N shards, with N from "
+                f"WAREHOUSE_SHARD={quote(text)} must be i/N, shard i of N shards, with N from "
                 f"1 to {MAX_SHARDS} and 0 <= i < N (e.g. 0/4)"
             )
         shard, source = (index, count), f"WAREHOUSE_SHARD={text}"
@@ -281,7 +273,7 @@ def _shard(env) -> tuple[tuple[int, int] | None, str | None]:
     count = _whole_number(text)
     if count is None or not 1 <= count <= MAX_SHARDS:
         raise ConfigError(
-            f"WAREHOUSE_SHARDS={_short(text)} must be the number of shards, an integer from 1 "
+            f"WAREHOUSE_SHARDS={quote(text)} must be the number of shards, an integer from 1 "
             f"to {MAX_SHARDS}"
         )
     if "AWS_BATCH_JOB_ARRAY_INDEX" not in env:
@@ -293,7 +285,7 @@ def _shard(env) -> tuple[tuple[int, int] | None, str | None]:
     index = _whole_number(index_text)
     if index is None or index >= count:
         raise ConfigError(
-            f"AWS_BATCH_JOB_ARRAY_INDEX={_short(index_text)} must be a shard index from 0 to "
+            f"AWS_BATCH_JOB_ARRAY_INDEX={quote(index_text)} must be a shard index from 0 to "
             f"{count - 1} (WAREHOUSE_SHARDS={count})"
         )
     if shard is not None and shard != (index, count):
@@ -319,7 +311,7 @@ def _processes(env, shard_source: str | None) -> int:
         processes = _whole_number(text)
         if processes is None or not 1 <= processes <= MAX_PROCESSES:
             raise ConfigError(
-                f"WAREHOUSE_PROCESSES={_short(text)} must be an integer from 1 to "
+                f"WAREHOUSE_PROCESSES={quote(text)} must be an integer from 1 to "
                 f"{MAX_PROCESSES}, or auto (the CPUs this process may use)"
             )
     # "auto" too: whether it means one process must not depend on the machine.
@@ -337,7 +329,7 @@ def _run_id(env) -> str | None:
     text = env["WAREHOUSE_RUN_ID"].strip()
     if not _RUN_ID.fullmatch(text):
         raise ConfigError(
-            f"WAREHOUSE_RUN_ID={_short(text)} must be 1 to 64 ASCII letters, digits, - or _"
+            f"WAREHOUSE_RUN_ID={quote(text)} must be 1 to 64 ASCII letters, digits, - or _"
         )
     return text
 
@@ -409,7 +401,7 @@ def settings_from_env(environ: dict | None = None) -> Settings:
     workers = _whole_number(workers_text)
     if workers is None or not 1 <= workers <= 512:
         raise ConfigError(
-            f"WAREHOUSE_WORKERS={_short(workers_text)} must be an integer from 1 to 512"
+            f"WAREHOUSE_WORKERS={quote(workers_text)} must be an integer from 1 to 512"
         )
     progress_text = env.get("WAREHOUSE_PROGRESS_SECONDS", "10").strip()
     try:
@@ -419,7 +411,7 @@ def settings_from_env(environ: dict | None = None) -> Settings:
     # float() also takes "inf" and "nan", which are no period.
     if not 0 < progress < float("inf"):
         raise ConfigError(
-            f"WAREHOUSE_PROGRESS_SECONDS={_short(progress_text)} must be a positive number"
+            f"WAREHOUSE_PROGRESS_SECONDS={quote(progress_text)} must be a positive number"
         )
     shard, shard_source = _shard(env)
     phase = _choice(env, "WAREHOUSE_PHASE", PHASES)
@@ -518,7 +510,7 @@ class PipelineConfig:
 
 def _key_text(key) -> str:
     """A key as a message shows it: plain when it is plain, else quoted."""
-    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else _short(key)
+    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else quote(key)
 
 
 def _path_text(path) -> str:
@@ -590,9 +582,9 @@ def _schema_problem(error: jsonschema.ValidationError) -> list[str]:
         # An item of a list: name the list, as the config's author wrote it.
         return [
             f"{_path_text(path[:-1])} must be {_expected(_schema_at(schema_path[:-1]))}, "
-            f"got {_short(error.instance)} at {where}"
+            f"got {quote(error.instance)} at {where}"
         ]
-    got = _short(error.instance)
+    got = quote(error.instance)
     if keyword in ("minimum", "maximum"):
         low, high = error.schema.get("minimum"), error.schema.get("maximum")
         if low is None or high is None:
@@ -669,12 +661,12 @@ def _text_problems(doc, repeated: dict) -> list[str]:
                     )
             for key, item in value.items():
                 if _has_surrogate(key):
-                    problems.append(f"key {_short(key)} in {_path_text(path)} is not text")
+                    problems.append(f"key {quote(key)} in {_path_text(path)} is not text")
                 stack.append(((*path, key), item))
         elif isinstance(value, list):
             stack.extend(((*path, i), item) for i, item in enumerate(value))
         elif isinstance(value, str) and _has_surrogate(value):
-            problems.append(f"{_path_text(path)} is not text (a lone surrogate {_short(value)})")
+            problems.append(f"{_path_text(path)} is not text (a lone surrogate {quote(value)})")
     for ident, (_, keys) in repeated.items():
         if ident not in found:
             # In an object that a later duplicate replaced: no path left to show.
@@ -732,9 +724,9 @@ def parse_config(data: bytes) -> PipelineConfig:
     for prefix in doc["raw_prefixes"]:
         clean = normalise_prefix(prefix)
         if _has_control_character(prefix):
-            problems.append(f"raw prefix {_short(prefix)} contains a control character")
+            problems.append(f"raw prefix {quote(prefix)} contains a control character")
         elif not clean.startswith(RAW_PREFIX_MARK) or "/" in clean or ".." in clean:
-            problems.append(f"raw prefix {_short(prefix)} must be one folder named raw-<uploader>")
+            problems.append(f"raw prefix {quote(prefix)} must be one folder named raw-<uploader>")
         elif clean not in prefixes:
             prefixes.append(clean)
 
@@ -746,7 +738,7 @@ def parse_config(data: bytes) -> PipelineConfig:
             if key in rules and rules[key] != group:
                 same = "" if spelling[key] == name else " (the same name once NFC-normalised)"
                 problems.append(
-                    f"site {_short(name)} is in both sites.{rules[key]} and sites.{group}{same}"
+                    f"site {quote(name)} is in both sites.{rules[key]} and sites.{group}{same}"
                 )
                 continue
             rules[key] = group
@@ -759,7 +751,7 @@ def parse_config(data: bytes) -> PipelineConfig:
         if clean not in prefixes:
             close = difflib.get_close_matches(clean, prefixes, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(f"{where}: {_short(key)} is not one of raw_prefixes{hint}")
+            problems.append(f"{where}: {quote(key)} is not one of raw_prefixes{hint}")
         elif clean in prefix_sites:
             problems.append(f"{where}: raw prefix {clean} is named twice in prefix_sites")
         else:

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from warehouse.core.report import Reason
+from warehouse.core.report import Reason, quote
 
 GROUPS = ("training", "validation")
 
@@ -96,13 +96,18 @@ def identifier_problem(value: object, what: str = "pseudonym") -> str | None:
     or more than `MAX_PSEUDONYM_LENGTH` characters make it unsafe.
     """
     if not isinstance(value, str) or not value:
-        return f"unsafe {what} {value!r}: empty or not text"
+        return f"unsafe {what} {quote(value)}: empty or not text"
     for position, char in enumerate(value):
         if char.isspace() or unicodedata.category(char)[0] == "C":
             name = unicodedata.name(char, f"control character U+{ord(char):04X}")
-            return f"unsafe {what} {value!r}: {name} at {position}"
+            return f"unsafe {what} {quote(value)}: {name} at {position}"
+    if len(value) > MAX_PSEUDONYM_LENGTH:
+        return (
+            f"unsafe {what} {quote(value)}: {len(value):,} characters "
+            f"(at most {MAX_PSEUDONYM_LENGTH})"
+        )
     if not is_safe_name(value, MAX_PSEUDONYM_LENGTH):
-        return f"unsafe {what} {value!r}"
+        return f"unsafe {what} {quote(value)}"
     return None
 
 
@@ -110,7 +115,7 @@ def image_name_problem(name: str) -> str | None:
     """Why a raw image's file name cannot file it, or None: it must be a safe key part, and
     both names it gives (``<name>``, ``<stem>.json``) must fit a file system's 255 bytes."""
     if not is_safe_name(name):
-        return f"unsafe file name {name!r}"
+        return f"unsafe file name {quote(name)}"
     for target in (name, f"{image_stem(name)}.json"):
         if len(target.encode("utf-8")) > MAX_FILE_NAME_LENGTH:
             return f"file name {name[:40]!r}... too long: {target!r} would exceed 255 bytes"
@@ -129,7 +134,7 @@ def check_pseudonym(value: str, what: str = "pseudonym") -> str:
 def check_uid(value: str, what: str) -> str:
     """Return ``value`` if it is a DICOM UID, else raise `UnsafeIdentifier` naming ``what``."""
     if not is_dicom_uid(value):
-        raise UnsafeIdentifier(f"{what} is not a DICOM UID: {value!r}")
+        raise UnsafeIdentifier(f"{what} is not a DICOM UID: {quote(value)}")
     return value
 
 

@@ -459,19 +459,32 @@ def report_refused(listing: RawListing, report: RunReport) -> None:
         report.skip(refusal.key, refusal.reason, refusal.detail, stamp=stamp)
 
 
+def shared_names_filed(listing: RawListing, index: WarehouseIndex) -> list[tuple[RawKey, int]]:
+    """The raw images whose name another raw image shares and an image of that name is filed:
+    the only ones whose being filed their name cannot tell (`pending_images`)."""
+    shared = {name for name, n in listing.image_name_counts().items() if n > 1}
+    return [
+        (raw, size)
+        for raw, size in listing.images
+        if raw.name in shared and index.image_done(raw.name)
+    ]
+
+
 def pending_images(
-    listing: RawListing, index: WarehouseIndex
+    listing: RawListing, index: WarehouseIndex, filed_sources: frozenset[str] = frozenset()
 ) -> Iterator[tuple[RawKey, int] | tuple[RawKey, None]]:
     """Split raw images into pending ones ``(raw, size)`` and filed ones ``(raw, None)``.
 
     An image is filed when a warehouse image of its name and the metadata file of its stem both
     exist. Names are compared without their folders (the target folder is only known from the
-    header), so when several raw images share a name, each is processed and its full target
-    keys decide.
+    header), so when several raw images share a name, their names cannot tell: such an image
+    is filed when the catalogue names its raw key as the source of a filed image
+    (``filed_sources``, unchanged since), else it is processed and its full target keys decide.
+    A same-name upload elsewhere therefore never makes a filed image be read again.
     """
     shared = {name for name, n in listing.image_name_counts().items() if n > 1}
     for raw, size in listing.images:
-        if raw.name not in shared and index.image_done(raw.name):
+        if raw.key in filed_sources or (raw.name not in shared and index.image_done(raw.name)):
             yield raw, None
         else:
             yield raw, size

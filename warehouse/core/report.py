@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import reprlib
 import threading
 import uuid
 from collections import Counter
@@ -47,8 +48,10 @@ class Reason(StrEnum):
     DUPLICATE_IMAGE = "duplicate image"
     #: ... or with another size (both keys in the detail).
     CONFLICTING_DUPLICATE = "conflicting duplicate"
-    #: dataprocess: a catalogue part that is not Parquet of catalogue rows (left out)...
+    #: A catalogue part that is not Parquet of catalogue rows (left out)...
     INVALID_PART = "invalid catalogue part"
+    #: ... a run report (``latest.json``, the memo) that cannot be read or used...
+    INVALID_REPORT = "invalid run report"
     #: ... and a filed image whose header cannot be read for the catalogue's backfill.
     NOT_CATALOGUED = "image left out of the catalogue"
     NOT_IN_LAYOUT = "not in the raw layout"
@@ -64,6 +67,38 @@ class Reason(StrEnum):
     READ_FAILED = "read failed"
     WRITE_FAILED = "write failed"
     INTERNAL_ERROR = "internal error"
+
+
+#: The most characters a report line's detail (or a text fact) keeps: upload values can be
+#: megabytes long, and every report, page and feedback file repeats the detail.
+MAX_DETAIL_CHARS = 500
+#: The most characters of one upload value quoted in a detail (`quote`).
+MAX_QUOTED_CHARS = 120
+_ELLIPSIS = "\u2026"
+
+_quoting = reprlib.Repr()
+_quoting.maxstring = MAX_QUOTED_CHARS
+_quoting.maxother = MAX_QUOTED_CHARS // 2
+_quoting.maxlevel = 2
+
+
+def quote(value: object) -> str:
+    """``repr(value)`` cut to about `MAX_QUOTED_CHARS` characters, for quoting an upload value
+    (a pseudonym, a centre, a header value) in a message without copying all of it."""
+    return _quoting.repr(value)
+
+
+def bounded(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, the last one an ellipsis when it was longer."""
+    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
+
+
+def _bounded_facts(facts: dict) -> dict:
+    """A report line's facts with every text value `bounded` (the memo compares them with
+    values that are bounded themselves, so nothing is lost)."""
+    return {
+        name: bounded(value) if isinstance(value, str) else value for name, value in facts.items()
+    }
 
 
 #: Reasons that mean the run could not do its work (a rerun should finish it).
@@ -82,7 +117,7 @@ def problem_of(exc: BaseException) -> tuple[Reason, str]:
     if isinstance(reason, Reason):
         return reason, str(exc)
     message = str(exc).strip()
-    return Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}"[:1000]
+    return Reason.INTERNAL_ERROR, bounded(f"{type(exc).__name__}: {message}")
 
 
 #: The logger of each unfiled input (shown in JSON logs, where an operator queries them).
@@ -136,12 +171,13 @@ class RunReport:
 
         ``stamp`` (size, modification time from the listing) and ``facts`` (what the reason
         depends on) let the next run recognise the same input unchanged without reading it.
+        The detail and text facts are `bounded`: a report stays small whatever an upload holds.
         """
-        problem = {"key": key, "reason": reason.value, "detail": detail}
+        problem = {"key": key, "reason": reason.value, "detail": bounded(detail)}
         if stamp is not None:
             problem["size"], problem["modified"] = stamp
         if facts:
-            problem["facts"] = facts
+            problem["facts"] = _bounded_facts(facts)
         with self._lock:
             self.reasons[reason.value] += 1
             self.problems.append(problem)

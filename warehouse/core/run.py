@@ -5,12 +5,14 @@ of it carries.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -57,6 +59,41 @@ class WorkerPool:
     def shutdown(self) -> None:
         """Stop the threads once the run is over."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class ByteBudget:
+    """At most ``limit`` bytes of uploads held in memory at once by the workers that take from
+    it (one upload larger than the whole budget is held alone), so that many large uploads
+    read at the same time cannot exhaust memory, whatever their number.
+
+    Parameters
+    ----------
+    limit : int
+        Bytes the holders may hold together.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self._held = 0
+        #: Holders waiting for room (for diagnostics and tests).
+        self.waiting = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, size: int | None) -> Iterator[None]:
+        """Wait until ``size`` bytes fit in the budget, hold them for the ``with`` block."""
+        size = min(max(0, size or 0), self.limit)
+        with self._changed:
+            self.waiting += 1
+            self._changed.wait_for(lambda: self._held + size <= self.limit)
+            self.waiting -= 1
+            self._held += size
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= size
+                self._changed.notify_all()
 
 
 @dataclass

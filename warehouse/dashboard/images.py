@@ -8,7 +8,8 @@ part lists (a warehouse filed before the catalogue existed, or whose first run w
 before its part) is catalogued here, **once**: its header is read with ranged reads through
 the run's worker pool (one GET per image, as the loader's reads: the same row the loader would
 have made, TransferSyntaxUID included, which the metadata JSON leaves out with the file
-meta), its raw key is found by name and size in the configured raw prefixes, and the rows are
+meta), its raw key and upload date are recorded as unknown (only the run that filed it knew
+them: a guess by name and size could borrow another upload's provenance), and the rows are
 kept in the processed store as ``catalogue/backfill/<UTC time>.parquet``, read by the next
 runs like the loader's parts.
 """
@@ -31,11 +32,9 @@ from warehouse.core.catalogue import (
     is_part_key,
     merge_parts,
     part_bytes,
-    raw_sources,
     read_part,
 )
 from warehouse.core.dicom import HeaderProblem
-from warehouse.core.listing import list_raw
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.storage import Storage
 from warehouse.dashboard.tables import date_column
@@ -93,14 +92,13 @@ def read_parts(
 def backfill(
     storage: Storage,
     missing: dict[str, int],
-    raw_prefixes: tuple[str, ...],
     submit: Callable,
     report: RunReport,
     *,
-    workers: int = 8,
     max_header_bytes: int | None = None,
 ) -> pa.Table:
-    """Catalogue filed images that no part lists: read their headers through the pool.
+    """Catalogue filed images that no part lists: read their headers through the pool (their
+    raw key and upload date unknown: `catalogue.filed_image_row`).
 
     An image whose header cannot be parsed is reported ("image left out of the catalogue")
     and left for the next run.
@@ -108,16 +106,15 @@ def backfill(
     Raises
     ------
     StorageError
-        When the raw listing or a read fails.
+        When a read fails.
     """
     rows = RowBuffer()
     if not missing:
         return rows.table()
     logger.info("catalogue backfill: %d filed images are in no catalogue part", len(missing))
-    sources = raw_sources(missing, list_raw(storage, raw_prefixes, workers).images)
     progress = HeaderProgress(len(missing), logger, "catalogue backfill")
     futures = [
-        (key, submit(filed_image_row, storage, key, size, sources.get(key), max_header_bytes))
+        (key, submit(filed_image_row, storage, key, size, max_header_bytes))
         for key, size in sorted(missing.items())
     ]
     for key, future in futures:
@@ -133,12 +130,10 @@ def backfill(
 def image_catalogue(
     storage: Storage,
     filed: dict[str, int],
-    raw_prefixes: tuple[str, ...],
     submit: Callable,
     report: RunReport,
     now: dt.datetime,
     *,
-    workers: int = 8,
     max_header_bytes: int | None = None,
 ) -> pa.Table:
     """The catalogue of the images the warehouse holds: the parts merged, the images no part
@@ -150,8 +145,6 @@ def image_catalogue(
         The warehouse (its ``processed()`` store holds the backfill's rows).
     filed : dict
         Image key -> size of every filed image (from this run's listing).
-    raw_prefixes : tuple of str
-        The configured raw prefixes (where a backfilled image's raw key is looked for).
     submit : callable
         ``submit(work, *args) -> Future``: the run's worker pool.
     report : RunReport
@@ -168,15 +161,7 @@ def image_catalogue(
     merged = merge_parts(read_parts(storage, processed, submit, report), present=set(filed))
     listed = set(merged.column("warehouse_key").to_pylist())
     missing = {key: size for key, size in filed.items() if key not in listed}
-    added = backfill(
-        storage,
-        missing,
-        raw_prefixes,
-        submit,
-        report,
-        workers=workers,
-        max_header_bytes=max_header_bytes,
-    )
+    added = backfill(storage, missing, submit, report, max_header_bytes=max_header_bytes)
     if added.num_rows:
         processed.write(backfill_key(now), part_bytes(added), "application/vnd.apache.parquet")
         merged = merge_parts([merged, added])
@@ -227,15 +212,12 @@ def images_csv_table(images: pd.DataFrame) -> pd.DataFrame:
 
 def run_catalogue(storage: Storage, index, state, now: dt.datetime) -> pa.Table:
     """`image_catalogue` for a ``dataprocess`` run: its listing (``index``, a
-    `listing.WarehouseIndex` with names), its config's raw prefixes, its worker pool and
-    settings (``state``)."""
+    `listing.WarehouseIndex` with names), its worker pool and settings (``state``)."""
     return image_catalogue(
         storage,
         index.filed_images(),
-        state.config.raw_prefixes if state.config is not None else (),
         state.workers.submit,
         state.report,
         now,
-        workers=state.settings.workers,
         max_header_bytes=state.settings.max_header_bytes,
     )

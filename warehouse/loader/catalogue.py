@@ -16,7 +16,7 @@ or after it that no later part names (those parts' key columns are read: none in
 follows a complete one) was filed by a run that stopped before its part, however many processes
 that run had. This run reads those images' headers (one ranged GET each, through the worker
 pool, before it decides its first image, so the duplicate rule knows them) and lists them in
-its part; their raw key is the raw image of the same name and size, first in key order. On S3,
+its part, their raw key and upload date unknown (null). On S3,
 whose listing times are whole seconds, a run writes its part at least a second after its last
 image, so that the cutoff second holds none of them. In a sharded run the clinical phase does
 this (and writes its own part before the shards start), the shards do not.
@@ -40,6 +40,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from warehouse.core.catalogue import (
     COLUMNS,
@@ -51,7 +53,6 @@ from warehouse.core.catalogue import (
     is_part_key,
     part_bytes,
     part_key,
-    raw_sources,
     read_part,
 )
 from warehouse.core.dicom import HeaderProblem
@@ -145,9 +146,10 @@ class _FiledInstances:
     """The SOP instances the catalogue parts list: hashes sorted in NumPy arrays, each with
     its size, part and row; a match is confirmed from the part itself (read again, cached)."""
 
-    def __init__(self, storage: Storage, parts: list[str], submit):
+    def __init__(self, storage: Storage, parts: list[str], submit, on_invalid):
         self._storage = storage
         self._parts = parts
+        self._on_invalid = on_invalid
         self._rows: dict[int, list] = {}
         hashes, sizes, where = [], [], []
         futures = [submit(self._read, part) for part in parts]
@@ -170,9 +172,7 @@ class _FiledInstances:
         try:
             return read_part(self._storage.read(part), ["SOPInstanceUID", "object_size"])
         except InvalidPart as exc:
-            logger.warning(
-                "catalogue part %s cannot be used (%s): its images are not known", part, exc
-            )
+            self._on_invalid(part, exc)
             return None
 
     def __len__(self) -> int:
@@ -238,7 +238,6 @@ class LoaderCatalogue:
         self._submit = submit
         self._max_header_bytes = max_header_bytes
         self._recent: dict[str, int] = {}
-        self._orphan_raw: dict[str, tuple[str, str]] = {}
         self._orphans_read = False
         self._unread: set[str] = set()
         self._pending: dict[str, list] = {}
@@ -246,6 +245,9 @@ class LoaderCatalogue:
         self._filed: _FiledInstances | None = None
         self._filed_error: StorageError | None = None
         self._listed_keys: set[str] = set()
+        #: Parts that cannot be read (key -> why): the images they list are read again.
+        self.invalid_parts: dict[str, str] = {}
+        self._invalid_checked = False
         self._last_write: float | None = None
         #: The newest listing time of the warehouse side this run listed.
         self._listed_until: dt.datetime | None = None
@@ -317,39 +319,54 @@ class LoaderCatalogue:
             if parsed is not None and parsed.kind == "image":
                 self._recent[info.key] = info.size
 
+    def _part_unusable(self, part: str, exc: Exception) -> None:
+        """A part that cannot be read: reported by name once, the run marked incomplete, and
+        the images it would have vouched for treated as unknown (`_read_orphans`)."""
+        with self._lock:
+            if part in self.invalid_parts:
+                return
+            self.invalid_parts[part] = str(exc)
+        self.report.skip(
+            part, Reason.INVALID_PART, f"{exc}; the filed images it lists are read again"
+        )
+        self.report.fail(f"catalogue part {part} cannot be used ({exc}): an operator should look")
+
     def _named_by_parts(self, parts) -> set[str]:
         def names(part: str) -> list[str]:
             try:
                 table = read_part(self._storage.read(part), ["warehouse_key"])
             except InvalidPart as exc:
-                logger.warning("catalogue part %s cannot be used (%s)", part, exc)
+                self._part_unusable(part, exc)
                 return []
             return table.column("warehouse_key").to_pylist()
 
         futures = [self._submit_work(names, part) for part in parts]
         return {key for future in futures for key in future.result()}
 
-    def match_raw(self, images: list[tuple[RawKey, int]]) -> None:
-        """Find the raw key of each image a stopped run left out (`catalogue.raw_sources`)."""
-        if self.orphans:
-            self._orphan_raw = raw_sources(self.orphans, images)
-
     def _read_orphans(self) -> None:
         """Read the headers of the images no part lists (once, through the pool): their rows
         join this run's part, their instances the duplicate rule."""
         with self._orphan_lock:
+            if self.invalid_parts and not self._invalid_checked:
+                self._invalid_checked = True
+                self._orphans_read = False
+                valid = [part for part in self.parts if part not in self.invalid_parts]
+                named = self._named_by_parts(valid) | self._listed_keys
+                unknown = self._index.filed_images().items()
+                self.orphans.update((k, size) for k, size in unknown if k not in named)
             if self._orphans_read:
                 return
             self._orphans_read = True
-            wanted = sorted(self.orphans.items())
+            with self._lock:
+                done = self._listed_keys | self._unread
+            wanted = sorted((k, size) for k, size in self.orphans.items() if k not in done)
             if not wanted:
                 return
             progress = HeaderProgress(len(wanted), logger, "catalogue: filed images in no part")
             storage, limit = self._storage, self._max_header_bytes
             futures = []
             for key, size in wanted:
-                source = self._orphan_raw.get(key)
-                work = self._submit_work(filed_image_row, storage, key, size, source, limit)
+                work = self._submit_work(filed_image_row, storage, key, size, limit)
                 futures.append((key, size, work))
             for key, size, future in futures:
                 try:
@@ -364,6 +381,45 @@ class LoaderCatalogue:
                     self.claim_instance(row[_SOP], key, size)
                 progress.step()
 
+    def filed_sources(self, candidates: list[tuple[RawKey, int]]) -> frozenset[str]:
+        """The raw keys among ``candidates`` that a part names as the source of a filed image,
+        of the same size and not modified after that part was written (one GET per part,
+        only when there are candidates: `listing.shared_names_filed`).
+
+        Raises
+        ------
+        StorageError
+            When a part cannot be read.
+        """
+        if not candidates or not self.parts:
+            return frozenset()
+        wanted = {
+            raw.key: (size, dt.datetime.fromisoformat(raw.modified)) for raw, size in candidates
+        }
+        keys = pa.array(sorted(wanted), type=pa.string())
+
+        def matches(part: str) -> list[tuple[str, int]]:
+            try:
+                table = read_part(self._storage.read(part), ["raw_key", "object_size"])
+            except InvalidPart as exc:
+                self._part_unusable(part, exc)
+                return []
+            found = table.filter(pc.is_in(table.column("raw_key"), value_set=keys))
+            pairs = zip(
+                found.column("raw_key").to_pylist(),
+                found.column("object_size").to_pylist(),
+                strict=True,
+            )
+            when = self.part_times[part]
+            return [
+                (key, size)
+                for key, size in pairs
+                if wanted[key][0] == size and wanted[key][1] <= when
+            ]
+
+        futures = [self._submit_work(matches, part) for part in self.parts]
+        return frozenset(key for future in futures for key, _ in future.result())
+
     # -- the images of this run ---------------------------------------------------------
 
     def filed_copy(self, sop: str | None, image_key: str) -> FiledCopy | None:
@@ -376,13 +432,14 @@ class LoaderCatalogue:
         StorageError
             When the parts cannot be read (the image cannot be decided).
         """
+        instances = self._instances()  # (first: a part it cannot read makes images unknown)
         self._read_orphans()
         if not sop:
             return None
         for copy in self._run_copies.get(hash(sop), ()):
             if copy.key != image_key:
                 return copy
-        for copy in self._instances().copies(sop):
+        for copy in instances.copies(sop):
             if copy.key != image_key and copy.key in self._index.keys:
                 return copy
         return None
@@ -390,7 +447,9 @@ class LoaderCatalogue:
     def _instances(self) -> _FiledInstances:
         if self._filed is None and self._filed_error is None:
             try:
-                self._filed = _FiledInstances(self._storage, self.parts, self._submit_work)
+                self._filed = _FiledInstances(
+                    self._storage, self.parts, self._submit_work, self._part_unusable
+                )
             except StorageError as exc:
                 self._filed_error = exc
         if self._filed_error is not None:
@@ -471,6 +530,7 @@ class LoaderCatalogue:
         complete = (
             not storage.read_only
             and not self._unread
+            and not self.invalid_parts
             and (written is not None or not len(self.rows))
         )
         self.report.catalogue = {

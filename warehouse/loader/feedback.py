@@ -5,9 +5,20 @@ After each loader run, every raw prefix whose unfiled inputs changed since the l
 prefix whose problems are all gone gets an empty ``latest.json``. An unchanged rerun writes
 nothing. The uploaders' IAM group may read ``feedback/raw-${aws:username}/*`` only.
 
-A site sees its own keys only, and never what the warehouse knows of other sites: the details
-of reasons that would tell it (which group a patient is in, which other centre or raw file
-holds a pseudonym or a target) are replaced by a neutral wording.
+A site reads its own keys only, and nothing of what the warehouse knows of other sites or of
+the hold-out: no other site's patient (whether it exists, its centre, its group), no patient's
+group, no warehouse key. Each reason is read by the sites in one of three ways (`site_view`):
+
+- with its own detail, when the detail is about the file alone or the site's own settings;
+- with a neutral detail, when the honest one would name a group, a key or another raw file;
+- not at all (operators only), when any line would tell the site that a pseudonym it sent
+  belongs to another centre's patient: a record refused as "pseudonym claimed by another
+  centre" (and the images behind it) or "pseudonym differs only in case". A record for a
+  pseudonym nobody holds is filed, so its feedback is empty too: the two cannot be told apart.
+
+An image whose patient the site has no filed record of reads the same whatever the reason:
+the patient does not exist, is another centre's (``prefix_sites``), or differs only in case
+from a patient (the site's or another's).
 """
 
 from __future__ import annotations
@@ -16,18 +27,46 @@ import datetime as dt
 import json
 import logging
 
-from warehouse.core.keys import raw_prefix_of
-from warehouse.core.report import Reason, RunReport
+from warehouse.core.keys import parse_raw_key, raw_prefix_of
+from warehouse.core.report import Reason, RunReport, quote
 
 logger = logging.getLogger(__name__)
 
-#: Details that would tell a site something of another site or of the hold-out.
+#: Reasons whose every line would tell a site of another centre's patient: left out of the
+#: sites' feedback (the run report has them for the operators), except as `IMAGE_NO_PATIENT`.
+OPERATORS_ONLY = frozenset({Reason.PSEUDONYM_CLAIMED, Reason.CASE_VARIANT})
+#: Reasons an image may have whose site view is "no patient data for PatientID", one text for
+#: a patient that does not exist and one that is not the site's to send.
+IMAGE_NO_PATIENT = frozenset(
+    {Reason.NO_PATIENT_DATA, Reason.CENTRE_NOT_ALLOWED, Reason.CASE_VARIANT}
+)
+
+#: Reasons whose honest detail names a group, a warehouse key or another raw file: the site
+#: reads this neutral detail instead.
 NEUTRAL_DETAILS = {
     Reason.GROUP_CONFLICT: "the patient is already filed from another upload; not copied",
-    Reason.PSEUDONYM_CLAIMED: "this pseudonym belongs to a patient of another centre",
-    Reason.CASE_VARIANT: "another patient's pseudonym differs from this one only in case",
     Reason.DUPLICATE_TARGET: "another raw file is filed at the same place; this one was not copied",
+    Reason.DUPLICATE_IMAGE: "this image (its SOPInstanceUID) is filed already from another upload",
+    Reason.CONFLICTING_DUPLICATE: (
+        "an image with this SOPInstanceUID but other content is filed already from another upload"
+    ),
+    Reason.RAW_CHANGED: (
+        "this file was filed earlier and has changed since: not filed again (the warehouse "
+        "operators decide)"
+    ),
+    Reason.WRITE_FAILED: "the warehouse could not store it this time; the next run tries again",
+    Reason.READ_FAILED: "it could not be read this time; the next run tries again",
+    Reason.INTERNAL_ERROR: "an internal error of the warehouse; its operators have the details",
 }
+
+
+def _no_patient_data(problem: dict) -> dict:
+    """The one line a site reads for an image whose patient it has no filed record of: the
+    same whether the patient does not exist or is another centre's."""
+    facts = problem.get("facts") or {}
+    patient = facts.get("patient", facts.get("pseudonym"))
+    detail = f"no clinical file of this site is filed for PatientID {quote(patient)}"
+    return {"key": problem["key"], "reason": Reason.NO_PATIENT_DATA.value, "detail": detail}
 
 
 def feedback_key(prefix: str, name: str) -> str:
@@ -35,15 +74,21 @@ def feedback_key(prefix: str, name: str) -> str:
     return f"feedback/{prefix}/{name}"
 
 
-def site_view(problem: dict) -> dict:
+def site_view(problem: dict) -> dict | None:
     """What a site may read of one problem: its key, reason and a detail that says nothing of
-    other sites."""
+    other sites, the hold-out or the warehouse's keys; None when the site may not read it
+    (`OPERATORS_ONLY`)."""
     try:
         reason = Reason(problem.get("reason"))
     except ValueError:
-        reason = None
+        return None  # not a reason this version knows: nothing to say safely
+    is_image = parse_raw_key(problem["key"], raw_prefix_of(problem["key"]) or "").kind == "image"
+    if reason is Reason.NO_PATIENT_DATA or (is_image and reason in IMAGE_NO_PATIENT):
+        return _no_patient_data(problem)
+    if reason in OPERATORS_ONLY:
+        return None
     detail = NEUTRAL_DETAILS.get(reason, problem.get("detail", ""))
-    return {"key": problem["key"], "reason": problem.get("reason"), "detail": detail}
+    return {"key": problem["key"], "reason": reason.value, "detail": detail}
 
 
 def by_prefix(problems) -> dict[str, list[dict]]:
@@ -51,8 +96,9 @@ def by_prefix(problems) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for problem in problems:
         prefix = raw_prefix_of(problem.get("key", ""))
-        if prefix is not None:
-            grouped.setdefault(prefix, []).append(site_view(problem))
+        view = site_view(problem) if prefix is not None else None
+        if view is not None:
+            grouped.setdefault(prefix, []).append(view)
     for entries in grouped.values():
         entries.sort(key=lambda p: (p["key"], p["reason"] or ""))
     return grouped

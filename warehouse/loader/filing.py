@@ -6,6 +6,7 @@ Workers do the reads (`read_clinical`, `read_image`); the decisions (`file_clini
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -50,7 +51,7 @@ from warehouse.core.patients import (
     group_for,
 )
 from warehouse.core.report import Reason
-from warehouse.core.run import RunState
+from warehouse.core.run import ByteBudget, RunState
 from warehouse.core.storage import Storage, StorageError
 from warehouse.loader.catalogue import LoaderCatalogue
 from warehouse.loader.feedback import publish_feedback
@@ -63,6 +64,9 @@ logger = logging.getLogger("warehouseloader")
 #: process), ``copy`` (copy ``key`` to ``target``), ``metadata`` (``payload`` is the header of
 #: image ``key``, to write at ``target``) or ``write`` (``payload`` is the bytes for ``target``).
 Task = namedtuple("Task", "action key size target payload")
+
+#: Bytes of clinical files a run holds in memory at once, read and decoded (`ByteBudget`).
+CLINICAL_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 
 
 class Progress:
@@ -142,6 +146,9 @@ class LoaderState(RunState):
     #: The last run's problems (its report), to write only the feedback that changed.
     previous_problems: list[dict] | None = None
     progress: Progress = field(default_factory=Progress)
+    clinical_budget: ByteBudget = field(
+        default_factory=lambda: ByteBudget(CLINICAL_BYTES_IN_FLIGHT)
+    )
     #: The part of a sharded run this process makes (`shards.part_of` its settings), or None.
     part: RunPart | None = None
     #: Pseudonyms of the clinical files this run reads (the clinical phase hands them over).
@@ -321,11 +328,17 @@ class FiledCentres:
 
 
 def read_clinical(
-    storage, task: Task, *, max_bytes: int, filed_centre: FiledCentres
+    storage,
+    task: Task,
+    *,
+    max_bytes: int,
+    filed_centre: FiledCentres,
+    budget: ByteBudget | None = None,
 ) -> tuple[Task, str, str | None]:
     """Worker: read and decode one clinical file, check its ``Pseudonym`` against its file
     name, and take its ``SubmittingCentre`` (and, for a patient already filed, the centre
-    the patient is bound to).
+    the patient is bound to). The file's bytes and record are held within ``budget`` (the
+    run's bytes of clinical files in memory at once) and dropped before it returns.
 
     Raises
     ------
@@ -335,9 +348,11 @@ def read_clinical(
     """
     check_pseudonym(task.payload.pseudonym)
     check_clinical_size(task.size, max_bytes)
-    record = parse_clinical_record(storage.read(task.key))
-    check_record_pseudonym(record, task.payload.pseudonym)
-    centre = submitting_centre(record)
+    with budget.hold(task.size) if budget is not None else contextlib.nullcontext():
+        record = parse_clinical_record(storage.read(task.key))
+        check_record_pseudonym(record, task.payload.pseudonym)
+        centre = submitting_centre(record)
+        del record
     return task, centre, filed_centre(task.payload.pseudonym)
 
 
@@ -454,6 +469,7 @@ def file_image(
                 f"{raw.prefix} may not send images of {patient}, a patient of {centre!r}",
                 prefix=raw.prefix,
                 centre=centre,
+                patient=patient,
             )
     image_key, metadata_key = image_targets(
         group, identity.folder, patient, identity.study_uid, identity.series_uid, raw.name

@@ -22,15 +22,18 @@ Failed reads and writes, and anything the report does not describe, are processe
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+
+import jsonschema
 
 from warehouse import __version__
 from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import RawKey
 from warehouse.core.listing import WarehouseIndex
 from warehouse.core.patients import UnknownSite, group_for
-from warehouse.core.report import Reason, latest_report_key
+from warehouse.core.report import Reason, RunReport, latest_report_key, quote
 from warehouse.core.storage import ObjectNotFound, Storage
 
 logger = logging.getLogger(__name__)
@@ -56,24 +59,101 @@ FILE_REASONS = frozenset(
 )
 
 
-def load_previous_report(storage: Storage, graph: str) -> dict | None:
-    """The previous run report (``reports/<graph>/latest.json``) with its problems as a list
-    of dicts, or None when there is none or it cannot be used (then everything is read
-    again)."""
+class InvalidRunReport(ValueError):
+    """The previous run report exists but cannot be read or does not match `REPORT_SCHEMA`."""
+
+    reason = Reason.INVALID_REPORT
+
+
+_TEXT_OR_NONE = {"type": ["string", "null"]}
+#: What a run reads of the previous run report (the memo and the catalogue record): anything
+#: else in it is not read, so it is not checked.
+REPORT_SCHEMA = {
+    "type": "object",
+    "required": ["problems"],
+    "properties": {
+        "run_id": {"type": "string"},
+        "problems": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "reason"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "detail": {"type": "string"},
+                    "size": {"type": "integer", "minimum": 0},
+                    "modified": {"type": "string"},
+                    "facts": {"type": "object"},
+                },
+            },
+        },
+        "catalogue": {
+            "type": ["object", "null"],
+            "properties": {
+                "cutoff": _TEXT_OR_NONE,
+                "listed_until": _TEXT_OR_NONE,
+                "complete": {"type": "boolean"},
+                "parts": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    },
+}
+_REPORT_VALIDATOR = jsonschema.Draft202012Validator(REPORT_SCHEMA)
+
+
+def check_previous_report(data: bytes) -> dict:
+    """The previous run report, decoded and checked against `REPORT_SCHEMA`.
+
+    Raises
+    ------
+    InvalidRunReport
+        Saying where it is wrong.
+    """
     try:
-        report = json.loads(storage.read(latest_report_key(graph)))
-        problems = report["problems"]
-        if not isinstance(problems, list):
-            raise TypeError("problems is not a list")
+        report = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidRunReport(f"not JSON: {exc}") from None
+    error = jsonschema.exceptions.best_match(_REPORT_VALIDATOR.iter_errors(report))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        raise InvalidRunReport(f"at {where}: {error.message}"[:300])
+    for name in ("cutoff", "listed_until"):
+        text = (report.get("catalogue") or {}).get(name)
+        try:
+            time = None if text is None else dt.datetime.fromisoformat(text)
+        except ValueError:
+            time = None
+        if text is not None and (time is None or time.tzinfo is None):
+            raise InvalidRunReport(f"at catalogue/{name}: {quote(text)} is not a time with a zone")
+    return report
+
+
+def load_previous_report(storage: Storage, graph: str, run: RunReport | None = None) -> dict | None:
+    """The previous run report (``reports/<graph>/latest.json``), or None when there is none
+    or it cannot be used (then everything is read again).
+
+    A report that exists but cannot be used is a state file gone wrong: with ``run`` (the
+    report of the run that reads it) it is reported by name and the run is marked incomplete,
+    else it is logged.
+
+    Raises
+    ------
+    StorageError
+        When it cannot be read for another reason than its absence.
+    """
+    key = latest_report_key(graph)
+    try:
+        return check_previous_report(storage.read(key))
     except ObjectNotFound:
         return None
-    except (ValueError, KeyError, TypeError) as exc:
-        logger.warning("the previous run report cannot be used (%s); reading every input", exc)
+    except InvalidRunReport as exc:
+        if run is None:
+            logger.warning("%s cannot be used (%s)", key, exc)
+        else:
+            run.skip(key, Reason.INVALID_REPORT, f"{exc}; every input is read again")
+            run.fail(f"{key} cannot be used ({exc}): an operator should look at it")
         return None
-    report["problems"] = [
-        p for p in problems if isinstance(p, dict) and isinstance(p.get("key"), str)
-    ]
-    return report
 
 
 def problems_of(report: dict | None) -> list[dict] | None:

@@ -61,6 +61,7 @@ def plan_inputs(
     *,
     part: RunPart | None = None,
     new_patients: set[str] | None = None,
+    filed_sources: frozenset[str] = frozenset(),
 ) -> tuple[list[tuple[RawKey, int]], list[tuple[RawKey, int]]]:
     """The clinical files to read, in upload order, and the images to read, in key order.
 
@@ -84,6 +85,8 @@ def plan_inputs(
         The part of a sharded run this process makes (None: the whole run).
     new_patients : set of str, optional
         For an image shard: the pseudonyms of the clinical files its clinical phase read.
+    filed_sources : frozenset of str
+        Raw keys the catalogue names as filed images' sources (`listing.pending_images`).
 
     Returns
     -------
@@ -102,13 +105,13 @@ def plan_inputs(
     clinical: list[tuple[RawKey, int]] = []
     if part is not None and part.phase == IMAGE_PHASE:
         return clinical, _plan_images(
-            listing, index, set(new_patients or ()), report, part, known_unfiled
+            listing, index, set(new_patients or ()), report, part, known_unfiled, filed_sources
         )
-    filed_sources = _filed_clinical_sources(listing, index)
+    clinical_sources = _filed_clinical_sources(listing, index)
     for raw, size in listing.clinical:
         target = (raw.pseudonym, clinical_name(raw.clinical_kind, raw.upload_date))
         if index.clinical_filed(*target):
-            _report_filed_clinical(raw, size, index, filed_sources.get(target), report)
+            _report_filed_clinical(raw, size, index, clinical_sources.get(target), report)
             continue
         implausible = upload_date_problem(
             raw.upload_date, dt.datetime.fromisoformat(raw.modified), config.max_upload_delay_days
@@ -123,14 +126,17 @@ def plan_inputs(
     if part is not None:  # the clinical phase files no image
         return clinical, []
     new_patients = {raw.pseudonym for raw, _ in clinical}
-    return clinical, _plan_images(listing, index, new_patients, report, None, known_unfiled)
+    return clinical, _plan_images(
+        listing, index, new_patients, report, None, known_unfiled, filed_sources
+    )
 
 
-def _plan_images(listing, index, new_patients, report, part, known_unfiled) -> list:
+def _plan_images(listing, index, new_patients, report, part, known_unfiled, filed_sources) -> list:
     """The images to read (those ``part`` owns, when it is a shard), reporting the others
     that need no reading."""
     images = []
-    for item, (_, pending) in zip(listing.images, pending_images(listing, index), strict=True):
+    pending_or_not = pending_images(listing, index, filed_sources)
+    for item, (_, pending) in zip(listing.images, pending_or_not, strict=True):
         raw, size = item
         if part is not None and not part.owns(raw.name):
             continue

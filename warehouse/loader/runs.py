@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from warehouse.core.config import ConfigError
 from warehouse.core.errors import ExpectedError
 from warehouse.core.lease import release_run_lease
-from warehouse.core.listing import list_raw
+from warehouse.core.listing import list_raw, shared_names_filed
 from warehouse.core.patients import PatientGroups
 from warehouse.core.report import RunReport, latest_report_key
 from warehouse.core.report_page import page_key, run_report_page
@@ -114,7 +114,7 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
     report, workers = state.report, state.settings.workers
     try:
         with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
-            last_run = pool.submit(load_previous_report, storage, graph)
+            last_run = pool.submit(load_previous_report, storage, graph, report)
             # (the catalogue's cutoff for a stopped run's images is in the last report)
             warehouse_side = pool.submit(
                 state.catalogue.index_warehouse,
@@ -127,12 +127,13 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
             index, listing = warehouse_side.result(), raw_side.result()
             state.previous_problems = problems_of(last_run.result())
             memo = memo_of(state.previous_problems)
+            # (a raw image whose name others share is known filed by its raw key)
+            filed_sources = state.catalogue.filed_sources(shared_names_filed(listing, index))
     except ExpectedError as exc:
         report.fail(str(exc))
         raise
     report.listed = True
     state.index = index
-    state.catalogue.match_raw(listing.images)
     state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
     state.filed_centres = FiledCentres(storage, index)
     state.refused_claims.update(refused_claims(memo))
@@ -145,7 +146,7 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
         index.objects,
         len(index.groups),
     )
-    clinical, images = plan(state, listing, index, memo, state.handoff)
+    clinical, images = plan(state, listing, index, memo, state.handoff, filed_sources)
     state.progress.plan(len(clinical), len(images))
     for raw, size in clinical:
         yield Task("clinical", raw.key, size, None, raw)
@@ -153,7 +154,7 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
         yield Task("image", raw.key, size, None, raw)
 
 
-def plan(state, listing, index, memo, handoff: Handoff | None):
+def plan(state, listing, index, memo, handoff: Handoff | None, filed_sources=frozenset()):
     """This process's share of the run's work (`planning.plan_inputs` for its part), with the
     clinical phase's hand-off taken into the state of an image shard.
 
@@ -179,6 +180,7 @@ def plan(state, listing, index, memo, handoff: Handoff | None):
         state.report,
         part=state.part,
         new_patients=set(handoff.new_patients) if handoff is not None else None,
+        filed_sources=filed_sources,
     )
     state.new_patients.update(raw.pseudonym for raw, _ in clinical)
     return clinical, images

@@ -81,7 +81,7 @@ ENVIRONMENT_HELP = """environment:
   WAREHOUSE_WORKERS  storage requests in flight at once (default 32)
   WAREHOUSE_PROGRESS_SECONDS  status line period when output is not a terminal (default 10)
   WAREHOUSE_LOG_FORMAT  text (default) or json: one JSON object per line
-  WAREHOUSE_MAX_CLINICAL_BYTES, WAREHOUSE_MAX_HEADER_BYTES  size limits (16 MiB, 64 MiB)
+  WAREHOUSE_MAX_CLINICAL_BYTES, WAREHOUSE_MAX_HEADER_BYTES  size limits (1 MiB, 64 MiB)
   RUN_SUMMARY_FILE   also write the run summary to this file
   AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE, ...  standard AWS settings"""
 
