@@ -262,9 +262,9 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     )
     latest = processed.read("latest.csv").decode()
     assert latest == (
-        "archive,path\n"
-        + "".join(f"{t},{batch}/{t}.csv\n" for t in tables)
-        + f"dashboard,{batch}/dashboard.html\npublic,{batch}/public.html\n"
+        "archive,path\r\n"
+        + "".join(f"{t},{batch}/{t}.csv\r\n" for t in tables)
+        + f"dashboard,{batch}/dashboard.html\r\npublic,{batch}/public.html\r\n"
     )
     for page in pages:
         assert out[page].startswith(b"<!doctype html>")
@@ -376,24 +376,24 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
 
     # Training only: Covid1 (positive) and Covid2 (negative) have images; 3 training studies.
     assert out["stats_patients.csv"].decode() == (
-        "Total number of patients with images,2\n"
-        "Positive patients with images,1\n"
-        "Negative patients with images,1\n"
-        "New patients added in the last 30 days,0\n"
+        "Total number of patients with images,2\r\n"
+        "Positive patients with images,1\r\n"
+        "Negative patients with images,1\r\n"
+        "New patients added in the last 30 days,0\r\n"
     )
     assert out["stats_images.csv"].decode() == (
-        "Total number of image studies,3\n"
-        "CT image studies,2\n"
-        "X-ray image studies,1\n"
-        "MRI image studies,0\n"
+        "Total number of image studies,3\r\n"
+        "CT image studies,2\r\n"
+        "X-ray image studies,1\r\n"
+        "MRI image studies,0\r\n"
     )
     assert out["stats_submittingcentres.csv"].decode() == (
-        "Submitting centres (e.g. NHS trusts),2\n"
+        "Submitting centres (e.g. NHS trusts),2\r\n"
     )
     assert (
         out["stats_storage.csv"]
         .decode()
-        .startswith('"Total image, image metadata, and clinical data storage",0GB\n')
+        .startswith('"Total image, image metadata, and clinical data storage",0GB\r\n')
     )
     assert out["stats_date.txt"].decode().startswith("This information was last updated on ")
     return out
@@ -472,7 +472,7 @@ def test_a_modality_without_studies_has_no_table(local_store):
         "dashboard",
         "public",
     ]
-    assert "X-ray image studies,0\n" in out["stats_images.csv"].decode()
+    assert "X-ray image studies,0\r\n" in out["stats_images.csv"].decode()
     # the part's rows of images no longer in the warehouse are left out
     images = pd.read_parquet(io.BytesIO(out["images.parquet"]))
     assert set(images["modality_folder"]) == {"ct"} and len(images) == 3

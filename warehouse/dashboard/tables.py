@@ -15,9 +15,7 @@ Cleaning the patient table is in :mod:`warehouse.dashboard.cleaning`.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from warehouse.core import keys
+from warehouse.dashboard.cells import csv_text
 
 __all__ = [
     "DICOM_FIELDS",
@@ -426,9 +425,7 @@ def _distinct(values: Iterable) -> set:
 
 
 def _csv(rows: list[tuple[str, str]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerows(rows)
-    return buffer.getvalue()
+    return csv_text(pd.DataFrame(rows, dtype="object"), header=False)
 
 
 def _count(value: float) -> str:
@@ -474,9 +471,9 @@ def public_statistics(
     -------
     dict of str to str
         File name to content for ``stats_patients.csv``, ``stats_images.csv``,
-        ``stats_storage.csv``, ``stats_submittingcentres.csv`` (CSV, no header, thousands
-        separators, quoted only when needed, ``\\n`` line ends) and ``stats_date.txt`` (one
-        sentence, no newline).
+        ``stats_storage.csv``, ``stats_submittingcentres.csv`` (CSV written by
+        `cells.csv_text`: no header, thousands separators, quoted only when needed) and
+        ``stats_date.txt`` (one sentence, no newline).
     """
     patients = _training(patient_clean)
     studies = {
