@@ -31,6 +31,7 @@ from warehouse.dashboard.tables import (
     flatten_clinical_record,
     metadata_row,
     patient_table,
+    public_counts,
     public_statistics,
     storage_by_prefix,
     storage_table,
@@ -511,27 +512,60 @@ def stats_inputs():
     return patients, ct, xray, storage
 
 
-def test_public_statistics_by_hand():
+def rows_of(text: str) -> list[tuple[str, str]]:
+    """The rows of a statistics file, read with the csv module."""
+    return [tuple(row) for row in csv.reader(io.StringIO(text, newline=""))]
+
+
+def test_public_counts_by_hand():
     patients, ct, xray, storage = stats_inputs()
     now = dt.datetime(2021, 3, 20, 12, 0)
-    files = public_statistics(patients, ct, xray, None, storage, now)
+    counts = public_counts(patients, ct, xray, None, storage, now)
     # Training only. Imaged = {P1, P2, P4} (P5 is validation, P3 has no image).
     # Positive {P1, P3} -> 1 with images; negative {P2, P4} -> 2 with images.
     # Cutoff 2021-02-18 12:00: P1 (03-01) and P3 (03-05) are new; P5 is validation.
-    assert files["stats_patients.csv"] == (
-        "Total number of patients with images,3\r\n"
-        "Positive patients with images,1\r\n"
-        "Negative patients with images,2\r\n"
-        "New patients added in the last 30 days,2\r\n"
-    )
+    assert counts["stats_patients.csv"] == [
+        ("Total number of patients with images", "3"),
+        ("Positive patients with images", "1"),
+        ("Negative patients with images", "2"),
+        ("New patients added in the last 30 days", "2"),
+    ]
     # Distinct training studies: X-ray s1..s4 = 4, CT s6 = 1, MRI none = 0.
-    assert files["stats_images.csv"] == (
-        "Total number of image studies,5\r\n"
-        "X-ray image studies,4\r\n"
-        "CT image studies,1\r\n"
-        "MRI image studies,0\r\n"
-    )
+    assert counts["stats_images.csv"] == [
+        ("Total number of image studies", "5"),
+        ("X-ray image studies", "4"),
+        ("CT image studies", "1"),
+        ("MRI image studies", "0"),
+    ]
     # 3309 GB total; CT 2786.4, X-ray 439.2, MRI 5.6; rest 3309 - 3231.2 = 77.8 -> 78.
+    assert counts["stats_storage.csv"] == [
+        ("Total image, image metadata, and clinical data storage", "3,309GB"),
+        ("CT image storage", "2,786GB"),
+        ("X-ray image storage", "439GB"),
+        ("MRI image storage", "6GB"),
+        ("Clinical data and image metadata export", "78GB"),
+    ]
+    # Centre A and Centre B (missing centre not counted, Centre C is validation).
+    assert counts["stats_submittingcentres.csv"] == [("Submitting centres (e.g. NHS trusts)", "2")]
+
+
+def test_public_statistics_by_hand_every_count_is_small():
+    patients, ct, xray, storage = stats_inputs()
+    files = public_statistics(patients, ct, xray, None, storage, dt.datetime(2021, 3, 20, 12))
+    small = "fewer than 10"
+    assert files["stats_patients.csv"] == (
+        f"Total number of patients with images,{small}\r\n"
+        f"Positive patients with images,{small}\r\n"
+        f"Negative patients with images,{small}\r\n"
+        f"New patients added in the last 30 days,{small}\r\n"
+    )
+    assert rows_of(files["stats_images.csv"]) == [
+        ("Total number of image studies", small),
+        ("X-ray image studies", small),
+        ("CT image studies", small),
+        ("MRI image studies", small),
+    ]
+    # Storage is not a count: as counted.
     assert files["stats_storage.csv"] == (
         '"Total image, image metadata, and clinical data storage","3,309GB"\r\n'
         'CT image storage,"2,786GB"\r\n'
@@ -539,8 +573,9 @@ def test_public_statistics_by_hand():
         "MRI image storage,6GB\r\n"
         "Clinical data and image metadata export,78GB\r\n"
     )
-    # Centre A and Centre B (missing centre not counted, Centre C is validation).
-    assert files["stats_submittingcentres.csv"] == "Submitting centres (e.g. NHS trusts),2\r\n"
+    assert (
+        files["stats_submittingcentres.csv"] == f"Submitting centres (e.g. NHS trusts),{small}\r\n"
+    )
     assert files["stats_date.txt"] == "This information was last updated on 20 March 2021."
     assert set(files) == {
         "stats_patients.csv",
@@ -584,11 +619,14 @@ def test_public_statistics_thousands_and_csv_round_trip(tmp_path):
         'Total number of patients with images,"1,234"',
         "Positive patients with images,617",
         "Negative patients with images,617",
-        "New patients added in the last 30 days,0",
+        "New patients added in the last 30 days,fewer than 10",  # 0 is under 10 too
     ]
-    assert files["stats_images.csv"].splitlines()[:2] == [
+    # CT and MRI have no study: shown, the X-ray count would say so (1,234 - 1,234 = 0).
+    assert files["stats_images.csv"].splitlines() == [
         'Total number of image studies,"1,234"',
-        'X-ray image studies,"1,234"',
+        "X-ray image studies,suppressed",
+        "CT image studies,fewer than 10",
+        "MRI image studies,fewer than 10",
     ]
     assert files["stats_storage.csv"].splitlines()[-1] == (
         'Clinical data and image metadata export,"1,500GB"'
@@ -601,18 +639,30 @@ def test_public_statistics_empty_warehouse():
     files = public_statistics(
         patients, None, None, None, storage_table({}), dt.datetime(2024, 1, 1)
     )
-    assert files["stats_patients.csv"].splitlines()[0] == "Total number of patients with images,0"
+    assert files["stats_patients.csv"].splitlines()[0] == (
+        "Total number of patients with images,fewer than 10"
+    )
     # all modalities tie at 0: CT, MRI, X-ray order kept
+    assert public_counts(patients, None, None, None, None, dt.datetime(2024, 1, 1))[
+        "stats_images.csv"
+    ] == [
+        ("Total number of image studies", "0"),
+        ("CT image studies", "0"),
+        ("MRI image studies", "0"),
+        ("X-ray image studies", "0"),
+    ]
     assert files["stats_images.csv"].splitlines() == [
-        "Total number of image studies,0",
-        "CT image studies,0",
-        "MRI image studies,0",
-        "X-ray image studies,0",
+        "Total number of image studies,fewer than 10",
+        "CT image studies,fewer than 10",
+        "MRI image studies,fewer than 10",
+        "X-ray image studies,fewer than 10",
     ]
     assert files["stats_storage.csv"].splitlines()[0] == (
         '"Total image, image metadata, and clinical data storage",0GB'
     )
-    assert files["stats_submittingcentres.csv"] == "Submitting centres (e.g. NHS trusts),0\r\n"
+    assert files["stats_submittingcentres.csv"] == (
+        "Submitting centres (e.g. NHS trusts),fewer than 10\r\n"
+    )
 
 
 def test_public_statistics_from_the_real_pipeline():
@@ -633,9 +683,9 @@ def test_public_statistics_from_the_real_pipeline():
     clean = fill_from_dicom(clean_patient_table(patient_table(rows)), xray)
     assert clean["age_update"].iloc[0] == 45.0
     assert clean["sex_update"].iloc[0] == "F"
-    files = public_statistics(clean, None, xray, None, None, dt.datetime(2021, 3, 20))
-    assert files["stats_patients.csv"].splitlines()[1] == "Positive patients with images,1"
-    assert files["stats_patients.csv"].splitlines()[3] == "New patients added in the last 30 days,1"
+    counts = public_counts(clean, None, xray, None, None, dt.datetime(2021, 3, 20))
+    assert counts["stats_patients.csv"][1] == ("Positive patients with images", "1")
+    assert counts["stats_patients.csv"][3] == ("New patients added in the last 30 days", "1")
 
 
 # --- every CSV file: formulas neutralised, rows and columns as in its Parquet twin -----------
