@@ -686,3 +686,51 @@ def test_a_metadata_file_that_is_not_dicom_json_is_reported_and_the_rest_publish
     assert problems[bad][0] == "invalid JSON"
     assert problems[bad][1].startswith("not DICOM JSON")
     assert state.written[-1] == "latest.csv"
+
+
+def test_a_record_with_20000_fields_and_a_15_mib_centre_stays_small(local_store):
+    """Only the clinical data dictionary's fields become columns (the others are counted and
+    reported); a text cell holds at most 1,000 characters."""
+    extra = {f"field {i:05d}": f"value {i}" for i in range(20_000)}
+    centre = "=" + "C" * (15 * 2**20)  # 15 MiB, and a formula
+    files = {
+        "config.json": builders.config(["raw-a"], training=[CENTRE_A, centre]),
+        "training/data/Covid1/data_2021-03-01.json": clinical(
+            "Covid1",
+            CENTRE_A,
+            Age=50,
+            **extra,
+            OtherDataSources={"SegmentationData": {"Ethnicity": "A", "nested extra": 1}},
+        ),
+        "training/data/Covid2/status_2021-03-01.json": clinical("Covid2", centre, SwabStatus=0),
+    }
+    builders.put_tree(local_store, files)
+
+    code, state = run_graph(local_store)
+
+    assert code == 0
+    _, out = read_batch(LocalStorage(local_store.root.parent / "bucket-processed"))
+    for table in ("patient", "patient_clean"):
+        columns = list(pd.read_parquet(io.BytesIO(out[f"{table}.parquet"])).columns)
+        assert list(csv(out, f"{table}.csv").columns) == columns
+        assert not any(c.startswith("field ") for c in columns) and "nested extra" not in columns
+        assert {"Age", "Ethnicity", "OtherDataSources", "SwabStatus"} <= set(columns)
+    patient = pd.read_parquet(io.BytesIO(out["patient.parquet"])).set_index("Pseudonym")
+    assert patient.loc["Covid1", "Ethnicity"] == "A" and patient.loc["Covid1", "Age"] == 50
+    bounded = "=" + "C" * 998 + "\u2026"  # 1,000 characters
+    assert patient.loc["Covid2", "SubmittingCentre"] == bounded
+    assert csv(out, "patient.csv").set_index("Pseudonym").loc["Covid2", "SubmittingCentre"] == (
+        "'" + bounded
+    )
+    assert len(out["patient.csv"]) < 20_000 and len(out["patient_clean.csv"]) < 20_000
+    assert "C" * 1000 not in out["dashboard.html"].decode()
+
+    report = latest_report(local_store)
+    assert report["counts"]["clinical fields left out of the tables"] == 20_001
+    assert [(p["key"], p["reason"]) for p in report["problems"]] == [
+        ("training/data/Covid1/data_2021-03-01.json", "fields outside the clinical data dictionary")
+    ]
+    detail = report["problems"][0]["detail"]
+    assert detail.startswith("20,001 fields left out of the tables ('field 00000'")
+    assert len(detail) < 300
+    assert "fields outside the clinical data dictionary: 1" in state.conclude(local_store)

@@ -13,15 +13,7 @@ import pydicom
 import pytest
 from pydicom.datadict import tag_for_keyword
 
-from warehouse.dashboard.cleaning import (
-    BINARY_COLUMNS,
-    CATEGORY_COLUMNS,
-    NUMERIC_COLUMNS,
-    TEST_RESULT_COLUMNS,
-    US_DATE_COLUMNS,
-    clean_patient_table,
-    fill_from_dicom,
-)
+from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.tables import (
     DICOM_FIELDS,
     PATIENT_ID_TAG,
@@ -714,14 +706,12 @@ def hostile_batch():
     """A batch whose every text field from an uploader holds a formula or a line break."""
     from warehouse.core.catalogue import SCHEMA
     from warehouse.dashboard.batch import build_batch
+    from warehouse.dashboard.tables import CLINICAL_FIELDS
 
     now = dt.datetime(2021, 3, 20, 12, tzinfo=dt.UTC)
     patients = []
     for n in range(len(HOSTILE_TEXTS)):
-        fields = [*NUMERIC_COLUMNS, *US_DATE_COLUMNS, *BINARY_COLUMNS, *CATEGORY_COLUMNS]
-        fields += [*TEST_RESULT_COLUMNS, "SubmittingCentre", "Ethnicity", "Sex", "FiO2"]
-        fields += ["Systolic BP", "Pack year history", "SwabDate", "Hospital", "Not In Dictionary"]
-        record = {field: hostile(n + i) for i, field in enumerate(fields)}
+        record = {field: hostile(n + i) for i, field in enumerate(sorted(CLINICAL_FIELDS))}
         record["Pseudonym"] = hostile(n)
         record["Age"] = -5 if n % 2 else 45.5  # numbers stay numbers, a negative one too
         record["OtherDataSources"] = {"SegmentationData": {"Ethnicity": hostile(n + 1)}}
@@ -906,3 +896,30 @@ def test_a_long_text_is_bounded_in_every_table_file_and_page():
     xray = pd.read_parquet(io.BytesIO(files[f"{batch.name}/xray.parquet"]))
     assert xray["Manufacturer"].tolist() == ["M" * 999 + "\u2026"]
     assert "x" * 1_000 not in batch.pages["dashboard"]
+
+
+def test_only_the_clinical_data_dictionary_fields_become_columns():
+    from warehouse.dashboard.tables import CLINICAL_FIELDS, dictionary_fields
+
+    record = {
+        "Pseudonym": "Covid1",
+        "=cmd|' /C calc'!A0": 1,
+        "Fibrinogen  if d-dimer not performed": "2",  # two spaces, as the dictionary spells it
+        "Fibrinogen if d-dimer not performed": "3",  # one: not a dictionary field
+        "ITU admission ": 1,  # the schema sheet's trailing space
+        "age": 40,  # field names are case-sensitive
+    }
+    fields, left_out = dictionary_fields(record)
+    assert fields == {
+        "Pseudonym": "Covid1",
+        "Fibrinogen  if d-dimer not performed": "2",
+        "ITU admission ": 1,
+    }
+    assert left_out == [
+        "=cmd|' /C calc'!A0",
+        "Fibrinogen if d-dimer not performed",
+        "age",
+    ]
+    # every raw column a cleaning rule reads is a dictionary field
+    for name in ("Ethnicity", "Sex", "Age", "SwabDate", "SwabDates", "FiO2", "Systolic BP"):
+        assert name in CLINICAL_FIELDS

@@ -51,6 +51,9 @@ class Reason(StrEnum):
     INVALID_PART = "invalid catalogue part"
     #: ... and a filed image whose header cannot be read for the catalogue's backfill.
     NOT_CATALOGUED = "image left out of the catalogue"
+    #: dataprocess: a clinical record's fields outside the clinical data dictionary, left out
+    #: of the tables (the record's other fields are in them).
+    FIELDS_LEFT_OUT = "fields outside the clinical data dictionary"
     NOT_IN_LAYOUT = "not in the raw layout"
     UNCONFIGURED_PREFIX = "raw prefix not in config"
     WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"

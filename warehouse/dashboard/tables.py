@@ -25,15 +25,24 @@ import pandas as pd
 
 from warehouse.core import keys
 from warehouse.dashboard.cells import csv_text
+from warehouse.dashboard.cleaning import (
+    BINARY_COLUMNS,
+    CATEGORY_COLUMNS,
+    NUMERIC_COLUMNS,
+    TEST_RESULT_COLUMNS,
+    US_DATE_COLUMNS,
+)
 from warehouse.dashboard.figures import public_sections
 
 __all__ = [
+    "CLINICAL_FIELDS",
     "DICOM_FIELDS",
     "PATIENT_ID_TAG",
     "PATIENT_META_COLUMNS",
     "STORAGE_PREFIXES",
     "STUDY_COLUMNS",
     "choose_patient_file",
+    "dictionary_fields",
     "flatten_clinical_record",
     "metadata_row",
     "patient_table",
@@ -61,6 +70,65 @@ PATIENT_META_COLUMNS = (
     "filename_latest_date",
     "last_modified",
     "group",
+)
+
+#: The clinical data dictionary (reference/clinical-data.md section 2, the fields the cleaning
+#: rules read among them): the fields of a record that become patient table columns, exactly
+#: as spelt (with the variants seen in uploads). Any other field is counted, not tabled.
+CLINICAL_FIELDS = frozenset(
+    {
+        # 2.1 identity, administration and nesting
+        "Pseudonym",
+        "SubmittingCentre",
+        "Hospital",
+        "SwabStatus",
+        "SwabDate",
+        "SwabDates",
+        "OtherDataSources",
+        "SpecialFormatTimestamp",  # written by one site's uploader (2.1)
+        # 2.2 demographics
+        "Age",
+        "Sex",
+        "Ethnicity",
+        # 2.3 dates
+        *US_DATE_COLUMNS,
+        # 2.4 medical history
+        "Smoking status",
+        "Pack year history",
+        "Pack year History",
+        "PMH hypertension",
+        "PMH h1pertension",
+        "PMH CKD",
+        "If CKD, stage",
+        "PMH CVS disease",
+        "PMH Lung disease",
+        "PMH diabetes mellitus type II",
+        "PMH diabetes mellitus TYPE II",
+        "PMH diabetes mellitus TYPE I",
+        "Current ACEi use",
+        "Current Angiotension receptor blocker use",
+        "Current NSAID used",
+        # 2.5 admission measurements
+        *NUMERIC_COLUMNS,
+        "FiO2",
+        "Any supplemental oxygen: FiO2",
+        "Pa02",
+        "Systolic BP",
+        "Diastolic BP",
+        # 2.6 outcomes
+        *TEST_RESULT_COLUMNS,
+        "CXR severity",
+        "CXR severity 3",
+        "COVID CODE",
+        "COVID CODE 2",
+        "ITU admission",
+        "ITU admission ",
+        "Intubation",
+        "Death",
+        # what the cleaning rules read
+        *BINARY_COLUMNS,
+        *CATEGORY_COLUMNS,
+    }
 )
 
 #: Study-table DICOM fields and their tags (DICOM JSON keys), in column order.
@@ -147,6 +215,31 @@ def flatten_clinical_record(record: dict) -> dict:
     if isinstance(segmentation, Mapping):
         flat.update(segmentation)
     return flat
+
+
+def dictionary_fields(record: Mapping) -> tuple[dict, list[str]]:
+    """Split a flattened clinical record into the fields that become patient table columns
+    (those of :data:`CLINICAL_FIELDS`) and the names of the others.
+
+    Parameters
+    ----------
+    record : mapping
+        A flattened clinical record (:func:`flatten_clinical_record`).
+
+    Returns
+    -------
+    tuple
+        ``(fields, left_out)``: the dictionary's fields with their values, in the record's
+        order, and the other field names, in the record's order.
+    """
+    fields = {}
+    left_out = []
+    for name, value in record.items():
+        if name in CLINICAL_FIELDS:
+            fields[name] = value
+        else:
+            left_out.append(name)
+    return fields, left_out
 
 
 def _as_date(value: Any) -> Any:
