@@ -9,6 +9,7 @@ warehouse with the loader instead, to check the two graphs fit together.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import io
 import json
 import os
@@ -734,3 +735,26 @@ def test_a_record_with_20000_fields_and_a_15_mib_centre_stays_small(local_store)
     assert detail.startswith("20,001 fields left out of the tables ('field 00000'")
     assert len(detail) < 300
     assert "fields outside the clinical data dictionary: 1" in state.conclude(local_store)
+
+
+def test_a_hand_edited_loader_report_is_said_on_the_dashboard_and_the_batch_published(
+    local_store,
+):
+    files = warehouse_files()
+    files["reports/warehouseloader/latest.json"] = json.dumps(
+        {"run_id": "r1", "started": "yesterday", "counts": {"images copied": "many"}}
+    ).encode()
+    builders.put_tree(local_store, files)
+    set_dates(local_store)
+
+    code, _ = run_graph(local_store)
+
+    assert code == 0
+    processed = LocalStorage(local_store.root.parent / "bucket-processed")
+    out = check_hand_made_batch(processed, files)
+    page = html.unescape(out["dashboard.html"].decode())
+    assert (
+        "reports/warehouseloader/latest.json cannot be used: "
+        "started is 'yesterday', not an ISO 8601 time"
+    ) in page
+    assert latest_report(local_store)["completed"] is True

@@ -752,6 +752,58 @@ def test_read_page_inputs(tmp_path):
         read_page_inputs(Failing(store))
 
 
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("counts", {"images copied": "many"}, "counts['images copied'] is 'many', not a count"),
+        ("counts", {"images copied": True}, "counts['images copied'] is True, not a count"),
+        ("counts", [1, 2], "counts is [1, 2], not an object of counts"),
+        ("not_filed", {"invalid JSON": -1}, "not_filed['invalid JSON'] is -1, not a count"),
+        ("not_filed", {"invalid JSON": 2.5}, "not_filed['invalid JSON'] is 2.5, not a count"),
+        ("started", "yesterday", "started is 'yesterday', not an ISO 8601 time"),
+        ("finished", 1700000000, "finished is 1700000000, not an ISO 8601 time"),
+        ("completed", "yes", "completed is 'yes', not true or false"),
+        ("run_id", {"a": 1}, "run_id is {'a': 1}, not text"),
+        ("fatal", 3, "fatal is 3, not text"),
+        ("problems", {"k": 1}, "problems is {'k': 1}, not a list"),
+        ("problems", ["x"], "problems[0] is 'x', not an object"),
+        ("problems", [{"key": 1}], "problems[0].key is 1, not text"),
+        (
+            "problems",
+            [{"key": "k", "modified": "yesterday"}],
+            "problems[0].modified is 'yesterday', not an ISO 8601 time",
+        ),
+        ("counts", {"x": "9" * 200}, "counts['x'] is '" + "9" * 58 + "\u2026, not a count"),
+    ],
+)
+def test_a_loader_report_with_a_wrong_type_is_not_used_and_the_page_says_why(
+    tmp_path, field, value, said
+):
+    store = LocalStorage(tmp_path)
+    report = sample_report().as_dict()
+    report[field] = value
+    store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
+    inputs = read_page_inputs(store)
+    assert inputs.loader_report is None
+    assert inputs.loader_note == f"reports/warehouseloader/latest.json cannot be used: {said}"
+    html = pages.dashboard_page("b1", NOW, tables_for_pages(), inputs)
+    assert inputs.loader_note in html_module.unescape(html)
+
+
+def test_a_loader_report_as_the_loader_writes_it_is_used(tmp_path):
+    store = LocalStorage(tmp_path)
+    report = sample_report()
+    report.skip("raw-a/2021-01-03/images/w.dcm", Reason.NOT_DICOM, stamp=(5, NOW.isoformat()))
+    report.fail("stopped")
+    data = report.to_json()
+    store.write("reports/warehouseloader/latest.json", data)
+    inputs = read_page_inputs(store)
+    assert inputs.loader_note == "" and inputs.loader_report == json.loads(data)
+    run = figures.loader_run(inputs.loader_report)
+    assert run["recent"][0]["key"] == "raw-a/2021-01-03/images/w.dcm"  # the one with a time
+    assert run["unfiled"] == 5 and run["completed"] is False
+
+
 def test_human_units():
     assert pages.human_bytes(0) == "0 B"
     assert pages.human_bytes(12_345) == "12.3 kB"

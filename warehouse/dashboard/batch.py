@@ -40,7 +40,7 @@ from warehouse.core.storage import ObjectNotFound, Storage
 from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.extraction import Collected, DataprocessState
-from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
+from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS, loader_report_problem
 from warehouse.dashboard.images import images_csv_table, images_table, run_catalogue
 from warehouse.dashboard.tables import (
     patient_table,
@@ -169,7 +169,8 @@ def read_page_inputs(storage: Storage, config: PipelineConfig | None = None) -> 
     already: ``config``) and the loader's newest run report
     (``reports/warehouseloader/latest.json``).
 
-    Either may be missing or unusable: the page then says why, and the run goes on.
+    Either may be missing or unusable (the report is checked field by field,
+    `figures.loader_report_problem`): the page then says why, and the run goes on.
 
     Raises
     ------
@@ -193,6 +194,9 @@ def read_page_inputs(storage: Storage, config: PipelineConfig | None = None) -> 
         report_note = f"{LOADER_REPORT_KEY} is not valid JSON: {exc}"
     if report is not None and not isinstance(report, dict):
         report, report_note = None, f"{LOADER_REPORT_KEY} is not a JSON object."
+    problem = loader_report_problem(report) if report is not None else ""
+    if problem:
+        report, report_note = None, f"{LOADER_REPORT_KEY} cannot be used: {problem}"
     from warehouse.dashboard.pages import PageInputs  # altair: only for runs that build pages
 
     return PageInputs(storage.url, config, config_note, report, report_note)

@@ -51,6 +51,7 @@ __all__ = [
     "equipment",
     "header_totals",
     "images_over_time",
+    "loader_report_problem",
     "loader_run",
     "modality_counts",
     "patients_over_time",
@@ -586,6 +587,79 @@ def storage_use(storage: pd.DataFrame) -> list[dict]:
     ]
 
 
+def _iso_time(value: Any) -> dt.datetime | None:
+    """An ISO 8601 time as the run reports write it (UTC when it names no zone), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=dt.UTC)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "\u2026"
+
+
+def loader_report_problem(report: Mapping) -> str:
+    """Why the pages cannot use a loader run report, or ``""``: every field `loader_run` reads
+    must have its type (the report is a file in the warehouse, and may have been edited).
+
+    ``run_id`` and ``fatal`` are text or null; ``started`` and ``finished`` ISO 8601 times or
+    null; ``completed`` true, false or null; ``counts`` and ``not_filed`` objects of whole
+    numbers (0 or more); ``problems`` a list of objects whose ``key``, ``reason`` and
+    ``detail`` are text and ``modified`` an ISO 8601 time or empty. A field may be absent.
+
+    Parameters
+    ----------
+    report : mapping
+        The parsed ``reports/warehouseloader/latest.json``.
+
+    Returns
+    -------
+    str
+        The first problem found (naming the field and its value), or ``""``.
+    """
+    for name in ("run_id", "fatal"):
+        if report.get(name) is not None and not isinstance(report[name], str):
+            return f"{name} is {_shown(report[name])}, not text"
+    for name in ("started", "finished"):
+        if report.get(name) is not None and _iso_time(report[name]) is None:
+            return f"{name} is {_shown(report[name])}, not an ISO 8601 time"
+    if report.get("completed") is not None and not isinstance(report["completed"], bool):
+        return f"completed is {_shown(report['completed'])}, not true or false"
+    for name in ("counts", "not_filed"):
+        table = report.get(name)
+        if table is None:
+            continue
+        if not isinstance(table, Mapping):
+            return f"{name} is {_shown(table)}, not an object of counts"
+        for label, n in table.items():
+            if not _is_count(n):
+                return f"{name}[{_shown(label)}] is {_shown(n)}, not a count"
+    problems = report.get("problems")
+    if problems is None:
+        return ""
+    if not isinstance(problems, list):
+        return f"problems is {_shown(problems)}, not a list"
+    for index, problem in enumerate(problems):
+        if not isinstance(problem, Mapping):
+            return f"problems[{index}] is {_shown(problem)}, not an object"
+        for name in ("key", "reason", "detail"):
+            if problem.get(name) is not None and not isinstance(problem[name], str):
+                return f"problems[{index}].{name} is {_shown(problem[name])}, not text"
+        modified = problem.get("modified")
+        if modified not in (None, "") and _iso_time(modified) is None:
+            return f"problems[{index}].modified is {_shown(modified)}, not an ISO 8601 time"
+    return ""
+
+
 def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | None:
     """The last loader run, from its JSON run report (``reports/warehouseloader/latest.json``).
 
@@ -603,11 +677,8 @@ def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | N
     problems = [p for p in report.get("problems") or () if isinstance(p, Mapping)]
 
     def newest_first(problem: Mapping) -> tuple:
-        modified = problem.get("modified")
-        stamp = pd.Timestamp(modified) if isinstance(modified, str) and modified else None
-        if stamp is not None and stamp.tzinfo is None:
-            stamp = stamp.tz_localize("UTC")
-        return (stamp is None, -(stamp.value if stamp is not None else 0), str(problem.get("key")))
+        stamp = _iso_time(problem.get("modified"))
+        return (stamp is None, -(stamp.timestamp() if stamp else 0), str(problem.get("key")))
 
     reasons = {str(k): int(v) for k, v in (report.get("not_filed") or {}).items()}
     return {
