@@ -82,12 +82,18 @@ def _is_text_column(column: pd.Series) -> bool:
         pd.api.types.is_numeric_dtype(dtype)
         or pd.api.types.is_bool_dtype(dtype)
         or pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
         or isinstance(dtype, pd.PeriodDtype)
     )
 
 
+def _text_only(column: pd.Series) -> bool:
+    """Whether a column's dtype holds text only (``str`` or ``string``, not ``object``)."""
+    return column.dtype != object and pd.api.types.is_string_dtype(column.dtype)
+
+
 def _written_column(column: pd.Series) -> pd.Series:
-    if _is_text_column(column) and column.dtype != object:
+    if _text_only(column):
         # A column of text only (str or string dtype): the rare cells to change are found
         # vectorised first.
         formula = column.str.match(_FORMULA.pattern).astype("boolean").fillna(False)
@@ -129,7 +135,7 @@ def csv_text(table: pd.DataFrame, *, header: bool = True) -> str:
 
 def _long(column: pd.Series) -> bool:
     """Whether a text column holds a text longer than :data:`MAX_CELL_CHARS`."""
-    if column.dtype != object:
+    if _text_only(column):
         return bool((column.str.len() > MAX_CELL_CHARS).astype("boolean").fillna(False).any())
     return any(isinstance(v, str) and len(v) > MAX_CELL_CHARS for v in column.tolist())
 
