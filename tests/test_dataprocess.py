@@ -9,6 +9,7 @@ warehouse with the loader instead, to check the two graphs fit together.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import io
 import json
 import os
@@ -264,9 +265,9 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     )
     latest = processed.read("latest.csv").decode()
     assert latest == (
-        "archive,path\n"
-        + "".join(f"{t},{batch}/{t}.csv\n" for t in tables)
-        + f"dashboard,{batch}/dashboard.html\npublic,{batch}/public.html\n"
+        "archive,path\r\n"
+        + "".join(f"{t},{batch}/{t}.csv\r\n" for t in tables)
+        + f"dashboard,{batch}/dashboard.html\r\npublic,{batch}/public.html\r\n"
     )
     for page in pages:
         assert out[page].startswith(b"<!doctype html>")
@@ -376,26 +377,29 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
         "Covid4",
     ]
 
-    # Training only: Covid1 (positive) and Covid2 (negative) have images; 3 training studies.
+    # Training only: Covid1 (positive) and Covid2 (negative) have images (2), 3 training
+    # studies (CT 2, X-ray 1), 2 centres: every count is under 10, published as the page
+    # shows it.
+    small = "fewer than 10\r\n"
     assert out["stats_patients.csv"].decode() == (
-        "Total number of patients with images,2\n"
-        "Positive patients with images,1\n"
-        "Negative patients with images,1\n"
-        "New patients added in the last 30 days,0\n"
+        f"Total number of patients with images,{small}"
+        f"Positive patients with images,{small}"
+        f"Negative patients with images,{small}"
+        f"New patients added in the last 30 days,{small}"
     )
     assert out["stats_images.csv"].decode() == (
-        "Total number of image studies,3\n"
-        "CT image studies,2\n"
-        "X-ray image studies,1\n"
-        "MRI image studies,0\n"
+        f"Total number of image studies,{small}"
+        f"CT image studies,{small}"
+        f"X-ray image studies,{small}"
+        f"MRI image studies,{small}"
     )
     assert out["stats_submittingcentres.csv"].decode() == (
-        "Submitting centres (e.g. NHS trusts),2\n"
+        f"Submitting centres (e.g. NHS trusts),{small}"
     )
     assert (
         out["stats_storage.csv"]
         .decode()
-        .startswith('"Total image, image metadata, and clinical data storage",0GB\n')
+        .startswith('"Total image, image metadata, and clinical data storage",0GB\r\n')
     )
     assert out["stats_date.txt"].decode().startswith("This information was last updated on ")
     return out
@@ -474,7 +478,7 @@ def test_a_modality_without_studies_has_no_table(local_store):
         "dashboard",
         "public",
     ]
-    assert "X-ray image studies,0\n" in out["stats_images.csv"].decode()
+    assert "X-ray image studies,fewer than 10\r\n" in out["stats_images.csv"].decode()
     # the part's rows of images no longer in the warehouse are left out
     images = pd.read_parquet(io.BytesIO(out["images.parquet"]))
     assert set(images["modality_folder"]) == {"ct"} and len(images) == 3
@@ -764,3 +768,74 @@ def test_the_report_page_sorts_a_junk_files_year_2300_with_the_others():
     recent = loader_run(report, recent=10)["recent"]
     assert [p["key"] for p in recent] == ["c", "b", "g", "a", "d", "e", "f"]
     assert recent[1]["modified"] == "2300-01-01T00:00:00+00:00"
+
+
+def test_a_record_with_20000_fields_and_a_15_mib_centre_stays_small(local_store):
+    """Only the clinical data dictionary's fields become columns (the others are counted and
+    reported); a text cell holds at most 1,000 characters."""
+    extra = {f"field {i:05d}": f"value {i}" for i in range(20_000)}
+    centre = "=" + "C" * (15 * 2**20)  # 15 MiB, and a formula
+    files = {
+        "config.json": builders.config(["raw-a"], training=[CENTRE_A, centre]),
+        "training/data/Covid1/data_2021-03-01.json": clinical(
+            "Covid1",
+            CENTRE_A,
+            Age=50,
+            **extra,
+            OtherDataSources={"SegmentationData": {"Ethnicity": "A", "nested extra": 1}},
+        ),
+        "training/data/Covid2/status_2021-03-01.json": clinical("Covid2", centre, SwabStatus=0),
+    }
+    builders.put_tree(local_store, files)
+
+    code, state = run_graph(local_store)
+
+    assert code == 0
+    _, out = read_batch(LocalStorage(local_store.root.parent / "bucket-processed"))
+    for table in ("patient", "patient_clean"):
+        columns = list(pd.read_parquet(io.BytesIO(out[f"{table}.parquet"])).columns)
+        assert list(csv(out, f"{table}.csv").columns) == columns
+        assert not any(c.startswith("field ") for c in columns) and "nested extra" not in columns
+        assert {"Age", "Ethnicity", "OtherDataSources", "SwabStatus"} <= set(columns)
+    patient = pd.read_parquet(io.BytesIO(out["patient.parquet"])).set_index("Pseudonym")
+    assert patient.loc["Covid1", "Ethnicity"] == "A" and patient.loc["Covid1", "Age"] == 50
+    bounded = "=" + "C" * 998 + "\u2026"  # 1,000 characters
+    assert patient.loc["Covid2", "SubmittingCentre"] == bounded
+    assert csv(out, "patient.csv").set_index("Pseudonym").loc["Covid2", "SubmittingCentre"] == (
+        "'" + bounded
+    )
+    assert len(out["patient.csv"]) < 20_000 and len(out["patient_clean.csv"]) < 20_000
+    assert "C" * 1000 not in out["dashboard.html"].decode()
+
+    report = latest_report(local_store)
+    assert report["counts"]["clinical fields left out of the tables"] == 20_001
+    assert [(p["key"], p["reason"]) for p in report["problems"]] == [
+        ("training/data/Covid1/data_2021-03-01.json", "fields outside the clinical data dictionary")
+    ]
+    detail = report["problems"][0]["detail"]
+    assert detail.startswith("20,001 fields left out of the tables ('field 00000'")
+    assert len(detail) < 300
+    assert "fields outside the clinical data dictionary: 1" in state.conclude(local_store)
+
+
+def test_a_hand_edited_loader_report_is_said_on_the_dashboard_and_the_batch_published(
+    local_store,
+):
+    files = warehouse_files()
+    files["reports/warehouseloader/latest.json"] = json.dumps(
+        {"run_id": "r1", "started": "yesterday", "counts": {"images copied": "many"}}
+    ).encode()
+    builders.put_tree(local_store, files)
+    set_dates(local_store)
+
+    code, _ = run_graph(local_store)
+
+    assert code == 0
+    processed = LocalStorage(local_store.root.parent / "bucket-processed")
+    out = check_hand_made_batch(processed, files)
+    page = html.unescape(out["dashboard.html"].decode())
+    assert (
+        "reports/warehouseloader/latest.json cannot be used: "
+        "started is 'yesterday', not an ISO 8601 time"
+    ) in page
+    assert latest_report(local_store)["completed"] is True

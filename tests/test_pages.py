@@ -7,7 +7,11 @@ pages in a real browser are in ``test_pages_browser.py``.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import html as html_module
+import io
+import itertools
 import json
 import logging
 import re
@@ -373,7 +377,7 @@ def test_loader_run_lists_the_most_recent_unfiled_inputs_first():
         (53, [42, 8, 3], (False, [False, True, True])),  # two small cells adding up to 11
         (18, [4, 14], (False, [True, True])),  # 4 = 18 - 14: hide 14 too
         (55, [45, 3, 2, 5], (False, [False, True, True, True])),  # 3 + 2 = 5 < 10: hide 5 too
-        (60, [50, 3, 2], (False, [True, True, True])),  # 3 + 2 < 10 and nothing else smaller
+        (55, [50, 3, 2], (False, [True, True, True])),  # 3 + 2 < 10 and nothing else smaller
         (9, [5, 4], (True, [True, True])),  # a small total hides everything
         (20, [20, 0], (False, [True, True])),  # zero is a count under 10
         (None, [3, 30], (False, [True, False])),  # no total: cells stand alone
@@ -428,6 +432,164 @@ def test_public_figures_are_the_files_with_small_counts_hidden():
 def visible_counts(html: str) -> list[str]:
     """The figures of the public page's table, as shown."""
     return re.findall(r'<td class="number[^"]*">([^<]*)</td>', html)
+
+
+@pytest.mark.parametrize(
+    "total, cells, expected",
+    [
+        (27, [9, 9, 9], (True, [True, True, True])),  # sum 27 = 3 x 9: each would be 9
+        (18, [9, 9], (True, [True, True])),
+        (35, [9, 9, 9, 8], (False, [True, True, True, True])),  # 35 < 36: not all 9
+        (37, [10, 9, 9, 9], (False, [True, True, True, True])),  # a 10 among them
+    ],
+)
+def test_suppression_when_the_hidden_cells_could_only_be_the_largest_small_count(
+    total, cells, expected
+):
+    assert figures.suppress(total, cells) == expected
+
+
+def test_suppression_applied_to_its_own_result_hides_nothing_more():
+    rng = np.random.default_rng(7)
+    values = [0, 1, 2, 5, 8, 9, 10, 11, 12, 15, 19, 20, 40]
+    for _ in range(2000):
+        cells = [int(v) for v in rng.choice(values, size=rng.integers(1, 5))]
+        total = sum(cells)
+        total_hidden, hidden = figures.suppress(total, cells)
+
+        def published(n, h):
+            if not h:
+                return n
+            return figures.Hidden.SMALL if n < 10 else figures.Hidden.COMPLEMENT
+
+        again = figures.suppress(
+            published(total, total_hidden),
+            [published(n, h) for n, h in zip(cells, hidden, strict=True)],
+        )
+        assert again == (total_hidden, hidden), (total, cells)
+
+
+def counts_input(positive, negative, new, studies, centres):
+    """Tables for `public_statistics` with these training counts (and validation patients,
+    which no count may include)."""
+    rows, xray, ct, mri = [], [], [], []
+    imaged = [f"P{i}" for i in range(positive + negative)]
+    for i, pseudonym in enumerate(imaged):
+        rows.append((pseudonym, "training", i < positive, "2020-01-01"))
+    for i in range(new):
+        rows.append((f"N{i}", "training", True, "2021-03-15"))
+    rows.append(("V1", "validation", True, "2021-03-15"))
+    patients = pd.DataFrame(rows, columns=["Pseudonym", "group", "filename_covid_status", "d"])
+    patients["filename_earliest_date"] = pd.to_datetime(patients.pop("d"))
+    names = [f"Centre {i}" for i in range(max(centres, 1))]
+    patients["SubmittingCentre"] = [names[i % len(names)] for i in range(len(patients))]
+    if not centres:
+        patients.loc[patients["group"] == "training", "SubmittingCentre"] = np.nan
+    tables = {"CT": ct, "X-ray": xray, "MRI": mri}
+    owners = imaged or ["P0"]
+    for name, count in studies.items():
+        for i in range(count):
+            tables[name].append((owners[i % len(owners)], "training", f"{name}.{i}"))
+    # each imaged patient has a study: an X-ray one when the others have none of them
+    covered = {p for t in tables.values() for p, _, _ in t}
+    for pseudonym in imaged:
+        if pseudonym not in covered:
+            xray.append((pseudonym, "training", f"X-ray.{pseudonym}"))
+    frames = {
+        name: pd.DataFrame(t, columns=["Pseudonym", "group", "StudyInstanceUID"])
+        for name, t in tables.items()
+    }
+    for frame in frames.values():
+        frame.loc[len(frame)] = ("V1", "validation", "V.1")
+    return patients, frames
+
+
+def possible_values(total, cells, marks):
+    """Every value a reader can give each hidden figure of one table: the total (None when
+    hidden), the shown cells, and what the marks say (fewer than 10: 0-9; suppressed: 10 or
+    more), found by trying every assignment (the test's own oracle)."""
+    hidden = [i for i, m in enumerate(marks) if m]
+    totals = range(0, 10) if total is None else [total]
+    found = {i: set() for i in hidden}
+    found_totals = set()
+    top = 10 * (len(cells) + 1) if total is None else total
+    ranges = [range(0, 10) if marks[i] == "small" else range(10, top + 1) for i in hidden]
+    for t in totals:
+        rest = t - sum(c for c in cells if c is not None)
+        for values in itertools.product(*ranges):
+            if sum(values) == rest:
+                found_totals.add(t)
+                for i, v in zip(hidden, values, strict=True):
+                    found[i].add(v)
+    return found_totals, found
+
+
+def test_public_statistics_publish_no_small_count_and_the_page_shows_the_files():
+    from warehouse.dashboard.tables import public_statistics
+
+    rng = np.random.default_rng(11)
+    values = [0, 1, 2, 5, 8, 9, 10, 11, 15, 18, 27, 40]
+    now = dt.datetime(2021, 3, 20, 12)
+    for case in range(120):
+        positive, negative, new, ct, mri, extra, centres = (
+            int(v) for v in rng.choice(values, size=7)
+        )
+        studies = {"CT": ct, "MRI": mri, "X-ray": extra}
+        patients, frames = counts_input(positive, negative, new, studies, centres)
+        files = public_statistics(patients, frames["CT"], frames["X-ray"], frames["MRI"], None, now)
+        rows = {
+            name: [tuple(r) for r in csv.reader(io.StringIO(text, newline=""))]
+            for name, text in files.items()
+            if name.endswith(".csv")
+        }
+        where = (case, positive, negative, new, studies, centres)
+        # No count from 1 to 9 (nor 0) is published.
+        for name in ("stats_patients.csv", "stats_images.csv", "stats_submittingcentres.csv"):
+            for label, value in rows[name]:
+                assert value in ("fewer than 10", "suppressed") or (
+                    int(value.replace(",", "")) >= 10
+                ), (where, label, value)
+        # No hidden count can be worked out from the total and the other cells.
+        for name, cell_rows in (("stats_patients.csv", (1, 2)), ("stats_images.csv", (1, 2, 3))):
+            table = rows[name]
+
+            def number(value):
+                return (
+                    None
+                    if value in ("fewer than 10", "suppressed")
+                    else int(value.replace(",", ""))
+                )
+
+            marks = [
+                {"fewer than 10": "small", "suppressed": "complement"}.get(table[i][1], "")
+                for i in cell_rows
+            ]
+            totals, found = possible_values(
+                number(table[0][1]), [number(table[i][1]) for i in cell_rows], marks
+            )
+            assert totals, where  # the published figures are consistent
+            if number(table[0][1]) is None:
+                assert len(totals) > 1 or totals.pop() not in range(1, 10), where
+            for i, possible in found.items():
+                assert len(possible) > 1 or possible.pop() not in range(1, 10), (where, name, i)
+        # The page shows exactly the files, cell for cell.
+        if case % 6 == 0:
+            page = pages.public_page(files, NOW)
+            shown = re.findall(
+                r'<tr data-file="([^"]*)" data-label="([^"]*)"[^>]*>\s*<td>[^<]*</td>\s*'
+                r'<td class="number[^"]*">([^<]*)</td>',
+                page,
+            )
+            assert [(f, html_module.unescape(text), v) for f, text, v in shown] == [
+                (name, label, value)
+                for name in (
+                    "stats_patients.csv",
+                    "stats_images.csv",
+                    "stats_storage.csv",
+                    "stats_submittingcentres.csv",
+                )
+                for label, value in rows[name]
+            ], where
 
 
 def test_the_public_page_shows_no_small_count_and_says_so():
@@ -588,6 +750,58 @@ def test_read_page_inputs(tmp_path):
 
     with pytest.raises(StorageError, match="simulated"):
         read_page_inputs(Failing(store))
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("counts", {"images copied": "many"}, "counts['images copied'] is 'many', not a count"),
+        ("counts", {"images copied": True}, "counts['images copied'] is True, not a count"),
+        ("counts", [1, 2], "counts is [1, 2], not an object of counts"),
+        ("not_filed", {"invalid JSON": -1}, "not_filed['invalid JSON'] is -1, not a count"),
+        ("not_filed", {"invalid JSON": 2.5}, "not_filed['invalid JSON'] is 2.5, not a count"),
+        ("started", "yesterday", "started is 'yesterday', not an ISO 8601 time"),
+        ("finished", 1700000000, "finished is 1700000000, not an ISO 8601 time"),
+        ("completed", "yes", "completed is 'yes', not true or false"),
+        ("run_id", {"a": 1}, "run_id is {'a': 1}, not text"),
+        ("fatal", 3, "fatal is 3, not text"),
+        ("problems", {"k": 1}, "problems is {'k': 1}, not a list"),
+        ("problems", ["x"], "problems[0] is 'x', not an object"),
+        ("problems", [{"key": 1}], "problems[0].key is 1, not text"),
+        (
+            "problems",
+            [{"key": "k", "modified": "yesterday"}],
+            "problems[0].modified is 'yesterday', not an ISO 8601 time",
+        ),
+        ("counts", {"x": "9" * 200}, "counts['x'] is '" + "9" * 58 + "\u2026, not a count"),
+    ],
+)
+def test_a_loader_report_with_a_wrong_type_is_not_used_and_the_page_says_why(
+    tmp_path, field, value, said
+):
+    store = LocalStorage(tmp_path)
+    report = sample_report().as_dict()
+    report[field] = value
+    store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
+    inputs = read_page_inputs(store)
+    assert inputs.loader_report is None
+    assert inputs.loader_note == f"reports/warehouseloader/latest.json cannot be used: {said}"
+    html = pages.dashboard_page("b1", NOW, tables_for_pages(), inputs)
+    assert inputs.loader_note in html_module.unescape(html)
+
+
+def test_a_loader_report_as_the_loader_writes_it_is_used(tmp_path):
+    store = LocalStorage(tmp_path)
+    report = sample_report()
+    report.skip("raw-a/2021-01-03/images/w.dcm", Reason.NOT_DICOM, stamp=(5, NOW.isoformat()))
+    report.fail("stopped")
+    data = report.to_json()
+    store.write("reports/warehouseloader/latest.json", data)
+    inputs = read_page_inputs(store)
+    assert inputs.loader_note == "" and inputs.loader_report == json.loads(data)
+    run = figures.loader_run(inputs.loader_report)
+    assert run["recent"][0]["key"] == "raw-a/2021-01-03/images/w.dcm"  # the one with a time
+    assert run["unfiled"] == 5 and run["completed"] is False
 
 
 def test_human_units():

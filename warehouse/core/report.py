@@ -54,6 +54,9 @@ class Reason(StrEnum):
     INVALID_REPORT = "invalid run report"
     #: ... and a filed image whose header cannot be read for the catalogue's backfill.
     NOT_CATALOGUED = "image left out of the catalogue"
+    #: dataprocess: a clinical record's fields outside the clinical data dictionary, left out
+    #: of the tables (the record's other fields are in them).
+    FIELDS_LEFT_OUT = "fields outside the clinical data dictionary"
     NOT_IN_LAYOUT = "not in the raw layout"
     #: A raw key whose name cannot be taken as an input (`keys.raw_name_problem`), or a
     #: folder nested too deeply to be listed.

@@ -37,9 +37,10 @@ from warehouse.core.keys import IMAGE_FOLDERS
 from warehouse.core.listing import SharedWarehouseIndex
 from warehouse.core.report import latest_report_key
 from warehouse.core.storage import ObjectNotFound, Storage
+from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.extraction import Collected, DataprocessState
-from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
+from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS, loader_report_problem
 from warehouse.dashboard.images import images_csv_table, images_table, run_catalogue
 from warehouse.dashboard.tables import (
     date_column,
@@ -169,7 +170,8 @@ def read_page_inputs(storage: Storage, config: PipelineConfig | None = None) -> 
     already: ``config``) and the loader's newest run report
     (``reports/warehouseloader/latest.json``).
 
-    Either may be missing or unusable: the page then says why, and the run goes on.
+    Either may be missing or unusable (the report is checked field by field,
+    `figures.loader_report_problem`): the page then says why, and the run goes on.
 
     Raises
     ------
@@ -193,6 +195,9 @@ def read_page_inputs(storage: Storage, config: PipelineConfig | None = None) -> 
         report_note = f"{LOADER_REPORT_KEY} is not valid JSON: {exc}"
     if report is not None and not isinstance(report, dict):
         report, report_note = None, f"{LOADER_REPORT_KEY} is not a JSON object."
+    problem = loader_report_problem(report) if report is not None else ""
+    if problem:
+        report, report_note = None, f"{LOADER_REPORT_KEY} cannot be used: {problem}"
     from warehouse.dashboard.pages import PageInputs  # altair: only for runs that build pages
 
     return PageInputs(storage.url, config, config_note, report, report_note)
@@ -238,13 +243,14 @@ def build_batch(
 
     batch = Batch(batch_name(now))
     studies: dict[str, pd.DataFrame] = {}
+    # Every text from an uploader is bounded before a rule or a page sees it.
     for modality in IMAGE_FOLDERS:
-        table = study_table(list(study_rows.get(modality, ())))
+        table = bounded_table(study_table(list(study_rows.get(modality, ()))))
         studies[modality] = table
         if len(table):
             batch.tables[modality] = table
 
-    patients = patient_table(patient_rows)
+    patients = bounded_table(patient_table(patient_rows))
     images = pd.concat([studies[m] for m in IMAGE_FOLDERS], ignore_index=True)
     patient_clean = fill_from_dicom(clean_patient_table(patients), images)
     storage = storage_table(storage_sizes)
@@ -252,11 +258,11 @@ def build_batch(
     batch.tables["patient_clean"] = patient_clean
     batch.tables["storage"] = storage
 
-    images = study_image_table(study_images or {})
+    images = bounded_table(study_image_table(study_images or {}))
     if len(images):
         batch.tables["study_images"] = images
     if catalogue is not None and catalogue.num_rows:
-        batch.tables["images"] = images_table(catalogue, patient_clean)
+        batch.tables["images"] = bounded_table(images_table(catalogue, patient_clean))
 
     batch.files = public_statistics(
         patient_clean, studies["ct"], studies["xray"], studies["mri"], storage, now
@@ -271,8 +277,8 @@ def build_batch(
 
 
 def csv_bytes(table: pd.DataFrame) -> bytes:
-    """A table as UTF-8 CSV: header row, no index, ``\\n`` line ends."""
-    return table.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    """A table as UTF-8 CSV (`cells.csv_text`: header row, no index, formulas neutralised)."""
+    return csv_text(table).encode("utf-8")
 
 
 def _is_container(value) -> bool:
@@ -284,7 +290,7 @@ def _as_text(value):
         return None
     if value is pd.NA:
         return None
-    return str(value)
+    return bounded_text(str(value))
 
 
 def arrow_ready(table: pd.DataFrame) -> pd.DataFrame:
@@ -292,7 +298,8 @@ def arrow_ready(table: pd.DataFrame) -> pd.DataFrame:
 
     A column of object dtype is kept when Arrow can type it (all numbers, all strings, ...).
     Otherwise, and whenever it holds dicts or lists (``OtherDataSources``, ``SwabDates``),
-    each value becomes the text the CSV holds (``str(value)``), missing values stay missing.
+    each value becomes the text the CSV holds (``str(value)``, bounded as `cells.bounded_text`
+    bounds it), missing values stay missing.
     """
     out = table.copy()
     for name in out.columns:

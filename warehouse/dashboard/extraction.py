@@ -24,8 +24,10 @@ from warehouse.core.listing import SharedWarehouseIndex, StudyFile, WarehouseInd
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.run import RunState
 from warehouse.core.storage import Storage
+from warehouse.dashboard.cells import bounded_text
 from warehouse.dashboard.tables import (
     choose_patient_file,
+    dictionary_fields,
     flatten_clinical_record,
     metadata_row,
     storage_by_prefix,
@@ -156,11 +158,34 @@ def read_patient_record(storage: Storage, patient: PatientFile) -> tuple[Patient
     return patient, flatten_clinical_record(parse_clinical_record(storage.read(patient.key)))
 
 
+#: How many of a record's left-out field names its report line names.
+NAMED_FIELDS = 3
+#: The longest field name shown in a report line (longer ones are cut).
+NAMED_FIELD_CHARS = 40
+
+
 def patient_row(report: RunReport, read: tuple[PatientFile, dict]) -> list[PatientRow]:
-    """The patient table row of a read record: the record plus the ``filename_*``,
-    ``last_modified`` and ``group`` fields."""
+    """The patient table row of a read record: the record's fields of the clinical data
+    dictionary (`tables.dictionary_fields`) plus the ``filename_*``, ``last_modified`` and
+    ``group`` fields.
+
+    The record's other fields are counted (``clinical fields left out of the tables``) and the
+    file is reported with how many there were ("fields outside the clinical data dictionary";
+    its row is still in the tables)."""
     patient, record = read
-    row = dict(record)
+    row, left_out = dictionary_fields(record)
+    if left_out:
+        report.count("clinical fields left out of the tables", len(left_out))
+        named = ", ".join(
+            repr(bounded_text(name, NAMED_FIELD_CHARS)) for name in left_out[:NAMED_FIELDS]
+        )
+        more = ", ..." if len(left_out) > NAMED_FIELDS else ""
+        report.skip(
+            patient.key,
+            Reason.FIELDS_LEFT_OUT,
+            f"{len(left_out):,} fields left out of the tables ({named}{more}); "
+            "the record's other fields are in them",
+        )
     row.setdefault("Pseudonym", patient.pseudonym)
     row.update(
         filename_earliest_date=patient.earliest,

@@ -12,8 +12,9 @@ Internal figures (both groups): :func:`header_totals`, :func:`patients_over_time
 :func:`split_shares`, :func:`age_bands`, :func:`sexes`, :func:`equipment`,
 :func:`storage_use`, :func:`loader_run`.
 
-Public figures (training only, counts under :data:`SUPPRESSION_THRESHOLD` suppressed):
-:func:`public_figures`, built from the ``stats_*.csv`` files themselves so that the page and
+Public figures (training only, counts under :data:`SUPPRESSION_THRESHOLD` suppressed, and
+the counts that would give one away): :func:`public_sections` decides, once, what the
+``stats_*.csv`` files hold; the page reads those files (:func:`public_figures`), so the page and
 the files can never disagree.
 """
 
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import enum
 import io
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +36,9 @@ from warehouse.core import keys
 from warehouse.core.config import PipelineConfig, nfc
 
 __all__ = [
+    "COMPLEMENT_MARK",
     "GROUPS",
+    "Hidden",
     "MODALITY_LABELS",
     "NOT_GIVEN",
     "NO_CENTRE",
@@ -42,14 +46,17 @@ __all__ = [
     "SUPPRESSION_THRESHOLD",
     "PublicFigure",
     "PublicSection",
+    "SMALL_MARK",
     "age_bands",
     "equipment",
     "header_totals",
     "images_over_time",
+    "loader_report_problem",
     "loader_run",
     "modality_counts",
     "patients_over_time",
     "public_figures",
+    "public_sections",
     "sexes",
     "split_shares",
     "status_by_centre",
@@ -109,20 +116,6 @@ def _day(value: Any) -> str | None:
     except (TypeError, ValueError):
         return None
     return None if pd.isna(stamp) else stamp.date().isoformat()
-
-
-def _seconds(value: Any) -> float | None:
-    """An ISO 8601 time (naive taken as UTC) as seconds since 1970, whatever its year (a junk
-    file's year 2300 is past what pandas holds); None when it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
 
 
 def _flag(value: Any) -> bool | None:
@@ -594,6 +587,79 @@ def storage_use(storage: pd.DataFrame) -> list[dict]:
     ]
 
 
+def _iso_time(value: Any) -> dt.datetime | None:
+    """An ISO 8601 time as the run reports write it (UTC when it names no zone), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=dt.UTC)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "\u2026"
+
+
+def loader_report_problem(report: Mapping) -> str:
+    """Why the pages cannot use a loader run report, or ``""``: every field `loader_run` reads
+    must have its type (the report is a file in the warehouse, and may have been edited).
+
+    ``run_id`` and ``fatal`` are text or null; ``started`` and ``finished`` ISO 8601 times or
+    null; ``completed`` true, false or null; ``counts`` and ``not_filed`` objects of whole
+    numbers (0 or more); ``problems`` a list of objects whose ``key``, ``reason`` and
+    ``detail`` are text and ``modified`` an ISO 8601 time or empty. A field may be absent.
+
+    Parameters
+    ----------
+    report : mapping
+        The parsed ``reports/warehouseloader/latest.json``.
+
+    Returns
+    -------
+    str
+        The first problem found (naming the field and its value), or ``""``.
+    """
+    for name in ("run_id", "fatal"):
+        if report.get(name) is not None and not isinstance(report[name], str):
+            return f"{name} is {_shown(report[name])}, not text"
+    for name in ("started", "finished"):
+        if report.get(name) is not None and _iso_time(report[name]) is None:
+            return f"{name} is {_shown(report[name])}, not an ISO 8601 time"
+    if report.get("completed") is not None and not isinstance(report["completed"], bool):
+        return f"completed is {_shown(report['completed'])}, not true or false"
+    for name in ("counts", "not_filed"):
+        table = report.get(name)
+        if table is None:
+            continue
+        if not isinstance(table, Mapping):
+            return f"{name} is {_shown(table)}, not an object of counts"
+        for label, n in table.items():
+            if not _is_count(n):
+                return f"{name}[{_shown(label)}] is {_shown(n)}, not a count"
+    problems = report.get("problems")
+    if problems is None:
+        return ""
+    if not isinstance(problems, list):
+        return f"problems is {_shown(problems)}, not a list"
+    for index, problem in enumerate(problems):
+        if not isinstance(problem, Mapping):
+            return f"problems[{index}] is {_shown(problem)}, not an object"
+        for name in ("key", "reason", "detail"):
+            if problem.get(name) is not None and not isinstance(problem[name], str):
+                return f"problems[{index}].{name} is {_shown(problem[name])}, not text"
+        modified = problem.get("modified")
+        if modified not in (None, "") and _iso_time(modified) is None:
+            return f"problems[{index}].modified is {_shown(modified)}, not an ISO 8601 time"
+    return ""
+
+
 def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | None:
     """The last loader run, from its JSON run report (``reports/warehouseloader/latest.json``).
 
@@ -611,8 +677,8 @@ def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | N
     problems = [p for p in report.get("problems") or () if isinstance(p, Mapping)]
 
     def newest_first(problem: Mapping) -> tuple:
-        stamp = _seconds(problem.get("modified"))
-        return (stamp is None, -(stamp or 0.0), str(problem.get("key")))
+        stamp = _iso_time(problem.get("modified"))
+        return (stamp is None, -(stamp.timestamp() if stamp else 0), str(problem.get("key")))
 
     reasons = {str(k): int(v) for k, v in (report.get("not_filed") or {}).items()}
     return {
@@ -647,22 +713,45 @@ def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | N
 # --------------------------------------------------------------------------------------------
 
 
-def suppress(
-    total: int | None, cells: list[int], threshold: int = SUPPRESSION_THRESHOLD
-) -> tuple[bool, list[bool]]:
-    """Which counts of one table (``cells`` that add up to ``total``) to hide.
+class Hidden(enum.Enum):
+    """A count whose value a published file hides already: what its mark says of it."""
 
-    Primary suppression hides every count under ``threshold`` (zero included). Secondary
-    suppression then hides more cells, smallest first, while a hidden value could be worked out
-    from the others: while exactly one cell is hidden (it would be ``total`` minus the rest)
-    or the hidden cells add up to less than ``threshold`` (their sum would be a small group).
+    #: Under the threshold ("fewer than 10").
+    SMALL = "small"
+    #: The threshold or more, hidden so that a small count cannot be worked out ("suppressed").
+    COMPLEMENT = "complement"
+
+
+#: What the public page and the ``stats_*.csv`` files show for a hidden count.
+SMALL_MARK = f"fewer than {SUPPRESSION_THRESHOLD}"
+COMPLEMENT_MARK = "suppressed"
+
+
+def suppress(
+    total: int | Hidden | None, cells: list[int | Hidden], threshold: int = SUPPRESSION_THRESHOLD
+) -> tuple[bool, list[bool]]:
+    """Which counts of one table (``cells`` that add up to ``total``) to hide: the one rule of
+    the public statistics, for the files and the page.
+
+    Primary suppression hides every count under ``threshold`` (zero included); a small total
+    hides every cell. Secondary suppression then hides more, while the shown figures give a
+    hidden count away. A reader knows the hidden cells' sum (the total minus the shown cells)
+    and that each hidden one is under ``threshold`` or not (its mark); that gives a count
+    away when exactly one cell is hidden (it is the sum), when the sum is under ``threshold``,
+    or when every hidden cell is under ``threshold`` and the sum is as large as they can be
+    (each is ``threshold - 1``). The next smallest shown cell is hidden, or, when every cell
+    is hidden, the total.
+
+    The rule holds for a table it suppressed: given the published figures (hidden counts as
+    their `Hidden` mark) it hides nothing more, so the page can apply it to the published
+    files and show what they show.
 
     Parameters
     ----------
-    total : int or None
-        The shown total of the cells; None when they have none (then only primary suppression
+    total : int, Hidden or None
+        The total of the cells; None when they have none (then only primary suppression
         applies, each cell stands alone).
-    cells : list of int
+    cells : list of int or Hidden
         The counts.
     threshold : int
         The smallest count that may be shown.
@@ -672,21 +761,28 @@ def suppress(
     tuple
         ``(total hidden, [cell hidden, ...])``.
     """
-    hidden = [n < threshold for n in cells]
+
+    def small(n: int | Hidden) -> bool:
+        return n is Hidden.SMALL or (not isinstance(n, Hidden) and n < threshold)
+
+    hidden = [isinstance(n, Hidden) or n < threshold for n in cells]
     if total is None:
         return False, hidden
-    total_hidden = total < threshold
-    if total_hidden:
+    if isinstance(total, Hidden) or total < threshold:
         return True, [True] * len(cells)
 
-    def needs_more() -> bool:
+    def gives_away() -> bool:
         count = sum(hidden)
-        if count == 0 or count == len(cells):
+        if count == 0:
             return False
-        return count == 1 or sum(n for n, h in zip(cells, hidden, strict=True) if h) < threshold
+        rest = total - sum(n for n, h in zip(cells, hidden, strict=True) if not h)
+        all_small = all(small(n) for n, h in zip(cells, hidden, strict=True) if h)
+        return count == 1 or rest < threshold or (all_small and rest >= (threshold - 1) * count)
 
-    while needs_more():
+    while gives_away():
         shown = [i for i, h in enumerate(hidden) if not h]
+        if not shown:
+            return True, hidden
         hidden[min(shown, key=lambda i: (cells[i], i))] = True
     return False, hidden
 
@@ -700,9 +796,10 @@ class PublicFigure:
     label : str
         As in the ``stats_*.csv`` file.
     text : str
-        The value as the file writes it (``1,234``, ``12GB``).
+        The value as the figures' source holds it (``1,234``, ``12GB``, or a mark).
     count : int or None
-        The value as a number when it is a count (None for storage).
+        The value as a number when it is a count (None for storage and for a count the
+        source hides already).
     suppressed : str
         ``""`` when shown, ``"small"`` when under the threshold, ``"complement"`` when hidden
         because it would reveal a small count.
@@ -715,11 +812,11 @@ class PublicFigure:
 
     @property
     def shown(self) -> str:
-        """What the page shows: the value, or the suppression mark."""
+        """What the page and the published file show: the value, or the suppression mark."""
         if self.suppressed == "small":
-            return f"fewer than {SUPPRESSION_THRESHOLD}"
+            return SMALL_MARK
         if self.suppressed == "complement":
-            return "suppressed"
+            return COMPLEMENT_MARK
         return self.text
 
 
@@ -750,24 +847,39 @@ _PUBLIC_FILES = {
 }
 
 
-def _count(text: str) -> int:
+_MARKS = {SMALL_MARK: Hidden.SMALL, COMPLEMENT_MARK: Hidden.COMPLEMENT}
+
+
+def _count(text: str) -> int | Hidden:
+    if text.strip() in _MARKS:
+        return _MARKS[text.strip()]
     return int(text.replace(",", "").strip())
 
 
-def public_figures(
-    stats_files: Mapping[str, str], threshold: int = SUPPRESSION_THRESHOLD
+def _mark(value: int | Hidden, threshold: int) -> str:
+    """Why a hidden count is hidden: ``small`` or ``complement`` (a published file says)."""
+    if isinstance(value, Hidden):
+        return value.value
+    return "small" if value < threshold else "complement"
+
+
+def public_sections(
+    stats_rows: Mapping[str, Sequence[Sequence[str]]], threshold: int = SUPPRESSION_THRESHOLD
 ) -> list[PublicSection]:
-    """The public statistics, as the ``stats_*.csv`` files hold them, with small counts hidden.
+    """The public statistics with small counts hidden (`suppress`): what the ``stats_*.csv``
+    files hold and what the public page shows.
 
     ``stats_patients.csv`` (total, then positive and negative, which add up to it, then new
     patients alone), ``stats_images.csv`` (total, then one row per modality) and
     ``stats_submittingcentres.csv`` are counts: each table goes through `suppress`.
-    ``stats_storage.csv`` holds storage in GB, not counts: shown as it is.
+    ``stats_storage.csv`` holds storage in GB, not counts: shown as it is. A value that is
+    already a mark (``fewer than 10``, ``suppressed``: a published file) stays hidden.
 
     Parameters
     ----------
-    stats_files : mapping
-        File name -> text, as ``tables.public_statistics`` makes them.
+    stats_rows : mapping
+        File name -> its rows, ``(label, value)`` each, as ``tables.public_statistics``
+        counts them (or as a published file holds them).
     threshold : int
         The smallest count shown.
 
@@ -779,38 +891,65 @@ def public_figures(
     Raises
     ------
     ValueError
-        When a count is not a whole number.
+        When a count is neither a whole number nor a mark.
     """
     sections = []
     for name, (title, partition, alone, counts) in _PUBLIC_FILES.items():
-        if name not in stats_files:
+        if name not in stats_rows:
             continue
-        rows = [row for row in csv.reader(io.StringIO(stats_files[name])) if row]
+        rows = [row for row in stats_rows[name] if row]
         labels = [row[0] for row in rows]
         texts = [row[1] if len(row) > 1 else "" for row in rows]
         suppressed = [""] * len(rows)
-        numbers: list[int | None] = [None] * len(rows)
+        values: list[int | Hidden | None] = [None] * len(rows)
         if counts:
-            numbers = [_count(text) for text in texts]
+            values = [_count(text) for text in texts]
             if partition is not None:
                 total_row, cell_rows = partition
                 cell_rows = (
                     tuple(range(total_row + 1, len(rows))) if cell_rows is None else cell_rows
                 )
                 total_hidden, cells_hidden = suppress(
-                    numbers[total_row], [numbers[i] for i in cell_rows], threshold
+                    values[total_row], [values[i] for i in cell_rows], threshold
                 )
                 if total_hidden:
-                    suppressed[total_row] = "small"
+                    suppressed[total_row] = _mark(values[total_row], threshold)
                 for i, hidden in zip(cell_rows, cells_hidden, strict=True):
                     if hidden:
-                        suppressed[i] = "small" if numbers[i] < threshold else "complement"
+                        suppressed[i] = _mark(values[i], threshold)
             for i in alone:
-                if numbers[i] < threshold:
-                    suppressed[i] = "small"
+                _, (hidden,) = suppress(None, [values[i]], threshold)
+                if hidden:
+                    suppressed[i] = _mark(values[i], threshold)
         figures = tuple(
-            PublicFigure(label, text, number, mark)
-            for label, text, number, mark in zip(labels, texts, numbers, suppressed, strict=True)
+            PublicFigure(label, text, None if isinstance(value, Hidden) else value, how)
+            for label, text, value, how in zip(labels, texts, values, suppressed, strict=True)
         )
         sections.append(PublicSection(name, title, figures))
     return sections
+
+
+def public_figures(
+    stats_files: Mapping[str, str], threshold: int = SUPPRESSION_THRESHOLD
+) -> list[PublicSection]:
+    """The public statistics of the ``stats_*.csv`` files (`public_sections` of their rows):
+    the published files give back what they show.
+
+    Parameters
+    ----------
+    stats_files : mapping
+        File name -> CSV text (label, value; no header).
+    threshold : int
+        The smallest count shown.
+
+    Raises
+    ------
+    ValueError
+        When a count is neither a whole number nor a mark.
+    """
+    rows = {
+        name: list(csv.reader(io.StringIO(stats_files[name])))
+        for name in _PUBLIC_FILES
+        if name in stats_files
+    }
+    return public_sections(rows, threshold)

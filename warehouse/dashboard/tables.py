@@ -8,16 +8,15 @@ statistics of section 4.1:
   :func:`flatten_clinical_record`) and the patient table (:func:`patient_table`);
 - the per-study image tables (:func:`metadata_row`, :func:`study_table`);
 - storage per prefix (:func:`storage_by_prefix`, :func:`storage_table`);
-- the public statistics files (:func:`public_statistics`).
+- the public statistics (:func:`public_counts`) and their files, small counts suppressed as
+  the public page suppresses them (:func:`public_statistics`).
 
 Cleaning the patient table is in :mod:`warehouse.dashboard.cleaning`.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,17 +24,29 @@ import numpy as np
 import pandas as pd
 
 from warehouse.core import keys
+from warehouse.dashboard.cells import csv_text
+from warehouse.dashboard.cleaning import (
+    BINARY_COLUMNS,
+    CATEGORY_COLUMNS,
+    NUMERIC_COLUMNS,
+    TEST_RESULT_COLUMNS,
+    US_DATE_COLUMNS,
+)
+from warehouse.dashboard.figures import public_sections
 
 __all__ = [
+    "CLINICAL_FIELDS",
     "DICOM_FIELDS",
     "PATIENT_ID_TAG",
     "PATIENT_META_COLUMNS",
     "STORAGE_PREFIXES",
     "STUDY_COLUMNS",
     "choose_patient_file",
+    "dictionary_fields",
     "flatten_clinical_record",
     "metadata_row",
     "patient_table",
+    "public_counts",
     "public_statistics",
     "storage_by_prefix",
     "storage_table",
@@ -59,6 +70,65 @@ PATIENT_META_COLUMNS = (
     "filename_latest_date",
     "last_modified",
     "group",
+)
+
+#: The clinical data dictionary (reference/clinical-data.md section 2, the fields the cleaning
+#: rules read among them): the fields of a record that become patient table columns, exactly
+#: as spelt (with the variants seen in uploads). Any other field is counted, not tabled.
+CLINICAL_FIELDS = frozenset(
+    {
+        # 2.1 identity, administration and nesting
+        "Pseudonym",
+        "SubmittingCentre",
+        "Hospital",
+        "SwabStatus",
+        "SwabDate",
+        "SwabDates",
+        "OtherDataSources",
+        "SpecialFormatTimestamp",  # written by one site's uploader (2.1)
+        # 2.2 demographics
+        "Age",
+        "Sex",
+        "Ethnicity",
+        # 2.3 dates
+        *US_DATE_COLUMNS,
+        # 2.4 medical history
+        "Smoking status",
+        "Pack year history",
+        "Pack year History",
+        "PMH hypertension",
+        "PMH h1pertension",
+        "PMH CKD",
+        "If CKD, stage",
+        "PMH CVS disease",
+        "PMH Lung disease",
+        "PMH diabetes mellitus type II",
+        "PMH diabetes mellitus TYPE II",
+        "PMH diabetes mellitus TYPE I",
+        "Current ACEi use",
+        "Current Angiotension receptor blocker use",
+        "Current NSAID used",
+        # 2.5 admission measurements
+        *NUMERIC_COLUMNS,
+        "FiO2",
+        "Any supplemental oxygen: FiO2",
+        "Pa02",
+        "Systolic BP",
+        "Diastolic BP",
+        # 2.6 outcomes
+        *TEST_RESULT_COLUMNS,
+        "CXR severity",
+        "CXR severity 3",
+        "COVID CODE",
+        "COVID CODE 2",
+        "ITU admission",
+        "ITU admission ",
+        "Intubation",
+        "Death",
+        # what the cleaning rules read
+        *BINARY_COLUMNS,
+        *CATEGORY_COLUMNS,
+    }
 )
 
 #: Study-table DICOM fields and their tags (DICOM JSON keys), in column order.
@@ -150,6 +220,31 @@ def flatten_clinical_record(record: dict) -> dict:
 #: The first and last days a datetime64[ns] column holds.
 _FIRST_DAY = (pd.Timestamp.min + pd.Timedelta(days=1)).date()
 _LAST_DAY = pd.Timestamp.max.date()
+
+
+def dictionary_fields(record: Mapping) -> tuple[dict, list[str]]:
+    """Split a flattened clinical record into the fields that become patient table columns
+    (those of :data:`CLINICAL_FIELDS`) and the names of the others.
+
+    Parameters
+    ----------
+    record : mapping
+        A flattened clinical record (:func:`flatten_clinical_record`).
+
+    Returns
+    -------
+    tuple
+        ``(fields, left_out)``: the dictionary's fields with their values, in the record's
+        order, and the other field names, in the record's order.
+    """
+    fields = {}
+    left_out = []
+    for name, value in record.items():
+        if name in CLINICAL_FIELDS:
+            fields[name] = value
+        else:
+            left_out.append(name)
+    return fields, left_out
 
 
 def _as_date(value: Any) -> Any:
@@ -437,12 +532,6 @@ def _distinct(values: Iterable) -> set:
     }
 
 
-def _csv(rows: list[tuple[str, str]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerows(rows)
-    return buffer.getvalue()
-
-
 def _count(value: float) -> str:
     return f"{value:,.0f}"
 
@@ -454,6 +543,114 @@ def _gigabytes(value: float) -> str:
 def _by_size_descending(items: dict[str, float]) -> list[tuple[str, float]]:
     # Stable: equal values keep the dict's order (CT, MRI, X-ray), as in the original script.
     return sorted(items.items(), key=lambda item: item[1], reverse=True)
+
+
+def public_counts(
+    patient_clean: pd.DataFrame,
+    ct: pd.DataFrame | None,
+    xray: pd.DataFrame | None,
+    mri: pd.DataFrame | None,
+    storage: pd.DataFrame | Mapping[str, int] | None,
+    now: dt.datetime,
+) -> dict[str, list[tuple[str, str]]]:
+    """Count the public statistics, for the training group only, before any suppression.
+
+    Parameters are those of :func:`public_statistics`.
+
+    Returns
+    -------
+    dict
+        File name (``stats_patients.csv``, ``stats_images.csv``, ``stats_storage.csv``,
+        ``stats_submittingcentres.csv``) -> its rows, ``(label, value)``: counts with
+        thousands separators, storage in decimal GB (``3,309GB``).
+    """
+    patients = _training(patient_clean)
+    studies = {
+        name: _training(table) for name, table in (("CT", ct), ("MRI", mri), ("X-ray", xray))
+    }
+
+    # Patients
+    imaged = set().union(*(_distinct(_column_values(t, "Pseudonym")) for t in studies.values()))
+    positive, negative = set(), set()
+    for pseudonym, status in zip(
+        _column_values(patients, "Pseudonym"),
+        _column_values(patients, "filename_covid_status"),
+        strict=True,
+    ):
+        flag = _is_true(status)
+        if flag is True:
+            positive.add(pseudonym)
+        elif flag is False:
+            negative.add(pseudonym)
+    positive_imaged = len(positive & imaged)
+    negative_imaged = len(negative & imaged)
+
+    cutoff = pd.Timestamp(now.replace(tzinfo=None) - dt.timedelta(days=30))
+    # utc=True so that naive and aware values mix; naive ones keep their wall time.
+    earliest = pd.to_datetime(
+        pd.Series(_column_values(patients, "filename_earliest_date"), dtype="object"),
+        errors="coerce",
+        utc=True,
+    ).dt.tz_localize(None)
+    recent = int((earliest >= cutoff).sum())
+
+    stats_patients = [
+        ("Total number of patients with images", _count(positive_imaged + negative_imaged)),
+        ("Positive patients with images", _count(positive_imaged)),
+        ("Negative patients with images", _count(negative_imaged)),
+        ("New patients added in the last 30 days", _count(recent)),
+    ]
+
+    # Images
+    study_counts = {
+        f"{name} image studies": len(_distinct(_column_values(table, "StudyInstanceUID")))
+        for name, table in studies.items()
+    }
+    stats_images = [("Total number of image studies", _count(sum(study_counts.values())))] + [
+        (label, _count(n)) for label, n in _by_size_descending(study_counts)
+    ]
+
+    # Storage (decimal GB)
+    if storage is None:
+        sizes: dict[str, float] = {}
+    elif isinstance(storage, pd.DataFrame):
+        sizes = dict(
+            zip(_column_values(storage, "prefix"), _column_values(storage, "storage"), strict=True)
+        )
+    else:
+        sizes = dict(storage)
+    sizes = {
+        prefix: float(size or 0)
+        for prefix, size in sizes.items()
+        if isinstance(prefix, str) and "training" in prefix
+    }
+    total = sizes.get("training/", 0.0) / 1e9
+    modality_storage = {
+        "CT image storage": sizes.get("training/ct/", 0.0) / 1e9,
+        "MRI image storage": sizes.get("training/mri/", 0.0) / 1e9,
+        "X-ray image storage": sizes.get("training/xray/", 0.0) / 1e9,
+    }
+    stats_storage = (
+        [("Total image, image metadata, and clinical data storage", _gigabytes(total))]
+        + [(label, _gigabytes(gb)) for label, gb in _by_size_descending(modality_storage)]
+        + [
+            (
+                "Clinical data and image metadata export",
+                _gigabytes(total - sum(modality_storage.values())),
+            )
+        ]
+    )
+
+    # Submitting centres
+    centres = len(_distinct(_column_values(patients, "SubmittingCentre")))
+    stats_centres = [("Submitting centres (e.g. NHS trusts)", _count(centres))]
+
+    return {
+        "stats_patients.csv": stats_patients,
+        "stats_images.csv": stats_images,
+        "stats_storage.csv": stats_storage,
+        "stats_submittingcentres.csv": stats_centres,
+    }
 
 
 def public_statistics(
@@ -486,102 +683,23 @@ def public_statistics(
     -------
     dict of str to str
         File name to content for ``stats_patients.csv``, ``stats_images.csv``,
-        ``stats_storage.csv``, ``stats_submittingcentres.csv`` (CSV, no header, thousands
-        separators, quoted only when needed, ``\\n`` line ends) and ``stats_date.txt`` (one
-        sentence, no newline).
+        ``stats_storage.csv``, ``stats_submittingcentres.csv`` (CSV written by
+        `cells.csv_text`: no header, thousands separators, quoted only when needed) and
+        ``stats_date.txt`` (one sentence, no newline). The counts are published as the public
+        page shows them (`figures.public_sections`): a count under 10, and a count from which
+        one could be worked out, reads ``fewer than 10`` or ``suppressed``.
     """
-    patients = _training(patient_clean)
-    studies = {
-        name: _training(table) for name, table in (("CT", ct), ("MRI", mri), ("X-ray", xray))
-    }
-
-    # Patients
-    imaged = set().union(*(_distinct(_column_values(t, "Pseudonym")) for t in studies.values()))
-    positive, negative = set(), set()
-    for pseudonym, status in zip(
-        _column_values(patients, "Pseudonym"),
-        _column_values(patients, "filename_covid_status"),
-        strict=True,
-    ):
-        flag = _is_true(status)
-        if flag is True:
-            positive.add(pseudonym)
-        elif flag is False:
-            negative.add(pseudonym)
-    positive_imaged = len(positive & imaged)
-    negative_imaged = len(negative & imaged)
-
-    cutoff = pd.Timestamp(now.replace(tzinfo=None) - dt.timedelta(days=30))
-    # utc=True so that naive and aware values mix; naive ones keep their wall time.
-    earliest = pd.to_datetime(
-        pd.Series(_column_values(patients, "filename_earliest_date"), dtype="object"),
-        errors="coerce",
-        utc=True,
-    ).dt.tz_localize(None)
-    recent = int((earliest >= cutoff).sum())
-
-    stats_patients = _csv(
-        [
-            ("Total number of patients with images", _count(positive_imaged + negative_imaged)),
-            ("Positive patients with images", _count(positive_imaged)),
-            ("Negative patients with images", _count(negative_imaged)),
-            ("New patients added in the last 30 days", _count(recent)),
-        ]
-    )
-
-    # Images
-    study_counts = {
-        f"{name} image studies": len(_distinct(_column_values(table, "StudyInstanceUID")))
-        for name, table in studies.items()
-    }
-    stats_images = _csv(
-        [("Total number of image studies", _count(sum(study_counts.values())))]
-        + [(label, _count(n)) for label, n in _by_size_descending(study_counts)]
-    )
-
-    # Storage (decimal GB)
-    if storage is None:
-        sizes: dict[str, float] = {}
-    elif isinstance(storage, pd.DataFrame):
-        sizes = dict(
-            zip(_column_values(storage, "prefix"), _column_values(storage, "storage"), strict=True)
+    counted = public_counts(patient_clean, ct, xray, mri, storage, now)
+    # Published as the public page shows them: small counts, and those that give one away,
+    # hidden (the page's rule, `figures.public_sections`).
+    files = {
+        section.file: csv_text(
+            pd.DataFrame([(f.label, f.shown) for f in section.figures], dtype="object"),
+            header=False,
         )
-    else:
-        sizes = dict(storage)
-    sizes = {
-        prefix: float(size or 0)
-        for prefix, size in sizes.items()
-        if isinstance(prefix, str) and "training" in prefix
+        for section in public_sections(counted)
     }
-    total = sizes.get("training/", 0.0) / 1e9
-    modality_storage = {
-        "CT image storage": sizes.get("training/ct/", 0.0) / 1e9,
-        "MRI image storage": sizes.get("training/mri/", 0.0) / 1e9,
-        "X-ray image storage": sizes.get("training/xray/", 0.0) / 1e9,
-    }
-    stats_storage = _csv(
-        [("Total image, image metadata, and clinical data storage", _gigabytes(total))]
-        + [(label, _gigabytes(gb)) for label, gb in _by_size_descending(modality_storage)]
-        + [
-            (
-                "Clinical data and image metadata export",
-                _gigabytes(total - sum(modality_storage.values())),
-            )
-        ]
-    )
-
-    # Submitting centres
-    centres = len(_distinct(_column_values(patients, "SubmittingCentre")))
-    stats_centres = _csv([("Submitting centres (e.g. NHS trusts)", _count(centres))])
-
     stats_date = (
         f"This information was last updated on {now.day} {_MONTH_NAMES[now.month - 1]} {now.year}."
     )
-
-    return {
-        "stats_patients.csv": stats_patients,
-        "stats_images.csv": stats_images,
-        "stats_storage.csv": stats_storage,
-        "stats_submittingcentres.csv": stats_centres,
-        "stats_date.txt": stats_date,
-    }
+    return {**files, "stats_date.txt": stats_date}
