@@ -104,3 +104,31 @@ def test_a_byte_budget_never_lets_its_holders_hold_more_than_its_limit():
     for thread in first + later:
         thread.join(timeout=10)
     assert peak[0] <= 100 and held[0] == 0
+
+
+def test_a_lone_surrogate_escape_is_invalid_json_and_a_pair_is_text():
+    import pytest
+
+    from warehouse.core.clinical import InvalidClinicalFile, parse_json_document
+
+    with pytest.raises(InvalidClinicalFile, match="lone surrogate"):
+        parse_json_document(b'{"SubmittingCentre": "A\\ud800"}')
+    with pytest.raises(InvalidClinicalFile, match="lone surrogate"):
+        parse_json_document(b'{"x": [{"\\udfff": 1}]}')
+    assert parse_json_document(b'{"x": "\\ud83d\\ude00"}') == {"x": "\U0001f600"}
+
+
+def test_dataprocess_reports_a_record_with_a_lone_surrogate_and_publishes(local_store):
+    from tests.test_dataprocess import run_graph as run_dataprocess
+
+    builders.put_tree(
+        local_store,
+        {
+            "config.json": builders.config(["raw-a"], training=[SPLIT]),
+            "training/data/Covid1/data_2021-03-01.json": clinical("Covid1", SPLIT),
+            "training/data/Covid2/data_2021-03-01.json": b'{"Pseudonym": "Covid2\\udc00"}',
+        },
+    )
+    code, state = run_dataprocess(local_store)
+    assert code == 0
+    assert [p["reason"] for p in state.report.problems] == ["invalid JSON"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from warehouse.core.keys import UnsafeIdentifier, identifier_problem
 from warehouse.core.report import Reason, quote
@@ -10,6 +11,9 @@ from warehouse.core.report import Reason, quote
 #: The most characters a ``SubmittingCentre`` may have (NHS trust names have under 80): a
 #: longer one is refused before it is kept, compared or reported.
 MAX_CENTRE_LENGTH = 256
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InvalidClinicalFile(ValueError):
@@ -65,13 +69,33 @@ def parse_json_document(data: bytes) -> object:
     except UnicodeDecodeError as exc:
         raise InvalidClinicalFile(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidClinicalFile(f"invalid JSON: {exc}") from None
     except RecursionError:
         raise InvalidClinicalFile("invalid JSON: nested too deeply to decode") from None
     except ValueError as exc:  # an integer past Python's int-string conversion limit
         raise InvalidClinicalFile(f"invalid JSON: {exc}") from None
+    if _has_lone_surrogate(document):
+        # (a \ud800 escape decodes to no character: no table, page or file could hold it)
+        raise InvalidClinicalFile("invalid JSON: a \\u escape of a lone surrogate is not text")
+    return document
+
+
+def _has_lone_surrogate(document: object) -> bool:
+    """Whether any text of a decoded JSON document (keys included) holds a lone surrogate."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def parse_clinical_record(data: bytes) -> dict:
