@@ -12,6 +12,7 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
+from warehouse.core.dicom import header_json, image_identity, read_header
 from warehouse.core.report import RunReport
 from warehouse.core.run import emit_summary, write_summary_file
 from warehouse.core.storage import LocalStorage
@@ -183,6 +184,83 @@ def test_a_plain_log_line_is_one_line_whatever_its_arguments():
     assert lines[-1] == f"    ValueError: bad value X\\n{FORGED}"
     assert not any(line.startswith("INFO") for line in lines)
     assert "\x1b" not in stream.getvalue() and "\x9b" not in stream.getvalue()
+
+
+def charset_image() -> tuple[str, bytes]:
+    """An image whose SpecificCharacterSet holds a line break and a forged log line."""
+    return image("Covid1", "DX", extra={"SpecificCharacterSet": CHARSET_PAYLOAD})
+
+
+# pydicom warns about the character set while the test writes the image
+unknown_encoding = pytest.mark.filterwarnings("ignore:Unknown encoding:UserWarning")
+
+
+@unknown_encoding
+def test_pydicom_messages_about_a_header_are_one_escaped_line_with_its_key(tmp_path):
+    storage = LocalStorage(tmp_path)
+    name, data = charset_image()
+    key = f"raw-a/2021-01-02/images/{name}"
+    storage.write(key, data)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(plain_formatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        header = read_header(storage, key, len(data))
+        image_identity(header.dataset)  # pydicom decodes with the charset again: no new line
+        header_json(header.dataset)
+    finally:
+        root.removeHandler(handler)
+    assert stream.getvalue().splitlines() == [
+        f"WARNING warehouse.core.dicom: {key}: pydicom: Unknown encoding 'X\\n{FORGED}' - "
+        "using default encoding instead"
+    ]
+
+
+@pytest.fixture
+def charset_tree(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    name, data = charset_image()
+    files = {
+        "config.json": builders.config(["raw-a"], split=["A Trust"]),
+        "raw-a/2021-01-01/data/Covid1_data.json": clinical("Covid1", "A Trust"),
+        f"raw-a/2021-01-02/images/{name}": data,
+    }
+    builders.put_tree(LocalStorage(root), files)
+    return root, f"raw-a/2021-01-02/images/{name}"
+
+
+@unknown_encoding
+def test_a_specific_character_set_cannot_forge_a_loader_log_line(charset_tree):
+    root, key = charset_tree
+    result = builders.python_m(
+        "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{root}")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if "pydicom" in line] == [
+        f"WARNING warehouse.core.dicom: {key}: pydicom: Unknown encoding 'X\\n{FORGED}' - "
+        "using default encoding instead"
+    ]
+    assert not any(line.startswith(FORGED) for line in lines)
+    assert not any("UserWarning" in line for line in lines)
+    assert "images copied: 1" in result.stdout  # the image is filed all the same
+
+
+@unknown_encoding
+def test_json_logs_hold_the_payload_in_one_object(charset_tree):
+    root, key = charset_tree
+    env = builders.graph_env(WAREHOUSE_BUCKET=f"file://{root}", WAREHOUSE_LOG_FORMAT="json")
+    result = builders.python_m("warehouseloader", env=env)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    (pydicom_record,) = [r for r in records if "pydicom" in r["message"]]
+    assert pydicom_record["message"] == (
+        f"{key}: pydicom: Unknown encoding '{CHARSET_PAYLOAD}' - using default encoding instead"
+    )
+    assert pydicom_record["level"] == "WARNING"
 
 
 def test_the_run_summary_quotes_keys_and_reasons_on_one_line_each(monkeypatch, tmp_path):

@@ -6,14 +6,18 @@ Reading is total: whatever bytes a hospital sends, `read_header` returns a heade
 truncated header or pixel data, unreadable, too large). pydicom parses through a
 `RangedReader`, a file-like object that fetches the ranges pydicom asks for, so a header of any
 size is read in the fewest requests, large values are skipped without being fetched, and the
-pixel data is never read.
+pixel data is never read. What pydicom logs about a header is held while it is read and logged
+once with the file's key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -52,6 +56,9 @@ MAX_SEQUENCE_BYTES = 4 * 1024 * 1024
 MAX_SEQUENCE_ITEMS = 20_000
 #: The most bytes one header may cost (settings can lower or raise it).
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024 * 1024
+#: What pydicom logs about one header: the first few distinct messages, each cut short.
+MAX_PYDICOM_MESSAGES = 5
+MAX_PYDICOM_MESSAGE_CHARS = 300
 #: How much of the end of a file is read to check that encapsulated pixel data is complete.
 ENCAPSULATED_TAIL_BYTES = 4096
 _CONTIGUOUS_BLOCK_LIMIT = 8 * 1024 * 1024
@@ -66,9 +73,12 @@ _ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")  # little and big endian
 VOI_LUT_SEQUENCE = "00283010"
 _BINARY_VALUE_KEYS = ("InlineBinary", "BulkDataURI")
 
+logger = logging.getLogger(__name__)
+
 # Identifiers are validated here (keys.py), so pydicom's own warnings about invalid values in
 # uploaded headers would only be noise in the run's log (and warnings.catch_warnings is not
-# thread-safe, so they are silenced once for the process).
+# thread-safe, so they are silenced once for the process). pydicom logs the same messages:
+# see `_PydicomMessages`.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
@@ -338,6 +348,50 @@ class _Inflating(io.RawIOBase):
         return True
 
 
+class _Reading(threading.local):
+    """What the thread reading a header holds: pydicom's messages about the header (None: no
+    header is being read)."""
+
+    messages: list[str] | None = None
+
+
+_READING = _Reading()
+
+
+class _PydicomMessages(logging.Handler):
+    """The one handler of pydicom's logger (which no longer passes its records on): while a
+    thread reads a header, pydicom's messages about it are held (`read_header` logs them with
+    the file's key, escaped like every log line); any other is logged at DEBUG (converting a
+    header already read repeats what its reading said)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()[:MAX_PYDICOM_MESSAGE_CHARS]
+        held = _READING.messages
+        if held is None:
+            logger.debug("pydicom: %s", text)
+        elif len(held) < MAX_PYDICOM_MESSAGES and text not in held:
+            held.append(text)
+
+
+_pydicom_logger = logging.getLogger("pydicom")
+_pydicom_logger.addHandler(_PydicomMessages())
+_pydicom_logger.propagate = False
+
+
+@contextlib.contextmanager
+def _reading(name: str):
+    """Hold pydicom's messages while one header is read; then log them once, with ``name``
+    (the file's key)."""
+    _READING.messages = []
+    try:
+        yield
+    finally:
+        messages = _READING.messages
+        _READING.messages = None
+        for message in messages:
+            logger.warning("%s: pydicom: %s", name, message)
+
+
 def read_header(
     storage, key: str, size: int | None, *, max_header_bytes: int | None = None
 ) -> HeaderRead:
@@ -365,7 +419,8 @@ def read_header(
     reader = RangedReader(
         lambda start, end: storage.read_range(key, start, end), size, limit=max_header_bytes
     )
-    dataset = _read(reader)
+    with _reading(key):
+        dataset = _read(reader)
     return HeaderRead(dataset, reader.requests, reader.bytes_read)
 
 
@@ -378,7 +433,8 @@ def parse_header(data: bytes, *, max_header_bytes: int | None = None) -> Dataset
         As `read_header`.
     """
     reader = RangedReader(lambda start, end: data[start:end], len(data), limit=max_header_bytes)
-    return _read(reader)
+    with _reading("header in memory"):
+        return _read(reader)
 
 
 def _read(reader: RangedReader) -> Dataset:
