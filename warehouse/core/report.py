@@ -27,6 +27,7 @@ class Reason(StrEnum):
     TRUNCATED_PIXEL_DATA = "truncated pixel data"
     UNREADABLE_HEADER = "unreadable DICOM header"
     HEADER_TOO_LARGE = "DICOM header too large"
+    HEADER_TOO_COMPLEX = "DICOM header too complex"
     MISSING_IDENTIFIER = "missing DICOM identifier"
     UNSUPPORTED_MODALITY = "unsupported modality"
     UNSAFE_IDENTIFIER = "unsafe identifier"
