@@ -470,3 +470,32 @@ def test_sequence_items_count_as_elements():
         parse_header(_before_the_pixel_data(_private_sequence(0x7003, empty, defined=False)))
     fits = parse_header(_before_the_pixel_data(_private_sequence(0x7003, [b""] * 40_000, False)))
     assert len(fits[0x70031000].value) == 40_000
+
+
+def test_the_metadata_json_of_a_header_of_escaped_text_is_bounded():
+    """3,000 text values of 16 KiB of control characters (47 MiB, each character six in JSON):
+    the values stop at 32 MiB of JSON, the later elements written without theirs."""
+    value = b"\x01" * (16 * 1024 - 2)  # just under the size of values that are not fetched
+    elements = [struct.pack("<HH2sH", 0x7001, 0x0010, b"LO", 4) + b"TEXT"]
+    for n in range(3000):
+        elements.append(struct.pack("<HH2sHI", 0x7001, 0x1000 + n, b"UT", 0, len(value)) + value)
+    dataset = parse_header(_before_the_pixel_data(b"".join(elements)))
+    left_out: list[str] = []
+    tracemalloc.start()
+    try:
+        data = header_json(dataset, left_out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    doc = json.loads(data)
+    stubs = len(",".join(f'"{key}":{{"vr":"UT"}}' for key in left_out))
+    assert 32 * 1024 * 1024 - 100_000 < len(data) - stubs <= 32 * 1024 * 1024
+    assert peak < 100 * 1024 * 1024  # the whole document would be 280 MiB
+    texts = [f"7001{0x1000 + n:04X}" for n in range(3000)]
+    kept = [key for key in texts if "Value" in doc[key]]
+    assert kept == texts[: len(kept)] and 300 < len(kept) < 400
+    assert doc[kept[0]]["Value"] == ["\x01" * len(value)]
+    assert left_out == texts[len(kept) :]
+    assert all(doc[key] == {"vr": "UT"} for key in left_out)
+    assert doc["00100020"]["Value"] == ["Covid1"]  # the identifiers come first, in tag order
+    Dataset.from_json(data.decode("ascii"))

@@ -64,6 +64,10 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024 * 1024
 #: pydicom's real-world test files hold at most 1,484 (a 12-lead ECG); an enhanced multi-frame
 #: image of 50 elements per frame fits 1,000 frames. Each element costs about 0.3 KB parsed.
 MAX_HEADER_ELEMENTS = 50_000
+#: The most bytes of one metadata JSON: an element that would take it further is written
+#: without its value (at most 30 bytes). A 64 MiB header of text values of control characters,
+#: each escaped as six characters, would otherwise make 380 MB of JSON.
+MAX_METADATA_JSON_BYTES = 32 * 1024 * 1024
 #: What pydicom logs about one header: the first few distinct messages, each cut short.
 MAX_PYDICOM_MESSAGES = 5
 MAX_PYDICOM_MESSAGE_CHARS = 300
@@ -803,19 +807,34 @@ def header_json(dataset: Dataset, left_out: list[str] | None = None) -> bytes:
     without a value (``{"vr": "OB"}``, ``{"vr": "SQ"}``), so ``pydicom.Dataset.from_json``
     reads the result back as it is. Group Length elements are left out (PS3.18 F.2), and so
     are elements whose value cannot be converted (their tags are appended to ``left_out``),
-    rather than failing the image.
+    rather than failing the image. An element whose JSON would take the document past
+    `MAX_METADATA_JSON_BYTES` is written without its value (and appended to ``left_out``):
+    the document is written element by element, so it never costs much more than that (the
+    elements without a value add at most 30 bytes each).
 
     Returns
     -------
     bytes
-        Compact UTF-8 JSON.
+        Compact UTF-8 JSON (the same bytes as ``json.dumps`` of `header_json_dict`'s result
+        with compact separators, when no element is over the bound).
     """
-    elements = header_json_dict(dataset, left_out)
-    return json.dumps(elements, separators=(",", ":")).encode("utf-8")
+    room = MAX_METADATA_JSON_BYTES - 2
+    parts = []
+    for key, element in _json_elements(dataset, left_out):
+        # ASCII (json.dumps escapes the rest): characters are bytes
+        part = f'"{key}":{json.dumps(element, separators=(",", ":"))}'.encode("ascii")
+        if len(part) + 1 > room:
+            part = f'"{key}":{{"vr":"{element["vr"]}"}}'.encode("ascii")
+            if left_out is not None:
+                left_out.append(key)
+        room -= len(part) + 1
+        parts.append(part)
+    return b"{" + b",".join(parts) + b"}"
 
 
 def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dict:
-    """The DICOM JSON model of a header, as `header_json` writes it.
+    """The DICOM JSON model of a header, as `header_json` writes it (without its bound on the
+    document's size).
 
     Elements are converted straight from the bytes pydicom read where that is proven to give
     pydicom's own result (explicit VR little endian values of the common VRs, one character
@@ -824,27 +843,31 @@ def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dic
     differences from pydicom are listed in the README (Group Length left out, empty trailing
     person-name groups left out, readable text that breaks its VR's rules kept).
     """
+    return dict(_json_elements(dataset, left_out))
+
+
+def _json_elements(dataset: Dataset, left_out: list[str] | None):
+    """``(key, element)`` of each element of the header's DICOM JSON, in tag order."""
     encoding = _single_encoding(dataset)
     skipped = getattr(dataset, "skipped_for_size", frozenset())
-    elements = {}
     for tag, raw in dataset._dict.items():
         if not tag & 0xFFFF:
             continue  # Group Length (gggg,0000): not part of the JSON model
         key = f"{tag:08X}"
         if key == VOI_LUT_SEQUENCE:
-            elements[key] = {"vr": "SQ"}
+            yield key, {"vr": "SQ"}
             continue
         element = None
         if isinstance(raw, RawDataElement):
             if tag in skipped:
-                elements[key] = {"vr": _raw_vr(raw) or "UN"}
                 if _raw_vr(raw) == "SQ" and left_out is not None:
                     left_out.append(key)  # a sequence too large to keep its items
+                yield key, {"vr": _raw_vr(raw) or "UN"}
                 continue
             if _too_many_items(raw):
-                elements[key] = {"vr": "SQ"}
                 if left_out is not None:
                     left_out.append(key)
+                yield key, {"vr": "SQ"}
                 continue
             element = _fast_element(raw, encoding)
         if element is None:
@@ -852,8 +875,7 @@ def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dic
             if element is None and left_out is not None:
                 left_out.append(key)
         if element is not None:
-            elements[key] = element
-    return elements
+            yield key, element
 
 
 def _too_many_items(raw: RawDataElement) -> bool:
