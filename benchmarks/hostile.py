@@ -7,9 +7,13 @@ the tree's images (by default):
 - images with a 20 MB private value before the pixel data (written sparse: the value's bytes
   are zeros the file system never stores);
 - 1 GB ".dcm" files of garbage (random first bytes, sparse after them);
+- images whose header holds 4,000,000 four-byte private elements (48 MB, under the header
+  cap: "DICOM header too complex");
 - clinical files of 100 and 200 MB (a record with one huge text field).
 
 Run ``python -m benchmarks.hostile --help``; `add_hostile_files` is what the harness calls.
+``python -m benchmarks.hostile --header-elements N`` reads one header of ``N`` tiny elements
+in this process and prints the time and the peak memory it took.
 """
 
 from __future__ import annotations
@@ -17,8 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import struct
+import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 from warehouse.synthetic import build_dicom
 
@@ -52,6 +61,37 @@ def _large_private_value_image(path: Path, patient: str, n: int, value_bytes: in
     _write_sparse(path, head, len(head) + value_bytes + len(tail), tail)
 
 
+def _many_elements_image(path: Path, patient: str, n: int, elements: int) -> None:
+    """A DX image with ``elements`` private UL elements (12 bytes each, tags ascending over
+    the odd groups from 7001) before its pixel data, written 100,000 at a time."""
+    data = build_dicom(
+        patient_id=patient,
+        study_uid=f"1.2.826.0.1.3680043.10.8.{n}",
+        series_uid=f"1.2.826.0.1.3680043.10.8.{n}.1",
+        sop_uid=f"1.2.826.0.1.3680043.10.8.{n}.1.1",
+        modality="DX",
+    )
+    at = data.index(PIXEL_TAG)
+    layout = [
+        ("group", "<u2"),
+        ("element", "<u2"),
+        ("vr", "S2"),
+        ("length", "<u2"),
+        ("value", "<u4"),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data[:at])
+        for first in range(0, elements, 100_000):
+            index = np.arange(first, min(elements, first + 100_000), dtype=np.uint32)
+            array = np.zeros(len(index), dtype=layout)
+            array["group"] = 0x7001 + 2 * (index // 0xF000)
+            array["element"] = 0x1000 + index % 0xF000
+            array["vr"], array["length"], array["value"] = b"UL", 4, index
+            handle.write(array.tobytes())
+        handle.write(data[at:])
+
+
 def _huge_clinical(path: Path, patient: str, centre: str, size: int) -> None:
     """A clinical record of about ``size`` bytes: one text field holds nearly all of it."""
     start = json.dumps({"Pseudonym": patient, "SubmittingCentre": centre, "Notes": ""})[:-2]
@@ -72,6 +112,7 @@ def add_hostile_files(
     share: float = 0.02,
     images: int | None = None,
     clinical_sizes: dict[int, int] | None = None,
+    header_elements: int = 4_000_000,
 ) -> dict:
     """Add hostile files to the generated tree at ``root``; what was added, by kind.
 
@@ -86,6 +127,8 @@ def add_hostile_files(
     clinical_sizes : dict, optional
         Size in bytes -> how many clinical files of that size (default: two of 200 MB and
         four of 100 MB).
+    header_elements : int
+        The tiny private elements in the header of each too complex image.
     """
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     prefix = config["raw_prefixes"][0].rstrip("/")
@@ -95,7 +138,8 @@ def add_hostile_files(
     total = max(8, round(images * share))
     huge = DEFAULT_CLINICAL_SIZES if clinical_sizes is None else clinical_sizes
     garbage = max(1, total // 40)
-    big_values = total - garbage - sum(huge.values())
+    complex_headers = max(1, total // 40)
+    big_values = total - garbage - complex_headers - sum(huge.values())
     folder = root / prefix / "2021-06-01"
     for n in range(big_values):
         patient = f"Covid{900000 + n}"
@@ -105,6 +149,9 @@ def add_hostile_files(
         _large_private_value_image(folder / "images" / f"big-value-{n}.dcm", patient, n, 20 * MB)
     for n in range(garbage):
         _write_sparse(folder / "images" / f"garbage-{n}.dcm", os.urandom(256 * 1024), 1024 * MB)
+    for n in range(complex_headers):
+        path = folder / "images" / f"many-elements-{n}.dcm"
+        _many_elements_image(path, f"Covid{980000 + n}", n, header_elements)
     written = 0
     for size, count in huge.items():
         for _ in range(count):
@@ -114,8 +161,39 @@ def add_hostile_files(
     return {
         "images with a 20 MB private value": big_values,
         "1 GB garbage .dcm files": garbage,
+        f"images with {header_elements:,} tiny header elements": complex_headers,
         "clinical files of 100 or 200 MB": written,
-        "hostile files": big_values + garbage + written,
+        "hostile files": big_values + garbage + complex_headers + written,
+    }
+
+
+def read_many_elements(elements: int) -> dict:
+    """Read the header of an image of ``elements`` tiny private elements from a local store
+    (ranged reads, as the loader does) in this process: its outcome, the time it took, and the
+    process's peak memory before and after (``ru_maxrss``)."""
+    from warehouse.core.dicom import HeaderProblem, read_header
+    from warehouse.core.storage import LocalStorage
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        _many_elements_image(root / "many.dcm", "Covid1", 1, elements)
+        size = (root / "many.dcm").stat().st_size
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        started = time.perf_counter()
+        try:
+            header = read_header(LocalStorage(root), "many.dcm", size)
+            outcome = f"read: {len(header.dataset._dict):,} top-level elements"
+        except HeaderProblem as exc:
+            outcome = f"{exc.reason.value}: {exc}"
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "elements": elements,
+        "file_mb": round(size / MB, 1),
+        "outcome": outcome,
+        "seconds": round(seconds, 3),
+        "peak_rss_mb_before": round(before, 1),
+        "peak_rss_mb": round(after, 1),
     }
 
 
@@ -124,10 +202,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("root", type=Path, help="a tree written by the synthetic generator")
+    parser.add_argument(
+        "root", type=Path, nargs="?", help="a tree written by the synthetic generator"
+    )
     parser.add_argument("--share", type=float, default=0.02, help="hostile files per image")
+    parser.add_argument(
+        "--header-elements",
+        type=int,
+        metavar="N",
+        help="instead: read one header of N tiny private elements and print its time and "
+        "peak memory",
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(add_hostile_files(args.root, args.share), indent=2))
+    if args.header_elements is not None:
+        print(json.dumps(read_many_elements(args.header_elements), indent=2))
+    elif args.root is None:
+        parser.error("give a tree, or --header-elements")
+    else:
+        print(json.dumps(add_hostile_files(args.root, args.share), indent=2))
     return 0
 
 

@@ -746,6 +746,14 @@ class Harness:
             "memory_ratio": round(run.process.max_rss_mb / clean.process.max_rss_mb, 3),
         }
         shutil.rmtree(bucket, ignore_errors=True)
+        # one too complex header alone, in a fresh process: its time and peak memory
+        one = subprocess.run(
+            [sys.executable, "-m", "benchmarks.hostile", "--header-elements", "4000000"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.figures["local_hostile"]["complex_header"] = json.loads(one.stdout)
         self.phase("hostile", started)
 
 
@@ -976,6 +984,13 @@ def evaluate(figures: dict) -> list[dict]:
             "<= 1.5",
             "hostile_memory_vs_clean",
         )
+        one = hostile.get("complex_header")
+        if one:
+            row(
+                "one header of 4,000,000 tiny elements: refused in (s), peak memory (MB)",
+                f"{one['seconds']:.2f}, {one['peak_rss_mb']:.0f} "
+                f"({one['peak_rss_mb_before']:.0f} before)",
+            )
     memory = figures.get("memory")
     if memory:
         sizes = sorted(memory, key=int)

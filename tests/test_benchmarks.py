@@ -27,6 +27,7 @@ from benchmarks.proxy import (
     start_proxy,
     subject_of,
 )
+from warehouse.core.dicom import MAX_HEADER_ELEMENTS
 
 
 @pytest.fixture
@@ -324,11 +325,13 @@ def test_hostile_files_are_what_they_claim(tmp_path, tiny_tree):
     import shutil
 
     from benchmarks.hostile import MB, add_hostile_files
-    from warehouse.core.dicom import NotDicom, parse_header
+    from warehouse.core.dicom import HeaderTooComplex, NotDicom, parse_header
 
     root = tmp_path / "hostile"
     shutil.copytree(tiny_tree.root, root)
-    added = add_hostile_files(root, share=0.5, images=40, clinical_sizes={2 * MB: 1})
+    added = add_hostile_files(
+        root, share=0.5, images=40, clinical_sizes={2 * MB: 1}, header_elements=60_000
+    )
     assert added["hostile files"] == 20
     folder = next(root.glob("raw-*/2021-06-01"))
     big = sorted(folder.glob("images/big-value-*.dcm"))
@@ -341,8 +344,24 @@ def test_hostile_files_are_what_they_claim(tmp_path, tiny_tree):
     assert garbage and garbage[0].stat().st_size == 1024 * MB
     with pytest.raises(NotDicom):
         parse_header(garbage[0].read_bytes()[: 64 * 1024])
+    (many,) = folder.glob("images/many-elements-*.dcm")
+    assert added["images with 60,000 tiny header elements"] == 1
+    assert many.stat().st_size > 60_000 * 12
+    with pytest.raises(HeaderTooComplex):
+        parse_header(many.read_bytes())
     (huge,) = [p for p in folder.glob("data/*.json") if p.stat().st_size > MB]
     assert json_module.loads(huge.read_text())["SubmittingCentre"]
+
+
+def test_one_header_of_many_elements_is_measured(capsys):
+    from benchmarks import hostile
+
+    assert hostile.main(["--header-elements", str(MAX_HEADER_ELEMENTS + 10_000)]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["outcome"].startswith(
+        f"DICOM header too complex: more than {MAX_HEADER_ELEMENTS:,}"
+    )
+    assert figures["peak_rss_mb"] >= figures["peak_rss_mb_before"] > 0
 
 
 def test_dicom_json_benchmark_converts_the_real_world_headers(capsys):

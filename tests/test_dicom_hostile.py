@@ -8,6 +8,7 @@ import io
 import json
 import os
 import struct
+import tracemalloc
 
 import numpy as np
 import pydicom
@@ -23,8 +24,10 @@ from tests.builders import uid
 from tests.test_dicom import PIXEL_TAG, CountingStorage, dicom, real
 from warehouse.core.dicom import (
     FIRST_READ_BYTES,
+    MAX_HEADER_ELEMENTS,
     MAX_SEQUENCE_ITEMS,
     HeaderProblem,
+    HeaderTooComplex,
     HeaderTooLarge,
     NoFileMeta,
     NotAnImage,
@@ -362,3 +365,139 @@ def test_a_cut_inside_a_nested_sequence_is_a_truncated_header():
     at = data.index(b"\x08\x00\x40\x11SQ")  # (0008,1140)
     with pytest.raises(TruncatedHeader):
         parse_header(data[: at + 300])
+
+
+# --------------------------------------------------------------------------------------------
+# headers of too many elements
+
+
+def _private_elements(count: int, group: int = 0x7001) -> bytes:
+    """``count`` private UL elements of 12 bytes (explicit VR little endian), tags ascending
+    from (7001,1000) over as many odd groups as they need: written as one array, since
+    millions of pydicom elements would take minutes to build."""
+    index = np.arange(count, dtype=np.uint32)
+    per_group = 0x10000 - 0x1000
+    layout = [
+        ("group", "<u2"),
+        ("element", "<u2"),
+        ("vr", "S2"),
+        ("length", "<u2"),
+        ("value", "<u4"),
+    ]
+    elements = np.zeros(count, dtype=layout)
+    elements["group"] = group + 2 * (index // per_group)
+    elements["element"] = 0x1000 + index % per_group
+    elements["vr"], elements["length"], elements["value"] = b"UL", 4, index
+    return elements.tobytes()
+
+
+def _private_sequence(group: int, items: list[bytes], defined: bool) -> bytes:
+    """A private sequence (gggg,1000) with its creator, of ``items`` (each an item's elements),
+    of defined or undefined lengths."""
+    creator = struct.pack("<HH2sH", group, 0x0010, b"LO", 4) + b"MANY"
+    if defined:
+        body = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item for item in items)
+        return creator + struct.pack("<HH2sHI", group, 0x1000, b"SQ", 0, len(body)) + body
+    item_end = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    body = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + i + item_end for i in items)
+    opening = struct.pack("<HH2sHI", group, 0x1000, b"SQ", 0, 0xFFFFFFFF)
+    return creator + opening + body + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
+def _before_the_pixel_data(extra: bytes) -> bytes:
+    data = dicom()
+    at = data.index(PIXEL_TAG)
+    return data[:at] + extra + data[at:]
+
+
+def test_a_header_of_four_million_tiny_elements_is_refused_early_in_flat_memory(counting):
+    """48 MB of four-byte private elements, under the 64 MiB header cap: refused after
+    MAX_HEADER_ELEMENTS elements, from the first megabyte or so, without building the rest."""
+    data = dicom()
+    at = data.index(PIXEL_TAG)
+    path = counting.root / "many.dcm"
+    with open(path, "wb") as handle:
+        handle.write(data[:at])
+        handle.write(_private_elements(4_000_000))
+        handle.write(data[at:])
+    size = path.stat().st_size
+    assert size > 48_000_000
+    tracemalloc.start()
+    try:
+        expected = f"more than {MAX_HEADER_ELEMENTS:,} data elements"
+        with pytest.raises(HeaderTooComplex, match=expected) as refused:
+            read_header(counting, "many.dcm", size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.reason is Reason.HEADER_TOO_COMPLEX
+    assert Reason.HEADER_TOO_COMPLEX.value == "DICOM header too complex"
+    assert peak < 64 * 1024 * 1024  # all of them would take gigabytes
+    assert sum(end - start for start, end in counting.ranges) < 4 * 1024 * 1024
+
+
+def test_the_elements_of_an_undefined_length_sequence_count_while_it_is_parsed():
+    """pydicom parses such a sequence as it reads the header: a million elements in one item
+    are refused as soon as the count passes the cap."""
+    many = _before_the_pixel_data(_private_sequence(0x7003, [_private_elements(10**6)], False))
+    tracemalloc.start()
+    try:
+        with pytest.raises(HeaderTooComplex):
+            parse_header(many)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024  # parsed, a million elements take over 300 MB
+    fits = _private_sequence(0x7003, [_private_elements(40_000)], defined=False)
+    assert len(parse_header(_before_the_pixel_data(fits))[0x70031000].value[0]) == 40_000
+
+
+def test_the_elements_of_sequences_kept_as_bytes_count_too():
+    """Three defined-length sequences of 20,000 elements each: each under every sequence bound,
+    60,000 together, which the metadata JSON would convert."""
+    sequences = [_private_sequence(g, [_private_elements(20_000)], True) for g in (0x7003, 0x7005)]
+    fits = parse_header(_before_the_pixel_data(b"".join(sequences)))
+    doc = json.loads(header_json(fits))
+    assert [len(doc[key]["Value"][0]) for key in ("70031000", "70051000")] == [20_000, 20_000]
+    sequences.append(_private_sequence(0x7007, [_private_elements(20_000)], True))
+    with pytest.raises(HeaderTooComplex):
+        parse_header(_before_the_pixel_data(b"".join(sequences)))
+
+
+def test_sequence_items_count_as_elements():
+    """60,000 empty items in an undefined-length sequence: no element in them, 60,000 data
+    sets for pydicom to build."""
+    empty = [b""] * 60_000
+    with pytest.raises(HeaderTooComplex):
+        parse_header(_before_the_pixel_data(_private_sequence(0x7003, empty, defined=False)))
+    fits = parse_header(_before_the_pixel_data(_private_sequence(0x7003, [b""] * 40_000, False)))
+    assert len(fits[0x70031000].value) == 40_000
+
+
+def test_the_metadata_json_of_a_header_of_escaped_text_is_bounded():
+    """3,000 text values of 16 KiB of control characters (47 MiB, each character six in JSON):
+    the values stop at 32 MiB of JSON, the later elements written without theirs."""
+    value = b"\x01" * (16 * 1024 - 2)  # just under the size of values that are not fetched
+    elements = [struct.pack("<HH2sH", 0x7001, 0x0010, b"LO", 4) + b"TEXT"]
+    for n in range(3000):
+        elements.append(struct.pack("<HH2sHI", 0x7001, 0x1000 + n, b"UT", 0, len(value)) + value)
+    dataset = parse_header(_before_the_pixel_data(b"".join(elements)))
+    left_out: list[str] = []
+    tracemalloc.start()
+    try:
+        data = header_json(dataset, left_out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    doc = json.loads(data)
+    stubs = len(",".join(f'"{key}":{{"vr":"UT"}}' for key in left_out))
+    assert 32 * 1024 * 1024 - 100_000 < len(data) - stubs <= 32 * 1024 * 1024
+    assert peak < 100 * 1024 * 1024  # the whole document would be 280 MiB
+    texts = [f"7001{0x1000 + n:04X}" for n in range(3000)]
+    kept = [key for key in texts if "Value" in doc[key]]
+    assert kept == texts[: len(kept)] and 300 < len(kept) < 400
+    assert doc[kept[0]]["Value"] == ["\x01" * len(value)]
+    assert left_out == texts[len(kept) :]
+    assert all(doc[key] == {"vr": "UT"} for key in left_out)
+    assert doc["00100020"]["Value"] == ["Covid1"]  # the identifiers come first, in tag order
+    Dataset.from_json(data.decode("ascii"))

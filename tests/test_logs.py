@@ -1,15 +1,24 @@
-"""Logs an operator can query: progress lines with totals, and JSON logs line by line."""
+"""Logs an operator can query: progress lines with totals, JSON logs line by line, and plain
+lines that nothing from an upload can break or steer."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import unicodedata
 
 import pytest
 
 from tests import builders
 from tests.builders import clinical, image
+from warehouse.core.dicom import header_json, image_identity, read_header
+from warehouse.core.report import RunReport
+from warehouse.core.run import emit_summary, write_summary_file
 from warehouse.core.storage import LocalStorage
+from warehouse.core.text import escape_controls
 from warehouse.loader.filing import Progress
+from warehouse.runtime.logs import plain_formatter
 
 
 @pytest.fixture
@@ -103,3 +112,176 @@ def test_error_lines_name_the_product_not_bonobo(tree):
     assert _RunRecords().filter(record)
     assert record.name == "warehouse.warehouseloader.process_image"
     assert record.run_id == "r1" and record.event is None
+
+
+# --------------------------------------------------------------------------------------------
+# log and terminal injection: what an upload says never forges a line nor steers a terminal
+
+FORGED = "INFO warehouse.warehouseloader: warehouseloader run summary: all sites OK"
+CHARSET_PAYLOAD = f"X\n{FORGED}"
+
+
+_BIDI_CONTROLS = {"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"}
+_BIDI_MARKS = {"LEFT-TO-RIGHT MARK", "RIGHT-TO-LEFT MARK", "ARABIC LETTER MARK"}
+
+
+def is_control(char: str) -> bool:
+    """What may not reach a plain line raw (the oracle, from Unicode's own data): a control
+    (Cc), a line or paragraph separator, or a bidirectional control or mark."""
+    if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+        return True
+    return unicodedata.bidirectional(char) in _BIDI_CONTROLS or (
+        unicodedata.name(char, "") in _BIDI_MARKS
+    )
+
+
+def test_escaped_text_has_no_control_character_left():
+    """Every code point of the Basic Multilingual Plane: the escaped text is one line, holds no
+    control, and only the controls changed."""
+    for code in range(0x10000):
+        char = chr(code)
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # surrogates are not characters
+        escaped = escape_controls(f"a{char}b")
+        assert len(escaped.splitlines()) == 1, hex(code)
+        assert not any(is_control(c) for c in escaped), hex(code)
+        assert (escaped == f"a{char}b") != is_control(char), hex(code)
+
+
+def test_escapes_are_the_documented_ones():
+    assert escape_controls("a\nb\rc\td") == "a\\nb\\rc\\td"
+    assert escape_controls("\x1b[2J\x1b]52;c;ZXZpbA==\x07") == "\\x1b[2J\\x1b]52;c;ZXZpbA==\\x07"
+    assert escape_controls("\x00\x7f\x85\x9b") == "\\x00\\x7f\\x85\\x9b"
+    assert escape_controls("a\u2028b\u2029c\u202ed\u2066") == "a\\u2028b\\u2029c\\u202ed\\u2066"
+    assert escape_controls("Écija \\ Trust") == "Écija \\ Trust"  # letters and backslashes stay
+    assert escape_controls("a\\nb\n", backslashes=True) == "a\\\\nb\\n"
+
+
+def test_a_plain_log_line_is_one_line_whatever_its_arguments():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(plain_formatter())
+    log = logging.getLogger("tests.injection")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("%s: %s", "raw-a/x\r\n.dcm", CHARSET_PAYLOAD)
+        log.warning("centre \x1b[2J\x1b]52;c;ZXZpbA==\x07 \x9b\u2028 sent it")
+        try:
+            raise ValueError(f"bad value {CHARSET_PAYLOAD}")
+        except ValueError:
+            log.exception("internal error on %s", "raw-a/y.dcm")
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == f"WARNING tests.injection: raw-a/x\\r\\n.dcm: X\\n{FORGED}"
+    assert lines[1] == (
+        "WARNING tests.injection: centre \\x1b[2J\\x1b]52;c;ZXZpbA==\\x07 \\x9b\\u2028 sent it"
+    )
+    assert lines[2] == "ERROR tests.injection: internal error on raw-a/y.dcm"
+    # the traceback: indented lines, the exception's own line break escaped
+    assert all(line.startswith("    ") for line in lines[3:]), lines
+    assert lines[-1] == f"    ValueError: bad value X\\n{FORGED}"
+    assert not any(line.startswith("INFO") for line in lines)
+    assert "\x1b" not in stream.getvalue() and "\x9b" not in stream.getvalue()
+
+
+def charset_image() -> tuple[str, bytes]:
+    """An image whose SpecificCharacterSet holds a line break and a forged log line."""
+    return image("Covid1", "DX", extra={"SpecificCharacterSet": CHARSET_PAYLOAD})
+
+
+# pydicom warns about the character set while the test writes the image
+unknown_encoding = pytest.mark.filterwarnings("ignore:Unknown encoding:UserWarning")
+
+
+@unknown_encoding
+def test_pydicom_messages_about_a_header_are_one_escaped_line_with_its_key(tmp_path):
+    storage = LocalStorage(tmp_path)
+    name, data = charset_image()
+    key = f"raw-a/2021-01-02/images/{name}"
+    storage.write(key, data)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(plain_formatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        header = read_header(storage, key, len(data))
+        image_identity(header.dataset)  # pydicom decodes with the charset again: no new line
+        header_json(header.dataset)
+    finally:
+        root.removeHandler(handler)
+    assert stream.getvalue().splitlines() == [
+        f"WARNING warehouse.core.dicom: {key}: pydicom: Unknown encoding 'X\\n{FORGED}' - "
+        "using default encoding instead"
+    ]
+
+
+@pytest.fixture
+def charset_tree(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    name, data = charset_image()
+    files = {
+        "config.json": builders.config(["raw-a"], split=["A Trust"]),
+        "raw-a/2021-01-01/data/Covid1_data.json": clinical("Covid1", "A Trust"),
+        f"raw-a/2021-01-02/images/{name}": data,
+    }
+    builders.put_tree(LocalStorage(root), files)
+    return root, f"raw-a/2021-01-02/images/{name}"
+
+
+@unknown_encoding
+def test_a_specific_character_set_cannot_forge_a_loader_log_line(charset_tree):
+    root, key = charset_tree
+    result = builders.python_m(
+        "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{root}")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if "pydicom" in line] == [
+        f"WARNING warehouse.core.dicom: {key}: pydicom: Unknown encoding 'X\\n{FORGED}' - "
+        "using default encoding instead"
+    ]
+    assert not any(line.startswith(FORGED) for line in lines)
+    assert not any("UserWarning" in line for line in lines)
+    assert "images copied: 1" in result.stdout  # the image is filed all the same
+
+
+@unknown_encoding
+def test_json_logs_hold_the_payload_in_one_object(charset_tree):
+    root, key = charset_tree
+    env = builders.graph_env(WAREHOUSE_BUCKET=f"file://{root}", WAREHOUSE_LOG_FORMAT="json")
+    result = builders.python_m("warehouseloader", env=env)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    (pydicom_record,) = [r for r in records if "pydicom" in r["message"]]
+    assert pydicom_record["message"] == (
+        f"{key}: pydicom: Unknown encoding '{CHARSET_PAYLOAD}' - using default encoding instead"
+    )
+    assert pydicom_record["level"] == "WARNING"
+
+
+def test_the_run_summary_quotes_keys_and_reasons_on_one_line_each(monkeypatch, tmp_path):
+    report = RunReport("warehouseloader", run_id="r1")
+    report.count("images copied", 3)
+    report.count(f"odd\n{FORGED}")
+    report.fail(f"listing failed on raw-a/\x1b[2J{CHARSET_PAYLOAD}")
+    summary = report.summary() + "\n  catalogue part: file:///x\r"
+    stream = io.StringIO()
+    summary_file = tmp_path / "summary.txt"
+    monkeypatch.setenv("RUN_SUMMARY_FILE", str(summary_file))
+    monkeypatch.setenv("WAREHOUSE_LOG_FORMAT", "text")
+    emit_summary(summary, report, 1, stream=stream)
+    write_summary_file(summary)
+    expected = [
+        "warehouseloader run summary",
+        f"  run could not complete: listing failed on raw-a/\\x1b[2JX\\n{FORGED}",
+        "  images copied: 3",
+        f"  odd\\n{FORGED}: 1",
+        "  not filed: 0",
+        "  catalogue part: file:///x\\r",
+    ]
+    assert stream.getvalue().split("\n") == [*expected, ""]
+    assert summary_file.read_text(encoding="utf-8").split("\n") == [*expected, ""]

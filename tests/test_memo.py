@@ -7,10 +7,12 @@ import json
 import pytest
 
 from warehouse.core.config import PipelineConfig
+from warehouse.core.dicom import MAX_HEADER_ELEMENTS
 from warehouse.core.keys import parse_raw_key
 from warehouse.core.listing import WarehouseIndex
+from warehouse.core.report import Reason
 from warehouse.core.storage import LocalStorage
-from warehouse.loader.memo import load_memo, recall, still_holds
+from warehouse.loader.memo import limit_facts, load_memo, recall, still_holds
 
 CONFIG = PipelineConfig(("raw-a",), 50, {"Split": "split", "Train": "training"})
 
@@ -105,3 +107,14 @@ def test_a_problem_recorded_again_keeps_its_stamp_and_facts():
     assert report.problems == [problem] and report.problems[0] is not problem
     assert report.reasons["site not in config"] == 1
     assert report.counts["unfiled inputs not read again (unchanged)"] == 1
+
+
+def test_a_header_too_complex_holds_while_the_bound_on_elements_does():
+    """The bound is the product's, not a setting: its value is the fact the verdict keeps."""
+    facts = limit_facts(Reason.HEADER_TOO_COMPLEX, None)
+    assert facts == {"max_header_elements": MAX_HEADER_ELEMENTS}
+    problem = {"reason": "DICOM header too complex", "facts": facts}
+    assert still_holds(problem, CONFIG, WarehouseIndex(), set())
+    moved = {"reason": "DICOM header too complex", "facts": {"max_header_elements": 20_000}}
+    assert not still_holds(moved, CONFIG, WarehouseIndex(), set())
+    assert not still_holds({"reason": "DICOM header too complex"}, CONFIG, WarehouseIndex(), set())

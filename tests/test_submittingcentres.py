@@ -6,6 +6,7 @@ readable clinical file under a configured prefix, sorted, once each.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 from collections import Counter
@@ -189,3 +190,38 @@ def test_no_bucket_and_help():
     assert result.returncode == 0
     for name in ("WAREHOUSE_BUCKET", "WAREHOUSE_WORKERS", "AWS_ENDPOINT_URL", "standard output"):
         assert name in result.stdout
+
+
+# Centre names written to forge lines and steer the operator's terminal, and what standard
+# output must show for each: one line, its controls as backslash escapes, backslashes doubled.
+HOSTILE_CENTRES = {
+    "Evil\nsubmittingcentres run summary": "Evil\\nsubmittingcentres run summary",
+    "Over\rwrite": "Over\\rwrite",
+    "Clear \x1b[2J Trust": "Clear \\x1b[2J Trust",
+    "Clip \x1b]52;c;cm0gLXJmIH4=\x07 Trust": "Clip \\x1b]52;c;cm0gLXJmIH4=\\x07 Trust",
+    "CSI \x9b2J Trust": "CSI \\x9b2J Trust",
+    "Evil\\nsubmittingcentres run summary": "Evil\\\\nsubmittingcentres run summary",
+}
+
+
+def test_hostile_centre_names_print_one_escaped_line_each(tmp_path):
+    (tmp_path / "bucket").mkdir()
+    store = LocalStorage(tmp_path / "bucket")
+    files = {"config.json": builders.config(["raw-a"], split=["Alpha Trust"])}
+    for n, centre in enumerate(["Alpha Trust", *HOSTILE_CENTRES]):
+        files[f"raw-a/2021-01-01/data/Covid{n}_data.json"] = clinical(f"Covid{n}", centre)
+    builders.put_tree(store, files)
+    result = subprocess.run(
+        [str(BIN / "python"), "-m", "warehouse.submittingcentres"],
+        cwd=REPO,
+        env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{store.root}"),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )  # bytes: text mode would turn a carriage return into a line break
+    assert result.returncode == 0, result.stderr
+    expected = sorted(["Alpha Trust", *HOSTILE_CENTRES.values()])
+    assert result.stdout.decode("utf-8").split("\n") == [*expected, ""]
+    assert b"\r" not in result.stdout and b"\x1b" not in result.stdout
+    assert "\x9b" not in result.stdout.decode("utf-8")
+    assert "submitting centres: 7" in result.stderr.decode("utf-8")

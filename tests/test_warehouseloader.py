@@ -20,6 +20,7 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image, uid
+from warehouse.core.dicom import MAX_HEADER_ELEMENTS
 from warehouse.core.storage import DelegatingStorage, LocalStorage, Storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -680,3 +681,28 @@ def test_size_limits_refuse_unread_and_hold_while_the_limit_does(local_store):
     assert code == 0 and state.report.problems == []
     assert state.report.counts["images copied"] == 1
     assert state.report.counts["clinical files copied"] == 1
+
+
+def test_a_header_too_complex_is_refused_and_not_read_again(local_store):
+    """60,000 tiny private elements before the pixel data: over the bound on a header's
+    elements, remembered with the bound, not read again while it is the same."""
+    from tests.test_dicom_hostile import _private_elements
+
+    name, data = image("Covid1", "DX", "s1", "r1", 1)
+    at = data.index(b"\xe0\x7f\x10\x00OW")
+    files = {
+        "config.json": builders.config(["raw-split"], split=[SPLIT]),
+        "raw-split/2021-01-01/data/Covid1_data.json": clinical("Covid1", SPLIT),
+        f"raw-split/2021-01-02/images/{name}": data[:at]
+        + _private_elements(MAX_HEADER_ELEMENTS + 10_000)
+        + data[at:],
+    }
+    builders.put_tree(local_store, files)
+    code, state = builders.run_loader(local_store, workers=2)
+    assert code == 0
+    (problem,) = state.report.problems
+    assert problem["reason"] == "DICOM header too complex"
+    assert problem["facts"] == {"max_header_elements": MAX_HEADER_ELEMENTS}
+    counting = CountingStorage(local_store)
+    builders.run_loader(counting, workers=2)
+    assert sorted(counting.calls["read"]) == ["config.json", "reports/warehouseloader/latest.json"]

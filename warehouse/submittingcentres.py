@@ -3,8 +3,9 @@
     load_config -> extract_raw_data_files -> SubmittingCentreExtractor
 
 An operator runs it to fill the ``sites`` of ``config.json``. Standard output carries the
-centres only, one per line, sorted, so that ``... > centres.txt`` keeps them; logs, status
-lines, unreadable files and the run summary go to standard error. Nothing is written.
+centres only, one per line, sorted, so that ``... > centres.txt`` keeps them (a name's control
+characters and backslashes escaped: `collection.centre_lines`); logs, status lines, unreadable
+files and the run summary go to standard error. Nothing is written.
 
 Run it with ``bonobo run warehouse/submittingcentres.py --env WAREHOUSE_BUCKET=...`` or
 ``python -m warehouse.submittingcentres`` (same graph, a truthful exit code). The per-file
@@ -88,7 +89,9 @@ def command_parser():
         "submittingcentres",
         "Print the sorted unique SubmittingCentre values of the clinical files under the raw "
         "prefixes that config.json lists, one per line on standard output (logs and the run "
-        "summary go to standard error). Nothing is written.",
+        "summary go to standard error). Control characters in a name are printed as backslash "
+        "escapes (a newline as \\n, ESC as \\x1b) and a backslash as \\\\, so each name "
+        "stays one line. Nothing is written.",
         """
 exit codes: 0 run completed (unreadable files are reported on stderr, not failures);
   1 some reads failed (the list may be incomplete, so it is not printed);

@@ -25,6 +25,7 @@ from warehouse.core.listing import list_raw, report_refused
 from warehouse.core.report import Reason, problem_of
 from warehouse.core.run import RunState
 from warehouse.core.storage import Storage, StorageError
+from warehouse.core.text import escape_controls
 
 logger = logging.getLogger("submittingcentres")
 
@@ -47,13 +48,13 @@ class CentresState(RunState):
         would be taken for the whole), and the summary with each unusable file."""
         report = self.report
         if report.completed:
-            for centre in sorted(self.centres):
-                print(centre, file=sys.stdout)
+            for line in centre_lines(self.centres):
+                print(line, file=sys.stdout)
             sys.stdout.flush()
             report.count("submitting centres", len(self.centres))
         summary = report.summary()
         for problem in sorted(report.problems, key=lambda p: p["key"]):
-            summary += f"\n  {problem['reason']}: {problem['key']}"
+            summary += f"\n  {problem['reason']}: {escape_controls(problem['key'])}"
         return summary
 
     def publishes_report(self) -> bool:
@@ -64,6 +65,14 @@ class CentresState(RunState):
     def summary_stream(self):
         """Standard error: standard output carries the centres only."""
         return sys.stderr
+
+
+def centre_lines(centres: set[str]) -> list[str]:
+    """The lines standard output lists the centres in: one per centre, sorted, each with its
+    control characters escaped (``\\n``, ESC as ``\\x1b``, `text.escape_controls`) and each
+    backslash doubled, so a centre's name can neither break the list nor steer the terminal,
+    and two names never print the same."""
+    return sorted(escape_controls(centre, backslashes=True) for centre in centres)
 
 
 def patients_to_read(storage: Storage, state: CentresState) -> Iterator[PatientFiles]:

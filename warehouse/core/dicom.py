@@ -3,29 +3,36 @@ the header as DICOM JSON (PS3.18 F.2) without bulk data.
 
 Reading is total: whatever bytes a hospital sends, `read_header` returns a header or raises a
 `HeaderProblem` whose ``reason`` says what is wrong (not DICOM, no file meta, not an image,
-truncated header or pixel data, unreadable, too large). pydicom parses through a
+truncated header or pixel data, unreadable, too large, too complex). pydicom parses through a
 `RangedReader`, a file-like object that fetches the ranges pydicom asks for, so a header of any
 size is read in the fewest requests, large values are skipped without being fetched, and the
-pixel data is never read.
+pixel data is never read. The elements pydicom parses are counted as it parses them, so a
+header of millions of tiny elements is refused after `MAX_HEADER_ELEMENTS` of them; what
+pydicom logs about a header is held while it is read and logged once with the file's key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
 
 from pydicom import config as pydicom_config
+from pydicom import filereader as pydicom_filereader
 from pydicom.charset import decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
+from pydicom.hooks import hooks as pydicom_hooks
 from pydicom.uid import UID
-from pydicom.values import TEXT_VR_DELIMS
+from pydicom.values import TEXT_VR_DELIMS, convert_SQ
 
 from warehouse.core.keys import (
     MODALITY_FOLDERS,
@@ -52,6 +59,19 @@ MAX_SEQUENCE_BYTES = 4 * 1024 * 1024
 MAX_SEQUENCE_ITEMS = 20_000
 #: The most bytes one header may cost (settings can lower or raise it).
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024 * 1024
+#: The most data elements and sequence items pydicom may parse from one header, at any depth
+#: (those of the sequences kept as bytes included): past it, "DICOM header too complex".
+#: pydicom's real-world test files hold at most 1,484 (a 12-lead ECG); an enhanced multi-frame
+#: image's functional groups take about 40 bytes an element, so a sequence up to the 4 MiB
+#: that is parsed (`MAX_SEQUENCE_BYTES`) holds about 100,000. Each costs about 0.3 KB parsed.
+MAX_HEADER_ELEMENTS = 100_000
+#: The most bytes of one metadata JSON: an element that would take it further is written
+#: without its value (at most 30 bytes). A 64 MiB header of text values of control characters,
+#: each escaped as six characters, would otherwise make 380 MB of JSON.
+MAX_METADATA_JSON_BYTES = 32 * 1024 * 1024
+#: What pydicom logs about one header: the first few distinct messages, each cut short.
+MAX_PYDICOM_MESSAGES = 5
+MAX_PYDICOM_MESSAGE_CHARS = 300
 #: How much of the end of a file is read to check that encapsulated pixel data is complete.
 ENCAPSULATED_TAIL_BYTES = 4096
 _CONTIGUOUS_BLOCK_LIMIT = 8 * 1024 * 1024
@@ -64,11 +84,15 @@ _FIRST_PIXEL_TAG = 0x7FE00008
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")  # little and big endian
 VOI_LUT_SEQUENCE = "00283010"
+_VOI_LUT_TAG = 0x00283010
 _BINARY_VALUE_KEYS = ("InlineBinary", "BulkDataURI")
+
+logger = logging.getLogger(__name__)
 
 # Identifiers are validated here (keys.py), so pydicom's own warnings about invalid values in
 # uploaded headers would only be noise in the run's log (and warnings.catch_warnings is not
-# thread-safe, so they are silenced once for the process).
+# thread-safe, so they are silenced once for the process). pydicom logs the same messages:
+# see `_PydicomMessages`.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
@@ -126,6 +150,12 @@ class HeaderTooLarge(HeaderProblem):
     """Reading the header would cost more bytes than the cap allows."""
 
     reason = Reason.HEADER_TOO_LARGE
+
+
+class HeaderTooComplex(HeaderProblem):
+    """The header holds more data elements and sequence items than `MAX_HEADER_ELEMENTS`."""
+
+    reason = Reason.HEADER_TOO_COMPLEX
 
 
 class MissingIdentifier(HeaderProblem):
@@ -338,6 +368,83 @@ class _Inflating(io.RawIOBase):
         return True
 
 
+class _Reading(threading.local):
+    """What the thread reading a header holds: ``[how many more elements and items pydicom
+    may parse]`` (None: no header is being read) and pydicom's messages about the header."""
+
+    budget: list[int] | None = None
+    messages: list[str] | None = None
+
+
+_READING = _Reading()
+_pydicom_element_generator = pydicom_filereader.data_element_generator
+
+
+def _counted_element_generator(*args, **kwargs):
+    """pydicom's ``data_element_generator``, counted while a header is read.
+
+    pydicom reads every data set (the header, each sequence item at any depth, a sequence
+    parsed when it is first used) through this one generator, which ``read_dataset`` looks up
+    in its module each time: so it is replaced there, once, and the count stops a parse as
+    soon as it passes the cap, before pydicom has built the elements beyond it.
+    """
+    elements = _pydicom_element_generator(*args, **kwargs)
+    budget = _READING.budget
+    return elements if budget is None else _counting(elements, budget)
+
+
+def _counting(elements, budget: list[int]):
+    budget[0] -= 1  # the data set or item itself
+    if budget[0] < 0:
+        raise _too_complex()
+    for element in elements:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _too_complex()
+        yield element
+
+
+def _too_complex() -> HeaderTooComplex:
+    return HeaderTooComplex(f"more than {MAX_HEADER_ELEMENTS:,} data elements and sequence items")
+
+
+pydicom_filereader.data_element_generator = _counted_element_generator
+
+
+class _PydicomMessages(logging.Handler):
+    """The one handler of pydicom's logger (which no longer passes its records on): while a
+    thread reads a header, pydicom's messages about it are held (`read_header` logs them with
+    the file's key, escaped like every log line); any other is logged at DEBUG (converting a
+    header already read repeats what its reading said)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()[:MAX_PYDICOM_MESSAGE_CHARS]
+        held = _READING.messages
+        if held is None:
+            logger.debug("pydicom: %s", text)
+        elif len(held) < MAX_PYDICOM_MESSAGES and text not in held:
+            held.append(text)
+
+
+_pydicom_logger = logging.getLogger("pydicom")
+_pydicom_logger.addHandler(_PydicomMessages())
+_pydicom_logger.propagate = False
+
+
+@contextlib.contextmanager
+def _reading(name: str):
+    """Count the elements pydicom parses (`MAX_HEADER_ELEMENTS`) and hold its messages while
+    one header is read; then log those messages once, with ``name`` (the file's key)."""
+    _READING.budget, _READING.messages = [MAX_HEADER_ELEMENTS], []
+    try:
+        yield
+    finally:
+        messages = _READING.messages
+        _READING.budget, _READING.messages = None, None
+        for message in messages:
+            logger.warning("%s: pydicom: %s", name, message)
+
+
 def read_header(
     storage, key: str, size: int | None, *, max_header_bytes: int | None = None
 ) -> HeaderRead:
@@ -365,7 +472,8 @@ def read_header(
     reader = RangedReader(
         lambda start, end: storage.read_range(key, start, end), size, limit=max_header_bytes
     )
-    dataset = _read(reader)
+    with _reading(key):
+        dataset = _read(reader)
     return HeaderRead(dataset, reader.requests, reader.bytes_read)
 
 
@@ -378,7 +486,8 @@ def parse_header(data: bytes, *, max_header_bytes: int | None = None) -> Dataset
         As `read_header`.
     """
     reader = RangedReader(lambda start, end: data[start:end], len(data), limit=max_header_bytes)
-    return _read(reader)
+    with _reading("header in memory"):
+        return _read(reader)
 
 
 def _read(reader: RangedReader) -> Dataset:
@@ -422,6 +531,7 @@ def _read(reader: RangedReader) -> Dataset:
         _no_pixel_data(dataset)
     _check_pixel_data(reader, stream, pixel)
     _empty_skipped_values(dataset)
+    _count_kept_sequences(dataset)
     # pydicom keeps the file-like object on the dataset: drop it, so a queued header costs its
     # elements only and nothing can read from storage later.
     dataset.buffer = None
@@ -482,6 +592,57 @@ def _empty_skipped_values(dataset: Dataset) -> None:
             dataset._dict[tag] = raw._replace(value=b"", length=0)
             skipped.add(int(tag))
     dataset.skipped_for_size = frozenset(skipped)
+
+
+def _count_kept_sequences(dataset: Dataset) -> None:
+    """Parse, and drop, the sequences the header keeps as bytes, as its conversion to DICOM JSON
+    will (pydicom parses a defined-length sequence when it is first used), so that their
+    elements count against `MAX_HEADER_ELEMENTS` now, while the image can still be refused.
+
+    A sequence the JSON writes without its items (the VOI LUT Sequence, one of too many items)
+    is not parsed; one pydicom cannot parse is left to the conversion, which leaves it out.
+    """
+    for tag, raw in list(dataset._dict.items()):
+        if tag == _VOI_LUT_TAG or isinstance(raw, RawDataElement) and _too_many_items(raw):
+            continue
+        try:
+            _count_sequence(dataset, raw)
+        except HeaderProblem:
+            raise
+        except RecursionError:
+            continue  # nested too deeply to convert: left out of the JSON
+        except Exception:  # noqa: BLE001 - a sequence pydicom cannot parse is left out of the JSON
+            continue
+
+
+_MAYBE_SEQUENCE_VRS = frozenset({None, "UN", "SQ"})
+
+
+def _count_sequence(parent: Dataset, element) -> None:
+    """Parse ``element`` and the sequences in its items if it is a sequence (pydicom's own VR
+    rule decides, as when it converts the element)."""
+    if isinstance(element, RawDataElement):
+        if not element.value or element.VR not in _MAYBE_SEQUENCE_VRS:
+            return  # (an explicit VR other than UN is kept as it is)
+        if element.VR != "SQ":
+            found: dict = {}
+            pydicom_hooks.raw_element_vr(element, found, encoding=None, ds=parent)
+            if found.get("VR") != "SQ":
+                return
+        items = convert_SQ(
+            element.value,
+            element.is_implicit_VR,
+            element.is_little_endian,
+            None,
+            element.value_tell,
+        )
+    elif getattr(element, "VR", None) == "SQ":
+        items = element.value  # an undefined-length sequence: parsed (and counted) already
+    else:
+        return
+    for item in items:
+        for child in list(item._dict.values()):
+            _count_sequence(item, child)
 
 
 def _ends_past_the_object(dataset: Dataset, stream) -> bool:
@@ -647,19 +808,34 @@ def header_json(dataset: Dataset, left_out: list[str] | None = None) -> bytes:
     without a value (``{"vr": "OB"}``, ``{"vr": "SQ"}``), so ``pydicom.Dataset.from_json``
     reads the result back as it is. Group Length elements are left out (PS3.18 F.2), and so
     are elements whose value cannot be converted (their tags are appended to ``left_out``),
-    rather than failing the image.
+    rather than failing the image. An element whose JSON would take the document past
+    `MAX_METADATA_JSON_BYTES` is written without its value (and appended to ``left_out``):
+    the document is written element by element, so it never costs much more than that (the
+    elements without a value add at most 30 bytes each).
 
     Returns
     -------
     bytes
-        Compact UTF-8 JSON.
+        Compact UTF-8 JSON (the same bytes as ``json.dumps`` of `header_json_dict`'s result
+        with compact separators, when no element is over the bound).
     """
-    elements = header_json_dict(dataset, left_out)
-    return json.dumps(elements, separators=(",", ":")).encode("utf-8")
+    room = MAX_METADATA_JSON_BYTES - 2
+    parts = []
+    for key, element in _json_elements(dataset, left_out):
+        # ASCII (json.dumps escapes the rest): characters are bytes
+        part = f'"{key}":{json.dumps(element, separators=(",", ":"))}'.encode("ascii")
+        if len(part) + 1 > room:
+            part = f'"{key}":{{"vr":"{element["vr"]}"}}'.encode("ascii")
+            if left_out is not None:
+                left_out.append(key)
+        room -= len(part) + 1
+        parts.append(part)
+    return b"{" + b",".join(parts) + b"}"
 
 
 def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dict:
-    """The DICOM JSON model of a header, as `header_json` writes it.
+    """The DICOM JSON model of a header, as `header_json` writes it (without its bound on the
+    document's size).
 
     Elements are converted straight from the bytes pydicom read where that is proven to give
     pydicom's own result (explicit VR little endian values of the common VRs, one character
@@ -668,27 +844,31 @@ def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dic
     differences from pydicom are listed in the README (Group Length left out, empty trailing
     person-name groups left out, readable text that breaks its VR's rules kept).
     """
+    return dict(_json_elements(dataset, left_out))
+
+
+def _json_elements(dataset: Dataset, left_out: list[str] | None):
+    """``(key, element)`` of each element of the header's DICOM JSON, in tag order."""
     encoding = _single_encoding(dataset)
     skipped = getattr(dataset, "skipped_for_size", frozenset())
-    elements = {}
     for tag, raw in dataset._dict.items():
         if not tag & 0xFFFF:
             continue  # Group Length (gggg,0000): not part of the JSON model
         key = f"{tag:08X}"
         if key == VOI_LUT_SEQUENCE:
-            elements[key] = {"vr": "SQ"}
+            yield key, {"vr": "SQ"}
             continue
         element = None
         if isinstance(raw, RawDataElement):
             if tag in skipped:
-                elements[key] = {"vr": _raw_vr(raw) or "UN"}
                 if _raw_vr(raw) == "SQ" and left_out is not None:
                     left_out.append(key)  # a sequence too large to keep its items
+                yield key, {"vr": _raw_vr(raw) or "UN"}
                 continue
             if _too_many_items(raw):
-                elements[key] = {"vr": "SQ"}
                 if left_out is not None:
                     left_out.append(key)
+                yield key, {"vr": "SQ"}
                 continue
             element = _fast_element(raw, encoding)
         if element is None:
@@ -696,8 +876,7 @@ def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dic
             if element is None and left_out is not None:
                 left_out.append(key)
         if element is not None:
-            elements[key] = element
-    return elements
+            yield key, element
 
 
 def _too_many_items(raw: RawDataElement) -> bool:

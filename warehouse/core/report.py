@@ -14,6 +14,7 @@ from collections import Counter
 from enum import StrEnum
 
 from warehouse import __version__
+from warehouse.core.text import escape_controls
 
 
 class Reason(StrEnum):
@@ -27,6 +28,7 @@ class Reason(StrEnum):
     TRUNCATED_PIXEL_DATA = "truncated pixel data"
     UNREADABLE_HEADER = "unreadable DICOM header"
     HEADER_TOO_LARGE = "DICOM header too large"
+    HEADER_TOO_COMPLEX = "DICOM header too complex"
     MISSING_IDENTIFIER = "missing DICOM identifier"
     UNSUPPORTED_MODALITY = "unsupported modality"
     UNSAFE_IDENTIFIER = "unsafe identifier"
@@ -218,16 +220,17 @@ class RunReport:
         return self.fatal is None and self.failures == 0
 
     def summary(self) -> str:
-        """Plain-text summary: counts by outcome, then inputs not filed by reason."""
+        """Plain-text summary: counts by outcome, then inputs not filed by reason; what a line
+        quotes (an outcome, a reason, why the run stopped) is escaped, so each is one line."""
         lines = [f"{self.graph} run summary"]
         if self.fatal:
-            lines.append(f"  run could not complete: {self.fatal}")
+            lines.append(f"  run could not complete: {escape_controls(self.fatal)}")
         for outcome, n in sorted(self.counts.items()):
-            lines.append(f"  {outcome}: {n}")
+            lines.append(f"  {escape_controls(outcome)}: {n}")
         skipped = sum(self.reasons.values())
         lines.append(f"  not filed: {skipped}")
         for reason, n in sorted(self.reasons.items(), key=lambda item: (-item[1], item[0])):
-            lines.append(f"    {reason}: {n}")
+            lines.append(f"    {escape_controls(reason)}: {n}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:

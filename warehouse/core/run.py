@@ -20,6 +20,7 @@ from warehouse.core.config import Settings
 from warehouse.core.errors import ExpectedError
 from warehouse.core.report import Reason, RunReport, problem_of
 from warehouse.core.report_page import page_key, run_report_page
+from warehouse.core.text import escape_lines
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +197,10 @@ def end_run(state: RunState, storage, unexpected_errors: int = 0) -> int:
 
 
 def emit_summary(summary: str, report, exit_code: int, stream=None) -> None:
-    """Print the run summary: as text, or (``WAREHOUSE_LOG_FORMAT=json``) as one JSON object
-    with the run's counts, its inputs not filed by reason and the exit code."""
+    """Print the run summary: as text (each line escaped, `text.escape_lines`: the parts
+    that quote uploads escape their own line breaks), or (``WAREHOUSE_LOG_FORMAT=json``) as
+    one JSON object with the run's counts, its inputs not filed by reason and the exit
+    code."""
     stream = stream or sys.stdout
     if log_format() == "json":
         record = {
@@ -215,15 +218,16 @@ def emit_summary(summary: str, report, exit_code: int, stream=None) -> None:
         }
         print(json.dumps(record), file=stream, flush=True)
     else:
-        print(summary, file=stream, flush=True)
+        print(escape_lines(summary), file=stream, flush=True)
 
 
 def write_summary_file(summary: str) -> None:
-    """Copy the run summary to ``RUN_SUMMARY_FILE`` when it is set (the bin/ wrappers read it)."""
+    """Copy the run summary (escaped as printed) to ``RUN_SUMMARY_FILE`` when it is set (the
+    bin/ wrappers read it for their notification)."""
     path = os.environ.get("RUN_SUMMARY_FILE")
     if path:
         with open(path, "w", encoding="utf-8") as handle:
-            handle.write(summary + "\n")
+            handle.write(escape_lines(summary) + "\n")
 
 
 def exit_code(report) -> int:

@@ -526,14 +526,21 @@ def file_image(
 def metadata_file(state: LoaderState, task: Task) -> list[Task]:
     """Turn a metadata task's header into the DICOM JSON write task.
 
-    Elements that cannot be converted are left out of the JSON (the image is still filed);
-    they are counted and logged with the image's key.
+    Elements that cannot be converted are left out of the JSON (the image is still filed),
+    and those over a size bound are written without their value; they are counted and logged
+    with the image's key (the first ten tags).
     """
     left_out: list[str] = []
     data = header_json(task.payload, left_out)
     if left_out:
         state.report.count("metadata elements left out (cannot be converted)", len(left_out))
-        logger.warning("%s: metadata JSON without %s (cannot be converted)", task.key, left_out)
+        more = f" and {len(left_out) - 10:,} more" if len(left_out) > 10 else ""
+        logger.warning(
+            "%s: metadata JSON without %s%s (cannot be converted, or over a size bound)",
+            task.key,
+            left_out[:10],
+            more,
+        )
     return [Task("write", task.key, len(data), task.target, data)]
 
 

@@ -7,7 +7,8 @@ on; an input listed unchanged is not read again when its reason still holds:
 
 - a reason that is about the file alone (not DICOM, invalid JSON, ...) always holds;
 - "internal error" (a bug met on the input) holds while the product's version is the same;
-- "DICOM header too large" and "clinical file too large" hold while the limit is the same;
+- "DICOM header too large" and "clinical file too large" hold while the limit is the same (a
+  setting), and "DICOM header too complex" while the product's bound on a header's elements is;
 - "no patient data for PatientID" holds while that patient still has no group and no new
   clinical file;
 - "site not in config" holds while the centre is still in no list of ``config.json``;
@@ -30,6 +31,7 @@ import jsonschema
 
 from warehouse import __version__
 from warehouse.core.config import PipelineConfig
+from warehouse.core.dicom import MAX_HEADER_ELEMENTS
 from warehouse.core.keys import RawKey
 from warehouse.core.listing import WarehouseIndex
 from warehouse.core.patients import UnknownSite, group_for
@@ -187,17 +189,28 @@ def recall(memo: dict[str, dict], raw: RawKey, size: int) -> dict | None:
     return problem
 
 
-#: Reasons that depend on a size limit of the settings, and that setting's name.
+#: Reasons that depend on a limit, and the limit's name: a setting, or one of `PRODUCT_LIMITS`.
 LIMIT_REASONS = {
     Reason.HEADER_TOO_LARGE: "max_header_bytes",
     Reason.CLINICAL_TOO_LARGE: "max_clinical_bytes",
+    Reason.HEADER_TOO_COMPLEX: "max_header_elements",
 }
+#: The limits that are bounds of the product itself, not settings.
+PRODUCT_LIMITS = {"max_header_elements": MAX_HEADER_ELEMENTS}
+
+
+def limit_in_force(name: str, settings):
+    """The value of the limit ``name`` in this run (None when it is a setting and there are
+    no settings)."""
+    if name in PRODUCT_LIMITS:
+        return PRODUCT_LIMITS[name]
+    return None if settings is None else getattr(settings, name)
 
 
 def limit_facts(reason: Reason, settings) -> dict:
-    """The facts a size-limit reason depends on: the limit in force (see `still_holds`)."""
+    """The facts a limit reason depends on: the limit in force (see `still_holds`)."""
     name = LIMIT_REASONS.get(reason)
-    return {name: getattr(settings, name)} if name else {}
+    return {name: limit_in_force(name, settings)} if name else {}
 
 
 def still_holds(
@@ -220,7 +233,7 @@ def still_holds(
     new_patients : set of str
         Pseudonyms of this run's new clinical files (they may give a patient a group).
     settings : Settings, optional
-        This run's settings (a size-limit reason holds while its limit is the same).
+        This run's settings (a limit reason holds while its limit is the same).
     """
     try:
         reason = Reason(problem.get("reason"))
@@ -231,7 +244,8 @@ def still_holds(
         return True
     if reason in LIMIT_REASONS:
         name = LIMIT_REASONS[reason]
-        return settings is not None and facts.get(name) == getattr(settings, name)
+        limit = limit_in_force(name, settings)
+        return limit is not None and facts.get(name) == limit
     if reason is Reason.PSEUDONYM_CLAIMED:
         # a filed patient's binding (its first filed record) never changes
         return facts.get("pseudonym") in index.groups

@@ -1,5 +1,6 @@
 """Logging for the graphs: mondrian repaired for Python >= 3.10, plain lines for containers,
-JSON lines with the run's fields for CloudWatch Logs Insights."""
+JSON lines with the run's fields for CloudWatch Logs Insights. A text log record is one line
+whatever its arguments (`text.escape_controls`), and warnings go through the same logs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import datetime as dt
 import logging
 import re
 import sys
+import traceback
+import warnings
 
 from warehouse.core.errors import ExpectedError
 from warehouse.core.report import REPORT_LOGGER
 from warehouse.core.run import RUN_CONTEXT, log_format
+from warehouse.core.text import escape_controls
 
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -46,6 +50,58 @@ class _RunRecords(logging.Filter):
         return True
 
 
+class _OneLineRecords(logging.Formatter):
+    """A text formatter (plain, or mondrian's on a terminal) whose records cannot forge lines:
+    the message, arguments included, is escaped into one physical line; a traceback follows
+    on lines of its own, each escaped and indented, so no line a record writes can start
+    like another record or steer the terminal."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.msg, safe.args = escape_controls(record.getMessage()), ()
+        safe.exc_info, safe.exc_text, safe.stack_info = None, None, None
+        text = self.inner.format(safe)
+        blocks = []
+        if record.exc_info:
+            blocks.append(self.formatException(record.exc_info))
+        elif record.exc_text:
+            blocks.append(record.exc_text)
+        if record.stack_info:
+            blocks.append(self.formatStack(record.stack_info))
+        for block in blocks:
+            text += "".join(f"\n    {escape_controls(line)}" for line in block.splitlines())
+        return text
+
+    def formatException(self, exc_info) -> str:
+        """The traceback with each frame's lines as Python writes them, and each exception's
+        message (which may quote an upload) escaped into one line."""
+        lines = []
+        for chunk in traceback.TracebackException(*exc_info).format():
+            if chunk.startswith("  "):  # a frame: its file, line and source
+                lines.extend(chunk.rstrip("\n").split("\n"))
+            else:  # "Traceback ...", an exception's message, or what chains two exceptions
+                lines.append(escape_controls(chunk.strip("\n")))
+        return "\n".join(lines)
+
+
+def plain_formatter() -> logging.Formatter:
+    """The formatter of plain text logs (a container's, or standard error redirected): level,
+    logger and message, each record one line (`_OneLineRecords`)."""
+    return _OneLineRecords(logging.Formatter(_LOG_FORMAT))
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of a run: a warning is a log record of ``py.warnings`` (one
+    line, escaped in text logs) instead of raw text on standard error."""
+    logging.getLogger("py.warnings").warning(
+        "%s: %s (%s:%s)", category.__name__, message, filename, lineno
+    )
+
+
 def _json_formatter() -> logging.Formatter:
     from pythonjsonlogger.json import JsonFormatter
 
@@ -67,7 +123,10 @@ def configure_logging(level: int = logging.INFO, fmt: str | None = None) -> None
 
     With ``fmt="json"`` (``WAREHOUSE_LOG_FORMAT=json``) every line is one JSON object with the
     fields of `JSON_FIELDS` and the message, for CloudWatch Logs Insights; each input that is not
-    filed is then logged too (event ``not_filed``, with its key and reason).
+    filed is then logged too (event ``not_filed``, with its key and reason). In text, every
+    record is one line with its control characters escaped (`_OneLineRecords`). Warnings
+    (``warnings.warn`` of any library) are logged as records of ``py.warnings``, so they are
+    escaped too.
     """
     import mondrian
     from mondrian import formatters
@@ -78,7 +137,7 @@ def configure_logging(level: int = logging.INFO, fmt: str | None = None) -> None
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        handler.setFormatter(plain_formatter())
         root.addHandler(handler)
         mondrian.is_setup = True
     plain = not sys.stderr.isatty()
@@ -87,10 +146,17 @@ def configure_logging(level: int = logging.INFO, fmt: str | None = None) -> None
             handler.addFilter(_RunRecords())
         if fmt == "json":
             handler.setFormatter(_json_formatter())
-        elif plain and isinstance(handler.formatter, formatters.Formatter):
-            # Container logs: no ANSI colours or cursor codes.
-            handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        else:
+            inner = handler.formatter or logging.Formatter()
+            if isinstance(inner, _OneLineRecords):
+                inner = inner.inner  # configured before
+            if plain and isinstance(inner, formatters.Formatter):
+                handler.setFormatter(plain_formatter())  # no ANSI colours or cursor codes
+            else:
+                handler.setFormatter(_OneLineRecords(inner))
     root.setLevel(level)
+    # A warning may echo an upload's text (pydicom's do): never written raw to stderr.
+    warnings.showwarning = _log_warning
     # One line per unfiled input: wanted in JSON logs (queried by key or reason), not in text.
     logging.getLogger(REPORT_LOGGER).setLevel(logging.INFO if fmt == "json" else logging.WARNING)
     # botocore logs every retry at DEBUG; keep third-party chatter out of INFO logs.
