@@ -448,30 +448,33 @@ def test_the_elements_of_an_undefined_length_sequence_count_while_it_is_parsed()
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024 * 1024  # parsed, a million elements take over 300 MB
-    fits = _private_sequence(0x7003, [_private_elements(40_000)], defined=False)
-    assert len(parse_header(_before_the_pixel_data(fits))[0x70031000].value[0]) == 40_000
+    under = MAX_HEADER_ELEMENTS * 4 // 5
+    fits = _private_sequence(0x7003, [_private_elements(under)], defined=False)
+    assert len(parse_header(_before_the_pixel_data(fits))[0x70031000].value[0]) == under
 
 
 def test_the_elements_of_sequences_kept_as_bytes_count_too():
-    """Three defined-length sequences of 20,000 elements each: each under every sequence bound,
-    60,000 together, which the metadata JSON would convert."""
-    sequences = [_private_sequence(g, [_private_elements(20_000)], True) for g in (0x7003, 0x7005)]
+    """Three defined-length sequences of two fifths of the cap each: each under every sequence
+    bound, more than the cap together, which the metadata JSON would convert."""
+    each = MAX_HEADER_ELEMENTS * 2 // 5
+    sequences = [_private_sequence(g, [_private_elements(each)], True) for g in (0x7003, 0x7005)]
     fits = parse_header(_before_the_pixel_data(b"".join(sequences)))
     doc = json.loads(header_json(fits))
-    assert [len(doc[key]["Value"][0]) for key in ("70031000", "70051000")] == [20_000, 20_000]
-    sequences.append(_private_sequence(0x7007, [_private_elements(20_000)], True))
+    assert [len(doc[key]["Value"][0]) for key in ("70031000", "70051000")] == [each, each]
+    sequences.append(_private_sequence(0x7007, [_private_elements(each)], True))
     with pytest.raises(HeaderTooComplex):
         parse_header(_before_the_pixel_data(b"".join(sequences)))
 
 
 def test_sequence_items_count_as_elements():
-    """60,000 empty items in an undefined-length sequence: no element in them, 60,000 data
-    sets for pydicom to build."""
-    empty = [b""] * 60_000
+    """More empty items than the cap in an undefined-length sequence: no element in them, but
+    as many data sets for pydicom to build."""
+    over, under = MAX_HEADER_ELEMENTS * 6 // 5, MAX_HEADER_ELEMENTS * 4 // 5
+    empty = [b""] * over
     with pytest.raises(HeaderTooComplex):
         parse_header(_before_the_pixel_data(_private_sequence(0x7003, empty, defined=False)))
-    fits = parse_header(_before_the_pixel_data(_private_sequence(0x7003, [b""] * 40_000, False)))
-    assert len(fits[0x70031000].value) == 40_000
+    fits = parse_header(_before_the_pixel_data(_private_sequence(0x7003, [b""] * under, False)))
+    assert len(fits[0x70031000].value) == under
 
 
 def test_the_metadata_json_of_a_header_of_escaped_text_is_bounded():
