@@ -9,7 +9,10 @@ the tree's images (by default):
 - 1 GB ".dcm" files of garbage (random first bytes, sparse after them);
 - images whose header holds 4,000,000 four-byte private elements (48 MB, under the header
   cap: "DICOM header too complex");
-- clinical files of 100 and 200 MB (a record with one huge text field).
+- clinical files of 100 and 200 MB (a record with one huge text field);
+- 40 clinical files just under the 1 MiB limit whose centre or pseudonym is one long string,
+  and 10 records of 20,000 fields each (read by the loader, then by ``dataprocess``);
+- images whose header holds millions of tiny private elements.
 
 Run ``python -m benchmarks.hostile --help``; `add_hostile_files` is what the harness calls.
 ``python -m benchmarks.hostile --header-elements N`` reads one header of ``N`` tiny elements
@@ -105,6 +108,25 @@ def _huge_clinical(path: Path, patient: str, centre: str, size: int) -> None:
 
 
 DEFAULT_CLINICAL_SIZES = {200 * MB: 2, 100 * MB: 4}
+#: Clinical files just under the default clinical-file limit (1 MiB) whose centre or
+#: pseudonym is one long string: every one is read, and its refusal must stay small.
+LONG_STRING_FILES = 40
+
+
+def _long_string_clinical(path: Path, patient: str, field: str) -> None:
+    """A record of just under 1 MiB whose ``field`` (``SubmittingCentre`` or ``Pseudonym``)
+    is one string of nearly all of it."""
+    record = {"Pseudonym": patient, "SubmittingCentre": "Trust", field: "K" * (MB - 200)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record), encoding="utf-8")
+
+
+def _wide_clinical(path: Path, patient: str, centre: str, fields: int) -> None:
+    """A record with ``fields`` keys outside the clinical data dictionary."""
+    record = {"Pseudonym": patient, "SubmittingCentre": centre}
+    record.update((f"field {i:05d}", f"value {i}") for i in range(fields))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record), encoding="utf-8")
 
 
 def add_hostile_files(
@@ -113,6 +135,8 @@ def add_hostile_files(
     images: int | None = None,
     clinical_sizes: dict[int, int] | None = None,
     header_elements: int = 4_000_000,
+    long_strings: int = LONG_STRING_FILES,
+    wide_records: int = 10,
 ) -> dict:
     """Add hostile files to the generated tree at ``root``; what was added, by kind.
 
@@ -129,6 +153,12 @@ def add_hostile_files(
         four of 100 MB).
     header_elements : int
         The tiny private elements in the header of each too complex image.
+    long_strings : int
+        Clinical files of just under 1 MiB whose centre or pseudonym is one long string
+        (half of each), refused with a short report line.
+    wide_records : int
+        Clinical records of 20,000 fields each (filed: they are under every limit;
+        ``dataprocess`` keeps only the clinical data dictionary's fields).
     """
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     prefix = config["raw_prefixes"][0].rstrip("/")
@@ -152,6 +182,13 @@ def add_hostile_files(
     for n in range(complex_headers):
         path = folder / "images" / f"many-elements-{n}.dcm"
         _many_elements_image(path, f"Covid{980000 + n}", n, header_elements)
+    for n in range(long_strings):
+        patient = f"Covid{970000 + n}"
+        field = "SubmittingCentre" if n % 2 else "Pseudonym"
+        _long_string_clinical(folder / "data" / f"{patient}_data.json", patient, field)
+    for n in range(wide_records):
+        patient = f"Covid{960000 + n}"
+        _wide_clinical(folder / "data" / f"{patient}_data.json", patient, centre, 20_000)
     written = 0
     for size, count in huge.items():
         for _ in range(count):
@@ -163,7 +200,14 @@ def add_hostile_files(
         "1 GB garbage .dcm files": garbage,
         f"images with {header_elements:,} tiny header elements": complex_headers,
         "clinical files of 100 or 200 MB": written,
-        "hostile files": big_values + garbage + complex_headers + written,
+        "clinical files of 1 MiB with one long centre or pseudonym": long_strings,
+        "clinical records of 20,000 fields": wide_records,
+        "hostile files": big_values
+        + garbage
+        + complex_headers
+        + written
+        + long_strings
+        + wide_records,
     }
 
 

@@ -64,6 +64,8 @@ TARGETS = {
     "local_peak_memory_mb": ("<", 300.0),
     "memory_growth_vs_images": ("<=", 0.25),
     "hostile_memory_vs_clean": ("<=", 1.5),
+    "hostile_report_mb": ("<", 5.0),
+    "hostile_dataprocess_memory_vs_clean": ("<=", 1.5),
     "harness_seconds": ("<", TIME_BUDGET_SECONDS),
 }
 
@@ -473,6 +475,23 @@ class Harness:
         )
         return run
 
+    def run_dataprocess(self, bucket: Path, name: str) -> ProcessRun | None:
+        """``dataprocess`` on a local bucket (its processed store made beside it); its process,
+        or None when the bucket is gone or the run failed (logged)."""
+        if not bucket.exists():
+            log(f"  {name}: {bucket} is gone, not measured")
+            return None
+        (bucket.parent / f"{bucket.name}-processed").mkdir(exist_ok=True)
+        env = self.loader_env(bucket.as_uri(), None)
+        process = run_process(
+            [sys.executable, "-m", "warehouse.dataprocess"], env, self.workdir / f"{name}.log"
+        )
+        if process.exit_code != 0:
+            log(f"  {name} exited with {process.exit_code}; see {self.workdir}")
+            return None
+        log(f"  {name}: {process.seconds:.1f} s, max RSS {process.max_rss_mb:.0f} MB")
+        return process
+
     def run_floor(self, arguments: list[str], name: str, env: dict) -> tuple[ProcessRun, dict]:
         """Run a floor client (``python -m benchmarks.floor ...``); its process and figures."""
         process = run_process(
@@ -744,7 +763,20 @@ class Harness:
             "added": added,
             "clean_max_rss_mb": round(clean.process.max_rss_mb, 1),
             "memory_ratio": round(run.process.max_rss_mb / clean.process.max_rss_mb, 3),
+            "largest_report_files_mb": report_file_sizes(bucket),
         }
+        # dataprocess on the same warehouse (its wide records), against the clean tree's
+        hostile_dataprocess = self.run_dataprocess(bucket, "local-hostile-dataprocess")
+        clean_dataprocess = self.run_dataprocess(self.workdir / "local-bucket", "local-dataprocess")
+        if hostile_dataprocess and clean_dataprocess:
+            self.figures["local_hostile"]["dataprocess"] = {
+                "max_rss_mb": round(hostile_dataprocess.max_rss_mb, 1),
+                "seconds": round(hostile_dataprocess.seconds, 2),
+                "clean_max_rss_mb": round(clean_dataprocess.max_rss_mb, 1),
+                "memory_ratio": round(
+                    hostile_dataprocess.max_rss_mb / clean_dataprocess.max_rss_mb, 3
+                ),
+            }
         shutil.rmtree(bucket, ignore_errors=True)
         # one too complex header alone, in a fresh process: its time and peak memory
         one = subprocess.run(
@@ -755,6 +787,19 @@ class Harness:
         )
         self.figures["local_hostile"]["complex_header"] = json.loads(one.stdout)
         self.phase("hostile", started)
+
+
+def report_file_sizes(bucket: Path) -> dict:
+    """The largest run report, report page and feedback file under a local bucket, in MB."""
+    sizes: dict[str, float] = {}
+    for kind, pattern in (
+        ("run report", "reports/warehouseloader/*.json"),
+        ("report page", "reports/warehouseloader/*.html"),
+        ("feedback file", "feedback/*/*.json"),
+    ):
+        found = [path.stat().st_size for path in bucket.glob(pattern)]
+        sizes[kind] = round(max(found, default=0) / 1024**2, 3)
+    return sizes
 
 
 def request_breakdown(counts: dict, raw_images: int, clinical_files: int) -> dict:
@@ -834,9 +879,11 @@ def evaluate(figures: dict) -> list[dict]:
     rows: list[dict] = []
     figures["checks"] = {}
 
-    def row(label: str, value, target: str = "", name: str | None = None, fmt="{:.2f}"):
+    def row(
+        label: str, value, target: str = "", name: str | None = None, fmt="{:.2f}", checked=None
+    ):
         text = value if isinstance(value, str) else "-" if value is None else fmt.format(value)
-        number = None if isinstance(value, str) else value
+        number = checked if checked is not None else None if isinstance(value, str) else value
         result = check(name, number) if name else ""
         rows.append({"figure": label, "value": text, "target": target, "result": result})
         if name:
@@ -984,6 +1031,23 @@ def evaluate(figures: dict) -> list[dict]:
             "<= 1.5",
             "hostile_memory_vs_clean",
         )
+        sizes = hostile.get("largest_report_files_mb")
+        if sizes:
+            row(
+                "hostile run: largest run report, report page, feedback file (MB)",
+                ", ".join(f"{sizes[kind]:.2f}" for kind in sorted(sizes)),
+                "< 5 each",
+                "hostile_report_mb",
+                checked=max(sizes.values()),
+            )
+        processed = hostile.get("dataprocess")
+        if processed:
+            row(
+                "dataprocess with 20,000-field records / clean: peak memory",
+                processed["memory_ratio"],
+                "<= 1.5",
+                "hostile_dataprocess_memory_vs_clean",
+            )
         one = hostile.get("complex_header")
         if one:
             row(
