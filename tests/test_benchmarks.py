@@ -331,9 +331,15 @@ def test_hostile_files_are_what_they_claim(tmp_path, tiny_tree):
     shutil.copytree(tiny_tree.root, root)
     elements = MAX_HEADER_ELEMENTS + 10_000
     added = add_hostile_files(
-        root, share=0.5, images=40, clinical_sizes={2 * MB: 1}, header_elements=elements
+        root,
+        share=0.5,
+        images=40,
+        clinical_sizes={2 * MB: 1},
+        header_elements=elements,
+        long_strings=4,
+        wide_records=2,
     )
-    assert added["hostile files"] == 20
+    assert added["hostile files"] == 20 + 4 + 2
     folder = next(root.glob("raw-*/2021-06-01"))
     big = sorted(folder.glob("images/big-value-*.dcm"))
     assert len(big) == added["images with a 20 MB private value"]
@@ -350,8 +356,11 @@ def test_hostile_files_are_what_they_claim(tmp_path, tiny_tree):
     assert many.stat().st_size > elements * 12
     with pytest.raises(HeaderTooComplex):
         parse_header(many.read_bytes())
-    (huge,) = [p for p in folder.glob("data/*.json") if p.stat().st_size > MB]
+    (huge,) = [p for p in folder.glob("data/*.json") if p.stat().st_size > 1.5 * MB]
     assert json_module.loads(huge.read_text())["SubmittingCentre"]
+    records = [json_module.loads(p.read_text()) for p in folder.glob("data/*.json")]
+    long = [r for r in records if MB - 1024 < len(r["SubmittingCentre"] + r["Pseudonym"]) < MB]
+    assert len(long) == 4 and sum(len(r) > 20_000 for r in records) == 2
 
 
 def test_one_header_of_many_elements_is_measured(capsys):
