@@ -76,7 +76,7 @@ class Reason(StrEnum):
 
 #: The most characters a report line's detail (or a text fact) keeps: upload values can be
 #: megabytes long, and every report, page and feedback file repeats the detail.
-MAX_DETAIL_CHARS = 500
+MAX_DETAIL_CHARS = 1_000
 #: The most characters of one upload value quoted in a detail (`quote`).
 MAX_QUOTED_CHARS = 120
 _ELLIPSIS = "\u2026"
