@@ -65,8 +65,8 @@ def _backfill(proxy_url: str, workers: int) -> dict:
     from warehouse.core.listing import index_warehouse
     from warehouse.core.report import RunReport
     from warehouse.core.run import WorkerPool
-    from warehouse.core.storage import S3Storage
     from warehouse.dashboard.images import image_catalogue
+    from warehouse.storage.s3 import S3Storage
 
     os.environ["AWS_ENDPOINT_URL"] = proxy_url
     storage = S3Storage(BUCKET, workers=workers)

@@ -22,7 +22,7 @@ from unittest import mock
 
 from warehouse import dataprocess
 from warehouse.core.config import Settings
-from warehouse.core.storage import LocalStorage
+from warehouse.storage.local import LocalStorage
 
 REPO = Path(__file__).resolve().parent.parent
 

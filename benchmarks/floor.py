@@ -174,7 +174,7 @@ def local_work_floor(root: str | os.PathLike, keys: list[str], workers: int) -> 
     """
     from warehouse.core.dicom import header_json, image_identity, read_header
     from warehouse.core.keys import image_targets
-    from warehouse.core.storage import LocalStorage
+    from warehouse.storage.local import LocalStorage
 
     store = LocalStorage(root)
 

@@ -216,7 +216,7 @@ def read_many_elements(elements: int) -> dict:
     (ranged reads, as the loader does) in this process: its outcome, the time it took, and the
     process's peak memory before and after (``ru_maxrss``)."""
     from warehouse.core.dicom import HeaderProblem, read_header
-    from warehouse.core.storage import LocalStorage
+    from warehouse.storage.local import LocalStorage
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)

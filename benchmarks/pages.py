@@ -24,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from tests import browser
-from warehouse.core.storage import LocalStorage
 from warehouse.dashboard import pages
 from warehouse.dashboard.batch import read_page_inputs
+from warehouse.storage.local import LocalStorage
 
 TABLES = ("ct", "xray", "mri", "patient_clean", "storage", "study_images")
 

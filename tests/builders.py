@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from warehouse.core.config import Settings
-from warehouse.core.storage import DryRunStorage, Storage
+from warehouse.storage.base import Storage
+from warehouse.storage.wrappers import DryRunStorage
 from warehouse.synthetic import build_dicom
 
 

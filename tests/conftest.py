@@ -9,7 +9,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.fake_aws import use_fake_aws
-from warehouse.core.storage import LocalStorage, S3Storage
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.s3 import S3Storage
 
 
 @pytest.fixture(autouse=True)

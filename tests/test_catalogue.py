@@ -32,8 +32,8 @@ from warehouse.core.catalogue import (
 )
 from warehouse.core.dicom import parse_header
 from warehouse.core.keys import parse_image_key
-from warehouse.core.storage import LocalStorage
 from warehouse.loader.catalogue import catalogue_cutoff, combined_catalogue
+from warehouse.storage.local import LocalStorage
 
 
 def part_keys(storage) -> list[str]:

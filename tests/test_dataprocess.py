@@ -29,20 +29,17 @@ from warehouse import dataprocess
 from warehouse.core.catalogue import image_row, part_bytes, read_part, table_of_rows
 from warehouse.core.config import Settings
 from warehouse.core.dicom import header_json, parse_header
+from warehouse.core.errors import StorageError
 from warehouse.core.keys import parse_image_key
 from warehouse.core.listing import SharedWarehouseIndex
-from warehouse.core.storage import (
-    DelegatingStorage,
-    DryRunStorage,
-    LocalStorage,
-    S3Storage,
-    Storage,
-    StorageError,
-)
 from warehouse.dashboard import extraction as dataprocess_extraction
 from warehouse.dashboard.batch import arrow_ready, batch_name, parquet_bytes
 from warehouse.dashboard.figures import loader_run
 from warehouse.dashboard.tables import date_column, storage_by_prefix
+from warehouse.storage.base import Storage
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.s3 import S3Storage
+from warehouse.storage.wrappers import DelegatingStorage, DryRunStorage
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

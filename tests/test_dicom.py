@@ -28,7 +28,8 @@ from warehouse.core.dicom import (
     read_header,
 )
 from warehouse.core.keys import UnsafeIdentifier
-from warehouse.core.storage import LocalStorage, S3Storage
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.s3 import S3Storage
 from warehouse.synthetic import build_dicom
 
 MB = 1024 * 1024

@@ -8,8 +8,8 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.core.storage import LocalStorage
 from warehouse.loader.feedback import by_prefix, site_view
+from warehouse.storage.local import LocalStorage
 
 A, B = "A Trust", "B Trust"
 

@@ -15,7 +15,8 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.core.storage import LocalStorage, S3Storage
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.s3 import S3Storage
 
 A, B, SPLIT = "A Valid Trust", "B Train Trust", "Split Trust"
 

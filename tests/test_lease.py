@@ -14,7 +14,7 @@ import pytest
 from moto import mock_aws
 
 from tests.moto_conditions import serialise_conditional_requests
-from warehouse.core.errors import ExpectedError
+from warehouse.core.errors import ExpectedError, ObjectNotFound, StorageError
 from warehouse.core.lease import (
     LEASE_KEY,
     LeaseError,
@@ -24,14 +24,10 @@ from warehouse.core.lease import (
     LeaseRecord,
     RunLease,
 )
-from warehouse.core.storage import (
-    DryRunStorage,
-    LocalStorage,
-    ObjectNotFound,
-    S3Storage,
-    StorageError,
-    storage_from_url,
-)
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.s3 import S3Storage
+from warehouse.storage.url import storage_from_url
+from warehouse.storage.wrappers import DryRunStorage
 
 BUCKET = "lease-test"
 T0 = dt.datetime(2026, 12, 2, 10, 0, 0, tzinfo=dt.UTC)
@@ -511,7 +507,7 @@ def test_a_lease_whose_process_on_this_machine_is_gone_is_taken_over_at_once(tmp
     import sys
 
     from warehouse.core.lease import LeaseHeld, RunLease
-    from warehouse.core.storage import LocalStorage
+    from warehouse.storage.local import LocalStorage
 
     root = tmp_path / "bucket"
     root.mkdir()

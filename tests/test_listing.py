@@ -17,7 +17,7 @@ from warehouse.core.listing import (
     pack_stamp,
     pending_images,
 )
-from warehouse.core.storage import LocalStorage
+from warehouse.storage.local import LocalStorage
 
 
 @pytest.fixture

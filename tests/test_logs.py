@@ -15,10 +15,10 @@ from tests.builders import clinical, image
 from warehouse.core.dicom import header_json, image_identity, read_header
 from warehouse.core.report import RunReport
 from warehouse.core.run import emit_summary, write_summary_file
-from warehouse.core.storage import LocalStorage
 from warehouse.core.text import escape_controls
 from warehouse.loader.filing import Progress
 from warehouse.runtime.logs import plain_formatter
+from warehouse.storage.local import LocalStorage
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from warehouse.core.dicom import MAX_HEADER_ELEMENTS
 from warehouse.core.keys import parse_raw_key
 from warehouse.core.listing import WarehouseIndex
 from warehouse.core.report import Reason
-from warehouse.core.storage import LocalStorage
 from warehouse.loader.memo import limit_facts, load_memo, recall, still_holds
+from warehouse.storage.local import LocalStorage
 
 CONFIG = PipelineConfig(("raw-a",), 50, {"Split": "split", "Train": "training"})
 

@@ -25,8 +25,8 @@ from tests import builders
 from warehouse.core import report_page
 from warehouse.core import run as run_module
 from warehouse.core.config import parse_config
+from warehouse.core.errors import StorageError
 from warehouse.core.report import Reason, RunReport
-from warehouse.core.storage import DelegatingStorage, LocalStorage, StorageError
 from warehouse.dashboard import figures, pages
 from warehouse.dashboard.batch import (
     Batch,
@@ -36,6 +36,8 @@ from warehouse.dashboard.batch import (
     study_image_table,
 )
 from warehouse.dashboard.tables import storage_table
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.wrappers import DelegatingStorage
 
 NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
 A, B = "Alpha Trust", "Beta Trust"

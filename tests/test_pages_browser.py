@@ -23,8 +23,8 @@ import pytest
 from tests import browser, builders
 from warehouse import dataprocess, synthetic
 from warehouse.core.config import Settings
-from warehouse.core.storage import LocalStorage
 from warehouse.dashboard.figures import NOT_GIVEN, SUPPRESSION_THRESHOLD
+from warehouse.storage.local import LocalStorage
 
 GROUPS = ("training", "validation")
 MODALITIES = {"ct": "CT", "xray": "X-ray", "mri": "MRI"}

@@ -186,7 +186,7 @@ def test_report_is_thread_safe():
 def test_only_a_run_that_listed_its_inputs_replaces_the_memo(tmp_path):
     from warehouse.core.report import latest_report_key
     from warehouse.core.run import publish_report
-    from warehouse.core.storage import LocalStorage
+    from warehouse.storage.local import LocalStorage
 
     (tmp_path / "bucket").mkdir()
     store = LocalStorage(tmp_path / "bucket")

@@ -135,11 +135,7 @@ def silent_endpoint():
 
 
 def test_the_store_probe_gives_up_within_seconds():
-    from warehouse.core.storage import (
-        PROBE_CONNECT_SECONDS,
-        PROBE_READ_SECONDS,
-        S3Storage,
-    )
+    from warehouse.storage.s3 import PROBE_CONNECT_SECONDS, PROBE_READ_SECONDS, S3Storage
 
     store = S3Storage("warehouse")
     config = store.probe.meta.config
@@ -198,7 +194,7 @@ def test_dataprocess_finds_a_missing_processed_bucket_before_reading(s3_endpoint
 
 
 def test_a_config_error_keeps_the_memo(tmp_path):
-    from warehouse.core.storage import LocalStorage
+    from warehouse.storage.local import LocalStorage
 
     root = tmp_path / "bucket"
     root.mkdir()

@@ -16,10 +16,13 @@ import pytest
 
 from tests import builders
 from tests.builders import BIN, REPO
+from warehouse.core.errors import StorageError
 from warehouse.core.lease import LEASE_KEY
-from warehouse.core.storage import DelegatingStorage, LocalStorage, S3Storage, StorageError
 from warehouse.loader import shards
 from warehouse.loader.shards import Handoff, RunPart, combine_reports, shard_of
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.s3 import S3Storage
+from warehouse.storage.wrappers import DelegatingStorage
 from warehouse.synthetic import generate_tree
 
 # ---------------------------------------------------------------------------- the shard rule

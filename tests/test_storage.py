@@ -15,20 +15,20 @@ import pytest
 from moto import mock_aws
 
 from tests import builders
-from warehouse.core import storage as storage_module
-from warehouse.core.errors import ExpectedError
-from warehouse.core.storage import (
-    DryRunStorage,
-    LocalStorage,
-    ObjectInfo,
+from warehouse.storage import base as storage_module
+from warehouse.core.errors import (
+    ExpectedError,
     ObjectNotFound,
     PreconditionFailed,
-    S3Storage,
     StorageError,
     StoreUnavailable,
     SymbolicLinkRefused,
-    storage_from_url,
 )
+from warehouse.storage.base import ObjectInfo
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.s3 import S3Storage
+from warehouse.storage.url import storage_from_url
+from warehouse.storage.wrappers import DryRunStorage
 
 BUCKET = "warehouse-test"
 MB = 1024 * 1024
@@ -306,7 +306,7 @@ def test_local_temporary_files_of_a_killed_writer_are_removed_where_the_product_
         (local.root / key).parent.mkdir(parents=True, exist_ok=True)
         (local.root / key).write_bytes(b"partial")
     local.write("training/ct/a.dcm", b"1")
-    caplog.set_level(logging.INFO, logger="warehouse.core.storage")
+    caplog.set_level(logging.INFO, logger="warehouse.storage.local")
     assert keys_of(local.list("training/")) == ["training/ct/a.dcm"]
     assert keys_of(local.list_folders("reports/warehouseloader/")[1]) == []
     assert [key for key in abandoned if (local.root / key).exists()] == []
@@ -654,7 +654,7 @@ def test_dry_run_reads_but_writes_nothing(store, caplog):
     assert dry.read_range("raw/a.json", 0, 1) == b"{"
     assert keys_of(dry.list("raw/")) == ["raw/a.json"]
     assert dry.list_folders("") == store.list_folders("")
-    with caplog.at_level(logging.INFO, logger="warehouse.core.storage"):
+    with caplog.at_level(logging.INFO, logger="warehouse.storage.wrappers"):
         dry.write("training/data/P/data_2021-01-01.json", b"{}")
         dry.copy("raw/a.json", "training/x.json", size=2)
         dry.processed().write("latest.csv", b"x")

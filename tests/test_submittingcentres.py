@@ -18,7 +18,10 @@ from tests import builders
 from tests.builders import clinical, image
 from warehouse import submittingcentres
 from warehouse.core.config import Settings
-from warehouse.core.storage import DelegatingStorage, LocalStorage, S3Storage, Storage
+from warehouse.storage.base import Storage
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.s3 import S3Storage
+from warehouse.storage.wrappers import DelegatingStorage
 from warehouse.synthetic import SITES, generate_tree
 
 REPO = Path(__file__).resolve().parent.parent

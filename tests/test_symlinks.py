@@ -11,8 +11,8 @@ from tests import builders
 from tests.builders import clinical, image
 from warehouse.core.listing import index_warehouse, list_raw
 from warehouse.core.report import Reason
-from warehouse.core.storage import LocalStorage
 from warehouse.dashboard.tables import storage_by_prefix
+from warehouse.storage.local import LocalStorage
 
 CENTRE = "Train Trust"
 STUDY = "1.2.3.4"

@@ -21,7 +21,9 @@ import pytest
 from tests import builders
 from tests.builders import clinical, image, uid
 from warehouse.core.dicom import MAX_HEADER_ELEMENTS
-from warehouse.core.storage import DelegatingStorage, LocalStorage, Storage
+from warehouse.storage.base import Storage
+from warehouse.storage.local import LocalStorage
+from warehouse.storage.wrappers import DelegatingStorage
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -28,7 +28,6 @@ from bonobo.config.processors import use_context_processor
 
 from warehouse.core.config import Settings, load_pipeline_config
 from warehouse.core.listing import SharedWarehouseIndex, StudyFile
-from warehouse.core.storage import Storage
 from warehouse.dashboard.batch import publish_batch
 from warehouse.dashboard.extraction import (
     Collected,
@@ -43,6 +42,7 @@ from warehouse.dashboard.extraction import (
 )
 from warehouse.runtime import command, pools
 from warehouse.runtime.services import graph_services
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger("dataprocess")
 

@@ -37,7 +37,7 @@ from warehouse.core.selection import (
     select,
     summary,
 )
-from warehouse.core.storage import storage_from_url
+from warehouse.storage.url import storage_from_url
 
 PROG = "warehouse-select"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -33,9 +33,9 @@ from warehouse.core.config import (
     Settings,
     load_pipeline_config,
 )
-from warehouse.core.storage import Storage
 from warehouse.runtime import command, pools
 from warehouse.runtime.services import graph_services
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger("submittingcentres")
 

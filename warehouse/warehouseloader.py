@@ -23,7 +23,6 @@ from warehouse.core.config import (
     Settings,
     load_pipeline_config,
 )
-from warehouse.core.storage import Storage
 from warehouse.loader.filing import (
     LoaderState,
     Task,
@@ -39,6 +38,7 @@ from warehouse.loader.filing import (
 from warehouse.loader.runs import run_inputs
 from warehouse.runtime import command, pools, processes
 from warehouse.runtime.services import graph_services
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger("warehouseloader")
 

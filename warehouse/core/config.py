@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 
 import jsonschema
 
-from warehouse.core.errors import ExpectedError
+from warehouse.core.errors import ExpectedError, ObjectNotFound, StorageError
 from warehouse.core.keys import RAW_PREFIX_MARK, normalise_prefix
 from warehouse.core.report import quote
-from warehouse.core.storage import ObjectNotFound, StorageError
 
 CONFIG_KEY = "config.json"
 DEFAULT_WORKERS = 32

@@ -39,15 +39,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from warehouse.core.errors import ExpectedError
-from warehouse.core.storage import (
-    DelegatingStorage,
-    ObjectNotFound,
-    PreconditionFailed,
-    Storage,
-    StorageError,
-)
+from warehouse.core.errors import ExpectedError, ObjectNotFound, PreconditionFailed, StorageError
+
+if TYPE_CHECKING:  # (annotations only: the lease works on any store, the port is above core)
+    from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -533,40 +530,6 @@ class RunLease:
             yield self
         finally:
             self.stop()
-
-
-class LeasedStorage(DelegatingStorage):
-    """A store whose writes and copies first check that the run still holds its lease: a run
-    that lost it stops writing (each write fails, naming why) instead of racing another run."""
-
-    def __init__(self, inner: Storage, lease: RunLease):
-        super().__init__(inner)
-        self.lease = lease
-
-    def __getattr__(self, name):
-        # what only some stores have (the S3 store's probe): asked of the wrapped one
-        return getattr(self.inner, name)
-
-    def _check(self, key: str) -> None:
-        lost = self.lease.lost
-        if lost is not None:
-            raise StorageError(f"not writing {self.url}/{key}: the run lost its lease ({lost})")
-
-    def write(self, key, data, content_type="application/json"):
-        self._check(key)
-        self.inner.write(key, data, content_type)
-
-    def copy(self, source_key, target_key, size=None):
-        self._check(target_key)
-        self.inner.copy(source_key, target_key, size)
-
-    def write_if_absent(self, key, data, content_type="application/json"):
-        self._check(key)
-        return self.inner.write_if_absent(key, data, content_type)
-
-    def write_if_match(self, key, data, token, content_type="application/json"):
-        self._check(key)
-        return self.inner.write_if_match(key, data, token, content_type)
 
 
 def release_run_lease(storage: Storage, run_id: str, key: str = LEASE_KEY) -> bool:

@@ -29,7 +29,7 @@ from warehouse.core.keys import (
     raw_name_problem,
 )
 from warehouse.core.report import Reason, RunReport
-from warehouse.core.storage import ObjectInfo, Storage
+from warehouse.storage.base import ObjectInfo, Storage
 
 logger = logging.getLogger(__name__)
 

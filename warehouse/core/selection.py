@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from warehouse.core.errors import ExpectedError
+from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import (
     GROUPS,
     MAX_FILE_NAME_LENGTH,
@@ -41,7 +41,7 @@ from warehouse.core.keys import (
     is_safe_name,
     parse_image_key,
 )
-from warehouse.core.storage import ObjectNotFound, Storage
+from warehouse.storage.base import Storage
 
 LATEST_KEY = "latest.csv"
 #: Bytes per ranged read of a download (memory stays at one chunk per worker).

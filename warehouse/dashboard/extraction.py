@@ -23,7 +23,6 @@ from warehouse.core.keys import IMAGE_FOLDERS
 from warehouse.core.listing import SharedWarehouseIndex, StudyFile, WarehouseIndex
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.run import RunState
-from warehouse.core.storage import Storage
 from warehouse.dashboard.cells import bounded_text
 from warehouse.dashboard.tables import (
     choose_patient_file,
@@ -32,6 +31,7 @@ from warehouse.dashboard.tables import (
     metadata_row,
     storage_by_prefix,
 )
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger("dataprocess")
 

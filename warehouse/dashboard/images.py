@@ -36,8 +36,8 @@ from warehouse.core.catalogue import (
 )
 from warehouse.core.dicom import HeaderProblem
 from warehouse.core.report import Reason, RunReport
-from warehouse.core.storage import Storage
 from warehouse.dashboard.tables import date_column
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger("dataprocess")
 

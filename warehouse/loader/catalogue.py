@@ -56,10 +56,11 @@ from warehouse.core.catalogue import (
     read_part,
 )
 from warehouse.core.dicom import HeaderProblem
+from warehouse.core.errors import StorageError
 from warehouse.core.keys import RawKey, parse_image_key, parse_warehouse_key
 from warehouse.core.listing import WarehouseIndex, index_warehouse
 from warehouse.core.report import Reason, RunReport
-from warehouse.core.storage import ObjectInfo, Storage, StorageError
+from warehouse.storage.base import ObjectInfo, Storage
 
 logger = logging.getLogger("warehouseloader")
 

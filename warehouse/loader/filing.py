@@ -31,6 +31,7 @@ from warehouse.core.dicom import (
     image_identity,
     read_header,
 )
+from warehouse.core.errors import StorageError
 from warehouse.core.keys import (
     ImageKey,
     UnsafeIdentifier,
@@ -41,7 +42,7 @@ from warehouse.core.keys import (
     parse_warehouse_key,
     raw_prefix_of,
 )
-from warehouse.core.lease import LeasedStorage, RunLease
+from warehouse.core.lease import RunLease
 from warehouse.core.listing import WarehouseIndex
 from warehouse.core.patients import (
     CaseVariant,
@@ -52,11 +53,12 @@ from warehouse.core.patients import (
 )
 from warehouse.core.report import Reason
 from warehouse.core.run import ByteBudget, RunState
-from warehouse.core.storage import Storage, StorageError
 from warehouse.loader.catalogue import LoaderCatalogue
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
 from warehouse.loader.shards import Handoff, RunPart, part_of
+from warehouse.storage.base import Storage
+from warehouse.storage.wrappers import LeasedStorage
 
 logger = logging.getLogger("warehouseloader")
 

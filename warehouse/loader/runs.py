@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from warehouse.core.config import ConfigError
-from warehouse.core.errors import ExpectedError
+from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.lease import release_run_lease
 from warehouse.core.listing import list_raw, shared_names_filed
 from warehouse.core.patients import PatientGroups
 from warehouse.core.report import RunReport, latest_report_key
 from warehouse.core.report_page import page_key, run_report_page
-from warehouse.core.storage import ObjectNotFound, Storage
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.filing import FiledCentres, LoaderState, Task
 from warehouse.loader.memo import (
@@ -54,6 +53,7 @@ from warehouse.loader.shards import (
     part_key,
     run_folder,
 )
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 #: What a loader run says of its listings is said under the graph's name.

@@ -30,11 +30,11 @@ from warehouse.core.config import ConfigError, Settings, settings_from_env
 from warehouse.core.errors import ExpectedError
 from warehouse.core.lease import RunLease
 from warehouse.core.report import RunReport
-from warehouse.core.storage import storage_from_url
 from warehouse.loader import runs
 from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
 from warehouse.runtime import command, logs
 from warehouse.runtime.services import LazyServices
+from warehouse.storage.url import storage_from_url
 
 logger = logging.getLogger(__name__)
 

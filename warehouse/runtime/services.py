@@ -9,7 +9,7 @@ from warehouse.core.config import settings_from_env
 from warehouse.core.errors import ExpectedError
 from warehouse.core.report import RunReport
 from warehouse.core.run import EXIT_CONFIG, RUN_CONTEXT, WorkerPool
-from warehouse.core.storage import storage_from_url
+from warehouse.storage.url import storage_from_url
 
 
 class LazyServices(Mapping):

@@ -1,0 +1,197 @@
+"""The storage port: what a store can do, and one listed object.
+
+Nodes use the storage service only; they never touch boto3 or the file system themselves.
+Besides plain reads and writes the port has conditional operations (create only if absent,
+replace or delete only if unchanged since read, judged by a token: the ETag on S3) for the run
+lease (`warehouse.core.lease`), and `Storage.check_store` to check up front that a store
+exists before anything reads or writes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+_LIST_QUEUE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object: key, size in bytes, last modification time (UTC).
+
+    ``link`` is true for a symbolic link in a local store (a file or a folder, never followed):
+    it is listed so that it can be reported, and is not an object to read, file or trust.
+    Its size and time are the link's own.
+
+    ``too_deep`` is true for a folder of a local store at `keys.MAX_KEY_DEPTH` levels: what it
+    holds is deeper than any key may be, so it is not listed; the folder is, so that it can be
+    reported. Its key ends with ``/``, its size is 0 and its time is the folder's own.
+    """
+
+    key: str
+    size: int
+    last_modified: dt.datetime
+    link: bool = False
+    too_deep: bool = False
+
+
+class Storage:
+    """The storage port. Subclasses implement the primitive operations."""
+
+    #: URL-like name for messages (``s3://bucket`` or ``file:///path``).
+    url: str = ""
+    #: Whether writes are only pretended (a dry run): no lease is taken then.
+    read_only: bool = False
+    #: Seconds to which a listing's ``last_modified`` is exact (S3 lists whole seconds).
+    time_resolution: float = 0.0
+
+    def check_store(self) -> None:
+        """Check that the store exists and can be used; call it before reading or writing.
+
+        One request on S3 (HeadBucket), one ``open`` locally.
+
+        Raises
+        ------
+        StoreUnavailable
+            If the bucket or directory does not exist (the message says how to create it) or
+            cannot be used.
+        """
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, in key order, streaming."""
+        raise NotImplementedError
+
+    def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+        """One level below ``prefix`` (which ends with ``/``): sub-folder prefixes and objects."""
+        raise NotImplementedError
+
+    def read(self, key: str) -> bytes:
+        """Return an object's content. Raises `ObjectNotFound` if it does not exist."""
+        raise NotImplementedError
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Return bytes ``start`` to ``end`` (exclusive) of an object; fewer at the end of it."""
+        raise NotImplementedError
+
+    def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
+        """Create or replace an object atomically: readers see the old or the new, never part."""
+        raise NotImplementedError
+
+    def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
+        """Copy an object within the store (server-side on S3), atomically."""
+        raise NotImplementedError
+
+    def processed(self) -> Storage:
+        """The processed store beside this one (``<bucket>-processed``)."""
+        raise NotImplementedError
+
+    def read_with_token(self, key: str) -> tuple[bytes, str]:
+        """Return an object's content and its token (the ETag on S3), for a conditional write.
+
+        Raises
+        ------
+        ObjectNotFound
+            If it does not exist.
+        """
+        raise NotImplementedError
+
+    def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        """Create an object only if no object has its key, atomically; return its token.
+
+        Of several callers racing for one key, exactly one succeeds.
+
+        Raises
+        ------
+        PreconditionFailed
+            If the object exists.
+        """
+        raise NotImplementedError
+
+    def write_if_match(
+        self, key: str, data: bytes, token: str, content_type: str = "application/json"
+    ) -> str:
+        """Replace an object only if it is unchanged since ``token`` was read; return the new
+        token. Of several callers holding the same token, exactly one succeeds.
+
+        Raises
+        ------
+        PreconditionFailed
+            If the object changed or no longer exists.
+        """
+        raise NotImplementedError
+
+    def delete_if_match(self, key: str, token: str) -> None:
+        """Delete an object only if it is unchanged since ``token`` was read.
+
+        Raises
+        ------
+        PreconditionFailed
+            If the object changed or no longer exists.
+        """
+        raise NotImplementedError
+
+    def list_many(self, prefixes: Iterable[str], workers: int = 8) -> Iterator[ObjectInfo]:
+        """List several prefixes in parallel, streaming, in no particular order.
+
+        Each prefix (a folder, ending with ``/``) is first split into its sub-folders, which are
+        then listed concurrently by at most ``workers`` threads; memory stays bounded by a queue.
+
+        Raises
+        ------
+        StorageError
+            If any listing fails.
+        """
+        results: queue.Queue = queue.Queue(maxsize=_LIST_QUEUE_SIZE)
+        done = object()
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    results.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def list_prefix(prefix: str) -> None:
+            if stop.is_set():  # the consumer has gone: the folders still queued are not listed
+                return
+            for info in self.list(prefix):
+                if not put(info):
+                    return
+
+        def produce() -> None:
+            try:
+                with ThreadPoolExecutor(max(1, workers), thread_name_prefix="list") as pool:
+                    futures = []
+                    for folders, objects in pool.map(self.list_folders, prefixes):
+                        for info in objects:
+                            if not put(info):
+                                return
+                        futures.extend(pool.submit(list_prefix, f) for f in folders)
+                    for future in futures:
+                        future.result()
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                put(exc)
+            finally:
+                put(done)
+
+        producer = threading.Thread(target=produce, name="list-many", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = results.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            producer.join(timeout=5)

@@ -1,0 +1,269 @@
+"""An S3 bucket (or any S3-compatible endpoint) through one thread-safe boto3 client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from warehouse.core.errors import (
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    StoreUnavailable,
+)
+from warehouse.storage.base import ObjectInfo, Storage
+
+#: CopyObject's limit; larger objects are copied with a multipart (UploadPartCopy) copy.
+S3_COPY_LIMIT = 5 * 1024**3
+#: Where the CloudFormation template is, for messages about a missing bucket.
+_TEMPLATE = "infrastructure/templates/warehouse.yaml"
+
+
+class S3Storage(Storage):
+    """An S3 bucket (or any S3-compatible endpoint) through one thread-safe boto3 client.
+
+    The client uses botocore's adaptive retries and a connection pool sized to the workers;
+    ``AWS_ENDPOINT_URL`` and the other standard AWS variables are honoured by botocore.
+    """
+
+    time_resolution = 1.0
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        client=None,
+        probe=None,
+        workers: int = 32,
+        copy_limit=S3_COPY_LIMIT,
+    ):
+        self.bucket = bucket
+        self.url = f"s3://{bucket}"
+        self.workers = workers
+        self.copy_limit = copy_limit
+        self.client = client or make_s3_client(workers)
+        #: The client of `check_store`: short timeouts, one attempt (the given client itself
+        #: when one is given).
+        self.probe = probe or (client if client is not None else probe_client(self.client))
+
+    def _error(self, exc: Exception, action: str, key: str = "") -> StorageError:
+        from botocore.exceptions import ClientError
+
+        where = f"{self.url}/{key}" if key else self.url
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return ObjectNotFound(f"{where} does not exist")
+            if code == "NoSuchBucket":
+                return StorageError(f"bucket {self.bucket} does not exist")
+            return StorageError(f"cannot {action} {where}: {code} {error.get('Message', '')}")
+        return StorageError(f"cannot {action} {where}: {exc}")
+
+    def _paginate(self, **kwargs) -> Iterator[dict]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            yield from paginator.paginate(Bucket=self.bucket, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "list", kwargs.get("Prefix", "")) from None
+
+    @staticmethod
+    def _info(item: dict) -> ObjectInfo:
+        return ObjectInfo(item["Key"], int(item["Size"]), item["LastModified"])
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for page in self._paginate(Prefix=prefix):
+            for item in page.get("Contents", ()):
+                yield self._info(item)
+
+    def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+        folders, objects = [], []
+        for page in self._paginate(Prefix=prefix, Delimiter="/"):
+            folders.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
+            objects.extend(self._info(item) for item in page.get("Contents", ()))
+        return folders, objects
+
+    def read(self, key: str) -> bytes:
+        return self._get(key)
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        return self._get(key, Range=f"bytes={start}-{end - 1}")
+
+    def _get(self, key: str, **kwargs) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key, **kwargs)
+            return response["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""
+            raise self._error(exc, "read", key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, "read", key) from None
+
+    def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "write", key) from None
+
+    def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        source = {"Bucket": self.bucket, "Key": source_key}
+        try:
+            if size is not None and size <= self.copy_limit:
+                # One server-side request; the size from the listing spares a HEAD.
+                self.client.copy_object(Bucket=self.bucket, Key=target_key, CopySource=source)
+            else:
+                config = TransferConfig(
+                    multipart_threshold=self.copy_limit,
+                    multipart_chunksize=max(self.copy_limit // 8, 5 * 1024**2),
+                    max_concurrency=4,
+                )
+                self.client.copy(source, self.bucket, target_key, Config=config)
+        except (ClientError, BotoCoreError) as exc:
+            error = self._error(exc, "copy to", target_key)
+            if isinstance(error, ObjectNotFound):  # only the source has to exist
+                error = ObjectNotFound(f"{self.url}/{source_key} does not exist")
+            raise error from None
+
+    def processed(self) -> S3Storage:
+        return S3Storage(
+            self.bucket + "-processed", client=self.client, probe=self.probe, workers=self.workers
+        )
+
+    def check_store(self) -> None:
+        """One HeadBucket through a client with short timeouts and no retries, so that an
+        endpoint that cannot be reached is said within seconds, not after the SDK's retries."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
+
+        try:
+            self.probe.head_bucket(Bucket=self.bucket)
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise StoreUnavailable(
+                f"cannot reach the S3 endpoint {self.client.meta.endpoint_url} for bucket "
+                f"{self.bucket} ({exc}); check AWS_ENDPOINT_URL, the region and the network"
+            ) from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StoreUnavailable(
+                    f"bucket {self.bucket} does not exist: create it with "
+                    f"`aws s3 mb s3://{self.bucket}` (the CloudFormation template {_TEMPLATE} "
+                    "makes the warehouse bucket and its -processed bucket)"
+                ) from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise StoreUnavailable(
+                    f"cannot use bucket {self.bucket}: access denied (HeadBucket needs "
+                    "s3:ListBucket on it)"
+                ) from None
+            raise StoreUnavailable(str(self._error(exc, "use", ""))) from None
+        except BotoCoreError as exc:
+            raise StoreUnavailable(str(self._error(exc, "use", ""))) from None
+
+    # -- conditional operations (the run lease)
+
+    def read_with_token(self, key: str) -> tuple[bytes, str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            return response["Body"].read(), response["ETag"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "read", key) from None
+
+    def _conditional(self, call, action: str, key: str, **kwargs) -> dict:
+        """One conditional request; a failed condition raises `PreconditionFailed`."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return call(Bucket=self.bucket, Key=key, **kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            where = f"{self.url}/{key}"
+            if code in ("PreconditionFailed", "412"):
+                state = "already exists" if "IfNoneMatch" in kwargs else "has changed"
+                raise PreconditionFailed(f"{where} {state}") from None
+            if code in ("ConditionalRequestConflict", "409"):
+                raise PreconditionFailed(f"{where} is being changed by another request") from None
+            if code in ("NoSuchKey", "404"):
+                raise PreconditionFailed(f"{where} does not exist") from None
+            raise self._error(exc, action, key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, action, key) from None
+
+    def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        response = self._conditional(
+            self.client.put_object,
+            "write",
+            key,
+            Body=data,
+            ContentType=content_type,
+            IfNoneMatch="*",
+        )
+        return response["ETag"]
+
+    def write_if_match(
+        self, key: str, data: bytes, token: str, content_type: str = "application/json"
+    ) -> str:
+        response = self._conditional(
+            self.client.put_object, "write", key, Body=data, ContentType=content_type, IfMatch=token
+        )
+        return response["ETag"]
+
+    def delete_if_match(self, key: str, token: str) -> None:
+        self._conditional(self.client.delete_object, "delete", key, IfMatch=token)
+
+
+#: The store probe's limits: it must answer within seconds when the endpoint cannot be reached.
+PROBE_CONNECT_SECONDS = 2
+PROBE_READ_SECONDS = 2
+
+
+def probe_client(client):
+    """A client of the same endpoint and region as ``client``, with short timeouts and a
+    single attempt: for the one request that checks a store before a run starts."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=PROBE_CONNECT_SECONDS,
+        read_timeout=PROBE_READ_SECONDS,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=client.meta.endpoint_url,
+        region_name=client.meta.region_name,
+        config=config,
+    )
+
+
+def make_s3_client(workers: int = 32):
+    """A boto3 S3 client with adaptive retries and a connection pool for ``workers`` threads."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "adaptive", "max_attempts": 10},
+        # Every pooled node (header reads, copies, metadata writes, clinical reads) may run
+        # `workers` requests at once on the one shared client.
+        max_pool_connections=4 * workers + 8,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("s3", config=config)
