@@ -17,7 +17,9 @@ import warnings
 
 import pydicom.data
 
-from warehouse.core.dicom import HeaderProblem, header_json_dict, parse_header
+from warehouse.dicom.jsonrep import header_json_dict
+from warehouse.dicom.problems import HeaderProblem
+from warehouse.dicom.reader import parse_header
 
 
 def _pydicom_json(header) -> dict:

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-#: The loader's first ranged read of a header (``warehouse.core.dicom``).
+#: The loader's first ranged read of a header (``warehouse.dicom.reader``).
 HEADER_BYTES = 64 * 1024
 #: Where the floor clients write, beside the raw tree (never under a prefix the loader lists).
 FLOOR_PREFIX = "floor/"
@@ -172,8 +172,10 @@ def local_work_floor(root: str | os.PathLike, keys: list[str], workers: int) -> 
     dict
         ``images`` and ``seconds``.
     """
-    from warehouse.core.dicom import header_json, image_identity, read_header
     from warehouse.core.keys import image_targets
+    from warehouse.dicom.identity import image_identity
+    from warehouse.dicom.jsonrep import header_json
+    from warehouse.dicom.reader import read_header
     from warehouse.storage.local import LocalStorage
 
     store = LocalStorage(root)

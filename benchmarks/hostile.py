@@ -215,7 +215,8 @@ def read_many_elements(elements: int) -> dict:
     """Read the header of an image of ``elements`` tiny private elements from a local store
     (ranged reads, as the loader does) in this process: its outcome, the time it took, and the
     process's peak memory before and after (``ru_maxrss``)."""
-    from warehouse.core.dicom import HeaderProblem, read_header
+    from warehouse.dicom.problems import HeaderProblem
+    from warehouse.dicom.reader import read_header
     from warehouse.storage.local import LocalStorage
 
     with tempfile.TemporaryDirectory() as folder:

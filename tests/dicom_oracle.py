@@ -14,7 +14,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from warehouse.core.dicom import LARGE_VALUE_BYTES
+from warehouse.dicom.reader import LARGE_VALUE_BYTES
 
 BINARY_KEYS = ("InlineBinary", "BulkDataURI")
 

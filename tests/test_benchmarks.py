@@ -27,7 +27,7 @@ from benchmarks.proxy import (
     start_proxy,
     subject_of,
 )
-from warehouse.core.dicom import MAX_HEADER_ELEMENTS
+from warehouse.dicom.reader import MAX_HEADER_ELEMENTS
 
 
 @pytest.fixture
@@ -325,7 +325,8 @@ def test_hostile_files_are_what_they_claim(tmp_path, tiny_tree):
     import shutil
 
     from benchmarks.hostile import MB, add_hostile_files
-    from warehouse.core.dicom import HeaderTooComplex, NotDicom, parse_header
+    from warehouse.dicom.problems import HeaderTooComplex, NotDicom
+    from warehouse.dicom.reader import parse_header
 
     root = tmp_path / "hostile"
     shutil.copytree(tiny_tree.root, root)

@@ -30,8 +30,8 @@ from warehouse.core.catalogue import (
     read_part,
     table_of_rows,
 )
-from warehouse.core.dicom import parse_header
 from warehouse.core.keys import parse_image_key
+from warehouse.dicom.reader import parse_header
 from warehouse.loader.catalogue import catalogue_cutoff, combined_catalogue
 from warehouse.storage.local import LocalStorage
 

@@ -13,21 +13,18 @@ from moto import mock_aws
 from pydicom.dataset import Dataset
 
 from tests.builders import uid
-from warehouse.core.dicom import (
-    FIRST_READ_BYTES,
-    ImageIdentity,
+from warehouse.core.keys import UnsafeIdentifier
+from warehouse.dicom.identity import ImageIdentity, image_identity
+from warehouse.dicom.jsonrep import header_json
+from warehouse.dicom.problems import (
     MissingIdentifier,
     MissingPixelData,
     NotDicom,
     TruncatedHeader,
     TruncatedPixelData,
     UnsupportedModality,
-    header_json,
-    image_identity,
-    parse_header,
-    read_header,
 )
-from warehouse.core.keys import UnsafeIdentifier
+from warehouse.dicom.reader import FIRST_READ_BYTES, parse_header, read_header
 from warehouse.storage.local import LocalStorage
 from warehouse.storage.s3 import S3Storage
 from warehouse.synthetic import build_dicom

@@ -22,10 +22,11 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from tests.builders import uid
 from tests.test_dicom import PIXEL_TAG, CountingStorage, dicom, real
-from warehouse.core.dicom import (
-    FIRST_READ_BYTES,
-    MAX_HEADER_ELEMENTS,
-    MAX_SEQUENCE_ITEMS,
+from warehouse.core.report import Reason
+from warehouse.dicom.elements import MAX_SEQUENCE_ITEMS
+from warehouse.dicom.identity import image_identity
+from warehouse.dicom.jsonrep import header_json, header_json_dict
+from warehouse.dicom.problems import (
     HeaderProblem,
     HeaderTooComplex,
     HeaderTooLarge,
@@ -35,13 +36,8 @@ from warehouse.core.dicom import (
     TruncatedHeader,
     TruncatedPixelData,
     UnreadableHeader,
-    header_json,
-    header_json_dict,
-    image_identity,
-    parse_header,
-    read_header,
 )
-from warehouse.core.report import Reason
+from warehouse.dicom.reader import FIRST_READ_BYTES, MAX_HEADER_ELEMENTS, parse_header, read_header
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

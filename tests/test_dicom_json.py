@@ -22,12 +22,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.builders import image
 from tests.dicom_oracle import expected_json
-from warehouse.core.dicom import (
-    HeaderProblem,
-    header_json,
-    header_json_dict,
-    parse_header,
-)
+from warehouse.dicom.jsonrep import header_json, header_json_dict
+from warehouse.dicom.problems import HeaderProblem
+from warehouse.dicom.reader import parse_header
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom, reading odd files
 

@@ -12,10 +12,12 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.core.dicom import header_json, image_identity, read_header
 from warehouse.core.report import RunReport
 from warehouse.core.run import emit_summary, write_summary_file
 from warehouse.core.text import escape_controls
+from warehouse.dicom.identity import image_identity
+from warehouse.dicom.jsonrep import header_json
+from warehouse.dicom.reader import read_header
 from warehouse.loader.filing import Progress
 from warehouse.runtime.logs import plain_formatter
 from warehouse.storage.local import LocalStorage
@@ -213,7 +215,7 @@ def test_pydicom_messages_about_a_header_are_one_escaped_line_with_its_key(tmp_p
     finally:
         root.removeHandler(handler)
     assert stream.getvalue().splitlines() == [
-        f"WARNING warehouse.core.dicom: {key}: pydicom: Unknown encoding 'X\\n{FORGED}' - "
+        f"WARNING warehouse.dicom.reader: {key}: pydicom: Unknown encoding 'X\\n{FORGED}' - "
         "using default encoding instead"
     ]
 
@@ -241,7 +243,7 @@ def test_a_specific_character_set_cannot_forge_a_loader_log_line(charset_tree):
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert [line for line in lines if "pydicom" in line] == [
-        f"WARNING warehouse.core.dicom: {key}: pydicom: Unknown encoding 'X\\n{FORGED}' - "
+        f"WARNING warehouse.dicom.reader: {key}: pydicom: Unknown encoding 'X\\n{FORGED}' - "
         "using default encoding instead"
     ]
     assert not any(line.startswith(FORGED) for line in lines)

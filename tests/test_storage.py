@@ -15,7 +15,6 @@ import pytest
 from moto import mock_aws
 
 from tests import builders
-from warehouse.storage import base as storage_module
 from warehouse.core.errors import (
     ExpectedError,
     ObjectNotFound,
@@ -24,6 +23,7 @@ from warehouse.core.errors import (
     StoreUnavailable,
     SymbolicLinkRefused,
 )
+from warehouse.storage import base as storage_module
 from warehouse.storage.base import ObjectInfo
 from warehouse.storage.local import LocalStorage
 from warehouse.storage.s3 import S3Storage

@@ -20,7 +20,7 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image, uid
-from warehouse.core.dicom import MAX_HEADER_ELEMENTS
+from warehouse.dicom.reader import MAX_HEADER_ELEMENTS
 from warehouse.storage.base import Storage
 from warehouse.storage.local import LocalStorage
 from warehouse.storage.wrappers import DelegatingStorage

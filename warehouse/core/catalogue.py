@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydicom.dataset import Dataset
 
-from warehouse.core.dicom import read_header
 from warehouse.core.keys import ImageKey, parse_image_key
+from warehouse.dicom.reader import read_header
 
 #: Where the loader's parts are, in the warehouse.
 PARTS_PREFIX = "catalogue/images/"

@@ -34,9 +34,9 @@ from warehouse.core.catalogue import (
     part_bytes,
     read_part,
 )
-from warehouse.core.dicom import HeaderProblem
 from warehouse.core.report import Reason, RunReport
 from warehouse.dashboard.tables import date_column
+from warehouse.dicom.problems import HeaderProblem
 from warehouse.storage.base import Storage
 
 logger = logging.getLogger("dataprocess")

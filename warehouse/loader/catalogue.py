@@ -55,11 +55,11 @@ from warehouse.core.catalogue import (
     part_key,
     read_part,
 )
-from warehouse.core.dicom import HeaderProblem
 from warehouse.core.errors import StorageError
 from warehouse.core.keys import RawKey, parse_image_key, parse_warehouse_key
 from warehouse.core.listing import WarehouseIndex, index_warehouse
 from warehouse.core.report import Reason, RunReport
+from warehouse.dicom.problems import HeaderProblem
 from warehouse.storage.base import ObjectInfo, Storage
 
 logger = logging.getLogger("warehouseloader")

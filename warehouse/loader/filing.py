@@ -24,13 +24,6 @@ from warehouse.core.clinical import (
     submitting_centre,
 )
 from warehouse.core.config import PipelineConfig, nfc
-from warehouse.core.dicom import (
-    HeaderRead,
-    ImageIdentity,
-    header_json,
-    image_identity,
-    read_header,
-)
 from warehouse.core.errors import StorageError
 from warehouse.core.keys import (
     ImageKey,
@@ -53,6 +46,9 @@ from warehouse.core.patients import (
 )
 from warehouse.core.report import Reason
 from warehouse.core.run import ByteBudget, RunState
+from warehouse.dicom.identity import ImageIdentity, image_identity
+from warehouse.dicom.jsonrep import header_json
+from warehouse.dicom.reader import HeaderRead, read_header
 from warehouse.loader.catalogue import LoaderCatalogue
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts

@@ -1,5 +1,4 @@
-"""DICOM images: reading the header with ranged reads, the identifiers that file an image, and
-the header as DICOM JSON (PS3.18 F.2) without bulk data.
+"""Reading a DICOM header with ranged reads.
 
 Reading is total: whatever bytes a hospital sends, `read_header` returns a header or raises a
 `HeaderProblem` whose ``reason`` says what is wrong (not DICOM, no file meta, not an image,
@@ -15,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import struct
 import threading
 import warnings
 import zlib
@@ -25,23 +22,32 @@ from dataclasses import dataclass
 
 from pydicom import config as pydicom_config
 from pydicom import filereader as pydicom_filereader
-from pydicom.charset import decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
 from pydicom.hooks import hooks as pydicom_hooks
 from pydicom.uid import UID
-from pydicom.values import TEXT_VR_DELIMS, convert_SQ
+from pydicom.values import convert_SQ
 
-from warehouse.core.keys import (
-    MODALITY_FOLDERS,
-    UnsafeIdentifier,
-    check_pseudonym,
-    check_uid,
-    dicom_identifier,
+from warehouse.dicom.elements import (
+    VOI_LUT_TAG,
+    element_text,
+    raw_vr,
+    too_many_items,
 )
-from warehouse.core.report import Reason
+from warehouse.dicom.problems import (
+    HeaderProblem,
+    HeaderTooComplex,
+    HeaderTooLarge,
+    MissingPixelData,
+    NoFileMeta,
+    NotAnImage,
+    NotDicom,
+    TruncatedHeader,
+    TruncatedPixelData,
+    UnreadableHeader,
+)
 
 #: First ranged read. Real chest X-ray and CT headers are mostly 1-10 KiB; 64 KiB covers nearly
 #: all of them in one request (a larger range costs no extra round trip). Contiguous reads
@@ -54,9 +60,6 @@ LARGE_VALUE_BYTES = 16 * 1024
 #: larger ones are written without their items (4 MiB holds the per-frame functional groups
 #: of an enhanced image of several thousand frames).
 MAX_SEQUENCE_BYTES = 4 * 1024 * 1024
-#: A sequence holding more items than this (at any depth) is written without its items:
-#: converting each item costs about 0.2 ms, so 100,000 tiny items would hold the run for 20 s.
-MAX_SEQUENCE_ITEMS = 20_000
 #: The most bytes one header may cost (settings can lower or raise it).
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024 * 1024
 #: The most data elements and sequence items pydicom may parse from one header, at any depth
@@ -65,10 +68,6 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024 * 1024
 #: image's functional groups take about 40 bytes an element, so a sequence up to the 4 MiB
 #: that is parsed (`MAX_SEQUENCE_BYTES`) holds about 100,000. Each costs about 0.3 KB parsed.
 MAX_HEADER_ELEMENTS = 100_000
-#: The most bytes of one metadata JSON: an element that would take it further is written
-#: without its value (at most 30 bytes). A 64 MiB header of text values of control characters,
-#: each escaped as six characters, would otherwise make 380 MB of JSON.
-MAX_METADATA_JSON_BYTES = 32 * 1024 * 1024
 #: What pydicom logs about one header: the first few distinct messages, each cut short.
 MAX_PYDICOM_MESSAGES = 5
 MAX_PYDICOM_MESSAGE_CHARS = 300
@@ -82,10 +81,6 @@ PIXEL_DATA = 0x7FE00010
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
 _FIRST_PIXEL_TAG = 0x7FE00008
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-_ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")  # little and big endian
-VOI_LUT_SEQUENCE = "00283010"
-_VOI_LUT_TAG = 0x00283010
-_BINARY_VALUE_KEYS = ("InlineBinary", "BulkDataURI")
 
 logger = logging.getLogger(__name__)
 
@@ -95,79 +90,6 @@ logger = logging.getLogger(__name__)
 # see `_PydicomMessages`.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
-
-
-class HeaderProblem(ValueError):
-    """A file that cannot be filed as an image; ``reason`` is the report's reason."""
-
-    reason: Reason = Reason.UNREADABLE_HEADER
-
-
-class NotDicom(HeaderProblem):
-    """The file is not DICOM at all (garbage, text, empty)."""
-
-    reason = Reason.NOT_DICOM
-
-
-class NoFileMeta(HeaderProblem):
-    """A bare data set: no 128-byte preamble, no ``DICM`` prefix, no file meta."""
-
-    reason = Reason.NO_FILE_META
-
-
-class NotAnImage(HeaderProblem):
-    """A complete DICOM object without pixel data (a report, an RT plan, a waveform)."""
-
-    reason = Reason.NOT_AN_IMAGE
-
-
-class MissingPixelData(HeaderProblem):
-    """An image object (its SOP class stores an image) that ends, complete, before any pixel
-    data: cut exactly at an element boundary, or sent without its pixels."""
-
-    reason = Reason.MISSING_PIXEL_DATA
-
-
-class TruncatedHeader(HeaderProblem):
-    """The file ends inside its header (the upload broke off)."""
-
-    reason = Reason.TRUNCATED_HEADER
-
-
-class TruncatedPixelData(HeaderProblem):
-    """The pixel data element is cut: the file ends before its declared end."""
-
-    reason = Reason.TRUNCATED_PIXEL_DATA
-
-
-class UnreadableHeader(HeaderProblem):
-    """pydicom cannot parse a header that is not truncated."""
-
-    reason = Reason.UNREADABLE_HEADER
-
-
-class HeaderTooLarge(HeaderProblem):
-    """Reading the header would cost more bytes than the cap allows."""
-
-    reason = Reason.HEADER_TOO_LARGE
-
-
-class HeaderTooComplex(HeaderProblem):
-    """The header holds more data elements and sequence items than `MAX_HEADER_ELEMENTS`."""
-
-    reason = Reason.HEADER_TOO_COMPLEX
-
-
-class MissingIdentifier(HeaderProblem):
-    """The header lacks an element that decides where the image is filed."""
-
-    reason = Reason.MISSING_IDENTIFIER
-
-
-class UnsupportedModality(HeaderProblem):
-    """The image's modality has no warehouse folder."""
-
-    reason = Reason.UNSUPPORTED_MODALITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,21 +482,12 @@ def _parse(reader: RangedReader, stop_when):
     return dataset, inflated
 
 
-def _raw_vr(raw: RawDataElement) -> str | None:
-    if raw.VR not in (None, "UN"):
-        return raw.VR
-    try:
-        return dictionary_VR(raw.tag)
-    except KeyError:
-        return raw.VR
-
-
 def _fetch_skipped_sequences(dataset: Dataset, stream) -> None:
     """Fetch the sequences pydicom skipped for their size (up to `MAX_SEQUENCE_BYTES`)."""
     for tag, raw in list(dataset._dict.items()):
         if not isinstance(raw, RawDataElement) or raw.value is not None or not raw.length:
             continue
-        if _raw_vr(raw) != "SQ" or raw.length > MAX_SEQUENCE_BYTES:
+        if raw_vr(raw) != "SQ" or raw.length > MAX_SEQUENCE_BYTES:
             continue
         stream.seek(raw.value_tell)
         value = stream.read(raw.length)
@@ -603,7 +516,7 @@ def _count_kept_sequences(dataset: Dataset) -> None:
     is not parsed; one pydicom cannot parse is left to the conversion, which leaves it out.
     """
     for tag, raw in list(dataset._dict.items()):
-        if tag == _VOI_LUT_TAG or isinstance(raw, RawDataElement) and _too_many_items(raw):
+        if tag == VOI_LUT_TAG or isinstance(raw, RawDataElement) and too_many_items(raw):
             continue
         try:
             _count_sequence(dataset, raw)
@@ -659,7 +572,7 @@ def _ends_past_the_object(dataset: Dataset, stream) -> bool:
 
 def _no_pixel_data(dataset: Dataset) -> None:
     """Raise the reason of a complete header without pixel data."""
-    sop_class = _element_text(dataset, 0x00080016, "UI")
+    sop_class = element_text(dataset, 0x00080016, "UI")
     name = UID(sop_class).name if sop_class else ""
     if "Image Storage" in name:
         raise MissingPixelData(
@@ -723,308 +636,3 @@ def _bare_data_set(data: bytes) -> bool:
 def _describe(exc: Exception) -> str:
     message = str(exc).strip() or "no message"
     return f"{type(exc).__name__}: {message}"[:500]
-
-
-# --------------------------------------------------------------------------------------------
-# the identifiers that file an image
-
-
-@dataclass(frozen=True, slots=True)
-class ImageIdentity:
-    """The header elements that decide where an image is filed."""
-
-    patient_id: str
-    study_uid: str
-    series_uid: str
-    modality: str
-    folder: str
-
-
-_IDENTIFIER_TAGS = {
-    "PatientID": (0x00100020, "LO"),
-    "StudyInstanceUID": (0x0020000D, "UI"),
-    "SeriesInstanceUID": (0x0020000E, "UI"),
-    "Modality": (0x00080060, "CS"),
-}
-
-
-def _element_text(dataset: Dataset, tag: int, vr: str) -> str:
-    """An element's text as the file holds it, less its DICOM padding (keys.dicom_identifier):
-    from the raw bytes when pydicom has not converted them, so nothing else is stripped."""
-    element = dataset._dict.get(tag)
-    if element is None:
-        return ""
-    if isinstance(element, RawDataElement):
-        if element.value is None:
-            return ""
-        text = decode_bytes(element.value, dataset._character_set, TEXT_VR_DELIMS)
-    else:
-        value = element.value
-        if value is None:
-            return ""
-        text = "\\".join(str(v) for v in value) if element.VM > 1 else str(value)
-    return dicom_identifier(text, vr)
-
-
-def image_identity(dataset: Dataset) -> ImageIdentity:
-    """Take PatientID, StudyInstanceUID, SeriesInstanceUID and Modality from a header.
-
-    Raises
-    ------
-    MissingIdentifier
-        When one of them is absent or empty.
-    UnsafeIdentifier
-        When one cannot be used as a key part (not a UID, whitespace, control or path
-        characters, too long).
-    UnsupportedModality
-        When the modality has no warehouse folder.
-    """
-    values = {}
-    for keyword, (tag, vr) in _IDENTIFIER_TAGS.items():
-        try:
-            values[keyword] = _element_text(dataset, tag, vr)
-        except (ValueError, TypeError, LookupError) as exc:
-            raise UnsafeIdentifier(f"{keyword} cannot be decoded: {exc}") from None
-        if not values[keyword]:
-            raise MissingIdentifier(f"no {keyword} in the header")
-    patient_id = check_pseudonym(values["PatientID"])
-    study = check_uid(values["StudyInstanceUID"], "StudyInstanceUID")
-    series = check_uid(values["SeriesInstanceUID"], "SeriesInstanceUID")
-    modality = values["Modality"].upper()
-    folder = MODALITY_FOLDERS.get(modality)
-    if folder is None:
-        raise UnsupportedModality(f"modality {values['Modality']!r} is not filed")
-    return ImageIdentity(patient_id, study, series, modality, folder)
-
-
-# --------------------------------------------------------------------------------------------
-# DICOM JSON
-
-
-def header_json(dataset: Dataset, left_out: list[str] | None = None) -> bytes:
-    """The header as DICOM JSON (PS3.18 F.2), without file meta, pixel data or binary values.
-
-    Binary elements, the VOI LUT Sequence and values not fetched for their size are written
-    without a value (``{"vr": "OB"}``, ``{"vr": "SQ"}``), so ``pydicom.Dataset.from_json``
-    reads the result back as it is. Group Length elements are left out (PS3.18 F.2), and so
-    are elements whose value cannot be converted (their tags are appended to ``left_out``),
-    rather than failing the image. An element whose JSON would take the document past
-    `MAX_METADATA_JSON_BYTES` is written without its value (and appended to ``left_out``):
-    the document is written element by element, so it never costs much more than that (the
-    elements without a value add at most 30 bytes each).
-
-    Returns
-    -------
-    bytes
-        Compact UTF-8 JSON (the same bytes as ``json.dumps`` of `header_json_dict`'s result
-        with compact separators, when no element is over the bound).
-    """
-    room = MAX_METADATA_JSON_BYTES - 2
-    parts = []
-    for key, element in _json_elements(dataset, left_out):
-        # ASCII (json.dumps escapes the rest): characters are bytes
-        part = f'"{key}":{json.dumps(element, separators=(",", ":"))}'.encode("ascii")
-        if len(part) + 1 > room:
-            part = f'"{key}":{{"vr":"{element["vr"]}"}}'.encode("ascii")
-            if left_out is not None:
-                left_out.append(key)
-        room -= len(part) + 1
-        parts.append(part)
-    return b"{" + b",".join(parts) + b"}"
-
-
-def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dict:
-    """The DICOM JSON model of a header, as `header_json` writes it (without its bound on the
-    document's size).
-
-    Elements are converted straight from the bytes pydicom read where that is proven to give
-    pydicom's own result (explicit VR little endian values of the common VRs, one character
-    set); everything else (sequences, implicit or ``UN`` VRs, code extensions, values the fast
-    path does not cover) goes through pydicom's ``DataElement.to_json_dict``. Deliberate
-    differences from pydicom are listed in the README (Group Length left out, empty trailing
-    person-name groups left out, readable text that breaks its VR's rules kept).
-    """
-    return dict(_json_elements(dataset, left_out))
-
-
-def _json_elements(dataset: Dataset, left_out: list[str] | None):
-    """``(key, element)`` of each element of the header's DICOM JSON, in tag order."""
-    encoding = _single_encoding(dataset)
-    skipped = getattr(dataset, "skipped_for_size", frozenset())
-    for tag, raw in dataset._dict.items():
-        if not tag & 0xFFFF:
-            continue  # Group Length (gggg,0000): not part of the JSON model
-        key = f"{tag:08X}"
-        if key == VOI_LUT_SEQUENCE:
-            yield key, {"vr": "SQ"}
-            continue
-        element = None
-        if isinstance(raw, RawDataElement):
-            if tag in skipped:
-                if _raw_vr(raw) == "SQ" and left_out is not None:
-                    left_out.append(key)  # a sequence too large to keep its items
-                yield key, {"vr": _raw_vr(raw) or "UN"}
-                continue
-            if _too_many_items(raw):
-                if left_out is not None:
-                    left_out.append(key)
-                yield key, {"vr": "SQ"}
-                continue
-            element = _fast_element(raw, encoding)
-        if element is None:
-            element = _pydicom_element(dataset, tag)
-            if element is None and left_out is not None:
-                left_out.append(key)
-        if element is not None:
-            yield key, element
-
-
-def _too_many_items(raw: RawDataElement) -> bool:
-    """Whether a sequence's bytes hold more than `MAX_SEQUENCE_ITEMS` item tags (counted in
-    C, an upper bound: a value may hold the same four bytes)."""
-    value = raw.value
-    if not isinstance(value, bytes) or len(value) < 8 * MAX_SEQUENCE_ITEMS:
-        return False
-    tag = _ITEM_TAGS[0] if raw.is_little_endian else _ITEM_TAGS[1]
-    return _raw_vr(raw) == "SQ" and value.count(tag) > MAX_SEQUENCE_ITEMS
-
-
-def _pydicom_element(dataset: Dataset, tag) -> dict | None:
-    try:
-        return _without_bulk(dataset[tag].to_json_dict(_no_bulk_data, 0))
-    except RecursionError:
-        return None  # sequences nested too deeply to convert
-    except Exception:  # noqa: BLE001 - as pydicom's suppress_invalid_tags: leave the element out
-        return None
-
-
-def _no_bulk_data(element) -> str:
-    return ""  # the value is dropped by _without_bulk; nothing is inlined or fetched
-
-
-def _without_bulk(element: dict) -> dict:
-    """An element of pydicom's JSON with binary values, the VOI LUT Sequence and Group Length
-    elements removed (at any depth), and empty trailing person-name groups left out."""
-    for name in _BINARY_VALUE_KEYS:
-        element.pop(name, None)
-    vr = element.get("vr")
-    if vr == "SQ":
-        for item in element.get("Value", ()):
-            if not isinstance(item, dict):
-                continue
-            for tag in list(item):
-                if tag == VOI_LUT_SEQUENCE:
-                    item[tag] = {"vr": "SQ"}
-                elif tag.endswith("0000"):
-                    del item[tag]
-                else:
-                    _without_bulk(item[tag])
-    elif vr == "PN":
-        element["Value"] = [_trim_name(name) for name in element.get("Value", ())]
-        if not element["Value"]:
-            del element["Value"]
-    return element
-
-
-def _trim_name(name):
-    if not isinstance(name, dict):
-        return name
-    for group in ("Phonetic", "Ideographic"):
-        if name.get(group) == "" and (group == "Phonetic" or "Phonetic" not in name):
-            del name[group]
-    return name
-
-
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
-_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
-_NUMBER_FORMATS.update({"UV": "Q", "SV": "q"})
-_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
-_CHARSET_VRS = frozenset({"SH", "LO", "UC"})
-_TEXT_VRS = frozenset({"LT", "ST", "UT"})
-
-
-def _single_encoding(dataset: Dataset) -> str | None:
-    """The Python codec of a single-byte or UTF-8 character set, or None (use pydicom)."""
-    try:
-        encodings = dataset._character_set
-    except (AttributeError, LookupError, ValueError):
-        return None
-    return encodings[0] if len(encodings) == 1 else None
-
-
-def _fast_element(raw: RawDataElement, encoding: str | None) -> dict | None:
-    """One explicit-VR little-endian element as DICOM JSON, or None to let pydicom do it."""
-    vr, value = raw.VR, raw.value
-    if raw.is_implicit_VR or not raw.is_little_endian or vr in (None, "SQ", "UN"):
-        return None
-    if vr in _BINARY_VRS:
-        return {"vr": vr}
-    if not value:
-        return {"vr": vr} if vr in _NUMBER_FORMATS or vr in _ASCII_VRS or encoding else None
-    try:
-        if vr in _NUMBER_FORMATS:
-            code = _NUMBER_FORMATS[vr]
-            count, rest = divmod(len(value), struct.calcsize(code))
-            if rest:
-                return None
-            return {"vr": vr, "Value": list(struct.unpack(f"<{count}{code}", value))}
-        if vr == "AT":
-            if len(value) % 4:
-                return None
-            pairs = struct.unpack(f"<{len(value) // 2}H", value)
-            tags = [f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs), 2)]
-            return {"vr": vr, "Value": tags}
-        if vr in ("DS", "IS"):
-            items = value.decode("ascii").rstrip(" \x00").split("\\")
-            if items == [""]:
-                return {"vr": vr}
-            return {"vr": vr, "Value": [_number(item, vr) for item in items]}
-        if vr in _ASCII_VRS:
-            items = value.decode("latin-1").rstrip(" \x00").split("\\")
-            return {"vr": vr, "Value": items} if items != [""] else {"vr": vr}
-        if encoding is None or b"\x1b" in value:
-            return None
-        if vr in _CHARSET_VRS:
-            items = [item.rstrip("\x00 ") for item in value.decode(encoding).split("\\")]
-            return {"vr": vr, "Value": items} if items != [""] else {"vr": vr}
-        if vr in _TEXT_VRS:
-            text = value.decode(encoding).rstrip("\x00 ")
-            return {"vr": vr, "Value": [text]} if text else {"vr": vr}
-        if vr == "PN":
-            text = value.rstrip(b"\x00 ").decode(encoding)
-            if not text:
-                return {"vr": vr}
-            names = [_person_name(name) for name in text.split("\\")]
-            return None if None in names else {"vr": vr, "Value": names}
-    except (ValueError, UnicodeDecodeError, struct.error):
-        return None
-    return None
-
-
-def _number(item: str, vr: str) -> int | float:
-    text = item.strip(" ")
-    if not text:
-        raise ValueError("empty value in a multi-valued number")
-    if vr == "IS":
-        number = float(text)
-        if not number.is_integer():
-            raise ValueError(f"IS value {item!r} is not an integer")
-        return int(number)
-    number = float(text)
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError("DS value is not finite")
-    return number
-
-
-def _person_name(name: str) -> dict | None:
-    groups = name.split("=")
-    while groups and not groups[-1]:
-        groups.pop()  # PS3.18 F.2.2: empty trailing component groups are left out
-    if not groups:
-        return None  # an empty name among others: pydicom decides
-    json_name = {"Alphabetic": groups[0]}
-    if len(groups) > 1:
-        json_name["Ideographic"] = groups[1]
-    if len(groups) > 2:
-        json_name["Phonetic"] = groups[2]
-    return json_name
