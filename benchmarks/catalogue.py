@@ -62,10 +62,10 @@ def _backfill(proxy_url: str, workers: int) -> dict:
     """Delete the parts, then run the backfill of `warehouse.dashboard.images` through the
     proxy, timed alone."""
     from warehouse.core.catalogue import PARTS_PREFIX
-    from warehouse.core.listing import index_warehouse
     from warehouse.core.report import RunReport
     from warehouse.core.run import WorkerPool
     from warehouse.dashboard.images import image_catalogue
+    from warehouse.listing.warehouse import index_warehouse
     from warehouse.storage.s3 import S3Storage
 
     os.environ["AWS_ENDPOINT_URL"] = proxy_url

@@ -26,8 +26,8 @@ from warehouse.core.config import (
 )
 from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import upload_date_problem
-from warehouse.core.listing import WarehouseIndex
 from warehouse.core.patients import UnknownSite, group_for
+from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.memo import still_holds
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,13 +30,13 @@ from warehouse.core.catalogue import image_row, part_bytes, read_part, table_of_
 from warehouse.core.config import Settings
 from warehouse.core.errors import StorageError
 from warehouse.core.keys import parse_image_key
-from warehouse.core.listing import SharedWarehouseIndex
 from warehouse.dashboard import extraction as dataprocess_extraction
 from warehouse.dashboard.batch import arrow_ready, batch_name, parquet_bytes
 from warehouse.dashboard.figures import loader_run
 from warehouse.dashboard.tables import date_column, storage_by_prefix
 from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.reader import parse_header
+from warehouse.listing.warehouse import SharedWarehouseIndex
 from warehouse.storage.base import Storage
 from warehouse.storage.local import LocalStorage
 from warehouse.storage.s3 import S3Storage

@@ -8,14 +8,12 @@ import os
 import pytest
 
 from tests import builders
-from warehouse.core.listing import (
-    RawListing,
+from warehouse.listing.raw import RawListing, list_raw, pending_images
+from warehouse.listing.warehouse import (
     WarehouseIndex,
     changed_since_filed,
     index_warehouse,
-    list_raw,
     pack_stamp,
-    pending_images,
 )
 from warehouse.storage.local import LocalStorage
 

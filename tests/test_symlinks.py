@@ -9,9 +9,10 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.core.listing import index_warehouse, list_raw
 from warehouse.core.report import Reason
 from warehouse.dashboard.tables import storage_by_prefix
+from warehouse.listing.raw import list_raw
+from warehouse.listing.warehouse import index_warehouse
 from warehouse.storage.local import LocalStorage
 
 CENTRE = "Train Trust"

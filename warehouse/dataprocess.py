@@ -27,7 +27,6 @@ from bonobo.config import use
 from bonobo.config.processors import use_context_processor
 
 from warehouse.core.config import Settings, load_pipeline_config
-from warehouse.core.listing import SharedWarehouseIndex, StudyFile
 from warehouse.dashboard.batch import publish_batch
 from warehouse.dashboard.extraction import (
     Collected,
@@ -40,6 +39,7 @@ from warehouse.dashboard.extraction import (
     storage_sizes,
     study_row,
 )
+from warehouse.listing.warehouse import SharedWarehouseIndex, StudyFile
 from warehouse.runtime import command, pools
 from warehouse.runtime.services import graph_services
 from warehouse.storage.base import Storage

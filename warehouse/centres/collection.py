@@ -21,10 +21,10 @@ from warehouse.core.clinical import (
 )
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError, StorageError
-from warehouse.core.listing import list_raw, report_refused
 from warehouse.core.report import Reason, problem_of
 from warehouse.core.run import RunState
 from warehouse.core.text import escape_controls
+from warehouse.listing.raw import list_raw, report_refused
 from warehouse.storage.base import Storage
 
 logger = logging.getLogger("submittingcentres")

@@ -34,7 +34,6 @@ import pyarrow as pa
 from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import IMAGE_FOLDERS
-from warehouse.core.listing import SharedWarehouseIndex
 from warehouse.core.report import latest_report_key
 from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
@@ -48,6 +47,7 @@ from warehouse.dashboard.tables import (
     storage_table,
     study_table,
 )
+from warehouse.listing.warehouse import SharedWarehouseIndex
 from warehouse.storage.base import Storage
 
 if TYPE_CHECKING:

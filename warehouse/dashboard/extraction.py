@@ -20,7 +20,6 @@ from warehouse.core.clinical import (
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import IMAGE_FOLDERS
-from warehouse.core.listing import SharedWarehouseIndex, StudyFile, WarehouseIndex
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.run import RunState
 from warehouse.dashboard.cells import bounded_text
@@ -31,6 +30,7 @@ from warehouse.dashboard.tables import (
     metadata_row,
     storage_by_prefix,
 )
+from warehouse.listing.warehouse import SharedWarehouseIndex, StudyFile, WarehouseIndex
 from warehouse.storage.base import Storage
 
 logger = logging.getLogger("dataprocess")

@@ -57,9 +57,9 @@ from warehouse.core.catalogue import (
 )
 from warehouse.core.errors import StorageError
 from warehouse.core.keys import RawKey, parse_image_key, parse_warehouse_key
-from warehouse.core.listing import WarehouseIndex, index_warehouse
 from warehouse.core.report import Reason, RunReport
 from warehouse.dicom.problems import HeaderProblem
+from warehouse.listing.warehouse import WarehouseIndex, index_warehouse
 from warehouse.storage.base import ObjectInfo, Storage
 
 logger = logging.getLogger("warehouseloader")

@@ -36,7 +36,6 @@ from warehouse.core.keys import (
     raw_prefix_of,
 )
 from warehouse.core.lease import RunLease
-from warehouse.core.listing import WarehouseIndex
 from warehouse.core.patients import (
     CaseVariant,
     GroupConflict,
@@ -49,6 +48,7 @@ from warehouse.core.run import ByteBudget, RunState
 from warehouse.dicom.identity import ImageIdentity, image_identity
 from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.reader import HeaderRead, read_header
+from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.catalogue import LoaderCatalogue
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts

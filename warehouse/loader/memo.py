@@ -33,10 +33,10 @@ from warehouse import __version__
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ObjectNotFound
 from warehouse.core.keys import RawKey
-from warehouse.core.listing import WarehouseIndex
 from warehouse.core.patients import UnknownSite, group_for
 from warehouse.core.report import Reason, RunReport, latest_report_key, quote
 from warehouse.dicom.reader import MAX_HEADER_ELEMENTS
+from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)

@@ -13,16 +13,9 @@ import datetime as dt
 
 from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import RawKey, clinical_name, clinical_target, upload_date_problem
-from warehouse.core.listing import (
-    AMBIGUOUS,
-    RawListing,
-    WarehouseIndex,
-    changed_since_filed,
-    pack_stamp,
-    pending_images,
-    report_refused,
-)
 from warehouse.core.report import Reason, RunReport
+from warehouse.listing.raw import RawListing, pending_images, report_refused
+from warehouse.listing.warehouse import AMBIGUOUS, WarehouseIndex, changed_since_filed, pack_stamp
 from warehouse.loader.memo import known_problem
 from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
 

@@ -28,10 +28,10 @@ from types import SimpleNamespace
 from warehouse.core.config import ConfigError
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.lease import release_run_lease
-from warehouse.core.listing import list_raw, shared_names_filed
 from warehouse.core.patients import PatientGroups
 from warehouse.core.report import RunReport, latest_report_key
 from warehouse.core.report_page import page_key, run_report_page
+from warehouse.listing.raw import list_raw, shared_names_filed
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.filing import FiledCentres, LoaderState, Task
 from warehouse.loader.memo import (
