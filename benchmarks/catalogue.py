@@ -59,12 +59,12 @@ def _catalogue_requests(counts: dict) -> dict:
 
 
 def _backfill(proxy_url: str, workers: int) -> dict:
-    """Delete the parts, then run the backfill of `warehouse.dashboard.images` through the
+    """Delete the parts, then run the backfill of `warehouse.catalogue.merge` through the
     proxy, timed alone."""
-    from warehouse.core.catalogue import PARTS_PREFIX
+    from warehouse.catalogue.merge import image_catalogue
+    from warehouse.catalogue.rows import PARTS_PREFIX
     from warehouse.core.report import RunReport
     from warehouse.core.run import WorkerPool
-    from warehouse.dashboard.images import image_catalogue
     from warehouse.listing.warehouse import index_warehouse
     from warehouse.storage.s3 import S3Storage
 

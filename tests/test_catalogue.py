@@ -17,22 +17,22 @@ from tests.builders import clinical, image
 from tests.test_dataprocess import read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT, sample_tree
-from warehouse.core.catalogue import (
+from warehouse.catalogue.merge import merge_parts
+from warehouse.catalogue.rows import (
     COLUMNS,
     PARTS_PREFIX,
     dicom_age_years,
     dicom_date,
     image_row,
     is_part_key,
-    merge_parts,
     part_bytes,
     part_key,
     read_part,
     table_of_rows,
 )
+from warehouse.catalogue.run import catalogue_cutoff, combined_catalogue
 from warehouse.core.keys import parse_image_key
 from warehouse.dicom.reader import parse_header
-from warehouse.loader.catalogue import catalogue_cutoff, combined_catalogue
 from warehouse.storage.local import LocalStorage
 
 

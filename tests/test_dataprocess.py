@@ -26,7 +26,7 @@ import pytest
 from tests import builders
 from tests.builders import clinical, image, uid
 from warehouse import dataprocess
-from warehouse.core.catalogue import image_row, part_bytes, read_part, table_of_rows
+from warehouse.catalogue.rows import image_row, part_bytes, read_part, table_of_rows
 from warehouse.core.config import Settings
 from warehouse.core.errors import StorageError
 from warehouse.core.keys import parse_image_key

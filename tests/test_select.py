@@ -16,8 +16,7 @@ from tests.builders import clinical, image
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT
 from warehouse import select as select_command
-from warehouse.core.keys import GROUPS, image_targets, parse_image_key
-from warehouse.core.selection import (
+from warehouse.catalogue.selection import (
     Fetch,
     SelectionError,
     fetch,
@@ -27,6 +26,7 @@ from warehouse.core.selection import (
     read_catalogue,
     row_problem,
 )
+from warehouse.core.keys import GROUPS, image_targets, parse_image_key
 
 OTHER = "Other Trust"
 

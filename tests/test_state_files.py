@@ -11,7 +11,7 @@ from tests.builders import clinical, image
 from tests.test_catalogue import _tree, part_keys, part_rows, store_delete
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT
-from warehouse.core.catalogue import read_part
+from warehouse.catalogue.rows import read_part
 
 LATEST = "reports/warehouseloader/latest.json"
 

@@ -704,7 +704,7 @@ def hostile(index: int) -> str:
 
 def hostile_batch():
     """A batch whose every text field from an uploader holds a formula or a line break."""
-    from warehouse.core.catalogue import SCHEMA
+    from warehouse.catalogue.rows import SCHEMA
     from warehouse.dashboard.batch import build_batch
     from warehouse.dashboard.tables import CLINICAL_FIELDS
 

@@ -9,7 +9,7 @@ Reads the newest ``images.parquet`` of ``<bucket>-processed`` (``latest.csv`` na
 match, and with ``--download DIR`` fetches the images and their metadata files into ``DIR`` in
 the warehouse layout, through a bounded pool of workers, with a progress bar; rerun the same
 command to resume (files already there are skipped). The rules are in
-``warehouse.core.selection``.
+``warehouse.catalogue.selection``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from warehouse import __version__
-from warehouse.core.config import ConfigError, settings_from_env
-from warehouse.core.errors import ExpectedError
-from warehouse.core.keys import GROUPS, MODALITY_FOLDERS
-from warehouse.core.selection import (
+from warehouse.catalogue.selection import (
     Filters,
     SelectionError,
     download,
@@ -37,6 +34,9 @@ from warehouse.core.selection import (
     select,
     summary,
 )
+from warehouse.core.config import ConfigError, settings_from_env
+from warehouse.core.errors import ExpectedError
+from warehouse.core.keys import GROUPS, MODALITY_FOLDERS
 from warehouse.storage.url import storage_from_url
 
 PROG = "warehouse-select"

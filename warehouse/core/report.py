@@ -150,7 +150,7 @@ class RunReport:
         #: run reads (``latest.json``); one that stopped before cannot describe the inputs.
         self.listed = False
         #: The loader's image catalogue this run: where its cutoff for a stopped run's images
-        #: was, the parts it wrote and whether they list everything (`loader.catalogue`).
+        #: was, the parts it wrote and whether they list everything (`warehouse.catalogue.run`).
         self.catalogue: dict | None = None
         self._lock = threading.Lock()
 

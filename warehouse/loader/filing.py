@@ -14,7 +14,8 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 
 from warehouse import __version__
-from warehouse.core.catalogue import image_row, instance_uid
+from warehouse.catalogue.rows import image_row, instance_uid
+from warehouse.catalogue.run import LoaderCatalogue
 from warehouse.core.clinical import (
     InvalidClinicalFile,
     MissingSubmittingCentre,
@@ -49,7 +50,6 @@ from warehouse.dicom.identity import ImageIdentity, image_identity
 from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.reader import HeaderRead, read_header
 from warehouse.listing.warehouse import WarehouseIndex
-from warehouse.loader.catalogue import LoaderCatalogue
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
 from warehouse.loader.shards import Handoff, RunPart, part_of
@@ -153,7 +153,7 @@ class LoaderState(RunState):
     new_patients: set[str] = field(default_factory=set)
     #: For an image shard: what its run's clinical phase handed over.
     handoff: Handoff | None = None
-    #: The run's image catalogue part (`warehouse.loader.catalogue`).
+    #: The run's image catalogue part (`warehouse.catalogue.run`).
     catalogue: LoaderCatalogue | None = None
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -27,8 +27,8 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 
+from warehouse.catalogue.run import combined_catalogue
 from warehouse.core.keys import image_stem
-from warehouse.loader.catalogue import combined_catalogue
 
 #: The phases of a run: the whole run in one process, or one part of a sharded run.
 WHOLE_RUN, CLINICAL_PHASE, IMAGE_PHASE = "all", "clinical", "images"

@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from warehouse.core.catalogue import (
+from warehouse.catalogue.rows import (
     COLUMNS,
     PARTS_PREFIX,
     HeaderProgress,

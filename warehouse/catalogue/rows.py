@@ -405,26 +405,6 @@ def read_part(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in wanted]))
 
 
-def merge_parts(tables: Iterable[pa.Table], present: set[str] | None = None) -> pa.Table:
-    """One table from several parts, oldest first: one row per warehouse key (the newest
-    part's row of a key listed twice), only the images still ``present`` when it is given,
-    sorted by warehouse key.
-    """
-    tables = [t.select(list(COLUMNS)) for t in tables]
-    if not tables:
-        return SCHEMA.empty_table()
-    merged = pa.concat_tables(tables)
-    keys = merged.column("warehouse_key").to_pylist()
-    last: dict[str, int] = {}
-    for position, key in enumerate(keys):
-        last[key] = position
-    chosen = sorted(
-        (position for key, position in last.items() if present is None or key in present),
-        key=lambda position: keys[position],
-    )
-    return merged.take(pa.array(chosen, type=pa.int64()))
-
-
 class HeaderProgress:
     """The progress line of a pass over filed images' headers (the loader's for the images a
     stopped run left out, ``dataprocess``'s backfill), at most every `PROGRESS_SECONDS`."""
