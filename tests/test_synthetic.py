@@ -15,7 +15,6 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from warehouse import synthetic
 from warehouse.synthetic import (
     CLINICAL_FAULTS,
     IMAGE_FAULTS,
@@ -24,6 +23,7 @@ from warehouse.synthetic import (
     clinical_record,
     generate_tree,
 )
+from warehouse.synthetic import command as synthetic
 
 IDS = {
     "patient_id": "Covid149",
