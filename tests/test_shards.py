@@ -525,7 +525,7 @@ def test_sigterm_stops_every_part_and_gives_the_lease_back(tmp_path):
 
 
 def test_prefixed_lines_write_whole_lines_with_their_prefix(tmp_path):
-    from warehouse.runtime.processes import PrefixedLines
+    from warehouse.loader.processes import PrefixedLines
 
     path = tmp_path / "out.txt"
     with open(path, "wb") as handle:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from dataclasses import replace
 
 import bonobo
 from bonobo.config import use
@@ -23,6 +24,8 @@ from warehouse.core.config import (
     Settings,
     load_pipeline_config,
 )
+from warehouse.core.run import EXIT_INTERNAL
+from warehouse.loader import processes
 from warehouse.loader.filing import (
     LoaderState,
     Task,
@@ -36,8 +39,9 @@ from warehouse.loader.filing import (
     write_object,
 )
 from warehouse.loader.runs import run_inputs
-from warehouse.runtime import command, pools, processes
-from warehouse.runtime.services import graph_services
+from warehouse.runtime import command, pools
+from warehouse.runtime.logs import configure_logging
+from warehouse.runtime.services import LazyServices, graph_services
 from warehouse.storage.base import Storage
 
 logger = logging.getLogger("warehouseloader")
@@ -184,10 +188,31 @@ exit codes: 0 run completed (per-file problems are reported, not failures);
 def main(argv=None) -> int | None:
     """Command line entry point (``python -m warehouse.warehouseloader``); with
     ``WAREHOUSE_PROCESSES`` above 1, a sharded run in processes of this machine."""
-    code = processes.run_if_many_processes(command_parser, argv)
+    command_parser().parse_args(argv)  # --help and --version answer before anything else
+    configure_logging()
+    code = processes.run_if_many_processes()
     if code is not None:
         return code
     return command.main(sys.modules[__name__], argv)
+
+
+def run_part(settings: Settings) -> int:
+    """Run the graph for one part of a sharded run in this process (each process of
+    ``WAREHOUSE_PROCESSES`` does, `warehouse.loader.processes`): its exit code. The command
+    that started the process ends the run once every part has stopped, so this part does not.
+    """
+
+    def services() -> dict:
+        built = get_services(settings=settings)
+        state = built["state"]
+        state.part = replace(state.part, finishes=False)
+        return built
+
+    try:
+        code = command.run_graph(get_graph(), LazyServices(services))
+    except SystemExit as stop:  # a settings or lease error before the graph started
+        return stop.code if isinstance(stop.code, int) else EXIT_INTERNAL
+    return code if code is not None else EXIT_INTERNAL
 
 
 if __name__ == "__main__":

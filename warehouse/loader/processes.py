@@ -9,12 +9,14 @@ by its part (``[shard 1/2] - process_image in=...``; JSON logs carry the part in
 report (`warehouse.loader.runs.finish_run`), releases the lease, prints one summary and exits
 with the worst part's code (a part killed by a signal counts as 1: a rerun finishes its work).
 
-This is a graph's runtime, like the rest of `warehouse.runtime`: it starts processes and waits
-for them, nothing more (no restarts, no scheduling: on AWS, Batch does that).
+It starts processes and waits for them, nothing more (no restarts, no scheduling: on AWS, Batch
+does that). Each part's process imports the loader graph by its module name
+(`GRAPH_MODULE`) and runs it there: the rules never import the graph nor bonobo.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import multiprocessing
@@ -32,13 +34,13 @@ from warehouse.core.lease import RunLease
 from warehouse.core.report import RunReport
 from warehouse.loader import runs
 from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
-from warehouse.runtime import command, logs
-from warehouse.runtime.services import LazyServices
 from warehouse.storage.url import storage_from_url
 
 logger = logging.getLogger(__name__)
 
 GRAPH_NAME = "warehouseloader"
+#: The module each part's process imports and runs (`run_part`): the loader graph.
+GRAPH_MODULE = "warehouse.warehouseloader"
 
 
 class PrefixedLines(io.TextIOBase):
@@ -89,7 +91,7 @@ def run_part(settings: Settings, label: str, go=None) -> None:
     if settings.log_format != "json":
         streams = [PrefixedLines(1, f"[{label}] "), PrefixedLines(2, f"[{label}] ")]
         sys.stdout, sys.stderr = streams
-    from warehouse import warehouseloader as loader
+    graph = importlib.import_module(GRAPH_MODULE)
 
     if go is not None:
         try:
@@ -101,18 +103,10 @@ def run_part(settings: Settings, label: str, go=None) -> None:
                 stream.close()
             sys.exit(run_module.EXIT_OK)
 
-    def services() -> dict:
-        built = loader.get_services(settings=settings)
-        state = built["state"]
-        # the command that started this process ends the run, once every part has stopped
-        state.part = replace(state.part, finishes=False)
-        return built
-
     code = run_module.EXIT_INTERNAL
     try:
-        code = command.run_graph(loader.get_graph(), LazyServices(services))
-    except SystemExit as stop:  # a settings or lease error before the graph started
-        code = stop.code if isinstance(stop.code, int) else run_module.EXIT_INTERNAL
+        # the command that started this process ends the run, once every part has stopped
+        code = graph.run_part(settings)
     finally:
         for stream in streams:
             stream.close()
@@ -147,7 +141,6 @@ def run_processes(settings: Settings) -> int:
         The exit code: the worst of the parts' (0, 1, 2, 3, 70), 3 when another run holds the
         warehouse, 2 for a missing store.
     """
-    logs.configure_logging()
     count = settings.processes
     run_id = settings.run_id or RunReport(GRAPH_NAME).run_id
     run_module.RUN_CONTEXT.update(graph=GRAPH_NAME, run_id=run_id, shard=None)
@@ -262,16 +255,15 @@ def _end(storage, settings, run_id: str, count: int, outcomes) -> int:
     return code
 
 
-def run_if_many_processes(command_parser, argv) -> int | None:
-    """What a loader command does first: with ``WAREHOUSE_PROCESSES`` above 1, run the whole
-    sharded run (`run_processes`) and return its exit code; otherwise None, and the command
-    runs the graph in this process.
+def run_if_many_processes() -> int | None:
+    """What a loader command does first (once its command line is parsed and logging set up):
+    with ``WAREHOUSE_PROCESSES`` above 1, run the whole sharded run (`run_processes`) and return
+    its exit code; otherwise None, and the command runs the graph in this process.
 
     A settings error is left to the graph's own start, which reports it (exit code 2); a dry
     run always runs in one process (it writes nothing, so shards could not see the clinical
     phase's groups).
     """
-    command_parser().parse_args(argv)  # --help and --version answer before anything else
     try:
         settings = settings_from_env()
     except ConfigError:
@@ -279,7 +271,6 @@ def run_if_many_processes(command_parser, argv) -> int | None:
     if settings.processes <= 1 or settings.phase != "all":
         return None
     if settings.dry_run:
-        logs.configure_logging()
         logger.warning(
             "DRY_RUN: WAREHOUSE_PROCESSES=%d is ignored, the dry run runs in one process",
             settings.processes,
