@@ -15,8 +15,8 @@ import pytest
 from moto import mock_aws
 from moto.sns.models import sns_backends
 
-from warehouse.runtime import taskrunner
-from warehouse.runtime.taskrunner import (
+from warehouse import task as taskrunner
+from warehouse.task import (
     GRAPH_TASKS,
     build_message,
     completion_line,
@@ -202,8 +202,7 @@ def test_command_line_in_a_subprocess_against_moto_server(env, tmp_path, moto_se
     env.setenv("FAKE_GRAPH_EXIT", "5")
 
     result = subprocess.run(
-        [sys.executable, "-m", "warehouse.runtime.taskrunner", "--with-stdout"]
-        + ["tests.fake_graph", "--flag"],
+        [sys.executable, "-m", "warehouse.task", "--with-stdout"] + ["tests.fake_graph", "--flag"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -222,7 +221,7 @@ def test_sigterm_is_forwarded_to_the_graph(env, tmp_path):
     env.setenv("FAKE_GRAPH_READY_FILE", str(ready))
     env.setenv("FAKE_GRAPH_SLEEP", "30")
     wrapper = subprocess.Popen(
-        [sys.executable, "-m", "warehouse.runtime.taskrunner", "tests.fake_graph"],
+        [sys.executable, "-m", "warehouse.task", "tests.fake_graph"],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -369,7 +368,7 @@ def test_bin_with_an_argument_the_graph_refuses_is_a_run(env, moto_server):
 
 def test_taskrunner_command_line_answers_help_for_a_graph(env):
     result = subprocess.run(
-        [sys.executable, "-m", "warehouse.runtime.taskrunner", "dataprocess", "--version"],
+        [sys.executable, "-m", "warehouse.task", "dataprocess", "--version"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -386,4 +385,4 @@ def test_taskrunner_has_its_own_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         taskrunner.main(["--version"])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out == f"python -m warehouse.runtime.taskrunner {__version__}\n"
+    assert capsys.readouterr().out == f"python -m warehouse.task {__version__}\n"

@@ -24,8 +24,8 @@ exit code ``128 + N``.
 
 Run it directly to wrap any module::
 
-    python -m warehouse.runtime.taskrunner warehouseloader --some-graph-option
-    python -m warehouse.runtime.taskrunner --with-stdout --with-summary some.module ...
+    python -m warehouse.task warehouseloader --some-graph-option
+    python -m warehouse.task --with-stdout --with-summary some.module ...
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from warehouse import __version__
 
 #: Root of the source tree (the directory holding the ``warehouse`` package).
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 #: SNS limits: a subject is at most 100 ASCII characters, a message at most 256 KiB.
 SUBJECT_LIMIT = 100
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         The graph's exit code.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m warehouse.runtime.taskrunner",
+        prog="python -m warehouse.task",
         description="Run a graph module, print how long it took, notify TOPIC_ARN when set, "
         "and exit with the graph's code.",
     )
