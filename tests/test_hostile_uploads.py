@@ -146,7 +146,7 @@ _GATE_HOOK = """
 import os
 import time
 
-import warehouse.loader.runs as runs
+import warehouse.loader.inputs as runs
 
 _run_inputs = runs.run_inputs
 

@@ -18,7 +18,7 @@ from warehouse.core.text import escape_controls
 from warehouse.dicom.identity import image_identity
 from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.reader import read_header
-from warehouse.loader.filing import Progress
+from warehouse.loader.state import Progress
 from warehouse.runtime.logs import plain_formatter
 from warehouse.storage.local import LocalStorage
 

@@ -274,7 +274,7 @@ def test_shards_in_separate_processes_make_the_warehouse_one_process_makes(
 def test_a_shard_that_ends_an_ended_run_leaves_its_report(tmp_path):
     """Two shards that finish at once may both end the run: the second finds latest.json
     already the run's and leaves it (a second report would count no feedback files)."""
-    from warehouse.loader import runs
+    from warehouse.loader import parts as runs
 
     sharded, _, bucket = _stores("local", tmp_path)
     builders.put_tree(sharded, _tree(tmp_path))

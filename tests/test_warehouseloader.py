@@ -587,7 +587,7 @@ def test_an_internal_error_on_one_image_is_reported_and_the_next_run_completes(
 ):
     """A bug met on one file (here injected into the header reader) is reported against that
     file; everything else is filed, the run completes, and the next run does not read it."""
-    from warehouse.loader import filing
+    from warehouse.loader import work as filing
 
     files, expected, problems = sample_tree()
     builders.put_tree(local_store, files)

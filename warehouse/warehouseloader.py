@@ -26,19 +26,18 @@ from warehouse.core.config import (
 )
 from warehouse.core.run import EXIT_INTERNAL
 from warehouse.loader import processes
-from warehouse.loader.filing import (
-    LoaderState,
-    Task,
+from warehouse.loader.decisions import file_clinical, file_image
+from warehouse.loader.inputs import run_inputs
+from warehouse.loader.state import LoaderState
+from warehouse.loader.tasks import Task
+from warehouse.loader.work import (
     copy_object,
-    file_clinical,
-    file_image,
     metadata_file,
     read_clinical,
     read_image,
     record_write,
     write_object,
 )
-from warehouse.loader.runs import run_inputs
 from warehouse.runtime import command, pools
 from warehouse.runtime.logs import configure_logging
 from warehouse.runtime.services import LazyServices, graph_services

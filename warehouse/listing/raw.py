@@ -187,3 +187,9 @@ def pending_images(
             yield raw, None
         else:
             yield raw, size
+
+
+def raw_stamp(raw: RawKey, size: int) -> tuple[int, str]:
+    """A raw input's size and modification time from the listing: how the next run knows it
+    unchanged (the memo compares them)."""
+    return size, raw.modified

@@ -14,15 +14,10 @@ import datetime as dt
 from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import RawKey, clinical_name, clinical_target, upload_date_problem
 from warehouse.core.report import Reason, RunReport
-from warehouse.listing.raw import RawListing, pending_images, report_refused
+from warehouse.listing.raw import RawListing, pending_images, raw_stamp, report_refused
 from warehouse.listing.warehouse import AMBIGUOUS, WarehouseIndex, changed_since_filed, pack_stamp
 from warehouse.loader.memo import known_problem
 from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
-
-
-def stamp(raw: RawKey, size: int) -> tuple[int, str]:
-    """A raw input's size and modification time from the listing (how the next run knows it)."""
-    return size, raw.modified
 
 
 def report_listing(listing: RawListing, index: WarehouseIndex, report: RunReport) -> None:
@@ -112,7 +107,11 @@ def plan_inputs(
         if implausible:
             facts = {"max_upload_delay_days": config.max_upload_delay_days}
             report.skip(
-                raw.key, Reason.IMPLAUSIBLE_DATE, implausible, stamp=stamp(raw, size), facts=facts
+                raw.key,
+                Reason.IMPLAUSIBLE_DATE,
+                implausible,
+                stamp=raw_stamp(raw, size),
+                facts=facts,
             )
         elif not known_unfiled(raw, size, set()):
             clinical.append((raw, size))

@@ -6,7 +6,7 @@ interpreter, nothing inherited but the settings): the clinical phase first, then
 at once. Their status lines go to the command's own output as they come, each line prefixed
 by its part (``[shard 1/2] - process_image in=...``; JSON logs carry the part in their
 ``shard`` field instead). Once every part has stopped it combines their reports into the run's
-report (`warehouse.loader.runs.finish_run`), releases the lease, prints one summary and exits
+report (`warehouse.loader.parts.finish_run`), releases the lease, prints one summary and exits
 with the worst part's code (a part killed by a signal counts as 1: a rerun finishes its work).
 
 It starts processes and waits for them, nothing more (no restarts, no scheduling: on AWS, Batch
@@ -32,7 +32,7 @@ from warehouse.core.config import ConfigError, Settings, settings_from_env
 from warehouse.core.errors import ExpectedError
 from warehouse.core.lease import RunLease
 from warehouse.core.report import RunReport
-from warehouse.loader import runs
+from warehouse.loader import parts as runs
 from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
 from warehouse.storage.url import storage_from_url
 

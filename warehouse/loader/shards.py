@@ -18,7 +18,7 @@ N times the clinical GETs (968 clinical files at N = 16: 15,488 GETs instead of 
 copies would still need one shard to make them. The clinical phase reads them once; each shard
 pays one listing, one GET of the hand-off and a few requests for its report instead.
 
-This module is pure (no storage, no bonobo): `warehouse.loader.runs` does the I/O.
+This module is pure (no storage, no bonobo): `warehouse.loader.parts` does the I/O.
 """
 
 from __future__ import annotations

@@ -1,0 +1,166 @@
+"""The loader's per-file decisions, made in the node's own thread, in input order, on the run's
+state (no storage request): where a clinical file goes (its patient's group) and where an image
+goes (or why not)."""
+
+from __future__ import annotations
+
+from warehouse.catalogue.rows import image_row, instance_uid
+from warehouse.core.config import nfc
+from warehouse.core.keys import (
+    ImageKey,
+    clinical_target,
+    image_targets,
+)
+from warehouse.core.patients import (
+    CaseVariant,
+    GroupConflict,
+    UnknownSite,
+    group_for,
+)
+from warehouse.core.report import Reason
+from warehouse.dicom.identity import ImageIdentity
+from warehouse.dicom.reader import HeaderRead
+from warehouse.loader.state import LoaderState
+from warehouse.loader.tasks import Task, input_stamp
+
+
+def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> list[Task]:
+    """Decide a clinical file's group and return its copy task (or report why not).
+
+    In input order: the raw prefix must be allowed to send the record's centre
+    (``prefix_sites``); the pseudonym must not be bound to another centre (by its first filed
+    record, or by this run's first accepted one); then the site rules and the patient's group
+    decide, and the target must not be claimed by another raw file of this run.
+    """
+    task, centre, filed_centre = read
+    raw, report, config = task.payload, state.report, state.config
+    state.progress.finished("clinical")
+    facts = {"pseudonym": raw.pseudonym, "centre": centre}
+
+    def refuse(reason: Reason, detail: str, **more) -> list[Task]:
+        report.skip(task.key, reason, detail, stamp=input_stamp(task), facts={**facts, **more})
+        return []
+
+    if not config.centre_allowed(raw.prefix, centre):
+        allowed = sorted(config.prefix_sites.get(raw.prefix, ()))
+        return refuse(
+            Reason.CENTRE_NOT_ALLOWED,
+            f"{raw.prefix} may send {allowed}; this record names {centre!r}",
+            prefix=raw.prefix,
+        )
+    bound = filed_centre or state.bound_centres.get(raw.pseudonym)
+    if bound is not None and bound != nfc(centre):
+        state.refused_claims.add((raw.prefix, raw.pseudonym))
+        return refuse(
+            Reason.PSEUDONYM_CLAIMED,
+            f"{raw.pseudonym} is bound to {bound!r} (its first record); "
+            f"this record names {centre!r}",
+            bound=bound,
+            prefix=raw.prefix,
+        )
+    try:
+        wanted = group_for(raw.pseudonym, centre, config)
+        group = state.groups.assign(raw.pseudonym, wanted)
+    except UnknownSite:
+        return refuse(Reason.SITE_NOT_IN_CONFIG, f"SubmittingCentre {centre!r}")
+    except GroupConflict as exc:
+        return refuse(Reason.GROUP_CONFLICT, str(exc))
+    except CaseVariant as exc:
+        return refuse(Reason.CASE_VARIANT, str(exc), variant=exc.known)
+    target = clinical_target(group, raw.pseudonym, raw.clinical_kind, raw.upload_date)
+    claimant = state.claim(target, task.key)
+    if claimant != task.key:
+        report.skip(task.key, Reason.DUPLICATE_TARGET, f"{target} is claimed by {claimant}")
+        return []
+    state.bound_centres.setdefault(raw.pseudonym, nfc(centre))
+    return [Task("copy", task.key, task.size, target, None)]
+
+
+def file_image(
+    state: LoaderState, read: tuple[Task, HeaderRead, ImageIdentity, str | None]
+) -> list[Task]:
+    """Decide where an image goes; return its copy and metadata tasks (those not yet done)."""
+    task, header, identity, filed_centre = read
+    report, raw, patient = state.report, task.payload, identity.patient_id
+    state.progress.finished("image")
+    state.count_header_read(header.requests, header.bytes_read)
+
+    def refuse(reason: Reason, detail: str, **facts) -> list[Task]:
+        report.skip(task.key, reason, detail, stamp=input_stamp(task), facts=facts or None)
+        return []
+
+    group = state.groups.get(patient)
+    if group is None:
+        known = state.groups.case_variant(patient)
+        if known is not None:
+            detail = f"PatientID {patient!r} differs only in case from the patient {known!r}"
+            return refuse(Reason.CASE_VARIANT, detail, pseudonym=patient, variant=known)
+        return refuse(Reason.NO_PATIENT_DATA, f"PatientID {patient!r}", patient=patient)
+    if (raw.prefix, patient) in state.refused_claims:
+        return refuse(
+            Reason.PSEUDONYM_CLAIMED,
+            f"{raw.prefix} sent a record for {patient} naming another centre than the one "
+            "the patient is bound to",
+            pseudonym=patient,
+            prefix=raw.prefix,
+        )
+    if raw.prefix in state.config.prefix_sites:
+        centre = state.bound_centres.get(patient) or filed_centre
+        if centre is not None and not state.config.centre_allowed(raw.prefix, centre):
+            return refuse(
+                Reason.CENTRE_NOT_ALLOWED,
+                f"{raw.prefix} may not send images of {patient}, a patient of {centre!r}",
+                prefix=raw.prefix,
+                centre=centre,
+                patient=patient,
+            )
+    image_key, metadata_key = image_targets(
+        group, identity.folder, patient, identity.study_uid, identity.series_uid, raw.name
+    )
+    # A duplicate of an instance filed under another key is refused before it claims its own
+    # target: a refused file holds no claim, so the reasons of the files behind it do not
+    # depend on whether it was read in this run or remembered from the last.
+    catalogue, sop = state.catalogue, instance_uid(header.dataset)
+    filed = catalogue.filed_copy(sop, image_key)
+    if filed is None:
+        claimant = state.claim(image_key, task.key)
+        if claimant != task.key:
+            report.skip(task.key, Reason.DUPLICATE_TARGET, f"{image_key} is claimed by {claimant}")
+            return []
+    else:
+        facts = {"filed": filed.key, "sop": sop}
+        if filed.size == task.size:
+            detail = f"SOPInstanceUID {sop} is filed as {filed.key}"
+            return refuse(Reason.DUPLICATE_IMAGE, detail, **facts)
+        detail = (
+            f"SOPInstanceUID {sop} is filed as {filed.key} ({filed.size:,} bytes); "
+            f"{task.key} has {task.size:,} bytes"
+        )
+        return refuse(Reason.CONFLICTING_DUPLICATE, detail, **facts)
+    catalogue.claim_instance(sop, image_key, task.size)
+
+    def row() -> tuple:
+        where = ImageKey(
+            image_key,
+            group,
+            identity.folder,
+            patient,
+            identity.study_uid,
+            identity.series_uid,
+            raw.name,
+        )
+        return image_row(
+            header.dataset, where, size=task.size, raw_key=task.key, upload=raw.upload_date
+        )
+
+    tasks = []
+    if not state.index.filed(image_key):
+        tasks.append(Task("copy", task.key, task.size, image_key, None))
+    if not state.index.filed(metadata_key):
+        tasks.append(Task("metadata", task.key, None, metadata_key, header.dataset))
+    if not tasks:
+        report.count("images already filed", prefix=raw.prefix)
+        catalogue.already_filed(image_key, row)
+    else:
+        catalogue.expect(row(), [t.target for t in tasks])
+    return tasks

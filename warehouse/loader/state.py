@@ -1,0 +1,292 @@
+"""One loader run's state, shared by its nodes (a bonobo service): the config, groups and bindings,
+the catalogue, the lease, progress and how the run ends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from warehouse import __version__
+from warehouse.catalogue.run import LoaderCatalogue
+from warehouse.core.clinical import (
+    InvalidClinicalFile,
+    MissingSubmittingCentre,
+    parse_clinical_record,
+    submitting_centre,
+)
+from warehouse.core.config import PipelineConfig, nfc
+from warehouse.core.errors import StorageError
+from warehouse.core.lease import RunLease
+from warehouse.core.patients import (
+    PatientGroups,
+)
+from warehouse.core.report import Reason
+from warehouse.core.run import ByteBudget, RunState
+from warehouse.listing.warehouse import WarehouseIndex
+from warehouse.loader.feedback import publish_feedback
+from warehouse.loader.memo import limit_facts
+from warehouse.loader.parts import end_part, load_handoff
+from warehouse.loader.shards import Handoff, RunPart, part_of
+from warehouse.loader.tasks import Task, input_stamp
+from warehouse.storage.base import Storage
+from warehouse.storage.wrappers import LeasedStorage
+
+#: Bytes of clinical files a run holds in memory at once, read and decoded (`ByteBudget`).
+CLINICAL_BYTES_IN_FLIGHT = 8 * 1024 * 1024
+
+
+class Progress:
+    """How far a loader run is: clinical files and images done out of those planned, and the
+    rate of images, for the progress line of the status lines."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.total = {"clinical": None, "image": None}
+        self.done = {"clinical": 0, "image": 0}
+        self._first_image: float | None = None
+
+    def plan(self, clinical: int, images: int) -> None:
+        """The inputs this run has to read."""
+        with self._lock:
+            self.total = {"clinical": clinical, "image": images}
+
+    def finished(self, action: str) -> None:
+        """One input of ``action`` (``clinical`` or ``image``) is done (filed or reported)."""
+        with self._lock:
+            if action in self.done:
+                self.done[action] += 1
+                if action == "image" and self._first_image is None:
+                    self._first_image = self._clock()
+
+    def line(self) -> str | None:
+        """``progress: images 1,145/8,000 (14%), clinical files 968/968, 52.1 images/s, about
+        2 min 11 s left``; None before the inputs are known."""
+        with self._lock:
+            total, done = dict(self.total), dict(self.done)
+            started = self._first_image
+        if total["image"] is None:
+            return None
+        images, all_images = done["image"], total["image"]
+        share = f" ({100 * images // all_images}%)" if all_images else ""
+        parts = [
+            f"images {images:,}/{all_images:,}{share}",
+            f"clinical files {done['clinical']:,}/{total['clinical']:,}",
+        ]
+        elapsed = self._clock() - started if started is not None else 0.0
+        if images and elapsed > 0:
+            rate = images / elapsed
+            parts.append(f"{rate:.1f} images/s")
+            if images < all_images:
+                parts.append(f"about {_duration((all_images - images) / rate)} left")
+        return "progress: " + ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+@dataclass
+class LoaderState(RunState):
+    """Everything one loader run shares between its nodes (one instance, a bonobo service)."""
+
+    config: PipelineConfig | None = None
+    index: WarehouseIndex | None = None
+    groups: PatientGroups | None = None
+    header_requests: int = 0
+    header_bytes: int = 0
+    lease: RunLease | None = None
+    #: The centre of each patient's first accepted record in this run (NFC).
+    bound_centres: dict[str, str] = field(default_factory=dict)
+    #: ``(raw prefix, pseudonym)`` whose records this run (or a recent one) refused as
+    #: claimed by another centre: images under that prefix for that patient are refused too.
+    refused_claims: set[tuple[str, str]] = field(default_factory=set)
+    filed_centres: FiledCentres | None = None
+    #: The last run's problems (its report), to write only the feedback that changed.
+    previous_problems: list[dict] | None = None
+    progress: Progress = field(default_factory=Progress)
+    clinical_budget: ByteBudget = field(
+        default_factory=lambda: ByteBudget(CLINICAL_BYTES_IN_FLIGHT)
+    )
+    #: The part of a sharded run this process makes (`shards.part_of` its settings), or None.
+    part: RunPart | None = None
+    #: Pseudonyms of the clinical files this run reads (the clinical phase hands them over).
+    new_patients: set[str] = field(default_factory=set)
+    #: For an image shard: what its run's clinical phase handed over.
+    handoff: Handoff | None = None
+    #: The run's image catalogue part (`warehouse.catalogue.run`).
+    catalogue: LoaderCatalogue | None = None
+    _claimed: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        if self.part is None:
+            self.part = part_of(self.settings)
+        if self.catalogue is None:
+            submit = self.workers.submit if self.workers is not None else None
+            self.catalogue = LoaderCatalogue(
+                self.report, submit, max_header_bytes=self.settings.max_header_bytes
+            )
+
+    def count_header_read(self, requests: int, size: int) -> None:
+        """Add one header read's requests and bytes to the run's totals."""
+        with self._lock:
+            self.header_requests += requests
+            self.header_bytes += size
+
+    def take_lease(self, storage: Storage) -> Storage:
+        """Take the run lease on the warehouse (or, for a process of a sharded run, join it)
+        before anything is read, renewing it while the run lasts; return the store to use,
+        whose writes stop if the lease is lost.
+
+        Raises
+        ------
+        LeaseHeld
+            When another run holds the warehouse (exit code 3).
+        ClinicalPhaseMissing
+            When this image shard's clinical phase did not hand over (exit code 2; checked
+            first, so that is what the shard says).
+        """
+        if self.part is not None and self.part.shard is not None:
+            self.handoff = load_handoff(storage, self.settings, self.report.graph)
+        lease = RunLease(
+            storage, self.report.run_id, on_lost=lambda exc: self.report.fail(str(exc))
+        )
+        if self.settings.shard is not None:
+            lease.join()
+        else:
+            lease.acquire()
+        lease.start_renewing()
+        self.lease = lease
+        return LeasedStorage(storage, lease)
+
+    def publish_feedback(self, storage: Storage) -> None:
+        """Write each raw prefix's feedback file that changed (see `feedback`); a failed
+        write makes the run incomplete."""
+        try:
+            written = publish_feedback(storage, self.report, self.previous_problems)
+        except StorageError as exc:
+            self.report.fail(f"feedback not written: {exc}")
+            return
+        if written:
+            self.report.count("feedback files written", written)
+
+    def conclude(self, storage: Storage) -> str:
+        """The end of a loader run, before its report is written: count the header reads and
+        the lease's requests, write the run's image catalogue part and the feedback files (a
+        run that listed its inputs), and the summary; a part of a sharded run writes its part
+        report and, when it is the last, ends the run."""
+        report = self.report
+        if self.header_requests:
+            report.count("header read requests", self.header_requests)
+        self.count_lease_requests()
+        catalogue = self.catalogue.publish(storage, self.settings) if report.listed else ""
+        if report.listed and not self.settings.dry_run and self.part is None:
+            self.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
+        summary = report.summary() + catalogue
+        if self.settings.dry_run:
+            summary += "\n  (dry run: nothing was written)"
+        if self.part is not None:
+            summary += end_part(storage, self, report.graph)
+        return summary
+
+    def publishes_report(self) -> bool:
+        """A part of a sharded run writes its part report instead (`runs.end_part`); the run's
+        report is the parts' combined."""
+        return self.part is None
+
+    def count_lease_requests(self) -> None:
+        """Count what the lease cost, its release (one DELETE, made once the report is
+        written) included."""
+        if self.lease is not None and not self.settings.dry_run:
+            release = 0 if self.part is not None else 1
+            self.report.count("run lease requests", self.lease.request_count + release)
+
+    def release_lease(self) -> None:
+        """Give the lease back, once the report is written (`close`); a part of a sharded
+        run only stops renewing it (the run's lease outlives its parts: `runs.finish_run`
+        releases it)."""
+        if self.lease is not None:
+            if self.part is None:
+                self.lease.release()
+            else:
+                self.lease.stop()
+            self.lease = None
+
+    def close(self) -> None:
+        self.release_lease()
+        super().close()
+
+    def progress_line(self) -> str | None:
+        """The status lines' progress line (see `Progress.line`)."""
+        return self.progress.line()
+
+    def item_failed(self, item, exc: BaseException) -> list:
+        if isinstance(item, Task):
+            self.progress.finished(item.action)
+        return super().item_failed(item, exc)
+
+    def skip_extras(self, item, reason: Reason) -> dict:
+        """A raw input that failed is reported with its listing stamp, so the next run knows
+        it unchanged and does not read it again (memo)."""
+        if not isinstance(item, Task) or item.action not in ("clinical", "image"):
+            return {}
+        if reason is Reason.INTERNAL_ERROR:
+            return {"stamp": input_stamp(item), "facts": {"version": __version__}}
+        facts = limit_facts(reason, self.settings)
+        return (
+            {"stamp": input_stamp(item), "facts": facts} if facts else {"stamp": input_stamp(item)}
+        )
+
+    def claim(self, target: str, key: str) -> str:
+        """Claim a target key for the raw file ``key``; the raw file that has it (``key``
+        itself unless another raw file claimed it first in this run)."""
+        with self._lock:
+            return self._claimed.setdefault(target, key)
+
+
+class FiledCentres:
+    """The ``SubmittingCentre`` each filed patient is bound to: that of its first filed record
+    (earliest upload), read once per patient and run, only when a new record or an image needs
+    it (workers call it; thread-safe).
+    """
+
+    def __init__(self, storage: Storage, index: WarehouseIndex):
+        self.storage = storage
+        self.index = index
+        self._known: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, pseudonym: str) -> str | None:
+        with self._lock:
+            if pseudonym in self._known:
+                return self._known[pseudonym]
+        key = self.index.first_clinical_key(pseudonym)
+        centre = None
+        if key is not None:
+            try:
+                centre = nfc(submitting_centre(parse_clinical_record(self.storage.read(key))))
+            except (InvalidClinicalFile, MissingSubmittingCentre):
+                centre = None  # no binding can be read: the first accepted record binds
+        with self._lock:
+            self._known[pseudonym] = centre
+        return centre
+
+    def known(self) -> dict[str, str | None]:
+        """The centres read so far, by pseudonym (None: none could be read)."""
+        with self._lock:
+            return dict(self._known)
+
+    def seed(self, centres: dict[str, str | None]) -> None:
+        """Take centres another process of the run read (the clinical phase's hand-off)."""
+        with self._lock:
+            for pseudonym, centre in centres.items():
+                self._known.setdefault(pseudonym, centre)

@@ -1,0 +1,145 @@
+"""The loader's storage work, done by the run's workers: reading a clinical file or an image's
+header, and the writes and copies that file them (with how each finished)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from warehouse.core.clinical import (
+    check_clinical_size,
+    check_record_pseudonym,
+    parse_clinical_record,
+    submitting_centre,
+)
+from warehouse.core.errors import StorageError
+from warehouse.core.keys import (
+    UnsafeIdentifier,
+    check_pseudonym,
+    image_name_problem,
+    parse_warehouse_key,
+    raw_prefix_of,
+)
+from warehouse.core.report import Reason
+from warehouse.core.run import ByteBudget
+from warehouse.dicom.identity import ImageIdentity, image_identity
+from warehouse.dicom.jsonrep import header_json
+from warehouse.dicom.reader import HeaderRead, read_header
+from warehouse.loader.state import FiledCentres, LoaderState
+from warehouse.loader.tasks import Task
+
+logger = logging.getLogger("warehouseloader")
+
+
+def read_clinical(
+    storage,
+    task: Task,
+    *,
+    max_bytes: int,
+    filed_centre: FiledCentres,
+    budget: ByteBudget | None = None,
+) -> tuple[Task, str, str | None]:
+    """Worker: read and decode one clinical file, check its ``Pseudonym`` against its file
+    name, and take its ``SubmittingCentre`` (and, for a patient already filed, the centre
+    the patient is bound to). The file's bytes and record are held within ``budget`` (the
+    run's bytes of clinical files in memory at once) and dropped before it returns.
+
+    Raises
+    ------
+    UnsafeIdentifier, ClinicalTooLarge, InvalidClinicalFile, PseudonymMismatch,
+    MissingSubmittingCentre, StorageError
+        Each with its report reason.
+    """
+    check_pseudonym(task.payload.pseudonym)
+    check_clinical_size(task.size, max_bytes)
+    with budget.hold(task.size) if budget is not None else contextlib.nullcontext():
+        record = parse_clinical_record(storage.read(task.key))
+        check_record_pseudonym(record, task.payload.pseudonym)
+        centre = submitting_centre(record)
+        del record
+    return task, centre, filed_centre(task.payload.pseudonym)
+
+
+def read_image(
+    storage, task: Task, *, max_header_bytes: int, centre_of=None
+) -> tuple[Task, HeaderRead, ImageIdentity, str | None]:
+    """Worker: read one image's header (ranged reads) and take its identity (and, when
+    ``centre_of`` is given, the centre its patient is bound to).
+
+    Raises
+    ------
+    HeaderProblem, UnsafeIdentifier, StorageError
+        Each with its report reason.
+    """
+    problem = image_name_problem(task.payload.name)
+    if problem:
+        raise UnsafeIdentifier(problem)
+    header = read_header(storage, task.key, task.size, max_header_bytes=max_header_bytes)
+    identity = image_identity(header.dataset)
+    centre = centre_of(identity.patient_id) if centre_of is not None else None
+    return task, header, identity, centre
+
+
+def metadata_file(state: LoaderState, task: Task) -> list[Task]:
+    """Turn a metadata task's header into the DICOM JSON write task.
+
+    Elements that cannot be converted are left out of the JSON (the image is still filed),
+    and those over a size bound are written without their value; they are counted and logged
+    with the image's key (the first ten tags).
+    """
+    left_out: list[str] = []
+    data = header_json(task.payload, left_out)
+    if left_out:
+        state.report.count("metadata elements left out (cannot be converted)", len(left_out))
+        more = f" and {len(left_out) - 10:,} more" if len(left_out) > 10 else ""
+        logger.warning(
+            "%s: metadata JSON without %s%s (cannot be converted, or over a size bound)",
+            task.key,
+            left_out[:10],
+            more,
+        )
+    return [Task("write", task.key, len(data), task.target, data)]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """A write or copy a worker made, and its error if it failed."""
+
+    task: Task
+    error: str = ""
+
+
+def write_object(storage, task: Task) -> WriteResult:
+    """Worker: write ``task.payload`` at ``task.target``."""
+    try:
+        storage.write(task.target, task.payload)
+        return WriteResult(task)
+    except StorageError as exc:
+        return WriteResult(task, str(exc))
+
+
+def copy_object(storage, task: Task) -> WriteResult:
+    """Worker: copy ``task.key`` to ``task.target`` (server-side on S3)."""
+    try:
+        storage.copy(task.key, task.target, task.size)
+        return WriteResult(task)
+    except StorageError as exc:
+        return WriteResult(task, str(exc))
+
+
+def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
+    """Count a finished write or copy (or report its failure); pass the task on if it worked."""
+    task = result.task
+    if result.error:
+        state.report.skip(task.key, Reason.WRITE_FAILED, f"{task.target}: {result.error}")
+        return []
+    prefix = raw_prefix_of(task.key)  # the raw input's: what each site's uploads came to
+    state.catalogue.written(task.target)
+    if task.action == "write":
+        state.report.count("metadata files written", prefix=prefix)
+    elif parse_warehouse_key(task.target).kind == "clinical":
+        state.report.count("clinical files copied", prefix=prefix)
+    else:
+        state.report.count("images copied", prefix=prefix)
+    return [task]
