@@ -25,7 +25,7 @@ import pandas as pd
 
 from tests import browser
 from warehouse.dashboard import pages
-from warehouse.dashboard.batch import read_page_inputs
+from warehouse.dashboard.batch import PAGES, read_page_inputs
 from warehouse.storage.local import LocalStorage
 
 TABLES = ("ct", "xray", "mri", "patient_clean", "storage", "study_images")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warehouse", type=Path, help="the batch's warehouse (for --compare)")
     args = parser.parse_args(argv)
     batch = args.batch or sorted(Path("demo/bucket-processed").glob("20*"))[-1]
-    targets = [batch / pages.DASHBOARD_PAGE, batch / pages.PUBLIC_PAGE]
+    targets = [batch / PAGES["dashboard"], batch / PAGES["public"]]
     if args.report:
         targets.append(args.report)
     scratch = Path(tempfile.mkdtemp(prefix="pages-bench-"))

@@ -31,11 +31,8 @@ import vl_convert
 from warehouse.core.config import PipelineConfig
 from warehouse.core.report_page import page_environment
 from warehouse.dashboard import figures
-from warehouse.dashboard.batch import PAGES
 
 __all__ = [
-    "DASHBOARD_PAGE",
-    "PUBLIC_PAGE",
     "Chart",
     "PageInputs",
     "chart_javascript",
@@ -46,7 +43,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DASHBOARD_PAGE, PUBLIC_PAGE = PAGES["dashboard"], PAGES["public"]
 
 GROUP_COLOURS = alt.Scale(domain=list(figures.GROUPS), range=["#1b6ca8", "#d9731f"])
 STATUS_COLOURS = alt.Scale(domain=["positive", "negative"], range=["#b5283c", "#6a9f58"])
