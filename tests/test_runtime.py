@@ -361,3 +361,27 @@ def test_the_bonobo_cli_records_the_graph_by_replacing_bonobo_run():
         assert command.recording()
     assert not command.recording()
     assert RunCommand.handler is bonobo_api.run
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan"])
+def test_a_bad_progress_period_is_a_settings_error_of_every_graph(tmp_path, value):
+    """WAREHOUSE_PROGRESS_SECONDS is read once, with the other settings: a bad value stops the
+    run with exit code 2 and one line, never a traceback."""
+    (tmp_path / "bucket").mkdir()
+    for graph in ("warehouseloader", "dataprocess", "submittingcentres"):
+        env = builders.graph_env(
+            WAREHOUSE_BUCKET=f"file://{tmp_path / 'bucket'}", WAREHOUSE_PROGRESS_SECONDS=value
+        )
+        done = builders.python_m(graph, env=env)
+        assert done.returncode == 2, (graph, done.stderr)
+        assert "WAREHOUSE_PROGRESS_SECONDS" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_status_lines_follow_the_progress_setting():
+    from warehouse.runtime.plugins import StatusLines
+
+    settings = {"seconds": 5.0}
+    lines = StatusLines(lambda: settings["seconds"])
+    assert lines.period == 5.0
+    settings["seconds"] = 0.5
+    assert lines.period == 0.5

@@ -47,7 +47,13 @@ class GraphDidNotRun(RuntimeError):
     """bonobo stopped before the graph ran (it prints the error in a box and returns None)."""
 
 
-def run(graph, services, *, finish: Callable | None = None, progress_seconds: float = 10.0):
+def run(
+    graph,
+    services,
+    *,
+    finish: Callable | None = None,
+    progress_seconds: float | Callable[[], float] | None = None,
+):
     """Run ``graph`` with bonobo, the way both ``bonobo run`` and ``python -m`` use it.
 
     Under ``bonobo run`` this only records the call (the CLI runs the graph afterwards, with the
@@ -62,7 +68,10 @@ def run(graph, services, *, finish: Callable | None = None, progress_seconds: fl
     pools.forget_unexpected_error()
     plugins: list = []
     if not sys.stdout.isatty():
-        plugins.append(StatusLines(progress_seconds, progress=progress_of(services)))
+        period = progress_seconds
+        if period is None:  # the run's setting (WAREHOUSE_PROGRESS_SECONDS), read with the others
+            period = lambda: services["state"].settings.progress_seconds  # noqa: E731
+        plugins.append(StatusLines(period, progress=progress_of(services)))
     if finish is not None:
         plugins.append(OnFinish(finish))
     recorded = recording()
@@ -146,10 +155,9 @@ def run_graph(graph, services, finish: Callable[[dict, object], int] = finish_ru
             logger.exception("could not finish the run")
             codes.append(EXIT_INTERNAL)
 
-    progress = float(os.environ.get("WAREHOUSE_PROGRESS_SECONDS", "10") or 10)
     recorded = recording()
     try:
-        context = run(graph, services, finish=finish_safely, progress_seconds=progress)
+        context = run(graph, services, finish=finish_safely)
     except GraphDidNotRun as exc:
         logger.critical("%s: nothing was done (exit code %d)", exc, EXIT_INTERNAL)
         return EXIT_INTERNAL

@@ -17,14 +17,21 @@ from warehouse.core.run import log_format
 class StatusLines(Plugin):
     """bonobo's status lines (``- name in=.. out=.. err=.. [done]``) for output that is not a
     terminal (containers, CloudWatch): every ``period`` seconds while running, and at the end.
+    ``period`` may be a callable, asked at each tick (the run's settings are read only once
+    the graph starts).
 
     While running, ``progress()`` (when given) adds a line of the run's own: how many inputs
     are done out of how many, the rate and the time left. In JSON logs each line is an event
     (``status``, ``progress``).
     """
 
-    def __init__(self, period: float = 10.0, stream=None, progress: Callable | None = None):
-        self.period = period
+    def __init__(
+        self,
+        period: float | Callable[[], float] = 10.0,
+        stream=None,
+        progress: Callable | None = None,
+    ):
+        self._period = period
         self.stream = stream
         self.progress = progress
         self._last = 0.0
@@ -41,6 +48,11 @@ class StatusLines(Plugin):
 
     def _start(self, event):
         self._last = time.monotonic()
+
+    @property
+    def period(self) -> float:
+        """Seconds between two status lines while running."""
+        return self._period() if callable(self._period) else self._period
 
     def _tick(self, event):
         if time.monotonic() - self._last >= self.period:
