@@ -21,7 +21,6 @@ from warehouse.catalogue.merge import merge_parts
 from warehouse.catalogue.rows import (
     COLUMNS,
     PARTS_PREFIX,
-    dicom_age_years,
     dicom_date,
     image_row,
     is_part_key,
@@ -33,6 +32,7 @@ from warehouse.catalogue.rows import (
 from warehouse.catalogue.run import catalogue_cutoff, combined_catalogue
 from warehouse.core.keys import parse_image_key
 from warehouse.dicom.reader import parse_header
+from warehouse.dicom.values import dicom_age_years
 from warehouse.storage.local import LocalStorage
 
 
@@ -78,7 +78,7 @@ def test_typed_values():
     assert dicom_date("20201301") is None and dicom_date("") is None and dicom_date(None) is None
     assert dicom_age_years("065Y") == 65.0
     assert dicom_age_years("006M") == 0.5
-    assert dicom_age_years("014D") == round(14 / 365.25, 4)
+    assert dicom_age_years("014D") == 14 / 365 and dicom_age_years("026W") == 0.5
     assert dicom_age_years("65") is None and dicom_age_years("abcY") is None
 
 

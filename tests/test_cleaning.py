@@ -16,7 +16,6 @@ from warehouse.dashboard.cleaning import (
     clean_ethnicity,
     clean_patient_table,
     clean_sex,
-    dicom_age_years,
     fill_from_dicom,
     fio2_percent,
     h1pertension_flag,
@@ -30,6 +29,7 @@ from warehouse.dashboard.cleaning import (
     to_number,
 )
 from warehouse.dashboard.tables import patient_table
+from warehouse.dicom.values import dicom_age_years
 
 T = pd.Timestamp
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import re
 import time
 from collections.abc import Iterable
 
@@ -23,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from warehouse.core.keys import ImageKey, parse_image_key
 from warehouse.dicom.reader import read_header
+from warehouse.dicom.values import dicom_age_years
 
 #: Where the loader's parts are, in the warehouse.
 PARTS_PREFIX = "catalogue/images/"
@@ -68,8 +68,6 @@ HEADER_COLUMNS = COLUMNS[7:]
 #: Seconds between two progress lines of a pass over filed images' headers.
 PROGRESS_SECONDS = 10.0
 
-_AGE = re.compile(r"^(\d{1,3})([DWMY])$")
-_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 _INT32 = (-(2**31), 2**31 - 1)
 #: A conversion that cannot be made (a malformed value) gives null: what may go wrong.
 _CONVERSION_ERRORS = (
@@ -182,15 +180,6 @@ def dicom_date(value) -> dt.date | None:
         return None
 
 
-def dicom_age_years(value) -> float | None:
-    """An AS value (``065Y``, ``006M``, ``010W``, ``003D``) in years; None if it is not one."""
-    text = _text(value)
-    match = _AGE.match(text or "")
-    if match is None:
-        return None
-    return round(int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)], 4)
-
-
 def upload_date(value: str | None) -> dt.date | None:
     """An upload folder's name (``YYYY-MM-DD``) as a date; None for none."""
     if not value:
@@ -234,7 +223,7 @@ def header_values(dataset: Dataset) -> tuple:
         _text(value("BodyPartExamined")),
         _text(value("ViewPosition")),
         _text(value("PatientSex")),
-        dicom_age_years(value("PatientAge")),
+        dicom_age_years(_text(value("PatientAge"))),
         dicom_date(value("StudyDate")),
         _text(value("Manufacturer")),
         _text(value("ManufacturerModelName")),

@@ -60,6 +60,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from warehouse.dicom.values import dicom_age_years
+
 __all__ = [
     "BINARY_COLUMNS",
     "CATEGORY_COLUMNS",
@@ -75,7 +77,6 @@ __all__ = [
     "clean_patient_table",
     "clean_sex",
     "clip",
-    "dicom_age_years",
     "fill_from_dicom",
     "fio2_percent",
     "h1pertension_flag",
@@ -239,8 +240,6 @@ _FIO2_TABLE = MappingProxyType(
         "green": 60,
     }
 )
-
-_DICOM_AGE_UNITS = MappingProxyType({"Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0})
 
 _MONTHS = MappingProxyType(
     {
@@ -739,34 +738,6 @@ def fio2_percent(value: Any) -> int | None:
     if _ALL_DIGITS.fullmatch(result) and 0 <= int(result) <= 100:
         return int(result)
     return None
-
-
-def dicom_age_years(value: Any) -> float | None:
-    """Convert a DICOM Age String (AS, ``nnnY``/``M``/``W``/``D``) to years.
-
-    "024M" -> 2.0, "026W" -> 0.5, "073D" -> 0.2, "111Y" -> 111.0. No unit ("81"), a bad unit
-    or number ("XXXY"), "", None and NaN give None. Surrounding spaces (DICOM padding) are
-    ignored.
-
-    Parameters
-    ----------
-    value : Any
-        The ``PatientAge`` value.
-
-    Returns
-    -------
-    float or None
-        Age in years, not floored, or None.
-    """
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if len(text) < 2 or not _ALL_DIGITS.fullmatch(text[:-1]):
-        return None
-    divisor = _DICOM_AGE_UNITS.get(text[-1])
-    if divisor is None:
-        return None
-    return int(text[:-1]) / divisor
 
 
 # --------------------------------------------------------------------------------------------
