@@ -32,7 +32,7 @@ from warehouse.catalogue.rows import (
     part_bytes,
     read_part,
 )
-from warehouse.core.report import Reason, RunReport
+from warehouse.core.report import Reason, RunReport, utc_stamp
 from warehouse.dicom.problems import HeaderProblem
 from warehouse.storage.base import Storage
 
@@ -64,7 +64,7 @@ def merge_parts(tables: Iterable[pa.Table], present: set[str] | None = None) -> 
 
 def backfill_key(now: dt.datetime) -> str:
     """``catalogue/backfill/2026-11-25T09-30-00.000000Z.parquet`` in the processed store."""
-    return f"{BACKFILL_PREFIX}{now.astimezone(dt.UTC):%Y-%m-%dT%H-%M-%S.%fZ}.parquet"
+    return f"{BACKFILL_PREFIX}{utc_stamp(now)}.parquet"
 
 
 def _part_keys(storage: Storage, prefix: str) -> list[str]:

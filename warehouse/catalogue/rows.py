@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pydicom.dataset import Dataset
 
 from warehouse.core.keys import ImageKey, parse_image_key
+from warehouse.core.report import utc_stamp
 from warehouse.dicom.reader import read_header
 from warehouse.dicom.values import dicom_age_years
 
@@ -85,9 +86,7 @@ def part_key(now: dt.datetime, shard: tuple[int, int] | None = None) -> str:
     """The key of the part a run writes at ``now``:
     ``catalogue/images/2026-11-25T09-30-00.123456Z.parquet`` (UTC; a process of a sharded run
     adds ``-shard-<i>-of-<N>``, so that the shards' parts never share a name)."""
-    if now.tzinfo is not None:
-        now = now.astimezone(dt.UTC)
-    stamp = now.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
+    stamp = utc_stamp(now)
     if shard is not None:
         stamp += f"-shard-{shard[0]}-of-{shard[1]}"
     return f"{PARTS_PREFIX}{stamp}{PART_SUFFIX}"

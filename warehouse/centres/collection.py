@@ -21,10 +21,10 @@ from warehouse.core.clinical import (
 )
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError, StorageError
-from warehouse.core.report import Reason, problem_of
+from warehouse.core.report import problem_of
 from warehouse.core.run import RunState
 from warehouse.core.text import escape_controls
-from warehouse.listing.raw import list_raw, report_refused
+from warehouse.listing.raw import list_raw, report_links, report_refused
 from warehouse.storage.base import Storage
 
 logger = logging.getLogger("submittingcentres")
@@ -90,8 +90,7 @@ def patients_to_read(storage: Storage, state: CentresState) -> Iterator[PatientF
     except ExpectedError as exc:
         state.report.fail(str(exc))
         raise
-    for key in listing.links:
-        state.report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
+    report_links(state.report, listing.links, "raw side")
     report_refused(listing, state.report)
     by_patient: dict[str, list[str]] = {}
     for raw, _size in listing.clinical:

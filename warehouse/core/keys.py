@@ -354,7 +354,7 @@ def parse_clinical_name(name: str) -> tuple[str, dt.date] | None:
 
 def clinical_target(group: str, pseudonym: str, clinical_kind: str, upload_date: str) -> str:
     """Warehouse key of a clinical file: ``<group>/data/<P>/<kind>_<date>.json``."""
-    return f"{group}/data/{pseudonym}/{clinical_name(clinical_kind, upload_date)}"
+    return patient_folder(group, pseudonym) + clinical_name(clinical_kind, upload_date)
 
 
 def image_stem(name: str) -> str:
@@ -448,3 +448,8 @@ def parse_image_key(key: str) -> ImageKey | None:
     return ImageKey(
         key, parsed.group, parsed.folder, parsed.pseudonym, parsed.study, parsed.series, parsed.name
     )
+
+
+def patient_folder(group: str, pseudonym: str) -> str:
+    """A filed patient's clinical folder: ``<group>/data/<pseudonym>/``."""
+    return f"{group}/data/{pseudonym}/"

@@ -255,8 +255,7 @@ class RunReport:
 
     def key(self) -> str:
         """Where the report goes in the warehouse: ``reports/<graph>/<UTC timestamp>.json``."""
-        stamp = self.started.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
-        return f"reports/{self.graph}/{stamp}.json"
+        return report_key(self.graph, self.started)
 
     def latest_key(self) -> str:
         """Where a copy of the newest report goes: ``reports/<graph>/latest.json``."""
@@ -265,6 +264,22 @@ class RunReport:
     def to_json(self) -> bytes:
         """The report as indented UTF-8 JSON."""
         return json.dumps(self.as_dict(), indent=2).encode("utf-8")
+
+
+def utc_stamp(when: dt.datetime) -> str:
+    """The time part of a key the product names by time (run reports, catalogue parts, feedback
+    files, the backfill): ``2026-11-25T09-30-00.123456Z``, UTC (a naive time is taken as UTC),
+    ``-`` for ``:`` so that it is a valid file name everywhere; keys of this form sort by time.
+    """
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.UTC)
+    return when.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
+
+
+def report_key(graph: str, started: dt.datetime) -> str:
+    """Where a run's report goes: ``reports/<graph>/<UTC timestamp>.json`` (the run's start;
+    a sharded run's combined report too)."""
+    return f"reports/{graph}/{utc_stamp(started)}.json"
 
 
 def latest_report_key(graph: str) -> str:

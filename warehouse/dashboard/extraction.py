@@ -19,7 +19,7 @@ from warehouse.core.clinical import (
 )
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
-from warehouse.core.keys import IMAGE_FOLDERS
+from warehouse.core.keys import IMAGE_FOLDERS, patient_folder
 from warehouse.core.report import Reason, RunReport
 from warehouse.core.run import RunState
 from warehouse.dashboard.cells import bounded_text
@@ -30,6 +30,7 @@ from warehouse.dashboard.tables import (
     metadata_row,
     storage_by_prefix,
 )
+from warehouse.listing.raw import report_links
 from warehouse.listing.warehouse import SharedWarehouseIndex, StudyFile, WarehouseIndex
 from warehouse.storage.base import Storage
 
@@ -125,12 +126,12 @@ def patient_files(index: WarehouseIndex, report: RunReport) -> Iterator[PatientF
         files = sorted(index.clinical_files[pseudonym], key=lambda f: (f.name, f.group))
         groups = sorted({f.group for f in files})
         if len(groups) > 1:
-            report.skip(f"{'|'.join(groups)}/data/{pseudonym}/", Reason.WAREHOUSE_CONFLICT)
+            report.skip(patient_folder("|".join(groups), pseudonym), Reason.WAREHOUSE_CONFLICT)
         try:
             chosen, earliest, latest, positive = choose_patient_file([f.name for f in files])
         except ValueError:
             report.skip(
-                f"{groups[0]}/data/{pseudonym}/",
+                patient_folder(groups[0], pseudonym),
                 Reason.NOT_IN_LAYOUT,
                 "no data_<date>.json or status_<date>.json file",
             )
@@ -256,8 +257,7 @@ class Collected:
 def clinical_inputs(index: WarehouseIndex, report: RunReport) -> Iterator[PatientFile]:
     """Report the links in the warehouse (never read) and count its implausible times, then
     choose each patient's clinical file from the listed names (`patient_files`)."""
-    for key in index.links:
-        report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not read")
+    report_links(report, index.links, "warehouse")
     if index.implausible_times:  # their rows are kept, with no date
         report.count(IMPLAUSIBLE_TIMES, index.implausible_times)
     logger.info(

@@ -193,3 +193,10 @@ def raw_stamp(raw: RawKey, size: int) -> tuple[int, str]:
     """A raw input's size and modification time from the listing: how the next run knows it
     unchanged (the memo compares them)."""
     return size, raw.modified
+
+
+def report_links(report: RunReport, keys, side: str) -> None:
+    """Report the symbolic links a local store listed (``side``: ``"raw side"`` or
+    ``"warehouse"``): never followed, so neither read, filed nor trusted as filed."""
+    for key in keys:
+        report.skip(key, Reason.SYMLINK, f"a symbolic link in the {side}: not followed")

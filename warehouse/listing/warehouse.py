@@ -19,6 +19,7 @@ from warehouse.core.keys import (
     modification_time_problem,
     parse_image_key,
     parse_warehouse_key,
+    patient_folder,
 )
 from warehouse.storage.base import Storage
 
@@ -60,7 +61,7 @@ class ClinicalFile:
 
     def key(self, pseudonym: str) -> str:
         """The file's full key."""
-        return f"{self.group}/data/{pseudonym}/{self.name}"
+        return patient_folder(self.group, pseudonym) + self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +223,7 @@ class WarehouseIndex:
         if not files:
             return None
         first = min((f.name for f in files), key=lambda name: (name.rsplit("_", 1)[-1], name))
-        return f"{group}/data/{pseudonym}/{first}"
+        return patient_folder(group, pseudonym) + first
 
     def stored_bytes(self) -> Iterator[tuple[str, int]]:
         """``(prefix, bytes)`` of every top folder (``training/ct/``) and of the objects at a

@@ -28,7 +28,7 @@ import json
 import logging
 
 from warehouse.core.keys import parse_raw_key, raw_prefix_of
-from warehouse.core.report import Reason, RunReport, quote
+from warehouse.core.report import Reason, RunReport, quote, utc_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def publish_feedback(storage, report: RunReport, previous: list[dict] | None) ->
     """
     now = by_prefix(report.problems)
     before = by_prefix(previous or ())
-    stamp = report.started.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
+    stamp = utc_stamp(report.started)
     written = 0
     for prefix in sorted(set(now) | set(before)):
         entries = now.get(prefix, [])

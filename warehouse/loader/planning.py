@@ -12,9 +12,21 @@ from __future__ import annotations
 import datetime as dt
 
 from warehouse.core.config import PipelineConfig
-from warehouse.core.keys import RawKey, clinical_name, clinical_target, upload_date_problem
+from warehouse.core.keys import (
+    RawKey,
+    clinical_name,
+    clinical_target,
+    patient_folder,
+    upload_date_problem,
+)
 from warehouse.core.report import Reason, RunReport
-from warehouse.listing.raw import RawListing, pending_images, raw_stamp, report_refused
+from warehouse.listing.raw import (
+    RawListing,
+    pending_images,
+    raw_stamp,
+    report_links,
+    report_refused,
+)
 from warehouse.listing.warehouse import AMBIGUOUS, WarehouseIndex, changed_since_filed, pack_stamp
 from warehouse.loader.memo import known_problem
 from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
@@ -26,14 +38,14 @@ def report_listing(listing: RawListing, index: WarehouseIndex, report: RunReport
     and implausible times."""
     for pseudonym, groups in sorted(index.conflicts.items()):
         report.skip(
-            f"{'|'.join(sorted(groups))}/data/{pseudonym}/", Reason.WAREHOUSE_CONFLICT, pseudonym
+            patient_folder("|".join(sorted(groups)), pseudonym),
+            Reason.WAREHOUSE_CONFLICT,
+            pseudonym,
         )
     for prefix in listing.unconfigured:
         report.skip(prefix + "/", Reason.UNCONFIGURED_PREFIX, "not in raw_prefixes")
-    for key in listing.links:
-        report.skip(key, Reason.SYMLINK, "a symbolic link in the raw side: not followed")
-    for key in index.links:
-        report.skip(key, Reason.SYMLINK, "a symbolic link in the warehouse: not trusted as filed")
+    report_links(report, listing.links, "raw side")
+    report_links(report, index.links, "warehouse")
     for raw in listing.other:
         report.skip(raw.key, Reason.NOT_IN_LAYOUT, raw.reason)
     report_refused(listing, report)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from warehouse.catalogue.run import combined_catalogue
 from warehouse.core.keys import image_stem
+from warehouse.core.report import report_key
 
 #: The phases of a run: the whole run in one process, or one part of a sharded run.
 WHOLE_RUN, CLINICAL_PHASE, IMAGE_PHASE = "all", "clinical", "images"
@@ -282,5 +283,4 @@ def _label(report: dict) -> str:
 def combined_report_key(graph: str, started: str) -> str:
     """Where a sharded run's combined report goes: ``reports/<graph>/<UTC timestamp>.json``
     (the run's start, the same form as a one-process run's report)."""
-    when = dt.datetime.fromisoformat(started).astimezone(dt.UTC)
-    return f"reports/{graph}/{when:%Y-%m-%dT%H-%M-%S.%fZ}.json"
+    return report_key(graph, dt.datetime.fromisoformat(started))
