@@ -160,3 +160,13 @@ def exited_pid() -> int:
         check=True,
     )
     return int(child.stdout)
+
+
+def rows_table(rows):
+    """A catalogue table of ``rows`` (tuples in the schema's column order), as a run makes it."""
+    from warehouse.catalogue.rows import RowBuffer
+
+    buffer = RowBuffer()
+    for row in rows:
+        buffer.add(row)
+    return buffer.table()

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from tests import builders
-from tests.builders import clinical, image
+from tests.builders import clinical, image, rows_table
 from tests.test_dataprocess import read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT, sample_tree
@@ -27,7 +27,6 @@ from warehouse.catalogue.rows import (
     part_bytes,
     part_key,
     read_part,
-    table_of_rows,
 )
 from warehouse.catalogue.run import catalogue_cutoff, combined_catalogue
 from warehouse.core.keys import parse_image_key
@@ -108,7 +107,7 @@ def test_row_of_a_header_is_typed_and_missing_values_are_null():
     assert row["Rows"] == 64 and row["Columns"] == 64 and row["BitsStored"] == 12
     assert all(isinstance(v, float) for v in row["PixelSpacing"])
     assert row["TransferSyntaxUID"] == "1.2.840.10008.1.2.1"
-    table = read_part(part_bytes(table_of_rows([tuple(row.values())])))
+    table = read_part(part_bytes(rows_table([tuple(row.values())])))
     assert table.schema.field("StudyDate").type == pa.date32()
     assert table.to_pylist() == [row]
 
@@ -122,9 +121,9 @@ def test_part_keys_and_merge_keeps_the_newest_row_of_a_key():
     where = parse_image_key(f"training/xray/Covid1/1.2/1.3/{name}")
     old = image_row(parse_header(data), where, size=1, raw_key=None, upload=None)
     new = image_row(parse_header(data), where, size=2, raw_key=None, upload=None)
-    merged = merge_parts([table_of_rows([old]), table_of_rows([new])])
+    merged = merge_parts([rows_table([old]), rows_table([new])])
     assert merged.column("object_size").to_pylist() == [2]
-    assert merge_parts([table_of_rows([old])], present=set()).num_rows == 0
+    assert merge_parts([rows_table([old])], present=set()).num_rows == 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ import pydicom
 import pytest
 
 from tests import builders
-from tests.builders import clinical, image, uid
+from tests.builders import clinical, image, rows_table, uid
 from warehouse import dataprocess
-from warehouse.catalogue.rows import image_row, part_bytes, read_part, table_of_rows
+from warehouse.catalogue.rows import image_row, part_bytes, read_part
 from warehouse.core.config import Settings
 from warehouse.core.errors import StorageError
 from warehouse.core.keys import parse_image_key
@@ -156,7 +156,7 @@ def catalogue_part(files: dict[str, bytes]) -> bytes:
                     upload="2021-03-01",
                 )
             )
-    return part_bytes(table_of_rows(rows))
+    return part_bytes(rows_table(rows))
 
 
 def expected_storage(files: dict[str, bytes]) -> dict[str, int]:

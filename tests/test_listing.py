@@ -55,7 +55,7 @@ def test_index_from_keys():
         index.add(key)
     assert index.groups == {"Covid1": "training", "Covid14": "validation"}
     assert index.conflicts == {}
-    assert index.filed_clinical() == {
+    assert filed_clinical(index) == {
         ("Covid1", "data_2021-01-04.json"),
         ("Covid1", "status_2021-01-11.json"),
         ("Covid14", "status_2021-01-04.json"),
@@ -82,7 +82,7 @@ def test_index_conflicts():
     assert index.conflicts == {"Covid1": {"training", "validation"}}
     assert index.groups["Covid1"] == "training"  # first seen; callers use conflicts
     assert index.groups["Covid2"] == "validation"
-    assert ("Covid1", "data_2021-01-11.json") in index.filed_clinical()
+    assert ("Covid1", "data_2021-01-11.json") in filed_clinical(index)
 
 
 def test_image_done_needs_the_metadata_of_the_same_stem():
@@ -371,3 +371,8 @@ def test_warehouse_objects_with_implausible_times_have_no_date():
         "1.3": NOW.date(),
     }
     assert index.images[("training", "ct", "P", "1.2", None)] == 1
+
+
+def filed_clinical(index) -> set[tuple[str, str]]:
+    """``(pseudonym, file name)`` of every clinical file the index holds."""
+    return {(p, f.name) for p, files in index.clinical_files.items() for f in files}

@@ -11,8 +11,20 @@ from warehouse.core.keys import parse_raw_key
 from warehouse.core.report import Reason
 from warehouse.dicom.reader import MAX_HEADER_ELEMENTS
 from warehouse.listing.warehouse import WarehouseIndex
-from warehouse.loader.memo import limit_facts, load_memo, recall, still_holds
+from warehouse.loader.memo import (
+    limit_facts,
+    load_previous_problems,
+    memo_of,
+    recall,
+    still_holds,
+)
 from warehouse.storage.local import LocalStorage
+
+
+def load_memo(storage, graph):
+    """The last run's unfiled inputs by key, as a run reads them."""
+    return memo_of(load_previous_problems(storage, graph))
+
 
 CONFIG = PipelineConfig(("raw-a",), 50, {"Split": "split", "Train": "training"})
 

@@ -158,7 +158,9 @@ def test_warehouse_links_are_not_trusted_as_filed(store, tmp_path):
     index = index_warehouse(store, workers=3)
     assert index.links == links
     assert index.groups == {"Covid1": "training"}
-    assert index.filed_clinical() == {("Covid1", "data_2021-01-01.json")}
+    assert {(p, f.name) for p, files in index.clinical_files.items() for f in files} == {
+        ("Covid1", "data_2021-01-01.json")
+    }
     assert index.image_names == set() and not index.image_done("a.dcm")
     assert index.objects == 2
 

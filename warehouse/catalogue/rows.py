@@ -63,8 +63,6 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
-#: The columns taken from the header (after the seven that say where the image is).
-HEADER_COLUMNS = COLUMNS[7:]
 
 #: Seconds between two progress lines of a pass over filed images' headers.
 PROGRESS_SECONDS = 10.0
@@ -198,7 +196,8 @@ def instance_uid(dataset: Dataset) -> str | None:
 
 
 def header_values(dataset: Dataset) -> tuple:
-    """The catalogue's header fields of a parsed header, in `HEADER_COLUMNS` order, typed.
+    """The catalogue's header fields of a parsed header, typed, in `COLUMNS` order after the
+    seven that say where the image is.
 
     Identifiers and other text lose their DICOM padding; a value that is absent, empty or
     cannot be converted is None. SOPInstanceUID and SOPClassUID fall back on the file meta's
@@ -339,14 +338,6 @@ class RowBuffer:
         """Every row so far, as a table of `SCHEMA`."""
         self._flush()
         return pa.Table.from_batches(self._batches, schema=SCHEMA)
-
-
-def table_of_rows(rows: Iterable[tuple]) -> pa.Table:
-    """A table of `SCHEMA` from rows in `COLUMNS` order."""
-    buffer = RowBuffer()
-    for row in rows:
-        buffer.add(row)
-    return buffer.table()
 
 
 def part_bytes(table: pa.Table) -> bytes:

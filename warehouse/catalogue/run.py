@@ -55,6 +55,7 @@ from warehouse.catalogue.rows import (
     part_key,
     read_part,
 )
+from warehouse.core.config import CLINICAL_PHASE
 from warehouse.core.errors import StorageError
 from warehouse.core.keys import RawKey, parse_image_key, parse_warehouse_key
 from warehouse.core.report import Reason, RunReport
@@ -124,7 +125,7 @@ def combined_catalogue(reports: list[dict | None]) -> dict:
     cutoff = None
     listed = None
     for report, record in zip(reports, records, strict=True):
-        if isinstance(record, dict) and report.get("phase") == "clinical":
+        if isinstance(record, dict) and report.get("phase") == CLINICAL_PHASE:
             cutoff, listed = record.get("cutoff"), record.get("listed_until")
     parts = sorted(k for r in records if isinstance(r, dict) for k in r.get("parts") or ())
     return {

@@ -43,7 +43,10 @@ DEFAULT_MAX_CLINICAL_BYTES = 1 * MIB
 DEFAULT_MAX_HEADER_BYTES = 64 * MIB
 MAX_BYTES_SETTING = 1 << 40
 LOG_FORMATS = ("text", "json")
-PHASES = ("all", "clinical", "images")
+#: The phases of a loader run: the whole run in one process, or one part of a sharded run
+#: (`warehouse.loader.shards`).
+CLINICAL_PHASE, IMAGE_PHASE = "clinical", "images"
+PHASES = ("all", CLINICAL_PHASE, IMAGE_PHASE)
 MAX_PROCESSES = 256
 #: The largest AWS Batch array job has 10,000 children.
 MAX_SHARDS = 10_000

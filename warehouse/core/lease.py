@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from warehouse.core.errors import ExpectedError, ObjectNotFound, PreconditionFailed, StorageError
+from warehouse.core.run import EXIT_BUSY
 
 if TYPE_CHECKING:  # (annotations only: the lease works on any store, the port is above core)
     from warehouse.storage.base import Storage
@@ -128,7 +129,7 @@ class LeaseRecord:
 
 class LeaseError(ExpectedError):
     #: The exit code of a run stopped by the lease (another run holds the warehouse).
-    exit_code = 3
+    exit_code = EXIT_BUSY
 
     """The run cannot hold the warehouse's lease (the base of the lease errors)."""
 

@@ -9,6 +9,7 @@ import hashlib
 import threading
 
 from warehouse.core.config import PipelineConfig
+from warehouse.core.report import Reason
 
 
 def is_training_by_hash(pseudonym: str, training_percentage: int) -> bool:
@@ -29,6 +30,15 @@ def is_training_by_hash(pseudonym: str, training_percentage: int) -> bool:
 
 class UnknownSite(LookupError):
     """The submitting centre is in no list of ``config.json``."""
+
+    reason = Reason.SITE_NOT_IN_CONFIG
+
+    def __init__(self, centre: str):
+        super().__init__(f"SubmittingCentre {centre!r}")
+        self.centre = centre
+
+    def __str__(self) -> str:  # (LookupError would quote the message)
+        return str(self.args[0])
 
 
 def group_for(pseudonym: str, centre: str, config: PipelineConfig) -> str:
@@ -54,6 +64,8 @@ def group_for(pseudonym: str, centre: str, config: PipelineConfig) -> str:
 class GroupConflict(Exception):
     """A patient already has the other group."""
 
+    reason = Reason.GROUP_CONFLICT
+
     def __init__(self, pseudonym: str, existing: str, wanted: str):
         super().__init__(f"{pseudonym} is in {existing}; this file would put it in {wanted}")
         self.pseudonym, self.existing, self.wanted = pseudonym, existing, wanted
@@ -62,6 +74,8 @@ class GroupConflict(Exception):
 class CaseVariant(Exception):
     """A new pseudonym that differs only in case from a known patient's: the split rule
     (upper case) takes them for one patient, the warehouse folders for two."""
+
+    reason = Reason.CASE_VARIANT
 
     def __init__(self, pseudonym: str, known: str):
         super().__init__(f"{pseudonym!r} differs only in case from the patient {known!r}")
@@ -94,10 +108,6 @@ class PatientGroups:
     def get(self, pseudonym: str) -> str | None:
         """Return the patient's group, or None if the patient is unknown or conflicted."""
         return self._groups.get(pseudonym)
-
-    def is_conflicted(self, pseudonym: str) -> bool:
-        """Whether the warehouse already holds this patient in both groups."""
-        return pseudonym in self._conflicted
 
     def assign(self, pseudonym: str, group: str) -> str:
         """Record ``group`` for a new patient, or check it against the known one.

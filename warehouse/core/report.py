@@ -41,7 +41,6 @@ class Reason(StrEnum):
     CASE_VARIANT = "pseudonym differs only in case"
     IMPLAUSIBLE_DATE = "implausible upload date"
     RAW_CHANGED = "raw file changed after filing"
-    INVALID_HEADER = "invalid DICOM header"
     NO_SUBMITTING_CENTRE = "no SubmittingCentre"
     SITE_NOT_IN_CONFIG = "site not in config"
     GROUP_CONFLICT = "group conflict"

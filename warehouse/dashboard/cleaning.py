@@ -76,7 +76,6 @@ __all__ = [
     "clean_ethnicity",
     "clean_patient_table",
     "clean_sex",
-    "clip",
     "fill_from_dicom",
     "fio2_percent",
     "h1pertension_flag",
@@ -455,24 +454,6 @@ def age_years(value: Any) -> float:
     else:
         return math.nan
     return float(math.floor(number)) if math.isfinite(number) else math.nan
-
-
-def clip(value: float, low: float, high: float) -> float:
-    """Return ``value`` if ``low <= value <= high``, else NaN.
-
-    Parameters
-    ----------
-    value : float
-        A cleaned number.
-    low, high : float
-        Inclusive bounds.
-
-    Returns
-    -------
-    float
-        The value or NaN.
-    """
-    return value if low <= value <= high else math.nan
 
 
 def _timestamp(year: int, month: int, day: int) -> pd.Timestamp:

@@ -30,6 +30,7 @@ from pydicom.hooks import hooks as pydicom_hooks
 from pydicom.uid import UID
 from pydicom.values import convert_SQ
 
+from warehouse.core.config import DEFAULT_MAX_HEADER_BYTES
 from warehouse.dicom.elements import (
     VOI_LUT_TAG,
     element_text,
@@ -60,8 +61,6 @@ LARGE_VALUE_BYTES = 16 * 1024
 #: larger ones are written without their items (4 MiB holds the per-frame functional groups
 #: of an enhanced image of several thousand frames).
 MAX_SEQUENCE_BYTES = 4 * 1024 * 1024
-#: The most bytes one header may cost (settings can lower or raise it).
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024 * 1024
 #: The most data elements and sequence items pydicom may parse from one header, at any depth
 #: (those of the sequences kept as bytes included): past it, "DICOM header too complex".
 #: pydicom's real-world test files hold at most 1,484 (a 12-lead ECG); an enhanced multi-frame

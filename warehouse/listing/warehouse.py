@@ -180,11 +180,6 @@ class WarehouseIndex:
         if known is None or key < known.key:
             self.studies[slot] = StudyFile(*slot, key, day)
 
-    def filed_clinical(self) -> set[tuple[str, str]]:
-        """``(pseudonym, file name)`` of every filed clinical file, whatever its group (a new
-        set: ask `clinical_filed` about one file)."""
-        return {(p, f.name) for p, files in self.clinical_files.items() for f in files}
-
     def clinical_filed(self, pseudonym: str, name: str) -> bool:
         """Whether a clinical file of this name is filed for the patient (in any group)."""
         return any(f.name == name for f in self.clinical_files.get(pseudonym, ()))

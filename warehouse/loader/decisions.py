@@ -17,7 +17,7 @@ from warehouse.core.patients import (
     UnknownSite,
     group_for,
 )
-from warehouse.core.report import Reason
+from warehouse.core.report import Reason, problem_of
 from warehouse.dicom.identity import ImageIdentity
 from warehouse.dicom.reader import HeaderRead
 from warehouse.loader.state import LoaderState
@@ -61,12 +61,10 @@ def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> lis
     try:
         wanted = group_for(raw.pseudonym, centre, config)
         group = state.groups.assign(raw.pseudonym, wanted)
-    except UnknownSite:
-        return refuse(Reason.SITE_NOT_IN_CONFIG, f"SubmittingCentre {centre!r}")
-    except GroupConflict as exc:
-        return refuse(Reason.GROUP_CONFLICT, str(exc))
+    except (UnknownSite, GroupConflict) as exc:
+        return refuse(*problem_of(exc))
     except CaseVariant as exc:
-        return refuse(Reason.CASE_VARIANT, str(exc), variant=exc.known)
+        return refuse(*problem_of(exc), variant=exc.known)
     target = clinical_target(group, raw.pseudonym, raw.clinical_kind, raw.upload_date)
     claimant = state.claim(target, task.key)
     if claimant != task.key:

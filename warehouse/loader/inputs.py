@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from warehouse.core.config import IMAGE_PHASE
 from warehouse.core.errors import ExpectedError
 from warehouse.core.patients import PatientGroups
 from warehouse.listing.raw import list_raw, shared_names_filed
@@ -17,10 +18,7 @@ from warehouse.loader.memo import (
     refused_claims,
 )
 from warehouse.loader.planning import plan_inputs
-from warehouse.loader.shards import (
-    IMAGE_PHASE,
-    Handoff,
-)
+from warehouse.loader.shards import Handoff
 from warehouse.loader.state import FiledCentres, LoaderState
 from warehouse.loader.tasks import Task
 from warehouse.storage.base import Storage

@@ -56,7 +56,6 @@ FILE_REASONS = frozenset(
         Reason.UNSUPPORTED_MODALITY,
         Reason.UNSAFE_IDENTIFIER,
         Reason.INVALID_JSON,
-        Reason.INVALID_HEADER,
         Reason.NO_SUBMITTING_CENTRE,
     }
 )
@@ -172,14 +171,6 @@ def load_previous_problems(storage: Storage, graph: str) -> list[dict] | None:
 def memo_of(problems: list[dict] | None) -> dict[str, dict]:
     """The last run's unfiled inputs that carry a listing stamp, by key."""
     return {p["key"]: p for p in problems or () if "modified" in p}
-
-
-def load_memo(storage: Storage, graph: str) -> dict[str, dict]:
-    """The unfiled inputs of the previous run report, by key (empty when there is none).
-
-    A missing or unreadable report only means that everything is read again.
-    """
-    return memo_of(load_previous_problems(storage, graph))
 
 
 def recall(memo: dict[str, dict], raw: RawKey, size: int) -> dict | None:

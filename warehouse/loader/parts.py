@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from warehouse.core.config import ConfigError
+from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, ConfigError
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.lease import release_run_lease
 from warehouse.core.report import RunReport, latest_report_key
@@ -34,8 +34,6 @@ from warehouse.loader.memo import (
     load_previous_report,
 )
 from warehouse.loader.shards import (
-    CLINICAL_PHASE,
-    IMAGE_PHASE,
     Handoff,
     RunPart,
     combine_reports,

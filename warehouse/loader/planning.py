@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from warehouse.core.config import PipelineConfig
+from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, PipelineConfig
 from warehouse.core.keys import (
     RawKey,
     clinical_name,
@@ -29,7 +29,7 @@ from warehouse.listing.raw import (
 )
 from warehouse.listing.warehouse import AMBIGUOUS, WarehouseIndex, changed_since_filed, pack_stamp
 from warehouse.loader.memo import known_problem
-from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
+from warehouse.loader.shards import RunPart
 
 
 def report_listing(listing: RawListing, index: WarehouseIndex, report: RunReport) -> None:
@@ -74,7 +74,7 @@ def plan_inputs(
     listing, index : RawListing, WarehouseIndex
         This run's listings.
     memo : dict
-        The last run's unfiled inputs (`memo.load_memo`).
+        The last run's unfiled inputs (`memo.memo_of` the last report's problems).
     config : PipelineConfig
         This run's ``config.json``.
     settings : Settings

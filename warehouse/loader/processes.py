@@ -28,12 +28,18 @@ from dataclasses import replace
 from multiprocessing.connection import wait
 
 from warehouse.core import run as run_module
-from warehouse.core.config import ConfigError, Settings, settings_from_env
+from warehouse.core.config import (
+    CLINICAL_PHASE,
+    IMAGE_PHASE,
+    ConfigError,
+    Settings,
+    settings_from_env,
+)
 from warehouse.core.errors import ExpectedError
 from warehouse.core.lease import RunLease
 from warehouse.core.report import RunReport
 from warehouse.loader import parts as runs
-from warehouse.loader.shards import CLINICAL_PHASE, IMAGE_PHASE, RunPart
+from warehouse.loader.shards import RunPart
 from warehouse.storage.url import storage_from_url
 
 logger = logging.getLogger(__name__)

@@ -28,11 +28,9 @@ import hashlib
 from dataclasses import dataclass, field
 
 from warehouse.catalogue.run import combined_catalogue
+from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE
 from warehouse.core.keys import image_stem
 from warehouse.core.report import report_key
-
-#: The phases of a run: the whole run in one process, or one part of a sharded run.
-WHOLE_RUN, CLINICAL_PHASE, IMAGE_PHASE = "all", "clinical", "images"
 
 
 def shard_of(name: str, count: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 
-from warehouse.core.config import settings_from_env
+from warehouse.core.config import CLINICAL_PHASE, settings_from_env
 from warehouse.core.errors import ExpectedError
 from warehouse.core.report import RunReport
 from warehouse.core.run import EXIT_CONFIG, RUN_CONTEXT, WorkerPool
@@ -73,8 +73,8 @@ def graph_services(graph: str, state_type: type, settings=None, storage=None) ->
     storage.check_store()  # before anything is read: a missing bucket is a settings error
     report = RunReport(graph, settings.run_id)
     shard = f"{settings.shard[0]}/{settings.shard[1]}" if settings.shard else None
-    if settings.phase == "clinical":
-        shard = "clinical"  # the clinical phase of a sharded run
+    if settings.phase == CLINICAL_PHASE:
+        shard = CLINICAL_PHASE  # the clinical phase of a sharded run
     RUN_CONTEXT.update(graph=graph, run_id=report.run_id, shard=shard)
     state = state_type(settings, report, WorkerPool(settings.workers))
     # bonobo adds an ``fs`` (pyfilesystem, which needs pkg_resources) and an ``http``
