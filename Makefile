@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo/bucket
 
-.PHONY: help venv venv-dev demo test lint format bench graphs clean
+.PHONY: help venv venv-dev demo test lint format docs bench graphs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ lint: $(VENV)/.dev  ## check formatting and lint
 format: $(VENV)/.dev  ## format and fix what ruff can
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+docs: $(VENV)/.runtime  ## write docs/reference/ again from the code (reasons, environment, config, catalogue)
+	$(BIN)/python docs/generate.py
 
 bench: $(VENV)/.dev  ## run the S3 benchmark (see README, Performance)
 	$(BIN)/python -m benchmarks.run
