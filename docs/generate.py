@@ -613,7 +613,9 @@ def catalogue_columns_page() -> str:
         "`images.parquet` and `images.csv` add the patient's clinical summary from "
         "`patient_clean` (`warehouse.dashboard.images.CLINICAL_COLUMNS`). The columns taken "
         "from the image's header name their DICOM tag. A value that is absent, empty or "
-        "malformed is null, never an error.",
+        "malformed is null, never an error. The Arrow types are the parts'; `images.parquet` "
+        "is written through pandas, so there the integers are `int64`, the dates "
+        "`timestamp[ns]` and the strings `large_string`.",
         "",
         "| column | Arrow type | DICOM tag | in | meaning |",
         "|---|---|---|---|---|",
