@@ -449,7 +449,9 @@ def environment_page() -> str:
 #: More about a key than its schema description says.
 CONFIG_NOTES: dict[str, str] = {
     "prefix_sites": (
-        "Each key must be one of `raw_prefixes`, written the same way (a trailing `/` is ignored)."
+        "Several prefixes naming the same centre is a site with several uploader accounts. "
+        "Each key must be one of `raw_prefixes`, written the same way (a trailing `/` is "
+        "ignored)."
     ),
     "max_upload_delay_days": (
         "The sample sets 30. There is no default limit because copying or restoring a bucket "
