@@ -682,8 +682,11 @@ def main(argv: list[str] | None = None) -> int:
         if not options.check:
             REFERENCE.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-    verb = "differ from the code" if options.check else "written"
-    print(f"docs/reference: {', '.join(differ) or 'nothing'} {verb}")
+    if not differ:
+        print("docs/reference: every page matches the code")
+    else:
+        verb = "differ from the code" if options.check else "written"
+        print(f"docs/reference: {', '.join(differ)} {verb}")
     return 1 if options.check and differ else 0
 
 
