@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo/bucket
 
-.PHONY: help venv venv-dev demo test lint format bench graphs clean
+.PHONY: help venv venv-dev demo test lint format docs bench graphs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,15 +46,15 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@echo "Submitting centres of the configured raw prefixes (also in $(DEMO_DIR)-centres.txt):"
 	@sed 's/^/  /' $(DEMO_DIR)-centres.txt
 	@echo "Dashboard tables in $(DEMO_DIR)-processed/; latest.csv names the newest batch:"
-	@sed 's/^/  /' $(DEMO_DIR)-processed/latest.csv
+	@tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed 's/^/  /'
 	@echo "Image catalogue: one row per filed image, $$(find $(DEMO_DIR)/catalogue/images -name '*.parquet' | wc -l) part(s) in $(DEMO_DIR)/catalogue/images/ ($$(cat $(DEMO_DIR)/catalogue/images/*.parquet | wc -c) bytes);"
-	@echo "  the whole catalogue in the batch: $$(sed -n 's/^images,//p' $(DEMO_DIR)-processed/latest.csv) ($$(( $$(wc -l < $(DEMO_DIR)-processed/$$(sed -n 's/^images,//p' $(DEMO_DIR)-processed/latest.csv)) - 1 )) rows)"
+	@echo "  the whole catalogue in the batch: $$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p') ($$($(BIN)/python -c 'import sys, pyarrow.parquet as pq; print(pq.read_metadata(sys.argv[1]).num_rows)' $(DEMO_DIR)-processed/$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p' | sed 's/\.csv$$/.parquet/')) rows)"
 	@echo "A selection: python -m warehouse.select --group training --modality xray --positive"
 	@WAREHOUSE_BUCKET=file://$(DEMO_DIR) $(BIN)/python -m warehouse.select --group training --modality xray --positive | sed 's/^/  /'
 	@echo
 	@echo "Pages to open in a browser (self-contained, no network needed):"
-	@sed -n 's/^dashboard,/  internal dashboard: $(subst /,\/,$(abspath $(DEMO_DIR)))-processed\//p' $(DEMO_DIR)-processed/latest.csv
-	@sed -n 's/^public,/  public statistics:  $(subst /,\/,$(abspath $(DEMO_DIR)))-processed\//p' $(DEMO_DIR)-processed/latest.csv
+	@tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^dashboard,/  internal dashboard: $(subst /,\/,$(abspath $(DEMO_DIR)))-processed\//p'
+	@tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^public,/  public statistics:  $(subst /,\/,$(abspath $(DEMO_DIR)))-processed\//p'
 	@echo "  loader run report:  $$(find $(abspath $(DEMO_DIR))/reports/warehouseloader -name '20*.html' | sort | tail -n 1)"
 
 # The page tests drive headless Chromium: Debian's chromium and chromium-driver, installed
@@ -75,6 +75,9 @@ lint: $(VENV)/.dev  ## check formatting and lint
 format: $(VENV)/.dev  ## format and fix what ruff can
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+docs: $(VENV)/.runtime  ## write docs/reference/ again from the code (reasons, environment, config, catalogue)
+	$(BIN)/python docs/generate.py
 
 bench: $(VENV)/.dev  ## run the S3 benchmark (see README, Performance)
 	$(BIN)/python -m benchmarks.run

@@ -63,6 +63,8 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+#: The columns taken from the header (after the seven that say where the image is).
+HEADER_COLUMNS = COLUMNS[7:]
 
 #: Seconds between two progress lines of a pass over filed images' headers.
 PROGRESS_SECONDS = 10.0
@@ -196,8 +198,7 @@ def instance_uid(dataset: Dataset) -> str | None:
 
 
 def header_values(dataset: Dataset) -> tuple:
-    """The catalogue's header fields of a parsed header, typed, in `COLUMNS` order after the
-    seven that say where the image is.
+    """The catalogue's header fields of a parsed header, typed, in `HEADER_COLUMNS` order.
 
     Identifiers and other text lose their DICOM padding; a value that is absent, empty or
     cannot be converted is None. SOPInstanceUID and SOPClassUID fall back on the file meta's
