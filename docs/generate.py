@@ -40,7 +40,7 @@ from pydicom.datadict import tag_for_keyword  # noqa: E402
 
 from warehouse.catalogue import rows  # noqa: E402
 from warehouse.core import config  # noqa: E402
-from warehouse.core.report import Reason  # noqa: E402
+from warehouse.core.reasons import Reason  # noqa: E402
 from warehouse.dashboard import images  # noqa: E402
 from warehouse.loader import feedback  # noqa: E402
 

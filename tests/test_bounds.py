@@ -10,8 +10,10 @@ import time
 from tests import builders
 from tests.builders import clinical
 from tests.test_warehouseloader import SPLIT
-from warehouse.core.report import MAX_DETAIL_CHARS, Reason, RunReport, bounded, quote
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport
 from warehouse.core.run import ByteBudget
+from warehouse.core.text import MAX_DETAIL_CHARS, bounded, quote
 
 LONG = "K" * 3_000_000
 

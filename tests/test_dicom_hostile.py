@@ -22,7 +22,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from tests.builders import uid
 from tests.test_dicom import PIXEL_TAG, CountingStorage, dicom, real
-from warehouse.core.report import Reason
+from warehouse.core.reasons import Reason
 from warehouse.dicom.elements import MAX_SEQUENCE_ITEMS
 from warehouse.dicom.identity import image_identity
 from warehouse.dicom.jsonrep import header_json, header_json_dict

@@ -102,7 +102,7 @@ def test_the_pages_follow_the_code_objects(generator, monkeypatch):
 
 
 def test_a_reason_without_a_meaning_stops_the_generator(generator, monkeypatch):
-    from warehouse.core.report import Reason
+    from warehouse.core.reasons import Reason
 
     monkeypatch.delitem(generator.REASON_MEANINGS, Reason.SYMLINK)
     with pytest.raises(ValueError, match="SYMLINK"):
@@ -120,7 +120,7 @@ def test_an_undocumented_environment_read_stops_the_generator(generator, monkeyp
 
 
 def test_reasons_page_lists_every_reason_with_what_a_site_reads():
-    from warehouse.core.report import Reason
+    from warehouse.core.reasons import Reason
     from warehouse.loader import feedback
 
     rows = {row[0]: row for row in table_rows(read(REFERENCE / "reasons.md"), "| reason |")}
@@ -412,7 +412,7 @@ def test_every_bound_of_the_security_page_is_a_name_of_the_code():
 
 
 def test_the_readme_states_the_feedback_secrecy_rule():
-    from warehouse.core.report import Reason
+    from warehouse.core.reasons import Reason
     from warehouse.loader import feedback
 
     text = " ".join(section(read(README), "Security").split())

@@ -233,7 +233,7 @@ def test_a_duplicate_or_a_changed_file_never_names_a_group_or_a_warehouse_key(st
 
 
 def test_every_reason_has_a_site_view_that_names_no_group_and_no_warehouse_key():
-    from warehouse.core.report import Reason
+    from warehouse.core.reasons import Reason
 
     for reason in Reason:
         for key in ("raw-x/2021-01-01/images/a.dcm", "raw-x/2021-01-01/data/P1_data.json"):

@@ -8,16 +8,10 @@ import pytest
 
 from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import parse_raw_key
-from warehouse.core.report import Reason
+from warehouse.core.reasons import Reason
 from warehouse.dicom.reader import MAX_HEADER_ELEMENTS
 from warehouse.listing.warehouse import WarehouseIndex
-from warehouse.loader.memo import (
-    limit_facts,
-    load_previous_problems,
-    memo_of,
-    recall,
-    still_holds,
-)
+from warehouse.loader.memo import limit_facts, load_previous_problems, memo_of, recall, still_holds
 from warehouse.storage.local import LocalStorage
 
 

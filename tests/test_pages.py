@@ -22,11 +22,13 @@ import pandas as pd
 import pytest
 
 from tests import builders
+from warehouse.core import report as report_module
 from warehouse.core import report_page
 from warehouse.core import run as run_module
 from warehouse.core.config import parse_config
 from warehouse.core.errors import StorageError
-from warehouse.core.report import Reason, RunReport
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport
 from warehouse.dashboard import figures, pages
 from warehouse.dashboard.batch import (
     Batch,
@@ -868,7 +870,7 @@ def test_the_run_report_page_lists_every_unfiled_input(monkeypatch):
 def test_publish_report_writes_the_page_beside_the_json(tmp_path, capsys):
     store = LocalStorage(tmp_path)
     report = sample_report()
-    lines = run_module.publish_report(store, report, dry_run=False)
+    lines = report_module.publish_report(store, report, dry_run=False)
     page = report.key().removesuffix(".json") + ".html"
     assert report_page.page_key(report.key()) == page
     assert f"report page: {store.url}/{page}" in lines
@@ -877,7 +879,7 @@ def test_publish_report_writes_the_page_beside_the_json(tmp_path, capsys):
     assert json.loads(store.read(report.key()))["run_id"] == report.run_id
 
     dry = RunReport("warehouseloader")
-    assert run_module.publish_report(store, dry, dry_run=True) == ""
+    assert report_module.publish_report(store, dry, dry_run=True) == ""
     assert not (tmp_path / report_page.page_key(dry.key())).exists()
     assert dry.run_id in capsys.readouterr().out
 
@@ -892,7 +894,7 @@ def test_a_page_that_cannot_be_written_costs_nothing_else(tmp_path, caplog):
     store = NoHtml(LocalStorage(tmp_path))
     report = sample_report()
     report.listed = True  # a run that listed its inputs: its report becomes the memo too
-    lines = run_module.publish_report(store, report, dry_run=False)
+    lines = report_module.publish_report(store, report, dry_run=False)
     assert "report page not written: cannot write" in lines
     assert report.completed and run_module.exit_code(report) == 0
     assert json.loads(store.read(report.latest_key()))["run_id"] == report.run_id

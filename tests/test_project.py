@@ -37,7 +37,7 @@ def test_runtime_requirements_are_pinned_and_free_of_test_tools():
 def test_every_reason_the_code_can_give_is_in_the_reference():
     """The reasons' table (docs/reference/reasons.md, linked from the README) lists every
     reason the code can give, in the report's wording, and nothing else."""
-    from warehouse.core.report import Reason
+    from warehouse.core.reasons import Reason
 
     page = (REPO / "docs" / "reference" / "reasons.md").read_text(encoding="utf-8")
     table = page[page.index("| reason |") :]

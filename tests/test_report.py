@@ -8,7 +8,8 @@ import re
 import threading
 
 from warehouse import __version__
-from warehouse.core.report import FAILURES, Reason, RunReport
+from warehouse.core.reasons import FAILURES, Reason
+from warehouse.core.report import RunReport
 
 
 def test_counts():
@@ -184,8 +185,7 @@ def test_report_is_thread_safe():
 
 
 def test_only_a_run_that_listed_its_inputs_replaces_the_memo(tmp_path):
-    from warehouse.core.report import latest_report_key
-    from warehouse.core.run import publish_report
+    from warehouse.core.report import latest_report_key, publish_report
     from warehouse.storage.local import LocalStorage
 
     (tmp_path / "bucket").mkdir()

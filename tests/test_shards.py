@@ -18,8 +18,9 @@ from tests import builders
 from tests.builders import BIN, REPO
 from warehouse.core.errors import StorageError
 from warehouse.core.lease import LEASE_KEY
+from warehouse.core.report import combine_reports
 from warehouse.loader import shards
-from warehouse.loader.shards import Handoff, RunPart, combine_reports, shard_of
+from warehouse.loader.shards import Handoff, RunPart, shard_of
 from warehouse.storage.local import LocalStorage
 from warehouse.storage.s3 import S3Storage
 from warehouse.storage.wrappers import DelegatingStorage

@@ -9,7 +9,7 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.core.report import Reason
+from warehouse.core.reasons import Reason
 from warehouse.dashboard.tables import storage_by_prefix
 from warehouse.listing.raw import list_raw
 from warehouse.listing.warehouse import index_warehouse

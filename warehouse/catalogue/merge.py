@@ -32,7 +32,8 @@ from warehouse.catalogue.rows import (
     part_bytes,
     read_part,
 )
-from warehouse.core.report import Reason, RunReport, utc_stamp
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport, utc_stamp
 from warehouse.dicom.problems import HeaderProblem
 from warehouse.storage.base import Storage
 

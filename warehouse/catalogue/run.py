@@ -58,7 +58,8 @@ from warehouse.catalogue.rows import (
 from warehouse.core.config import CLINICAL_PHASE
 from warehouse.core.errors import StorageError
 from warehouse.core.keys import RawKey, parse_image_key, parse_warehouse_key
-from warehouse.core.report import Reason, RunReport
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport
 from warehouse.dicom.problems import HeaderProblem
 from warehouse.listing.warehouse import WarehouseIndex, index_warehouse
 from warehouse.storage.base import ObjectInfo, Storage

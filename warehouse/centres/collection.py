@@ -21,7 +21,7 @@ from warehouse.core.clinical import (
 )
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError, StorageError
-from warehouse.core.report import problem_of
+from warehouse.core.reasons import problem_of
 from warehouse.core.run import RunState
 from warehouse.core.text import escape_controls
 from warehouse.listing.raw import list_raw, report_links, report_refused

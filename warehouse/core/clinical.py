@@ -6,7 +6,8 @@ import json
 import re
 
 from warehouse.core.keys import UnsafeIdentifier, identifier_problem
-from warehouse.core.report import Reason, quote
+from warehouse.core.reasons import Reason
+from warehouse.core.text import quote
 
 #: The most characters a ``SubmittingCentre`` may have (NHS trust names have under 80): a
 #: longer one is refused before it is kept, compared or reported.

@@ -24,7 +24,7 @@ import jsonschema
 
 from warehouse.core.errors import ExpectedError, ObjectNotFound, StorageError
 from warehouse.core.keys import RAW_PREFIX_MARK, normalise_prefix
-from warehouse.core.report import quote
+from warehouse.core.text import quote
 
 CONFIG_KEY = "config.json"
 DEFAULT_WORKERS = 32

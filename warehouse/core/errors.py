@@ -4,7 +4,7 @@ them)."""
 
 from __future__ import annotations
 
-from warehouse.core.report import Reason
+from warehouse.core.reasons import Reason
 
 
 class ExpectedError(Exception):

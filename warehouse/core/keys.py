@@ -12,7 +12,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from warehouse.core.report import Reason, quote
+from warehouse.core.reasons import Reason
+from warehouse.core.text import quote
 
 GROUPS = ("training", "validation")
 

@@ -9,7 +9,7 @@ import hashlib
 import threading
 
 from warehouse.core.config import PipelineConfig
-from warehouse.core.report import Reason
+from warehouse.core.reasons import Reason
 
 
 def is_training_by_hash(pseudonym: str, training_percentage: int) -> bool:

@@ -1,5 +1,7 @@
-"""What a run did: counts by outcome and reason, every input that was not filed, the summary
-text and the JSON run report.
+"""A run's report, in one place: what a run did (counts by outcome and reason, every input not
+filed, the summary text), its key and the time stamp of keys, its schema as the next run reads
+it (the memo), how a sharded run's parts are combined, and how a report is published (its JSON,
+``latest.json`` and its page).
 """
 
 from __future__ import annotations
@@ -7,94 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import reprlib
 import threading
 import uuid
 from collections import Counter
-from enum import StrEnum
+
+import jsonschema
 
 from warehouse import __version__
-from warehouse.core.text import escape_controls
-
-
-class Reason(StrEnum):
-    """Why an input was not filed (or why a write failed). The value is the report's wording."""
-
-    NOT_DICOM = "not a DICOM file"
-    NO_FILE_META = "no DICOM file meta"
-    NOT_AN_IMAGE = "not an image"
-    MISSING_PIXEL_DATA = "image without pixel data"
-    TRUNCATED_HEADER = "truncated DICOM header"
-    TRUNCATED_PIXEL_DATA = "truncated pixel data"
-    UNREADABLE_HEADER = "unreadable DICOM header"
-    HEADER_TOO_LARGE = "DICOM header too large"
-    HEADER_TOO_COMPLEX = "DICOM header too complex"
-    MISSING_IDENTIFIER = "missing DICOM identifier"
-    UNSUPPORTED_MODALITY = "unsupported modality"
-    UNSAFE_IDENTIFIER = "unsafe identifier"
-    NO_PATIENT_DATA = "no patient data for PatientID"
-    INVALID_JSON = "invalid JSON"
-    CLINICAL_TOO_LARGE = "clinical file too large"
-    PSEUDONYM_MISMATCH = "pseudonym differs from the file name"
-    PSEUDONYM_CLAIMED = "pseudonym claimed by another centre"
-    CENTRE_NOT_ALLOWED = "centre not allowed for this prefix"
-    CASE_VARIANT = "pseudonym differs only in case"
-    IMPLAUSIBLE_DATE = "implausible upload date"
-    RAW_CHANGED = "raw file changed after filing"
-    NO_SUBMITTING_CENTRE = "no SubmittingCentre"
-    SITE_NOT_IN_CONFIG = "site not in config"
-    GROUP_CONFLICT = "group conflict"
-    DUPLICATE_TARGET = "another raw file has the same target"
-    #: The SOP instance is filed already under another key, with the same size...
-    DUPLICATE_IMAGE = "duplicate image"
-    #: ... or with another size (both keys in the detail).
-    CONFLICTING_DUPLICATE = "conflicting duplicate"
-    #: A catalogue part that is not Parquet of catalogue rows (left out)...
-    INVALID_PART = "invalid catalogue part"
-    #: ... a run report (``latest.json``, the memo) that cannot be read or used...
-    INVALID_REPORT = "invalid run report"
-    #: ... and a filed image whose header cannot be read for the catalogue's backfill.
-    NOT_CATALOGUED = "image left out of the catalogue"
-    #: dataprocess: a clinical record's fields outside the clinical data dictionary, left out
-    #: of the tables (the record's other fields are in them).
-    FIELDS_LEFT_OUT = "fields outside the clinical data dictionary"
-    NOT_IN_LAYOUT = "not in the raw layout"
-    #: A raw key whose name cannot be taken as an input (`keys.raw_name_problem`), or a
-    #: folder nested too deeply to be listed.
-    UNSAFE_NAME = "unsafe name"
-    #: A raw object last modified before 1990 or in the future (`keys.modification_time_problem`).
-    IMPLAUSIBLE_TIME = "implausible modification time"
-    UNCONFIGURED_PREFIX = "raw prefix not in config"
-    WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"
-    #: A symbolic link in a local store: never followed, so neither read nor trusted as filed.
-    SYMLINK = "symbolic link"
-    READ_FAILED = "read failed"
-    WRITE_FAILED = "write failed"
-    INTERNAL_ERROR = "internal error"
-
-
-#: The most characters a report line's detail (or a text fact) keeps: upload values can be
-#: megabytes long, and every report, page and feedback file repeats the detail.
-MAX_DETAIL_CHARS = 1_000
-#: The most characters of one upload value quoted in a detail (`quote`).
-MAX_QUOTED_CHARS = 120
-_ELLIPSIS = "\u2026"
-
-_quoting = reprlib.Repr()
-_quoting.maxstring = MAX_QUOTED_CHARS
-_quoting.maxother = MAX_QUOTED_CHARS // 2
-_quoting.maxlevel = 2
-
-
-def quote(value: object) -> str:
-    """``repr(value)`` cut to about `MAX_QUOTED_CHARS` characters, for quoting an upload value
-    (a pseudonym, a centre, a header value) in a message without copying all of it."""
-    return _quoting.repr(value)
-
-
-def bounded(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, the last one an ellipsis when it was longer."""
-    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
+from warehouse.core.errors import ExpectedError
+from warehouse.core.reasons import FAILURES, Reason
+from warehouse.core.report_page import page_key, run_report_page
+from warehouse.core.text import bounded, escape_controls, quote
 
 
 def _bounded_facts(facts: dict) -> dict:
@@ -105,24 +30,7 @@ def _bounded_facts(facts: dict) -> dict:
     }
 
 
-#: Reasons that mean the run could not do its work (a rerun should finish it).
-FAILURES = frozenset({Reason.READ_FAILED, Reason.WRITE_FAILED})
-
-
-def problem_of(exc: BaseException) -> tuple[Reason, str]:
-    """The report line of an exception: its reason and a detail.
-
-    An exception names its own reason (a ``reason`` attribute on its class, as the header,
-    identifier and clinical-file problems have) and its message is the detail. Anything else
-    is a bug met on one input: "internal error", with the exception's type and message, so the
-    input is reported and the run goes on.
-    """
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, Reason):
-        return reason, str(exc)
-    message = str(exc).strip()
-    return Reason.INTERNAL_ERROR, bounded(f"{type(exc).__name__}: {message}")
-
+logger = logging.getLogger(__name__)
 
 #: The logger of each unfiled input (shown in JSON logs, where an operator queries them).
 REPORT_LOGGER = "warehouse.report"
@@ -284,3 +192,231 @@ def report_key(graph: str, started: dt.datetime) -> str:
 def latest_report_key(graph: str) -> str:
     """Key of the copy of a graph's newest run report."""
     return f"reports/{graph}/latest.json"
+
+
+class InvalidRunReport(ValueError):
+    """The previous run report exists but cannot be read or does not match `REPORT_SCHEMA`."""
+
+    reason = Reason.INVALID_REPORT
+
+
+_TEXT_OR_NONE = {"type": ["string", "null"]}
+#: What a run reads of the previous run report (the memo and the catalogue record): anything
+#: else in it is not read, so it is not checked.
+REPORT_SCHEMA = {
+    "type": "object",
+    "required": ["problems"],
+    "properties": {
+        "run_id": {"type": "string"},
+        "problems": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "reason"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "detail": {"type": "string"},
+                    "size": {"type": "integer", "minimum": 0},
+                    "modified": {"type": "string"},
+                    "facts": {"type": "object"},
+                },
+            },
+        },
+        "catalogue": {
+            "type": ["object", "null"],
+            "properties": {
+                "cutoff": _TEXT_OR_NONE,
+                "listed_until": _TEXT_OR_NONE,
+                "complete": {"type": "boolean"},
+                "parts": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    },
+}
+_REPORT_VALIDATOR = jsonschema.Draft202012Validator(REPORT_SCHEMA)
+
+
+def check_previous_report(data: bytes) -> dict:
+    """The previous run report, decoded and checked against `REPORT_SCHEMA`.
+
+    Raises
+    ------
+    InvalidRunReport
+        Saying where it is wrong.
+    """
+    try:
+        report = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidRunReport(f"not JSON: {exc}") from None
+    error = jsonschema.exceptions.best_match(_REPORT_VALIDATOR.iter_errors(report))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        raise InvalidRunReport(f"at {where}: {error.message}"[:300])
+    for name in ("cutoff", "listed_until"):
+        text = (report.get("catalogue") or {}).get(name)
+        try:
+            time = None if text is None else dt.datetime.fromisoformat(text)
+        except ValueError:
+            time = None
+        if text is not None and (time is None or time.tzinfo is None):
+            raise InvalidRunReport(f"at catalogue/{name}: {quote(text)} is not a time with a zone")
+    return report
+
+
+def write_report(storage, data: dict, key: str, *, as_memo: bool) -> str:
+    """Write a run report (its JSON at ``key``, and ``latest.json`` too when it may be the next
+    run's memo: ``as_memo``), then its page beside it (`report_page.page_key`).
+
+    A page that cannot be written is logged and named in the summary; it does not change the
+    run's outcome (the JSON report, which the next run reads, is written first).
+
+    Returns
+    -------
+    str
+        The summary lines that say where the report and its page are.
+
+    Raises
+    ------
+    ExpectedError
+        When the JSON report cannot be written.
+    """
+    text = json.dumps(data, indent=2).encode("utf-8")
+    storage.write(key, text)
+    if as_memo:
+        storage.write(latest_report_key(data["graph"]), text)
+    lines = f"\n  report: {storage.url}/{key}"
+    page = page_key(key)
+    try:
+        html = run_report_page(data, warehouse=storage.url, json_key=key)
+        storage.write(page, html.encode("utf-8"), "text/html; charset=utf-8")
+    except ExpectedError as exc:
+        logger.error("could not write the run report page: %s", exc)
+        return lines + f"\n  report page not written: {exc}"
+    except Exception:  # noqa: BLE001 - a bug in the page never costs the run or its report
+        logger.exception("could not build the run report page")
+        return lines + "\n  report page not written: see the log above"
+    return lines + f"\n  report page: {storage.url}/{page}"
+
+
+def publish_report(storage, report: RunReport, dry_run: bool) -> str:
+    """Write a one-process run's report (`write_report`; printed instead in a dry run).
+
+    The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is
+    replaced only by a run that listed its inputs: a run stopped by ``config.json`` or by a
+    listing that failed writes its own report (saying why) but never makes the next run read
+    every known-bad input again.
+
+    Returns
+    -------
+    str
+        The summary lines that say where the report and its page are (empty when the report
+        is not written).
+    """
+    if dry_run:
+        print(json.dumps(report.as_dict(), indent=2))
+        return ""
+    try:
+        return write_report(storage, report.as_dict(), report.key(), as_memo=report.listed)
+    except ExpectedError as exc:
+        logger.error("could not write the run report: %s", exc)
+        report.fail(f"run report not written: {exc}")
+        return ""
+
+
+def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> dict:
+    """The report of a whole sharded run from its parts' reports.
+
+    Counts (by raw prefix too) and reasons are summed and problems joined: each input is
+    counted by the one part that handled it (the clinical phase the listing and the clinical
+    files, each shard its own images), so each image is counted once. The run completed when
+    every part did; a part without a report (a shard killed, or not run yet) makes it
+    incomplete, by name.
+
+    Parameters
+    ----------
+    parts : dict
+        Part report key -> its report (`RunReport.as_dict` plus ``phase`` and ``shard``), or
+        None when that part wrote none.
+    run_id, graph : str
+        The run's id and graph.
+
+    Returns
+    -------
+    dict
+        A run report (the shape of `RunReport.as_dict`) with ``shards`` (N), ``parts`` (each
+        part's key, phase, shard, ``completed`` and ``fatal``) and ``listed`` (every part
+        listed its inputs, so the report describes them all and may be the next run's memo).
+    """
+    counts: dict[str, int] = {}
+    by_prefix: dict[str, dict[str, int]] = {}
+    reasons: dict[str, int] = {}
+    problems: list[dict] = []
+    summaries, fatal = [], []
+    started, finished, listed = [], [], True
+    shards = 0
+    for key in sorted(parts):
+        report = parts[key]
+        if report is None:
+            fatal.append(f"{key.rsplit('/', 1)[-1]} was not written (the part did not finish)")
+            summaries.append({"key": key, "completed": False, "fatal": "no report"})
+            listed = False
+            continue
+        shard = report.get("shard")
+        if shard:
+            shards = max(shards, int(shard[1]))
+        for name, n in report.get("counts", {}).items():
+            counts[name] = counts.get(name, 0) + n
+        for prefix, its_counts in report.get("counts_by_prefix", {}).items():
+            mine = by_prefix.setdefault(prefix, {})
+            for name, n in its_counts.items():
+                mine[name] = mine.get(name, 0) + n
+        for name, n in report.get("not_filed", {}).items():
+            reasons[name] = reasons.get(name, 0) + n
+        problems.extend(report.get("problems", []))
+        started.append(report["started"])
+        finished.append(report["finished"])
+        listed = listed and bool(report.get("listed", True))
+        if report.get("fatal"):
+            fatal.append(f"{_label(report)}: {report['fatal']}")
+        summaries.append(
+            {
+                "key": key,
+                "phase": report.get("phase"),
+                "shard": shard,
+                "completed": bool(report.get("completed")),
+                "fatal": report.get("fatal"),
+            }
+        )
+    completed = all(s["completed"] for s in summaries) and bool(summaries)
+    now = dt.datetime.now(dt.UTC).isoformat()
+    return {
+        "graph": graph,
+        "version": next((p["version"] for p in parts.values() if p), None),
+        "run_id": run_id,
+        "started": min(started) if started else now,
+        "finished": max(finished) if finished else now,
+        "completed": completed,
+        "fatal": "; ".join(fatal) or None,
+        "counts": dict(sorted(counts.items())),
+        "counts_by_prefix": {
+            prefix: dict(sorted(its_counts.items()))
+            for prefix, its_counts in sorted(by_prefix.items())
+        },
+        "not_filed": dict(sorted(reasons.items())),
+        "problems": sorted(problems, key=lambda p: (p["key"], p["reason"])),
+        "shards": shards,
+        "parts": summaries,
+        "listed": listed,
+    }
+
+
+def _label(report: dict) -> str:
+    shard = report.get("shard")
+    return f"shard {shard[0]}/{shard[1]}" if shard else "clinical phase"
+
+
+def combined_report_key(graph: str, started: str) -> str:
+    """Where a sharded run's combined report goes: ``reports/<graph>/<UTC timestamp>.json``
+    (the run's start, the same form as a one-process run's report)."""
+    return report_key(graph, dt.datetime.fromisoformat(started))

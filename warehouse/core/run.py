@@ -17,9 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from warehouse.core.config import Settings
-from warehouse.core.errors import ExpectedError
-from warehouse.core.report import Reason, RunReport, problem_of
-from warehouse.core.report_page import page_key, run_report_page
+from warehouse.core.reasons import Reason, problem_of
+from warehouse.core.report import RunReport, publish_report
 from warehouse.core.text import escape_lines
 
 logger = logging.getLogger(__name__)
@@ -235,47 +234,3 @@ def exit_code(report) -> int:
     if report.fatal and report.config_problem:
         return EXIT_CONFIG
     return EXIT_OK if report.completed else EXIT_INCOMPLETE
-
-
-def publish_report(storage, report, dry_run: bool) -> str:
-    """Write the JSON run report into the warehouse (print it instead in a dry run), then its
-    page beside it (``report_page.page_key``).
-
-    A page that cannot be written is logged and named in the summary; it does not change the
-    run's outcome (the JSON report, which the next run reads, is written first).
-
-    The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is
-    replaced only by a run that listed its inputs: a run stopped by ``config.json`` or by a
-    listing that failed writes its own report (saying why) but never makes the next run read
-    every known-bad input again.
-
-    Returns
-    -------
-    str
-        The summary lines that say where the report and its page are (empty when the report
-        is not written).
-    """
-    if dry_run:
-        print(json.dumps(report.as_dict(), indent=2))
-        return ""
-    try:
-        data = report.to_json()
-        storage.write(report.key(), data)
-        if report.listed:
-            storage.write(report.latest_key(), data)
-    except ExpectedError as exc:
-        logger.error("could not write the run report: %s", exc)
-        report.fail(f"run report not written: {exc}")
-        return ""
-    lines = f"\n  report: {storage.url}/{report.key()}"
-    page = page_key(report.key())
-    try:
-        html = run_report_page(json.loads(data), warehouse=storage.url, json_key=report.key())
-        storage.write(page, html.encode("utf-8"), "text/html; charset=utf-8")
-    except ExpectedError as exc:
-        logger.error("could not write the run report page: %s", exc)
-        return lines + f"\n  report page not written: {exc}"
-    except Exception:  # noqa: BLE001 - a bug in the page never costs the run or its report
-        logger.exception("could not build the run report page")
-        return lines + "\n  report page not written: see the log above"
-    return lines + f"\n  report page: {storage.url}/{page}"

@@ -1,4 +1,5 @@
-"""Text safety: what an upload says, shown as one physical line that cannot steer a terminal.
+"""Text safety: what an upload says, shown as one physical line that cannot steer a terminal,
+and never more of it than a message needs (`quote`, `bounded`).
 
 Anything from an upload (a key, a centre name, a value pydicom echoes in a warning) may hold a
 newline that forges a log line, a carriage return that overwrites one, or an escape sequence
@@ -7,6 +8,8 @@ for showing such text in plain logs, summaries and standard output.
 """
 
 from __future__ import annotations
+
+import reprlib
 
 #: Characters shown as a backslash escape: the C0 controls, DEL, the C1 controls, the Unicode
 #: line and paragraph separators, and the bidirectional marks, embeddings, overrides and
@@ -58,3 +61,27 @@ def escape_lines(text: str) -> str:
     lines escaped (`escape_controls`): the lines stay lines, nothing inside them can break or
     steer one."""
     return "\n".join(escape_controls(line) for line in text.split("\n"))
+
+
+#: The most characters a report line's detail (or a text fact) keeps: upload values can be
+#: megabytes long, and every report, page and feedback file repeats the detail.
+MAX_DETAIL_CHARS = 1_000
+#: The most characters of one upload value quoted in a detail (`quote`).
+MAX_QUOTED_CHARS = 120
+_ELLIPSIS = "\u2026"
+
+_quoting = reprlib.Repr()
+_quoting.maxstring = MAX_QUOTED_CHARS
+_quoting.maxother = MAX_QUOTED_CHARS // 2
+_quoting.maxlevel = 2
+
+
+def quote(value: object) -> str:
+    """``repr(value)`` cut to about `MAX_QUOTED_CHARS` characters, for quoting an upload value
+    (a pseudonym, a centre, a header value) in a message without copying all of it."""
+    return _quoting.repr(value)
+
+
+def bounded(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, the last one an ellipsis when it was longer."""
+    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS

@@ -20,7 +20,8 @@ from warehouse.core.clinical import (
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import IMAGE_FOLDERS, patient_folder
-from warehouse.core.report import Reason, RunReport
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport
 from warehouse.core.run import RunState
 from warehouse.dashboard.cells import bounded_text
 from warehouse.dashboard.tables import (

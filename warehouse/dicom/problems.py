@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warehouse.core.report import Reason
+from warehouse.core.reasons import Reason
 
 
 class HeaderProblem(ValueError):

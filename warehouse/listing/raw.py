@@ -18,7 +18,8 @@ from warehouse.core.keys import (
     parse_raw_key,
     raw_name_problem,
 )
-from warehouse.core.report import Reason, RunReport
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.storage.base import ObjectInfo, Storage
 

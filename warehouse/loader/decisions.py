@@ -17,7 +17,7 @@ from warehouse.core.patients import (
     UnknownSite,
     group_for,
 )
-from warehouse.core.report import Reason, problem_of
+from warehouse.core.reasons import Reason, problem_of
 from warehouse.dicom.identity import ImageIdentity
 from warehouse.dicom.reader import HeaderRead
 from warehouse.loader.state import LoaderState

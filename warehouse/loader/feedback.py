@@ -28,7 +28,9 @@ import json
 import logging
 
 from warehouse.core.keys import parse_raw_key, raw_prefix_of
-from warehouse.core.report import Reason, RunReport, quote, utc_stamp
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport, utc_stamp
+from warehouse.core.text import quote
 
 logger = logging.getLogger(__name__)
 

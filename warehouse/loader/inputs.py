@@ -11,12 +11,7 @@ from warehouse.core.config import IMAGE_PHASE
 from warehouse.core.errors import ExpectedError
 from warehouse.core.patients import PatientGroups
 from warehouse.listing.raw import list_raw, shared_names_filed
-from warehouse.loader.memo import (
-    load_previous_report,
-    memo_of,
-    problems_of,
-    refused_claims,
-)
+from warehouse.loader.memo import load_previous_report, memo_of, problems_of, refused_claims
 from warehouse.loader.planning import plan_inputs
 from warehouse.loader.shards import Handoff
 from warehouse.loader.state import FiledCentres, LoaderState

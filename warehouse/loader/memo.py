@@ -23,18 +23,20 @@ Failed reads and writes, and anything the report does not describe, are processe
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
-
-import jsonschema
 
 from warehouse import __version__
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ObjectNotFound
 from warehouse.core.keys import RawKey
 from warehouse.core.patients import UnknownSite, group_for
-from warehouse.core.report import Reason, RunReport, latest_report_key, quote
+from warehouse.core.reasons import Reason
+from warehouse.core.report import (
+    InvalidRunReport,
+    RunReport,
+    check_previous_report,
+    latest_report_key,
+)
 from warehouse.dicom.reader import MAX_HEADER_ELEMENTS
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.storage.base import Storage
@@ -59,76 +61,6 @@ FILE_REASONS = frozenset(
         Reason.NO_SUBMITTING_CENTRE,
     }
 )
-
-
-class InvalidRunReport(ValueError):
-    """The previous run report exists but cannot be read or does not match `REPORT_SCHEMA`."""
-
-    reason = Reason.INVALID_REPORT
-
-
-_TEXT_OR_NONE = {"type": ["string", "null"]}
-#: What a run reads of the previous run report (the memo and the catalogue record): anything
-#: else in it is not read, so it is not checked.
-REPORT_SCHEMA = {
-    "type": "object",
-    "required": ["problems"],
-    "properties": {
-        "run_id": {"type": "string"},
-        "problems": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["key", "reason"],
-                "properties": {
-                    "key": {"type": "string"},
-                    "reason": {"type": "string"},
-                    "detail": {"type": "string"},
-                    "size": {"type": "integer", "minimum": 0},
-                    "modified": {"type": "string"},
-                    "facts": {"type": "object"},
-                },
-            },
-        },
-        "catalogue": {
-            "type": ["object", "null"],
-            "properties": {
-                "cutoff": _TEXT_OR_NONE,
-                "listed_until": _TEXT_OR_NONE,
-                "complete": {"type": "boolean"},
-                "parts": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-    },
-}
-_REPORT_VALIDATOR = jsonschema.Draft202012Validator(REPORT_SCHEMA)
-
-
-def check_previous_report(data: bytes) -> dict:
-    """The previous run report, decoded and checked against `REPORT_SCHEMA`.
-
-    Raises
-    ------
-    InvalidRunReport
-        Saying where it is wrong.
-    """
-    try:
-        report = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidRunReport(f"not JSON: {exc}") from None
-    error = jsonschema.exceptions.best_match(_REPORT_VALIDATOR.iter_errors(report))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        raise InvalidRunReport(f"at {where}: {error.message}"[:300])
-    for name in ("cutoff", "listed_until"):
-        text = (report.get("catalogue") or {}).get(name)
-        try:
-            time = None if text is None else dt.datetime.fromisoformat(text)
-        except ValueError:
-            time = None
-        if text is not None and (time is None or time.tzinfo is None):
-            raise InvalidRunReport(f"at catalogue/{name}: {quote(text)} is not a time with a zone")
-    return report
 
 
 def load_previous_report(storage: Storage, graph: str, run: RunReport | None = None) -> dict | None:

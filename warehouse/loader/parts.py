@@ -23,25 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from warehouse.catalogue.run import combined_catalogue
 from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, ConfigError
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.lease import release_run_lease
-from warehouse.core.report import RunReport, latest_report_key
-from warehouse.core.report_page import page_key, run_report_page
+from warehouse.core.report import RunReport, combine_reports, combined_report_key, write_report
 from warehouse.loader.feedback import publish_feedback
-from warehouse.loader.memo import (
-    load_previous_problems,
-    load_previous_report,
-)
-from warehouse.loader.shards import (
-    Handoff,
-    RunPart,
-    combine_reports,
-    combined_report_key,
-    expected_part_keys,
-    part_key,
-    run_folder,
-)
+from warehouse.loader.memo import load_previous_problems, load_previous_report
+from warehouse.loader.shards import Handoff, RunPart, expected_part_keys, part_key, run_folder
 from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
@@ -233,6 +222,7 @@ def finish_run(
             return RunEnd(last, "\n  run report: written by another shard of the run")
     parts = read_parts(storage, graph, run_id, count)
     combined = combine_reports(parts, run_id, graph)
+    combined["catalogue"] = combined_catalogue([parts[key] for key in sorted(parts)])
     if combined["listed"]:
         previous = load_previous_problems(storage, graph)
         view = SimpleNamespace(
@@ -245,21 +235,9 @@ def finish_run(
             combined["counts"]["feedback files written"] = written
             combined["counts"] = dict(sorted(combined["counts"].items()))
     key = combined_report_key(graph, combined["started"])
-    data = json.dumps(combined, indent=2).encode("utf-8")
-    storage.write(key, data)
-    if combined["listed"]:
-        storage.write(latest_report_key(graph), data)
-    lines = f"\n  run report ({combined['shards']} shards): {storage.url}/{key}"
-    try:
-        html = run_report_page(combined, warehouse=storage.url, json_key=key)
-        storage.write(page_key(key), html.encode("utf-8"), "text/html; charset=utf-8")
-        lines += f"\n  run report page: {storage.url}/{page_key(key)}"
-    except ExpectedError as exc:
-        logger.error("could not write the run report page: %s", exc)
-        lines += f"\n  run report page not written: {exc}"
-    except Exception:  # noqa: BLE001 - a bug in the page never costs the run or its report
-        logger.exception("could not build the run report page")
-        lines += "\n  run report page not written: see the log above"
+    lines = write_report(storage, combined, key, as_memo=combined["listed"]).replace(
+        "\n  report", f"\n  run report ({combined['shards']} shards)", 1
+    )
     if release_lease:
         release_run_lease(storage, run_id)
     return RunEnd(combined, lines, key)

@@ -19,7 +19,8 @@ from warehouse.core.keys import (
     patient_folder,
     upload_date_problem,
 )
-from warehouse.core.report import Reason, RunReport
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport
 from warehouse.listing.raw import (
     RawListing,
     pending_images,

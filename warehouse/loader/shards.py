@@ -23,14 +23,11 @@ This module is pure (no storage, no bonobo): `warehouse.loader.parts` does the I
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 
-from warehouse.catalogue.run import combined_catalogue
 from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE
 from warehouse.core.keys import image_stem
-from warehouse.core.report import report_key
 
 
 def shard_of(name: str, count: int) -> int:
@@ -183,102 +180,3 @@ class Handoff:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a clinical phase hand-off ({exc!r})") from None
         return handoff
-
-
-def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> dict:
-    """The report of a whole sharded run from its parts' reports.
-
-    Counts (by raw prefix too) and reasons are summed and problems joined: each input is
-    counted by the one part that handled it (the clinical phase the listing and the clinical
-    files, each shard its own images), so each image is counted once. The run completed when
-    every part did; a part without a report (a shard killed, or not run yet) makes it
-    incomplete, by name.
-
-    Parameters
-    ----------
-    parts : dict
-        Part report key -> its report (`RunReport.as_dict` plus ``phase`` and ``shard``), or
-        None when that part wrote none.
-    run_id, graph : str
-        The run's id and graph.
-
-    Returns
-    -------
-    dict
-        A run report (the shape of `RunReport.as_dict`) with ``shards`` (N), ``parts`` (each
-        part's key, phase, shard, ``completed`` and ``fatal``) and ``listed`` (every part
-        listed its inputs, so the report describes them all and may be the next run's memo).
-    """
-    counts: dict[str, int] = {}
-    by_prefix: dict[str, dict[str, int]] = {}
-    reasons: dict[str, int] = {}
-    problems: list[dict] = []
-    summaries, fatal = [], []
-    started, finished, listed = [], [], True
-    shards = 0
-    for key in sorted(parts):
-        report = parts[key]
-        if report is None:
-            fatal.append(f"{key.rsplit('/', 1)[-1]} was not written (the part did not finish)")
-            summaries.append({"key": key, "completed": False, "fatal": "no report"})
-            listed = False
-            continue
-        shard = report.get("shard")
-        if shard:
-            shards = max(shards, int(shard[1]))
-        for name, n in report.get("counts", {}).items():
-            counts[name] = counts.get(name, 0) + n
-        for prefix, its_counts in report.get("counts_by_prefix", {}).items():
-            mine = by_prefix.setdefault(prefix, {})
-            for name, n in its_counts.items():
-                mine[name] = mine.get(name, 0) + n
-        for name, n in report.get("not_filed", {}).items():
-            reasons[name] = reasons.get(name, 0) + n
-        problems.extend(report.get("problems", []))
-        started.append(report["started"])
-        finished.append(report["finished"])
-        listed = listed and bool(report.get("listed", True))
-        if report.get("fatal"):
-            fatal.append(f"{_label(report)}: {report['fatal']}")
-        summaries.append(
-            {
-                "key": key,
-                "phase": report.get("phase"),
-                "shard": shard,
-                "completed": bool(report.get("completed")),
-                "fatal": report.get("fatal"),
-            }
-        )
-    completed = all(s["completed"] for s in summaries) and bool(summaries)
-    now = dt.datetime.now(dt.UTC).isoformat()
-    return {
-        "graph": graph,
-        "version": next((p["version"] for p in parts.values() if p), None),
-        "run_id": run_id,
-        "started": min(started) if started else now,
-        "finished": max(finished) if finished else now,
-        "completed": completed,
-        "fatal": "; ".join(fatal) or None,
-        "counts": dict(sorted(counts.items())),
-        "counts_by_prefix": {
-            prefix: dict(sorted(its_counts.items()))
-            for prefix, its_counts in sorted(by_prefix.items())
-        },
-        "not_filed": dict(sorted(reasons.items())),
-        "problems": sorted(problems, key=lambda p: (p["key"], p["reason"])),
-        "shards": shards,
-        "parts": summaries,
-        "listed": listed,
-        "catalogue": combined_catalogue([parts[key] for key in sorted(parts)]),
-    }
-
-
-def _label(report: dict) -> str:
-    shard = report.get("shard")
-    return f"shard {shard[0]}/{shard[1]}" if shard else "clinical phase"
-
-
-def combined_report_key(graph: str, started: str) -> str:
-    """Where a sharded run's combined report goes: ``reports/<graph>/<UTC timestamp>.json``
-    (the run's start, the same form as a one-process run's report)."""
-    return report_key(graph, dt.datetime.fromisoformat(started))

@@ -21,7 +21,7 @@ from warehouse.core.lease import RunLease
 from warehouse.core.patients import (
     PatientGroups,
 )
-from warehouse.core.report import Reason
+from warehouse.core.reasons import Reason
 from warehouse.core.run import ByteBudget, RunState
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.feedback import publish_feedback

@@ -21,7 +21,7 @@ from warehouse.core.keys import (
     parse_warehouse_key,
     raw_prefix_of,
 )
-from warehouse.core.report import Reason
+from warehouse.core.reasons import Reason
 from warehouse.core.run import ByteBudget
 from warehouse.dicom.identity import ImageIdentity, image_identity
 from warehouse.dicom.jsonrep import header_json
