@@ -533,16 +533,32 @@ def test_bounded_input_holds_a_fast_producer_back():
     assert 5 <= max(ahead) <= 4 + 2
 
 
-def test_prompt_input_waits_for_an_item_instead_of_polling():
-    """bonobo's nodes ask with timeout=0; the prompt queue waits for the next item."""
+def test_prompt_input_waits_for_an_item_instead_of_polling(monkeypatch):
+    """bonobo's nodes ask with timeout=0; the prompt queue waits for the next item: the item
+    is put only once the node is asking (an event, not a delay)."""
+    import queue as queues
+
     from bonobo.constants import BEGIN
 
     from warehouse.runtime.strategy import PromptInput
 
+    asking, asked = threading.Event(), []
+    queue_get = queues.Queue.get
+
+    def watched_get(self, block=True, timeout=None):
+        if self is queue:  # (other queues of the process are left alone)
+            asked.append((block, timeout))
+            asking.set()
+        return queue_get(self, block, timeout)
+
     queue = PromptInput()
+    monkeypatch.setattr(queues.Queue, "get", watched_get)
     queue.put(BEGIN)
-    threading.Timer(0.05, queue.put, args=(("late",),)).start()
+    putter = threading.Thread(target=lambda: asking.wait(10) and queue.put(("late",)))
+    putter.start()
     assert queue.get(timeout=0) == ("late",)
+    putter.join()
+    assert asked == [(True, PromptInput.WAIT)] and PromptInput.WAIT > 0
 
 
 # --------------------------------------------------------------------------------------------
