@@ -110,7 +110,9 @@ def _bonobo_error_records() -> list[logging.LogRecord]:
 
     class Keep(logging.Handler):
         def emit(self, record):
-            records.append(record)
+            # a copy as bonobo made it (the same record goes on to the root's handlers, whose
+            # filter renames it in place when the product's logging is set up in this process)
+            records.append(logging.makeLogRecord(record.__dict__))
 
     def extract():
         yield from range(3)
