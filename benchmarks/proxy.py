@@ -191,17 +191,20 @@ class DelayProxy(ThreadingHTTPServer):
         Seconds to sleep once per forwarded request.
     port : int
         Port to listen on, on 127.0.0.1 (0 picks a free one).
+    sleep : callable
+        How the delay is waited (``time.sleep``; tests give their own, to see it asked for).
     """
 
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self, upstream: str, delay: float, port: int = 0):
+    def __init__(self, upstream: str, delay: float, port: int = 0, sleep=time.sleep):
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be an http:// URL, not {upstream!r}")
         self.upstream = (parts.hostname, parts.port or 80)
         self.delay = delay
+        self.sleep = sleep
         self.counts = RequestCounts()
         super().__init__(("127.0.0.1", port), _ProxyHandler)
 
@@ -302,7 +305,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         counts = self.server.counts
         counts.add(*classify(self.command, self.path, self.headers))
         body = self._read_body()
-        time.sleep(self.server.delay)
+        self.server.sleep(self.server.delay)
         try:
             response = self._send_upstream(body)
             payload = response.read()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -67,6 +68,34 @@ def snapshot(storage: Storage, prefix: str = "") -> dict[str, bytes]:
         for info in storage.list(prefix)
         if not info.key.startswith(("reports/", "feedback/", "catalogue/"))
     }
+
+
+def age_objects(storage: Storage, seconds: float) -> None:
+    """Make every object of ``storage`` last modified ``seconds`` earlier, as if it had been
+    written that long ago: instead of waiting for the clock (S3 lists whole seconds). A local
+    store's files get an earlier mtime; an S3 store must be a bucket of this process's moto
+    server (`conftest.moto_server`), whose objects' times are set in moto's own backend."""
+    from warehouse.storage.local import LocalStorage
+
+    if isinstance(storage, LocalStorage):
+        for path in storage.root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                status = path.stat()
+                earlier = status.st_mtime_ns - round(seconds * 1e9)
+                os.utime(path, ns=(status.st_atime_ns, earlier))
+        return
+    from moto.s3.models import s3_backends
+
+    buckets = [
+        backend.buckets[storage.bucket]
+        for account in s3_backends.values()
+        for backend in account.values()
+        if storage.bucket in backend.buckets
+    ]
+    assert len(buckets) == 1, f"bucket {storage.bucket} is not on this process's moto server"
+    for versions in buckets[0].keys.iterlists():
+        for key in versions[1]:
+            key.last_modified -= dt.timedelta(seconds=seconds)
 
 
 def run_loader(storage: Storage, **settings):

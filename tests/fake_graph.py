@@ -6,15 +6,16 @@ Behaviour comes from the environment:
 - ``FAKE_GRAPH_STDERR``: text printed on stderr;
 - ``FAKE_GRAPH_SUMMARY``: text written to the file named by ``RUN_SUMMARY_FILE``;
 - ``FAKE_GRAPH_ARGV_FILE``: file receiving the arguments as JSON;
-- ``FAKE_GRAPH_READY_FILE``: file created once the graph runs, before it sleeps;
-- ``FAKE_GRAPH_SLEEP``: seconds to sleep before exiting;
+- ``FAKE_GRAPH_READY_FILE``: file created once the graph runs, before it waits;
+- ``FAKE_GRAPH_UNTIL_SIGNALLED``: wait for a signal (its default action ends the process);
+  the value is a guard in seconds, after which SIGALRM ends it (exit code 128 + 14);
 - ``FAKE_GRAPH_EXIT``: the exit code (default 0).
 """
 
 import json
 import os
+import signal
 import sys
-import time
 from pathlib import Path
 
 
@@ -30,7 +31,9 @@ def main() -> int:
         Path(env["RUN_SUMMARY_FILE"]).write_text(env["FAKE_GRAPH_SUMMARY"])
     if "FAKE_GRAPH_READY_FILE" in env:
         Path(env["FAKE_GRAPH_READY_FILE"]).write_text("ready")
-    time.sleep(float(env.get("FAKE_GRAPH_SLEEP", "0")))
+    if "FAKE_GRAPH_UNTIL_SIGNALLED" in env:
+        signal.alarm(int(env["FAKE_GRAPH_UNTIL_SIGNALLED"]))
+        signal.pause()
     return int(env.get("FAKE_GRAPH_EXIT", "0"))
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import time
+import math
+import re
 
 import pandas as pd
 import pyarrow as pa
+import pydicom
 import pytest
 
 from tests import builders
@@ -47,69 +49,302 @@ def part_rows(storage) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------------------------
+# the oracle: a catalogue row from pydicom's own reading of a file and the README's column
+# rules ("The image catalogue"), written here independently of warehouse.catalogue.rows
+
+_FOLDERS = ("ct", "xray", "mri")
+_AGE_UNITS_A_YEAR = {"D": 365, "W": 52, "M": 12, "Y": 1}
+_INT32 = range(-(2**31), 2**31)
+#: What pydicom may raise when it converts a malformed value on access.
+_MALFORMED = (ValueError, TypeError, KeyError, OverflowError, UnicodeError)
+
+
+def layout_of(key: str) -> dict | None:
+    """Where a filed image is, by the README's layout
+    ``<group>/<mod>/<PatientID>/<Study>/<Series>/<name>.dcm``; None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 6 or parts[0] not in ("training", "validation") or parts[1] not in _FOLDERS:
+        return None
+    if not parts[5].lower().endswith(".dcm"):
+        return None
+    group, folder, patient, study, series, name = parts
+    stem = name[: -len(".dcm")]
+    return {
+        "warehouse_key": key,
+        "metadata_key": f"{group}/{folder}-metadata/{patient}/{study}/{series}/{stem}.json",
+        "group": group,
+        "modality_folder": folder,
+    }
+
+
+def _value(dataset, keyword):
+    """An element's value as pydicom gives it; None when absent or not convertible."""
+    if dataset is None:
+        return None
+    try:
+        element = dataset.data_element(keyword)
+        return None if element is None else element.value
+    except _MALFORMED:
+        return None
+
+
+def _items(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def oracle_text(value) -> str | None:
+    """Text without its DICOM padding (spaces, a UID's NUL); empty is null."""
+    items = _items(value)
+    if not items:
+        return None
+    text = "\\".join(str(item) for item in items).strip(" \x00")
+    return text or None
+
+
+def oracle_date(value) -> dt.date | None:
+    """DA: ``YYYYMMDD`` (or the old ``YYYY.MM.DD``) as a date; anything else is null."""
+    text = oracle_text(value) or ""
+    match = re.fullmatch(r"(\d{4})(\d{2})(\d{2})|(\d{4})\.(\d{2})\.(\d{2})", text)
+    if match is None:
+        return None
+    year, month, day = (int(g) for g in match.groups() if g is not None)
+    try:
+        return dt.date(year, month, day)
+    except ValueError:
+        return None
+
+
+def oracle_age(value) -> float | None:
+    """AS: ``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY`` in years, by the clinical cleaning's
+    divisors (the NCCID rule: months 12, weeks 52, days 365 a year)."""
+    match = re.fullmatch(r"(\d{3})([DWMY])", oracle_text(value) or "")
+    if match is None:
+        return None
+    return int(match.group(1)) / _AGE_UNITS_A_YEAR[match.group(2)]
+
+
+def oracle_int(value) -> int | None:
+    """An integer that an int32 holds; null otherwise."""
+    items = _items(value)
+    if len(items) != 1:
+        return None
+    try:
+        number = int(str(items[0]).strip())
+    except _MALFORMED:
+        return None
+    return number if number in _INT32 else None
+
+
+def oracle_float(value) -> float | None:
+    items = _items(value)
+    if len(items) != 1:
+        return None
+    try:
+        number = float(str(items[0]).strip())
+    except _MALFORMED:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def oracle_floats(value) -> list[float] | None:
+    numbers = [oracle_float(item) for item in _items(value)]
+    return numbers if numbers and None not in numbers else None
+
+
+def oracle_row(data: bytes, key: str, *, size: int, raw_key: str | None) -> dict:
+    """The catalogue row of the image ``data`` filed at ``key``, from pydicom's reading."""
+    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    meta = dataset.file_meta
+
+    def text(keyword):
+        return oracle_text(_value(dataset, keyword))
+
+    row = {
+        **layout_of(key),
+        "raw_key": raw_key,
+        "upload_date": dt.date.fromisoformat(raw_key.split("/")[1]) if raw_key else None,
+        "object_size": size,
+        "PatientID": text("PatientID"),
+        "StudyInstanceUID": text("StudyInstanceUID"),
+        "SeriesInstanceUID": text("SeriesInstanceUID"),
+        "SOPInstanceUID": text("SOPInstanceUID")
+        or oracle_text(_value(meta, "MediaStorageSOPInstanceUID")),
+        "SOPClassUID": text("SOPClassUID") or oracle_text(_value(meta, "MediaStorageSOPClassUID")),
+        "Modality": text("Modality"),
+        "BodyPartExamined": text("BodyPartExamined"),
+        "ViewPosition": text("ViewPosition"),
+        "PatientSex": text("PatientSex"),
+        "PatientAge": oracle_age(_value(dataset, "PatientAge")),
+        "StudyDate": oracle_date(_value(dataset, "StudyDate")),
+        "Manufacturer": text("Manufacturer"),
+        "ManufacturerModelName": text("ManufacturerModelName"),
+        "Rows": oracle_int(_value(dataset, "Rows")),
+        "Columns": oracle_int(_value(dataset, "Columns")),
+        "PixelSpacing": oracle_floats(_value(dataset, "PixelSpacing")),
+        "SliceThickness": oracle_float(_value(dataset, "SliceThickness")),
+        "NumberOfFrames": oracle_int(_value(dataset, "NumberOfFrames")),
+        "PhotometricInterpretation": text("PhotometricInterpretation"),
+        "BitsStored": oracle_int(_value(dataset, "BitsStored")),
+        "TransferSyntaxUID": oracle_text(_value(meta, "TransferSyntaxUID")),
+    }
+    assert sorted(row) == sorted(COLUMNS)  # the README's columns, no more, no fewer
+    return row
+
+
 def warehouse_rows(storage, raw_of: dict[str, str]) -> dict[str, dict]:
     """The catalogue row each filed image should have, made from the filed copy itself (its
-    header, its listed size) and the raw key the test tree says it came from."""
-    rows = {}
-    for info in storage.list(""):
-        where = parse_image_key(info.key)
-        if where is None:
-            continue
-        raw = raw_of.get(info.key)
-        row = image_row(
-            parse_header(storage.read(info.key)),
-            where,
-            size=info.size,
-            raw_key=raw,
-            upload=raw.split("/")[1] if raw else None,
+    bytes read by pydicom, its listed size) and the raw key the test tree says it came from."""
+    return {
+        info.key: oracle_row(
+            storage.read(info.key), info.key, size=info.size, raw_key=raw_of.get(info.key)
         )
-        rows[info.key] = dict(zip(COLUMNS, row, strict=True))
-    return rows
+        for info in storage.list("")
+        if layout_of(info.key) is not None
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # rows and parts
 
 
-def test_typed_values():
-    assert dicom_date("20200301") == dt.date(2020, 3, 1)
-    assert dicom_date("2020.03.01") == dt.date(2020, 3, 1)
-    assert dicom_date("20201301") is None and dicom_date("") is None and dicom_date(None) is None
-    assert dicom_age_years("065Y") == 65.0
-    assert dicom_age_years("006M") == 0.5
-    assert dicom_age_years("014D") == 14 / 365 and dicom_age_years("026W") == 0.5
-    assert dicom_age_years("65") is None and dicom_age_years("abcY") is None
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("20200301", dt.date(2020, 3, 1)),
+        ("2020.03.01", dt.date(2020, 3, 1)),
+        ("20200229", dt.date(2020, 2, 29)),
+        ("20210229", None),  # not a day
+        ("20201301", None),
+        ("2020030", None),
+        ("2020-03", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_dates(value, expected):
+    assert dicom_date(value) == oracle_date(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("065Y", 65.0),
+        ("006M", 0.5),
+        ("010W", 10 / 52),
+        ("026W", 0.5),
+        ("014D", 14 / 365),
+        ("000D", 0.0),
+        ("065Y ", 65.0),  # padding
+        ("65", None),
+        ("abcY", None),
+        ("065X", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_ages_in_years(value, expected):
+    assert dicom_age_years(value) == oracle_age(value) == expected
+
+
+def _row_of(data: bytes, key: str, raw_key: str | None) -> dict:
+    """The product's row of an image in memory (its header parsed as the loader does)."""
+    upload = raw_key.split("/")[1] if raw_key else None
+    row = image_row(
+        parse_header(data), parse_image_key(key), size=len(data), raw_key=raw_key, upload=upload
+    )
+    return dict(zip(COLUMNS, row, strict=True))
 
 
 def test_row_of_a_header_is_typed_and_missing_values_are_null():
     name, data = image("Covid1", "CT", extra={"ViewPosition": "", "PatientAge": "0x5Y"})
     key = f"training/ct/Covid1/1.2/1.3/{name}"
-    row = dict(
-        zip(
-            COLUMNS,
-            image_row(
-                parse_header(data),
-                parse_image_key(key),
-                size=len(data),
-                raw_key="raw-a/2021-01-01/images/" + name,
-                upload="2021-01-01",
-            ),
-            strict=True,
-        )
-    )
-    assert row["warehouse_key"] == key
+    raw_key = "raw-a/2021-01-01/images/" + name
+    row = _row_of(data, key, raw_key)
+    assert row == oracle_row(data, key, size=len(data), raw_key=raw_key)
+    assert row["warehouse_key"] == key and row["raw_key"] == raw_key
     assert row["metadata_key"] == f"training/ct-metadata/Covid1/1.2/1.3/{name[:-4]}.json"
     assert row["group"] == "training" and row["modality_folder"] == "ct"
     assert row["upload_date"] == dt.date(2021, 1, 1) and row["object_size"] == len(data)
     assert row["Modality"] == "CT" and row["SOPInstanceUID"] == name[:-4]
+    assert row["PatientID"] == "Covid1" and row["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.2"
     assert row["ViewPosition"] is None and row["PatientAge"] is None
     assert isinstance(row["StudyDate"], dt.date)
     assert row["Rows"] == 64 and row["Columns"] == 64 and row["BitsStored"] == 12
-    assert all(isinstance(v, float) for v in row["PixelSpacing"])
+    assert row["PixelSpacing"] == [0.683594, 0.683594]
+    assert row["NumberOfFrames"] is None  # absent
     assert row["TransferSyntaxUID"] == "1.2.840.10008.1.2.1"
     table = read_part(part_bytes(rows_table([tuple(row.values())])))
     assert table.schema.field("StudyDate").type == pa.date32()
+    assert table.schema.field("PixelSpacing").type == pa.list_(pa.float64())
     assert table.to_pylist() == [row]
+
+
+def image_with_raw_values(values: dict[str, tuple[int, str, bytes]], **kwargs) -> tuple:
+    """``(name, bytes)`` of an image whose elements ``keyword: (tag, VR, value bytes)`` hold
+    exactly those bytes (pydicom refuses to write a malformed number): each is written first
+    as a placeholder of the same length, whose bytes are then replaced."""
+    extra, patches = dict(kwargs.pop("extra", {})), []
+    for keyword, (tag, vr, value) in values.items():
+        value += b" " * (len(value) % 2)
+        placeholder = "9" * len(value)
+        extra[keyword] = placeholder
+        head = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+        patches.append((head + vr.encode() + len(value).to_bytes(2, "little"), placeholder, value))
+    name, data = image("Covid1", "CT", extra=extra, **kwargs)
+    for head, placeholder, value in patches:
+        assert data.count(head + placeholder.encode()) == 1
+        data = data.replace(head + placeholder.encode(), head + value)
+    return name, data
+
+
+_FRAMES, _THICKNESS, _SPACING = (0x00280008, "IS"), (0x00180050, "DS"), (0x00280030, "DS")
+
+
+@pytest.mark.parametrize(
+    ("extra", "raw", "expected"),
+    [
+        # padding stripped (the identifiers' DICOM padding, text values' trailing spaces)
+        ({"Manufacturer": "ACME  ", "BodyPartExamined": "CHEST "}, {}, {"Manufacturer": "ACME"}),
+        # dates, ages, numbers in their other valid forms
+        (
+            {"StudyDate": "2020.03.01", "PatientAge": "010W"},
+            {},
+            {"PatientAge": 10 / 52},
+        ),
+        ({"NumberOfFrames": "12", "SliceThickness": "2.5"}, {}, {"NumberOfFrames": 12}),
+        ({"PixelSpacing": ["0.5", "0.25"]}, {}, {"PixelSpacing": [0.5, 0.25]}),
+        # malformed: null, never an error
+        (
+            {"StudyDate": "20201301", "PatientAge": "45 Y"},
+            {},
+            {"StudyDate": None, "PatientAge": None},
+        ),
+        ({}, {"NumberOfFrames": (*_FRAMES, b"twelve")}, {"NumberOfFrames": None}),
+        ({}, {"SliceThickness": (*_THICKNESS, b"thin")}, {"SliceThickness": None}),
+        ({}, {"NumberOfFrames": (*_FRAMES, b"3000000000")}, {"NumberOfFrames": None}),  # int32
+        ({}, {"SliceThickness": (*_THICKNESS, b"NaN")}, {"SliceThickness": None}),
+        ({}, {"PixelSpacing": (*_SPACING, b"0.5\\x")}, {"PixelSpacing": None}),
+        # absent or empty
+        ({"Manufacturer": None, "PatientSex": ""}, {}, {"Manufacturer": None, "PatientSex": None}),
+        ({"PixelSpacing": None, "Rows": None}, {}, {"PixelSpacing": None, "Rows": None}),
+        # no SOPInstanceUID in the data set: the file meta's MediaStorageSOPInstanceUID
+        ({"SOPInstanceUID": None}, {}, {}),
+    ],
+)
+def test_rows_follow_the_column_rules(extra, raw, expected):
+    """The product's row of a header equals the oracle's, whatever its values."""
+    name, data = image_with_raw_values(raw, extra=extra)
+    key = f"validation/ct/Covid1/1.2/1.3/{name}"
+    row = _row_of(data, key, None)
+    assert row == oracle_row(data, key, size=len(data), raw_key=None)
+    assert {column: row[column] for column in expected} == expected
+    assert row["SOPInstanceUID"] == name[:-4]  # (from the data set, or the file meta)
+    assert row["raw_key"] is None and row["upload_date"] is None
 
 
 def test_part_keys_and_merge_keeps_the_newest_row_of_a_key():
@@ -163,7 +398,7 @@ def _raw_of(storage) -> dict[str, str]:
     return {
         i.key: raw[i.key.rsplit("/", 1)[1]]
         for i in storage.list("")
-        if parse_image_key(i.key) is not None
+        if layout_of(i.key) is not None
     }
 
 
@@ -171,7 +406,11 @@ def test_a_run_stopped_before_its_part_is_listed_by_the_next(store):
     builders.put_tree(store, _tree(images=12))
     assert builders.run_loader(store, workers=4)[0] == 0
     first = part_keys(store)
-    time.sleep(1.1)  # S3 times are to the second: the next run's objects come later
+    times = {i.key: i.last_modified for i in store.list("")}
+    builders.age_objects(store, 2)  # S3 lists whole seconds: the next run's objects come later
+    assert {i.key: i.last_modified for i in store.list("")} == {
+        key: time - dt.timedelta(seconds=2) for key, time in times.items()
+    }
     # A run files 12 more images and stops before its part (and, for three images, before
     # their metadata files): what a kill at that moment leaves.
     builders.put_tree(store, _tree(images=12, date="2021-02-01", first=12))
@@ -210,7 +449,7 @@ def test_each_run_records_its_catalogue_and_a_part_comes_after_its_images(store)
     record = _latest(store)["catalogue"]
     assert record == {"cutoff": None, "listed_until": None, "complete": True, "parts": [part]}
     listed = {i.key: i.last_modified for i in store.list("")}
-    images = [t for k, t in listed.items() if parse_image_key(k) is not None]
+    images = [t for k, t in listed.items() if layout_of(k) is not None]
     assert len(images) == 6 and listed[part] > max(images)  # (S3 lists whole seconds)
     builders.put_tree(store, _tree(images=3, date="2021-02-01", first=6))
     assert builders.run_loader(store, workers=4)[0] == 0
@@ -285,7 +524,7 @@ def test_a_run_that_files_nothing_moves_the_cutoff_to_what_it_listed(store):
     store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
     assert builders.run_loader(store, workers=4)[0] == 0  # checks all: every image is in a part
     record = _latest(store)["catalogue"]
-    images = [i.last_modified for i in store.list("") if parse_image_key(i.key) is not None]
+    images = [i.last_modified for i in store.list("") if layout_of(i.key) is not None]
     assert record["complete"] and record["parts"] == [] and record["cutoff"] is None
     assert dt.datetime.fromisoformat(record["listed_until"]) >= max(images)
     parts = {k: i.last_modified for k in part_keys(store) for i in store.list(k)}
@@ -360,7 +599,7 @@ def test_sigkilled_run_then_rerun_lists_every_image_once(tmp_path):
     orphans = {
         key
         for key in listed
-        if (where := parse_image_key(key)) and where.metadata_key in listed and key not in first
+        if (where := layout_of(key)) and where["metadata_key"] in listed and key not in first
     }
     assert builders.run_loader(storage, workers=4)[0] == 0
     rows = part_rows(storage)

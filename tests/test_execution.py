@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import os
-import random
 import re
 import subprocess
 import sys
@@ -175,21 +174,41 @@ def test_configure_logging_without_a_handler_installs_a_plain_one():
 # OrderedPool
 
 
+class OutOfOrder:
+    """Work that finishes out of submission order, for certain and without sleeping: in every
+    block of ``block`` items the first waits until the last of its block has finished."""
+
+    def __init__(self, count: int, block: int = 4):
+        self.count, self.block = count, block
+        self.done = [threading.Event() for _ in range(count)]
+        self.finished: list[int] = []
+        self._lock = threading.Lock()
+
+    def start(self, n: int) -> None:
+        partner = n + self.block - 1
+        if n % self.block == 0 and partner < self.count:
+            assert self.done[partner].wait(10), f"item {partner} never finished"
+
+    def end(self, n: int) -> None:
+        with self._lock:
+            self.finished.append(n)
+        self.done[n].set()
+
+    def reordered_blocks(self) -> list[int]:
+        """The first item of each block that finished after its block's last item."""
+        return [
+            n
+            for n in range(0, self.count - self.block + 1, self.block)
+            if self.finished.index(n + self.block - 1) < self.finished.index(n)
+        ]
+
+
 def test_results_come_back_in_submission_order():
-    rng = random.Random(7)
-    delays = [rng.uniform(0, 0.004) for _ in range(60)]
-    finished: list[int] = []
-    lock = threading.Lock()
-    third_done = threading.Event()
+    order = OutOfOrder(60)
 
     def work(n):
-        if n == 0:
-            third_done.wait(5)  # the first item finishes after the fourth, for certain
-        time.sleep(delays[n])
-        with lock:
-            finished.append(n)
-        if n == 3:
-            third_done.set()
+        order.start(n)  # the first item of each block of four finishes after the fourth
+        order.end(n)
         return n * 10
 
     pool = OrderedPool(WorkerPool(8), window=16)
@@ -204,7 +223,7 @@ def test_results_come_back_in_submission_order():
     finally:
         pool.workers.shutdown()
     assert outputs == [n * 10 for n in range(60)]
-    assert finished.index(3) < finished.index(0)  # completion order differed
+    assert order.reordered_blocks() == list(range(0, 60, 4))  # completion order differed
 
 
 def test_then_may_yield_several_outputs_or_none():
@@ -243,13 +262,14 @@ def test_in_flight_work_is_bounded_by_the_window():
     max_running = 0
     lock = threading.Lock()
     submitted = delivered = max_in_flight = 0
+    full = threading.Event()
 
     def work(n):
         nonlocal running, max_running
         with lock:
             running += 1
             max_running = max(max_running, running)
-        time.sleep(0.02)
+        full.wait(10)  # held until the window is full: the pool must then stop taking more
         with lock:
             running -= 1
         return n
@@ -261,6 +281,8 @@ def test_in_flight_work_is_bounded_by_the_window():
             pool.submit(work, n, then=lambda r: [r])
             submitted += 1
             max_in_flight = max(max_in_flight, submitted - delivered)
+            if submitted - delivered == window:
+                full.set()
             for (out,) in pool.ready():
                 outputs.append(out)
                 delivered += 1
@@ -344,12 +366,29 @@ def test_status_lines_to_a_given_stream(keep_root_logger):
     assert command.unexpected_errors(context) == 0
 
 
+class WatchedStream(io.StringIO):
+    """A stream that says when a line matching ``pattern`` has been written to it."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern, re.M)
+        self.seen = threading.Event()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.pattern.search(self.getvalue()):
+            self.seen.set()
+        return written
+
+
 def test_status_lines_while_running(keep_root_logger):
+    stream = WatchedStream(r"^\[\d\d:\d\d:\d\d\] \+ slow in=\d")
+
     def slow(n):
-        time.sleep(0.2)
+        # running until a status line has shown it running (bonobo ticks on its own clock)
+        assert stream.seen.wait(10), "no status line while the node was running"
         yield n
 
-    stream = io.StringIO()
     graph = bonobo.Graph(extract, slow)
     bonobo.run(
         graph,
@@ -384,15 +423,15 @@ def test_run_prints_status_lines_when_stdout_is_not_a_tty(capsys, keep_root_logg
 
 
 def test_pooled_node_sends_everything_in_order(keep_root_logger):
-    rng = random.Random(3)
-    delays = {n: rng.uniform(0, 0.01) for n in range(40)}
+    order = OutOfOrder(40)
     collected = []
 
     def numbers():
         yield from range(40)
 
     def slow_square(n):
-        time.sleep(delays[n])
+        order.start(n)
+        order.end(n)
         return n * n
 
     workers = WorkerPool(4)
@@ -416,6 +455,7 @@ def test_pooled_node_sends_everything_in_order(keep_root_logger):
     workers.shutdown()
     # what was still in flight when the input ended was drained and sent before the end
     assert collected == [n * n for n in range(40)]
+    assert order.reordered_blocks() == list(range(0, 40, 4))  # (finished out of order)
     assert "- squares in=40 out=40 [done]" in stream.getvalue().splitlines()
     assert command.unexpected_errors(context) == 0
 
@@ -462,17 +502,27 @@ def test_lazy_services_let_bugs_through():
 def test_bounded_input_holds_a_fast_producer_back():
     """A slow node with a small input queue keeps its producer at most that far ahead."""
     produced, consumed, ahead = [0], [0], []
+    moved = threading.Condition()
+    deadline = time.monotonic() + 30  # a guard against a hang, not a speed target
 
     def produce():
         for n in range(60):
-            produced[0] += 1
-            ahead.append(produced[0] - consumed[0])
+            with moved:
+                produced[0] += 1
+                ahead.append(produced[0] - consumed[0])
+                moved.notify_all()
             yield (n,)
 
     @pools.bounded_input(4)
     def consume(n):
-        time.sleep(0.002)
-        consumed[0] += 1
+        # slower than its producer: each item waits until the producer is as far ahead as
+        # the bound lets it be (or done)
+        with moved:
+            moved.wait_for(
+                lambda: produced[0] - consumed[0] >= 5 or produced[0] == 60,
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+            consumed[0] += 1
         yield (n,)
 
     graph = bonobo.Graph()
@@ -480,19 +530,35 @@ def test_bounded_input_holds_a_fast_producer_back():
     context = command.run(graph, {}, progress_seconds=60)
     assert context is not None and consumed[0] == 60
     # The queue holds 4; the consumer holds one more; the producer has one in hand.
-    assert max(ahead) <= 4 + 2
+    assert 5 <= max(ahead) <= 4 + 2
 
 
-def test_prompt_input_waits_for_an_item_instead_of_polling():
-    """bonobo's nodes ask with timeout=0; the prompt queue waits for the next item."""
+def test_prompt_input_waits_for_an_item_instead_of_polling(monkeypatch):
+    """bonobo's nodes ask with timeout=0; the prompt queue waits for the next item: the item
+    is put only once the node is asking (an event, not a delay)."""
+    import queue as queues
+
     from bonobo.constants import BEGIN
 
     from warehouse.runtime.strategy import PromptInput
 
+    asking, asked = threading.Event(), []
+    queue_get = queues.Queue.get
+
+    def watched_get(self, block=True, timeout=None):
+        if self is queue:  # (other queues of the process are left alone)
+            asked.append((block, timeout))
+            asking.set()
+        return queue_get(self, block, timeout)
+
     queue = PromptInput()
+    monkeypatch.setattr(queues.Queue, "get", watched_get)
     queue.put(BEGIN)
-    threading.Timer(0.05, queue.put, args=(("late",),)).start()
+    putter = threading.Thread(target=lambda: asking.wait(10) and queue.put(("late",)))
+    putter.start()
     assert queue.get(timeout=0) == ("late",)
+    putter.join()
+    assert asked == [(True, PromptInput.WAIT)] and PromptInput.WAIT > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,18 +581,20 @@ class RecordingState:
 def test_a_failing_item_is_reported_and_every_other_one_still_arrives(keep_root_logger):
     """Failures in the work (mid-stream: ready(); the last item: the final drain), in ``then``
     and in the node body, with many items in flight: each is reported against its item."""
-    rng = random.Random(11)
-    delays = {n: rng.uniform(0, 0.005) for n in range(200)}
+    order = OutOfOrder(200)
     collected = []
 
     def numbers():
         yield from (SimpleNamespace(key=f"item-{n}", n=n) for n in range(200))
 
     def slow(item):
-        time.sleep(delays[item.n])
-        if item.n in (37, 199):
-            raise RuntimeError(f"worker broke on {item.n}")
-        return item.n
+        order.start(item.n)  # (150 never starts: 148 waits for 151)
+        try:
+            if item.n in (37, 199):
+                raise RuntimeError(f"worker broke on {item.n}")
+            return item.n
+        finally:
+            order.end(item.n)
 
     def then(n):
         if n == 100:
@@ -555,6 +623,7 @@ def test_a_failing_item_is_reported_and_every_other_one_still_arrives(keep_root_
         strategy=StartedThreadPoolStrategy(),
     )
     workers.shutdown()
+    assert order.reordered_blocks() == list(range(0, 200, 4))  # (finished out of order)
     failed = {37, 100, 150, 199}
     assert collected == [n for n in range(200) if n not in failed]
     problems = {p["key"]: (p["reason"], p["detail"]) for p in state.report.problems}
@@ -590,11 +659,11 @@ def test_a_failure_in_the_final_drain_does_not_lose_what_is_behind_it(keep_root_
     @pooled
     def node(pool, item, state):
         pool.submit(held, item, then=lambda n: [n])
-        if item.n == 29:
-            threading.Timer(0.05, release.set).start()
         for output in pool.ready():
             handed_out_before_the_end.append(output)
             yield output
+        if item.n == 29:
+            release.set()  # the node asks for no more outputs: what is left, the drain sends
 
     def sink(n):
         collected.append(n)

@@ -237,14 +237,20 @@ def test_renewal_thread_keeps_renewing_until_stopped(store):
     clock = FakeClock()
     lease = RunLease(store, "run-a", ttl_seconds=60, renew_every=0.02, clock=clock)
     lease.acquire()
+    before = set(threading.enumerate())
     lease.start_renewing()
+    (renewer,) = [t for t in set(threading.enumerate()) - before if t.name == "lease-renewal"]
     clock.advance(30)
     assert wait_for(lambda: lease_on(store).expires == T0 + dt.timedelta(seconds=90))
     assert wait_for(lambda: lease.requests["PUT"] >= 4)
     lease.stop()
+    # none happens once stopped: the renewal thread has ended (nothing is left to renew)
+    assert not renewer.is_alive()
     puts = lease.requests["PUT"]
-    time.sleep(0.1)  # five renewal periods: none happens once stopped
-    assert lease.requests["PUT"] == puts
+    clock.advance(30)
+    assert lease.requests["PUT"] == puts and lease_on(store).expires == T0 + dt.timedelta(
+        seconds=90
+    )
     assert lease.held and lease.lost is None
 
 

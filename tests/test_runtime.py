@@ -149,17 +149,15 @@ def test_the_store_probe_gives_up_within_seconds():
 def test_an_unreachable_endpoint_is_said_at_once_not_after_the_retries(graph, silent_endpoint):
     """An endpoint that accepts connections and never answers: one request (the probe, whose
     read timeout is 2 s), a clear message, exit 2; without the probe the run would sit through
-    the SDK's retries (10 attempts of up to 60 s) before saying anything."""
-    import time
-
+    the SDK's retries (10 attempts of up to 60 s) before saying anything. (One connection, no
+    retry: the behaviour; the probe's timeouts: `test_the_store_probe_gives_up_within_seconds`.)
+    """
     url, connections = silent_endpoint
     env = builders.graph_env(WAREHOUSE_BUCKET="warehouse", AWS_ENDPOINT_URL=url)
-    started = time.monotonic()
     result = builders.python_m(graph, env=env)
     assert result.returncode == 2, result.stderr
     assert "cannot reach the S3 endpoint" in result.stderr
     assert len(connections) == 1  # one attempt, no retry
-    assert time.monotonic() - started < 30  # far below any retry of the run's own client
 
 
 def test_a_closed_port_is_reported_at_once():

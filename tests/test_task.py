@@ -219,7 +219,7 @@ def test_command_line_in_a_subprocess_against_moto_server(env, tmp_path, moto_se
 def test_sigterm_is_forwarded_to_the_graph(env, tmp_path):
     ready = tmp_path / "ready"
     env.setenv("FAKE_GRAPH_READY_FILE", str(ready))
-    env.setenv("FAKE_GRAPH_SLEEP", "30")
+    env.setenv("FAKE_GRAPH_UNTIL_SIGNALLED", "15")  # (a guard: the test waits 20 s at most)
     wrapper = subprocess.Popen(
         [sys.executable, "-m", "warehouse.task", "tests.fake_graph"],
         stderr=subprocess.PIPE,

@@ -11,7 +11,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -302,8 +301,9 @@ def test_rerun_reads_an_unfiled_input_again_when_it_or_its_reason_changes(local_
     unknown_site = "raw-unknown/2021-01-05/data/Covid5_data.json"
     # The orphan's patient arrives, the garbage file is replaced, Covid5's site is configured.
     local_store.write("raw-split/2021-04-01/data/Covid999_data.json", clinical("Covid999", SPLIT))
-    time.sleep(0.01)
-    local_store.write(garbage, b"still not an image, but a different one")
+    replaced = b"still not an image, but a different one"
+    assert len(replaced) != len(files[garbage])  # changed by its size, whatever its time
+    local_store.write(garbage, replaced)
     config = json.loads(files["config.json"])
     config["sites"]["training"].append(UNKNOWN)
     local_store.write("config.json", json.dumps(config).encode())
