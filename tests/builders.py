@@ -61,12 +61,12 @@ def put_tree(storage: Storage, files: dict[str, bytes]) -> None:
 
 
 def snapshot(storage: Storage, prefix: str = "") -> dict[str, bytes]:
-    """Every object under ``prefix`` (run records excluded: reports, feedback files and
-    catalogue parts, which are named by the run's time), key -> content."""
+    """Every object under ``prefix`` (run records excluded: reports, feedback files, catalogue
+    parts and the run's state, which are named by or hold the run's time), key -> content."""
     return {
         info.key: storage.read(info.key)
         for info in storage.list(prefix)
-        if not info.key.startswith(("reports/", "feedback/", "catalogue/"))
+        if not info.key.startswith(("reports/", "feedback/", "catalogue/", "state/"))
     }
 
 
@@ -199,3 +199,13 @@ def rows_table(rows):
     for row in rows:
         buffer.add(row)
     return buffer.table()
+
+
+#: The product's own objects a run reads besides its inputs (config, state, reports).
+_RUN_STATE = ("config.json", "reports/", "state/", "catalogue/")
+
+
+def input_reads(keys) -> list[str]:
+    """The keys of ``keys`` that are inputs or filed objects (raw or warehouse side), not the
+    product's own state a run reads (config, last report, folder state, catalogue), sorted."""
+    return sorted(k for k in keys if not k.startswith(_RUN_STATE))

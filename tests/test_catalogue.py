@@ -30,7 +30,7 @@ from warehouse.catalogue.rows import (
     part_key,
     read_part,
 )
-from warehouse.catalogue.run import catalogue_cutoff, combined_catalogue
+from warehouse.catalogue.run import combined_catalogue
 from warehouse.core.keys import parse_image_key
 from warehouse.dicom.reader import parse_header
 from warehouse.dicom.values import dicom_age_years
@@ -402,139 +402,74 @@ def _raw_of(storage) -> dict[str, str]:
     }
 
 
-def test_a_run_stopped_before_its_part_is_listed_by_the_next(store):
+def test_a_run_stopped_before_its_part_is_filed_again_by_the_next(store):
+    """What a run stopped before its last part filed is in no part: the next run, whose raw
+    listing shows those raw files unknown to the catalogue, files them again (the same
+    objects, written again) and lists them, each once, with their raw keys."""
     builders.put_tree(store, _tree(images=12))
     assert builders.run_loader(store, workers=4)[0] == 0
     first = part_keys(store)
-    times = {i.key: i.last_modified for i in store.list("")}
-    builders.age_objects(store, 2)  # S3 lists whole seconds: the next run's objects come later
-    assert {i.key: i.last_modified for i in store.list("")} == {
-        key: time - dt.timedelta(seconds=2) for key, time in times.items()
-    }
     # A run files 12 more images and stops before its part (and, for three images, before
     # their metadata files): what a kill at that moment leaves.
     builders.put_tree(store, _tree(images=12, date="2021-02-01", first=12))
     assert builders.run_loader(store, workers=4)[0] == 0
     (stopped,) = [k for k in part_keys(store) if k not in first]
-    stopped_rows = read_part(store.read(stopped)).to_pylist()
     store_delete(store, stopped)
     listed = {r["metadata_key"] for r in part_rows(store)}
     unwritten = sorted(set(_all_metadata(store)) - listed)[:3]
     for key in unwritten:
         store_delete(store, key)
-    # Images whose objects were all written are found in no part: their raw key and upload
-    # date are unknown (no guess); the three read again are known from their raw files.
-    orphans = {r["warehouse_key"] for r in stopped_rows if r["metadata_key"] not in unwritten}
-    assert len(orphans) == 9
-    # the next run (with new uploads too) lists all of them, each once
+    copies = {i.key: store.read(i.key) for i in store.list("") if layout_of(i.key)}
+    # the next run (with new uploads too) files all of them again and lists them, each once
     builders.put_tree(store, _tree(images=6, date="2021-03-01", first=24))
     code, state = builders.run_loader(store, workers=4)
     assert code == 0
-    assert state.report.counts["metadata files written"] == 3 + 6
+    assert state.report.counts["metadata files written"] == 12 + 6
+    assert state.report.counts["images copied"] == 12 + 6
+    assert all(store.read(key) == data for key, data in copies.items())
     rows = part_rows(store)
     keys = [r["warehouse_key"] for r in rows]
     assert len(keys) == len(set(keys)) == 30
-    raw_of = {key: raw for key, raw in _raw_of(store).items() if key not in orphans}
-    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, raw_of)
+    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, _raw_of(store))
 
 
 def _latest(storage) -> dict:
     return json.loads(storage.read("reports/warehouseloader/latest.json"))
 
 
-def test_each_run_records_its_catalogue_and_a_part_comes_after_its_images(store):
+def test_each_run_records_its_catalogue_parts(store):
     builders.put_tree(store, _tree(images=6))
     assert builders.run_loader(store, workers=4)[0] == 0
     (part,) = part_keys(store)
-    record = _latest(store)["catalogue"]
-    assert record == {"cutoff": None, "listed_until": None, "complete": True, "parts": [part]}
-    listed = {i.key: i.last_modified for i in store.list("")}
-    images = [t for k, t in listed.items() if layout_of(k) is not None]
-    assert len(images) == 6 and listed[part] > max(images)  # (S3 lists whole seconds)
+    assert _latest(store)["catalogue"] == {"complete": True, "parts": [part]}
     builders.put_tree(store, _tree(images=3, date="2021-02-01", first=6))
     assert builders.run_loader(store, workers=4)[0] == 0
     record = _latest(store)["catalogue"]
-    assert dt.datetime.fromisoformat(record["cutoff"]) == listed[part]
     assert record["complete"] and len(record["parts"]) == 1 and record["parts"][0] != part
-
-
-def test_cutoff_from_the_last_report():
-    t = [dt.datetime(2026, 1, 1, 0, 0, n, tzinfo=dt.UTC) for n in range(4)]
-    parts = {"catalogue/images/a.parquet": t[1], "catalogue/images/b.parquet": t[2]}
-    both = ["catalogue/images/a.parquet", "catalogue/images/b.parquet"]
-
-    def record(**catalogue):
-        return {"problems": [], "catalogue": catalogue}
-
-    assert catalogue_cutoff(None, parts) == (None, frozenset())
-    assert catalogue_cutoff({"problems": []}, parts) == (None, frozenset())
-    complete = record(cutoff=t[0].isoformat(), complete=True, parts=both)
-    assert catalogue_cutoff(complete, parts) == (t[2], frozenset(both))
-    # an incomplete catalogue, or one of its parts gone: the cutoff that run used
-    incomplete = record(cutoff=t[0].isoformat(), complete=False, parts=both)
-    assert catalogue_cutoff(incomplete, parts) == (t[0], frozenset())
-    assert catalogue_cutoff(complete, {both[0]: t[1]}) == (t[0], frozenset())
-    nothing = record(cutoff=t[0].isoformat(), complete=True, parts=[])
-    assert catalogue_cutoff(nothing, parts) == (t[0], frozenset())
-    listed = record(cutoff=None, listed_until=t[3].isoformat(), complete=True, parts=[])
-    assert catalogue_cutoff(listed, parts) == (t[3], frozenset())
-    listed["catalogue"]["complete"] = False  # (then what it listed is not all in parts)
-    assert catalogue_cutoff(listed, parts) == (None, frozenset())
-    for broken in (
-        record(cutoff="yesterday", complete=True, parts=both),
-        record(cutoff="2026-01-01T00:00:00", complete=True, parts=both),  # no time zone
-        record(cutoff=None, complete=True, parts="catalogue/images/a.parquet"),
-        {"problems": [], "catalogue": []},
-    ):
-        assert catalogue_cutoff(broken, parts) == (None, frozenset())
+    assert builders.run_loader(store, workers=4)[0] == 0  # nothing new: no part
+    assert _latest(store)["catalogue"] == {"complete": True, "parts": []}
 
 
 def test_a_sharded_runs_catalogue_record_is_complete_only_with_every_part():
-    clinical_part = {
-        "phase": "clinical",
-        "catalogue": {"cutoff": "C", "listed_until": "L", "complete": True, "parts": ["p0"]},
-    }
-    shard = {"phase": "images", "catalogue": {"cutoff": None, "complete": True, "parts": ["p1"]}}
-    empty = {"phase": "images", "catalogue": {"cutoff": None, "complete": True, "parts": []}}
+    clinical_part = {"phase": "clinical", "catalogue": {"complete": True, "parts": ["p0"]}}
+    shard = {"phase": "images", "catalogue": {"complete": True, "parts": ["p1"]}}
+    empty = {"phase": "images", "catalogue": {"complete": True, "parts": []}}
     assert combined_catalogue([clinical_part, shard, empty]) == {
-        "cutoff": "C",
-        "listed_until": "L",
         "complete": True,
         "parts": ["p0", "p1"],
     }
-    missing = combined_catalogue([clinical_part, shard, None])
-    assert missing["complete"] is False and missing["listed_until"] is None
-    stopped = {"phase": "images", "catalogue": {"cutoff": None, "complete": False, "parts": []}}
+    assert combined_catalogue([clinical_part, shard, None])["complete"] is False
+    stopped = {"phase": "images", "catalogue": {"complete": False, "parts": []}}
     assert combined_catalogue([clinical_part, stopped])["complete"] is False
-    assert combined_catalogue([None, shard]) == {
-        "cutoff": None,
-        "listed_until": None,
-        "complete": False,
-        "parts": ["p1"],
-    }
-
-
-def test_a_run_that_files_nothing_moves_the_cutoff_to_what_it_listed(store):
-    """A complete run that writes no part still says up to when every image is in a part: the
-    next run does not read every part again."""
-    builders.put_tree(store, _tree(images=6))
-    assert builders.run_loader(store, workers=4)[0] == 0
-    report = _latest(store)
-    report["catalogue"] = {"cutoff": None, "complete": False, "parts": []}  # (an older run's)
-    store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
-    assert builders.run_loader(store, workers=4)[0] == 0  # checks all: every image is in a part
-    record = _latest(store)["catalogue"]
-    images = [i.last_modified for i in store.list("") if layout_of(i.key) is not None]
-    assert record["complete"] and record["parts"] == [] and record["cutoff"] is None
-    assert dt.datetime.fromisoformat(record["listed_until"]) >= max(images)
-    parts = {k: i.last_modified for k in part_keys(store) for i in store.list(k)}
-    assert catalogue_cutoff(_latest(store), parts)[0] >= max(images)
+    assert combined_catalogue([None, shard]) == {"complete": False, "parts": ["p1"]}
 
 
 @pytest.mark.parametrize("before", ["stopped run", "no catalogue"])
 def test_an_image_in_no_part_is_catalogued_and_known_to_the_duplicate_rule(store, before):
-    """Images filed by a run stopped before its part, or before the catalogue existed: the
-    next run lists them in its part, and a later copy of one is a duplicate."""
+    """Images filed by a run stopped before its part (filed again by the next run, which sees
+    their raw files unknown to the catalogue), or before the catalogue existed (the warehouse's
+    first run looks at everything: their headers are read, their raw keys unknown): the next
+    run lists them in its part, and a later copy of one is a duplicate."""
     builders.put_tree(store, _tree(images=6))
     assert builders.run_loader(store, workers=4)[0] == 0
     builders.put_tree(store, _tree(images=6, date="2021-02-01", first=6))
@@ -543,6 +478,7 @@ def test_an_image_in_no_part_is_catalogued_and_known_to_the_duplicate_rule(store
     orphans = {r["warehouse_key"] for r in read_part(store.read(parts[-1])).to_pylist()}
     if before == "stopped run":
         store_delete(store, parts[-1])  # what a stop before the part leaves
+        orphans = set()  # (filed again from their raw files)
     else:
         orphans |= {r["warehouse_key"] for r in read_part(store.read(parts[0])).to_pylist()}
         for key in parts:
@@ -550,6 +486,7 @@ def test_an_image_in_no_part_is_catalogued_and_known_to_the_duplicate_rule(store
         report = _latest(store)
         del report["catalogue"]  # a report of a version before the catalogue
         store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
+        store_delete(store, "state/raw-folders.json")  # (nor the folder state)
     name = image("Covid3", "DX", "s2", "r1", 8)[0]  # one of the second run's images
     (orphan,) = [k for k in _raw_of(store) if k.endswith("/" + name)]
     store.write("raw-a/2021-03-01/images/again.dcm", store.read(orphan))
@@ -563,7 +500,7 @@ def test_an_image_in_no_part_is_catalogued_and_known_to_the_duplicate_rule(store
     # (no guess of where an image in no part came from: its raw key is unknown)
     raw_of = {key: raw for key, raw in _raw_of(store).items() if key not in orphans}
     assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, raw_of)
-    # the record is complete again: the next run checks nothing
+    # the record is complete again: the next run files nothing
     code, state = builders.run_loader(store, workers=4)
     assert code == 0 and _latest(store)["catalogue"]["complete"]
     assert len(part_rows(store)) == 12
@@ -593,20 +530,12 @@ def test_sigkilled_run_then_rerun_lists_every_image_once(tmp_path):
     builders.kill_loader_when(storage.root, lambda: len(_all_metadata(storage)) >= 40)
     assert len(part_keys(storage)) == 1
     assert 12 < len(_all_metadata(storage)) < 132
-    # what the killed run filed whole (image and metadata) is in no part: its raw key unknown
-    listed = {i.key for i in storage.list("")}
-    first = {r["warehouse_key"] for r in part_rows(storage)}
-    orphans = {
-        key
-        for key in listed
-        if (where := layout_of(key)) and where["metadata_key"] in listed and key not in first
-    }
+    # what the killed run filed is in no part: the rerun files it again from its raw files
     assert builders.run_loader(storage, workers=4)[0] == 0
     rows = part_rows(storage)
     keys = [r["warehouse_key"] for r in rows]
     assert len(keys) == len(set(keys)) == 132
-    raw_of = {key: raw for key, raw in _raw_of(storage).items() if key not in orphans}
-    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(storage, raw_of)
+    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(storage, _raw_of(storage))
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def new_state(store: LocalStorage, warehouse: dict[str, bytes] | None = None, **
         report=RunReport("warehouseloader"),
         config=parse_config(config_bytes(**config)),
     )
-    state.index = state.catalogue.index_warehouse(store, 1)
+    state.index = index_warehouse(store, 1, clinical_only=True)
+    state.catalogue.load(store)
     state.groups = PatientGroups(state.index.groups, conflicted=state.index.conflicts)
     return state
 
@@ -276,16 +277,23 @@ def test_an_image_goes_to_its_patients_group_with_a_copy_and_a_metadata_task(sto
     assert row["SOPInstanceUID"] == header.dataset.SOPInstanceUID
 
 
-def test_an_image_filed_already_is_counted_and_only_missing_objects_are_tasks(store):
+def test_an_image_the_catalogue_lists_is_counted_and_one_it_does_not_is_written_again(store):
+    """What is filed is the catalogue's word (a part is written once both objects are): an
+    image a killed run copied but no part lists is written again, whole (idempotent)."""
     read, data = image_read("raw-a", "Covid11")
     image_key, metadata_key = image_keys("training", read)
     both = {"training/data/Covid11/data_2021-01-01.json": b"{}", image_key: data}
     state = new_state(store, both)
-    assert [t.target for t in file_image(state, read)] == [metadata_key]  # the copy exists
-    state = new_state(store, {metadata_key: b"{}"})
-    assert file_image(state, read) == []
-    assert state.report.counts["images already filed"] == 1
-    assert state.report.problems == []
+    assert [t.target for t in file_image(state, read)] == [image_key, metadata_key]
+    for target in (image_key, metadata_key):
+        state.catalogue.written(target)
+    state.report.listed = True
+    state.catalogue.publish(store, state.settings)
+    later = new_state(store)
+    assert file_image(later, read) == []
+    assert later.report.counts["images already filed"] == 1
+    assert later.report.problems == []
+    assert later.settled == {read[0].key: (read[0].size, read[0].payload.modified)}
 
 
 def test_the_same_instance_again_is_a_duplicate_or_a_conflicting_duplicate(store):

@@ -215,7 +215,7 @@ def test_pending_images(store):
     ]:
         index.add(key)
     listing = list_raw(store, ("raw-a",))
-    result = [(raw.key, size) for raw, size in pending_images(listing, index)]
+    result = [(raw.key, size) for raw, size in pending_images(listing, index, lambda raw, size: False)]
     assert result == [
         ("raw-a/2021-01-04/images/done.dcm", None),
         ("raw-a/2021-01-04/images/new.dcm", 2),
@@ -230,7 +230,7 @@ def test_pending_images(store):
 def test_pending_images_with_an_empty_warehouse(store):
     put(store, "raw-a/2021-01-04/images/a.dcm", "raw-a/2021-01-04/images/b.dcm")
     listing = list_raw(store, ("raw-a",))
-    pending = list(pending_images(listing, WarehouseIndex()))
+    pending = list(pending_images(listing, WarehouseIndex(), lambda raw, size: False))
     assert [(raw.name, size) for raw, size in pending] == [("a.dcm", 2), ("b.dcm", 2)]
 
 

@@ -75,13 +75,14 @@ def test_a_report_with_a_time_that_is_not_a_time_is_refused(store):
 
 
 def test_provenance_is_never_borrowed_from_a_file_of_the_same_name_and_size(store):
-    """A stopped run's images (in no part) and a backfill get no raw key from a guess: a
-    zero-filled file of the same name and size under another prefix is not their source."""
+    """Images in no part and a backfill get no raw key from a guess: a zero-filled file of the
+    same name and size under another prefix is never their source."""
     files = _tree(images=4)
     files["config.json"] = builders.config(["raw-a", "raw-aaa"], split=[SPLIT])
     builders.put_tree(store, files)
     assert builders.run_loader(store, workers=4)[0] == 0
     rows = part_rows(store)
+    source = {r["warehouse_key"]: r["raw_key"] for r in rows}
     for row in rows:  # a decoy before the true source in key order
         name = row["warehouse_key"].rsplit("/", 1)[1]
         store.write(f"raw-aaa/1999-01-01/images/{name}", bytes(row["object_size"]))
@@ -90,6 +91,15 @@ def test_provenance_is_never_borrowed_from_a_file_of_the_same_name_and_size(stor
     report = json.loads(store.read(LATEST))
     del report["catalogue"]
     store.write(LATEST, json.dumps(report).encode())
+    # a daily run files the images again from their own raw files: their true sources
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0
+    assert {r["warehouse_key"]: r["raw_key"] for r in part_rows(store)} == source
+    # a warehouse's first run (no folder state, no part) reads the filed images' headers:
+    # their raw keys unknown, never the decoy's
+    for key in part_keys(store):
+        store_delete(store, key)
+    store_delete(store, "state/raw-folders.json")
     code, state = builders.run_loader(store, workers=4)
     assert code == 0
     relisted = part_rows(store)

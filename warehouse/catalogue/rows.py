@@ -340,6 +340,12 @@ class RowBuffer:
         self._flush()
         return pa.Table.from_batches(self._batches, schema=SCHEMA)
 
+    def take(self) -> pa.Table:
+        """Every row so far, as a table of `SCHEMA`; the buffer is then empty."""
+        table = self.table()
+        self._batches, self._count = [], 0
+        return table
+
 
 def part_bytes(table: pa.Table) -> bytes:
     """A part's content: ``table`` as Parquet (zstd), rows sorted by warehouse key."""

@@ -219,6 +219,9 @@ class Settings:
         ``"images"``; see `warehouse.loader.shards`).
     run_id : str or None
         ``WAREHOUSE_RUN_ID``: the identifier a sharded run's processes share.
+    reconcile : bool
+        ``WAREHOUSE_RECONCILE``: look at everything (both sides listed in full, the catalogue
+        checked against the warehouse), not only at what can be new (a weekly run).
     """
 
     bucket: str
@@ -232,6 +235,7 @@ class Settings:
     processes: int = 1
     phase: str = "all"
     run_id: str | None = None
+    reconcile: bool = False
 
 
 def _byte_limit(env, name: str, default: int) -> int:
@@ -399,6 +403,7 @@ def settings_from_env(environ: dict | None = None) -> Settings:
             "file:///path/to/directory (BUCKET_NAME is accepted too)"
         )
     dry_run = parse_bool(env.get("DRY_RUN", "false"), "DRY_RUN")
+    reconcile = parse_bool(env.get("WAREHOUSE_RECONCILE", "false"), "WAREHOUSE_RECONCILE")
     workers_text = env.get("WAREHOUSE_WORKERS", str(DEFAULT_WORKERS)).strip()
     workers = _whole_number(workers_text)
     if workers is None or not 1 <= workers <= 512:
@@ -434,6 +439,7 @@ def settings_from_env(environ: dict | None = None) -> Settings:
         processes=processes,
         phase=phase,
         run_id=run_id,
+        reconcile=reconcile,
     )
 
 

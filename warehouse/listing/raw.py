@@ -7,7 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from warehouse.core.keys import (
@@ -75,6 +76,11 @@ class RawListing:
         files nor images; to be reported with ``Reason.SYMLINK``.
     refused : list
         `RawRefusal` of every key refused whatever its place (`raw_refusal`), by key.
+    folders : dict
+        Raw prefix -> the names of its first-level folders (upload folders), all of them.
+    listed : dict
+        Raw prefix -> the names of the folders whose contents were listed (all of them, or
+        those `open_folder` chose).
     """
 
     clinical: list[tuple[RawKey, int]] = field(default_factory=list)
@@ -83,6 +89,37 @@ class RawListing:
     unconfigured: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     refused: list[RawRefusal] = field(default_factory=list)
+    folders: dict[str, list[str]] = field(default_factory=dict, compare=False)
+    listed: dict[str, list[str]] = field(default_factory=dict, compare=False)
+
+    def add(self, info: ObjectInfo, now: dt.datetime) -> None:
+        """Classify one listed object under a configured prefix."""
+        if info.link:  # a linked prefix, folder or file: reported, never followed
+            self.links.append(info.key)
+            return
+        refusal = raw_refusal(info, now)
+        if refusal is not None:
+            self.refused.append(refusal)
+            return
+        prefix = info.key.split("/", 1)[0]
+        raw = parse_raw_key(info.key, prefix)
+        if raw.kind != "other":
+            raw = replace(raw, modified=info.last_modified.isoformat())
+        if raw.kind == "clinical":
+            self.clinical.append((raw, info.size))
+        elif raw.kind == "image":
+            self.images.append((raw, info.size))
+        else:
+            self.other.append(raw)
+
+    def sort(self) -> None:
+        """Put each list in its order: clinical files by upload date then key, the others by
+        key."""
+        self.clinical.sort(key=lambda item: (item[0].upload_date, item[0].key))
+        self.images.sort(key=lambda item: item[0].key)
+        self.other.sort(key=lambda raw: raw.key)
+        self.links.sort()
+        self.refused.sort(key=lambda refusal: refusal.key)
 
     def image_name_counts(self) -> Counter:
         """How many raw images share each file name."""
@@ -95,10 +132,14 @@ def list_raw(
     workers: int = 8,
     *,
     now: dt.datetime | None = None,
+    open_folder: Callable[[str, str], bool] | None = None,
 ) -> RawListing:
-    """List the configured raw prefixes once (in parallel, by upload folder) and classify keys.
+    """List the configured raw prefixes (in parallel, by upload folder) and classify keys.
 
-    Every listed key is in exactly one list of the result: nothing raw is left out unsaid.
+    Each prefix's first level is listed with a delimiter (its folders, one LIST a thousand
+    of them); then the contents of every folder, or only of those ``open_folder(prefix,
+    folder name)`` chooses (a daily run lists the folders that can still change). Every
+    listed key is in exactly one list of the result: nothing raw is left out unsaid.
 
     Parameters
     ----------
@@ -110,6 +151,8 @@ def list_raw(
         Parallel listings.
     now : datetime.datetime, optional
         The listing's time, for `raw_refusal` (the current time by default).
+    open_folder : callable, optional
+        Which folders to list the contents of (all by default).
     """
     now = now or dt.datetime.now(dt.UTC)
     listing = RawListing()
@@ -125,29 +168,28 @@ def list_raw(
         for info in root_objects
         if info.link and info.key.startswith(RAW_PREFIX_MARK) and info.key not in configured
     ]
-    for info in storage.list_many([f"{p}/" for p in prefixes], workers):
-        if info.link:  # a linked prefix, folder or file: reported, never followed
-            listing.links.append(info.key)
-            continue
-        refusal = raw_refusal(info, now)
-        if refusal is not None:
-            listing.refused.append(refusal)
-            continue
-        prefix = info.key.split("/", 1)[0]
-        raw = parse_raw_key(info.key, prefix)
-        if raw.kind != "other":
-            raw = replace(raw, modified=info.last_modified.isoformat())
-        if raw.kind == "clinical":
-            listing.clinical.append((raw, info.size))
-        elif raw.kind == "image":
-            listing.images.append((raw, info.size))
-        else:
-            listing.other.append(raw)
-    listing.clinical.sort(key=lambda item: (item[0].upload_date, item[0].key))
-    listing.images.sort(key=lambda item: item[0].key)
-    listing.other.sort(key=lambda raw: raw.key)
-    listing.links.sort()
-    listing.refused.sort(key=lambda refusal: refusal.key)
+    chosen: list[str] = []
+    with ThreadPoolExecutor(max(1, min(workers, len(prefixes) or 1)), "raw-folders") as pool:
+        for prefix, (folders, objects) in zip(
+            prefixes, pool.map(storage.list_folders, [f"{p}/" for p in prefixes]), strict=True
+        ):
+            for info in objects:  # objects at the prefix's top: never in the layout
+                listing.add(info, now)
+            names = [folder[len(prefix) + 1 :].rstrip("/") for folder in folders]
+            listing.folders[prefix] = names
+            listing.listed[prefix] = [
+                name for name in names if open_folder is None or open_folder(prefix, name)
+            ]
+            chosen += [f"{prefix}/{name}/" for name in listing.listed[prefix]]
+    if open_folder is None:
+        for info in storage.list_many(chosen, workers):
+            listing.add(info, now)
+    else:
+        with ThreadPoolExecutor(max(1, workers), "raw-list") as pool:
+            for infos in pool.map(lambda folder: list(storage.list(folder)), chosen):
+                for info in infos:
+                    listing.add(info, now)
+    listing.sort()
     return listing
 
 
@@ -159,32 +201,21 @@ def report_refused(listing: RawListing, report: RunReport) -> None:
         report.skip(refusal.key, refusal.reason, refusal.detail, stamp=stamp)
 
 
-def shared_names_filed(listing: RawListing, index: WarehouseIndex) -> list[tuple[RawKey, int]]:
-    """The raw images whose name another raw image shares and an image of that name is filed:
-    the only ones whose being filed their name cannot tell (`pending_images`)."""
-    shared = {name for name, n in listing.image_name_counts().items() if n > 1}
-    return [
-        (raw, size)
-        for raw, size in listing.images
-        if raw.name in shared and index.image_done(raw.name)
-    ]
-
-
 def pending_images(
-    listing: RawListing, index: WarehouseIndex, filed_sources: frozenset[str] = frozenset()
+    listing: RawListing, index: WarehouseIndex, is_filed: Callable[[RawKey, int], bool]
 ) -> Iterator[tuple[RawKey, int] | tuple[RawKey, None]]:
     """Split raw images into pending ones ``(raw, size)`` and filed ones ``(raw, None)``.
 
-    An image is filed when a warehouse image of its name and the metadata file of its stem both
-    exist. Names are compared without their folders (the target folder is only known from the
-    header), so when several raw images share a name, their names cannot tell: such an image
-    is filed when the catalogue names its raw key as the source of a filed image
-    (``filed_sources``, unchanged since), else it is processed and its full target keys decide.
-    A same-name upload elsewhere therefore never makes a filed image be read again.
+    An image is filed when ``is_filed(raw, size)`` says so (the catalogue names its raw key
+    as a filed image's source, of its size), or, when the warehouse side was listed in full
+    (``index`` has image names), when a warehouse image of its name and the metadata file of
+    its stem both exist and no other raw image shares its name (names are compared without
+    their folders; a shared name cannot tell, so such an image is processed and its full
+    target keys decide). A same-name upload elsewhere never makes a filed image be read again.
     """
     shared = {name for name, n in listing.image_name_counts().items() if n > 1}
     for raw, size in listing.images:
-        if raw.key in filed_sources or (raw.name not in shared and index.image_done(raw.name)):
+        if is_filed(raw, size) or (raw.name not in shared and index.image_done(raw.name)):
             yield raw, None
         else:
             yield raw, size

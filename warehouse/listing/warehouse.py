@@ -220,6 +220,19 @@ class WarehouseIndex:
         first = min((f.name for f in files), key=lambda name: (name.rsplit("_", 1)[-1], name))
         return patient_folder(group, pseudonym) + first
 
+    def patient_keys(self) -> list[str]:
+        """A clinical key of each group of every filed patient (its first one): what an image
+        shard needs of the warehouse's patients (`loader.shards.Handoff.warehouse_index`)."""
+        keys = []
+        for pseudonym, files in sorted(self.clinical_files.items()):
+            for group in sorted({f.group for f in files}):
+                first = min(
+                    (f for f in files if f.group == group),
+                    key=lambda f: (f.name.rsplit("_", 1)[-1], f.name),
+                )
+                keys.append(first.key(pseudonym))
+        return keys
+
     def stored_bytes(self) -> Iterator[tuple[str, int]]:
         """``(prefix, bytes)`` of every top folder (``training/ct/``) and of the objects at a
         group's top (``training/``), as `dashboard.tables.storage_by_prefix` sums keys."""
@@ -242,7 +255,9 @@ def _utc_date(value: dt.datetime) -> dt.date:
     return value.date()
 
 
-def index_warehouse(storage: Storage, workers: int = 8, *, observe=None) -> WarehouseIndex:
+def index_warehouse(
+    storage: Storage, workers: int = 8, *, observe=None, clinical_only: bool = False
+) -> WarehouseIndex:
     """List the warehouse side (``training/``, ``validation/``) once and index it.
 
     Parameters
@@ -252,8 +267,11 @@ def index_warehouse(storage: Storage, workers: int = 8, *, observe=None) -> Ware
     workers : int
         Parallel listings.
     observe : callable, optional
-        ``observe(info)`` sees every listed `ObjectInfo` too (the catalogue notes the images
-        a killed run filed, from the same listing).
+        ``observe(info)`` sees every listed `ObjectInfo` too.
+    clinical_only : bool
+        List only the patients' clinical folders (``<group>/data/``): the groups and the
+        clinical files filed, tens of pages at ten million objects (a daily run; what is filed
+        of images it takes from the catalogue).
 
     Raises
     ------
@@ -261,7 +279,8 @@ def index_warehouse(storage: Storage, workers: int = 8, *, observe=None) -> Ware
         If the listing fails.
     """
     index = WarehouseIndex()
-    for info in storage.list_many([f"{group}/" for group in GROUPS], workers):
+    prefixes = [f"{group}/data/" if clinical_only else f"{group}/" for group in GROUPS]
+    for info in storage.list_many(prefixes, workers):
         if observe is not None:
             observe(info)
         if info.link:

@@ -151,14 +151,15 @@ def file_image(
             header.dataset, where, size=task.size, raw_key=task.key, upload=raw.upload_date
         )
 
-    tasks = []
-    if not state.index.filed(image_key):
-        tasks.append(Task("copy", task.key, task.size, image_key, None))
-    if not state.index.filed(metadata_key):
-        tasks.append(Task("metadata", task.key, None, metadata_key, header.dataset))
-    if not tasks:
+    if catalogue.target_filed(image_key):
+        # filed from another raw file (the same name, patient, study and series): known from
+        # now on, so not read again while its folder is open
         report.count("images already filed", prefix=raw.prefix)
-        catalogue.already_filed(image_key, row)
-    else:
-        catalogue.expect(row(), [t.target for t in tasks])
+        state.settle(task)
+        return []
+    tasks = [
+        Task("copy", task.key, task.size, image_key, None),
+        Task("metadata", task.key, None, metadata_key, header.dataset),
+    ]
+    catalogue.expect(row(), [t.target for t in tasks])
     return tasks

@@ -1,18 +1,51 @@
-"""What one loader run looks at: the warehouse side, the raw prefixes and the last run's report,
-listed once (at the same time: they are independent), and its work planned from them."""
+"""What one loader run looks at, and its work planned from it.
+
+A **daily** run looks only at what can be new: the patients' clinical folders of the warehouse
+(``<group>/data/``: the groups and the clinical files filed, tens of pages at ten million
+objects), the catalogue's index and the parts newer than it (what is filed of images), the
+raw prefixes' upload folders that are not closed (`warehouse.listing.folders`), and the last
+run's report (the memo). Its cost follows the day's uploads, not the warehouse's size.
+
+A **full** run looks at everything, as a reconcile run does (``WAREHOUSE_RECONCILE``, weekly)
+and as the first run of a warehouse does (no folder state yet): both sides listed in full, the
+catalogue checked against the warehouse (filed images no part lists are catalogued; catalogued
+images no longer in the warehouse counted), every upload folder listed (a file added to a closed
+folder is found), every raw image checked against its filed copy.
+
+An **image shard** of a sharded run lists nothing: its clinical phase hands it the run's
+pending images and what the warehouse holds (`warehouse.loader.parts`).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from warehouse.catalogue.run import RAW_CHANGED, RAW_FILED
 from warehouse.core.config import IMAGE_PHASE
 from warehouse.core.errors import ExpectedError
 from warehouse.core.patients import PatientGroups
-from warehouse.listing.raw import list_raw, shared_names_filed
-from warehouse.loader.memo import load_previous_report, memo_of, problems_of, refused_claims
-from warehouse.loader.planning import plan_inputs
+from warehouse.core.reasons import Reason
+from warehouse.core.report import RunReport
+from warehouse.listing.folders import (
+    STATE_KEY,
+    FolderState,
+    InvalidFolderState,
+    load_state,
+)
+from warehouse.listing.raw import RawListing, list_raw
+from warehouse.listing.warehouse import WarehouseIndex, index_warehouse
+from warehouse.loader.memo import (
+    load_previous_report,
+    memo_of,
+    problems_of,
+    refused_claims,
+    still_holds,
+)
+from warehouse.loader.parts import load_pending
+from warehouse.loader.planning import ImageKnowledge, plan_inputs
 from warehouse.loader.shards import Handoff
 from warehouse.loader.state import FiledCentres, LoaderState
 from warehouse.loader.tasks import Task
@@ -23,87 +56,197 @@ run_logger = logging.getLogger("warehouseloader")
 
 
 def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Task]:
-    """List the warehouse side, the raw prefixes and the last run's report once (at the same
-    time: they are independent), set the run's groups and bindings from them, and yield its
-    work (`plan`: this process's share, all of it outside a sharded run): one clinical task per
-    new clinical file, then one image task per image not yet filed.
+    """Look at what the run must look at (all at once where independent), set the run's
+    groups and bindings from it, and yield its work (this process's share, all of it outside
+    a sharded run): one clinical task per new clinical file, then one image task per image not
+    yet filed.
 
     Raises
     ------
     ExpectedError
-        When a listing fails: the run is marked failed (nothing is planned from half a
-        listing).
+        When a listing or a read fails: the run is marked failed (nothing is planned from half
+        a listing).
     """
-    report, workers = state.report, state.settings.workers
+    if state.part is not None and state.part.phase == IMAGE_PHASE:
+        yield from _shard_inputs(storage, state)
+        return
+    report, settings = state.report, state.settings
+    state.catalogue.prepare(storage, settings)  # (where its parts go while the run files)
     try:
-        with ThreadPoolExecutor(3, thread_name_prefix="listing") as pool:
+        with ThreadPoolExecutor(4, thread_name_prefix="listing") as pool:
             last_run = pool.submit(load_previous_report, storage, graph, report)
-            # (the catalogue's cutoff for a stopped run's images is in the last report)
-            warehouse_side = pool.submit(
-                state.catalogue.index_warehouse,
-                storage,
-                workers,
-                last_run.result,
-                find_orphans=state.part is None or state.part.phase != IMAGE_PHASE,
+            known = pool.submit(state.catalogue.load, storage)
+            folders = pool.submit(_folder_state, storage, report)
+            previous = folders.result()
+            known.result()
+            # everything is looked at by a reconcile, by a warehouse's first run, and when the
+            # catalogue cannot vouch for what is filed (a part or its index is unreadable)
+            full = settings.reconcile or previous is None or bool(state.catalogue.invalid_parts)
+            warehouse = pool.submit(
+                index_warehouse, storage, settings.workers, clinical_only=not full
             )
-            raw_side = pool.submit(list_raw, storage, state.config.raw_prefixes, workers)
-            index, listing = warehouse_side.result(), raw_side.result()
+            index = warehouse.result()
             state.previous_problems = problems_of(last_run.result())
             memo = memo_of(state.previous_problems)
-            # (a raw image whose name others share is known filed by its raw key)
-            filed_sources = state.catalogue.filed_sources(shared_names_filed(listing, index))
+            now = dt.datetime.now(dt.UTC)
+            reopened = set() if full else _folders_to_read_again(state, memo, index, previous)
+            listing = list_raw(
+                storage,
+                state.config.raw_prefixes,
+                settings.workers,
+                now=now,
+                open_folder=None if full else _open_folders(previous, reopened),
+            )
+            if full:
+                _reconcile_catalogue(storage, state, index)
+            statuses = state.catalogue.raw_status(listing.images)
     except ExpectedError as exc:
         report.fail(str(exc))
         raise
     report.listed = True
+    state.mode = "full" if full else "daily"
     state.index = index
     state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
     state.filed_centres = FiledCentres(storage, index)
     state.refused_claims.update(refused_claims(memo))
+    state.folders = (previous or FolderState(), listing.listed, now)
+    if not full:
+        _carry_closed_problems(state, memo, index, listing)
+    knowledge = ImageKnowledge(
+        filed={
+            raw.key for (raw, _), s in zip(listing.images, statuses, strict=True) if s == RAW_FILED
+        },
+        changed={
+            raw.key
+            for (raw, _), s in zip(listing.images, statuses, strict=True)
+            if s == RAW_CHANGED
+        },
+        settled=(previous.settled if previous is not None else {}),
+        image_filed=state.catalogue.target_filed,
+    )
     run_logger.info(
-        "listed %d clinical files and %d images under %d raw prefixes; "
-        "the warehouse holds %d objects of %d patients",
+        "%s run: listed %d clinical files and %d images in %d of %d upload folders under %d raw "
+        "prefixes; the warehouse holds %d patients and the catalogue %d images",
+        state.mode,
         len(listing.clinical),
         len(listing.images),
+        sum(len(names) for names in listing.listed.values()),
+        sum(len(names) for names in listing.folders.values()),
         len(state.config.raw_prefixes),
-        index.objects,
         len(index.groups),
+        state.catalogue.images_known,
     )
-    clinical, images = plan(state, listing, index, memo, state.handoff, filed_sources)
-    state.progress.plan(len(clinical), len(images))
-    for raw, size in clinical:
-        yield Task("clinical", raw.key, size, None, raw)
-    for raw, size in images:
-        yield Task("image", raw.key, size, None, raw)
-
-
-def plan(state, listing, index, memo, handoff: Handoff | None, filed_sources=frozenset()):
-    """This process's share of the run's work (`planning.plan_inputs` for its part), with the
-    clinical phase's hand-off taken into the state of an image shard.
-
-    Returns
-    -------
-    tuple
-        ``(clinical, images)`` as `planning.plan_inputs` returns them.
-    """
-    if handoff is not None:
-        # The warehouse's groups win; the hand-off adds those whose copy failed.
-        state.groups = PatientGroups({**handoff.groups, **index.groups}, conflicted=index.conflicts)
-        state.refused_claims.update(
-            (prefix, pseudonym) for prefix, pseudonym in handoff.refused_claims
-        )
-        state.bound_centres.update(handoff.bound_centres)
-        state.filed_centres.seed(handoff.filed_centres)
     clinical, images = plan_inputs(
         listing,
         index,
         memo,
         state.config,
-        state.settings,
-        state.report,
+        settings,
+        report,
         part=state.part,
-        new_patients=set(handoff.new_patients) if handoff is not None else None,
-        filed_sources=filed_sources,
+        knowledge=knowledge,
     )
     state.new_patients.update(raw.pseudonym for raw, _ in clinical)
-    return clinical, images
+    state.pending_images = images
+    state.progress.plan(len(clinical), 0 if state.part is not None else len(images))
+    for raw, size in clinical:
+        yield Task("clinical", raw.key, size, None, raw)
+    if state.part is None:
+        for raw, size in images:
+            yield Task("image", raw.key, size, None, raw)
+
+
+def _folder_state(storage: Storage, report: RunReport) -> FolderState | None:
+    """The raw side's folder state; None (list every folder) when there is none or it cannot
+    be used (reported by name: the run is then incomplete)."""
+    try:
+        return load_state(storage)
+    except InvalidFolderState as exc:
+        report.skip(STATE_KEY, Reason.INVALID_REPORT, f"{exc}; every upload folder is listed")
+        report.fail(f"{STATE_KEY} cannot be used ({exc}): an operator should look at it")
+        return None
+
+
+def _open_folders(state: FolderState, reopened: set[tuple[str, str]]):
+    def open_folder(prefix: str, folder: str) -> bool:
+        return state.is_open(prefix, folder) or (prefix, folder) in reopened
+
+    return open_folder
+
+
+def _folder_of(key: str) -> tuple[str, str]:
+    prefix, _, rest = key.partition("/")
+    return prefix, rest.partition("/")[0]
+
+
+def _folders_to_read_again(
+    state: LoaderState, memo: dict[str, dict], index: WarehouseIndex, folders: FolderState
+) -> set[tuple[str, str]]:
+    """The closed folders that hold a remembered problem whose reason no longer holds (its
+    patient now has data, its site is now configured, ...): listed again, so the input is read
+    again with its current stamp."""
+    again = set()
+    for key, problem in memo.items():
+        prefix, folder = _folder_of(key)
+        if folders.is_open(prefix, folder):
+            continue
+        if not still_holds(
+            problem,
+            state.config,
+            index,
+            set(),
+            state.settings,
+            state.catalogue.target_filed,
+        ):
+            again.add((prefix, folder))
+    return again
+
+
+def _carry_closed_problems(
+    state: LoaderState, memo: dict[str, dict], index: WarehouseIndex, listing: RawListing
+) -> None:
+    """The remembered problems of closed folders (not listed): still true, so reported again
+    (the memo keeps every unfiled input, listed or not)."""
+    listed = {(prefix, name) for prefix, names in listing.listed.items() for name in names}
+    for key, problem in sorted(memo.items()):
+        if _folder_of(key) not in listed and key.split("/", 1)[0] in listing.folders:
+            state.report.skip_again(problem)
+
+
+def _reconcile_catalogue(storage: Storage, state: LoaderState, index: WarehouseIndex) -> None:
+    """A full run's check of the catalogue against the warehouse it listed: the filed images
+    no part lists are catalogued (their headers read), the catalogued images no longer in the
+    warehouse counted (the next index leaves them out)."""
+    filed = index.filed_images()
+    state.catalogue.recover_unknown_images(storage, filed)
+    gone = state.catalogue.images_known - len(filed)
+    if gone > 0:
+        state.report.count("catalogued images no longer in the warehouse", gone)
+
+
+def _shard_inputs(storage: Storage, state: LoaderState) -> Iterator[Task]:
+    """An image shard's work: the pending images of its clinical phase's hand-off that it
+    owns (no listing), with the groups and bindings the hand-off holds."""
+    handoff: Handoff = state.handoff
+    try:
+        # (the parts' times only say what changed since: a shard decides no raw file by them)
+        parts = dict.fromkeys(handoff.catalogue_parts, dt.datetime.now(dt.UTC))
+        state.catalogue.load_parts(storage, parts, handoff.catalogue_pointer)
+        pending = load_pending(storage, handoff)
+    except ExpectedError as exc:
+        state.report.fail(str(exc))
+        raise
+    state.report.listed = True
+    state.mode = "shard"
+    index = handoff.warehouse_index()
+    state.index = index
+    state.groups = PatientGroups({**handoff.groups, **index.groups}, conflicted=index.conflicts)
+    state.filed_centres = FiledCentres(storage, index)
+    state.filed_centres.seed(handoff.filed_centres)
+    state.refused_claims.update((prefix, pseudonym) for prefix, pseudonym in handoff.refused_claims)
+    state.bound_centres.update(handoff.bound_centres)
+    state.new_patients.update(handoff.new_patients)
+    images = [(raw, size) for raw, size in pending if state.part.owns(raw.name)]
+    state.progress.plan(0, len(images))
+    for raw, size in images:
+        yield Task("image", raw.key, size, None, raw)

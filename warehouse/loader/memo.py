@@ -24,6 +24,7 @@ Failed reads and writes, and anything the report does not describe, are processe
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from warehouse import __version__
 from warehouse.core.config import PipelineConfig
@@ -143,6 +144,7 @@ def still_holds(
     index: WarehouseIndex,
     new_patients: set[str],
     settings=None,
+    image_filed: Callable[[str], bool] | None = None,
 ) -> bool:
     """Whether a remembered reason still holds without reading the file again.
 
@@ -190,8 +192,11 @@ def still_holds(
         centre = facts.get("centre")
         return isinstance(centre, str) and config.site_rule(centre) is None
     if reason in (Reason.DUPLICATE_IMAGE, Reason.CONFLICTING_DUPLICATE):
-        # the copy filed first decides while it is in the warehouse
-        return facts.get("filed") in index.keys
+        # the copy filed first decides while it is in the warehouse (the catalogue says)
+        filed = facts.get("filed")
+        return isinstance(filed, str) and (
+            image_filed(filed) if image_filed is not None else filed in index.keys
+        )
     if reason is Reason.GROUP_CONFLICT:
         pseudonym, centre = facts.get("pseudonym"), facts.get("centre")
         existing = index.groups.get(pseudonym)
@@ -225,10 +230,13 @@ def known_problem(
     index: WarehouseIndex,
     new_patients: set[str],
     settings=None,
+    image_filed: Callable[[str], bool] | None = None,
 ) -> dict | None:
     """The last run's problem with ``raw`` if the input is unchanged and the reason still
     holds (so it need not be read again), else None."""
     problem = recall(memo, raw, size)
-    if problem is None or not still_holds(problem, config, index, new_patients, settings):
+    if problem is None or not still_holds(
+        problem, config, index, new_patients, settings, image_filed
+    ):
         return None
     return problem

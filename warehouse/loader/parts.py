@@ -4,30 +4,40 @@ hand-off, each part's report, and the end of the run once every part has written
 Keys, under ``reports/warehouseloader/``::
 
     runs/<run id>/clinical.json                  the clinical phase's report and hand-off
+    runs/<run id>/pending.parquet                the run's pending images (for the shards)
+    runs/<run id>/warehouse.json                 each filed patient's first clinical key
     runs/<run id>/shard-0003-of-0016.json        each shard's report
     <UTC timestamp>.json (and .html)             the run's combined report
     latest.json                                  the combined report: the next run's memo
 
-Requests: the clinical phase writes one report; each shard reads the hand-off (1 GET), writes
-its report (1 PUT) and lists the run's folder (1 LIST); the part that ends the run reads every
-part (N + 1 GETs) and the previous ``latest.json``, writes the combined report, its page and
-``latest.json``, the feedback files that changed, and deletes the run lease.
+Requests: the clinical phase writes its report and the two hand-off files; each shard reads
+them (3 GETs) and the catalogue it was handed (no listing of the bucket), writes its report
+(1 PUT) and lists the run's folder (1 LIST); the part that ends the run reads every part (N + 1
+GETs) and the previous ``latest.json``, writes the combined report, its page and
+``latest.json``, the feedback files that changed and the folder state, and deletes the run
+lease.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from warehouse.catalogue.run import combined_catalogue
 from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, ConfigError
 from warehouse.core.errors import ExpectedError, ObjectNotFound
+from warehouse.core.keys import RawKey, parse_raw_key, top_folder
 from warehouse.core.lease import release_run_lease
 from warehouse.core.report import RunReport, combine_reports, combined_report_key, write_report
+from warehouse.listing.folders import InvalidFolderState, parse_state, save_state
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import load_previous_problems, load_previous_report
 from warehouse.loader.shards import Handoff, RunPart, expected_part_keys, part_key, run_folder
@@ -70,9 +80,80 @@ def load_handoff(storage: Storage, settings, graph: str) -> Handoff | None:
             "again, then the shards"
         )
     try:
-        return Handoff.from_dict(report["handoff"])
+        handoff = Handoff.from_dict(report["handoff"])
+        if handoff.warehouse is not None:
+            keys = json.loads(storage.read(handoff.warehouse))
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise ValueError(f"{handoff.warehouse} is not a list of keys")
+            handoff.clinical_keys = keys
+    except ObjectNotFound as exc:
+        raise ClinicalPhaseMissing(f"{label}: {exc}") from None
     except ValueError as exc:
         raise ClinicalPhaseMissing(f"{label}: {where}: {exc}") from None
+    return handoff
+
+
+def pending_key(graph: str, run_id: str) -> str:
+    """Where a clinical phase writes the run's pending images."""
+    return run_folder(graph, run_id) + "pending.parquet"
+
+
+def snapshot_key(graph: str, run_id: str) -> str:
+    """Where a clinical phase writes what the warehouse holds of patients."""
+    return run_folder(graph, run_id) + "warehouse.json"
+
+
+def write_pending(storage: Storage, key: str, images: list[tuple[RawKey, int]]) -> None:
+    """Write a run's pending images (raw key, size, modification time) as Parquet."""
+    table = pa.table(
+        {
+            "raw_key": pa.array([raw.key for raw, _ in images], type=pa.string()),
+            "size": pa.array([size for _, size in images], type=pa.int64()),
+            "modified": pa.array([raw.modified for raw, _ in images], type=pa.string()),
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    storage.write(key, buffer.getvalue(), "application/vnd.apache.parquet")
+
+
+def load_pending(storage: Storage, handoff: Handoff) -> list[tuple[RawKey, int]]:
+    """The pending images a clinical phase handed over, in key order.
+
+    Raises
+    ------
+    ClinicalPhaseMissing
+        When they cannot be read.
+    """
+    if handoff.pending is None:
+        return []
+    try:
+        table = pq.read_table(io.BytesIO(storage.read(handoff.pending)))
+        keys = table.column("raw_key").to_pylist()
+        sizes = table.column("size").to_pylist()
+        times = table.column("modified").to_pylist()
+    except (ObjectNotFound, pa.ArrowException, OSError, KeyError) as exc:
+        raise ClinicalPhaseMissing(f"the run's pending images cannot be read: {exc}") from None
+    images = []
+    for key, size, modified in zip(keys, sizes, times, strict=True):
+        raw = parse_raw_key(key, top_folder(key))
+        images.append((replace(raw, modified=modified), int(size)))
+    return sorted(images, key=lambda item: item[0].key)
+
+
+def write_handoff_files(storage: Storage, state, graph: str) -> Handoff:
+    """The clinical phase's hand-off, its pending images and what the warehouse holds written
+    for the shards (they list nothing)."""
+    handoff = handoff_of(state)
+    run_id = state.report.run_id
+    handoff.pending = pending_key(graph, run_id)
+    write_pending(storage, handoff.pending, state.pending_images)
+    handoff.warehouse = snapshot_key(graph, run_id)
+    keys = state.index.patient_keys() if state.index is not None else []
+    storage.write(handoff.warehouse, json.dumps(keys).encode("utf-8"))
+    handoff.catalogue_pointer = state.catalogue.pointer
+    handoff.catalogue_parts = sorted(state.catalogue.newer_parts)
+    return handoff
 
 
 def handoff_of(state) -> Handoff:
@@ -87,16 +168,21 @@ def handoff_of(state) -> Handoff:
     )
 
 
-def part_report(state) -> dict:
-    """A part's report: the run report of its process, with its phase and shard, and (for a
-    clinical phase that listed and did not stop) the hand-off."""
+def part_report(state, handoff: Handoff | None = None) -> dict:
+    """A part's report: the run report of its process, with its phase and shard; for a
+    clinical phase that listed and did not stop, the hand-off and the folder state the run
+    leaves if it completes; for a shard, the raw images it found settled."""
     part, report = state.part, state.report
     data = report.as_dict()
     data["phase"] = part.phase
     data["shard"] = list(part.shard) if part.shard else None
     data["listed"] = report.listed
-    if part.phase == CLINICAL_PHASE and report.listed and report.fatal is None:
-        data["handoff"] = handoff_of(state).as_dict()
+    if handoff is not None:
+        data["handoff"] = handoff.as_dict()
+        folders = state.folder_state()
+        if folders is not None:
+            data["folder_state"] = folders.as_dict(report.run_id, dt.datetime.now(dt.UTC))
+    data["settled"] = [[key, size, when] for key, (size, when) in sorted(state.settled.items())]
     return data
 
 
@@ -113,8 +199,11 @@ def end_part(storage: Storage, state, graph: str) -> str:
     part, report = state.part, state.report
     key = part_key(graph, report.run_id, part)
     lines = ""
-    data = part_report(state)
     try:
+        handoff = None
+        if part.phase == CLINICAL_PHASE and report.listed and report.fatal is None:
+            handoff = write_handoff_files(storage, state, graph)
+        data = part_report(state, handoff)
         storage.write(key, json.dumps(data, indent=2).encode("utf-8"))
         lines += f"\n  {part.label} report: {storage.url}/{key}"
     except ExpectedError as exc:
@@ -223,6 +312,8 @@ def finish_run(
     parts = read_parts(storage, graph, run_id, count)
     combined = combine_reports(parts, run_id, graph)
     combined["catalogue"] = combined_catalogue([parts[key] for key in sorted(parts)])
+    if combined["completed"] and combined["listed"]:
+        _save_run_folder_state(storage, parts, run_id)
     if combined["listed"]:
         previous = load_previous_problems(storage, graph)
         view = SimpleNamespace(
@@ -241,6 +332,25 @@ def finish_run(
     if release_lease:
         release_run_lease(storage, run_id)
     return RunEnd(combined, lines, key)
+
+
+def _save_run_folder_state(storage: Storage, parts: dict[str, dict | None], run_id: str) -> None:
+    """Write the folder state a completed sharded run leaves: its clinical phase's, with the
+    raw images its shards found settled."""
+    document = next(
+        (p["folder_state"] for p in parts.values() if p and p.get("folder_state")), None
+    )
+    if document is None:
+        return
+    try:
+        state = parse_state(json.dumps(document).encode("utf-8"))
+    except InvalidFolderState as exc:
+        logger.error("the clinical phase's folder state cannot be used: %s", exc)
+        return
+    for report in parts.values():
+        for key, size, when in (report or {}).get("settled") or ():
+            state.settled[key] = (size, when)
+    save_state(storage, state, run_id, dt.datetime.now(dt.UTC))
 
 
 def report_of(combined: dict) -> RunReport:

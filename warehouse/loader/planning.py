@@ -10,8 +10,10 @@ inputs whose known problem still holds), and returns the work: every new clinica
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, PipelineConfig
+from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import (
     RawKey,
     clinical_name,
@@ -52,6 +54,33 @@ def report_listing(listing: RawListing, index: WarehouseIndex, report: RunReport
     report_refused(listing, report)
 
 
+@dataclass
+class ImageKnowledge:
+    """What is known of the raw images before any is read (`plan_inputs`).
+
+    Attributes
+    ----------
+    filed : set of str
+        Raw keys the catalogue names as filed images' sources, of their listed size.
+    changed : set of str
+        Raw keys the catalogue names as filed when they had another size.
+    settled : dict
+        Raw key -> ``(size, modified)`` of raw images found filed already under another raw
+        file (`listing.folders`): known while unchanged.
+    image_filed : callable, optional
+        Whether an image key is filed (the catalogue), for the memo's duplicates.
+    """
+
+    filed: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)
+    settled: dict[str, tuple[int, str]] = field(default_factory=dict)
+    image_filed: Callable[[str], bool] | None = None
+
+    def is_filed(self, raw: RawKey, size: int) -> bool:
+        """Whether ``raw`` (of ``size`` bytes) is known filed, by its own raw key."""
+        return raw.key in self.filed or self.settled.get(raw.key) == (size, raw.modified)
+
+
 def plan_inputs(
     listing: RawListing,
     index: WarehouseIndex,
@@ -61,14 +90,12 @@ def plan_inputs(
     report: RunReport,
     *,
     part: RunPart | None = None,
-    new_patients: set[str] | None = None,
-    filed_sources: frozenset[str] = frozenset(),
+    knowledge: ImageKnowledge | None = None,
 ) -> tuple[list[tuple[RawKey, int]], list[tuple[RawKey, int]]]:
     """The clinical files to read, in upload order, and the images to read, in key order.
 
-    A part of a sharded run plans its own share (`warehouse.loader.shards`): the clinical
-    phase reports the listing and plans the clinical files, no image; an image shard plans
-    (and reports) only the images it owns, after the clinical phase.
+    In a sharded run the clinical phase plans both (it hands the images to the shards, which
+    list nothing: `warehouse.loader.inputs`).
 
     Parameters
     ----------
@@ -84,30 +111,26 @@ def plan_inputs(
         Where what needs no reading is reported.
     part : RunPart, optional
         The part of a sharded run this process makes (None: the whole run).
-    new_patients : set of str, optional
-        For an image shard: the pseudonyms of the clinical files its clinical phase read.
-    filed_sources : frozenset of str
-        Raw keys the catalogue names as filed images' sources (`listing.pending_images`).
+    knowledge : ImageKnowledge, optional
+        What the catalogue and the folder state know of the raw images.
 
     Returns
     -------
     tuple
         ``(clinical, images)``: ``(RawKey, size)`` pairs.
     """
-    if part is None or part.phase == CLINICAL_PHASE:
-        report_listing(listing, index, report)
+    knowledge = knowledge or ImageKnowledge()
+    report_listing(listing, index, report)
 
     def known_unfiled(raw: RawKey, size: int, new_patients: set[str]) -> bool:
-        problem = known_problem(memo, raw, size, config, index, new_patients, settings)
+        problem = known_problem(
+            memo, raw, size, config, index, new_patients, settings, knowledge.image_filed
+        )
         if problem is not None:
             report.skip_again(problem)
         return problem is not None
 
     clinical: list[tuple[RawKey, int]] = []
-    if part is not None and part.phase == IMAGE_PHASE:
-        return clinical, _plan_images(
-            listing, index, set(new_patients or ()), report, part, known_unfiled, filed_sources
-        )
     clinical_sources = _filed_clinical_sources(listing, index)
     for raw, size in listing.clinical:
         target = (raw.pseudonym, clinical_name(raw.clinical_kind, raw.upload_date))
@@ -128,24 +151,19 @@ def plan_inputs(
             )
         elif not known_unfiled(raw, size, set()):
             clinical.append((raw, size))
-    if part is not None:  # the clinical phase files no image
-        return clinical, []
     new_patients = {raw.pseudonym for raw, _ in clinical}
-    return clinical, _plan_images(
-        listing, index, new_patients, report, None, known_unfiled, filed_sources
-    )
+    return clinical, _plan_images(listing, index, new_patients, report, known_unfiled, knowledge)
 
 
-def _plan_images(listing, index, new_patients, report, part, known_unfiled, filed_sources) -> list:
-    """The images to read (those ``part`` owns, when it is a shard), reporting the others
-    that need no reading."""
+def _plan_images(listing, index, new_patients, report, known_unfiled, knowledge) -> list:
+    """The images to read, reporting the others that need no reading."""
     images = []
-    pending_or_not = pending_images(listing, index, filed_sources)
+    pending_or_not = pending_images(listing, index, knowledge.is_filed)
     for item, (_, pending) in zip(listing.images, pending_or_not, strict=True):
         raw, size = item
-        if part is not None and not part.owns(raw.name):
-            continue
-        if pending is None:
+        if raw.key in knowledge.changed:
+            report.skip(raw.key, Reason.RAW_CHANGED, _changed(size, raw, f"an image {raw.name}"))
+        elif pending is None:
             _report_filed_image(raw, size, index, report)
         elif not known_unfiled(raw, size, new_patients):
             images.append(item)  # the listing's own pair: no new object per image

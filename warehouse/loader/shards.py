@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE
 from warehouse.core.keys import image_stem
+from warehouse.listing.warehouse import WarehouseIndex
 
 
 def shard_of(name: str, count: int) -> int:
@@ -140,6 +141,18 @@ class Handoff:
     filed_centres : dict
         The centre each already-filed patient is bound to, as read by the clinical phase
         (None when it could not be read), so shards do not read them again.
+    pending : str or None
+        The key of the run's pending images (every shard takes those it owns), so that no
+        shard lists the raw side.
+    warehouse : str or None
+        The key of what the warehouse holds of patients (each filed patient's first clinical
+        file, both groups' of a patient in both), so that no shard lists the warehouse.
+    catalogue_pointer : dict or None
+        The catalogue index the clinical phase read (`catalogue.index.read_pointer`).
+    catalogue_parts : list
+        The catalogue parts newer than that index, which the shards read by key.
+    clinical_keys : list
+        What ``warehouse`` holds, once read (`warehouse.loader.parts.load_handoff`).
     """
 
     groups: dict[str, str] = field(default_factory=dict)
@@ -147,6 +160,11 @@ class Handoff:
     refused_claims: list[list[str]] = field(default_factory=list)
     bound_centres: dict[str, str] = field(default_factory=dict)
     filed_centres: dict[str, str | None] = field(default_factory=dict)
+    pending: str | None = None
+    warehouse: str | None = None
+    catalogue_pointer: dict | None = None
+    catalogue_parts: list[str] = field(default_factory=list)
+    clinical_keys: list[str] = field(default_factory=list, compare=False)
 
     def as_dict(self) -> dict:
         """The hand-off as JSON-ready data (sorted, so equal hand-offs give equal bytes)."""
@@ -156,7 +174,18 @@ class Handoff:
             "refused_claims": sorted([list(pair) for pair in self.refused_claims]),
             "bound_centres": dict(sorted(self.bound_centres.items())),
             "filed_centres": dict(sorted(self.filed_centres.items())),
+            "pending": self.pending,
+            "warehouse": self.warehouse,
+            "catalogue_pointer": self.catalogue_pointer,
+            "catalogue_parts": sorted(self.catalogue_parts),
         }
+
+    def warehouse_index(self) -> WarehouseIndex:
+        """What the warehouse holds of patients, as the clinical phase listed it."""
+        index = WarehouseIndex()
+        for key in self.clinical_keys:
+            index.add(key)
+        return index
 
     @classmethod
     def from_dict(cls, data: dict) -> Handoff:
@@ -176,7 +205,21 @@ class Handoff:
                 filed_centres={
                     str(k): None if v is None else str(v) for k, v in data["filed_centres"].items()
                 },
+                pending=_text_or_none(data.get("pending")),
+                warehouse=_text_or_none(data.get("warehouse")),
+                catalogue_pointer=data.get("catalogue_pointer"),
+                catalogue_parts=[str(k) for k in data.get("catalogue_parts") or ()],
             )
+            if handoff.catalogue_pointer is not None and not isinstance(
+                handoff.catalogue_pointer, dict
+            ):
+                raise TypeError("catalogue_pointer is not an object")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a clinical phase hand-off ({exc!r})") from None
         return handoff
+
+
+def _text_or_none(value) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a key")
+    return value

@@ -3,6 +3,7 @@ the catalogue, the lease, progress and how the run ends."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from warehouse.core.patients import (
 )
 from warehouse.core.reasons import Reason
 from warehouse.core.run import ByteBudget, RunState
+from warehouse.listing.folders import FolderState, save_state, window_days
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
@@ -124,6 +126,14 @@ class LoaderState(RunState):
     handoff: Handoff | None = None
     #: The run's image catalogue part (`warehouse.catalogue.run`).
     catalogue: LoaderCatalogue | None = None
+    #: ``daily``, ``full`` or ``shard``: what the run looked at (`warehouse.loader.inputs`).
+    mode: str = ""
+    #: The folder state the run started from, the folders it listed, and when.
+    folders: tuple | None = None
+    #: The images the run planned to read (a clinical phase hands them to its shards).
+    pending_images: list = field(default_factory=list)
+    #: Raw images found filed already under another raw file (raw key -> stamp).
+    settled: dict[str, tuple[int, str]] = field(default_factory=dict)
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -168,6 +178,33 @@ class LoaderState(RunState):
         self.lease = lease
         return LeasedStorage(storage, lease)
 
+    def settle(self, task: Task) -> None:
+        """Remember a raw image found filed already under another raw file: the folder state
+        keeps it while its folder is open, so it is not read again."""
+        with self._lock:
+            self.settled[task.key] = input_stamp(task)
+
+    def folder_state(self) -> FolderState | None:
+        """The raw side's folder state after this run (None when it listed nothing)."""
+        if self.folders is None or self.config is None:
+            return None
+        previous, listed, now = self.folders
+        days = window_days(self.config.max_upload_delay_days)
+        return previous.after(listed, now, days, dict(self.settled))
+
+    def save_folder_state(self, storage: Storage) -> None:
+        """Write the folder state (`listing.folders`) once a whole run that listed its inputs
+        completed; a failed write makes the run incomplete (the next run lists more)."""
+        new = self.folder_state()
+        if new is None or not self.report.completed or self.settings.dry_run:
+            return
+        if self.folders is not None and new == self.folders[0]:
+            return  # nothing opened, closed or settled: nothing to write
+        try:
+            save_state(storage, new, self.report.run_id, dt.datetime.now(dt.UTC))
+        except StorageError as exc:
+            self.report.fail(f"folder state not written: {exc}")
+
     def publish_feedback(self, storage: Storage) -> None:
         """Write each raw prefix's feedback file that changed (see `feedback`); a failed
         write makes the run incomplete."""
@@ -191,6 +228,7 @@ class LoaderState(RunState):
         catalogue = self.catalogue.publish(storage, self.settings) if report.listed else ""
         if report.listed and not self.settings.dry_run and self.part is None:
             self.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
+            self.save_folder_state(storage)
         summary = report.summary() + catalogue
         if self.settings.dry_run:
             summary += "\n  (dry run: nothing was written)"

@@ -66,6 +66,15 @@ class Storage:
         """Yield every object whose key starts with ``prefix``, in key order, streaming."""
         raise NotImplementedError
 
+    def list_after(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        """Yield the objects under ``prefix`` whose keys sort after ``start_after`` (all of
+        them for None), in key order: what a run reads of a folder whose keys grow in time
+        order (catalogue parts), without listing the old ones again where the store can
+        start there (S3's ``StartAfter``)."""
+        for info in self.list(prefix):
+            if start_after is None or info.key > start_after:
+                yield info
+
     def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
         """One level below ``prefix`` (which ends with ``/``): sub-folder prefixes and objects."""
         raise NotImplementedError
@@ -81,6 +90,13 @@ class Storage:
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         """Create or replace an object atomically: readers see the old or the new, never part."""
         raise NotImplementedError
+
+    def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
+        """Create or replace an object with the content of the local file ``path``,
+        atomically, streaming it (a large file is never all in memory). By default it is read
+        and written whole; the adapters stream it."""
+        with open(path, "rb") as handle:
+            self.write(key, handle.read(), content_type)
 
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
         """Copy an object within the store (server-side on S3), atomically."""

@@ -375,6 +375,16 @@ class LocalStorage(Storage):
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         self._replace_atomically(key, lambda handle: handle.write(data))
 
+    def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
+        try:
+            source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            self._replace_atomically(key, lambda handle: _copy_descriptor(source, handle.fileno()))
+        finally:
+            os.close(source)
+
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
         parts = self._parts(source_key)
         self._parts(target_key)

@@ -77,6 +77,12 @@ class S3Storage(Storage):
             for item in page.get("Contents", ()):
                 yield self._info(item)
 
+    def list_after(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        after = {"StartAfter": start_after} if start_after else {}
+        for page in self._paginate(Prefix=prefix, **after):
+            for item in page.get("Contents", ()):
+                yield self._info(item)
+
     def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
         folders, objects = [], []
         for page in self._paginate(Prefix=prefix, Delimiter="/"):
@@ -111,6 +117,17 @@ class S3Storage(Storage):
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "write", key) from None
+
+    def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        config = TransferConfig(multipart_chunksize=64 * 1024**2, max_concurrency=4)
+        extra = {"ContentType": content_type}
+        try:
+            self.client.upload_file(path, self.bucket, key, ExtraArgs=extra, Config=config)
+        except (ClientError, BotoCoreError, OSError) as exc:
             raise self._error(exc, "write", key) from None
 
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:

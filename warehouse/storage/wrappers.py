@@ -4,6 +4,7 @@ run's writes, and the base they share (`DelegatingStorage`)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 
@@ -30,6 +31,9 @@ class DelegatingStorage(Storage):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)
 
+    def list_after(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        return self.inner.list_after(prefix, start_after)
+
     def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
         return self.inner.list_folders(prefix)
 
@@ -41,6 +45,9 @@ class DelegatingStorage(Storage):
 
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         self.inner.write(key, data, content_type)
+
+    def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
+        self.inner.write_file(key, path, content_type)
 
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
         self.inner.copy(source_key, target_key, size)
@@ -85,6 +92,9 @@ class DryRunStorage(DelegatingStorage):
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         self._intend(f"write {self.url}/{key} ({len(data)} bytes)")
 
+    def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
+        self._intend(f"write {self.url}/{key} ({os.path.getsize(path)} bytes)")
+
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
         self._intend(f"copy {self.url}/{source_key} to {self.url}/{target_key}")
 
@@ -126,6 +136,10 @@ class LeasedStorage(DelegatingStorage):
     def write(self, key, data, content_type="application/json"):
         self._check(key)
         self.inner.write(key, data, content_type)
+
+    def write_file(self, key, path, content_type="application/json"):
+        self._check(key)
+        self.inner.write_file(key, path, content_type)
 
     def copy(self, source_key, target_key, size=None):
         self._check(target_key)

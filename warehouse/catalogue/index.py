@@ -1,0 +1,329 @@
+"""The catalogue's compact index: what a run needs to know of every filed image, in a few sorted
+arrays of 64-bit hashes, read in a handful of requests whatever the warehouse's size.
+
+For each image a catalogue part lists, the index keeps the hash of its SOPInstanceUID (with
+the filed object's size and the part that lists it), of its warehouse key and of its raw key.
+Each is a sorted NumPy array (8 bytes an image), so "is this instance filed?", "is this key
+filed?" and "was this raw file filed?" are binary searches, and 5 million images take about
+140 MB instead of the gigabytes Python strings would.
+
+Where it is, in the warehouse::
+
+    catalogue/index/<UTC time>.parquet      one column per array (each sorted on its own),
+                                            the parts it covers in the file's metadata
+    catalogue/index/latest.json             which index is current, and the newest part it
+                                            covers (parts after it are read as they are)
+
+It is written when the parts are merged (``dataprocess``, from the last index and the parts
+newer than it) and rebuilt from every part by a reconcile run. A loader run reads the pointer
+(one GET), the arrays it needs (ranged reads of their column chunks) and the parts newer than
+the index (one LIST from the covered one on, one GET each).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse.core.errors import ObjectNotFound
+from warehouse.core.report import utc_stamp
+from warehouse.storage.base import Storage
+from warehouse.storage.files import StoredFile
+
+INDEX_PREFIX = "catalogue/index/"
+POINTER_KEY = f"{INDEX_PREFIX}latest.json"
+#: The columns a run reads whole; the raw hashes (with each raw file's size) are read in
+#: chunks, only for the raw keys a run asks about (`raw_keys_filed`).
+INSTANCE_COLUMNS = ("sop", "sop_size", "sop_part", "target")
+RAW_COLUMNS = ("raw", "raw_size", "raw_time")
+#: Rows of one row group of the index file (a chunk of the raw hashes read at a time).
+ROW_GROUP = 1 << 20
+_HASH = np.uint64
+
+
+class InvalidIndex(ValueError):
+    """The index or its pointer cannot be read or is not an index: it is not used."""
+
+
+def key_hash(text: str | None) -> int:
+    """The 64-bit hash of a key or UID the index keeps (BLAKE2b, stable across processes and
+    machines; 0 stands for none)."""
+    if text is None:
+        return 0
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def key_hashes(values: Iterable[str | None]) -> np.ndarray:
+    """`key_hash` of each value, as an array of unsigned 64-bit integers."""
+    return np.fromiter((key_hash(v) for v in values), dtype=_HASH)
+
+
+def contains(sorted_hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which of ``wanted`` are in ``sorted_hashes`` (sorted), as a boolean array."""
+    if not len(sorted_hashes) or not len(wanted):
+        return np.zeros(len(wanted), dtype=bool)
+    at = np.searchsorted(sorted_hashes, wanted)
+    at[at == len(sorted_hashes)] = 0
+    return sorted_hashes[at] == wanted
+
+
+@dataclass
+class IndexArrays:
+    """The index's arrays (see the module's docstring) and the parts they come from.
+
+    Attributes
+    ----------
+    sop, sop_size, sop_part : numpy.ndarray
+        The SOPInstanceUID hashes, sorted, with the filed object's size and the number (in
+        ``parts``) of the part that lists each.
+    target : numpy.ndarray
+        The warehouse keys' hashes, sorted.
+    raw, raw_size, raw_time : numpy.ndarray or None
+        The raw keys' hashes, sorted (0 for an image whose raw key is not known), with the
+        size of the raw file each was filed from (the filed copy's) and when its part was
+        written (seconds since 1970: the raw file was filed before); None when not read.
+    parts : list of str
+        The parts the index covers, by number.
+    """
+
+    sop: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    sop_size: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    sop_part: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
+    target: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    raw: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    raw_size: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    raw_time: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    parts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    @property
+    def through(self) -> str | None:
+        """The newest part covered (parts sort by time): a run reads the parts after it."""
+        return max(self.parts) if self.parts else None
+
+
+def arrays_of_parts(tables: Iterable[tuple[str, dt.datetime, pa.Table]]) -> IndexArrays:
+    """The index of parts' rows: ``(part key, its last-modified time, its table with
+    ``raw_key``, ``warehouse_key``, ``SOPInstanceUID`` and ``object_size``)``, in the given
+    order of parts."""
+    sops, sizes, numbers, targets, raws, times, parts = [], [], [], [], [], [], []
+    for number, (part, written, table) in enumerate(tables):
+        parts.append(part)
+        times.append(np.full(table.num_rows, int(written.timestamp()), dtype=np.int64))
+        sops.append(key_hashes(table.column("SOPInstanceUID").to_pylist()))
+        sizes.append(np.asarray(table.column("object_size").fill_null(0), dtype=np.int64))
+        numbers.append(np.full(table.num_rows, number, dtype=np.uint32))
+        targets.append(key_hashes(table.column("warehouse_key").to_pylist()))
+        raws.append(key_hashes(table.column("raw_key").to_pylist()))
+    if not parts:
+        return IndexArrays()
+    return _sorted(
+        np.concatenate(sops),
+        np.concatenate(sizes),
+        np.concatenate(numbers),
+        np.concatenate(targets),
+        np.concatenate(raws),
+        np.concatenate(sizes),
+        np.concatenate(times),
+        parts,
+    )
+
+
+def _sorted(sop, sizes, numbers, target, raw, raw_sizes, raw_times, parts) -> IndexArrays:
+    order = np.argsort(sop, kind="stable")
+    by_raw = np.argsort(raw, kind="stable")
+    return IndexArrays(
+        sop=sop[order],
+        sop_size=sizes[order],
+        sop_part=numbers[order],
+        target=np.sort(target),
+        raw=raw[by_raw],
+        raw_size=raw_sizes[by_raw],
+        raw_time=raw_times[by_raw],
+        parts=list(parts),
+    )
+
+
+def combined(old: IndexArrays, new: IndexArrays) -> IndexArrays:
+    """The index of ``old``'s parts then ``new``'s (both read whole, raw hashes included)."""
+    if any(a is None for a in (old.raw, new.raw, old.raw_size, new.raw_size)):
+        raise ValueError("both indexes need their raw hashes to be combined")
+    if old.raw_time is None or new.raw_time is None:
+        raise ValueError("both indexes need their raw hashes to be combined")
+    shift = np.uint32(len(old.parts))
+    return _sorted(
+        np.concatenate([old.sop, new.sop]),
+        np.concatenate([old.sop_size, new.sop_size]),
+        np.concatenate([old.sop_part, new.sop_part + shift]),
+        np.concatenate([old.target, new.target]),
+        np.concatenate([old.raw, new.raw]),
+        np.concatenate([old.raw_size, new.raw_size]),
+        np.concatenate([old.raw_time, new.raw_time]),
+        [*old.parts, *new.parts],
+    )
+
+
+def _table(index: IndexArrays) -> pa.Table:
+    if index.raw is None or index.raw_size is None or index.raw_time is None:
+        raise ValueError("an index is written with its raw hashes")
+    metadata = {"parts": json.dumps(index.parts), "through": json.dumps(index.through)}
+    return pa.table(
+        {
+            "sop": index.sop,
+            "sop_size": index.sop_size,
+            "sop_part": index.sop_part,
+            "target": index.target,
+            "raw": index.raw,
+            "raw_size": index.raw_size,
+            "raw_time": index.raw_time,
+        }
+    ).replace_schema_metadata(metadata)
+
+
+def write_index(storage: Storage, index: IndexArrays, now: dt.datetime) -> str:
+    """Write ``index`` (through a temporary file: it is never all in memory twice), then the
+    pointer that makes it current; its key.
+
+    Raises
+    ------
+    StorageError
+        When a write fails (the pointer then still names the previous index).
+    """
+    key = f"{INDEX_PREFIX}{utc_stamp(now)}.parquet"
+    handle, path = tempfile.mkstemp(suffix=".parquet")
+    os.close(handle)
+    try:
+        pq.write_table(_table(index), path, row_group_size=ROW_GROUP, compression="none")
+        size = os.path.getsize(path)
+        storage.write_file(key, path, "application/vnd.apache.parquet")
+    finally:
+        os.unlink(path)
+    pointer = {"index": key, "size": size, "through": index.through, "images": len(index)}
+    storage.write(POINTER_KEY, json.dumps(pointer).encode("utf-8"))
+    return key
+
+
+def read_pointer(storage: Storage) -> dict | None:
+    """The pointer to the current index, or None when no index was written yet.
+
+    Raises
+    ------
+    InvalidIndex
+        When it is not a pointer.
+    StorageError
+        When it cannot be read.
+    """
+    try:
+        data = json.loads(storage.read(POINTER_KEY))
+    except ObjectNotFound:
+        return None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidIndex(f"{POINTER_KEY} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("index"), str):
+        raise InvalidIndex(f"{POINTER_KEY} names no index")
+    if not data["index"].startswith(INDEX_PREFIX) or "/" in data["index"][len(INDEX_PREFIX) :]:
+        raise InvalidIndex(f"{POINTER_KEY} names {data['index']!r}, not an index key")
+    size = data.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidIndex(f"{POINTER_KEY} gives no size for {data['index']}")
+    through = data.get("through")
+    if through is not None and not isinstance(through, str):
+        raise InvalidIndex(f"{POINTER_KEY}: through is not a part key")
+    return data
+
+
+def _open(storage: Storage, key: str, size: int) -> tuple[pq.ParquetFile, StoredFile]:
+    handle = StoredFile(storage, key, size)
+    try:
+        return pq.ParquetFile(handle), handle
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InvalidIndex(f"{key} is not a Parquet file: {exc}") from None
+
+
+def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False) -> IndexArrays:
+    """The arrays of the index ``key`` of ``size`` bytes (ranged reads of the columns asked
+    for; the raw hashes only ``with_raw``).
+
+    Raises
+    ------
+    InvalidIndex
+        When it is not an index.
+    StorageError
+        When it cannot be read.
+    """
+    file, _ = _open(storage, key, size)
+    metadata = file.schema_arrow.metadata or {}
+    try:
+        parts = json.loads(metadata[b"parts"])
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+            raise ValueError("parts is not a list of keys")
+        columns = [*INSTANCE_COLUMNS, *(RAW_COLUMNS if with_raw else ())]
+        table = file.read(columns=columns)
+    except (KeyError, ValueError, pa.ArrowException, OSError) as exc:
+        raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
+
+    def column(name: str, dtype) -> np.ndarray:
+        return np.ascontiguousarray(table.column(name).to_numpy(), dtype=dtype)
+
+    index = IndexArrays(
+        sop=column("sop", _HASH),
+        sop_size=column("sop_size", np.int64),
+        sop_part=column("sop_part", np.uint32),
+        target=column("target", _HASH),
+        raw=column("raw", _HASH) if with_raw else None,
+        raw_size=column("raw_size", np.int64) if with_raw else None,
+        raw_time=column("raw_time", np.int64) if with_raw else None,
+        parts=parts,
+    )
+    if len({len(index.sop), len(index.sop_size), len(index.sop_part), len(index.target)}) != 1:
+        raise InvalidIndex(f"{key}: its columns differ in length")
+    return index
+
+
+def raw_keys_filed(
+    storage: Storage, key: str, size: int, wanted: np.ndarray, sizes: np.ndarray, times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the raw files (key hashes ``wanted``, of ``sizes`` bytes, last modified at
+    ``times``: seconds since 1970) the index ``key`` (of ``size`` bytes) holds as filed, and
+    which of those unchanged since (the same size, not modified after their part was written):
+    two boolean arrays, read from its raw hashes one row group at a time (flat memory whatever
+    its size).
+
+    Raises
+    ------
+    InvalidIndex, StorageError
+        As `read_index`.
+    """
+    present = np.zeros(len(wanted), dtype=bool)
+    same = np.zeros(len(wanted), dtype=bool)
+    if not len(wanted):
+        return present, same
+    file, _ = _open(storage, key, size)
+    try:
+        for group in range(file.num_row_groups):
+            chunk = file.read_row_group(group, columns=list(RAW_COLUMNS))
+            raw = np.asarray(chunk.column(0).to_numpy(), dtype=_HASH)
+            raw_size = np.asarray(chunk.column(1).to_numpy(), dtype=np.int64)
+            raw_time = np.asarray(chunk.column(2).to_numpy(), dtype=np.int64)
+            if not len(raw):
+                continue
+            at = np.searchsorted(raw, wanted)
+            at[at == len(raw)] = 0
+            hit = raw[at] == wanted
+            present |= hit
+            same |= hit & (raw_size[at] == sizes) & (times <= raw_time[at])
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
+    return present, same
