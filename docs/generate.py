@@ -291,6 +291,11 @@ ENVIRONMENT: dict[str, str] = {
         "the identifier a sharded run's processes share (its clinical phase's and its "
         "shards'), 1 to 64 ASCII letters, digits, `-` or `_`; when not set, a new one per run"
     ),
+    "WAREHOUSE_RECONCILE": (
+        "true/false: a reconcile run (weekly), which looks at everything: both sides listed in "
+        "full, every upload folder, the catalogue checked against the warehouse (images no "
+        "part lists catalogued); a daily run (the default) looks only at what can be new"
+    ),
     "RUN_SUMMARY_FILE": (
         "also write the loader's run summary to this file (the `bin/` wrappers set it to a "
         "temporary file unless it is set)"
@@ -326,6 +331,7 @@ SETTING_FIELDS: dict[str, str] = {
     "WAREHOUSE_SHARDS": "shard",
     "AWS_BATCH_JOB_ARRAY_INDEX": "shard",
     "WAREHOUSE_RUN_ID": "run_id",
+    "WAREHOUSE_RECONCILE": "reconcile",
 }
 
 _ENV_NAMES = {"env", "environ"}

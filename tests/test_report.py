@@ -94,7 +94,7 @@ def test_as_dict():
     report.count("images copied", 2, prefix="raw-b")
     report.skip("z.dcm", Reason.NOT_DICOM, "garbage")
     report.skip("a.dcm", Reason.UNSUPPORTED_MODALITY, "modality 'US' is not filed")
-    report.skip("a.dcm", Reason.INVALID_HEADER)
+    report.skip("a.dcm", Reason.MISSING_IDENTIFIER)
     doc = report.as_dict()
     assert set(doc) == {
         "graph",
@@ -118,12 +118,12 @@ def test_as_dict():
     assert doc["counts"] == {"images filed": 1, "images copied": 3}
     assert doc["counts_by_prefix"] == {"raw-a": {"images copied": 1}, "raw-b": {"images copied": 2}}
     assert doc["not_filed"] == {
-        "invalid DICOM header": 1,
+        "missing DICOM identifier": 1,
         "not a DICOM file": 1,
         "unsupported modality": 1,
     }
     assert [(p["key"], p["reason"]) for p in doc["problems"]] == [
-        ("a.dcm", "invalid DICOM header"),
+        ("a.dcm", "missing DICOM identifier"),
         ("a.dcm", "unsupported modality"),
         ("z.dcm", "not a DICOM file"),
     ]
