@@ -8,9 +8,10 @@ request by default), it measures:
    makes no request per image) and the catalogue's own requests (the listing of
    ``catalogue/images/`` and the part's PUT);
 2. a rerun with nothing new: the catalogue's requests (the listing alone; no part);
-3. the backfill ``dataprocess`` runs on a warehouse without parts (the part deleted): images
-   per second and requests per image, with the run's worker pool (``WAREHOUSE_WORKERS``,
-   default 32), timed alone (after the warehouse listing it shares with the other tables).
+3. a reconcile run of the loader (``WAREHOUSE_RECONCILE=1``) on a warehouse without parts
+   (the parts and the index deleted, as filed before the catalogue existed): it catalogues
+   every filed image from its header; images per second and requests per image, with the
+   run's worker pool (``WAREHOUSE_WORKERS``, default 32).
 
 It prints the figures and writes them as JSON (``--output``). Everything runs on 127.0.0.1
 with fake AWS credentials.
@@ -19,12 +20,11 @@ with fake AWS credentials.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
+import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks import floor as floor_clients
@@ -58,36 +58,33 @@ def _catalogue_requests(counts: dict) -> dict:
     return dict(sorted(counts["subjects"].get("catalogue", {}).items()))
 
 
-def _backfill(proxy_url: str, workers: int) -> dict:
-    """Delete the parts, then run the backfill of `warehouse.catalogue.merge` through the
-    proxy, timed alone."""
-    from warehouse.catalogue.merge import image_catalogue
-    from warehouse.catalogue.rows import PARTS_PREFIX
-    from warehouse.core.report import RunReport
-    from warehouse.core.run import WorkerPool
-    from warehouse.listing.warehouse import index_warehouse
+def _recovery(proxy_url: str, run_env: dict, workdir: Path) -> dict | None:
+    """Delete the parts and the index, then time a reconcile run of the loader through the
+    proxy: it catalogues every filed image that no part lists."""
     from warehouse.storage.s3 import S3Storage
 
     os.environ["AWS_ENDPOINT_URL"] = proxy_url
-    storage = S3Storage(BUCKET, workers=workers)
-    client = storage.client
-    for info in list(storage.list(PARTS_PREFIX)):
-        client.delete_object(Bucket=BUCKET, Key=info.key)
-    filed = index_warehouse(storage, workers).filed_images()
-    pool = WorkerPool(workers)
-    report = RunReport("dataprocess")
+    storage = S3Storage(BUCKET)
+    for info in list(storage.list("catalogue/")):
+        storage.client.delete_object(Bucket=BUCKET, Key=info.key)
     reset_counts(proxy_url)
-    started = time.perf_counter()
-    table = image_catalogue(storage, filed, pool.submit, report, dt.datetime.now(dt.UTC))
-    seconds = time.perf_counter() - started
-    pool.shutdown()
+    process = run_process(
+        [sys.executable, "-m", "warehouse.warehouseloader"],
+        dict(run_env, WAREHOUSE_RECONCILE="true"),
+        workdir / "reconcile.log",
+    )
+    if process.exit_code != 0:
+        print(process.stderr[-3000:], file=sys.stderr)
+        return None
     counts = read_counts(proxy_url)
+    found = re.search(r"filed images in no part catalogued: ([\d,]+)", process.stdout)
+    images = int(found.group(1).replace(",", "")) if found else 0
     return {
-        "images": table.num_rows,
-        "seconds": round(seconds, 2),
-        "images_per_second": round(table.num_rows / seconds, 1),
+        "images": images,
+        "seconds": round(process.seconds, 2),
+        "images_per_second": round(images / process.seconds, 1),
         "requests": counts["total"],
-        "requests_per_image": round(counts["total"] / max(1, table.num_rows), 3),
+        "requests_per_image": round(counts["total"] / max(1, images), 3),
         "requests_by_kind": dict(sorted(counts["kinds"].items())),
     }
 
@@ -132,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                     "catalogue_requests": _catalogue_requests(counts),
                     "total_requests": counts["total"],
                 }
-            figures["backfill"] = _backfill(proxy.url, args.workers)
+            recovery = _recovery(proxy.url, run_env, workdir)
+            if recovery is None:
+                return 1
+            figures["reconcile"] = recovery
     _print(figures)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(figures: dict) -> None:
-    first, rerun, backfill = figures["first run"], figures["rerun"], figures["backfill"]
+    first, rerun, recovery = figures["first run"], figures["rerun"], figures["reconcile"]
     lines = [
         f"at {figures['delay_ms']:g} ms a request, {figures['workers']} workers",
         f"loader, first run ({first['raw_images']:,} raw images, {first['seconds']} s):",
@@ -151,9 +151,9 @@ def _print(figures: dict) -> None:
         f"  catalogue requests in the run: {first['catalogue_requests']}",
         f"loader, rerun with nothing new ({rerun['total_requests']} requests): "
         f"catalogue requests {rerun['catalogue_requests']}",
-        f"backfill of {backfill['images']:,} images: {backfill['seconds']} s, "
-        f"{backfill['images_per_second']} images/s, {backfill['requests_per_image']} requests "
-        f"per image {backfill['requests_by_kind']}",
+        f"reconcile cataloguing {recovery['images']:,} images in no part: "
+        f"{recovery['seconds']} s, {recovery['images_per_second']} images/s, "
+        f"{recovery['requests_per_image']} requests per image {recovery['requests_by_kind']}",
     ]
     print("\n".join(lines))
 

@@ -127,8 +127,10 @@ REASON_MEANINGS: dict[Reason, str] = {
         "not used as the memo (every input is read again), the run is incomplete (exit 1), "
         "and its own report replaces it"
     ),
-    Reason.NOT_CATALOGUED: (
-        "(`dataprocess`) a filed image whose header the catalogue's backfill cannot parse"
+    Reason.NOT_IN_WAREHOUSE: (
+        "(`dataprocess`) a catalogued image whose metadata file is no longer in the warehouse "
+        "(deleted since it was filed): its study is left out of the study table; a reconcile "
+        "(`WAREHOUSE_RECONCILE`) leaves its rows out of the catalogue"
     ),
     Reason.FIELDS_LEFT_OUT: (
         "(`dataprocess`) a clinical record's fields that are not in the clinical data "
@@ -172,7 +174,7 @@ WAREHOUSE_SIDE = frozenset(
     {
         Reason.INVALID_PART,
         Reason.INVALID_REPORT,
-        Reason.NOT_CATALOGUED,
+        Reason.NOT_IN_WAREHOUSE,
         Reason.FIELDS_LEFT_OUT,
         Reason.WAREHOUSE_CONFLICT,
     }
@@ -572,6 +574,10 @@ COLUMN_MEANINGS: dict[str, str] = {
     "modality_folder": "`ct`, `xray` or `mri`",
     "upload_date": "the raw upload folder's date",
     "object_size": "the image's size in bytes",
+    "metadata_size": (
+        "its metadata file's size in bytes (null in rows of parts written before this column "
+        "existed)"
+    ),
     "PatientID": "the patient (equals the pseudonym), without its DICOM padding",
     "StudyInstanceUID": "the study, without its DICOM padding",
     "SeriesInstanceUID": "the series, without its DICOM padding",
@@ -596,6 +602,10 @@ COLUMN_MEANINGS: dict[str, str] = {
     "PhotometricInterpretation": "as the header has it",
     "BitsStored": "bits per pixel sample (Int64 in pandas)",
     "TransferSyntaxUID": "from the file meta (the metadata JSON leaves it out)",
+    "filed": (
+        "the date the row's catalogue part was written: when the image was filed (or, for an "
+        "image a reconcile found in no part, when it was catalogued)"
+    ),
     "SubmittingCentre": "the patient's `SubmittingCentre` (string)",
     "covid_positive": "the patient has a `data_` file (boolean)",
     "age": "the patient's age in years (float64)",
@@ -605,8 +615,8 @@ COLUMN_MEANINGS: dict[str, str] = {
 
 def catalogue_columns_page() -> str:
     """``catalogue-columns.md``: the catalogue's columns, Arrow types, tags and meanings."""
-    clinical = dict(images.CLINICAL_COLUMNS)
-    names = [*rows.SCHEMA.names, *clinical.values()]
+    clinical = {source: name for source, (name, _) in images.CLINICAL_COLUMNS.items()}
+    names = [*rows.SCHEMA.names, "filed", *clinical.values()]
     missing = [n for n in names if n not in COLUMN_MEANINGS]
     stale = sorted(set(COLUMN_MEANINGS) - set(names))
     if missing or stale:
@@ -620,12 +630,12 @@ def catalogue_columns_page() -> str:
         "The columns of the image catalogue ([catalogue.md](../catalogue.md)), in order: the "
         "loader's parts (`catalogue/images/*.parquet`) hold those of "
         "`warehouse.catalogue.rows.SCHEMA`, with its Arrow types; each batch's "
-        "`images.parquet` and `images.csv` add the patient's clinical summary from "
+        "`images.parquet` (written streamed with pyarrow, the same types) adds the date each "
+        "row's part was written (`filed`) and the patient's clinical summary from "
         "`patient_clean` (`warehouse.dashboard.images.CLINICAL_COLUMNS`). The columns taken "
         "from the image's header name their DICOM tag. A value that is absent, empty or "
-        "malformed is null, never an error. The Arrow types are the parts'; `images.parquet` "
-        "is written through pandas, so there the integers are `int64`, the dates "
-        "`timestamp[ns]` and the strings `large_string`.",
+        "malformed is null, never an error. A batch has no `images.csv`: at millions of rows "
+        "a CSV helps nobody; `select` writes the CSV of a selection.",
         "",
         "| column | Arrow type | DICOM tag | in | meaning |",
         "|---|---|---|---|---|",
@@ -636,13 +646,16 @@ def catalogue_columns_page() -> str:
             number = tag_for_keyword(field.name)
             tag = f"({number >> 16:04X},{number & 0xFFFF:04X})"
         lines.append(
-            f"| `{field.name}` | `{field.type}` | {tag} | parts, `images.*` | "
+            f"| `{field.name}` | `{field.type}` | {tag} | parts, `images.parquet` | "
             f"{cell(COLUMN_MEANINGS[field.name])} |"
         )
-    for source, name in clinical.items():
+    lines.append(
+        f"| `filed` | `date32[day]` | | `images.parquet` only | {cell(COLUMN_MEANINGS['filed'])} |"
+    )
+    for source, (name, arrow_type) in images.CLINICAL_COLUMNS.items():
         lines.append(
-            f"| `{name}` | | | `images.*` only | {cell(COLUMN_MEANINGS[name])}, from "
-            f"`patient_clean`'s `{source}` |"
+            f"| `{name}` | `{arrow_type}` | | `images.parquet` only | "
+            f"{cell(COLUMN_MEANINGS[name])}, from `patient_clean`'s `{source}` |"
         )
     return "\n".join(lines) + "\n"
 

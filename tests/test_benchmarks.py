@@ -414,7 +414,7 @@ def test_dicom_json_benchmark_converts_the_real_world_headers(capsys):
     assert line.endswith("x)")
 
 
-def test_catalogue_benchmark_measures_the_parts_and_the_backfill(tmp_path, capsys):
+def test_catalogue_benchmark_measures_the_parts_and_a_reconcile(tmp_path, capsys):
     """A small round of ``python -m benchmarks.catalogue``: its figures are there and say what
     the catalogue should cost (one LIST and one PUT in a run that files images)."""
     import json
@@ -426,7 +426,7 @@ def test_catalogue_benchmark_measures_the_parts_and_the_backfill(tmp_path, capsy
     assert catalogue.main(argv) == 0
     figures = json.loads(output.read_text())
     assert figures["first run"]["raw_images"] >= 24  # (with the generator's faulty files)
-    assert figures["backfill"]["images"] == 24
+    assert figures["reconcile"]["images"] == 24
     assert figures["first run"]["catalogue_requests"].get("PUT", 0) >= 1
     assert "PUT" not in figures["rerun"]["catalogue_requests"]
-    assert "backfill of 24 images" in capsys.readouterr().out
+    assert "reconcile cataloguing 24 images in no part" in capsys.readouterr().out

@@ -8,9 +8,11 @@ import io
 import json
 import math
 import re
+from concurrent.futures import Future
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 
@@ -19,7 +21,8 @@ from tests.builders import clinical, image, rows_table
 from tests.test_dataprocess import read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT, sample_tree
-from warehouse.catalogue.merge import merge_parts
+from warehouse.catalogue import merge
+from warehouse.catalogue.merge import scan_catalogue
 from warehouse.catalogue.rows import (
     COLUMNS,
     PARTS_PREFIX,
@@ -32,6 +35,7 @@ from warehouse.catalogue.rows import (
 )
 from warehouse.catalogue.run import combined_catalogue
 from warehouse.core.keys import parse_image_key
+from warehouse.core.report import RunReport
 from warehouse.dicom.reader import parse_header
 from warehouse.dicom.values import dicom_age_years
 from warehouse.storage.local import LocalStorage
@@ -156,8 +160,11 @@ def oracle_floats(value) -> list[float] | None:
     return numbers if numbers and None not in numbers else None
 
 
-def oracle_row(data: bytes, key: str, *, size: int, raw_key: str | None) -> dict:
-    """The catalogue row of the image ``data`` filed at ``key``, from pydicom's reading."""
+def oracle_row(
+    data: bytes, key: str, *, size: int, raw_key: str | None, metadata_size: int | None = None
+) -> dict:
+    """The catalogue row of the image ``data`` filed at ``key``, from pydicom's reading (and
+    its metadata file's size, when it is known)."""
     dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     meta = dataset.file_meta
 
@@ -169,6 +176,7 @@ def oracle_row(data: bytes, key: str, *, size: int, raw_key: str | None) -> dict
         "raw_key": raw_key,
         "upload_date": dt.date.fromisoformat(raw_key.split("/")[1]) if raw_key else None,
         "object_size": size,
+        "metadata_size": metadata_size,
         "PatientID": text("PatientID"),
         "StudyInstanceUID": text("StudyInstanceUID"),
         "SeriesInstanceUID": text("SeriesInstanceUID"),
@@ -198,13 +206,19 @@ def oracle_row(data: bytes, key: str, *, size: int, raw_key: str | None) -> dict
 
 def warehouse_rows(storage, raw_of: dict[str, str]) -> dict[str, dict]:
     """The catalogue row each filed image should have, made from the filed copy itself (its
-    bytes read by pydicom, its listed size) and the raw key the test tree says it came from."""
+    bytes read by pydicom, its listed size and its metadata file's) and the raw key the test
+    tree says it came from."""
+    listed = {info.key: info.size for info in storage.list("")}
     return {
-        info.key: oracle_row(
-            storage.read(info.key), info.key, size=info.size, raw_key=raw_of.get(info.key)
+        key: oracle_row(
+            storage.read(key),
+            key,
+            size=size,
+            raw_key=raw_of.get(key),
+            metadata_size=listed.get(layout_of(key)["metadata_key"]),
         )
-        for info in storage.list("")
-        if layout_of(info.key) is not None
+        for key, size in listed.items()
+        if layout_of(key) is not None
     }
 
 
@@ -347,7 +361,7 @@ def test_rows_follow_the_column_rules(extra, raw, expected):
     assert row["raw_key"] is None and row["upload_date"] is None
 
 
-def test_part_keys_and_merge_keeps_the_newest_row_of_a_key():
+def test_part_keys_and_merge_keeps_the_newest_row_of_a_key(local_store, tmp_path):
     now = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
     assert part_key(now) == "catalogue/images/2026-11-25T09-30-00.000000Z.parquet"
     assert part_key(now, (1, 4)).endswith("00.000000Z-shard-1-of-4.parquet")
@@ -356,9 +370,26 @@ def test_part_keys_and_merge_keeps_the_newest_row_of_a_key():
     where = parse_image_key(f"training/xray/Covid1/1.2/1.3/{name}")
     old = image_row(parse_header(data), where, size=1, raw_key=None, upload=None)
     new = image_row(parse_header(data), where, size=2, raw_key=None, upload=None)
-    merged = merge_parts([rows_table([old]), rows_table([new])])
-    assert merged.column("object_size").to_pylist() == [2]
-    assert merge_parts([rows_table([old])], present=set()).num_rows == 0
+    local_store.write(part_key(now), part_bytes(rows_table([old])))
+    local_store.write(part_key(now + dt.timedelta(seconds=1)), part_bytes(rows_table([new])))
+    scan = scan_catalogue(
+        local_store,
+        local_store.processed(),
+        None,
+        _submit_now,
+        RunReport("dataprocess"),
+        str(tmp_path / "merged.parquet"),
+        now=now + dt.timedelta(hours=1),
+    )
+    merged = pq.read_table(scan.path)
+    assert merged.column("object_size").to_pylist() == [2] and scan.rows == 1
+
+
+def _submit_now(work, *args):
+    """A pool's submit, run at once (the merge's reads in the test's thread)."""
+    future: Future = Future()
+    future.set_result(work(*args))
+    return future
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,48 +622,73 @@ def test_later_uploads_of_a_filed_instance_are_duplicates_or_conflicts(store):
 
 
 # --------------------------------------------------------------------------------------------
-# dataprocess: the whole catalogue, and the backfill
+# dataprocess: the whole catalogue, merged a day at a time; a reconcile catalogues what no
+# part lists
 
 
 def _images(storage) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(read_batch(storage.processed())[1]["images.parquet"]))
 
 
-def test_dataprocess_merges_the_parts_and_backfills_a_warehouse_without_them(store):
-    files = _tree(images=12)
-    builders.put_tree(store, files)
+def _oracle_frame(storage, raw_of: dict[str, str]) -> pd.DataFrame:
+    """The catalogue columns of every filed image, as the oracle makes them, by key."""
+    rows = warehouse_rows(storage, raw_of)
+    return pd.DataFrame([rows[key] for key in sorted(rows)], columns=list(COLUMNS))
+
+
+def _catalogue_columns(images: pd.DataFrame) -> pd.DataFrame:
+    table = images.sort_values("warehouse_key", ignore_index=True)[list(COLUMNS)]
+    return table.astype(object).where(table.notna(), None)
+
+
+def test_dataprocess_merges_only_the_new_parts_and_a_reconcile_catalogues_what_none_lists(
+    store, monkeypatch
+):
+    # (parts count as settled at once: the index and the merged catalogue may cover them)
+    monkeypatch.setattr(merge, "PART_SETTLE", dt.timedelta(0))
+    builders.put_tree(store, _tree(images=12))
     assert builders.run_loader(store, workers=4)[0] == 0
     builders.put_tree(store, _tree(images=6, date="2021-02-01", first=12))
     assert builders.run_loader(store, workers=4)[0] == 0
     assert len(part_keys(store)) == 2
     code, state = run_dataprocess(store, workers=4)
-    assert code == 0 and "images catalogued by the backfill" not in state.report.counts
-    incremental = _images(store)
-    assert len(incremental) == 18 and incremental["warehouse_key"].is_unique
-    assert set(incremental["SubmittingCentre"]) == {SPLIT}
-    assert incremental["covid_positive"].all()
-    assert incremental[["upload_date", "StudyDate"]].dtypes.tolist() == ["datetime64[ns]"] * 2
-    assert str(incremental["Rows"].dtype) == "Int64"
-    expected = warehouse_rows(store, _raw_of(store))
-    parts = {r["warehouse_key"]: r for r in part_rows(store)}
-    assert parts == expected
-    # The same warehouse without its parts (as filed before the catalogue existed): the
-    # backfill reads every image's header once and gives the same table.
-    for key in part_keys(store):
+    assert code == 0
+    first = _images(store)
+    assert len(first) == 18 and first["warehouse_key"].is_unique
+    assert set(first["SubmittingCentre"]) == {SPLIT}
+    assert first["covid_positive"].all()
+    expected = _oracle_frame(store, _raw_of(store))
+    pd.testing.assert_frame_equal(_catalogue_columns(first), _catalogue_columns(expected))
+
+    # A day later: one more loader run, one more part; the merge reads that part only.
+    builders.put_tree(store, _tree(images=6, date="2021-03-01", first=18))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    reads = []
+    monkeypatch.setattr(merge, "read_part", _recording(merge.read_part, reads))
+    code, state = run_dataprocess(store, workers=4)
+    assert code == 0 and len(reads) == 1
+    second = _images(store)
+    expected = _oracle_frame(store, _raw_of(store))
+    assert len(second) == 24
+    pd.testing.assert_frame_equal(_catalogue_columns(second), _catalogue_columns(expected))
+
+    # The same warehouse without its parts (as filed before the catalogue existed): a
+    # reconcile run of the loader reads every filed image's header once and catalogues it,
+    # where each came from unknown (never guessed); dataprocess then gives the same rows.
+    for key in [*part_keys(store), *(i.key for i in store.list("catalogue/index/"))]:
         store_delete(store, key)
-    code, state = run_dataprocess(store, workers=4)
-    assert code == 0 and state.report.counts["images catalogued by the backfill"] == 18
-    # the same rows, but where each image came from is unknown (never guessed)
-    backfilled = _images(store)
-    assert backfilled["raw_key"].isna().all() and backfilled["upload_date"].isna().all()
-    unknown_source = incremental.assign(raw_key=pd.NA, upload_date=pd.NaT)
-    unknown_source["raw_key"] = unknown_source["raw_key"].astype(incremental["raw_key"].dtype)
-    pd.testing.assert_frame_equal(backfilled, unknown_source)
-    (kept,) = [i.key for i in store.processed().list("catalogue/backfill/")]
-    assert {r["warehouse_key"] for r in read_part(store.processed().read(kept)).to_pylist()} == set(
-        expected
-    )
-    # once: the next run reads the backfill's rows instead of the headers
-    code, state = run_dataprocess(store, workers=4)
-    assert code == 0 and "images catalogued by the backfill" not in state.report.counts
-    pd.testing.assert_frame_equal(_images(store), backfilled)
+    code, state = builders.run_loader(store, workers=4, reconcile=True)
+    assert code == 0 and state.report.counts["filed images in no part catalogued"] == 24
+    code, state = run_dataprocess(store, workers=4, reconcile=True)
+    assert code == 0
+    recovered = _catalogue_columns(_images(store))
+    unknown_source = _catalogue_columns(expected).assign(raw_key=None, upload_date=None)
+    pd.testing.assert_frame_equal(recovered, unknown_source)
+
+
+def _recording(read, reads: list):
+    def recorded(data, *args, **kwargs):
+        reads.append(len(data))
+        return read(data, *args, **kwargs)
+
+    return recorded

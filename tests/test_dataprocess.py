@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 
@@ -154,6 +155,7 @@ def catalogue_part(files: dict[str, bytes]) -> bytes:
                     size=len(files[key]),
                     raw_key=f"raw-a/2021-03-01/images/{where.name}",
                     upload="2021-03-01",
+                    metadata_size=len(files[where.metadata_key]),
                 )
             )
     return part_bytes(rows_table(rows))
@@ -210,6 +212,10 @@ class RecordingStorage(DelegatingStorage):
     def read_range(self, key, start, end):
         return self.inner.read_range(key, start, end)
 
+    def write_file(self, key, path, content_type="application/vnd.apache.parquet"):
+        self._record("writes", f"{self.url}/{key}")
+        self.inner.write_file(key, path, content_type)
+
     def write(self, key, data, content_type="application/json"):
         self._record("writes", f"{self.url}/{key}")
         if key.rsplit("/", 1)[-1] in self.fail_writes:
@@ -249,8 +255,10 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     """The checks every backend must pass on the hand-made warehouse's batch."""
     batch, out = read_batch(processed)
     assert BATCH.match(batch)
-    tables = ("ct", "xray", "patient", "patient_clean", "storage", "study_images", "images")
+    tables = ("ct", "xray", "patient", "patient_clean", "storage", "study_images")
     pages = ("dashboard.html", "public.html")
+    # the catalogue in Parquet only; the rows the next run may reuse
+    data = ("images.parquet", "rows/patients.parquet", "rows/studies.parquet")
     stats = (
         "stats_patients.csv",
         "stats_images.csv",
@@ -259,12 +267,16 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
         "stats_date.txt",
     )
     assert sorted(out) == sorted(
-        [f"{t}.{ext}" for t in tables for ext in ("csv", "parquet")] + list(stats) + list(pages)
+        [f"{t}.{ext}" for t in tables for ext in ("csv", "parquet")]
+        + list(stats)
+        + list(pages)
+        + list(data)
     )
     latest = processed.read("latest.csv").decode()
     assert latest == (
         "archive,path\r\n"
         + "".join(f"{t},{batch}/{t}.csv\r\n" for t in tables)
+        + f"images,{batch}/images.parquet\r\n"
         + f"dashboard,{batch}/dashboard.html\r\npublic,{batch}/public.html\r\n"
     )
     for page in pages:
@@ -279,6 +291,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert list(catalogue["warehouse_key"]) == list(part["warehouse_key"])
     assert list(catalogue.columns) == [
         *part.columns,
+        "filed",
         "SubmittingCentre",
         "covid_positive",
         "age",
@@ -289,9 +302,10 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert bool(summary.loc["Covid1", "covid_positive"]) is True
     assert summary.loc["Covid1", "age"] == 45.0
     assert bool(summary.loc["Covid2", "covid_positive"]) is False
-    assert catalogue["upload_date"].dt.strftime("%Y-%m-%d").unique().tolist() == ["2021-03-01"]
-    images_csv = csv(out, "images.csv")
-    assert len(images_csv) == 5 and "\\" in images_csv["PixelSpacing"].iloc[0]
+    assert catalogue["upload_date"].astype(str).unique().tolist() == ["2021-03-01"]
+    assert list(catalogue["metadata_size"]) == [
+        len(files[parse_image_key(key).metadata_key]) for key in catalogue["warehouse_key"]
+    ]
 
     # Images per study folder, from the listing: study A has two metadata files.
     images = csv(out, "study_images.csv")
@@ -432,13 +446,18 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
 
     # Listed once (each group folder split once), each chosen file and study file read once,
     # and for the pages config.json and the loader's latest report (neither is there).
-    assert sorted(store.log["folders"]) == ["training/", "validation/"]
+    # Only the clinical folders are listed: the images are the catalogue's.
+    assert sorted(store.log["folders"]) == ["training/data/", "validation/data/"]
     reads = store.log["reads"]
-    # (and the catalogue part)
-    assert len(reads) == len(set(reads)) == 4 + 4 + 2 + 1  # 3 patients + the bad file, 4 studies
+    # (and the catalogue part, and latest.csv: there is no batch yet)
+    assert (
+        len(reads) == len(set(reads)) == 4 + 4 + 2 + 1 + 1
+    )  # 3 patients + the bad file, 4 studies
     assert {"config.json", "reports/warehouseloader/latest.json"} <= set(reads)
     assert reads[0] == "config.json"  # before anything else: a bucket without it is refused
-    assert set(csv(out, "study_images.csv")["filed"]) == {"2021-03-02"}
+    assert set(csv(out, "study_images.csv")["filed"]) == {"2021-03-02"}  # the part's date
+    filed = pd.read_parquet(io.BytesIO(out["images.parquet"]))["filed"]
+    assert set(filed.astype(str)) == {"2021-03-02"}
     assert f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A2']}/b.json" not in reads
     assert "training/data/Covid1/status_2021-04-01.json" not in reads
 
@@ -449,7 +468,10 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert writes[-3].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-3]
     assert store.log["writes"][-2].endswith("reports/dataprocess/latest.json")
     assert store.log["writes"][-1] == store.log["writes"][-3].removesuffix(".json") + ".html"
-    assert len(writes) == 14 + 5 + 2 + 1 + 3  # tables (images too), stats, pages, latest
+    # tables, the catalogue, stats, pages, reusable rows, latest; the catalogue's index (and
+    # its pointer), before the batch
+    assert len(writes) == 12 + 1 + 5 + 2 + 2 + 1 + 3 + 2
+    assert writes.index("latest.json") < writes.index("images.parquet")
 
     printed = capsys.readouterr()
     assert "dataprocess run summary" in printed.out
@@ -477,9 +499,29 @@ def test_a_modality_without_studies_has_no_table(local_store):
         "public",
     ]
     assert "X-ray image studies,fewer than 10\r\n" in out["stats_images.csv"].decode()
-    # the part's rows of images no longer in the warehouse are left out
+    # A daily run trusts the catalogue: the X-ray studies' metadata files are not there, so
+    # their studies are reported and left out of the study tables (the run is complete) ...
+    report = latest_report(local_store)
+    assert report["completed"] is True
+    gone = sorted(
+        p["key"]
+        for p in report["problems"]
+        if p["reason"] == "catalogued file not in the warehouse"
+    )
+    assert gone == sorted(k for k in warehouse_files() if "/xray-metadata/" in k)
+    images = pd.read_parquet(io.BytesIO(out["images.parquet"]))
+    assert len(images) == 5
+    # ... and a reconcile, which lists the warehouse, leaves their rows out of the catalogue.
+    assert run_graph(local_store, reconcile=True)[0] == 0
+    batch, out = read_batch(processed)
     images = pd.read_parquet(io.BytesIO(out["images.parquet"]))
     assert set(images["modality_folder"]) == {"ct"} and len(images) == 3
+    assert (
+        latest_report(local_store)["counts"][
+            "catalogued images no longer in the warehouse (left out)"
+        ]
+        == 2
+    )
 
 
 def test_a_warehouse_without_images(local_store):
@@ -707,21 +749,26 @@ def test_warehouse_times_and_dates_past_pandas_range_leave_dates_empty(local_sto
     year_2300 = dt.datetime(2300, 1, 1, tzinfo=dt.UTC).timestamp()
     filed = [p for p in local_store.root.glob("training/**/*") if p.is_file()]
     assert len(filed) == 5  # one clinical file, two images and their metadata
-    for path in filed:
+    parts = list(local_store.root.glob("catalogue/images/*.parquet"))
+    for path in [*filed, *parts]:
         os.utime(path, (year_2300, year_2300))
 
     code, state = run_graph(local_store)
 
     assert code == 0
-    assert state.report.counts[dataprocess_extraction.IMPLAUSIBLE_TIMES] == 5
+    # (only the clinical folder is listed: images are the catalogue's)
+    assert state.report.counts[dataprocess_extraction.IMPLAUSIBLE_TIMES] == 1
     _, out = read_batch(local_store.processed())
     assert list(csv(out, "patient.csv")["last_modified"]) == [""]  # the row is kept
-    assert list(csv(out, "ct.csv")["last_modified"]) == [""]
+    assert list(csv(out, "ct.csv")["last_modified"]) == [""]  # filed in 2300: left empty
     assert list(csv(out, "study_images.csv")["filed"]) == ["", ""]
-    images = csv(out, "images.csv").sort_values("Modality")
-    assert list(images["Modality"]) == ["CT", "DX"]
-    assert list(images["StudyDate"]) == ["", ""]
-    assert list(images["upload_date"]) == ["", "2021-01-02"]
+    # The catalogue is Parquet dates (no pandas range): kept as they are.
+    images = pq.read_table(io.BytesIO(out["images.parquet"])).sort_by("Modality")
+    assert images.column("Modality").to_pylist() == ["CT", "DX"]
+    assert images.column("upload_date").to_pylist() == [dt.date(2300, 1, 1), dt.date(2021, 1, 2)]
+    # (year 1 is not a DICOM date the catalogue takes)
+    assert images.column("StudyDate").to_pylist() == [dt.date(2300, 1, 1), None]
+    assert images.column("filed").to_pylist() == [dt.date(2300, 1, 1)] * 2
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,7 @@ def test_reasons_page_lists_every_reason_with_what_a_site_reads():
     warehouse_side = {
         Reason.INVALID_PART,
         Reason.INVALID_REPORT,
-        Reason.NOT_CATALOGUED,
+        Reason.NOT_IN_WAREHOUSE,
         Reason.FIELDS_LEFT_OUT,
         Reason.WAREHOUSE_CONFLICT,
     }
@@ -245,7 +245,8 @@ def test_catalogue_columns_page_gives_each_column_its_arrow_type():
 
     rows = table_rows(read(REFERENCE / "catalogue-columns.md"), "| column |")
     expected = [(f"`{f.name}`", f"`{f.type}`") for f in SCHEMA]
-    expected += [(f"`{name}`", "") for name in CLINICAL_COLUMNS.values()]
+    expected += [("`filed`", "`date32[day]`")]
+    expected += [(f"`{name}`", f"`{arrow_type}`") for name, arrow_type in CLINICAL_COLUMNS.values()]
     assert [(row[0], row[1]) for row in rows] == expected
     assert all(row[4] for row in rows)  # a meaning for each
 

@@ -4,11 +4,13 @@
     list_image_metadata_files -> load_image_metadata_files ----+-> DataExtractor
     get_storage_stats -----------------------------------------+
 
-The three branches run in parallel from one listing of ``training/`` and ``validation/`` (the
-``warehouse_index`` service lists on first use and shares the result). ``DataExtractor``
-collects their rows and, once all three have ended, builds the tables and writes them to the
-processed store (``<bucket>-processed``) in a folder named by the run's UTC time, then
-``latest.csv``.
+The three branches run in parallel from one view of the warehouse (the ``warehouse_index``
+service builds it on first use and shares it: `dashboard.view`): the patients' clinical
+folders listed, the image catalogue merged with the parts written since the last batch, and
+the last batch's rows, so that only new or changed clinical and metadata files are read.
+``DataExtractor`` collects their rows and, once all three have ended, builds the tables and
+writes them to the processed store (``<bucket>-processed``) in a folder named by the run's UTC
+time, then ``latest.csv``.
 
 Run it with ``bonobo run warehouse/dataprocess.py --env WAREHOUSE_BUCKET=...`` or
 ``python -m warehouse.dataprocess`` (same graph, a truthful exit code). The rules live in
@@ -39,7 +41,7 @@ from warehouse.dashboard.extraction import (
     storage_sizes,
     study_row,
 )
-from warehouse.listing.warehouse import SharedWarehouseIndex, StudyFile
+from warehouse.dashboard.view import SharedView, build_view
 from warehouse.runtime import command, pools
 from warehouse.runtime.services import graph_services
 from warehouse.storage.base import Storage
@@ -50,40 +52,53 @@ GRAPH_NAME = "dataprocess"
 
 
 @use("warehouse_index", "state")
-def list_clinical_files(warehouse_index: SharedWarehouseIndex, state: DataprocessState):
-    """Choose each patient's clinical file from the listed names (section 1.2); yield it."""
-    for patient in clinical_inputs(state.index(warehouse_index), state.report):
+def list_clinical_files(warehouse_index: SharedView, state: DataprocessState):
+    """Choose each patient's clinical file from the listed names (section 1.2); yield it (with
+    the record read from it last time, when the file has not changed since)."""
+    for patient in clinical_inputs(state.view(warehouse_index), state.report):
         yield (patient,)
 
 
 @use("storage", "state")
 @pools.pooled
-def load_clinical_files(pool, patient: PatientFile, storage: Storage, state: DataprocessState):
-    """Read the chosen clinical files concurrently; yield one patient row each."""
+def load_clinical_files(pool, patient, storage: Storage, state: DataprocessState):
+    """Read the chosen clinical files concurrently (a record known from the last batch is
+    not read again); yield one patient row each, in input order."""
     then = functools.partial(patient_row, state.report)
-    pool.submit(read_patient_record, storage, patient, then=then)
+    if isinstance(patient, tuple) and not isinstance(patient, PatientFile):
+        pool.put(patient, then=then, item=patient[0])
+    else:
+        pool.submit(read_patient_record, storage, patient, then=then)
     yield from pool.ready()
 
 
 @use("warehouse_index", "state")
-def list_image_metadata_files(warehouse_index: SharedWarehouseIndex, state: DataprocessState):
-    """Yield one metadata file per study folder (the first key in sort order)."""
-    for study in state.index(warehouse_index).sorted_studies():
-        yield (study,)
+def list_image_metadata_files(warehouse_index: SharedView, state: DataprocessState):
+    """Yield one metadata file per study folder (the first key in sort order), with the fields
+    read from it last time when its study has no newly catalogued image."""
+    for study, fields in state.view(warehouse_index).study_files():
+        yield ((study, fields),)
 
 
 @use("storage", "state")
 @pools.pooled
-def load_image_metadata_files(pool, study: StudyFile, storage: Storage, state: DataprocessState):
-    """Read the studies' metadata files concurrently; yield one study row each."""
-    pool.submit(read_study_row, storage, study, then=functools.partial(study_row, state.report))
+def load_image_metadata_files(pool, item, storage: Storage, state: DataprocessState):
+    """Read the studies' metadata files concurrently (unless known from the last batch);
+    yield one study row each, in input order."""
+    study, fields = item
+    then = functools.partial(study_row, state.report)
+    if fields is not None:
+        pool.put((study, fields), then=then, item=study)
+    else:
+        pool.submit(read_study_row, storage, study, then=then)
     yield from pool.ready()
 
 
 @use("warehouse_index", "state")
-def get_storage_stats(warehouse_index: SharedWarehouseIndex, state: DataprocessState):
-    """Yield the bytes stored under each storage prefix (from the same listing)."""
-    yield (storage_sizes(state.index(warehouse_index)),)
+def get_storage_stats(warehouse_index: SharedView, state: DataprocessState):
+    """Yield the bytes stored under each storage prefix (clinical folders as listed, image
+    folders as catalogued)."""
+    yield (storage_sizes(state.view(warehouse_index)),)
 
 
 def _collect_then_write(
@@ -92,13 +107,16 @@ def _collect_then_write(
     *,
     storage: Storage,
     state: DataprocessState,
-    warehouse_index: SharedWarehouseIndex,
+    warehouse_index: SharedView,
     **services,
 ):
     collected = Collected()
     yield collected
     errors = command.unexpected_errors(context.parent) if context.parent else 0
-    publish_batch(storage, state, collected, warehouse_index, errors)
+    try:
+        publish_batch(storage, state, collected, warehouse_index, errors)
+    finally:
+        warehouse_index.close()
 
 
 # The node names are part of the interface (status lines): hence a class-like function name.
@@ -109,7 +127,7 @@ def DataExtractor(
     item,
     storage: Storage,
     state: DataprocessState,
-    warehouse_index: SharedWarehouseIndex,
+    warehouse_index: SharedView,
 ):
     """Join the branches: collect every row; at the end, build and write the tables."""
     collected.add(item)
@@ -126,16 +144,23 @@ def get_graph(**options) -> bonobo.Graph:
 
 def get_services(settings: Settings | None = None, storage: Storage | None = None, **options):
     """The services: ``storage`` (the warehouse store; its ``processed()`` store receives the
-    tables), ``warehouse_index`` (its listing, made once) and ``state`` (the run); see
-    `graph_services`."""
+    tables), ``warehouse_index`` (what the run reads, `dashboard.view`, built once) and
+    ``state`` (the run); see `graph_services`."""
     services = graph_services(GRAPH_NAME, DataprocessState, settings, storage)
     services["storage"].processed().check_store()  # before reading: where the tables go
     # A bucket without a valid config.json is not a warehouse: nothing is published from it.
     state = services["state"]
     state.config = load_pipeline_config(services["storage"], state.report)
-    # (with each image's name: the image catalogue is checked against the listing)
-    services["warehouse_index"] = SharedWarehouseIndex(
-        services["storage"], services["state"].settings.workers
+    settings = state.settings
+    services["warehouse_index"] = SharedView(
+        functools.partial(
+            build_view,
+            services["storage"],
+            settings.workers,
+            state.workers.submit,
+            state.report,
+            reconcile=settings.reconcile,
+        )
     )
     return services
 
@@ -151,10 +176,13 @@ def command_parser():
         "dataprocess",
         "Build the dashboard tables of the WAREHOUSE_BUCKET warehouse side (training/, "
         "validation/) and write them to <bucket>-processed: a folder <UTC time>/ with ct, xray, "
-        "mri, patient, patient_clean, storage and study_images as CSV and Parquet, the public "
-        "statistics files and two pages (dashboard.html, public.html), then latest.csv "
-        "naming them.",
+        "mri, patient, patient_clean, storage and study_images as CSV and Parquet, the image "
+        "catalogue images.parquet, the public statistics files and two pages (dashboard.html, "
+        "public.html), then latest.csv naming them. A run reads only what changed since the "
+        "last batch: the clinical folders are listed, images come from the catalogue.",
         """  DRY_RUN            true/false: read and build everything, write nothing (default false)
+  WAREHOUSE_RECONCILE true/false: reuse nothing from the last batch; merge every catalogue part
+                     and read every clinical and metadata file again (default false)
 
 exit codes: 0 tables written (unusable files are reported, not failures);
   1 some reads or writes failed, nothing published (rerun); 2 bad settings""",

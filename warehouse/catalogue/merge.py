@@ -1,179 +1,377 @@
-"""The whole image catalogue: every part merged into one table of the images the warehouse
-holds now (the newest part's row of an image listed twice, nothing for an image no longer
-there), completed by a backfill of the images no part lists.
+"""The whole image catalogue, kept up to date a day at a time: the last batch's catalogue and
+the parts written since, merged into one table, streamed (never the whole catalogue in memory
+at once), with what the dashboards need of it counted on the way, and the catalogue's index
+written for the loader's next runs.
 
-An image that no part lists (a warehouse filed before the catalogue existed, or whose first
-run was stopped before its part) is catalogued **once**: its header is read with ranged reads
-through the run's worker pool (one GET per image, the same row the loader would have made,
-TransferSyntaxUID included, which the metadata JSON leaves out with the file meta), its raw key
-and upload date are recorded as unknown (only the run that filed it knew them: a guess by name
-and size could borrow another upload's provenance), and the rows are kept in the processed
-store as ``catalogue/backfill/<UTC time>.parquet``, read by the next runs like the loader's
-parts.
+The merged table holds one row per image (a part's newer row of an image replaces the older
+one) and a ``filed`` column, the date its part was written. Its Parquet metadata says which
+part it covers up to (``through``), so the next merge reads only the parts after it: one LIST
+and one GET a part, whatever the warehouse's size. A batch without that metadata (or without
+a catalogue) is merged again from every part.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import json
 import logging
-from collections.abc import Callable, Iterable
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from warehouse.catalogue.filed import FiledImages
+from warehouse.catalogue.index import (
+    IndexArrays,
+    InvalidIndex,
+    arrays_of_parts,
+    combined,
+    key_hashes,
+    read_index,
+    read_pointer,
+    write_index,
+)
 from warehouse.catalogue.rows import (
-    COLUMNS,
     PARTS_PREFIX,
     SCHEMA,
-    HeaderProgress,
     InvalidPart,
-    RowBuffer,
-    filed_image_row,
     is_part_key,
-    part_bytes,
+    part_key,
     read_part,
 )
+from warehouse.core.errors import ObjectNotFound
+from warehouse.core.keys import KEY_PATIENT, KEY_STUDY
 from warehouse.core.reasons import Reason
-from warehouse.core.report import RunReport, utc_stamp
-from warehouse.dicom.problems import HeaderProblem
+from warehouse.core.report import RunReport
 from warehouse.storage.base import Storage
+from warehouse.storage.files import StoredFile
 
 logger = logging.getLogger("dataprocess")
 
-#: Where the backfill's rows are kept, in the processed store.
-BACKFILL_PREFIX = "catalogue/backfill/"
+#: The merged table's columns: the parts' and the date each image's part was written.
+MERGED_SCHEMA = SCHEMA.append(pa.field("filed", pa.date32()))
+#: How long before a merge a part must be stamped for the merge to say it covers it.
+PART_SETTLE = dt.timedelta(minutes=15)
+#: Rows a streamed pass reads or writes at a time.
+BATCH_ROWS = 65_536
+#: What the pages count images by (with ``group``): each distinct combination, and how many.
+SUMMARY_COLUMNS = (
+    "group",
+    "PatientID",
+    "upload_date",
+    "Manufacturer",
+    "BodyPartExamined",
+    "ViewPosition",
+)
+#: A study folder: its group, modality folder, patient and study folder names.
+_STUDY = ("group", "modality_folder", "patient_folder", "study_folder")
 
 
-def merge_parts(tables: Iterable[pa.Table], present: set[str] | None = None) -> pa.Table:
-    """One table from several parts, oldest first: one row per warehouse key (the newest
-    part's row of a key listed twice), only the images still ``present`` when it is given,
-    sorted by warehouse key.
+@dataclass
+class CatalogueScan:
+    """The merged catalogue (in a local file) and what was counted of it.
+
+    Attributes
+    ----------
+    path : str
+        The merged table, `MERGED_SCHEMA`, in a local Parquet file.
+    rows : int
+        Its rows (images).
+    through : str or None
+        The newest part it covers.
+    new_parts : int
+        Parts read by this merge (those newer than the last batch's).
+    studies : dict
+        ``(group, modality folder, patient, study)`` -> ``(first metadata key, filed date)``.
+    study_images : Counter
+        ``(group, modality folder, patient, study, filed date)`` -> images.
+    image_bytes : Counter
+        ``(group, modality folder)`` -> bytes of the images filed there.
+    metadata_bytes : Counter
+        ``(group, modality folder)`` -> bytes of the images' metadata files (as the loader
+        wrote them).
+    unsized_metadata : int
+        Rows without their metadata file's size (catalogued by an older version).
+    summary : Counter
+        `SUMMARY_COLUMNS` values -> images (what the pages count).
+    gone : int
+        Rows left out because their image is no longer in the warehouse (a reconcile).
+    touched : set
+        The studies (as in ``studies``) with a row from a part merged now: their first
+        metadata file may have changed.
+    index : IndexArrays or None
+        The catalogue index of every part merged (written for the loader), when it was built.
     """
-    tables = [t.select(list(COLUMNS)) for t in tables]
+
+    path: str
+    rows: int = 0
+    through: str | None = None
+    new_parts: int = 0
+    studies: dict[tuple, tuple[str, dt.date | None]] = field(default_factory=dict)
+    study_images: Counter = field(default_factory=Counter)
+    image_bytes: Counter = field(default_factory=Counter)
+    metadata_bytes: Counter = field(default_factory=Counter)
+    unsized_metadata: int = 0
+    summary: Counter = field(default_factory=Counter)
+    gone: int = 0
+    touched: set[tuple] = field(default_factory=set)
+    index: IndexArrays | None = None
+
+
+def _parts_after(storage: Storage, through: str | None) -> dict[str, dt.datetime]:
+    return {
+        info.key: info.last_modified
+        for info in storage.list_after(PARTS_PREFIX, through)
+        if not info.link and is_part_key(info.key)
+    }
+
+
+def _read_parts(
+    storage: Storage, parts: dict[str, dt.datetime], submit: Callable, report: RunReport
+) -> tuple[list[tuple[str, dt.datetime, pa.Table]], str | None]:
+    """The parts' rows, oldest first, and the first part that cannot be read (reported and
+    left out; None when every part was read)."""
+    futures = [(key, when, submit(storage.read, key)) for key, when in sorted(parts.items())]
+    tables, unreadable = [], None
+    for key, when, future in futures:
+        try:
+            tables.append((key, when, read_part(future.result())))
+        except InvalidPart as exc:
+            report.skip(key, Reason.INVALID_PART, str(exc))
+            unreadable = unreadable or key
+    return tables, unreadable
+
+
+def _settled(
+    tables: list[tuple[str, dt.datetime, pa.Table]], unreadable: str | None, now: dt.datetime
+) -> list[tuple[str, dt.datetime, pa.Table]]:
+    """The parts a merge may say it covers (``through``): those stamped at least
+    `PART_SETTLE` before ``now`` and before any part that could not be read. A part is
+    stamped before it is written, so one stamped just before a listing may appear after it;
+    and an unreadable part must stay after ``through`` until it is fixed (the loader reads
+    everything while one is there). The parts after are merged all the same, and read again
+    by the next merge."""
+    cutoff = part_key(now - PART_SETTLE)
+    return [
+        (key, when, table)
+        for key, when, table in tables
+        if key <= cutoff and (unreadable is None or key < unreadable)
+    ]
+
+
+def previous_catalogue(processed: Storage, key: str | None) -> tuple[StoredFile, str | None] | None:
+    """The last batch's merged catalogue (a file over the processed store) and the part it
+    covers up to; None when there is none usable (then every part is merged again)."""
+    if key is None:
+        return None
+    size = next((info.size for info in processed.list(key) if info.key == key), None)
+    if size is None:
+        return None
+    handle = StoredFile(processed, key, size)
+    try:
+        metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+        through = json.loads(metadata[b"through"])
+    except (KeyError, ValueError, pa.ArrowException, OSError):
+        return None
+    if through is not None and not isinstance(through, str):
+        return None
+    handle.seek(0)
+    return handle, through
+
+
+def _batches_of(handle: StoredFile, skip: pa.Array) -> Iterator[pa.Table]:
+    """The rows of a merged catalogue, but those of the warehouse keys in ``skip``."""
+    file = pq.ParquetFile(handle)
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=MERGED_SCHEMA.names):
+        table = pa.Table.from_batches([batch]).cast(MERGED_SCHEMA)
+        if len(skip):
+            table = table.filter(pc.invert(pc.is_in(table.column("warehouse_key"), skip)))
+        yield table
+
+
+def _still_filed(table: pa.Table, filed: FiledImages | None, scan: CatalogueScan) -> pa.Table:
+    """The rows of ``table`` whose image the warehouse still holds (all of them when it was
+    not listed); the others are counted in ``scan.gone``."""
+    if filed is None or not table.num_rows:
+        return table
+    held = filed.holds(key_hashes(table.column("warehouse_key").to_pylist()))
+    scan.gone += int(len(held) - held.sum())
+    return table.filter(pa.array(held))
+
+
+def _newest_rows(parts: list[tuple[str, dt.datetime, pa.Table]]) -> pa.Table:
+    """The parts' rows with their ``filed`` date, one per warehouse key (the newest part's),
+    in key order."""
+    tables = []
+    for _key, when, table in parts:
+        filed = pa.array([when.date()] * table.num_rows, type=pa.date32())
+        tables.append(table.append_column(MERGED_SCHEMA.field("filed"), filed))
     if not tables:
-        return SCHEMA.empty_table()
+        return MERGED_SCHEMA.empty_table()
     merged = pa.concat_tables(tables)
-    keys = merged.column("warehouse_key").to_pylist()
-    last: dict[str, int] = {}
-    for position, key in enumerate(keys):
-        last[key] = position
-    chosen = sorted(
-        (position for key, position in last.items() if present is None or key in present),
-        key=lambda position: keys[position],
+    order = pa.table(
+        {"key": merged.column("warehouse_key"), "position": pa.array(range(merged.num_rows))}
     )
-    return merged.take(pa.array(chosen, type=pa.int64()))
+    last = order.group_by("key", use_threads=False).aggregate([("position", "max")])
+    newest = merged.take(last.column("position_max"))
+    return newest.take(pc.sort_indices(newest, [("warehouse_key", "ascending")]))
 
 
-def backfill_key(now: dt.datetime) -> str:
-    """``catalogue/backfill/2026-11-25T09-30-00.000000Z.parquet`` in the processed store."""
-    return f"{BACKFILL_PREFIX}{utc_stamp(now)}.parquet"
-
-
-def _part_keys(storage: Storage, prefix: str) -> list[str]:
-    return sorted(
-        info.key
-        for info in storage.list(prefix)
-        if not info.link and info.key.endswith(".parquet") and "/" not in info.key[len(prefix) :]
+def _with_folders(table: pa.Table) -> pa.Table:
+    """``table`` with the patient and study folders its metadata keys name."""
+    parts = pc.split_pattern(table.column("metadata_key"), "/")
+    return table.append_column("patient_folder", pc.list_element(parts, KEY_PATIENT)).append_column(
+        "study_folder", pc.list_element(parts, KEY_STUDY)
     )
 
 
-def read_parts(
-    storage: Storage, processed: Storage, submit: Callable, report: RunReport
-) -> list[pa.Table]:
-    """Every part, oldest first: the backfill's (processed store), then the loader's.
+def _count(scan: CatalogueScan, rows: pa.Table) -> None:
+    """Count merged rows into ``scan`` (studies, images, bytes, the summary)."""
+    table = _with_folders(rows)
+    firsts = table.group_by([*_STUDY, "filed"], use_threads=False).aggregate(
+        [("metadata_key", "min"), ("warehouse_key", "count")]
+    )
+    for row in firsts.to_pylist():
+        study = tuple(row[name] for name in _STUDY)
+        scan.study_images[(*study, row["filed"])] += row["warehouse_key_count"]
+        first = (row["metadata_key_min"], row["filed"])
+        known = scan.studies.get(study)
+        if known is None or first[0] < known[0]:
+            scan.studies[study] = first
+    sizes = table.group_by(["group", "modality_folder"]).aggregate(
+        [("object_size", "sum"), ("metadata_size", "sum")]
+    )
+    for row in sizes.to_pylist():
+        scan.image_bytes[(row["group"], row["modality_folder"])] += row["object_size_sum"] or 0
+        scan.metadata_bytes[(row["group"], row["modality_folder"])] += row["metadata_size_sum"] or 0
+    scan.unsized_metadata += table.column("metadata_size").null_count
+    summary = table.group_by(list(SUMMARY_COLUMNS), use_threads=False).aggregate(
+        [("warehouse_key", "count")]
+    )
+    for row in summary.to_pylist():
+        scan.summary[tuple(row[name] for name in SUMMARY_COLUMNS)] += row["warehouse_key_count"]
 
-    A part that is not a catalogue part is reported ("invalid catalogue part") and left out.
+
+def scan_catalogue(
+    storage: Storage,
+    processed: Storage,
+    previous_key: str | None,
+    submit: Callable,
+    report: RunReport,
+    path: str,
+    now: dt.datetime | None = None,
+    filed: FiledImages | None = None,
+) -> CatalogueScan:
+    """Merge the last batch's catalogue (``previous_key`` in the processed store) with the
+    parts written since into ``path`` (a local file), counting what the dashboards need, and
+    build the catalogue's next index from the current one and those parts. With ``filed``
+    (a reconcile's listing of the warehouse), rows of images no longer filed are left out.
 
     Raises
     ------
     StorageError
         When a listing or a read fails.
     """
-    keys = [(processed, key) for key in _part_keys(processed, BACKFILL_PREFIX)]
-    keys += [(storage, k) for k in _part_keys(storage, PARTS_PREFIX) if is_part_key(k)]
-    futures = [(key, submit(store.read, key)) for store, key in keys]
-    tables = []
-    for key, future in futures:
-        try:
-            tables.append(read_part(future.result()))
-        except InvalidPart as exc:
-            report.skip(key, Reason.INVALID_PART, str(exc))
-    return tables
+    now = now or dt.datetime.now(dt.UTC)
+    previous = previous_catalogue(processed, previous_key)
+    through = previous[1] if previous is not None else None
+    new_parts = _parts_after(storage, through)
+    tables, unreadable = _read_parts(storage, new_parts, submit, report)
+    settled = _settled(tables, unreadable, now)
+    newest = _newest_rows(tables)
+    scan = CatalogueScan(path, through=max([through or "", *(t[0] for t in settled)]) or None)
+    scan.new_parts = len(new_parts)
+    metadata = {"through": json.dumps(scan.through)}
+    older = _batches_of(previous[0], newest.column("warehouse_key")) if previous else iter(())
+    with pq.ParquetWriter(path, MERGED_SCHEMA.with_metadata(metadata), compression="zstd") as out:
+        for table in itertools.chain(
+            older, (newest.slice(at, BATCH_ROWS) for at in range(0, newest.num_rows, BATCH_ROWS))
+        ):
+            table = _still_filed(table, filed, scan)
+            if table.num_rows:
+                out.write_table(table)
+                scan.rows += table.num_rows
+                _count(scan, table)
+    touched = _with_folders(newest).group_by(list(_STUDY), use_threads=False).aggregate([])
+    scan.touched = {tuple(row[name] for name in _STUDY) for row in touched.to_pylist()}
+    scan.index = _next_index(storage, through, settled, report)
+    logger.info(
+        "catalogue: %d images, %d parts merged since the last batch", scan.rows, scan.new_parts
+    )
+    return scan
 
 
-def backfill(
+def _next_index(
     storage: Storage,
-    missing: dict[str, int],
-    submit: Callable,
+    through: str | None,
+    settled: list[tuple[str, dt.datetime, pa.Table]],
     report: RunReport,
-    *,
-    max_header_bytes: int | None = None,
-) -> pa.Table:
-    """Catalogue filed images that no part lists: read their headers through the pool (their
-    raw key and upload date unknown: `catalogue.filed_image_row`).
+) -> IndexArrays | None:
+    """The loader's index after a merge of the parts after ``through`` (None: every part):
+    the current index with the settled parts it lacks, or (every part merged) those parts
+    alone; None when it stays as it is (nothing new, or it cannot be brought up to date
+    without the parts before: the loader then reads them, and the next full merge
+    rebuilds it)."""
+    if through is None:
+        return arrays_of_parts(settled)
+    try:
+        pointer = read_pointer(storage)
+        if pointer is None:
+            return None
+        covered = pointer.get("through") or ""
+        if covered < through:
+            return None  # (parts between the two are in neither)
+        new = [(key, when, table) for key, when, table in settled if key > covered]
+        if not new:
+            return None
+        old = read_index(storage, pointer["index"], pointer["size"], with_raw=True)
+    except (InvalidIndex, ObjectNotFound) as exc:
+        report.count("catalogue index not updated (the current one cannot be read)")
+        logger.warning("the catalogue index cannot be read (%s): not updated", exc)
+        return None
+    return combined(old, arrays_of_parts(new))
 
-    An image whose header cannot be parsed is reported ("image left out of the catalogue")
-    and left for the next run.
 
-    Raises
-    ------
-    StorageError
-        When a read fails.
+def publish_index(storage: Storage, scan: CatalogueScan, now: dt.datetime) -> str | None:
+    """Write the index a merge built (`write_index`), when it built one."""
+    if scan.index is None or storage.read_only:
+        return None
+    return write_index(storage, scan.index, now)
+
+
+def write_joined(
+    scan: CatalogueScan, summary_of: Callable[[pa.Table], dict[str, pa.Array]], path: str
+) -> int:
+    """Write the batch's ``images.parquet`` at ``path``: the merged catalogue with, for each
+    row, the columns ``summary_of(rows)`` gives (each patient's clinical summary), streamed.
+
+    Returns
+    -------
+    int
+        Its size in bytes.
     """
-    rows = RowBuffer()
-    if not missing:
-        return rows.table()
-    logger.info("catalogue backfill: %d filed images are in no catalogue part", len(missing))
-    progress = HeaderProgress(len(missing), logger, "catalogue backfill")
-    futures = [
-        (key, submit(filed_image_row, storage, key, size, max_header_bytes))
-        for key, size in sorted(missing.items())
-    ]
-    for key, future in futures:
-        try:
-            rows.add(future.result())
-        except HeaderProblem as exc:
-            report.skip(key, Reason.NOT_CATALOGUED, str(exc))
-        progress.step()
-    report.count("images catalogued by the backfill", len(rows))
-    return rows.table()
-
-
-def image_catalogue(
-    storage: Storage,
-    filed: dict[str, int],
-    submit: Callable,
-    report: RunReport,
-    now: dt.datetime,
-    *,
-    max_header_bytes: int | None = None,
-) -> pa.Table:
-    """The catalogue of the images the warehouse holds: the parts merged, the images no part
-    lists backfilled (and their rows kept in the processed store for the next runs).
-
-    Parameters
-    ----------
-    storage : Storage
-        The warehouse (its ``processed()`` store holds the backfill's rows).
-    filed : dict
-        Image key -> size of every filed image (from this run's listing).
-    submit : callable
-        ``submit(work, *args) -> Future``: the run's worker pool.
-    report : RunReport
-        Where unusable parts and unreadable images are reported.
-    now : datetime.datetime
-        The run's time (the backfill part's name).
-
-    Raises
-    ------
-    StorageError
-        When a listing, a read or the backfill part's write fails.
-    """
-    processed = storage.processed()
-    merged = merge_parts(read_parts(storage, processed, submit, report), present=set(filed))
-    listed = set(merged.column("warehouse_key").to_pylist())
-    missing = {key: size for key, size in filed.items() if key not in listed}
-    added = backfill(storage, missing, submit, report, max_header_bytes=max_header_bytes)
-    if added.num_rows:
-        processed.write(backfill_key(now), part_bytes(added), "application/vnd.apache.parquet")
-        merged = merge_parts([merged, added])
-    return merged
+    source = pq.ParquetFile(scan.path)
+    writer = None
+    try:
+        for batch in source.iter_batches(batch_size=BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            for name, column in summary_of(table).items():
+                table = table.append_column(name, column)
+            if writer is None:
+                schema = table.schema.with_metadata(source.schema_arrow.metadata)
+                writer = pq.ParquetWriter(path, schema, compression="zstd")
+            writer.write_table(table)
+        if writer is None:  # no image: an empty table of the same columns
+            empty = pa.Table.from_batches([], schema=MERGED_SCHEMA)
+            for name, column in summary_of(empty).items():
+                empty = empty.append_column(name, column)
+            pq.write_table(empty.replace_schema_metadata(source.schema_arrow.metadata), path)
+    finally:
+        if writer is not None:
+            writer.close()
+    return os.path.getsize(path)

@@ -39,6 +39,7 @@ SCHEMA = pa.schema(
         ("modality_folder", pa.string()),
         ("upload_date", pa.date32()),
         ("object_size", pa.int64()),
+        ("metadata_size", pa.int64()),
         ("PatientID", pa.string()),
         ("StudyInstanceUID", pa.string()),
         ("SeriesInstanceUID", pa.string()),
@@ -63,8 +64,10 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
-#: The columns taken from the header (after the seven that say where the image is).
-HEADER_COLUMNS = COLUMNS[7:]
+#: The columns taken from the header (after the eight that say where the image is).
+HEADER_COLUMNS = COLUMNS[8:]
+#: Where a row holds its metadata file's size (known once that file is written).
+METADATA_SIZE = COLUMNS.index("metadata_size")
 
 #: Seconds between two progress lines of a pass over filed images' headers.
 PROGRESS_SECONDS = 10.0
@@ -244,6 +247,7 @@ def image_row(
     size: int,
     raw_key: str | None,
     upload: str | None,
+    metadata_size: int | None = None,
 ) -> tuple:
     """One catalogue row, in `COLUMNS` order, for the image filed at ``image``.
 
@@ -259,6 +263,8 @@ def image_row(
         The raw key it was copied from (None when not known).
     upload : str or None
         The upload folder's date, ``YYYY-MM-DD`` (None when not known).
+    metadata_size : int, optional
+        The size of its metadata file, when it is written (`with_metadata_size` sets it later).
     """
     return (
         image.key,
@@ -268,11 +274,23 @@ def image_row(
         image.folder,
         upload_date(upload),
         int(size),
+        metadata_size,
         *header_values(dataset),
     )
 
 
-def filed_image_row(storage, key: str, size: int, max_header_bytes: int | None = None) -> tuple:
+def with_metadata_size(row: tuple, size: int) -> tuple:
+    """``row`` with its metadata file's size (the loader knows it once the file is written)."""
+    return (*row[:METADATA_SIZE], int(size), *row[METADATA_SIZE + 1 :])
+
+
+def filed_image_row(
+    storage,
+    key: str,
+    size: int,
+    max_header_bytes: int | None = None,
+    metadata_size: int | None = None,
+) -> tuple:
     """The row of an image filed already but in no part, from its header (ranged reads, as
     the loader's own): for the loader's pass over a stopped run's images and for
     ``dataprocess``'s backfill.
@@ -291,6 +309,8 @@ def filed_image_row(storage, key: str, size: int, max_header_bytes: int | None =
         Its listed size.
     max_header_bytes : int, optional
         The header read limit (`dicom.read_header`).
+    metadata_size : int, optional
+        Its metadata file's listed size.
 
     Raises
     ------
@@ -298,7 +318,14 @@ def filed_image_row(storage, key: str, size: int, max_header_bytes: int | None =
         When the header cannot be read or parsed.
     """
     header = read_header(storage, key, size, max_header_bytes=max_header_bytes)
-    return image_row(header.dataset, parse_image_key(key), size=size, raw_key=None, upload=None)
+    return image_row(
+        header.dataset,
+        parse_image_key(key),
+        size=size,
+        raw_key=None,
+        upload=None,
+        metadata_size=metadata_size,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -58,9 +58,10 @@ from warehouse.catalogue.rows import (
     part_bytes,
     part_key,
     read_part,
+    with_metadata_size,
 )
 from warehouse.core.errors import StorageError
-from warehouse.core.keys import RawKey
+from warehouse.core.keys import RawKey, parse_image_key
 from warehouse.core.reasons import Reason
 from warehouse.core.report import RunReport
 from warehouse.dicom.problems import HeaderProblem
@@ -360,10 +361,13 @@ class LoaderCatalogue:
 
     # -- recovery: filed images no readable part lists ---------------------------------------
 
-    def recover_unknown_images(self, storage: Storage, filed: dict[str, int]) -> int:
+    def recover_unknown_images(
+        self, storage: Storage, filed: dict[str, int], sizes: Mapping[str, int] | None = None
+    ) -> int:
         """Catalogue the filed images (``filed``: image key -> size, from a listing of the
         warehouse) that no readable part lists: their headers are read through the pool, their
-        rows join this run's parts (raw key unknown) and their instances the duplicate rule.
+        rows join this run's parts (raw key unknown; the metadata file's size from ``sizes``,
+        key -> listed size) and their instances the duplicate rule.
 
         Returns
         -------
@@ -380,7 +384,18 @@ class LoaderCatalogue:
         progress = HeaderProgress(len(unknown), logger, "catalogue: filed images in no part")
         limit = self._max_header_bytes
         futures = [
-            (key, size, self._work(filed_image_row, storage, key, size, limit))
+            (
+                key,
+                size,
+                self._work(
+                    filed_image_row,
+                    storage,
+                    key,
+                    size,
+                    limit,
+                    (sizes or {}).get(parse_image_key(key).metadata_key),
+                ),
+            )
             for key, size in unknown
         ]
         recovered = 0
@@ -422,12 +437,15 @@ class LoaderCatalogue:
         if not targets:
             self._add(row)
 
-    def written(self, target: str) -> None:
-        """``target`` is written: a row whose objects are all written joins the next part."""
+    def written(self, target: str, metadata_size: int | None = None) -> None:
+        """``target`` is written (``metadata_size``: its size, when it is the row's metadata
+        file): a row whose objects are all written joins the next part."""
         with self._lock:
             entry = self._pending.pop(target, None)
             if entry is None:
                 return
+            if metadata_size is not None:
+                entry[0] = with_metadata_size(entry[0], metadata_size)
             entry[1] -= 1
             done = entry[1] == 0
         if done:

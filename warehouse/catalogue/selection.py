@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from warehouse.core.errors import ExpectedError, ObjectNotFound
+from warehouse.catalogue.batches import LATEST_KEY, InvalidLatest, latest_paths
+from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import (
     GROUPS,
     MAX_FILE_NAME_LENGTH,
@@ -43,7 +44,6 @@ from warehouse.core.keys import (
 )
 from warehouse.storage.base import Storage
 
-LATEST_KEY = "latest.csv"
 #: Bytes per ranged read of a download (memory stays at one chunk per worker).
 CHUNK_BYTES = 8 * 1024 * 1024
 #: The catalogue's columns a selection, its summary and its download use.
@@ -93,16 +93,19 @@ def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
         When a read fails.
     """
     try:
-        latest = pd.read_csv(io.BytesIO(processed.read(LATEST_KEY)), dtype=str)
-    except ObjectNotFound:
-        raise SelectionError(f"no {LATEST_KEY} in {processed.url}: run dataprocess first") from None
-    paths = dict(zip(latest["archive"], latest["path"], strict=True))
+        paths = latest_paths(processed)
+    except InvalidLatest as exc:
+        raise SelectionError(str(exc)) from None
+    if paths is None:
+        raise SelectionError(f"no {LATEST_KEY} in {processed.url}: run dataprocess first")
     if "images" not in paths:
         raise SelectionError(
             f"the batch {LATEST_KEY} names has no image catalogue (no images filed, or "
             "written by an older dataprocess): run dataprocess again"
         )
-    key = paths["images"].removesuffix(".csv") + ".parquet"
+    key = paths["images"]
+    if key.endswith(".csv"):  # (a batch of an older dataprocess: the Parquet twin)
+        key = key.removesuffix(".csv") + ".parquet"
     data = processed.read(key)
     try:
         catalogue = pd.read_parquet(io.BytesIO(data))

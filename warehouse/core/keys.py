@@ -399,6 +399,11 @@ class WarehouseKey:
     series: str = field(default="", compare=False)
 
 
+#: Where a filed image's or metadata file's key names its patient and its study folder
+#: (``<group>/<folder>/<P>/<study>/<series>/<name>``).
+KEY_PATIENT, KEY_STUDY = 2, 3
+
+
 def parse_warehouse_key(key: str) -> WarehouseKey | None:
     """Classify a key of the warehouse side, or return None if it is not in the layout."""
     parts = key.split("/")
@@ -408,7 +413,7 @@ def parse_warehouse_key(key: str) -> WarehouseKey | None:
     if folder == "data" and len(parts) == 4:
         return WarehouseKey(group, "clinical", parts[2], parts[3])
     if len(parts) == 6:
-        pseudonym, study, series, name = parts[2:]
+        pseudonym, study, series, name = parts[KEY_PATIENT], parts[KEY_STUDY], *parts[4:]
         if folder in _IMAGE_FOLDERS:
             return WarehouseKey(group, "image", pseudonym, name, folder, study, series)
         if folder in _METADATA_FOLDERS:

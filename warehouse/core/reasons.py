@@ -44,8 +44,9 @@ class Reason(StrEnum):
     INVALID_PART = "invalid catalogue part"
     #: ... a run report (``latest.json``, the memo) that cannot be read or used...
     INVALID_REPORT = "invalid run report"
-    #: ... and a filed image whose header cannot be read for the catalogue's backfill.
-    NOT_CATALOGUED = "image left out of the catalogue"
+    #: ... and a catalogued image whose metadata file is no longer in the warehouse (deleted
+    #: since it was filed: dataprocess leaves its study out; a reconcile leaves its rows out).
+    NOT_IN_WAREHOUSE = "catalogued file not in the warehouse"
     #: dataprocess: a clinical record's fields outside the clinical data dictionary, left out
     #: of the tables (the record's other fields are in them).
     FIELDS_LEFT_OUT = "fields outside the clinical data dictionary"

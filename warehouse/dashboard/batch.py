@@ -8,7 +8,8 @@ module puts them together and writes the result::
     <processed store>/<batch>/ct.csv, ct.parquet, xray.*, mri.*       (modalities with studies)
     <processed store>/<batch>/patient.*, patient_clean.*, storage.*
     <processed store>/<batch>/study_images.*                          (when there are images)
-    <processed store>/<batch>/images.*                  (the image catalogue, when there are images)
+    <processed store>/<batch>/images.parquet         (the image catalogue; Parquet only)
+    <processed store>/<batch>/rows/patients.parquet, studies.parquet  (what the next run reuses)
     <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
     <processed store>/<batch>/dashboard.html, public.html             (the pages)
     <processed store>/latest.csv                                      (archive,path; last)
@@ -19,10 +20,12 @@ name everywhere: ``2026-11-25T09-30-00Z``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
 import logging
+import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
+from warehouse.catalogue.batches import LATEST_KEY
+from warehouse.catalogue.merge import publish_index, write_joined
 from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import IMAGE_FOLDERS
@@ -39,7 +44,7 @@ from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.extraction import Collected, DataprocessState
 from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS, loader_report_problem
-from warehouse.dashboard.images import images_csv_table, images_table, run_catalogue
+from warehouse.dashboard.images import clinical_summary, image_summary
 from warehouse.dashboard.tables import (
     date_column,
     patient_table,
@@ -47,7 +52,7 @@ from warehouse.dashboard.tables import (
     storage_table,
     study_table,
 )
-from warehouse.listing.warehouse import SharedWarehouseIndex
+from warehouse.dashboard.view import SharedView, reusable_row_files
 from warehouse.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -57,7 +62,6 @@ logger = logging.getLogger(__name__)
 #: What a dataprocess run says about its batch is said under the graph's name.
 run_logger = logging.getLogger("dataprocess")
 
-LATEST_KEY = "latest.csv"
 #: Tables in the order of ``latest.csv`` (a study table only when its modality has studies,
 #: ``study_images`` only when there are images).
 TABLE_ORDER = (
@@ -66,8 +70,9 @@ TABLE_ORDER = (
     "patient_clean",
     "storage",
     "study_images",
-    "images",
 )
+#: The batch's image catalogue (named ``images`` in ``latest.csv``, after the tables).
+IMAGES_FILE = "images.parquet"
 #: Pages in the order of ``latest.csv``, after the tables: archive name -> file name.
 #: The batch's pages and their file names (the pages module, and altair with it, is imported
 #: only when a batch is built).
@@ -111,18 +116,28 @@ class Batch:
         Other files of the batch (the public statistics), file name -> text.
     pages : dict
         The pages, archive name (``dashboard``, ``public``) -> HTML text.
+    data : dict
+        Files of the batch written as they are (the rows the next run reuses), name -> bytes.
+    images : str or None
+        The local file of ``images.parquet``, when the batch has images.
     """
 
     name: str
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     pages: dict[str, str] = field(default_factory=dict)
+    data: dict[str, bytes] = field(default_factory=dict)
+    images: str | None = None
 
     def latest(self) -> pd.DataFrame:
         """The ``latest.csv`` table: ``archive``, ``path``: ``<batch>/<archive>.csv`` for each
-        table, then ``<batch>/dashboard.html`` and ``<batch>/public.html``."""
+        table (``<batch>/images.parquet`` for the catalogue), then ``<batch>/dashboard.html``
+        and ``<batch>/public.html``."""
         archives = [name for name in TABLE_ORDER if name in self.tables]
         paths = [f"{self.name}/{a}.csv" for a in archives]
+        if self.images is not None:
+            archives.append("images")
+            paths.append(f"{self.name}/{IMAGES_FILE}")
         for archive, file_name in PAGES.items():
             if archive in self.pages:
                 archives.append(archive)
@@ -211,7 +226,6 @@ def build_batch(
     *,
     study_images: Mapping[tuple, int] | None = None,
     inputs: PageInputs | None = None,
-    catalogue: pa.Table | None = None,
 ) -> Batch:
     """Build every table, statistics file and page of a run.
 
@@ -230,10 +244,8 @@ def build_batch(
     study_images : mapping, optional
         Images per study folder and filing date (see :func:`study_image_table`).
     inputs : PageInputs, optional
-        What the pages show besides the tables (the warehouse, config, last loader report).
-    catalogue : pyarrow.Table, optional
-        The image catalogue (``images.run_catalogue``): ``images.csv`` joins it with the
-        cleaned patient table.
+        What the pages show besides the tables (the warehouse, config, last loader report,
+        the counts of catalogued images).
 
     Returns
     -------
@@ -261,8 +273,6 @@ def build_batch(
     images = bounded_table(study_image_table(study_images or {}))
     if len(images):
         batch.tables["study_images"] = images
-    if catalogue is not None and catalogue.num_rows:
-        batch.tables["images"] = bounded_table(images_table(catalogue, patient_clean))
 
     batch.files = public_statistics(
         patient_clean, studies["ct"], studies["xray"], studies["mri"], storage, now
@@ -333,9 +343,10 @@ def batch_files(batch: Batch) -> dict[str, bytes]:
     """Every file of the batch folder (not ``latest.csv``): key -> bytes."""
     files: dict[str, bytes] = {}
     for name, table in batch.tables.items():
-        text = images_csv_table(table) if name == "images" else table
-        files[f"{batch.name}/{name}.csv"] = csv_bytes(text)
+        files[f"{batch.name}/{name}.csv"] = csv_bytes(table)
         files[f"{batch.name}/{name}.parquet"] = parquet_bytes(table)
+    for name, data in batch.data.items():
+        files[f"{batch.name}/{name}"] = data
     for name, text in batch.files.items():
         files[f"{batch.name}/{name}"] = text.encode("utf-8")
     for archive, text in batch.pages.items():
@@ -377,22 +388,32 @@ def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
         futures = [
             pool.submit(store.write, key, data, _content_type(key)) for key, data in files.items()
         ]
+        if batch.images is not None:
+            futures.append(
+                pool.submit(
+                    store.write_file,
+                    f"{batch.name}/{IMAGES_FILE}",
+                    batch.images,
+                    _content_type(IMAGES_FILE),
+                )
+            )
         for future in futures:
             future.result()
+    written = [*files] + ([f"{batch.name}/{IMAGES_FILE}"] if batch.images is not None else [])
     store.write(LATEST_KEY, csv_bytes(batch.latest()), "text/csv")
-    return [*files, LATEST_KEY]
+    return [*written, LATEST_KEY]
 
 
 def publish_batch(
     storage: Storage,
     state: DataprocessState,
     collected: Collected,
-    shared: SharedWarehouseIndex,
+    shared: SharedView,
     unexpected_errors: int = 0,
 ) -> None:
     """Build the run's batch from what the branches collected and write it, then
-    ``latest.csv``; an incomplete run (or a failure here) is reported and nothing is
-    published.
+    ``latest.csv``, then the catalogue's index; an incomplete run (or a failure here) is
+    reported and nothing is published.
 
     Parameters
     ----------
@@ -402,13 +423,14 @@ def publish_batch(
         The run (its report, settings and config; the batch written is recorded on it).
     collected : Collected
         The rows of the three branches.
-    shared : SharedWarehouseIndex
-        The warehouse index (images per study, for the pages).
+    shared : SharedView
+        What the run read (the merged catalogue and its counts, for ``images.parquet``,
+        ``study_images`` and the pages).
     unexpected_errors : int
         Errors the graph runner counted in the branches: any means nothing is published.
     """
     report = state.report
-    if unexpected_errors or not report.completed:
+    if unexpected_errors or not report.completed or not shared.built:
         report.fail(report.fatal or "some files could not be read; nothing was written")
         run_logger.error("the run is incomplete: no tables written, latest.csv unchanged")
         return
@@ -416,21 +438,30 @@ def publish_batch(
     state.processed_url = store.url
     try:
         now = dt.datetime.now(dt.UTC)
-        images = run_catalogue(storage, shared.index(), state, now)
+        view = shared.view()
+        inputs = dataclasses.replace(
+            read_page_inputs(storage, state.config), images=image_summary(view.catalogue.summary)
+        )
         batch = build_batch(
-            collected.patients,
-            collected.studies,
+            collected.patient_rows(),
+            collected.study_rows(),
             collected.storage,
             now,
-            # For the pages: images per study from the same listing, config.json and the
-            # loader's last run report.
-            study_images=shared.index().images,
-            inputs=read_page_inputs(storage, state.config),
-            catalogue=images,
+            study_images=view.catalogue.study_images,
+            inputs=inputs,
         )
+        batch.data = reusable_row_files(*collected.reusable())
+        if view.catalogue.rows:
+            batch.images = os.path.join(view.workdir, IMAGES_FILE)
+            summary = clinical_summary(batch.tables["patient_clean"])
+            write_joined(view.catalogue, summary, batch.images)
         state.batch = batch.name
         for name, table in batch.tables.items():
             run_logger.info("%s: %d rows", name, len(table))
+        run_logger.info("images: %d rows", view.catalogue.rows)
+        # (before the batch: an index is only ever a faster way to the same parts)
+        if publish_index(storage, view.catalogue, now) is not None:
+            run_logger.info("catalogue index written (%d images)", len(view.catalogue.index))
         state.written = write_batch(store, batch, state.settings.workers)
     except ExpectedError as exc:
         report.fail(f"tables not written: {exc}")

@@ -18,7 +18,7 @@ from warehouse.core.clinical import (
     parse_json_document,
 )
 from warehouse.core.config import PipelineConfig
-from warehouse.core.errors import ExpectedError
+from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import IMAGE_FOLDERS, patient_folder
 from warehouse.core.reasons import Reason
 from warehouse.core.report import RunReport
@@ -31,20 +31,22 @@ from warehouse.dashboard.tables import (
     metadata_row,
     storage_by_prefix,
 )
+from warehouse.dashboard.view import DataprocessView, SharedView
 from warehouse.listing.raw import report_links
-from warehouse.listing.warehouse import SharedWarehouseIndex, StudyFile, WarehouseIndex
+from warehouse.listing.warehouse import StudyFile, WarehouseIndex
 from warehouse.storage.base import Storage
 
 logger = logging.getLogger("dataprocess")
 
 #: A patient's chosen clinical file, with what the file names say (clinical-data.md 1.2).
 PatientFile = namedtuple(
-    "PatientFile", "pseudonym group key last_modified earliest latest positive"
+    "PatientFile", "pseudonym group key last_modified earliest latest positive stamp"
 )
-#: Items for the join node: a patient (``row`` of the patient table), a study (``modality``
-#: and the study table's ``row``), or the storage sums (``sizes``, prefix -> bytes).
-PatientRow = namedtuple("PatientRow", "row")
-StudyRow = namedtuple("StudyRow", "modality row")
+#: Items for the join node: a patient (``row`` of the patient table, and the file and
+#: flattened record it came from), a study (``modality``, the study table's ``row``, and the
+#: `StudyFile` and fields it came from), or the storage sums (``sizes``, prefix -> bytes).
+PatientRow = namedtuple("PatientRow", "row patient record")
+StudyRow = namedtuple("StudyRow", "modality row study found")
 StorageSizes = namedtuple("StorageSizes", "sizes")
 #: The count of warehouse objects listed with a time before 1990 or in the future.
 IMPLAUSIBLE_TIMES = "warehouse objects with an implausible modification time (dates left empty)"
@@ -73,22 +75,22 @@ class DataprocessState(RunState):
     processed_url: str = ""
     config: PipelineConfig | None = None
 
-    def index(self, shared: SharedWarehouseIndex) -> WarehouseIndex:
-        """The warehouse side (listed once, shared by the branches); a failed listing fails
-        the run.
+    def view(self, shared: SharedView) -> DataprocessView:
+        """What the run reads its tables from (built once, shared by the branches); a failure
+        fails the run.
 
         Raises
         ------
         ExpectedError
-            When the warehouse cannot be listed.
+            When a listing or a read fails.
         """
         try:
-            index = shared.index()
+            view = shared.view()
         except ExpectedError as exc:
             self.report.fail(f"cannot list the warehouse: {exc}")
             raise
         self.report.listed = True
-        return index
+        return view
 
     def conclude(self, storage: Storage) -> str:
         """The summary, with where the tables went."""
@@ -114,6 +116,12 @@ class NotDicomJson(ValueError):
     """A metadata file that is JSON but not DICOM JSON (nor the original's form)."""
 
     reason = Reason.INVALID_JSON
+
+
+class NotInWarehouse(ValueError):
+    """A catalogued image's metadata file that is not in the warehouse (deleted since)."""
+
+    reason = Reason.NOT_IN_WAREHOUSE
 
 
 def patient_files(index: WarehouseIndex, report: RunReport) -> Iterator[PatientFile]:
@@ -146,6 +154,7 @@ def patient_files(index: WarehouseIndex, report: RunReport) -> Iterator[PatientF
             earliest,
             latest,
             positive,
+            entry.stamp,
         )
 
 
@@ -197,7 +206,7 @@ def patient_row(report: RunReport, read: tuple[PatientFile, dict]) -> list[Patie
         group=patient.group,
     )
     report.count("patients")
-    return [PatientRow(row)]
+    return [PatientRow(row, patient, record)]
 
 
 def read_study_row(storage: Storage, study: StudyFile) -> tuple[StudyFile, dict]:
@@ -205,10 +214,14 @@ def read_study_row(storage: Storage, study: StudyFile) -> tuple[StudyFile, dict]
 
     Raises
     ------
-    InvalidClinicalFile, NotDicomJson, StorageError
+    InvalidClinicalFile, NotDicomJson, NotInWarehouse, StorageError
         Reported against the file with their own reasons (the pool's ``item_failed``).
     """
-    document = parse_json_document(storage.read(study.key))
+    try:
+        data = storage.read(study.key)
+    except ObjectNotFound:
+        raise NotInWarehouse("catalogued, but no longer in the warehouse") from None
+    document = parse_json_document(data)
     try:
         return study, metadata_row(document)
     except TypeError as exc:
@@ -226,15 +239,15 @@ def study_row(report: RunReport, read: tuple[StudyFile, dict]) -> list[StudyRow]
     row["group"] = study.group
     row["last_modified"] = study.last_modified
     report.count(f"{study.modality} studies")
-    return [StudyRow(study.modality, row)]
+    return [StudyRow(study.modality, row, study, found)]
 
 
 class Collected:
     """The rows the join node receives from the three branches."""
 
     def __init__(self):
-        self.patients: list[dict] = []
-        self.studies: dict[str, list[dict]] = {modality: [] for modality in IMAGE_FOLDERS}
+        self.patients: list[PatientRow] = []
+        self.studies: dict[str, list[StudyRow]] = {modality: [] for modality in IMAGE_FOLDERS}
         self.storage: dict[str, int] = {}
 
     def add(self, item) -> None:
@@ -246,30 +259,72 @@ class Collected:
             For anything else.
         """
         if isinstance(item, PatientRow):
-            self.patients.append(item.row)
+            self.patients.append(item)
         elif isinstance(item, StudyRow):
-            self.studies[item.modality].append(item.row)
+            self.studies[item.modality].append(item)
         elif isinstance(item, StorageSizes):
             self.storage = dict(item.sizes)
         else:
             raise TypeError(f"cannot collect {item!r}")
 
+    def patient_rows(self) -> list[dict]:
+        """The patient table's rows, by the pseudonym of their folder."""
+        return [p.row for p in sorted(self.patients, key=lambda p: p.patient.pseudonym)]
 
-def clinical_inputs(index: WarehouseIndex, report: RunReport) -> Iterator[PatientFile]:
-    """Report the links in the warehouse (never read) and count its implausible times, then
-    choose each patient's clinical file from the listed names (`patient_files`)."""
+    def study_rows(self) -> dict[str, list[dict]]:
+        """Each modality's study table rows, by group, patient and study folder."""
+        return {
+            modality: [s.row for s in sorted(rows, key=lambda s: _study_order(s.study))]
+            for modality, rows in self.studies.items()
+        }
+
+    def reusable(self) -> tuple[list, list]:
+        """What the next run may reuse (`view.reusable_row_files`): each patient's file and
+        record, each study's first metadata file and fields."""
+        patients = [
+            (p.patient.pseudonym, p.patient.key, p.patient.stamp, p.record)
+            for p in self.patients
+            if p.patient.stamp is not None
+        ]
+        studies = [
+            (
+                (s.study.group, s.study.modality, s.study.pseudonym, s.study.study),
+                s.study.key,
+                s.found,
+            )
+            for rows in self.studies.values()
+            for s in rows
+        ]
+        return patients, studies
+
+
+def _study_order(study: StudyFile) -> tuple:
+    return (study.group, study.pseudonym, study.study)
+
+
+def clinical_inputs(
+    view: DataprocessView, report: RunReport
+) -> Iterator[PatientFile | tuple[PatientFile, dict]]:
+    """Report the links in the clinical folders (never read) and count their implausible
+    times, then choose each patient's clinical file from the listed names (`patient_files`):
+    the file to read, or the file and the record read from it last time when it has not
+    changed since (same key, size and time)."""
+    index = view.clinical
     report_links(report, index.links, "warehouse")
     if index.implausible_times:  # their rows are kept, with no date
         report.count(IMPLAUSIBLE_TIMES, index.implausible_times)
     logger.info(
-        "listed %d objects: %d patients with clinical files, %d studies",
+        "listed %d clinical files of %d patients; the catalogue holds %d images in %d studies",
         index.objects,
         len(index.clinical_files),
-        len(index.studies),
+        view.catalogue.rows,
+        len(view.catalogue.studies),
     )
-    yield from patient_files(index, report)
+    for patient in patient_files(index, report):
+        record = view.reusable.patient_record(patient.pseudonym, patient.key, patient.stamp)
+        yield patient if record is None else (patient, record)
 
 
-def storage_sizes(index: WarehouseIndex) -> StorageSizes:
-    """The bytes stored under each storage prefix (`storage_by_prefix`), from the index."""
-    return StorageSizes(storage_by_prefix(index.stored_bytes()))
+def storage_sizes(view: DataprocessView) -> StorageSizes:
+    """The bytes stored under each storage prefix (`storage_by_prefix`), from the view."""
+    return StorageSizes(storage_by_prefix(view.stored_bytes()))

@@ -142,6 +142,13 @@ def _records(table: pd.DataFrame | None, *names: str) -> Iterable[tuple]:
     return zip(*(_column(table, name) for name in names), strict=True)
 
 
+def _weights(images: pd.DataFrame) -> list[int]:
+    """How many images each row of ``images`` stands for: its ``images`` count, or one."""
+    if "images" in images.columns:
+        return [int(n) for n in images["images"].tolist()]
+    return [1] * len(images)
+
+
 def _group(value: Any) -> str | None:
     return value if value in GROUPS else None
 
@@ -251,7 +258,8 @@ def images_over_time(
 ) -> list[dict]:
     """Cumulative images by date, one series per centre and group.
 
-    With the image catalogue (``images``: one row per filed image) the date is each image's
+    With the image catalogue (``images``: one row per filed image, or per combination of
+    values with its number of images in an ``images`` column) the date is each image's
     upload date (its raw upload folder; an image whose upload date is not known counts on the
     date it was filed, when ``study_images`` has it, else not at all). Without it, the
     warehouse keeps no upload date for an image: ``filed`` (the date of its metadata file)
@@ -267,10 +275,16 @@ def images_over_time(
     centres = _centres(patient_clean)
     events: Counter = Counter()
     if images is not None and len(images):
-        for group, patient, uploaded in _records(images, "group", "PatientID", "upload_date"):
+        for group, patient, uploaded, n in zip(
+            _column(images, "group"),
+            _column(images, "PatientID"),
+            _column(images, "upload_date"),
+            _weights(images),
+            strict=True,
+        ):
             day = _day(uploaded)
             if day and _group(group):
-                events[(day, centres.get(str(patient), NO_CENTRE), group)] += 1
+                events[(day, centres.get(str(patient), NO_CENTRE), group)] += n
         return _cumulative(events, "images")
     for group, pseudonym, filed, n in _records(
         study_images, "group", "Pseudonym", "filed", "images"
@@ -534,9 +548,11 @@ def equipment(
             if attribute not in images.columns:
                 continue
             counts: Counter = Counter()
-            for value, group in _records(images, attribute, "group"):
+            for value, group, n in zip(
+                _column(images, attribute), _column(images, "group"), _weights(images), strict=True
+            ):
                 if _group(group):
-                    counts[(_text(value, NOT_GIVEN), group)] += 1
+                    counts[(_text(value, NOT_GIVEN), group)] += n
             result.attributes[attribute] = _top_values(counts, top)
         return result
 

@@ -1,80 +1,81 @@
-"""The image catalogue in a dashboard batch: the whole catalogue (`warehouse.catalogue.merge`)
-joined with each patient's clinical summary, as ``images.parquet`` and ``images.csv``.
+"""The image catalogue in a dashboard batch: ``images.parquet``, the whole catalogue
+(`warehouse.catalogue.merge`) with each patient's clinical summary, written streamed; and the
+counts of images the pages draw from it.
+
+A batch has no ``images.csv``: at millions of rows a CSV helps nobody (a spreadsheet opens a
+million rows at most) and costs the run its memory; ``select`` writes a CSV of a selection.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
+from collections import Counter
+from collections.abc import Callable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from warehouse.catalogue.merge import image_catalogue
-from warehouse.dashboard.tables import date_column
-from warehouse.storage.base import Storage
+from warehouse.catalogue.merge import SUMMARY_COLUMNS
 
-logger = logging.getLogger("dataprocess")
-
-#: The clinical summary joined to each image: cleaned patient table column -> images column.
+#: The clinical summary joined to each image: cleaned patient table column -> images column,
+#: and its type.
 CLINICAL_COLUMNS = {
-    "SubmittingCentre": "SubmittingCentre",
-    "filename_covid_status": "covid_positive",
-    "age_update": "age",
-    "sex_update": "sex",
+    "SubmittingCentre": ("SubmittingCentre", pa.string()),
+    "filename_covid_status": ("covid_positive", pa.bool_()),
+    "age_update": ("age", pa.float64()),
+    "sex_update": ("sex", pa.string()),
 }
 
 
-def images_table(catalogue: pa.Table, patient_clean: pd.DataFrame | None) -> pd.DataFrame:
-    """``images.csv``: one row per filed image, the catalogue's columns then each patient's
-    clinical summary (`CLINICAL_COLUMNS`: ``SubmittingCentre``, ``covid_positive``, ``age``,
-    ``sex``, from the cleaned patient table; missing for a patient without one)."""
-    table = catalogue.to_pandas(types_mapper=_nullable)
-    for column in ("upload_date", "StudyDate"):
-        table[column] = date_column(table[column].tolist()).to_numpy()
-    summary = pd.DataFrame({"PatientID": pd.Series(dtype="str")})
+def _values(column: pd.Series, arrow_type: pa.DataType) -> pa.Array:
+    """A patient table column as an array of ``arrow_type`` (a value that is not one: null)."""
+    values = []
+    for value in column.tolist():
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            values.append(None)
+        elif pa.types.is_string(arrow_type):
+            values.append(str(value))
+        elif pa.types.is_boolean(arrow_type):
+            values.append(bool(value))
+        else:
+            number = pd.to_numeric(value, errors="coerce")
+            values.append(None if pd.isna(number) else float(number))
+    return pa.array(values, type=arrow_type)
+
+
+def clinical_summary(
+    patient_clean: pd.DataFrame | None,
+) -> Callable[[pa.Table], dict[str, pa.Array]]:
+    """The columns ``images.parquet`` adds to catalogue rows: for a table of rows, each
+    row's patient's `CLINICAL_COLUMNS` values (from the cleaned patient table, by
+    ``Pseudonym``; null for a patient without a row)."""
+    ids = pa.array([], type=pa.string())
+    columns: dict[str, pa.Array] = {}
     if patient_clean is not None and "Pseudonym" in patient_clean.columns:
-        summary = pd.DataFrame({"PatientID": patient_clean["Pseudonym"].astype("str")})
-        for source, name in CLINICAL_COLUMNS.items():
-            if source in patient_clean.columns:
-                summary[name] = patient_clean[source].to_numpy()
-        summary = summary.drop_duplicates("PatientID")
-    for name in CLINICAL_COLUMNS.values():
-        if name not in summary.columns:
-            summary[name] = pd.Series(dtype="object")
-    joined = table.merge(summary, on="PatientID", how="left", sort=False)
-    joined["covid_positive"] = joined["covid_positive"].astype("boolean")
-    joined["age"] = pd.to_numeric(joined["age"], errors="coerce").astype("float64")
-    return joined
+        first = patient_clean.drop_duplicates("Pseudonym")
+        ids = pa.array(first["Pseudonym"].astype("str").tolist(), type=pa.string())
+        for source, (name, arrow_type) in CLINICAL_COLUMNS.items():
+            if source in first.columns:
+                columns[name] = _values(first[source], arrow_type)
+
+    def summary_of(rows: pa.Table) -> dict[str, pa.Array]:
+        positions = pc.index_in(rows.column("PatientID"), value_set=ids)
+        out = {}
+        for name, arrow_type in CLINICAL_COLUMNS.values():
+            known = columns.get(name)
+            if known is None or not len(known):
+                out[name] = pa.nulls(rows.num_rows, type=arrow_type)
+            else:
+                out[name] = pc.take(known, positions)
+        return out
+
+    return summary_of
 
 
-def _nullable(arrow_type):
-    """Integers stay integers when a value is missing (pandas' nullable types)."""
-    if pa.types.is_integer(arrow_type):
-        return pd.Int64Dtype()
-    if pa.types.is_string(arrow_type):
-        return pd.StringDtype()
-    return None
-
-
-def images_csv_table(images: pd.DataFrame) -> pd.DataFrame:
-    """The CSV form of ``images``: PixelSpacing as DICOM writes it (``0.7\\0.7``)."""
-    out = images.copy()
-    out["PixelSpacing"] = [
-        "\\".join(f"{v:g}" for v in values) if values is not None and len(values) else None
-        for values in out["PixelSpacing"]
-    ]
-    return out
-
-
-def run_catalogue(storage: Storage, index, state, now: dt.datetime) -> pa.Table:
-    """`image_catalogue` for a ``dataprocess`` run: its listing (``index``, a
-    `listing.WarehouseIndex` with names), its worker pool and settings (``state``)."""
-    return image_catalogue(
-        storage,
-        index.filed_images(),
-        state.workers.submit,
-        state.report,
-        now,
-        max_header_bytes=state.settings.max_header_bytes,
-    )
+def image_summary(counts: Counter) -> pd.DataFrame:
+    """The pages' counts of catalogued images: one row per distinct combination of
+    `SUMMARY_COLUMNS` and its number of images (``images``)."""
+    rows = [(*values, n) for values, n in counts.items()]
+    table = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "images"])
+    table["images"] = table["images"].astype("int64")
+    return table

@@ -218,7 +218,7 @@ def _reconcile_catalogue(storage: Storage, state: LoaderState, index: WarehouseI
     no part lists are catalogued (their headers read), the catalogued images no longer in the
     warehouse counted (the next index leaves them out)."""
     filed = index.filed_images()
-    state.catalogue.recover_unknown_images(storage, filed)
+    state.catalogue.recover_unknown_images(storage, filed, index.sizes)
     gone = state.catalogue.images_known - len(filed)
     if gone > 0:
         state.report.count("catalogued images no longer in the warehouse", gone)

@@ -135,7 +135,7 @@ def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
         state.report.skip(task.key, Reason.WRITE_FAILED, f"{task.target}: {result.error}")
         return []
     prefix = raw_prefix_of(task.key)  # the raw input's: what each site's uploads came to
-    state.catalogue.written(task.target)
+    state.catalogue.written(task.target, task.size if task.action == "write" else None)
     if task.action == "write":
         state.report.count("metadata files written", prefix=prefix)
     elif parse_warehouse_key(task.target).kind == "clinical":

@@ -1,0 +1,336 @@
+"""What a ``dataprocess`` run looks at: the day's work, not the warehouse's size.
+
+* the patients' clinical folders (``<group>/data/``, a listing of tens of pages at ten million
+  objects): the groups and each patient's clinical files;
+* the image catalogue (`catalogue.merge.scan_catalogue`): the last batch's merged catalogue and
+  the parts written since, which say every study folder, its first metadata file, the images
+  filed per study and date, and the bytes of the image folders;
+* the last batch (``latest.csv``): its rows of each patient's chosen clinical record and of
+  each study's first metadata file (``<batch>/rows/``), so that only what is new or changed is
+  read again.
+
+A reconcile run (``WAREHOUSE_RECONCILE``) reuses nothing: every part merged again, every file
+read again, the catalogue's index rebuilt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse.catalogue.batches import InvalidLatest, batch_folder, latest_paths
+from warehouse.catalogue.filed import FiledImages, list_filed_images
+from warehouse.catalogue.merge import CatalogueScan, scan_catalogue
+from warehouse.core.keys import IMAGE_FOLDERS, METADATA_SUFFIX
+from warehouse.core.report import RunReport
+from warehouse.listing.warehouse import StudyFile, WarehouseIndex, index_warehouse
+from warehouse.storage.base import Storage
+
+logger = logging.getLogger("dataprocess")
+
+#: Where a batch keeps the rows the next run may reuse (not named by ``latest.csv``).
+PATIENT_ROWS = "rows/patients.parquet"
+STUDY_ROWS = "rows/studies.parquet"
+#: A study folder: group, modality folder, patient folder, study folder.
+StudySlot = tuple[str, str, str, str]
+
+_PATIENT_SCHEMA = pa.schema(
+    [
+        ("pseudonym", pa.string()),
+        ("key", pa.string()),
+        ("stamp", pa.int64()),
+        ("record", pa.string()),
+    ]
+)
+_STUDY_SCHEMA = pa.schema(
+    [
+        ("group", pa.string()),
+        ("modality", pa.string()),
+        ("pseudonym", pa.string()),
+        ("study", pa.string()),
+        ("key", pa.string()),
+        ("row", pa.string()),
+    ]
+)
+
+
+@dataclass
+class ReusableRows:
+    """The last batch's rows that this run may reuse.
+
+    Attributes
+    ----------
+    batch : str or None
+        The last batch's folder.
+    images_key : str or None
+        Its merged image catalogue (``images.parquet``).
+    patients : dict
+        Pseudonym -> ``(clinical file key, stamp, flattened record)`` of the file it was read
+        from (`listing.warehouse.pack_stamp`: size and last-modified second).
+    studies : dict
+        Study folder -> ``(metadata key, study fields)`` read from that file.
+    """
+
+    batch: str | None = None
+    images_key: str | None = None
+    patients: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
+    studies: dict[StudySlot, tuple[str, dict]] = field(default_factory=dict)
+
+    def patient_record(self, pseudonym: str, key: str, stamp: int | None) -> dict | None:
+        """The record read last time from this very file (same key, size and time), or None."""
+        known = self.patients.get(pseudonym)
+        if known is None or stamp is None or known[0] != key or known[1] != stamp:
+            return None
+        return known[2]
+
+    def study_fields(self, slot: StudySlot, key: str) -> dict | None:
+        """The fields read last time from this study's first metadata file, or None."""
+        known = self.studies.get(slot)
+        return known[1] if known is not None and known[0] == key else None
+
+
+def _read_table(store: Storage, key: str, schema: pa.Schema) -> pa.Table | None:
+    try:
+        table = pq.read_table(io.BytesIO(store.read(key)))
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+        logger.warning("%s cannot be reused (%s): its rows are read again", key, exc)
+        return None
+
+
+def read_reusable_rows(processed: Storage, report: RunReport) -> ReusableRows:
+    """The last batch's reusable rows (none when there is no batch, or its rows cannot be
+    read: then everything is read again, and said so).
+
+    Raises
+    ------
+    StorageError
+        When a read fails for another reason than a missing object.
+    """
+    try:
+        paths = latest_paths(processed)
+    except InvalidLatest as exc:
+        logger.warning("%s: every file is read again", exc)
+        paths = None
+    batch = batch_folder(paths) if paths else None
+    if batch is None:
+        return ReusableRows()
+    rows = ReusableRows(batch, paths.get("images") if paths else None)
+    if rows.images_key is not None and not rows.images_key.endswith(".parquet"):
+        rows.images_key = None  # (an older batch: its catalogue is merged again)
+    existing = {info.key for info in processed.list(f"{batch}/rows/")}
+    patients_key, studies_key = f"{batch}/{PATIENT_ROWS}", f"{batch}/{STUDY_ROWS}"
+    if patients_key in existing:
+        table = _read_table(processed, patients_key, _PATIENT_SCHEMA)
+        for item in table.to_pylist() if table is not None else ():
+            try:
+                rows.patients[item["pseudonym"]] = (
+                    item["key"],
+                    item["stamp"],
+                    json.loads(item["record"]),
+                )
+            except (TypeError, ValueError):
+                continue  # (read again)
+    if studies_key in existing:
+        table = _read_table(processed, studies_key, _STUDY_SCHEMA)
+        for item in table.to_pylist() if table is not None else ():
+            slot = (item["group"], item["modality"], item["pseudonym"], item["study"])
+            try:
+                rows.studies[slot] = (item["key"], json.loads(item["row"]))
+            except (TypeError, ValueError):
+                continue
+    logger.info(
+        "the last batch (%s) holds %d patients' and %d studies' rows",
+        batch,
+        len(rows.patients),
+        len(rows.studies),
+    )
+    return rows
+
+
+def reusable_row_files(
+    patients: list[tuple[str, str, int, dict]], studies: list[tuple[StudySlot, str, dict]]
+) -> dict[str, bytes]:
+    """The files of a batch's reusable rows (`PATIENT_ROWS`, `STUDY_ROWS`): from ``patients``
+    (pseudonym, key, stamp, flattened record) and ``studies`` (slot, metadata key, fields)."""
+    patient_table = pa.Table.from_pylist(
+        [
+            {"pseudonym": p, "key": k, "stamp": s, "record": json.dumps(r, sort_keys=True)}
+            for p, k, s, r in patients
+        ],
+        schema=_PATIENT_SCHEMA,
+    )
+    study_table = pa.Table.from_pylist(
+        [
+            {
+                "group": slot[0],
+                "modality": slot[1],
+                "pseudonym": slot[2],
+                "study": slot[3],
+                "key": key,
+                "row": json.dumps(row, sort_keys=True),
+            }
+            for slot, key, row in studies
+        ],
+        schema=_STUDY_SCHEMA,
+    )
+    files = {}
+    for name, table in ((PATIENT_ROWS, patient_table), (STUDY_ROWS, study_table)):
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        files[name] = buffer.getvalue()
+    return files
+
+
+@dataclass
+class DataprocessView:
+    """Everything a dataprocess run reads its tables from (see the module's docstring).
+
+    Attributes
+    ----------
+    clinical : WarehouseIndex
+        The patients' clinical folders, listed.
+    catalogue : CatalogueScan
+        The merged image catalogue (a local file) and its counts.
+    reusable : ReusableRows
+        The last batch's rows (empty in a reconcile run).
+    workdir : str
+        The local folder of the run's temporary files.
+    filed : FiledImages or None
+        A reconcile's listing of the whole warehouse side.
+    """
+
+    clinical: WarehouseIndex
+    catalogue: CatalogueScan
+    reusable: ReusableRows
+    workdir: str
+    filed: FiledImages | None = None
+
+    def study_files(self) -> Iterator[tuple[StudyFile, dict | None]]:
+        """Each study folder's first metadata file (by image folder in table order, group,
+        patient and study), with the fields read from it last time when they still hold."""
+        order = {folder: index for index, folder in enumerate(IMAGE_FOLDERS)}
+        studies = self.catalogue.studies
+        for slot in sorted(studies, key=lambda s: (order.get(s[1], len(order)), s[0], s[2], s[3])):
+            key, filed = studies[slot]
+            fields = (
+                None if slot in self.catalogue.touched else self.reusable.study_fields(slot, key)
+            )
+            yield StudyFile(slot[0], slot[1], slot[2], slot[3], key, filed), fields
+
+    def stored_bytes(self) -> Iterator[tuple[str, int]]:
+        """``(key prefix, bytes)``, as `dashboard.tables.storage_by_prefix` sums them: the
+        clinical folders as listed, the image and metadata folders as catalogued (in a
+        reconcile, every folder as listed)."""
+        if self.filed is not None:
+            yield from self.filed.stored_bytes()
+            return
+        yield from self.clinical.stored_bytes()
+        for (group, folder), size in sorted(self.catalogue.image_bytes.items()):
+            yield f"{group}/{folder}/", size
+        for (group, folder), size in sorted(self.catalogue.metadata_bytes.items()):
+            yield f"{group}/{folder}{METADATA_SUFFIX}/", size
+
+
+def build_view(
+    storage: Storage,
+    workers: int,
+    submit: Callable,
+    report: RunReport,
+    *,
+    reconcile: bool,
+) -> DataprocessView:
+    """List the clinical folders, read the last batch's reusable rows (not in a reconcile)
+    and merge the catalogue into a temporary file. A reconcile lists the whole warehouse side
+    too (compactly): the catalogue's rows of images no longer there are left out, and the
+    storage table is the listing's.
+
+    Raises
+    ------
+    StorageError
+        When a listing or a read fails.
+    """
+    processed = storage.processed()
+    workdir = tempfile.mkdtemp(prefix="dataprocess-")
+    try:
+        clinical = index_warehouse(storage, workers, clinical_only=True)
+        reusable = ReusableRows() if reconcile else read_reusable_rows(processed, report)
+        filed = list_filed_images(storage, workers) if reconcile else None
+        catalogue = scan_catalogue(
+            storage,
+            processed,
+            reusable.images_key,
+            submit,
+            report,
+            os.path.join(workdir, "catalogue.parquet"),
+            filed=filed,
+        )
+    except BaseException:
+        remove_workdir(workdir)
+        raise
+    if catalogue.gone:
+        report.count("catalogued images no longer in the warehouse (left out)", catalogue.gone)
+    if catalogue.unsized_metadata and filed is None:
+        report.count(
+            "images catalogued without their metadata file's size (not in the storage table)",
+            catalogue.unsized_metadata,
+        )
+    return DataprocessView(clinical, catalogue, reusable, workdir, filed)
+
+
+def remove_workdir(workdir: str) -> None:
+    """Remove a run's temporary files."""
+    for name in os.listdir(workdir):
+        os.remove(os.path.join(workdir, name))
+    os.rmdir(workdir)
+
+
+class SharedView:
+    """A service: the run's `DataprocessView`, built on first use (under a lock) and shared by
+    the branches. A failure is remembered and raised again to every caller, so nothing is
+    listed twice."""
+
+    def __init__(self, build: Callable[[], DataprocessView]):
+        self._build = build
+        self._lock = threading.Lock()
+        self._view: DataprocessView | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def built(self) -> bool:
+        """Whether the view has been built successfully."""
+        return self._view is not None
+
+    def view(self) -> DataprocessView:
+        """The view (building it if nobody has yet).
+
+        Raises
+        ------
+        StorageError
+            If building it failed (now or for an earlier caller).
+        """
+        with self._lock:
+            if self._view is None and self._error is None:
+                try:
+                    self._view = self._build()
+                except Exception as exc:  # noqa: BLE001 - re-raised to this and every caller
+                    self._error = exc
+            if self._error is not None:
+                raise self._error
+            assert self._view is not None
+            return self._view
+
+    def close(self) -> None:
+        """Remove the view's temporary files (the end of the run)."""
+        with self._lock:
+            if self._view is not None and os.path.isdir(self._view.workdir):
+                remove_workdir(self._view.workdir)
