@@ -18,6 +18,7 @@ import re
 import sys
 import textwrap
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import jsonschema
@@ -234,7 +235,7 @@ class Settings:
     run_id: str | None = None
 
 
-def _byte_limit(env, name: str, default: int) -> int:
+def _byte_limit(env: Mapping[str, str], name: str, default: int) -> int:
     text = env.get(name, str(default)).strip()
     value = _whole_number(text)
     if value is None or not 1 <= value <= MAX_BYTES_SETTING:
@@ -245,7 +246,7 @@ def _byte_limit(env, name: str, default: int) -> int:
     return value
 
 
-def _choice(env, name: str, choices: tuple[str, ...]) -> str:
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     text = env.get(name, choices[0])
     value = text.strip().lower()
     if value not in choices:
@@ -256,9 +257,11 @@ def _choice(env, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _shard(env) -> tuple[tuple[int, int] | None, str | None]:
+def _shard(env: Mapping[str, str]) -> tuple[tuple[int, int] | None, str | None]:
     """The shard the environment names, and the variable that named it."""
     shard, source = None, None
+    index: int | None
+    count: int | None
     if "WAREHOUSE_SHARD" in env:
         text = env["WAREHOUSE_SHARD"].strip()
         match = _SHARD.fullmatch(text)
@@ -305,8 +308,9 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _processes(env, shard_source: str | None) -> int:
+def _processes(env: Mapping[str, str], shard_source: str | None) -> int:
     text = env.get("WAREHOUSE_PROCESSES", "1").strip()
+    processes: int | None
     if text.lower() == "auto":
         processes = min(usable_cpus(), MAX_PROCESSES)
     else:
@@ -325,7 +329,7 @@ def _processes(env, shard_source: str | None) -> int:
     return processes
 
 
-def _run_id(env) -> str | None:
+def _run_id(env: Mapping[str, str]) -> str | None:
     if "WAREHOUSE_RUN_ID" not in env:
         return None
     text = env["WAREHOUSE_RUN_ID"].strip()
@@ -374,7 +378,7 @@ def _run_part(
     return phase, shard
 
 
-def settings_from_env(environ: dict | None = None) -> Settings:
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the run settings from the environment.
 
     Parameters
@@ -528,7 +532,7 @@ def _path_text(path) -> str:
 
 def _expected(schema: dict) -> str:
     """The value ``schema`` expects, in words (``a list of strings``, ``an integer 0..100``)."""
-    kind = schema.get("type")
+    kind = str(schema.get("type", ""))
     if kind == "array":
         items = _expected(schema.get("items", {})).removeprefix("a ").removeprefix("an ")
         return ("a non-empty list of " if schema.get("minItems") else "a list of ") + items + "s"
@@ -650,7 +654,7 @@ def _text_problems(doc, repeated: dict) -> list[str]:
     """
     problems = []
     found = set()
-    stack = [((), doc)]
+    stack: list[tuple[tuple, object]] = [((), doc)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, dict):

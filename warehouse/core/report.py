@@ -85,7 +85,7 @@ class RunReport:
         depends on) let the next run recognise the same input unchanged without reading it.
         The detail and text facts are `bounded`: a report stays small whatever an upload holds.
         """
-        problem = {"key": key, "reason": reason.value, "detail": bounded(detail)}
+        problem: dict[str, object] = {"key": key, "reason": reason.value, "detail": bounded(detail)}
         if stamp is not None:
             problem["size"], problem["modified"] = stamp
         if facts:
@@ -246,7 +246,7 @@ def check_previous_report(data: bytes) -> dict:
         Saying where it is wrong.
     """
     try:
-        report = json.loads(data)
+        report: dict = json.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidRunReport(f"not JSON: {exc}") from None
     error = jsonschema.exceptions.best_match(_REPORT_VALIDATOR.iter_errors(report))

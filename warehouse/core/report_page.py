@@ -130,7 +130,7 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
     )
     by_prefix = refused_by_prefix(report)
     widest = max((item["inputs"] for row in by_prefix for item in row["reasons"]), default=0)
-    return _ENVIRONMENT.get_template("run_report.html").render(
+    page: str = _ENVIRONMENT.get_template("run_report.html").render(
         report=report,
         graph=str(report.get("graph", "")),
         warehouse=warehouse,
@@ -145,6 +145,7 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
         max_listed=MAX_LISTED,
         filed_by_prefix=filed_by_prefix(report),
     )
+    return page
 
 
 def filed_by_prefix(report: Mapping) -> list[tuple[str, list[tuple[str, int]]]]:
