@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from warehouse.core.config import Settings
 from warehouse.core.reasons import Reason, problem_of
@@ -38,6 +39,35 @@ def log_format() -> str:
     settings error once the settings are read; logging stays text until then)."""
     value = os.environ.get("WAREHOUSE_LOG_FORMAT", "text").strip().lower()
     return value if value in ("text", "json") else "text"
+
+
+_Loaded = TypeVar("_Loaded")
+
+
+def loaded(value: _Loaded | None, what: str) -> _Loaded:
+    """``value``, a field of a run's state that an earlier node sets (``config.json``, the
+    warehouse's index, the patients' groups), once it is set.
+
+    Parameters
+    ----------
+    value : object or None
+        The field.
+    what : str
+        What it holds, for the error.
+
+    Returns
+    -------
+    object
+        ``value``, never None.
+
+    Raises
+    ------
+    RuntimeError
+        When it is not set: a node ran before the one that sets it (an internal error).
+    """
+    if value is None:
+        raise RuntimeError(f"{what} is not loaded yet: a node ran before the one that loads it")
+    return value
 
 
 class WorkerPool:

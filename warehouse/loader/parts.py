@@ -91,7 +91,7 @@ def part_report(state) -> dict:
     """A part's report: the run report of its process, with its phase and shard, and (for a
     clinical phase that listed and did not stop) the hand-off."""
     part, report = state.part, state.report
-    data = report.as_dict()
+    data: dict = report.as_dict()
     data["phase"] = part.phase
     data["shard"] = list(part.shard) if part.shard else None
     data["listed"] = report.listed

@@ -231,7 +231,7 @@ def _clinical_phase_handed_over(storage, settings, run_id: str, code: int) -> bo
     return True
 
 
-def _end(storage, settings, run_id: str, count: int, outcomes) -> int:
+def _end(storage, settings, run_id: str, count: int, outcomes: list[tuple[str, int, str]]) -> int:
     """Combine the parts' reports, print the one summary, and return the worst exit code."""
     code = max(code for _, code, _ in outcomes)
     try:

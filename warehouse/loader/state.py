@@ -22,7 +22,7 @@ from warehouse.core.patients import (
     PatientGroups,
 )
 from warehouse.core.reasons import Reason
-from warehouse.core.run import ByteBudget, RunState
+from warehouse.core.run import ByteBudget, RunState, loaded
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
@@ -43,7 +43,7 @@ class Progress:
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._lock = threading.Lock()
-        self.total = {"clinical": None, "image": None}
+        self.total: dict[str, int | None] = {"clinical": None, "image": None}
         self.done = {"clinical": 0, "image": 0}
         self._first_image: float | None = None
 
@@ -188,7 +188,8 @@ class LoaderState(RunState):
         if self.header_requests:
             report.count("header read requests", self.header_requests)
         self.count_lease_requests()
-        catalogue = self.catalogue.publish(storage, self.settings) if report.listed else ""
+        images = loaded(self.catalogue, "the run's image catalogue")
+        catalogue = images.publish(storage, self.settings) if report.listed else ""
         if report.listed and not self.settings.dry_run and self.part is None:
             self.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
         summary = report.summary() + catalogue

@@ -22,7 +22,7 @@ from warehouse.core.keys import (
     raw_prefix_of,
 )
 from warehouse.core.reasons import Reason
-from warehouse.core.run import ByteBudget
+from warehouse.core.run import ByteBudget, loaded
 from warehouse.dicom.identity import ImageIdentity, image_identity
 from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.reader import HeaderRead, read_header
@@ -135,10 +135,10 @@ def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
         state.report.skip(task.key, Reason.WRITE_FAILED, f"{task.target}: {result.error}")
         return []
     prefix = raw_prefix_of(task.key)  # the raw input's: what each site's uploads came to
-    state.catalogue.written(task.target)
+    loaded(state.catalogue, "the run's image catalogue").written(task.target)
     if task.action == "write":
         state.report.count("metadata files written", prefix=prefix)
-    elif parse_warehouse_key(task.target).kind == "clinical":
+    elif (target := parse_warehouse_key(task.target)) is not None and target.kind == "clinical":
         state.report.count("clinical files copied", prefix=prefix)
     else:
         state.report.count("images copied", prefix=prefix)
