@@ -9,11 +9,12 @@ exists before anything reads or writes it.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 _LIST_QUEUE_SIZE = 4096
@@ -66,7 +67,7 @@ class Storage:
         """Yield every object whose key starts with ``prefix``, in key order, streaming."""
         raise NotImplementedError
 
-    def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    def list_folders(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         """One level below ``prefix`` (which ends with ``/``): sub-folder prefixes and objects."""
         raise NotImplementedError
 
@@ -169,7 +170,7 @@ class Storage:
         def produce() -> None:
             try:
                 with ThreadPoolExecutor(max(1, workers), thread_name_prefix="list") as pool:
-                    futures = []
+                    futures: list[Future[None]] = []
                     for folders, objects in pool.map(self.list_folders, prefixes):
                         for info in objects:
                             if not put(info):

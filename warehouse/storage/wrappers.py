@@ -3,6 +3,7 @@ run's writes, and the base they share (`DelegatingStorage`)."""
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ class DelegatingStorage(Storage):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)
 
-    def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    def list_folders(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         return self.inner.list_folders(prefix)
 
     def read(self, key: str) -> bytes:
