@@ -18,14 +18,19 @@ import re
 import sys
 import textwrap
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn
 
 import jsonschema
 
 from warehouse.core.errors import ExpectedError, ObjectNotFound, StorageError
 from warehouse.core.keys import RAW_PREFIX_MARK, normalise_prefix
 from warehouse.core.text import quote
+
+if TYPE_CHECKING:
+    from warehouse.core.report import RunReport
+    from warehouse.storage.base import Storage
 
 CONFIG_KEY = "config.json"
 DEFAULT_WORKERS = 32
@@ -143,7 +148,7 @@ CONFIG_SCHEMA: dict = {
 }
 
 
-def _strict_integer(checker, instance) -> bool:
+def _strict_integer(checker: object, instance: object) -> bool:
     # JSON Schema counts 50.0 as an integer; config.json must say 50.
     return isinstance(instance, int) and not isinstance(instance, bool)
 
@@ -473,7 +478,7 @@ class PipelineConfig:
     prefix_sites: dict[str, frozenset[str]] = field(default_factory=dict)
     max_upload_delay_days: int | None = DEFAULT_MAX_UPLOAD_DELAY_DAYS
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(
             self, "site_rules", {nfc(name): group for name, group in self.site_rules.items()}
         )
@@ -486,7 +491,7 @@ class PipelineConfig:
             },
         )
 
-    def site_rule(self, centre: str) -> str | None:
+    def site_rule(self, centre: object) -> str | None:
         """The rule for a record's ``SubmittingCentre``: THE way a centre is matched.
 
         The centre is compared after Unicode NFC normalisation (so a decomposed "é" matches a
@@ -502,7 +507,7 @@ class PipelineConfig:
             return None
         return self.site_rules.get(nfc(centre))
 
-    def centre_allowed(self, prefix: str, centre: str) -> bool:
+    def centre_allowed(self, prefix: str, centre: object) -> bool:
         """Whether raw ``prefix`` may send records of ``centre`` (by ``prefix_sites``).
 
         A prefix that ``prefix_sites`` does not list may send any centre; centres are matched
@@ -514,12 +519,12 @@ class PipelineConfig:
         return isinstance(centre, str) and nfc(centre) in allowed
 
 
-def _key_text(key) -> str:
+def _key_text(key: object) -> str:
     """A key as a message shows it: plain when it is plain, else quoted."""
     return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else quote(key)
 
 
-def _path_text(path) -> str:
+def _path_text(path: Iterable[object]) -> str:
     """``sites.split``, ``raw_prefixes[1]``: where a value is in the document."""
     text = ""
     for part in path:
@@ -549,7 +554,7 @@ def _expected(schema: dict) -> str:
     return {"string": "a string"}.get(kind, "a JSON value")
 
 
-def _schema_at(schema_path) -> dict:
+def _schema_at(schema_path: Iterable[str | int]) -> dict:
     node = CONFIG_SCHEMA
     for part in schema_path:
         node = node[part]
@@ -604,7 +609,7 @@ def _schema_problem(error: jsonschema.ValidationError) -> list[str]:
     return [f"{where} must meet {keyword}={error.validator_value!r}, got {got}"]
 
 
-def _load_json(data: bytes):
+def _load_json(data: bytes) -> tuple[object, dict[int, tuple[dict, list[str]]]]:
     """Decode ``data`` as strict JSON (no NaN or Infinity), noting keys met twice in an object.
 
     Returns
@@ -620,7 +625,7 @@ def _load_json(data: bytes):
         ) from None
     repeated: dict[int, tuple[dict, list[str]]] = {}
 
-    def build_object(pairs):
+    def build_object(pairs: list[tuple[str, object]]) -> dict:
         obj: dict = {}
         for key, value in pairs:
             if key in obj:
@@ -629,7 +634,7 @@ def _load_json(data: bytes):
             obj[key] = value
         return obj
 
-    def refuse_constant(name):
+    def refuse_constant(name: str) -> NoReturn:
         raise ConfigError(f"{CONFIG_KEY} is not valid JSON: {name} is not a JSON number")
 
     try:
@@ -647,7 +652,7 @@ def _load_json(data: bytes):
     return doc, repeated
 
 
-def _text_problems(doc, repeated: dict) -> list[str]:
+def _text_problems(doc: object, repeated: dict) -> list[str]:
     """Keys repeated in an object, and strings that are not text (lone surrogates), by path.
 
     Walks the document without recursion: its depth is bounded only by ``json``'s.
@@ -812,7 +817,7 @@ def config_help() -> str:
     return "\n".join(lines)
 
 
-def load_pipeline_config(storage, report) -> PipelineConfig:
+def load_pipeline_config(storage: Storage, report: RunReport) -> PipelineConfig:
     """Read and validate ``config.json`` from the root of ``storage``.
 
     A problem is recorded on ``report`` as a configuration problem (the run exits 2) and

@@ -520,7 +520,7 @@ class RunLease:
         self.start_renewing()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     @contextlib.contextmanager

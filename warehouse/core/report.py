@@ -12,6 +12,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import jsonschema
 
@@ -20,6 +21,9 @@ from warehouse.core.errors import ExpectedError
 from warehouse.core.reasons import FAILURES, Reason
 from warehouse.core.report_page import page_key, run_report_page
 from warehouse.core.text import bounded, escape_controls, quote
+
+if TYPE_CHECKING:
+    from warehouse.storage.base import Storage
 
 
 def _bounded_facts(facts: dict) -> dict:
@@ -264,7 +268,7 @@ def check_previous_report(data: bytes) -> dict:
     return report
 
 
-def write_report(storage, data: dict, key: str, *, as_memo: bool) -> str:
+def write_report(storage: Storage, data: dict, key: str, *, as_memo: bool) -> str:
     """Write a run report (its JSON at ``key``, and ``latest.json`` too when it may be the next
     run's memo: ``as_memo``), then its page beside it (`report_page.page_key`).
 
@@ -299,7 +303,7 @@ def write_report(storage, data: dict, key: str, *, as_memo: bool) -> str:
     return lines + f"\n  report page: {storage.url}/{page}"
 
 
-def publish_report(storage, report: RunReport, dry_run: bool) -> str:
+def publish_report(storage: Storage, report: RunReport, dry_run: bool) -> str:
     """Write a one-process run's report (`write_report`; printed instead in a dry run).
 
     The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is

@@ -38,7 +38,7 @@ def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> lis
     state.progress.finished("clinical")
     facts = {"pseudonym": raw.pseudonym, "centre": centre}
 
-    def refuse(reason: Reason, detail: str, **more) -> list[Task]:
+    def refuse(reason: Reason, detail: str, **more: object) -> list[Task]:
         report.skip(task.key, reason, detail, stamp=input_stamp(task), facts={**facts, **more})
         return []
 
@@ -88,7 +88,7 @@ def file_image(
     state.progress.finished("image")
     state.count_header_read(header.requests, header.bytes_read)
 
-    def refuse(reason: Reason, detail: str, **facts) -> list[Task]:
+    def refuse(reason: Reason, detail: str, **facts: object) -> list[Task]:
         report.skip(task.key, reason, detail, stamp=input_stamp(task), facts=facts or None)
         return []
 

@@ -26,12 +26,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterable
 from typing import Protocol
 
 from warehouse.core.keys import parse_raw_key, raw_prefix_of
 from warehouse.core.reasons import Reason
 from warehouse.core.report import utc_stamp
 from warehouse.core.text import quote
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def site_view(problem: dict) -> dict | None:
     return {"key": problem["key"], "reason": reason.value, "detail": detail}
 
 
-def by_prefix(problems) -> dict[str, list[dict]]:
+def by_prefix(problems: Iterable[dict]) -> dict[str, list[dict]]:
     """The site views of ``problems``, grouped by raw prefix and sorted by key."""
     grouped: dict[str, list[dict]] = {}
     for problem in problems:
@@ -116,7 +118,7 @@ class ProblemsOfRun(Protocol):
     started: dt.datetime
 
 
-def publish_feedback(storage, report: ProblemsOfRun, previous: list[dict] | None) -> int:
+def publish_feedback(storage: Storage, report: ProblemsOfRun, previous: list[dict] | None) -> int:
     """Write the feedback files of the prefixes whose problems changed since ``previous`` (the
     last run's problems); the number of files written.
 

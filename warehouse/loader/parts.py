@@ -22,16 +22,21 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from warehouse.catalogue.run import combined_catalogue
-from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, ConfigError
+from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, ConfigError, Settings
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.lease import release_run_lease
 from warehouse.core.report import RunReport, combine_reports, combined_report_key, write_report
+from warehouse.core.run import loaded
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import load_previous_problems, load_previous_report
 from warehouse.loader.shards import Handoff, RunPart, expected_part_keys, part_key, run_folder
 from warehouse.storage.base import Storage
+
+if TYPE_CHECKING:
+    from warehouse.loader.state import LoaderState
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ class ClinicalPhaseMissing(ConfigError):
     """An image shard found no usable report of its run's clinical phase (exit code 2)."""
 
 
-def load_handoff(storage: Storage, settings, graph: str) -> Handoff | None:
+def load_handoff(storage: Storage, settings: Settings, graph: str) -> Handoff | None:
     """The hand-off of the run's clinical phase, for an image shard (None for anything else).
 
     Raises
@@ -51,6 +56,8 @@ def load_handoff(storage: Storage, settings, graph: str) -> Handoff | None:
     """
     if settings.shard is None:
         return None
+    if settings.run_id is None:  # (settings_from_env refuses a shard without its run's id)
+        raise ValueError("the settings of a shard name no run")
     key = part_key(graph, settings.run_id, RunPart(CLINICAL_PHASE))
     where = f"{storage.url}/{key}"
     label = f"shard {settings.shard[0]}/{settings.shard[1]} of run {settings.run_id}"
@@ -75,9 +82,10 @@ def load_handoff(storage: Storage, settings, graph: str) -> Handoff | None:
         raise ClinicalPhaseMissing(f"{label}: {where}: {exc}") from None
 
 
-def handoff_of(state) -> Handoff:
+def handoff_of(state: LoaderState) -> Handoff:
     """What the clinical phase hands to the shards, from its state at the end."""
-    groups = {p: g for p in state.new_patients if (g := state.groups.get(p)) is not None}
+    known = loaded(state.groups, "the patients' groups")
+    groups = {p: g for p in state.new_patients if (g := known.get(p)) is not None}
     return Handoff(
         groups=groups,
         new_patients=sorted(state.new_patients),
@@ -87,10 +95,12 @@ def handoff_of(state) -> Handoff:
     )
 
 
-def part_report(state) -> dict:
+def part_report(state: LoaderState) -> dict:
     """A part's report: the run report of its process, with its phase and shard, and (for a
     clinical phase that listed and did not stop) the hand-off."""
     part, report = state.part, state.report
+    if part is None:
+        raise ValueError("not a part of a sharded run (its report is the run's own)")
     data: dict = report.as_dict()
     data["phase"] = part.phase
     data["shard"] = list(part.shard) if part.shard else None
@@ -100,7 +110,7 @@ def part_report(state) -> dict:
     return data
 
 
-def end_part(storage: Storage, state, graph: str) -> str:
+def end_part(storage: Storage, state: LoaderState, graph: str) -> str:
     """After a part's graph: write its report, stop renewing the run's lease (which stays for
     the other parts), and, for a shard that `RunPart.finishes`, end the run when every part has
     written its report.
@@ -111,6 +121,8 @@ def end_part(storage: Storage, state, graph: str) -> str:
         Summary lines (where the reports are).
     """
     part, report = state.part, state.report
+    if part is None:
+        raise ValueError("not a part of a sharded run (its report is the run's own)")
     key = part_key(graph, report.run_id, part)
     lines = ""
     data = part_report(state)
@@ -129,7 +141,7 @@ def end_part(storage: Storage, state, graph: str) -> str:
             release_run_lease(storage, report.run_id)
         except ExpectedError as exc:
             logger.error("could not release the run lease: %s", exc)
-    if part.phase == IMAGE_PHASE and part.finishes:
+    if part.phase == IMAGE_PHASE and part.finishes and part.shard is not None:
         try:
             ended = finish_run(storage, graph, report.run_id, part.shard[1], force=False)
         except ExpectedError as exc:

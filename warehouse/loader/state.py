@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from warehouse import __version__
@@ -40,7 +41,7 @@ class Progress:
     """How far a loader run is: clinical files and images done out of those planned, and the
     rate of images, for the progress line of the status lines."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.total: dict[str, int | None] = {"clinical": None, "image": None}
@@ -127,7 +128,7 @@ class LoaderState(RunState):
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.part is None:
             self.part = part_of(self.settings)
         if self.catalogue is None:
@@ -230,12 +231,12 @@ class LoaderState(RunState):
         """The status lines' progress line (see `Progress.line`)."""
         return self.progress.line()
 
-    def item_failed(self, item, exc: BaseException) -> list:
+    def item_failed(self, item: object, exc: BaseException) -> list:
         if isinstance(item, Task):
             self.progress.finished(item.action)
         return super().item_failed(item, exc)
 
-    def skip_extras(self, item, reason: Reason) -> dict:
+    def skip_extras(self, item: object, reason: Reason) -> dict:
         """A raw input that failed is reported with its listing stamp, so the next run knows
         it unchanged and does not read it again (memo)."""
         if not isinstance(item, Task) or item.action not in ("clinical", "image"):

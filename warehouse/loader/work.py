@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from warehouse.core.clinical import (
@@ -28,12 +29,13 @@ from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.reader import HeaderRead, read_header
 from warehouse.loader.state import FiledCentres, LoaderState
 from warehouse.loader.tasks import Task
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger("warehouseloader")
 
 
 def read_clinical(
-    storage,
+    storage: Storage,
     task: Task,
     *,
     max_bytes: int,
@@ -62,7 +64,11 @@ def read_clinical(
 
 
 def read_image(
-    storage, task: Task, *, max_header_bytes: int, centre_of=None
+    storage: Storage,
+    task: Task,
+    *,
+    max_header_bytes: int,
+    centre_of: Callable[[str], str | None] | None = None,
 ) -> tuple[Task, HeaderRead, ImageIdentity, str | None]:
     """Worker: read one image's header (ranged reads) and take its identity (and, when
     ``centre_of`` is given, the centre its patient is bound to).
@@ -110,7 +116,7 @@ class WriteResult:
     error: str = ""
 
 
-def write_object(storage, task: Task) -> WriteResult:
+def write_object(storage: Storage, task: Task) -> WriteResult:
     """Worker: write ``task.payload`` at ``task.target``."""
     try:
         storage.write(task.target, task.payload)
@@ -119,7 +125,7 @@ def write_object(storage, task: Task) -> WriteResult:
         return WriteResult(task, str(exc))
 
 
-def copy_object(storage, task: Task) -> WriteResult:
+def copy_object(storage: Storage, task: Task) -> WriteResult:
     """Worker: copy ``task.key`` to ``task.target`` (server-side on S3)."""
     try:
         storage.copy(task.key, task.target, task.size)
