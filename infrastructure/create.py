@@ -291,8 +291,11 @@ def deploy(
 
 
 def _stack_after(client, name: str) -> dict:
-    """The stack's description once `deploy` is done with it; an error if it is gone (deleted
-    meanwhile by someone else), rather than a description of nothing."""
+    """Return the stack's description once `deploy` is done with it.
+
+    Raises RuntimeError when the stack is gone (deleted meanwhile by someone else), rather
+    than returning a description of nothing.
+    """
     stack = describe_stack(client, name)
     if stack is None:
         raise RuntimeError(f"stack {name} no longer exists: it was deleted while deploying")

@@ -791,8 +791,10 @@ def test_a_failed_creation_must_be_deleted_first():
 
 
 class StackDeletedMeanwhileClient:
-    """A CloudFormation client with nothing to update, whose stack someone else deletes
-    before the command reads it back."""
+    """A CloudFormation client with nothing to update, and a stack deleted meanwhile.
+
+    Someone else deletes the stack before the command reads it back.
+    """
 
     def __init__(self):
         self.described = 0

@@ -398,8 +398,10 @@ def test_a_state_field_is_given_back_once_loaded_and_is_an_error_before():
 
 
 def test_a_loader_decision_before_config_json_is_loaded_says_what_is_missing(tmp_path):
-    """A node that runs before the one that loads ``config.json`` fails with what is missing
-    (an internal error of that input), not with an AttributeError on None."""
+    """A node run before the one that loads ``config.json`` says what is missing.
+
+    It fails as an internal error of that input, not with an AttributeError on None.
+    """
     from warehouse.core.config import settings_from_env
     from warehouse.core.report import RunReport
     from warehouse.loader.decisions import file_clinical

@@ -48,8 +48,9 @@ _Loaded = TypeVar("_Loaded")
 
 
 def loaded(value: _Loaded | None, what: str) -> _Loaded:
-    """``value``, a field of a run's state that an earlier node sets (``config.json``, the
-    warehouse's index, the patients' groups), once it is set.
+    """Return ``value``, a field of a run's state that an earlier node sets, once it is set.
+
+    Such fields hold ``config.json``, the warehouse's index, the patients' groups.
 
     Parameters
     ----------

@@ -110,8 +110,10 @@ def by_prefix(problems: Iterable[dict]) -> dict[str, list[dict]]:
 
 
 class ProblemsOfRun(Protocol):
-    """What `publish_feedback` reads of a run: a `RunReport`, or the combined parts' of a
-    sharded run."""
+    """What `publish_feedback` reads of a run.
+
+    A `RunReport`, or the combined parts' report of a sharded run.
+    """
 
     problems: list[dict]
     run_id: str
