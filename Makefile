@@ -84,4 +84,4 @@ bench: $(VENV)/.dev  ## run the S3 benchmark (see README, Performance)
 	$(BIN)/python -m benchmarks.run
 
 clean:  ## remove the virtual environment and generated data
-	rm -rf $(VENV) demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
