@@ -68,9 +68,10 @@ test: $(VENV)/.dev  ## run the whole test suite (installs headless Chromium when
 		$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; fi
 	$(BIN)/python -m pytest
 
-lint: $(VENV)/.dev  ## check formatting and lint
+lint: $(VENV)/.dev  ## check formatting, lint and types (changes nothing)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 format: $(VENV)/.dev  ## format and fix what ruff can
 	$(BIN)/ruff format .
@@ -83,4 +84,4 @@ bench: $(VENV)/.dev  ## run the S3 benchmark (see README, Performance)
 	$(BIN)/python -m benchmarks.run
 
 clean:  ## remove the virtual environment and generated data
-	rm -rf $(VENV) demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

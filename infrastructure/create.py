@@ -130,7 +130,7 @@ def stack_parameters(
     unknown = sorted(set(given) - set(template_keys))
     if unknown:
         raise ValueError(f"not parameters of the template: {', '.join(unknown)}")
-    result = [{"ParameterKey": k, "ParameterValue": v} for k, v in given.items()]
+    result: list[dict] = [{"ParameterKey": k, "ParameterValue": v} for k, v in given.items()]
     for key in template_keys:
         if previous is None or key in given or key not in previous:
             continue
@@ -277,7 +277,7 @@ def deploy(
         except ClientError as error:
             if NO_UPDATES in str(error):
                 print(f"Stack {name} is up to date: {NO_UPDATES.lower()}.", flush=True)
-                return describe_stack(client, name)
+                return _stack_after(client, name)
             raise
         print(f"Updating stack {name}...", flush=True)
         waiter = client.get_waiter("stack_update_complete")
@@ -287,7 +287,19 @@ def deploy(
     except WaiterError as error:
         reasons = "\n  ".join(failure_reasons(client, name)) or str(error)
         raise RuntimeError(f"stack {name} did not complete:\n  {reasons}") from error
-    return describe_stack(client, name)
+    return _stack_after(client, name)
+
+
+def _stack_after(client, name: str) -> dict:
+    """Return the stack's description once `deploy` is done with it.
+
+    Raises RuntimeError when the stack is gone (deleted meanwhile by someone else), rather
+    than returning a description of nothing.
+    """
+    stack = describe_stack(client, name)
+    if stack is None:
+        raise RuntimeError(f"stack {name} no longer exists: it was deleted while deploying")
+    return stack
 
 
 def format_outputs(stack: dict) -> str:

@@ -845,7 +845,8 @@ def synthetic_patients(n, seed=0):
 
 def test_5000_messy_patients_are_cleaned_row_by_row():
     """The whole table at once (vectorised) gives each patient the row it gets alone. (How long
-    it takes is a figure of the benchmarks, not a test: no wall-clock assertion here.)"""
+    it takes is a figure of the benchmarks, not a test: no wall-clock assertion here.)
+    """
     df = synthetic_patients(5000)
     out = clean_patient_table(df)
     assert len(out) == 5000

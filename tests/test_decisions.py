@@ -75,14 +75,16 @@ def new_state(store: LocalStorage, warehouse: dict[str, bytes] | None = None, **
 
 def clinical_read(key: str, centre, filed_centre: str | None = None, size: int = 120):
     """What the worker hands `file_clinical`: the task, the record's centre and the centre the
-    patient is bound to by its first filed record."""
+    patient is bound to by its first filed record.
+    """
     raw = replace(parse_raw_key(key, key.split("/", 1)[0]), modified=MODIFIED)
     return Task("clinical", key, size, None, raw), centre, filed_centre
 
 
 def image_read(prefix: str, patient: str, *, instance=1, name=None, date="2021-03-02", **kw):
     """What the worker hands `file_image` for one image (a header parsed by pydicom), and the
-    image's bytes."""
+    image's bytes.
+    """
     sop_name, data = image(patient, "DX", "s1", "r1", instance, **kw)
     key = f"{prefix}/{date}/images/{name or sop_name}"
     raw = replace(parse_raw_key(key, prefix), modified=MODIFIED)
@@ -143,7 +145,8 @@ def test_training_and_validation_sites_send_all_their_patients_there(store):
 
 def test_a_filed_patients_group_wins_and_the_other_group_is_a_conflict(store):
     """Covid7 was filed in training by Validation Trust (the config has moved the site since):
-    a new record would put it in validation."""
+    a new record would put it in validation.
+    """
     state = new_state(store, {"training/data/Covid7/data_2021-01-01.json": b"{}"})
     key = "raw-a/2021-03-01/data/Covid7_status.json"
     assert file_clinical(state, clinical_read(key, VALIDATION, filed_centre=VALIDATION)) == []
@@ -164,7 +167,8 @@ def test_a_centre_in_no_list_is_site_not_in_config(store):
 def test_a_pseudonym_bound_to_another_centre_is_claimed(store):
     """Bound by its first filed record (the read's filed centre), or by this run's first
     accepted record: another centre's record never moves nor adds to the patient, and the
-    images under that record's prefix for that patient are refused too."""
+    images under that record's prefix for that patient are refused too.
+    """
     state = new_state(store, {"training/data/Covid3/data_2021-01-01.json": b"{}"})
     key = "raw-b/2021-03-01/data/Covid3_data.json"
     assert file_clinical(state, clinical_read(key, B, filed_centre=A)) == []
@@ -279,7 +283,8 @@ def test_an_image_goes_to_its_patients_group_with_a_copy_and_a_metadata_task(sto
 
 def test_an_image_the_catalogue_lists_is_counted_and_one_it_does_not_is_written_again(store):
     """What is filed is the catalogue's word (a part is written once both objects are): an
-    image a killed run copied but no part lists is written again, whole (idempotent)."""
+    image a killed run copied but no part lists is written again, whole (idempotent).
+    """
     read, data = image_read("raw-a", "Covid11")
     image_key, metadata_key = image_keys("training", read)
     both = {"training/data/Covid11/data_2021-01-01.json": b"{}", image_key: data}
@@ -320,7 +325,8 @@ def test_the_same_instance_again_is_a_duplicate_or_a_conflicting_duplicate(store
 
 def test_an_instance_an_earlier_run_catalogued_is_a_duplicate(store):
     """An earlier run files an image and writes its catalogue part; a later run's copy of the
-    instance under another name is refused, naming the filed key."""
+    instance under another name is refused, naming the filed key.
+    """
     earlier = new_state(store, {"training/data/Covid13/data_2021-01-01.json": b"{}"})
     read, data = image_read("raw-a", "Covid13")
     for task in file_image(earlier, read):
@@ -399,7 +405,8 @@ def test_new_clinical_files_come_first_in_upload_order_and_filed_ones_are_counte
 
 def test_an_implausible_upload_date_is_reported_unread(store):
     """A folder dated after its object's modification time (past a day), or longer before it
-    than max_upload_delay_days."""
+    than max_upload_delay_days.
+    """
     now = dt.datetime.now(dt.UTC)
     future = f"{now + dt.timedelta(days=3):%Y-%m-%d}"
     old = f"{now - dt.timedelta(days=40):%Y-%m-%d}"

@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from infrastructure import create
@@ -787,6 +788,37 @@ def test_a_failed_creation_must_be_deleted_first():
         RuntimeError, match="ROLLBACK_COMPLETE.*delete-stack --stack-name warehouse-dev"
     ):
         create.deploy(FailedStackClient(), "warehouse-dev", "{}", {"StackSuffix": "dev"})
+
+
+class StackDeletedMeanwhileClient:
+    """A CloudFormation client with nothing to update, and a stack deleted meanwhile.
+
+    Someone else deletes the stack before the command reads it back.
+    """
+
+    def __init__(self):
+        self.described = 0
+
+    def get_template_summary(self, TemplateBody):  # noqa: N803 (boto3's parameter names)
+        return {"Parameters": [{"ParameterKey": "StackSuffix"}]}
+
+    def describe_stacks(self, StackName):  # noqa: N803
+        self.described += 1
+        if self.described > 1:
+            error = {"Error": {"Code": "ValidationError", "Message": "Stack does not exist"}}
+            raise ClientError(error, "DescribeStacks")
+        return {"Stacks": [{"StackName": StackName, "StackStatus": "UPDATE_COMPLETE"}]}
+
+    def update_stack(self, **_):
+        error = {"Error": {"Code": "ValidationError", "Message": "No updates are to be performed."}}
+        raise ClientError(error, "UpdateStack")
+
+
+def test_a_stack_deleted_while_deploying_is_an_error_not_a_missing_description():
+    client = StackDeletedMeanwhileClient()
+    with pytest.raises(RuntimeError, match="warehouse-dev no longer exists"):
+        create.deploy(client, "warehouse-dev", "{}", {"StackSuffix": "dev"})
+    assert client.described == 2
 
 
 # ------------------------------------------------------------------ image

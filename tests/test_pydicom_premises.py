@@ -58,7 +58,8 @@ def parameters(function) -> list[str]:
 
 def file_with_sequence(undefined_length: bool, items: int = 2) -> bytes:
     """A small Part 10 file (explicit VR little endian) with a Referenced Image Sequence of
-    ``items`` items, of undefined or defined length."""
+    ``items`` items, of undefined or defined length.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = "1.2.3.4"
@@ -84,7 +85,8 @@ def file_with_sequence(undefined_length: bool, items: int = 2) -> bytes:
 @pytest.fixture
 def generator_calls(monkeypatch) -> list:
     """Count the calls of ``filereader.data_element_generator`` (the product's wrapper and
-    pydicom's own behind it) made through the module attribute."""
+    pydicom's own behind it) made through the module attribute.
+    """
     calls = []
     installed = filereader.data_element_generator
 
@@ -167,7 +169,8 @@ def test_read_dataset_reads_an_inflated_data_set_as_the_reader_calls_it():
 
 def test_read_partial_reads_a_deflated_data_set_with_a_read_of_everything():
     """The product's ranged reader refuses ``read()`` of the whole object, and so learns that
-    the file is deflated: pydicom must ask that way."""
+    the file is deflated: pydicom must ask that way.
+    """
     sizes = []
 
     class Recording(io.BytesIO):
@@ -197,7 +200,8 @@ def test_the_product_replaces_data_element_generator_in_its_module():
 def test_read_dataset_looks_the_generator_up_for_the_header_and_each_item(generator_calls):
     """An undefined-length sequence is parsed while the header is read: a generator call
     through the module attribute for each data set pydicom reads (the file meta, its look at
-    the command set, the data set) and one per item."""
+    the command set, the data set) and one per item.
+    """
     data = file_with_sequence(undefined_length=True, items=3)
     dataset = filereader.read_partial(io.BytesIO(data))
     assert len(generator_calls) == HEADER_CALLS + 3
@@ -210,7 +214,8 @@ def test_read_dataset_looks_the_generator_up_for_the_header_and_each_item(genera
 
 def test_a_defined_length_sequence_is_kept_raw_and_parsed_by_convert_sq(generator_calls):
     """A defined-length sequence stays bytes until it is used (``reader._count_sequence``
-    parses it with ``convert_SQ``), and its items go through the generator then."""
+    parses it with ``convert_SQ``), and its items go through the generator then.
+    """
     data = file_with_sequence(undefined_length=False, items=2)
     dataset = filereader.read_partial(io.BytesIO(data))
     assert len(generator_calls) == HEADER_CALLS
@@ -232,7 +237,8 @@ def test_a_defined_length_sequence_is_kept_raw_and_parsed_by_convert_sq(generato
 
 def test_raw_element_vr_tells_a_sequence_of_an_implicit_or_un_element():
     """``reader._count_sequence`` asks pydicom's hook whether an element without an explicit
-    VR (implicit VR, or UN) is a sequence."""
+    VR (implicit VR, or UN) is a sequence.
+    """
     assert parameters(hooks.raw_element_vr)[:2] == ["raw", "data"]
     assert {"encoding", "ds"} <= set(parameters(hooks.raw_element_vr))
     for vr in (None, "UN"):
@@ -271,7 +277,8 @@ def test_stop_when_is_asked_with_the_stream_at_the_value():
 
 def test_defer_size_leaves_a_large_value_unread_with_its_offset_and_length():
     """``reader._empty_skipped_values``, ``_fetch_skipped_sequences`` and
-    ``_ends_past_the_object`` read ``value`` (None), ``length`` and ``value_tell``."""
+    ``_ends_past_the_object`` read ``value`` (None), ``length`` and ``value_tell``.
+    """
     _, data = image("Covid1", "DX")
     dataset = filereader.read_partial(io.BytesIO(data), defer_size=64)
     raw = dataset._dict[Tag(VENDOR_OB)]
@@ -298,7 +305,8 @@ def test_read_partial_keeps_the_file_object_on_buffer_filename_and_fileobj_type(
 
 def test_dict_holds_raw_elements_in_tag_order_and_replace_changes_the_value():
     """``Dataset._dict`` maps each tag to a ``RawDataElement`` (a named tuple: ``_replace``)
-    until it is used; the reader and the JSON fast path walk and replace them."""
+    until it is used; the reader and the JSON fast path walk and replace them.
+    """
     assert RawDataElement._fields[:7] == (
         "tag",
         "VR",
@@ -322,7 +330,8 @@ def test_character_set_gives_python_codecs():
     """``elements.element_text`` passes ``_character_set`` to ``decode_bytes`` and the JSON
     fast path takes its only codec. With a Specific Character Set it is a list of codecs;
     without one, pydicom gives the default codec as a plain string, not a list (the product
-    then passes ``"iso8859"`` to ``decode_bytes`` as if it were a list: see the report)."""
+    then passes ``"iso8859"`` to ``decode_bytes`` as if it were a list: see the report).
+    """
     for value, codecs in (("ISO_IR 100", ["latin_1"]), ("ISO_IR 192", ["UTF8"])):
         dataset = Dataset()
         dataset.SpecificCharacterSet = value
@@ -342,7 +351,8 @@ def test_decode_bytes_and_the_text_delimiters():
 
 def test_to_json_dict_takes_the_bulk_data_handler_and_threshold_positionally():
     """``jsonrep._pydicom_element`` calls ``to_json_dict(handler, 0)`` and drops the
-    ``BulkDataURI`` or ``InlineBinary`` a binary value gets."""
+    ``BulkDataURI`` or ``InlineBinary`` a binary value gets.
+    """
     assert parameters(DataElement.to_json_dict)[1:3] == [
         "bulk_data_element_handler",
         "bulk_data_threshold",
@@ -371,7 +381,8 @@ def test_a_multi_valued_element_is_a_multivalue_by_class_name():
 
 def test_uid_names_tell_image_storage_classes():
     """``reader._no_pixel_data`` tells "image without pixel data" from "not an image" by
-    ``"Image Storage"`` in the SOP class's name."""
+    ``"Image Storage"`` in the SOP class's name.
+    """
     assert "Image Storage" in UID("1.2.840.10008.5.1.4.1.1.2").name  # CT
     assert "Image Storage" in UID("1.2.840.10008.5.1.4.1.1.1.1").name  # DX
     assert "Image Storage" not in UID("1.2.840.10008.5.1.4.1.1.88.11").name  # Basic Text SR
@@ -385,7 +396,8 @@ def test_uid_names_tell_image_storage_classes():
 
 def test_pydicom_logs_through_its_logger_named_pydicom():
     """``reader._PydicomMessages`` is the handler of the logger ``pydicom``: pydicom's messages
-    about a header must arrive there."""
+    about a header must arrive there.
+    """
     assert pydicom_config.logger is logging.getLogger("pydicom")
     got = []
 

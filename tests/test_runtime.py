@@ -383,3 +383,32 @@ def test_the_status_lines_follow_the_progress_setting():
     assert lines.period == 5.0
     settings["seconds"] = 0.5
     assert lines.period == 0.5
+
+
+def test_a_state_field_is_given_back_once_loaded_and_is_an_error_before():
+    from warehouse.core.run import loaded
+
+    groups = {"Covid1": "training"}
+    assert loaded(groups, "the patients' groups") is groups
+    assert loaded(0, "a count") == 0  # only None is "not loaded"
+    with pytest.raises(RuntimeError, match="the patients' groups is not loaded yet"):
+        loaded(None, "the patients' groups")
+
+
+def test_a_loader_decision_before_config_json_is_loaded_says_what_is_missing(tmp_path):
+    """A node run before the one that loads ``config.json`` says what is missing.
+
+    It fails as an internal error of that input, not with an AttributeError on None.
+    """
+    from warehouse.core.config import settings_from_env
+    from warehouse.core.report import RunReport
+    from warehouse.loader.decisions import file_clinical
+    from warehouse.loader.state import LoaderState
+    from warehouse.loader.tasks import Task
+
+    settings = settings_from_env({"WAREHOUSE_BUCKET": f"file://{tmp_path}"})
+    state = LoaderState(settings, RunReport("warehouseloader"))
+    task = Task("clinical", "raw-a/2021-01-01/data/Covid1_data.json", 10, None, None)
+    with pytest.raises(RuntimeError, match="config.json is not loaded yet"):
+        file_clinical(state, (task, "A Trust", None))
+    assert state.report.problems == []

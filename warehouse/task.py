@@ -257,7 +257,7 @@ def _run_child(command: list[str], env: dict[str, str], capture: bool) -> tuple[
             signal.signal(sig, handler)
     try:
         captured = None
-        if capture:
+        if capture and child.stdout is not None:  # (a pipe whenever capture is asked)
             lines = []
             for raw in child.stdout:
                 text = raw.decode("utf-8", errors="replace")
@@ -269,8 +269,8 @@ def _run_child(command: list[str], env: dict[str, str], capture: bool) -> tuple[
         returncode = child.wait()
     finally:
         if in_main_thread:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for sig, before in previous.items():
+                signal.signal(sig, before)
     return _exit_code(returncode), captured
 
 
@@ -324,9 +324,9 @@ def run_task(
     try:
         code, stdout_text = _run_child(command, _child_env(summary_path), capture=with_stdout)
         line = completion_line(time.monotonic() - started, code)
-        summary = _read_summary(summary_path) if with_summary else None
+        summary = _read_summary(summary_path) if summary_path is not None else None
     finally:
-        if temporary:
+        if temporary and summary_path is not None:
             Path(summary_path).unlink(missing_ok=True)
 
     print(line, file=sys.stderr, flush=True)
@@ -432,7 +432,7 @@ def run_graph(name: str, argv: list[str] | None = None) -> int:
     """
     task = GRAPH_TASKS[name]
     if asks_for_information(argv or []):
-        return answer(task.module, argv)
+        return answer(task.module, argv or [])
     return run_task(
         task.module,
         argv,

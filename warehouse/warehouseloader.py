@@ -24,7 +24,7 @@ from warehouse.core.config import (
     Settings,
     load_pipeline_config,
 )
-from warehouse.core.run import EXIT_INTERNAL
+from warehouse.core.run import EXIT_INTERNAL, loaded
 from warehouse.loader import processes
 from warehouse.loader.decisions import file_clinical, file_image
 from warehouse.loader.inputs import run_inputs
@@ -88,7 +88,7 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
         read = functools.partial(
             read_clinical,
             max_bytes=state.settings.max_clinical_bytes,
-            filed_centre=state.filed_centres,
+            filed_centre=loaded(state.filed_centres, "the filed patients' centres"),
             budget=state.clinical_budget,
         )
         pool.submit(read, storage, task, then=functools.partial(file_clinical, state))
@@ -104,7 +104,7 @@ def process_patient_data(pool, task: Task, storage: Storage, state: LoaderState)
 def process_image(pool, task: Task, storage: Storage, state: LoaderState):
     """Read each image's header (ranged reads) and yield its copy and metadata tasks."""
     if task.action == "image":
-        needs_centre = task.payload.prefix in state.config.prefix_sites
+        needs_centre = task.payload.prefix in loaded(state.config, "config.json").prefix_sites
         read = functools.partial(
             read_image,
             max_header_bytes=state.settings.max_header_bytes,

@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as error:  # the whole request refused (no bucket, no permission)
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for error in errors:
+    for item in errors:
         print(
-            f"error: {error.get('Key')}: {error.get('Code')} {error.get('Message', '')}".rstrip(),
+            f"error: {item.get('Key')}: {item.get('Code')} {item.get('Message', '')}".rstrip(),
             file=sys.stderr,
         )
     verb = "would be deleted" if options.dry_run else "deleted"

@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -95,7 +96,7 @@ def submit_run(client, suffix: str, shards: int, run_id: str) -> tuple[str, str]
         jobDefinition=found["clinical"],
         containerOverrides={"environment": run},
     )["jobId"]
-    request = {
+    request: dict[str, Any] = {
         "jobName": f"warehouse-{suffix}-shards-{run_id}",
         "jobQueue": found["queue"],
         "jobDefinition": found["shards"],

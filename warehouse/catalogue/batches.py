@@ -1,6 +1,9 @@
-"""The processed store's front door: ``latest.csv`` names the newest complete batch of tables
-(``archive,path`` rows, ``<batch>/<archive>.<csv|parquet>``); `dataprocess` writes it last,
-`select` and the next `dataprocess` read it."""
+"""The processed store's front door, ``latest.csv``.
+
+It names the newest complete batch of tables (``archive,path`` rows,
+``<batch>/<archive>.<csv|parquet>``); `dataprocess` writes it last, `select` and the next
+`dataprocess` read it.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ class InvalidLatest(ValueError):
 
 
 def latest_paths(processed: Storage) -> dict[str, str] | None:
-    """The archives of the newest batch and their keys (``latest.csv``), in file order; None
-    when the store has no batch yet.
+    """Return the archives of the newest batch and their keys, as ``latest.csv`` lists them.
+
+    None when the store has no batch yet.
 
     Raises
     ------
@@ -43,6 +47,6 @@ def latest_paths(processed: Storage) -> dict[str, str] | None:
 
 
 def batch_folder(paths: dict[str, str]) -> str | None:
-    """The batch folder the paths of ``latest.csv`` are in (None when it names none)."""
+    """Return the batch folder the paths of ``latest.csv`` are in (None when it names none)."""
     folders = {path.partition("/")[0] for path in paths.values() if "/" in path}
     return folders.pop() if len(folders) == 1 else None

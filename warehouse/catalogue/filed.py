@@ -1,7 +1,9 @@
-"""What the warehouse side holds of images, listed in full and kept compact: the hashes of the
-images filed (image and metadata file both listed) and the bytes under each top folder. What
-a reconcile checks the catalogue against, in memory that grows by 16 bytes an image, not by
-the length of its key."""
+"""What the warehouse side holds of images, listed in full and kept compact.
+
+The hashes of the images filed (image and metadata file both listed) and the bytes under each
+top folder: what a reconcile checks the catalogue against, in memory that grows by 16 bytes
+an image, not by the length of its key.
+"""
 
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ class FiledImages:
 
 
 def list_filed_images(storage: Storage, workers: int = 8) -> FiledImages:
-    """List the whole warehouse side (``training/``, ``validation/``), streamed, keeping only
-    the hashes of images and metadata files and the bytes by folder.
+    """List the whole warehouse side (``training/``, ``validation/``), streamed.
+
+    Only the hashes of images and metadata files and the bytes by folder are kept.
 
     Raises
     ------

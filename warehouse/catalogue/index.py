@@ -1,5 +1,7 @@
-"""The catalogue's compact index: what a run needs to know of every filed image, in a few sorted
-arrays of 64-bit hashes, read in a handful of requests whatever the warehouse's size.
+"""The catalogue's compact index.
+
+What a run needs to know of every filed image, in a few sorted arrays of 64-bit hashes, read
+in a handful of requests whatever the warehouse's size.
 
 For each image a catalogue part lists, the index keeps the hash of its SOPInstanceUID (with
 the filed object's size and the part that lists it), of its warehouse key and of its raw key.
@@ -55,8 +57,10 @@ class InvalidIndex(ValueError):
 
 
 def key_hash(text: str | None) -> int:
-    """The 64-bit hash of a key or UID the index keeps (BLAKE2b, stable across processes and
-    machines; 0 stands for none)."""
+    """Return the 64-bit hash of a key or UID the index keeps.
+
+    BLAKE2b, stable across processes and machines; 0 stands for none.
+    """
     if text is None:
         return 0
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
@@ -115,9 +119,11 @@ class IndexArrays:
 
 
 def arrays_of_parts(tables: Iterable[tuple[str, dt.datetime, pa.Table]]) -> IndexArrays:
-    """The index of parts' rows: ``(part key, its last-modified time, its table with
-    ``raw_key``, ``warehouse_key``, ``SOPInstanceUID`` and ``object_size``)``, in the given
-    order of parts."""
+    """Build the index of parts' rows.
+
+    ``tables`` gives ``(part key, its last-modified time, its table with ``raw_key``,
+    ``warehouse_key``, ``SOPInstanceUID`` and ``object_size``)``, in the order of parts.
+    """
     sops, sizes, numbers, targets, raws, times, parts = [], [], [], [], [], [], []
     for number, (part, written, table) in enumerate(tables):
         parts.append(part)
@@ -157,7 +163,7 @@ def _sorted(sop, sizes, numbers, target, raw, raw_sizes, raw_times, parts) -> In
 
 
 def combined(old: IndexArrays, new: IndexArrays) -> IndexArrays:
-    """The index of ``old``'s parts then ``new``'s (both read whole, raw hashes included)."""
+    """Return the index of ``old``'s parts then ``new``'s (both whole, raw hashes included)."""
     if any(a is None for a in (old.raw, new.raw, old.raw_size, new.raw_size)):
         raise ValueError("both indexes need their raw hashes to be combined")
     if old.raw_time is None or new.raw_time is None:
@@ -193,8 +199,9 @@ def _table(index: IndexArrays) -> pa.Table:
 
 
 def write_index(storage: Storage, index: IndexArrays, now: dt.datetime) -> str:
-    """Write ``index`` (through a temporary file: it is never all in memory twice), then the
-    pointer that makes it current; its key.
+    """Write ``index``, then the pointer that makes it current; return its key.
+
+    It goes through a temporary file, so it is never all in memory twice.
 
     Raises
     ------
@@ -216,7 +223,7 @@ def write_index(storage: Storage, index: IndexArrays, now: dt.datetime) -> str:
 
 
 def read_pointer(storage: Storage) -> dict | None:
-    """The pointer to the current index, or None when no index was written yet.
+    """Read the pointer to the current index (None when no index was written yet).
 
     Raises
     ------
@@ -253,8 +260,9 @@ def _open(storage: Storage, key: str, size: int) -> tuple[pq.ParquetFile, Stored
 
 
 def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False) -> IndexArrays:
-    """The arrays of the index ``key`` of ``size`` bytes (ranged reads of the columns asked
-    for; the raw hashes only ``with_raw``).
+    """Read the arrays of the index ``key`` of ``size`` bytes.
+
+    Ranged reads of the columns asked for; the raw hashes only ``with_raw``.
 
     Raises
     ------
@@ -295,11 +303,12 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
 def raw_keys_filed(
     storage: Storage, key: str, size: int, wanted: np.ndarray, sizes: np.ndarray, times: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which of the raw files (key hashes ``wanted``, of ``sizes`` bytes, last modified at
-    ``times``: seconds since 1970) the index ``key`` (of ``size`` bytes) holds as filed, and
-    which of those unchanged since (the same size, not modified after their part was written):
-    two boolean arrays, read from its raw hashes one row group at a time (flat memory whatever
-    its size).
+    """Tell which raw files the index holds as filed, and which of those are unchanged.
+
+    The raw files are key hashes ``wanted``, of ``sizes`` bytes, last modified at ``times``
+    (seconds since 1970); the index is ``key``, of ``size`` bytes. Unchanged: the same size,
+    not modified after their part was written. Two boolean arrays, read from its raw hashes
+    one row group at a time (flat memory whatever its size).
 
     Raises
     ------

@@ -135,7 +135,8 @@ def _read_parts(
     storage: Storage, parts: dict[str, dt.datetime], submit: Callable, report: RunReport
 ) -> tuple[list[tuple[str, dt.datetime, pa.Table]], str | None]:
     """The parts' rows, oldest first, and the first part that cannot be read (reported and
-    left out; None when every part was read)."""
+    left out; None when every part was read).
+    """
     futures = [(key, when, submit(storage.read, key)) for key, when in sorted(parts.items())]
     tables, unreadable = [], None
     for key, when, future in futures:
@@ -155,7 +156,8 @@ def _settled(
     stamped before it is written, so one stamped just before a listing may appear after it;
     and an unreadable part must stay after ``through`` until it is fixed (the loader reads
     everything while one is there). The parts after are merged all the same, and read again
-    by the next merge."""
+    by the next merge.
+    """
     cutoff = part_key(now - PART_SETTLE)
     return [
         (key, when, table)
@@ -166,7 +168,8 @@ def _settled(
 
 def previous_catalogue(processed: Storage, key: str | None) -> tuple[StoredFile, str | None] | None:
     """The last batch's merged catalogue (a file over the processed store) and the part it
-    covers up to; None when there is none usable (then every part is merged again)."""
+    covers up to; None when there is none usable (then every part is merged again).
+    """
     if key is None:
         return None
     size = next((info.size for info in processed.list(key) if info.key == key), None)
@@ -196,7 +199,8 @@ def _batches_of(handle: StoredFile, skip: pa.Array) -> Iterator[pa.Table]:
 
 def _still_filed(table: pa.Table, filed: FiledImages | None, scan: CatalogueScan) -> pa.Table:
     """The rows of ``table`` whose image the warehouse still holds (all of them when it was
-    not listed); the others are counted in ``scan.gone``."""
+    not listed); the others are counted in ``scan.gone``.
+    """
     if filed is None or not table.num_rows:
         return table
     held = filed.holds(key_hashes(table.column("warehouse_key").to_pylist()))
@@ -206,7 +210,8 @@ def _still_filed(table: pa.Table, filed: FiledImages | None, scan: CatalogueScan
 
 def _newest_rows(parts: list[tuple[str, dt.datetime, pa.Table]]) -> pa.Table:
     """The parts' rows with their ``filed`` date, one per warehouse key (the newest part's),
-    in key order."""
+    in key order.
+    """
     tables = []
     for _key, when, table in parts:
         filed = pa.array([when.date()] * table.num_rows, type=pa.date32())
@@ -316,7 +321,8 @@ def _next_index(
     the current index with the settled parts it lacks, or (every part merged) those parts
     alone; None when it stays as it is (nothing new, or it cannot be brought up to date
     without the parts before: the loader then reads them, and the next full merge
-    rebuilds it)."""
+    rebuilds it).
+    """
     if through is None:
         return arrays_of_parts(settled)
     try:

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from warehouse.core.keys import ImageKey, parse_image_key
 from warehouse.core.report import utc_stamp
+from warehouse.core.text import quote
 from warehouse.dicom.reader import read_header
 from warehouse.dicom.values import dicom_age_years
 
@@ -163,9 +164,10 @@ def _reals(value) -> list[float] | None:
         return None
     items = list(value) if _is_multi(value) else [value]
     numbers = [_real(item) for item in items]
-    if not numbers or any(number is None for number in numbers):
+    reals = [number for number in numbers if number is not None]
+    if not numbers or len(reals) < len(numbers):
         return None
-    return numbers
+    return reals
 
 
 def dicom_date(value) -> dt.date | None:
@@ -316,11 +318,16 @@ def filed_image_row(
     ------
     HeaderProblem, StorageError
         When the header cannot be read or parsed.
+    ValueError
+        When ``key`` is not an image's key (the callers list filed images only).
     """
+    image = parse_image_key(key)
+    if image is None:
+        raise ValueError(f"{quote(key)} is not the key of an image of the warehouse layout")
     header = read_header(storage, key, size, max_header_bytes=max_header_bytes)
     return image_row(
         header.dataset,
-        parse_image_key(key),
+        image,
         size=size,
         raw_key=None,
         upload=None,

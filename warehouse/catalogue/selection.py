@@ -62,7 +62,7 @@ USED_COLUMNS = (
 #: The settings of every connection that runs a user's SQL, locked once set: no file, network
 #: or Python object reachable (only the tables registered), no extension installed or loaded,
 #: nothing spilled to disk.
-LOCKED_SETTINGS = {
+LOCKED_SETTINGS: dict[str, str | bool] = {
     "enable_external_access": False,
     "python_enable_replacements": False,
     "autoinstall_known_extensions": False,
@@ -392,7 +392,7 @@ def downloads(chosen: pd.DataFrame, groups: Iterable[str] = GROUPS) -> list[Fetc
     refused: list[str] = []
     columns = ("warehouse_key", "metadata_key", "group", "modality_folder", "object_size")
     for label, *row in zip(chosen.index, *(chosen[c] for c in columns), strict=True):
-        problem = row_problem(*row, groups)
+        problem = row_problem(row[0], row[1], row[2], row[3], row[4], groups)
         if problem:
             key = _shown(row[0]) if isinstance(row[0], str) else repr(row[0])
             number = label if isinstance(label, int | np.integer) else _shown(str(label))

@@ -22,7 +22,7 @@ from warehouse.core.clinical import (
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError, StorageError
 from warehouse.core.reasons import problem_of
-from warehouse.core.run import RunState
+from warehouse.core.run import RunState, loaded
 from warehouse.core.text import escape_controls
 from warehouse.listing.raw import list_raw, report_links, report_refused
 from warehouse.storage.base import Storage
@@ -84,7 +84,7 @@ def patients_to_read(storage: Storage, state: CentresState) -> Iterator[PatientF
     ExpectedError
         When the listing fails (the run is marked failed).
     """
-    config = state.config
+    config = loaded(state.config, "config.json")
     try:
         listing = list_raw(storage, config.raw_prefixes, state.settings.workers)
     except ExpectedError as exc:

@@ -18,13 +18,19 @@ import re
 import sys
 import textwrap
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn
 
 import jsonschema
 
 from warehouse.core.errors import ExpectedError, ObjectNotFound, StorageError
 from warehouse.core.keys import RAW_PREFIX_MARK, normalise_prefix
 from warehouse.core.text import quote
+
+if TYPE_CHECKING:
+    from warehouse.core.report import RunReport
+    from warehouse.storage.base import Storage
 
 CONFIG_KEY = "config.json"
 DEFAULT_WORKERS = 32
@@ -142,7 +148,7 @@ CONFIG_SCHEMA: dict = {
 }
 
 
-def _strict_integer(checker, instance) -> bool:
+def _strict_integer(checker: object, instance: object) -> bool:
     # JSON Schema counts 50.0 as an integer; config.json must say 50.
     return isinstance(instance, int) and not isinstance(instance, bool)
 
@@ -238,7 +244,7 @@ class Settings:
     reconcile: bool = False
 
 
-def _byte_limit(env, name: str, default: int) -> int:
+def _byte_limit(env: Mapping[str, str], name: str, default: int) -> int:
     text = env.get(name, str(default)).strip()
     value = _whole_number(text)
     if value is None or not 1 <= value <= MAX_BYTES_SETTING:
@@ -249,7 +255,7 @@ def _byte_limit(env, name: str, default: int) -> int:
     return value
 
 
-def _choice(env, name: str, choices: tuple[str, ...]) -> str:
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     text = env.get(name, choices[0])
     value = text.strip().lower()
     if value not in choices:
@@ -260,9 +266,11 @@ def _choice(env, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _shard(env) -> tuple[tuple[int, int] | None, str | None]:
+def _shard(env: Mapping[str, str]) -> tuple[tuple[int, int] | None, str | None]:
     """The shard the environment names, and the variable that named it."""
     shard, source = None, None
+    index: int | None
+    count: int | None
     if "WAREHOUSE_SHARD" in env:
         text = env["WAREHOUSE_SHARD"].strip()
         match = _SHARD.fullmatch(text)
@@ -309,8 +317,9 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _processes(env, shard_source: str | None) -> int:
+def _processes(env: Mapping[str, str], shard_source: str | None) -> int:
     text = env.get("WAREHOUSE_PROCESSES", "1").strip()
+    processes: int | None
     if text.lower() == "auto":
         processes = min(usable_cpus(), MAX_PROCESSES)
     else:
@@ -329,7 +338,7 @@ def _processes(env, shard_source: str | None) -> int:
     return processes
 
 
-def _run_id(env) -> str | None:
+def _run_id(env: Mapping[str, str]) -> str | None:
     if "WAREHOUSE_RUN_ID" not in env:
         return None
     text = env["WAREHOUSE_RUN_ID"].strip()
@@ -378,7 +387,7 @@ def _run_part(
     return phase, shard
 
 
-def settings_from_env(environ: dict | None = None) -> Settings:
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the run settings from the environment.
 
     Parameters
@@ -475,7 +484,7 @@ class PipelineConfig:
     prefix_sites: dict[str, frozenset[str]] = field(default_factory=dict)
     max_upload_delay_days: int | None = DEFAULT_MAX_UPLOAD_DELAY_DAYS
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(
             self, "site_rules", {nfc(name): group for name, group in self.site_rules.items()}
         )
@@ -488,7 +497,7 @@ class PipelineConfig:
             },
         )
 
-    def site_rule(self, centre: str) -> str | None:
+    def site_rule(self, centre: object) -> str | None:
         """The rule for a record's ``SubmittingCentre``: THE way a centre is matched.
 
         The centre is compared after Unicode NFC normalisation (so a decomposed "é" matches a
@@ -504,7 +513,7 @@ class PipelineConfig:
             return None
         return self.site_rules.get(nfc(centre))
 
-    def centre_allowed(self, prefix: str, centre: str) -> bool:
+    def centre_allowed(self, prefix: str, centre: object) -> bool:
         """Whether raw ``prefix`` may send records of ``centre`` (by ``prefix_sites``).
 
         A prefix that ``prefix_sites`` does not list may send any centre; centres are matched
@@ -516,12 +525,12 @@ class PipelineConfig:
         return isinstance(centre, str) and nfc(centre) in allowed
 
 
-def _key_text(key) -> str:
+def _key_text(key: object) -> str:
     """A key as a message shows it: plain when it is plain, else quoted."""
     return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else quote(key)
 
 
-def _path_text(path) -> str:
+def _path_text(path: Iterable[object]) -> str:
     """``sites.split``, ``raw_prefixes[1]``: where a value is in the document."""
     text = ""
     for part in path:
@@ -534,7 +543,7 @@ def _path_text(path) -> str:
 
 def _expected(schema: dict) -> str:
     """The value ``schema`` expects, in words (``a list of strings``, ``an integer 0..100``)."""
-    kind = schema.get("type")
+    kind = str(schema.get("type", ""))
     if kind == "array":
         items = _expected(schema.get("items", {})).removeprefix("a ").removeprefix("an ")
         return ("a non-empty list of " if schema.get("minItems") else "a list of ") + items + "s"
@@ -551,7 +560,7 @@ def _expected(schema: dict) -> str:
     return {"string": "a string"}.get(kind, "a JSON value")
 
 
-def _schema_at(schema_path) -> dict:
+def _schema_at(schema_path: Iterable[str | int]) -> dict:
     node = CONFIG_SCHEMA
     for part in schema_path:
         node = node[part]
@@ -606,7 +615,7 @@ def _schema_problem(error: jsonschema.ValidationError) -> list[str]:
     return [f"{where} must meet {keyword}={error.validator_value!r}, got {got}"]
 
 
-def _load_json(data: bytes):
+def _load_json(data: bytes) -> tuple[object, dict[int, tuple[dict, list[str]]]]:
     """Decode ``data`` as strict JSON (no NaN or Infinity), noting keys met twice in an object.
 
     Returns
@@ -622,7 +631,7 @@ def _load_json(data: bytes):
         ) from None
     repeated: dict[int, tuple[dict, list[str]]] = {}
 
-    def build_object(pairs):
+    def build_object(pairs: list[tuple[str, object]]) -> dict:
         obj: dict = {}
         for key, value in pairs:
             if key in obj:
@@ -631,7 +640,7 @@ def _load_json(data: bytes):
             obj[key] = value
         return obj
 
-    def refuse_constant(name):
+    def refuse_constant(name: str) -> NoReturn:
         raise ConfigError(f"{CONFIG_KEY} is not valid JSON: {name} is not a JSON number")
 
     try:
@@ -649,14 +658,14 @@ def _load_json(data: bytes):
     return doc, repeated
 
 
-def _text_problems(doc, repeated: dict) -> list[str]:
+def _text_problems(doc: object, repeated: dict) -> list[str]:
     """Keys repeated in an object, and strings that are not text (lone surrogates), by path.
 
     Walks the document without recursion: its depth is bounded only by ``json``'s.
     """
     problems = []
     found = set()
-    stack = [((), doc)]
+    stack: list[tuple[tuple, object]] = [((), doc)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, dict):
@@ -814,7 +823,7 @@ def config_help() -> str:
     return "\n".join(lines)
 
 
-def load_pipeline_config(storage, report) -> PipelineConfig:
+def load_pipeline_config(storage: Storage, report: RunReport) -> PipelineConfig:
     """Read and validate ``config.json`` from the root of ``storage``.
 
     A problem is recorded on ``report`` as a configuration problem (the run exits 2) and

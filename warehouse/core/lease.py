@@ -317,7 +317,8 @@ class RunLease:
             If the store cannot be reached.
         """
         if self.storage.read_only:
-            return self._observe()
+            self._observe()
+            return None
         for _ in range(_ATTEMPTS):
             now = self._now()
             record = LeaseRecord(self.run_id, self.holder, now, now + self.ttl)
@@ -365,7 +366,8 @@ class RunLease:
             If no run holds it.
         """
         if self.storage.read_only:
-            return self._observe()
+            self._observe()
+            return None
         for _ in range(_ATTEMPTS):
             current = self._read()
             if current is None:
@@ -402,7 +404,7 @@ class RunLease:
     def _lose(self, message: str) -> LeaseLost:
         with self._lock:
             first = self._lost is None
-            if first:
+            if self._lost is None:
                 self._lost = LeaseLost(f"the run lost its lease on the warehouse: {message}")
             error = self._lost
         if first:
@@ -518,7 +520,7 @@ class RunLease:
         self.start_renewing()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterable
 
 from warehouse.core.config import PipelineConfig
 from warehouse.core.reasons import Reason
@@ -89,7 +90,7 @@ class PatientGroups:
     upload first), which the clinical node guarantees.
     """
 
-    def __init__(self, existing: dict[str, str] | None = None, conflicted=()):
+    def __init__(self, existing: dict[str, str] | None = None, conflicted: Iterable[str] = ()):
         self._groups: dict[str, str] = dict(existing or {})
         # Patients already filed in both groups: nothing more is filed for them.
         self._conflicted = frozenset(conflicted)

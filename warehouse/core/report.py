@@ -12,6 +12,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import jsonschema
 
@@ -20,6 +21,9 @@ from warehouse.core.errors import ExpectedError
 from warehouse.core.reasons import FAILURES, Reason
 from warehouse.core.report_page import page_key, run_report_page
 from warehouse.core.text import bounded, escape_controls, quote
+
+if TYPE_CHECKING:
+    from warehouse.storage.base import Storage
 
 
 def _bounded_facts(facts: dict) -> dict:
@@ -85,7 +89,7 @@ class RunReport:
         depends on) let the next run recognise the same input unchanged without reading it.
         The detail and text facts are `bounded`: a report stays small whatever an upload holds.
         """
-        problem = {"key": key, "reason": reason.value, "detail": bounded(detail)}
+        problem: dict[str, object] = {"key": key, "reason": reason.value, "detail": bounded(detail)}
         if stamp is not None:
             problem["size"], problem["modified"] = stamp
         if facts:
@@ -246,7 +250,7 @@ def check_previous_report(data: bytes) -> dict:
         Saying where it is wrong.
     """
     try:
-        report = json.loads(data)
+        report: dict = json.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidRunReport(f"not JSON: {exc}") from None
     error = jsonschema.exceptions.best_match(_REPORT_VALIDATOR.iter_errors(report))
@@ -264,7 +268,7 @@ def check_previous_report(data: bytes) -> dict:
     return report
 
 
-def write_report(storage, data: dict, key: str, *, as_memo: bool) -> str:
+def write_report(storage: Storage, data: dict, key: str, *, as_memo: bool) -> str:
     """Write a run report (its JSON at ``key``, and ``latest.json`` too when it may be the next
     run's memo: ``as_memo``), then its page beside it (`report_page.page_key`).
 
@@ -299,7 +303,7 @@ def write_report(storage, data: dict, key: str, *, as_memo: bool) -> str:
     return lines + f"\n  report page: {storage.url}/{page}"
 
 
-def publish_report(storage, report: RunReport, dry_run: bool) -> str:
+def publish_report(storage: Storage, report: RunReport, dry_run: bool) -> str:
     """Write a one-process run's report (`write_report`; printed instead in a dry run).
 
     The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jinja2
@@ -30,7 +30,7 @@ __all__ = [
 MAX_LISTED = 5000
 
 
-def moment(text) -> str:
+def moment(text: object) -> str:
     """An ISO time as people read it: ``2026-12-02 05:36:10 UTC`` (the text when unreadable)."""
     if not isinstance(text, str) or not text:
         return ""
@@ -47,7 +47,7 @@ def moment(text) -> str:
 TEMPLATES = Path(__file__).with_name("page_templates")
 
 
-def page_environment(**filters) -> jinja2.Environment:
+def page_environment(**filters: Callable) -> jinja2.Environment:
     """The templates' environment: HTML escaped, undefined names an error, and the filters
     every page uses (``thousands``, ``moment``) plus ``filters``."""
     environment = jinja2.Environment(
@@ -130,7 +130,7 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
     )
     by_prefix = refused_by_prefix(report)
     widest = max((item["inputs"] for row in by_prefix for item in row["reasons"]), default=0)
-    return _ENVIRONMENT.get_template("run_report.html").render(
+    page: str = _ENVIRONMENT.get_template("run_report.html").render(
         report=report,
         graph=str(report.get("graph", "")),
         warehouse=warehouse,
@@ -145,6 +145,7 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
         max_listed=MAX_LISTED,
         filed_by_prefix=filed_by_prefix(report),
     )
+    return page
 
 
 def filed_by_prefix(report: Mapping) -> list[tuple[str, list[tuple[str, int]]]]:

@@ -15,11 +15,15 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from warehouse.core.config import Settings
 from warehouse.core.reasons import Reason, problem_of
 from warehouse.core.report import RunReport, publish_report
 from warehouse.core.text import escape_lines
+
+if TYPE_CHECKING:
+    from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,36 @@ def log_format() -> str:
     return value if value in ("text", "json") else "text"
 
 
+_Loaded = TypeVar("_Loaded")
+
+
+def loaded(value: _Loaded | None, what: str) -> _Loaded:
+    """Return ``value``, a field of a run's state that an earlier node sets, once it is set.
+
+    Such fields hold ``config.json``, the warehouse's index, the patients' groups.
+
+    Parameters
+    ----------
+    value : object or None
+        The field.
+    what : str
+        What it holds, for the error.
+
+    Returns
+    -------
+    object
+        ``value``, never None.
+
+    Raises
+    ------
+    RuntimeError
+        When it is not set: a node ran before the one that sets it (an internal error).
+    """
+    if value is None:
+        raise RuntimeError(f"{what} is not loaded yet: a node ran before the one that loads it")
+    return value
+
+
 class WorkerPool:
     """The run's one bounded pool of storage workers (``WAREHOUSE_WORKERS`` threads).
 
@@ -52,7 +86,7 @@ class WorkerPool:
         self.size = max(1, size)
         self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="storage")
 
-    def submit(self, work: Callable, *args) -> Future:
+    def submit(self, work: Callable, *args: object) -> Future:
         """Run ``work(*args)`` in a worker."""
         return self._executor.submit(work, *args)
 
@@ -106,7 +140,7 @@ class RunState:
     workers: WorkerPool | None = None
     exit_code: int | None = None
 
-    def item_failed(self, item, exc: BaseException) -> list:
+    def item_failed(self, item: object, exc: BaseException) -> list:
         """Report one input that raised instead of being handled, and go on with the others.
 
         The exception's own reason is used (`report.problem_of`); anything else is an
@@ -125,11 +159,11 @@ class RunState:
         self.report.skip(key, reason, detail, **self.skip_extras(item, reason))
         return []
 
-    def skip_extras(self, item, reason: Reason) -> dict:
+    def skip_extras(self, item: object, reason: Reason) -> dict:
         """Extra `RunReport.skip` arguments for a failed item (none by default)."""
         return {}
 
-    def conclude(self, storage) -> str:
+    def conclude(self, storage: Storage) -> str:
         """The graph's own work once its nodes have stopped, and the summary text that comes
         before the report's lines (by default the report's summary)."""
         return self.report.summary()
@@ -140,7 +174,7 @@ class RunState:
         return True
 
     @property
-    def summary_stream(self):
+    def summary_stream(self) -> TextIO:
         """Where the summary is printed: standard output unless a graph says otherwise."""
         return sys.stdout
 
@@ -151,7 +185,7 @@ class RunState:
             self.workers.shutdown()
 
 
-def item_key(item) -> str:
+def item_key(item: object) -> str:
     """The key an item stands for in a report: its ``key``, or its first of ``keys``."""
     key = getattr(item, "key", None)
     if isinstance(key, str):
@@ -162,7 +196,7 @@ def item_key(item) -> str:
     return repr(item)[:200]
 
 
-def end_run(state: RunState, storage, unexpected_errors: int = 0) -> int:
+def end_run(state: RunState, storage: Storage, unexpected_errors: int = 0) -> int:
     """End a run the same way in every graph: account for errors its nodes did not handle,
     let the graph conclude (`RunState.conclude`), publish the report, give back what the run
     holds, then print the summary and decide the exit code.
@@ -195,7 +229,9 @@ def end_run(state: RunState, storage, unexpected_errors: int = 0) -> int:
     return state.exit_code
 
 
-def emit_summary(summary: str, report, exit_code: int, stream=None) -> None:
+def emit_summary(
+    summary: str, report: RunReport, exit_code: int, stream: TextIO | None = None
+) -> None:
     """Print the run summary: as text (each line escaped, `text.escape_lines`: the parts
     that quote uploads escape their own line breaks), or (``WAREHOUSE_LOG_FORMAT=json``) as
     one JSON object with the run's counts, its inputs not filed by reason and the exit
@@ -229,7 +265,7 @@ def write_summary_file(summary: str) -> None:
             handle.write(escape_lines(summary) + "\n")
 
 
-def exit_code(report) -> int:
+def exit_code(report: RunReport) -> int:
     """0 when the run completed, 2 when config.json stopped it, 1 when it could not complete."""
     if report.fatal and report.config_problem:
         return EXIT_CONFIG

@@ -460,8 +460,9 @@ def publish_batch(
             run_logger.info("%s: %d rows", name, len(table))
         run_logger.info("images: %d rows", view.catalogue.rows)
         # (before the batch: an index is only ever a faster way to the same parts)
-        if publish_index(storage, view.catalogue, now) is not None:
-            run_logger.info("catalogue index written (%d images)", len(view.catalogue.index))
+        index = view.catalogue.index
+        if index is not None and publish_index(storage, view.catalogue, now) is not None:
+            run_logger.info("catalogue index written (%d images)", len(index))
         state.written = write_batch(store, batch, state.settings.workers)
     except ExpectedError as exc:
         report.fail(f"tables not written: {exc}")

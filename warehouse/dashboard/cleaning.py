@@ -50,6 +50,7 @@ Choices made where the reference leaves room (reviewers: these are deliberate)
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import numbers
 import re
@@ -543,10 +544,10 @@ def parse_swab_date(value: Any) -> pd.Timestamp:
         return _timestamp(_full_year(match.group(4)), month, day)
     match = _SWAB_MONTH_NAME.fullmatch(text)
     if match:
-        month = _MONTHS.get(match.group(2).lower())
-        if month is None:
+        named = _MONTHS.get(match.group(2).lower())
+        if named is None:
             return pd.NaT
-        return _timestamp(int(match.group(3)), month, int(match.group(1)))
+        return _timestamp(int(match.group(3)), named, int(match.group(1)))
     return pd.NaT
 
 
@@ -676,7 +677,8 @@ def test_result(value: Any) -> str | None:
     return _lookup(_TEST_RESULT, value)
 
 
-test_result.__test__ = False  # not a pytest test, despite its name
+# Not a pytest test, despite its name (mypy knows no attributes of a function: hence the ignore).
+test_result.__test__ = False  # type: ignore[attr-defined]
 
 
 def fio2_percent(value: Any) -> int | None:
@@ -710,10 +712,10 @@ def fio2_percent(value: Any) -> int | None:
         except (ValueError, OverflowError):
             return None
     elif "l" in text.lower():
-        result = _FIO2_TABLE.get(text.lower().rstrip("l"))
-        if result is None:
+        percent = _FIO2_TABLE.get(text.lower().rstrip("l"))
+        if percent is None:
             return None
-        result = str(result)
+        result = str(percent)
     else:
         result = str(_FIO2_TABLE.get(text, text))
     if _ALL_DIGITS.fullmatch(result) and 0 <= int(result) <= 100:
@@ -826,7 +828,7 @@ def clean_patient_table(df: pd.DataFrame) -> pd.DataFrame:
     for name, allowed in CATEGORY_COLUMNS.items():
         if present(name):
             out[clean_column_name(name)] = _per_value(
-                df[name], lambda v, allowed=allowed: to_category(v, allowed), "str"
+                df[name], functools.partial(to_category, allowed=allowed), "str"
             )
 
     # Test results

@@ -570,16 +570,16 @@ def equipment(
                     "BodyPartExamined": _text(body, NOT_GIVEN),
                 },
             )
-    counts = {"Manufacturer": Counter(), "BodyPartExamined": Counter()}
+    tallies: dict[str, Counter] = {"Manufacturer": Counter(), "BodyPartExamined": Counter()}
     for group, pseudonym, study, n in _records(
         study_images, "group", "Pseudonym", "StudyInstanceUID", "images"
     ):
         if not _group(group):
             continue
         row = rows.get((group, str(pseudonym), str(study)), {})
-        for attribute, counter in counts.items():
+        for attribute, counter in tallies.items():
             counter[(row.get(attribute, NOT_GIVEN), group)] += int(n)
-    for attribute, counter in counts.items():
+    for attribute, counter in tallies.items():
         result.attributes[attribute] = _top_values(counter, top)
     return result
 
@@ -791,7 +791,8 @@ def suppress(
         count = sum(hidden)
         if count == 0:
             return False
-        rest = total - sum(n for n, h in zip(cells, hidden, strict=True) if not h)
+        visible = (n for n, h in zip(cells, hidden, strict=True) if not h)
+        rest = total - sum(n for n in visible if not isinstance(n, Hidden))  # (marks are hidden)
         all_small = all(small(n) for n, h in zip(cells, hidden, strict=True) if h)
         return count == 1 or rest < threshold or (all_small and rest >= (threshold - 1) * count)
 
@@ -855,7 +856,9 @@ class PublicSection:
 
 
 # file -> (title, rows forming total + cells, rows standing alone, counts or not)
-_PUBLIC_FILES = {
+_PUBLIC_FILES: dict[
+    str, tuple[str, tuple[int, tuple[int, ...] | None] | None, tuple[int, ...], bool]
+] = {
     "stats_patients.csv": ("Patients", (0, (1, 2)), (3,), True),
     "stats_images.csv": ("Image studies", (0, None), (), True),
     "stats_storage.csv": ("Storage", None, (), False),
@@ -919,24 +922,25 @@ def public_sections(
         suppressed = [""] * len(rows)
         values: list[int | Hidden | None] = [None] * len(rows)
         if counts:
-            values = [_count(text) for text in texts]
+            counted = [_count(text) for text in texts]
+            values = list(counted)
             if partition is not None:
                 total_row, cell_rows = partition
                 cell_rows = (
                     tuple(range(total_row + 1, len(rows))) if cell_rows is None else cell_rows
                 )
                 total_hidden, cells_hidden = suppress(
-                    values[total_row], [values[i] for i in cell_rows], threshold
+                    counted[total_row], [counted[i] for i in cell_rows], threshold
                 )
                 if total_hidden:
-                    suppressed[total_row] = _mark(values[total_row], threshold)
+                    suppressed[total_row] = _mark(counted[total_row], threshold)
                 for i, hidden in zip(cell_rows, cells_hidden, strict=True):
                     if hidden:
-                        suppressed[i] = _mark(values[i], threshold)
+                        suppressed[i] = _mark(counted[i], threshold)
             for i in alone:
-                _, (hidden,) = suppress(None, [values[i]], threshold)
+                _, (hidden,) = suppress(None, [counted[i]], threshold)
                 if hidden:
-                    suppressed[i] = _mark(values[i], threshold)
+                    suppressed[i] = _mark(counted[i], threshold)
         figures = tuple(
             PublicFigure(label, text, None if isinstance(value, Hidden) else value, how)
             for label, text, value, how in zip(labels, texts, values, suppressed, strict=True)

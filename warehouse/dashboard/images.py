@@ -29,7 +29,7 @@ CLINICAL_COLUMNS = {
 
 def _values(column: pd.Series, arrow_type: pa.DataType) -> pa.Array:
     """A patient table column as an array of ``arrow_type`` (a value that is not one: null)."""
-    values = []
+    values: list[str | bool | float | None] = []
     for value in column.tolist():
         if value is None or value is pd.NA or (isinstance(value, float) and value != value):
             values.append(None)

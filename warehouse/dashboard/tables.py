@@ -348,7 +348,7 @@ def _element(dicom_json: Mapping, tag: str) -> Any:
     return dicom_json.get(tag.lower())
 
 
-def metadata_row(dicom_json: dict) -> dict:
+def metadata_row(dicom_json: object) -> dict:
     """Read the study-table fields from one DICOM JSON metadata file.
 
     Reads the tags directly, so both forms are accepted: valid DICOM JSON (PS3.18 F.2, binary
@@ -540,7 +540,7 @@ def _gigabytes(value: float) -> str:
     return f"{value:,.0f}GB"
 
 
-def _by_size_descending(items: dict[str, float]) -> list[tuple[str, float]]:
+def _by_size_descending(items: Mapping[str, float]) -> list[tuple[str, float]]:
     # Stable: equal values keep the dict's order (CT, MRI, X-ray), as in the original script.
     return sorted(items.items(), key=lambda item: item[1], reverse=True)
 

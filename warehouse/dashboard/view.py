@@ -86,14 +86,14 @@ class ReusableRows:
     studies: dict[StudySlot, tuple[str, dict]] = field(default_factory=dict)
 
     def patient_record(self, pseudonym: str, key: str, stamp: int | None) -> dict | None:
-        """The record read last time from this very file (same key, size and time), or None."""
+        """Return the record read last time from this very file (same key, size, time)."""
         known = self.patients.get(pseudonym)
         if known is None or stamp is None or known[0] != key or known[1] != stamp:
             return None
         return known[2]
 
     def study_fields(self, slot: StudySlot, key: str) -> dict | None:
-        """The fields read last time from this study's first metadata file, or None."""
+        """Return the fields read last time from this study's first metadata file."""
         known = self.studies.get(slot)
         return known[1] if known is not None and known[0] == key else None
 
@@ -108,8 +108,10 @@ def _read_table(store: Storage, key: str, schema: pa.Schema) -> pa.Table | None:
 
 
 def read_reusable_rows(processed: Storage, report: RunReport) -> ReusableRows:
-    """The last batch's reusable rows (none when there is no batch, or its rows cannot be
-    read: then everything is read again, and said so).
+    """Read the last batch's reusable rows.
+
+    None are reused when there is no batch, or its rows cannot be read: then everything is
+    read again, and said so.
 
     Raises
     ------
@@ -160,8 +162,11 @@ def read_reusable_rows(processed: Storage, report: RunReport) -> ReusableRows:
 def reusable_row_files(
     patients: list[tuple[str, str, int, dict]], studies: list[tuple[StudySlot, str, dict]]
 ) -> dict[str, bytes]:
-    """The files of a batch's reusable rows (`PATIENT_ROWS`, `STUDY_ROWS`): from ``patients``
-    (pseudonym, key, stamp, flattened record) and ``studies`` (slot, metadata key, fields)."""
+    """Build the files of a batch's reusable rows (`PATIENT_ROWS`, `STUDY_ROWS`).
+
+    From ``patients`` (pseudonym, key, stamp, flattened record) and ``studies`` (slot,
+    metadata key, fields).
+    """
     patient_table = pa.Table.from_pylist(
         [
             {"pseudonym": p, "key": k, "stamp": s, "record": json.dumps(r, sort_keys=True)}
@@ -216,8 +221,11 @@ class DataprocessView:
     filed: FiledImages | None = None
 
     def study_files(self) -> Iterator[tuple[StudyFile, dict | None]]:
-        """Each study folder's first metadata file (by image folder in table order, group,
-        patient and study), with the fields read from it last time when they still hold."""
+        """Yield each study folder's first metadata file and the fields read from it.
+
+        By image folder in table order, group, patient and study; the fields are those read
+        last time, when they still hold (None otherwise).
+        """
         order = {folder: index for index, folder in enumerate(IMAGE_FOLDERS)}
         studies = self.catalogue.studies
         for slot in sorted(studies, key=lambda s: (order.get(s[1], len(order)), s[0], s[2], s[3])):
@@ -228,9 +236,11 @@ class DataprocessView:
             yield StudyFile(slot[0], slot[1], slot[2], slot[3], key, filed), fields
 
     def stored_bytes(self) -> Iterator[tuple[str, int]]:
-        """``(key prefix, bytes)``, as `dashboard.tables.storage_by_prefix` sums them: the
-        clinical folders as listed, the image and metadata folders as catalogued (in a
-        reconcile, every folder as listed)."""
+        """Yield ``(key prefix, bytes)``, as `dashboard.tables.storage_by_prefix` sums them.
+
+        The clinical folders as listed, the image and metadata folders as catalogued (in a
+        reconcile, every folder as listed).
+        """
         if self.filed is not None:
             yield from self.filed.stored_bytes()
             return
@@ -249,7 +259,9 @@ def build_view(
     *,
     reconcile: bool,
 ) -> DataprocessView:
-    """List the clinical folders, read the last batch's reusable rows (not in a reconcile)
+    """Look at what a dataprocess run reads its tables from.
+
+    List the clinical folders, read the last batch's reusable rows (not in a reconcile)
     and merge the catalogue into a temporary file. A reconcile lists the whole warehouse side
     too (compactly): the catalogue's rows of images no longer there are left out, and the
     storage table is the listing's.
@@ -295,9 +307,11 @@ def remove_workdir(workdir: str) -> None:
 
 
 class SharedView:
-    """A service: the run's `DataprocessView`, built on first use (under a lock) and shared by
-    the branches. A failure is remembered and raised again to every caller, so nothing is
-    listed twice."""
+    """A service: the run's `DataprocessView`, built once and shared by the branches.
+
+    It is built on first use, under a lock. A failure is remembered and raised again to every
+    caller, so nothing is listed twice.
+    """
 
     def __init__(self, build: Callable[[], DataprocessView]):
         self._build = build
@@ -311,7 +325,7 @@ class SharedView:
         return self._view is not None
 
     def view(self) -> DataprocessView:
-        """The view (building it if nobody has yet).
+        """Return the view (building it if nobody has yet).
 
         Raises
         ------

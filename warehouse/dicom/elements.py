@@ -32,7 +32,8 @@ def raw_vr(raw: RawDataElement) -> str | None:
 def element_text(dataset: Dataset, tag: int, vr: str) -> str:
     """An element's text as the file holds it, less its DICOM padding (keys.dicom_identifier):
     from the raw bytes when pydicom has not converted them, so nothing else is stripped."""
-    element = dataset._dict.get(tag)
+    # pydicom hints its keys as BaseTag, an int subclass that hashes as the int does.
+    element = dataset._dict.get(tag)  # type: ignore[call-overload]
     if element is None:
         return ""
     if isinstance(element, RawDataElement):

@@ -71,7 +71,7 @@ def header_json_dict(dataset: Dataset, left_out: list[str] | None = None) -> dic
 def _json_elements(dataset: Dataset, left_out: list[str] | None):
     """``(key, element)`` of each element of the header's DICOM JSON, in tag order."""
     encoding = _single_encoding(dataset)
-    skipped = getattr(dataset, "skipped_for_size", frozenset())
+    skipped: frozenset[int] = getattr(dataset, "skipped_for_size", frozenset())
     for tag, raw in dataset._dict.items():
         if not tag & 0xFFFF:
             continue  # Group Length (gggg,0000): not part of the JSON model

@@ -19,6 +19,7 @@ import threading
 import warnings
 import zlib
 from dataclasses import dataclass
+from typing import BinaryIO, cast
 
 from pydicom import config as pydicom_config
 from pydicom import filereader as pydicom_filereader
@@ -463,18 +464,20 @@ def _read(reader: RangedReader) -> Dataset:
 
 def _parse(reader: RangedReader, stop_when):
     """The data set up to the pixel data, and the stream its offsets refer to."""
+    # pydicom's hints ask for a BinaryIO; it reads any object with read, seek and tell.
+    stream = cast(BinaryIO, reader)
     try:
-        return read_partial(reader, stop_when=stop_when, defer_size=LARGE_VALUE_BYTES), reader
+        return read_partial(stream, stop_when=stop_when, defer_size=LARGE_VALUE_BYTES), reader
     except _WholeObjectRead:
         pass
     # Deflated Explicit VR Little Endian: pydicom would inflate the whole file at once; inflate
     # only as far as the header goes.
     reader.seek(0)
-    preamble = read_preamble(reader, False)
-    file_meta = _read_file_meta_info(reader)
+    preamble = read_preamble(stream, False)
+    file_meta = _read_file_meta_info(stream)
     inflated = _Inflating(reader)
     data_set = read_dataset(
-        inflated, False, True, stop_when=stop_when, defer_size=LARGE_VALUE_BYTES
+        cast(BinaryIO, inflated), False, True, stop_when=stop_when, defer_size=LARGE_VALUE_BYTES
     )
     dataset = FileDataset(io.BytesIO(), data_set, preamble, file_meta, False, True)
     dataset.set_original_encoding(False, True, data_set._character_set)

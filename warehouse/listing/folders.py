@@ -84,9 +84,12 @@ class InvalidFolderState(ValueError):
 
 
 def closes(folder: str, first: dt.datetime, now: dt.datetime, window_days: int) -> bool:
-    """Whether a folder a complete run lists ``now``, first listed by one at ``first``, is
-    closed: at least `SETTLE_DAYS` after ``first`` and more than its window after its date
-    (a folder whose name is not a date has no window)."""
+    """Tell whether a folder is closed.
+
+    The folder is one a complete run lists ``now``, first listed by one at ``first``; it is
+    closed at least `SETTLE_DAYS` after ``first`` and more than its window after its date
+    (a folder whose name is not a date has no window).
+    """
     if now - first < dt.timedelta(days=SETTLE_DAYS):
         return False
     date = parse_upload_date(folder)
@@ -97,14 +100,17 @@ def closes(folder: str, first: dt.datetime, now: dt.datetime, window_days: int) 
 
 
 def window_days(max_upload_delay_days: int | None) -> int:
-    """A folder's window: ``max_upload_delay_days`` when ``config.json`` sets it."""
+    """Return a folder's window: ``max_upload_delay_days`` when ``config.json`` sets it."""
     return DEFAULT_WINDOW_DAYS if max_upload_delay_days is None else max_upload_delay_days
 
 
 @dataclass
 class FolderState:
-    """Which upload folders are closed, when the open ones were last listed, and the raw images
-    of open folders known filed under another raw file."""
+    """The raw side's upload folders, as complete runs left them.
+
+    Which are closed, when the open ones were first listed, and the raw images of open folders
+    known filed under another raw file.
+    """
 
     closed: dict[str, set[str]] = field(default_factory=dict)
     listed: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -121,9 +127,12 @@ class FolderState:
         days: int,
         settled: dict[str, tuple[int, str]],
     ) -> FolderState:
-        """The state after a complete run that listed ``listed`` (prefix -> folders) at
-        ``now``: those folders recorded, those past their window closed, and the raw images
-        found settled kept while their folders are open."""
+        """Return the state after a complete run.
+
+        The run listed ``listed`` (prefix -> folders) at ``now``: those folders recorded,
+        those past their window closed, and the raw images found settled kept while their
+        folders are open.
+        """
         closed = {prefix: set(names) for prefix, names in self.closed.items()}
         open_folders: dict[str, dict[str, str]] = {
             prefix: dict(names) for prefix, names in self.listed.items()
@@ -145,7 +154,7 @@ class FolderState:
         return FolderState(closed, open_folders, kept)
 
     def as_dict(self, run_id: str, now: dt.datetime) -> dict:
-        """The state as the JSON the next run reads."""
+        """Return the state as the JSON the next run reads."""
         prefixes = sorted(set(self.closed) | set(self.listed))
         return {
             "version": 1,
@@ -163,7 +172,7 @@ class FolderState:
 
 
 def _time(text: str | None) -> dt.datetime | None:
-    """A first listing's time (None for none, or for one that is not a time with a zone)."""
+    """Read a first listing's time (None for none, or for one that is not a time with a zone)."""
     if text is None:
         return None
     try:
@@ -179,7 +188,7 @@ def _folder_of(key: str) -> tuple[str, str]:
 
 
 def parse_state(data: bytes) -> FolderState:
-    """A state file read back.
+    """Read a state file back.
 
     Raises
     ------
@@ -202,8 +211,9 @@ def parse_state(data: bytes) -> FolderState:
 
 
 def load_state(storage: Storage) -> FolderState | None:
-    """The folder state, or None when no complete run wrote one yet (then every folder is
-    listed).
+    """Read the folder state.
+
+    None when no complete run wrote one yet (then every folder is listed).
 
     Raises
     ------

@@ -18,6 +18,7 @@ from warehouse.core.patients import (
     group_for,
 )
 from warehouse.core.reasons import Reason, problem_of
+from warehouse.core.run import loaded
 from warehouse.dicom.identity import ImageIdentity
 from warehouse.dicom.reader import HeaderRead
 from warehouse.loader.state import LoaderState
@@ -33,11 +34,11 @@ def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> lis
     decide, and the target must not be claimed by another raw file of this run.
     """
     task, centre, filed_centre = read
-    raw, report, config = task.payload, state.report, state.config
+    raw, report, config = task.payload, state.report, loaded(state.config, "config.json")
     state.progress.finished("clinical")
     facts = {"pseudonym": raw.pseudonym, "centre": centre}
 
-    def refuse(reason: Reason, detail: str, **more) -> list[Task]:
+    def refuse(reason: Reason, detail: str, **more: object) -> list[Task]:
         report.skip(task.key, reason, detail, stamp=input_stamp(task), facts={**facts, **more})
         return []
 
@@ -60,7 +61,7 @@ def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> lis
         )
     try:
         wanted = group_for(raw.pseudonym, centre, config)
-        group = state.groups.assign(raw.pseudonym, wanted)
+        group = loaded(state.groups, "the patients' groups").assign(raw.pseudonym, wanted)
     except (UnknownSite, GroupConflict) as exc:
         return refuse(*problem_of(exc))
     except CaseVariant as exc:
@@ -80,16 +81,19 @@ def file_image(
     """Decide where an image goes; return its copy and metadata tasks (those not yet done)."""
     task, header, identity, filed_centre = read
     report, raw, patient = state.report, task.payload, identity.patient_id
+    config = loaded(state.config, "config.json")
+    groups = loaded(state.groups, "the patients' groups")
+    catalogue = loaded(state.catalogue, "the run's image catalogue")
     state.progress.finished("image")
     state.count_header_read(header.requests, header.bytes_read)
 
-    def refuse(reason: Reason, detail: str, **facts) -> list[Task]:
+    def refuse(reason: Reason, detail: str, **facts: object) -> list[Task]:
         report.skip(task.key, reason, detail, stamp=input_stamp(task), facts=facts or None)
         return []
 
-    group = state.groups.get(patient)
+    group = groups.get(patient)
     if group is None:
-        known = state.groups.case_variant(patient)
+        known = groups.case_variant(patient)
         if known is not None:
             detail = f"PatientID {patient!r} differs only in case from the patient {known!r}"
             return refuse(Reason.CASE_VARIANT, detail, pseudonym=patient, variant=known)
@@ -102,9 +106,9 @@ def file_image(
             pseudonym=patient,
             prefix=raw.prefix,
         )
-    if raw.prefix in state.config.prefix_sites:
+    if raw.prefix in config.prefix_sites:
         centre = state.bound_centres.get(patient) or filed_centre
-        if centre is not None and not state.config.centre_allowed(raw.prefix, centre):
+        if centre is not None and not config.centre_allowed(raw.prefix, centre):
             return refuse(
                 Reason.CENTRE_NOT_ALLOWED,
                 f"{raw.prefix} may not send images of {patient}, a patient of {centre!r}",
@@ -118,7 +122,7 @@ def file_image(
     # A duplicate of an instance filed under another key is refused before it claims its own
     # target: a refused file holds no claim, so the reasons of the files behind it do not
     # depend on whether it was read in this run or remembered from the last.
-    catalogue, sop = state.catalogue, instance_uid(header.dataset)
+    sop = instance_uid(header.dataset)
     filed = catalogue.filed_copy(sop, image_key)
     if filed is None:
         claimant = state.claim(image_key, task.key)

@@ -26,11 +26,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterable
+from typing import Protocol
 
 from warehouse.core.keys import parse_raw_key, raw_prefix_of
 from warehouse.core.reasons import Reason
-from warehouse.core.report import RunReport, utc_stamp
+from warehouse.core.report import utc_stamp
 from warehouse.core.text import quote
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ def site_view(problem: dict) -> dict | None:
     other sites, the hold-out or the warehouse's keys; None when the site may not read it
     (`OPERATORS_ONLY`)."""
     try:
-        reason = Reason(problem.get("reason"))
+        reason = Reason(problem.get("reason", ""))
     except ValueError:
         return None  # not a reason this version knows: nothing to say safely
     is_image = parse_raw_key(problem["key"], raw_prefix_of(problem["key"]) or "").kind == "image"
@@ -93,20 +96,31 @@ def site_view(problem: dict) -> dict | None:
     return {"key": problem["key"], "reason": reason.value, "detail": detail}
 
 
-def by_prefix(problems) -> dict[str, list[dict]]:
+def by_prefix(problems: Iterable[dict]) -> dict[str, list[dict]]:
     """The site views of ``problems``, grouped by raw prefix and sorted by key."""
     grouped: dict[str, list[dict]] = {}
     for problem in problems:
         prefix = raw_prefix_of(problem.get("key", ""))
         view = site_view(problem) if prefix is not None else None
-        if view is not None:
+        if prefix is not None and view is not None:
             grouped.setdefault(prefix, []).append(view)
     for entries in grouped.values():
         entries.sort(key=lambda p: (p["key"], p["reason"] or ""))
     return grouped
 
 
-def publish_feedback(storage, report: RunReport, previous: list[dict] | None) -> int:
+class ProblemsOfRun(Protocol):
+    """What `publish_feedback` reads of a run.
+
+    A `RunReport`, or the combined parts' report of a sharded run.
+    """
+
+    problems: list[dict]
+    run_id: str
+    started: dt.datetime
+
+
+def publish_feedback(storage: Storage, report: ProblemsOfRun, previous: list[dict] | None) -> int:
     """Write the feedback files of the prefixes whose problems changed since ``previous`` (the
     last run's problems); the number of files written.
 

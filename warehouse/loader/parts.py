@@ -27,21 +27,26 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.catalogue.run import combined_catalogue
-from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, ConfigError
+from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, ConfigError, Settings
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import RawKey, parse_raw_key, top_folder
 from warehouse.core.lease import release_run_lease
 from warehouse.core.report import RunReport, combine_reports, combined_report_key, write_report
+from warehouse.core.run import loaded
 from warehouse.listing.folders import InvalidFolderState, parse_state, save_state
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import load_previous_problems, load_previous_report
 from warehouse.loader.shards import Handoff, RunPart, expected_part_keys, part_key, run_folder
 from warehouse.storage.base import Storage
+
+if TYPE_CHECKING:
+    from warehouse.loader.state import LoaderState
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +55,7 @@ class ClinicalPhaseMissing(ConfigError):
     """An image shard found no usable report of its run's clinical phase (exit code 2)."""
 
 
-def load_handoff(storage: Storage, settings, graph: str) -> Handoff | None:
+def load_handoff(storage: Storage, settings: Settings, graph: str) -> Handoff | None:
     """The hand-off of the run's clinical phase, for an image shard (None for anything else).
 
     Raises
@@ -61,6 +66,8 @@ def load_handoff(storage: Storage, settings, graph: str) -> Handoff | None:
     """
     if settings.shard is None:
         return None
+    if settings.run_id is None:  # (settings_from_env refuses a shard without its run's id)
+        raise ValueError("the settings of a shard name no run")
     key = part_key(graph, settings.run_id, RunPart(CLINICAL_PHASE))
     where = f"{storage.url}/{key}"
     label = f"shard {settings.shard[0]}/{settings.shard[1]} of run {settings.run_id}"
@@ -141,7 +148,7 @@ def load_pending(storage: Storage, handoff: Handoff) -> list[tuple[RawKey, int]]
     return sorted(images, key=lambda item: item[0].key)
 
 
-def write_handoff_files(storage: Storage, state, graph: str) -> Handoff:
+def write_handoff_files(storage: Storage, state: LoaderState, graph: str) -> Handoff:
     """The clinical phase's hand-off, its pending images and what the warehouse holds written
     for the shards (they list nothing)."""
     handoff = handoff_of(state)
@@ -151,14 +158,16 @@ def write_handoff_files(storage: Storage, state, graph: str) -> Handoff:
     handoff.warehouse = snapshot_key(graph, run_id)
     keys = state.index.patient_keys() if state.index is not None else []
     storage.write(handoff.warehouse, json.dumps(keys).encode("utf-8"))
-    handoff.catalogue_pointer = state.catalogue.pointer
-    handoff.catalogue_parts = sorted(state.catalogue.newer_parts)
+    catalogue = loaded(state.catalogue, "the run's image catalogue")
+    handoff.catalogue_pointer = catalogue.pointer
+    handoff.catalogue_parts = sorted(catalogue.newer_parts)
     return handoff
 
 
-def handoff_of(state) -> Handoff:
+def handoff_of(state: LoaderState) -> Handoff:
     """What the clinical phase hands to the shards, from its state at the end."""
-    groups = {p: g for p in state.new_patients if (g := state.groups.get(p)) is not None}
+    known = loaded(state.groups, "the patients' groups")
+    groups = {p: g for p in state.new_patients if (g := known.get(p)) is not None}
     return Handoff(
         groups=groups,
         new_patients=sorted(state.new_patients),
@@ -168,12 +177,14 @@ def handoff_of(state) -> Handoff:
     )
 
 
-def part_report(state, handoff: Handoff | None = None) -> dict:
+def part_report(state: LoaderState, handoff: Handoff | None = None) -> dict:
     """A part's report: the run report of its process, with its phase and shard; for a
     clinical phase that listed and did not stop, the hand-off and the folder state the run
     leaves if it completes; for a shard, the raw images it found settled."""
     part, report = state.part, state.report
-    data = report.as_dict()
+    if part is None:
+        raise ValueError("not a part of a sharded run (its report is the run's own)")
+    data: dict = report.as_dict()
     data["phase"] = part.phase
     data["shard"] = list(part.shard) if part.shard else None
     data["listed"] = report.listed
@@ -186,7 +197,7 @@ def part_report(state, handoff: Handoff | None = None) -> dict:
     return data
 
 
-def end_part(storage: Storage, state, graph: str) -> str:
+def end_part(storage: Storage, state: LoaderState, graph: str) -> str:
     """After a part's graph: write its report, stop renewing the run's lease (which stays for
     the other parts), and, for a shard that `RunPart.finishes`, end the run when every part has
     written its report.
@@ -197,6 +208,8 @@ def end_part(storage: Storage, state, graph: str) -> str:
         Summary lines (where the reports are).
     """
     part, report = state.part, state.report
+    if part is None:
+        raise ValueError("not a part of a sharded run (its report is the run's own)")
     key = part_key(graph, report.run_id, part)
     lines = ""
     try:
@@ -218,7 +231,7 @@ def end_part(storage: Storage, state, graph: str) -> str:
             release_run_lease(storage, report.run_id)
         except ExpectedError as exc:
             logger.error("could not release the run lease: %s", exc)
-    if part.phase == IMAGE_PHASE and part.finishes:
+    if part.phase == IMAGE_PHASE and part.finishes and part.shard is not None:
         try:
             ended = finish_run(storage, graph, report.run_id, part.shard[1], force=False)
         except ExpectedError as exc:

@@ -25,7 +25,10 @@ import signal
 import sys
 import threading
 from dataclasses import replace
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.process import BaseProcess
+from typing import NoReturn
 
 from warehouse.core import run as run_module
 from warehouse.core.config import (
@@ -40,6 +43,7 @@ from warehouse.core.lease import RunLease
 from warehouse.core.report import RunReport
 from warehouse.loader import parts as runs
 from warehouse.loader.shards import RunPart
+from warehouse.storage.base import Storage
 from warehouse.storage.url import storage_from_url
 
 logger = logging.getLogger(__name__)
@@ -85,7 +89,7 @@ class PrefixedLines(io.TextIOBase):
             data = data[os.write(self._fd, data) :]
 
 
-def run_part(settings: Settings, label: str, go=None) -> None:
+def run_part(settings: Settings, label: str, go: Connection | None = None) -> None:
     """A part's process (``spawn`` target): run the loader graph for ``settings``'s part and
     exit with its code.
 
@@ -119,7 +123,7 @@ def run_part(settings: Settings, label: str, go=None) -> None:
     sys.exit(code if code is not None else run_module.EXIT_INTERNAL)
 
 
-def part_exit_code(process) -> tuple[int, str]:
+def part_exit_code(process: BaseProcess) -> tuple[int, str]:
     """A finished part's exit code and how it ended, for the summary."""
     code = process.exitcode
     if code is None:
@@ -130,7 +134,9 @@ def part_exit_code(process) -> tuple[int, str]:
     return code, f"exit code {code}"
 
 
-def _start(context, settings: Settings, part: RunPart, go=None):
+def _start(
+    context: SpawnContext, settings: Settings, part: RunPart, go: Connection | None = None
+) -> SpawnProcess:
     process = context.Process(
         target=run_part, args=(settings, part.label, go), name=part.label.replace(" ", "-")
     )
@@ -167,7 +173,8 @@ def run_processes(settings: Settings) -> int:
         clinical = RunPart(CLINICAL_PHASE)
         process = _start(context, replace(settings, phase=CLINICAL_PHASE, run_id=run_id), clinical)
         # the shards' interpreters start meanwhile, and wait for the clinical phase's end
-        shards, words = {}, []
+        shards: dict[int, tuple[RunPart, BaseProcess]] = {}
+        words = []
         for index in range(count):
             part = RunPart(IMAGE_PHASE, (index, count))
             part_settings = replace(
@@ -196,7 +203,8 @@ def run_processes(settings: Settings) -> int:
             while pending:
                 for sentinel in wait(list(pending)):
                     pending.discard(sentinel)
-                    part, ended = shards[sentinel]
+                    # (typeshed widens what wait gives back: the sentinels it was given)
+                    part, ended = shards[sentinel]  # type: ignore[index]
                     ended.join()
                     code, how = part_exit_code(ended)
                     logger.info("%s ended: %s", part.label, how)
@@ -212,12 +220,14 @@ def run_processes(settings: Settings) -> int:
         lease.release()
 
 
-def _stop_on_sigterm(signum, frame):
+def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     """SIGTERM (ECS stopping the task): stop the parts too, give the lease back, exit 143."""
     raise SystemExit(128 + signum)
 
 
-def _clinical_phase_handed_over(storage, settings, run_id: str, code: int) -> bool:
+def _clinical_phase_handed_over(
+    storage: Storage, settings: Settings, run_id: str, code: int
+) -> bool:
     """Whether the shards may start: the clinical phase ended with 0 or 1 (some files could not
     be read or written, as in one process: the images still go) and wrote its hand-off."""
     if code not in (run_module.EXIT_OK, run_module.EXIT_INCOMPLETE):
@@ -231,7 +241,13 @@ def _clinical_phase_handed_over(storage, settings, run_id: str, code: int) -> bo
     return True
 
 
-def _end(storage, settings, run_id: str, count: int, outcomes) -> int:
+def _end(
+    storage: Storage,
+    settings: Settings,
+    run_id: str,
+    count: int,
+    outcomes: list[tuple[str, int, str]],
+) -> int:
     """Combine the parts' reports, print the one summary, and return the worst exit code."""
     code = max(code for _, code, _ in outcomes)
     try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE
+from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, Settings
 from warehouse.core.keys import image_stem
 from warehouse.listing.warehouse import WarehouseIndex
 
@@ -91,12 +91,12 @@ class RunPart:
         return f"shard {self.shard[0]}/{self.shard[1]}"
 
 
-def part_of(settings) -> RunPart | None:
+def part_of(settings: Settings) -> RunPart | None:
     """The part of a sharded run the settings name, or None for a whole run."""
     if settings.phase == CLINICAL_PHASE:
         return RunPart(CLINICAL_PHASE)
     if settings.shard is not None:
-        return RunPart(IMAGE_PHASE, tuple(settings.shard))
+        return RunPart(IMAGE_PHASE, (settings.shard[0], settings.shard[1]))
     return None
 
 
@@ -219,7 +219,7 @@ class Handoff:
         return handoff
 
 
-def _text_or_none(value) -> str | None:
+def _text_or_none(value: object) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{value!r} is not a key")
     return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from warehouse import __version__
@@ -23,7 +24,7 @@ from warehouse.core.patients import (
     PatientGroups,
 )
 from warehouse.core.reasons import Reason
-from warehouse.core.run import ByteBudget, RunState
+from warehouse.core.run import ByteBudget, RunState, loaded
 from warehouse.listing.folders import FolderState, save_state, window_days
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.feedback import publish_feedback
@@ -42,10 +43,10 @@ class Progress:
     """How far a loader run is: clinical files and images done out of those planned, and the
     rate of images, for the progress line of the status lines."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self.total = {"clinical": None, "image": None}
+        self.total: dict[str, int | None] = {"clinical": None, "image": None}
         self.done = {"clinical": 0, "image": 0}
         self._first_image: float | None = None
 
@@ -137,7 +138,7 @@ class LoaderState(RunState):
     _claimed: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.part is None:
             self.part = part_of(self.settings)
         if self.catalogue is None:
@@ -190,7 +191,8 @@ class LoaderState(RunState):
             return None
         previous, listed, now = self.folders
         days = window_days(self.config.max_upload_delay_days)
-        return previous.after(listed, now, days, dict(self.settled))
+        after: FolderState = previous.after(listed, now, days, dict(self.settled))
+        return after
 
     def save_folder_state(self, storage: Storage) -> None:
         """Write the folder state (`listing.folders`) once a whole run that listed its inputs
@@ -225,7 +227,8 @@ class LoaderState(RunState):
         if self.header_requests:
             report.count("header read requests", self.header_requests)
         self.count_lease_requests()
-        catalogue = self.catalogue.publish(storage, self.settings) if report.listed else ""
+        images = loaded(self.catalogue, "the run's image catalogue")
+        catalogue = images.publish(storage, self.settings) if report.listed else ""
         if report.listed and not self.settings.dry_run and self.part is None:
             self.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
             self.save_folder_state(storage)
@@ -267,12 +270,12 @@ class LoaderState(RunState):
         """The status lines' progress line (see `Progress.line`)."""
         return self.progress.line()
 
-    def item_failed(self, item, exc: BaseException) -> list:
+    def item_failed(self, item: object, exc: BaseException) -> list:
         if isinstance(item, Task):
             self.progress.finished(item.action)
         return super().item_failed(item, exc)
 
-    def skip_extras(self, item, reason: Reason) -> dict:
+    def skip_extras(self, item: object, reason: Reason) -> dict:
         """A raw input that failed is reported with its listing stamp, so the next run knows
         it unchanged and does not read it again (memo)."""
         if not isinstance(item, Task) or item.action not in ("clinical", "image"):

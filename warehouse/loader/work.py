@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from warehouse.core.clinical import (
@@ -22,18 +23,19 @@ from warehouse.core.keys import (
     raw_prefix_of,
 )
 from warehouse.core.reasons import Reason
-from warehouse.core.run import ByteBudget
+from warehouse.core.run import ByteBudget, loaded
 from warehouse.dicom.identity import ImageIdentity, image_identity
 from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.reader import HeaderRead, read_header
 from warehouse.loader.state import FiledCentres, LoaderState
 from warehouse.loader.tasks import Task
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger("warehouseloader")
 
 
 def read_clinical(
-    storage,
+    storage: Storage,
     task: Task,
     *,
     max_bytes: int,
@@ -62,7 +64,11 @@ def read_clinical(
 
 
 def read_image(
-    storage, task: Task, *, max_header_bytes: int, centre_of=None
+    storage: Storage,
+    task: Task,
+    *,
+    max_header_bytes: int,
+    centre_of: Callable[[str], str | None] | None = None,
 ) -> tuple[Task, HeaderRead, ImageIdentity, str | None]:
     """Worker: read one image's header (ranged reads) and take its identity (and, when
     ``centre_of`` is given, the centre its patient is bound to).
@@ -110,7 +116,7 @@ class WriteResult:
     error: str = ""
 
 
-def write_object(storage, task: Task) -> WriteResult:
+def write_object(storage: Storage, task: Task) -> WriteResult:
     """Worker: write ``task.payload`` at ``task.target``."""
     try:
         storage.write(task.target, task.payload)
@@ -119,7 +125,7 @@ def write_object(storage, task: Task) -> WriteResult:
         return WriteResult(task, str(exc))
 
 
-def copy_object(storage, task: Task) -> WriteResult:
+def copy_object(storage: Storage, task: Task) -> WriteResult:
     """Worker: copy ``task.key`` to ``task.target`` (server-side on S3)."""
     try:
         storage.copy(task.key, task.target, task.size)
@@ -135,10 +141,12 @@ def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
         state.report.skip(task.key, Reason.WRITE_FAILED, f"{task.target}: {result.error}")
         return []
     prefix = raw_prefix_of(task.key)  # the raw input's: what each site's uploads came to
-    state.catalogue.written(task.target, task.size if task.action == "write" else None)
+    loaded(state.catalogue, "the run's image catalogue").written(
+        task.target, task.size if task.action == "write" else None
+    )
     if task.action == "write":
         state.report.count("metadata files written", prefix=prefix)
-    elif parse_warehouse_key(task.target).kind == "clinical":
+    elif (target := parse_warehouse_key(task.target)) is not None and target.kind == "clinical":
         state.report.count("clinical files copied", prefix=prefix)
     else:
         state.report.count("images copied", prefix=prefix)

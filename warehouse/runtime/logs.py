@@ -136,7 +136,7 @@ def configure_logging(level: int = logging.INFO, fmt: str | None = None) -> None
         formatters._Style._defaults = None
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(plain_formatter())
         root.addHandler(handler)
         mondrian.is_setup = True

@@ -9,11 +9,12 @@ exists before anything reads or writes it.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 _LIST_QUEUE_SIZE = 4096
@@ -70,12 +71,13 @@ class Storage:
         """Yield the objects under ``prefix`` whose keys sort after ``start_after`` (all of
         them for None), in key order: what a run reads of a folder whose keys grow in time
         order (catalogue parts), without listing the old ones again where the store can
-        start there (S3's ``StartAfter``)."""
+        start there (S3's ``StartAfter``).
+        """
         for info in self.list(prefix):
             if start_after is None or info.key > start_after:
                 yield info
 
-    def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    def list_folders(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         """One level below ``prefix`` (which ends with ``/``): sub-folder prefixes and objects."""
         raise NotImplementedError
 
@@ -94,7 +96,8 @@ class Storage:
     def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
         """Create or replace an object with the content of the local file ``path``,
         atomically, streaming it (a large file is never all in memory). By default it is read
-        and written whole; the adapters stream it."""
+        and written whole; the adapters stream it.
+        """
         with open(path, "rb") as handle:
             self.write(key, handle.read(), content_type)
 
@@ -185,7 +188,7 @@ class Storage:
         def produce() -> None:
             try:
                 with ThreadPoolExecutor(max(1, workers), thread_name_prefix="list") as pool:
-                    futures = []
+                    futures: list[Future[None]] = []
                     for folders, objects in pool.map(self.list_folders, prefixes):
                         for info in objects:
                             if not put(info):

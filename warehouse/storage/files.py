@@ -1,5 +1,8 @@
-"""An object of a store read as a seekable file: each read is one ranged read, so a Parquet
-file's footer and the column chunks a reader asks for are all that is fetched."""
+"""An object of a store read as a seekable file.
+
+Each read is one ranged read, so a Parquet file's footer and the column chunks a reader asks
+for are all that is fetched.
+"""
 
 from __future__ import annotations
 
@@ -37,15 +40,19 @@ class StoredFile(io.RawIOBase):
         self.requests = 0
 
     def readable(self) -> bool:
+        """Return True: it is read."""
         return True
 
     def seekable(self) -> bool:
+        """Return True: any position can be read."""
         return True
 
     def tell(self) -> int:
+        """Return the position of the next read."""
         return self._position
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to ``offset`` (from the start, the position or the end, as ``whence`` says)."""
         if whence == io.SEEK_SET:
             position = offset
         elif whence == io.SEEK_CUR:
@@ -60,6 +67,7 @@ class StoredFile(io.RawIOBase):
         return position
 
     def readinto(self, buffer) -> int:
+        """Fill ``buffer`` from the position with one ranged read; return the bytes read."""
         start = self._position
         end = min(self._size, start + len(buffer))
         if end <= start:

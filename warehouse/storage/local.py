@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import errno
@@ -265,7 +266,7 @@ class LocalStorage(Storage):
             os.close(child)
             raise
 
-    def _entries(self, folder: int, base: str) -> list[os.DirEntry]:
+    def _entries(self, folder: int, base: str) -> builtins.list[os.DirEntry]:
         """The entries of ``folder`` (key ``base``) in key order.
 
         Where the product writes (anywhere but under a ``raw-*`` prefix) its temporary files
@@ -284,7 +285,7 @@ class LocalStorage(Storage):
                 _remove_if_abandoned(folder, entry.name, writer, self.url + "/" + base)
         return kept
 
-    def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    def list_folders(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         parts = self._parts(prefix.strip("/")) if prefix.strip("/") else []
         folders: list[str] = []
         objects: list[ObjectInfo] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 
 from warehouse.core.errors import (
@@ -83,8 +84,9 @@ class S3Storage(Storage):
             for item in page.get("Contents", ()):
                 yield self._info(item)
 
-    def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
-        folders, objects = [], []
+    def list_folders(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
+        folders: list[str] = []
+        objects: list[ObjectInfo] = []
         for page in self._paginate(Prefix=prefix, Delimiter="/"):
             folders.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
             objects.extend(self._info(item) for item in page.get("Contents", ()))

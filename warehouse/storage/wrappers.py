@@ -3,6 +3,7 @@ run's writes, and the base they share (`DelegatingStorage`)."""
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import threading
@@ -34,7 +35,7 @@ class DelegatingStorage(Storage):
     def list_after(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
         return self.inner.list_after(prefix, start_after)
 
-    def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+    def list_folders(self, prefix: str) -> tuple[builtins.list[str], builtins.list[ObjectInfo]]:
         return self.inner.list_folders(prefix)
 
     def read(self, key: str) -> bytes:
