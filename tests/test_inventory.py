@@ -238,13 +238,19 @@ def test_several_other_configurations_are_refused_naming_them(local_store):
     assert INVENTORY_CONFIG_ID in raised.value.reason
 
 
-@pytest.mark.parametrize("complete", [False, None])
-def test_no_complete_report_is_unusable(store, complete):
-    if complete is not None:  # None: nothing delivered at all
-        deliver(store, "2026-11-20T01-00Z", [parquet_bytes(table_of(ROWS))], complete=False)
+def test_no_complete_report_is_unusable(store):
+    deliver(store, "2026-11-20T01-00Z", [parquet_bytes(table_of(ROWS))], complete=False)
     with pytest.raises(InventoryUnusable) as raised:
         find_inventory(store, PREFIX, SOURCE)
-    assert "48 hours" in str(raised.value) or "no inventory" in str(raised.value)
+    assert raised.value.reason.startswith("no complete report has been delivered")
+    assert "48 hours" in raised.value.reason
+    assert raised.value.where == f"{store.url}/{PREFIX}{SOURCE}/{INVENTORY_CONFIG_ID}/"
+
+
+def test_nothing_delivered_is_unusable(store):
+    with pytest.raises(InventoryUnusable) as raised:
+        find_inventory(store, PREFIX, SOURCE)
+    assert raised.value.reason == "no inventory of this bucket has been delivered there"
 
 
 def test_another_buckets_reports_are_not_this_ones(local_store):
@@ -307,6 +313,36 @@ def test_sizes_and_times_are_those_a_listing_gives(local_store):
     ]
     assert all(i.last_modified.utcoffset() == dt.timedelta(0) for i in found)
     assert not any(i.link or i.too_deep for i in found)
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.timestamp("ms"), pa.timestamp("us", tz="UTC"), pa.timestamp("s"), pa.int64()]
+)
+def test_times_of_any_unit_are_read_as_utc(local_store, kind):
+    moment = dt.datetime(2026, 11, 19, 12, 0, 7, 900_000, tzinfo=UTC)
+    table = table_of([("training/a.json", 1, moment)])
+    milliseconds = pa.array([ms(moment)], pa.int64())
+    if pa.types.is_timestamp(kind):
+        values = milliseconds.cast(pa.timestamp("ms", tz=kind.tz)).cast(kind, safe=False)
+    else:
+        values = milliseconds  # int64 milliseconds, as a TIMESTAMP_MILLIS column without type
+    table = table.set_column(3, "last_modified_date", values)
+    deliver(local_store, "2026-11-20T01-00Z", [parquet_bytes(table)])
+    [found] = find_inventory(local_store, PREFIX, SOURCE).records([""])
+    assert found.last_modified == dt.datetime(2026, 11, 19, 12, 0, 7, tzinfo=UTC)
+
+
+def test_the_inventorys_day_is_its_utc_day(local_store):
+    late = dt.datetime(2026, 11, 20, 23, 59, 59, 999_000, tzinfo=UTC)
+    deliver(local_store, "2026-11-20T23-59Z", [parquet_bytes(table_of(ROWS))], created=late)
+    found = find_inventory(local_store, PREFIX, SOURCE)
+    assert (found.created, found.day) == (late, "2026-11-20")
+
+
+def test_prefixes_are_a_collection(local_store):
+    deliver(local_store, "2026-11-20T01-00Z", [parquet_bytes(table_of(ROWS))])
+    with pytest.raises(TypeError):
+        list(find_inventory(local_store, PREFIX, SOURCE).records("raw-a/"))
 
 
 def test_delete_markers_and_noncurrent_versions_are_skipped(store):

@@ -170,6 +170,8 @@ class Inventory:
         StorageError
             When a read fails.
         """
+        if isinstance(prefixes, str):
+            raise TypeError("records() takes a collection of prefixes, not one string")
         wanted = tuple(dict.fromkeys(prefixes))
         if not wanted:
             return
