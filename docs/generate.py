@@ -298,6 +298,14 @@ ENVIRONMENT: dict[str, str] = {
         "full, every upload folder, the catalogue checked against the warehouse (images no "
         "part lists catalogued); a daily run (the default) looks only at what can be new"
     ),
+    "WAREHOUSE_INVENTORY": (
+        "where the warehouse bucket's S3 Inventory reports are delivered: `s3://bucket/prefix` "
+        "(the destination bucket and prefix of the inventory configuration; the stack sets it "
+        "on the loader's task) or `file:///path` (a local copy); a reconcile run reads the "
+        "newest complete report instead of listing millions of keys, and lists only what is "
+        "newer ([operations.md](../operations.md#s3-inventory-for-reconcile-runs)); not set: a "
+        "reconcile lists the bucket"
+    ),
     "RUN_SUMMARY_FILE": (
         "also write the loader's run summary to this file (the `bin/` wrappers set it to a "
         "temporary file unless it is set)"
@@ -334,6 +342,7 @@ SETTING_FIELDS: dict[str, str] = {
     "AWS_BATCH_JOB_ARRAY_INDEX": "shard",
     "WAREHOUSE_RUN_ID": "run_id",
     "WAREHOUSE_RECONCILE": "reconcile",
+    "WAREHOUSE_INVENTORY": "inventory",
 }
 
 _ENV_NAMES = {"env", "environ"}

@@ -162,6 +162,38 @@ def test_bad_progress_seconds(text):
         settings_from_env(env)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("  ", None),
+        ("s3://inventory-bucket/reconcile", "s3://inventory-bucket/reconcile"),
+        (" s3://inventory-bucket ", "s3://inventory-bucket"),
+        ("file:///data/inventory", "file:///data/inventory"),
+    ],
+)
+def test_inventory(text, expected):
+    env = (
+        {"WAREHOUSE_BUCKET": "b"}
+        if text is None
+        else {"WAREHOUSE_BUCKET": "b", "WAREHOUSE_INVENTORY": text}
+    )
+    assert settings_from_env(env).inventory == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["inventory-bucket/reconcile", "http://host/x", "/data/inventory", "s3://b/\x1b[2J"]
+)
+def test_bad_inventory(text):
+    env = {"WAREHOUSE_BUCKET": "b", "WAREHOUSE_INVENTORY": text}
+    with pytest.raises(
+        ConfigError, match="WAREHOUSE_INVENTORY=.* must be s3://bucket/prefix"
+    ) as raised:
+        settings_from_env(env)
+    assert "\x1b" not in str(raised.value)  # quoted: the escape shown, never sent
+
+
 # --------------------------------------------------------------------------------------------
 # parse_config
 

@@ -1,5 +1,8 @@
 """The AWS side: the CloudFormation template (cfn-lint, content), create.py on moto, the image."""
 
+import hashlib
+import io
+import json
 import re
 import shutil
 import subprocess
@@ -9,6 +12,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from botocore.exceptions import ClientError
@@ -16,6 +21,7 @@ from moto import mock_aws
 
 from infrastructure import create
 from infrastructure.tools import get_inventory
+from warehouse.listing.inventory import INVENTORY_CONFIG_ID, open_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infrastructure" / "templates" / "warehouse.yaml"
@@ -256,7 +262,7 @@ def test_warehouse_bucket_is_versioned_encrypted_private_with_daily_inventory(te
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     assert all(bucket["PublicAccessBlockConfiguration"].values())
     assert len(bucket["PublicAccessBlockConfiguration"]) == 4
-    [inventory] = bucket["InventoryConfigurations"]
+    inventory, _reconcile = bucket["InventoryConfigurations"]
     assert inventory["Id"] == get_inventory.CONFIG_ID == "daily-full-inventory"
     assert inventory["ScheduleFrequency"] == "Daily"
     assert inventory["Enabled"] is True
@@ -265,6 +271,96 @@ def test_warehouse_bucket_is_versioned_encrypted_private_with_daily_inventory(te
     # No destination prefix: S3 delivers under <bucket>/daily-full-inventory/ (clinical-data 1.1)
     assert "Prefix" not in inventory["Destination"]
     assert inventory["OptionalFields"] == ["Size", "LastModifiedDate"]
+
+
+INVENTORY = "${InventoryBucket.Arn}"
+RECONCILE_PREFIX = "reconcile"
+
+
+def reconcile_inventory(template) -> dict:
+    bucket = resource(template, "WarehouseBucket", "AWS::S3::Bucket")
+    [found] = [c for c in bucket["InventoryConfigurations"] if c["Id"] == INVENTORY_CONFIG_ID]
+    return found
+
+
+def test_warehouse_bucket_has_the_daily_parquet_inventory_a_reconcile_reads(template):
+    inventory = reconcile_inventory(template)
+    assert inventory["Enabled"] is True
+    assert inventory["ScheduleFrequency"] == "Daily"
+    assert inventory["IncludedObjectVersions"] == "Current"
+    assert inventory["OptionalFields"] == ["Size", "LastModifiedDate"]
+    destination = inventory["Destination"]
+    assert destination["Format"] == "Parquet"
+    assert destination["BucketArn"] == {"Fn::GetAtt": ["InventoryBucket", "Arn"]}
+    assert destination["BucketAccountId"] == {"Ref": "AWS::AccountId"}
+    # Its own prefix: apart from the CSV reports, which S3 delivers at the bucket's root.
+    assert destination["Prefix"] == RECONCILE_PREFIX
+
+
+def test_s3_may_deliver_the_reconcile_inventory(template):
+    policy = resource(template, "InventoryBucketPolicy", "AWS::S3::BucketPolicy")
+    statements_ = policy["PolicyDocument"]["Statement"]
+    key = (
+        f"{RECONCILE_PREFIX}/warehouse-{ACCOUNT}-prod/{INVENTORY_CONFIG_ID}/"
+        "2026-11-20T01-00Z/manifest.json"
+    )
+    delivery = {
+        "aws:SourceArn": "arn:${AWS::Partition}:s3:::${BucketNamePrefix}-${AWS::AccountId}-"
+        "${StackSuffix}",
+        "aws:SourceAccount": "${AWS::AccountId}",
+        "s3:x-amz-acl": "bucket-owner-full-control",
+    }
+    assert allows(statements_, "s3:PutObject", f"{INVENTORY}/{key}", delivery)
+    other = {**delivery, "aws:SourceArn": "arn:aws:s3:::someone-elses-bucket"}
+    assert not allows(statements_, "s3:PutObject", f"{INVENTORY}/{key}", other)
+
+
+@pytest.mark.parametrize(
+    ("family", "inventory"),
+    [("Pipeline", True), ("SubmittingCentres", False), ("DataProcessing", False)],
+)
+def test_the_loaders_task_is_told_where_the_inventory_is(template, family, inventory):
+    task = resource(template, f"{family}TaskDefinition", "AWS::ECS::TaskDefinition")
+    env = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    expected = {"Fn::Sub": f"s3://${{InventoryBucket}}/{RECONCILE_PREFIX}"}
+    assert env.get("WAREHOUSE_INVENTORY") == (expected if inventory else None)
+
+
+def test_a_sharded_runs_clinical_phase_is_told_where_the_inventory_is(template):
+    # The clinical phase lists for the whole run; the shards never list.
+    def environment(name):
+        container = template["Resources"][name]["Properties"]["ContainerProperties"]
+        return {e["Name"]: e["Value"] for e in container["Environment"]}
+
+    assert environment("ClinicalPhaseJobDefinition")["WAREHOUSE_INVENTORY"] == {
+        "Fn::Sub": f"s3://${{InventoryBucket}}/{RECONCILE_PREFIX}"
+    }
+    assert "WAREHOUSE_INVENTORY" not in environment("ImageShardsJobDefinition")
+
+
+def test_only_the_loader_reads_the_reconcile_inventory_and_nothing_else_there(template):
+    manifest = f"{RECONCILE_PREFIX}/warehouse-{ACCOUNT}-prod/{INVENTORY_CONFIG_ID}/x/manifest.json"
+    data = f"{RECONCILE_PREFIX}/warehouse-{ACCOUNT}-prod/{INVENTORY_CONFIG_ID}/data/a.parquet"
+    csv = f"warehouse-{ACCOUNT}-prod/daily-full-inventory/data/a.csv.gz"
+    loader = role_policy(template, "WarehouseLoaderTaskRole")
+    for key in (manifest, data):
+        assert allows(loader, "s3:GetObject", f"{INVENTORY}/{key}")
+        for action in OBJECT_WRITES:
+            assert not allows(loader, action, f"{INVENTORY}/{key}"), action
+    assert not allows(loader, "s3:GetObject", f"{INVENTORY}/{csv}")
+    for prefix, allowed in [
+        (f"{RECONCILE_PREFIX}/warehouse-{ACCOUNT}-prod/", True),
+        (f"{RECONCILE_PREFIX}/warehouse-{ACCOUNT}-prod/{INVENTORY_CONFIG_ID}/", True),
+        ("", False),
+        (None, False),
+        (f"warehouse-{ACCOUNT}-prod/", False),
+    ]:
+        context = {} if prefix is None else {"s3:prefix": prefix}
+        assert allows(loader, "s3:ListBucket", INVENTORY, context) is allowed, prefix
+    for name in ("SubmittingCentresTaskRole", "DataProcessTaskRole"):
+        policy = role_policy(template, name)
+        assert not allows(policy, "s3:GetObject", f"{INVENTORY}/{data}")
+        assert not allows(policy, "s3:ListBucket", INVENTORY, {"s3:prefix": "reconcile/"})
 
 
 @pytest.mark.parametrize(
@@ -392,8 +488,9 @@ def test_each_task_role_reads_and_writes_only_its_graphs_prefixes(template, name
 def test_task_role_grants_action_by_action(template):
     w = WAREHOUSE
     assert grants(role_policy(template, "WarehouseLoaderTaskRole")) == {
-        "s3:ListBucket": {w},
+        "s3:ListBucket": {w, INVENTORY},  # the inventory bucket under reconcile/ only
         "s3:GetObject": {
+            f"{INVENTORY}/reconcile/*",
             f"{w}/config.json",
             f"{w}/raw-*",
             f"{w}/training/*",
@@ -647,6 +744,83 @@ def aws(monkeypatch, tmp_path):
         warnings.filterwarnings("ignore", message="Tried to parse", category=UserWarning)
         with mock_aws():
             yield
+
+
+def test_the_inventory_the_template_configures_is_the_one_the_loader_reads(template, aws):
+    """The template's configuration, set on moto with the S3 API, and a report delivered where
+    that configuration sends it (moto never produces one): the loader's WAREHOUSE_INVENTORY
+    finds it."""
+    bucket, destination = f"warehouse-{ACCOUNT}-prod", f"warehouse-{ACCOUNT}-prod-inventory"
+    s3 = boto3.client("s3")
+    for name in (bucket, destination):
+        s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+    configured = reconcile_inventory(template)
+    s3.put_bucket_inventory_configuration(
+        Bucket=bucket,
+        Id=configured["Id"],
+        InventoryConfiguration={
+            "Id": configured["Id"],
+            "IsEnabled": configured["Enabled"],
+            "IncludedObjectVersions": configured["IncludedObjectVersions"],
+            "Schedule": {"Frequency": configured["ScheduleFrequency"]},
+            "OptionalFields": configured["OptionalFields"],
+            "Destination": {
+                "S3BucketDestination": {
+                    "Bucket": f"arn:aws:s3:::{destination}",
+                    "AccountId": ACCOUNT,
+                    "Format": configured["Destination"]["Format"],
+                    "Prefix": configured["Destination"]["Prefix"],
+                }
+            },
+        },
+    )
+    stored = s3.get_bucket_inventory_configuration(Bucket=bucket, Id=configured["Id"])
+    target = stored["InventoryConfiguration"]["Destination"]["S3BucketDestination"]
+    assert target["Format"] == "Parquet"
+    folder = f"{target['Prefix']}/{bucket}/{configured['Id']}/"
+    data = io.BytesIO()
+    table = pa.table(
+        {
+            "bucket": [bucket],
+            "key": ["training/data/Covid1/data_2026-11-19.json"],
+            "size": pa.array([812], pa.int64()),
+            "last_modified_date": pa.array([1_763_600_000_000], pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+        }
+    )
+    pq.write_table(table, data)
+    s3.put_object(Bucket=destination, Key=f"{folder}data/part.parquet", Body=data.getvalue())
+    manifest = json.dumps(
+        {
+            "sourceBucket": bucket,
+            "destinationBucket": target["Bucket"],
+            "creationTimestamp": "1763600400000",
+            "fileFormat": target["Format"],
+            "fileSchema": "message s3.inventory { required binary bucket (UTF8); required "
+            "binary key (UTF8); optional int64 size; optional int64 last_modified_date "
+            "(TIMESTAMP_MILLIS); }",
+            "files": [
+                {
+                    "key": f"{folder}data/part.parquet",
+                    "size": len(data.getvalue()),
+                    "MD5checksum": hashlib.md5(data.getvalue(), usedforsecurity=False).hexdigest(),
+                }
+            ],
+        }
+    ).encode()
+    stamp = f"{folder}2025-11-20T01-00Z/"
+    s3.put_object(Bucket=destination, Key=f"{stamp}manifest.json", Body=manifest)
+    checksum = hashlib.md5(manifest, usedforsecurity=False).hexdigest().encode()
+    s3.put_object(Bucket=destination, Key=f"{stamp}manifest.checksum", Body=checksum)
+
+    task = resource(template, "PipelineTaskDefinition", "AWS::ECS::TaskDefinition")
+    env = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    url = env["WAREHOUSE_INVENTORY"]["Fn::Sub"].replace("${InventoryBucket}", destination)
+    found = open_inventory(url, bucket, workers=2)
+    assert [(i.key, i.size) for i in found.records(["training/"])] == [
+        ("training/data/Covid1/data_2026-11-19.json", 812)
+    ]
 
 
 def test_create_help():

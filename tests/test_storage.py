@@ -27,7 +27,7 @@ from warehouse.storage import base as storage_module
 from warehouse.storage.base import ObjectInfo
 from warehouse.storage.local import LocalStorage
 from warehouse.storage.s3 import S3Storage
-from warehouse.storage.url import storage_from_url
+from warehouse.storage.url import location_from_url, storage_from_url
 from warehouse.storage.wrappers import DryRunStorage
 
 BUCKET = "warehouse-test"
@@ -725,6 +725,35 @@ def test_storage_from_url_rejects(url):
 def test_storage_from_url_file_needs_a_path():
     with pytest.raises(StorageError, match="file:// needs a path"):
         storage_from_url("file://")
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://inv", "inv", ""),
+        ("s3://inv/", "inv", ""),
+        ("s3://inv/reconcile", "inv", "reconcile/"),
+        (" s3://inv/a/b/ ", "inv", "a/b/"),
+    ],
+)
+def test_location_from_url_s3(url, bucket, prefix):
+    store, found = location_from_url(url)
+    assert isinstance(store, S3Storage)
+    assert (store.bucket, found) == (bucket, prefix)
+
+
+def test_location_from_url_file(tmp_path):
+    store, prefix = location_from_url(f"file://{tmp_path}")
+    assert isinstance(store, LocalStorage)
+    assert (store.root, prefix) == (tmp_path, "")
+    with pytest.raises(StoreUnavailable):
+        location_from_url(f"file://{tmp_path}/missing")
+
+
+@pytest.mark.parametrize("url", ["", "inv/reconcile", "s3://", "s3:///reconcile", "gs://inv/x"])
+def test_location_from_url_rejects(url):
+    with pytest.raises(StorageError, match="names no bucket|is not s3://bucket/prefix"):
+        location_from_url(url)
 
 
 def test_object_info_is_small():

@@ -499,7 +499,8 @@ def test_missing_bucket_exits_non_zero(s3_endpoint):
 def test_help_lists_the_environment():
     result = builders.python_m("warehouseloader", ["--help"], builders.graph_env())
     assert result.returncode == 0
-    for name in ("WAREHOUSE_BUCKET", "DRY_RUN", "WAREHOUSE_WORKERS", "AWS_ENDPOINT_URL"):
+    names = ("WAREHOUSE_BUCKET", "DRY_RUN", "WAREHOUSE_WORKERS", "WAREHOUSE_INVENTORY")
+    for name in (*names, "AWS_ENDPOINT_URL"):
         assert name in result.stdout
 
 

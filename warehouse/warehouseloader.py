@@ -177,6 +177,8 @@ def command_parser():
                      P shard processes (default 1)
   WAREHOUSE_PHASE, WAREHOUSE_SHARD=i/N, WAREHOUSE_SHARDS=N (with AWS_BATCH_JOB_ARRAY_INDEX),
   WAREHOUSE_RUN_ID   one part of a sharded run: its clinical phase, or shard i of N
+  WAREHOUSE_INVENTORY  s3://bucket/prefix (or file:///path): where the bucket's S3 Inventory
+                     is delivered, read by a reconcile run instead of listing every key
 
 exit codes: 0 run completed (per-file problems are reported, not failures);
   1 some reads or writes failed (rerun to finish); 2 bad settings, config.json or a missing

@@ -228,6 +228,11 @@ class Settings:
     reconcile : bool
         ``WAREHOUSE_RECONCILE``: look at everything (both sides listed in full, the catalogue
         checked against the warehouse), not only at what can be new (a weekly run).
+    inventory : str or None
+        ``WAREHOUSE_INVENTORY``: where the warehouse bucket's S3 Inventory reports are
+        delivered (``s3://bucket/prefix``, or ``file://path`` for a local copy), the source a
+        reconcile run reads instead of listing the bucket (`warehouse.listing.inventory`);
+        None when not set: a reconcile lists.
     """
 
     bucket: str
@@ -242,6 +247,7 @@ class Settings:
     phase: str = "all"
     run_id: str | None = None
     reconcile: bool = False
+    inventory: str | None = None
 
 
 def _byte_limit(env: Mapping[str, str], name: str, default: int) -> int:
@@ -308,6 +314,22 @@ def _shard(env: Mapping[str, str]) -> tuple[tuple[int, int] | None, str | None]:
             f"AWS_BATCH_JOB_ARRAY_INDEX={index} (shard {index}/{count}): set one or the other"
         )
     return (index, count), source or f"WAREHOUSE_SHARDS={count}"
+
+
+def _inventory(env) -> str | None:
+    """Where the inventory reports are (``WAREHOUSE_INVENTORY``): a location URL, or None.
+
+    Only its scheme is checked here; `warehouse.storage.url.location_from_url` opens it.
+    """
+    text = env.get("WAREHOUSE_INVENTORY", "").strip()
+    if not text:
+        return None
+    if not text.startswith(("s3://", "file://")) or _has_control_character(text):
+        raise ConfigError(
+            f"WAREHOUSE_INVENTORY={quote(text)} must be s3://bucket/prefix (where the S3 "
+            "Inventory reports of the warehouse bucket are delivered) or file:///path"
+        )
+    return text
 
 
 def usable_cpus() -> int:
@@ -449,6 +471,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         phase=phase,
         run_id=run_id,
         reconcile=reconcile,
+        inventory=_inventory(env),
     )
 
 

@@ -1,8 +1,10 @@
-"""Opening the store a URL names: ``name`` or ``s3://name``, ``file://path``."""
+"""Opening the store a URL names: ``name`` or ``s3://name``, ``file://path``; and a place
+inside a store (``s3://name/prefix``), for what the product reads but does not own."""
 
 from __future__ import annotations
 
 from warehouse.core.errors import StorageError
+from warehouse.core.text import quote
 from warehouse.storage.base import Storage
 from warehouse.storage.local import LocalStorage
 from warehouse.storage.s3 import S3Storage
@@ -42,3 +44,38 @@ def storage_from_url(url: str, *, workers: int = 32, dry_run: bool = False) -> S
             raise StorageError(f"{url!r} is not a bucket name, s3://name or file://path")
         store = S3Storage(bucket, workers=workers)
     return DryRunStorage(store) if dry_run else store
+
+
+def location_from_url(url: str, *, workers: int = 8) -> tuple[Storage, str]:
+    """Open the store and the key prefix that a location URL names.
+
+    Parameters
+    ----------
+    url : str
+        ``s3://bucket`` or ``s3://bucket/prefix`` (S3; the prefix may end with ``/``), or
+        ``file:///abs/path`` / ``file://relative/path``: a local directory that holds what
+        the prefix of a bucket would (its prefix is then empty).
+    workers : int
+        Size of the S3 client's connection pool.
+
+    Returns
+    -------
+    tuple
+        ``(storage, prefix)``: the prefix is ``""`` or ends with ``/``.
+
+    Raises
+    ------
+    StorageError
+        If ``url`` names no location (the message quotes it, bounded); `StoreUnavailable` if it
+        names a local directory that does not exist.
+    """
+    text = url.strip()
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[len("s3://") :].partition("/")
+        if not bucket:
+            raise StorageError(f"{quote(url)} names no bucket: use s3://bucket/prefix")
+        prefix = prefix.strip("/")
+        return storage_from_url(f"s3://{bucket}", workers=workers), prefix + "/" if prefix else ""
+    if text.startswith("file://"):
+        return storage_from_url(text, workers=workers), ""
+    raise StorageError(f"{quote(url)} is not s3://bucket/prefix or file:///path")
