@@ -21,7 +21,7 @@ from tests.builders import clinical, image, rows_table
 from tests.test_dataprocess import read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT, sample_tree
-from warehouse.catalogue import merge
+from warehouse.catalogue import index, merge
 from warehouse.catalogue.merge import scan_catalogue
 from warehouse.catalogue.rows import (
     COLUMNS,
@@ -645,7 +645,7 @@ def test_dataprocess_merges_only_the_new_parts_and_a_reconcile_catalogues_what_n
     store, monkeypatch
 ):
     # (parts count as settled at once: the index and the merged catalogue may cover them)
-    monkeypatch.setattr(merge, "PART_SETTLE", dt.timedelta(0))
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
     builders.put_tree(store, _tree(images=12))
     assert builders.run_loader(store, workers=4)[0] == 0
     builders.put_tree(store, _tree(images=6, date="2021-02-01", first=12))

@@ -187,7 +187,9 @@ class RecordingStorage(DelegatingStorage):
     def __init__(self, inner: Storage, log: dict | None = None, fail_reads=(), fail_writes=()):
         self.inner = inner
         self.url = inner.url
-        self.log = log if log is not None else {"reads": [], "writes": [], "folders": []}
+        self.log = (
+            log if log is not None else {"reads": [], "writes": [], "folders": [], "lists": []}
+        )
         self.fail_reads = set(fail_reads)
         self.fail_writes = set(fail_writes)
         self._lock = threading.Lock()
@@ -197,6 +199,7 @@ class RecordingStorage(DelegatingStorage):
             self.log[kind].append(value)
 
     def list(self, prefix):
+        self._record("lists", prefix)
         return self.inner.list(prefix)
 
     def list_folders(self, prefix):
@@ -447,7 +450,9 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     # Listed once (each group folder split once), each chosen file and study file read once,
     # and for the pages config.json and the loader's latest report (neither is there).
     # Only the clinical folders are listed: the images are the catalogue's.
-    assert sorted(store.log["folders"]) == ["training/data/", "validation/data/"]
+    # (whole: one request a thousand keys, not one a patient folder)
+    assert store.log["folders"] == []
+    assert sorted(store.log["lists"]) == ["training/data/", "validation/data/"]
     reads = store.log["reads"]
     # (and the catalogue part, and latest.csv: there is no batch yet)
     assert (

@@ -749,7 +749,8 @@ def aws(monkeypatch, tmp_path):
 def test_the_inventory_the_template_configures_is_the_one_the_loader_reads(template, aws):
     """The template's configuration, set on moto with the S3 API, and a report delivered where
     that configuration sends it (moto never produces one): the loader's WAREHOUSE_INVENTORY
-    finds it."""
+    finds it.
+    """
     bucket, destination = f"warehouse-{ACCOUNT}-prod", f"warehouse-{ACCOUNT}-prod-inventory"
     s3 = boto3.client("s3")
     for name in (bucket, destination):

@@ -65,7 +65,8 @@ def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
 
 def table_of(rows, bucket: str = SOURCE, versions: bool = False) -> pa.Table:
     """A report's rows: ``(key, size, last modified)`` or, with ``versions``, ``(key, size,
-    last modified, is_latest, is_delete_marker)``."""
+    last modified, is_latest, is_delete_marker)``.
+    """
     columns = {
         "bucket": pa.array([bucket] * len(rows), pa.string()),
         "key": pa.array([r[0] for r in rows], pa.string()),

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.catalogue.rows import part_key
 from warehouse.core.errors import ObjectNotFound
 from warehouse.core.report import utc_stamp
 from warehouse.storage.base import Storage
@@ -50,6 +51,29 @@ RAW_COLUMNS = ("raw", "raw_size", "raw_time")
 #: Rows of one row group of the index file (a chunk of the raw hashes read at a time).
 ROW_GROUP = 1 << 20
 _HASH = np.uint64
+
+
+#: How long before an index is written a part must be stamped for the index to cover it.
+PART_SETTLE = dt.timedelta(minutes=15)
+
+
+def settled_parts(
+    tables: list[tuple[str, dt.datetime, pa.Table]], unreadable: str | None, now: dt.datetime
+) -> list[tuple[str, dt.datetime, pa.Table]]:
+    """Return the parts an index written ``now`` may say it covers (its ``through``).
+
+    Those stamped at least `PART_SETTLE` before ``now`` and before any part that could not be
+    read (``unreadable``). A part is stamped before it is written, so one stamped just before
+    a listing may appear after it; and an unreadable part must stay after ``through`` until it
+    is fixed (the loader looks at everything while one is there). The parts after are read as
+    newer parts by the next run.
+    """
+    cutoff = part_key(now - PART_SETTLE)
+    return [
+        (key, when, table)
+        for key, when, table in tables
+        if key <= cutoff and (unreadable is None or key < unreadable)
+    ]
 
 
 class InvalidIndex(ValueError):

@@ -34,6 +34,7 @@ from warehouse.catalogue.index import (
     key_hashes,
     read_index,
     read_pointer,
+    settled_parts,
     write_index,
 )
 from warehouse.catalogue.rows import (
@@ -41,7 +42,6 @@ from warehouse.catalogue.rows import (
     SCHEMA,
     InvalidPart,
     is_part_key,
-    part_key,
     read_part,
 )
 from warehouse.core.errors import ObjectNotFound
@@ -55,8 +55,6 @@ logger = logging.getLogger("dataprocess")
 
 #: The merged table's columns: the parts' and the date each image's part was written.
 MERGED_SCHEMA = SCHEMA.append(pa.field("filed", pa.date32()))
-#: How long before a merge a part must be stamped for the merge to say it covers it.
-PART_SETTLE = dt.timedelta(minutes=15)
 #: Rows a streamed pass reads or writes at a time.
 BATCH_ROWS = 65_536
 #: What the pages count images by (with ``group``): each distinct combination, and how many.
@@ -146,24 +144,6 @@ def _read_parts(
             report.skip(key, Reason.INVALID_PART, str(exc))
             unreadable = unreadable or key
     return tables, unreadable
-
-
-def _settled(
-    tables: list[tuple[str, dt.datetime, pa.Table]], unreadable: str | None, now: dt.datetime
-) -> list[tuple[str, dt.datetime, pa.Table]]:
-    """The parts a merge may say it covers (``through``): those stamped at least
-    `PART_SETTLE` before ``now`` and before any part that could not be read. A part is
-    stamped before it is written, so one stamped just before a listing may appear after it;
-    and an unreadable part must stay after ``through`` until it is fixed (the loader reads
-    everything while one is there). The parts after are merged all the same, and read again
-    by the next merge.
-    """
-    cutoff = part_key(now - PART_SETTLE)
-    return [
-        (key, when, table)
-        for key, when, table in tables
-        if key <= cutoff and (unreadable is None or key < unreadable)
-    ]
 
 
 def previous_catalogue(processed: Storage, key: str | None) -> tuple[StoredFile, str | None] | None:
@@ -287,7 +267,7 @@ def scan_catalogue(
     through = previous[1] if previous is not None else None
     new_parts = _parts_after(storage, through)
     tables, unreadable = _read_parts(storage, new_parts, submit, report)
-    settled = _settled(tables, unreadable, now)
+    settled = settled_parts(tables, unreadable, now)
     newest = _newest_rows(tables)
     scan = CatalogueScan(path, through=max([through or "", *(t[0] for t in settled)]) or None)
     scan.new_parts = len(new_parts)

@@ -36,16 +36,21 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from warehouse.catalogue.index import (
     IndexArrays,
     InvalidIndex,
+    arrays_of_parts,
+    combined,
     contains,
     key_hash,
     key_hashes,
     raw_keys_filed,
     read_index,
     read_pointer,
+    settled_parts,
+    write_index,
 )
 from warehouse.catalogue.rows import (
     COLUMNS,
@@ -61,7 +66,7 @@ from warehouse.catalogue.rows import (
     with_metadata_size,
 )
 from warehouse.core.errors import StorageError
-from warehouse.core.keys import RawKey, parse_image_key
+from warehouse.core.keys import RawKey
 from warehouse.core.reasons import Reason
 from warehouse.core.report import RunReport
 from warehouse.dicom.problems import HeaderProblem
@@ -145,13 +150,21 @@ class LoaderCatalogue:
         self._rows_since_flush = 0
         self._last_flush = clock()
         self._loaded = False
+        #: A full run's catalogue: raw hashes in memory, newer parts in the arrays.
+        self._whole = False
+        self._base = IndexArrays()
+        self._recent_tables: list[tuple[str, dt.datetime, pa.Table]] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
     # -- what is filed ------------------------------------------------------------------
 
-    def load(self, storage: Storage) -> None:
+    def load(self, storage: Storage, *, whole: bool = False) -> None:
         """Read the index (its instance and key arrays) and the parts newer than it.
+
+        A full run (``whole``) reads the raw hashes too and takes the newer parts into the
+        arrays: every question is then a binary search in memory, and at its end the run
+        writes a fresh index (`publish`), so that the next runs read fewer parts.
 
         Raises
         ------
@@ -161,8 +174,11 @@ class LoaderCatalogue:
         self._storage = storage
         try:
             self._pointer = read_pointer(storage)
+            self._whole = whole
             if self._pointer is not None:
-                self._index = read_index(storage, self._pointer["index"], self._pointer["size"])
+                self._index = read_index(
+                    storage, self._pointer["index"], self._pointer["size"], with_raw=whole
+                )
         except InvalidIndex as exc:
             key = self._pointer["index"] if self._pointer else "catalogue/index/latest.json"
             self._unusable(key, exc)
@@ -206,10 +222,19 @@ class LoaderCatalogue:
         futures = [
             (when, self._work(self._read_part, storage, part)) for part, when in newer.items()
         ]
-        for when, future in futures:
+        tables = []
+        for (part, when), (_, future) in zip(newer.items(), futures, strict=True):
             table = future.result()
-            if table is not None:
+            if table is None:
+                continue
+            if self._whole:
+                tables.append((part, when, table))
+            else:
                 self._take_recent(table, int(when.timestamp()))
+        if self._whole:
+            self._base, self._recent_tables = self._index, tables
+            if tables:
+                self._index = combined(self._base, arrays_of_parts(tables))
         self._loaded = True
         logger.info(
             "catalogue: %d images in the index, %d newer parts read",
@@ -273,7 +298,13 @@ class LoaderCatalogue:
         )
         filed = np.zeros(len(items), dtype=bool)
         known = np.zeros(len(items), dtype=bool)
-        if self._pointer is not None:
+        index = self._index
+        if self._whole and index.raw is not None and len(index.raw):
+            assert index.raw_size is not None and index.raw_time is not None
+            at = np.minimum(np.searchsorted(index.raw, wanted), len(index.raw) - 1)
+            known = index.raw[at] == wanted
+            filed = known & (index.raw_size[at] == sizes) & (times <= index.raw_time[at])
+        elif self._pointer is not None and not self._whole:
             key, size = self._pointer["index"], self._pointer["size"]
             try:
                 known, filed = raw_keys_filed(self._storage, key, size, wanted, sizes, times)
@@ -290,6 +321,11 @@ class LoaderCatalogue:
             else:
                 status.append(RAW_UNKNOWN)
         return status
+
+    def unfiled(self, items: list[tuple[RawKey, int]]) -> list[bool]:
+        """Tell which raw images are not known filed unchanged (`raw_status`): the ones a
+        full run's listing keeps."""
+        return [status != RAW_FILED for status in self.raw_status(items)]
 
     def target_filed(self, key: str) -> bool:
         """Whether the catalogue lists an image filed at ``key`` (image and metadata written)."""
@@ -361,13 +397,12 @@ class LoaderCatalogue:
 
     # -- recovery: filed images no readable part lists ---------------------------------------
 
-    def recover_unknown_images(
-        self, storage: Storage, filed: dict[str, int], sizes: Mapping[str, int] | None = None
-    ) -> int:
-        """Catalogue the filed images (``filed``: image key -> size, from a listing of the
-        warehouse) that no readable part lists: their headers are read through the pool, their
-        rows join this run's parts (raw key unknown; the metadata file's size from ``sizes``,
-        key -> listed size) and their instances the duplicate rule.
+    def recover_unknown_images(self, storage: Storage, filed: Mapping[str, tuple[int, int]]) -> int:
+        """Catalogue the filed images no readable part lists.
+
+        ``filed`` gives image key -> ``(size, metadata file size)``, from a listing of the
+        warehouse. Their headers are read through the pool, their rows join this run's parts
+        (raw key unknown) and their instances the duplicate rule.
 
         Returns
         -------
@@ -377,7 +412,7 @@ class LoaderCatalogue:
         keys = list(filed)
         listed = contains(self.known_targets(), key_hashes(keys))
         unknown = sorted(
-            (key, filed[key]) for key, known in zip(keys, listed, strict=True) if not known
+            (key, filed[key][0]) for key, known in zip(keys, listed, strict=True) if not known
         )
         if not unknown:
             return 0
@@ -393,7 +428,7 @@ class LoaderCatalogue:
                     key,
                     size,
                     limit,
-                    (sizes or {}).get(parse_image_key(key).metadata_key),
+                    filed[key][1],
                 ),
             )
             for key, size in unknown
@@ -414,6 +449,19 @@ class LoaderCatalogue:
             progress.step()
         self.report.count("filed images in no part catalogued", recovered)
         return recovered
+
+    def _compact(self, storage: Storage, now: dt.datetime) -> None:
+        """Write a fresh index: the one read, with the newer parts that have settled."""
+        settled = settled_parts(self._recent_tables, None, now)
+        if not settled:
+            return
+        try:
+            key = write_index(storage, combined(self._base, arrays_of_parts(settled)), now)
+        except StorageError as exc:
+            logger.warning("catalogue: the fresh index could not be written (%s)", exc)
+            self.report.count("catalogue index not written (the next runs read more parts)")
+            return
+        logger.info("catalogue: fresh index %s covers %d more parts", key, len(settled))
 
     def _work(self, work, *args) -> Future:
         if self._submit is not None:
@@ -513,6 +561,8 @@ class LoaderCatalogue:
         )
         complete = not storage.read_only and not self.invalid_parts and not failed
         self.report.catalogue = {"complete": complete, "parts": list(self.written_parts)}
+        if self._whole and complete and self.report.completed:
+            self._compact(storage, now or dt.datetime.now(dt.UTC))
         if not self.written_parts:
             return ""
         images = self.report.counts.get("images catalogued", 0)

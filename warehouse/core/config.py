@@ -316,12 +316,12 @@ def _shard(env: Mapping[str, str]) -> tuple[tuple[int, int] | None, str | None]:
     return (index, count), source or f"WAREHOUSE_SHARDS={count}"
 
 
-def _inventory(env) -> str | None:
+def _inventory(env: Mapping[str, str]) -> str | None:
     """Where the inventory reports are (``WAREHOUSE_INVENTORY``): a location URL, or None.
 
     Only its scheme is checked here; `warehouse.storage.url.location_from_url` opens it.
     """
-    text = env.get("WAREHOUSE_INVENTORY", "").strip()
+    text = str(env.get("WAREHOUSE_INVENTORY", "")).strip()
     if not text:
         return None
     if not text.startswith(("s3://", "file://")) or _has_control_character(text):

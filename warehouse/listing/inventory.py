@@ -138,7 +138,8 @@ class Inventory:
     @property
     def day(self) -> str:
         """The UTC day of `created` (``YYYY-MM-DD``): upload folders dated on or after it
-        may hold objects the report does not, and are listed."""
+        may hold objects the report does not, and are listed.
+        """
         return self.created.date().isoformat()
 
     def records(self, prefixes: Iterable[str]) -> Iterator[ObjectInfo]:
@@ -184,13 +185,15 @@ class Inventory:
 
     def data_key(self, file: InventoryFile) -> str:
         """Where a data file is read: in this report's ``data/`` folder, whatever the
-        destination prefix its manifest names (a report copied elsewhere stays readable)."""
+        destination prefix its manifest names (a report copied elsewhere stays readable).
+        """
         return f"{self.folder}data/{file.key.rpartition('/')[2]}"
 
 
 def bucket_name(storage: Storage) -> str:
     """The name an inventory gives ``storage`` as its source bucket: an S3 bucket's name, a
-    local store's directory name (a wrapped store's inner store's)."""
+    local store's directory name (a wrapped store's inner store's).
+    """
     while hasattr(storage, "inner"):
         storage = storage.inner
     name = getattr(storage, "bucket", None)
@@ -332,7 +335,8 @@ def _data_file(
     item: object, tail: str, unusable: Callable[[str], InventoryUnusable]
 ) -> InventoryFile:
     """One entry of the manifest's ``files``, checked: a key in the report's ``data/``
-    folder, a size, an MD5."""
+    folder, a size, an MD5.
+    """
     if not isinstance(item, dict):
         raise unusable(f"an entry of its files is not an object: {quote(item)}")
     key, size, md5 = item.get("key"), item.get("size"), item.get("MD5checksum")
@@ -464,7 +468,8 @@ def _said(exc: Exception) -> str:
 
 def _whole_seconds(times: pa.Array) -> list[int]:
     """Times since the epoch in whole seconds (floored): a timestamp in any unit (UTC, as
-    S3 writes them), or int64 milliseconds."""
+    S3 writes them), or int64 milliseconds.
+    """
     kind = times.type
     per_second = 1000
     if pa.types.is_timestamp(kind):

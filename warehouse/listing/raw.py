@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -25,6 +25,9 @@ from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.storage.base import ObjectInfo, Storage
 
 logger = logging.getLogger(__name__)
+
+#: Listed images a full run checks against the catalogue at a time (`RawListing.keep_images`).
+KEEP_BATCH = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,12 @@ class RawListing:
     listed : dict
         Raw prefix -> the names of the folders whose contents were listed (all of them, or
         those `open_folder` chose).
+    filed_images : Counter
+        Raw prefix -> images the listing left out as known filed (``keep_images``).
+    keep_images : callable or None
+        ``keep_images(images) -> list of bool``: which of a batch of listed images to keep
+        (a full run keeps only those not known filed, so that its memory follows what is
+        new, not every upload ever made); all of them without it.
     """
 
     clinical: list[tuple[RawKey, int]] = field(default_factory=list)
@@ -91,6 +100,11 @@ class RawListing:
     refused: list[RawRefusal] = field(default_factory=list)
     folders: dict[str, list[str]] = field(default_factory=dict, compare=False)
     listed: dict[str, list[str]] = field(default_factory=dict, compare=False)
+    filed_images: Counter = field(default_factory=Counter, compare=False)
+    keep_images: Callable[[list[tuple[RawKey, int]]], list[bool]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    _unchecked: list[tuple[RawKey, int]] = field(default_factory=list, compare=False, repr=False)
 
     def add(self, info: ObjectInfo, now: dt.datetime) -> None:
         """Classify one listed object under a configured prefix."""
@@ -108,9 +122,27 @@ class RawListing:
         if raw.kind == "clinical":
             self.clinical.append((raw, info.size))
         elif raw.kind == "image":
-            self.images.append((raw, info.size))
+            if self.keep_images is None:
+                self.images.append((raw, info.size))
+            else:
+                self._unchecked.append((raw, info.size))
+                if len(self._unchecked) >= KEEP_BATCH:
+                    self.check_images()
         else:
             self.other.append(raw)
+
+    def check_images(self) -> None:
+        """Keep the images listed since the last check that ``keep_images`` keeps; count the
+        others by prefix (`filed_images`)."""
+        if not self._unchecked:
+            return
+        assert self.keep_images is not None
+        for item, keep in zip(self._unchecked, self.keep_images(self._unchecked), strict=True):
+            if keep:
+                self.images.append(item)
+            else:
+                self.filed_images[item[0].prefix] += 1
+        self._unchecked = []
 
     def sort(self) -> None:
         """Put each list in its order: clinical files by upload date then key, the others by
@@ -133,6 +165,9 @@ def list_raw(
     *,
     now: dt.datetime | None = None,
     open_folder: Callable[[str, str], bool] | None = None,
+    keep_images: Callable[[list[tuple[RawKey, int]]], list[bool]] | None = None,
+    from_inventory: Callable[[str, str], bool] | None = None,
+    inventory_records: Callable[[list[str]], Iterable[ObjectInfo]] | None = None,
 ) -> RawListing:
     """List the configured raw prefixes (in parallel, by upload folder) and classify keys.
 
@@ -153,9 +188,15 @@ def list_raw(
         The listing's time, for `raw_refusal` (the current time by default).
     open_folder : callable, optional
         Which folders to list the contents of (all by default).
+    keep_images : callable, optional
+        Which listed images to keep (`RawListing.keep_images`).
+    from_inventory, inventory_records : callable, optional
+        Which chosen folders to take from an S3 Inventory instead of listing them
+        (``from_inventory(prefix, folder name)``), and the inventory's records under given
+        folders (``inventory_records(folder prefixes)``).
     """
     now = now or dt.datetime.now(dt.UTC)
-    listing = RawListing()
+    listing = RawListing(keep_images=keep_images)
     configured = set(prefixes)
     root_folders, root_objects = storage.list_folders("")
     listing.unconfigured = sorted(
@@ -181,6 +222,13 @@ def list_raw(
                 name for name in names if open_folder is None or open_folder(prefix, name)
             ]
             chosen += [f"{prefix}/{name}/" for name in listing.listed[prefix]]
+    if from_inventory is not None and inventory_records is not None:
+        inventoried = [
+            folder for folder in chosen if from_inventory(*folder.rstrip("/").split("/", 1))
+        ]
+        for info in inventory_records(inventoried):
+            listing.add(info, now)
+        chosen = [folder for folder in chosen if folder not in set(inventoried)]
     if open_folder is None:
         for info in storage.list_many(chosen, workers):
             listing.add(info, now)
@@ -189,6 +237,7 @@ def list_raw(
             for infos in pool.map(lambda folder: list(storage.list(folder)), chosen):
                 for info in infos:
                     listing.add(info, now)
+    listing.check_images()
     listing.sort()
     return listing
 

@@ -280,7 +280,8 @@ def index_warehouse(
     """
     index = WarehouseIndex()
     prefixes = [f"{group}/data/" if clinical_only else f"{group}/" for group in GROUPS]
-    for info in storage.list_many(prefixes, workers):
+    # (the clinical folders are listed whole: one request a thousand keys, not one a patient)
+    for info in storage.list_many(prefixes, workers, split=not clinical_only):
         if observe is not None:
             observe(info)
         if info.link:

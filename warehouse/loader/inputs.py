@@ -23,9 +23,11 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from warehouse.catalogue.run import RAW_CHANGED, RAW_FILED
+from warehouse.catalogue.filed import FiledImages, list_filed_images
+from warehouse.catalogue.run import RAW_CHANGED, RAW_FILED, LoaderCatalogue
 from warehouse.core.config import IMAGE_PHASE
 from warehouse.core.errors import ExpectedError
+from warehouse.core.keys import GROUPS, parse_upload_date
 from warehouse.core.patients import PatientGroups
 from warehouse.core.reasons import Reason
 from warehouse.core.report import RunReport
@@ -35,6 +37,7 @@ from warehouse.listing.folders import (
     InvalidFolderState,
     load_state,
 )
+from warehouse.listing.inventory import Inventory, InventoryUnusable, bucket_name, open_inventory
 from warehouse.listing.raw import RawListing, list_raw
 from warehouse.listing.warehouse import WarehouseIndex, index_warehouse
 from warehouse.loader.memo import (
@@ -71,19 +74,21 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
         yield from _shard_inputs(storage, state)
         return
     report, settings = state.report, state.settings
-    state.catalogue.prepare(storage, settings)  # (where its parts go while the run files)
+    catalogue = state.catalogue
+    catalogue.prepare(storage, settings)  # (where its parts go while the run files)
     try:
         with ThreadPoolExecutor(4, thread_name_prefix="listing") as pool:
             last_run = pool.submit(load_previous_report, storage, graph, report)
-            known = pool.submit(state.catalogue.load, storage)
-            folders = pool.submit(_folder_state, storage, report)
-            previous = folders.result()
-            known.result()
+            warehouse = pool.submit(index_warehouse, storage, settings.workers, clinical_only=True)
+            previous = _folder_state(storage, report)
             # everything is looked at by a reconcile, by a warehouse's first run, and when the
             # catalogue cannot vouch for what is filed (a part or its index is unreadable)
-            full = settings.reconcile or previous is None or bool(state.catalogue.invalid_parts)
-            warehouse = pool.submit(
-                index_warehouse, storage, settings.workers, clinical_only=not full
+            whole = settings.reconcile or previous is None
+            catalogue.load(storage, whole=whole)
+            full = whole or bool(catalogue.invalid_parts)
+            inventory = _inventory(storage, settings, report) if full else None
+            filed = (
+                pool.submit(_list_filed, storage, settings, catalogue, inventory) if full else None
             )
             index = warehouse.result()
             state.previous_problems = problems_of(last_run.result())
@@ -96,10 +101,12 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
                 settings.workers,
                 now=now,
                 open_folder=None if full else _open_folders(previous, reopened),
+                keep_images=catalogue.unfiled if whole else None,
+                **_inventory_source(inventory),
             )
-            if full:
-                _reconcile_catalogue(storage, state, index)
-            statuses = state.catalogue.raw_status(listing.images)
+            if filed is not None:
+                _reconcile_catalogue(storage, state, index, filed.result(), inventory is None)
+            statuses = catalogue.raw_status(listing.images)
     except ExpectedError as exc:
         report.fail(str(exc))
         raise
@@ -213,15 +220,67 @@ def _carry_closed_problems(
             state.report.skip_again(problem)
 
 
-def _reconcile_catalogue(storage: Storage, state: LoaderState, index: WarehouseIndex) -> None:
-    """A full run's check of the catalogue against the warehouse it listed: the filed images
-    no part lists are catalogued (their headers read), the catalogued images no longer in the
-    warehouse counted (the next index leaves them out)."""
-    filed = index.filed_images()
-    state.catalogue.recover_unknown_images(storage, filed, index.sizes)
-    gone = state.catalogue.images_known - len(filed)
-    if gone > 0:
-        state.report.count("catalogued images no longer in the warehouse", gone)
+def _inventory(storage: Storage, settings, report: RunReport) -> Inventory | None:
+    """The S3 Inventory a full run takes what it cannot have changed from
+    (``WAREHOUSE_INVENTORY``); None without one, or when it cannot be used (then the run
+    lists, and says so)."""
+    if not settings.inventory:
+        return None
+    try:
+        inventory = open_inventory(
+            settings.inventory, bucket_name(storage), workers=settings.workers
+        )
+    except InventoryUnusable as exc:
+        run_logger.warning("the S3 inventory cannot be used (%s): the bucket is listed", exc)
+        report.count("S3 inventory not used (the bucket is listed)")
+        return None
+    run_logger.info("S3 inventory of %s: older upload folders read from it", inventory.day)
+    return inventory
+
+
+def _inventory_source(inventory: Inventory | None) -> dict:
+    """What `list_raw` takes from an inventory: the upload folders dated more than a day
+    before it (a folder of its day or later is listed: it may have changed since)."""
+    if inventory is None:
+        return {}
+    last = (dt.date.fromisoformat(inventory.day) - dt.timedelta(days=1)).isoformat()
+
+    def from_inventory(prefix: str, folder: str) -> bool:
+        return parse_upload_date(folder) is not None and folder < last
+
+    return {"from_inventory": from_inventory, "inventory_records": inventory.records}
+
+
+def _list_filed(
+    storage: Storage, settings, catalogue: LoaderCatalogue, inventory: Inventory | None
+) -> FiledImages:
+    """A full run's compact listing of the warehouse side (from the inventory when there is
+    one): what a reconcile checks the catalogue against."""
+    known = catalogue.known_targets()
+    if inventory is None:
+        return list_filed_images(storage, settings.workers, known=known)
+    source = inventory.records([f"{group}/" for group in GROUPS])
+    return list_filed_images(storage, settings.workers, known=known, source=source)
+
+
+def _reconcile_catalogue(
+    storage: Storage,
+    state: LoaderState,
+    index: WarehouseIndex,
+    filed: FiledImages,
+    listed: bool,
+) -> None:
+    """A full run's check of the catalogue against the warehouse: the filed images no part
+    lists are catalogued (their headers read), and, when the warehouse was listed (not taken
+    from an inventory, which misses what was filed since), the catalogued images no longer
+    in it counted. Links on the warehouse side join those the run reports."""
+    catalogue = state.catalogue
+    if listed:
+        gone = int((~filed.holds(catalogue.known_targets())).sum())
+        if gone:
+            state.report.count("catalogued images no longer in the warehouse", gone)
+    catalogue.recover_unknown_images(storage, filed.unknown)
+    index.links = sorted(set(index.links) | set(filed.links))
 
 
 def _shard_inputs(storage: Storage, state: LoaderState) -> Iterator[Task]:

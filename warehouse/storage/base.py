@@ -154,11 +154,16 @@ class Storage:
         """
         raise NotImplementedError
 
-    def list_many(self, prefixes: Iterable[str], workers: int = 8) -> Iterator[ObjectInfo]:
+    def list_many(
+        self, prefixes: Iterable[str], workers: int = 8, *, split: bool = True
+    ) -> Iterator[ObjectInfo]:
         """List several prefixes in parallel, streaming, in no particular order.
 
         Each prefix (a folder, ending with ``/``) is first split into its sub-folders, which are
         then listed concurrently by at most ``workers`` threads; memory stays bounded by a queue.
+        Without ``split`` each prefix is listed whole (a thousand keys a request, however many
+        sub-folders it has: a folder of many small sub-folders, such as the patients' clinical
+        folders, costs one request a folder when split).
 
         Raises
         ------
@@ -189,7 +194,12 @@ class Storage:
             try:
                 with ThreadPoolExecutor(max(1, workers), thread_name_prefix="list") as pool:
                     futures: list[Future[None]] = []
-                    for folders, objects in pool.map(self.list_folders, prefixes):
+                    if not split:
+                        futures = [pool.submit(list_prefix, p) for p in prefixes]
+                        prefixes_split: Iterable[str] = ()
+                    else:
+                        prefixes_split = prefixes
+                    for folders, objects in pool.map(self.list_folders, prefixes_split):
                         for info in objects:
                             if not put(info):
                                 return

@@ -1,5 +1,6 @@
 """Opening the store a URL names: ``name`` or ``s3://name``, ``file://path``; and a place
-inside a store (``s3://name/prefix``), for what the product reads but does not own."""
+inside a store (``s3://name/prefix``), for what the product reads but does not own.
+"""
 
 from __future__ import annotations
 
