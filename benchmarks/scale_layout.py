@@ -25,9 +25,11 @@ by index and each kind of object has one size.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -465,11 +467,36 @@ class _Folders:
         return os.path.join(self.root, key)
 
 
+class _Linker:
+    """Hard links to template files; a template at the file system's most links (65,000 on
+    ext4) is copied, beside the bucket, and the copy linked to from then on."""
+
+    def __init__(self, spare: Path):
+        self.spare = spare
+        self._current: dict[str, str] = {}
+        self._copies = 0
+
+    def link(self, source: str, target: str) -> None:
+        current = self._current.get(source, source)
+        try:
+            os.link(current, target)
+        except OSError as exc:
+            if exc.errno != errno.EMLINK:
+                raise
+            self.spare.mkdir(parents=True, exist_ok=True)
+            self._copies += 1
+            fresh = str(self.spare / f"{self._copies}-{os.path.basename(source)}")
+            shutil.copy2(source, fresh)
+            self._current[source] = fresh
+            os.link(fresh, target)
+
+
 def build_local(root: Path, layout: Layout, contents: Contents) -> dict:
     """Write the placeholders into the local warehouse ``root`` (which holds the real part the
-    templates come from): images and most metadata files as hard links to the templates,
-    clinical files and each study's first metadata file written, the filed clinical copy a
-    hard link to its upload. The catalogue parts are `write_parts`'.
+    templates come from): images and most metadata files as hard links to the templates (to
+    copies of them beside the bucket, ``<root>-templates/``, past the file system's most
+    links), clinical files and each study's first metadata file written, the filed clinical
+    copy a hard link to its upload. The catalogue parts are `write_parts`'.
 
     Returns
     -------
@@ -477,6 +504,7 @@ def build_local(root: Path, layout: Layout, contents: Contents) -> dict:
         ``patients``, ``images``, ``warehouse_objects`` and ``raw_objects`` written.
     """
     folders = _Folders(root)
+    linker = _Linker(root.with_name(root.name + "-templates"))
     sources = {
         m: (str(root / t.raw_key), str(root / t.image_key), str(root / t.metadata_key))
         for m, t in contents.templates.items()
@@ -491,13 +519,13 @@ def build_local(root: Path, layout: Layout, contents: Contents) -> dict:
         raw_objects += 1
         for image in images_of(patient):
             raw_source, image_source, metadata_source = sources[image.modality]
-            os.link(raw_source, folders.path(image.raw_key))
-            os.link(image_source, folders.path(image.image_key))
+            linker.link(raw_source, folders.path(image.raw_key))
+            linker.link(image_source, folders.path(image.image_key))
             if image.first_of_study:
                 with open(folders.path(image.metadata_key), "wb") as handle:
                     handle.write(contents.study_metadata(patient, image))
             else:
-                os.link(metadata_source, folders.path(image.metadata_key))
+                linker.link(metadata_source, folders.path(image.metadata_key))
             raw_objects += 1
     return {
         "patients": len(layout.patients),
