@@ -577,6 +577,14 @@ def _measured(step: dict | None) -> bool:
     return bool(step) and not step.get("stopped") and step["exit_code"] in (0, 1)
 
 
+def _within(step: dict, ok: bool) -> bool | None:
+    """A target's verdict: FAIL for a run stopped at a limit, n/a for a run that did not end
+    (killed from outside, an internal error), else ``ok``."""
+    if step.get("stopped"):
+        return False
+    return ok if _measured(step) else None
+
+
 def evaluate(figures: dict) -> list[dict]:
     """Each target of the issue, at each size it applies to, with its figure and verdict."""
     sizes = figures["sizes"]
@@ -601,7 +609,7 @@ def evaluate(figures: dict) -> list[dict]:
         figure = (
             f"{step['cpu_s']:.1f} s vs {bound:.1f} s (2 x {first['cpu_s']:.1f} s at {base_label})"
         )
-        add(target, label, figure, _measured(step) and step["cpu_s"] <= bound)
+        add(target, label, figure, _within(step, step["cpu_s"] <= bound))
 
     def rss(step_name: str, target: str, label: str, bound: float) -> None:
         step = sizes[label]["steps"].get(step_name)
@@ -610,7 +618,7 @@ def evaluate(figures: dict) -> list[dict]:
         figure = f"{step['peak_rss_mb']:,.0f} MB" + (
             f" ({step['stopped']})" if step.get("stopped") else ""
         )
-        add(target, label, figure, _measured(step) and step["peak_rss_mb"] <= bound)
+        add(target, label, figure, _within(step, step["peak_rss_mb"] <= bound))
 
     for label in checked:
         daily = sizes[label]["steps"].get("daily")
@@ -620,7 +628,8 @@ def evaluate(figures: dict) -> list[dict]:
             allowed = LIST_ALLOWANCE + sizes[label].get("new_folders", 0)
             lists = daily["kinds"].get("LIST", 0)
             figure = f"{lists:,} (allowed {allowed}: 50 + {allowed - LIST_ALLOWANCE} new folders)"
-            add("daily run: LIST <= 50 + new upload folders", label, figure, lists <= allowed)
+            verdict = lists <= allowed if _measured(daily) else None
+            add("daily run: LIST <= 50 + new upload folders", label, figure, verdict)
         cpu_vs_base("rerun", "rerun, nothing new: CPU <= 2x the smallest size's", label)
         rss("dataprocess", "dataprocess: peak RSS <= 1 GB", label, DATAPROCESS_RSS_MB)
         cpu_vs_base("dataprocess rerun", "dataprocess rerun: CPU <= 2x the smallest size's", label)
@@ -634,7 +643,7 @@ def evaluate(figures: dict) -> list[dict]:
         sharded = sizes[label].get("sharded")
         if sharded:
             for name, part in sharded["parts"].items():
-                ok = _measured(part) and part["peak_rss_mb"] <= SHARD_RSS_MB
+                ok = _within(part, part["peak_rss_mb"] <= SHARD_RSS_MB)
                 add(
                     f"sharded run, {name}: peak RSS <= 400 MB",
                     label,
@@ -657,7 +666,7 @@ def outcome_checks(label: str, size: dict, days: list[dict]) -> list[dict]:
     steps, checks = size["steps"], []
 
     def copied(step: dict | None) -> int | None:
-        if not step or "report" not in step:
+        if not _measured(step) or "report" not in step:
             return None
         return int(step["report"]["counts"].get("images copied", 0))
 
@@ -788,6 +797,9 @@ about half an hour, most of it at 1M and 10M. Nothing leaves the machine.""",
     parser.add_argument("--keep", action="store_true", help="keep each warehouse (with --workdir)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="figures as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is not met")
+    parser.add_argument(
+        "--from-json", type=Path, help="print the table and targets of a results file again"
+    )
     return parser
 
 
@@ -816,6 +828,10 @@ def main(argv: list[str] | None = None) -> int:
         0 when the harness ran (1 with ``--check`` when a target is not met).
     """
     args = parse_args(argv)
+    if args.from_json:
+        figures = json.loads(args.from_json.read_text(encoding="utf-8"))
+        print(render(figures, evaluate(figures)))
+        return 0
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="warehouse-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ settings of the environment (``WAREHOUSE_BUCKET=file://...``, ``WAREHOUSE_RECONC
 (or, with ``--generated SPEC``, a `GeneratedStorage` over it) wrapped in a `CountingStorage`.
 At the end it writes the S3-equivalent requests, its own peak RSS (``VmHWM``: the high-water
 mark of this process's memory alone) and the exit code to ``--counts`` as JSON, and exits with
-the graph's code. ``--profile FILE`` writes a cProfile of the run (a side run: not timed).
+the graph's code. ``--profile FILE`` writes a cProfile of the run and ``--tracemalloc FILE``
+the lines that held the most memory at the run's peak (side runs: both slow the run down).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import cProfile
 import importlib
 import json
 import sys
+import threading
+import tracemalloc
 from pathlib import Path
 
 from benchmarks.scale_storage import CountingStorage, GeneratedStorage, RequestCounter
@@ -64,6 +67,40 @@ def run_graph(graph: str, counter: RequestCounter, generated: Path | None) -> in
     return code if code is not None else EXIT_INTERNAL
 
 
+class PeakSnapshot:
+    """Traces allocations (`tracemalloc`) and keeps a snapshot taken near the peak: every
+    ``period`` seconds, when more memory is traced than at any sample before."""
+
+    def __init__(self, period: float = 1.0):
+        self.period, self.snapshot, self._most = period, None, 0
+        self._stop = threading.Event()
+        tracemalloc.start()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period):
+            current, _ = tracemalloc.get_traced_memory()
+            if current > self._most:
+                self._most, self.snapshot = current, tracemalloc.take_snapshot()
+
+    def write(self, path: Path, lines: int = 30) -> None:
+        """Stop; write the peak, the memory traced at the snapshot and its top lines."""
+        self._stop.set()
+        self._thread.join()
+        _, peak = tracemalloc.get_traced_memory()
+        text = [
+            f"peak traced: {peak / 2**20:.1f} MiB; at the snapshot: {self._most / 2**20:.1f} MiB"
+        ]
+        if self.snapshot is not None:
+            for stat in self.snapshot.statistics("lineno")[:lines]:
+                text.append(
+                    f"{stat.size / 2**20:8.1f} MiB {stat.count:9,} blocks  {stat.traceback}"
+                )
+        path.write_text("\n".join(text) + "\n", encoding="utf-8")
+        tracemalloc.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point: run the graph, write the counts; the graph's exit code."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale_runner", description=__doc__)
@@ -71,14 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--generated", type=Path, help="spec of a generated warehouse")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the run here")
+    parser.add_argument("--tracemalloc", type=Path, help="write the top lines at the peak here")
     args = parser.parse_args(argv)
     counter = RequestCounter()
+    traced = PeakSnapshot() if args.tracemalloc else None
     if args.profile:
         profile = cProfile.Profile()
         code = profile.runcall(run_graph, args.graph, counter, args.generated)
         profile.dump_stats(args.profile)
     else:
         code = run_graph(args.graph, counter, args.generated)
+    if traced is not None:
+        traced.write(args.tracemalloc)
     figures = {"exit_code": code, "peak_rss_mb": peak_rss_mb(), **counter.as_dict()}
     args.counts.write_text(json.dumps(figures, indent=1), encoding="utf-8")
     return code
