@@ -1,0 +1,129 @@
+"""One run of a graph for the scale benchmark, in this process, on a counted store:
+``python -m benchmarks.scale_runner warehouseloader|dataprocess --counts FILE``.
+
+The graph runs through its own entry points (``get_services(storage=...)``, ``run``) with the
+settings of the environment (``WAREHOUSE_BUCKET=file://...``, ``WAREHOUSE_RECONCILE``,
+``WAREHOUSE_PHASE``, ``WAREHOUSE_SHARD``, ``WAREHOUSE_RUN_ID``), on the bucket's local store
+(or, with ``--generated SPEC``, a `GeneratedStorage` over it) wrapped in a `CountingStorage`.
+At the end it writes the S3-equivalent requests, its own peak RSS (``VmHWM``: the high-water
+mark of this process's memory alone) and the exit code to ``--counts`` as JSON, and exits with
+the graph's code. ``--profile FILE`` writes a cProfile of the run and ``--tracemalloc FILE``
+the lines that held the most memory at the run's peak (side runs: both slow the run down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib
+import json
+import sys
+import threading
+import tracemalloc
+from pathlib import Path
+
+from benchmarks.scale_storage import CountingStorage, GeneratedStorage, RequestCounter
+
+GRAPHS = ("warehouseloader", "dataprocess")
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size (``VmHWM``) in MB; None where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_graph(graph: str, counter: RequestCounter, generated: Path | None) -> int:
+    """Run ``graph`` once with the environment's settings on the counted store; its exit
+    code."""
+    from warehouse.core.config import settings_from_env
+    from warehouse.core.run import EXIT_INTERNAL
+    from warehouse.runtime import command
+    from warehouse.runtime.services import LazyServices
+    from warehouse.storage.local import LocalStorage
+
+    module = importlib.import_module(f"warehouse.{graph}")
+    settings = settings_from_env()
+    root = settings.bucket[len("file://") :]
+    if generated is not None:
+        store = GeneratedStorage.from_spec(generated, Path(root))
+    else:
+        store = LocalStorage(root)
+    counted = CountingStorage(store, counter)
+
+    def services() -> dict:
+        return module.get_services(settings=settings, storage=counted)
+
+    try:
+        code = command.run_graph(module.get_graph(), LazyServices(services))
+    except SystemExit as stop:  # a settings or lease error before the graph started
+        return stop.code if isinstance(stop.code, int) else EXIT_INTERNAL
+    return code if code is not None else EXIT_INTERNAL
+
+
+class PeakSnapshot:
+    """Traces allocations (`tracemalloc`) and keeps a snapshot taken near the peak: every
+    ``period`` seconds, when more memory is traced than at any sample before."""
+
+    def __init__(self, period: float = 1.0):
+        self.period, self.snapshot, self._most = period, None, 0
+        self._stop = threading.Event()
+        tracemalloc.start()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period):
+            current, _ = tracemalloc.get_traced_memory()
+            if current > self._most:
+                self._most, self.snapshot = current, tracemalloc.take_snapshot()
+
+    def write(self, path: Path, lines: int = 30) -> None:
+        """Stop; write the peak, the memory traced at the snapshot and its top lines."""
+        self._stop.set()
+        self._thread.join()
+        _, peak = tracemalloc.get_traced_memory()
+        text = [
+            f"peak traced: {peak / 2**20:.1f} MiB; at the snapshot: {self._most / 2**20:.1f} MiB"
+        ]
+        if self.snapshot is not None:
+            for stat in self.snapshot.statistics("lineno")[:lines]:
+                text.append(
+                    f"{stat.size / 2**20:8.1f} MiB {stat.count:9,} blocks  {stat.traceback}"
+                )
+        path.write_text("\n".join(text) + "\n", encoding="utf-8")
+        tracemalloc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point: run the graph, write the counts; the graph's exit code."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale_runner", description=__doc__)
+    parser.add_argument("graph", choices=GRAPHS)
+    parser.add_argument("--counts", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--generated", type=Path, help="spec of a generated warehouse")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the run here")
+    parser.add_argument("--tracemalloc", type=Path, help="write the top lines at the peak here")
+    args = parser.parse_args(argv)
+    counter = RequestCounter()
+    traced = PeakSnapshot() if args.tracemalloc else None
+    if args.profile:
+        profile = cProfile.Profile()
+        code = profile.runcall(run_graph, args.graph, counter, args.generated)
+        profile.dump_stats(args.profile)
+    else:
+        code = run_graph(args.graph, counter, args.generated)
+    if traced is not None:
+        traced.write(args.tracemalloc)
+    figures = {"exit_code": code, "peak_rss_mb": peak_rss_mb(), **counter.as_dict()}
+    args.counts.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
