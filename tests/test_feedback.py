@@ -75,7 +75,13 @@ def test_an_unchanged_rerun_writes_no_feedback_and_a_fixed_prefix_gets_an_empty_
     store.write("raw-a/2021-01-02/images/garbage.dcm", image("Covid1", "DX")[1])
     code, state = builders.run_loader(store)
     assert feedback(store, "raw-a")["problems"] == []
-    assert state.report.counts["feedback files written"] == 1  # latest.json only
+    # the emptied latest.json, and the run's file saying which key is no longer refused
+    assert state.report.counts["feedback files written"] == 2
+    stamped = sorted(set(i.key for i in store.list("feedback/")) - set(before))
+    assert len(stamped) == 1
+    changes = json.loads(store.read(stamped[0]))["changes"]
+    assert changes["resolved"] == ["raw-a/2021-01-02/images/garbage.dcm"]
+    assert changes["new"] == changes["changed"] == [] and changes["total"] == 0
 
 
 def test_a_dry_run_writes_no_feedback(store):

@@ -215,7 +215,9 @@ def test_pending_images(store):
     ]:
         index.add(key)
     listing = list_raw(store, ("raw-a",))
-    result = [(raw.key, size) for raw, size in pending_images(listing, index, lambda raw, size: False)]
+    result = [
+        (raw.key, size) for raw, size in pending_images(listing, index, lambda raw, size: False)
+    ]
     assert result == [
         ("raw-a/2021-01-04/images/done.dcm", None),
         ("raw-a/2021-01-04/images/new.dcm", 2),

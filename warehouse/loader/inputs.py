@@ -86,8 +86,8 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
                 index_warehouse, storage, settings.workers, clinical_only=not full
             )
             index = warehouse.result()
-            state.previous_problems = problems_of(last_run.result())
-            memo = memo_of(state.previous_problems)
+            report.previous = last_run.result()
+            memo = memo_of(problems_of(report.previous))
             now = dt.datetime.now(dt.UTC)
             reopened = set() if full else _folders_to_read_again(state, memo, index, previous)
             listing = list_raw(
