@@ -154,7 +154,8 @@ class RunReport:
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        """The JSON run report: counts, reasons, and every input not filed by key."""
+        """The whole JSON run report (what ``latest.json`` holds): counts, reasons, every
+        input not filed by key, and the catalogue and feedback records when the run has them."""
         by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
         return {
             "graph": self.graph,
