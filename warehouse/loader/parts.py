@@ -7,15 +7,14 @@ Keys, under ``reports/warehouseloader/``::
     runs/<run id>/pending.parquet                the run's pending images (for the shards)
     runs/<run id>/warehouse.json                 each filed patient's first clinical key
     runs/<run id>/shard-0003-of-0016.json        each shard's report
-    <UTC timestamp>.json (and .html)             the run's combined report
-    latest.json                                  the combined report: the next run's memo
+    <UTC timestamp>.json (and .html)             the run's report: what changed since the memo
+    latest.json (and .html)                      the combined whole report: the next run's memo
 
 Requests: the clinical phase writes its report and the two hand-off files; each shard reads
 them (3 GETs) and the catalogue it was handed (no listing of the bucket), writes its report
 (1 PUT) and lists the run's folder (1 LIST); the part that ends the run reads every part (N + 1
-GETs) and the previous ``latest.json``, writes the combined report, its page and
-``latest.json``, the feedback files that changed and the folder state, and deletes the run
-lease.
+GETs) and the previous ``latest.json``, writes the run's report, ``latest.json``, their pages,
+the feedback files that changed and the folder state, and deletes the run lease.
 """
 
 from __future__ import annotations
