@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
@@ -36,6 +36,9 @@ def _bounded_facts(facts: dict) -> dict:
         name: bounded(value) if isinstance(value, str) else value for name, value in facts.items()
     }
 
+
+if TYPE_CHECKING:
+    from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +423,7 @@ def changes_report(data: Mapping, previous: Mapping | None, *, complete: bool) -
     }
 
 
-def read_memo(storage, graph: str) -> dict | None:
+def read_memo(storage: Storage, graph: str) -> dict | None:
     """``reports/<graph>/latest.json`` checked (`check_previous_report`), for a graph that has
     not read it: None when it is missing, unusable or cannot be read (the run's timestamped
     report is then a base)."""
@@ -434,7 +437,7 @@ def read_memo(storage, graph: str) -> dict | None:
         return None
 
 
-def _write_page(storage, data: dict, key: str) -> tuple[bool, str]:
+def _write_page(storage: Storage, data: dict, key: str) -> tuple[bool, str]:
     """Write the page of the report ``data`` written at ``key``: whether it was written, and
     the summary line that says where it is or why not."""
     page = page_key(key)
@@ -450,7 +453,9 @@ def _write_page(storage, data: dict, key: str) -> tuple[bool, str]:
     return True, f"\n  report page: {storage.url}/{page}"
 
 
-def write_report(storage, data: dict, key: str, *, as_memo: bool, previous: Mapping | None) -> str:
+def write_report(
+    storage: Storage, data: dict, key: str, *, as_memo: bool, previous: Mapping | None
+) -> str:
     """Write a run report: at ``key`` what changed since ``previous`` (`changes_report`), and,
     when it may be the next run's memo (``as_memo``), the whole report at ``latest.json``;
     then the page of each beside it (`report_page.page_key`).
@@ -496,7 +501,7 @@ def write_report(storage, data: dict, key: str, *, as_memo: bool, previous: Mapp
     return lines
 
 
-def publish_report(storage, report: RunReport, dry_run: bool) -> str:
+def publish_report(storage: Storage, report: RunReport, dry_run: bool) -> str:
     """Write a one-process run's report (`write_report`; the whole report is printed instead
     in a dry run).
 

@@ -34,6 +34,7 @@ from warehouse.core.keys import parse_raw_key, raw_prefix_of
 from warehouse.core.reasons import Reason
 from warehouse.core.report import CHANGES_FORM, RunReport, problem_changes, utc_stamp
 from warehouse.core.text import quote
+from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def site_view(problem: dict) -> dict | None:
     return {"key": problem["key"], "reason": reason.value, "detail": detail}
 
 
-def by_prefix(problems: Iterable[Mapping]) -> dict[str, list[dict]]:
+def by_prefix(problems: Iterable[dict]) -> dict[str, list[dict]]:
     """The site views of ``problems``, grouped by raw prefix and sorted by key."""
     grouped: dict[str, list[dict]] = {}
     for problem in problems:
@@ -139,7 +140,7 @@ def _document(prefix: str, report: RunReport, entries: list[dict]) -> dict:
     }
 
 
-def publish_feedback(storage, report: RunReport, previous: Mapping | None) -> int:
+def publish_feedback(storage: Storage, report: RunReport, previous: Mapping | None) -> int:
     """Write the feedback files of the prefixes whose problems changed since ``previous`` (the
     last run's whole report, the memo); the number of files written.
 
