@@ -179,6 +179,9 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
     for problem in problems[:MAX_LISTED]:
         listed[top_folder(str(problem.get("key", "")))].append(problem)
     change_rows = _change_rows(changes) if changes is not None else []
+    changed: dict[str, list[Mapping]] = defaultdict(list)
+    for row in change_rows[:MAX_LISTED]:
+        changed[top_folder(str(row.get("key", "")))].append(row)
     reasons = sorted(
         ((str(r), int(n)) for r, n in (report.get("not_filed") or {}).items()),
         key=lambda item: (-item[1], item[0]),
@@ -201,7 +204,7 @@ def run_report_page(report: Mapping, *, warehouse: str = "", json_key: str = "")
         filed_by_prefix=filed_by_prefix(report),
         changes=changes,
         change_counts=_change_counts(changes) if changes is not None else None,
-        change_rows=change_rows[:MAX_LISTED],
+        changed=sorted(changed.items()),
         total_changes=len(change_rows),
         memo_page=_sibling_page(report.get("memo")),
         previous_page=_sibling_page(report.get("previous")),
