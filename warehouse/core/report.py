@@ -28,6 +28,9 @@ from warehouse.core.reasons import FAILURES, Reason
 from warehouse.core.report_page import page_key, run_report_page, unfiled_by_prefix
 from warehouse.core.text import bounded, escape_controls, quote
 
+if TYPE_CHECKING:
+    from warehouse.storage.base import Storage
+
 
 def _bounded_facts(facts: dict) -> dict:
     """A report line's facts with every text value `bounded` (the memo compares them with
@@ -36,9 +39,6 @@ def _bounded_facts(facts: dict) -> dict:
         name: bounded(value) if isinstance(value, str) else value for name, value in facts.items()
     }
 
-
-if TYPE_CHECKING:
-    from warehouse.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -505,10 +505,10 @@ def publish_report(storage: Storage, report: RunReport, dry_run: bool) -> str:
     """Write a one-process run's report (`write_report`; the whole report is printed instead
     in a dry run).
 
-    The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is
-    replaced only by a run that listed its inputs: a run stopped by ``config.json`` or by a
-    listing that failed writes its own report (saying why) but never makes the next run read
-    every known-bad input again. The changes are counted from the memo the run read
+    ``latest.json``, the whole report, which the next loader run reads as its memo of unfiled
+    inputs, is replaced only by a run that listed its inputs: a run stopped by ``config.json``
+    or by a listing that failed writes its own report (saying why) but never makes the next
+    run read every known-bad input again. The changes are counted from the memo the run read
     (``report.previous``; a graph that reads none has ``latest.json`` read here).
 
     Returns
