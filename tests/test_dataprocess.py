@@ -454,11 +454,11 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert store.log["folders"] == []
     assert sorted(store.log["lists"]) == ["training/data/", "validation/data/"]
     reads = store.log["reads"]
-    # (and the catalogue part, and latest.csv: there is no batch yet)
-    assert (
-        len(reads) == len(set(reads)) == 4 + 4 + 2 + 1 + 1
-    )  # 3 patients + the bad file, 4 studies
+    # (and the catalogue part, latest.csv: there is no batch yet, and the run's own last
+    # report, its changes' base: none yet)
+    assert len(reads) == len(set(reads)) == 4 + 4 + 2 + 1 + 1 + 1  # 3 patients + bad file
     assert {"config.json", "reports/warehouseloader/latest.json"} <= set(reads)
+    assert reads[-1] == "reports/dataprocess/latest.json"
     assert reads[0] == "config.json"  # before anything else: a bucket without it is refused
     assert set(csv(out, "study_images.csv")["filed"]) == {"2021-03-02"}  # the part's date
     filed = pd.read_parquet(io.BytesIO(out["images.parquet"]))["filed"]
@@ -466,16 +466,17 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A2']}/b.json" not in reads
     assert "training/data/Covid1/status_2021-04-01.json" not in reads
 
-    # latest.csv is the last write of the batch; the run report (and its latest.json copy),
-    # then its page, come after the graph.
+    # latest.csv is the last write of the batch; the run report (and its whole list,
+    # latest.json), then their pages, come after the graph.
     writes = [w.rsplit("/", 1)[-1] for w in store.log["writes"]]
-    assert writes[-4] == "latest.csv"
-    assert writes[-3].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-3]
-    assert store.log["writes"][-2].endswith("reports/dataprocess/latest.json")
-    assert store.log["writes"][-1] == store.log["writes"][-3].removesuffix(".json") + ".html"
+    assert writes[-5] == "latest.csv"
+    assert writes[-4].endswith(".json") and "reports/dataprocess/" in store.log["writes"][-4]
+    assert store.log["writes"][-3].endswith("reports/dataprocess/latest.json")
+    assert store.log["writes"][-2] == store.log["writes"][-4].removesuffix(".json") + ".html"
+    assert store.log["writes"][-1].endswith("reports/dataprocess/latest.html")
     # tables, the catalogue, stats, pages, reusable rows, latest; the catalogue's index (and
     # its pointer), before the batch
-    assert len(writes) == 12 + 1 + 5 + 2 + 2 + 1 + 3 + 2
+    assert len(writes) == 12 + 1 + 5 + 2 + 2 + 1 + 4 + 2
     assert writes.index("latest.json") < writes.index("images.parquet")
 
     printed = capsys.readouterr()

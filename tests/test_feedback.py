@@ -8,7 +8,8 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image
-from warehouse.loader.feedback import by_prefix, site_view
+from warehouse.core.reasons import Reason
+from warehouse.loader.feedback import by_prefix, publish_feedback, site_view
 from warehouse.storage.local import LocalStorage
 
 A, B = "A Trust", "B Trust"
@@ -75,7 +76,13 @@ def test_an_unchanged_rerun_writes_no_feedback_and_a_fixed_prefix_gets_an_empty_
     store.write("raw-a/2021-01-02/images/garbage.dcm", image("Covid1", "DX")[1])
     code, state = builders.run_loader(store)
     assert feedback(store, "raw-a")["problems"] == []
-    assert state.report.counts["feedback files written"] == 1  # latest.json only
+    # the emptied latest.json, and the run's file saying which key is no longer refused
+    assert state.report.counts["feedback files written"] == 2
+    stamped = sorted(set(i.key for i in store.list("feedback/")) - set(before))
+    assert len(stamped) == 1
+    changes = json.loads(store.read(stamped[0]))["changes"]
+    assert changes["resolved"] == ["raw-a/2021-01-02/images/garbage.dcm"]
+    assert changes["new"] == changes["changed"] == [] and changes["total"] == 0
 
 
 def test_a_dry_run_writes_no_feedback(store):
@@ -264,3 +271,128 @@ def test_every_reason_has_a_site_view_that_names_no_group_and_no_warehouse_key()
                 )
             else:
                 assert "validation" not in view["detail"] and "raw-y" not in view["detail"]
+
+
+# A site's timestamped files: what changed, under the same rule ------------------------------
+
+
+def _evil_files(store) -> list[dict]:
+    """Every feedback file of raw-evil, oldest first (latest.json last)."""
+    keys = sorted(i.key for i in store.list("feedback/raw-evil/"))
+    keys.remove("feedback/raw-evil/latest.json")
+    return [json.loads(store.read(k)) for k in [*keys, "feedback/raw-evil/latest.json"]]
+
+
+def test_a_sites_changes_say_no_more_than_its_whole_lists(store):
+    good_name, good_image = image("Covid1", "DX")
+    claimed = "raw-evil/2021-02-01/data/Covid14_data.json"
+    builders.put_tree(
+        store,
+        {
+            "config.json": _confined_config(),
+            "raw-good/2021-01-01/data/Covid1_data.json": clinical("Covid1", GOOD),
+            "raw-good/2021-01-01/data/Covid14_data.json": clinical("Covid14", GOOD),
+            f"raw-good/2021-01-01/images/{good_name}": good_image,
+            "raw-evil/2021-02-01/images/g1.dcm": b"garbage",
+            claimed: clinical("Covid14", EVIL),  # the good site's patient: operators only
+        },
+    )
+    code, first = builders.run_loader(store)
+    assert code == 0
+    assert {p["key"]: p["reason"] for p in first.report.problems}[claimed] == (
+        "pseudonym claimed by another centre"
+    )
+    # then images of the good site's patient and of nobody, and more garbage
+    probes = {}
+    for patient in ("Covid1", "Nobody7"):
+        name, data = image(patient, "DX", study="evil")
+        probes[patient] = f"raw-evil/2021-02-02/images/{name}"
+        store.write(probes[patient], data)
+    store.write("raw-evil/2021-02-02/images/g2.dcm", b"garbage")
+    assert builders.run_loader(store)[0] == 0
+    # and a record of Nobody7 from the evil site's own centre: its image is filed now
+    store.write("raw-evil/2021-02-03/data/Nobody7_data.json", clinical("Nobody7", EVIL))
+    code, third = builders.run_loader(store)
+    assert code == 0
+    assert probes["Nobody7"] not in {p["key"] for p in third.report.problems}
+
+    files = _evil_files(store)
+    base, second, last, latest = files
+    assert [f.get("form") for f in files] == ["changes", "changes", "changes", None]
+    # each file names the one before it; the whole list names the newest
+    keys = sorted(i.key for i in store.list("feedback/raw-evil/"))[:-1]
+    assert [f["previous"] for f in (base, second, last)] == [None, keys[0], keys[1]]
+    assert latest["key"] == keys[2] and {f["latest"] for f in (base, second, last)} == {
+        "feedback/raw-evil/latest.json"
+    }
+    assert [p["key"] for p in base["changes"]["new"]] == ["raw-evil/2021-02-01/images/g1.dcm"]
+    assert sorted(p["key"] for p in second["changes"]["new"]) == sorted(
+        [probes["Covid1"], probes["Nobody7"], "raw-evil/2021-02-02/images/g2.dcm"]
+    )
+    assert last["changes"]["resolved"] == [probes["Nobody7"]]
+    assert last["changes"]["new"] == last["changes"]["changed"] == []
+    # each changed entry is the entry a whole list held (the rule existing tests check), and
+    # nothing names the claimed record, the good site, its centre or a group
+    wholes = {json.dumps(e, sort_keys=True) for e in latest["problems"]}
+    for document in (base, second):
+        for entry in document["changes"]["new"]:
+            assert set(entry) == {"key", "reason", "detail"}
+            if entry["key"] != probes["Nobody7"]:
+                assert json.dumps(entry, sort_keys=True) in wholes
+    for document in files:
+        text = json.dumps(document)
+        assert claimed not in text and "Covid14" not in text
+        for secret in (GOOD, "raw-good", "training", "validation", "reports/"):
+            assert secret not in text, (secret, document)
+    # the images of another site's patient and of nobody read alike in the changes too
+    views = {
+        patient: [
+            (e["reason"], e["detail"].replace(patient, "P"))
+            for e in second["changes"]["new"]
+            if e["key"] == probes[patient]
+        ]
+        for patient in probes
+    }
+    assert views["Covid1"] == views["Nobody7"] and len(views["Covid1"]) == 1
+
+
+def test_a_key_the_site_never_read_is_never_resolved_for_it(store):
+    from warehouse.core.report import RunReport
+
+    earlier = "feedback/raw-evil/2026-01-01T00-00-00.000000Z.json"
+    previous = {
+        "problems": [
+            {
+                "key": "raw-evil/2021-01-01/data/Covid1_data.json",
+                "reason": "pseudonym claimed by another centre",
+                "detail": f"Covid1 is a patient of {GOOD}",
+            },
+            {"key": "raw-evil/2021-01-01/images/x.dcm", "reason": "not a DICOM file"},
+        ],
+        # a record naming another prefix's folder is not followed
+        "feedback": {"raw-evil": earlier, "raw-good": "feedback/raw-evil/latest.json"},
+    }
+    report = RunReport("warehouseloader")
+    report.skip(
+        "raw-evil/2021-01-02/images/y.dcm",
+        Reason.CENTRE_NOT_ALLOWED,
+        f"Covid1 is a patient of {GOOD}",
+        facts={"patient": "Covid1", "prefix": "raw-evil", "centre": GOOD},
+    )
+    report.skip(
+        "raw-evil/2021-01-02/data/covid2_data.json",
+        Reason.CASE_VARIANT,
+        "Covid2 is filed",
+        facts={"pseudonym": "covid2", "variant": "Covid2"},
+    )
+    assert publish_feedback(store, report, previous) == 2
+    key = report.feedback["raw-evil"]
+    assert report.feedback == {"raw-evil": key} and key != earlier
+    document = json.loads(store.read(key))
+    assert document["previous"] == earlier
+    assert document["changes"]["resolved"] == ["raw-evil/2021-01-01/images/x.dcm"]
+    (entry,) = document["changes"]["new"]
+    assert entry["key"] == "raw-evil/2021-01-02/images/y.dcm"
+    assert entry["reason"] == "no patient data for PatientID" and "Covid1" in entry["detail"]
+    text = json.dumps(document)
+    assert GOOD not in text and "Covid1_data" not in text and "covid2" not in text

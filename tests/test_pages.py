@@ -867,6 +867,55 @@ def test_the_run_report_page_lists_every_unfiled_input(monkeypatch):
     assert html.count('<tr class="problem">') == 2 and "The first 2 of 4 inputs" in html
 
 
+def _changes_document(new: list[dict], resolved: list[str], **fields) -> dict:
+    """A timestamped report as `report.changes_report` writes it, made by hand."""
+    data = sample_report().as_dict()
+    data.pop("problems")
+    return data | {
+        "form": "changes",
+        "memo": "reports/warehouseloader/latest.json",
+        "previous": "reports/warehouseloader/2026-01-01T00-00-00.000000Z.json",
+        "previous_run_id": "r0",
+        "not_filed_by_prefix": {"raw-a": {"not a DICOM file": 2, "invalid JSON": 1}},
+        "changes": {
+            "new": new,
+            "changed": [],
+            "resolved": resolved,
+            "unchanged": 3,
+            "total": 3 + len(new),
+        },
+        **fields,
+    }
+
+
+def test_the_run_page_of_a_timestamped_report_shows_its_changes_escaped():
+    new = [
+        {"key": f"raw-a/d/images/{HOSTILE}.dcm", "reason": "not a DICOM file", "detail": HOSTILE}
+    ]
+    data = _changes_document(new, ["raw-a/d/images/gone.dcm"])
+    html = report_page.run_report_page(data, json_key="reports/warehouseloader/x.json")
+    assert_self_contained(html)
+    assert "<script" not in html and HOSTILE not in html
+    assert html.count('<tr class="change" data-change="new">') == 1
+    assert html.count('<tr class="change" data-change="resolved">') == 1
+    assert "raw-a/d/images/gone.dcm" in html and '<tr class="problem">' not in html
+    # the totals come from the report's counts, not from a list it does not hold
+    assert 'data-prefix="raw-a" data-reason="not a DICOM file"' in html
+    assert 'data-total="unchanged" data-value="3"' in html
+    assert 'href="latest.html"' in html and 'href="2026-01-01T00-00-00.000000Z.html"' in html
+
+
+def test_the_run_page_links_only_report_keys_and_lists_at_most_max_listed(monkeypatch):
+    data = _changes_document([], [], previous='javascript:alert(1)//"><b>x</b>.json')
+    html = report_page.run_report_page(data)
+    assert 'href="javascript' not in html and "<b>x</b>" not in html
+    assert "Nothing changed" in html
+    new = [{"key": f"raw-a/d/images/{n}.dcm", "reason": "not a DICOM file"} for n in range(3)]
+    monkeypatch.setattr(report_page, "MAX_LISTED", 2)
+    html = report_page.run_report_page(_changes_document(new, ["raw-a/d/images/gone.dcm"]))
+    assert html.count('<tr class="change"') == 2 and "The first 2 of 4 changes" in html
+
+
 def test_publish_report_writes_the_page_beside_the_json(tmp_path, capsys):
     store = LocalStorage(tmp_path)
     report = sample_report()

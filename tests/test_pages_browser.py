@@ -52,6 +52,7 @@ def warehouse(tmp_path_factory):
         "paths": paths,
         "report_page": reports[0],
         "report": json.loads(reports[0].with_suffix(".json").read_text()),
+        "memo": json.loads((reports[0].parent / "latest.json").read_text()),
         "config": json.loads((root / "config.json").read_text()),
     }
 
@@ -260,7 +261,7 @@ def test_the_dashboard_figures_equal_the_tables(chromium, warehouse):
         (p, int(s)) for p, s in zip(storage["prefix"], storage["storage"], strict=True)
     ]
 
-    report = warehouse["report"]
+    report = warehouse["memo"]  # (the dashboard reads the whole list)
     assert {r["reason"]: r["inputs"] for r in data["loader_reasons"]} == report["not_filed"]
     listed = browser.texts(chromium, "#recent-unfiled td.key")
     newest = sorted(
@@ -384,16 +385,18 @@ def test_the_public_page_has_no_validation_figure_and_no_small_count(chromium, w
 
 def test_the_run_report_page_shows_what_was_refused_by_site_and_reason(chromium, warehouse):
     open_checked(chromium, warehouse["report_page"], charts="none")
-    report = warehouse["report"]
+    report, memo = warehouse["report"], warehouse["memo"]
     cells = browser.values_by(chromium, "#by-prefix tr[data-prefix]", "prefix", "reason")
     expected: dict[tuple[str, str], int] = {}
-    for problem in report["problems"]:
+    for problem in memo["problems"]:
         key = (problem["key"].split("/", 1)[0], problem["reason"])
         expected[key] = expected.get(key, 0) + 1
     assert cells == expected
     assert {prefix for prefix, _ in expected} >= {"raw-cambridge", "raw-sheffield"}
-    keys = browser.texts(chromium, "#inputs tr.problem td.key")
-    assert sorted(keys) == sorted(p["key"] for p in report["problems"])
+    # the run's page lists its changes: a first run's, every input not filed is new
+    keys = browser.texts(chromium, "#changes tr.change[data-change=new] td.key")
+    assert sorted(keys) == sorted(p["key"] for p in memo["problems"])
+    assert browser.texts(chromium, "#inputs tr.problem") == []
     filed = browser.values_by(chromium, "#filed [data-outcome]", "outcome")
     assert filed == report["counts"] and filed["images copied"] > 0
     # What each site's uploads came to: its raw images now in the warehouse, counted apart.
@@ -411,6 +414,12 @@ def test_the_run_report_page_shows_what_was_refused_by_site_and_reason(chromium,
     assert sum(n for (_, o), n in by_site.items() if o == "images copied") == filed["images copied"]
     header = chromium.execute_script("return document.querySelector('header').innerText")
     assert report["run_id"] in header and "The run completed." in header
+    # the whole list's page, which the run's page links, lists every input not filed
+    full = warehouse["report_page"].parent / "latest.html"
+    assert browser.texts(chromium, '#links a[href="latest.html"]') == ["latest.html"]
+    open_checked(chromium, full, charts="none")
+    keys = browser.texts(chromium, "#inputs tr.problem td.key")
+    assert sorted(keys) == sorted(p["key"] for p in memo["problems"])
 
 
 def test_screenshots_of_the_pages(chromium, warehouse, tmp_path):

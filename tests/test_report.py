@@ -205,3 +205,54 @@ def test_only_a_run_that_listed_its_inputs_replaces_the_memo(tmp_path):
     publish_report(store, config, dry_run=False)
     assert b"unknown key" in store.read(config.key())
     assert store.read(latest_report_key("warehouseloader")) == memo
+
+
+def test_changes_of_a_list_of_problems_by_key():
+    from warehouse.core.report import problem_changes
+
+    same = {"key": "raw-a/d/images/same.dcm", "reason": "not a DICOM file", "size": 3}
+    two = [
+        {"key": "raw-a/d/data/P_data.json", "reason": "invalid JSON"},
+        {"key": "raw-a/d/data/P_data.json", "reason": "unsafe identifier"},
+    ]
+    before = [
+        same,
+        *two,
+        {"key": "raw-a/d/images/edited.dcm", "reason": "not a DICOM file", "size": 3},
+        {"key": "raw-a/d/images/gone.dcm", "reason": "not a DICOM file"},
+    ]
+    edited = {"key": "raw-a/d/images/edited.dcm", "reason": "not a DICOM file", "size": 4}
+    new = {"key": "raw-a/d/images/new.dcm", "reason": "unsupported modality"}
+    # (the same entries in another order, and as copies: nothing changed for them)
+    now = [new, dict(two[1]), edited, dict(same), dict(two[0])]
+    changes = problem_changes(before, now)
+    assert changes == {
+        "new": [new],
+        "changed": [edited],
+        "resolved": ["raw-a/d/images/gone.dcm"],
+        "unchanged": 3,
+        "total": 5,
+    }
+    # a key of two entries changes as a whole: both are written again
+    changes = problem_changes(before, [same, two[0]])
+    assert changes["changed"] == [two[0]] and changes["unchanged"] == 1
+    # no list before: everything is new; a run that did not list all: resolved not known
+    assert problem_changes(None, now)["new"] == sorted(now, key=lambda p: (p["key"], p["reason"]))
+    assert problem_changes(before, [], complete=False)["resolved"] is None
+
+
+def test_a_report_is_no_base_of_itself_and_needs_a_known_previous_key():
+    from warehouse.core.report import changes_report
+
+    report = RunReport("warehouseloader")
+    report.skip("raw-a/d/images/x.dcm", Reason.NOT_DICOM)
+    data = report.as_dict() | {"key": report.key()}
+    # a memo of an older form names its report by its start
+    older = {"run_id": "r0", "started": "2026-01-02T03:04:05.000006+00:00", "problems": []}
+    made = changes_report(data, older, complete=True)
+    assert made["previous"] == "reports/warehouseloader/2026-01-02T03-04-05.000006Z.json"
+    assert [p["key"] for p in made["changes"]["new"]] == ["raw-a/d/images/x.dcm"]
+    # a memo that cannot name its report, or this run's own: the report is a base
+    for memo in ({"problems": data["problems"]}, data):
+        made = changes_report(data, memo, complete=True)
+        assert made["previous"] is None and made["changes"]["new"] == data["problems"]

@@ -219,7 +219,14 @@ def check_same_run(sharded, reference, count: int):
     single = json.loads(reference.read("reports/warehouseloader/latest.json"))
     assert report["completed"] and report["shards"] == count
     pages = [i.key for i in sharded.list("reports/warehouseloader/") if i.key.endswith(".html")]
+    pages.remove("reports/warehouseloader/latest.html")  # the whole list's page
     assert len(pages) == 1 and "/runs/" not in pages[0]  # the run's page, of the whole run
+    # the run's own report: a first run's, every input not filed is new
+    stamped = json.loads(sharded.read(pages[0].removesuffix(".html") + ".json"))
+    assert stamped["previous"] is None and stamped["changes"]["resolved"] == []
+    assert sorted((p["key"], p["reason"]) for p in stamped["changes"]["new"]) == sorted(
+        (p["key"], p["reason"]) for p in single["problems"]
+    )
     assert len(report["parts"]) == count + 1
     keys = [(p["key"], p["reason"]) for p in report["problems"]]
     assert len(keys) == len(set(keys))  # each input reported once

@@ -1,7 +1,12 @@
 """A run's report, in one place: what a run did (counts by outcome and reason, every input not
 filed, the summary text), its key and the time stamp of keys, its schema as the next run reads
 it (the memo), how a sharded run's parts are combined, and how a report is published (its JSON,
-``latest.json`` and its page).
+``latest.json`` and their pages).
+
+A run's whole list of inputs not filed is written once, in ``reports/<graph>/latest.json`` (the
+memo the next run reads); the run's own timestamped report holds what changed since the report
+that ``latest.json`` was before it (`changes_report`), so the bytes a run writes do not grow
+with what earlier runs left unfiled.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
 from warehouse import __version__
-from warehouse.core.errors import ExpectedError
+from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.reasons import FAILURES, Reason
-from warehouse.core.report_page import page_key, run_report_page
+from warehouse.core.report_page import page_key, run_report_page, unfiled_by_prefix
 from warehouse.core.text import bounded, escape_controls, quote
 
 if TYPE_CHECKING:
@@ -63,6 +69,12 @@ class RunReport:
         #: The loader's image catalogue this run: where its cutoff for a stopped run's images
         #: was, the parts it wrote and whether they list everything (`warehouse.catalogue.run`).
         self.catalogue: dict | None = None
+        #: The previous run's whole report (``latest.json``) as this run read it (the memo),
+        #: or None: what this run's timestamped report counts its changes from.
+        self.previous: dict | None = None
+        #: Each raw prefix's newest timestamped feedback file (`loader.feedback`), kept in the
+        #: memo so that the next one can name it; None when the run published no feedback.
+        self.feedback: dict[str, str] | None = None
         self._lock = threading.Lock()
 
     def count(self, outcome: str, n: int = 1, *, prefix: str | None = None) -> None:
@@ -145,7 +157,8 @@ class RunReport:
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        """The JSON run report: counts, reasons, and every input not filed by key."""
+        """The whole JSON run report (what ``latest.json`` holds): counts, reasons, every
+        input not filed by key, and the catalogue and feedback records when the run has them."""
         by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
         return {
             "graph": self.graph,
@@ -162,7 +175,14 @@ class RunReport:
             },
             "not_filed": dict(sorted(self.reasons.items())),
             "problems": by_key,
-        } | ({"catalogue": self.catalogue} if self.catalogue is not None else {})
+        } | (
+            ({"catalogue": self.catalogue} if self.catalogue is not None else {})
+            | (
+                {"feedback": dict(sorted(self.feedback.items()))}
+                if self.feedback is not None
+                else {}
+            )
+        )
 
     def key(self) -> str:
         """Where the report goes in the warehouse: ``reports/<graph>/<UTC timestamp>.json``."""
@@ -212,6 +232,8 @@ REPORT_SCHEMA = {
     "required": ["problems"],
     "properties": {
         "run_id": {"type": "string"},
+        "key": {"type": "string"},
+        "feedback": {"type": "object", "additionalProperties": {"type": "string"}},
         "problems": {
             "type": "array",
             "items": {
@@ -268,12 +290,191 @@ def check_previous_report(data: bytes) -> dict:
     return report
 
 
-def write_report(storage: Storage, data: dict, key: str, *, as_memo: bool) -> str:
-    """Write a run report (its JSON at ``key``, and ``latest.json`` too when it may be the next
-    run's memo: ``as_memo``), then its page beside it (`report_page.page_key`).
+#: ``form`` of a timestamped report (run report or feedback file) that holds what changed since
+#: the one before it instead of the whole list of inputs not filed.
+CHANGES_FORM = "changes"
+
+
+def _canonical(entries: Iterable[Mapping]) -> str:
+    return json.dumps(list(entries), sort_keys=True, ensure_ascii=False)
+
+
+def _by_key(problems: Iterable[Mapping]) -> dict[str, list[Mapping]]:
+    """Problems grouped by key, each key's in one order (by reason, then content)."""
+    grouped: dict[str, list[Mapping]] = {}
+    for problem in problems:
+        grouped.setdefault(str(problem.get("key", "")), []).append(problem)
+    for entries in grouped.values():
+        entries.sort(key=lambda p: (str(p.get("reason", "")), _canonical([p])))
+    return dict(sorted(grouped.items()))
+
+
+def problem_changes(
+    before: Iterable[Mapping] | None, now: Iterable[Mapping], *, complete: bool = True
+) -> dict[str, Any]:
+    """What changed in a list of inputs not filed (problems, by key) from ``before`` to ``now``.
+
+    A key is **new** when ``before`` has no entry for it, **changed** when its entries differ
+    in anything (reason, detail, size, time, facts), and **resolved** when only ``before`` has
+    it. ``now`` is ``before`` without the entries of the resolved and changed keys, plus the
+    new and changed entries.
+
+    Parameters
+    ----------
+    before : iterable of mapping, or None
+        The earlier list (None: there is none, every entry is new).
+    now : iterable of mapping
+        The list now.
+    complete : bool
+        Whether ``now`` describes every input (a run that listed them all): otherwise a key
+        missing from it may still be a problem, and ``resolved`` is None (not known).
+
+    Returns
+    -------
+    dict
+        ``new`` and ``changed`` (the entries of ``now``, by key), ``resolved`` (keys, or None),
+        ``unchanged`` (the number of entries of ``now`` that are in ``before`` as they are)
+        and ``total`` (the number of entries of ``now``).
+    """
+    old = _by_key(before or ())
+    current = _by_key(now)
+    new: list[Mapping] = []
+    changed: list[Mapping] = []
+    unchanged = 0
+    for key, entries in current.items():
+        if key not in old:
+            new.extend(entries)
+        elif _canonical(entries) != _canonical(old[key]):
+            changed.extend(entries)
+        else:
+            unchanged += len(entries)
+    resolved = sorted(set(old) - set(current)) if complete else None
+    return {
+        "new": new,
+        "changed": changed,
+        "resolved": resolved,
+        "unchanged": unchanged,
+        "total": sum(len(entries) for entries in current.values()),
+    }
+
+
+def previous_report_key(previous: Mapping | None, graph: str) -> str | None:
+    """The timestamped key of the run whose whole report ``previous`` (a memo) is: its ``key``,
+    or, in a memo written before memos named it, the key its ``started`` time gives
+    (`report_key`); None when there is no memo or neither tells."""
+    if previous is None:
+        return None
+    key = previous.get("key")
+    if isinstance(key, str):
+        return key
+    started = previous.get("started")
+    try:
+        when = dt.datetime.fromisoformat(started) if isinstance(started, str) else None
+    except ValueError:
+        when = None
+    return None if when is None or when.tzinfo is None else report_key(graph, when)
+
+
+def changes_report(data: Mapping, previous: Mapping | None, *, complete: bool) -> dict:
+    """The timestamped form of a run report: ``data`` (a whole report: `RunReport.as_dict`
+    or `combine_reports`, with its ``key``) without its list of inputs not filed, and with what
+    changed in that list since ``previous``, the memo the run read.
+
+    The totals stay (``counts``, ``counts_by_prefix``, ``not_filed``, and
+    ``not_filed_by_prefix``: prefix -> reason -> inputs); added are ``form`` (`CHANGES_FORM`),
+    ``memo`` (the key of ``latest.json``, the newest whole list), ``previous`` and
+    ``previous_run_id`` (the timestamped report and the run the changes are counted from) and
+    ``changes`` (`problem_changes`). A report whose ``previous`` is null is a **base**: its
+    ``changes.new`` is its whole list. It is one when there is no memo, when the memo cannot
+    name its report, and when the memo is this run's own (a run ended again).
+
+    Parameters
+    ----------
+    data : mapping
+        The whole report.
+    previous : mapping, or None
+        The previous whole report (``latest.json`` as the run read it).
+    complete : bool
+        Whether the run listed all its inputs (its report may be the memo): otherwise
+        ``changes.resolved`` is null (what the run did not meet may still be a problem).
+
+    Returns
+    -------
+    dict
+        The report to write at its timestamped key.
+    """
+    graph = str(data["graph"])
+    previous_key = previous_report_key(previous, graph)
+    if previous is None or previous_key is None or previous.get("run_id") == data.get("run_id"):
+        previous, previous_key = None, None
+    problems = data.get("problems") or []
+    document = {name: value for name, value in data.items() if name not in ("problems", "feedback")}
+    return document | {
+        "form": CHANGES_FORM,
+        "memo": latest_report_key(graph),
+        "previous": previous_key,
+        "previous_run_id": previous.get("run_id") if previous is not None else None,
+        "not_filed_by_prefix": unfiled_by_prefix(problems),
+        "changes": problem_changes(
+            previous.get("problems") if previous is not None else None,
+            problems,
+            complete=complete,
+        ),
+    }
+
+
+def read_memo(storage: Storage, graph: str) -> dict | None:
+    """``reports/<graph>/latest.json`` checked (`check_previous_report`), for a graph that has
+    not read it: None when it is missing, unusable or cannot be read (the run's timestamped
+    report is then a base)."""
+    key = latest_report_key(graph)
+    try:
+        return check_previous_report(storage.read(key))
+    except ObjectNotFound:
+        return None
+    except (InvalidRunReport, ExpectedError) as exc:
+        logger.warning("%s cannot be read (%s): the run report lists every input", key, exc)
+        return None
+
+
+def _write_page(storage: Storage, data: dict, key: str) -> tuple[bool, str]:
+    """Write the page of the report ``data`` written at ``key``: whether it was written, and
+    the summary line that says where it is or why not."""
+    page = page_key(key)
+    try:
+        html = run_report_page(data, warehouse=storage.url, json_key=key)
+        storage.write(page, html.encode("utf-8"), "text/html; charset=utf-8")
+    except ExpectedError as exc:
+        logger.error("could not write the run report page %s: %s", page, exc)
+        return False, f"\n  report page not written: {exc}"
+    except Exception:  # noqa: BLE001 - a bug in the page never costs the run or its report
+        logger.exception("could not build the run report page %s", page)
+        return False, "\n  report page not written: see the log above"
+    return True, f"\n  report page: {storage.url}/{page}"
+
+
+def write_report(
+    storage: Storage, data: dict, key: str, *, as_memo: bool, previous: Mapping | None
+) -> str:
+    """Write a run report: at ``key`` what changed since ``previous`` (`changes_report`), and,
+    when it may be the next run's memo (``as_memo``), the whole report at ``latest.json``;
+    then the page of each beside it (`report_page.page_key`).
 
     A page that cannot be written is logged and named in the summary; it does not change the
-    run's outcome (the JSON report, which the next run reads, is written first).
+    run's outcome (the JSON reports, which the next run reads, are written first).
+
+    Parameters
+    ----------
+    storage : Storage
+        The warehouse.
+    data : dict
+        The whole report (`RunReport.as_dict`, `combine_reports`).
+    key : str
+        Its timestamped key.
+    as_memo : bool
+        Whether the run listed all its inputs (so its report replaces ``latest.json``).
+    previous : mapping, or None
+        The memo the run read (``latest.json`` before it), or None.
 
     Returns
     -------
@@ -283,33 +484,32 @@ def write_report(storage: Storage, data: dict, key: str, *, as_memo: bool) -> st
     Raises
     ------
     ExpectedError
-        When the JSON report cannot be written.
+        When a JSON report cannot be written.
     """
-    text = json.dumps(data, indent=2).encode("utf-8")
-    storage.write(key, text)
+    whole = {**data, "key": key}
+    changes = changes_report(whole, previous, complete=as_memo)
+    storage.write(key, json.dumps(changes, indent=2).encode("utf-8"))
+    memo_key = latest_report_key(data["graph"])
     if as_memo:
-        storage.write(latest_report_key(data["graph"]), text)
-    lines = f"\n  report: {storage.url}/{key}"
-    page = page_key(key)
-    try:
-        html = run_report_page(data, warehouse=storage.url, json_key=key)
-        storage.write(page, html.encode("utf-8"), "text/html; charset=utf-8")
-    except ExpectedError as exc:
-        logger.error("could not write the run report page: %s", exc)
-        return lines + f"\n  report page not written: {exc}"
-    except Exception:  # noqa: BLE001 - a bug in the page never costs the run or its report
-        logger.exception("could not build the run report page")
-        return lines + "\n  report page not written: see the log above"
-    return lines + f"\n  report page: {storage.url}/{page}"
+        storage.write(memo_key, json.dumps(whole, indent=2).encode("utf-8"))
+    lines = f"\n  report: {storage.url}/{key}" + _write_page(storage, changes, key)[1]
+    if as_memo:
+        # (named in the summary only when it fails: the run's page links it)
+        written, line = _write_page(storage, whole, memo_key)
+        if not written:
+            lines += line.replace("report page", "full list page", 1)
+    return lines
 
 
 def publish_report(storage: Storage, report: RunReport, dry_run: bool) -> str:
-    """Write a one-process run's report (`write_report`; printed instead in a dry run).
+    """Write a one-process run's report (`write_report`; the whole report is printed instead
+    in a dry run).
 
-    The copy ``latest.json``, which the next loader run reads as its memo of unfiled inputs, is
-    replaced only by a run that listed its inputs: a run stopped by ``config.json`` or by a
-    listing that failed writes its own report (saying why) but never makes the next run read
-    every known-bad input again.
+    ``latest.json``, the whole report, which the next loader run reads as its memo of unfiled
+    inputs, is replaced only by a run that listed its inputs: a run stopped by ``config.json``
+    or by a listing that failed writes its own report (saying why) but never makes the next
+    run read every known-bad input again. The changes are counted from the memo the run read
+    (``report.previous``; a graph that reads none has ``latest.json`` read here).
 
     Returns
     -------
@@ -320,8 +520,11 @@ def publish_report(storage: Storage, report: RunReport, dry_run: bool) -> str:
     if dry_run:
         print(json.dumps(report.as_dict(), indent=2))
         return ""
+    previous = report.previous if report.previous is not None else read_memo(storage, report.graph)
     try:
-        return write_report(storage, report.as_dict(), report.key(), as_memo=report.listed)
+        return write_report(
+            storage, report.as_dict(), report.key(), as_memo=report.listed, previous=previous
+        )
     except ExpectedError as exc:
         logger.error("could not write the run report: %s", exc)
         report.fail(f"run report not written: {exc}")

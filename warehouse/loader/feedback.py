@@ -1,9 +1,11 @@
 """Feedback to the sites: each raw prefix's unfiled inputs, where its uploader can read them.
 
 After each loader run, every raw prefix whose unfiled inputs changed since the last run gets
-``feedback/<raw prefix>/<UTC timestamp>.json`` and ``feedback/<raw prefix>/latest.json``; a
-prefix whose problems are all gone gets an empty ``latest.json``. An unchanged rerun writes
-nothing. The uploaders' IAM group may read ``feedback/raw-${aws:username}/*`` only.
+``feedback/<raw prefix>/latest.json``, the whole list (empty once its problems are all gone),
+and ``feedback/<raw prefix>/<UTC timestamp>.json``, what changed since the prefix's timestamped
+file before it (`warehouse.core.report.problem_changes` of the site's views), which it names.
+An unchanged rerun writes nothing. The uploaders' IAM group may read
+``feedback/raw-${aws:username}/*`` only.
 
 A site reads its own keys only, and nothing of what the warehouse knows of other sites or of
 the hold-out: no other site's patient (whether it exists, its centre, its group), no patient's
@@ -26,12 +28,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
 
 from warehouse.core.keys import parse_raw_key, raw_prefix_of
 from warehouse.core.reasons import Reason
-from warehouse.core.report import utc_stamp
+from warehouse.core.report import CHANGES_FORM, RunReport, problem_changes, utc_stamp
 from warehouse.core.text import quote
 from warehouse.storage.base import Storage
 
@@ -109,48 +110,78 @@ def by_prefix(problems: Iterable[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
-class ProblemsOfRun(Protocol):
-    """What `publish_feedback` reads of a run.
+def feedback_record(previous: Mapping | None) -> dict[str, str]:
+    """Each raw prefix's newest timestamped feedback file, as the memo ``previous`` (the last
+    run's whole report) keeps it: only keys under that prefix's own folder."""
+    found = (previous or {}).get("feedback")
+    if not isinstance(found, Mapping):
+        return {}
+    return {
+        prefix: key
+        for prefix, key in found.items()
+        if isinstance(prefix, str)
+        and isinstance(key, str)
+        and key.startswith(feedback_key(prefix, ""))
+        and key != feedback_key(prefix, "latest.json")
+    }
 
-    A `RunReport`, or the combined parts' report of a sharded run.
-    """
 
-    problems: list[dict]
-    run_id: str
-    started: dt.datetime
+def _document(prefix: str, report: RunReport, entries: list[dict]) -> dict:
+    """What the two feedback files of ``prefix`` share: the prefix, the run and the whole
+    list's counts by reason."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
+    return {
+        "prefix": prefix,
+        "run_id": report.run_id,
+        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "not_filed": dict(sorted(counts.items())),
+    }
 
 
-def publish_feedback(storage: Storage, report: ProblemsOfRun, previous: list[dict] | None) -> int:
+def publish_feedback(storage: Storage, report: RunReport, previous: Mapping | None) -> int:
     """Write the feedback files of the prefixes whose problems changed since ``previous`` (the
-    last run's problems); the number of files written.
+    last run's whole report, the memo); the number of files written.
+
+    Each such prefix gets ``latest.json`` (the whole list: ``problems``, and ``key``, its
+    timestamped twin) and ``<UTC timestamp>.json`` (``form`` "changes", ``latest``,
+    ``previous``: the prefix's timestamped file before, or null for a base whose
+    ``changes.new`` is the whole list, and ``changes``). A prefix the memo names no
+    timestamped file of (an older memo, a write that failed) gets a base even when its list is
+    unchanged, so that each prefix's chain of files can always be followed.
+    ``report.feedback`` is set to each prefix's newest timestamped file (for the memo), as the
+    files are written.
 
     Raises
     ------
     StorageError
-        When a write fails (the run is then incomplete).
+        When a write fails (the run is then incomplete; that prefix, and those not reached,
+        get a base next time).
     """
     now = by_prefix(report.problems)
-    before = by_prefix(previous or ())
+    before = by_prefix((previous or {}).get("problems") or ())
+    record = feedback_record(previous)
+    report.feedback = record
     stamp = utc_stamp(report.started)
     written = 0
     for prefix in sorted(set(now) | set(before)):
         entries = now.get(prefix, [])
-        if entries == before.get(prefix, []):
+        if entries == before.get(prefix, []) and prefix in record:
             continue
-        counts: dict[str, int] = {}
-        for entry in entries:
-            counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
-        document = {
-            "prefix": prefix,
-            "run_id": report.run_id,
-            "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "not_filed": dict(sorted(counts.items())),
-            "problems": entries,
+        earlier = record.pop(prefix, None)
+        key, latest = feedback_key(prefix, f"{stamp}.json"), feedback_key(prefix, "latest.json")
+        shared = _document(prefix, report, entries)
+        changes = shared | {
+            "form": CHANGES_FORM,
+            "latest": latest,
+            "previous": earlier,
+            "changes": problem_changes(before.get(prefix, []) if earlier else None, entries),
         }
-        data = json.dumps(document, indent=2).encode("utf-8")
-        if entries:
-            storage.write(feedback_key(prefix, f"{stamp}.json"), data)
-            written += 1
-        storage.write(feedback_key(prefix, "latest.json"), data)
+        storage.write(key, json.dumps(changes, indent=2).encode("utf-8"))
         written += 1
+        whole = shared | {"key": key, "problems": entries}
+        storage.write(latest, json.dumps(whole, indent=2).encode("utf-8"))
+        written += 1
+        record[prefix] = key
     return written

@@ -91,8 +91,8 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
                 pool.submit(_list_filed, storage, settings, catalogue, inventory) if full else None
             )
             index = warehouse.result()
-            state.previous_problems = problems_of(last_run.result())
-            memo = memo_of(state.previous_problems)
+            report.previous = last_run.result()
+            memo = memo_of(problems_of(report.previous))
             now = dt.datetime.now(dt.UTC)
             reopened = set() if full else _folders_to_read_again(state, memo, index, previous)
             listing = list_raw(

@@ -1,9 +1,10 @@
 """What the last loader run learnt about the inputs it could not file.
 
 Faulty uploads are never modified (sites upload corrections as new files), so re-reading them
-on every run would only repeat the same verdict. The previous run report lists each unfiled
-input with its size and modification time from the listing and the facts its reason depends
-on; an input listed unchanged is not read again when its reason still holds:
+on every run would only repeat the same verdict. The previous run's whole report
+(``latest.json``) lists each unfiled input with its size and modification time from the
+listing and the facts its reason depends on; an input listed unchanged is not read again when
+its reason still holds:
 
 - a reason that is about the file alone (not DICOM, invalid JSON, ...) always holds;
 - "internal error" (a bug met on the input) holds while the product's version is the same;

@@ -7,15 +7,14 @@ Keys, under ``reports/warehouseloader/``::
     runs/<run id>/pending.parquet                the run's pending images (for the shards)
     runs/<run id>/warehouse.json                 each filed patient's first clinical key
     runs/<run id>/shard-0003-of-0016.json        each shard's report
-    <UTC timestamp>.json (and .html)             the run's combined report
-    latest.json                                  the combined report: the next run's memo
+    <UTC timestamp>.json (and .html)             the run's report: what changed since the memo
+    latest.json (and .html)                      the combined whole report: the next run's memo
 
 Requests: the clinical phase writes its report and the two hand-off files; each shard reads
 them (3 GETs) and the catalogue it was handed (no listing of the bucket), writes its report
 (1 PUT) and lists the run's folder (1 LIST); the part that ends the run reads every part (N + 1
-GETs) and the previous ``latest.json``, writes the combined report, its page and
-``latest.json``, the feedback files that changed and the folder state, and deletes the run
-lease.
+GETs) and the previous ``latest.json``, writes the run's report, ``latest.json``, their pages,
+the feedback files that changed and the folder state, and deletes the run lease.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -41,7 +39,7 @@ from warehouse.core.report import RunReport, combine_reports, combined_report_ke
 from warehouse.core.run import loaded
 from warehouse.listing.folders import InvalidFolderState, parse_state, save_state
 from warehouse.loader.feedback import publish_feedback
-from warehouse.loader.memo import load_previous_problems, load_previous_report
+from warehouse.loader.memo import load_previous_report
 from warehouse.loader.shards import Handoff, RunPart, expected_part_keys, part_key, run_folder
 from warehouse.storage.base import Storage
 
@@ -292,6 +290,8 @@ def finish_run(
     that finds ``latest.json`` already this run's leaves it). With ``force`` (the process that
     started the shards, or an operator, once they have all stopped) the parts found are
     combined and the missing ones named; ``latest.json`` then stays the last complete run's.
+    The run's timestamped report holds what changed since ``latest.json`` as it was
+    (`report.write_report`).
 
     Parameters
     ----------
@@ -315,7 +315,8 @@ def finish_run(
         listed = {info.key for info in storage.list(run_folder(graph, run_id))}
         if not all(key in listed for key in expected_part_keys(graph, run_id, count)):
             return RunEnd(None)
-        last = load_previous_report(storage, graph)
+    last = load_previous_report(storage, graph)
+    if not force:
         if last is not None and last.get("run_id") == run_id:
             # another shard that ended at the same time ended the run: its report stands (a
             # second one would compare the feedback with the run's own and count none)
@@ -328,18 +329,16 @@ def finish_run(
     if combined["completed"] and combined["listed"]:
         _save_run_folder_state(storage, parts, run_id)
     if combined["listed"]:
-        previous = load_previous_problems(storage, graph)
-        view = SimpleNamespace(
-            problems=combined["problems"],
-            run_id=run_id,
-            started=dt.datetime.fromisoformat(combined["started"]),
-        )
-        written = publish_feedback(storage, view, previous)
+        view = RunReport(graph, run_id)
+        view.problems = combined["problems"]
+        view.started = dt.datetime.fromisoformat(combined["started"])
+        written = publish_feedback(storage, view, last)
+        combined["feedback"] = dict(sorted((view.feedback or {}).items()))
         if written:
             combined["counts"]["feedback files written"] = written
             combined["counts"] = dict(sorted(combined["counts"].items()))
     key = combined_report_key(graph, combined["started"])
-    lines = write_report(storage, combined, key, as_memo=combined["listed"]).replace(
+    lines = write_report(storage, combined, key, as_memo=combined["listed"], previous=last).replace(
         "\n  report", f"\n  run report ({combined['shards']} shards)", 1
     )
     if release_lease:

@@ -113,8 +113,6 @@ class LoaderState(RunState):
     #: claimed by another centre: images under that prefix for that patient are refused too.
     refused_claims: set[tuple[str, str]] = field(default_factory=set)
     filed_centres: FiledCentres | None = None
-    #: The last run's problems (its report), to write only the feedback that changed.
-    previous_problems: list[dict] | None = None
     progress: Progress = field(default_factory=Progress)
     clinical_budget: ByteBudget = field(
         default_factory=lambda: ByteBudget(CLINICAL_BYTES_IN_FLIGHT)
@@ -211,7 +209,7 @@ class LoaderState(RunState):
         """Write each raw prefix's feedback file that changed (see `feedback`); a failed
         write makes the run incomplete."""
         try:
-            written = publish_feedback(storage, self.report, self.previous_problems)
+            written = publish_feedback(storage, self.report, self.report.previous)
         except StorageError as exc:
             self.report.fail(f"feedback not written: {exc}")
             return
