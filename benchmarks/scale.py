@@ -135,8 +135,10 @@ class Pool:
 
 
 def _patient_files(root: Path) -> tuple[dict, dict, dict]:
-    """Clinical files and images of each patient of a generated tree, and each patient's
-    image modalities."""
+    """Find the clinical files and images of each patient of a generated tree.
+
+    Also returns each patient's image modalities.
+    """
     import pydicom
 
     clinical: dict[str, list[str]] = {}
@@ -156,10 +158,12 @@ def _patient_files(root: Path) -> tuple[dict, dict, dict]:
 
 
 def make_pool(root: Path, seed: int, days: int, day_images: int) -> Pool:
-    """Generate the real uploads (the product's generator, no faulty files) and split them by
-    patient: ``days`` days of ``day_images`` images each (12-24 patients a day; a day's last
-    patient loses the images past the count), the rest the warehouse's real part (which keeps
-    a patient of each modality, the placeholders' templates)."""
+    """Generate the real uploads (the product's generator, no faulty files); split them by patient.
+
+    ``days`` days of ``day_images`` images each (12-24 patients a day; a day's last patient
+    loses the images past the count), the rest the warehouse's real part (which keeps a patient
+    of each modality, the placeholders' templates).
+    """
     from warehouse.synthetic import generate_tree
 
     generate_tree(root, patients=POOL_PATIENTS, images=POOL_IMAGES, seed=seed, faults=False)
@@ -190,9 +194,11 @@ def make_pool(root: Path, seed: int, days: int, day_images: int) -> Pool:
 
 
 def copy_upload(pool: Pool, upload: Upload, bucket: Path, date: str | None) -> int:
-    """Copy an upload's files into a bucket: where they are (``date`` None), or into the
-    upload folder ``date`` of their site (of a patient's clinical files of one kind, the
-    newest); how many files."""
+    """Copy an upload's files into a bucket; return how many files.
+
+    They go where they are (``date`` None), or into the upload folder ``date`` of their site
+    (of a patient's clinical files of one kind, the newest).
+    """
     newest: dict[str, str] = {}
     for relative in upload.clinical:  # (sorted: a later upload of the same file wins)
         site, _, _, name = relative.split("/")
@@ -221,9 +227,12 @@ def _status_kb(pid: int, field_name: str) -> int:
 def run_measured(
     command: list[str], env: dict, log_path: Path, max_rss_mb: float, max_seconds: float
 ) -> dict:
-    """Run ``command`` to its end, or stop it (SIGKILL, this child only) when its memory passes
-    ``max_rss_mb`` or its time ``max_seconds``: wall time, CPU seconds (``os.wait4``),
-    ``ru_maxrss``, the peak RSS seen by polling, the exit code and why it was stopped."""
+    """Run ``command`` to its end, or stop it when its memory or time passes its limit.
+
+    It is stopped (SIGKILL, this child only) when its memory passes ``max_rss_mb`` or its time
+    ``max_seconds``. Returns the wall time, CPU seconds (``os.wait4``), ``ru_maxrss``, the peak
+    RSS seen by polling, the exit code and why it was stopped.
+    """
     with open(log_path, "wb") as out:
         started = time.perf_counter()
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -294,7 +303,7 @@ class Harness:
         self.figures: dict = {"sizes": {}}
 
     def prepare(self) -> None:
-        """The pool of real uploads and the real part of every warehouse (a real loader run)."""
+        """Make the pool of real uploads and every warehouse's real part (a real loader run)."""
         args = self.args
         days = 2 if self.args.sharded_sizes else 1
         log(f"generating {POOL_IMAGES:,} real images for {POOL_PATIENTS} patients")
@@ -446,8 +455,10 @@ class Harness:
         return figures
 
     def sharded(self, house: Warehouse) -> dict:
-        """Day 2 loaded by a sharded run, part by part as AWS Batch runs them: the clinical
-        phase, then each image shard (the last to end ends the run)."""
+        """Load day 2 by a sharded run, part by part as AWS Batch runs them.
+
+        First the clinical phase, then each image shard (the last to end ends the run).
+        """
         count = self.args.shards
         self.drop_day(house, 1, self.today)
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
@@ -476,7 +487,10 @@ class Harness:
         }
 
     def floor(self) -> None:
-        """The request floor benchmark (``benchmarks.run --quick``, 20 ms a request, S3 only)."""
+        """Run the request floor benchmark (``benchmarks.run --quick``).
+
+        It runs on S3 only, at 20 ms a request.
+        """
         output = self.workdir / "floor.json"
         log("request floor: python -m benchmarks.run --quick --skip-local")
         command = [sys.executable, "-m", "benchmarks.run", "--quick", "--skip-local"]
@@ -518,7 +532,7 @@ def _lists(step: dict | None) -> str:
 
 
 def main_table(figures: dict) -> str:
-    """The issue's table, one row a size."""
+    """Render the issue's table, one row a size."""
     header = [
         "warehouse objects",
         "daily run: CPU / peak RSS",
@@ -558,7 +572,7 @@ def requests_table(figures: dict) -> str:
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table."""
+    """Render a Markdown table."""
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
@@ -578,8 +592,11 @@ def _measured(step: dict | None) -> bool:
 
 
 def _within(step: dict, ok: bool) -> bool | None:
-    """A target's verdict: FAIL for a run stopped at a limit, n/a for a run that did not end
-    (killed from outside, an internal error), else ``ok``."""
+    """Return a target's verdict for the run ``step``.
+
+    FAIL (False) for a run stopped at a limit, n/a (None) for a run that did not end (killed
+    from outside, an internal error), else ``ok``.
+    """
     if step.get("stopped"):
         return False
     return ok if _measured(step) else None
@@ -661,8 +678,11 @@ def evaluate(figures: dict) -> list[dict]:
 
 
 def outcome_checks(label: str, size: dict, days: list[dict]) -> list[dict]:
-    """What the runs filed: the day's images by the daily run, nothing by the rerun, nothing
-    more by the reconcile (a full-listing run finds nothing the daily runs left)."""
+    """Check what the runs filed.
+
+    The daily run files the day's images, the rerun nothing, the reconcile nothing more (a
+    full-listing run finds nothing the daily runs left).
+    """
     steps, checks = size["steps"], []
 
     def copied(step: dict | None) -> int | None:
@@ -719,7 +739,7 @@ def where_lists_go(figures: dict) -> list[str]:
 
 
 def render(figures: dict, checks: list[dict]) -> str:
-    """The printed result."""
+    """Render the printed result."""
     machine, day = figures["machine"], figures["days"][0]
     lines = [
         "",
@@ -804,7 +824,7 @@ about half an hour, most of it at 1M and 10M. Nothing leaves the machine.""",
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line, sizes parsed."""
+    """Parse the command line, sizes included."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:

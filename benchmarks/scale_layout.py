@@ -1,6 +1,7 @@
-"""The placeholder warehouse of the scale benchmark (`benchmarks.scale`): which patients, studies,
-images and upload folders a warehouse of a given size holds besides its real part, their keys
-in the bucket's public layout, and what each object holds.
+"""The placeholder warehouse of the scale benchmark (`benchmarks.scale`).
+
+It says which patients, studies, images and upload folders a warehouse of a given size holds
+besides its real part, their keys in the bucket's public layout, and what each object holds.
 
 A **real** part comes first: images the product's synthetic generator built with pydicom, filed
 by a real loader run. The **placeholders** are patients added around it, each in one closed
@@ -64,22 +65,22 @@ PSEUDONYM_MARK = "ScaleXXXXXXX"
 
 
 def pseudonym(index: int) -> str:
-    """A placeholder patient's pseudonym (fixed width: names sort by index)."""
+    """Return a placeholder patient's pseudonym (fixed width: names sort by index)."""
     return f"Scale{index:07d}"
 
 
 def study_uid(patient: int, study: int) -> str:
-    """A placeholder study's UID (fixed width; no component starts with 0)."""
+    """Return a placeholder study's UID (fixed width; no component starts with 0)."""
     return f"{UID_ROOT}.1{patient:07d}.1{study:02d}"
 
 
 def series_uid(patient: int, study: int, series: int) -> str:
-    """A placeholder series' UID."""
+    """Return a placeholder series' UID."""
     return f"{study_uid(patient, study)}.1{series:02d}"
 
 
 def sop_uid(patient: int, study: int, series: int, instance: int) -> str:
-    """A placeholder image's SOPInstanceUID (its file name is ``<uid>.dcm``)."""
+    """Return a placeholder image's SOPInstanceUID (its file name is ``<uid>.dcm``)."""
     return f"{series_uid(patient, study, series)}.1{instance:04d}"
 
 
@@ -113,15 +114,19 @@ class Patient(NamedTuple):
 
     @property
     def warehouse_objects(self) -> int:
-        """Objects the patient has on the warehouse side: its clinical file, and an image and
-        a metadata file per image."""
+        """Objects the patient has on the warehouse side.
+
+        Its clinical file, and an image and a metadata file per image.
+        """
         return 1 + 2 * self.images
 
 
 @dataclass(frozen=True)
 class Site:
-    """A configured raw prefix: its ``SubmittingCentre`` and which group its patients go to
-    (``training``, ``validation`` or ``split``)."""
+    """A configured raw prefix: its ``SubmittingCentre`` and which group its patients go to.
+
+    Its ``kind`` is ``training``, ``validation`` or ``split``.
+    """
 
     prefix: str
     centre: str
@@ -129,8 +134,10 @@ class Site:
 
 
 def configured_sites(config: dict) -> list[Site]:
-    """The configured raw prefixes of a ``config.json`` whose centre is in one of its lists,
-    with that centre (the synthetic generator's sites)."""
+    """Return the configured raw prefixes of a ``config.json`` whose centre is in one of its lists.
+
+    Each comes as a `Site` with that centre (the synthetic generator's sites).
+    """
     from warehouse.synthetic.sites import SITES
 
     centres = {s.uploader: s.centre for s in SITES}
@@ -149,9 +156,11 @@ def _draw(rng: random.Random, low_high: tuple[int, int]) -> int:
 
 
 def make_patient(index: int, seed: int, sites: list[Site], dates: list[str] | None) -> Patient:
-    """Placeholder patient ``index`` (the same for the same seed): its site by turn, its upload
-    folder (`PATIENTS_PER_FOLDER` patients a folder of ``dates``; none without dates), group,
-    kind and studies."""
+    """Return placeholder patient ``index`` (the same for the same seed).
+
+    The patient has its site by turn, its upload folder (`PATIENTS_PER_FOLDER` patients a folder
+    of ``dates``; none without dates), group, kind and studies.
+    """
     rng = random.Random(seed * 1_000_003 + index)
     site = sites[index % len(sites)]
     date = dates[(index // len(sites)) // PATIENTS_PER_FOLDER] if dates else ""
@@ -169,8 +178,10 @@ def make_patient(index: int, seed: int, sites: list[Site], dates: list[str] | No
 
 
 def folder_dates(count: int, newest: dt.date) -> list[str]:
-    """``count`` upload folder dates, oldest first, `FOLDER_SPACING_DAYS` apart, ending at
-    ``newest``."""
+    """Return ``count`` upload folder dates, oldest first, ending at ``newest``.
+
+    The dates are `FOLDER_SPACING_DAYS` apart.
+    """
     return [
         (newest - dt.timedelta(days=FOLDER_SPACING_DAYS * (count - 1 - n))).isoformat()
         for n in range(count)
@@ -211,8 +222,10 @@ class Layout:
 
     @classmethod
     def for_objects(cls, objects: int, seed: int, sites: list[Site], newest: dt.date) -> Layout:
-        """The layout of the fewest placeholder patients that make ``objects`` warehouse-side
-        objects or more (none for 0 or fewer)."""
+        """Return the smallest layout with ``objects`` warehouse-side objects or more.
+
+        It has the fewest placeholder patients that make that many (none for 0 or fewer).
+        """
         count, total = 0, 0
         while total < objects:
             total += make_patient(count, seed, sites, None).warehouse_objects
@@ -220,7 +233,7 @@ class Layout:
         return cls(count, seed, sites, newest)
 
     def patient(self, name: str) -> Patient | None:
-        """The placeholder patient of a pseudonym, or None."""
+        """Return the placeholder patient of a pseudonym, or None."""
         return self._by_name.get(name)
 
     @property
@@ -246,7 +259,7 @@ class Layout:
 
 
 def clinical_keys(patient: Patient) -> tuple[str, str]:
-    """The raw upload and the filed copy of a placeholder patient's clinical file."""
+    """Return the raw upload and the filed copy of a placeholder patient's clinical file."""
     raw = f"{patient.site}/{patient.date}/data/{patient.name}_{patient.kind}.json"
     return raw, f"{patient.group}/data/{patient.name}/{patient.kind}_{patient.date}.json"
 
@@ -265,7 +278,7 @@ class Image(NamedTuple):
 
 
 def image_at(patient: Patient, study: int, series: int, instance: int) -> Image | None:
-    """The placeholder image of ``patient`` with these numbers (each from 1), or None."""
+    """Return the placeholder image of ``patient`` with these numbers (each from 1), or None."""
     if not 1 <= study <= len(patient.studies):
         return None
     found = patient.studies[study - 1]
@@ -288,7 +301,7 @@ def image_at(patient: Patient, study: int, series: int, instance: int) -> Image 
 
 
 def images_of(patient: Patient) -> Iterator[Image]:
-    """The placeholder images of a patient, study by study, in key order within a series."""
+    """Yield the placeholder images of a patient, study by study, in key order within a series."""
     for s, study in enumerate(patient.studies, start=1):
         for r in range(1, study.series + 1):
             for k in range(1, study.images + 1):
@@ -303,8 +316,10 @@ def images_of(patient: Patient) -> Iterator[Image]:
 
 @dataclass
 class Template:
-    """A real filed image of one modality: its keys in the real warehouse, its size and its
-    catalogue row."""
+    """A real filed image of one modality: its keys, its size and its catalogue row.
+
+    The keys are the image's in the real warehouse.
+    """
 
     raw_key: str
     image_key: str
@@ -331,8 +346,11 @@ class Contents:
 
     @classmethod
     def from_warehouse(cls, root: Path, sites: list[Site], seed: int) -> Contents:
-        """Read the templates from a real local warehouse (its catalogue parts name a filed
-        image of each modality; CR stands in for DX when need be)."""
+        """Read the templates from a real local warehouse.
+
+        Its catalogue parts name a filed image of each modality; CR stands in for DX when need
+        be.
+        """
         templates: dict[str, Template] = {}
         for path in sorted((root / PARTS_PREFIX).glob("*.parquet")):
             for row in pq.read_table(path).to_pylist():
@@ -356,20 +374,25 @@ class Contents:
     def from_templates(
         cls, root: Path, templates: dict[str, Template], sites: list[Site], seed: int
     ) -> Contents:
-        """The contents of templates found already (their metadata files read from ``root``)."""
+        """Return the contents of templates found already.
+
+        Their metadata files are read from ``root``.
+        """
         metadata = {
             m: json.loads((root / t.metadata_key).read_bytes()) for m, t in templates.items()
         }
         return cls(templates, metadata, clinical_templates(sites, seed))
 
     def clinical_bytes(self, patient: Patient) -> bytes:
-        """A placeholder patient's clinical record."""
+        """Return a placeholder patient's clinical record."""
         template = self.clinical[(patient.site, patient.kind)]
         return template.replace(PSEUDONYM_MARK.encode(), patient.name.encode())
 
     def study_metadata(self, patient: Patient, image: Image) -> bytes:
-        """The metadata file of the first image of a study: the template's, with the
-        placeholder's identifiers."""
+        """Return the metadata file of the first image of a study.
+
+        It is the template's, with the placeholder's identifiers.
+        """
         document = json.loads(json.dumps(self.metadata[image.modality]))
         for tag, value in (
             ("00100010", {"Alphabetic": patient.name}),
@@ -384,7 +407,7 @@ class Contents:
 
 
 def clinical_templates(sites: list[Site], seed: int) -> dict[tuple[str, str], bytes]:
-    """A synthetic clinical record for each site and kind, `PSEUDONYM_MARK` as pseudonym."""
+    """Make a synthetic clinical record for each site and kind, `PSEUDONYM_MARK` as pseudonym."""
     from warehouse.synthetic.records import clinical_record, json_bytes
 
     found = {}
@@ -398,8 +421,10 @@ def clinical_templates(sites: list[Site], seed: int) -> dict[tuple[str, str], by
 
 
 def catalogue_rows(patient: Patient, contents: Contents) -> Iterator[dict]:
-    """The catalogue rows of a placeholder patient's images: the template's header fields,
-    the placeholder's keys and identifiers."""
+    """Yield the catalogue rows of a placeholder patient's images.
+
+    Each has the template's header fields, the placeholder's keys and identifiers.
+    """
     upload = dt.date.fromisoformat(patient.date)
     for image in images_of(patient):
         template = contents.templates[image.modality]
@@ -422,9 +447,16 @@ def catalogue_rows(patient: Patient, contents: Contents) -> Iterator[dict]:
 def write_parts(
     root: Path, layout: Layout, contents: Contents, schema: pa.Schema, first: dt.datetime
 ) -> int:
-    """Write the placeholders' catalogue parts (`PART_ROWS` rows each, sorted by warehouse key
-    as the loader's are) into local directory ``root``, named an hour apart from ``first`` on
-    (older than the real run's); how many parts."""
+    """Write the placeholders' catalogue parts into local directory ``root``.
+
+    Each part has `PART_ROWS` rows, sorted by warehouse key as the loader's are; the parts are
+    named an hour apart from ``first`` on (older than the real run's).
+
+    Returns
+    -------
+    int
+        How many parts.
+    """
     folder = root / PARTS_PREFIX
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -468,8 +500,11 @@ class _Folders:
 
 
 class _Linker:
-    """Hard links to template files; a template at the file system's most links (65,000 on
-    ext4) is copied, beside the bucket, and the copy linked to from then on."""
+    """Hard links to template files.
+
+    A template at the file system's most links (65,000 on ext4) is copied, beside the bucket,
+    and the copy linked to from then on.
+    """
 
     def __init__(self, spare: Path):
         self.spare = spare
@@ -492,11 +527,13 @@ class _Linker:
 
 
 def build_local(root: Path, layout: Layout, contents: Contents) -> dict:
-    """Write the placeholders into the local warehouse ``root`` (which holds the real part the
-    templates come from): images and most metadata files as hard links to the templates (to
-    copies of them beside the bucket, ``<root>-templates/``, past the file system's most
-    links), clinical files and each study's first metadata file written, the filed clinical
-    copy a hard link to its upload. The catalogue parts are `write_parts`'.
+    """Write the placeholders into the local warehouse ``root``.
+
+    ``root`` holds the real part the templates come from. Images and most metadata files are
+    hard links to the templates (to copies of them beside the bucket, ``<root>-templates/``,
+    past the file system's most links); clinical files and each study's first metadata file are
+    written; the filed clinical copy is a hard link to its upload. The catalogue parts are
+    `write_parts`'.
 
     Returns
     -------
@@ -536,9 +573,11 @@ def build_local(root: Path, layout: Layout, contents: Contents) -> dict:
 
 
 def closed_state(folders: dict[str, list[str]], now: dt.datetime) -> bytes:
-    """A raw-side folder state (the bucket's public layout, ``state/raw-folders.json``) in
-    which every one of ``folders`` (prefix -> dates) is closed: what the reconcile runs of a
-    warehouse that has run for years leave."""
+    """Return a raw-side folder state in which every one of ``folders`` is closed.
+
+    The state is ``state/raw-folders.json`` (the bucket's public layout) and ``folders`` maps
+    prefix -> dates: what the reconcile runs of a warehouse that has run for years leave.
+    """
     document = {
         "version": 1,
         "run_id": "scale-benchmark",
@@ -553,7 +592,7 @@ def closed_state(folders: dict[str, list[str]], now: dt.datetime) -> bytes:
 
 
 def upload_folders(root: Path, prefixes: list[str]) -> dict[str, list[str]]:
-    """The upload folders (first-level folders) of each raw prefix of a local bucket."""
+    """Return the upload folders (first-level folders) of each raw prefix of a local bucket."""
     found = {}
     for prefix in prefixes:
         base = root / prefix

@@ -1,5 +1,6 @@
-"""One run of a graph for the scale benchmark, in this process, on a counted store:
-``python -m benchmarks.scale_runner warehouseloader|dataprocess --counts FILE``.
+"""One run of a graph for the scale benchmark, in this process, on a counted store.
+
+Usage: ``python -m benchmarks.scale_runner warehouseloader|dataprocess --counts FILE``.
 
 The graph runs through its own entry points (``get_services(storage=...)``, ``run``) with the
 settings of the environment (``WAREHOUSE_BUCKET=file://...``, ``WAREHOUSE_RECONCILE``,
@@ -28,7 +29,7 @@ GRAPHS = ("warehouseloader", "dataprocess")
 
 
 def peak_rss_mb() -> float | None:
-    """This process's peak resident set size (``VmHWM``) in MB; None where there is none."""
+    """Return this process's peak resident set size (``VmHWM``) in MB; None where there is none."""
     try:
         with open("/proc/self/status", encoding="ascii") as handle:
             for line in handle:
@@ -40,8 +41,13 @@ def peak_rss_mb() -> float | None:
 
 
 def run_graph(graph: str, counter: RequestCounter, generated: Path | None) -> int:
-    """Run ``graph`` once with the environment's settings on the counted store; its exit
-    code."""
+    """Run ``graph`` once with the environment's settings on the counted store.
+
+    Returns
+    -------
+    int
+        The graph's exit code.
+    """
     from warehouse.core.config import settings_from_env
     from warehouse.core.run import EXIT_INTERNAL
     from warehouse.runtime import command
@@ -68,8 +74,10 @@ def run_graph(graph: str, counter: RequestCounter, generated: Path | None) -> in
 
 
 class PeakSnapshot:
-    """Traces allocations (`tracemalloc`) and keeps a snapshot taken near the peak: every
-    ``period`` seconds, when more memory is traced than at any sample before."""
+    """Traces allocations (`tracemalloc`) and keeps a snapshot taken near the peak.
+
+    It takes one every ``period`` seconds, when more memory is traced than at any sample before.
+    """
 
     def __init__(self, period: float = 1.0):
         self.period, self.snapshot, self._most = period, None, 0

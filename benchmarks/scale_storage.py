@@ -1,5 +1,7 @@
-"""Stores of the scale benchmark: one that counts the requests a run would make on S3, and one
-that serves a placeholder warehouse of millions of objects as a listing generated on demand.
+"""The scale benchmark's two stores: a request counter and a generated warehouse.
+
+One counts the requests a run would make on S3, and one serves a placeholder warehouse of
+millions of objects as a listing generated on demand.
 
 `CountingStorage` wraps any store and counts what each operation would cost on S3, by kind and
 by the part of the bucket it touches: a listing call costs one LIST a thousand keys (at least
@@ -50,9 +52,12 @@ KINDS = ("LIST", "GET", "GET-range", "PUT", "COPY", "HEAD", "DELETE")
 
 
 def area_of(key: str) -> str:
-    """The part of the bucket a key or prefix lies in, for the request counts: ``raw``,
-    ``clinical`` (``<group>/data/``), ``images``, ``metadata``, ``warehouse`` (a group's top),
-    ``catalogue``, ``reports``, ``state``, ``feedback``, ``lease``, ``root`` or ``other``."""
+    """Return the part of the bucket a key or prefix lies in, for the request counts.
+
+    One of ``raw``, ``clinical`` (``<group>/data/``), ``images``, ``metadata``, ``warehouse`` (a
+    group's top), ``catalogue``, ``reports``, ``state``, ``config`` (``config.json``),
+    ``feedback``, ``lease``, ``root`` or ``other``.
+    """
     parts = key.split("/")
     top = parts[0]
     if top.startswith("raw-"):
@@ -110,8 +115,7 @@ class RequestCounter:
 
 
 class CountingStorage(DelegatingStorage):
-    """A store that counts what each operation would cost on S3 (`RequestCounter`), then hands
-    it to ``inner``.
+    """A store that counts what each operation would cost on S3, then hands it to ``inner``.
 
     Parameters
     ----------
@@ -142,16 +146,20 @@ class CountingStorage(DelegatingStorage):
         self.counter.listed(n)
 
     def check_store(self) -> None:
+        """Count a HEAD (HeadBucket), then check ``inner``."""
         self.counter.add("HEAD", self.area or "root")
         self.inner.check_store()
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Count a LIST a page of `PAGE_KEYS` keys as the listing of ``inner`` is read."""
         return self._pages(self.inner.list(prefix), self._area(prefix))
 
     def list_after(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        """Count as `list` does, for the listing of ``inner`` after ``start_after``."""
         return self._pages(self.inner.list_after(prefix, start_after), self._area(prefix))
 
     def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+        """Count a LIST a page of `PAGE_KEYS` folders and objects found (one at least)."""
         folders, objects = self.inner.list_folders(prefix)
         found = len(folders) + len(objects)
         self.counter.add("LIST", self._area(prefix), max(1, math.ceil(found / PAGE_KEYS)))
@@ -159,44 +167,54 @@ class CountingStorage(DelegatingStorage):
         return folders, objects
 
     def read(self, key: str) -> bytes:
+        """Count a GET, then read from ``inner``."""
         self.counter.add("GET", self._area(key))
         return self.inner.read(key)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Count a ranged GET, then read from ``inner``."""
         self.counter.add("GET-range", self._area(key))
         return self.inner.read_range(key, start, end)
 
     def read_with_token(self, key: str) -> tuple[bytes, str]:
+        """Count a GET, then read from ``inner`` with its token."""
         self.counter.add("GET", self._area(key))
         return self.inner.read_with_token(key)
 
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
+        """Count a PUT, then write to ``inner``."""
         self.counter.add("PUT", self._area(key))
         self.inner.write(key, data, content_type)
 
     def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
+        """Count a PUT, then write the file to ``inner``."""
         self.counter.add("PUT", self._area(key))
         self.inner.write_file(key, path, content_type)
 
     def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        """Count a PUT, then write to ``inner`` if the key is absent."""
         self.counter.add("PUT", self._area(key))
         return self.inner.write_if_absent(key, data, content_type)
 
     def write_if_match(
         self, key: str, data: bytes, token: str, content_type: str = "application/json"
     ) -> str:
+        """Count a PUT, then write to ``inner`` if the object is unchanged since ``token``."""
         self.counter.add("PUT", self._area(key))
         return self.inner.write_if_match(key, data, token, content_type)
 
     def delete_if_match(self, key: str, token: str) -> None:
+        """Count a DELETE, then delete from ``inner``."""
         self.counter.add("DELETE", self._area(key))
         self.inner.delete_if_match(key, token)
 
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
+        """Count a COPY (in the target's area), then copy within ``inner``."""
         self.counter.add("COPY", self._area(target_key))
         self.inner.copy(source_key, target_key, size)
 
     def processed(self) -> Storage:
+        """Return the processed store of ``inner``, counted in the ``processed`` area."""
         return CountingStorage(self.inner.processed(), self.counter, "processed")
 
 
@@ -205,7 +223,7 @@ class CountingStorage(DelegatingStorage):
 
 
 def _uid_numbers(uid: str, parts: int) -> list[int] | None:
-    """The placeholder numbers of a placeholder UID (`scale_layout.sop_uid`), or None."""
+    """Return the placeholder numbers of a placeholder UID (`scale_layout.sop_uid`), or None."""
     if not uid.startswith(UID_ROOT + "."):
         return None
     fields = uid[len(UID_ROOT) + 1 :].split(".")
@@ -215,8 +233,9 @@ def _uid_numbers(uid: str, parts: int) -> list[int] | None:
 
 
 class GeneratedStorage(Storage):
-    """A store of placeholder objects generated from their `Layout` over an overlay store
-    (`LocalStorage`) that holds everything else and takes every write.
+    """A store of placeholder objects generated from their `Layout` over an overlay store.
+
+    The overlay (`LocalStorage`) holds everything else and takes every write.
 
     Parameters
     ----------
@@ -247,8 +266,10 @@ class GeneratedStorage(Storage):
 
     @classmethod
     def from_spec(cls, spec_path: Path, overlay_root: Path) -> GeneratedStorage:
-        """The store a spec file (`write_spec`) describes, over the local directory
-        ``overlay_root``."""
+        """Build the store a spec file (`write_spec`) describes.
+
+        Its overlay is the local directory ``overlay_root``.
+        """
         spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
         sites = [Site(**site) for site in spec["sites"]]
         layout = Layout(
@@ -279,8 +300,10 @@ class GeneratedStorage(Storage):
         return self._sizes[(what, *args)]
 
     def _children(self, parts: list[str]) -> list[tuple[str, bool, int]]:
-        """The generated entries of the folder ``parts``: ``(name, is folder, size)``, in key
-        order."""
+        """Return the generated entries of the folder ``parts``, in key order.
+
+        Each entry is ``(name, is folder, size)``.
+        """
         entries = self._entries(parts)
         return sorted(entries, key=lambda entry: entry[0] + "/" if entry[1] else entry[0])
 
@@ -354,7 +377,7 @@ class GeneratedStorage(Storage):
         return f"{image.sop}.json", False, self._size(what, image.modality)
 
     def _generated(self, prefix: str) -> Iterator[ObjectInfo]:
-        """The generated objects whose keys start with ``prefix``, in key order."""
+        """Yield the generated objects whose keys start with ``prefix``, in key order."""
         folder = prefix.rpartition("/")[0]
         stack = [
             (
@@ -377,7 +400,7 @@ class GeneratedStorage(Storage):
                 yield ObjectInfo(key, size, self.modified)
 
     def content(self, key: str) -> bytes | None:
-        """What the generated object ``key`` holds, or None when there is none."""
+        """Return what the generated object ``key`` holds, or None when there is none."""
         parts = key.split("/")
         if len(parts) == 4 and parts[0] in self._sites:
             return self._raw_content(parts)
@@ -424,9 +447,11 @@ class GeneratedStorage(Storage):
     # -- the store -------------------------------------------------------------------------
 
     def check_store(self) -> None:
+        """Check the overlay (the generated objects need no check)."""
         self.overlay.check_store()
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """List overlay and generated objects in key order, each key once (the overlay's)."""
         merged = heapq.merge(self.overlay.list(prefix), self._generated(prefix), key=_key)
         last = None
         for info in merged:
@@ -435,6 +460,7 @@ class GeneratedStorage(Storage):
             last = info.key
 
     def list_folders(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+        """List one level of the overlay and of the generated objects, merged."""
         folders, objects = self.overlay.list_folders(prefix)
         parts = prefix.rstrip("/").split("/") if prefix.strip("/") else []
         generated = self._children(parts)
@@ -450,6 +476,7 @@ class GeneratedStorage(Storage):
         return sorted(names), sorted(objects, key=_key)
 
     def read(self, key: str) -> bytes:
+        """Read from the overlay, else the generated object's content."""
         try:
             return self.overlay.read(key)
         except ObjectNotFound:
@@ -459,6 +486,7 @@ class GeneratedStorage(Storage):
             return data
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Read a range from the overlay, else from the generated object's content."""
         try:
             return self.overlay.read_range(key, start, end)
         except ObjectNotFound:
@@ -468,12 +496,15 @@ class GeneratedStorage(Storage):
             return data[start:end]
 
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
+        """Write to the overlay."""
         self.overlay.write(key, data, content_type)
 
     def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
+        """Write the file to the overlay."""
         self.overlay.write_file(key, path, content_type)
 
     def copy(self, source_key: str, target_key: str, size: int | None = None) -> None:
+        """Copy within the overlay; a generated source is written to the target in the overlay."""
         try:
             self.overlay.copy(source_key, target_key, size)
         except ObjectNotFound:
@@ -483,20 +514,25 @@ class GeneratedStorage(Storage):
             self.overlay.write(target_key, data)
 
     def processed(self) -> Storage:
+        """Return the overlay's processed store (nothing in it is generated)."""
         return self.overlay.processed()
 
     def read_with_token(self, key: str) -> tuple[bytes, str]:
+        """Read from the overlay only: a generated object is not found."""
         return self.overlay.read_with_token(key)
 
     def write_if_absent(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        """Write to the overlay if it has no such key (generated objects are not consulted)."""
         return self.overlay.write_if_absent(key, data, content_type)
 
     def write_if_match(
         self, key: str, data: bytes, token: str, content_type: str = "application/json"
     ) -> str:
+        """Replace the overlay's object if it is unchanged since ``token``."""
         return self.overlay.write_if_match(key, data, token, content_type)
 
     def delete_if_match(self, key: str, token: str) -> None:
+        """Delete from the overlay if unchanged; a generated object is refused (`StorageError`)."""
         if self.content(key) is not None:
             raise StorageError(f"{key} is generated: it cannot be deleted")
         self.overlay.delete_if_match(key, token)

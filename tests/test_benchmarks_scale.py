@@ -1,9 +1,10 @@
-"""The scale benchmark's builder (`benchmarks.scale_layout`) and stores (`benchmarks.scale_storage`)
-at a tiny size: the warehouse it builds is consistent (every placeholder image has its
-metadata file, its raw upload and a catalogue row; every placeholder patient its clinical
-files; a reconcile finds nothing to file), the generated store lists and reads what the local
-build writes, and the counting store counts S3 pages. Timings are the benchmark's, not
-checked here.
+"""The scale benchmark's builder and stores at a tiny size.
+
+The warehouse the builder (`benchmarks.scale_layout`) builds is consistent (every placeholder
+image has its metadata file, its raw upload and a catalogue row; every placeholder patient its
+clinical files; a reconcile finds nothing to file), the generated store
+(`benchmarks.scale_storage`) lists and reads what the local build writes, and the counting store
+counts S3 pages. Timings are the benchmark's, not checked here.
 """
 
 from __future__ import annotations

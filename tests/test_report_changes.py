@@ -1,6 +1,9 @@
-"""Reports that do not grow with history: each run writes its whole list of inputs not filed
-once (``latest.json``, the memo) and, at its timestamped keys, only what changed since the run
-before, with the keys a reader needs to rebuild any run's list."""
+"""Reports that do not grow with history.
+
+Each run writes its whole list of inputs not filed once (``latest.json``, the memo) and, at its
+timestamped keys, only what changed since the run before, with the keys a reader needs to
+rebuild any run's list.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +47,11 @@ def stamped_keys(store, folder: str = REPORTS) -> list[str]:
 
 
 def rebuild(before: list[dict], changes: dict) -> list[dict]:
-    """The whole list after a timestamped report, as its reader rebuilds it: the list before,
-    without the keys that changed or are resolved, plus the new and changed entries."""
+    """The whole list after a timestamped report, as its reader rebuilds it.
+
+    The list before, without the keys that changed or are resolved, plus the new and changed
+    entries.
+    """
     gone = set(changes["resolved"]) | {p["key"] for p in changes["changed"]}
     kept = [p for p in before if p["key"] not in gone]
     return sorted(kept + changes["new"] + changes["changed"], key=canonical)
@@ -60,8 +66,10 @@ def whole(entries: list[dict]) -> list[dict]:
 
 
 def rebuild_chain(store, key: str) -> list[dict]:
-    """A run's whole list rebuilt from timestamped reports alone: back along ``previous`` to
-    a base, then forward."""
+    """A run's whole list rebuilt from timestamped reports alone.
+
+    It goes back along ``previous`` to a base, then forward.
+    """
     chain = []
     while key is not None:
         report = read(store, key)
@@ -247,8 +255,10 @@ def test_a_run_that_did_not_list_keeps_the_memo_and_says_resolved_is_not_known(s
 
 
 def test_a_memo_written_before_memos_named_their_report_still_links(store):
-    """The first run after an upgrade: the memo has no ``key`` nor feedback record. The run's
-    report names the memo's report by its start; each prefix's feedback gets a base."""
+    """The first run after an upgrade: the memo has no ``key`` nor feedback record.
+
+    The run's report names the memo's report by its start; each prefix's feedback gets a base.
+    """
     _, first_key = _first_run(store)
     memo = read(store, LATEST)
     del memo["key"], memo["feedback"]
