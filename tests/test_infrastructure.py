@@ -100,6 +100,8 @@ DATAPROCESS_REPORT = "reports/dataprocess/2026-11-25T09-22-50Z.json"
 OTHER_REPORT = "reports/submittingcentres/latest.json"
 FEEDBACK = "feedback/raw-site-a/latest.json"
 LOCK = "locks/warehouseloader.json"
+FOLDER_STATE = "state/raw-folders.json"
+CATALOGUE_INDEX = "catalogue/index/latest.json"
 ELSEWHERE = "notes/readme.txt"
 WAREHOUSE_KEYS = [
     CONFIG,
@@ -108,6 +110,8 @@ WAREHOUSE_KEYS = [
     TRAINING,
     VALIDATION,
     CATALOGUE,
+    CATALOGUE_INDEX,
+    FOLDER_STATE,
     LOADER_REPORT,
     DATAPROCESS_REPORT,
     OTHER_REPORT,
@@ -439,8 +443,28 @@ def test_uploaders_list_only_their_own_prefixes(template, prefix, allowed):
 TASK_ROLES = {
     "WarehouseLoaderTaskRole": {
         "family": "Pipeline",
-        "read": {CONFIG, RAW_DATA, RAW_IMAGE, TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT, LOCK},
-        "write": {TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT, FEEDBACK, LOCK},
+        "read": {
+            CONFIG,
+            RAW_DATA,
+            RAW_IMAGE,
+            TRAINING,
+            VALIDATION,
+            CATALOGUE,
+            CATALOGUE_INDEX,
+            FOLDER_STATE,
+            LOADER_REPORT,
+            LOCK,
+        },
+        "write": {
+            TRAINING,
+            VALIDATION,
+            CATALOGUE,
+            CATALOGUE_INDEX,
+            FOLDER_STATE,
+            LOADER_REPORT,
+            FEEDBACK,
+            LOCK,
+        },
         "delete": {LOCK},
         "write_processed": False,
     },
@@ -453,10 +477,11 @@ TASK_ROLES = {
     },
     "DataProcessTaskRole": {
         "family": "DataProcessing",
-        "read": {CONFIG, TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT},
-        "write": {DATAPROCESS_REPORT},
+        "read": {CONFIG, TRAINING, VALIDATION, CATALOGUE, CATALOGUE_INDEX, LOADER_REPORT},
+        "write": {DATAPROCESS_REPORT, CATALOGUE_INDEX},
         "delete": set(),
         "write_processed": True,
+        "read_processed": True,  # the last batch's rows and catalogue
     },
 }
 
@@ -479,7 +504,9 @@ def test_each_task_role_reads_and_writes_only_its_graphs_prefixes(template, name
     assert allows(policy, "s3:ListBucket", WAREHOUSE)
     for key in PROCESSED_KEYS:
         assert allows(policy, "s3:PutObject", f"{PROCESSED}/{key}") is expected["write_processed"]
-        assert not allows(policy, "s3:GetObject", f"{PROCESSED}/{key}")
+        assert allows(policy, "s3:GetObject", f"{PROCESSED}/{key}") is expected.get(
+            "read_processed", False
+        )
     assert allows(policy, "sns:Publish", "${Topic}")
     assert grants(policy)["sns:Publish"] == {"${Topic}"}
     assert not any("*" in action for action in grants(policy))
@@ -496,6 +523,7 @@ def test_task_role_grants_action_by_action(template):
             f"{w}/training/*",
             f"{w}/validation/*",
             f"{w}/catalogue/*",
+            f"{w}/state/*",  # the upload folders' state
             f"{w}/reports/warehouseloader/*",
             f"{w}/locks/*",
         },
@@ -503,6 +531,7 @@ def test_task_role_grants_action_by_action(template):
             f"{w}/training/*",
             f"{w}/validation/*",
             f"{w}/catalogue/*",
+            f"{w}/state/*",
             f"{w}/reports/warehouseloader/*",
             f"{w}/feedback/*",
             f"{w}/locks/*",
@@ -517,8 +546,9 @@ def test_task_role_grants_action_by_action(template):
         "sns:Publish": {"${Topic}"},
     }
     assert grants(role_policy(template, "DataProcessTaskRole")) == {
-        "s3:ListBucket": {w},
+        "s3:ListBucket": {w, PROCESSED},
         "s3:GetObject": {
+            f"{PROCESSED}/*",  # the last batch: what a batch reuses
             f"{w}/config.json",
             f"{w}/training/*",
             f"{w}/validation/*",
@@ -526,7 +556,11 @@ def test_task_role_grants_action_by_action(template):
             f"{w}/reports/warehouseloader/*",
             f"{w}/reports/dataprocess/latest.json",  # its memo: its changes' base
         },
-        "s3:PutObject": {f"{PROCESSED}/*", f"{w}/reports/dataprocess/*"},
+        "s3:PutObject": {
+            f"{PROCESSED}/*",
+            f"{w}/reports/dataprocess/*",
+            f"{w}/catalogue/index/*",  # the catalogue's index, from the merge
+        },
         "sns:Publish": {"${Topic}"},
     }
 
