@@ -664,9 +664,9 @@ def test_dataprocess_merges_only_the_new_parts_and_a_reconcile_catalogues_what_n
     builders.put_tree(store, _tree(images=6, date="2021-03-01", first=18))
     assert builders.run_loader(store, workers=4)[0] == 0
     reads = []
-    monkeypatch.setattr(merge, "read_part", _recording(merge.read_part, reads))
+    monkeypatch.setattr(merge, "read_in_order", _recording(merge.read_in_order, reads))
     code, state = run_dataprocess(store, workers=4)
-    assert code == 0 and len(reads) == 1
+    assert code == 0 and reads == [part_keys(store)[-1]]
     second = _images(store)
     expected = _oracle_frame(store, _raw_of(store))
     assert len(second) == 24
@@ -686,9 +686,12 @@ def test_dataprocess_merges_only_the_new_parts_and_a_reconcile_catalogues_what_n
     pd.testing.assert_frame_equal(recovered, unknown_source)
 
 
-def _recording(read, reads: list):
-    def recorded(data, *args, **kwargs):
-        reads.append(len(data))
-        return read(data, *args, **kwargs)
+def _recording(read_in_order, reads: list):
+    """Record the keys of the parts ``read_in_order`` reads from the store."""
+
+    def recorded(storage, keys, *args, **kwargs):
+        keys = list(keys)
+        reads.extend(keys)
+        return read_in_order(storage, keys, *args, **kwargs)
 
     return recorded

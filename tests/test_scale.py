@@ -17,8 +17,10 @@ import pyarrow.parquet as pq
 
 from tests import builders
 from tests.builders import clinical, image
-from tests.test_catalogue import _all_metadata, part_rows
+from tests.test_catalogue import _all_metadata, part_keys, part_rows
 from tests.test_warehouseloader import SPLIT
+from warehouse.catalogue import index as catalogue_index
+from warehouse.catalogue import run as catalogue_run
 from warehouse.core.keys import parse_image_key
 from warehouse.listing.folders import STATE_KEY
 from warehouse.storage.local import LocalStorage
@@ -276,3 +278,42 @@ def test_a_reconcile_with_an_inventory_reads_the_folders_it_covers_from_it(local
     assert not any(prefix.startswith("training/ct") for prefix in listed)
     assert state.report.counts["images copied"] == 1
     assert late_name in _filed_names(store)
+
+
+def test_a_daily_run_behind_many_parts_takes_them_compactly_and_writes_an_index(
+    local_store, monkeypatch
+):
+    """No index and more newer parts than a daily run keeps row by row (one, here).
+
+    The run takes the parts into its arrays, still refuses a copy of an instance they list,
+    and leaves an index that covers them, so the next run reads none of them.
+    """
+    monkeypatch.setattr(catalogue_index, "PART_SETTLE", dt.timedelta(0))
+    monkeypatch.setattr(catalogue_run, "RECENT_PARTS", 1)
+    store = local_store
+    _warehouse_with_a_closed_folder(store)
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    builders.put_tree(store, _uploads(today, ("Covid1", "Covid3"), 4, first=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    parts = part_keys(store)
+    assert len(parts) >= 2
+    for info in list(store.list("catalogue/index/")):
+        (store.root / info.key).unlink()
+    # a copy of an instance filed in the first part, under another name
+    name, data = image("Covid2", "DX", "s1", "r1", 1)
+    filed = [row for row in part_rows(store) if row["SOPInstanceUID"] == name[: -len(".dcm")]]
+    assert filed, "the copy's instance is in a part"
+    store.write(f"raw-a/{today}/images/copy-{name}", data)
+
+    code, state = builders.run_loader(store, workers=4)
+
+    assert code == 0 and state.mode == "daily"
+    refused = {p["key"]: p["reason"] for p in state.report.problems}
+    assert refused[f"raw-a/{today}/images/copy-{name}"] == "duplicate image"
+    pointer = json.loads(store.read("catalogue/index/latest.json"))
+    assert pointer["through"] == max(parts)
+    index = pq.read_table(store.root / pointer["index"])
+    assert index.num_rows == len(part_rows(store))
+
+    code, state = builders.run_loader(store, workers=4)  # reads no part: the index covers them
+    assert code == 0 and state.catalogue.newer_parts == {}

@@ -58,8 +58,8 @@ PART_SETTLE = dt.timedelta(minutes=15)
 
 
 def settled_parts(
-    tables: list[tuple[str, dt.datetime, pa.Table]], unreadable: str | None, now: dt.datetime
-) -> list[tuple[str, dt.datetime, pa.Table]]:
+    parts: list[PartArrays], unreadable: str | None, now: dt.datetime
+) -> list[PartArrays]:
     """Return the parts an index written ``now`` may say it covers (its ``through``).
 
     Those stamped at least `PART_SETTLE` before ``now`` and before any part that could not be
@@ -70,9 +70,9 @@ def settled_parts(
     """
     cutoff = part_key(now - PART_SETTLE)
     return [
-        (key, when, table)
-        for key, when, table in tables
-        if key <= cutoff and (unreadable is None or key < unreadable)
+        part
+        for part in parts
+        if part.key <= cutoff and (unreadable is None or part.key < unreadable)
     ]
 
 
@@ -142,22 +142,59 @@ class IndexArrays:
         return max(self.parts) if self.parts else None
 
 
-def arrays_of_parts(tables: Iterable[tuple[str, dt.datetime, pa.Table]]) -> IndexArrays:
-    """Build the index of parts' rows.
+@dataclass(frozen=True)
+class PartArrays:
+    """One catalogue part's rows as the index keeps them: hashes and sizes, in row order.
 
-    ``tables`` gives ``(part key, its last-modified time, its table with ``raw_key``,
-    ``warehouse_key``, ``SOPInstanceUID`` and ``object_size``)``, in the order of parts.
+    Attributes
+    ----------
+    key : str
+        The part's key.
+    written : datetime
+        Its last-modified time.
+    sop, target, raw : numpy.ndarray
+        `key_hash` of each row's SOPInstanceUID, warehouse key and raw key.
+    size : numpy.ndarray
+        Each row's object size (0 when unknown).
     """
-    sops, sizes, numbers, targets, raws, times, parts = [], [], [], [], [], [], []
-    for number, (part, written, table) in enumerate(tables):
-        parts.append(part)
-        times.append(np.full(table.num_rows, int(written.timestamp()), dtype=np.int64))
-        sops.append(key_hashes(table.column("SOPInstanceUID").to_pylist()))
-        sizes.append(np.asarray(table.column("object_size").fill_null(0), dtype=np.int64))
-        numbers.append(np.full(table.num_rows, number, dtype=np.uint32))
-        targets.append(key_hashes(table.column("warehouse_key").to_pylist()))
-        raws.append(key_hashes(table.column("raw_key").to_pylist()))
-    if not parts:
+
+    key: str
+    written: dt.datetime
+    sop: np.ndarray
+    target: np.ndarray
+    raw: np.ndarray
+    size: np.ndarray
+
+
+def part_arrays(key: str, written: dt.datetime, table: pa.Table) -> PartArrays:
+    """Hash a part's rows into the arrays the index keeps.
+
+    ``table`` holds ``raw_key``, ``warehouse_key``, ``SOPInstanceUID`` and ``object_size`` at
+    least.
+    """
+    return PartArrays(
+        key=key,
+        written=written,
+        sop=key_hashes(table.column("SOPInstanceUID").to_pylist()),
+        target=key_hashes(table.column("warehouse_key").to_pylist()),
+        raw=key_hashes(table.column("raw_key").to_pylist()),
+        size=np.asarray(table.column("object_size").fill_null(0), dtype=np.int64),
+    )
+
+
+def arrays_of_parts(parts: Iterable[PartArrays]) -> IndexArrays:
+    """Build the index of parts' rows (``parts`` in the order of parts)."""
+    sops, sizes, numbers, targets, raws, times, keys = [], [], [], [], [], [], []
+    for number, part in enumerate(parts):
+        rows = len(part.target)
+        keys.append(part.key)
+        times.append(np.full(rows, int(part.written.timestamp()), dtype=np.int64))
+        sops.append(part.sop)
+        sizes.append(part.size)
+        numbers.append(np.full(rows, number, dtype=np.uint32))
+        targets.append(part.target)
+        raws.append(part.raw)
+    if not keys:
         return IndexArrays()
     return _sorted(
         np.concatenate(sops),
@@ -167,7 +204,7 @@ def arrays_of_parts(tables: Iterable[tuple[str, dt.datetime, pa.Table]]) -> Inde
         np.concatenate(raws),
         np.concatenate(sizes),
         np.concatenate(times),
-        parts,
+        keys,
     )
 
 

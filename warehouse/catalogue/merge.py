@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -29,9 +30,12 @@ from warehouse.catalogue.filed import FiledImages
 from warehouse.catalogue.index import (
     IndexArrays,
     InvalidIndex,
+    PartArrays,
     arrays_of_parts,
     combined,
+    contains,
     key_hashes,
+    part_arrays,
     read_index,
     read_pointer,
     settled_parts,
@@ -42,6 +46,7 @@ from warehouse.catalogue.rows import (
     SCHEMA,
     InvalidPart,
     is_part_key,
+    read_in_order,
     read_part,
 )
 from warehouse.core.errors import ObjectNotFound
@@ -66,6 +71,8 @@ SUMMARY_COLUMNS = (
     "BodyPartExamined",
     "ViewPosition",
 )
+#: The columns of a part the index keeps (as hashes and sizes).
+_INDEX_COLUMNS = ("raw_key", "warehouse_key", "SOPInstanceUID", "object_size")
 #: A study folder: its group, modality folder, patient and study folder names.
 _STUDY = ("group", "modality_folder", "patient_folder", "study_folder")
 
@@ -129,21 +136,54 @@ def _parts_after(storage: Storage, through: str | None) -> dict[str, dt.datetime
     }
 
 
-def _read_parts(
-    storage: Storage, parts: dict[str, dt.datetime], submit: Callable, report: RunReport
-) -> tuple[list[tuple[str, dt.datetime, pa.Table]], str | None]:
-    """The parts' rows, oldest first, and the first part that cannot be read (reported and
-    left out; None when every part was read).
+def _stage_parts(
+    storage: Storage,
+    parts: dict[str, dt.datetime],
+    submit: Callable,
+    report: RunReport,
+    folder: str,
+) -> tuple[list[PartArrays], str | None]:
+    """Read the parts, oldest first, each once, into ``folder``.
+
+    Each is copied to a local file named by its place and its rows' hashes are kept; returned
+    with the first part that cannot be read (reported and left out; None when every part was
+    read). Only a few parts are in memory at a time, so a first merge of thousands of parts stays
+    in a flat bound.
     """
-    futures = [(key, when, submit(storage.read, key)) for key, when in sorted(parts.items())]
-    tables, unreadable = [], None
-    for key, when, future in futures:
+    os.makedirs(folder, exist_ok=True)
+    staged: list[PartArrays] = []
+    unreadable = None
+    for key, data in read_in_order(storage, sorted(parts), submit):
         try:
-            tables.append((key, when, read_part(future.result())))
+            table = read_part(data, _INDEX_COLUMNS)
         except InvalidPart as exc:
             report.skip(key, Reason.INVALID_PART, str(exc))
             unreadable = unreadable or key
-    return tables, unreadable
+            continue
+        with open(_staged_path(folder, len(staged)), "wb") as out:
+            out.write(data)
+        staged.append(part_arrays(key, parts[key], table))
+    return staged, unreadable
+
+
+def _staged_path(folder: str, number: int) -> str:
+    return os.path.join(folder, f"{number:08d}.parquet")
+
+
+def _newest_masks(staged: list[PartArrays]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Tell which rows of each staged part are the newest of their warehouse key.
+
+    The newest is the last in part order. Also returned: every key hash the parts hold, sorted.
+    """
+    if not staged:
+        return [], np.zeros(0, dtype=np.uint64)
+    targets = np.concatenate([part.target for part in staged])
+    reverse_first = np.unique(targets[::-1], return_index=True)[1]
+    keep = np.zeros(len(targets), dtype=bool)
+    keep[len(targets) - 1 - reverse_first] = True
+    bounds = np.cumsum([0, *(len(part.target) for part in staged)])
+    masks = [keep[bounds[n] : bounds[n + 1]] for n in range(len(staged))]
+    return masks, np.unique(targets)
 
 
 def previous_catalogue(processed: Storage, key: str | None) -> tuple[StoredFile, str | None] | None:
@@ -167,13 +207,14 @@ def previous_catalogue(processed: Storage, key: str | None) -> tuple[StoredFile,
     return handle, through
 
 
-def _batches_of(handle: StoredFile, skip: pa.Array) -> Iterator[pa.Table]:
-    """The rows of a merged catalogue, but those of the warehouse keys in ``skip``."""
+def _batches_of(handle: StoredFile, skip: np.ndarray) -> Iterator[pa.Table]:
+    """Yield the rows of a merged catalogue but those of the keys hashed in ``skip`` (sorted)."""
     file = pq.ParquetFile(handle)
     for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=MERGED_SCHEMA.names):
         table = pa.Table.from_batches([batch]).cast(MERGED_SCHEMA)
         if len(skip):
-            table = table.filter(pc.invert(pc.is_in(table.column("warehouse_key"), skip)))
+            replaced = contains(skip, key_hashes(table.column("warehouse_key").to_pylist()))
+            table = table.filter(pa.array(~replaced))
         yield table
 
 
@@ -188,23 +229,19 @@ def _still_filed(table: pa.Table, filed: FiledImages | None, scan: CatalogueScan
     return table.filter(pa.array(held))
 
 
-def _newest_rows(parts: list[tuple[str, dt.datetime, pa.Table]]) -> pa.Table:
-    """The parts' rows with their ``filed`` date, one per warehouse key (the newest part's),
-    in key order.
-    """
-    tables = []
-    for _key, when, table in parts:
-        filed = pa.array([when.date()] * table.num_rows, type=pa.date32())
-        tables.append(table.append_column(MERGED_SCHEMA.field("filed"), filed))
-    if not tables:
-        return MERGED_SCHEMA.empty_table()
-    merged = pa.concat_tables(tables)
-    order = pa.table(
-        {"key": merged.column("warehouse_key"), "position": pa.array(range(merged.num_rows))}
-    )
-    last = order.group_by("key", use_threads=False).aggregate([("position", "max")])
-    newest = merged.take(last.column("position_max"))
-    return newest.take(pc.sort_indices(newest, [("warehouse_key", "ascending")]))
+def _newest_batches(
+    staged: list[PartArrays], masks: list[np.ndarray], folder: str
+) -> Iterator[pa.Table]:
+    """Yield the staged parts' newest rows (``masks``) with their ``filed`` date, by part."""
+    for number, (part, keep) in enumerate(zip(staged, masks, strict=True)):
+        if not keep.any():
+            continue
+        with open(_staged_path(folder, number), "rb") as staged_file:
+            table = read_part(staged_file.read())
+        os.remove(_staged_path(folder, number))
+        table = table.filter(pa.array(keep))
+        filed = pa.array([part.written.date()] * table.num_rows, type=pa.date32())
+        yield table.append_column(MERGED_SCHEMA.field("filed"), filed)
 
 
 def _with_folders(table: pa.Table) -> pa.Table:
@@ -266,24 +303,30 @@ def scan_catalogue(
     previous = previous_catalogue(processed, previous_key)
     through = previous[1] if previous is not None else None
     new_parts = _parts_after(storage, through)
-    tables, unreadable = _read_parts(storage, new_parts, submit, report)
-    settled = settled_parts(tables, unreadable, now)
-    newest = _newest_rows(tables)
-    scan = CatalogueScan(path, through=max([through or "", *(t[0] for t in settled)]) or None)
+    folder = f"{path}.parts"
+    staged, unreadable = _stage_parts(storage, new_parts, submit, report, folder)
+    settled = settled_parts(staged, unreadable, now)
+    masks, replaced = _newest_masks(staged)
+    scan = CatalogueScan(path, through=max([through or "", *(p.key for p in settled)]) or None)
     scan.new_parts = len(new_parts)
     metadata = {"through": json.dumps(scan.through)}
-    older = _batches_of(previous[0], newest.column("warehouse_key")) if previous else iter(())
+    older = _batches_of(previous[0], replaced) if previous else iter(())
     with pq.ParquetWriter(path, MERGED_SCHEMA.with_metadata(metadata), compression="zstd") as out:
-        for table in itertools.chain(
-            older, (newest.slice(at, BATCH_ROWS) for at in range(0, newest.num_rows, BATCH_ROWS))
+        for table, new in itertools.chain(
+            ((t, False) for t in older),
+            ((t, True) for t in _newest_batches(staged, masks, folder)),
         ):
             table = _still_filed(table, filed, scan)
-            if table.num_rows:
-                out.write_table(table)
-                scan.rows += table.num_rows
-                _count(scan, table)
-    touched = _with_folders(newest).group_by(list(_STUDY), use_threads=False).aggregate([])
-    scan.touched = {tuple(row[name] for name in _STUDY) for row in touched.to_pylist()}
+            if not table.num_rows:
+                continue
+            out.write_table(table)
+            scan.rows += table.num_rows
+            _count(scan, table)
+            if new:
+                touched = _with_folders(table).group_by(list(_STUDY), use_threads=False)
+                scan.touched.update(
+                    tuple(row[name] for name in _STUDY) for row in touched.aggregate([]).to_pylist()
+                )
     scan.index = _next_index(storage, through, settled, report)
     logger.info(
         "catalogue: %d images, %d parts merged since the last batch", scan.rows, scan.new_parts
@@ -294,7 +337,7 @@ def scan_catalogue(
 def _next_index(
     storage: Storage,
     through: str | None,
-    settled: list[tuple[str, dt.datetime, pa.Table]],
+    settled: list[PartArrays],
     report: RunReport,
 ) -> IndexArrays | None:
     """The loader's index after a merge of the parts after ``through`` (None: every part):
@@ -312,7 +355,7 @@ def _next_index(
         covered = pointer.get("through") or ""
         if covered < through:
             return None  # (parts between the two are in neither)
-        new = [(key, when, table) for key, when, table in settled if key > covered]
+        new = [part for part in settled if part.key > covered]
         if not new:
             return None
         old = read_index(storage, pointer["index"], pointer["size"], with_raw=True)

@@ -14,7 +14,10 @@ import datetime as dt
 import io
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +28,9 @@ from warehouse.core.report import utc_stamp
 from warehouse.core.text import quote
 from warehouse.dicom.reader import read_header
 from warehouse.dicom.values import dicom_age_years
+
+if TYPE_CHECKING:
+    from warehouse.storage.base import Storage
 
 #: Where the loader's parts are, in the warehouse.
 PARTS_PREFIX = "catalogue/images/"
@@ -423,6 +429,34 @@ def read_part(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
         else:
             arrays.append(pa.nulls(table.num_rows, type=field.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in wanted]))
+
+
+#: Parts read ahead at most while parts are taken one at a time (memory: a few parts).
+PARTS_AHEAD = 32
+
+
+def read_in_order(
+    storage: Storage, keys: Iterable[str], submit: Callable[..., Future], ahead: int = PARTS_AHEAD
+) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(key, its bytes)`` for each of ``keys``, in their order.
+
+    The reads go through ``submit`` (the run's worker pool), at most ``ahead`` at a time, so
+    thousands of parts pass through memory a few at a time.
+
+    Raises
+    ------
+    StorageError
+        When a read fails.
+    """
+    waiting: deque[tuple[str, Future]] = deque()
+    for key in keys:
+        waiting.append((key, submit(storage.read, key)))
+        if len(waiting) >= ahead:
+            done, future = waiting.popleft()
+            yield done, future.result()
+    while waiting:
+        done, future = waiting.popleft()
+        yield done, future.result()
 
 
 class HeaderProgress:

@@ -41,11 +41,13 @@ import pyarrow as pa
 from warehouse.catalogue.index import (
     IndexArrays,
     InvalidIndex,
+    PartArrays,
     arrays_of_parts,
     combined,
     contains,
     key_hash,
     key_hashes,
+    part_arrays,
     raw_keys_filed,
     read_index,
     read_pointer,
@@ -62,6 +64,7 @@ from warehouse.catalogue.rows import (
     is_part_key,
     part_bytes,
     part_key,
+    read_in_order,
     read_part,
     with_metadata_size,
 )
@@ -79,6 +82,9 @@ FLUSH_ROWS = 1000
 FLUSH_SECONDS = 60.0
 #: The columns a run reads of the parts newer than the index.
 _KNOWN_COLUMNS = ["raw_key", "warehouse_key", "SOPInstanceUID", "object_size"]
+#: Newer parts a daily run keeps row by row; past them it takes them into the arrays as a
+#: full run does (and writes a fresh index at its end).
+RECENT_PARTS = 64
 _SOP, _KEY = COLUMNS.index("SOPInstanceUID"), COLUMNS.index("warehouse_key")
 
 #: What `LoaderCatalogue.raw_status` says of a raw file.
@@ -153,7 +159,7 @@ class LoaderCatalogue:
         #: A full run's catalogue: raw hashes in memory, newer parts in the arrays.
         self._whole = False
         self._base = IndexArrays()
-        self._recent_tables: list[tuple[str, dt.datetime, pa.Table]] = []
+        self._recent_parts: list[PartArrays] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
@@ -174,21 +180,26 @@ class LoaderCatalogue:
         self._storage = storage
         try:
             self._pointer = read_pointer(storage)
-            self._whole = whole
-            if self._pointer is not None:
-                self._index = read_index(
-                    storage, self._pointer["index"], self._pointer["size"], with_raw=whole
-                )
         except InvalidIndex as exc:
-            key = self._pointer["index"] if self._pointer else "catalogue/index/latest.json"
-            self._unusable(key, exc)
-            self._pointer, self._index = None, IndexArrays()
+            self._unusable("catalogue/index/latest.json", exc)
+            self._pointer = None
         through = self._pointer.get("through") if self._pointer else None
         newer = {
             info.key: info.last_modified
             for info in storage.list_after(PARTS_PREFIX, through)
             if not info.link and is_part_key(info.key)
         }
+        # many newer parts (no index yet, or none written for long): they are taken into the
+        # arrays as a full run takes them, and a fresh index is written at the end
+        self._whole = whole or len(newer) > RECENT_PARTS
+        if self._pointer is not None:
+            try:
+                self._index = read_index(
+                    storage, self._pointer["index"], self._pointer["size"], with_raw=self._whole
+                )
+            except InvalidIndex as exc:
+                self._unusable(self._pointer["index"], exc)
+                self._pointer, self._index = None, IndexArrays()
         self._read_recent(storage, newer)
 
     def load_parts(
@@ -219,22 +230,19 @@ class LoaderCatalogue:
 
     def _read_recent(self, storage: Storage, newer: dict[str, dt.datetime]) -> None:
         self.newer_parts = dict(newer)
-        futures = [
-            (when, self._work(self._read_part, storage, part)) for part, when in newer.items()
-        ]
-        tables = []
-        for (part, when), (_, future) in zip(newer.items(), futures, strict=True):
-            table = future.result()
+        parts: list[PartArrays] = []
+        for part, data in read_in_order(storage, newer, self._work):
+            table = self._read_part(part, data)
             if table is None:
                 continue
             if self._whole:
-                tables.append((part, when, table))
+                parts.append(part_arrays(part, newer[part], table))
             else:
-                self._take_recent(table, int(when.timestamp()))
+                self._take_recent(table, int(newer[part].timestamp()))
         if self._whole:
-            self._base, self._recent_tables = self._index, tables
-            if tables:
-                self._index = combined(self._base, arrays_of_parts(tables))
+            self._base, self._recent_parts = self._index, parts
+            if parts:
+                self._index = combined(self._base, arrays_of_parts(parts))
         self._loaded = True
         logger.info(
             "catalogue: %d images in the index, %d newer parts read",
@@ -242,9 +250,9 @@ class LoaderCatalogue:
             len(newer),
         )
 
-    def _read_part(self, storage: Storage, part: str):
+    def _read_part(self, part: str, data: bytes) -> pa.Table | None:
         try:
-            return read_part(storage.read(part), _KNOWN_COLUMNS)
+            return read_part(data, _KNOWN_COLUMNS)
         except InvalidPart as exc:
             self._unusable(part, exc)
             return None
@@ -452,7 +460,7 @@ class LoaderCatalogue:
 
     def _compact(self, storage: Storage, now: dt.datetime) -> None:
         """Write a fresh index: the one read, with the newer parts that have settled."""
-        settled = settled_parts(self._recent_tables, None, now)
+        settled = settled_parts(self._recent_parts, None, now)
         if not settled:
             return
         try:

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -301,9 +302,7 @@ def build_view(
 
 def remove_workdir(workdir: str) -> None:
     """Remove a run's temporary files."""
-    for name in os.listdir(workdir):
-        os.remove(os.path.join(workdir, name))
-    os.rmdir(workdir)
+    shutil.rmtree(workdir)
 
 
 class SharedView:
