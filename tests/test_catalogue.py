@@ -22,7 +22,7 @@ from tests.test_dataprocess import read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT, sample_tree
 from warehouse.catalogue import index, merge
-from warehouse.catalogue.merge import scan_catalogue
+from warehouse.catalogue.merge import LastBatch, scan_catalogue
 from warehouse.catalogue.rows import (
     COLUMNS,
     PARTS_PREFIX,
@@ -36,6 +36,7 @@ from warehouse.catalogue.rows import (
 from warehouse.catalogue.run import combined_catalogue
 from warehouse.core.keys import parse_image_key
 from warehouse.core.report import RunReport
+from warehouse.dashboard import batch as batch_module
 from warehouse.dicom.reader import parse_header
 from warehouse.dicom.values import dicom_age_years
 from warehouse.storage.local import LocalStorage
@@ -375,7 +376,7 @@ def test_part_keys_and_merge_keeps_the_newest_row_of_a_key(local_store, tmp_path
     scan = scan_catalogue(
         local_store,
         local_store.processed(),
-        None,
+        LastBatch(),
         _submit_now,
         RunReport("dataprocess"),
         str(tmp_path / "merged.parquet"),
@@ -695,3 +696,57 @@ def _recording(read_in_order, reads: list):
         return read_in_order(storage, keys, *args, **kwargs)
 
     return recorded
+
+
+def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_counts(
+    local_store, monkeypatch
+):
+    """No part since the last batch: its images.parquet is copied and its counts stand.
+
+    No part nor catalogue row is read; a patient's changed clinical file makes the next batch
+    join the new value again.
+    """
+    store = local_store
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    builders.put_tree(store, _tree(images=12))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    assert run_dataprocess(store, workers=4)[0] == 0
+    first_batch, first = read_batch(store.processed())
+
+    copies, joined, parts_read = [], [], []
+    monkeypatch.setattr(merge, "read_in_order", _recording(merge.read_in_order, parts_read))
+    real_copy = type(store.processed()).copy
+
+    def recording_copy(self, source, target, size=None):
+        copies.append((source, target))
+        return real_copy(self, source, target, size)
+
+    monkeypatch.setattr(type(store.processed()), "copy", recording_copy)
+    real_write_joined = batch_module.write_joined
+
+    def recording_write_joined(*args, **kwargs):
+        joined.append(args[0].reused)
+        return real_write_joined(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "write_joined", recording_write_joined)
+    assert run_dataprocess(store, workers=4)[0] == 0
+    second_batch, second = read_batch(store.processed())
+
+    assert copies == [(f"{first_batch}/images.parquet", f"{second_batch}/images.parquet")]
+    assert joined == [] and parts_read == []
+    assert second["images.parquet"] == first["images.parquet"]
+    for name in ("study_images.csv", "storage.csv", "xray.csv", "stats_images.csv"):
+        assert second[name] == first[name], name
+
+    # Covid1's clinical file gives an age: its images' ``age`` is joined again.
+    filed = next(i.key for i in store.list("training/data/Covid1/"))
+    record = json.loads(store.read(filed))
+    store.write(filed, json.dumps({**record, "Age": 77}).encode())
+    assert run_dataprocess(store, workers=4)[0] == 0
+    third_batch, third = read_batch(store.processed())
+    assert len(copies) == 1 and joined == [f"{second_batch}/images.parquet"]
+    images = pd.read_parquet(io.BytesIO(third["images.parquet"]))
+    assert set(images.loc[images["PatientID"] == "Covid1", "age"]) == {77.0}
+    before = pd.read_parquet(io.BytesIO(second["images.parquet"]))
+    assert set(before.loc[before["PatientID"] == "Covid1", "age"]) != {77.0}
+    assert len(images) == len(before) == 12

@@ -260,8 +260,13 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert BATCH.match(batch)
     tables = ("ct", "xray", "patient", "patient_clean", "storage", "study_images")
     pages = ("dashboard.html", "public.html")
-    # the catalogue in Parquet only; the rows the next run may reuse
-    data = ("images.parquet", "rows/patients.parquet", "rows/studies.parquet")
+    # the catalogue in Parquet only; the rows and the catalogue's counts the next run may reuse
+    data = (
+        "images.parquet",
+        "rows/patients.parquet",
+        "rows/studies.parquet",
+        "rows/catalogue-counts.json.gz",
+    )
     stats = (
         "stats_patients.csv",
         "stats_images.csv",
@@ -476,7 +481,7 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert store.log["writes"][-1].endswith("reports/dataprocess/latest.html")
     # tables, the catalogue, stats, pages, reusable rows, latest; the catalogue's index (and
     # its pointer), before the batch
-    assert len(writes) == 12 + 1 + 5 + 2 + 2 + 1 + 4 + 2
+    assert len(writes) == 12 + 1 + 5 + 2 + 3 + 1 + 4 + 2
     assert writes.index("latest.json") < writes.index("images.parquet")
 
     printed = capsys.readouterr()

@@ -13,6 +13,7 @@ a catalogue) is merged again from every part.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import itertools
 import json
 import logging
@@ -71,6 +72,9 @@ SUMMARY_COLUMNS = (
     "BodyPartExamined",
     "ViewPosition",
 )
+#: The counts of a batch's merged catalogue, kept in the batch for the next run
+#: (`counts_document`).
+COUNTS_NAME = "rows/catalogue-counts.json.gz"
 #: The columns of a part the index keeps (as hashes and sizes).
 _INDEX_COLUMNS = ("raw_key", "warehouse_key", "SOPInstanceUID", "object_size")
 #: A study folder: its group, modality folder, patient and study folder names.
@@ -111,6 +115,10 @@ class CatalogueScan:
         metadata file may have changed.
     index : IndexArrays or None
         The catalogue index of every part merged (written for the loader), when it was built.
+    reused : str or None
+        When no part was written since the last batch: its ``images.parquet`` (a key of the
+        processed store), whose rows stand as they are (``path`` is then not written), the
+        counts being those the last batch saved (`counts_document`).
     """
 
     path: str
@@ -126,6 +134,7 @@ class CatalogueScan:
     gone: int = 0
     touched: set[tuple] = field(default_factory=set)
     index: IndexArrays | None = None
+    reused: str | None = None
 
 
 def _parts_after(storage: Storage, through: str | None) -> dict[str, dt.datetime]:
@@ -279,20 +288,89 @@ def _count(scan: CatalogueScan, rows: pa.Table) -> None:
         scan.summary[tuple(row[name] for name in SUMMARY_COLUMNS)] += row["warehouse_key_count"]
 
 
+def _day(value: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(value) if value is not None else None
+
+
+def _iso(value: dt.date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def counts_document(scan: CatalogueScan) -> bytes:
+    """Save what a merge counted (compressed JSON), for a next run that merges no part."""
+    document = {
+        "rows": scan.rows,
+        "through": scan.through,
+        "unsized_metadata": scan.unsized_metadata,
+        "studies": [[*study, key, _iso(filed)] for study, (key, filed) in scan.studies.items()],
+        "study_images": [[*k[:-1], _iso(k[-1]), n] for k, n in scan.study_images.items()],
+        "image_bytes": [[*k, n] for k, n in scan.image_bytes.items()],
+        "metadata_bytes": [[*k, n] for k, n in scan.metadata_bytes.items()],
+        "summary": [[*k[:2], _iso(k[2]), *k[3:], n] for k, n in scan.summary.items()],
+    }
+    return gzip.compress(json.dumps(document).encode("utf-8"), mtime=0)
+
+
+def counted_scan(data: bytes, path: str, reused: str) -> CatalogueScan:
+    """Rebuild the counts `counts_document` saved, for the rows of ``reused``.
+
+    Raises
+    ------
+    ValueError
+        When ``data`` is not such a document.
+    """
+    try:
+        doc = json.loads(gzip.decompress(data))
+        scan = CatalogueScan(path, rows=int(doc["rows"]), through=doc["through"], reused=reused)
+        scan.unsized_metadata = int(doc["unsized_metadata"])
+        for *study, key, filed in doc["studies"]:
+            scan.studies[tuple(study)] = (key, _day(filed))
+        for *study, filed, n in doc["study_images"]:
+            scan.study_images[(*study, _day(filed))] = int(n)
+        for name in ("image_bytes", "metadata_bytes"):
+            for group, folder, n in doc[name]:
+                getattr(scan, name)[(group, folder)] = int(n)
+        for group, patient, upload, *rest, n in doc["summary"]:
+            scan.summary[(group, patient, _day(upload), *rest)] = int(n)
+    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not the counts of a catalogue: {exc}") from None
+    if scan.through is not None and not isinstance(scan.through, str):
+        raise ValueError("not the counts of a catalogue: through is not a part key")
+    return scan
+
+
+@dataclass(frozen=True)
+class LastBatch:
+    """What a merge takes from the last batch (in the processed store).
+
+    Attributes
+    ----------
+    images : str or None
+        Its ``images.parquet``.
+    counts : bytes or None
+        Its `COUNTS_NAME` file.
+    """
+
+    images: str | None = None
+    counts: bytes | None = None
+
+
 def scan_catalogue(
     storage: Storage,
     processed: Storage,
-    previous_key: str | None,
+    last: LastBatch,
     submit: Callable,
     report: RunReport,
     path: str,
     now: dt.datetime | None = None,
     filed: FiledImages | None = None,
 ) -> CatalogueScan:
-    """Merge the last batch's catalogue (``previous_key`` in the processed store) with the
+    """Merge the last batch's catalogue (``last.images`` in the processed store) with the
     parts written since into ``path`` (a local file), counting what the dashboards need, and
     build the catalogue's next index from the current one and those parts. With ``filed``
     (a reconcile's listing of the warehouse), rows of images no longer filed are left out.
+    When no part was written since and the last batch saved its counts, its catalogue
+    stands as it is (``reused``): nothing is read or written but those counts.
 
     Raises
     ------
@@ -300,9 +378,18 @@ def scan_catalogue(
         When a listing or a read fails.
     """
     now = now or dt.datetime.now(dt.UTC)
-    previous = previous_catalogue(processed, previous_key)
+    previous = previous_catalogue(processed, last.images)
     through = previous[1] if previous is not None else None
     new_parts = _parts_after(storage, through)
+    if previous is not None and last.images and last.counts and not new_parts and filed is None:
+        try:
+            scan = counted_scan(last.counts, path, last.images)
+        except ValueError as exc:
+            logger.warning("the last batch's catalogue counts cannot be used (%s)", exc)
+        else:
+            if scan.through == through:
+                logger.info("catalogue: no part since the last batch: its %d images", scan.rows)
+                return scan
     folder = f"{path}.parts"
     staged, unreadable = _stage_parts(storage, new_parts, submit, report, folder)
     settled = settled_parts(staged, unreadable, now)
@@ -373,33 +460,71 @@ def publish_index(storage: Storage, scan: CatalogueScan, now: dt.datetime) -> st
     return write_index(storage, scan.index, now)
 
 
+def _stored(processed: Storage, key: str) -> pq.ParquetFile:
+    """Open a Parquet file of the processed store (ranged reads)."""
+    size = next((info.size for info in processed.list(key) if info.key == key), None)
+    if size is None:
+        raise ObjectNotFound(f"{processed.url}/{key} does not exist")
+    return pq.ParquetFile(StoredFile(processed, key, size))
+
+
+def joined_as_before(processed: Storage, scan: CatalogueScan, fingerprint: str) -> bool:
+    """Tell whether the last batch's ``images.parquet`` is this batch's as it is.
+
+    It is when the merge took its rows as they are (``scan.reused``) and it joined the same
+    clinical values (its ``clinical`` metadata is ``fingerprint``).
+    """
+    if scan.reused is None:
+        return False
+    try:
+        metadata = _stored(processed, scan.reused).schema_arrow.metadata or {}
+    except (ObjectNotFound, pa.ArrowException, OSError):
+        return False
+    return metadata.get(b"clinical") == fingerprint.encode()
+
+
 def write_joined(
-    scan: CatalogueScan, summary_of: Callable[[pa.Table], dict[str, pa.Array]], path: str
+    scan: CatalogueScan,
+    summary_of: Callable[[pa.Table], dict[str, pa.Array]],
+    path: str,
+    fingerprint: str,
+    processed: Storage | None = None,
 ) -> int:
-    """Write the batch's ``images.parquet`` at ``path``: the merged catalogue with, for each
-    row, the columns ``summary_of(rows)`` gives (each patient's clinical summary), streamed.
+    """Write the batch's ``images.parquet`` at ``path``, streamed.
+
+    The merged catalogue (or, ``scan.reused``, the last batch's rows, read from
+    ``processed``) with, for each row, the columns ``summary_of(rows)`` gives (each patient's
+    clinical summary); ``fingerprint`` (`dashboard.images.clinical_fingerprint`) is kept in
+    its metadata as ``clinical``.
 
     Returns
     -------
     int
         Its size in bytes.
     """
-    source = pq.ParquetFile(scan.path)
+    if scan.reused is not None:
+        if processed is None:
+            raise ValueError("the last batch's rows are read from the processed store")
+        source = _stored(processed, scan.reused)
+    else:
+        source = pq.ParquetFile(scan.path)
+    metadata = {**(source.schema_arrow.metadata or {}), b"clinical": fingerprint.encode()}
     writer = None
     try:
-        for batch in source.iter_batches(batch_size=BATCH_ROWS):
-            table = pa.Table.from_batches([batch])
+        for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=MERGED_SCHEMA.names):
+            table = pa.Table.from_batches([batch]).cast(MERGED_SCHEMA)
             for name, column in summary_of(table).items():
                 table = table.append_column(name, column)
             if writer is None:
-                schema = table.schema.with_metadata(source.schema_arrow.metadata)
-                writer = pq.ParquetWriter(path, schema, compression="zstd")
+                writer = pq.ParquetWriter(
+                    path, table.schema.with_metadata(metadata), compression="zstd"
+                )
             writer.write_table(table)
         if writer is None:  # no image: an empty table of the same columns
-            empty = pa.Table.from_batches([], schema=MERGED_SCHEMA)
+            empty = MERGED_SCHEMA.empty_table()
             for name, column in summary_of(empty).items():
                 empty = empty.append_column(name, column)
-            pq.write_table(empty.replace_schema_metadata(source.schema_arrow.metadata), path)
+            pq.write_table(empty.replace_schema_metadata(metadata), path)
     finally:
         if writer is not None:
             writer.close()

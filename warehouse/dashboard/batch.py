@@ -35,7 +35,13 @@ import pandas as pd
 import pyarrow as pa
 
 from warehouse.catalogue.batches import LATEST_KEY
-from warehouse.catalogue.merge import publish_index, write_joined
+from warehouse.catalogue.merge import (
+    COUNTS_NAME,
+    counts_document,
+    joined_as_before,
+    publish_index,
+    write_joined,
+)
 from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import IMAGE_FOLDERS
@@ -44,7 +50,7 @@ from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.extraction import Collected, DataprocessState
 from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS, loader_report_problem
-from warehouse.dashboard.images import clinical_summary, image_summary
+from warehouse.dashboard.images import clinical_fingerprint, clinical_summary, image_summary
 from warehouse.dashboard.tables import (
     date_column,
     patient_table,
@@ -120,6 +126,9 @@ class Batch:
         Files of the batch written as they are (the rows the next run reuses), name -> bytes.
     images : str or None
         The local file of ``images.parquet``, when the batch has images.
+    images_from : str or None
+        Instead, the last batch's ``images.parquet`` (a key of the processed store), copied as
+        it is.
     """
 
     name: str
@@ -128,6 +137,7 @@ class Batch:
     pages: dict[str, str] = field(default_factory=dict)
     data: dict[str, bytes] = field(default_factory=dict)
     images: str | None = None
+    images_from: str | None = None
 
     def latest(self) -> pd.DataFrame:
         """The ``latest.csv`` table: ``archive``, ``path``: ``<batch>/<archive>.csv`` for each
@@ -135,7 +145,7 @@ class Batch:
         and ``<batch>/public.html``."""
         archives = [name for name in TABLE_ORDER if name in self.tables]
         paths = [f"{self.name}/{a}.csv" for a in archives]
-        if self.images is not None:
+        if self.images is not None or self.images_from is not None:
             archives.append("images")
             paths.append(f"{self.name}/{IMAGES_FILE}")
         for archive, file_name in PAGES.items():
@@ -388,18 +398,17 @@ def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
         futures = [
             pool.submit(store.write, key, data, _content_type(key)) for key, data in files.items()
         ]
+        images_key = f"{batch.name}/{IMAGES_FILE}"
         if batch.images is not None:
             futures.append(
-                pool.submit(
-                    store.write_file,
-                    f"{batch.name}/{IMAGES_FILE}",
-                    batch.images,
-                    _content_type(IMAGES_FILE),
-                )
+                pool.submit(store.write_file, images_key, batch.images, _content_type(IMAGES_FILE))
             )
+        elif batch.images_from is not None:
+            futures.append(pool.submit(store.copy, batch.images_from, images_key))
         for future in futures:
             future.result()
-    written = [*files] + ([f"{batch.name}/{IMAGES_FILE}"] if batch.images is not None else [])
+    has_images = batch.images is not None or batch.images_from is not None
+    written = [*files] + ([images_key] if has_images else [])
     store.write(LATEST_KEY, csv_bytes(batch.latest()), "text/csv")
     return [*written, LATEST_KEY]
 
@@ -451,10 +460,15 @@ def publish_batch(
             inputs=inputs,
         )
         batch.data = reusable_row_files(*collected.reusable())
+        batch.data[COUNTS_NAME] = counts_document(view.catalogue)
         if view.catalogue.rows:
-            batch.images = os.path.join(view.workdir, IMAGES_FILE)
-            summary = clinical_summary(batch.tables["patient_clean"])
-            write_joined(view.catalogue, summary, batch.images)
+            fingerprint = clinical_fingerprint(batch.tables["patient_clean"])
+            if joined_as_before(store, view.catalogue, fingerprint):
+                batch.images_from = view.catalogue.reused  # nothing new: copied as it is
+            else:
+                batch.images = os.path.join(view.workdir, IMAGES_FILE)
+                summary = clinical_summary(batch.tables["patient_clean"])
+                write_joined(view.catalogue, summary, batch.images, fingerprint, store)
         state.batch = batch.name
         for name, table in batch.tables.items():
             run_logger.info("%s: %d rows", name, len(table))

@@ -8,6 +8,7 @@ million rows at most) and costs the run its memory; ``select`` writes a CSV of a
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable
 
@@ -43,12 +44,10 @@ def _values(column: pd.Series, arrow_type: pa.DataType) -> pa.Array:
     return pa.array(values, type=arrow_type)
 
 
-def clinical_summary(
+def _clinical_columns(
     patient_clean: pd.DataFrame | None,
-) -> Callable[[pa.Table], dict[str, pa.Array]]:
-    """The columns ``images.parquet`` adds to catalogue rows: for a table of rows, each
-    row's patient's `CLINICAL_COLUMNS` values (from the cleaned patient table, by
-    ``Pseudonym``; null for a patient without a row)."""
+) -> tuple[pa.Array, dict[str, pa.Array]]:
+    """Each patient's pseudonym and its `CLINICAL_COLUMNS` values (first row of each)."""
     ids = pa.array([], type=pa.string())
     columns: dict[str, pa.Array] = {}
     if patient_clean is not None and "Pseudonym" in patient_clean.columns:
@@ -57,6 +56,16 @@ def clinical_summary(
         for source, (name, arrow_type) in CLINICAL_COLUMNS.items():
             if source in first.columns:
                 columns[name] = _values(first[source], arrow_type)
+    return ids, columns
+
+
+def clinical_summary(
+    patient_clean: pd.DataFrame | None,
+) -> Callable[[pa.Table], dict[str, pa.Array]]:
+    """The columns ``images.parquet`` adds to catalogue rows: for a table of rows, each
+    row's patient's `CLINICAL_COLUMNS` values (from the cleaned patient table, by
+    ``Pseudonym``; null for a patient without a row)."""
+    ids, columns = _clinical_columns(patient_clean)
 
     def summary_of(rows: pa.Table) -> dict[str, pa.Array]:
         positions = pc.index_in(rows.column("PatientID"), value_set=ids)
@@ -70,6 +79,19 @@ def clinical_summary(
         return out
 
     return summary_of
+
+
+def clinical_fingerprint(patient_clean: pd.DataFrame | None) -> str:
+    """Return a digest of what `clinical_summary` adds to rows.
+
+    Two batches whose digests are equal join the same values to the same catalogue rows.
+    """
+    ids, columns = _clinical_columns(patient_clean)
+    table = pa.table({"Pseudonym": ids, **columns})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
 def image_summary(counts: Counter) -> pd.DataFrame:

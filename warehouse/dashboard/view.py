@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from warehouse.catalogue.batches import InvalidLatest, batch_folder, latest_paths
 from warehouse.catalogue.filed import FiledImages, list_filed_images
-from warehouse.catalogue.merge import CatalogueScan, scan_catalogue
+from warehouse.catalogue.merge import COUNTS_NAME, CatalogueScan, LastBatch, scan_catalogue
 from warehouse.core.keys import IMAGE_FOLDERS, METADATA_SUFFIX
 from warehouse.core.report import RunReport
 from warehouse.listing.warehouse import StudyFile, WarehouseIndex, index_warehouse
@@ -74,6 +74,8 @@ class ReusableRows:
         The last batch's folder.
     images_key : str or None
         Its merged image catalogue (``images.parquet``).
+    counts_key : str or None
+        What its merge counted (`catalogue.merge.COUNTS_NAME`), when it saved that.
     patients : dict
         Pseudonym -> ``(clinical file key, stamp, flattened record)`` of the file it was read
         from (`listing.warehouse.pack_stamp`: size and last-modified second).
@@ -83,6 +85,7 @@ class ReusableRows:
 
     batch: str | None = None
     images_key: str | None = None
+    counts_key: str | None = None
     patients: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
     studies: dict[StudySlot, tuple[str, dict]] = field(default_factory=dict)
 
@@ -131,6 +134,8 @@ def read_reusable_rows(processed: Storage, report: RunReport) -> ReusableRows:
     if rows.images_key is not None and not rows.images_key.endswith(".parquet"):
         rows.images_key = None  # (an older batch: its catalogue is merged again)
     existing = {info.key for info in processed.list(f"{batch}/rows/")}
+    if rows.images_key is not None and f"{batch}/{COUNTS_NAME}" in existing:
+        rows.counts_key = f"{batch}/{COUNTS_NAME}"
     patients_key, studies_key = f"{batch}/{PATIENT_ROWS}", f"{batch}/{STUDY_ROWS}"
     if patients_key in existing:
         table = _read_table(processed, patients_key, _PATIENT_SCHEMA)
@@ -278,10 +283,11 @@ def build_view(
         clinical = index_warehouse(storage, workers, clinical_only=True)
         reusable = ReusableRows() if reconcile else read_reusable_rows(processed, report)
         filed = list_filed_images(storage, workers) if reconcile else None
+        counts = processed.read(reusable.counts_key) if reusable.counts_key else None
         catalogue = scan_catalogue(
             storage,
             processed,
-            reusable.images_key,
+            LastBatch(reusable.images_key, counts),
             submit,
             report,
             os.path.join(workdir, "catalogue.parquet"),
