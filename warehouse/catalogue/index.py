@@ -273,7 +273,13 @@ def write_index(storage: Storage, index: IndexArrays, now: dt.datetime) -> str:
     handle, path = tempfile.mkstemp(suffix=".parquet")
     os.close(handle)
     try:
-        pq.write_table(_table(index), path, row_group_size=ROW_GROUP, compression="none")
+        pq.write_table(
+            _table(index),
+            path,
+            row_group_size=ROW_GROUP,
+            compression="none",
+            use_dictionary=False,  # (random hashes: a dictionary only slows the reads)
+        )
         size = os.path.getsize(path)
         storage.write_file(key, path, "application/vnd.apache.parquet")
     finally:
@@ -320,6 +326,33 @@ def _open(storage: Storage, key: str, size: int) -> tuple[pq.ParquetFile, Stored
         raise InvalidIndex(f"{key} is not a Parquet file: {exc}") from None
 
 
+def _parts_of(key: str, file: pq.ParquetFile) -> list[str]:
+    try:
+        parts = json.loads((file.schema_arrow.metadata or {})[b"parts"])
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+            raise ValueError("parts is not a list of keys")
+    except (KeyError, ValueError) as exc:
+        raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
+    missing = {*INSTANCE_COLUMNS, *RAW_COLUMNS} - set(file.schema_arrow.names)
+    if missing:
+        raise InvalidIndex(f"{key} is not a catalogue index: no {', '.join(sorted(missing))}")
+    return parts
+
+
+def check_index(storage: Storage, key: str, size: int) -> None:
+    """Check that ``key`` is an index by its footer alone (one or two ranged reads).
+
+    Raises
+    ------
+    InvalidIndex
+        When it is not an index.
+    StorageError
+        When it cannot be read.
+    """
+    file, _ = _open(storage, key, size)
+    _parts_of(key, file)
+
+
 def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False) -> IndexArrays:
     """Read the arrays of the index ``key`` of ``size`` bytes.
 
@@ -333,18 +366,15 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
         When it cannot be read.
     """
     file, _ = _open(storage, key, size)
-    metadata = file.schema_arrow.metadata or {}
-    try:
-        parts = json.loads(metadata[b"parts"])
-        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
-            raise ValueError("parts is not a list of keys")
-        columns = [*INSTANCE_COLUMNS, *(RAW_COLUMNS if with_raw else ())]
-        table = file.read(columns=columns)
-    except (KeyError, ValueError, pa.ArrowException, OSError) as exc:
-        raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
+    parts = _parts_of(key, file)
 
     def column(name: str, dtype) -> np.ndarray:
-        return np.ascontiguousarray(table.column(name).to_numpy(), dtype=dtype)
+        # one column at a time, its Arrow buffers freed before the next is read
+        try:
+            values = file.read(columns=[name]).column(0)
+            return np.ascontiguousarray(values.to_numpy(), dtype=dtype)
+        except (ValueError, pa.ArrowException, OSError) as exc:
+            raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
 
     index = IndexArrays(
         sop=column("sop", _HASH),

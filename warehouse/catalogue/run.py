@@ -43,6 +43,7 @@ from warehouse.catalogue.index import (
     InvalidIndex,
     PartArrays,
     arrays_of_parts,
+    check_index,
     combined,
     contains,
     key_hash,
@@ -144,6 +145,7 @@ class LoaderCatalogue:
         self._storage: Storage | None = None
         self._settings = None
         self._index = IndexArrays()
+        self._index_pending = False
         self._pointer: dict | None = None
         #: The parts newer than the index, read whole (their few rows): hash -> copies.
         self._recent_sops: dict[int, list[FiledCopy]] = {}
@@ -161,6 +163,7 @@ class LoaderCatalogue:
         self._base = IndexArrays()
         self._recent_parts: list[PartArrays] = []
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
     # -- what is filed ------------------------------------------------------------------
@@ -194,9 +197,14 @@ class LoaderCatalogue:
         self._whole = whole or len(newer) > RECENT_PARTS
         if self._pointer is not None:
             try:
-                self._index = read_index(
-                    storage, self._pointer["index"], self._pointer["size"], with_raw=self._whole
-                )
+                if self._whole:
+                    self._index = read_index(
+                        storage, self._pointer["index"], self._pointer["size"], with_raw=True
+                    )
+                else:
+                    # a daily run reads the instance arrays when it first decides an image
+                    check_index(storage, self._pointer["index"], self._pointer["size"])
+                    self._index_pending = True
             except InvalidIndex as exc:
                 self._unusable(self._pointer["index"], exc)
                 self._pointer, self._index = None, IndexArrays()
@@ -222,6 +230,22 @@ class LoaderCatalogue:
                 self._unusable(str(pointer.get("index")), exc)
                 self._pointer, self._index = None, IndexArrays()
         self._read_recent(storage, parts)
+
+    def _instances(self) -> IndexArrays:
+        """The index's arrays, read on first use in a daily run (a run that decides no image
+        never reads them)."""
+        if self._index_pending:
+            with self._index_lock:
+                if self._index_pending:
+                    assert self._pointer is not None and self._storage is not None
+                    key, size = self._pointer["index"], self._pointer["size"]
+                    try:
+                        self._index = read_index(self._storage, key, size)
+                    except InvalidIndex as exc:
+                        self._index = IndexArrays()
+                        self._unusable(key, exc)
+                    self._index_pending = False
+        return self._index
 
     @property
     def pointer(self) -> dict | None:
@@ -340,7 +364,8 @@ class LoaderCatalogue:
         hashed = key_hash(key)
         if hashed in self._recent_targets:
             return True
-        return bool(contains(self._index.target, np.array([hashed], dtype=np.uint64))[0])
+        index = self._instances()
+        return bool(contains(index.target, np.array([hashed], dtype=np.uint64))[0])
 
     def filed_copy(self, sop: str | None, image_key: str) -> FiledCopy | None:
         """Another key that SOP instance ``sop`` is filed under (by the catalogue or earlier in
@@ -357,9 +382,10 @@ class LoaderCatalogue:
         for copy in [*self._run_copies.get(hashed, ()), *self._recent_sops.get(hashed, ())]:
             if copy.key != image_key:
                 return copy
-        start = int(np.searchsorted(self._index.sop, np.uint64(hashed), side="left"))
-        while start < len(self._index.sop) and int(self._index.sop[start]) == hashed:
-            part = self._index.parts[int(self._index.sop_part[start])]
+        index = self._instances()
+        start = int(np.searchsorted(index.sop, np.uint64(hashed), side="left"))
+        while start < len(index.sop) and int(index.sop[start]) == hashed:
+            part = index.parts[int(index.sop_part[start])]
             for copy in self._copies_in_part(part, hashed):
                 if copy.key != image_key:
                     return copy
@@ -367,7 +393,7 @@ class LoaderCatalogue:
         return None
 
     def _copies_in_part(self, part: str, hashed: int) -> list[FiledCopy]:
-        number = self._index.parts.index(part)
+        number = self._instances().parts.index(part)
         if number not in self._part_rows:
             try:
                 table = read_part(self._storage.read(part), _KNOWN_COLUMNS)
@@ -396,12 +422,14 @@ class LoaderCatalogue:
     @property
     def images_known(self) -> int:
         """Images the index and the newer parts list."""
+        if self._index_pending and self._pointer is not None:
+            return int(self._pointer.get("images") or 0) + len(self._recent_targets)
         return len(self._index) + len(self._recent_targets)
 
     def known_targets(self) -> np.ndarray:
         """The warehouse key hashes of every image the catalogue lists, sorted."""
         recent = np.fromiter(self._recent_targets, dtype=np.uint64)
-        return np.union1d(self._index.target, recent)
+        return np.union1d(self._instances().target, recent)
 
     # -- recovery: filed images no readable part lists ---------------------------------------
 
