@@ -7,9 +7,11 @@ import datetime as dt
 import io
 import json
 import math
+import random
 import re
 from concurrent.futures import Future
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -750,3 +752,57 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
     before = pd.read_parquet(io.BytesIO(second["images.parquet"]))
     assert set(before.loc[before["PatientID"] == "Covid1", "age"]) != {77.0}
     assert len(images) == len(before) == 12
+
+
+def test_combining_two_indexes_keeps_every_row_in_hash_order_old_before_new():
+    """`index.combined` inserts the new index's rows into the old one's order: each array
+    equals a stable sort, by its hash, of the old rows then the new ones (oracle: Python's
+    sorted)."""
+    rng = random.Random(7)
+    for _ in range(100):
+        rows = {
+            side: [
+                (rng.randrange(1, 30), rng.randrange(1, 9), rng.randrange(parts))
+                + tuple(rng.randrange(1, 30) for _ in range(4))
+                for _ in range(rng.randrange(0, 25))
+            ]
+            for side, parts in (("old", 3), ("new", 2))
+        }
+        made = {side: _index_of(rows[side], parts) for side, parts in (("old", 3), ("new", 2))}
+        got = index.combined(made["old"], made["new"])
+        every = [
+            *rows["old"],
+            *((s, z, p + 3, t, r, rz, rt) for s, z, p, t, r, rz, rt in rows["new"]),
+        ]
+        by_sop = sorted(every, key=lambda row: row[0])
+        by_raw = sorted(every, key=lambda row: row[4])
+        assert got.sop.tolist() == [row[0] for row in by_sop]
+        assert got.sop_size.tolist() == [row[1] for row in by_sop]
+        assert got.sop_part.tolist() == [row[2] for row in by_sop]
+        assert got.target.tolist() == sorted(row[3] for row in every)
+        assert got.raw.tolist() == [row[4] for row in by_raw]
+        assert got.raw_size.tolist() == [row[5] for row in by_raw]
+        assert got.raw_time.tolist() == [row[6] for row in by_raw]
+        assert got.parts == ["o0", "o1", "o2", "n0", "n1"]
+
+
+def _index_of(rows: list[tuple], parts: int) -> index.IndexArrays:
+    """An index of ``rows`` (sop, size, part, target, raw, raw size, raw time), each array
+    sorted stably by its hash with Python's sorted."""
+    by_sop = sorted(rows, key=lambda row: row[0])
+    by_raw = sorted(rows, key=lambda row: row[4])
+    prefix = "o" if parts == 3 else "n"
+
+    def array(values, dtype):
+        return np.array(list(values), dtype=dtype)
+
+    return index.IndexArrays(
+        sop=array((r[0] for r in by_sop), np.uint64),
+        sop_size=array((r[1] for r in by_sop), np.int64),
+        sop_part=array((r[2] for r in by_sop), np.uint32),
+        target=array(sorted(r[3] for r in rows), np.uint64),
+        raw=array((r[4] for r in by_raw), np.uint64),
+        raw_size=array((r[5] for r in by_raw), np.int64),
+        raw_time=array((r[6] for r in by_raw), np.int64),
+        parts=[f"{prefix}{n}" for n in range(parts)],
+    )

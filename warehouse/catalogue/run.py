@@ -491,8 +491,10 @@ class LoaderCatalogue:
         settled = settled_parts(self._recent_parts, None, now)
         if not settled:
             return
+        every = len(settled) == len(self._recent_parts)  # (then it is the run's own arrays)
+        fresh = self._index if every else combined(self._base, arrays_of_parts(settled))
         try:
-            key = write_index(storage, combined(self._base, arrays_of_parts(settled)), now)
+            key = write_index(storage, fresh, now)
         except StorageError as exc:
             logger.warning("catalogue: the fresh index could not be written (%s)", exc)
             self.report.count("catalogue index not written (the next runs read more parts)")
