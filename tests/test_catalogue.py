@@ -38,6 +38,7 @@ from warehouse.core.keys import parse_image_key
 from warehouse.core.report import RunReport
 from warehouse.dicom.reader import parse_header
 from warehouse.dicom.values import dicom_age_years
+from warehouse.loader.shards import shard_of
 from warehouse.storage.local import LocalStorage
 
 
@@ -535,6 +536,51 @@ def test_an_image_in_no_part_is_catalogued_and_known_to_the_duplicate_rule(store
     code, state = builders.run_loader(store, workers=4)
     assert code == 0 and _latest(store)["catalogue"]["complete"]
     assert len(part_rows(store)) == 12
+
+
+def _copy_name_in_another_shard(name: str, count: int) -> str:
+    """A file name that falls in another shard than ``name`` (the run's shard rule decides;
+    the test only needs one that does not share the shard)."""
+    for n in range(100):
+        candidate = f"again-{n}.dcm"
+        if shard_of(candidate, count) != shard_of(name, count):
+            return candidate
+    raise AssertionError("no name in another shard")
+
+
+@pytest.mark.parametrize("processes", ["one process", "2 shards"])
+def test_an_image_recovered_by_a_full_run_is_known_to_its_shards(local_store, processes):
+    """A run killed before its part leaves filed images no part lists; a full run recovers
+    them from their headers before deciding anything. A copy of one, uploaded under another
+    name, is a duplicate whether one process or the shards of a sharded run decide it (the
+    shards know the instances their clinical phase recovered)."""
+    store = local_store
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    builders.put_tree(store, _tree(images=6, date="2021-02-01", first=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    store_delete(store, part_keys(store)[-1])  # what a kill before the part leaves
+    name = image("Covid3", "DX", "s2", "r1", 8)[0]  # one of the second run's images
+    (filed,) = [k for k in _raw_of(store) if k.endswith("/" + name)]
+    copy = "raw-a/2021-03-01/images/" + _copy_name_in_another_shard(name, 2)
+    store.write(copy, store.read(filed))
+    if processes == "one process":
+        code, state = builders.run_loader(store, workers=4, reconcile=True)
+        assert code == 0
+    else:
+        code, state = builders.run_loader(
+            store, workers=2, reconcile=True, phase="clinical", run_id="run-1"
+        )
+        assert code == 0
+        for shard in range(2):
+            code, _ = builders.run_loader(store, workers=2, shard=(shard, 2), run_id="run-1")
+            assert code == 0
+    assert state.report.counts["filed images in no part catalogued"] == 6
+    problems = {p["key"]: p for p in _latest(store)["problems"]}
+    assert problems[copy]["reason"] == "duplicate image"
+    assert filed in problems[copy]["detail"]
+    filed_names = [k.rsplit("/", 1)[1] for k in _raw_of(store)]
+    assert copy.rsplit("/", 1)[1] not in filed_names and len(filed_names) == 12
 
 
 def _all_metadata(storage) -> list[str]:
