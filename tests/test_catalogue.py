@@ -754,3 +754,23 @@ def _recording(read, reads: list):
         return read(data, *args, **kwargs)
 
     return recorded
+
+
+def test_a_merge_with_no_settled_part_writes_no_index(local_store, monkeypatch):
+    """The first merge, whose parts are all too new to be covered, writes no index (one that
+    would say nothing); the loader and the next merge do without one, and the first merge
+    with a settled part writes one that covers it."""
+    store = local_store
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    code, _ = run_dataprocess(store, workers=4)
+    assert code == 0 and len(_images(store)) == 6
+    assert [i.key for i in store.list("catalogue/index/")] == []
+    builders.put_tree(store, _tree(images=3, date="2021-02-01", first=6))
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0 and state.report.counts["images copied"] == 3
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    code, _ = run_dataprocess(store, workers=4)
+    assert code == 0 and len(_images(store)) == 9
+    pointer = json.loads(store.read("catalogue/index/latest.json"))
+    assert pointer["through"] == part_keys(store)[-1] and pointer["images"] == 9
