@@ -259,6 +259,29 @@ def test_a_reconcile_reads_no_header_of_a_recovered_images_raw_file_twice(local_
     assert state.report.counts["images already filed"] == 6
 
 
+def test_header_read_requests_count_the_recoverys_reads_too(local_store):
+    """The run's "header read requests" are every ranged read of an image it made.
+
+    Those of the raw files it decides and those of the filed images it catalogues from their
+    headers.
+    """
+    store = local_store
+    _warehouse_with_a_closed_folder(store)
+    for info in [*store.list("catalogue/")]:
+        (store.root / info.key).unlink()
+    for info in [*store.list(f"raw-a/{OLD}/images/")][:2]:
+        (store.root / info.key).unlink()  # (two images found only on the warehouse side)
+
+    recording = ReadingStorage(store)
+    code, state = builders.run_loader(recording, workers=4, reconcile=True)
+
+    assert code == 0 and state.report.counts["filed images in no part catalogued"] == 6
+    images = [key for key in recording.reads if key.endswith(".dcm")]
+    tops = {key.split("/", 1)[0] for key in images}
+    assert "raw-a" in tops and tops - {"raw-a"} <= {"training", "validation"} and len(tops) > 1
+    assert state.report.counts["header read requests"] == len(images)
+
+
 def _inventory(
     store, bucket: str, records: list[tuple[str, int, dt.datetime]], created: dt.datetime
 ):

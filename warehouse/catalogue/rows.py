@@ -292,10 +292,9 @@ def filed_image_row(
     size: int,
     max_header_bytes: int | None = None,
     metadata_size: int | None = None,
-) -> tuple:
+) -> tuple[tuple, int, int]:
     """The row of an image filed already but in no part, from its header (ranged reads, as
-    the loader's own): for the loader's pass over a stopped run's images and for
-    ``dataprocess``'s backfill.
+    the loader's own), and what reading it cost.
 
     Its raw key and upload date are recorded as unknown (null): only the run that filed an
     image knows them, and a guess (another raw file of the same name and size) could borrow
@@ -314,6 +313,12 @@ def filed_image_row(
     metadata_size : int, optional
         Its metadata file's listed size.
 
+    Returns
+    -------
+    tuple
+        ``(row, requests, bytes read)``: the row, in `COLUMNS` order, and the header read's
+        range requests and bytes.
+
     Raises
     ------
     HeaderProblem, StorageError
@@ -325,7 +330,7 @@ def filed_image_row(
     if image is None:
         raise ValueError(f"{quote(key)} is not the key of an image of the warehouse layout")
     header = read_header(storage, key, size, max_header_bytes=max_header_bytes)
-    return image_row(
+    row = image_row(
         header.dataset,
         image,
         size=size,
@@ -333,6 +338,7 @@ def filed_image_row(
         upload=None,
         metadata_size=metadata_size,
     )
+    return row, header.requests, header.bytes_read
 
 
 # --------------------------------------------------------------------------------------------

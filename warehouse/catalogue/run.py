@@ -118,6 +118,9 @@ class LoaderCatalogue:
         ``submit(work, *args) -> Future``: the run's worker pool (reads run inline without).
     max_header_bytes : int, optional
         The header read limit (`dicom.reader.read_header`), for the recovery's reads.
+    count_read : callable, optional
+        ``count_read(requests, bytes)``: told of each header the recovery reads (the run's
+        totals).
     clock : callable
         Seconds, monotonic (tests give their own).
     """
@@ -127,6 +130,7 @@ class LoaderCatalogue:
         report: RunReport,
         submit: Callable | None = None,
         max_header_bytes: int | None = None,
+        count_read: Callable[[int, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.report = report
@@ -139,6 +143,7 @@ class LoaderCatalogue:
         self.newer_parts: dict[str, dt.datetime] = {}
         self._submit = submit
         self._max_header_bytes = max_header_bytes
+        self._count_read = count_read
         self._clock = clock
         self._storage: Storage | None = None
         self._settings = None
@@ -491,11 +496,13 @@ class LoaderCatalogue:
         recovered = 0
         for key, size, future in futures:
             try:
-                row = future.result()
+                row, requests, read = future.result()
             except (HeaderProblem, StorageError) as exc:
                 logger.warning("catalogue: %s left out (%s)", key, exc)
                 self.report.count("filed images left out of the catalogue")
             else:
+                if self._count_read is not None:
+                    self._count_read(requests, read)
                 self._add(row)
                 copy = FiledCopy(key, size, sourced=False, metadata_size=filed[key][1])
                 with self._lock:
