@@ -1,11 +1,13 @@
 """The image catalogue: one row per filed image, in Parquet parts the loader writes.
 
-Each loader run that files images writes one part, ``catalogue/images/<UTC time>.parquet``,
-once the images and metadata files it lists are written. A row holds where the image is (its
+A loader run writes the rows of the images it files as parts,
+``catalogue/images/<UTC time>.parquet``, while it files (`warehouse.catalogue.run`): a row
+once its image and metadata file are both written. A row holds where the image is (its
 warehouse key, its metadata key, the raw key it came from, group, modality folder, upload
-date, size) and the header fields a researcher filters on, typed: dates as dates, numbers as
+date, sizes) and the header fields a researcher filters on, typed: dates as dates, numbers as
 numbers, a missing or unreadable value as null. This module holds the row schema, the rules
-that make a row from a parsed header, and reading and merging parts.
+that make a row from a parsed header, and writing and reading parts (`warehouse.catalogue.merge`
+merges them).
 """
 
 from __future__ import annotations
@@ -432,8 +434,8 @@ def read_part(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
 
 
 class HeaderProgress:
-    """The progress line of a pass over filed images' headers (the loader's for the images a
-    stopped run left out, ``dataprocess``'s backfill), at most every `PROGRESS_SECONDS`."""
+    """The progress line of a pass over filed images' headers (a full run's over the filed
+    images no part lists), at most every `PROGRESS_SECONDS`."""
 
     def __init__(self, total: int, log: logging.Logger, label: str, clock=time.monotonic):
         self.total, self.done = total, 0
@@ -450,7 +452,7 @@ class HeaderProgress:
             self._log.info("%s", self.line())
 
     def line(self) -> str:
-        """``catalogue backfill: images 1,200/5,000 (24%), 118.0 images/s``."""
+        """``catalogue: filed images in no part: images 1,200/5,000 (24%), 118.0 images/s``."""
         share = 100 * self.done // self.total if self.total else 100
         elapsed = self._clock() - self._start
         rate = f", {self.done / elapsed:.1f} images/s" if elapsed > 0 else ""
