@@ -22,6 +22,7 @@ from tests.test_dataprocess import read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT, sample_tree
 from warehouse.catalogue import index, merge
+from warehouse.catalogue import run as catalogue_run
 from warehouse.catalogue.merge import scan_catalogue
 from warehouse.catalogue.rows import (
     COLUMNS,
@@ -463,6 +464,23 @@ def test_a_run_stopped_before_its_part_is_filed_again_by_the_next(store):
     keys = [r["warehouse_key"] for r in rows]
     assert len(keys) == len(set(keys)) == 30
     assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, _raw_of(store))
+
+
+@pytest.mark.parametrize("processes", ["one process", "a shard"])
+def test_a_run_writes_its_parts_while_it_files(local_store, monkeypatch, processes):
+    """Every `FLUSH_ROWS` rows a part is written, by a whole run and by an image shard alike,
+    so a stop leaves in no part only the images filed since the last one."""
+    monkeypatch.setattr(catalogue_run, "FLUSH_ROWS", 4)
+    builders.put_tree(local_store, _tree(images=12))
+    if processes == "one process":
+        assert builders.run_loader(local_store, workers=2)[0] == 0
+    else:
+        settings = {"workers": 2, "run_id": "run-1"}
+        assert builders.run_loader(local_store, phase="clinical", **settings)[0] == 0
+        assert builders.run_loader(local_store, shard=(0, 1), **settings)[0] == 0
+    assert len(part_keys(local_store)) == 3
+    rows = [r["warehouse_key"] for r in part_rows(local_store)]
+    assert sorted(rows) == sorted(_raw_of(local_store))
 
 
 def _latest(storage) -> dict:
