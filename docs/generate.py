@@ -301,10 +301,12 @@ ENVIRONMENT: dict[str, str] = {
     "WAREHOUSE_INVENTORY": (
         "where the warehouse bucket's S3 Inventory reports are delivered: `s3://bucket/prefix` "
         "(the destination bucket and prefix of the inventory configuration; the stack sets it "
-        "on the loader's task) or `file:///path` (a local copy); a reconcile run reads the "
-        "newest complete report instead of listing millions of keys, and lists only what is "
-        "newer ([operations.md](../operations.md#s3-inventory-for-reconcile-runs)); not set: a "
-        "reconcile lists the bucket"
+        "on the loader's task) or `file:///path` (a local copy); any full run (a reconcile, a "
+        "warehouse's first run, a run whose catalogue cannot be read) takes the warehouse side "
+        "and the upload folders dated more than a day before the newest complete report from "
+        "it instead of listing millions of keys, and lists only what is newer "
+        "([operations.md](../operations.md#s3-inventory-for-reconcile-runs)); not set: a full "
+        "run lists the bucket"
     ),
     "RUN_SUMMARY_FILE": (
         "also write the loader's run summary to this file (the `bin/` wrappers set it to a "
@@ -581,7 +583,7 @@ COLUMN_MEANINGS: dict[str, str] = {
     "raw_key": "the raw upload it was copied from (null when not known)",
     "group": "`training` or `validation`",
     "modality_folder": "`ct`, `xray` or `mri`",
-    "upload_date": "the raw upload folder's date",
+    "upload_date": "the raw upload folder's date (null when not known)",
     "object_size": "the image's size in bytes",
     "metadata_size": (
         "its metadata file's size in bytes (null in rows of parts written before this column "
@@ -603,13 +605,13 @@ COLUMN_MEANINGS: dict[str, str] = {
     "StudyDate": "the study's date",
     "Manufacturer": "as the header has it",
     "ManufacturerModelName": "as the header has it",
-    "Rows": "pixels (Int64 in pandas)",
-    "Columns": "pixels (Int64 in pandas)",
-    "PixelSpacing": "row and column spacing in mm (`0.7\\0.7` in the CSV)",
+    "Rows": "pixels",
+    "Columns": "pixels",
+    "PixelSpacing": "row and column spacing in mm (a list of two numbers)",
     "SliceThickness": "mm",
-    "NumberOfFrames": "frames (Int64 in pandas)",
+    "NumberOfFrames": "frames",
     "PhotometricInterpretation": "as the header has it",
-    "BitsStored": "bits per pixel sample (Int64 in pandas)",
+    "BitsStored": "bits per pixel sample",
     "TransferSyntaxUID": "from the file meta (the metadata JSON leaves it out)",
     "filed": (
         "the date the row's catalogue part was written: when the image was filed (or, for an "
@@ -643,8 +645,10 @@ def catalogue_columns_page() -> str:
         "row's part was written (`filed`) and the patient's clinical summary from "
         "`patient_clean` (`warehouse.dashboard.images.CLINICAL_COLUMNS`). The columns taken "
         "from the image's header name their DICOM tag. A value that is absent, empty or "
-        "malformed is null, never an error. A batch has no `images.csv`: at millions of rows "
-        "a CSV helps nobody; `select` writes the CSV of a selection.",
+        "malformed is null, never an error; `raw_key` and `upload_date` are null for an image "
+        "catalogued from its header whose raw file no run has read since. A batch has no "
+        "`images.csv`: at millions of rows a CSV helps nobody; any Parquet reader (pandas, "
+        "DuckDB, `warehouse.select`) reads `images.parquet`.",
         "",
         "| column | Arrow type | DICOM tag | in | meaning |",
         "|---|---|---|---|---|",

@@ -24,6 +24,7 @@ from tests.test_dataprocess import read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT, sample_tree
 from warehouse.catalogue import index, merge
+from warehouse.catalogue import run as catalogue_run
 from warehouse.catalogue.merge import LastBatch, scan_catalogue
 from warehouse.catalogue.rows import (
     COLUMNS,
@@ -41,6 +42,7 @@ from warehouse.core.report import RunReport
 from warehouse.dashboard import batch as batch_module
 from warehouse.dicom.reader import parse_header
 from warehouse.dicom.values import dicom_age_years
+from warehouse.loader.shards import shard_of
 from warehouse.storage.local import LocalStorage
 
 
@@ -467,6 +469,23 @@ def test_a_run_stopped_before_its_part_is_filed_again_by_the_next(store):
     assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, _raw_of(store))
 
 
+@pytest.mark.parametrize("processes", ["one process", "a shard"])
+def test_a_run_writes_its_parts_while_it_files(local_store, monkeypatch, processes):
+    """Every `FLUSH_ROWS` rows a part is written, by a whole run and by an image shard alike,
+    so a stop leaves in no part only the images filed since the last one."""
+    monkeypatch.setattr(catalogue_run, "FLUSH_ROWS", 4)
+    builders.put_tree(local_store, _tree(images=12))
+    if processes == "one process":
+        assert builders.run_loader(local_store, workers=2)[0] == 0
+    else:
+        settings = {"workers": 2, "run_id": "run-1"}
+        assert builders.run_loader(local_store, phase="clinical", **settings)[0] == 0
+        assert builders.run_loader(local_store, shard=(0, 1), **settings)[0] == 0
+    assert len(part_keys(local_store)) == 3
+    rows = [r["warehouse_key"] for r in part_rows(local_store)]
+    assert sorted(rows) == sorted(_raw_of(local_store))
+
+
 def _latest(storage) -> dict:
     return json.loads(storage.read("reports/warehouseloader/latest.json"))
 
@@ -498,46 +517,103 @@ def test_a_sharded_runs_catalogue_record_is_complete_only_with_every_part():
     assert combined_catalogue([None, shard]) == {"complete": False, "parts": ["p1"]}
 
 
+def newest_rows(storage) -> dict[str, dict]:
+    """The newest row of each image (the last part's that lists it), checking that no part
+    lists an image twice."""
+    newest = {}
+    for key in part_keys(storage):
+        rows = read_part(storage.read(key)).to_pylist()
+        assert len({r["warehouse_key"] for r in rows}) == len(rows), key
+        newest.update((r["warehouse_key"], r) for r in rows)
+    return newest
+
+
 @pytest.mark.parametrize("before", ["stopped run", "no catalogue"])
 def test_an_image_in_no_part_is_catalogued_and_known_to_the_duplicate_rule(store, before):
     """Images filed by a run stopped before its part (filed again by the next run, which sees
     their raw files unknown to the catalogue), or before the catalogue existed (the warehouse's
-    first run looks at everything: their headers are read, their raw keys unknown): the next
-    run lists them in its part, and a later copy of one is a duplicate."""
+    first run looks at everything: their headers are read, their raw keys unknown until it
+    reads a raw file and finds it filed at that raw file's target): the next run lists them in
+    its parts, and a later copy of one is a duplicate."""
     builders.put_tree(store, _tree(images=6))
     assert builders.run_loader(store, workers=4)[0] == 0
     builders.put_tree(store, _tree(images=6, date="2021-02-01", first=6))
     assert builders.run_loader(store, workers=4)[0] == 0
+    raw_of = _raw_of(store)
     parts = part_keys(store)
-    orphans = {r["warehouse_key"] for r in read_part(store.read(parts[-1])).to_pylist()}
     if before == "stopped run":
         store_delete(store, parts[-1])  # what a stop before the part leaves
-        orphans = set()  # (filed again from their raw files)
     else:
-        orphans |= {r["warehouse_key"] for r in read_part(store.read(parts[0])).to_pylist()}
         for key in parts:
             store_delete(store, key)
         report = _latest(store)
         del report["catalogue"]  # a report of a version before the catalogue
         store.write("reports/warehouseloader/latest.json", json.dumps(report).encode())
         store_delete(store, "state/raw-folders.json")  # (nor the folder state)
+        # an image whose raw file is gone: no guess of where it came from, its raw key unknown
+        gone = next(key for key in sorted(raw_of) if "Covid1/" in key)
+        store_delete(store, raw_of[gone])
+        raw_of[gone] = None
     name = image("Covid3", "DX", "s2", "r1", 8)[0]  # one of the second run's images
-    (orphan,) = [k for k in _raw_of(store) if k.endswith("/" + name)]
+    (orphan,) = [k for k in raw_of if k.endswith("/" + name)]
     store.write("raw-a/2021-03-01/images/again.dcm", store.read(orphan))
     code, state = builders.run_loader(store, workers=4)
     assert code == 0
     reason, detail = _problems(state)["raw-a/2021-03-01/images/again.dcm"]
     assert reason == "duplicate image" and orphan in detail
-    rows = part_rows(store)
-    keys = [r["warehouse_key"] for r in rows]
-    assert len(keys) == len(set(keys)) == 12
-    # (no guess of where an image in no part came from: its raw key is unknown)
-    raw_of = {key: raw for key, raw in _raw_of(store).items() if key not in orphans}
-    assert {r["warehouse_key"]: r for r in rows} == warehouse_rows(store, raw_of)
-    # the record is complete again: the next run files nothing
+    rows = newest_rows(store)
+    assert len(rows) == 12
+    assert rows == warehouse_rows(store, raw_of)
+    # the record is complete again: the next run files nothing, reads no image
+    parts = part_keys(store)
     code, state = builders.run_loader(store, workers=4)
     assert code == 0 and _latest(store)["catalogue"]["complete"]
-    assert len(part_rows(store)) == 12
+    assert part_keys(store) == parts and "header read requests" not in state.report.counts
+
+
+def _copy_name_in_another_shard(name: str, count: int) -> str:
+    """A file name that falls in another shard than ``name`` (the run's shard rule decides;
+    the test only needs one that does not share the shard)."""
+    for n in range(100):
+        candidate = f"again-{n}.dcm"
+        if shard_of(candidate, count) != shard_of(name, count):
+            return candidate
+    raise AssertionError("no name in another shard")
+
+
+@pytest.mark.parametrize("processes", ["one process", "2 shards"])
+def test_an_image_recovered_by_a_full_run_is_known_to_its_shards(local_store, processes):
+    """A run killed before its part leaves filed images no part lists; a full run recovers
+    them from their headers before deciding anything. A copy of one, uploaded under another
+    name, is a duplicate whether one process or the shards of a sharded run decide it (the
+    shards know the instances their clinical phase recovered)."""
+    store = local_store
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    builders.put_tree(store, _tree(images=6, date="2021-02-01", first=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    store_delete(store, part_keys(store)[-1])  # what a kill before the part leaves
+    name = image("Covid3", "DX", "s2", "r1", 8)[0]  # one of the second run's images
+    (filed,) = [k for k in _raw_of(store) if k.endswith("/" + name)]
+    copy = "raw-a/2021-03-01/images/" + _copy_name_in_another_shard(name, 2)
+    store.write(copy, store.read(filed))
+    if processes == "one process":
+        code, state = builders.run_loader(store, workers=4, reconcile=True)
+        assert code == 0
+    else:
+        code, state = builders.run_loader(
+            store, workers=2, reconcile=True, phase="clinical", run_id="run-1"
+        )
+        assert code == 0
+        for shard in range(2):
+            code, _ = builders.run_loader(store, workers=2, shard=(shard, 2), run_id="run-1")
+            assert code == 0
+    assert state.report.counts["filed images in no part catalogued"] == 6
+    problems = {p["key"]: p for p in _latest(store)["problems"]}
+    assert problems[copy]["reason"] == "duplicate image"
+    assert filed in problems[copy]["detail"]
+    filed_names = [k.rsplit("/", 1)[1] for k in _raw_of(store)]
+    assert copy.rsplit("/", 1)[1] not in filed_names and len(filed_names) == 12
 
 
 def _all_metadata(storage) -> list[str]:
@@ -675,18 +751,22 @@ def test_dataprocess_merges_only_the_new_parts_and_a_reconcile_catalogues_what_n
     assert len(second) == 24
     pd.testing.assert_frame_equal(_catalogue_columns(second), _catalogue_columns(expected))
 
-    # The same warehouse without its parts (as filed before the catalogue existed): a
-    # reconcile run of the loader reads every filed image's header once and catalogues it,
-    # where each came from unknown (never guessed); dataprocess then gives the same rows.
+    # The same warehouse without its parts (as filed before the catalogue existed), and one
+    # raw file gone: a reconcile run of the loader reads every filed image's header once and
+    # catalogues it, where it came from unknown (never guessed), then finds each raw file it
+    # lists filed at that raw file's target, which becomes its image's source; dataprocess
+    # then gives the same rows, the image of the raw file gone without a source.
     for key in [*part_keys(store), *(i.key for i in store.list("catalogue/index/"))]:
         store_delete(store, key)
+    gone = expected.warehouse_key[0]
+    store_delete(store, expected.raw_key[0])
     code, state = builders.run_loader(store, workers=4, reconcile=True)
     assert code == 0 and state.report.counts["filed images in no part catalogued"] == 24
     code, state = run_dataprocess(store, workers=4, reconcile=True)
     assert code == 0
     recovered = _catalogue_columns(_images(store))
-    unknown_source = _catalogue_columns(expected).assign(raw_key=None, upload_date=None)
-    pd.testing.assert_frame_equal(recovered, unknown_source)
+    expected.loc[expected.warehouse_key == gone, ["raw_key", "upload_date"]] = None
+    pd.testing.assert_frame_equal(recovered, _catalogue_columns(expected))
 
 
 def _recording(read_in_order, reads: list):
@@ -806,3 +886,23 @@ def _index_of(rows: list[tuple], parts: int) -> index.IndexArrays:
         raw_time=array((r[6] for r in by_raw), np.int64),
         parts=[f"{prefix}{n}" for n in range(parts)],
     )
+
+
+def test_a_merge_with_no_settled_part_writes_no_index(local_store, monkeypatch):
+    """The first merge, whose parts are all too new to be covered, writes no index (one that
+    would say nothing); the loader and the next merge do without one, and the first merge
+    with a settled part writes one that covers it."""
+    store = local_store
+    builders.put_tree(store, _tree(images=6))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    code, _ = run_dataprocess(store, workers=4)
+    assert code == 0 and len(_images(store)) == 6
+    assert [i.key for i in store.list("catalogue/index/")] == []
+    builders.put_tree(store, _tree(images=3, date="2021-02-01", first=6))
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0 and state.report.counts["images copied"] == 3
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    code, _ = run_dataprocess(store, workers=4)
+    assert code == 0 and len(_images(store)) == 9
+    pointer = json.loads(store.read("catalogue/index/latest.json"))
+    assert pointer["through"] == part_keys(store)[-1] and pointer["images"] == 9

@@ -34,10 +34,9 @@ from warehouse.core.keys import parse_image_key
 from warehouse.dashboard import extraction as dataprocess_extraction
 from warehouse.dashboard.batch import arrow_ready, batch_name, parquet_bytes
 from warehouse.dashboard.figures import loader_run
-from warehouse.dashboard.tables import date_column, storage_by_prefix
+from warehouse.dashboard.tables import date_column
 from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.reader import parse_header
-from warehouse.listing.warehouse import SharedWarehouseIndex
 from warehouse.storage.base import Storage
 from warehouse.storage.local import LocalStorage
 from warehouse.storage.s3 import S3Storage
@@ -582,28 +581,6 @@ def test_a_failed_write_leaves_latest_csv_alone(local_store):
     assert code == 1
     assert processed.read("latest.csv") == previous
     assert latest_report(local_store)["fatal"].startswith("tables not written")
-
-
-def test_the_catalogue_lists_once_for_concurrent_callers(local_store):
-    builders.put_tree(local_store, warehouse_files())
-    catalogue = SharedWarehouseIndex(RecordingStorage(local_store), workers=4)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(catalogue.index())) for _ in "abc"]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert catalogue.listings == 1 and len({id(r) for r in results}) == 1
-    contents = results[0]
-    assert sorted(contents.clinical_files) == ["Covid1", "Covid2", "Covid3", "Covid4"]
-    assert len(contents.studies) == 4
-    assert storage_by_prefix(contents.stored_bytes()) == expected_storage(warehouse_files())
-
-    broken = SharedWarehouseIndex(LocalStorage(local_store.root / "missing"))
-    for _ in range(2):
-        with pytest.raises(StorageError, match="missing does not exist"):
-            broken.index()
-    assert broken.listings == 1 and not broken.listed
 
 
 def test_batch_names_and_parquet_columns():

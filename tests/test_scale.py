@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from tests import builders
 from tests.builders import clinical, image
-from tests.test_catalogue import _all_metadata, part_keys, part_rows
+from tests.test_catalogue import _all_metadata, newest_rows, part_keys, part_rows
 from tests.test_warehouseloader import SPLIT
 from warehouse.catalogue import index as catalogue_index
 from warehouse.catalogue import run as catalogue_run
@@ -160,16 +160,18 @@ def test_a_reconcile_after_a_killed_daily_run_files_exactly_what_is_missing(loca
     uncatalogued = new_whole - len([k for k in catalogued if "/xray/" in k]) + 6
     assert counts.get("filed images in no part catalogued", 0) == uncatalogued
     assert counts["images copied"] == 40 - new_whole
-    # the warehouse and its catalogue, image for image, each once
-    rows = [row["warehouse_key"] for row in part_rows(store)]
+    # the warehouse and its catalogue, image for image (each once in a part; an image
+    # catalogued from its header has a later row naming the raw file found filed at it)
+    rows = newest_rows(store)
     images = [
         info.key
         for group in ("training/", "validation/")
         for info in store.list(group)
         if parse_image_key(info.key)
     ]
-    assert sorted(rows) == sorted(set(rows)) == sorted(images)
+    assert sorted(rows) == sorted(images)
     assert len(images) == 6 + 40
+    assert all(row["raw_key"] for row in rows.values())
     # and nothing is left to do
     code, state = builders.run_loader(store, workers=4, reconcile=True)
     assert code == 0 and "images copied" not in state.report.counts
@@ -202,6 +204,84 @@ def test_shards_list_nothing(local_store):
         assert recording.listed() <= {"reports/warehouseloader/runs/run-1/"}, recording.listings
         assert not any(kind == "folders" for kind, _ in recording.listings)
     assert len(_filed_names(store)) == 6 + 10
+
+
+class ReadingStorage(DelegatingStorage):
+    """A store that records the key of every read asked of it (whole or ranged)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.reads: list[str] = []
+        self._lock = threading.Lock()
+
+    def read(self, key):
+        with self._lock:
+            self.reads.append(key)
+        return self.inner.read(key)
+
+    def read_range(self, key, start, end):
+        with self._lock:
+            self.reads.append(key)
+        return self.inner.read_range(key, start, end)
+
+
+def test_a_reconcile_reads_no_header_of_a_recovered_images_raw_file_twice(local_store):
+    """A reconcile reads no header of a recovered image's raw file twice.
+
+    The images of a closed folder are catalogued from their headers (their parts lost); the
+    reconcile that recovers them also reads their raw files, finds each filed at its target
+    and catalogues that raw key as its source; the next reconcile reads no header.
+    """
+    store = local_store
+    _warehouse_with_a_closed_folder(store)
+    for info in [*store.list("catalogue/")]:
+        (store.root / info.key).unlink()  # the catalogue lost: every row recovered
+    raw_keys = sorted(i.key for i in store.list(f"raw-a/{OLD}/images/"))
+
+    code, state = builders.run_loader(store, workers=4, reconcile=True)
+
+    assert code == 0 and state.mode == "full"
+    counts = state.report.counts
+    assert counts["filed images in no part catalogued"] == 6
+    assert counts["images already filed"] == 6 and "images copied" not in counts
+    newest = newest_rows(store)
+    by_name = {key.rsplit("/", 1)[1]: key for key in raw_keys}
+    assert {k: r["raw_key"] for k, r in newest.items()} == {
+        k: by_name[k.rsplit("/", 1)[1]] for k in newest
+    }
+    assert all(r["upload_date"] == dt.date.fromisoformat(OLD) for r in newest.values())
+    assert json.loads(store.read(STATE_KEY))["settled"] == []  # (the folder is closed)
+
+    recording = ReadingStorage(store)
+    code, state = builders.run_loader(recording, workers=4, reconcile=True)
+
+    assert code == 0 and state.mode == "full"
+    assert builders.input_reads(recording.reads) == []
+    assert "header read requests" not in state.report.counts
+    assert state.report.counts["images already filed"] == 6
+
+
+def test_header_read_requests_count_the_recoverys_reads_too(local_store):
+    """The run's "header read requests" are every ranged read of an image it made.
+
+    Those of the raw files it decides and those of the filed images it catalogues from their
+    headers.
+    """
+    store = local_store
+    _warehouse_with_a_closed_folder(store)
+    for info in [*store.list("catalogue/")]:
+        (store.root / info.key).unlink()
+    for info in [*store.list(f"raw-a/{OLD}/images/")][:2]:
+        (store.root / info.key).unlink()  # (two images found only on the warehouse side)
+
+    recording = ReadingStorage(store)
+    code, state = builders.run_loader(recording, workers=4, reconcile=True)
+
+    assert code == 0 and state.report.counts["filed images in no part catalogued"] == 6
+    images = [key for key in recording.reads if key.endswith(".dcm")]
+    tops = {key.split("/", 1)[0] for key in images}
+    assert "raw-a" in tops and tops - {"raw-a"} <= {"training", "validation"} and len(tops) > 1
+    assert state.report.counts["header read requests"] == len(images)
 
 
 def _inventory(

@@ -40,9 +40,12 @@ def test_a_corrupt_part_is_reported_and_its_images_still_known_to_the_duplicate_
     reason, detail = problems["raw-a/2021-03-01/images/again.dcm"]
     assert reason == "duplicate image" and some_image in detail
     assert json.loads(store.read(LATEST))["catalogue"]["complete"] is False
-    # the images the part vouched for are listed again, in this run's part
-    (new_part,) = [k for k in part_keys(store) if k != part]
-    assert {r["warehouse_key"] for r in read_part(store.read(new_part)).to_pylist()} == set(filed)
+    # the images the part vouched for are listed again, in this run's parts: catalogued from
+    # their headers, then named by the raw files the run found filed at them
+    new_parts = [k for k in part_keys(store) if k != part]
+    rows = [r for key in new_parts for r in read_part(store.read(key)).to_pylist()]
+    assert {r["warehouse_key"] for r in rows} == set(filed)
+    assert {r["warehouse_key"]: r["raw_key"] for r in rows} == filed  # (the newest rows)
 
 
 def test_a_wrong_typed_run_report_is_reported_and_every_input_read_again(store):
@@ -80,7 +83,8 @@ def test_a_report_with_a_time_that_is_not_a_time_is_refused(store):
 
 def test_provenance_is_never_borrowed_from_a_file_of_the_same_name_and_size(store):
     """Images in no part get no raw key from a guess: a zero-filled file of the
-    same name and size under another prefix is never their source."""
+    same name and size under another prefix is never their source; only a raw file the run
+    reads and finds filed at its own target is."""
     files = _tree(images=4)
     files["config.json"] = builders.config(["raw-a", "raw-aaa"], split=[SPLIT])
     builders.put_tree(store, files)
@@ -100,21 +104,25 @@ def test_provenance_is_never_borrowed_from_a_file_of_the_same_name_and_size(stor
     assert code == 0
     assert {r["warehouse_key"]: r["raw_key"] for r in part_rows(store)} == source
     # a warehouse's first run (no folder state, no part) reads the filed images' headers:
-    # their raw keys unknown, never the decoy's
+    # their raw keys unknown, never the decoy's; then it reads the raw files it lists, and
+    # only their own raw files (the decoys are no DICOM) name them
     for key in part_keys(store):
         store_delete(store, key)
     store_delete(store, "state/raw-folders.json")
     code, state = builders.run_loader(store, workers=4)
     assert code == 0
-    relisted = part_rows(store)
-    assert len(relisted) == 4
-    assert all(r["raw_key"] is None and r["upload_date"] is None for r in relisted)
-    # and dataprocess's catalogue keeps them unknown
+    first, then = part_keys(store)
+    recovered = read_part(store.read(first)).to_pylist()
+    assert len(recovered) == 4
+    assert all(r["raw_key"] is None and r["upload_date"] is None for r in recovered)
+    named = {r["warehouse_key"]: r["raw_key"] for r in read_part(store.read(then)).to_pylist()}
+    assert named == source
+    # and dataprocess's catalogue takes the newest rows
     code, state = run_dataprocess(store, workers=4)
     assert code == 0
     _, out = read_batch(store.processed())
     catalogue = pq.read_table(io.BytesIO(out["images.parquet"])).to_pylist()
-    assert len(catalogue) == 4 and all(r["raw_key"] is None for r in catalogue)
+    assert {r["warehouse_key"]: r["raw_key"] for r in catalogue} == source
 
 
 def test_the_true_source_is_recorded_by_the_run_that_files_the_image(store):

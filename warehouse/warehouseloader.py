@@ -68,7 +68,9 @@ def load_config(storage: Storage, state: LoaderState):
 
 @use("storage", "state")
 def extract_raw_files_from_folder(task: Task, storage: Storage, state: LoaderState):
-    """List the warehouse and the raw prefixes once; yield clinical files, then pending images."""
+    """Look at what the run must (a daily run: what can be new; a full run: everything; a
+    shard: its clinical phase's hand-off; `loader.inputs`); yield clinical files, then
+    pending images."""
     for work in run_inputs(storage, state, GRAPH_NAME):
         yield (work,)
 

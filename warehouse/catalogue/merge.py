@@ -429,12 +429,12 @@ def _next_index(
 ) -> IndexArrays | None:
     """The loader's index after a merge of the parts after ``through`` (None: every part):
     the current index with the settled parts it lacks, or (every part merged) those parts
-    alone; None when it stays as it is (nothing new, or it cannot be brought up to date
-    without the parts before: the loader then reads them, and the next full merge
-    rebuilds it).
+    alone; None when it stays as it is (nothing new, none settled yet, or it cannot be
+    brought up to date without the parts before: the loader then reads them, and the next
+    full merge rebuilds it).
     """
     if through is None:
-        return arrays_of_parts(settled)
+        return arrays_of_parts(settled) if settled else None
     try:
         pointer = read_pointer(storage)
         if pointer is None:

@@ -1,11 +1,13 @@
 """The image catalogue: one row per filed image, in Parquet parts the loader writes.
 
-Each loader run that files images writes one part, ``catalogue/images/<UTC time>.parquet``,
-once the images and metadata files it lists are written. A row holds where the image is (its
+A loader run writes the rows of the images it files as parts,
+``catalogue/images/<UTC time>.parquet``, while it files (`warehouse.catalogue.run`): a row
+once its image and metadata file are both written. A row holds where the image is (its
 warehouse key, its metadata key, the raw key it came from, group, modality folder, upload
-date, size) and the header fields a researcher filters on, typed: dates as dates, numbers as
+date, sizes) and the header fields a researcher filters on, typed: dates as dates, numbers as
 numbers, a missing or unreadable value as null. This module holds the row schema, the rules
-that make a row from a parsed header, and reading and merging parts.
+that make a row from a parsed header, and writing and reading parts (`warehouse.catalogue.merge`
+merges them).
 """
 
 from __future__ import annotations
@@ -298,10 +300,9 @@ def filed_image_row(
     size: int,
     max_header_bytes: int | None = None,
     metadata_size: int | None = None,
-) -> tuple:
+) -> tuple[tuple, int, int]:
     """The row of an image filed already but in no part, from its header (ranged reads, as
-    the loader's own): for the loader's pass over a stopped run's images and for
-    ``dataprocess``'s backfill.
+    the loader's own), and what reading it cost.
 
     Its raw key and upload date are recorded as unknown (null): only the run that filed an
     image knows them, and a guess (another raw file of the same name and size) could borrow
@@ -320,6 +321,12 @@ def filed_image_row(
     metadata_size : int, optional
         Its metadata file's listed size.
 
+    Returns
+    -------
+    tuple
+        ``(row, requests, bytes read)``: the row, in `COLUMNS` order, and the header read's
+        range requests and bytes.
+
     Raises
     ------
     HeaderProblem, StorageError
@@ -331,7 +338,7 @@ def filed_image_row(
     if image is None:
         raise ValueError(f"{quote(key)} is not the key of an image of the warehouse layout")
     header = read_header(storage, key, size, max_header_bytes=max_header_bytes)
-    return image_row(
+    row = image_row(
         header.dataset,
         image,
         size=size,
@@ -339,6 +346,7 @@ def filed_image_row(
         upload=None,
         metadata_size=metadata_size,
     )
+    return row, header.requests, header.bytes_read
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,8 +468,8 @@ def read_in_order(
 
 
 class HeaderProgress:
-    """The progress line of a pass over filed images' headers (the loader's for the images a
-    stopped run left out, ``dataprocess``'s backfill), at most every `PROGRESS_SECONDS`."""
+    """The progress line of a pass over filed images' headers (a full run's over the filed
+    images no part lists), at most every `PROGRESS_SECONDS`."""
 
     def __init__(self, total: int, log: logging.Logger, label: str, clock=time.monotonic):
         self.total, self.done = total, 0
@@ -478,7 +486,7 @@ class HeaderProgress:
             self._log.info("%s", self.line())
 
     def line(self) -> str:
-        """``catalogue backfill: images 1,200/5,000 (24%), 118.0 images/s``."""
+        """``catalogue: filed images in no part: images 1,200/5,000 (24%), 118.0 images/s``."""
         share = 100 * self.done // self.total if self.total else 100
         elapsed = self._clock() - self._start
         rate = f", {self.done / elapsed:.1f} images/s" if elapsed > 0 else ""

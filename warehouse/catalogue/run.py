@@ -31,7 +31,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -82,11 +82,12 @@ logger = logging.getLogger("warehouseloader")
 FLUSH_ROWS = 1000
 FLUSH_SECONDS = 60.0
 #: The columns a run reads of the parts newer than the index.
-_KNOWN_COLUMNS = ["raw_key", "warehouse_key", "SOPInstanceUID", "object_size"]
+_KNOWN_COLUMNS = ["raw_key", "warehouse_key", "SOPInstanceUID", "object_size", "metadata_size"]
 #: Newer parts a daily run keeps row by row; past them it takes them into the arrays as a
 #: full run does (and writes a fresh index at its end).
 RECENT_PARTS = 64
 _SOP, _KEY = COLUMNS.index("SOPInstanceUID"), COLUMNS.index("warehouse_key")
+_SIZE = COLUMNS.index("object_size")
 
 #: What `LoaderCatalogue.raw_status` says of a raw file.
 RAW_UNKNOWN, RAW_FILED, RAW_CHANGED = 0, 1, 2
@@ -103,10 +104,14 @@ def combined_catalogue(reports: list[dict | None]) -> dict:
 
 @dataclass(frozen=True, slots=True)
 class FiledCopy:
-    """Where an SOP instance is filed already, and its size."""
+    """Where an SOP instance is filed already, and its size; whether its row names the raw
+    file it was filed from (not one catalogued from its header), and its metadata file's
+    size when the row holds it."""
 
     key: str
     size: int
+    sourced: bool = True
+    metadata_size: int | None = None
 
 
 class LoaderCatalogue:
@@ -120,6 +125,9 @@ class LoaderCatalogue:
         ``submit(work, *args) -> Future``: the run's worker pool (reads run inline without).
     max_header_bytes : int, optional
         The header read limit (`dicom.reader.read_header`), for the recovery's reads.
+    count_read : callable, optional
+        ``count_read(requests, bytes)``: told of each header the recovery reads (the run's
+        totals).
     clock : callable
         Seconds, monotonic (tests give their own).
     """
@@ -129,6 +137,7 @@ class LoaderCatalogue:
         report: RunReport,
         submit: Callable | None = None,
         max_header_bytes: int | None = None,
+        count_read: Callable[[int, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.report = report
@@ -141,6 +150,7 @@ class LoaderCatalogue:
         self.newer_parts: dict[str, dt.datetime] = {}
         self._submit = submit
         self._max_header_bytes = max_header_bytes
+        self._count_read = count_read
         self._clock = clock
         self._storage: Storage | None = None
         self._settings = None
@@ -155,6 +165,8 @@ class LoaderCatalogue:
         self._run_copies: dict[int, list[FiledCopy]] = {}
         self._pending: dict[str, list] = {}
         self._listed_keys: set[str] = set()
+        #: The images of the rows kept since the last part.
+        self._unflushed: set[str] = set()
         self._rows_since_flush = 0
         self._last_flush = clock()
         self._loaded = False
@@ -282,20 +294,12 @@ class LoaderCatalogue:
             return None
 
     def _take_recent(self, table, written: int) -> None:
-        rows = zip(
-            table.column("raw_key").to_pylist(),
-            table.column("warehouse_key").to_pylist(),
-            table.column("SOPInstanceUID").to_pylist(),
-            table.column("object_size").to_pylist(),
-            strict=True,
-        )
-        for raw, key, sop, size in rows:
-            size = int(size or 0)
+        for raw, key, sop, copy in _copies_of(table):
             self._recent_targets.add(key_hash(key))
             if sop:
-                self._recent_sops.setdefault(key_hash(sop), []).append(FiledCopy(key, size))
+                self._recent_sops.setdefault(key_hash(sop), []).append(copy)
             if raw:
-                self._recent_raw[key_hash(raw)] = (size, written)
+                self._recent_raw[key_hash(raw)] = (copy.size, written)
 
     def _unusable(self, key: str, exc: Exception) -> None:
         """A part or index that cannot be read: reported by name once, the run marked
@@ -402,22 +406,78 @@ class LoaderCatalogue:
                 table = None
             found: dict[int, list[FiledCopy]] = {}
             if table is not None:
-                for key, sop, size in zip(
-                    table.column("warehouse_key").to_pylist(),
-                    table.column("SOPInstanceUID").to_pylist(),
-                    table.column("object_size").to_pylist(),
-                    strict=True,
-                ):
+                for _, _, sop, copy in _copies_of(table):
                     if sop:
-                        found.setdefault(key_hash(sop), []).append(FiledCopy(key, int(size or 0)))
+                        found.setdefault(key_hash(sop), []).append(copy)
             self._part_rows[number] = found
         return self._part_rows[number].get(hashed, [])
 
-    def claim_instance(self, sop: str | None, image_key: str, size: int) -> None:
-        """SOP instance ``sop`` is filed at ``image_key`` (by this run, or found so)."""
+    def claim_instance(
+        self, sop: str | None, image_key: str, size: int, *, sourced: bool = True
+    ) -> None:
+        """SOP instance ``sop`` is filed at ``image_key`` (by this run, or found so);
+        ``sourced`` when this run's row of it names the raw file it was filed from."""
         if sop:
+            copy = FiledCopy(image_key, size, sourced)
             with self._lock:
-                self._run_copies.setdefault(key_hash(sop), []).append(FiledCopy(image_key, size))
+                self._run_copies.setdefault(key_hash(sop), []).append(copy)
+
+    def _copies_at(self, sop: str, image_key: str) -> list[FiledCopy]:
+        """Every row the catalogue (and this run) holds of instance ``sop`` filed at
+        ``image_key``."""
+        hashed = key_hash(sop)
+        with self._lock:
+            copies = [*self._run_copies.get(hashed, ()), *self._recent_sops.get(hashed, ())]
+        index = self._instances()
+        start = int(np.searchsorted(index.sop, np.uint64(hashed), side="left"))
+        while start < len(index.sop) and int(index.sop[start]) == hashed:
+            part = index.parts[int(index.sop_part[start])]
+            copies.extend(self._copies_in_part(part, hashed))
+            start += 1
+        return [copy for copy in copies if copy.key == image_key]
+
+    def source_found(self, row: tuple) -> bool:
+        """Catalogue a raw file as the source of the image it is filed as already, when no row
+        of that image names one.
+
+        This run decided, by the key grammar, that the raw file's target is filed already;
+        ``row`` is that image's row as the raw file gives it (its raw key, upload date and
+        header). When every row of the image names no raw file (it was catalogued from its
+        header) and holds the same instance of the same size, ``row`` (with the filed metadata
+        file's size) joins this run's part: the raw key is then known filed, and not read
+        again once its upload folder is closed; the newest row of an image is the merged
+        catalogue's. A part holds one row per image, so an earlier row of this run's still
+        waiting for its part is written first.
+
+        Returns
+        -------
+        bool
+            Whether ``row`` joins the part.
+
+        Raises
+        ------
+        StorageError
+            When a part that lists the instance cannot be read.
+        """
+        sop, key, size = row[_SOP], row[_KEY], row[_SIZE]
+        if not sop:
+            return False
+        copies = self._copies_at(sop, key)
+        if not copies or any(copy.sourced or copy.size != size for copy in copies):
+            return False
+        metadata = [copy.metadata_size for copy in copies if copy.metadata_size is not None]
+        if metadata:
+            row = with_metadata_size(row, metadata[0])
+        with self._lock:
+            waiting = key in self._unflushed
+        if waiting:
+            if self._storage is None or self._settings is None:
+                return False
+            self.flush(self._storage, self._settings)
+        self.claim_instance(sop, key, size)
+        self._add(row, again=True)
+        self.report.count("images already filed whose raw key is now catalogued")
+        return True
 
     @property
     def images_known(self) -> int:
@@ -438,7 +498,8 @@ class LoaderCatalogue:
 
         ``filed`` gives image key -> ``(size, metadata file size)``, from a listing of the
         warehouse. Their headers are read through the pool, their rows join this run's parts
-        (raw key unknown) and their instances the duplicate rule.
+        (raw key unknown: `source_found` may name it later) and their instances the duplicate
+        rule.
 
         Returns
         -------
@@ -472,14 +533,18 @@ class LoaderCatalogue:
         recovered = 0
         for key, size, future in futures:
             try:
-                row = future.result()
+                row, requests, read = future.result()
             except (HeaderProblem, StorageError) as exc:
                 logger.warning("catalogue: %s left out (%s)", key, exc)
                 self.report.count("filed images left out of the catalogue")
             else:
+                if self._count_read is not None:
+                    self._count_read(requests, read)
                 self._add(row)
-                self.claim_instance(row[_SOP], key, size)
+                copy = FiledCopy(key, size, sourced=False, metadata_size=filed[key][1])
                 with self._lock:
+                    if row[_SOP]:
+                        self._run_copies.setdefault(key_hash(row[_SOP]), []).append(copy)
                     self._recent_targets.add(key_hash(key))
                 recovered += 1
             progress.step()
@@ -537,11 +602,14 @@ class LoaderCatalogue:
         if done:
             self._add(entry[0])
 
-    def _add(self, row: tuple) -> None:
+    def _add(self, row: tuple, *, again: bool = False) -> None:
+        """Keep ``row`` for the next part: the first of its image in this run, or ``again``
+        a later one (`source_found`: its earlier row is in a part already)."""
         with self._lock:
-            if row[_KEY] in self._listed_keys:
+            if row[_KEY] in self._listed_keys and not again:
                 return
             self._listed_keys.add(row[_KEY])
+            self._unflushed.add(row[_KEY])
             self.rows.add(row)
             self._rows_since_flush += 1
             due = self._rows_since_flush >= FLUSH_ROWS or (
@@ -560,6 +628,7 @@ class LoaderCatalogue:
         with self._flush_lock:
             with self._lock:
                 table = self.rows.take()
+                self._unflushed.clear()
                 self._rows_since_flush = 0
                 self._last_flush = self._clock()
             if not table.num_rows:
@@ -609,3 +678,18 @@ class LoaderCatalogue:
             f"\n  catalogue: {images:,} images in {len(self.written_parts)} part(s): "
             f"{storage.url}/{where}"
         )
+
+
+def _copies_of(table: pa.Table) -> Iterator[tuple[str | None, str, str | None, FiledCopy]]:
+    """Each row of a part read with `_KNOWN_COLUMNS`: its raw key, warehouse key, instance and
+    where that instance is filed."""
+    rows = zip(
+        table.column("raw_key").to_pylist(),
+        table.column("warehouse_key").to_pylist(),
+        table.column("SOPInstanceUID").to_pylist(),
+        table.column("object_size").to_pylist(),
+        table.column("metadata_size").to_pylist(),
+        strict=True,
+    )
+    for raw, key, sop, size, metadata in rows:
+        yield raw, key, sop, FiledCopy(key, int(size or 0), raw is not None, metadata)

@@ -230,9 +230,10 @@ class Settings:
         checked against the warehouse), not only at what can be new (a weekly run).
     inventory : str or None
         ``WAREHOUSE_INVENTORY``: where the warehouse bucket's S3 Inventory reports are
-        delivered (``s3://bucket/prefix``, or ``file://path`` for a local copy), the source a
-        reconcile run reads instead of listing the bucket (`warehouse.listing.inventory`);
-        None when not set: a reconcile lists.
+        delivered (``s3://bucket/prefix``, or ``file://path`` for a local copy), the source
+        any full run (a reconcile, a warehouse's first run, a run whose catalogue cannot be
+        read) reads instead of listing the bucket (`warehouse.listing.inventory`); None when
+        not set: a full run lists.
     """
 
     bucket: str

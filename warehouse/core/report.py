@@ -66,8 +66,8 @@ class RunReport:
         #: Whether the run listed its inputs: only such a report may become the memo the next
         #: run reads (``latest.json``); one that stopped before cannot describe the inputs.
         self.listed = False
-        #: The loader's image catalogue this run: where its cutoff for a stopped run's images
-        #: was, the parts it wrote and whether they list everything (`warehouse.catalogue.run`).
+        #: The loader's image catalogue this run: the parts it wrote and whether they list
+        #: everything it filed (`warehouse.catalogue.run`).
         self.catalogue: dict | None = None
         #: The previous run's whole report (``latest.json``) as this run read it (the memo),
         #: or None: what this run's timestamped report counts its changes from.
@@ -198,8 +198,8 @@ class RunReport:
 
 
 def utc_stamp(when: dt.datetime) -> str:
-    """The time part of a key the product names by time (run reports, catalogue parts, feedback
-    files, the backfill): ``2026-11-25T09-30-00.123456Z``, UTC (a naive time is taken as UTC),
+    """The time part of a key the product names by time (run reports, catalogue parts and
+    indexes, feedback files): ``2026-11-25T09-30-00.123456Z``, UTC (a naive time is taken as UTC),
     ``-`` for ``:`` so that it is a valid file name everywhere; keys of this form sort by time.
     """
     if when.tzinfo is not None:

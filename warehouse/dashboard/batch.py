@@ -166,9 +166,9 @@ def study_image_table(counts: Mapping[tuple, int]) -> pd.DataFrame:
     Parameters
     ----------
     counts : mapping
-        ``(group, modality folder, pseudonym, study, filed date)`` -> images (metadata files
-        listed under ``<group>/<modality>-metadata/<pseudonym>/<study>/`` with that
-        LastModified date), as ``listing.WarehouseIndex.images`` holds them.
+        ``(group, modality folder, pseudonym, study, filed date)`` -> images (the catalogue's
+        rows of that study folder whose part was written on that date), as
+        `warehouse.catalogue.merge.CatalogueScan.study_images` holds them.
 
     Returns
     -------

@@ -3,7 +3,8 @@
 counts of images the pages draw from it.
 
 A batch has no ``images.csv``: at millions of rows a CSV helps nobody (a spreadsheet opens a
-million rows at most) and costs the run its memory; ``select`` writes a CSV of a selection.
+million rows at most) and costs the run its memory; any Parquet reader (pandas, DuckDB, or
+``warehouse.select``) reads ``images.parquet``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -290,44 +289,3 @@ def index_warehouse(
             index.add(info.key, info.size, info.last_modified)
     index.links.sort()
     return index
-
-
-class SharedWarehouseIndex:
-    """A service: the warehouse side, indexed on first use (under a lock) and then shared.
-
-    Branches that ask for it at the same time get the same `WarehouseIndex`: the first lists,
-    the others wait. A failed listing is remembered and raised again to every caller, so the
-    warehouse is never listed twice in a run.
-    """
-
-    def __init__(self, storage: Storage, workers: int = 8):
-        self.storage = storage
-        self.workers = workers
-        self._lock = threading.Lock()
-        self._index: WarehouseIndex | None = None
-        self._error: Exception | None = None
-        self.listings = 0
-
-    @property
-    def listed(self) -> bool:
-        """Whether the warehouse side has been listed successfully."""
-        return self._index is not None
-
-    def index(self) -> WarehouseIndex:
-        """The warehouse index (listing the warehouse if nobody has yet).
-
-        Raises
-        ------
-        StorageError
-            If the listing failed (now or for an earlier caller).
-        """
-        with self._lock:
-            if self._index is None and self._error is None:
-                self.listings += 1
-                try:
-                    self._index = index_warehouse(self.storage, self.workers)
-                except Exception as exc:  # noqa: BLE001 - re-raised to this and every caller
-                    self._error = exc
-            if self._error is not None:
-                raise self._error
-            return self._index

@@ -139,7 +139,6 @@ def file_image(
             f"{task.key} has {task.size:,} bytes"
         )
         return refuse(Reason.CONFLICTING_DUPLICATE, detail, **facts)
-    catalogue.claim_instance(sop, image_key, task.size)
 
     def row() -> tuple:
         where = ImageKey(
@@ -156,11 +155,15 @@ def file_image(
         )
 
     if catalogue.target_filed(image_key):
-        # filed from another raw file (the same name, patient, study and series): known from
-        # now on, so not read again while its folder is open
+        # filed from another raw file (the same name, patient, study and series), or catalogued
+        # from its header (then this raw file becomes its row's source): known from now on, so
+        # not read again while its folder is open
         report.count("images already filed", prefix=raw.prefix)
         state.settle(task)
+        catalogue.source_found(row())
+        catalogue.claim_instance(sop, image_key, task.size, sourced=False)
         return []
+    catalogue.claim_instance(sop, image_key, task.size)
     tasks = [
         Task("copy", task.key, task.size, image_key, None),
         Task("metadata", task.key, None, metadata_key, header.dataset),

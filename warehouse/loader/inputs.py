@@ -287,6 +287,7 @@ def _shard_inputs(storage: Storage, state: LoaderState) -> Iterator[Task]:
     """An image shard's work: the pending images of its clinical phase's hand-off that it
     owns (no listing), with the groups and bindings the hand-off holds."""
     handoff: Handoff = state.handoff
+    state.catalogue.prepare(storage, state.settings)  # (where its parts go while it files)
     try:
         # (the parts' times only say what changed since: a shard decides no raw file by them)
         parts = dict.fromkeys(handoff.catalogue_parts, dt.datetime.now(dt.UTC))

@@ -158,7 +158,9 @@ def write_handoff_files(storage: Storage, state: LoaderState, graph: str) -> Han
     storage.write(handoff.warehouse, json.dumps(keys).encode("utf-8"))
     catalogue = loaded(state.catalogue, "the run's image catalogue")
     handoff.catalogue_pointer = catalogue.pointer
-    handoff.catalogue_parts = sorted(catalogue.newer_parts)
+    # the parts it read and those it wrote (the filed images it found in no part): the shards
+    # know every instance it knew
+    handoff.catalogue_parts = sorted({*catalogue.newer_parts, *catalogue.written_parts})
     return handoff
 
 

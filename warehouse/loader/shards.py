@@ -150,7 +150,8 @@ class Handoff:
     catalogue_pointer : dict or None
         The catalogue index the clinical phase read (`catalogue.index.read_pointer`).
     catalogue_parts : list
-        The catalogue parts newer than that index, which the shards read by key.
+        The catalogue parts newer than that index and those the clinical phase wrote (the
+        filed images it found in no part), which the shards read by key.
     clinical_keys : list
         What ``warehouse`` holds, once read (`warehouse.loader.parts.load_handoff`).
     """

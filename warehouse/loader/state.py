@@ -142,7 +142,10 @@ class LoaderState(RunState):
         if self.catalogue is None:
             submit = self.workers.submit if self.workers is not None else None
             self.catalogue = LoaderCatalogue(
-                self.report, submit, max_header_bytes=self.settings.max_header_bytes
+                self.report,
+                submit,
+                max_header_bytes=self.settings.max_header_bytes,
+                count_read=self.count_header_read,
             )
 
     def count_header_read(self, requests: int, size: int) -> None:

@@ -47,8 +47,6 @@ class Storage:
     url: str = ""
     #: Whether writes are only pretended (a dry run): no lease is taken then.
     read_only: bool = False
-    #: Seconds to which a listing's ``last_modified`` is exact (S3 lists whole seconds).
-    time_resolution: float = 0.0
 
     def check_store(self) -> None:
         """Check that the store exists and can be used; call it before reading or writing.

@@ -26,8 +26,6 @@ class S3Storage(Storage):
     ``AWS_ENDPOINT_URL`` and the other standard AWS variables are honoured by botocore.
     """
 
-    time_resolution = 1.0
-
     def __init__(
         self,
         bucket: str,

@@ -24,7 +24,6 @@ class DelegatingStorage(Storage):
         self.inner = inner
         self.url = inner.url
         self.read_only = inner.read_only
-        self.time_resolution = inner.time_resolution
 
     def check_store(self) -> None:
         self.inner.check_store()
