@@ -223,32 +223,39 @@ def _sorted(sop, sizes, numbers, target, raw, raw_sizes, raw_times, parts) -> In
     )
 
 
-def combined(old: IndexArrays, new: IndexArrays) -> IndexArrays:
+def combined(old: IndexArrays, new: IndexArrays, *, consume: bool = False) -> IndexArrays:
     """Return the index of ``old``'s parts then ``new``'s (both whole, raw hashes included).
 
     Both are sorted already, so ``new``'s rows are inserted where they belong (after equal
-    hashes of ``old``, as a stable sort of the two would put them): no sort of the whole, and
-    no more memory than the result beside ``old``.
+    hashes of ``old``, as a stable sort of the two would put them): no sort of the whole.
+    With ``consume``, each of ``old``'s arrays is let go once its result is made (``old`` is
+    left empty), so the memory is ``old``'s and one array more.
     """
     if any(a is None for a in (old.raw, new.raw, old.raw_size, new.raw_size)):
         raise ValueError("both indexes need their raw hashes to be combined")
     if old.raw_time is None or new.raw_time is None:
         raise ValueError("both indexes need their raw hashes to be combined")
     assert old.raw is not None and new.raw is not None
-    assert old.raw_size is not None and new.raw_size is not None
-    shift = np.uint32(len(old.parts))
     by_sop = np.searchsorted(old.sop, new.sop, side="right")
     by_raw = np.searchsorted(old.raw, new.raw, side="right")
-    return IndexArrays(
-        sop=np.insert(old.sop, by_sop, new.sop),
-        sop_size=np.insert(old.sop_size, by_sop, new.sop_size),
-        sop_part=np.insert(old.sop_part, by_sop, new.sop_part + shift),
-        target=np.insert(old.target, np.searchsorted(old.target, new.target), new.target),
-        raw=np.insert(old.raw, by_raw, new.raw),
-        raw_size=np.insert(old.raw_size, by_raw, new.raw_size),
-        raw_time=np.insert(old.raw_time, by_raw, new.raw_time),
-        parts=[*old.parts, *new.parts],
+    by_target = np.searchsorted(old.target, new.target)
+    shift = np.uint32(len(old.parts))
+    plan: tuple[tuple[str, np.ndarray, np.ndarray | None], ...] = (
+        ("sop", by_sop, new.sop),
+        ("sop_size", by_sop, new.sop_size),
+        ("sop_part", by_sop, new.sop_part + shift),
+        ("target", by_target, new.target),
+        ("raw", by_raw, new.raw),
+        ("raw_size", by_raw, new.raw_size),
+        ("raw_time", by_raw, new.raw_time),
     )
+    arrays = {}
+    for name, at, values in plan:
+        assert values is not None
+        arrays[name] = np.insert(getattr(old, name), at, values)
+        if consume:
+            setattr(old, name, getattr(old, name)[:0])
+    return IndexArrays(**arrays, parts=[*old.parts, *new.parts])
 
 
 def _table(index: IndexArrays) -> pa.Table:

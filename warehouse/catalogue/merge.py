@@ -119,6 +119,10 @@ class CatalogueScan:
         When no part was written since the last batch: its ``images.parquet`` (a key of the
         processed store), whose rows stand as they are (``path`` is then not written), the
         counts being those the last batch saved (`counts_document`).
+    beyond : list of str or None
+        The parts merged that ``through`` does not cover yet (not settled): merged again by
+        the next run, whose rows stand as they are when those are all it finds; None when a
+        part could not be read (the next run merges again).
     """
 
     path: str
@@ -135,6 +139,7 @@ class CatalogueScan:
     touched: set[tuple] = field(default_factory=set)
     index: IndexArrays | None = None
     reused: str | None = None
+    beyond: list[str] | None = field(default_factory=list)
 
 
 def _parts_after(storage: Storage, through: str | None) -> dict[str, dt.datetime]:
@@ -301,6 +306,7 @@ def counts_document(scan: CatalogueScan) -> bytes:
     document = {
         "rows": scan.rows,
         "through": scan.through,
+        "beyond": scan.beyond,
         "unsized_metadata": scan.unsized_metadata,
         "studies": [[*study, key, _iso(filed)] for study, (key, filed) in scan.studies.items()],
         "study_images": [[*k[:-1], _iso(k[-1]), n] for k, n in scan.study_images.items()],
@@ -323,6 +329,10 @@ def counted_scan(data: bytes, path: str, reused: str) -> CatalogueScan:
         doc = json.loads(gzip.decompress(data))
         scan = CatalogueScan(path, rows=int(doc["rows"]), through=doc["through"], reused=reused)
         scan.unsized_metadata = int(doc["unsized_metadata"])
+        beyond = doc["beyond"]
+        if beyond is not None and not all(isinstance(key, str) for key in beyond):
+            raise ValueError("beyond is not a list of part keys")
+        scan.beyond = beyond
         for *study, key, filed in doc["studies"]:
             scan.studies[tuple(study)] = (key, _day(filed))
         for *study, filed, n in doc["study_images"]:
@@ -381,13 +391,14 @@ def scan_catalogue(
     previous = previous_catalogue(processed, last.images)
     through = previous[1] if previous is not None else None
     new_parts = _parts_after(storage, through)
-    if previous is not None and last.images and last.counts and not new_parts and filed is None:
+    if previous is not None and last.images and last.counts and filed is None:
         try:
             scan = counted_scan(last.counts, path, last.images)
         except ValueError as exc:
             logger.warning("the last batch's catalogue counts cannot be used (%s)", exc)
         else:
-            if scan.through == through:
+            # the parts after ``through`` are those the last batch merged already: its rows
+            if scan.through == through and scan.beyond == sorted(new_parts):
                 logger.info("catalogue: no part since the last batch: its %d images", scan.rows)
                 return scan
     folder = f"{path}.parts"
@@ -396,6 +407,7 @@ def scan_catalogue(
     masks, replaced = _newest_masks(staged)
     scan = CatalogueScan(path, through=max([through or "", *(p.key for p in settled)]) or None)
     scan.new_parts = len(new_parts)
+    scan.beyond = None if unreadable else sorted(k for k in new_parts if k > (scan.through or ""))
     metadata = {"through": json.dumps(scan.through)}
     older = _batches_of(previous[0], replaced) if previous else iter(())
     with pq.ParquetWriter(path, MERGED_SCHEMA.with_metadata(metadata), compression="zstd") as out:
@@ -450,7 +462,7 @@ def _next_index(
         report.count("catalogue index not updated (the current one cannot be read)")
         logger.warning("the catalogue index cannot be read (%s): not updated", exc)
         return None
-    return combined(old, arrays_of_parts(new))
+    return combined(old, arrays_of_parts(new), consume=True)
 
 
 def publish_index(storage: Storage, scan: CatalogueScan, now: dt.datetime) -> str | None:
