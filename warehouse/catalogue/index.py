@@ -372,7 +372,8 @@ def check_index(storage: Storage, key: str, size: int) -> None:
 def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False) -> IndexArrays:
     """Read the arrays of the index ``key`` of ``size`` bytes.
 
-    Ranged reads of the columns asked for; the raw hashes only ``with_raw``.
+    Ranged reads of the columns asked for: the raw hashes and the instances' sizes (what
+    combining indexes needs) only ``with_raw``; without, ``sop_size`` is empty.
 
     Raises
     ------
@@ -394,7 +395,7 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
 
     index = IndexArrays(
         sop=column("sop", _HASH),
-        sop_size=column("sop_size", np.int64),
+        sop_size=column("sop_size", np.int64) if with_raw else np.empty(0, dtype=np.int64),
         sop_part=column("sop_part", np.uint32),
         target=column("target", _HASH),
         raw=column("raw", _HASH) if with_raw else None,
@@ -402,7 +403,10 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
         raw_time=column("raw_time", np.int64) if with_raw else None,
         parts=parts,
     )
-    if len({len(index.sop), len(index.sop_size), len(index.sop_part), len(index.target)}) != 1:
+    lengths = {len(index.sop), len(index.sop_part), len(index.target)}
+    if index.raw is not None:
+        lengths |= {len(index.sop_size), len(index.raw)}
+    if len(lengths) != 1:
         raise InvalidIndex(f"{key}: its columns differ in length")
     return index
 
