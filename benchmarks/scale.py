@@ -9,12 +9,16 @@ a listing generated on demand over a local overlay) it
    (`benchmarks.scale_layout`: hard links to real files on both the raw and the warehouse
    side, catalogue parts listing every placeholder image, every upload folder closed in the
    raw side's folder state, as the reconcile runs of a warehouse that has run for years leave
-   it), then a first reconcile and a first ``dataprocess`` (on a local directory only: setup,
-   shown but not checked);
+   it) and its S3 Inventory, then a first reconcile and a first ``dataprocess`` (on a local
+   directory only: setup, shown but not checked);
 2. drops one day of uploads: 1,000 real images and the clinical files of 12-24 new patients,
    in a new dated upload folder of each site that sent them;
 3. runs and measures the daily loader run, a rerun with nothing new, a reconcile run
-   (``WAREHOUSE_RECONCILE=1``), ``dataprocess`` and a ``dataprocess`` rerun with nothing new;
+   (``WAREHOUSE_RECONCILE=1``) from an S3 Inventory (``WAREHOUSE_INVENTORY``: a Parquet
+   report of the bucket written at step 1, `benchmarks.scale_inventory`, dated the day before
+   the day's uploads, so their folders are listed and the older ones read from it; with
+   ``--listing-reconcile`` a reconcile that lists too), ``dataprocess`` and a ``dataprocess``
+   rerun with nothing new;
    at 1M (``--sharded-sizes``) a second day, loaded by a sharded run (its clinical phase and
    ``--shards`` image shards, each a process as on AWS Batch).
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import shutil
@@ -47,6 +52,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchmarks.run import REPO, fake_aws_environment, loader_version
+from benchmarks.scale_inventory import WrittenInventory, tree_objects, write_inventory
 from benchmarks.scale_layout import (
     GROUPS,
     PARTS_PREFIX,
@@ -59,7 +65,8 @@ from benchmarks.scale_layout import (
     upload_folders,
     write_parts,
 )
-from benchmarks.scale_storage import KINDS, write_spec
+from benchmarks.scale_storage import KINDS, GeneratedStorage, write_spec
+from warehouse.storage.local import LocalStorage
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "scale.json"
 DEFAULT_SIZES = "10k,100k,1M,10M"
@@ -78,6 +85,9 @@ SHARD_RSS_MB = 400.0
 CPU_FACTOR = 2.0
 LIST_ALLOWANCE = 50
 RECONCILE_TARGET_SIZE = 10_000_000
+#: The reconcile's step, and what a run report counts when it could not use the inventory.
+INVENTORY_RECONCILE = "reconcile from inventory"
+INVENTORY_NOT_USED = "S3 inventory not used (the bucket is listed)"
 
 _STARTED = time.monotonic()
 
@@ -283,6 +293,7 @@ class Warehouse:
     spec: Path | None
     objects: dict
     folders_added: int = 0
+    inventory: WrittenInventory | None = None
 
 
 class Harness:
@@ -350,10 +361,14 @@ class Harness:
         newest = self.today - dt.timedelta(days=30)
         layout = Layout.for_objects(size - real, self.args.seed, sites, newest)
         generated = size >= self.args.generated_from
+        # the inventory: delivered the day before the day's uploads (their folders are listed),
+        # the placeholders modified before it
+        created = dt.datetime.combine(self.today - dt.timedelta(days=2), dt.time(), dt.UTC)
+        placed = created - dt.timedelta(hours=1)
         started = time.monotonic()
         if generated:
             spec = root.parent / "generated.json"
-            write_spec(spec, layout, contents, dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+            write_spec(spec, layout, contents, placed)
             built = {"patients": len(layout.patients), "images": layout.images}
         else:
             spec = None
@@ -379,7 +394,22 @@ class Harness:
             f"({'generated' if generated else 'files'}; {built['images']:,} placeholder images, "
             f"{parts} parts) in {time.monotonic() - started:.0f} s"
         )
-        return Warehouse(size, root, spec, objects)
+        started = time.monotonic()
+        placeholders = GeneratedStorage(LocalStorage(root), layout, contents, placed)
+        inventory = write_inventory(
+            root.parent / "inventory",
+            root.name,
+            itertools.chain(tree_objects(self.base), placeholders.placeholder_objects()),
+            created,
+        )
+        objects["inventory"] = dict(
+            inventory.figures(), seconds=round(time.monotonic() - started, 1)
+        )
+        log(
+            f"  {label}: S3 Inventory of {inventory.rows:,} objects, {inventory.files} data "
+            f"file(s), {inventory.size / 2**20:,.0f} MB, in {objects['inventory']['seconds']:.0f} s"
+        )
+        return Warehouse(size, root, spec, objects, inventory=inventory)
 
     def step(self, house: Warehouse, name: str, graph: str, **extra: str) -> dict:
         """Run one graph on the warehouse through `benchmarks.scale_runner`; its figures."""
@@ -433,18 +463,34 @@ class Harness:
         figures: dict = {"objects": house.objects, "steps": {}}
         steps = figures["steps"]
         setup = not house.objects["generated"] or self.args.setup_generated
+        assert house.inventory is not None
+        # a generated warehouse's setup reconcile reads the inventory: a listing of ten
+        # million generated objects is what it cannot afford (files are listed: a check)
+        setup_inventory = {"WAREHOUSE_INVENTORY": house.inventory.url} if house.spec else {}
         try:
             if setup:
                 steps["setup reconcile"] = self.step(
-                    house, "setup reconcile", "warehouseloader", WAREHOUSE_RECONCILE="true"
+                    house,
+                    "setup reconcile",
+                    "warehouseloader",
+                    WAREHOUSE_RECONCILE="true",
+                    **setup_inventory,
                 )
                 steps["setup dataprocess"] = self.step(house, "setup dataprocess", "dataprocess")
             figures["new_folders"] = self.drop_day(house, 0, self.today - dt.timedelta(days=1))
             steps["daily"] = self.step(house, "daily", "warehouseloader")
             steps["rerun"] = self.step(house, "rerun", "warehouseloader")
-            steps["reconcile"] = self.step(
-                house, "reconcile", "warehouseloader", WAREHOUSE_RECONCILE="true"
+            steps[INVENTORY_RECONCILE] = self.step(
+                house,
+                INVENTORY_RECONCILE,
+                "warehouseloader",
+                WAREHOUSE_RECONCILE="true",
+                WAREHOUSE_INVENTORY=house.inventory.url,
             )
+            if self.args.listing_reconcile:
+                steps["reconcile"] = self.step(
+                    house, "reconcile", "warehouseloader", WAREHOUSE_RECONCILE="true"
+                )
             steps["dataprocess"] = self.step(house, "dataprocess", "dataprocess")
             steps["dataprocess rerun"] = self.step(house, "dataprocess rerun", "dataprocess")
             if size in self.args.sharded_sizes and len(self.pool.days) > 1:
@@ -532,18 +578,25 @@ def _lists(step: dict | None) -> str:
 
 
 def main_table(figures: dict) -> str:
-    """Render the issue's table, one row a size."""
+    """Render the issue's table, one row a size.
+
+    Its reconcile reads the S3 Inventory; a column for a reconcile that lists (the default
+    before the inventory, ``--listing-reconcile``) is added when a size has one.
+    """
+    sizes = figures["sizes"]
+    listing = any("reconcile" in size["steps"] for size in sizes.values())
     header = [
         "warehouse objects",
         "daily run: CPU / peak RSS",
         "rerun, nothing new: CPU / RSS",
         "LIST per run (daily / rerun)",
-        "reconcile: CPU / RSS",
+        "reconcile from inventory: CPU / RSS",
+        *(["reconcile, listing: CPU / RSS"] if listing else []),
         "dataprocess: CPU / RSS",
         "dataprocess rerun: CPU / RSS",
     ]
     rows = []
-    for label, size in figures["sizes"].items():
+    for label, size in sizes.items():
         steps = size["steps"]
         rows.append(
             [
@@ -551,12 +604,38 @@ def main_table(figures: dict) -> str:
                 _cpu_rss(steps.get("daily")),
                 _cpu_rss(steps.get("rerun")),
                 f"{_lists(steps.get('daily'))} / {_lists(steps.get('rerun'))}",
-                _cpu_rss(steps.get("reconcile")),
+                _cpu_rss(steps.get(INVENTORY_RECONCILE)),
+                *([_cpu_rss(steps.get("reconcile"))] if listing else []),
                 _cpu_rss(steps.get("dataprocess")),
                 _cpu_rss(steps.get("dataprocess rerun")),
             ]
         )
     return markdown(header, rows)
+
+
+def inventory_lines(figures: dict) -> list[str]:
+    """One line a size: its S3 Inventory, and what the reconcile read of it and listed."""
+    lines = []
+    for label, size in figures["sizes"].items():
+        written = size["objects"].get("inventory")
+        if not written:
+            continue
+        line = (
+            f"  {label}: {written['rows']:,} objects in {written['files']} data file(s), "
+            f"{written['bytes'] / 2**20:,.1f} MB (written in {written['seconds']:.0f} s)"
+        )
+        step = size["steps"].get(INVENTORY_RECONCILE)
+        if step:
+            read = step.get("areas", {}).get("inventory", {})
+            got = step.get("read_bytes", {}).get("inventory", 0)
+            raw = step.get("areas", {}).get("raw", {}).get("LIST", 0)
+            line += (
+                f"; the reconcile read {got / 2**20:,.1f} MB of it ({read.get('GET-range', 0):,} "
+                f"ranged GETs, {read.get('LIST', 0):,} LISTs) and made {raw:,} LISTs of the "
+                "raw side"
+            )
+        lines.append(line)
+    return lines
 
 
 def requests_table(figures: dict) -> str:
@@ -600,6 +679,14 @@ def _within(step: dict, ok: bool) -> bool | None:
     if step.get("stopped"):
         return False
     return ok if _measured(step) else None
+
+
+def _shown(step: dict | None, target: str, label: str) -> list[dict]:
+    """Return a run's peak RSS as a target's figure without a verdict (a size not checked)."""
+    if not step:
+        return []
+    figure = f"{step['peak_rss_mb']:,.0f} MB (checked at {size_label(RECONCILE_TARGET_SIZE)})"
+    return [{"target": target, "size": label, "figure": figure, "result": "info"}]
 
 
 def evaluate(figures: dict) -> list[dict]:
@@ -650,13 +737,6 @@ def evaluate(figures: dict) -> list[dict]:
         cpu_vs_base("rerun", "rerun, nothing new: CPU <= 2x the smallest size's", label)
         rss("dataprocess", "dataprocess: peak RSS <= 1 GB", label, DATAPROCESS_RSS_MB)
         cpu_vs_base("dataprocess rerun", "dataprocess rerun: CPU <= 2x the smallest size's", label)
-        if values[label] >= RECONCILE_TARGET_SIZE:
-            rss(
-                "reconcile",
-                "reconcile: peak RSS <= 2 GB (listing: no inventory here)",
-                label,
-                RECONCILE_RSS_MB,
-            )
         sharded = sizes[label].get("sharded")
         if sharded:
             for name, part in sharded["parts"].items():
@@ -667,6 +747,12 @@ def evaluate(figures: dict) -> list[dict]:
                     f"{part['peak_rss_mb']:,.0f} MB",
                     ok,
                 )
+    reconcile_rss = f"reconcile from an inventory: peak RSS <= {RECONCILE_RSS_MB / 1024:.0f} GB"
+    for label in sizes:  # checked at 10M, shown (without a verdict) at the other sizes
+        if values[label] >= RECONCILE_TARGET_SIZE:
+            rss(INVENTORY_RECONCILE, reconcile_rss, label, RECONCILE_RSS_MB)
+        else:
+            checks += _shown(sizes[label]["steps"].get(INVENTORY_RECONCILE), reconcile_rss, label)
     for label, size in sizes.items():
         checks += outcome_checks(label, size, figures.get("days", []))
     floor = figures.get("floor")
@@ -681,7 +767,8 @@ def outcome_checks(label: str, size: dict, days: list[dict]) -> list[dict]:
     """Check what the runs filed.
 
     The daily run files the day's images, the rerun nothing, the reconcile nothing more (a
-    full-listing run finds nothing the daily runs left).
+    full run finds nothing the daily runs left); the reconcile given the inventory read it
+    (ranged GETs of its data files, and no "inventory not used" in its report).
     """
     steps, checks = size["steps"], []
 
@@ -695,6 +782,7 @@ def outcome_checks(label: str, size: dict, days: list[dict]) -> list[dict]:
         ("setup reconcile", 0),
         ("daily", expected),
         ("rerun", 0),
+        (INVENTORY_RECONCILE, 0),
         ("reconcile", 0),
     ):
         got = copied(steps.get(name))
@@ -706,6 +794,19 @@ def outcome_checks(label: str, size: dict, days: list[dict]) -> list[dict]:
                 "size": label,
                 "figure": f"{got:,}",
                 "result": _verdict(got == want),
+            }
+        )
+    step = steps.get(INVENTORY_RECONCILE)
+    if step and _measured(step) and "report" in step:
+        read = step.get("areas", {}).get("inventory", {}).get("GET-range", 0)
+        unused = step["report"]["counts"].get(INVENTORY_NOT_USED, 0)
+        figure = f"{read:,} ranged GETs of it" + (f"; {INVENTORY_NOT_USED}" if unused else "")
+        checks.append(
+            {
+                "target": f"{INVENTORY_RECONCILE}: the inventory was read",
+                "size": label,
+                "figure": figure,
+                "result": _verdict(read > 0 and not unused),
             }
         )
     sharded = size.get("sharded")
@@ -758,6 +859,10 @@ def render(figures: dict, checks: list[dict]) -> str:
         "Where the daily run's LIST requests go:",
         *where_lists_go(figures),
         "",
+        "The S3 Inventory of each size (the reconcile's source for the closed upload folders "
+        "and the warehouse side):",
+        *inventory_lines(figures),
+        "",
         "Targets:",
         "",
         markdown(
@@ -782,8 +887,10 @@ def _parser() -> argparse.ArgumentParser:
     LIST <= 50 + the new upload folders
   rerun with nothing new: CPU <= 2x the smallest size's
   dataprocess: peak RSS <= 1 GB; a rerun with nothing new: CPU <= 2x the smallest size's
-  reconcile at 10M: peak RSS <= 2 GB; each shard at 1M: peak RSS <= 400 MB
-and what the runs filed: the day by the daily run, nothing by the rerun and the reconcile.
+  reconcile at 10M from an S3 Inventory: peak RSS <= 2 GB (shown at every size);
+  each shard at 1M: peak RSS <= 400 MB
+and what the runs filed: the day by the daily run, nothing by the rerun and the reconcile
+(which reads the inventory, never listing the folders it covers).
 
 --quick ({QUICK_SIZES}) takes a few minutes on 2 cores; the default sizes ({DEFAULT_SIZES})
 about half an hour, most of it at 1M and 10M. Nothing leaves the machine.""",
@@ -807,9 +914,15 @@ about half an hour, most of it at 1M and 10M. Nothing leaves the machine.""",
     parser.add_argument(
         "--setup-generated",
         action="store_true",
-        help="also run the setup reconcile and dataprocess at generated sizes",
+        help="also run the setup reconcile (from the inventory) and dataprocess at generated "
+        "sizes: what writes the catalogue index the later runs read",
     )
     parser.add_argument("--floor", action="store_true", help="also run the request floor benchmark")
+    parser.add_argument(
+        "--listing-reconcile",
+        action="store_true",
+        help="also run a reconcile without the inventory (it lists the whole bucket)",
+    )
     parser.add_argument("--max-rss-gb", type=float, default=6.0, help="stop a run past it (6)")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="stop a run past it")
     parser.add_argument("--seed", type=int, default=21)

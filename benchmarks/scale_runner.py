@@ -8,8 +8,11 @@ settings of the environment (``WAREHOUSE_BUCKET=file://...``, ``WAREHOUSE_RECONC
 (or, with ``--generated SPEC``, a `GeneratedStorage` over it) wrapped in a `CountingStorage`.
 At the end it writes the S3-equivalent requests, its own peak RSS (``VmHWM``: the high-water
 mark of this process's memory alone) and the exit code to ``--counts`` as JSON, and exits with
-the graph's code. ``--profile FILE`` writes a cProfile of the run and ``--tracemalloc FILE``
-the lines that held the most memory at the run's peak (side runs: both slow the run down).
+the graph's code. A reconcile given an S3 Inventory (``WAREHOUSE_INVENTORY``) reads it through
+a store the product opens itself: that store is counted too, in the ``inventory`` area
+(`count_inventory_reads`). ``--profile FILE`` writes a cProfile of the run and
+``--tracemalloc FILE`` the lines that held the most memory at the run's peak (side runs: both
+slow the run down).
 """
 
 from __future__ import annotations
@@ -40,6 +43,33 @@ def peak_rss_mb() -> float | None:
     return None
 
 
+def count_inventory_reads(counter: RequestCounter) -> None:
+    """Count the requests made to the S3 Inventory's store in the ``inventory`` area.
+
+    `warehouse.listing.inventory.open_inventory` opens the store that ``WAREHOUSE_INVENTORY``
+    names with `location_from_url`, outside the store the graph is given: the name is bound
+    here to one that wraps the store it opens in a `CountingStorage`.
+
+    Raises
+    ------
+    RuntimeError
+        When the inventory module no longer opens its store that way (nothing would be
+        counted).
+    """
+    from warehouse.listing import inventory
+    from warehouse.storage.base import Storage
+
+    opened = getattr(inventory, "location_from_url", None)
+    if opened is None:
+        raise RuntimeError("warehouse.listing.inventory has no location_from_url to count")
+
+    def counted(url: str, *, workers: int = 8) -> tuple[Storage, str]:
+        store, prefix = opened(url, workers=workers)
+        return CountingStorage(store, counter, "inventory"), prefix
+
+    inventory.location_from_url = counted
+
+
 def run_graph(graph: str, counter: RequestCounter, generated: Path | None) -> int:
     """Run ``graph`` once with the environment's settings on the counted store.
 
@@ -56,6 +86,8 @@ def run_graph(graph: str, counter: RequestCounter, generated: Path | None) -> in
 
     module = importlib.import_module(f"warehouse.{graph}")
     settings = settings_from_env()
+    if settings.inventory:
+        count_inventory_reads(counter)
     root = settings.bucket[len("file://") :]
     if generated is not None:
         store = GeneratedStorage.from_spec(generated, Path(root))

@@ -7,13 +7,15 @@ millions of objects as a listing generated on demand.
 by the part of the bucket it touches: a listing call costs one LIST a thousand keys (at least
 one; a delimiter listing counts its folders too), a read a GET, a ranged read a ranged GET, a
 write (conditional or not) a PUT, a copy a COPY (S3's server-side CopyObject), the store check
-a HEAD (HeadBucket) and a delete a DELETE.
+a HEAD (HeadBucket) and a delete a DELETE; it counts the bytes reads return too.
 
 `GeneratedStorage` is the benchmark's in-memory store for sizes a disk would not hold as files:
 its placeholder objects (`benchmarks.scale_layout.Layout`) are listed and read from their
 layout, generated as asked, never all held; everything else (the real part of the warehouse,
 the day's uploads, what runs write, the catalogue parts) is in an overlay, a local directory,
-since every run of the benchmark is a process of its own. Listings merge both in key order.
+since every run of the benchmark is a process of its own. Listings merge both in key order;
+`GeneratedStorage.placeholder_objects` yields the same objects in one pass, an S3 Inventory's
+rows (`benchmarks.scale_inventory`).
 """
 
 from __future__ import annotations
@@ -88,11 +90,18 @@ class RequestCounter:
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
         self.listed_keys = 0
+        self.read_bytes: Counter = Counter()
 
     def add(self, kind: str, area: str, n: int = 1) -> None:
         """Count ``n`` requests of ``kind`` in ``area``."""
         with self._lock:
             self.counts[(kind, area)] += n
+
+    def read(self, area: str, data: bytes) -> bytes:
+        """Count the bytes a read in ``area`` returned; return them."""
+        with self._lock:
+            self.read_bytes[area] += len(data)
+        return data
 
     def listed(self, keys: int) -> None:
         """Count keys returned by listings."""
@@ -100,7 +109,11 @@ class RequestCounter:
             self.listed_keys += keys
 
     def as_dict(self) -> dict:
-        """``{"kinds": {kind: n}, "areas": {area: {kind: n}}, "listed_keys": n}``."""
+        """Return the counts as a JSON-ready dict.
+
+        ``{"kinds": {kind: n}, "areas": {area: {kind: n}}, "listed_keys": n, "read_bytes":
+        {area: bytes}}``.
+        """
         with self._lock:
             kinds: Counter = Counter()
             areas: dict[str, Counter] = {}
@@ -111,6 +124,7 @@ class RequestCounter:
                 "kinds": {k: kinds[k] for k in KINDS if kinds[k]},
                 "areas": {a: dict(sorted(c.items())) for a, c in sorted(areas.items())},
                 "listed_keys": self.listed_keys,
+                "read_bytes": dict(sorted(self.read_bytes.items())),
             }
 
 
@@ -169,17 +183,18 @@ class CountingStorage(DelegatingStorage):
     def read(self, key: str) -> bytes:
         """Count a GET, then read from ``inner``."""
         self.counter.add("GET", self._area(key))
-        return self.inner.read(key)
+        return self.counter.read(self._area(key), self.inner.read(key))
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Count a ranged GET, then read from ``inner``."""
         self.counter.add("GET-range", self._area(key))
-        return self.inner.read_range(key, start, end)
+        return self.counter.read(self._area(key), self.inner.read_range(key, start, end))
 
     def read_with_token(self, key: str) -> tuple[bytes, str]:
         """Count a GET, then read from ``inner`` with its token."""
         self.counter.add("GET", self._area(key))
-        return self.inner.read_with_token(key)
+        data, token = self.inner.read_with_token(key)
+        return self.counter.read(self._area(key), data), token
 
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         """Count a PUT, then write to ``inner``."""
@@ -255,6 +270,8 @@ class GeneratedStorage(Storage):
         self.overlay, self.layout, self.contents = overlay, layout, contents
         self.modified = modified
         self.url = overlay.url
+        # the overlay's directory names the bucket (what an S3 Inventory calls its source)
+        self.root = overlay.root
         self._bytes = {
             m: (overlay.root / t.image_key).read_bytes() for m, t in contents.templates.items()
         }
@@ -398,6 +415,24 @@ class GeneratedStorage(Storage):
                     stack.append((key + "/", iter(self._children(key.split("/")))))
             elif key.startswith(prefix):
                 yield ObjectInfo(key, size, self.modified)
+
+    def placeholder_objects(self) -> Iterator[ObjectInfo]:
+        """Yield every generated object once, patient by patient (not in key order).
+
+        Each patient's raw clinical file and its filed copy, then for each image its raw
+        upload, its filed image and its metadata file: what `list` generates, in one pass
+        over the layout (an S3 Inventory's rows, which come in no particular order).
+        """
+        for patient in self.layout.patients:
+            clinical = self._size("clinical", patient.site, patient.kind)
+            for key in clinical_keys(patient):
+                yield ObjectInfo(key, clinical, self.modified)
+            for image in images_of(patient):
+                size = self._size("image", image.modality)
+                yield ObjectInfo(image.raw_key, size, self.modified)
+                yield ObjectInfo(image.image_key, size, self.modified)
+                _, _, metadata = self._image_entry(image, metadata=True)
+                yield ObjectInfo(image.metadata_key, metadata, self.modified)
 
     def content(self, key: str) -> bytes | None:
         """Return what the generated object ``key`` holds, or None when there is none."""

@@ -3,13 +3,16 @@
 The warehouse the builder (`benchmarks.scale_layout`) builds is consistent (every placeholder
 image has its metadata file, its raw upload and a catalogue row; every placeholder patient its
 clinical files; a reconcile finds nothing to file), the generated store
-(`benchmarks.scale_storage`) lists and reads what the local build writes, and the counting store
-counts S3 pages. Timings are the benchmark's, not checked here.
+(`benchmarks.scale_storage`) lists and reads what the local build writes, the counting store
+counts S3 pages, and the S3 Inventory the benchmark writes (`benchmarks.scale_inventory`) lists
+what a listing of the warehouse finds, so that a reconcile reads its closed folders from it and
+files nothing. Timings are the benchmark's, not checked here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.scale_inventory import tree_objects, write_inventory
 from benchmarks.scale_layout import (
     Contents,
     Layout,
@@ -28,6 +32,7 @@ from benchmarks.scale_layout import (
 )
 from benchmarks.scale_storage import CountingStorage, GeneratedStorage, RequestCounter, write_spec
 from tests.builders import run_loader
+from warehouse.listing.inventory import bucket_name, open_inventory
 from warehouse.storage.local import LocalStorage
 
 SEED = 5
@@ -202,3 +207,110 @@ def test_the_counting_store_counts_pages_of_a_thousand_keys(local_store):
     assert found["kinds"] == {"LIST": 3 + 3, "GET": 1, "PUT": 1}
     assert found["areas"]["processed"] == {"PUT": 1}
     assert found["listed_keys"] == 5000
+
+
+def inventory_of(real: Path, root: Path, layout: Layout, folder: Path, created: dt.datetime):
+    """The benchmark's inventory of a built warehouse: the real part's files, the placeholders."""
+    _, contents = placeholders(real)  # (the real part's templates, as before the build)
+    placed = created - dt.timedelta(hours=1)
+    generated = GeneratedStorage(LocalStorage(root), layout, contents, placed)
+    objects = itertools.chain(tree_objects(real), generated.placeholder_objects())
+    return write_inventory(
+        folder, root.name, objects, created, rows_per_file=700, row_group_rows=200
+    )
+
+
+def test_the_inventory_lists_what_a_listing_of_the_warehouse_finds(real_warehouse, tmp_path):
+    root = copy_of(real_warehouse, tmp_path)
+    layout = build(root)
+    created = dt.datetime(2025, 7, 1, 0, 0, tzinfo=dt.UTC)
+    written = inventory_of(real_warehouse, root, layout, tmp_path / "inventory", created)
+
+    store = LocalStorage(root)
+    prefixes = [f"{site.prefix}/" for site in layout.sites] + ["training/", "validation/"]
+    report = open_inventory(written.url, bucket_name(store))
+    assert report.day == "2025-07-01"
+    found = list(report.records(prefixes))
+    keys = [info.key for info in found]
+    assert len(keys) == len(set(keys))
+    listed = {info.key: info for prefix in prefixes for info in store.list(prefix)}
+    assert len(listed) > PLACEHOLDER_OBJECTS and sum(k.startswith("raw-") for k in listed) > 500
+    assert {(i.key, i.size) for i in found} == {(i.key, i.size) for i in listed.values()}
+    for info in found:
+        if _placeholder(info.key):  # the placeholders' time: before the report was made
+            assert info.last_modified == created - dt.timedelta(hours=1), info.key
+        else:  # the real part's: the files' own, to the second as S3 gives it
+            expected = listed[info.key].last_modified.replace(microsecond=0)
+            assert info.last_modified == expected, info.key
+    # written as S3 splits a report: data files of at most 700 rows, row groups of 200
+    assert written.files == len(report.files) == -(-written.rows // 700) > 2
+    for path in (tmp_path / "inventory" / root.name).glob("*/data/*.parquet"):
+        metadata = pq.ParquetFile(path).metadata
+        assert metadata.num_rows <= 700
+        assert all(metadata.row_group(n).num_rows <= 200 for n in range(metadata.num_row_groups))
+    # a generated warehouse is named as its overlay: the inventory's source bucket there too
+    _, contents = placeholders(real_warehouse)
+    generated = GeneratedStorage(LocalStorage(root), layout, contents, created)
+    assert bucket_name(CountingStorage(generated, RequestCounter())) == root.name
+
+
+class RecordingStorage(CountingStorage):
+    """The counting store, recording the prefixes it lists (thread-safe: appends)."""
+
+    def __init__(self, inner, counter):
+        super().__init__(inner, counter)
+        self.prefixes: list[str] = []
+
+    def list(self, prefix):
+        self.prefixes.append(prefix)
+        return super().list(prefix)
+
+    def list_after(self, prefix, start_after):
+        self.prefixes.append(prefix)
+        return super().list_after(prefix, start_after)
+
+    def list_folders(self, prefix):
+        self.prefixes.append(prefix)
+        return super().list_folders(prefix)
+
+
+def test_a_reconcile_from_the_inventory_lists_no_folder_it_covers_and_files_nothing(
+    real_warehouse, tmp_path
+):
+    root = copy_of(real_warehouse, tmp_path)
+    layout = build(root)
+    today = dt.datetime.now(dt.UTC).date()
+    created = dt.datetime.combine(today - dt.timedelta(days=2), dt.time(), dt.UTC)
+    written = inventory_of(real_warehouse, root, layout, tmp_path / "inventory", created)
+    covered = [
+        f"{prefix}/{date}/"
+        for prefix, dates in upload_folders(root, [site.prefix for site in layout.sites]).items()
+        for date in dates
+    ]
+    # after the report: a new upload folder (a real patient's clinical file, uploaded again)
+    upload = next(root.glob("raw-*/*/data/*_data.json"))
+    site = upload.relative_to(root).parts[0]
+    new = f"{site}/{(today - dt.timedelta(days=1)).isoformat()}/"
+    (root / new / "data").mkdir(parents=True)
+    shutil.copyfile(upload, root / new / "data" / upload.name)
+
+    counter = RequestCounter()
+    store = RecordingStorage(LocalStorage(root), counter)
+    code, state = run_loader(store, reconcile=True, inventory=written.url)
+
+    assert code == 0
+    counts = state.report.counts
+    assert "S3 inventory not used (the bucket is listed)" not in counts
+    assert counts.get("images copied", 0) == 0 and counts.get("clinical files copied", 0) == 1
+    assert state.report.problems == []
+    # the raw side: each prefix's top (its folders) and the new folder, none it covers; the
+    # warehouse side's images and metadata files come from the inventory too
+    assert len(covered) > 10
+    raw = {prefix for prefix in store.prefixes if prefix.startswith("raw-")}
+    assert {f"{s.prefix}/" for s in layout.sites} <= raw
+    assert new in raw or f"{new}data/" in raw
+    assert not [p for p in raw if any(p.startswith(folder) for folder in covered)]
+    areas = counter.as_dict()["areas"]
+    assert areas["raw"]["LIST"] <= len(layout.sites) + 2 < len(covered)
+    for area in ("images", "metadata"):
+        assert "LIST" not in areas.get(area, {}), area

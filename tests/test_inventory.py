@@ -282,6 +282,72 @@ def test_the_prefix_filter_is_exact(store):
     assert keys([""]) == sorted(r[0] for r in ROWS)
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["string", "large_string"])
+def test_hundreds_of_prefixes_of_any_length_filter_as_startswith_does(local_store, large):
+    # a reconcile passes every closed upload folder: prefixes of many lengths, nested ones,
+    # non-ASCII ones, some longer than the keys they are compared with
+    folders = [
+        f"raw-{site}/2026-{m:02d}-{d:02d}/"
+        for site in ("a", "ab", "cörnwall", "画像")
+        for m in range(1, 13)
+        for d in range(1, 29, 3)
+    ]
+    keys = [
+        f"{folder}{kind}/IM{n}.dcm"
+        for n, folder in enumerate(folders)
+        for kind in ("images", "data")
+    ]
+    keys += ["raw-a", "raw-", "raw-e\u0301/2026-01-01/x.json", "training/ct/P1/s/r/IM.dcm"]
+    prefixes = folders[::2] + ["raw-ab/", "raw-e", "raw-a/2026-01-01/images/IM0.dcm/deeper/"]
+    prefixes += ["training/", "raw-画像/2026-02-0"]
+    rows = [(key, n, T0) for n, key in enumerate(keys)]
+    table = table_of(rows)
+    if large:
+        table = table.set_column(1, "key", table.column("key").cast(pa.large_string()))
+    deliver(local_store, "2026-11-20T01-00Z", [parquet_bytes(table, row_group_size=100)])
+    found = find_inventory(local_store, PREFIX, SOURCE)
+
+    assert len(prefixes) > 200 and len({len(p.encode()) for p in prefixes}) > 5
+    expected = [key for key in keys if any(key.startswith(p) for p in prefixes)]
+    assert 0 < len(expected) < len(keys)
+    assert [i.key for i in found.records(prefixes)] == expected
+    assert [i.key for i in found.records([*prefixes, ""])] == keys
+
+
+class ComputeCalls:
+    """Stands for ``pyarrow.compute`` in the inventory module, counting the calls made."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, 0
+
+    def __getattr__(self, name):
+        function = getattr(self.module, name)
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return function(*args, **kwargs)
+
+        return counted
+
+
+def test_the_work_on_a_batch_does_not_grow_with_the_number_of_prefixes(local_store, monkeypatch):
+    # A reconcile passes every closed upload folder (thousands at ten million objects): one
+    # pass over the keys for each prefix would make reading the inventory quadratic.
+    folders = [f"raw-a/2026-{m:02d}-{d:02d}/" for m in range(1, 13) for d in range(1, 29)]
+    rows = [(f"{folder}images/IM{n}.dcm", n, T0) for n, folder in enumerate(folders)]
+    deliver(local_store, "2026-11-20T01-00Z", [parquet_bytes(table_of(rows), row_group_size=50)])
+    found = find_inventory(local_store, PREFIX, SOURCE)
+    counter = ComputeCalls(inventory.pc)
+    monkeypatch.setattr(inventory, "pc", counter)
+
+    def calls(prefixes) -> int:
+        before = counter.calls
+        assert len(list(found.records(prefixes))) == len(prefixes)
+        return counter.calls - before
+
+    assert calls(folders[:2]) == calls(folders) > 0  # (all of one length)
+
+
 def test_keys_are_plain_text_and_round_trip(store):
     # Parquet (unlike CSV) inventories do not URL-encode keys: none is decoded here.
     odd = [

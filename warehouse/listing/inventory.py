@@ -173,7 +173,7 @@ class Inventory:
         """
         if isinstance(prefixes, str):
             raise TypeError("records() takes a collection of prefixes, not one string")
-        wanted = tuple(dict.fromkeys(prefixes))
+        wanted = _by_length(prefixes)
         if not wanted:
             return
         for file in self.files:
@@ -377,9 +377,37 @@ def _download(storage: Storage, key: str, file: InventoryFile, path: str, where:
         )
 
 
-def _read_records(
-    path: str, bucket: str, prefixes: tuple[str, ...], where: str
-) -> Iterator[ObjectInfo]:
+#: Prefixes grouped by their length in UTF-8 bytes: ``(length, the prefixes as binary)``.
+_Prefixes = tuple[tuple[int, pa.Array], ...]
+
+
+def _by_length(prefixes: Iterable[str]) -> _Prefixes:
+    """Group ``prefixes`` by their length in UTF-8 bytes (each once), shortest first."""
+    groups: dict[int, set[bytes]] = {}
+    for prefix in prefixes:
+        encoded = prefix.encode("utf-8")
+        groups.setdefault(len(encoded), set()).add(encoded)
+    return tuple((n, pa.array(sorted(values), pa.binary())) for n, values in sorted(groups.items()))
+
+
+def _starts_with_any(keys: pa.Array, prefixes: _Prefixes) -> pa.Array:
+    """Tell which keys start with one of ``prefixes``.
+
+    A key's first bytes, as many as a group's length, are looked up in that group's set: a
+    pass over the keys for each length of prefix, not for each prefix (a reconcile passes
+    every closed upload folder, thousands of them; UTF-8 makes a text prefix a byte prefix).
+    """
+    large = pa.types.is_large_string(keys.type)
+    raw = keys.cast(pa.large_binary() if large else pa.binary())
+    keep = None
+    for length, values in prefixes:
+        head = pc.binary_slice(raw, 0, length)
+        found = pc.is_in(head, value_set=values.cast(raw.type) if large else values)
+        keep = found if keep is None else pc.or_(keep, found)
+    return keep
+
+
+def _read_records(path: str, bucket: str, prefixes: _Prefixes, where: str) -> Iterator[ObjectInfo]:
     """The rows of a downloaded data file under ``prefixes``, one batch at a time."""
     try:
         parquet = pq.ParquetFile(path, pre_buffer=False)
@@ -423,7 +451,7 @@ def _check_schema(schema: pa.Schema, where: str) -> None:
 
 
 def _batch_records(
-    batch: pa.RecordBatch, bucket: str, prefixes: tuple[str, ...], where: str
+    batch: pa.RecordBatch, bucket: str, prefixes: _Prefixes, where: str
 ) -> Iterator[ObjectInfo]:
     """The rows of one batch that are current objects under ``prefixes``, as `ObjectInfo`."""
     buckets = batch.column(BUCKET)
@@ -432,9 +460,7 @@ def _batch_records(
     keys = batch.column(KEY)
     if keys.null_count:
         raise InventoryUnusable(where, "a row has no key")
-    keep = pc.starts_with(keys, pattern=prefixes[0])
-    for prefix in prefixes[1:]:
-        keep = pc.or_(keep, pc.starts_with(keys, pattern=prefix))
+    keep = _starts_with_any(keys, prefixes)
     names = batch.schema.names
     if IS_DELETE_MARKER in names:
         keep = pc.and_(keep, pc.invert(pc.fill_null(batch.column(IS_DELETE_MARKER), False)))
