@@ -241,7 +241,12 @@ def test_run_process_measures_peak_memory_of_the_child(tmp_path, monkeypatch):
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     writer = os.open(gate, os.O_RDWR)  # the child's read of the pipe ends when this closes
-    grow = f"b = bytearray(120 << 20); b[::4096] = b'x' * (30 << 10); open({str(gate)!r}).read()"
+    # (the pipe is opened before the memory grows: opened after, it could find the writer
+    # closed already and wait for another for ever)
+    grow = (
+        f"g = open({str(gate)!r}); "
+        "b = bytearray(120 << 20); b[::4096] = b'x' * (30 << 10); g.read()"
+    )
     seen = threading.Event()
     peak_rss_kb = run._peak_rss_kb
 

@@ -29,6 +29,7 @@ from tests.test_infrastructure import (
 from tests.test_scale import _age_folder_state, _uploads
 from tests.test_submittingcentres import run_graph as run_submittingcentres
 from tests.test_warehouseloader import SPLIT
+from warehouse.catalogue import index as catalogue_index
 from warehouse.storage.wrappers import DelegatingStorage
 
 OLD = "2021-01-01"
@@ -153,7 +154,8 @@ def test_the_loaders_runs_ask_only_what_its_role_allows(stack, warehouse):
     assert refused(stack, "WarehouseLoaderTaskRole", store.log) == []
 
 
-def test_dataprocess_runs_ask_only_what_its_role_allows(stack, warehouse):
+def test_dataprocess_runs_ask_only_what_its_role_allows(stack, warehouse, monkeypatch):
+    monkeypatch.setattr(catalogue_index, "PART_SETTLE", dt.timedelta(0))  # (an index is written)
     code, _ = builders.run_loader(warehouse, workers=4)
     assert code == 0
     store = AccessRecorder(warehouse, WAREHOUSE)
