@@ -10,7 +10,8 @@ a listing generated on demand over a local overlay) it
    side, catalogue parts listing every placeholder image, every upload folder closed in the
    raw side's folder state, as the reconcile runs of a warehouse that has run for years leave
    it) and its S3 Inventory, then a first reconcile and a first ``dataprocess`` (on a local
-   directory only: setup, shown but not checked);
+   directory, or with ``--setup-generated``, whose reconcile then reads the inventory: setup,
+   shown but not checked);
 2. drops one day of uploads: 1,000 real images and the clinical files of 12-24 new patients,
    in a new dated upload folder of each site that sent them;
 3. runs and measures the daily loader run, a rerun with nothing new, a reconcile run
