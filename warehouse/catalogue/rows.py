@@ -420,7 +420,7 @@ def read_part(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
     """
     wanted = list(columns) if columns is not None else list(COLUMNS)
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.ParquetFile(io.BytesIO(data)).read()  # (read_table: 5x the CPU of a part)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InvalidPart(f"not a Parquet file: {exc}") from None
     if "warehouse_key" not in table.column_names:
