@@ -4,6 +4,8 @@ the catalogue, the lease, progress and how the run ends."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,9 +19,9 @@ from warehouse.core.clinical import (
     parse_clinical_record,
     submitting_centre,
 )
-from warehouse.core.config import PipelineConfig, nfc
-from warehouse.core.errors import StorageError
-from warehouse.core.lease import RunLease
+from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, PipelineConfig, nfc
+from warehouse.core.errors import ExpectedError, StorageError
+from warehouse.core.lease import RunLease, release_run_lease
 from warehouse.core.patients import (
     PatientGroups,
 )
@@ -29,11 +31,19 @@ from warehouse.listing.folders import FolderState, save_state, window_days
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.feedback import publish_feedback
 from warehouse.loader.memo import limit_facts
-from warehouse.loader.parts import end_part, load_handoff
-from warehouse.loader.shards import Handoff, RunPart, part_of
+from warehouse.loader.parts import (
+    finish_run,
+    load_handoff,
+    pending_key,
+    snapshot_key,
+    write_pending,
+)
+from warehouse.loader.shards import Handoff, RunPart, part_key, part_of
 from warehouse.loader.tasks import Task, input_stamp
 from warehouse.storage.base import Storage
 from warehouse.storage.wrappers import LeasedStorage
+
+logger = logging.getLogger(__name__)
 
 #: Bytes of clinical files a run holds in memory at once, read and decoded (`ByteBudget`).
 CLINICAL_BYTES_IN_FLIGHT = 8 * 1024 * 1024
@@ -241,7 +251,7 @@ class LoaderState(RunState):
         return summary
 
     def publishes_report(self) -> bool:
-        """A part of a sharded run writes its part report instead (`runs.end_part`); the run's
+        """A part of a sharded run writes its part report instead (`end_part`); the run's
         report is the parts' combined."""
         return self.part is None
 
@@ -332,3 +342,102 @@ class FiledCentres:
         with self._lock:
             for pseudonym, centre in centres.items():
                 self._known.setdefault(pseudonym, centre)
+
+
+# -- a part of a sharded run ends: its report, the clinical phase's hand-off ---------------
+
+
+def write_handoff_files(storage: Storage, state: LoaderState, graph: str) -> Handoff:
+    """The clinical phase's hand-off, its pending images and what the warehouse holds written
+    for the shards (they list nothing)."""
+    handoff = handoff_of(state)
+    run_id = state.report.run_id
+    handoff.pending = pending_key(graph, run_id)
+    write_pending(storage, handoff.pending, state.pending_images)
+    handoff.warehouse = snapshot_key(graph, run_id)
+    keys = state.index.patient_keys() if state.index is not None else []
+    storage.write(handoff.warehouse, json.dumps(keys).encode("utf-8"))
+    catalogue = loaded(state.catalogue, "the run's image catalogue")
+    handoff.catalogue_pointer = catalogue.pointer
+    # the parts it read and those it wrote (the filed images it found in no part): the shards
+    # know every instance it knew
+    handoff.catalogue_parts = sorted({*catalogue.newer_parts, *catalogue.written_parts})
+    return handoff
+
+
+def handoff_of(state: LoaderState) -> Handoff:
+    """What the clinical phase hands to the shards, from its state at the end."""
+    known = loaded(state.groups, "the patients' groups")
+    groups = {p: g for p in state.new_patients if (g := known.get(p)) is not None}
+    return Handoff(
+        groups=groups,
+        new_patients=sorted(state.new_patients),
+        refused_claims=[list(pair) for pair in state.refused_claims],
+        bound_centres=dict(state.bound_centres),
+        filed_centres=state.filed_centres.known() if state.filed_centres else {},
+    )
+
+
+def part_report(state: LoaderState, handoff: Handoff | None = None) -> dict:
+    """A part's report: the run report of its process, with its phase and shard; for a
+    clinical phase that listed and did not stop, the hand-off and the folder state the run
+    leaves if it completes; for a shard, the raw images it found settled."""
+    part, report = state.part, state.report
+    if part is None:
+        raise ValueError("not a part of a sharded run (its report is the run's own)")
+    data: dict = report.as_dict()
+    data["phase"] = part.phase
+    data["shard"] = list(part.shard) if part.shard else None
+    data["listed"] = report.listed
+    if handoff is not None:
+        data["handoff"] = handoff.as_dict()
+        folders = state.folder_state()
+        if folders is not None:
+            data["folder_state"] = folders.as_dict(report.run_id, dt.datetime.now(dt.UTC))
+    data["settled"] = [[key, size, when] for key, (size, when) in sorted(state.settled.items())]
+    return data
+
+
+def end_part(storage: Storage, state: LoaderState, graph: str) -> str:
+    """After a part's graph: write its report, stop renewing the run's lease (which stays for
+    the other parts), and, for a shard that `RunPart.finishes`, end the run when every part has
+    written its report.
+
+    Returns
+    -------
+    str
+        Summary lines (where the reports are).
+    """
+    part, report = state.part, state.report
+    if part is None:
+        raise ValueError("not a part of a sharded run (its report is the run's own)")
+    key = part_key(graph, report.run_id, part)
+    lines = ""
+    try:
+        handoff = None
+        if part.phase == CLINICAL_PHASE and report.listed and report.fatal is None:
+            handoff = write_handoff_files(storage, state, graph)
+        data = part_report(state, handoff)
+        storage.write(key, json.dumps(data, indent=2).encode("utf-8"))
+        lines += f"\n  {part.label} report: {storage.url}/{key}"
+    except ExpectedError as exc:
+        logger.error("could not write the %s report: %s", part.label, exc)
+        report.fail(f"{part.label} report not written: {exc}")
+        return lines
+    finally:
+        state.release_lease()
+    if part.phase == CLINICAL_PHASE and part.finishes and "handoff" not in data:
+        # no shard can start: the run ends here (and the next one need not wait for expiry)
+        try:
+            release_run_lease(storage, report.run_id)
+        except ExpectedError as exc:
+            logger.error("could not release the run lease: %s", exc)
+    if part.phase == IMAGE_PHASE and part.finishes and part.shard is not None:
+        try:
+            ended = finish_run(storage, graph, report.run_id, part.shard[1], force=False)
+        except ExpectedError as exc:
+            logger.error("could not end run %s: %s", report.run_id, exc)
+            report.fail(f"the run's end failed: {exc}")
+            return lines
+        lines += ended.lines
+    return lines
