@@ -123,6 +123,8 @@ class CatalogueScan:
         The parts merged that ``through`` does not cover yet (not settled): merged again by
         the next run, whose rows stand as they are when those are all it finds; None when a
         part could not be read (the next run merges again).
+    previous : PreviousCatalogue or None
+        With ``reused``: the last batch's catalogue, as its footer describes it.
     """
 
     path: str
@@ -140,6 +142,7 @@ class CatalogueScan:
     index: IndexArrays | None = None
     reused: str | None = None
     beyond: list[str] | None = field(default_factory=list)
+    previous: PreviousCatalogue | None = None
 
 
 def _parts_after(storage: Storage, through: str | None) -> dict[str, dt.datetime]:
@@ -200,30 +203,51 @@ def _newest_masks(staged: list[PartArrays]) -> tuple[list[np.ndarray], np.ndarra
     return masks, np.unique(targets)
 
 
-def previous_catalogue(processed: Storage, key: str | None) -> tuple[StoredFile, str | None] | None:
-    """The last batch's merged catalogue (a file over the processed store) and the part it
-    covers up to; None when there is none usable (then every part is merged again).
+@dataclass(frozen=True)
+class PreviousCatalogue:
+    """The last batch's merged catalogue, as its footer describes it.
+
+    Attributes
+    ----------
+    key, size : str, int
+        Its key in the processed store and its size.
+    through : str or None
+        The newest part it covers.
+    clinical : bytes or None
+        The digest of the clinical values joined to its rows (None before batches kept it).
+    """
+
+    key: str
+    size: int
+    through: str | None
+    clinical: bytes | None
+
+    def open(self, processed: Storage) -> pq.ParquetFile:
+        """Open it for reading (ranged reads)."""
+        return pq.ParquetFile(StoredFile(processed, self.key, self.size))
+
+
+def previous_catalogue(processed: Storage, key: str | None) -> PreviousCatalogue | None:
+    """The last batch's merged catalogue; None when there is none usable (then every part is
+    merged again).
     """
     if key is None:
         return None
     size = next((info.size for info in processed.list(key) if info.key == key), None)
     if size is None:
         return None
-    handle = StoredFile(processed, key, size)
     try:
-        metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+        metadata = pq.ParquetFile(StoredFile(processed, key, size)).schema_arrow.metadata or {}
         through = json.loads(metadata[b"through"])
     except (KeyError, ValueError, pa.ArrowException, OSError):
         return None
     if through is not None and not isinstance(through, str):
         return None
-    handle.seek(0)
-    return handle, through
+    return PreviousCatalogue(key, size, through, metadata.get(b"clinical"))
 
 
-def _batches_of(handle: StoredFile, skip: np.ndarray) -> Iterator[pa.Table]:
+def _batches_of(file: pq.ParquetFile, skip: np.ndarray) -> Iterator[pa.Table]:
     """Yield the rows of a merged catalogue but those of the keys hashed in ``skip`` (sorted)."""
-    file = pq.ParquetFile(handle)
     for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=MERGED_SCHEMA.names):
         table = pa.Table.from_batches([batch]).cast(MERGED_SCHEMA)
         if len(skip):
@@ -389,11 +413,12 @@ def scan_catalogue(
     """
     now = now or dt.datetime.now(dt.UTC)
     previous = previous_catalogue(processed, last.images)
-    through = previous[1] if previous is not None else None
+    through = previous.through if previous is not None else None
     new_parts = _parts_after(storage, through)
     if previous is not None and last.images and last.counts and filed is None:
         try:
             scan = counted_scan(last.counts, path, last.images)
+            scan.previous = previous
         except ValueError as exc:
             logger.warning("the last batch's catalogue counts cannot be used (%s)", exc)
         else:
@@ -409,7 +434,7 @@ def scan_catalogue(
     scan.new_parts = len(new_parts)
     scan.beyond = None if unreadable else sorted(k for k in new_parts if k > (scan.through or ""))
     metadata = {"through": json.dumps(scan.through)}
-    older = _batches_of(previous[0], replaced) if previous else iter(())
+    older = _batches_of(previous.open(processed), replaced) if previous else iter(())
     with pq.ParquetWriter(path, MERGED_SCHEMA.with_metadata(metadata), compression="zstd") as out:
         for table, new in itertools.chain(
             ((t, False) for t in older),
@@ -472,27 +497,17 @@ def publish_index(storage: Storage, scan: CatalogueScan, now: dt.datetime) -> st
     return write_index(storage, scan.index, now)
 
 
-def _stored(processed: Storage, key: str) -> pq.ParquetFile:
-    """Open a Parquet file of the processed store (ranged reads)."""
-    size = next((info.size for info in processed.list(key) if info.key == key), None)
-    if size is None:
-        raise ObjectNotFound(f"{processed.url}/{key} does not exist")
-    return pq.ParquetFile(StoredFile(processed, key, size))
-
-
-def joined_as_before(processed: Storage, scan: CatalogueScan, fingerprint: str) -> bool:
+def joined_as_before(scan: CatalogueScan, fingerprint: str) -> bool:
     """Tell whether the last batch's ``images.parquet`` is this batch's as it is.
 
     It is when the merge took its rows as they are (``scan.reused``) and it joined the same
     clinical values (its ``clinical`` metadata is ``fingerprint``).
     """
-    if scan.reused is None:
-        return False
-    try:
-        metadata = _stored(processed, scan.reused).schema_arrow.metadata or {}
-    except (ObjectNotFound, pa.ArrowException, OSError):
-        return False
-    return metadata.get(b"clinical") == fingerprint.encode()
+    return (
+        scan.reused is not None
+        and scan.previous is not None
+        and scan.previous.clinical == fingerprint.encode()
+    )
 
 
 def write_joined(
@@ -515,9 +530,9 @@ def write_joined(
         Its size in bytes.
     """
     if scan.reused is not None:
-        if processed is None:
+        if processed is None or scan.previous is None:
             raise ValueError("the last batch's rows are read from the processed store")
-        source = _stored(processed, scan.reused)
+        source = scan.previous.open(processed)
     else:
         source = pq.ParquetFile(scan.path)
     metadata = {**(source.schema_arrow.metadata or {}), b"clinical": fingerprint.encode()}

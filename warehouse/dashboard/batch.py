@@ -463,7 +463,7 @@ def publish_batch(
         batch.data[COUNTS_NAME] = counts_document(view.catalogue)
         if view.catalogue.rows:
             fingerprint = clinical_fingerprint(batch.tables["patient_clean"])
-            if joined_as_before(store, view.catalogue, fingerprint):
+            if joined_as_before(view.catalogue, fingerprint):
                 batch.images_from = view.catalogue.reused  # nothing new: copied as it is
             else:
                 batch.images = os.path.join(view.workdir, IMAGES_FILE)
