@@ -784,7 +784,8 @@ def _recording(read_in_order, reads: list):
 def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_counts(
     local_store, monkeypatch, settled
 ):
-    """No part since the last batch: its images.parquet is copied and its counts stand.
+    """No part since the last batch (but a new loader report): its images.parquet is copied
+    and its counts stand.
 
     No part nor catalogue row is read; a patient's changed clinical file makes the next batch
     join the new value again.
@@ -814,6 +815,8 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
         return real_write_joined(*args, **kwargs)
 
     monkeypatch.setattr(batch_module, "write_joined", recording_write_joined)
+    # a loader run with nothing new: no part, but a new loader report for the dashboard
+    assert builders.run_loader(store, workers=4)[0] == 0
     assert run_dataprocess(store, workers=4)[0] == 0
     second_batch, second = read_batch(store.processed())
 

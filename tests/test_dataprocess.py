@@ -225,7 +225,9 @@ class RecordingStorage(DelegatingStorage):
         self.inner.write(key, data, content_type)
 
     def copy(self, source_key, target_key, size=None):
-        raise AssertionError("dataprocess never copies")
+        # (the last batch's catalogue, when no part is new)
+        self._record("writes", f"{self.url}/{target_key}")
+        self.inner.copy(source_key, target_key, size)
 
     def processed(self):
         return RecordingStorage(self.inner.processed(), self.log, fail_writes=self.fail_writes)
@@ -259,12 +261,14 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert BATCH.match(batch)
     tables = ("ct", "xray", "patient", "patient_clean", "storage", "study_images")
     pages = ("dashboard.html", "public.html")
-    # the catalogue in Parquet only; the rows and the catalogue's counts the next run may reuse
+    # the catalogue in Parquet only; the rows and the catalogue's counts the next run may
+    # reuse, and the digest of what the batch was built from
     data = (
         "images.parquet",
         "rows/patients.parquet",
         "rows/studies.parquet",
         "rows/catalogue-counts.json.gz",
+        "rows/inputs.json",
     )
     stats = (
         "stats_patients.csv",
@@ -478,9 +482,9 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert store.log["writes"][-3].endswith("reports/dataprocess/latest.json")
     assert store.log["writes"][-2] == store.log["writes"][-4].removesuffix(".json") + ".html"
     assert store.log["writes"][-1].endswith("reports/dataprocess/latest.html")
-    # tables, the catalogue, stats, pages, reusable rows, latest; the catalogue's index (and
-    # its pointer), before the batch
-    assert len(writes) == 12 + 1 + 5 + 2 + 3 + 1 + 4 + 2
+    # tables, the catalogue, stats, pages, reusable rows and inputs' digest, latest; the
+    # catalogue's index (and its pointer), before the batch
+    assert len(writes) == 12 + 1 + 5 + 2 + 4 + 1 + 4 + 2
     assert writes.index("latest.json") < writes.index("images.parquet")
 
     printed = capsys.readouterr()
@@ -572,11 +576,76 @@ def test_a_failed_read_publishes_nothing(local_store):
     assert problems == {failing: "read failed", BAD_CLINICAL: "invalid JSON"}
 
 
+def _new_part(store: Storage) -> None:
+    """A later catalogue part, with the hand-made warehouse's rows again."""
+    store.write(CATALOGUE_PART.replace("2021-03-02", "2021-03-03"), store.read(CATALOGUE_PART))
+
+
+#: Each input of a batch, changed.
+_CHANGES = {
+    "a clinical file rewritten": lambda store: store.write(
+        "validation/data/Covid4/status_2021-03-03.json",
+        clinical("Covid4", CENTRE_B, Age=31, Sex=1),
+    ),
+    "a new clinical file": lambda store: store.write(
+        "validation/data/Covid5/status_2021-03-04.json", clinical("Covid5", CENTRE_B)
+    ),
+    "config.json": lambda store: store.write(
+        "config.json",
+        builders.config(["raw-a", "raw-b"], training=[CENTRE_A], validation=[CENTRE_B]),
+    ),
+    "the loader's report": lambda store: store.write(
+        "reports/warehouseloader/latest.json", b'{"counts": {}}'
+    ),
+    "a catalogue part": _new_part,
+}
+
+
+@pytest.mark.parametrize("change", list(_CHANGES))
+def test_a_rerun_with_nothing_changed_keeps_the_last_batch_and_a_change_builds_one(
+    local_store, capsys, change
+):
+    builders.put_tree(local_store, warehouse_files())
+    assert run_graph(local_store)[0] == 0
+    processed = local_store.processed()
+    before = {info.key: processed.read(info.key) for info in processed.list("")}
+
+    store = RecordingStorage(local_store)
+    code, state = run_graph(store)
+    assert code == 0 and state.kept and not state.written
+    # nothing written but the run's own report (and its page)
+    assert [k for k in store.log["writes"] if "/reports/dataprocess/" not in k] == []
+    assert {info.key: processed.read(info.key) for info in processed.list("")} == before
+    assert (
+        latest_report(local_store)["counts"][
+            "batches not rebuilt: nothing changed since the last batch"
+        ]
+        == 1
+    )
+    batch = pd.read_csv(io.BytesIO(before["latest.csv"]))["path"].iloc[0].split("/")[0]
+    assert f"{batch}/ still stands" in capsys.readouterr().out
+
+    _CHANGES[change](local_store)
+    store = RecordingStorage(local_store)
+    code, state = run_graph(store)
+    assert code == 0 and not state.kept
+    assert state.written[-1] == "latest.csv" and store.log["writes"][-5].endswith("/latest.csv")
+
+
+def test_a_reconcile_builds_a_batch_though_nothing_changed(local_store):
+    builders.put_tree(local_store, warehouse_files())
+    assert run_graph(local_store)[0] == 0
+    code, state = run_graph(local_store, reconcile=True)
+    assert code == 0 and not state.kept and state.written[-1] == "latest.csv"
+
+
 def test_a_failed_write_leaves_latest_csv_alone(local_store):
     builders.put_tree(local_store, warehouse_files())
     assert run_graph(local_store)[0] == 0
     processed = local_store.processed()
     previous = processed.read("latest.csv")
+    # (something new: a run with nothing new writes nothing)
+    local_store.write("validation/data/Covid5/status_2021-03-04.json", clinical("Covid5", CENTRE_B))
     code, state = run_graph(RecordingStorage(local_store, fail_writes={"patient.parquet"}))
     assert code == 1
     assert processed.read("latest.csv") == previous

@@ -58,7 +58,13 @@ from warehouse.dashboard.tables import (
     storage_table,
     study_table,
 )
-from warehouse.dashboard.view import SharedView, reusable_row_files
+from warehouse.dashboard.view import (
+    INPUT_DIGEST,
+    SharedView,
+    digest_file,
+    inputs_digest,
+    reusable_row_files,
+)
 from warehouse.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -413,6 +419,20 @@ def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
     return [*written, LATEST_KEY]
 
 
+#: The count a run reports when the last batch still holds (`publish_batch`).
+LAST_BATCH_KEPT = "batches not rebuilt: nothing changed since the last batch"
+
+
+def _keep_last_batch(state: DataprocessState, batch: str | None) -> None:
+    state.batch, state.kept = batch, True
+    state.report.count(LAST_BATCH_KEPT)
+    run_logger.info(
+        "nothing changed since batch %s was built (clinical files, catalogue, storage, "
+        "config.json, loader report): no new batch, latest.csv still names it",
+        batch,
+    )
+
+
 def publish_batch(
     storage: Storage,
     state: DataprocessState,
@@ -423,6 +443,10 @@ def publish_batch(
     """Build the run's batch from what the branches collected and write it, then
     ``latest.csv``, then the catalogue's index; an incomplete run (or a failure here) is
     reported and nothing is published.
+
+    When nothing a batch is built from changed since the last batch (`view.inputs_digest`,
+    and no catalogue part since), the last batch stands: nothing is written and the run says
+    so (``state.kept``). A reconcile always builds a batch.
 
     Parameters
     ----------
@@ -448,9 +472,17 @@ def publish_batch(
     try:
         now = dt.datetime.now(dt.UTC)
         view = shared.view()
-        inputs = dataclasses.replace(
-            read_page_inputs(storage, state.config), images=image_summary(view.catalogue.summary)
+        inputs = read_page_inputs(storage, state.config)
+        digest = inputs_digest(
+            view,
+            collected.storage,
+            ["config", inputs.config, inputs.config_note],
+            ["loader report", inputs.loader_report, inputs.loader_note],
         )
+        if view.catalogue.reused is not None and digest == view.reusable.inputs:
+            _keep_last_batch(state, view.reusable.batch)
+            return
+        inputs = dataclasses.replace(inputs, images=image_summary(view.catalogue.summary))
         batch = build_batch(
             collected.patient_rows(),
             collected.study_rows(),
@@ -461,6 +493,7 @@ def publish_batch(
         )
         batch.data = reusable_row_files(*collected.reusable())
         batch.data[COUNTS_NAME] = counts_document(view.catalogue)
+        batch.data[INPUT_DIGEST] = digest_file(digest)
         if view.catalogue.rows:
             fingerprint = clinical_fingerprint(batch.tables["patient_clean"])
             if joined_as_before(view.catalogue, fingerprint):

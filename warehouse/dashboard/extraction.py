@@ -66,6 +66,8 @@ class DataprocessState(RunState):
         The processed store.
     config : PipelineConfig or None
         The warehouse's ``config.json`` (a bucket without one is not a warehouse).
+    kept : bool
+        Nothing changed since the last batch (``batch``): no new one was written.
 
     The settings, the report, the workers and the exit code are `RunState`'s.
     """
@@ -74,6 +76,7 @@ class DataprocessState(RunState):
     written: list[str] = field(default_factory=list)
     processed_url: str = ""
     config: PipelineConfig | None = None
+    kept: bool = False
 
     def view(self, shared: SharedView) -> DataprocessView:
         """What the run reads its tables from (built once, shared by the branches); a failure
@@ -95,6 +98,11 @@ class DataprocessState(RunState):
     def conclude(self, storage: Storage) -> str:
         """The summary, with where the tables went."""
         summary = self.report.summary()
+        if self.kept:
+            summary += (
+                f"\n  tables: {self.processed_url}/{self.batch}/ still stands (nothing changed "
+                "since it was built: no new batch, latest.csv unchanged)"
+            )
         if self.written:
             where = f"{self.processed_url}/{self.batch}/"
             if self.settings.dry_run:

@@ -15,6 +15,8 @@ read again, the catalogue's index rebuilt.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse import __version__
 from warehouse.catalogue.batches import InvalidLatest, batch_folder, latest_paths
 from warehouse.catalogue.filed import FiledImages, list_filed_images
 from warehouse.catalogue.merge import COUNTS_NAME, CatalogueScan, LastBatch, scan_catalogue
@@ -41,6 +44,9 @@ logger = logging.getLogger("dataprocess")
 #: Where a batch keeps the rows the next run may reuse (not named by ``latest.csv``).
 PATIENT_ROWS = "rows/patients.parquet"
 STUDY_ROWS = "rows/studies.parquet"
+#: The digest of what a batch was built from (`inputs_digest`): a run that finds the same
+#: inputs writes no new batch.
+INPUT_DIGEST = "rows/inputs.json"
 #: A study folder: group, modality folder, patient folder, study folder.
 StudySlot = tuple[str, str, str, str]
 
@@ -81,6 +87,8 @@ class ReusableRows:
         from (`listing.warehouse.pack_stamp`: size and last-modified second).
     studies : dict
         Study folder -> ``(metadata key, study fields)`` read from that file.
+    inputs : str or None
+        The digest of what the last batch was built from (`inputs_digest`), when it saved one.
     """
 
     batch: str | None = None
@@ -88,6 +96,7 @@ class ReusableRows:
     counts_key: str | None = None
     patients: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
     studies: dict[StudySlot, tuple[str, dict]] = field(default_factory=dict)
+    inputs: str | None = None
 
     def patient_record(self, pseudonym: str, key: str, stamp: int | None) -> dict | None:
         """Return the record read last time from this very file (same key, size, time)."""
@@ -156,6 +165,8 @@ def read_reusable_rows(processed: Storage, report: RunReport) -> ReusableRows:
                 rows.studies[slot] = (item["key"], json.loads(item["row"]))
             except (TypeError, ValueError):
                 continue
+    if f"{batch}/{INPUT_DIGEST}" in existing:
+        rows.inputs = _saved_digest(processed.read(f"{batch}/{INPUT_DIGEST}"))
     logger.info(
         "the last batch (%s) holds %d patients' and %d studies' rows",
         batch,
@@ -163,6 +174,70 @@ def read_reusable_rows(processed: Storage, report: RunReport) -> ReusableRows:
         len(rows.studies),
     )
     return rows
+
+
+def _saved_digest(data: bytes) -> str | None:
+    try:
+        digest = json.loads(data.decode("utf-8")).get("digest")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
+def inputs_digest(view: DataprocessView, storage_sizes: dict[str, int], *others) -> str:
+    """Digest everything a batch is built from, but the time.
+
+    That is: the product's version, every clinical file as listed (patient, group, name,
+    date and stamp: a changed file changes it), the links and implausible times of the
+    clinical folders, the storage sizes, and ``others`` (the ``config.json`` and the loader
+    report the pages show, or why there is none), as JSON. The catalogue and the study rows
+    are not in it: a batch is the same as the last only when the catalogue stands as the last
+    batch's (`CatalogueScan.reused`), which says no study changed.
+
+    Parameters
+    ----------
+    view : DataprocessView
+        What the run read.
+    storage_sizes : dict
+        Storage prefix -> bytes (the storage table).
+    *others
+        Further inputs: dataclasses, JSON values.
+
+    Returns
+    -------
+    str
+        A SHA-256, in hex.
+    """
+    digest = hashlib.sha256()
+
+    def add(value) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        digest.update(json.dumps(value, sort_keys=True, default=_plain).encode("utf-8"))
+        digest.update(b"\n")
+
+    add(["version", __version__])
+    clinical = view.clinical
+    for pseudonym in sorted(clinical.clinical_files):
+        for entry in clinical.clinical_files[pseudonym]:
+            add([pseudonym, entry.group, entry.name, str(entry.last_modified), entry.stamp])
+    add(["links", clinical.links, clinical.implausible_times])
+    add(["storage", storage_sizes])
+    for value in others:
+        add(value)
+    return digest.hexdigest()
+
+
+def _plain(value):
+    """Return a JSON stand-in for what `json` cannot write (sets in a stable order)."""
+    if isinstance(value, set | frozenset):
+        return sorted(map(str, value))
+    return str(value)
+
+
+def digest_file(digest: str) -> bytes:
+    """Return the content of the batch's `INPUT_DIGEST` file."""
+    return json.dumps({"digest": digest}).encode("utf-8")
 
 
 def reusable_row_files(
