@@ -275,6 +275,53 @@ def _table(index: IndexArrays) -> pa.Table:
     ).replace_schema_metadata(metadata)
 
 
+@dataclass(frozen=True)
+class SavedIndex:
+    """An index saved to a local file (`save_index`), to be published later.
+
+    Attributes
+    ----------
+    path : str
+        The local Parquet file.
+    images : int
+        Its rows.
+    through : str or None
+        The newest part it covers.
+    """
+
+    path: str
+    images: int
+    through: str | None
+
+
+def save_index(index: IndexArrays, path: str) -> SavedIndex:
+    """Write ``index`` to the local file ``path``, so its arrays need not be kept."""
+    pq.write_table(
+        _table(index),
+        path,
+        row_group_size=ROW_GROUP,
+        compression="none",
+        use_dictionary=False,  # (random hashes: a dictionary only slows the reads)
+    )
+    return SavedIndex(path, len(index), index.through)
+
+
+def publish_saved_index(storage: Storage, saved: SavedIndex, now: dt.datetime) -> str:
+    """Upload a saved index, then write the pointer that makes it current; return its key.
+
+    Raises
+    ------
+    StorageError
+        When a write fails (the pointer then still names the previous index).
+    """
+    key = f"{INDEX_PREFIX}{utc_stamp(now)}.parquet"
+    size = os.path.getsize(saved.path)
+    storage.write_file(key, saved.path, "application/vnd.apache.parquet")
+    pointer = {"index": key, "size": size, "through": saved.through, "images": saved.images}
+    storage.write(POINTER_KEY, json.dumps(pointer).encode("utf-8"))
+    return key
+
+
 def write_index(storage: Storage, index: IndexArrays, now: dt.datetime) -> str:
     """Write ``index``, then the pointer that makes it current; return its key.
 
@@ -285,24 +332,12 @@ def write_index(storage: Storage, index: IndexArrays, now: dt.datetime) -> str:
     StorageError
         When a write fails (the pointer then still names the previous index).
     """
-    key = f"{INDEX_PREFIX}{utc_stamp(now)}.parquet"
     handle, path = tempfile.mkstemp(suffix=".parquet")
     os.close(handle)
     try:
-        pq.write_table(
-            _table(index),
-            path,
-            row_group_size=ROW_GROUP,
-            compression="none",
-            use_dictionary=False,  # (random hashes: a dictionary only slows the reads)
-        )
-        size = os.path.getsize(path)
-        storage.write_file(key, path, "application/vnd.apache.parquet")
+        return publish_saved_index(storage, save_index(index, path), now)
     finally:
         os.unlink(path)
-    pointer = {"index": key, "size": size, "through": index.through, "images": len(index)}
-    storage.write(POINTER_KEY, json.dumps(pointer).encode("utf-8"))
-    return key
 
 
 def read_pointer(storage: Storage) -> dict | None:

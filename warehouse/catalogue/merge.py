@@ -32,15 +32,17 @@ from warehouse.catalogue.index import (
     IndexArrays,
     InvalidIndex,
     PartArrays,
+    SavedIndex,
     arrays_of_parts,
     combined,
     contains,
     key_hashes,
     part_arrays,
+    publish_saved_index,
     read_index,
     read_pointer,
+    save_index,
     settled_parts,
-    write_index,
 )
 from warehouse.catalogue.rows import (
     PARTS_PREFIX,
@@ -113,8 +115,9 @@ class CatalogueScan:
     touched : set
         The studies (as in ``studies``) with a row from a part merged now: their first
         metadata file may have changed.
-    index : IndexArrays or None
-        The catalogue index of every part merged (written for the loader), when it was built.
+    index : SavedIndex or None
+        The catalogue index of every part merged (for the loader), when it was built: saved
+        to a local file, published once the batch is built.
     reused : str or None
         When no part was written since the last batch: its ``images.parquet`` (a key of the
         processed store), whose rows stand as they are (``path`` is then not written), the
@@ -139,7 +142,7 @@ class CatalogueScan:
     summary: Counter = field(default_factory=Counter)
     gone: int = 0
     touched: set[tuple] = field(default_factory=set)
-    index: IndexArrays | None = None
+    index: SavedIndex | None = None
     reused: str | None = None
     beyond: list[str] | None = field(default_factory=list)
     previous: PreviousCatalogue | None = None
@@ -451,7 +454,10 @@ def scan_catalogue(
                 scan.touched.update(
                     tuple(row[name] for name in _STUDY) for row in touched.aggregate([]).to_pylist()
                 )
-    scan.index = _next_index(storage, through, settled, report)
+    index = _next_index(storage, through, settled, report)
+    if index is not None:  # (saved: its arrays are not kept while the tables are built)
+        scan.index = save_index(index, f"{path}.index.parquet")
+        del index
     logger.info(
         "catalogue: %d images, %d parts merged since the last batch", scan.rows, scan.new_parts
     )
@@ -491,10 +497,10 @@ def _next_index(
 
 
 def publish_index(storage: Storage, scan: CatalogueScan, now: dt.datetime) -> str | None:
-    """Write the index a merge built (`write_index`), when it built one."""
+    """Publish the index a merge built and saved (`publish_saved_index`), when it built one."""
     if scan.index is None or storage.read_only:
         return None
-    return write_index(storage, scan.index, now)
+    return publish_saved_index(storage, scan.index, now)
 
 
 def joined_as_before(scan: CatalogueScan, fingerprint: str) -> bool:

@@ -509,7 +509,7 @@ def publish_batch(
         # (before the batch: an index is only ever a faster way to the same parts)
         index = view.catalogue.index
         if index is not None and publish_index(storage, view.catalogue, now) is not None:
-            run_logger.info("catalogue index written (%d images)", len(index))
+            run_logger.info("catalogue index written (%d images)", index.images)
         state.written = write_batch(store, batch, state.settings.workers)
     except ExpectedError as exc:
         report.fail(f"tables not written: {exc}")
