@@ -842,14 +842,15 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
 
 def test_combining_two_indexes_keeps_every_row_in_hash_order_old_before_new():
     """`index.combined` inserts the new index's rows into the old one's order: each array
-    equals a stable sort, by its hash, of the old rows then the new ones (oracle: Python's
-    sorted)."""
+    equals a stable sort, by its hash (the raw arrays by upload day, then hash), of the old
+    rows then the new ones (oracle: Python's sorted)."""
     rng = random.Random(7)
     for _ in range(100):
         rows = {
             side: [
                 (rng.randrange(1, 30), rng.randrange(1, 9), rng.randrange(parts))
                 + tuple(rng.randrange(1, 30) for _ in range(4))
+                + (rng.choice([0, 18000, 18001, 18005]),)
                 for _ in range(rng.randrange(0, 25))
             ]
             for side, parts in (("old", 3), ("new", 2))
@@ -858,14 +859,15 @@ def test_combining_two_indexes_keeps_every_row_in_hash_order_old_before_new():
         got = index.combined(made["old"], made["new"])
         every = [
             *rows["old"],
-            *((s, z, p + 3, t, r, rz, rt) for s, z, p, t, r, rz, rt in rows["new"]),
+            *((s, z, p + 3, t, r, rz, rt, d) for s, z, p, t, r, rz, rt, d in rows["new"]),
         ]
         by_sop = sorted(every, key=lambda row: row[0])
-        by_raw = sorted(every, key=lambda row: row[4])
+        by_raw = sorted(every, key=lambda row: (row[7], row[4]))
         assert got.sop.tolist() == [row[0] for row in by_sop]
         assert got.sop_size.tolist() == [row[1] for row in by_sop]
         assert got.sop_part.tolist() == [row[2] for row in by_sop]
         assert got.target.tolist() == sorted(row[3] for row in every)
+        assert got.raw_day.tolist() == [row[7] for row in by_raw]
         assert got.raw.tolist() == [row[4] for row in by_raw]
         assert got.raw_size.tolist() == [row[5] for row in by_raw]
         assert got.raw_time.tolist() == [row[6] for row in by_raw]
@@ -873,10 +875,10 @@ def test_combining_two_indexes_keeps_every_row_in_hash_order_old_before_new():
 
 
 def _index_of(rows: list[tuple], parts: int) -> index.IndexArrays:
-    """An index of ``rows`` (sop, size, part, target, raw, raw size, raw time), each array
-    sorted stably by its hash with Python's sorted."""
+    """An index of ``rows`` (sop, size, part, target, raw, raw size, raw time, raw day), each
+    array sorted stably with Python's sorted (the raw ones by day, then hash)."""
     by_sop = sorted(rows, key=lambda row: row[0])
-    by_raw = sorted(rows, key=lambda row: row[4])
+    by_raw = sorted(rows, key=lambda row: (row[7], row[4]))
     prefix = "o" if parts == 3 else "n"
 
     def array(values, dtype):
@@ -887,11 +889,96 @@ def _index_of(rows: list[tuple], parts: int) -> index.IndexArrays:
         sop_size=array((r[1] for r in by_sop), np.int64),
         sop_part=array((r[2] for r in by_sop), np.uint32),
         target=array(sorted(r[3] for r in rows), np.uint64),
+        raw_day=array((r[7] for r in by_raw), np.int32),
         raw=array((r[4] for r in by_raw), np.uint64),
         raw_size=array((r[5] for r in by_raw), np.int64),
         raw_time=array((r[6] for r in by_raw), np.int64),
         parts=[f"{prefix}{n}" for n in range(parts)],
     )
+
+
+def test_raw_lookups_by_day_and_hash_agree_with_a_sorted_list():
+    """`index.raw_positions` and `raw_matches` on (day, hash) sorted arrays: the positions
+    Python's bisect gives on the sorted list of pairs, found exactly where the pair is there."""
+    import bisect
+
+    rng = random.Random(11)
+    for _ in range(200):
+        pairs = sorted(
+            (rng.choice([0, 5, 6, 9]), rng.randrange(1, 40)) for _ in range(rng.randrange(0, 30))
+        )
+        wanted = [(rng.choice([0, 3, 5, 6, 9, 12]), rng.randrange(1, 40)) for _ in range(20)]
+        days = np.array([d for d, _ in pairs], dtype=np.int32)
+        hashes = np.array([h for _, h in pairs], dtype=np.uint64)
+        w_days = np.array([d for d, _ in wanted], dtype=np.int32)
+        w_hashes = np.array([h for _, h in wanted], dtype=np.uint64)
+        for side, search in (("left", bisect.bisect_left), ("right", bisect.bisect_right)):
+            got = index.raw_positions(days, hashes, w_days, w_hashes, side=side)
+            assert got.tolist() == [search(pairs, pair) for pair in wanted]
+        found, at = index.raw_matches(days, hashes, w_days, w_hashes)
+        assert found.tolist() == [pair in pairs for pair in wanted]
+        assert all(pairs[a] == pair for a, pair, f in zip(at, wanted, found, strict=True) if f)
+
+
+def test_a_daily_run_reads_only_the_index_row_groups_of_the_dates_it_asks_about(
+    local_store, monkeypatch
+):
+    """`index.raw_keys_filed` skips every row group whose upload dates (its statistics) hold
+    none asked about, and answers as a whole read would (oracle: Python sets)."""
+    monkeypatch.setattr(index, "ROW_GROUP", 50)
+    rng = random.Random(3)
+    rows = [
+        (n, 10, 0, n, rng.randrange(1, 1 << 60), 100 + n % 7, 1_000 + n, 18000 + n // 40)
+        for n in range(400)  # 10 days of 40 raw files
+    ]
+    made = _index_of(rows, 3)
+    key = index.write_index(local_store, made, dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    size = len(local_store.read(key))
+    read_groups = []
+    real_open = index._open
+
+    def recording_open(storage, name, length):
+        file, handle = real_open(storage, name, length)
+        real_read = file.read_row_group
+
+        def read_row_group(group, *args, **kwargs):
+            read_groups.append(group)
+            return real_read(group, *args, **kwargs)
+
+        file.read_row_group = read_row_group
+        return file, handle
+
+    monkeypatch.setattr(index, "_open", recording_open)
+    # the last day's 40 files (two changed) and 5 files never filed, of that day
+    asked = [r for r in rows if r[7] == 18009]
+    sizes = [r[5] + (1 if n < 2 else 0) for n, r in enumerate(asked)] + [1] * 5
+    hashes = [r[4] for r in asked] + [rng.randrange(1, 1 << 60) for _ in range(5)]
+    days = [18009] * 45
+    times = [r[6] for r in asked] + [0] * 5
+    present, same = index.raw_keys_filed(
+        local_store,
+        key,
+        size,
+        (np.array(days, dtype=np.int32), np.array(hashes, dtype=np.uint64)),
+        np.array(sizes, dtype=np.int64),
+        np.array(times, dtype=np.int64),
+    )
+    assert present.tolist() == [True] * 40 + [False] * 5
+    assert same.tolist() == [False, False] + [True] * 38 + [False] * 5
+    # 400 rows in row groups of 50 sorted by day: the last day is in the last row group only
+    assert read_groups == [7]
+
+
+def test_a_pointer_to_an_index_of_another_layout_names_no_index(local_store):
+    """An index written in another layout (a pointer without this version's format) is not
+    used: the runs do without one, as before the first, and are not failed for it."""
+    pointer = {"index": "catalogue/index/2026-01-01T00-00-00.000000Z.parquet", "size": 10}
+    local_store.write(index.POINTER_KEY, json.dumps(pointer).encode())
+    assert index.read_pointer(local_store) is None
+    local_store.write(
+        index.POINTER_KEY, json.dumps({**pointer, "format": index.INDEX_FORMAT}).encode()
+    )
+    assert index.read_pointer(local_store)["index"] == pointer["index"]
 
 
 def test_a_merge_with_no_settled_part_writes_no_index(local_store, monkeypatch):

@@ -4,10 +4,14 @@ What a run needs to know of every filed image, in a few sorted arrays of 64-bit 
 in a handful of requests whatever the warehouse's size.
 
 For each image a catalogue part lists, the index keeps the hash of its SOPInstanceUID (with
-the filed object's size and the part that lists it), of its warehouse key and of its raw key.
-Each is a sorted NumPy array (8 bytes an image), so "is this instance filed?", "is this key
-filed?" and "was this raw file filed?" are binary searches, and 5 million images take about
-140 MB instead of the gigabytes Python strings would.
+the filed object's size and the part that lists it), of its warehouse key and of its raw key
+(with its upload folder's date). Each is a sorted NumPy array (8 bytes an image), so "is this
+instance filed?", "is this key filed?" and "was this raw file filed?" are binary searches, and
+5 million images take about 140 MB instead of the gigabytes Python strings would.
+
+The raw keys' hashes are sorted by upload date first: a daily run asks only about the raw
+files of open upload folders (recent dates), so it reads only the row groups of those dates
+(their statistics say which), whatever the warehouse's size.
 
 Where it is, in the warehouse::
 
@@ -27,10 +31,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -42,15 +48,20 @@ from warehouse.core.report import utc_stamp
 from warehouse.storage.base import Storage
 from warehouse.storage.files import StoredFile
 
+logger = logging.getLogger(__name__)
+
 INDEX_PREFIX = "catalogue/index/"
 POINTER_KEY = f"{INDEX_PREFIX}latest.json"
 #: The columns a run reads whole; the raw hashes (with each raw file's size) are read in
 #: chunks, only for the raw keys a run asks about (`raw_keys_filed`).
 INSTANCE_COLUMNS = ("sop", "sop_size", "sop_part", "target")
-RAW_COLUMNS = ("raw", "raw_size", "raw_time")
+RAW_COLUMNS = ("raw_day", "raw", "raw_size", "raw_time")
+#: The index's layout; a pointer to another (an older version's) names no usable index.
+INDEX_FORMAT = 2
 #: Rows of one row group of the index file (a chunk of the raw hashes read at a time).
 ROW_GROUP = 1 << 20
 _HASH = np.uint64
+_DAY = np.int32
 
 
 #: How long before an index is written a part must be stamped for the index to cover it.
@@ -96,6 +107,58 @@ def key_hashes(values: Iterable[str | None]) -> np.ndarray:
     return np.fromiter((key_hash(v) for v in values), dtype=_HASH)
 
 
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def day_numbers(dates: Iterable[dt.date | None]) -> np.ndarray:
+    """Return the days since 1970 of upload dates, as 32-bit integers (0 for none).
+
+    The dates are those the catalogue's ``upload_date`` holds.
+    """
+    return np.fromiter(((d - _EPOCH).days if d is not None else 0 for d in dates), dtype=_DAY)
+
+
+def raw_positions(
+    days: np.ndarray,
+    hashes: np.ndarray,
+    wanted_days: np.ndarray,
+    wanted: np.ndarray,
+    side: Literal["left", "right"] = "left",
+) -> np.ndarray:
+    """Where each ``(wanted_days, wanted)`` pair goes in arrays sorted by (day, hash).
+
+    As `numpy.searchsorted` does for one sorted array (``side`` likewise), for the index's raw
+    arrays: ``days`` sorted, ``hashes`` sorted within each day. One binary search per distinct
+    wanted day, then one within that day's rows.
+    """
+    out = np.zeros(len(wanted), dtype=np.int64)
+    if not len(wanted):
+        return out
+    order = np.argsort(wanted_days, kind="stable")
+    distinct, starts = np.unique(wanted_days[order], return_index=True)
+    ends = [*starts[1:].tolist(), len(order)]
+    lows = np.searchsorted(days, distinct, side="left")
+    highs = np.searchsorted(days, distinct, side="right")
+    for n, (low, high) in enumerate(zip(lows.tolist(), highs.tolist(), strict=True)):
+        rows = order[starts[n] : ends[n]]
+        out[rows] = low + np.searchsorted(hashes[low:high], wanted[rows], side=side)
+    return out
+
+
+def raw_matches(
+    days: np.ndarray, hashes: np.ndarray, wanted_days: np.ndarray, wanted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tell which ``(wanted_days, wanted)`` pairs the (day, hash) sorted arrays hold.
+
+    Returns the found flags and the positions (clipped to the arrays: meaningful only where
+    found).
+    """
+    if not len(hashes) or not len(wanted):
+        return np.zeros(len(wanted), dtype=bool), np.zeros(len(wanted), dtype=np.int64)
+    at = np.minimum(raw_positions(days, hashes, wanted_days, wanted), len(hashes) - 1)
+    return (days[at] == wanted_days) & (hashes[at] == wanted), at
+
+
 def contains(sorted_hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Which of ``wanted`` are in ``sorted_hashes`` (sorted), as a boolean array."""
     if not len(sorted_hashes) or not len(wanted):
@@ -116,10 +179,11 @@ class IndexArrays:
         ``parts``) of the part that lists each.
     target : numpy.ndarray
         The warehouse keys' hashes, sorted.
-    raw, raw_size, raw_time : numpy.ndarray or None
-        The raw keys' hashes, sorted (0 for an image whose raw key is not known), with the
-        size of the raw file each was filed from (the filed copy's) and when its part was
-        written (seconds since 1970: the raw file was filed before); None when not read.
+    raw_day, raw, raw_size, raw_time : numpy.ndarray or None
+        The raw keys' upload dates (days since 1970, 0 when not known) and hashes (0 for an
+        image whose raw key is not known), sorted by date then hash, with the size of the raw
+        file each was filed from (the filed copy's) and when its part was written (seconds
+        since 1970: the raw file was filed before); None when not read.
     parts : list of str
         The parts the index covers, by number.
     """
@@ -128,6 +192,7 @@ class IndexArrays:
     sop_size: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     sop_part: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
     target: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    raw_day: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=_DAY))
     raw: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=_HASH))
     raw_size: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     raw_time: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=np.int64))
@@ -156,6 +221,8 @@ class PartArrays:
         `key_hash` of each row's SOPInstanceUID, warehouse key and raw key.
     size : numpy.ndarray
         Each row's object size (0 when unknown).
+    raw_day : numpy.ndarray
+        Each row's upload date (`day_numbers`).
     """
 
     key: str
@@ -164,13 +231,14 @@ class PartArrays:
     target: np.ndarray
     raw: np.ndarray
     size: np.ndarray
+    raw_day: np.ndarray
 
 
 def part_arrays(key: str, written: dt.datetime, table: pa.Table) -> PartArrays:
     """Hash a part's rows into the arrays the index keeps.
 
-    ``table`` holds ``raw_key``, ``warehouse_key``, ``SOPInstanceUID`` and ``object_size`` at
-    least.
+    ``table`` holds ``raw_key``, ``warehouse_key``, ``SOPInstanceUID``, ``object_size`` and
+    ``upload_date`` at least.
     """
     return PartArrays(
         key=key,
@@ -179,12 +247,13 @@ def part_arrays(key: str, written: dt.datetime, table: pa.Table) -> PartArrays:
         target=key_hashes(table.column("warehouse_key").to_pylist()),
         raw=key_hashes(table.column("raw_key").to_pylist()),
         size=np.asarray(table.column("object_size").fill_null(0), dtype=np.int64),
+        raw_day=np.asarray(table.column("upload_date").cast(pa.int32()).fill_null(0), dtype=_DAY),
     )
 
 
 def arrays_of_parts(parts: Iterable[PartArrays]) -> IndexArrays:
     """Build the index of parts' rows (``parts`` in the order of parts)."""
-    sops, sizes, numbers, targets, raws, times, keys = [], [], [], [], [], [], []
+    sops, sizes, numbers, targets, raws, days, times, keys = [], [], [], [], [], [], [], []
     for number, part in enumerate(parts):
         rows = len(part.target)
         keys.append(part.key)
@@ -194,6 +263,7 @@ def arrays_of_parts(parts: Iterable[PartArrays]) -> IndexArrays:
         numbers.append(np.full(rows, number, dtype=np.uint32))
         targets.append(part.target)
         raws.append(part.raw)
+        days.append(part.raw_day)
     if not keys:
         return IndexArrays()
     return _sorted(
@@ -201,7 +271,7 @@ def arrays_of_parts(parts: Iterable[PartArrays]) -> IndexArrays:
         np.concatenate(sizes),
         np.concatenate(numbers),
         np.concatenate(targets),
-        np.concatenate(raws),
+        (np.concatenate(days), np.concatenate(raws)),
         np.concatenate(sizes),
         np.concatenate(times),
         keys,
@@ -209,13 +279,15 @@ def arrays_of_parts(parts: Iterable[PartArrays]) -> IndexArrays:
 
 
 def _sorted(sop, sizes, numbers, target, raw, raw_sizes, raw_times, parts) -> IndexArrays:
+    raw_day, raw = raw
     order = np.argsort(sop, kind="stable")
-    by_raw = np.argsort(raw, kind="stable")
+    by_raw = np.lexsort((raw, raw_day))  # (stable: by day, then hash)
     return IndexArrays(
         sop=sop[order],
         sop_size=sizes[order],
         sop_part=numbers[order],
         target=np.sort(target),
+        raw_day=raw_day[by_raw],
         raw=raw[by_raw],
         raw_size=raw_sizes[by_raw],
         raw_time=raw_times[by_raw],
@@ -233,11 +305,12 @@ def combined(old: IndexArrays, new: IndexArrays, *, consume: bool = False) -> In
     """
     if any(a is None for a in (old.raw, new.raw, old.raw_size, new.raw_size)):
         raise ValueError("both indexes need their raw hashes to be combined")
-    if old.raw_time is None or new.raw_time is None:
+    if any(a is None for a in (old.raw_time, new.raw_time, old.raw_day, new.raw_day)):
         raise ValueError("both indexes need their raw hashes to be combined")
     assert old.raw is not None and new.raw is not None
+    assert old.raw_day is not None and new.raw_day is not None
     by_sop = np.searchsorted(old.sop, new.sop, side="right")
-    by_raw = np.searchsorted(old.raw, new.raw, side="right")
+    by_raw = raw_positions(old.raw_day, old.raw, new.raw_day, new.raw, side="right")
     by_target = np.searchsorted(old.target, new.target)
     shift = np.uint32(len(old.parts))
     plan: tuple[tuple[str, np.ndarray, np.ndarray | None], ...] = (
@@ -245,6 +318,7 @@ def combined(old: IndexArrays, new: IndexArrays, *, consume: bool = False) -> In
         ("sop_size", by_sop, new.sop_size),
         ("sop_part", by_sop, new.sop_part + shift),
         ("target", by_target, new.target),
+        ("raw_day", by_raw, new.raw_day),
         ("raw", by_raw, new.raw),
         ("raw_size", by_raw, new.raw_size),
         ("raw_time", by_raw, new.raw_time),
@@ -261,13 +335,20 @@ def combined(old: IndexArrays, new: IndexArrays, *, consume: bool = False) -> In
 def _table(index: IndexArrays) -> pa.Table:
     if index.raw is None or index.raw_size is None or index.raw_time is None:
         raise ValueError("an index is written with its raw hashes")
-    metadata = {"parts": json.dumps(index.parts), "through": json.dumps(index.through)}
+    if index.raw_day is None:
+        raise ValueError("an index is written with its raw hashes")
+    metadata = {
+        "parts": json.dumps(index.parts),
+        "through": json.dumps(index.through),
+        "format": str(INDEX_FORMAT),
+    }
     return pa.table(
         {
             "sop": index.sop,
             "sop_size": index.sop_size,
             "sop_part": index.sop_part,
             "target": index.target,
+            "raw_day": index.raw_day,
             "raw": index.raw,
             "raw_size": index.raw_size,
             "raw_time": index.raw_time,
@@ -317,7 +398,13 @@ def publish_saved_index(storage: Storage, saved: SavedIndex, now: dt.datetime) -
     key = f"{INDEX_PREFIX}{utc_stamp(now)}.parquet"
     size = os.path.getsize(saved.path)
     storage.write_file(key, saved.path, "application/vnd.apache.parquet")
-    pointer = {"index": key, "size": size, "through": saved.through, "images": saved.images}
+    pointer = {
+        "index": key,
+        "size": size,
+        "through": saved.through,
+        "images": saved.images,
+        "format": INDEX_FORMAT,
+    }
     storage.write(POINTER_KEY, json.dumps(pointer).encode("utf-8"))
     return key
 
@@ -341,7 +428,10 @@ def write_index(storage: Storage, index: IndexArrays, now: dt.datetime) -> str:
 
 
 def read_pointer(storage: Storage) -> dict | None:
-    """Read the pointer to the current index (None when no index was written yet).
+    """Read the pointer to the current index.
+
+    None when no index was written yet, or only in another layout than `INDEX_FORMAT`: the
+    runs then do without, as before the first one.
 
     Raises
     ------
@@ -366,6 +456,9 @@ def read_pointer(storage: Storage) -> dict | None:
     through = data.get("through")
     if through is not None and not isinstance(through, str):
         raise InvalidIndex(f"{POINTER_KEY}: through is not a part key")
+    if data.get("format") != INDEX_FORMAT:
+        logger.info("%s names an index of another layout: not used", POINTER_KEY)
+        return None
     return data
 
 
@@ -433,50 +526,63 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
         sop_size=column("sop_size", np.int64) if with_raw else np.empty(0, dtype=np.int64),
         sop_part=column("sop_part", np.uint32),
         target=column("target", _HASH),
+        raw_day=column("raw_day", _DAY) if with_raw else None,
         raw=column("raw", _HASH) if with_raw else None,
         raw_size=column("raw_size", np.int64) if with_raw else None,
         raw_time=column("raw_time", np.int64) if with_raw else None,
         parts=parts,
     )
     lengths = {len(index.sop), len(index.sop_part), len(index.target)}
-    if index.raw is not None:
-        lengths |= {len(index.sop_size), len(index.raw)}
+    if index.raw is not None and index.raw_day is not None:
+        lengths |= {len(index.sop_size), len(index.raw), len(index.raw_day)}
     if len(lengths) != 1:
         raise InvalidIndex(f"{key}: its columns differ in length")
     return index
 
 
 def raw_keys_filed(
-    storage: Storage, key: str, size: int, wanted: np.ndarray, sizes: np.ndarray, times: np.ndarray
+    storage: Storage,
+    key: str,
+    size: int,
+    wanted: tuple[np.ndarray, np.ndarray],
+    sizes: np.ndarray,
+    times: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tell which raw files the index holds as filed, and which of those are unchanged.
 
-    The raw files are key hashes ``wanted``, of ``sizes`` bytes, last modified at ``times``
-    (seconds since 1970); the index is ``key``, of ``size`` bytes. Unchanged: the same size,
-    not modified after their part was written. Two boolean arrays, read from its raw hashes
-    one row group at a time (flat memory whatever its size).
+    The raw files are ``wanted``: their upload dates (`day_numbers`) and key hashes, of
+    ``sizes`` bytes, last modified at ``times`` (seconds since 1970); the index is ``key``, of
+    ``size`` bytes. Unchanged: the same size, not modified after their part was written. Two
+    boolean arrays, read from the raw hashes of the row groups whose dates (their statistics)
+    hold a wanted date, one at a time: the recent dates a daily run asks about are a row group
+    or two whatever the warehouse's size.
 
     Raises
     ------
     InvalidIndex, StorageError
         As `read_index`.
     """
-    present = np.zeros(len(wanted), dtype=bool)
-    same = np.zeros(len(wanted), dtype=bool)
-    if not len(wanted):
+    days, hashes = wanted
+    present = np.zeros(len(hashes), dtype=bool)
+    same = np.zeros(len(hashes), dtype=bool)
+    if not len(hashes):
         return present, same
     file, _ = _open(storage, key, size)
+    asked = np.unique(days)
     try:
+        column = file.schema_arrow.get_field_index("raw_day")
         for group in range(file.num_row_groups):
+            statistics = file.metadata.row_group(group).column(column).statistics
+            if statistics is not None and statistics.has_min_max:
+                low, high = int(statistics.min), int(statistics.max)
+                if not np.any((asked >= low) & (asked <= high)):
+                    continue
             chunk = file.read_row_group(group, columns=list(RAW_COLUMNS))
-            raw = np.asarray(chunk.column(0).to_numpy(), dtype=_HASH)
-            raw_size = np.asarray(chunk.column(1).to_numpy(), dtype=np.int64)
-            raw_time = np.asarray(chunk.column(2).to_numpy(), dtype=np.int64)
-            if not len(raw):
-                continue
-            at = np.searchsorted(raw, wanted)
-            at[at == len(raw)] = 0
-            hit = raw[at] == wanted
+            day = np.asarray(chunk.column(0).to_numpy(), dtype=_DAY)
+            raw = np.asarray(chunk.column(1).to_numpy(), dtype=_HASH)
+            raw_size = np.asarray(chunk.column(2).to_numpy(), dtype=np.int64)
+            raw_time = np.asarray(chunk.column(3).to_numpy(), dtype=np.int64)
+            hit, at = raw_matches(day, raw, days, hashes)
             present |= hit
             same |= hit & (raw_size[at] == sizes) & (times <= raw_time[at])
     except (pa.ArrowException, OSError, ValueError) as exc:

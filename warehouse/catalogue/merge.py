@@ -78,7 +78,7 @@ SUMMARY_COLUMNS = (
 #: (`counts_document`).
 COUNTS_NAME = "rows/catalogue-counts.json.gz"
 #: The columns of a part the index keeps (as hashes and sizes).
-_INDEX_COLUMNS = ("raw_key", "warehouse_key", "SOPInstanceUID", "object_size")
+_INDEX_COLUMNS = ("raw_key", "warehouse_key", "SOPInstanceUID", "object_size", "upload_date")
 #: A study folder: its group, modality folder, patient and study folder names.
 _STUDY = ("group", "modality_folder", "patient_folder", "study_folder")
 

@@ -46,10 +46,12 @@ from warehouse.catalogue.index import (
     check_index,
     combined,
     contains,
+    day_numbers,
     key_hash,
     key_hashes,
     part_arrays,
     raw_keys_filed,
+    raw_matches,
     read_index,
     read_pointer,
     settled_parts,
@@ -67,6 +69,7 @@ from warehouse.catalogue.rows import (
     part_key,
     read_in_order,
     read_part,
+    upload_date,
     with_metadata_size,
 )
 from warehouse.core.errors import StorageError
@@ -82,7 +85,14 @@ logger = logging.getLogger("warehouseloader")
 FLUSH_ROWS = 1000
 FLUSH_SECONDS = 60.0
 #: The columns a run reads of the parts newer than the index.
-_KNOWN_COLUMNS = ["raw_key", "warehouse_key", "SOPInstanceUID", "object_size", "metadata_size"]
+_KNOWN_COLUMNS = [
+    "raw_key",
+    "warehouse_key",
+    "SOPInstanceUID",
+    "object_size",
+    "metadata_size",
+    "upload_date",
+]
 #: Newer parts a daily run keeps row by row; past them it takes them into the arrays as a
 #: full run does (and writes a fresh index at its end).
 RECENT_PARTS = 64
@@ -326,6 +336,7 @@ class LoaderCatalogue:
         if not items:
             return []
         wanted = key_hashes(raw.key for raw, _ in items)
+        days = day_numbers(upload_date(raw.upload_date or None) for raw, _ in items)
         sizes = np.fromiter((size for _, size in items), dtype=np.int64, count=len(items))
         times = np.fromiter(
             (int(dt.datetime.fromisoformat(raw.modified).timestamp()) for raw, _ in items),
@@ -337,13 +348,15 @@ class LoaderCatalogue:
         index = self._index
         if self._whole and index.raw is not None and len(index.raw):
             assert index.raw_size is not None and index.raw_time is not None
-            at = np.minimum(np.searchsorted(index.raw, wanted), len(index.raw) - 1)
-            known = index.raw[at] == wanted
+            assert index.raw_day is not None
+            known, at = raw_matches(index.raw_day, index.raw, days, wanted)
             filed = known & (index.raw_size[at] == sizes) & (times <= index.raw_time[at])
         elif self._pointer is not None and not self._whole:
             key, size = self._pointer["index"], self._pointer["size"]
             try:
-                known, filed = raw_keys_filed(self._storage, key, size, wanted, sizes, times)
+                known, filed = raw_keys_filed(
+                    self._storage, key, size, (days, wanted), sizes, times
+                )
             except InvalidIndex as exc:
                 self._unusable(key, exc)
         status = []
