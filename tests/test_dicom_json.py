@@ -240,3 +240,42 @@ def test_private_creators_are_kept_with_their_values():
     assert doc["00090010"] == {"vr": "LO", "Value": ["HMC"]}
     assert doc["00190010"]["vr"] == "LO" and doc["00190010"]["Value"]
     assert doc["00090011"]["vr"] == "LO" and doc["00090011"]["Value"]
+
+
+def test_a_header_without_a_character_set_is_read_quietly_on_the_fast_path(caplog, monkeypatch):
+    """No (0008,0005): the default repertoire. pydicom resolves it to a bare string; the reader
+    and the JSON conversion take it as one codec (no "Unknown encoding 'i'" warnings, the
+    fast path kept: pydicom converts what it converts when the header names the default
+    repertoire, ISO_IR 6), and the metadata still equals pydicom's."""
+    from warehouse.dicom import jsonrep
+    from warehouse.dicom.identity import image_identity
+
+    handed_on: list[int] = []
+    real = jsonrep._pydicom_element
+
+    def recording(header, tag):
+        handed_on.append(int(tag))
+        return real(header, tag)
+
+    monkeypatch.setattr(jsonrep, "_pydicom_element", recording)
+    seen = {}
+    for charset in ("ISO_IR 6", None):
+        dataset = every_vr()
+        if charset is None:
+            del dataset.SpecificCharacterSet
+        else:
+            dataset.SpecificCharacterSet = charset
+        dataset.PatientName = "Smith^John"
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = "1.2.3", "1.2.3.4"
+        dataset.Modality = "CT"
+        data = part10(dataset)
+        handed_on.clear()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            header = parse_header(data)
+            assert image_identity(header).patient_id == "Covid1"
+            assert header_json_dict(header) == expected_json(data)
+        assert [r.getMessage() for r in caplog.records if "ncoding" in r.getMessage()] == []
+        seen[charset] = set(handed_on)
+    # (the Specific Character Set element itself aside)
+    assert seen[None] == seen["ISO_IR 6"] - {0x00080005} and len(seen[None]) <= 4

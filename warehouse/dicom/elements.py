@@ -29,6 +29,22 @@ def raw_vr(raw: RawDataElement) -> str | None:
         return raw.VR
 
 
+def character_sets(dataset: Dataset) -> list[str]:
+    """Return the Python codecs of a data set's Specific Character Set, as pydicom resolves it.
+
+    Always a list: pydicom gives a data set without (0008,0005) the default repertoire as a
+    bare string (``'iso8859'``), which its own decoder would take for a list of one-letter
+    codecs.
+
+    Raises
+    ------
+    LookupError, ValueError
+        When pydicom cannot resolve the character set.
+    """
+    encodings = dataset._character_set
+    return [encodings] if isinstance(encodings, str) else list(encodings)
+
+
 def element_text(dataset: Dataset, tag: int, vr: str) -> str:
     """An element's text as the file holds it, less its DICOM padding (keys.dicom_identifier):
     from the raw bytes when pydicom has not converted them, so nothing else is stripped."""
@@ -39,7 +55,7 @@ def element_text(dataset: Dataset, tag: int, vr: str) -> str:
     if isinstance(element, RawDataElement):
         if element.value is None:
             return ""
-        text = decode_bytes(element.value, dataset._character_set, TEXT_VR_DELIMS)
+        text = decode_bytes(element.value, character_sets(dataset), TEXT_VR_DELIMS)
     else:
         value = element.value
         if value is None:

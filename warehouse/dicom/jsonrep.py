@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 
 from warehouse.dicom.elements import (
     VOI_LUT_SEQUENCE,
+    character_sets,
     raw_vr,
     too_many_items,
 )
@@ -157,7 +158,7 @@ _TEXT_VRS = frozenset({"LT", "ST", "UT"})
 def _single_encoding(dataset: Dataset) -> str | None:
     """The Python codec of a single-byte or UTF-8 character set, or None (use pydicom)."""
     try:
-        encodings = dataset._character_set
+        encodings = character_sets(dataset)
     except (AttributeError, LookupError, ValueError):
         return None
     return encodings[0] if len(encodings) == 1 else None
