@@ -67,6 +67,7 @@ from benchmarks.scale_layout import (
     write_parts,
 )
 from benchmarks.scale_storage import KINDS, GeneratedStorage, write_spec
+from warehouse.dashboard.batch import LAST_BATCH_KEPT
 from warehouse.storage.local import LocalStorage
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "scale.json"
@@ -435,13 +436,12 @@ class Harness:
         else:
             run["peak_rss_mb"] = run["polled_peak_rss_mb"]
             run.update(kinds={}, areas={})
-        if graph == "warehouseloader":
-            report = _report(house.root)
-            run["report"] = {
-                "counts": report.get("counts", {}),
-                "not_filed": report.get("not_filed", {}),
-                "completed": report.get("completed"),
-            }
+        report = _report(house.root, graph)
+        run["report"] = {
+            "counts": report.get("counts", {}),
+            "not_filed": report.get("not_filed", {}),
+            "completed": report.get("completed"),
+        }
         state = "" if run["exit_code"] == 0 else f", exit {run['exit_code']}"
         log(
             f"  {size_label(house.size)} {name}: CPU {run['cpu_s']:.1f} s, peak RSS "
@@ -554,8 +554,8 @@ class Harness:
             }
 
 
-def _report(root: Path) -> dict:
-    path = root / "reports" / "warehouseloader" / "latest.json"
+def _report(root: Path, graph: str = "warehouseloader") -> dict:
+    path = root / "reports" / graph / "latest.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
@@ -808,6 +808,17 @@ def outcome_checks(label: str, size: dict, days: list[dict]) -> list[dict]:
                 "size": label,
                 "figure": figure,
                 "result": _verdict(read > 0 and not unused),
+            }
+        )
+    step = steps.get("dataprocess rerun")
+    if step and _measured(step) and "report" in step:
+        kept = step["report"]["counts"].get(LAST_BATCH_KEPT, 0)
+        checks.append(
+            {
+                "target": "dataprocess rerun: the last batch stands (nothing new: no batch)",
+                "size": label,
+                "figure": "kept" if kept else "a new batch",
+                "result": _verdict(kept == 1),
             }
         )
     sharded = size.get("sharded")
