@@ -18,6 +18,7 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError
 from moto import mock_aws
+from moto.cloudformation import parsing as moto_parsing
 
 from infrastructure import create
 from infrastructure.tools import get_inventory
@@ -771,9 +772,27 @@ def test_no_commit_hash_in_the_template():
 # ------------------------------------------------------------------ create.py
 
 
+def _update_only_resources_the_stack_has(monkeypatch):
+    """Update only the resources whose condition holds, as CloudFormation does.
+
+    moto updates a resource whose condition is false (which it never created) when a parameter
+    it names changes, and fails on an EventBridge rule.
+    """
+    update = moto_parsing.parse_and_update_resource
+
+    def update_if_created(logical_id, resource_json, resources_map, *args, **kwargs):
+        condition = resource_json.get("Condition")
+        if condition is not None and not resources_map.lazy_condition_map[condition]:
+            return None
+        return update(logical_id, resource_json, resources_map, *args, **kwargs)
+
+    monkeypatch.setattr(moto_parsing, "parse_and_update_resource", update_if_created)
+
+
 @pytest.fixture
 def aws(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    _update_only_resources_the_stack_has(monkeypatch)
     with warnings.catch_warnings():
         # moto's CloudFormation skips AWS::IAM::Group and AWS::S3::BucketPolicy, with a warning
         warnings.filterwarnings("ignore", message="Tried to parse", category=UserWarning)
