@@ -22,8 +22,11 @@ from moto.cloudformation import parsing as moto_parsing
 
 from infrastructure import create
 from infrastructure.tools import get_inventory
+from tests import builders
+from tests.builders import clinical, image
 from warehouse.core.config import settings_from_env
 from warehouse.listing.inventory import INVENTORY_CONFIG_ID, open_inventory
+from warehouse.storage.local import LocalStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infrastructure" / "templates" / "warehouse.yaml"
@@ -1317,6 +1320,86 @@ def test_the_alarm_fires_after_26_hours_without_a_completed_loader_run(template)
     assert fires([0.5], now=27.0)
     assert fires([], now=100.0)
     assert not fires([0.5, 24.5, 48.5, 72.5], now=97.0)  # a run a day
+
+
+def _uploads(root: Path, *, with_config: bool = True) -> None:
+    files = {
+        f"raw-a/2021-01-01/data/Covid{n}_data.json": clinical(f"Covid{n}", "A Trust")
+        for n in range(3)
+    }
+    for n in range(3):
+        for instance in range(4):
+            name, data = image(f"Covid{n}", "DX", instance=instance)
+            files[f"raw-a/2021-01-02/images/{name}"] = data
+    if with_config:
+        files["config.json"] = builders.config(["raw-a"], split=["A Trust"])
+    root.mkdir()
+    (root.parent / f"{root.name}-processed").mkdir()
+    builders.put_tree(LocalStorage(root), files)
+
+
+def run_task_command(template, command: str, root: Path, **extra) -> tuple[int, list[str]]:
+    """Run a container command (``bin/<graph>``) as its task definition sets it up; return its
+    exit code and its log lines (standard output and error: each line is one log event).
+    """
+    family = {v: k for k, v in GRAPHS.items()}[command]
+    task = resource(template, f"{family}TaskDefinition", "AWS::ECS::TaskDefinition")
+    [container] = task["ContainerDefinitions"]
+    literal = {
+        e["Name"]: e["Value"] for e in container["Environment"] if isinstance(e["Value"], str)
+    }
+    env = builders.graph_env(**literal, WAREHOUSE_BUCKET=f"file://{root}", TOPIC_ARN="", **extra)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / command)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return result.returncode, result.stdout.splitlines() + result.stderr.splitlines()
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_the_metric_filter_counts_one_line_for_a_completed_loader_run(
+    template, tmp_path, processes
+):
+    root = tmp_path / "bucket"
+    _uploads(root)
+    code, lines = run_task_command(template, "warehouseloader", root, WAREHOUSE_PROCESSES=processes)
+    assert code == 0, "\n".join(lines)
+    pattern = metric_filter(template)["FilterPattern"]
+    [counted] = [line for line in lines if log_event_matches(pattern, line)]
+    summary = json.loads(counted)
+    report = json.loads(LocalStorage(root).read("reports/warehouseloader/latest.json"))
+    assert summary["run_id"] == report["run_id"] and report["completed"] is True
+    assert summary["counts"]["images copied"] == 12
+    # the wrapper's own last line says the same for every graph: it is not what is counted
+    assert lines[-1].startswith("Pipeline run in ") and lines[-1].endswith("exited with code 0.")
+    assert lines[-1] != counted
+
+
+def test_the_metric_filter_counts_no_line_of_a_run_that_did_not_complete(template, tmp_path):
+    root = tmp_path / "bucket"
+    _uploads(root, with_config=False)
+    code, lines = run_task_command(template, "warehouseloader", root)
+    assert code == 2, "\n".join(lines)
+    pattern = metric_filter(template)["FilterPattern"]
+    assert any('"event": "summary"' in line for line in lines)  # it did print its summary
+    assert not [line for line in lines if log_event_matches(pattern, line)]
+
+
+def test_the_metric_filter_counts_no_line_of_another_graph(template, tmp_path):
+    root = tmp_path / "bucket"
+    _uploads(root)
+    assert run_task_command(template, "warehouseloader", root)[0] == 0
+    pattern = metric_filter(template)["FilterPattern"]
+    for command in ("dataprocess", "submittingcentres"):
+        # as the loader logs, in JSON: a completed run of another graph is not counted
+        code, lines = run_task_command(template, command, root, WAREHOUSE_LOG_FORMAT="json")
+        assert code == 0, "\n".join(lines)
+        assert any('"event": "summary"' in line for line in lines)
+        assert not [line for line in lines if log_event_matches(pattern, line)], command
 
 
 def test_no_commit_hash_in_the_template():
