@@ -1585,6 +1585,43 @@ def test_create_then_update_the_stack(aws, capsys):
     assert values["ImageTag"] == "v2"
 
 
+def _rules_by_target() -> dict[str, dict]:
+    events = boto3.client("events")
+    found = {}
+    for rule in events.list_rules()["Rules"]:
+        for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
+            found[target["Id"]] = {"rule": rule, "target": target}
+    return found
+
+
+def test_the_stack_runs_itself_only_when_given_a_network(aws):
+    argv = ["--suffix", "dev", "--region", REGION, "--poll-seconds", "1", "-p", "ImageTag=v1"]
+    assert create.main(argv) == 0
+    roles = {r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]}
+    assert "warehouse-dev-run-tasks" not in roles
+    assert set(_rules_by_target()) == {"topic"}  # failed tasks are said even without schedules
+
+    network = ["-p", "TaskSubnets=subnet-0a1b,subnet-2c3d", "-p", "TaskSecurityGroups=sg-0e4f"]
+    assert create.main([*argv, *network]) == 0
+    roles = {r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]}
+    assert "warehouse-dev-run-tasks" in roles
+    rules = _rules_by_target()
+    assert set(rules) == {"topic", "dataprocess"}
+    topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:warehouse-dev-notifications"
+    assert rules["topic"]["target"]["Arn"] == topic
+    chained = rules["dataprocess"]["target"]
+    assert (
+        chained["EcsParameters"]["TaskDefinitionArn"]
+        .split("/")[-1]
+        .startswith("warehouse-dev-DataProcessing:")
+    )
+    assert chained["RoleArn"].endswith(":role/warehouse-dev-run-tasks")
+    pattern = json.loads(rules["dataprocess"]["rule"]["EventPattern"])
+    assert pattern["detail"]["clusterArn"] == [
+        f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/warehouse-dev"
+    ]
+
+
 def test_update_without_changes_is_a_success(aws, capsys, monkeypatch):
     assert create.main(["--suffix", "dev", "--poll-seconds", "1", "-p", "ImageTag=v1"]) == 0
     make_client = boto3.client
