@@ -5,7 +5,9 @@ it would be (a read is ``s3:GetObject``, a write ``s3:PutObject``, a listing ``s
 with its prefix, a copy a read and a write); each is then checked against the template's task
 role with the policy evaluator of `tests.test_infrastructure`. The runs cover what a stack does
 over time: a first (full) run, a daily run, a reconcile, a run's lease, ``dataprocess`` with and
-without a previous batch and as a reconcile, and ``submittingcentres``.
+without a previous batch and as a reconcile, and ``submittingcentres``. What starts the graphs
+and says how they ended is checked the same way: each task a schedule or rule starts (and each
+role it passes) against the role it assumes, each notification against the topic's policy.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tests.test_infrastructure import (
     WAREHOUSE,
     CloudFormationLoader,
     allows,
+    rendered,
     role_policy,
 )
 from tests.test_scale import _age_folder_state, _uploads
@@ -176,3 +179,69 @@ def test_submittingcentres_asks_only_what_its_role_allows(stack, warehouse):
     assert code == 0
     assert store.log
     assert refused(stack, "SubmittingCentresTaskRole", store.log) == []
+
+
+ACCOUNT_ARN = "arn:${{AWS::Partition}}:{service}:${{AWS::Region}}:${{AWS::AccountId}}"
+
+
+def started_tasks(template) -> list[tuple[str, str, str, dict]]:
+    """Each request a schedule or rule makes to start its task.
+
+    ``(role, action, resource, context)``: RunTask of a revision of the task definition, and
+    PassRole of its task role and execution role.
+    """
+    targets = []
+    for found in template["Resources"].values():
+        if found["Type"] == "AWS::Scheduler::Schedule":
+            targets.append(found["Properties"]["Target"])
+        elif found["Type"] == "AWS::Events::Rule":
+            targets.extend(t for t in found["Properties"]["Targets"] if "EcsParameters" in t)
+    requests = []
+    for target in targets:
+        [role, _] = target["RoleArn"]["Fn::GetAtt"]
+        definition = template["Resources"][target["EcsParameters"]["TaskDefinitionArn"]["Ref"]]
+        family = rendered(definition["Properties"]["Family"])
+        revision = f"{ACCOUNT_ARN.format(service='ecs')}:task-definition/{family}:12"
+        requests.append((role, "ecs:RunTask", revision, {"ecs:cluster": rendered(target["Arn"])}))
+        for key in ("TaskRoleArn", "ExecutionRoleArn"):
+            passed = rendered(definition["Properties"][key])
+            context = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+            requests.append((role, "iam:PassRole", passed, context))
+    return requests
+
+
+def test_the_schedules_and_rules_start_their_tasks_with_what_their_role_allows(stack):
+    requests = started_tasks(stack)
+    started = {r for _, action, r, _ in requests if action == "ecs:RunTask"}
+    assert {r.split("/")[-1] for r in started} == {
+        "warehouse-${StackSuffix}-Pipeline:12",
+        "warehouse-${StackSuffix}-DataProcessing:12",
+    }
+    assert len(requests) == 9  # two schedules and one rule, three requests each
+    for role, action, resource_arn, context in requests:
+        assert allows(role_policy(stack, role), action, resource_arn, context), (
+            action,
+            resource_arn,
+        )
+
+
+def test_the_failure_rule_and_the_alarm_may_publish_to_the_topic(stack):
+    statements = stack["Resources"]["TopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    requests = []
+    for name, found in stack["Resources"].items():
+        if found["Type"] == "AWS::Events::Rule":
+            for target in found["Properties"]["Targets"]:
+                if target["Arn"] == {"Ref": "Topic"}:
+                    requests.append(("events.amazonaws.com", "${" + name + ".Arn}"))
+        elif found["Type"] == "AWS::CloudWatch::Alarm":
+            assert found["Properties"]["AlarmActions"] == [{"Ref": "Topic"}]
+            alarm = rendered(found["Properties"]["AlarmName"])
+            arn = f"{ACCOUNT_ARN.format(service='cloudwatch')}:alarm:{alarm}"
+            requests.append(("cloudwatch.amazonaws.com", arn))
+    assert {service for service, _ in requests} == {
+        "events.amazonaws.com",
+        "cloudwatch.amazonaws.com",
+    }
+    for service, source in requests:
+        by_service = [s for s in statements if s["Principal"] == {"Service": service}]
+        assert allows(by_service, "sns:Publish", "${Topic}", {"aws:SourceArn": source}), source

@@ -18,10 +18,15 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError
 from moto import mock_aws
+from moto.cloudformation import parsing as moto_parsing
 
 from infrastructure import create
 from infrastructure.tools import get_inventory
+from tests import builders
+from tests.builders import clinical, image
+from warehouse.core.config import settings_from_env
 from warehouse.listing.inventory import INVENTORY_CONFIG_ID, open_inventory
+from warehouse.storage.local import LocalStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infrastructure" / "templates" / "warehouse.yaml"
@@ -764,6 +769,639 @@ def test_outputs_give_the_operator_everything(template):
     assert "TaskRoleArn" not in template["Outputs"]  # one role per graph now
 
 
+# ------------------------------------------------------------------ schedules and alerts
+# Small models of what AWS does with the template's schedules, rules and alarm: an EventBridge
+# event pattern, an input transformer, a CloudWatch Logs JSON filter pattern and an alarm's
+# evaluation, each written from the services' documentation for the forms the template uses
+# (anything else stops the test). Template references get concrete values.
+
+SUFFIX = "prod"
+CLUSTER_ARN = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/warehouse-{SUFFIX}"
+TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:warehouse-{SUFFIX}-notifications"
+LOG_GROUP = f"/ecs/warehouse-{SUFFIX}-pipeline"
+CONCRETE = {
+    "AWS::Partition": "aws",
+    "AWS::Region": REGION,
+    "AWS::AccountId": ACCOUNT,
+    "StackSuffix": SUFFIX,
+    "Cluster.Arn": CLUSTER_ARN,
+    "Topic": TOPIC_ARN,
+    "LogGroup": LOG_GROUP,
+}
+
+
+def concrete(value):
+    """A template value with its references replaced by the values of a stack ``prod``."""
+    if isinstance(value, list):
+        return [concrete(v) for v in value]
+    if isinstance(value, dict):
+        if {"Ref", "Fn::GetAtt", "Fn::Sub"} & set(value):
+            text = rendered(value)
+            for name, known in CONCRETE.items():
+                text = text.replace("${" + name + "}", known)
+            assert "${" not in text, f"no concrete value for {text}"
+            return text
+        return {k: concrete(v) for k, v in value.items()}
+    return value
+
+
+def _found(nodes: list, key: str) -> list:
+    """The values of ``key`` in ``nodes``, arrays flattened (EventBridge matches each element)."""
+    values = []
+    for node in nodes:
+        if isinstance(node, dict) and key in node:
+            value = node[key]
+            values.extend(value if isinstance(value, list) else [value])
+    return values
+
+
+def _filter_holds(rule, values: list) -> bool:
+    if not isinstance(rule, dict):
+        return rule in values
+    [(operator, operand)] = rule.items()
+    if operator == "exists":
+        return bool(values) is operand
+    if operator == "anything-but":
+        excluded = as_list(operand)
+        return any(v not in excluded for v in values)
+    if operator == "wildcard":
+        regex = re.compile(".*".join(re.escape(part) for part in operand.split("*")), re.S)
+        return any(isinstance(v, str) and regex.fullmatch(v) for v in values)
+    if operator == "prefix":
+        return any(isinstance(v, str) and v.startswith(operand) for v in values)
+    raise AssertionError(f"event pattern operator not modelled: {operator}")
+
+
+def _pattern_holds(pattern: dict, nodes: list) -> bool:
+    for key, expected in pattern.items():
+        if key == "$or":
+            if not any(_pattern_holds(alternative, nodes) for alternative in expected):
+                return False
+        elif isinstance(expected, dict):
+            inner = [v for v in _found(nodes, key) if isinstance(v, dict)]
+            if not inner or not _pattern_holds(expected, inner):
+                return False
+        else:
+            leaves = [v for v in _found(nodes, key) if not isinstance(v, dict)]
+            if not any(_filter_holds(rule, leaves) for rule in expected):
+                return False
+    return True
+
+
+def event_matches(pattern: dict, event: dict) -> bool:
+    """Whether an EventBridge rule with this (concrete) event pattern receives ``event``."""
+    return _pattern_holds(pattern, [event])
+
+
+MISSING = object()
+
+
+def json_path(document, path: str):
+    """``$.a.b[0].c`` of a document, or MISSING."""
+    assert path.startswith("$.")
+    node = document
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path[2:]):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            if not isinstance(node, list) or index >= len(node):
+                return MISSING
+            node = node[index]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return MISSING
+    return node
+
+
+def transformed(transformer: dict, event: dict):
+    """What an input transformer delivers for ``event``, parsed as JSON.
+
+    A placeholder outside quotes is replaced by its value as JSON; inside quotes, by its text,
+    which the template must only do with values that need no escaping.
+    """
+    values = {name: json_path(event, path) for name, path in transformer["InputPathsMap"].items()}
+    template, out, in_string, i = transformer["InputTemplate"], [], False, 0
+    while i < len(template):
+        char = template[i]
+        name = re.match(r"<([\w.-]+)>", template[i:])
+        if name and name.group(1) in values:
+            value = values[name.group(1)]
+            if in_string:
+                text = "" if value is MISSING else str(value)
+                assert json.dumps(text)[1:-1] == text, f"{text!r} needs escaping inside quotes"
+            else:
+                assert value is not MISSING, f"<{name.group(1)}> has no value outside quotes"
+                text = json.dumps(value)
+            out.append(text)
+            i += len(name.group(0))
+            continue
+        if char == '"' and (i == 0 or template[i - 1] != "\\"):
+            in_string = not in_string
+        out.append(char)
+        i += 1
+    return json.loads("".join(out))
+
+
+def task_stopped(
+    container: str,
+    *,
+    exit_code: int | None = 0,
+    reason: str | None = None,
+    environment: list[dict] | None = None,
+    **detail,
+) -> dict:
+    """An ECS Task State Change event, shaped as the ECS documentation shows it, of a stopped
+    task; ``detail`` replaces fields of its detail (``group``, ``stopCode``, ``lastStatus``...).
+    """
+    family = {v: k for k, v in GRAPHS.items()}[container]
+    task_arn = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/warehouse-{SUFFIX}/0123456789abcdef"
+    status = detail.get("lastStatus", "STOPPED")
+    state = {"name": container, "lastStatus": status, "taskArn": task_arn}
+    if exit_code is not None:
+        state["exitCode"] = exit_code
+    if reason is not None:
+        state["reason"] = reason
+    override = {"name": container} | ({"environment": environment} if environment else {})
+    return {
+        "version": "0",
+        "id": "3317b2af-7005-947d-b652-f55e762e571a",
+        "detail-type": "ECS Task State Change",
+        "source": "aws.ecs",
+        "account": ACCOUNT,
+        "time": "2026-11-25T02:41:07Z",
+        "region": REGION,
+        "resources": [task_arn],
+        "detail": {
+            "clusterArn": CLUSTER_ARN,
+            "containers": [state],
+            "group": "warehouse-daily",
+            "lastStatus": status,
+            "desiredStatus": "STOPPED",
+            "launchType": "FARGATE",
+            "overrides": {"containerOverrides": [override]},
+            "stopCode": "EssentialContainerExited",
+            "stoppedReason": "Essential container in task exited",
+            "taskArn": task_arn,
+            "taskDefinitionArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/"
+            f"warehouse-{SUFFIX}-{family}:3",
+        }
+        | detail,
+    }
+
+
+def reconcile_setting(environment: list[dict]) -> bool:
+    """What the product reads from a container's environment overrides."""
+    env = {"WAREHOUSE_BUCKET": "file:///warehouse"} | {e["name"]: e["value"] for e in environment}
+    return settings_from_env(env).reconcile
+
+
+def schedule(template, name: str) -> dict:
+    return resource(template, name, "AWS::Scheduler::Schedule")
+
+
+def cron_days(expression: str) -> set[str]:
+    """The days of the week of a Scheduler cron expression.
+
+    Its fields: minutes, hours, day of month, month, day of week, year.
+    """
+    fields = re.fullmatch(r"cron\((.+)\)", expression).group(1).split()
+    assert len(fields) == 6 and fields[2] == "?" and fields[3] == "*", expression
+    week = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
+    days = set()
+    for part in fields[4].split(","):
+        first, _, last = part.partition("-")
+        days.update(week[week.index(first) : week.index(last or first) + 1])
+    return days
+
+
+def test_the_schedules_run_the_loader_daily_and_the_reconcile_weekly(template):
+    params = template["Parameters"]
+    daily, weekly = params["DailySchedule"]["Default"], params["ReconcileSchedule"]["Default"]
+    # a loader run every day, and never two at once (the second would exit 3: the run lease)
+    assert cron_days(daily) | cron_days(weekly) == {"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"}
+    assert not cron_days(daily) & cron_days(weekly)
+    assert cron_days(weekly) == {"SUN"}
+    for name in ("DailySchedule", "ReconcileSchedule"):
+        pattern = re.compile(params[name]["AllowedPattern"])
+        assert pattern.match(params[name]["Default"])
+        for bad in ("rate(1 day)", "0 2 * * *", "cron()"):
+            assert not pattern.match(bad), bad
+    assert params["ScheduleState"]["AllowedValues"] == ["ENABLED", "DISABLED"]
+    loader = resource(template, "PipelineTaskDefinition", "AWS::ECS::TaskDefinition")
+    [container] = loader["ContainerDefinitions"]
+    for name, expression, reconcile in [
+        ("DailyLoaderRun", "DailySchedule", False),
+        ("WeeklyReconcileRun", "ReconcileSchedule", True),
+    ]:
+        assert template["Resources"][name]["Condition"] == "HasTaskNetwork"
+        run = schedule(template, name)
+        assert run["ScheduleExpression"] == {"Ref": expression}
+        assert run["ScheduleExpressionTimezone"] == {"Ref": "ScheduleTimezone"}
+        assert run["State"] == {"Ref": "ScheduleState"}
+        assert run["FlexibleTimeWindow"] == {"Mode": "OFF"}
+        target = run["Target"]
+        assert target["Arn"] == {"Fn::GetAtt": ["Cluster", "Arn"]}
+        assert target["RoleArn"] == {"Fn::GetAtt": ["RunTasksRole", "Arn"]}
+        ecs = target["EcsParameters"]
+        assert ecs["TaskDefinitionArn"] == {"Ref": "PipelineTaskDefinition"}
+        assert ecs["LaunchType"] == "FARGATE"
+        assert ecs["NetworkConfiguration"] == {
+            "AwsvpcConfiguration": {
+                "Subnets": {"Ref": "TaskSubnets"},
+                "SecurityGroups": {"Ref": "TaskSecurityGroups"},
+                "AssignPublicIp": {"Ref": "TaskAssignPublicIp"},
+            }
+        }
+        [override] = json.loads(target["Input"])["containerOverrides"]
+        assert override["name"] == container["Name"]
+        assert [e["name"] for e in override["environment"]] == ["WAREHOUSE_RECONCILE"]
+        assert reconcile_setting(override["environment"]) is reconcile
+    daily_run, weekly_run = (
+        schedule(template, "DailyLoaderRun"),
+        schedule(template, "WeeklyReconcileRun"),
+    )
+    groups = {r["Target"]["EcsParameters"]["Group"] for r in (daily_run, weekly_run)}
+    assert groups == {"warehouse-daily", "warehouse-reconcile"}
+
+
+def test_scheduled_tasks_need_subnets_and_security_groups(template):
+    params = template["Parameters"]
+    for name in ("TaskSubnets", "TaskSecurityGroups"):
+        assert params[name]["Type"] == "CommaDelimitedList"
+        assert params[name]["Default"] == ""  # no schedule unless the network is given
+    assert template["Conditions"]["HasTaskNetwork"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "TaskSubnets"}]}, ""]}]
+    }
+    rule = template["Rules"]["TaskNetwork"]
+    assert rule["RuleCondition"] == template["Conditions"]["HasTaskNetwork"]
+    [assertion] = rule["Assertions"]
+    assert assertion["Assert"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "TaskSecurityGroups"}]}, ""]}]
+    }
+
+
+def chain_rule(template) -> tuple[dict, dict]:
+    rule = resource(template, "DataProcessAfterLoader", "AWS::Events::Rule")
+    [target] = rule["Targets"]
+    return concrete(rule["EventPattern"]), target
+
+
+def loader_run(schedule_name: str, template, **kwargs) -> dict:
+    """The stop event of a loader task a schedule started, with the schedule's overrides."""
+    target = schedule(template, schedule_name)["Target"]
+    [override] = json.loads(target["Input"])["containerOverrides"]
+    group = target["EcsParameters"]["Group"]
+    return task_stopped(
+        "warehouseloader", **{"group": group, "environment": override["environment"]} | kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    ("schedule_name", "reconcile"), [("DailyLoaderRun", False), ("WeeklyReconcileRun", True)]
+)
+def test_dataprocess_follows_a_scheduled_loader_run_that_completes(
+    template, schedule_name, reconcile
+):
+    pattern, target = chain_rule(template)
+    completed = loader_run(schedule_name, template)
+    assert event_matches(pattern, completed)
+    assert target["Arn"] == {"Fn::GetAtt": ["Cluster", "Arn"]}
+    assert target["RoleArn"] == {"Fn::GetAtt": ["RunTasksRole", "Arn"]}
+    ecs = target["EcsParameters"]
+    assert ecs["TaskDefinitionArn"] == {"Ref": "DataProcessingTaskDefinition"}
+    assert ecs["LaunchType"] == "FARGATE"
+    assert ecs["NetworkConfiguration"]["AwsVpcConfiguration"]["Subnets"] == {"Ref": "TaskSubnets"}
+    # dataprocess runs as a reconcile exactly when the loader did
+    [override] = transformed(target["InputTransformer"], completed)["containerOverrides"]
+    dataprocess = resource(template, "DataProcessingTaskDefinition", "AWS::ECS::TaskDefinition")
+    assert override["name"] == dataprocess["ContainerDefinitions"][0]["Name"]
+    assert reconcile_setting(override["environment"]) is reconcile
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(dict(exit_code=1), id="the loader could not complete"),
+        pytest.param(dict(exit_code=3), id="another run held the lease"),
+        pytest.param(dict(exit_code=143, stopCode="UserInitiated"), id="stopped"),
+        pytest.param(
+            dict(exit_code=137, reason="OutOfMemoryError: Container killed due to memory usage"),
+            id="killed for memory",
+        ),
+        pytest.param(dict(exit_code=None, stopCode="TaskFailedToStart"), id="never started"),
+        pytest.param(dict(lastStatus="RUNNING"), id="still running"),
+        pytest.param(dict(clusterArn=CLUSTER_ARN.replace(SUFFIX, "dev")), id="another stack"),
+        pytest.param(dict(group="family:warehouse-prod-Pipeline"), id="started by hand"),
+    ],
+)
+def test_dataprocess_does_not_follow_other_loader_stops(template, event):
+    pattern, _ = chain_rule(template)
+    assert not event_matches(pattern, loader_run("DailyLoaderRun", template, **event))
+
+
+@pytest.mark.parametrize("group", ["warehouse-after-loader", "warehouse-daily"])
+def test_a_dataprocess_run_starts_nothing(template, group):
+    pattern, target = chain_rule(template)
+    assert target["EcsParameters"]["Group"] == "warehouse-after-loader"
+    for graph in ("dataprocess", "submittingcentres"):
+        assert not event_matches(pattern, task_stopped(graph, group=group))
+
+
+def failure_rule(template) -> tuple[dict, dict]:
+    rule = resource(template, "TaskFailedRule", "AWS::Events::Rule")
+    assert "Condition" not in template["Resources"]["TaskFailedRule"]  # manual runs too
+    [target] = rule["Targets"]
+    return concrete(rule["EventPattern"]), target
+
+
+PULL_FAILED = (
+    "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to "
+    'resolve ref "123456789012.dkr.ecr.eu-west-2.amazonaws.com/warehouse-prod:v9": not found'
+)
+
+
+@pytest.mark.parametrize(
+    ("container", "event", "says"),
+    [
+        ("warehouseloader", dict(exit_code=1), "exit code 1"),
+        (
+            "warehouseloader",
+            dict(exit_code=3, group="family:warehouse-prod-Pipeline"),
+            "exit code 3",
+        ),
+        ("dataprocess", dict(exit_code=2, group="warehouse-after-loader"), "exit code 2"),
+        ("submittingcentres", dict(exit_code=143, stopCode="UserInitiated"), "exit code 143"),
+        (
+            "warehouseloader",
+            dict(exit_code=137, reason="OutOfMemoryError: Container killed due to memory usage"),
+            "OutOfMemoryError",
+        ),
+        (
+            "dataprocess",
+            dict(exit_code=None, reason="OutOfMemoryError: Container killed due to memory usage"),
+            "OutOfMemoryError",
+        ),
+        (
+            "warehouseloader",
+            dict(exit_code=None, stopCode="TaskFailedToStart", stoppedReason=PULL_FAILED),
+            PULL_FAILED,
+        ),
+    ],
+)
+def test_a_task_that_fails_notifies_the_topic_with_a_readable_message(
+    template, container, event, says
+):
+    pattern, target = failure_rule(template)
+    stopped = task_stopped(container, **event)
+    assert event_matches(pattern, stopped)
+    assert concrete(target["Arn"]) == TOPIC_ARN
+    message = transformed(concrete(target["InputTransformer"]), stopped)
+    assert message["problem"].startswith(f"warehouse-{SUFFIX}: {container} stopped")
+    assert f"({stopped['detail']['stopCode']})" in message["problem"]
+    said = [message["problem"], message["stoppedReason"], message["container"].get("reason", "")]
+    assert any(says in text for text in said), message
+    assert message["task"] == stopped["detail"]["taskArn"]  # its id names the log stream
+    assert message["group"] == stopped["detail"]["group"]
+    assert message["container"]["name"] == container
+    assert message["logs"] == LOG_GROUP
+
+
+@pytest.mark.parametrize("container", sorted(GRAPHS.values()))
+def test_a_task_that_completes_notifies_nothing(template, container):
+    pattern, _ = failure_rule(template)
+    assert not event_matches(pattern, task_stopped(container, exit_code=0))
+    assert not event_matches(pattern, task_stopped(container, exit_code=None, lastStatus="RUNNING"))
+    other = task_stopped(container, exit_code=1, clusterArn=CLUSTER_ARN.replace(SUFFIX, "dev"))
+    assert not event_matches(pattern, other)
+
+
+def test_the_topic_lets_the_failure_rule_and_the_stacks_alarms_publish(template):
+    policy = resource(template, "TopicPolicy", "AWS::SNS::TopicPolicy")
+    assert policy["Topics"] == [{"Ref": "Topic"}]
+    allowed = policy["PolicyDocument"]["Statement"]
+    by_service = {s["Principal"]["Service"]: [s] for s in allowed}
+    assert set(by_service) == {"events.amazonaws.com", "cloudwatch.amazonaws.com"}
+    assert grants(allowed) == {"sns:Publish": {"${Topic}"}}
+    events = by_service["events.amazonaws.com"]
+    assert allows(events, "sns:Publish", "${Topic}", {"aws:SourceArn": "${TaskFailedRule.Arn}"})
+    assert not allows(events, "sns:Publish", "${Topic}", {"aws:SourceArn": "${OtherRule.Arn}"})
+    assert not allows(events, "sns:Publish", "${Topic}")
+    alarm = resource(template, "NoLoaderRunAlarm", "AWS::CloudWatch::Alarm")
+    alarm_arn = (
+        "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:"
+        + rendered(alarm["AlarmName"])
+    )
+    cloudwatch = by_service["cloudwatch.amazonaws.com"]
+    assert allows(cloudwatch, "sns:Publish", "${Topic}", {"aws:SourceArn": alarm_arn})
+    elsewhere = alarm_arn.replace("warehouse-${StackSuffix}", "someone-else")
+    assert not allows(cloudwatch, "sns:Publish", "${Topic}", {"aws:SourceArn": elsewhere})
+    assert alarm["AlarmActions"] == alarm["OKActions"] == [{"Ref": "Topic"}]
+
+
+def test_the_run_tasks_role_starts_the_loader_and_dataprocess_and_nothing_else(template):
+    assert template["Resources"]["RunTasksRole"]["Condition"] == "HasTaskNetwork"
+    role = resource(template, "RunTasksRole", "AWS::IAM::Role")
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": ["scheduler.amazonaws.com", "events.amazonaws.com"]}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    policy = role_policy(template, "RunTasksRole")
+    definitions = "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task-definition"
+    assert grants(policy) == {
+        "ecs:RunTask": {
+            f"{definitions}/warehouse-${{StackSuffix}}-Pipeline:*",
+            f"{definitions}/warehouse-${{StackSuffix}}-DataProcessing:*",
+        },
+        "iam:PassRole": {
+            "${WarehouseLoaderTaskRole.Arn}",
+            "${DataProcessTaskRole.Arn}",
+            "${ExecutionRole.Arn}",
+        },
+    }
+    on_cluster = {"ecs:cluster": "${Cluster.Arn}"}
+    centres = f"{definitions}/warehouse-${{StackSuffix}}-SubmittingCentres:4"
+    assert not allows(policy, "ecs:RunTask", centres, on_cluster)
+    loader = f"{definitions}/warehouse-${{StackSuffix}}-Pipeline:4"
+    assert allows(policy, "ecs:RunTask", loader, on_cluster)
+    assert not allows(policy, "ecs:RunTask", loader, {"ecs:cluster": "arn:aws:ecs:x:1:cluster/y"})
+    to_ecs = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    assert not allows(policy, "iam:PassRole", "${SubmittingCentresTaskRole.Arn}", to_ecs)
+    assert not allows(
+        policy,
+        "iam:PassRole",
+        "${ExecutionRole.Arn}",
+        {"iam:PassedToService": "lambda.amazonaws.com"},
+    )
+
+
+# A completed loader run's summary, in the JSON the Pipeline task logs: the one line the metric
+# filter counts. CloudWatch Logs JSON filter patterns, the forms the template uses.
+FILTER_TERM = re.compile(
+    r"\(\s*\$\.(?P<field>\w+)\s*(?:=\s*(?P<value>\"[^\"*]*\"|-?\d+)|IS\s+(?P<is>NULL|TRUE|FALSE))\s*\)"
+)
+
+
+def log_event_matches(filter_pattern: str, message: str) -> bool:
+    """Whether a CloudWatch Logs JSON filter pattern ``{ (term) && ... }`` matches a log event."""
+    body = filter_pattern.strip()
+    assert body.startswith("{") and body.endswith("}") and "||" not in body
+    terms = [term.strip() for term in body[1:-1].split("&&")]
+    try:
+        record = json.loads(message)
+    except ValueError:
+        return False  # a JSON pattern matches JSON events only
+    if not isinstance(record, dict):
+        return False
+    for term in terms:
+        found = FILTER_TERM.fullmatch(term)
+        assert found, f"filter term not modelled: {term}"
+        if found["field"] not in record:
+            return False
+        value = record[found["field"]]
+        if found["is"] is not None:
+            if value is not {"NULL": None, "TRUE": True, "FALSE": False}[found["is"]]:
+                return False
+        elif found["value"].startswith('"'):
+            if value != found["value"][1:-1]:
+                return False
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        elif value != int(found["value"]):
+            return False
+    return True
+
+
+def metric_filter(template) -> dict:
+    return resource(template, "LoaderRunsCompleted", "AWS::Logs::MetricFilter")
+
+
+def test_the_metric_filter_reads_the_loaders_log_group(template):
+    found = metric_filter(template)
+    assert found["LogGroupName"] == {"Ref": "LogGroup"}
+    loader = resource(template, "PipelineTaskDefinition", "AWS::ECS::TaskDefinition")
+    [container] = loader["ContainerDefinitions"]
+    assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "LogGroup"}
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["WAREHOUSE_LOG_FORMAT"] == "json"  # its summary is one JSON line
+    [transformation] = found["MetricTransformations"]
+    assert transformation["MetricValue"] == "1"
+    assert "DefaultValue" not in transformation  # an hour without a run has no data point
+
+
+def test_the_alarm_fires_after_26_hours_without_a_completed_loader_run(template):
+    assert template["Resources"]["NoLoaderRunAlarm"]["Condition"] == "SchedulesOn"
+    alarm = resource(template, "NoLoaderRunAlarm", "AWS::CloudWatch::Alarm")
+    [transformation] = metric_filter(template)["MetricTransformations"]
+    assert alarm["Namespace"] == transformation["MetricNamespace"]
+    assert alarm["MetricName"] == transformation["MetricName"]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["ComparisonOperator"] == "LessThanThreshold" and alarm["Threshold"] == 1
+    assert alarm["TreatMissingData"] == "breaching"  # no run at all is no data at all
+    assert alarm["DatapointsToAlarm"] == alarm["EvaluationPeriods"]
+    assert alarm["Period"] * alarm["EvaluationPeriods"] == 26 * 3600
+    # CloudWatch limits an alarm's range to 1 day for periods under an hour, 7 days otherwise
+    assert alarm["Period"] >= 3600
+
+    def fires(completed_at: list[float], now: float) -> bool:
+        """Whether the alarm is in ALARM at hour ``now``, runs having completed at those hours.
+
+        It reads the last EvaluationPeriods whole periods; a period without a run has no data.
+        """
+        hours = alarm["Period"] // 3600
+        last = int(now // hours) * hours
+        breaching = 0
+        for start in range(last - alarm["EvaluationPeriods"] * hours, last, hours):
+            count = sum(1 for t in completed_at if start <= t < start + hours)
+            if count == 0 or count < alarm["Threshold"]:  # missing data is breaching
+                breaching += 1
+        return breaching >= alarm["DatapointsToAlarm"]
+
+    assert not fires([0.5], now=24.9)
+    assert not fires([0.5], now=26.9)  # its hour, [0, 1), is still one of the last 26
+    assert fires([0.5], now=27.0)
+    assert fires([], now=100.0)
+    assert not fires([0.5, 24.5, 48.5, 72.5], now=97.0)  # a run a day
+
+
+def _uploads(root: Path, *, with_config: bool = True) -> None:
+    files = {
+        f"raw-a/2021-01-01/data/Covid{n}_data.json": clinical(f"Covid{n}", "A Trust")
+        for n in range(3)
+    }
+    for n in range(3):
+        for instance in range(4):
+            name, data = image(f"Covid{n}", "DX", instance=instance)
+            files[f"raw-a/2021-01-02/images/{name}"] = data
+    if with_config:
+        files["config.json"] = builders.config(["raw-a"], split=["A Trust"])
+    root.mkdir()
+    (root.parent / f"{root.name}-processed").mkdir()
+    builders.put_tree(LocalStorage(root), files)
+
+
+def run_task_command(template, command: str, root: Path, **extra) -> tuple[int, list[str]]:
+    """Run a container command (``bin/<graph>``) as its task definition sets it up; return its
+    exit code and its log lines (standard output and error: each line is one log event).
+    """
+    family = {v: k for k, v in GRAPHS.items()}[command]
+    task = resource(template, f"{family}TaskDefinition", "AWS::ECS::TaskDefinition")
+    [container] = task["ContainerDefinitions"]
+    literal = {
+        e["Name"]: e["Value"] for e in container["Environment"] if isinstance(e["Value"], str)
+    }
+    env = builders.graph_env(**literal, WAREHOUSE_BUCKET=f"file://{root}", TOPIC_ARN="", **extra)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / command)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return result.returncode, result.stdout.splitlines() + result.stderr.splitlines()
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_the_metric_filter_counts_one_line_for_a_completed_loader_run(
+    template, tmp_path, processes
+):
+    root = tmp_path / "bucket"
+    _uploads(root)
+    code, lines = run_task_command(template, "warehouseloader", root, WAREHOUSE_PROCESSES=processes)
+    assert code == 0, "\n".join(lines)
+    pattern = metric_filter(template)["FilterPattern"]
+    [counted] = [line for line in lines if log_event_matches(pattern, line)]
+    summary = json.loads(counted)
+    report = json.loads(LocalStorage(root).read("reports/warehouseloader/latest.json"))
+    assert summary["run_id"] == report["run_id"] and report["completed"] is True
+    assert summary["counts"]["images copied"] == 12
+    # the wrapper's own last line says the same for every graph: it is not what is counted
+    assert lines[-1].startswith("Pipeline run in ") and lines[-1].endswith("exited with code 0.")
+    assert lines[-1] != counted
+
+
+def test_the_metric_filter_counts_no_line_of_a_run_that_did_not_complete(template, tmp_path):
+    root = tmp_path / "bucket"
+    _uploads(root, with_config=False)
+    code, lines = run_task_command(template, "warehouseloader", root)
+    assert code == 2, "\n".join(lines)
+    pattern = metric_filter(template)["FilterPattern"]
+    assert any('"event": "summary"' in line for line in lines)  # it did print its summary
+    assert not [line for line in lines if log_event_matches(pattern, line)]
+
+
+def test_the_metric_filter_counts_no_line_of_another_graph(template, tmp_path):
+    root = tmp_path / "bucket"
+    _uploads(root)
+    assert run_task_command(template, "warehouseloader", root)[0] == 0
+    pattern = metric_filter(template)["FilterPattern"]
+    for command in ("dataprocess", "submittingcentres"):
+        # as the loader logs, in JSON: a completed run of another graph is not counted
+        code, lines = run_task_command(template, command, root, WAREHOUSE_LOG_FORMAT="json")
+        assert code == 0, "\n".join(lines)
+        assert any('"event": "summary"' in line for line in lines)
+        assert not [line for line in lines if log_event_matches(pattern, line)], command
+
+
 def test_no_commit_hash_in_the_template():
     assert not re.search(r"\b[0-9a-f]{40}\b", TEMPLATE.read_text())
 
@@ -771,9 +1409,27 @@ def test_no_commit_hash_in_the_template():
 # ------------------------------------------------------------------ create.py
 
 
+def _update_only_resources_the_stack_has(monkeypatch):
+    """Update only the resources whose condition holds, as CloudFormation does.
+
+    moto updates a resource whose condition is false (which it never created) when a parameter
+    it names changes, and fails on an EventBridge rule.
+    """
+    update = moto_parsing.parse_and_update_resource
+
+    def update_if_created(logical_id, resource_json, resources_map, *args, **kwargs):
+        condition = resource_json.get("Condition")
+        if condition is not None and not resources_map.lazy_condition_map[condition]:
+            return None
+        return update(logical_id, resource_json, resources_map, *args, **kwargs)
+
+    monkeypatch.setattr(moto_parsing, "parse_and_update_resource", update_if_created)
+
+
 @pytest.fixture
 def aws(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    _update_only_resources_the_stack_has(monkeypatch)
     with warnings.catch_warnings():
         # moto's CloudFormation skips AWS::IAM::Group and AWS::S3::BucketPolicy, with a warning
         warnings.filterwarnings("ignore", message="Tried to parse", category=UserWarning)
@@ -927,6 +1583,43 @@ def test_create_then_update_the_stack(aws, capsys):
     values = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
     assert values["LogRetentionDays"] == "30"  # kept from the creation, not reset to 90
     assert values["ImageTag"] == "v2"
+
+
+def _rules_by_target() -> dict[str, dict]:
+    events = boto3.client("events")
+    found = {}
+    for rule in events.list_rules()["Rules"]:
+        for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
+            found[target["Id"]] = {"rule": rule, "target": target}
+    return found
+
+
+def test_the_stack_runs_itself_only_when_given_a_network(aws):
+    argv = ["--suffix", "dev", "--region", REGION, "--poll-seconds", "1", "-p", "ImageTag=v1"]
+    assert create.main(argv) == 0
+    roles = {r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]}
+    assert "warehouse-dev-run-tasks" not in roles
+    assert set(_rules_by_target()) == {"topic"}  # failed tasks are said even without schedules
+
+    network = ["-p", "TaskSubnets=subnet-0a1b,subnet-2c3d", "-p", "TaskSecurityGroups=sg-0e4f"]
+    assert create.main([*argv, *network]) == 0
+    roles = {r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]}
+    assert "warehouse-dev-run-tasks" in roles
+    rules = _rules_by_target()
+    assert set(rules) == {"topic", "dataprocess"}
+    topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:warehouse-dev-notifications"
+    assert rules["topic"]["target"]["Arn"] == topic
+    chained = rules["dataprocess"]["target"]
+    assert (
+        chained["EcsParameters"]["TaskDefinitionArn"]
+        .split("/")[-1]
+        .startswith("warehouse-dev-DataProcessing:")
+    )
+    assert chained["RoleArn"].endswith(":role/warehouse-dev-run-tasks")
+    pattern = json.loads(rules["dataprocess"]["rule"]["EventPattern"])
+    assert pattern["detail"]["clusterArn"] == [
+        f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/warehouse-dev"
+    ]
 
 
 def test_update_without_changes_is_a_success(aws, capsys, monkeypatch):
