@@ -513,13 +513,22 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
     file, _ = _open(storage, key, size)
     parts = _parts_of(key, file)
 
+    rows = file.metadata.num_rows
+
     def column(name: str, dtype) -> np.ndarray:
-        # one column at a time, its Arrow buffers freed before the next is read
+        # one row group at a time into the array: no second copy of a whole column in Arrow
+        out = np.empty(rows, dtype=dtype)
+        start = 0
         try:
-            values = file.read(columns=[name]).column(0)
-            return np.ascontiguousarray(values.to_numpy(), dtype=dtype)
+            for group in range(file.num_row_groups):
+                values = file.read_row_group(group, columns=[name]).column(0).to_numpy()
+                out[start : start + len(values)] = values
+                start += len(values)
         except (ValueError, pa.ArrowException, OSError) as exc:
             raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
+        if start != rows:
+            raise InvalidIndex(f"{key}: its {name} column holds {start} of {rows} rows")
+        return out
 
     index = IndexArrays(
         sop=column("sop", _HASH),
