@@ -613,6 +613,9 @@ def test_a_rerun_with_nothing_changed_keeps_the_last_batch_and_a_change_builds_o
     store = RecordingStorage(local_store)
     code, state = run_graph(store)
     assert code == 0 and state.kept and not state.written
+    # no row read again: the digest, the catalogue's counts, config.json and the loader report
+    assert not [key for key in store.log["reads"] if key.endswith((".parquet", ".dcm"))]
+    assert not [key for key in store.log["reads"] if "-metadata/" in key or "/data/" in key]
     # nothing written but the run's own report (and its page)
     assert [k for k in store.log["writes"] if "/reports/dataprocess/" not in k] == []
     assert {info.key: processed.read(info.key) for info in processed.list("")} == before

@@ -160,6 +160,7 @@ def get_services(settings: Settings | None = None, storage: Storage | None = Non
             state.workers.submit,
             state.report,
             reconcile=settings.reconcile,
+            config=state.config,
         )
     )
     return services

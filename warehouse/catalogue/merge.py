@@ -13,6 +13,7 @@ a catalogue) is merged again from every part.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gzip
 import itertools
 import json
@@ -320,6 +321,7 @@ def _count(scan: CatalogueScan, rows: pa.Table) -> None:
         scan.summary[tuple(row[name] for name in SUMMARY_COLUMNS)] += row["warehouse_key_count"]
 
 
+@functools.lru_cache(maxsize=8192)  # (a few thousand distinct dates, read many times)
 def _day(value: str | None) -> dt.date | None:
     return dt.date.fromisoformat(value) if value is not None else None
 

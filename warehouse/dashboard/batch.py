@@ -23,11 +23,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
-import json
 import logging
 import os
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,15 +41,20 @@ from warehouse.catalogue.merge import (
     publish_index,
     write_joined,
 )
-from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
-from warehouse.core.errors import ExpectedError, ObjectNotFound
+from warehouse.core.config import PipelineConfig
+from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import IMAGE_FOLDERS
-from warehouse.core.report import latest_report_key
 from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.extraction import Collected, DataprocessState
-from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS, loader_report_problem
+from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
 from warehouse.dashboard.images import clinical_fingerprint, clinical_summary, image_summary
+from warehouse.dashboard.inputs import (
+    INPUT_DIGEST,
+    PageSources,
+    digest_file,
+    read_page_sources,
+)
 from warehouse.dashboard.tables import (
     date_column,
     patient_table,
@@ -58,13 +62,7 @@ from warehouse.dashboard.tables import (
     storage_table,
     study_table,
 )
-from warehouse.dashboard.view import (
-    INPUT_DIGEST,
-    SharedView,
-    digest_file,
-    inputs_digest,
-    reusable_row_files,
-)
+from warehouse.dashboard.view import SharedView, reusable_row_files
 from warehouse.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -89,8 +87,6 @@ IMAGES_FILE = "images.parquet"
 #: The batch's pages and their file names (the pages module, and altair with it, is imported
 #: only when a batch is built).
 PAGES = {"dashboard": "dashboard.html", "public": "public.html"}
-#: The loader's newest run report, shown on the dashboard.
-LOADER_REPORT_KEY = latest_report_key("warehouseloader")
 
 _CONTENT_TYPES = {
     ".csv": "text/csv",
@@ -197,41 +193,23 @@ def study_image_table(counts: Mapping[tuple, int]) -> pd.DataFrame:
 
 
 def read_page_inputs(storage: Storage, config: PipelineConfig | None = None) -> PageInputs:
-    """Read what the pages need from the warehouse: ``config.json`` (unless the run has read it
-    already: ``config``) and the loader's newest run report
-    (``reports/warehouseloader/latest.json``).
-
-    Either may be missing or unusable (the report is checked field by field,
-    `figures.loader_report_problem`): the page then says why, and the run goes on.
+    """Read what the pages need from the warehouse (`inputs.read_page_sources`).
 
     Raises
     ------
     StorageError
         When a read fails for another reason than a missing object (the run fails: rerun).
     """
-    config_note = ""
-    if config is None:
-        try:
-            config = parse_config(storage.read(CONFIG_KEY))
-        except ObjectNotFound:
-            config_note = f"No {CONFIG_KEY} in the warehouse."
-        except ConfigError as exc:
-            config_note = f"{CONFIG_KEY} cannot be used: {exc}"
-    report, report_note = None, ""
-    try:
-        report = json.loads(storage.read(LOADER_REPORT_KEY).decode("utf-8"))
-    except ObjectNotFound:
-        report_note = f"No loader run report yet ({LOADER_REPORT_KEY})."
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        report_note = f"{LOADER_REPORT_KEY} is not valid JSON: {exc}"
-    if report is not None and not isinstance(report, dict):
-        report, report_note = None, f"{LOADER_REPORT_KEY} is not a JSON object."
-    problem = loader_report_problem(report) if report is not None else ""
-    if problem:
-        report, report_note = None, f"{LOADER_REPORT_KEY} cannot be used: {problem}"
+    return page_inputs(storage.url, read_page_sources(storage, config))
+
+
+def page_inputs(url: str, sources: PageSources) -> PageInputs:
+    """Return the pages' inputs: the warehouse's ``url`` and ``sources``."""
     from warehouse.dashboard.pages import PageInputs  # altair: only for runs that build pages
 
-    return PageInputs(storage.url, config, config_note, report, report_note)
+    return PageInputs(
+        url, sources.config, sources.config_note, sources.loader_report, sources.loader_note
+    )
 
 
 def build_batch(
@@ -355,19 +333,23 @@ def parquet_bytes(table: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def iter_batch_files(batch: Batch) -> Iterator[tuple[str, bytes]]:
+    """Yield every file of the batch folder (not ``latest.csv``), ``(key, bytes)``, one at a
+    time: a table's CSV and Parquet are made only when asked for."""
+    for name, table in batch.tables.items():
+        yield f"{batch.name}/{name}.csv", csv_bytes(table)
+        yield f"{batch.name}/{name}.parquet", parquet_bytes(table)
+    for name, data in batch.data.items():
+        yield f"{batch.name}/{name}", data
+    for name, text in batch.files.items():
+        yield f"{batch.name}/{name}", text.encode("utf-8")
+    for archive, text in batch.pages.items():
+        yield f"{batch.name}/{PAGES[archive]}", text.encode("utf-8")
+
+
 def batch_files(batch: Batch) -> dict[str, bytes]:
     """Every file of the batch folder (not ``latest.csv``): key -> bytes."""
-    files: dict[str, bytes] = {}
-    for name, table in batch.tables.items():
-        files[f"{batch.name}/{name}.csv"] = csv_bytes(table)
-        files[f"{batch.name}/{name}.parquet"] = parquet_bytes(table)
-    for name, data in batch.data.items():
-        files[f"{batch.name}/{name}"] = data
-    for name, text in batch.files.items():
-        files[f"{batch.name}/{name}"] = text.encode("utf-8")
-    for archive, text in batch.pages.items():
-        files[f"{batch.name}/{PAGES[archive]}"] = text.encode("utf-8")
-    return files
+    return dict(iter_batch_files(batch))
 
 
 def _content_type(key: str) -> str:
@@ -399,22 +381,30 @@ def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
     StorageError
         If a write fails (``latest.csv`` is then not written).
     """
-    files = batch_files(batch)
-    with ThreadPoolExecutor(max(1, min(workers, len(files) or 1)), "batch-write") as pool:
-        futures = [
-            pool.submit(store.write, key, data, _content_type(key)) for key, data in files.items()
-        ]
+    written: list[str] = []
+    with ThreadPoolExecutor(max(1, workers), "batch-write") as pool:
+        pending: set[Future] = set()
+
+        def submit(work, *args) -> None:
+            nonlocal pending
+            pending.add(pool.submit(work, *args))
+            if len(pending) >= max(1, workers):  # (files made as writes finish: flat memory)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+
+        for key, data in iter_batch_files(batch):
+            submit(store.write, key, data, _content_type(key))
+            written.append(key)
         images_key = f"{batch.name}/{IMAGES_FILE}"
         if batch.images is not None:
-            futures.append(
-                pool.submit(store.write_file, images_key, batch.images, _content_type(IMAGES_FILE))
-            )
+            submit(store.write_file, images_key, batch.images, _content_type(IMAGES_FILE))
+            written.append(images_key)
         elif batch.images_from is not None:
-            futures.append(pool.submit(store.copy, batch.images_from, images_key))
-        for future in futures:
+            submit(store.copy, batch.images_from, images_key)
+            written.append(images_key)
+        for future in pending:
             future.result()
-    has_images = batch.images is not None or batch.images_from is not None
-    written = [*files] + ([images_key] if has_images else [])
     store.write(LATEST_KEY, csv_bytes(batch.latest()), "text/csv")
     return [*written, LATEST_KEY]
 
@@ -444,9 +434,9 @@ def publish_batch(
     ``latest.csv``, then the catalogue's index; an incomplete run (or a failure here) is
     reported and nothing is published.
 
-    When nothing a batch is built from changed since the last batch (`view.inputs_digest`,
-    and no catalogue part since), the last batch stands: nothing is written and the run says
-    so (``state.kept``). A reconcile always builds a batch.
+    When nothing a batch is built from changed since the last batch (`inputs.inputs_digest`,
+    and no catalogue part since: ``view.unchanged``), the last batch stands: nothing is
+    written and the run says so (``state.kept``). A reconcile always builds a batch.
 
     Parameters
     ----------
@@ -472,17 +462,16 @@ def publish_batch(
     try:
         now = dt.datetime.now(dt.UTC)
         view = shared.view()
-        inputs = read_page_inputs(storage, state.config)
-        digest = inputs_digest(
-            view,
-            collected.storage,
-            ["config", inputs.config, inputs.config_note],
-            ["loader report", inputs.loader_report, inputs.loader_note],
-        )
-        if view.catalogue.reused is not None and digest == view.reusable.inputs:
+        if view.unchanged:
             _keep_last_batch(state, view.reusable.batch)
             return
-        inputs = dataclasses.replace(inputs, images=image_summary(view.catalogue.summary))
+        inputs = dataclasses.replace(
+            page_inputs(storage.url, view.pages), images=image_summary(view.catalogue.summary)
+        )
+        # (before the tables: what they make in passing is let go before the tables are built)
+        data = reusable_row_files(*collected.reusable())
+        data[COUNTS_NAME] = counts_document(view.catalogue)
+        data[INPUT_DIGEST] = digest_file(view.digest)
         batch = build_batch(
             collected.patient_rows(),
             collected.study_rows(),
@@ -491,9 +480,7 @@ def publish_batch(
             study_images=view.catalogue.study_images,
             inputs=inputs,
         )
-        batch.data = reusable_row_files(*collected.reusable())
-        batch.data[COUNTS_NAME] = counts_document(view.catalogue)
-        batch.data[INPUT_DIGEST] = digest_file(digest)
+        batch.data = data
         if view.catalogue.rows:
             fingerprint = clinical_fingerprint(batch.tables["patient_clean"])
             if joined_as_before(view.catalogue, fingerprint):

@@ -29,9 +29,8 @@ from warehouse.dashboard.tables import (
     dictionary_fields,
     flatten_clinical_record,
     metadata_row,
-    storage_by_prefix,
 )
-from warehouse.dashboard.view import DataprocessView, SharedView
+from warehouse.dashboard.view import DataprocessView, SharedView, saved_row
 from warehouse.listing.raw import report_links
 from warehouse.listing.warehouse import StudyFile, WarehouseIndex
 from warehouse.storage.base import Storage
@@ -183,7 +182,7 @@ NAMED_FIELDS = 3
 NAMED_FIELD_CHARS = 40
 
 
-def patient_row(report: RunReport, read: tuple[PatientFile, dict]) -> list[PatientRow]:
+def patient_row(report: RunReport, read: tuple[PatientFile, dict | str]) -> list[PatientRow]:
     """The patient table row of a read record: the record's fields of the clinical data
     dictionary (`tables.dictionary_fields`) plus the ``filename_*``, ``last_modified`` and
     ``group`` fields.
@@ -192,7 +191,7 @@ def patient_row(report: RunReport, read: tuple[PatientFile, dict]) -> list[Patie
     file is reported with how many there were ("fields outside the clinical data dictionary";
     its row is still in the tables)."""
     patient, record = read
-    row, left_out = dictionary_fields(record)
+    row, left_out = dictionary_fields(saved_row(record))
     if left_out:
         report.count("clinical fields left out of the tables", len(left_out))
         named = ", ".join(
@@ -236,12 +235,12 @@ def read_study_row(storage: Storage, study: StudyFile) -> tuple[StudyFile, dict]
         raise NotDicomJson(f"not DICOM JSON: {exc}") from None
 
 
-def study_row(report: RunReport, read: tuple[StudyFile, dict]) -> list[StudyRow]:
+def study_row(report: RunReport, read: tuple[StudyFile, dict | str]) -> list[StudyRow]:
     """The study table row of a read metadata file, with ``group`` and ``last_modified``.
     Without a PatientID the folder's name (the PatientID it was filed under) is the
     ``Pseudonym``."""
     study, found = read
-    row = dict(found)
+    row = dict(saved_row(found))
     if not row.get("Pseudonym"):
         row["Pseudonym"] = study.pseudonym
     row["group"] = study.group
@@ -312,7 +311,7 @@ def _study_order(study: StudyFile) -> tuple:
 
 def clinical_inputs(
     view: DataprocessView, report: RunReport
-) -> Iterator[PatientFile | tuple[PatientFile, dict]]:
+) -> Iterator[PatientFile | tuple[PatientFile, str]]:
     """Report the links in the clinical folders (never read) and count their implausible
     times, then choose each patient's clinical file from the listed names (`patient_files`):
     the file to read, or the file and the record read from it last time when it has not
@@ -328,6 +327,8 @@ def clinical_inputs(
         view.catalogue.rows,
         len(view.catalogue.studies),
     )
+    if view.unchanged:
+        return  # (the last batch stands: no row is built)
     for patient in patient_files(index, report):
         record = view.reusable.patient_record(patient.pseudonym, patient.key, patient.stamp)
         yield patient if record is None else (patient, record)
@@ -335,4 +336,4 @@ def clinical_inputs(
 
 def storage_sizes(view: DataprocessView) -> StorageSizes:
     """The bytes stored under each storage prefix (`storage_by_prefix`), from the view."""
-    return StorageSizes(storage_by_prefix(view.stored_bytes()))
+    return StorageSizes(view.storage_sizes())

@@ -15,8 +15,6 @@ read again, the catalogue's index rebuilt.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -30,12 +28,20 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse import __version__
 from warehouse.catalogue.batches import InvalidLatest, batch_folder, latest_paths
 from warehouse.catalogue.filed import FiledImages, list_filed_images
 from warehouse.catalogue.merge import COUNTS_NAME, CatalogueScan, LastBatch, scan_catalogue
+from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import IMAGE_FOLDERS, METADATA_SUFFIX
 from warehouse.core.report import RunReport
+from warehouse.dashboard.inputs import (
+    INPUT_DIGEST,
+    PageSources,
+    inputs_digest,
+    read_page_sources,
+    saved_digest,
+)
+from warehouse.dashboard.tables import storage_by_prefix
 from warehouse.listing.warehouse import StudyFile, WarehouseIndex, index_warehouse
 from warehouse.storage.base import Storage
 
@@ -44,9 +50,6 @@ logger = logging.getLogger("dataprocess")
 #: Where a batch keeps the rows the next run may reuse (not named by ``latest.csv``).
 PATIENT_ROWS = "rows/patients.parquet"
 STUDY_ROWS = "rows/studies.parquet"
-#: The digest of what a batch was built from (`inputs_digest`): a run that finds the same
-#: inputs writes no new batch.
-INPUT_DIGEST = "rows/inputs.json"
 #: A study folder: group, modality folder, patient folder, study folder.
 StudySlot = tuple[str, str, str, str]
 
@@ -84,29 +87,36 @@ class ReusableRows:
         What its merge counted (`catalogue.merge.COUNTS_NAME`), when it saved that.
     patients : dict
         Pseudonym -> ``(clinical file key, stamp, flattened record)`` of the file it was read
-        from (`listing.warehouse.pack_stamp`: size and last-modified second).
+        from (`listing.warehouse.pack_stamp`: size and last-modified second); the record as
+        the JSON text the batch saved, decoded where it is used, so that a run holds one
+        decoded copy of it.
     studies : dict
-        Study folder -> ``(metadata key, study fields)`` read from that file.
+        Study folder -> ``(metadata key, study fields)`` read from that file (likewise as
+        JSON text).
     inputs : str or None
-        The digest of what the last batch was built from (`inputs_digest`), when it saved one.
+        The digest of what the last batch was built from (`inputs.inputs_digest`), when it
+        saved one.
+    saved : set
+        The keys of what it saved for the next run (``<batch>/rows/``).
     """
 
     batch: str | None = None
     images_key: str | None = None
     counts_key: str | None = None
-    patients: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
-    studies: dict[StudySlot, tuple[str, dict]] = field(default_factory=dict)
+    patients: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    studies: dict[StudySlot, tuple[str, str]] = field(default_factory=dict)
     inputs: str | None = None
+    saved: set[str] = field(default_factory=set)
 
-    def patient_record(self, pseudonym: str, key: str, stamp: int | None) -> dict | None:
-        """Return the record read last time from this very file (same key, size, time)."""
+    def patient_record(self, pseudonym: str, key: str, stamp: int | None) -> str | None:
+        """Return the record read last time from this file (same key, size, time): JSON text."""
         known = self.patients.get(pseudonym)
         if known is None or stamp is None or known[0] != key or known[1] != stamp:
             return None
         return known[2]
 
-    def study_fields(self, slot: StudySlot, key: str) -> dict | None:
-        """Return the fields read last time from this study's first metadata file."""
+    def study_fields(self, slot: StudySlot, key: str) -> str | None:
+        """Return the fields read last time from this study's first metadata file: JSON text."""
         known = self.studies.get(slot)
         return known[1] if known is not None and known[0] == key else None
 
@@ -120,11 +130,10 @@ def _read_table(store: Storage, key: str, schema: pa.Schema) -> pa.Table | None:
         return None
 
 
-def read_reusable_rows(processed: Storage, report: RunReport) -> ReusableRows:
-    """Read the last batch's reusable rows.
+def last_batch(processed: Storage) -> ReusableRows:
+    """Find the last batch and what it saved for the next run.
 
-    None are reused when there is no batch, or its rows cannot be read: then everything is
-    read again, and said so.
+    Its rows are not read yet (`read_rows`).
 
     Raises
     ------
@@ -142,130 +151,90 @@ def read_reusable_rows(processed: Storage, report: RunReport) -> ReusableRows:
     rows = ReusableRows(batch, paths.get("images") if paths else None)
     if rows.images_key is not None and not rows.images_key.endswith(".parquet"):
         rows.images_key = None  # (an older batch: its catalogue is merged again)
-    existing = {info.key for info in processed.list(f"{batch}/rows/")}
-    if rows.images_key is not None and f"{batch}/{COUNTS_NAME}" in existing:
+    rows.saved = {info.key for info in processed.list(f"{batch}/rows/")}
+    if rows.images_key is not None and f"{batch}/{COUNTS_NAME}" in rows.saved:
         rows.counts_key = f"{batch}/{COUNTS_NAME}"
+    if f"{batch}/{INPUT_DIGEST}" in rows.saved:
+        rows.inputs = saved_digest(processed.read(f"{batch}/{INPUT_DIGEST}"))
+    return rows
+
+
+def read_rows(processed: Storage, rows: ReusableRows) -> None:
+    """Read the last batch's reusable rows into ``rows``.
+
+    None are reused when it has none, or they cannot be read: then everything is read
+    again, and said so.
+
+    Raises
+    ------
+    StorageError
+        When a read fails for another reason than a missing object.
+    """
+    batch = rows.batch
+    if batch is None:
+        return
     patients_key, studies_key = f"{batch}/{PATIENT_ROWS}", f"{batch}/{STUDY_ROWS}"
-    if patients_key in existing:
+    if patients_key in rows.saved:
         table = _read_table(processed, patients_key, _PATIENT_SCHEMA)
         for item in table.to_pylist() if table is not None else ():
-            try:
-                rows.patients[item["pseudonym"]] = (
-                    item["key"],
-                    item["stamp"],
-                    json.loads(item["record"]),
-                )
-            except (TypeError, ValueError):
-                continue  # (read again)
-    if studies_key in existing:
+            if _is_json_object(item["record"]):
+                rows.patients[item["pseudonym"]] = (item["key"], item["stamp"], item["record"])
+    if studies_key in rows.saved:
         table = _read_table(processed, studies_key, _STUDY_SCHEMA)
         for item in table.to_pylist() if table is not None else ():
             slot = (item["group"], item["modality"], item["pseudonym"], item["study"])
-            try:
-                rows.studies[slot] = (item["key"], json.loads(item["row"]))
-            except (TypeError, ValueError):
-                continue
-    if f"{batch}/{INPUT_DIGEST}" in existing:
-        rows.inputs = _saved_digest(processed.read(f"{batch}/{INPUT_DIGEST}"))
+            if _is_json_object(item["row"]):
+                rows.studies[slot] = (item["key"], item["row"])
     logger.info(
         "the last batch (%s) holds %d patients' and %d studies' rows",
         batch,
         len(rows.patients),
         len(rows.studies),
     )
-    return rows
 
 
-def _saved_digest(data: bytes) -> str | None:
+def _is_json_object(text: str | None) -> bool:
+    """Whether a saved row is a JSON object (anything else is read again)."""
     try:
-        digest = json.loads(data.decode("utf-8")).get("digest")
-    except (UnicodeDecodeError, ValueError, AttributeError):
-        return None
-    return digest if isinstance(digest, str) else None
+        return isinstance(json.loads(text), dict) if text is not None else False
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
-def inputs_digest(view: DataprocessView, storage_sizes: dict[str, int], *others) -> str:
-    """Digest everything a batch is built from, but the time.
-
-    That is: the product's version, every clinical file as listed (patient, group, name,
-    date and stamp: a changed file changes it), the links and implausible times of the
-    clinical folders, the storage sizes, and ``others`` (the ``config.json`` and the loader
-    report the pages show, or why there is none), as JSON. The catalogue and the study rows
-    are not in it: a batch is the same as the last only when the catalogue stands as the last
-    batch's (`CatalogueScan.reused`), which says no study changed.
-
-    Parameters
-    ----------
-    view : DataprocessView
-        What the run read.
-    storage_sizes : dict
-        Storage prefix -> bytes (the storage table).
-    *others
-        Further inputs: dataclasses, JSON values.
-
-    Returns
-    -------
-    str
-        A SHA-256, in hex.
-    """
-    digest = hashlib.sha256()
-
-    def add(value) -> None:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = dataclasses.asdict(value)
-        digest.update(json.dumps(value, sort_keys=True, default=_plain).encode("utf-8"))
-        digest.update(b"\n")
-
-    add(["version", __version__])
-    clinical = view.clinical
-    for pseudonym in sorted(clinical.clinical_files):
-        for entry in clinical.clinical_files[pseudonym]:
-            add([pseudonym, entry.group, entry.name, str(entry.last_modified), entry.stamp])
-    add(["links", clinical.links, clinical.implausible_times])
-    add(["storage", storage_sizes])
-    for value in others:
-        add(value)
-    return digest.hexdigest()
+def saved_row(value: dict | str) -> dict:
+    """Return a saved row decoded (a row read now, a dict, as it is)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
-def _plain(value):
-    """Return a JSON stand-in for what `json` cannot write (sets in a stable order)."""
-    if isinstance(value, set | frozenset):
-        return sorted(map(str, value))
-    return str(value)
-
-
-def digest_file(digest: str) -> bytes:
-    """Return the content of the batch's `INPUT_DIGEST` file."""
-    return json.dumps({"digest": digest}).encode("utf-8")
+def _as_json(value: dict | str) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def reusable_row_files(
-    patients: list[tuple[str, str, int, dict]], studies: list[tuple[StudySlot, str, dict]]
+    patients: list[tuple[str, str, int, dict | str]],
+    studies: list[tuple[StudySlot, str, dict | str]],
 ) -> dict[str, bytes]:
     """Build the files of a batch's reusable rows (`PATIENT_ROWS`, `STUDY_ROWS`).
 
     From ``patients`` (pseudonym, key, stamp, flattened record) and ``studies`` (slot,
-    metadata key, fields).
+    metadata key, fields); a record or fields reused as the last batch saved them (JSON
+    text) are saved as they are.
     """
-    patient_table = pa.Table.from_pylist(
+    # column by column: no dict a row on top of the rows
+    patient_table = pa.table(
         [
-            {"pseudonym": p, "key": k, "stamp": s, "record": json.dumps(r, sort_keys=True)}
-            for p, k, s, r in patients
+            [p[0] for p in patients],
+            [p[1] for p in patients],
+            [p[2] for p in patients],
+            [_as_json(p[3]) for p in patients],
         ],
         schema=_PATIENT_SCHEMA,
     )
-    study_table = pa.Table.from_pylist(
+    study_table = pa.table(
         [
-            {
-                "group": slot[0],
-                "modality": slot[1],
-                "pseudonym": slot[2],
-                "study": slot[3],
-                "key": key,
-                "row": json.dumps(row, sort_keys=True),
-            }
-            for slot, key, row in studies
+            *([s[0][n] for s in studies] for n in range(4)),
+            [s[1] for s in studies],
+            [_as_json(s[2]) for s in studies],
         ],
         schema=_STUDY_SCHEMA,
     )
@@ -293,6 +262,13 @@ class DataprocessView:
         The local folder of the run's temporary files.
     filed : FiledImages or None
         A reconcile's listing of the whole warehouse side.
+    pages : PageSources
+        What the pages show besides the tables.
+    digest : str
+        The digest of what the batch is built from (`inputs.inputs_digest`).
+    unchanged : bool
+        Nothing changed since the last batch (the same digest, no catalogue part since): it
+        stands, no row is read nor built.
     """
 
     clinical: WarehouseIndex
@@ -300,13 +276,22 @@ class DataprocessView:
     reusable: ReusableRows
     workdir: str
     filed: FiledImages | None = None
+    pages: PageSources = field(default_factory=PageSources)
+    digest: str = ""
+    unchanged: bool = False
 
-    def study_files(self) -> Iterator[tuple[StudyFile, dict | None]]:
+    def storage_sizes(self) -> dict[str, int]:
+        """Return the bytes stored under each storage prefix (`tables.storage_by_prefix`)."""
+        return storage_by_prefix(self.stored_bytes())
+
+    def study_files(self) -> Iterator[tuple[StudyFile, str | None]]:
         """Yield each study folder's first metadata file and the fields read from it.
 
         By image folder in table order, group, patient and study; the fields are those read
-        last time, when they still hold (None otherwise).
+        last time, when they still hold (None otherwise). None when the last batch stands.
         """
+        if self.unchanged:
+            return
         order = {folder: index for index, folder in enumerate(IMAGE_FOLDERS)}
         studies = self.catalogue.studies
         for slot in sorted(studies, key=lambda s: (order.get(s[1], len(order)), s[0], s[2], s[3])):
@@ -339,13 +324,16 @@ def build_view(
     report: RunReport,
     *,
     reconcile: bool,
+    config: PipelineConfig | None = None,
 ) -> DataprocessView:
     """Look at what a dataprocess run reads its tables from.
 
-    List the clinical folders, read the last batch's reusable rows (not in a reconcile)
-    and merge the catalogue into a temporary file. A reconcile lists the whole warehouse side
-    too (compactly): the catalogue's rows of images no longer there are left out, and the
-    storage table is the listing's.
+    List the clinical folders, find the last batch (not in a reconcile), merge the catalogue
+    into a temporary file and read what the pages show (``config.json`` unless given as
+    ``config``, the loader's report). When nothing changed since the last batch, the view
+    says so (``unchanged``) and no row is read; otherwise the last batch's reusable rows are.
+    A reconcile lists the whole warehouse side too (compactly): the catalogue's rows of images
+    no longer there are left out, and the storage table is the listing's.
 
     Raises
     ------
@@ -356,7 +344,7 @@ def build_view(
     workdir = tempfile.mkdtemp(prefix="dataprocess-")
     try:
         clinical = index_warehouse(storage, workers, clinical_only=True)
-        reusable = ReusableRows() if reconcile else read_reusable_rows(processed, report)
+        reusable = ReusableRows() if reconcile else last_batch(processed)
         filed = list_filed_images(storage, workers) if reconcile else None
         counts = processed.read(reusable.counts_key) if reusable.counts_key else None
         catalogue = scan_catalogue(
@@ -368,6 +356,13 @@ def build_view(
             os.path.join(workdir, "catalogue.parquet"),
             filed=filed,
         )
+        view = DataprocessView(
+            clinical, catalogue, reusable, workdir, filed, read_page_sources(storage, config)
+        )
+        view.digest = inputs_digest(clinical, view.storage_sizes(), view.pages)
+        view.unchanged = catalogue.reused is not None and view.digest == reusable.inputs
+        if not view.unchanged:
+            read_rows(processed, reusable)
     except BaseException:
         remove_workdir(workdir)
         raise
@@ -378,7 +373,7 @@ def build_view(
             "images catalogued without their metadata file's size (not in the storage table)",
             catalogue.unsized_metadata,
         )
-    return DataprocessView(clinical, catalogue, reusable, workdir, filed)
+    return view
 
 
 def remove_workdir(workdir: str) -> None:
