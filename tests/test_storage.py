@@ -1285,5 +1285,5 @@ def test_an_expired_sso_session_says_to_log_in_again(monkeypatch):
 def test_aws_messages_are_quoted_on_one_line_and_bounded():
     problem = credentials_problem(_client_error("InvalidAccessKeyId", "a\nb\x1b[2J" + "x" * 500))
     assert "\n" not in problem and "\x1b" not in problem
-    assert "(InvalidAccessKeyId: a b [2J" in problem
+    assert "(InvalidAccessKeyId: a\\nb\\x1b[2J" in problem
     assert len(problem) < 500

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import sys
 
-from warehouse.storage.s3 import credentials_problem
+from warehouse.storage.s3 import aws_text, credentials_problem
 
 #: Exit code of a tool whose AWS credentials or region are missing or refused.
 EXIT_CREDENTIALS = 2
 #: Exit code of a tool that AWS answered with any other error.
 EXIT_AWS_ERROR = 1
+#: The most characters said of any other AWS error.
+MESSAGE_CHARS = 1_000
 
 
 def aws_error_exit(error: BaseException) -> int:
@@ -37,6 +39,5 @@ def aws_error_exit(error: BaseException) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_CREDENTIALS
-    text = " ".join(str(error).split())  # one line, whatever the service's message holds
-    print(f"error: {text}", file=sys.stderr)
+    print(f"error: {aws_text(error, MESSAGE_CHARS)}", file=sys.stderr)
     return EXIT_AWS_ERROR

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import re
 import shlex
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ from warehouse.core.errors import (
     StorageError,
     StoreUnavailable,
 )
+from warehouse.core.text import bounded, escape_controls
 from warehouse.storage.base import ObjectInfo, Storage
 
 #: CopyObject's limit; larger objects are copied with a multipart (UploadPartCopy) copy.
@@ -51,17 +51,29 @@ _CREDENTIALS_ADVICE = (
 _QUOTED_MESSAGE_CHARS = 200
 
 
-def _one_line(text: object, limit: int = _QUOTED_MESSAGE_CHARS) -> str:
-    """``text`` on one line (runs of white space and control characters as one space), cut to
-    ``limit`` characters."""
-    line = re.sub(r"[\s\x00-\x1f\x7f-\x9f]+", " ", str(text)).strip()
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+def aws_text(text: object, limit: int = _QUOTED_MESSAGE_CHARS) -> str:
+    """Quote what AWS or botocore says (an error, its message) on one line, bounded.
+
+    Parameters
+    ----------
+    text : object
+        The error, or its message.
+    limit : int
+        The most characters kept.
+
+    Returns
+    -------
+    str
+        Its text with control characters escaped (`warehouse.core.text.escape_controls`),
+        cut to ``limit`` characters.
+    """
+    return bounded(escape_controls(str(text).strip()), limit)
 
 
 def _profile_option() -> str:
     """`` --profile NAME`` when ``AWS_PROFILE`` names one (bounded, quoted for a shell), for the
     advice to run ``aws sso login``."""
-    profile = _one_line(os.environ.get("AWS_PROFILE", ""), 64)
+    profile = aws_text(os.environ.get("AWS_PROFILE", ""), 64)
     return f" --profile {shlex.quote(profile)}" if profile else ""
 
 
@@ -92,7 +104,7 @@ def credentials_problem(exc: BaseException) -> str | None:
     if isinstance(exc, aws.ClientError):
         error = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
         code = str(error.get("Code", ""))
-        quoted = _one_line(f"{code}: {error.get('Message') or ''}".rstrip(": "))
+        quoted = aws_text(f"{code}: {error.get('Message') or ''}".rstrip(": "))
         if code in EXPIRED_CREDENTIALS:
             return f"the AWS credentials have expired ({quoted}): {advice}, then try again"
         if code in REFUSED_CREDENTIALS:
@@ -105,7 +117,7 @@ def credentials_problem(exc: BaseException) -> str | None:
         )
     if isinstance(exc, aws.ProfileNotFound):
         return (
-            f"the AWS profile in AWS_PROFILE does not exist ({_one_line(exc)}): check the name "
+            f"the AWS profile in AWS_PROFILE does not exist ({aws_text(exc)}): check the name "
             "with `aws configure list-profiles`, or unset AWS_PROFILE"
         )
     if isinstance(exc, aws.NoCredentialsError):
@@ -115,7 +127,7 @@ def credentials_problem(exc: BaseException) -> str | None:
             "task's role provides them"
         )
     if isinstance(exc, aws.TokenRetrievalError | aws.SSOError):
-        return f"the AWS SSO session has expired or was never started ({_one_line(exc)}): {advice}"
+        return f"the AWS SSO session has expired or was never started ({aws_text(exc)}): {advice}"
     if isinstance(
         exc,
         aws.PartialCredentialsError
@@ -123,7 +135,7 @@ def credentials_problem(exc: BaseException) -> str | None:
         | aws.RefreshWithMFAUnsupportedError
         | aws.InvalidConfigError,
     ):
-        return f"the AWS credentials cannot be used ({_one_line(exc)}): {advice}"
+        return f"the AWS credentials cannot be used ({aws_text(exc)}): {advice}"
     return None
 
 
@@ -155,7 +167,7 @@ class S3Storage(Storage):
             #: itself when one is given).
             self.probe = probe or (client if client is not None else probe_client(self.client))
         except BotoCoreError as exc:  # such as an AWS_PROFILE that names no profile
-            problem = credentials_problem(exc) or _one_line(exc)
+            problem = credentials_problem(exc) or aws_text(exc)
             raise StoreUnavailable(f"cannot use bucket {bucket}: {problem}") from None
 
     def _error(self, exc: Exception, action: str, key: str = "") -> StorageError:
