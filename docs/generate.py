@@ -309,12 +309,24 @@ ENVIRONMENT: dict[str, str] = {
         "run lists the bucket"
     ),
     "RUN_SUMMARY_FILE": (
-        "also write the loader's run summary to this file (the `bin/` wrappers set it to a "
-        "temporary file unless it is set)"
+        "also write the run summary to this file (the `bin/` wrappers set it to a temporary "
+        "file unless it is set, and quote it in the notification)"
     ),
     "TOPIC_ARN": (
         "`bin/` wrappers (`python -m warehouse.task`): the SNS topic notified when a run "
-        "ends; unset or empty: no notification"
+        "ends, an SNS topic ARN (anything else: nothing runs, exit 2); unset or empty: no "
+        "notification ([operations.md](../operations.md#notifications))"
+    ),
+    "NOTIFY": (
+        "`bin/` wrappers: which runs notify `TOPIC_ARN`: `always` (every run, the default "
+        "when unset or empty), `problems` (a run that failed or has inputs not filed) or "
+        "`failures` (a run whose exit code is not 0), any case; anything else: nothing runs, "
+        "exit 2"
+    ),
+    "ECS_CONTAINER_METADATA_URI_V4": (
+        "set by ECS in every container (Fargate platform 1.4.0 and later): where the `bin/` "
+        "wrappers read the task and its log stream (task metadata endpoint v4, 2 s a "
+        "request, never failing the run) that the notification names; not set: none named"
     ),
     "XDG_CACHE_HOME": (
         "where the pages' JavaScript bundle is cached, under `warehouse-loader/` (default "
@@ -325,6 +337,10 @@ ENVIRONMENT: dict[str, str] = {
 #: Variables the package reads that are not settings of a run, and why.
 NOT_SETTINGS: dict[str, str] = {
     "PYTHONPATH": "the task runner passes it on to the graph's process, with the sources first",
+    "AWS_PROFILE": (
+        "boto3's; named in the advice to run `aws sso login --profile ...` when AWS refuses "
+        "the credentials"
+    ),
 }
 
 #: The `Settings` field each setting fills (its default is that field's).

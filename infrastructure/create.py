@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 
 import boto3
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
+from infrastructure.tools.aws_errors import aws_error_exit
 from warehouse import __version__
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "warehouse.yaml"
@@ -378,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 when the stack could not be created or updated.
+        0 on success, 1 when the stack could not be created or updated, 2 when the AWS
+        credentials or region are missing or refused (said in one line).
     """
     options = parse_args(argv)
     body = options.template.read_text(encoding="utf-8")
@@ -390,12 +392,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give the suffix with --suffix, not --parameter StackSuffix", file=sys.stderr)
         return 1
     name = options.stack_name or stack_name(options.suffix)
-    client = boto3.client("cloudformation", region_name=options.region)
     try:
+        client = boto3.client("cloudformation", region_name=options.region)
         stack = deploy(client, name, body, given, poll_seconds=options.poll_seconds)
-    except (RuntimeError, ValueError, ClientError) as error:
+    except (RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except (BotoCoreError, ClientError) as error:
+        return aws_error_exit(error)
     print(f"Stack {name}: {stack['StackStatus']}")
     print(format_outputs(stack))
     return 0

@@ -15,6 +15,7 @@ import pytest
 from moto import mock_aws
 
 from tests import builders
+from tests.aws_keys import keys_checked, no_credentials, use_key, user_key
 from warehouse.core.errors import (
     ExpectedError,
     ObjectNotFound,
@@ -26,7 +27,7 @@ from warehouse.core.errors import (
 from warehouse.storage import base as storage_module
 from warehouse.storage.base import ObjectInfo
 from warehouse.storage.local import LocalStorage
-from warehouse.storage.s3 import S3Storage
+from warehouse.storage.s3 import S3Storage, credentials_problem
 from warehouse.storage.url import location_from_url, storage_from_url
 from warehouse.storage.wrappers import DryRunStorage
 
@@ -1141,3 +1142,148 @@ def test_s3_conditional_requests_over_http(s3_bucket, monkeypatch):
     assert keys_of(store.list("locks/")) == []
     store.check_store()
     store.processed().check_store()
+
+
+# --------------------------------------------------------------------------------------------
+# credentials said as credentials (a moto server that checks every request's keys, as AWS does)
+
+
+def requests_of(store) -> Counter:
+    """Count the S3 operations ``store``'s probe makes from now on."""
+    return RequestCounter(store.probe).calls
+
+
+def test_a_key_aws_does_not_know_is_said_as_credentials_not_access_denied(s3_bucket):
+    store = S3Storage(s3_bucket, workers=2)
+    calls = requests_of(store)
+    with keys_checked(), pytest.raises(StoreUnavailable) as caught:
+        store.check_store()
+    message = str(caught.value)
+    assert message.startswith(f"cannot use bucket {s3_bucket}: AWS refused the credentials ")
+    assert "(InvalidAccessKeyId: " in message
+    assert "run `aws sso login`" in message
+    assert "access denied" not in message and "\n" not in message
+    # HeadBucket's 403 has no code: one listing of one key, only then, says which
+    assert calls == Counter({"HeadBucket": 1, "ListObjectsV2": 1})
+
+
+def test_a_wrong_secret_is_said_as_credentials(s3_bucket, s3_endpoint, monkeypatch, tmp_path):
+    key = user_key(s3_endpoint, "wrong-secret-user", ["s3:*"])
+    use_key(monkeypatch, {**key, "SecretAccessKey": "not-" + key["SecretAccessKey"]})
+    config = tmp_path / "aws-config"
+    config.write_text("[profile warehouse-ops]\nregion = eu-west-2\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "warehouse-ops")  # (the keys in the environment win)
+    store = S3Storage(s3_bucket, workers=2)
+    with keys_checked(), pytest.raises(StoreUnavailable) as caught:
+        store.check_store()
+    assert "AWS refused the credentials (SignatureDoesNotMatch: " in str(caught.value)
+    assert "`aws sso login --profile warehouse-ops`" in str(caught.value)
+
+
+def test_a_known_key_without_the_permission_is_access_denied(s3_bucket, s3_endpoint, monkeypatch):
+    use_key(monkeypatch, user_key(s3_endpoint, "no-rights-user"))
+    store = S3Storage(s3_bucket, workers=2)
+    calls = requests_of(store)
+    with keys_checked(), pytest.raises(StoreUnavailable) as caught:
+        store.check_store()
+    assert str(caught.value) == (
+        f"cannot use bucket {s3_bucket}: access denied (HeadBucket needs s3:ListBucket on it)"
+    )
+    assert calls == Counter({"HeadBucket": 1, "ListObjectsV2": 1})
+
+
+def test_a_key_with_the_permission_checks_the_store_in_one_request(
+    s3_bucket, s3_endpoint, monkeypatch
+):
+    # (AWS authorises HeadBucket as s3:ListBucket; moto asks for an "s3:HeadBucket" of its own)
+    use_key(monkeypatch, user_key(s3_endpoint, "reader-user", ["s3:ListBucket", "s3:HeadBucket"]))
+    store = S3Storage(s3_bucket, workers=2)
+    calls = requests_of(store)
+    with keys_checked():
+        store.check_store()
+    assert calls == Counter({"HeadBucket": 1})
+
+
+def test_a_read_with_refused_credentials_names_the_key_and_the_credentials(s3_bucket):
+    store = S3Storage(s3_bucket, workers=2)
+    store.write("raw-a/2021-01-01/data/x_data.json", b"{}")
+    with keys_checked(), pytest.raises(StorageError) as caught:
+        store.read("raw-a/2021-01-01/data/x_data.json")
+    assert str(caught.value).startswith(
+        f"cannot read s3://{s3_bucket}/raw-a/2021-01-01/data/x_data.json: "
+        "AWS refused the credentials (InvalidAccessKeyId: "
+    )
+
+
+def test_no_credentials_anywhere_is_said_in_one_line(s3_bucket, monkeypatch):
+    no_credentials(monkeypatch)
+    with pytest.raises(StoreUnavailable) as caught:
+        S3Storage(s3_bucket, workers=2).check_store()
+    assert str(caught.value) == (
+        f"cannot use s3://{s3_bucket}: no AWS credentials were found: set AWS_PROFILE (and run "
+        "`aws sso login` for an SSO profile) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
+        "on ECS and AWS Batch the task's role provides them"
+    )
+
+
+def test_a_profile_that_does_not_exist_is_said_before_any_request(monkeypatch):
+    no_credentials(monkeypatch)
+    monkeypatch.setenv("AWS_PROFILE", "typo")
+    with pytest.raises(StoreUnavailable) as caught:
+        storage_from_url("s3://warehouse-test")
+    assert str(caught.value).startswith(
+        "cannot use bucket warehouse-test: the AWS profile in AWS_PROFILE does not exist "
+        "(The config profile (typo) could not be found): "
+    )
+
+
+def _client_error(code: str, message: str = "m") -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": message}}, "AnyOperation")
+
+
+@pytest.mark.parametrize(
+    ("code", "start"),
+    [
+        ("ExpiredToken", "the AWS credentials have expired (ExpiredToken: m): "),
+        ("ExpiredTokenException", "the AWS credentials have expired (ExpiredTokenException: m): "),
+        ("InvalidClientTokenId", "AWS refused the credentials (InvalidClientTokenId: m): "),
+        (
+            "UnrecognizedClientException",
+            "AWS refused the credentials (UnrecognizedClientException: m): ",
+        ),
+        ("InvalidToken", "AWS refused the credentials (InvalidToken: m): "),
+    ],
+)
+def test_refused_and_expired_codes_of_every_service_are_credentials(code, start):
+    problem = credentials_problem(_client_error(code))
+    assert problem.startswith(start)
+    assert problem.endswith("run `aws sso login`") or problem.endswith("then try again")
+
+
+@pytest.mark.parametrize(
+    "code", ["AccessDenied", "AccessDeniedException", "403", "NoSuchBucket", "SlowDown", ""]
+)
+def test_other_errors_are_not_credentials(code):
+    assert credentials_problem(_client_error(code)) is None
+    assert credentials_problem(ValueError("InvalidAccessKeyId")) is None
+
+
+def test_an_expired_sso_session_says_to_log_in_again(monkeypatch):
+    from botocore.exceptions import TokenRetrievalError, UnauthorizedSSOTokenError
+
+    monkeypatch.setenv("AWS_PROFILE", "ops; rm -rf /")
+    expired = TokenRetrievalError(provider="sso", error_msg="Token has expired and refresh failed")
+    problem = credentials_problem(expired)
+    assert problem.startswith("the AWS SSO session has expired or was never started (")
+    assert problem.endswith("run `aws sso login --profile 'ops; rm -rf /'`")  # quoted for a shell
+    assert credentials_problem(UnauthorizedSSOTokenError()).startswith("the AWS SSO session")
+
+
+def test_aws_messages_are_quoted_on_one_line_and_bounded():
+    problem = credentials_problem(_client_error("InvalidAccessKeyId", "a\nb\x1b[2J" + "x" * 500))
+    assert "\n" not in problem and "\x1b" not in problem
+    assert "(InvalidAccessKeyId: a\\nb\\x1b[2J" in problem
+    assert len(problem) < 500

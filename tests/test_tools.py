@@ -16,6 +16,7 @@ import pytest
 from moto import mock_aws
 
 from infrastructure.tools import batchdelete, get_inventory, get_logs
+from tests.aws_keys import keys_checked, no_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "infrastructure" / "tools"
@@ -325,3 +326,140 @@ def test_batchdelete_missing_bucket_is_an_error(aws, tmp_path, capsys):
 def test_batchdelete_rejects_oversized_batches():
     with pytest.raises(SystemExit):
         batchdelete.parse_args(["--bucket", BUCKET, "keys.txt", "--batch-size", "1001"])
+
+
+# ------------------------------------------------------------------ credentials and region
+# Every operator tool says a missing region, missing or refused credentials in one line (exit 2),
+# never with a traceback; any other AWS error is one line too (exit 1).
+
+#: Each tool, run as an operator runs it, with arguments that make it call AWS at once.
+TOOL_RUNS = {
+    "create.py": [
+        str(ROOT / "infrastructure" / "create.py"),
+        "--suffix",
+        "dev",
+        "-p",
+        "ImageTag=v1",
+    ],
+    "get_logs.py": [str(TOOLS / "get_logs.py"), "--suffix", "dev", "--latest"],
+    "get_inventory.py": [str(TOOLS / "get_inventory.py"), "--bucket", BUCKET],
+    "batchdelete.py": [str(TOOLS / "batchdelete.py"), "--bucket", BUCKET, "keys.txt"],
+    "sharded_run.py": [str(TOOLS / "sharded_run.py"), "--suffix", "dev", "--shards", "2"],
+}
+#: The tools whose service is regional: with no region, boto3 cannot even build their client
+#: (S3's tools can: S3 answers in any region, so there the credentials are missing first).
+REGIONAL = ("create.py", "get_logs.py", "sharded_run.py")
+
+
+def run_tool(name: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run a tool as an operator does, in a folder with a ``keys.txt``.
+
+    A separate process, with the environment as the test left it.
+    """
+    (tmp_path / "keys.txt").write_text("training/a.json\n")
+    return subprocess.run(
+        [sys.executable, *TOOL_RUNS[name]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
+def said_in_one_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a tool wrote on stderr (and that it wrote nothing else there)."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_RUNS))
+def test_no_credentials_and_no_region_is_one_line_exit_2(name, tmp_path, monkeypatch):
+    no_credentials(monkeypatch, region=False)
+    result = run_tool(name, tmp_path)
+    line = said_in_one_line(result)
+    assert result.returncode == 2
+    if name in REGIONAL:
+        assert line == (
+            "error: no AWS region is configured: set AWS_REGION (or AWS_DEFAULT_REGION), put a "
+            "region in the AWS profile, or give the command's --region"
+        )
+    else:
+        assert line.startswith("error: no AWS credentials were found: set AWS_PROFILE ")
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_RUNS))
+def test_no_credentials_is_one_line_exit_2(name, tmp_path, monkeypatch):
+    no_credentials(monkeypatch)
+    result = run_tool(name, tmp_path)
+    assert said_in_one_line(result).startswith("error: no AWS credentials were found: ")
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_RUNS))
+def test_a_profile_that_does_not_exist_is_one_line_exit_2(name, tmp_path, monkeypatch):
+    no_credentials(monkeypatch)
+    monkeypatch.setenv("AWS_PROFILE", "prod-typo")
+    result = run_tool(name, tmp_path)
+    assert said_in_one_line(result).startswith(
+        "error: the AWS profile in AWS_PROFILE does not exist (The config profile (prod-typo) "
+    )
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("create.py", "InvalidClientTokenId"),  # CloudFormation, a query API
+        ("get_inventory.py", "InvalidAccessKeyId"),  # S3
+        ("batchdelete.py", "InvalidAccessKeyId"),
+    ],
+)
+def test_a_key_aws_refuses_is_one_line_exit_2(name, code, tmp_path, s3_endpoint):
+    # (a moto server that checks keys: the test's fake key is one it does not know)
+    with keys_checked():
+        result = run_tool(name, tmp_path)
+    line = said_in_one_line(result)
+    assert line.startswith(f"error: AWS refused the credentials ({code}: ")
+    assert line.endswith("and, for an SSO profile, run `aws sso login`")
+    assert result.returncode == 2
+
+
+def test_an_expired_session_is_one_line_exit_2_for_the_json_services(monkeypatch, capsys):
+    """CloudWatch Logs and Batch answer bad credentials with codes of their own.
+
+    Moto's server answers them in the query APIs' XML, so their answer is stubbed here.
+    """
+    from botocore.stub import Stubber
+
+    from infrastructure.tools import sharded_run
+
+    def stubbed(service, method, code):
+        def make(*_args, **kwargs):
+            client = boto3.session.Session().client(service, region_name=REGION)
+            stubber = Stubber(client)
+            stubber.add_client_error(method, code, "The security token is expired", 400)
+            stubber.activate()
+            return client
+
+        return make
+
+    expired = stubbed("logs", "describe_log_streams", "ExpiredTokenException")
+    monkeypatch.setattr(get_logs.boto3, "client", expired)
+    assert get_logs.main(["--suffix", "dev", "--latest"]) == 2
+    refused = stubbed("batch", "submit_job", "UnrecognizedClientException")
+    monkeypatch.setattr(sharded_run.boto3, "client", refused)
+    assert sharded_run.main(["--suffix", "dev", "--shards", "2"]) == 2
+    expired, refused = capsys.readouterr().err.splitlines()
+    assert expired.startswith("error: the AWS credentials have expired (ExpiredTokenException: ")
+    assert refused.startswith("error: AWS refused the credentials (UnrecognizedClientException: ")
+
+
+def test_other_aws_errors_stay_exit_1_in_one_line(tmp_path, monkeypatch):
+    # an endpoint that cannot be reached: a BotoCoreError, which used to be a traceback
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    result = run_tool("get_inventory.py", tmp_path)
+    assert said_in_one_line(result).startswith("error: Could not connect to the endpoint URL: ")
+    assert result.returncode == 1

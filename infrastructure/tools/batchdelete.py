@@ -19,8 +19,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from infrastructure.tools.aws_errors import aws_error_exit
 from warehouse import __version__
 
 MAX_BATCH = 1000  # the DeleteObjects limit
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 when every key was deleted (or on a dry run), 1 when S3 refused a key or a request.
+        0 when every key was deleted (or on a dry run), 1 when S3 refused a key or a request,
+        2 when the AWS credentials or region are missing or refused (said in one line).
     """
     options = parse_args(argv)
     if options.keys_file == "-":
@@ -165,14 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with Path(options.keys_file).open(encoding="utf-8") as lines:
             keys = read_keys(lines)
-    client = None if options.dry_run else boto3.client("s3", region_name=options.region)
     try:
+        client = None if options.dry_run else boto3.client("s3", region_name=options.region)
         deleted, errors = delete_keys(
             client, options.bucket, keys, batch_size=options.batch_size, dry_run=options.dry_run
         )
-    except ClientError as error:  # the whole request refused (no bucket, no permission)
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (BotoCoreError, ClientError) as error:  # the whole request refused, or never sent
+        return aws_error_exit(error)
     for item in errors:
         print(
             f"error: {item.get('Key')}: {item.get('Code')} {item.get('Message', '')}".rstrip(),

@@ -34,8 +34,9 @@ from pathlib import Path
 from urllib.parse import unquote_plus
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from infrastructure.tools.aws_errors import aws_error_exit
 from warehouse import __version__
 
 CONFIG_ID = "daily-full-inventory"
@@ -233,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 when there is no inventory or it cannot be read (the error is printed).
+        0 on success, 1 when there is no inventory or it cannot be read, 2 when the AWS
+        credentials or region are missing or refused (the error is printed, in one line).
     """
     options = parse_args(argv)
-    client = boto3.client("s3", region_name=options.region)
     try:
+        client = boto3.client("s3", region_name=options.region)
         if options.output is None:
             manifest_key, count = download_inventory(
                 client, options.bucket, sys.stdout, options.inventory_bucket, options.config_id
@@ -247,9 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                 manifest_key, count = download_inventory(
                     client, options.bucket, out, options.inventory_bucket, options.config_id
                 )
-    except (LookupError, ValueError, ClientError) as error:
+    except (LookupError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except (BotoCoreError, ClientError) as error:
+        return aws_error_exit(error)
     print(f"{count} objects from {manifest_key}", file=sys.stderr)
     return 0
 

@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from infrastructure.tools.aws_errors import aws_error_exit
 from warehouse import __version__
 
 
@@ -208,17 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 when the group or stream was not found or AWS refused (printed).
+        0 on success, 1 when the group or stream was not found or AWS refused the request,
+        2 when the AWS credentials or region are missing or refused (one line, printed).
     """
     options = parse_args(argv)
     group = options.log_group or log_group_name(options.suffix)
-    client = boto3.client("logs", region_name=options.region)
     try:
+        client = boto3.client("logs", region_name=options.region)
         stream = options.log_stream or latest_stream(client, group, options.prefix)
         events = fetch_events(client, group, stream, options.page_size)
-    except (LookupError, ClientError) as error:
+    except LookupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except (BotoCoreError, ClientError) as error:
+        return aws_error_exit(error)
     output = options.output or default_output(stream)
     document = {"logGroupName": group, "logStreamName": stream, "events": events}
     output.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

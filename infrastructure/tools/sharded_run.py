@@ -34,6 +34,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from infrastructure.tools.aws_errors import aws_error_exit
 from warehouse import __version__
 
 #: The largest array job AWS Batch runs.
@@ -210,12 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 when every job succeeded (or was submitted, with ``--no-wait``), 1 otherwise.
+        0 when every job succeeded (or was submitted, with ``--no-wait``), 2 when the AWS
+        credentials or region are missing or refused (said in one line), 1 otherwise.
     """
     options = parse_args(argv)
-    client = boto3.client("batch", region_name=options.region)
     run_id = options.run_id or new_run_id()
     try:
+        client = boto3.client("batch", region_name=options.region)
         clinical_id, shards_id = submit_run(client, options.suffix, options.shards, run_id)
         print(
             f"run {run_id}: clinical phase job {clinical_id}, then {options.shards} shard(s) "
@@ -233,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             say=lambda line: print(line, flush=True),
         )
     except (ClientError, BotoCoreError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return aws_error_exit(error)
     parts = f"reports/warehouseloader/runs/{run_id}/"
     if ok:
         print(

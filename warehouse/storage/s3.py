@@ -1,8 +1,12 @@
-"""An S3 bucket (or any S3-compatible endpoint) through one thread-safe boto3 client."""
+"""An S3 bucket (or any S3-compatible endpoint) through one thread-safe boto3 client, and what
+an AWS error says about the credentials (`credentials_problem`: the graphs, the task runner and
+the operator tools say it the same way)."""
 
 from __future__ import annotations
 
 import builtins
+import os
+import shlex
 from collections.abc import Iterator
 
 from warehouse.core.errors import (
@@ -11,12 +15,128 @@ from warehouse.core.errors import (
     StorageError,
     StoreUnavailable,
 )
+from warehouse.core.text import bounded, escape_controls
 from warehouse.storage.base import ObjectInfo, Storage
 
 #: CopyObject's limit; larger objects are copied with a multipart (UploadPartCopy) copy.
 S3_COPY_LIMIT = 5 * 1024**3
 #: Where the CloudFormation template is, for messages about a missing bucket.
 _TEMPLATE = "infrastructure/templates/warehouse.yaml"
+
+#: Error codes with which AWS refuses the credentials of a request (not its permissions): a key
+#: that does not exist (deleted, mistyped, of another account or partition), a secret that does
+#: not match it, a session token that is not valid. S3 says ``InvalidAccessKeyId``,
+#: ``SignatureDoesNotMatch`` and ``InvalidToken``; query APIs (STS, SNS, CloudFormation)
+#: ``InvalidClientTokenId``; JSON APIs (CloudWatch Logs, Batch, ECS)
+#: ``UnrecognizedClientException``; EC2 ``AuthFailure``.
+REFUSED_CREDENTIALS = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "AuthFailure",
+    }
+)
+#: Error codes of credentials that were valid and have expired (a session token, an SSO role's
+#: credentials).
+EXPIRED_CREDENTIALS = frozenset({"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"})
+#: What to do about refused or expired credentials, said after each such message.
+_CREDENTIALS_ADVICE = (
+    "check AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and, for an SSO "
+    "profile, run `aws sso login{profile}`"
+)
+#: The longest AWS message quoted in a credentials problem.
+_QUOTED_MESSAGE_CHARS = 200
+
+
+def aws_text(text: object, limit: int = _QUOTED_MESSAGE_CHARS) -> str:
+    """Quote what AWS or botocore says (an error, its message) on one line, bounded.
+
+    Parameters
+    ----------
+    text : object
+        The error, or its message.
+    limit : int
+        The most characters kept.
+
+    Returns
+    -------
+    str
+        Its text with control characters escaped (`warehouse.core.text.escape_controls`),
+        cut to ``limit`` characters.
+    """
+    return bounded(escape_controls(str(text).strip()), limit)
+
+
+def _profile_option() -> str:
+    """`` --profile NAME`` when ``AWS_PROFILE`` names one (bounded, quoted for a shell), for the
+    advice to run ``aws sso login``."""
+    profile = aws_text(os.environ.get("AWS_PROFILE", ""), 64)
+    return f" --profile {shlex.quote(profile)}" if profile else ""
+
+
+def credentials_problem(exc: BaseException) -> str | None:
+    """Say in one line what is wrong with the AWS credentials or region behind ``exc``, and what
+    to do; None when ``exc`` is about something else (a permission, a missing bucket, ...).
+
+    The one place that tells credentials from permissions: the S3 store, the task runner's
+    notification and every operator tool ask it, so an invalid or expired key is never reported
+    as "access denied" (which sends the operator to IAM instead of to ``aws sso login``).
+
+    Parameters
+    ----------
+    exc : BaseException
+        Anything a boto3 call raised: a ``botocore.exceptions.ClientError`` (the service
+        answered; its error code decides) or a ``BotoCoreError`` raised before any request
+        (no credentials, no region, an unknown profile, an SSO session that has expired).
+
+    Returns
+    -------
+    str or None
+        For example ``AWS refused the credentials (InvalidAccessKeyId: The AWS Access Key Id
+        you provided does not exist in our records.): check AWS_PROFILE ...``.
+    """
+    from botocore import exceptions as aws
+
+    advice = _CREDENTIALS_ADVICE.format(profile=_profile_option())
+    if isinstance(exc, aws.ClientError):
+        error = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
+        code = str(error.get("Code", ""))
+        quoted = aws_text(f"{code}: {error.get('Message') or ''}".rstrip(": "))
+        if code in EXPIRED_CREDENTIALS:
+            return f"the AWS credentials have expired ({quoted}): {advice}, then try again"
+        if code in REFUSED_CREDENTIALS:
+            return f"AWS refused the credentials ({quoted}): {advice}"
+        return None
+    if isinstance(exc, aws.NoRegionError):
+        return (
+            "no AWS region is configured: set AWS_REGION (or AWS_DEFAULT_REGION), put a region "
+            "in the AWS profile, or give the command's --region"
+        )
+    if isinstance(exc, aws.ProfileNotFound):
+        return (
+            f"the AWS profile in AWS_PROFILE does not exist ({aws_text(exc)}): check the name "
+            "with `aws configure list-profiles`, or unset AWS_PROFILE"
+        )
+    if isinstance(exc, aws.NoCredentialsError):
+        return (
+            "no AWS credentials were found: set AWS_PROFILE (and run `aws sso login` for an SSO "
+            "profile) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; on ECS and AWS Batch the "
+            "task's role provides them"
+        )
+    if isinstance(exc, aws.TokenRetrievalError | aws.SSOError):
+        return f"the AWS SSO session has expired or was never started ({aws_text(exc)}): {advice}"
+    if isinstance(
+        exc,
+        aws.PartialCredentialsError
+        | aws.CredentialRetrievalError
+        | aws.RefreshWithMFAUnsupportedError
+        | aws.InvalidConfigError,
+    ):
+        return f"the AWS credentials cannot be used ({aws_text(exc)}): {advice}"
+    return None
 
 
 class S3Storage(Storage):
@@ -39,15 +159,24 @@ class S3Storage(Storage):
         self.url = f"s3://{bucket}"
         self.workers = workers
         self.copy_limit = copy_limit
-        self.client = client or make_s3_client(workers)
-        #: The client of `check_store`: short timeouts, one attempt (the given client itself
-        #: when one is given).
-        self.probe = probe or (client if client is not None else probe_client(self.client))
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            self.client = client or make_s3_client(workers)
+            #: The client of `check_store`: short timeouts, one attempt (the given client
+            #: itself when one is given).
+            self.probe = probe or (client if client is not None else probe_client(self.client))
+        except BotoCoreError as exc:  # such as an AWS_PROFILE that names no profile
+            problem = credentials_problem(exc) or aws_text(exc)
+            raise StoreUnavailable(f"cannot use bucket {bucket}: {problem}") from None
 
     def _error(self, exc: Exception, action: str, key: str = "") -> StorageError:
         from botocore.exceptions import ClientError
 
         where = f"{self.url}/{key}" if key else self.url
+        problem = credentials_problem(exc)
+        if problem is not None:
+            return StorageError(f"cannot {action} {where}: {problem}")
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
@@ -159,7 +288,11 @@ class S3Storage(Storage):
 
     def check_store(self) -> None:
         """One HeadBucket through a client with short timeouts and no retries, so that an
-        endpoint that cannot be reached is said within seconds, not after the SDK's retries."""
+        endpoint that cannot be reached is said within seconds, not after the SDK's retries.
+
+        A HeadBucket error has no body, so S3's 403 (or 400) does not say whether the
+        credentials or the permissions were refused: only then, one ListObjectsV2 of one key
+        (`_refusal`), whose error does, tells which."""
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -183,6 +316,11 @@ class S3Storage(Storage):
                     f"`aws s3 mb s3://{self.bucket}` (the CloudFormation template {_TEMPLATE} "
                     "makes the warehouse bucket and its -processed bucket)"
                 ) from None
+            problem = credentials_problem(exc)
+            if problem is None and code in ("400", "403"):  # a HEAD's error has no code
+                problem = self._refusal()
+            if problem is not None:
+                raise StoreUnavailable(f"cannot use bucket {self.bucket}: {problem}") from None
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise StoreUnavailable(
                     f"cannot use bucket {self.bucket}: access denied (HeadBucket needs "
@@ -191,6 +329,18 @@ class S3Storage(Storage):
             raise StoreUnavailable(str(self._error(exc, "use", ""))) from None
         except BotoCoreError as exc:
             raise StoreUnavailable(str(self._error(exc, "use", ""))) from None
+
+    def _refusal(self) -> str | None:
+        """Why S3 refused a HeadBucket, when the credentials are the reason: one
+        ListObjectsV2 of at most one key, whose error body carries the code (None when it
+        does not say the credentials, or succeeds)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.probe.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            return credentials_problem(exc)
+        return None
 
     # -- conditional operations (the run lease)
 
