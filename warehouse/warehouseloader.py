@@ -127,7 +127,7 @@ def process_dicom_data(task: Task, state: LoaderState):
 
 
 @use("storage", "state")
-@pools.pooled
+@pools.pooled_writes
 def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
     """Write metadata files."""
     if task.action == "write":
@@ -137,7 +137,7 @@ def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
 
 @use("storage", "state")
 @pools.bounded_input(TASKS_IN_QUEUE)
-@pools.pooled
+@pools.pooled_writes
 def data_copy(pool, task: Task, storage: Storage, state: LoaderState):
     """Copy clinical files and images into the warehouse (server-side on S3)."""
     if task.action == "copy":

@@ -21,12 +21,14 @@ from warehouse.core.clinical import (
 )
 from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, PipelineConfig, nfc
 from warehouse.core.errors import ExpectedError, StorageError
+from warehouse.core.keys import raw_prefix_of
 from warehouse.core.lease import RunLease, release_run_lease
 from warehouse.core.patients import (
     PatientGroups,
 )
 from warehouse.core.reasons import Reason
 from warehouse.core.run import ByteBudget, RunState, loaded
+from warehouse.core.stop import NOT_REACHED
 from warehouse.listing.folders import FolderState, save_state, window_days
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.feedback import publish_feedback
@@ -240,8 +242,10 @@ class LoaderState(RunState):
         self.count_lease_requests()
         images = loaded(self.catalogue, "the run's image catalogue")
         catalogue = images.publish(storage, self.settings) if report.listed else ""
-        if report.listed and not self.settings.dry_run and self.part is None:
-            self.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
+        if report.describes_all_inputs and not self.settings.dry_run and self.part is None:
+            # (a sharded run's, once all its parts are done; a stopped run's feedback would
+            # tell the sites that what it did not reach is resolved)
+            self.publish_feedback(storage)
             self.save_folder_state(storage)
         summary = report.summary() + catalogue
         if self.settings.dry_run:
@@ -277,6 +281,12 @@ class LoaderState(RunState):
         self.release_lease()
         super().close()
 
+    def give_back_at_once(self) -> None:
+        """The lease of a run ended at once (a part of a sharded run leaves its run's lease to
+        the process that took it)."""
+        if self.lease is not None and self.part is None:
+            self.lease.release()
+
     def progress_line(self) -> str | None:
         """The status lines' progress line (see `Progress.line`)."""
         return self.progress.line()
@@ -285,6 +295,12 @@ class LoaderState(RunState):
         if isinstance(item, Task):
             self.progress.finished(item.action)
         return super().item_failed(item, exc)
+
+    def not_reached(self, item: object) -> list:
+        """Count an input the stopped run did not start, by its raw prefix."""
+        prefix = raw_prefix_of(item.key) if isinstance(item, Task) else None
+        self.report.count(NOT_REACHED, prefix=prefix)
+        return []
 
     def skip_extras(self, item: object, reason: Reason) -> dict:
         """A raw input that failed is reported with its listing stamp, so the next run knows
@@ -388,7 +404,7 @@ def part_report(state: LoaderState, handoff: Handoff | None = None) -> dict:
     data: dict = report.as_dict()
     data["phase"] = part.phase
     data["shard"] = list(part.shard) if part.shard else None
-    data["listed"] = report.listed
+    data["listed"] = report.describes_all_inputs  # (a stopped part leaves inputs unstarted)
     if handoff is not None:
         data["handoff"] = handoff.as_dict()
         folders = state.folder_state()
@@ -415,7 +431,7 @@ def end_part(storage: Storage, state: LoaderState, graph: str) -> str:
     lines = ""
     try:
         handoff = None
-        if part.phase == CLINICAL_PHASE and report.listed and report.fatal is None:
+        if part.phase == CLINICAL_PHASE and report.describes_all_inputs and report.fatal is None:
             handoff = write_handoff_files(storage, state, graph)
         data = part_report(state, handoff)
         storage.write(key, json.dumps(data, indent=2).encode("utf-8"))
