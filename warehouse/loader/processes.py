@@ -46,7 +46,7 @@ from warehouse.core.config import (
     settings_from_env,
 )
 from warehouse.core.errors import ExpectedError
-from warehouse.core.lease import RunLease
+from warehouse.core.lease import graph_lease
 from warehouse.core.report import RunReport
 from warehouse.loader import parts as runs
 from warehouse.loader.shards import RunPart
@@ -168,7 +168,7 @@ def run_processes(settings: Settings) -> int:
     try:
         storage = storage_from_url(settings.bucket, workers=settings.workers)
         storage.check_store()
-        lease = RunLease(storage, run_id)
+        lease = graph_lease(GRAPH_NAME, storage, run_id)
         lease.acquire()
     except ExpectedError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

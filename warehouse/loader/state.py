@@ -22,7 +22,7 @@ from warehouse.core.clinical import (
 from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, PipelineConfig, nfc
 from warehouse.core.errors import ExpectedError, StorageError
 from warehouse.core.keys import raw_prefix_of
-from warehouse.core.lease import RunLease, release_run_lease
+from warehouse.core.lease import RunLease, graph_lease, release_run_lease
 from warehouse.core.patients import (
     PatientGroups,
 )
@@ -181,8 +181,11 @@ class LoaderState(RunState):
         """
         if self.part is not None and self.part.shard is not None:
             self.handoff = load_handoff(storage, self.settings, self.report.graph)
-        lease = RunLease(
-            storage, self.report.run_id, on_lost=lambda exc: self.report.fail(str(exc))
+        lease = graph_lease(
+            self.report.graph,
+            storage,
+            self.report.run_id,
+            on_lost=lambda exc: self.report.fail(str(exc)),
         )
         if self.settings.shard is not None:
             lease.join()
