@@ -124,6 +124,10 @@ class LoaderState(RunState):
     #: ``(raw prefix, pseudonym)`` whose records this run (or a recent one) refused as
     #: claimed by another centre: images under that prefix for that patient are refused too.
     refused_claims: set[tuple[str, str]] = field(default_factory=set)
+    #: ``(raw prefix, pseudonym) -> (centre, clinical key)`` of the clinical files this run (or
+    #: a recent one) refused as "site not in config": that prefix's images of the patient are
+    #: refused for the same reason (`decisions.unconfigured_site`).
+    unconfigured: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     filed_centres: FiledCentres | None = None
     progress: Progress = field(default_factory=Progress)
     clinical_budget: ByteBudget = field(
@@ -392,6 +396,10 @@ def handoff_of(state: LoaderState) -> Handoff:
         groups=groups,
         new_patients=sorted(state.new_patients),
         refused_claims=[list(pair) for pair in state.refused_claims],
+        unconfigured=[
+            [prefix, pseudonym, centre, key]
+            for (prefix, pseudonym), (centre, key) in state.unconfigured.items()
+        ],
         bound_centres=dict(state.bound_centres),
         filed_centres=state.filed_centres.known() if state.filed_centres else {},
     )
