@@ -188,7 +188,8 @@ def command_parser():
         "catalogue images.parquet, the public statistics files and two pages (dashboard.html, "
         "public.html), then latest.csv naming them. A run reads only what changed since the "
         "last batch: the clinical folders are listed, images come from the catalogue.",
-        """  DRY_RUN            true/false: read and build everything, write nothing (default false)
+        """  <bucket>-processed  where the tables go: it must exist too (only dataprocess needs it)
+  DRY_RUN            true/false: read and build everything, write nothing (default false)
   WAREHOUSE_RECONCILE true/false: reuse nothing from the last batch; merge every catalogue part
                      and read every clinical and metadata file again (default false)
 
@@ -196,8 +197,8 @@ exit codes: 0 tables written, or nothing changed since the last batch (unusable 
   reported, not failures); 1 some reads or writes failed (rerun): no batch published, or its
   run report not written (the summary says which); 2 bad settings, a missing store or
   processed store, config.json missing or invalid; 3 a loader run (or another dataprocess run)
-  holds the warehouse (the run lease); 70 the graph could not run; 130/143 stopped by SIGINT/
-  SIGTERM: no batch published""",
+  holds the warehouse (the run lease); 70 the graph could not run;
+  130/143 stopped by SIGINT/SIGTERM: no batch published""",
     )
 
 

@@ -22,7 +22,7 @@ from warehouse.core.config import Settings
 from warehouse.core.reasons import Reason, problem_of
 from warehouse.core.report import RunReport, publish_report
 from warehouse.core.stop import NOT_REACHED, RUN_STOP, RunStop
-from warehouse.core.text import escape_lines
+from warehouse.core.text import escape_controls, escape_lines
 
 if TYPE_CHECKING:
     from warehouse.storage.base import Storage
@@ -237,7 +237,10 @@ def end_run(state: RunState, storage: Storage, unexpected_errors: int = 0) -> in
         report.fail(f"{unexpected_errors} unexpected error(s) in the nodes; see the log above")
     summary = state.conclude(storage)
     if state.publishes_report():
+        fatal = report.fatal
         summary += publish_report(storage, report, state.settings.dry_run)
+        if report.fatal != fatal:  # (the report could not be written: the summary says so)
+            summary += f"\n  run could not complete: {escape_controls(report.fatal or '')}"
     state.close()
     return _finish(state, summary)
 

@@ -88,7 +88,7 @@ def run(
 #: The environment every graph reads (each command adds its own lines).
 ENVIRONMENT_HELP = """environment:
   WAREHOUSE_BUCKET   bucket name, s3://name, or file:///path (BUCKET_NAME accepted too);
-                     it and <bucket>-processed must exist
+                     it must exist
   WAREHOUSE_WORKERS  storage requests in flight at once (default 32)
   WAREHOUSE_PROGRESS_SECONDS  status line period when output is not a terminal (default 10)
   WAREHOUSE_LOG_FORMAT  text (default) or json: one JSON object per line
