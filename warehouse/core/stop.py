@@ -58,7 +58,8 @@ class RunStop:
     def __init__(self, grace: float = STOP_GRACE_SECONDS, clock: Callable[[], float] | None = None):
         self.grace = grace
         self._clock = clock or time.monotonic
-        self._lock = threading.Lock()
+        # (reentrant: a signal handler runs in the main thread, perhaps while it holds the lock)
+        self._lock = threading.RLock()
         self.reset()
 
     def reset(self) -> None:
@@ -72,6 +73,7 @@ class RunStop:
             self.ending_at_once = False
             self._ended = threading.Event()
             self._closing = threading.Event()
+            self._stopping = threading.Event()
 
     def request(self, signum: int) -> int:
         """Record a stop signal; return how many this run has received (1 for the first).
@@ -82,12 +84,17 @@ class RunStop:
             self._signals += 1
             if self._signals == 1 and not self._closed:
                 self._signal, self._at = signum, self._clock()
+                self._stopping.set()
             return self._signals
 
     @property
     def requested(self) -> bool:
         """Whether the run was told to stop before it began to end."""
         return self._signal is not None
+
+    def wait_requested(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for the run to be told to stop: whether it was."""
+        return self._stopping.wait(timeout)
 
     @property
     def signal(self) -> int | None:
