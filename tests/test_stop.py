@@ -247,19 +247,20 @@ def test_a_signal_during_the_images_stops_the_run_cleanly(buckets, tmp_path, nam
     _rerun_files_the_rest(store, reference, stopped)
 
 
-def test_sigterm_through_the_bin_wrapper_is_passed_on_and_reported(buckets, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_bin_wrapper_is_passed_on_and_reported(buckets, tmp_path, name):
     store, reference = buckets
     summary = tmp_path / "summary.txt"
     env = _held_env(tmp_path, store, "copy:.dcm:5:stop", RUN_SUMMARY_FILE=str(summary))
-    process = _start(
-        [str(builders.BIN / "python"), str(builders.REPO / "bin/warehouseloader")], env
-    )
+    wrapper = [str(builders.BIN / "python"), str(builders.REPO / "bin/warehouseloader")]
+    process = _start(wrapper, env)
     _when_held(process, tmp_path / "held")
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, name))  # to the wrapper alone, as ECS does
     out, err = process.communicate(timeout=120)
-    stopped = _check_stopped_run(store, process, out, err, "SIGTERM", 143)
-    assert "and exited with code 143." in err
-    assert "run stopped (SIGTERM)" in summary.read_text()  # what the notification carries
+    code = 128 + getattr(signal, name)
+    stopped = _check_stopped_run(store, process, out, err, name, code)
+    assert f"and exited with code {code}." in err
+    assert f"run stopped ({name})" in summary.read_text()  # what the notification carries
     _rerun_files_the_rest(store, reference, stopped)
 
 
