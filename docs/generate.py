@@ -105,7 +105,10 @@ REASON_MEANINGS: dict[Reason, str] = {
         "every run until an operator acts; never filed again"
     ),
     Reason.NO_SUBMITTING_CENTRE: "the record names no centre",
-    Reason.SITE_NOT_IN_CONFIG: "the centre is in no `sites` list of `config.json`",
+    Reason.SITE_NOT_IN_CONFIG: (
+        "the centre is in no `sites` list of `config.json` (for an image: the centre its "
+        "patient's clinical file from the same raw prefix names)"
+    ),
     Reason.GROUP_CONFLICT: "the file would put a patient already in one group into the other",
     Reason.DUPLICATE_TARGET: "two raw files would be filed at the same key",
     Reason.DUPLICATE_IMAGE: (
@@ -240,10 +243,12 @@ ENVIRONMENT: dict[str, str] = {
     "WAREHOUSE_BUCKET": (
         "the warehouse: `name` or `s3://name` (S3), `file:///abs/path` or "
         "`file://relative/path` (a local directory laid out like the bucket). The processed "
-        "store is `<bucket>-processed` beside it. Both must exist before a run (a local store "
-        "is an existing directory, never `/`: `mkdir -p`; on S3 `aws s3 mb` or the "
-        "CloudFormation template); a missing store is a settings error, exit 2, and nothing "
-        "is read or written. A local store never follows a symbolic link."
+        "store is `<bucket>-processed` beside it, where `dataprocess` writes its tables. The "
+        "warehouse must exist before any run, and the processed store before a `dataprocess` "
+        "run (the other graphs do not use it) (a local store is an existing directory, never "
+        "`/`: `mkdir -p`; on S3 `aws s3 mb` or the CloudFormation template); a missing store "
+        "is a settings error, exit 2, and nothing is read or written. A local store never "
+        "follows a symbolic link."
     ),
     "BUCKET_NAME": "accepted for `WAREHOUSE_BUCKET` when that is not set",
     "DRY_RUN": (

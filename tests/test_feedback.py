@@ -396,3 +396,119 @@ def test_a_key_the_site_never_read_is_never_resolved_for_it(store):
     assert entry["reason"] == "no patient data for PatientID" and "Covid1" in entry["detail"]
     text = json.dumps(document)
     assert GOOD not in text and "Covid1_data" not in text and "covid2" not in text
+
+
+# --------------------------------------------------------------------------------------------
+# images of an unconfigured site: the reason of their patient's own clinical file
+
+UNLISTED = "Unlisted Trust"
+U_CLINICAL = "raw-u/2021-01-01/data/Covid5_data.json"
+
+
+def _unconfigured_site_tree() -> tuple[dict[str, bytes], list[str], str]:
+    """raw-u sends Covid5's record (a centre in no sites list) and two images of Covid5;
+    raw-b, a configured site, sends an image of the same pseudonym and no record."""
+    files = {
+        "config.json": builders.config(["raw-a", "raw-u", "raw-b"], training=[A], validation=[B]),
+        "raw-a/2021-01-01/data/Covid1_data.json": clinical("Covid1", A),
+        U_CLINICAL: clinical("Covid5", UNLISTED),
+    }
+    u_images = []
+    for instance in (1, 2):
+        name, data = image("Covid5", "DX", instance=instance)
+        files[f"raw-u/2021-01-02/images/{name}"] = data
+        u_images.append(f"raw-u/2021-01-02/images/{name}")
+    name, data = image("Covid5", "DX", study="b")
+    files[f"raw-b/2021-01-02/images/{name}"] = data
+    return files, u_images, f"raw-b/2021-01-02/images/{name}"
+
+
+def _reasons(problems) -> dict[str, str]:
+    return {p["key"]: p["reason"] for p in problems}
+
+
+def test_images_of_an_unconfigured_site_give_its_clinical_files_reason(store):
+    files, u_images, b_image = _unconfigured_site_tree()
+    builders.put_tree(store, files)
+    code, state = builders.run_loader(store)
+    assert code == 0
+    report = json.loads(store.read("reports/warehouseloader/latest.json"))
+    reasons = _reasons(report["problems"])
+    assert reasons[U_CLINICAL] == "site not in config"
+    for key in u_images:
+        assert reasons[key] == "site not in config"
+    details = {p["key"]: p["detail"] for p in report["problems"]}
+    assert U_CLINICAL in details[u_images[0]] and UNLISTED in details[u_images[0]]
+    # another site's image of the same pseudonym learns nothing of raw-u's record
+    assert reasons[b_image] == "no patient data for PatientID"
+
+    u_site = feedback(store, "raw-u")
+    assert _reasons(u_site["problems"]) == {
+        U_CLINICAL: "site not in config",
+        **{key: "site not in config" for key in u_images},
+    }
+    assert u_site["not_filed"] == {"site not in config": 3}
+    b_site = feedback(store, "raw-b")
+    assert _reasons(b_site["problems"]) == {b_image: "no patient data for PatientID"}
+    text = json.dumps(b_site)
+    assert UNLISTED not in text and "raw-u" not in text
+
+
+def test_a_rerun_and_an_older_memo_keep_the_true_reason_without_reading_the_images(store):
+    files, u_images, b_image = _unconfigured_site_tree()
+    builders.put_tree(store, files)
+    assert builders.run_loader(store)[0] == 0
+    # the memo as a version before this one wrote it: the images "no patient data"
+    memo_key = "reports/warehouseloader/latest.json"
+    memo = json.loads(store.read(memo_key))
+    for problem in memo["problems"]:
+        if problem["key"] in u_images:
+            problem.update(reason="no patient data for PatientID", detail="PatientID 'Covid5'")
+            problem["facts"] = {"patient": "Covid5"}
+    store.write(memo_key, json.dumps(memo).encode())
+
+    code, state = builders.run_loader(store)
+    assert code == 0
+    assert "header read requests" not in state.report.counts  # no image was read again
+    reasons = _reasons(state.report.problems)
+    assert [reasons[key] for key in u_images] == ["site not in config"] * 2
+    assert reasons[b_image] == "no patient data for PatientID"
+    assert _reasons(feedback(store, "raw-u")["problems"])[u_images[0]] == "site not in config"
+
+    code, state = builders.run_loader(store)  # and once more, from its own memo
+    assert code == 0 and "header read requests" not in state.report.counts
+    assert [_reasons(state.report.problems)[key] for key in u_images] == ["site not in config"] * 2
+
+
+def test_once_the_site_is_configured_its_images_are_filed(store):
+    files, u_images, _ = _unconfigured_site_tree()
+    builders.put_tree(store, files)
+    assert builders.run_loader(store)[0] == 0
+    config = builders.config(["raw-a", "raw-u", "raw-b"], training=[A, UNLISTED], validation=[B])
+    store.write("config.json", config)
+    code, state = builders.run_loader(store)
+    assert code == 0
+    filed = {info.key.rsplit("/", 1)[-1] for info in store.list("training/xray/Covid5/")}
+    assert {key.rsplit("/", 1)[-1] for key in u_images} <= filed
+    assert not any(p["key"] in u_images for p in state.report.problems)
+
+
+def test_a_sharded_run_gives_the_same_reasons_as_one_process(tmp_path):
+    files, u_images, b_image = _unconfigured_site_tree()
+    stores = {}
+    for name in ("one", "sharded"):
+        (tmp_path / name).mkdir()
+        stores[name] = LocalStorage(tmp_path / name)
+        builders.put_tree(stores[name], files)
+    assert builders.run_loader(stores["one"])[0] == 0
+    sharded = stores["sharded"]
+    assert builders.run_loader(sharded, phase="clinical", run_id="r1")[0] == 0
+    for index in range(2):
+        code, _ = builders.run_loader(sharded, shard=(index, 2), phase="images", run_id="r1")
+        assert code == 0
+    reports = {
+        name: json.loads(store.read("reports/warehouseloader/latest.json"))
+        for name, store in stores.items()
+    }
+    assert _reasons(reports["sharded"]["problems"]) == _reasons(reports["one"]["problems"])
+    assert _reasons(reports["sharded"]["problems"])[u_images[1]] == "site not in config"

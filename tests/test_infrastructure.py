@@ -482,9 +482,10 @@ TASK_ROLES = {
     },
     "DataProcessTaskRole": {
         "family": "DataProcessing",
-        "read": {CONFIG, TRAINING, VALIDATION, CATALOGUE, CATALOGUE_INDEX, LOADER_REPORT},
-        "write": {DATAPROCESS_REPORT, CATALOGUE_INDEX},
-        "delete": set(),
+        # the run lease it shares with the loader (no batch of a half-filed run)
+        "read": {CONFIG, TRAINING, VALIDATION, CATALOGUE, CATALOGUE_INDEX, LOADER_REPORT, LOCK},
+        "write": {DATAPROCESS_REPORT, CATALOGUE_INDEX, LOCK},
+        "delete": {LOCK},
         "write_processed": True,
         "read_processed": True,  # the last batch's rows and catalogue
     },
@@ -560,12 +561,15 @@ def test_task_role_grants_action_by_action(template):
             f"{w}/catalogue/*",
             f"{w}/reports/warehouseloader/*",
             f"{w}/reports/dataprocess/latest.json",  # its memo: its changes' base
+            f"{w}/locks/*",  # the run lease it shares with the loader
         },
         "s3:PutObject": {
             f"{PROCESSED}/*",
             f"{w}/reports/dataprocess/*",
             f"{w}/catalogue/index/*",  # the catalogue's index, from the merge
+            f"{w}/locks/*",
         },
+        "s3:DeleteObject": {f"{w}/locks/*"},
         "sns:Publish": {"${Topic}"},
     }
 
@@ -591,7 +595,7 @@ def test_submittingcentres_writes_nothing_anywhere(template):
 
 def test_dataprocess_cannot_touch_the_loaders_side(template):
     policy = role_policy(template, "DataProcessTaskRole")
-    for key in (TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT, FEEDBACK, LOCK):
+    for key in (TRAINING, VALIDATION, CATALOGUE, LOADER_REPORT, FEEDBACK):
         for action in OBJECT_WRITES:
             assert not allows(policy, action, on_warehouse(key)), (action, key)
     assert allows(policy, "s3:PutObject", on_warehouse(DATAPROCESS_REPORT))

@@ -211,7 +211,9 @@ def test_acquire_again_by_the_same_run_keeps_it(store):
 
 def test_a_lease_that_is_not_a_lease_is_reported(store):
     store.write(LEASE_KEY, b"{not json")
-    with pytest.raises(LeaseError, match="is not a run lease .*if no loader run is active, delete"):
+    with pytest.raises(
+        LeaseError, match="is not a run lease .*if no loader or dataprocess run is active, delete"
+    ):
         RunLease(store, "run-a").acquire()
     store.write(LEASE_KEY, json.dumps({"run_id": "x", "holder": "h"}).encode())
     with pytest.raises(LeaseError, match="is not a run lease"):

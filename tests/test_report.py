@@ -104,6 +104,7 @@ def test_as_dict():
         "finished",
         "completed",
         "fatal",
+        "stopped",
         "counts",
         "counts_by_prefix",
         "not_filed",

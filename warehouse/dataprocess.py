@@ -114,7 +114,12 @@ def _collect_then_write(
     yield collected
     errors = command.unexpected_errors(context.parent) if context.parent else 0
     try:
-        publish_batch(storage, state, collected, warehouse_index, errors)
+        # the batch is the run's end: a stop that comes later does not cut it in half
+        if state.stop.close():
+            state.report.stopped = state.stop.name
+            logger.warning("the run was stopped (%s): no batch is published", state.stop.name)
+        else:
+            publish_batch(storage, state, collected, warehouse_index, errors)
     finally:
         warehouse_index.close()
 
@@ -148,9 +153,12 @@ def get_services(settings: Settings | None = None, storage: Storage | None = Non
     ``state`` (the run); see `graph_services`."""
     services = graph_services(GRAPH_NAME, DataprocessState, settings, storage)
     services["storage"].processed().check_store()  # before reading: where the tables go
-    # A bucket without a valid config.json is not a warehouse: nothing is published from it.
     state = services["state"]
+    # A bucket without a valid config.json is not a warehouse: nothing is published from it
+    # (and nothing written: not even a lease).
     state.config = load_pipeline_config(services["storage"], state.report)
+    # no loader run files while the batch is built from the warehouse (exit 3 if one does)
+    services["storage"] = state.take_lease(services["storage"])
     settings = state.settings
     services["warehouse_index"] = SharedView(
         functools.partial(
@@ -181,12 +189,17 @@ def command_parser():
         "catalogue images.parquet, the public statistics files and two pages (dashboard.html, "
         "public.html), then latest.csv naming them. A run reads only what changed since the "
         "last batch: the clinical folders are listed, images come from the catalogue.",
-        """  DRY_RUN            true/false: read and build everything, write nothing (default false)
+        """  <bucket>-processed  where the tables go: it must exist too (only dataprocess needs it)
+  DRY_RUN            true/false: read and build everything, write nothing (default false)
   WAREHOUSE_RECONCILE true/false: reuse nothing from the last batch; merge every catalogue part
                      and read every clinical and metadata file again (default false)
 
-exit codes: 0 tables written (unusable files are reported, not failures);
-  1 some reads or writes failed, nothing published (rerun); 2 bad settings""",
+exit codes: 0 tables written, or nothing changed since the last batch (unusable files are
+  reported, not failures); 1 some reads or writes failed (rerun): no batch published, or its
+  run report not written (the summary says which); 2 bad settings, a missing store or
+  processed store, config.json missing or invalid; 3 a loader run (or another dataprocess run)
+  holds the warehouse (the run lease); 70 the graph could not run;
+  130/143 stopped by SIGINT/SIGTERM: no batch published""",
     )
 
 

@@ -95,7 +95,8 @@ def command_parser():
         """
 exit codes: 0 run completed (unreadable files are reported on stderr, not failures);
   1 some reads failed (the list may be incomplete, so it is not printed);
-  2 bad settings or config.json""",
+  2 bad settings, config.json or a missing store; 70 the graph could not run;
+  130/143 stopped by SIGINT/SIGTERM (nothing printed)""",
     )
 
 

@@ -27,10 +27,11 @@ needed for the message, in which case it is copied line by line to this process'
 arrives and kept. The timing line goes to stderr, so that ``submittingcentres > centres.txt``
 holds the centres only.
 
-SIGTERM is forwarded to the child (ECS sends SIGTERM to the container's main process when it
-stops a task); SIGINT is left to reach the child from the terminal (Ctrl-C signals the whole
-process group) while the wrapper waits for it. A child killed by signal ``N`` yields the shell's
-exit code ``128 + N``.
+SIGTERM and SIGINT are passed on to the child, which stops cleanly (ECS sends SIGTERM to the
+container's main process when it stops a task; `warehouse.core.stop`), and the wrapper waits for
+it: its exit code, 143 or 130, is the wrapper's. The child runs in a process group of its own,
+so a Ctrl-C at a terminal reaches it once, through the wrapper (a second Ctrl-C ends it at once).
+A child killed by signal ``N`` yields the shell's exit code ``128 + N``.
 
 Run it directly to wrap any module::
 
@@ -801,17 +802,20 @@ def _exit_code(returncode: int) -> int:
 
 
 def _run_child(command: list[str], env: dict[str, str], capture: bool) -> tuple[int, str | None]:
-    """Run the child, forwarding SIGTERM; tee its stdout when ``capture``."""
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE if capture else None)
+    """Run the child, passing SIGTERM and SIGINT on to it; tee its stdout when ``capture``.
 
-    def forward_sigterm(signum, _frame):
+    The child has a process group of its own: a Ctrl-C at a terminal reaches it through this
+    process only, once per Ctrl-C.
+    """
+    child = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE if capture else None, process_group=0
+    )
+
+    def forward(signum, _frame):
         if child.poll() is None:
-            child.send_signal(signum)
+            child.send_signal(signum)  # the child stops cleanly; its exit ends the run
 
-    def wait_for_child(_signum, _frame):
-        pass  # the child got the same SIGINT from the terminal; its exit ends the run
-
-    handlers = {signal.SIGTERM: forward_sigterm, signal.SIGINT: wait_for_child}
+    handlers = {signal.SIGTERM: forward, signal.SIGINT: forward}
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in handlers}
     if in_main_thread:  # signal handlers can only be set from the main thread

@@ -127,7 +127,7 @@ def process_dicom_data(task: Task, state: LoaderState):
 
 
 @use("storage", "state")
-@pools.pooled
+@pools.pooled_writes
 def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
     """Write metadata files."""
     if task.action == "write":
@@ -137,7 +137,7 @@ def upload_text_data(pool, task: Task, storage: Storage, state: LoaderState):
 
 @use("storage", "state")
 @pools.bounded_input(TASKS_IN_QUEUE)
-@pools.pooled
+@pools.pooled_writes
 def data_copy(pool, task: Task, storage: Storage, state: LoaderState):
     """Copy clinical files and images into the warehouse (server-side on S3)."""
     if task.action == "copy":
@@ -184,7 +184,9 @@ def command_parser():
 
 exit codes: 0 run completed (per-file problems are reported, not failures);
   1 some reads or writes failed (rerun to finish); 2 bad settings, config.json or a missing
-  store; 3 another run holds the warehouse (the run lease); 70 the graph could not run""",
+  store; 3 another run (a loader or dataprocess run) holds the warehouse (the run lease);
+  70 the graph could not run; 130/143 stopped by SIGINT/SIGTERM: what it read is filed, its
+  report says what it did not reach, and the next run files the rest""",
     )
 
 

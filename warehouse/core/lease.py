@@ -4,7 +4,12 @@ A small JSON object in the warehouse, ``locks/warehouseloader.json``, says which
 warehouse and until when::
 
     {"run_id": "2026-12-02T10-00-00Z-4f1c", "holder": "host/4711",
-     "acquired": "2026-12-02T10:00:00Z", "expires": "2026-12-02T10:05:00Z"}
+     "acquired": "2026-12-02T10:00:00Z", "expires": "2026-12-02T10:05:00Z",
+     "graph": "warehouseloader"}
+
+Both graphs that change what a batch is built from hold it: the loader, and ``dataprocess``
+(so that no batch mixes a half-filed run; ``graph`` says which holds it, and a record without
+it, written before, is read as a loader's).
 
 A run creates it with a conditional write that exactly one of several racing runs wins
 (`Storage.write_if_absent`: ``If-None-Match: *`` on S3, ``link()`` locally), renews it every
@@ -73,6 +78,8 @@ class LeaseRecord:
     holder: str
     acquired: dt.datetime
     expires: dt.datetime
+    #: The graph of the run that holds it (None in a record that does not say).
+    graph: str | None = None
 
     def to_json(self) -> bytes:
         """The object's bytes."""
@@ -82,6 +89,8 @@ class LeaseRecord:
             "acquired": _stamp(self.acquired),
             "expires": _stamp(self.expires),
         }
+        if self.graph is not None:
+            record["graph"] = self.graph
         return json.dumps(record).encode() + b"\n"
 
     @classmethod
@@ -103,11 +112,15 @@ class LeaseRecord:
             }
             if any(value.tzinfo is None for value in times.values()):
                 raise ValueError("times must be UTC")
-        except (ValueError, TypeError, KeyError) as exc:
+            graph = record.get("graph")
+            if graph is not None and not (isinstance(graph, str) and graph.isidentifier()):
+                raise ValueError("graph must be a graph's name")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise LeaseError(
-                f"{where} is not a run lease ({exc}): if no loader run is active, delete it"
+                f"{where} is not a run lease ({exc}): if no loader or dataprocess run is "
+                "active, delete it"
             ) from None
-        return cls(fields["run_id"], fields["holder"], times["acquired"], times["expires"])
+        return cls(fields["run_id"], fields["holder"], times["acquired"], times["expires"], graph)
 
     def live(self, now: dt.datetime) -> bool:
         """Whether it has not expired at ``now``, and its holder, if it ran on this machine,
@@ -148,9 +161,10 @@ class LeaseHeld(LeaseError):
             record.acquired.astimezone(dt.UTC).date() == record.expires.astimezone(dt.UTC).date()
         )
         until = _stamp(record.expires)[11:] if same_day else _stamp(record.expires)
+        run = f"{record.graph} run" if record.graph else "run"
         super().__init__(
             f"another run holds the warehouse since {_stamp(record.acquired)} "
-            f"(run {record.run_id} on {record.holder}, until {until}); wait for it or, if it "
+            f"({run} {record.run_id} on {record.holder}, until {until}); wait for it or, if it "
             f"crashed, for the lease to expire ({where})"
         )
 
@@ -224,6 +238,9 @@ class RunLease:
         self.key = key
         self.holder = holder or f"{socket.gethostname()}/{os.getpid()}"
         self.on_lost = on_lost
+        #: The graph of the run, written in the lease so that a run it stops can say which
+        #: holds the warehouse (`graph_lease`); None writes none.
+        self.graph: str | None = None
         #: Requests made to the store, by kind (``PUT``, ``GET``, ``DELETE``).
         self.requests: Counter[str] = Counter()
         self._clock = clock or _utc_now
@@ -321,7 +338,7 @@ class RunLease:
             return None
         for _ in range(_ATTEMPTS):
             now = self._now()
-            record = LeaseRecord(self.run_id, self.holder, now, now + self.ttl)
+            record = LeaseRecord(self.run_id, self.holder, now, now + self.ttl, self.graph)
             try:
                 return self._hold(record, self._create(record))
             except PreconditionFailed:
@@ -533,6 +550,31 @@ class RunLease:
             yield self
         finally:
             self.stop()
+
+
+def graph_lease(
+    graph: str,
+    storage: Storage,
+    run_id: str,
+    on_lost: Callable[[LeaseLost], object] | None = None,
+) -> RunLease:
+    """The lease of one run of ``graph`` (``warehouseloader``, ``dataprocess``) on the
+    warehouse, with the default ttl, that says which graph holds it.
+
+    Parameters
+    ----------
+    graph : str
+        The graph's name.
+    storage : Storage
+        The warehouse store.
+    run_id : str
+        The run's identifier.
+    on_lost : callable, optional
+        See `RunLease`.
+    """
+    lease = RunLease(storage, run_id, on_lost=on_lost)
+    lease.graph = graph
+    return lease
 
 
 def release_run_lease(storage: Storage, run_id: str, key: str = LEASE_KEY) -> bool:

@@ -61,6 +61,9 @@ class RunReport:
         self.reasons: Counter[str] = Counter()
         self.problems: list[dict] = []
         self.fatal: str | None = None
+        #: The signal that stopped the run (``SIGTERM``, ``SIGINT``), or None: a stopped run
+        #: did not start every input, so its report is never the next run's memo.
+        self.stopped: str | None = None
         #: Whether ``fatal`` is a problem of the settings or ``config.json`` (exit code 2).
         self.config_problem = False
         #: Whether the run listed its inputs: only such a report may become the memo the next
@@ -140,12 +143,22 @@ class RunReport:
     @property
     def completed(self) -> bool:
         """Whether the run did all its work (per-file data problems do not count)."""
-        return self.fatal is None and self.failures == 0
+        return self.fatal is None and self.failures == 0 and self.stopped is None
+
+    @property
+    def describes_all_inputs(self) -> bool:
+        """Whether the report tells what became of every input (it listed them and was not
+        stopped before it started them all): only such a report is the next run's memo."""
+        return self.listed and self.stopped is None
 
     def summary(self) -> str:
         """Plain-text summary: counts by outcome, then inputs not filed by reason; what a line
         quotes (an outcome, a reason, why the run stopped) is escaped, so each is one line."""
         lines = [f"{self.graph} run summary"]
+        if self.stopped:
+            lines.append(
+                f"  run stopped ({self.stopped}): inputs not reached are left for the next run"
+            )
         if self.fatal:
             lines.append(f"  run could not complete: {escape_controls(self.fatal)}")
         for outcome, n in sorted(self.counts.items()):
@@ -168,6 +181,7 @@ class RunReport:
             "finished": dt.datetime.now(dt.UTC).isoformat(),
             "completed": self.completed,
             "fatal": self.fatal,
+            "stopped": self.stopped,
             "counts": dict(sorted(self.counts.items())),
             "counts_by_prefix": {
                 prefix: dict(sorted(counts.items()))
@@ -506,9 +520,10 @@ def publish_report(storage: Storage, report: RunReport, dry_run: bool) -> str:
     in a dry run).
 
     ``latest.json``, the whole report, which the next loader run reads as its memo of unfiled
-    inputs, is replaced only by a run that listed its inputs: a run stopped by ``config.json``
-    or by a listing that failed writes its own report (saying why) but never makes the next
-    run read every known-bad input again. The changes are counted from the memo the run read
+    inputs, is replaced only by a run that listed its inputs and was not stopped by a signal
+    (`RunReport.describes_all_inputs`): a run stopped by ``config.json``, by a listing that
+    failed or by SIGTERM writes its own report (saying why) but never makes the next run read
+    every known-bad input again. The changes are counted from the memo the run read
     (``report.previous``; a graph that reads none has ``latest.json`` read here).
 
     Returns
@@ -523,7 +538,11 @@ def publish_report(storage: Storage, report: RunReport, dry_run: bool) -> str:
     previous = report.previous if report.previous is not None else read_memo(storage, report.graph)
     try:
         return write_report(
-            storage, report.as_dict(), report.key(), as_memo=report.listed, previous=previous
+            storage,
+            report.as_dict(),
+            report.key(),
+            as_memo=report.describes_all_inputs,
+            previous=previous,
         )
     except ExpectedError as exc:
         logger.error("could not write the run report: %s", exc)
@@ -552,8 +571,9 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
     -------
     dict
         A run report (the shape of `RunReport.as_dict`) with ``shards`` (N), ``parts`` (each
-        part's key, phase, shard, ``completed`` and ``fatal``) and ``listed`` (every part
-        listed its inputs, so the report describes them all and may be the next run's memo).
+        part's key, phase, shard, ``completed`` and ``fatal``), ``listed`` (every part
+        listed its inputs, so the report describes them all and may be the next run's memo)
+        and ``stopped`` (the signal that stopped a part, or None).
     """
     counts: dict[str, int] = {}
     by_prefix: dict[str, dict[str, int]] = {}
@@ -596,6 +616,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
             }
         )
     completed = all(s["completed"] for s in summaries) and bool(summaries)
+    stopped = next((p["stopped"] for p in parts.values() if p and p.get("stopped")), None)
     now = dt.datetime.now(dt.UTC).isoformat()
     return {
         "graph": graph,
@@ -605,6 +626,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
         "finished": max(finished) if finished else now,
         "completed": completed,
         "fatal": "; ".join(fatal) or None,
+        "stopped": stopped,
         "counts": dict(sorted(counts.items())),
         "counts_by_prefix": {
             prefix: dict(sorted(its_counts.items()))

@@ -10,17 +10,19 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from warehouse.core.config import Settings
 from warehouse.core.reasons import Reason, problem_of
 from warehouse.core.report import RunReport, publish_report
-from warehouse.core.text import escape_lines
+from warehouse.core.stop import NOT_REACHED, RUN_STOP, RunStop
+from warehouse.core.text import escape_controls, escape_lines
 
 if TYPE_CHECKING:
     from warehouse.storage.base import Storage
@@ -139,6 +141,8 @@ class RunState:
     report: RunReport
     workers: WorkerPool | None = None
     exit_code: int | None = None
+    #: Whether (and by which signal) the run was told to stop.
+    stop: RunStop = field(default_factory=lambda: RUN_STOP)
 
     def item_failed(self, item: object, exc: BaseException) -> list:
         """Report one input that raised instead of being handled, and go on with the others.
@@ -163,6 +167,12 @@ class RunState:
         """Extra `RunReport.skip` arguments for a failed item (none by default)."""
         return {}
 
+    def not_reached(self, item: object) -> list:
+        """Count an input the run did not start because it was stopped (the next run reads
+        it); no outputs."""
+        self.report.count(NOT_REACHED)
+        return []
+
     def conclude(self, storage: Storage) -> str:
         """The graph's own work once its nodes have stopped, and the summary text that comes
         before the report's lines (by default the report's summary)."""
@@ -184,6 +194,10 @@ class RunState:
         if self.workers is not None:
             self.workers.shutdown()
 
+    def give_back_at_once(self) -> None:
+        """Give back what others wait for (the run lease) when the run ends at once, without
+        waiting for its work in flight (`end_at_once`); nothing by default."""
+
 
 def item_key(item: object) -> str:
     """The key an item stands for in a report: its ``key``, or its first of ``keys``."""
@@ -197,9 +211,10 @@ def item_key(item: object) -> str:
 
 
 def end_run(state: RunState, storage: Storage, unexpected_errors: int = 0) -> int:
-    """End a run the same way in every graph: account for errors its nodes did not handle,
-    let the graph conclude (`RunState.conclude`), publish the report, give back what the run
-    holds, then print the summary and decide the exit code.
+    """End a run the same way in every graph: note a stop (`RunStop.close`: from now on a
+    signal changes nothing), account for errors its nodes did not handle, let the graph
+    conclude (`RunState.conclude`), publish the report, give back what the run holds, then
+    print the summary and decide the exit code.
 
     Parameters
     ----------
@@ -216,17 +231,63 @@ def end_run(state: RunState, storage: Storage, unexpected_errors: int = 0) -> in
         The exit code (also set on ``state.exit_code``).
     """
     report = state.report
+    if state.stop.close():
+        report.stopped = state.stop.name
     if unexpected_errors:
         report.fail(f"{unexpected_errors} unexpected error(s) in the nodes; see the log above")
     summary = state.conclude(storage)
     if state.publishes_report():
+        fatal = report.fatal
         summary += publish_report(storage, report, state.settings.dry_run)
+        if report.fatal != fatal:  # (the report could not be written: the summary says so)
+            summary += f"\n  run could not complete: {escape_controls(report.fatal or '')}"
     state.close()
+    return _finish(state, summary)
+
+
+def end_at_once(state: RunState, storage: Storage) -> int:
+    """End a stopped run that did not end within its grace (`RunStop.grace`) at once: its
+    report (marked stopped, and saying so), the lease given back (`RunState.give_back_at_once`),
+    the summary; the work still in flight is left (every write is atomic: the next run does
+    it again). The caller exits the process with the code returned.
+
+    Returns
+    -------
+    int
+        The exit code (128 + the signal).
+    """
+    report, stop = state.report, state.stop
+    report.stopped = stop.name
+    report.fail(
+        f"the run did not stop within {stop.grace:g} s of {stop.name}: ended at once (what it "
+        "was writing is written again by the next run)"
+    )
+    summary = report.summary()
+    if state.publishes_report():
+        summary += publish_report(storage, report, state.settings.dry_run)
+    state.give_back_at_once()
+    return _finish(state, summary)
+
+
+def _finish(state: RunState, summary: str) -> int:
+    """The exit code, the summary printed and copied, and for a stopped run its one line."""
+    report = state.report
     state.exit_code = exit_code(report)
     summary += f"\n  run id: {report.run_id}"
     emit_summary(summary, report, state.exit_code, stream=state.summary_stream)
     write_summary_file(summary)
+    if report.stopped:
+        logger.warning(stopped_line(report, state.exit_code), extra={"event": "stopped"})
     return state.exit_code
+
+
+def stopped_line(report: RunReport, code: int) -> str:
+    """The one line a stopped run ends with: which signal, what it left, the exit code."""
+    left = report.counts.get(NOT_REACHED, 0)
+    return (
+        f"{report.graph} run {report.run_id} stopped by {report.stopped}: {left:,} inputs not "
+        f"reached, left for the next run (exit code {code})"
+    )
 
 
 def emit_summary(
@@ -266,7 +327,13 @@ def write_summary_file(summary: str) -> None:
 
 
 def exit_code(report: RunReport) -> int:
-    """0 when the run completed, 2 when config.json stopped it, 1 when it could not complete."""
+    """0 when the run completed, 2 when config.json stopped it, 1 when it could not complete,
+    128 + N when signal N stopped it (143 for SIGTERM, 130 for SIGINT)."""
+    if report.stopped:
+        try:
+            return 128 + signal.Signals[report.stopped].value
+        except KeyError:
+            return EXIT_INCOMPLETE
     if report.fatal and report.config_problem:
         return EXIT_CONFIG
     return EXIT_OK if report.completed else EXIT_INCOMPLETE

@@ -20,6 +20,7 @@ from warehouse.core.clinical import (
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import IMAGE_FOLDERS, patient_folder
+from warehouse.core.lease import RunLease, graph_lease
 from warehouse.core.reasons import Reason
 from warehouse.core.report import RunReport
 from warehouse.core.run import RunState
@@ -34,6 +35,7 @@ from warehouse.dashboard.view import DataprocessView, SharedView, saved_row
 from warehouse.listing.raw import report_links
 from warehouse.listing.warehouse import StudyFile, WarehouseIndex
 from warehouse.storage.base import Storage
+from warehouse.storage.wrappers import LeasedStorage
 
 logger = logging.getLogger("dataprocess")
 
@@ -67,6 +69,9 @@ class DataprocessState(RunState):
         The warehouse's ``config.json`` (a bucket without one is not a warehouse).
     kept : bool
         Nothing changed since the last batch (``batch``): no new one was written.
+    lease : RunLease or None
+        The run lease it holds while it runs: no loader run files meanwhile, so no batch
+        mixes a half-filed run (`take_lease`).
 
     The settings, the report, the workers and the exit code are `RunState`'s.
     """
@@ -76,6 +81,43 @@ class DataprocessState(RunState):
     processed_url: str = ""
     config: PipelineConfig | None = None
     kept: bool = False
+    lease: RunLease | None = None
+
+    def take_lease(self, storage: Storage) -> Storage:
+        """Take the warehouse's run lease (the loader's) before anything is read, renewing it
+        while the run lasts; return the store to use, whose writes stop if the lease is lost.
+
+        Raises
+        ------
+        LeaseHeld
+            When a loader run (or another dataprocess run) holds the warehouse: exit code 3,
+            the message names it.
+        """
+        lease = graph_lease(
+            self.report.graph,
+            storage,
+            self.report.run_id,
+            on_lost=lambda exc: self.report.fail(str(exc)),
+        )
+        lease.acquire()
+        lease.start_renewing()
+        self.lease = lease
+        return LeasedStorage(storage, lease)
+
+    def release_lease(self) -> None:
+        """Give the lease back (the run's end, however it ended)."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+    def close(self) -> None:
+        """Give the lease back, then the workers."""
+        self.release_lease()
+        super().close()
+
+    def give_back_at_once(self) -> None:
+        """The lease of a run ended at once (`warehouse.core.run.end_at_once`)."""
+        self.release_lease()
 
     def view(self, shared: SharedView) -> DataprocessView:
         """What the run reads its tables from (built once, shared by the branches); a failure

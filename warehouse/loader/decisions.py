@@ -4,6 +4,8 @@ goes (or why not)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from warehouse.catalogue.rows import image_row, instance_uid
 from warehouse.core.config import nfc
 from warehouse.core.keys import (
@@ -62,7 +64,10 @@ def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> lis
     try:
         wanted = group_for(raw.pseudonym, centre, config)
         group = loaded(state.groups, "the patients' groups").assign(raw.pseudonym, wanted)
-    except (UnknownSite, GroupConflict) as exc:
+    except UnknownSite as exc:
+        state.unconfigured.setdefault((raw.prefix, raw.pseudonym), (centre, task.key))
+        return refuse(*problem_of(exc))
+    except GroupConflict as exc:
         return refuse(*problem_of(exc))
     except CaseVariant as exc:
         return refuse(*problem_of(exc), variant=exc.known)
@@ -73,6 +78,53 @@ def file_clinical(state: LoaderState, read: tuple[Task, str, str | None]) -> lis
         return []
     state.bound_centres.setdefault(raw.pseudonym, nfc(centre))
     return [Task("copy", task.key, task.size, target, None)]
+
+
+def unconfigured_site(
+    refused: Mapping[tuple[str, str], tuple[str, str]], prefix: str, patient: str
+) -> tuple[str, dict] | None:
+    """Why an image of ``patient`` under raw ``prefix`` whose patient has no group is not
+    filed, when that prefix's own clinical file of the patient was refused as "site not in
+    config": the detail and facts of that reason (None otherwise: "no patient data").
+
+    Only the prefix's own clinical file counts: what the site reads of its image then tells it
+    nothing of another site's patients (`warehouse.loader.feedback`).
+
+    Parameters
+    ----------
+    refused : mapping
+        ``(raw prefix, pseudonym) -> (centre, clinical key)`` of the clinical files refused as
+        "site not in config" (this run's, and the memo's that still hold).
+    prefix, patient : str
+        The image's raw prefix and PatientID.
+    """
+    found = refused.get((prefix, patient))
+    if found is None:
+        return None
+    centre, clinical = found
+    detail = (
+        f"PatientID {patient!r}: its clinical file {clinical} names {centre!r}, which is in no "
+        "sites list of config.json"
+    )
+    return detail, {"patient": patient, "centre": centre}
+
+
+def retold(state: LoaderState, problem: dict) -> dict:
+    """Tell a remembered problem of an image as this version does.
+
+    "no patient data" becomes "site not in config" when the image's own prefix sent the
+    patient's clinical file from an unconfigured site (`unconfigured_site`); anything else
+    stays as it was.
+    """
+    if problem.get("reason") != Reason.NO_PATIENT_DATA.value:
+        return problem
+    patient = (problem.get("facts") or {}).get("patient")
+    prefix = problem["key"].partition("/")[0]
+    found = unconfigured_site(state.unconfigured, prefix, patient) if patient else None
+    if found is None:
+        return problem
+    detail, facts = found
+    return {**problem, "reason": Reason.SITE_NOT_IN_CONFIG.value, "detail": detail, "facts": facts}
 
 
 def file_image(
@@ -93,6 +145,10 @@ def file_image(
 
     group = groups.get(patient)
     if group is None:
+        unconfigured = unconfigured_site(state.unconfigured, raw.prefix, patient)
+        if unconfigured is not None:
+            detail, facts = unconfigured
+            return refuse(Reason.SITE_NOT_IN_CONFIG, detail, **facts)
         known = groups.case_variant(patient)
         if known is not None:
             detail = f"PatientID {patient!r} differs only in case from the patient {known!r}"

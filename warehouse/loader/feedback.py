@@ -20,7 +20,9 @@ group, no warehouse key. Each reason is read by the sites in one of three ways (
 
 An image whose patient the site has no filed record of reads the same whatever the reason:
 the patient does not exist, is another centre's (``prefix_sites``), or differs only in case
-from a patient (the site's or another's).
+from a patient (the site's or another's). The one exception is the site's own doing: an image
+whose patient's clinical file from the same prefix names a centre in no list of
+``config.json`` reads "site not in config", as that file does (`decisions.unconfigured_site`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ pending images and what the warehouse holds (`warehouse.loader.parts`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +41,14 @@ from warehouse.listing.folders import (
 from warehouse.listing.inventory import Inventory, InventoryUnusable, bucket_name, open_inventory
 from warehouse.listing.raw import RawListing, list_raw
 from warehouse.listing.warehouse import WarehouseIndex, index_warehouse
+from warehouse.loader.decisions import retold
 from warehouse.loader.memo import (
     load_previous_report,
     memo_of,
     problems_of,
     refused_claims,
     still_holds,
+    unconfigured_patients,
 )
 from warehouse.loader.parts import load_pending
 from warehouse.loader.planning import ImageKnowledge, plan_inputs
@@ -116,6 +119,7 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
     state.groups = PatientGroups(index.groups, conflicted=index.conflicts)
     state.filed_centres = FiledCentres(storage, index)
     state.refused_claims.update(refused_claims(memo))
+    state.unconfigured.update(unconfigured_patients(memo, state.config))
     state.folders = (previous or FolderState(), listing.listed, now)
     if not full:
         _carry_closed_problems(state, memo, index, listing)
@@ -152,6 +156,7 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
         report,
         part=state.part,
         knowledge=knowledge,
+        retell=functools.partial(retold, state),
     )
     state.new_patients.update(raw.pseudonym for raw, _ in clinical)
     state.pending_images = images
@@ -217,7 +222,7 @@ def _carry_closed_problems(
     listed = {(prefix, name) for prefix, names in listing.listed.items() for name in names}
     for key, problem in sorted(memo.items()):
         if _folder_of(key) not in listed and key.split("/", 1)[0] in listing.folders:
-            state.report.skip_again(problem)
+            state.report.skip_again(retold(state, problem))
 
 
 def _inventory(storage: Storage, settings, report: RunReport) -> Inventory | None:
@@ -304,6 +309,10 @@ def _shard_inputs(storage: Storage, state: LoaderState) -> Iterator[Task]:
     state.filed_centres = FiledCentres(storage, index)
     state.filed_centres.seed(handoff.filed_centres)
     state.refused_claims.update((prefix, pseudonym) for prefix, pseudonym in handoff.refused_claims)
+    state.unconfigured.update(
+        ((prefix, pseudonym), (centre, key))
+        for prefix, pseudonym, centre, key in handoff.unconfigured
+    )
     state.bound_centres.update(handoff.bound_centres)
     state.new_patients.update(handoff.new_patients)
     images = [(raw, size) for raw, size in pending if state.part.owns(raw.name)]

@@ -12,7 +12,9 @@ its reason still holds:
   setting), and "DICOM header too complex" while the product's bound on a header's elements is;
 - "no patient data for PatientID" holds while that patient still has no group and no new
   clinical file;
-- "site not in config" holds while the centre is still in no list of ``config.json``;
+- "site not in config" holds while the centre is still in no list of ``config.json`` (and, for
+  an image refused for its patient's clinical file, while that patient has no group and no new
+  clinical file);
 - "group conflict" holds while the patient's filed group still differs from the centre's;
 - "pseudonym claimed by another centre" holds once the patient is filed (its binding is then
   fixed); "centre not allowed for this prefix" while ``prefix_sites`` still refuses it;
@@ -190,8 +192,7 @@ def still_holds(
         patient = facts.get("patient")
         return bool(patient) and patient not in index.groups and patient not in new_patients
     if reason is Reason.SITE_NOT_IN_CONFIG:
-        centre = facts.get("centre")
-        return isinstance(centre, str) and config.site_rule(centre) is None
+        return _site_still_unconfigured(facts, config, index, new_patients)
     if reason in (Reason.DUPLICATE_IMAGE, Reason.CONFLICTING_DUPLICATE):
         # the copy filed first decides while it is in the warehouse (the catalogue says)
         filed = facts.get("filed")
@@ -210,6 +211,18 @@ def still_holds(
     return False
 
 
+def _site_still_unconfigured(
+    facts: dict, config: PipelineConfig, index: WarehouseIndex, new_patients: set[str]
+) -> bool:
+    """Whether "site not in config" holds: the centre is in no list of ``config.json`` (and,
+    for an image refused for its patient's clinical file, the patient has no group and no new
+    clinical file)."""
+    centre, patient = facts.get("centre"), facts.get("patient")
+    if patient is not None and (patient in index.groups or patient in new_patients):
+        return False
+    return isinstance(centre, str) and config.site_rule(centre) is None
+
+
 def refused_claims(memo: dict[str, dict]) -> set[tuple[str, str]]:
     """``(raw prefix, pseudonym)`` of the records the last run refused as claimed by another
     centre: images under that prefix for that patient are refused too."""
@@ -221,6 +234,27 @@ def refused_claims(memo: dict[str, dict]) -> set[tuple[str, str]]:
             if isinstance(prefix, str) and isinstance(pseudonym, str):
                 claims.add((prefix, pseudonym))
     return claims
+
+
+def unconfigured_patients(
+    memo: dict[str, dict], config: PipelineConfig
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """``(raw prefix, pseudonym) -> (centre, clinical key)`` of the clinical files the last run
+    refused as "site not in config" whose centre is still in no list of ``config.json`` (they
+    are not read again: their prefix's images of the patient are refused for the same
+    reason)."""
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for key, problem in sorted(memo.items()):
+        facts = problem.get("facts") or {}
+        pseudonym, centre = facts.get("pseudonym"), facts.get("centre")
+        if (
+            problem.get("reason") == Reason.SITE_NOT_IN_CONFIG.value
+            and isinstance(pseudonym, str)
+            and isinstance(centre, str)
+            and config.site_rule(centre) is None
+        ):
+            found.setdefault((key.partition("/")[0], pseudonym), (centre, key))
+    return found
 
 
 def known_problem(

@@ -273,5 +273,6 @@ def report_of(combined: dict) -> RunReport:
     report.counts.update(combined.get("counts", {}))
     report.reasons.update(combined.get("not_filed", {}))
     report.fatal = combined.get("fatal")
+    report.stopped = combined.get("stopped")
     report.listed = bool(combined.get("listed"))
     return report

@@ -91,6 +91,7 @@ def plan_inputs(
     *,
     part: RunPart | None = None,
     knowledge: ImageKnowledge | None = None,
+    retell: Callable[[dict], dict] | None = None,
 ) -> tuple[list[tuple[RawKey, int]], list[tuple[RawKey, int]]]:
     """The clinical files to read, in upload order, and the images to read, in key order.
 
@@ -113,6 +114,9 @@ def plan_inputs(
         The part of a sharded run this process makes (None: the whole run).
     knowledge : ImageKnowledge, optional
         What the catalogue and the folder state know of the raw images.
+    retell : callable, optional
+        A remembered problem as this run tells it (`decisions.retold`), before it is reported
+        again.
 
     Returns
     -------
@@ -127,7 +131,7 @@ def plan_inputs(
             memo, raw, size, config, index, new_patients, settings, knowledge.image_filed
         )
         if problem is not None:
-            report.skip_again(problem)
+            report.skip_again(retell(problem) if retell is not None else problem)
         return problem is not None
 
     clinical: list[tuple[RawKey, int]] = []

@@ -9,6 +9,12 @@ by its part (``[shard 1/2] - process_image in=...``; JSON logs carry the part in
 report (`warehouse.loader.parts.finish_run`), releases the lease, prints one summary and exits
 with the worst part's code (a part killed by a signal counts as 1: a rerun finishes its work).
 
+SIGTERM or SIGINT (the parts run in process groups of their own, so Ctrl-C reaches only the
+command) is passed on to the parts that run: each stops cleanly and writes its report marked
+stopped (`warehouse.core.stop`); shards not started yet are not started; the command then
+ends the run as usual, its report marked stopped, and exits with 128 + the signal. A second
+signal is passed on too, and the command exits at once.
+
 It starts processes and waits for them, nothing more (no restarts, no scheduling: on AWS, Batch
 does that). Each part's process imports the loader graph by its module name
 (`GRAPH_MODULE`) and runs it there: the rules never import the graph nor bonobo.
@@ -16,6 +22,7 @@ does that). Each part's process imports the loader graph by its module name
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import logging
@@ -28,9 +35,9 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.process import BaseProcess
-from typing import NoReturn
 
 from warehouse.core import run as run_module
+from warehouse.core import stop
 from warehouse.core.config import (
     CLINICAL_PHASE,
     IMAGE_PHASE,
@@ -39,7 +46,7 @@ from warehouse.core.config import (
     settings_from_env,
 )
 from warehouse.core.errors import ExpectedError
-from warehouse.core.lease import RunLease
+from warehouse.core.lease import graph_lease
 from warehouse.core.report import RunReport
 from warehouse.loader import parts as runs
 from warehouse.loader.shards import RunPart
@@ -97,6 +104,8 @@ def run_part(settings: Settings, label: str, go: Connection | None = None) -> No
     waits for the word: True to run, False to exit without running (the shards start during
     the clinical phase, which then needs not wait for their interpreters).
     """
+    os.setpgrp()  # the terminal's Ctrl-C reaches the command, which passes it on
+    stop.arm()  # a signal that comes before the graph runs is kept for it
     streams = []
     if settings.log_format != "json":
         streams = [PrefixedLines(1, f"[{label}] "), PrefixedLines(2, f"[{label}] ")]
@@ -108,10 +117,10 @@ def run_part(settings: Settings, label: str, go: Connection | None = None) -> No
             started = go.recv()
         except EOFError:  # the starting process is gone
             started = False
-        if not started:
+        if not started or stop.RUN_STOP.requested:
             for stream in streams:
                 stream.close()
-            sys.exit(run_module.EXIT_OK)
+            sys.exit(stop.RUN_STOP.exit_code)
 
     code = run_module.EXIT_INTERNAL
     try:
@@ -159,7 +168,7 @@ def run_processes(settings: Settings) -> int:
     try:
         storage = storage_from_url(settings.bucket, workers=settings.workers)
         storage.check_store()
-        lease = RunLease(storage, run_id)
+        lease = graph_lease(GRAPH_NAME, storage, run_id)
         lease.acquire()
     except ExpectedError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -167,11 +176,13 @@ def run_processes(settings: Settings) -> int:
     lease.start_renewing()
     context = multiprocessing.get_context("spawn")
     outcomes: list[tuple[str, int, str]] = []
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    running: list[BaseProcess] = []  # the parts told to run: what a signal is passed on to
+    previous = _pass_signals_on(running)
     try:
         logger.info("run %s: the clinical phase, then %d shards in processes", run_id, count)
         clinical = RunPart(CLINICAL_PHASE)
         process = _start(context, replace(settings, phase=CLINICAL_PHASE, run_id=run_id), clinical)
+        running.append(process)
         # the shards' interpreters start meanwhile, and wait for the clinical phase's end
         shards: dict[int, tuple[RunPart, BaseProcess]] = {}
         words = []
@@ -187,10 +198,14 @@ def run_processes(settings: Settings) -> int:
             words.append(word)
         process.join()
         outcomes.append((clinical.label, *part_exit_code(process)))
-        handed_over = _clinical_phase_handed_over(storage, settings, run_id, outcomes[-1][1])
+        handed_over = not stop.RUN_STOP.requested and _clinical_phase_handed_over(
+            storage, settings, run_id, outcomes[-1][1]
+        )
+        if handed_over:
+            running.extend(started for _, started in shards.values())
         for word in words:
             try:
-                word.send(handed_over)
+                word.send(handed_over and not stop.RUN_STOP.requested)
             except OSError:  # that shard ended already (its exit code tells)
                 pass
             finally:
@@ -212,17 +227,31 @@ def run_processes(settings: Settings) -> int:
             outcomes[1:] = sorted(outcomes[1:], key=lambda outcome: outcome[0])
         return _end(storage, settings, run_id, count, outcomes)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        for child in multiprocessing.active_children():  # only when stopped: SIGTERM, Ctrl-C
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        for child in multiprocessing.active_children():  # only after an error of this process
             logger.warning("stopping %s", child.name)
             child.terminate()
             child.join()
         lease.release()
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
-    """SIGTERM (ECS stopping the task): stop the parts too, give the lease back, exit 143."""
-    raise SystemExit(128 + signum)
+def _pass_signals_on(running: list[BaseProcess]) -> dict[int, object]:
+    """Handle SIGTERM and SIGINT in the command of a sharded run: pass each on to the parts
+    that run (they stop cleanly, `warehouse.core.stop`), note the stop (no shard starts after
+    it), and exit at once on a second one. Returns the handlers it replaced."""
+    run_stop = stop.RUN_STOP
+    run_stop.reset()
+
+    def handle(signum: int, _frame: object) -> None:
+        for part in running:
+            if part.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(part.pid, signum)
+        if run_stop.request(signum) > 1:
+            stop.exit_at_once(signum)
+
+    return {signum: signal.signal(signum, handle) for signum in stop.STOP_SIGNALS}
 
 
 def _clinical_phase_handed_over(
@@ -250,6 +279,8 @@ def _end(
 ) -> int:
     """Combine the parts' reports, print the one summary, and return the worst exit code."""
     code = max(code for _, code, _ in outcomes)
+    if stop.RUN_STOP.requested:
+        code = stop.RUN_STOP.exit_code
     try:
         ended = runs.finish_run(storage, GRAPH_NAME, run_id, count, force=True, release_lease=False)
     except ExpectedError as exc:
@@ -263,17 +294,26 @@ def _end(
     else:
         report = RunReport(GRAPH_NAME, run_id)
         report.fail("the run's reports could not be combined")
+    if stop.RUN_STOP.requested:
+        report.stopped = stop.RUN_STOP.name
     summary = report.summary().replace(
         f"{GRAPH_NAME} run summary", f"{GRAPH_NAME} run summary ({count} shards)", 1
     )
     for label, _, how in outcomes:
         summary += f"\n  {label}: {how}"
     if len(outcomes) == 1:
-        summary += "\n  shards: not started (the clinical phase did not complete)"
+        why = (
+            "the run was stopped"
+            if stop.RUN_STOP.requested
+            else "the clinical phase did not complete"
+        )
+        summary += f"\n  shards: not started ({why})"
     summary += ended.lines if ended is not None else ""
     summary += f"\n  run id: {run_id}"
     run_module.emit_summary(summary, report, code)
     run_module.write_summary_file(summary)
+    if report.stopped:
+        logger.warning(run_module.stopped_line(report, code), extra={"event": "stopped"})
     return code
 
 

@@ -152,6 +152,10 @@ class Handoff:
     catalogue_parts : list
         The catalogue parts newer than that index and those the clinical phase wrote (the
         filed images it found in no part), which the shards read by key.
+    unconfigured : list
+        ``[raw prefix, pseudonym, centre, clinical key]`` of the clinical files refused as
+        "site not in config" (this run's, and the memo's that still hold): that prefix's
+        images of the patient are refused for the same reason.
     clinical_keys : list
         What ``warehouse`` holds, once read (`warehouse.loader.parts.load_handoff`).
     """
@@ -165,6 +169,7 @@ class Handoff:
     warehouse: str | None = None
     catalogue_pointer: dict | None = None
     catalogue_parts: list[str] = field(default_factory=list)
+    unconfigured: list[list[str]] = field(default_factory=list)
     clinical_keys: list[str] = field(default_factory=list, compare=False)
 
     def as_dict(self) -> dict:
@@ -173,6 +178,7 @@ class Handoff:
             "groups": dict(sorted(self.groups.items())),
             "new_patients": sorted(set(self.new_patients)),
             "refused_claims": sorted([list(pair) for pair in self.refused_claims]),
+            "unconfigured": sorted([list(entry) for entry in self.unconfigured]),
             "bound_centres": dict(sorted(self.bound_centres.items())),
             "filed_centres": dict(sorted(self.filed_centres.items())),
             "pending": self.pending,
@@ -202,6 +208,9 @@ class Handoff:
                 groups={str(k): str(v) for k, v in data["groups"].items()},
                 new_patients=[str(p) for p in data["new_patients"]],
                 refused_claims=[[str(a), str(b)] for a, b in data["refused_claims"]],
+                unconfigured=[
+                    [str(a), str(b), str(c), str(d)] for a, b, c, d in data.get("unconfigured", ())
+                ],
                 bound_centres={str(k): str(v) for k, v in data["bound_centres"].items()},
                 filed_centres={
                     str(k): None if v is None else str(v) for k, v in data["filed_centres"].items()

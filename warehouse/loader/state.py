@@ -21,12 +21,14 @@ from warehouse.core.clinical import (
 )
 from warehouse.core.config import CLINICAL_PHASE, IMAGE_PHASE, PipelineConfig, nfc
 from warehouse.core.errors import ExpectedError, StorageError
-from warehouse.core.lease import RunLease, release_run_lease
+from warehouse.core.keys import raw_prefix_of
+from warehouse.core.lease import RunLease, graph_lease, release_run_lease
 from warehouse.core.patients import (
     PatientGroups,
 )
 from warehouse.core.reasons import Reason
 from warehouse.core.run import ByteBudget, RunState, loaded
+from warehouse.core.stop import NOT_REACHED
 from warehouse.listing.folders import FolderState, save_state, window_days
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.feedback import publish_feedback
@@ -122,6 +124,10 @@ class LoaderState(RunState):
     #: ``(raw prefix, pseudonym)`` whose records this run (or a recent one) refused as
     #: claimed by another centre: images under that prefix for that patient are refused too.
     refused_claims: set[tuple[str, str]] = field(default_factory=set)
+    #: ``(raw prefix, pseudonym) -> (centre, clinical key)`` of the clinical files this run (or
+    #: a recent one) refused as "site not in config": that prefix's images of the patient are
+    #: refused for the same reason (`decisions.unconfigured_site`).
+    unconfigured: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     filed_centres: FiledCentres | None = None
     progress: Progress = field(default_factory=Progress)
     clinical_budget: ByteBudget = field(
@@ -179,8 +185,11 @@ class LoaderState(RunState):
         """
         if self.part is not None and self.part.shard is not None:
             self.handoff = load_handoff(storage, self.settings, self.report.graph)
-        lease = RunLease(
-            storage, self.report.run_id, on_lost=lambda exc: self.report.fail(str(exc))
+        lease = graph_lease(
+            self.report.graph,
+            storage,
+            self.report.run_id,
+            on_lost=lambda exc: self.report.fail(str(exc)),
         )
         if self.settings.shard is not None:
             lease.join()
@@ -240,8 +249,10 @@ class LoaderState(RunState):
         self.count_lease_requests()
         images = loaded(self.catalogue, "the run's image catalogue")
         catalogue = images.publish(storage, self.settings) if report.listed else ""
-        if report.listed and not self.settings.dry_run and self.part is None:
-            self.publish_feedback(storage)  # (a sharded run's, once all its parts are done)
+        if report.describes_all_inputs and not self.settings.dry_run and self.part is None:
+            # (a sharded run's, once all its parts are done; a stopped run's feedback would
+            # tell the sites that what it did not reach is resolved)
+            self.publish_feedback(storage)
             self.save_folder_state(storage)
         summary = report.summary() + catalogue
         if self.settings.dry_run:
@@ -277,6 +288,12 @@ class LoaderState(RunState):
         self.release_lease()
         super().close()
 
+    def give_back_at_once(self) -> None:
+        """The lease of a run ended at once (a part of a sharded run leaves its run's lease to
+        the process that took it)."""
+        if self.lease is not None and self.part is None:
+            self.lease.release()
+
     def progress_line(self) -> str | None:
         """The status lines' progress line (see `Progress.line`)."""
         return self.progress.line()
@@ -285,6 +302,12 @@ class LoaderState(RunState):
         if isinstance(item, Task):
             self.progress.finished(item.action)
         return super().item_failed(item, exc)
+
+    def not_reached(self, item: object) -> list:
+        """Count an input the stopped run did not start, by its raw prefix."""
+        prefix = raw_prefix_of(item.key) if isinstance(item, Task) else None
+        self.report.count(NOT_REACHED, prefix=prefix)
+        return []
 
     def skip_extras(self, item: object, reason: Reason) -> dict:
         """A raw input that failed is reported with its listing stamp, so the next run knows
@@ -373,6 +396,10 @@ def handoff_of(state: LoaderState) -> Handoff:
         groups=groups,
         new_patients=sorted(state.new_patients),
         refused_claims=[list(pair) for pair in state.refused_claims],
+        unconfigured=[
+            [prefix, pseudonym, centre, key]
+            for (prefix, pseudonym), (centre, key) in state.unconfigured.items()
+        ],
         bound_centres=dict(state.bound_centres),
         filed_centres=state.filed_centres.known() if state.filed_centres else {},
     )
@@ -388,7 +415,7 @@ def part_report(state: LoaderState, handoff: Handoff | None = None) -> dict:
     data: dict = report.as_dict()
     data["phase"] = part.phase
     data["shard"] = list(part.shard) if part.shard else None
-    data["listed"] = report.listed
+    data["listed"] = report.describes_all_inputs  # (a stopped part leaves inputs unstarted)
     if handoff is not None:
         data["handoff"] = handoff.as_dict()
         folders = state.folder_state()
@@ -415,7 +442,7 @@ def end_part(storage: Storage, state: LoaderState, graph: str) -> str:
     lines = ""
     try:
         handoff = None
-        if part.phase == CLINICAL_PHASE and report.listed and report.fatal is None:
+        if part.phase == CLINICAL_PHASE and report.describes_all_inputs and report.fatal is None:
             handoff = write_handoff_files(storage, state, graph)
         data = part_report(state, handoff)
         storage.write(key, json.dumps(data, indent=2).encode("utf-8"))

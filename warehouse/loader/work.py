@@ -134,6 +134,14 @@ def copy_object(storage: Storage, task: Task) -> WriteResult:
         return WriteResult(task, str(exc))
 
 
+#: What a dry run says instead of each write's outcome: it wrote nothing.
+DRY_RUN_OUTCOMES = {
+    "metadata files written": "metadata files to write (dry run)",
+    "clinical files copied": "clinical files to copy (dry run)",
+    "images copied": "images to copy (dry run)",
+}
+
+
 def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
     """Count a finished write or copy (or report its failure); pass the task on if it worked."""
     task = result.task
@@ -145,9 +153,12 @@ def record_write(state: LoaderState, result: WriteResult) -> list[Task]:
         task.target, task.size if task.action == "write" else None
     )
     if task.action == "write":
-        state.report.count("metadata files written", prefix=prefix)
+        outcome = "metadata files written"
     elif (target := parse_warehouse_key(task.target)) is not None and target.kind == "clinical":
-        state.report.count("clinical files copied", prefix=prefix)
+        outcome = "clinical files copied"
     else:
-        state.report.count("images copied", prefix=prefix)
+        outcome = "images copied"
+    state.report.count(
+        DRY_RUN_OUTCOMES[outcome] if state.settings.dry_run else outcome, prefix=prefix
+    )
     return [task]

@@ -1,6 +1,7 @@
 """The command line and the run of every graph: ``--help`` and ``--version``, running the
-graph the same way under ``bonobo run`` and ``python -m``, the shared end of a run, and an exit
-code that never says a run succeeded when it did not."""
+graph the same way under ``bonobo run`` and ``python -m``, the shared end of a run, a clean stop
+on SIGTERM or SIGINT (`warehouse.core.stop`), and an exit code that never says a run succeeded
+when it did not, under ``bonobo run`` too."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from collections.abc import Callable
 import bonobo
 from bonobo import _api as bonobo_api
 
+from warehouse.core import stop
 from warehouse.core.config import config_help
-from warehouse.core.run import EXIT_INTERNAL, end_run
+from warehouse.core.run import EXIT_INTERNAL, end_at_once, end_run
 from warehouse.runtime import pools
 from warehouse.runtime.logs import configure_logging
 from warehouse.runtime.plugins import OnFinish, StatusLines, progress_of
@@ -86,7 +88,7 @@ def run(
 #: The environment every graph reads (each command adds its own lines).
 ENVIRONMENT_HELP = """environment:
   WAREHOUSE_BUCKET   bucket name, s3://name, or file:///path (BUCKET_NAME accepted too);
-                     it and <bucket>-processed must exist
+                     it must exist
   WAREHOUSE_WORKERS  storage requests in flight at once (default 32)
   WAREHOUSE_PROGRESS_SECONDS  status line period when output is not a terminal (default 10)
   WAREHOUSE_LOG_FORMAT  text (default) or json: one JSON object per line
@@ -127,7 +129,11 @@ def command_parser(module: str, description: str, extra_help: str) -> argparse.A
 
 def run_graph(graph, services, finish: Callable[[dict, object], int] = finish_run) -> int | None:
     """Run a graph module's graph; the exit code ``finish(services, context)`` decided, or None
-    when the call was only recorded (under ``bonobo run``, which runs the graph afterwards).
+    when the call was only recorded (under ``bonobo run``, which runs the graph afterwards and
+    then exits with that code when it is not 0).
+
+    SIGTERM and SIGINT stop the run cleanly while it lasts (`warehouse.core.stop.arm`): its
+    end is the usual one, its report marked stopped, and the code is 128 + the signal.
 
     Parameters
     ----------
@@ -145,7 +151,17 @@ def run_graph(graph, services, finish: Callable[[dict, object], int] = finish_ru
     def loaded() -> dict:
         return lazy.load() if lazy else services
 
+    def ended_at_once() -> int:
+        # the deadline of a stop: end with what the run has, if it has started at all
+        if lazy is not None and not lazy.built:
+            return stop.RUN_STOP.exit_code
+        built = loaded()
+        return end_at_once(built["state"], built["storage"])
+
+    if not stop.arm(on_deadline=ended_at_once) and not stop.armed():
+        stop.RUN_STOP.reset()  # (not the main thread: no handlers, but a fresh stop)
     codes: list[int] = []
+    recorded = recording()
 
     def finish_safely(context) -> None:
         # bonobo swallows an exception here and returns nothing: keep the exit code truthful.
@@ -154,8 +170,14 @@ def run_graph(graph, services, finish: Callable[[dict, object], int] = finish_ru
         except Exception:
             logger.exception("could not finish the run")
             codes.append(EXIT_INTERNAL)
+        if recorded:
+            # under bonobo run, whose command exits 0 whatever happened: exit with the run's
+            # code (this is the last listener of the graph's end, after the status lines)
+            loaded()["state"].close()
+            stop.disarm()
+            if codes[0]:
+                raise SystemExit(codes[0])
 
-    recorded = recording()
     try:
         context = run(graph, services, finish=finish_safely)
     except GraphDidNotRun as exc:
@@ -163,8 +185,10 @@ def run_graph(graph, services, finish: Callable[[dict, object], int] = finish_ru
         return EXIT_INTERNAL
     finally:
         # (under bonobo run the graph only runs later: its finish gives things back)
-        if not recorded and (lazy is None or lazy.built):
-            loaded()["state"].close()
+        if not recorded:
+            if lazy is None or lazy.built:
+                loaded()["state"].close()
+            stop.disarm()
     if context is None:
         return None
     return codes[0] if codes else EXIT_INTERNAL

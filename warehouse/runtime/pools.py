@@ -1,6 +1,7 @@
 """Worker pools inside bonobo nodes: a node submits storage work to the run's `WorkerPool`
 and yields results in input order; one item's failure is reported against it and never costs
-the items behind it."""
+the items behind it. Once the run is stopped (SIGTERM, SIGINT: `warehouse.core.run.RunStop`),
+a pool of a node that reads inputs starts no more of them; a pool of writes finishes its work."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from concurrent.futures import Future
 from bonobo.config.processors import use_context_processor
 
 from warehouse.core.run import WorkerPool
+from warehouse.core.stop import RunStop, RunStopped
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +32,26 @@ class OrderedPool:
     An exception in the work or in ``then`` is handed to ``on_error(item, exception)``, which
     returns the item's outputs (usually none, after reporting it): one bad item never costs the
     items behind it. Without ``on_error`` the exception propagates.
+
+    With ``stop`` (a pool whose work reads the run's inputs), once the run is stopped no work
+    is started: what is submitted then, or was submitted and waits for a worker, is handed to
+    ``on_stopped(item)`` instead (the input is counted as not reached); work running finishes.
     """
 
-    def __init__(self, workers: WorkerPool, window: int | None = None, on_error=None):
+    def __init__(
+        self,
+        workers: WorkerPool,
+        window: int | None = None,
+        on_error=None,
+        *,
+        stop: RunStop | None = None,
+        on_stopped=None,
+    ):
         self.workers = workers
         self.window = window or workers.size * 4
         self.on_error = on_error
+        self.stop = stop
+        self.on_stopped = on_stopped
         self._pending: deque[tuple[Future, Callable, object]] = deque()
 
     def submit(self, work: Callable, *args, then: Callable, item=None) -> None:
@@ -46,7 +62,15 @@ class OrderedPool:
         """
         if item is None and args:
             item = args[-1]
-        self._pending.append((self.workers.submit(work, *args), then, item))
+        stop = self.stop
+        if stop is None:
+            future = self.workers.submit(work, *args)
+        elif stop.requested:
+            future = Future()
+            future.set_exception(RunStopped())
+        else:
+            future = self.workers.submit(_unless_stopped, stop, work, *args)
+        self._pending.append((future, then, item))
 
     @property
     def pending(self) -> int:
@@ -61,7 +85,15 @@ class OrderedPool:
 
     def _outputs(self, future: Future, then: Callable, item) -> Iterable:
         try:
-            return list(then(future.result()) or ())
+            result = future.result()
+        except RunStopped:
+            return list(self.on_stopped(item) or ()) if self.on_stopped is not None else []
+        except Exception as exc:
+            if self.on_error is None:
+                raise
+            return list(self.on_error(item, exc) or ())
+        try:
+            return list(then(result) or ())
         except Exception as exc:
             if self.on_error is None:
                 raise
@@ -78,6 +110,13 @@ class OrderedPool:
         """Outputs of every remaining result, in order, waiting for them."""
         while self._pending:
             yield from self._outputs(*self._pending.popleft())
+
+
+def _unless_stopped(stop: RunStop, work: Callable, *args):
+    """Worker: ``work(*args)``, unless the run was stopped while the work waited for a worker."""
+    if stop.requested:
+        raise RunStopped()
+    return work(*args)
 
 
 def per_item(node):
@@ -101,20 +140,36 @@ def per_item(node):
 
 
 def pooled(node):
-    """Give a node function a first argument ``pool`` (an `OrderedPool` on the run's
-    `WorkerPool`, ``state.workers``; the node must use the ``state`` service).
+    """Give a node function that reads the run's inputs a first argument ``pool`` (an
+    `OrderedPool` on the run's `WorkerPool`, ``state.workers``; the node must use the
+    ``state`` service).
 
     The node submits work and yields ``pool.ready()``; when its input ends, what is still in
     flight is drained and sent downstream before the end of the stream is (bonobo tears a node
     down before it passes END on). A failure of one item is reported against it
     (``state.item_failed``), in the node body, the work or its ``then``, and every other item
-    is still handled.
+    is still handled. Once the run is stopped, no more reads are started: the inputs not
+    started are counted (``state.not_reached``).
     """
+    return _pooled(node, stops=True)
 
+
+def pooled_writes(node):
+    """`pooled`, for a node whose work writes what the run has read: a stopped run still
+    writes it (within the stop's grace), so that every input it read is filed whole."""
+    return _pooled(node, stops=False)
+
+
+def _pooled(node, *, stops: bool):
     def open_pool(node, context, *args, **services):
         context.set_output_type(tuple)
         state = services["state"]
-        pool = OrderedPool(state.workers, on_error=getattr(state, "item_failed", None))
+        pool = OrderedPool(
+            state.workers,
+            on_error=getattr(state, "item_failed", None),
+            stop=getattr(state, "stop", None) if stops else None,
+            on_stopped=getattr(state, "not_reached", None),
+        )
         yield pool
         while pool.pending:  # a failure that escapes on_error ends one drain, not the rest
             for output in _guarded(pool.drain(), node):
