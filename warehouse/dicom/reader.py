@@ -36,6 +36,7 @@ from warehouse.dicom.elements import (
     VOI_LUT_TAG,
     element_text,
     raw_vr,
+    skipped_vr,
     too_many_items,
 )
 from warehouse.dicom.problems import (
@@ -489,7 +490,7 @@ def _fetch_skipped_sequences(dataset: Dataset, stream) -> None:
     for tag, raw in list(dataset._dict.items()):
         if not isinstance(raw, RawDataElement) or raw.value is not None or not raw.length:
             continue
-        if raw_vr(raw) != "SQ" or raw.length > MAX_SEQUENCE_BYTES:
+        if raw_vr(raw, dataset) != "SQ" or raw.length > MAX_SEQUENCE_BYTES:
             continue
         stream.seek(raw.value_tell)
         value = stream.read(raw.length)
@@ -498,13 +499,13 @@ def _fetch_skipped_sequences(dataset: Dataset, stream) -> None:
 
 
 def _empty_skipped_values(dataset: Dataset) -> None:
-    """Make the values pydicom skipped for their size empty elements, so nothing ever tries to
-    read them later; the tags are kept in ``dataset.skipped_for_size`` (the metadata JSON has
-    those elements without a value)."""
+    """Make the values pydicom skipped for their size empty elements of the VR pydicom would
+    give them (`skipped_vr`), so nothing ever tries to read them later; the tags are kept in
+    ``dataset.skipped_for_size`` (the metadata JSON has those elements without a value)."""
     skipped = set()
     for tag, raw in list(dataset._dict.items()):
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
-            dataset._dict[tag] = raw._replace(value=b"", length=0)
+            dataset._dict[tag] = raw._replace(VR=skipped_vr(raw, dataset), value=b"", length=0)
             skipped.add(int(tag))
     dataset.skipped_for_size = frozenset(skipped)
 
@@ -518,7 +519,7 @@ def _count_kept_sequences(dataset: Dataset) -> None:
     is not parsed; one pydicom cannot parse is left to the conversion, which leaves it out.
     """
     for tag, raw in list(dataset._dict.items()):
-        if tag == VOI_LUT_TAG or isinstance(raw, RawDataElement) and too_many_items(raw):
+        if tag == VOI_LUT_TAG or isinstance(raw, RawDataElement) and too_many_items(raw, dataset):
             continue
         try:
             _count_sequence(dataset, raw)
