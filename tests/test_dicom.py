@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -322,10 +323,35 @@ def test_uuid_pseudonym_is_fine():
 
 
 def test_dicom_padding_is_stripped_and_nothing_else():
-    assert image_identity(header(extra={"PatientID": "Covid1 "})).patient_id == "Covid1"
-    for value in (" Covid1", "Covid12\n", "Covid12\t", "Covid 12", "Covid12\x00"):
-        with pytest.raises(UnsafeIdentifier, match="unsafe pseudonym"):
+    """Trailing spaces and NULs, in any mix, are padding (pydicom and dcmtk read
+    ``7DkT2Tp\\0`` as ``7DkT2Tp``); anything else is refused with the character named."""
+    for padded in ("Covid1 ", "Covid1\x00", "Covid1\x00 ", "Covid1 \x00\x00 "):
+        data = dicom(extra={"PatientID": padded})
+        assert pydicom.dcmread(io.BytesIO(data)).PatientID == "Covid1"  # the readers' view
+        assert image_identity(parse_header(data)).patient_id == "Covid1"
+    for value, named in (
+        (" Covid1", "SPACE at 0"),
+        ("Covid12\n", "control character U+000A at 7"),
+        ("Covid12\t", "control character U+0009 at 7"),
+        ("Covid 12", "SPACE at 5"),
+        ("Covid\x0012", "control character U+0000 at 5"),
+        ("\x00Covid12", "control character U+0000 at 0"),
+    ):
+        with pytest.raises(
+            UnsafeIdentifier, match=re.escape(f"unsafe pseudonym {value!r}: {named}")
+        ):
             image_identity(header(extra={"PatientID": value}))
+
+
+def test_a_refused_patient_id_names_the_character_and_its_position():
+    """A readable MR whose PatientID is a time stamp and a UID: ':' is not in the allow-list,
+    and the refusal says which character, where."""
+    patient = "12.02.15-15:49:23-STD-1.3.12.2.1107.5.3.58.40066"
+    with pytest.raises(UnsafeIdentifier) as caught:
+        image_identity(header(extra={"PatientID": patient}))
+    assert str(caught.value) == (
+        f"unsafe pseudonym {patient!r}: ':' (COLON) at 11 (allowed: letters, digits and ._-+=@,)"
+    )
 
 
 def test_a_uid_loses_its_nul_padding_only():

@@ -120,7 +120,7 @@ def character_sets(dataset: Dataset) -> list[str]:
     return [encodings] if isinstance(encodings, str) else list(encodings)
 
 
-def element_text(dataset: Dataset, tag: int, vr: str) -> str:
+def element_text(dataset: Dataset, tag: int) -> str:
     """An element's text as the file holds it, less its DICOM padding (keys.dicom_identifier):
     from the raw bytes when pydicom has not converted them, so nothing else is stripped."""
     # pydicom hints its keys as BaseTag, an int subclass that hashes as the int does.
@@ -136,7 +136,7 @@ def element_text(dataset: Dataset, tag: int, vr: str) -> str:
         if value is None:
             return ""
         text = "\\".join(str(v) for v in value) if element.VM > 1 else str(value)
-    return dicom_identifier(text, vr)
+    return dicom_identifier(text)
 
 
 def too_many_items(raw: RawDataElement, dataset: Dataset | None = None) -> bool:

@@ -575,7 +575,7 @@ def _ends_past_the_object(dataset: Dataset, stream) -> bool:
 
 def _no_pixel_data(dataset: Dataset) -> None:
     """Raise the reason of a complete header without pixel data."""
-    sop_class = element_text(dataset, 0x00080016, "UI")
+    sop_class = element_text(dataset, 0x00080016)
     name = UID(sop_class).name if sop_class else ""
     if "Image Storage" in name:
         raise MissingPixelData(
