@@ -323,8 +323,11 @@ def test_uuid_pseudonym_is_fine():
 
 
 def test_dicom_padding_is_stripped_and_nothing_else():
-    """Trailing spaces and NULs, in any mix, are padding (pydicom and dcmtk read
-    ``7DkT2Tp\\0`` as ``7DkT2Tp``); anything else is refused with the character named."""
+    """Trailing spaces and NULs, in any mix, are padding; nothing else is.
+
+    pydicom and dcmtk read a PatientID padded with NULs without them; anything else is refused
+    with the character named.
+    """
     for padded in ("Covid1 ", "Covid1\x00", "Covid1\x00 ", "Covid1 \x00\x00 "):
         data = dicom(extra={"PatientID": padded})
         assert pydicom.dcmread(io.BytesIO(data)).PatientID == "Covid1"  # the readers' view
@@ -344,8 +347,10 @@ def test_dicom_padding_is_stripped_and_nothing_else():
 
 
 def test_a_refused_patient_id_names_the_character_and_its_position():
-    """A readable MR whose PatientID is a time stamp and a UID: ':' is not in the allow-list,
-    and the refusal says which character, where."""
+    """A PatientID of a time stamp and a UID is refused, naming ':' and where it is.
+
+    The allow-list has no ':'; the refusal says which character, and where.
+    """
     patient = "12.02.15-15:49:23-STD-1.3.12.2.1107.5.3.58.40066"
     with pytest.raises(UnsafeIdentifier) as caught:
         image_identity(header(extra={"PatientID": patient}))

@@ -16,9 +16,9 @@ from warehouse.core.keys import (
     check_pseudonym,
     check_uid,
     clinical_name,
+    clinical_target,
     dicom_identifier,
     identifier_problem,
-    clinical_target,
     image_stem,
     image_targets,
     is_dicom_uid,
@@ -393,8 +393,10 @@ def test_the_allow_list_accepts_each_of_its_characters():
 
 
 def test_a_refusal_quotes_a_hostile_value_escaped_and_cut_short():
-    """The value is quoted at most 120 characters, its controls escaped: the detail stays
-    one short line whatever the upload holds."""
+    """A refusal's detail stays one short line whatever the upload holds.
+
+    The value is quoted at most 120 characters, its controls escaped.
+    """
     pseudonym = "C" * 100 + "\x1b[2J" + "#" * 5000
     problem = identifier_problem(pseudonym)
     assert problem is not None and "\x1b" not in problem and "\n" not in problem

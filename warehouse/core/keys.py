@@ -82,7 +82,7 @@ def dicom_identifier(text: str) -> str:
     """An identifier element's text without its DICOM padding, and nothing else removed.
 
     Padding is what pydicom and dcmtk strip when they read a text value: trailing spaces
-    (PS3.5 6.2) and trailing NULs, in any mix (exports pad ``7DkT2Tp`` as ``7DkT2Tp\\0``).
+    (PS3.5 6.2) and trailing NULs, in any mix (exports pad ``7DkT2Tp`` with a NUL).
     Any other white space or control character stays, so that `check_pseudonym` refuses it.
 
     Parameters
