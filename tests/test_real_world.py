@@ -29,6 +29,14 @@ SITE = "Real World Trust"
 PREFIX = "raw-real/2021-03-01"
 
 
+def upload_name(path: str) -> str:
+    """The name a file of pydicom's test data is uploaded as (its path under the test files,
+    folders joined by ``_``, with a ``.dcm`` suffix): the keys of `EXPECTED`.
+    """
+    relative = os.path.relpath(path, os.path.join(pydicom.data.DATA_ROOT, "test_files"))
+    return relative.replace(os.sep, "_").replace(".dcm", "") + ".dcm"
+
+
 def real_tree() -> tuple[dict[str, bytes], dict[str, bytes]]:
     """``(files to upload, raw image key -> bytes)`` for every file of pydicom's test data."""
     files = {"config.json": builders.config(["raw-real"], split=[SITE])}
@@ -37,8 +45,7 @@ def real_tree() -> tuple[dict[str, bytes], dict[str, bytes]]:
     for path in sorted(pydicom.data.get_testdata_files()):
         if not os.path.isfile(path):
             continue
-        relative = os.path.relpath(path, os.path.join(pydicom.data.DATA_ROOT, "test_files"))
-        name = relative.replace(os.sep, "_").replace(".dcm", "") + ".dcm"
+        name = upload_name(path)
         with open(path, "rb") as handle:
             data = handle.read()
         images[f"{PREFIX}/images/{name}"] = data
@@ -120,9 +127,8 @@ EXPECTED = {
     "SC_rgb_small_odd_big_endian.dcm": MODALITY,
     "SC_rgb_small_odd_jpeg.dcm": MODALITY,
     "SC_ybr_full_422_uncompressed.dcm": MODALITY,
-    # (doubt: its file meta names CT Image Storage; the data set has no SOPClassUID, and
-    # the reason is decided by the data set's alone: "image without pixel data" by the meta)
-    "UN_sequence.dcm": NOT_IMAGE,
+    # its data set has no SOPClassUID: its file meta names CT Image Storage
+    "UN_sequence.dcm": NO_PIXELS,
     "badVR.dcm": MODALITY,
     "crayons.icc.dcm": NOT_DICOM,
     "dicomdirtests_77654033_CR1_6154.dcm": FILED,
@@ -156,7 +162,7 @@ EXPECTED = {
     "dicomdirtests_98892003_MR700_4618.dcm": FILED,
     "dicomdirtests_98892003_MR700_4648.dcm": FILED,
     "dicomdirtests_98892003_MR700_4678.dcm": FILED,
-    # DICOMDIRs: not images (the detail says "no SOP class": the class is in the file meta)
+    # DICOMDIRs: not images (the class, Media Storage Directory Storage, is the file meta's)
     "dicomdirtests_DICOMDIR-bigEnd.dcm": NOT_IMAGE,
     "dicomdirtests_DICOMDIR-empty.dcm": NOT_IMAGE,
     "dicomdirtests_DICOMDIR-implicit.dcm": NOT_IMAGE,
@@ -231,9 +237,10 @@ EXPECTED = {
     # CT_small without file meta, after a stray first byte: pydicom's force=True reads one
     # element of it, so not even a bare data set
     "no_meta.dcm": NOT_DICOM,
-    "no_meta_group_length.dcm": NOT_IMAGE,
-    # (doubt: as UN_sequence.dcm, its file meta names MR Image Storage)
-    "priv_SQ.dcm": NOT_IMAGE,
+    # three elements; its file meta names RT Image Storage
+    "no_meta_group_length.dcm": NO_PIXELS,
+    # as UN_sequence.dcm: its file meta names MR Image Storage
+    "priv_SQ.dcm": NO_PIXELS,
     "reportsi.dcm": NOT_IMAGE,
     "reportsi_with_empty_number_tags.dcm": NOT_IMAGE,
     "rtdose.dcm": MODALITY,

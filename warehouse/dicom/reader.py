@@ -81,6 +81,8 @@ PIXEL_DATA = 0x7FE00010
 #: Float, Double Float and (plain) Pixel Data: the first of them ends the header.
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
 _FIRST_PIXEL_TAG = 0x7FE00008
+#: How many of a bare data set's first elements are judged (`_bare_data_set`).
+_BARE_ELEMENTS_JUDGED = 8
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 logger = logging.getLogger(__name__)
@@ -135,6 +137,11 @@ class RangedReader(io.RawIOBase):
         self.bytes_read = 0
         #: Whether a read asked for bytes past the end of the object and got only part of them.
         self.cut = False
+        #: Whether a read asked for bytes past the end of the object and got fewer (none, at
+        #: the end of the object, included): the parse reached the end of the file. That is
+        #: how a complete data set without pixel data ends too, so it is evidence of a cut only
+        #: when the parse fails (or stops short of the structure the file declares).
+        self.reached_end = False
 
     def readable(self) -> bool:
         return True
@@ -172,8 +179,10 @@ class RangedReader(io.RawIOBase):
         offset = self._pos - self._start
         chunk = self._data[offset : offset + size]
         self._pos += len(chunk)
-        if 0 < len(chunk) < size:
-            self.cut = True
+        if len(chunk) < size:
+            self.reached_end = True
+            if chunk:
+                self.cut = True
         return chunk
 
     def readinto(self, buffer) -> int:
@@ -183,7 +192,7 @@ class RangedReader(io.RawIOBase):
 
     def read_chunk(self, size: int) -> bytes:
         """Up to ``size`` bytes from the position, fewer at the end of the object (a stream
-        read, never counted as a cut)."""
+        read, never counted as a cut, though it may reach the end)."""
         cut = self.cut
         chunk = self.read(size)
         self.cut = cut
@@ -293,10 +302,13 @@ class _Inflating(io.RawIOBase):
 
 class _Reading(threading.local):
     """What the thread reading a header holds: ``[how many more elements and items pydicom
-    may parse]`` (None: no header is being read) and pydicom's messages about the header."""
+    may parse]`` (None: no header is being read), pydicom's messages about the header, and
+    whether a value ended short, at the end of its data (pydicom goes on with what it read,
+    so a file cut there would parse "complete")."""
 
     budget: list[int] | None = None
     messages: list[str] | None = None
+    value_cut = False
 
 
 _READING = _Reading()
@@ -320,11 +332,23 @@ def _counting(elements, budget: list[int]):
     budget[0] -= 1  # the data set or item itself
     if budget[0] < 0:
         raise _too_complex()
-    for element in elements:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise _too_complex()
-        yield element
+    try:
+        for element in elements:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise _too_complex()
+            if type(element) is RawDataElement and _short(element):
+                _READING.value_cut = True
+            yield element
+    except EOFError:  # a value of undefined length without its delimiter
+        _READING.value_cut = True
+        raise
+
+
+def _short(raw: RawDataElement) -> bool:
+    """Whether a value read holds fewer bytes than its element's length says."""
+    value = raw.value
+    return isinstance(value, bytes) and raw.length != 0xFFFFFFFF and len(value) < raw.length
 
 
 def _too_complex() -> HeaderTooComplex:
@@ -359,6 +383,7 @@ def _reading(name: str):
     """Count the elements pydicom parses (`MAX_HEADER_ELEMENTS`) and hold its messages while
     one header is read; then log those messages once, with ``name`` (the file's key)."""
     _READING.budget, _READING.messages = [MAX_HEADER_ELEMENTS], []
+    _READING.value_cut = False
     try:
         yield
     finally:
@@ -417,9 +442,11 @@ def _read(reader: RangedReader) -> Dataset:
     head = reader.read(132)
     if not head:
         raise NotDicom("empty file")
+    if 128 < len(head) < 132 and b"DICM".startswith(head[128:]):
+        raise TruncatedHeader("the file ends inside its DICM prefix")
     if head[128:132] != b"DICM":
         first = reader.peek_window()
-        if _bare_data_set(first):
+        if _bare_data_set(first, reader.size):
             raise NoFileMeta(
                 "a bare data set without the 128-byte preamble, DICM prefix and file meta "
                 "(readable only with pydicom's force=True)"
@@ -445,11 +472,13 @@ def _read(reader: RangedReader) -> Dataset:
     except RecursionError:
         raise UnreadableHeader("sequences nested too deeply to read") from None
     except Exception as exc:  # noqa: BLE001 - pydicom's failures on hostile bytes have no common base
-        if reader.cut or getattr(stream, "cut", False):
+        # pydicom failed where the file ended: it wanted more than the file holds
+        if reader.reached_end or getattr(stream, "cut", False):
             raise TruncatedHeader(f"the file ends inside its header ({_describe(exc)})") from None
         raise UnreadableHeader(_describe(exc)) from None
-    if reader.cut or getattr(stream, "cut", False) or _ends_past_the_object(dataset, stream):
-        raise TruncatedHeader("the file ends inside its header")
+    ended = _where_the_header_ends_early(dataset, reader, stream)
+    if ended:
+        raise TruncatedHeader(f"the file ends inside its header ({ended})")
     if pixel.get("tag") not in PIXEL_DATA_TAGS:
         _no_pixel_data(dataset)
     _check_pixel_data(reader, stream, pixel)
@@ -561,21 +590,50 @@ def _count_sequence(parent: Dataset, element) -> None:
             _count_sequence(item, child)
 
 
-def _ends_past_the_object(dataset: Dataset, stream) -> bool:
-    """Whether a top-level value (read or skipped) ends past the end of the object."""
+def _where_the_header_ends_early(dataset: Dataset, reader: RangedReader, stream) -> str:
+    """Where a header pydicom parsed without a failure ends before its structure does, or "".
+
+    pydicom takes the end of a file for the end of whatever it was reading, so a cut file
+    parses "complete" unless one of these says otherwise: a read that got part of what it
+    asked for (the file ends inside an element's tag, VR or length), a value read shorter
+    than its length or of undefined length without its delimiter (at any depth), a value
+    skipped unread that ends past the object, a file meta shorter than its group length
+    says, or no data set at all after the file meta.
+    """
+    if reader.cut or getattr(stream, "cut", False):
+        return "inside an element"
+    if _READING.value_cut:
+        return "inside a value"
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and reader.size is not None:
+        past = _value_past(meta._dict.values(), reader.size)
+        if past:
+            return past
+        length = meta.get("FileMetaInformationGroupLength")
+        # (the group length's own element ends 12 bytes after the DICM prefix, at 144)
+        if isinstance(length, int) and 144 + length > reader.size:
+            return f"the file meta, of {length:,} bytes after its group length"
     size = getattr(stream, "size", None)
-    if size is None:
-        return False
-    for raw in dataset._dict.values():
+    past = _value_past(dataset._dict.values(), size) if size is not None else ""
+    if past:
+        return past
+    if not dataset._dict:
+        return "no data set after the file meta"
+    return ""
+
+
+def _value_past(elements, size: int) -> str:
+    """The first raw element of ``elements`` whose value ends past ``size``, described."""
+    for raw in elements:
         if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
             if raw.value_tell + raw.length > size:
-                return True
-    return False
+                return f"a value of {raw.length:,} bytes at offset {raw.value_tell:,}"
+    return ""
 
 
 def _no_pixel_data(dataset: Dataset) -> None:
     """Raise the reason of a complete header without pixel data."""
-    sop_class = element_text(dataset, 0x00080016)
+    sop_class = element_text(dataset, 0x00080016) or _file_meta_sop_class(dataset)
     name = UID(sop_class).name if sop_class else ""
     if "Image Storage" in name:
         raise MissingPixelData(
@@ -584,6 +642,13 @@ def _no_pixel_data(dataset: Dataset) -> None:
         )
     what = f"{name} ({sop_class})" if name and name != sop_class else (sop_class or "no SOP class")
     raise NotAnImage(f"no pixel data: not an image ({what})")
+
+
+def _file_meta_sop_class(dataset: Dataset) -> str:
+    """The SOP class the file meta names (Media Storage SOP Class UID), for a data set that
+    names none itself (one cut at an element boundary before its own)."""
+    meta = getattr(dataset, "file_meta", None)
+    return element_text(meta, 0x00020002) if meta is not None else ""
 
 
 def _check_pixel_data(reader: RangedReader, stream, pixel: dict) -> None:
@@ -616,14 +681,39 @@ def _check_pixel_data(reader: RangedReader, stream, pixel: dict) -> None:
         )
 
 
-def _bare_data_set(data: bytes) -> bool:
-    """Whether ``data`` (a first range without ``DICM``) starts like a DICOM data set: the
-    first elements parse (as pydicom would with force=True) into ascending standard tags."""
+def _bare_data_set(data: bytes, size: int | None) -> bool:
+    """Whether ``data`` (a first range without ``DICM``) starts like a DICOM data set: its
+    first whole elements parse (as pydicom would with force=True) into ascending standard tags.
+
+    The range may end inside an element (a data set larger than the first range): that end is
+    no evidence against it. The elements judged are those whose value ends within the object
+    (of ``size`` bytes, None if unknown), in the range or after it.
+    """
+    window = RangedReader(lambda start, end: data[start:end], len(data))
+    seen: list[tuple[int, int, int]] = []
+
+    def first_elements(tag, vr, length) -> bool:
+        seen.append((int(tag), window.tell(), length))
+        return len(seen) > _BARE_ELEMENTS_JUDGED
+
     try:
-        dataset = read_partial(io.BytesIO(data), force=True, defer_size=LARGE_VALUE_BYTES)
-    except Exception:  # noqa: BLE001 - any failure means it does not start like a data set
-        return False
-    tags = [int(tag) for tag in list(dataset._dict)[:8]]
+        read_partial(
+            cast(BinaryIO, window),
+            stop_when=first_elements,
+            force=True,
+            defer_size=LARGE_VALUE_BYTES,
+        )
+    except HeaderTooComplex:
+        raise
+    except Exception:  # noqa: BLE001 - a failure inside the range: not a data set
+        if not window.reached_end:
+            return False
+    end = size if size is not None else float("inf")
+    tags = [
+        tag
+        for tag, value_at, length in seen[:_BARE_ELEMENTS_JUDGED]
+        if length == 0xFFFFFFFF or value_at + length <= end
+    ]
     if len(tags) < 2 or tags != sorted(tags) or len(set(tags)) != len(tags):
         return False
     known = 0
