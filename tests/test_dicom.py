@@ -254,6 +254,26 @@ def test_a_cut_inside_the_pixel_data_is_seen_from_the_listed_size(counting):
     assert parse_header(data).PatientID == "Covid1"
 
 
+@pytest.mark.filterwarnings("ignore:Unknown encoding:UserWarning")
+def test_a_refusal_names_what_pydicom_said_about_the_file(counting):
+    """A refused file's reason names what pydicom said while reading it.
+
+    The detail is the report's line for the file; the log holds nothing of it.
+    """
+    data = dicom(extra={"SpecificCharacterSet": "ISO_IR 999"})
+    blob = data[: data.index(PIXEL_TAG) - 3]  # inside the element before the pixel data
+    counting.write("cut.dcm", blob)
+    with pytest.raises(TruncatedHeader) as caught:
+        read_header(counting, "cut.dcm", len(blob))
+    assert str(caught.value).startswith("the file ends inside its header")
+    assert str(caught.value).endswith(
+        "(pydicom: Unknown encoding 'ISO_IR 999' - using default encoding instead)"
+    )
+    counting.write("whole.dcm", data)
+    read = read_header(counting, "whole.dcm", len(data))
+    assert read.messages == ("Unknown encoding 'ISO_IR 999' - using default encoding instead",)
+
+
 def test_real_truncated_file():
     with pytest.raises(TruncatedPixelData, match="8,130 of them"):
         parse_header(real("MR_truncated.dcm"))

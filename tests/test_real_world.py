@@ -22,6 +22,8 @@ from pydicom.errors import InvalidDicomError
 from tests import builders
 from tests.dicom_oracle import expected_json
 from warehouse.core.keys import identifier_problem
+from warehouse.storage.local import LocalStorage
+from warehouse.synthetic import generate_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -273,6 +275,13 @@ def test_every_real_file_is_filed_exactly_or_reported(store):
     assert report["completed"] is True
     reasons = {p["key"]: p["reason"] for p in report["problems"]}
     assert "internal error" not in reasons.values()
+    # what pydicom says reading a file is the file's: in its report line, never a log line
+    details = {p["key"]: p["detail"] for p in report["problems"]}
+    assert details[f"{PREFIX}/images/SC_rgb_jpeg.dcm"] == (
+        "no PatientID in the header (pydicom: Expected explicit VR, but found implicit VR - "
+        "using implicit VR for reading)"
+    )
+    assert "notes" not in report  # (no file filed had pydicom say anything)
 
     warehouse = builders.snapshot(store, "training/") | builders.snapshot(store, "validation/")
     filed = {key.rsplit("/", 1)[1]: key for key in warehouse if key.endswith(".dcm")}
@@ -312,3 +321,40 @@ def test_every_real_file_is_filed_exactly_or_reported(store):
     assert state.report.counts["unfiled inputs not read again (unchanged)"] == len(
         [key for key in reasons if key.startswith(PREFIX)]
     )
+
+
+def warnings_logged(root) -> list[str]:
+    """Log lines of a loader run on ``root`` other than its INFO and status lines.
+
+    As an operator sees them: `python -m`, plain text logs on standard error.
+    """
+    result = builders.python_m(
+        "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{root}")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "images copied" in result.stdout
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("- process_image") for line in lines)  # (the log was read)
+    return [line for line in lines if not line.startswith(("INFO ", "- "))]
+
+
+def test_a_run_over_pydicom_files_logs_no_warning(tmp_path):
+    """A run over pydicom's files, many of them refused, logs no warning.
+
+    Each refusal is in the report; none makes a log line, nor does anything pydicom says
+    while reading the files.
+    """
+    root = tmp_path / "bucket"
+    root.mkdir()
+    (tmp_path / "bucket-processed").mkdir()
+    files, _ = real_tree()
+    builders.put_tree(LocalStorage(root), files)
+    assert warnings_logged(root) == []
+
+
+def test_a_run_over_the_demo_tree_logs_no_warning(tmp_path):
+    """The demo tree (`make demo`: every faulty kind among 300 images) logs no warning."""
+    root = tmp_path / "bucket"
+    (tmp_path / "bucket-processed").mkdir(parents=True)
+    generate_tree(root, patients=40, images=300)
+    assert warnings_logged(root) == []

@@ -60,6 +60,8 @@ class RunReport:
         self.counts_by_prefix: dict[str, Counter[str]] = {}
         self.reasons: Counter[str] = Counter()
         self.problems: list[dict] = []
+        #: Remarks about inputs that did not stop them (`note`): key and text.
+        self.notes: list[dict] = []
         self.fatal: str | None = None
         #: Whether ``fatal`` is a problem of the settings or ``config.json`` (exit code 2).
         self.config_problem = False
@@ -113,6 +115,15 @@ class RunReport:
             "%s: %s", key, reason.value, extra={"event": "not_filed", "key": key, "reason": reason}
         )
 
+    def note(self, key: str, text: str) -> None:
+        """Record a remark about one input that did not stop it (what pydicom said while it
+        read an image's header, elements left out of its metadata): in the report against
+        the input's key, once, instead of a warning in the run's log. The text is `bounded`;
+        the note is logged at INFO by the report's logger (shown in JSON logs only)."""
+        with self._lock:
+            self.notes.append({"key": key, "note": bounded(text)})
+        _logger.info("%s: %s", key, text, extra={"event": "note", "key": key})
+
     def skip_again(self, problem: dict) -> None:
         """Record again an input the last run reported, unchanged and not read again."""
         with self._lock:
@@ -158,29 +169,34 @@ class RunReport:
 
     def as_dict(self) -> dict:
         """The whole JSON run report (what ``latest.json`` holds): counts, reasons, every
-        input not filed by key, and the catalogue and feedback records when the run has them."""
+        input not filed by key, the notes about inputs (`note`), and the catalogue and feedback
+        records when the run has them."""
         by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
-        return {
-            "graph": self.graph,
-            "version": __version__,
-            "run_id": self.run_id,
-            "started": self.started.isoformat(),
-            "finished": dt.datetime.now(dt.UTC).isoformat(),
-            "completed": self.completed,
-            "fatal": self.fatal,
-            "counts": dict(sorted(self.counts.items())),
-            "counts_by_prefix": {
-                prefix: dict(sorted(counts.items()))
-                for prefix, counts in sorted(self.counts_by_prefix.items())
-            },
-            "not_filed": dict(sorted(self.reasons.items())),
-            "problems": by_key,
-        } | (
-            ({"catalogue": self.catalogue} if self.catalogue is not None else {})
+        return (
+            {
+                "graph": self.graph,
+                "version": __version__,
+                "run_id": self.run_id,
+                "started": self.started.isoformat(),
+                "finished": dt.datetime.now(dt.UTC).isoformat(),
+                "completed": self.completed,
+                "fatal": self.fatal,
+                "counts": dict(sorted(self.counts.items())),
+                "counts_by_prefix": {
+                    prefix: dict(sorted(counts.items()))
+                    for prefix, counts in sorted(self.counts_by_prefix.items())
+                },
+                "not_filed": dict(sorted(self.reasons.items())),
+                "problems": by_key,
+            }
+            | ({"notes": _sorted_notes(self.notes)} if self.notes else {})
             | (
-                {"feedback": dict(sorted(self.feedback.items()))}
-                if self.feedback is not None
-                else {}
+                ({"catalogue": self.catalogue} if self.catalogue is not None else {})
+                | (
+                    {"feedback": dict(sorted(self.feedback.items()))}
+                    if self.feedback is not None
+                    else {}
+                )
             )
         )
 
@@ -195,6 +211,10 @@ class RunReport:
     def to_json(self) -> bytes:
         """The report as indented UTF-8 JSON."""
         return json.dumps(self.as_dict(), indent=2).encode("utf-8")
+
+
+def _sorted_notes(notes: Iterable[Mapping]) -> list:
+    return sorted(notes, key=lambda n: (n["key"], n["note"]))
 
 
 def utc_stamp(when: dt.datetime) -> str:
@@ -559,6 +579,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
     by_prefix: dict[str, dict[str, int]] = {}
     reasons: dict[str, int] = {}
     problems: list[dict] = []
+    notes: list[dict] = []
     summaries, fatal = [], []
     started, finished, listed = [], [], True
     shards = 0
@@ -581,6 +602,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
         for name, n in report.get("not_filed", {}).items():
             reasons[name] = reasons.get(name, 0) + n
         problems.extend(report.get("problems", []))
+        notes.extend(report.get("notes", []))
         started.append(report["started"])
         finished.append(report["finished"])
         listed = listed and bool(report.get("listed", True))
@@ -615,7 +637,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
         "shards": shards,
         "parts": summaries,
         "listed": listed,
-    }
+    } | ({"notes": _sorted_notes(notes)} if notes else {})
 
 
 def _label(report: dict) -> str:

@@ -7,7 +7,9 @@ truncated header or pixel data, unreadable, too large, too complex). pydicom par
 size is read in the fewest requests, large values are skipped without being fetched, and the
 pixel data is never read. The elements pydicom parses are counted as it parses them, so a
 header of millions of tiny elements is refused after `MAX_HEADER_ELEMENTS` of them; what
-pydicom logs about a header is held while it is read and logged once with the file's key.
+pydicom logs about a header is held while it is read and handed on with the header (or named
+in the reason it is refused for): the run report holds it against the file's key, and the
+log stays quiet.
 """
 
 from __future__ import annotations
@@ -97,11 +99,14 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 @dataclass(frozen=True, slots=True)
 class HeaderRead:
-    """A parsed header and what it cost: the number of range requests and bytes read."""
+    """A parsed header, what it cost (the number of range requests and bytes read), and what
+    pydicom said about it while reading it (`MAX_PYDICOM_MESSAGES` distinct messages at most,
+    each cut to `MAX_PYDICOM_MESSAGE_CHARS`; they quote the file's own values)."""
 
     dataset: Dataset
     requests: int
     bytes_read: int
+    messages: tuple[str, ...] = ()
 
 
 class RangedReader(io.RawIOBase):
@@ -360,9 +365,10 @@ pydicom_filereader.data_element_generator = _counted_element_generator
 
 class _PydicomMessages(logging.Handler):
     """The one handler of pydicom's logger (which no longer passes its records on): while a
-    thread reads a header, pydicom's messages about it are held (`read_header` logs them with
-    the file's key, escaped like every log line); any other is logged at DEBUG (converting a
-    header already read repeats what its reading said)."""
+    thread reads a header, pydicom's messages about it are held (`read_header` returns them,
+    or names them in the reason it raises: they belong to the file, in the run report against
+    its key, not in the log); any other is logged at DEBUG (converting a header already read
+    repeats what its reading said)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()[:MAX_PYDICOM_MESSAGE_CHARS]
@@ -379,18 +385,27 @@ _pydicom_logger.propagate = False
 
 
 @contextlib.contextmanager
-def _reading(name: str):
+def _reading():
     """Count the elements pydicom parses (`MAX_HEADER_ELEMENTS`) and hold its messages while
-    one header is read; then log those messages once, with ``name`` (the file's key)."""
-    _READING.budget, _READING.messages = [MAX_HEADER_ELEMENTS], []
+    one header is read: yields the list they are held in. A `HeaderProblem` raised meanwhile
+    names them (`with_pydicom_messages`)."""
+    messages: list[str] = []
+    _READING.budget, _READING.messages = [MAX_HEADER_ELEMENTS], messages
     _READING.value_cut = False
     try:
-        yield
+        yield messages
+    except HeaderProblem as exc:
+        raise with_pydicom_messages(exc, messages) from None
     finally:
-        messages = _READING.messages
         _READING.budget, _READING.messages = None, None
-        for message in messages:
-            logger.warning("%s: pydicom: %s", name, message)
+
+
+def with_pydicom_messages(exc: Exception, messages) -> Exception:
+    """``exc`` with pydicom's messages about the file (`HeaderRead.messages`) added to its
+    message, which is the report's detail: ``... (pydicom: first; second)``."""
+    if messages:
+        exc.args = (f"{exc} (pydicom: {'; '.join(messages)})",)
+    return exc
 
 
 def read_header(
@@ -410,19 +425,25 @@ def read_header(
     max_header_bytes : int, optional
         The most bytes the header may cost (default `DEFAULT_MAX_HEADER_BYTES`).
 
+    Returns
+    -------
+    HeaderRead
+        The header, what reading it cost, and pydicom's messages about it.
+
     Raises
     ------
     HeaderProblem
-        A subclass whose ``reason`` says why the file cannot be filed.
+        A subclass whose ``reason`` says why the file cannot be filed (its message naming
+        pydicom's messages about the file, if any).
     StorageError
         When a read fails.
     """
     reader = RangedReader(
         lambda start, end: storage.read_range(key, start, end), size, limit=max_header_bytes
     )
-    with _reading(key):
+    with _reading() as messages:
         dataset = _read(reader)
-    return HeaderRead(dataset, reader.requests, reader.bytes_read)
+    return HeaderRead(dataset, reader.requests, reader.bytes_read, tuple(messages))
 
 
 def parse_header(data: bytes, *, max_header_bytes: int | None = None) -> Dataset:
@@ -434,8 +455,11 @@ def parse_header(data: bytes, *, max_header_bytes: int | None = None) -> Dataset
         As `read_header`.
     """
     reader = RangedReader(lambda start, end: data[start:end], len(data), limit=max_header_bytes)
-    with _reading("header in memory"):
-        return _read(reader)
+    with _reading() as messages:
+        dataset = _read(reader)
+    for message in messages:
+        logger.debug("header in memory: pydicom: %s", message)
+    return dataset
 
 
 def _read(reader: RangedReader) -> Dataset:
