@@ -72,8 +72,10 @@ REASON_MEANINGS: dict[Reason, str] = {
     Reason.MISSING_IDENTIFIER: ("no PatientID, StudyInstanceUID, SeriesInstanceUID or Modality"),
     Reason.UNSUPPORTED_MODALITY: "a modality with no warehouse folder",
     Reason.UNSAFE_IDENTIFIER: (
-        "white space or control characters, path separators, `..`, a UID that is not a DICOM "
-        "UID of at most 64 characters, an over-long pseudonym or file name"
+        "a pseudonym or PatientID with a character other than ASCII letters, digits and "
+        "`._-+=@,` (the detail names it and its position), not starting with a letter or digit, "
+        "holding `..` or over 128 characters; a file name likewise (inner spaces allowed, 255 "
+        "bytes); a UID that is not a DICOM UID of at most 64 characters"
     ),
     Reason.NO_PATIENT_DATA: "the image's patient has no clinical file (yet)",
     Reason.INVALID_JSON: (

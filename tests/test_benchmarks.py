@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import uuid
@@ -415,8 +416,27 @@ def test_dicom_json_benchmark_converts_the_real_world_headers(capsys):
     assert len(files) > 80  # pydicom ships about 90 readable files
     assert dicom_json.main(["--rounds", "1"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"{len(files)} real-world headers: header_json_dict ")
-    assert line.endswith("x)")
+    assert re.match(rf"{len(files)} real-world headers \([0-9]+ naming a Specific Character", line)
+    assert "): header_json_dict " in line and line.endswith("x)")
+
+
+def test_dicom_json_benchmark_measures_headers_without_a_character_set(capsys):
+    """``--character-set absent``: the same files written again without (0008,0005), the
+    default repertoire (read back by pydicom: none names one, each still converts)."""
+    import io
+
+    import pydicom
+
+    from benchmarks import dicom_json
+
+    files = dicom_json.real_headers("absent")
+    assert len(files) > 80
+    for data in files:
+        header = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        assert "SpecificCharacterSet" not in header
+    assert dicom_json.main(["--rounds", "1", "--character-set", "absent"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{len(files)} real-world headers (without Specific Character Set): ")
 
 
 def test_catalogue_benchmark_measures_the_parts_and_a_reconcile(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -253,6 +254,26 @@ def test_a_cut_inside_the_pixel_data_is_seen_from_the_listed_size(counting):
     assert parse_header(data).PatientID == "Covid1"
 
 
+@pytest.mark.filterwarnings("ignore:Unknown encoding:UserWarning")
+def test_a_refusal_names_what_pydicom_said_about_the_file(counting):
+    """A refused file's reason names what pydicom said while reading it.
+
+    The detail is the report's line for the file; the log holds nothing of it.
+    """
+    data = dicom(extra={"SpecificCharacterSet": "ISO_IR 999"})
+    blob = data[: data.index(PIXEL_TAG) - 3]  # inside the element before the pixel data
+    counting.write("cut.dcm", blob)
+    with pytest.raises(TruncatedHeader) as caught:
+        read_header(counting, "cut.dcm", len(blob))
+    assert str(caught.value).startswith("the file ends inside its header")
+    assert str(caught.value).endswith(
+        "(pydicom: Unknown encoding 'ISO_IR 999' - using default encoding instead)"
+    )
+    counting.write("whole.dcm", data)
+    read = read_header(counting, "whole.dcm", len(data))
+    assert read.messages == ("Unknown encoding 'ISO_IR 999' - using default encoding instead",)
+
+
 def test_real_truncated_file():
     with pytest.raises(TruncatedPixelData, match="8,130 of them"):
         parse_header(real("MR_truncated.dcm"))
@@ -322,10 +343,40 @@ def test_uuid_pseudonym_is_fine():
 
 
 def test_dicom_padding_is_stripped_and_nothing_else():
-    assert image_identity(header(extra={"PatientID": "Covid1 "})).patient_id == "Covid1"
-    for value in (" Covid1", "Covid12\n", "Covid12\t", "Covid 12", "Covid12\x00"):
-        with pytest.raises(UnsafeIdentifier, match="unsafe pseudonym"):
+    """Trailing spaces and NULs, in any mix, are padding; nothing else is.
+
+    pydicom and dcmtk read a PatientID padded with NULs without them; anything else is refused
+    with the character named.
+    """
+    for padded in ("Covid1 ", "Covid1\x00", "Covid1\x00 ", "Covid1 \x00\x00 "):
+        data = dicom(extra={"PatientID": padded})
+        assert pydicom.dcmread(io.BytesIO(data)).PatientID == "Covid1"  # the readers' view
+        assert image_identity(parse_header(data)).patient_id == "Covid1"
+    for value, named in (
+        (" Covid1", "SPACE at 0"),
+        ("Covid12\n", "control character U+000A at 7"),
+        ("Covid12\t", "control character U+0009 at 7"),
+        ("Covid 12", "SPACE at 5"),
+        ("Covid\x0012", "control character U+0000 at 5"),
+        ("\x00Covid12", "control character U+0000 at 0"),
+    ):
+        with pytest.raises(
+            UnsafeIdentifier, match=re.escape(f"unsafe pseudonym {value!r}: {named}")
+        ):
             image_identity(header(extra={"PatientID": value}))
+
+
+def test_a_refused_patient_id_names_the_character_and_its_position():
+    """A PatientID of a time stamp and a UID is refused, naming ':' and where it is.
+
+    The allow-list has no ':'; the refusal says which character, and where.
+    """
+    patient = "12.02.15-15:49:23-STD-1.3.12.2.1107.5.3.58.40066"
+    with pytest.raises(UnsafeIdentifier) as caught:
+        image_identity(header(extra={"PatientID": patient}))
+    assert str(caught.value) == (
+        f"unsafe pseudonym {patient!r}: ':' (COLON) at 11 (allowed: letters, digits and ._-+=@,)"
+    )
 
 
 def test_a_uid_loses_its_nul_padding_only():

@@ -206,6 +206,114 @@ def test_un_elements_get_their_dictionary_vr_and_value():
 
 
 # --------------------------------------------------------------------------------------------
+# vendor private blocks: the private dictionary, by the block's private creator
+
+KIB = 1024
+
+
+def vendor_header(un: bool = False) -> Dataset:
+    """An MR header with the private blocks of three vendors as their exports write them:
+    Siemens CSA headers (80 KiB and 20 KiB, over the 16 KiB fetched), GE's identification and
+    parameter blocks (a 20 KiB histogram), a Philips stack sequence of 300 items (24 KiB), and
+    a block of a creator no dictionary knows. The GE parameter block sits at block 0x12 of
+    group 0043 and the unknown creator at 0x10: the block's creator decides, not the group.
+    With ``un``, the values of the private elements are written as VR UN (a file re-written by
+    a tool that lost their VRs)."""
+
+    def private(tag: int, vr: str, value, raw: bytes | None = None) -> None:
+        if un and raw is not None:
+            ds.add_new(tag, "UN", raw)
+        else:
+            ds.add_new(tag, vr, value)
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientID = "Covid1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.4"
+    ds.Modality = "MR"
+    ds.add_new(0x00090010, "LO", "GEMS_IDEN_01")
+    private(0x00091001, "LO", "GE_GENESIS_FF", b"GE_GENESIS_FF ")
+    ds.add_new(0x00190010, "LO", "SIEMENS MR HEADER")
+    private(0x0019100B, "DS", "3130", b"3130")
+    ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+    ds.add_new(0x00290011, "LO", "SIEMENS MEDCOM HEADER2")
+    private(0x00291008, "CS", "IMAGE NUM 4", b"IMAGE NUM 4 ")
+    private(0x00291009, "LO", "20100114", b"20100114")
+    csa_image, csa_series = b"SV10\4\3\2" + bytes(20 * KIB), b"SV10\4\3\2" + bytes(80 * KIB)
+    private(0x00291010, "OB", csa_image, csa_image)
+    private(0x00291018, "CS", "MR", b"MR")
+    private(0x00291020, "OB", csa_series, csa_series)
+    private(0x00291160, "LO", "com", b"com ")
+    ds.add_new(0x00430010, "LO", "ACME 1.0")
+    ds.add_new(0x00430012, "LO", "GEMS_PARM_01")
+    private(0x00431029, "OB", bytes(20 * KIB), bytes(20 * KIB))  # ACME's: unknown
+    private(0x00431201, "SS", -3, (-3).to_bytes(2, "little", signed=True))
+    private(0x00431229, "OB", bytes(20 * KIB), bytes(20 * KIB))  # GE's histogram tables
+    private(0x0043122A, "OB", bytes(100), bytes(100))
+    ds.add_new(0x20010010, "LO", "Philips Imaging DD 001")
+    ds.add_new(0x20050010, "LO", "Philips MR Imaging DD 001")  # (odd: padded with a space)
+    private(0x20011003, "FL", 1000.0, b"\x00\x00\x7a\x44")
+    stack = []
+    for n in range(300):
+        item = Dataset()
+        item.add_new(0x20010010, "LO", "Philips Imaging DD 001")
+        item.add_new(0x20011003, "FL", float(n))
+        item.ImageComments = f"stack {n} " + "x" * 50
+        stack.append(item)
+    if not un:  # (a UN sequence's value is implicit VR: left to pydicom's own tests)
+        ds.add_new(0x2001105F, "SQ", Sequence(stack))
+    return ds
+
+
+VENDOR = {
+    "implicit": (False, ImplicitVRLittleEndian),
+    "explicit": (False, ExplicitVRLittleEndian),
+    "explicit-un": (True, ExplicitVRLittleEndian),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VENDOR))
+def test_vendor_private_elements_get_their_private_dictionary_vr(name):
+    """pydicom (and dcmtk) give a private element the VR its private creator's dictionary
+    entry names: a CSA header skipped unread is OB, not UN, in implicit VR files too."""
+    un, syntax = VENDOR[name]
+    data = part10(vendor_header(un), syntax)
+    doc = header_json_dict(parse_header(data))
+    for key in ("00291010", "00291020", "00431229"):  # over 16 KiB: no value
+        assert doc[key] == {"vr": "OB"}, key
+    # ACME 1.0 is in no dictionary: its element has the VR the file gives, or UN
+    assert doc["00431029"] == {"vr": "OB" if name == "explicit" else "UN"}
+    assert doc["00290010"] == {"vr": "LO", "Value": ["SIEMENS CSA HEADER"]}
+    assert doc["00291008"] == {"vr": "CS", "Value": ["IMAGE NUM 4"]}
+    assert doc["00431201"] == {"vr": "SS", "Value": [-3]}
+    assert doc["20011003"] == {"vr": "FL", "Value": [1000.0]}
+    if not un:  # a private sequence over 16 KiB: fetched and kept, items and all
+        assert len(data) > 100 * KIB and doc["2001105F"]["vr"] == "SQ"
+        assert len(doc["2001105F"]["Value"]) == 300
+    assert doc == expected_json(data)
+
+
+def test_skipped_values_of_ambiguous_or_long_un_vrs_get_pydicom_s_vr():
+    """Overlay Data (OB or OW) of an implicit VR file is OW, as pydicom resolves it; a public
+    element sent as UN gets its dictionary VR below 64 KiB and stays UN from there."""
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        ds = vendor_header()
+        ds.add_new(0x60000010, "US", 512)
+        ds.add_new(0x60000011, "US", 512)
+        ds.add_new(0x60003000, "OW", bytes(32 * KIB))
+        if syntax == ExplicitVRLittleEndian:
+            ds.add_new(0x00204000, "UN", b"y" * 20_000)
+            ds.add_new(0x00081030, "UN", b"x" * 70_000)
+        data = part10(ds, syntax)
+        doc = header_json_dict(parse_header(data))
+        assert doc["60003000"] == {"vr": "OW"}
+        if syntax == ExplicitVRLittleEndian:
+            assert doc["00204000"] == {"vr": "LT"}
+            assert doc["00081030"] == {"vr": "UN"}
+        assert doc == expected_json(data)
+
+
+# --------------------------------------------------------------------------------------------
 # every real-world file pydicom ships
 
 

@@ -17,6 +17,8 @@ from warehouse.core.keys import (
     check_uid,
     clinical_name,
     clinical_target,
+    dicom_identifier,
+    identifier_problem,
     image_stem,
     image_targets,
     is_dicom_uid,
@@ -347,6 +349,75 @@ def test_check_pseudonym_rejects(pseudonym):
         assert f"{len(pseudonym)} characters (at most {MAX_PSEUDONYM_LENGTH})" in str(caught.value)
     else:
         assert repr(pseudonym) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("pseudonym", "named"),
+    [
+        ("12.02.15-15:49:23-STD-1.3.12", "':' (COLON) at 11"),
+        ("Smith^John", "'^' (CIRCUMFLEX ACCENT) at 5"),
+        ("Covid#1", "'#' (NUMBER SIGN) at 5"),
+        ("Covid1(a)", "'(' (LEFT PARENTHESIS) at 6"),
+        ("a/b", "'/' (SOLIDUS) at 1"),
+        ("a\\b", "'\\\\' (REVERSE SOLIDUS) at 1"),
+        ("Caf\u00e9", "'\u00e9' (LATIN SMALL LETTER E WITH ACUTE) at 3"),
+        ("Covid\u0661", "'\u0661' (ARABIC-INDIC DIGIT ONE) at 5"),  # a digit, not ASCII
+    ],
+)
+def test_a_character_outside_the_allow_list_is_named_with_its_position(pseudonym, named):
+    assert identifier_problem(pseudonym) == (
+        f"unsafe pseudonym {pseudonym!r}: {named} (allowed: letters, digits and ._-+=@,)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pseudonym", "detail"),
+    [
+        (".Covid1", "'.' (FULL STOP) at 0 (the first character must be a letter or a digit)"),
+        ("-rf", "'-' (HYPHEN-MINUS) at 0 (the first character must be a letter or a digit)"),
+        ("Covid..1", "'..' at 5"),
+        ("Covid 1", "SPACE at 5"),
+        ("Covid1\u00a0", "NO-BREAK SPACE at 6"),
+        ("Covid\x001", "control character U+0000 at 5"),
+        ("Covid\u202e1", "RIGHT-TO-LEFT OVERRIDE at 5"),
+        ("", "empty or not text"),
+    ],
+)
+def test_every_other_refusal_says_what_and_where(pseudonym, detail):
+    assert identifier_problem(pseudonym) == f"unsafe pseudonym {pseudonym!r}: {detail}"
+
+
+def test_the_allow_list_accepts_each_of_its_characters():
+    for pseudonym in ("Covid1", "a.b_c-d+e=f@g,h", "0", "Z" + "._-+=@," * 10):
+        assert identifier_problem(pseudonym) is None, pseudonym
+
+
+def test_a_refusal_quotes_a_hostile_value_escaped_and_cut_short():
+    """A refusal's detail stays one short line whatever the upload holds.
+
+    The value is quoted at most 120 characters, its controls escaped.
+    """
+    pseudonym = "C" * 100 + "\x1b[2J" + "#" * 5000
+    problem = identifier_problem(pseudonym)
+    assert problem is not None and "\x1b" not in problem and "\n" not in problem
+    assert problem.endswith("..." + "#" * 58 + "': control character U+001B at 100")
+    assert len(problem) < 200
+
+
+@pytest.mark.parametrize(
+    ("text", "identifier"),
+    [
+        ("7DkT2Tp\x00", "7DkT2Tp"),
+        ("Covid1 ", "Covid1"),
+        ("Covid1\x00 \x00", "Covid1"),
+        ("1.2.840.10008\x00", "1.2.840.10008"),
+        (" Covid1", " Covid1"),  # leading: not padding
+        ("Cov\x00id1", "Cov\x00id1"),  # inner: not padding
+        ("Covid1\t", "Covid1\t"),
+    ],
+)
+def test_dicom_padding_is_trailing_spaces_and_nuls_only(text, identifier):
+    assert dicom_identifier(text) == identifier
 
 
 def test_clinical_key_with_unsafe_pseudonym_is_parsed_but_not_safe():

@@ -22,11 +22,21 @@ from pydicom.errors import InvalidDicomError
 from tests import builders
 from tests.dicom_oracle import expected_json
 from warehouse.core.keys import identifier_problem
+from warehouse.storage.local import LocalStorage
+from warehouse.synthetic import generate_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 SITE = "Real World Trust"
 PREFIX = "raw-real/2021-03-01"
+
+
+def upload_name(path: str) -> str:
+    """The name a file of pydicom's test data is uploaded as (its path under the test files,
+    folders joined by ``_``, with a ``.dcm`` suffix): the keys of `EXPECTED`.
+    """
+    relative = os.path.relpath(path, os.path.join(pydicom.data.DATA_ROOT, "test_files"))
+    return relative.replace(os.sep, "_").replace(".dcm", "") + ".dcm"
 
 
 def real_tree() -> tuple[dict[str, bytes], dict[str, bytes]]:
@@ -37,8 +47,7 @@ def real_tree() -> tuple[dict[str, bytes], dict[str, bytes]]:
     for path in sorted(pydicom.data.get_testdata_files()):
         if not os.path.isfile(path):
             continue
-        relative = os.path.relpath(path, os.path.join(pydicom.data.DATA_ROOT, "test_files"))
-        name = relative.replace(os.sep, "_").replace(".dcm", "") + ".dcm"
+        name = upload_name(path)
         with open(path, "rb") as handle:
             data = handle.read()
         images[f"{PREFIX}/images/{name}"] = data
@@ -120,9 +129,8 @@ EXPECTED = {
     "SC_rgb_small_odd_big_endian.dcm": MODALITY,
     "SC_rgb_small_odd_jpeg.dcm": MODALITY,
     "SC_ybr_full_422_uncompressed.dcm": MODALITY,
-    # (doubt: its file meta names CT Image Storage; the data set has no SOPClassUID, and
-    # the reason is decided by the data set's alone: "image without pixel data" by the meta)
-    "UN_sequence.dcm": NOT_IMAGE,
+    # its data set has no SOPClassUID: its file meta names CT Image Storage
+    "UN_sequence.dcm": NO_PIXELS,
     "badVR.dcm": MODALITY,
     "crayons.icc.dcm": NOT_DICOM,
     "dicomdirtests_77654033_CR1_6154.dcm": FILED,
@@ -156,7 +164,7 @@ EXPECTED = {
     "dicomdirtests_98892003_MR700_4618.dcm": FILED,
     "dicomdirtests_98892003_MR700_4648.dcm": FILED,
     "dicomdirtests_98892003_MR700_4678.dcm": FILED,
-    # DICOMDIRs: not images (the detail says "no SOP class": the class is in the file meta)
+    # DICOMDIRs: not images (the class, Media Storage Directory Storage, is the file meta's)
     "dicomdirtests_DICOMDIR-bigEnd.dcm": NOT_IMAGE,
     "dicomdirtests_DICOMDIR-empty.dcm": NOT_IMAGE,
     "dicomdirtests_DICOMDIR-implicit.dcm": NOT_IMAGE,
@@ -231,9 +239,10 @@ EXPECTED = {
     # CT_small without file meta, after a stray first byte: pydicom's force=True reads one
     # element of it, so not even a bare data set
     "no_meta.dcm": NOT_DICOM,
-    "no_meta_group_length.dcm": NOT_IMAGE,
-    # (doubt: as UN_sequence.dcm, its file meta names MR Image Storage)
-    "priv_SQ.dcm": NOT_IMAGE,
+    # three elements; its file meta names RT Image Storage
+    "no_meta_group_length.dcm": NO_PIXELS,
+    # as UN_sequence.dcm: its file meta names MR Image Storage
+    "priv_SQ.dcm": NO_PIXELS,
     "reportsi.dcm": NOT_IMAGE,
     "reportsi_with_empty_number_tags.dcm": NOT_IMAGE,
     "rtdose.dcm": MODALITY,
@@ -266,6 +275,13 @@ def test_every_real_file_is_filed_exactly_or_reported(store):
     assert report["completed"] is True
     reasons = {p["key"]: p["reason"] for p in report["problems"]}
     assert "internal error" not in reasons.values()
+    # what pydicom says reading a file is the file's: in its report line, never a log line
+    details = {p["key"]: p["detail"] for p in report["problems"]}
+    assert details[f"{PREFIX}/images/SC_rgb_jpeg.dcm"] == (
+        "no PatientID in the header (pydicom: Expected explicit VR, but found implicit VR - "
+        "using implicit VR for reading)"
+    )
+    assert "notes" not in report  # (no file filed had pydicom say anything)
 
     warehouse = builders.snapshot(store, "training/") | builders.snapshot(store, "validation/")
     filed = {key.rsplit("/", 1)[1]: key for key in warehouse if key.endswith(".dcm")}
@@ -305,3 +321,40 @@ def test_every_real_file_is_filed_exactly_or_reported(store):
     assert state.report.counts["unfiled inputs not read again (unchanged)"] == len(
         [key for key in reasons if key.startswith(PREFIX)]
     )
+
+
+def warnings_logged(root) -> list[str]:
+    """Log lines of a loader run on ``root`` other than its INFO and status lines.
+
+    As an operator sees them: `python -m`, plain text logs on standard error.
+    """
+    result = builders.python_m(
+        "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{root}")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "images copied" in result.stdout
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("- process_image") for line in lines)  # (the log was read)
+    return [line for line in lines if not line.startswith(("INFO ", "- "))]
+
+
+def test_a_run_over_pydicom_files_logs_no_warning(tmp_path):
+    """A run over pydicom's files, many of them refused, logs no warning.
+
+    Each refusal is in the report; none makes a log line, nor does anything pydicom says
+    while reading the files.
+    """
+    root = tmp_path / "bucket"
+    root.mkdir()
+    (tmp_path / "bucket-processed").mkdir()
+    files, _ = real_tree()
+    builders.put_tree(LocalStorage(root), files)
+    assert warnings_logged(root) == []
+
+
+def test_a_run_over_the_demo_tree_logs_no_warning(tmp_path):
+    """The demo tree (`make demo`: every faulty kind among 300 images) logs no warning."""
+    root = tmp_path / "bucket"
+    (tmp_path / "bucket-processed").mkdir(parents=True)
+    generate_tree(root, patients=40, images=300)
+    assert warnings_logged(root) == []

@@ -9,7 +9,8 @@ import threading
 
 from warehouse import __version__
 from warehouse.core.reasons import FAILURES, Reason
-from warehouse.core.report import RunReport
+from warehouse.core.report import RunReport, combine_reports
+from warehouse.core.text import MAX_DETAIL_CHARS
 
 
 def test_counts():
@@ -132,6 +133,39 @@ def test_as_dict():
     finished = dt.datetime.fromisoformat(doc["finished"])
     assert started.utcoffset() == dt.timedelta(0)
     assert started <= finished
+
+
+def test_notes_are_kept_by_key_bounded_and_joined_across_shards():
+    """A remark about an input that did not stop it is in the report, against its key.
+
+    So are the whole report, a shard's, and a sharded run's combined one; the summary has
+    none of it.
+    """
+    report = RunReport("warehouseloader")
+    assert "notes" not in report.as_dict()  # (a run without notes has none)
+    report.note("raw-a/2021-01-02/images/b.dcm", "pydicom: Unknown encoding 'X'")
+    report.note("raw-a/2021-01-02/images/a.dcm", "metadata JSON without ['00091010'] " * 100)
+    doc = report.as_dict()
+    assert [n["key"] for n in doc["notes"]] == [
+        "raw-a/2021-01-02/images/a.dcm",
+        "raw-a/2021-01-02/images/b.dcm",
+    ]
+    assert doc["notes"][1]["note"] == "pydicom: Unknown encoding 'X'"
+    assert len(doc["notes"][0]["note"]) == MAX_DETAIL_CHARS
+    assert "pydicom" not in report.summary()
+    other = RunReport("warehouseloader", report.run_id)
+    other.note("raw-b/2021-01-02/images/c.dcm", "pydicom: Unknown encoding 'Y'")
+    parts = {
+        "p/clinical.json": {**report.as_dict(), "phase": "clinical"},
+        "p/shard-1-of-1.json": {**other.as_dict(), "phase": "images", "shard": [1, 1]},
+    }
+    combined = combine_reports(parts, report.run_id, "warehouseloader")
+    assert [n["key"] for n in combined["notes"]] == [
+        "raw-a/2021-01-02/images/a.dcm",
+        "raw-a/2021-01-02/images/b.dcm",
+        "raw-b/2021-01-02/images/c.dcm",
+    ]
+    assert "notes" not in combine_reports({"p/x.json": other.as_dict() | {"notes": []}}, "r", "g")
 
 
 def test_to_json_round_trips():

@@ -29,7 +29,15 @@ CLINICAL_SUFFIXES = {"_data.json": "data", "_status.json": "status"}
 MAX_PSEUDONYM_LENGTH = 128
 MAX_FILE_NAME_LENGTH = 255
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_SAFE_PART = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._\-+=@, ]*[A-Za-z0-9._\-+=@,])?$")
+#: The characters a key part may hold besides ASCII letters and digits (a file name may also
+#: hold inner spaces); it starts with a letter or a digit and holds no ``..``.
+SAFE_PUNCTUATION = "._-+=@,"
+_ALPHANUMERIC = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_PSEUDONYM_CHARACTERS = _ALPHANUMERIC | frozenset(SAFE_PUNCTUATION)
+_SAFE_PART = re.compile(
+    rf"^[A-Za-z0-9]([A-Za-z0-9{re.escape(SAFE_PUNCTUATION)} ]*"
+    rf"[A-Za-z0-9{re.escape(SAFE_PUNCTUATION)}])?$"
+)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -58,9 +66,9 @@ def is_dicom_uid(value: str) -> bool:
 def is_safe_name(value: str, max_length: int = MAX_FILE_NAME_LENGTH) -> bool:
     """Return whether ``value`` is safe as one key part.
 
-    Safe means: a non-empty string of letters, digits, inner spaces and ``._-+=@,`` that starts
-    with a letter or digit (so no ``..``, no hidden names, no separators, no control characters),
-    and no longer than ``max_length``.
+    Safe means: a non-empty string of ASCII letters, digits, inner spaces and
+    `SAFE_PUNCTUATION` (``._-+=@,``) that starts with a letter or digit (so no ``..``, no
+    hidden names, no separators, no control characters), and no longer than ``max_length``.
     """
     return (
         isinstance(value, str)
@@ -70,45 +78,63 @@ def is_safe_name(value: str, max_length: int = MAX_FILE_NAME_LENGTH) -> bool:
     )
 
 
-def dicom_identifier(text: str, vr: str) -> str:
+def dicom_identifier(text: str) -> str:
     """An identifier element's text without its DICOM padding, and nothing else removed.
 
-    Padding is trailing spaces (PS3.5 6.2), and for a UID (VR ``UI``) a trailing NUL. Any other
-    white space or control character stays, so that `check_pseudonym` refuses it.
+    Padding is what pydicom and dcmtk strip when they read a text value: trailing spaces
+    (PS3.5 6.2) and trailing NULs, in any mix (exports pad ``7DkT2Tp`` with a NUL).
+    Any other white space or control character stays, so that `check_pseudonym` refuses it.
 
     Parameters
     ----------
     text : str
         The decoded value as the file holds it.
-    vr : str
-        The element's value representation.
     """
-    if vr == "UI":
-        text = text.rstrip("\x00")
-    return text.rstrip(" ")
+    return text.rstrip("\x00 ")
+
+
+def _character(char: str) -> str:
+    """A character as a refusal names it: ``':' (COLON)``; its name alone when it does not
+    print (``SPACE``, ``NULL``)."""
+    fallback = f"U+{ord(char):04X}"
+    if not char.isprintable() or char.isspace():
+        return unicodedata.name(char, f"control character {fallback}")
+    return f"{char!r} ({unicodedata.name(char, fallback)})"
 
 
 def identifier_problem(value: object, what: str = "pseudonym") -> str | None:
     """Why ``value`` cannot be a pseudonym (or PatientID) key part, or None if it can.
 
     This is the one identity rule for every pseudonym: from a clinical file name, a clinical
-    record's ``Pseudonym`` and a DICOM PatientID. Nothing is stripped here: white space or a
-    control character anywhere, path characters, ``..``, a leading non-alphanumeric character
-    or more than `MAX_PSEUDONYM_LENGTH` characters make it unsafe.
+    record's ``Pseudonym`` and a DICOM PatientID. Nothing is stripped here. A pseudonym holds
+    ASCII letters, digits and `SAFE_PUNCTUATION` (``._-+=@,``) only, starts with a letter or
+    a digit, holds no ``..`` and is at most `MAX_PSEUDONYM_LENGTH` characters long; a refusal
+    names the first character that breaks the rule and its position (from 0), the value quoted
+    (`text.quote`: escaped, cut short).
     """
     if not isinstance(value, str) or not value:
         return f"unsafe {what} {quote(value)}: empty or not text"
     for position, char in enumerate(value):
         if char.isspace() or unicodedata.category(char)[0] == "C":
-            name = unicodedata.name(char, f"control character U+{ord(char):04X}")
-            return f"unsafe {what} {quote(value)}: {name} at {position}"
+            return f"unsafe {what} {quote(value)}: {_character(char)} at {position}"
     if len(value) > MAX_PSEUDONYM_LENGTH:
         return (
             f"unsafe {what} {quote(value)}: {len(value):,} characters "
             f"(at most {MAX_PSEUDONYM_LENGTH})"
         )
-    if not is_safe_name(value, MAX_PSEUDONYM_LENGTH):
-        return f"unsafe {what} {quote(value)}"
+    if value[0] not in _ALPHANUMERIC:
+        return (
+            f"unsafe {what} {quote(value)}: {_character(value[0])} at 0 "
+            "(the first character must be a letter or a digit)"
+        )
+    for position, char in enumerate(value):
+        if char not in _PSEUDONYM_CHARACTERS:
+            return (
+                f"unsafe {what} {quote(value)}: {_character(char)} at {position} "
+                f"(allowed: letters, digits and {SAFE_PUNCTUATION})"
+            )
+    if ".." in value:
+        return f"unsafe {what} {quote(value)}: '..' at {value.index('..')}"
     return None
 
 

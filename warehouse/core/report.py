@@ -60,6 +60,8 @@ class RunReport:
         self.counts_by_prefix: dict[str, Counter[str]] = {}
         self.reasons: Counter[str] = Counter()
         self.problems: list[dict] = []
+        #: Remarks about inputs that did not stop them (`note`): key and text.
+        self.notes: list[dict] = []
         self.fatal: str | None = None
         #: The signal that stopped the run (``SIGTERM``, ``SIGINT``), or None: a stopped run
         #: did not start every input, so its report is never the next run's memo.
@@ -116,6 +118,15 @@ class RunReport:
             "%s: %s", key, reason.value, extra={"event": "not_filed", "key": key, "reason": reason}
         )
 
+    def note(self, key: str, text: str) -> None:
+        """Record a remark about one input that did not stop it (what pydicom said while it
+        read an image's header, elements left out of its metadata): in the report against
+        the input's key, once, instead of a warning in the run's log. The text is `bounded`;
+        the note is logged at INFO by the report's logger (shown in JSON logs only)."""
+        with self._lock:
+            self.notes.append({"key": key, "note": bounded(text)})
+        _logger.info("%s: %s", key, text, extra={"event": "note", "key": key})
+
     def skip_again(self, problem: dict) -> None:
         """Record again an input the last run reported, unchanged and not read again."""
         with self._lock:
@@ -171,30 +182,35 @@ class RunReport:
 
     def as_dict(self) -> dict:
         """The whole JSON run report (what ``latest.json`` holds): counts, reasons, every
-        input not filed by key, and the catalogue and feedback records when the run has them."""
+        input not filed by key, the notes about inputs (`note`), and the catalogue and feedback
+        records when the run has them."""
         by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
-        return {
-            "graph": self.graph,
-            "version": __version__,
-            "run_id": self.run_id,
-            "started": self.started.isoformat(),
-            "finished": dt.datetime.now(dt.UTC).isoformat(),
-            "completed": self.completed,
-            "fatal": self.fatal,
-            "stopped": self.stopped,
-            "counts": dict(sorted(self.counts.items())),
-            "counts_by_prefix": {
-                prefix: dict(sorted(counts.items()))
-                for prefix, counts in sorted(self.counts_by_prefix.items())
-            },
-            "not_filed": dict(sorted(self.reasons.items())),
-            "problems": by_key,
-        } | (
-            ({"catalogue": self.catalogue} if self.catalogue is not None else {})
+        return (
+            {
+                "graph": self.graph,
+                "version": __version__,
+                "run_id": self.run_id,
+                "started": self.started.isoformat(),
+                "finished": dt.datetime.now(dt.UTC).isoformat(),
+                "completed": self.completed,
+                "fatal": self.fatal,
+                "stopped": self.stopped,
+                "counts": dict(sorted(self.counts.items())),
+                "counts_by_prefix": {
+                    prefix: dict(sorted(counts.items()))
+                    for prefix, counts in sorted(self.counts_by_prefix.items())
+                },
+                "not_filed": dict(sorted(self.reasons.items())),
+                "problems": by_key,
+            }
+            | ({"notes": _sorted_notes(self.notes)} if self.notes else {})
             | (
-                {"feedback": dict(sorted(self.feedback.items()))}
-                if self.feedback is not None
-                else {}
+                ({"catalogue": self.catalogue} if self.catalogue is not None else {})
+                | (
+                    {"feedback": dict(sorted(self.feedback.items()))}
+                    if self.feedback is not None
+                    else {}
+                )
             )
         )
 
@@ -209,6 +225,10 @@ class RunReport:
     def to_json(self) -> bytes:
         """The report as indented UTF-8 JSON."""
         return json.dumps(self.as_dict(), indent=2).encode("utf-8")
+
+
+def _sorted_notes(notes: Iterable[Mapping]) -> list:
+    return sorted(notes, key=lambda n: (n["key"], n["note"]))
 
 
 def utc_stamp(when: dt.datetime) -> str:
@@ -579,6 +599,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
     by_prefix: dict[str, dict[str, int]] = {}
     reasons: dict[str, int] = {}
     problems: list[dict] = []
+    notes: list[dict] = []
     summaries, fatal = [], []
     started, finished, listed = [], [], True
     shards = 0
@@ -601,6 +622,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
         for name, n in report.get("not_filed", {}).items():
             reasons[name] = reasons.get(name, 0) + n
         problems.extend(report.get("problems", []))
+        notes.extend(report.get("notes", []))
         started.append(report["started"])
         finished.append(report["finished"])
         listed = listed and bool(report.get("listed", True))
@@ -637,7 +659,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
         "shards": shards,
         "parts": summaries,
         "listed": listed,
-    }
+    } | ({"notes": _sorted_notes(notes)} if notes else {})
 
 
 def _label(report: dict) -> str:

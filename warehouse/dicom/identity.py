@@ -29,10 +29,10 @@ class ImageIdentity:
 
 
 _IDENTIFIER_TAGS = {
-    "PatientID": (0x00100020, "LO"),
-    "StudyInstanceUID": (0x0020000D, "UI"),
-    "SeriesInstanceUID": (0x0020000E, "UI"),
-    "Modality": (0x00080060, "CS"),
+    "PatientID": 0x00100020,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+    "Modality": 0x00080060,
 }
 
 
@@ -50,9 +50,9 @@ def image_identity(dataset: Dataset) -> ImageIdentity:
         When the modality has no warehouse folder.
     """
     values = {}
-    for keyword, (tag, vr) in _IDENTIFIER_TAGS.items():
+    for keyword, tag in _IDENTIFIER_TAGS.items():
         try:
-            values[keyword] = element_text(dataset, tag, vr)
+            values[keyword] = element_text(dataset, tag)
         except (ValueError, TypeError, LookupError) as exc:
             raise UnsafeIdentifier(f"{keyword} cannot be decoded: {exc}") from None
         if not values[keyword]:

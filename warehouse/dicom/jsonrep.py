@@ -12,7 +12,6 @@ from pydicom.dataset import Dataset
 from warehouse.dicom.elements import (
     VOI_LUT_SEQUENCE,
     character_sets,
-    raw_vr,
     too_many_items,
 )
 
@@ -83,11 +82,11 @@ def _json_elements(dataset: Dataset, left_out: list[str] | None):
         element = None
         if isinstance(raw, RawDataElement):
             if tag in skipped:
-                if raw_vr(raw) == "SQ" and left_out is not None:
+                if raw.VR == "SQ" and left_out is not None:
                     left_out.append(key)  # a sequence too large to keep its items
-                yield key, {"vr": raw_vr(raw) or "UN"}
+                yield key, {"vr": raw.VR}  # (its VR resolved when it was skipped)
                 continue
-            if too_many_items(raw):
+            if too_many_items(raw, dataset):
                 if left_out is not None:
                     left_out.append(key)
                 yield key, {"vr": "SQ"}

@@ -7,7 +7,9 @@ truncated header or pixel data, unreadable, too large, too complex). pydicom par
 size is read in the fewest requests, large values are skipped without being fetched, and the
 pixel data is never read. The elements pydicom parses are counted as it parses them, so a
 header of millions of tiny elements is refused after `MAX_HEADER_ELEMENTS` of them; what
-pydicom logs about a header is held while it is read and logged once with the file's key.
+pydicom logs about a header is held while it is read and handed on with the header (or named
+in the reason it is refused for): the run report holds it against the file's key, and the
+log stays quiet.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from warehouse.dicom.elements import (
     VOI_LUT_TAG,
     element_text,
     raw_vr,
+    skipped_vr,
     too_many_items,
 )
 from warehouse.dicom.problems import (
@@ -80,6 +83,8 @@ PIXEL_DATA = 0x7FE00010
 #: Float, Double Float and (plain) Pixel Data: the first of them ends the header.
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
 _FIRST_PIXEL_TAG = 0x7FE00008
+#: How many of a bare data set's first elements are judged (`_bare_data_set`).
+_BARE_ELEMENTS_JUDGED = 8
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 logger = logging.getLogger(__name__)
@@ -94,11 +99,14 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 @dataclass(frozen=True, slots=True)
 class HeaderRead:
-    """A parsed header and what it cost: the number of range requests and bytes read."""
+    """A parsed header, what it cost (the number of range requests and bytes read), and what
+    pydicom said about it while reading it (`MAX_PYDICOM_MESSAGES` distinct messages at most,
+    each cut to `MAX_PYDICOM_MESSAGE_CHARS`; they quote the file's own values)."""
 
     dataset: Dataset
     requests: int
     bytes_read: int
+    messages: tuple[str, ...] = ()
 
 
 class RangedReader(io.RawIOBase):
@@ -134,6 +142,11 @@ class RangedReader(io.RawIOBase):
         self.bytes_read = 0
         #: Whether a read asked for bytes past the end of the object and got only part of them.
         self.cut = False
+        #: Whether a read asked for bytes past the end of the object and got fewer (none, at
+        #: the end of the object, included): the parse reached the end of the file. That is
+        #: how a complete data set without pixel data ends too, so it is evidence of a cut only
+        #: when the parse fails (or stops short of the structure the file declares).
+        self.reached_end = False
 
     def readable(self) -> bool:
         return True
@@ -171,8 +184,10 @@ class RangedReader(io.RawIOBase):
         offset = self._pos - self._start
         chunk = self._data[offset : offset + size]
         self._pos += len(chunk)
-        if 0 < len(chunk) < size:
-            self.cut = True
+        if len(chunk) < size:
+            self.reached_end = True
+            if chunk:
+                self.cut = True
         return chunk
 
     def readinto(self, buffer) -> int:
@@ -182,7 +197,7 @@ class RangedReader(io.RawIOBase):
 
     def read_chunk(self, size: int) -> bytes:
         """Up to ``size`` bytes from the position, fewer at the end of the object (a stream
-        read, never counted as a cut)."""
+        read, never counted as a cut, though it may reach the end)."""
         cut = self.cut
         chunk = self.read(size)
         self.cut = cut
@@ -292,10 +307,13 @@ class _Inflating(io.RawIOBase):
 
 class _Reading(threading.local):
     """What the thread reading a header holds: ``[how many more elements and items pydicom
-    may parse]`` (None: no header is being read) and pydicom's messages about the header."""
+    may parse]`` (None: no header is being read), pydicom's messages about the header, and
+    whether a value ended short, at the end of its data (pydicom goes on with what it read,
+    so a file cut there would parse "complete")."""
 
     budget: list[int] | None = None
     messages: list[str] | None = None
+    value_cut = False
 
 
 _READING = _Reading()
@@ -319,11 +337,23 @@ def _counting(elements, budget: list[int]):
     budget[0] -= 1  # the data set or item itself
     if budget[0] < 0:
         raise _too_complex()
-    for element in elements:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise _too_complex()
-        yield element
+    try:
+        for element in elements:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise _too_complex()
+            if type(element) is RawDataElement and _short(element):
+                _READING.value_cut = True
+            yield element
+    except EOFError:  # a value of undefined length without its delimiter
+        _READING.value_cut = True
+        raise
+
+
+def _short(raw: RawDataElement) -> bool:
+    """Whether a value read holds fewer bytes than its element's length says."""
+    value = raw.value
+    return isinstance(value, bytes) and raw.length != 0xFFFFFFFF and len(value) < raw.length
 
 
 def _too_complex() -> HeaderTooComplex:
@@ -335,9 +365,10 @@ pydicom_filereader.data_element_generator = _counted_element_generator
 
 class _PydicomMessages(logging.Handler):
     """The one handler of pydicom's logger (which no longer passes its records on): while a
-    thread reads a header, pydicom's messages about it are held (`read_header` logs them with
-    the file's key, escaped like every log line); any other is logged at DEBUG (converting a
-    header already read repeats what its reading said)."""
+    thread reads a header, pydicom's messages about it are held (`read_header` returns them,
+    or names them in the reason it raises: they belong to the file, in the run report against
+    its key, not in the log); any other is logged at DEBUG (converting a header already read
+    repeats what its reading said)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()[:MAX_PYDICOM_MESSAGE_CHARS]
@@ -354,17 +385,27 @@ _pydicom_logger.propagate = False
 
 
 @contextlib.contextmanager
-def _reading(name: str):
+def _reading():
     """Count the elements pydicom parses (`MAX_HEADER_ELEMENTS`) and hold its messages while
-    one header is read; then log those messages once, with ``name`` (the file's key)."""
-    _READING.budget, _READING.messages = [MAX_HEADER_ELEMENTS], []
+    one header is read: yields the list they are held in. A `HeaderProblem` raised meanwhile
+    names them (`with_pydicom_messages`)."""
+    messages: list[str] = []
+    _READING.budget, _READING.messages = [MAX_HEADER_ELEMENTS], messages
+    _READING.value_cut = False
     try:
-        yield
+        yield messages
+    except HeaderProblem as exc:
+        raise with_pydicom_messages(exc, messages) from None
     finally:
-        messages = _READING.messages
         _READING.budget, _READING.messages = None, None
-        for message in messages:
-            logger.warning("%s: pydicom: %s", name, message)
+
+
+def with_pydicom_messages(exc: Exception, messages) -> Exception:
+    """``exc`` with pydicom's messages about the file (`HeaderRead.messages`) added to its
+    message, which is the report's detail: ``... (pydicom: first; second)``."""
+    if messages:
+        exc.args = (f"{exc} (pydicom: {'; '.join(messages)})",)
+    return exc
 
 
 def read_header(
@@ -384,19 +425,25 @@ def read_header(
     max_header_bytes : int, optional
         The most bytes the header may cost (default `DEFAULT_MAX_HEADER_BYTES`).
 
+    Returns
+    -------
+    HeaderRead
+        The header, what reading it cost, and pydicom's messages about it.
+
     Raises
     ------
     HeaderProblem
-        A subclass whose ``reason`` says why the file cannot be filed.
+        A subclass whose ``reason`` says why the file cannot be filed (its message naming
+        pydicom's messages about the file, if any).
     StorageError
         When a read fails.
     """
     reader = RangedReader(
         lambda start, end: storage.read_range(key, start, end), size, limit=max_header_bytes
     )
-    with _reading(key):
+    with _reading() as messages:
         dataset = _read(reader)
-    return HeaderRead(dataset, reader.requests, reader.bytes_read)
+    return HeaderRead(dataset, reader.requests, reader.bytes_read, tuple(messages))
 
 
 def parse_header(data: bytes, *, max_header_bytes: int | None = None) -> Dataset:
@@ -408,17 +455,22 @@ def parse_header(data: bytes, *, max_header_bytes: int | None = None) -> Dataset
         As `read_header`.
     """
     reader = RangedReader(lambda start, end: data[start:end], len(data), limit=max_header_bytes)
-    with _reading("header in memory"):
-        return _read(reader)
+    with _reading() as messages:
+        dataset = _read(reader)
+    for message in messages:
+        logger.debug("header in memory: pydicom: %s", message)
+    return dataset
 
 
 def _read(reader: RangedReader) -> Dataset:
     head = reader.read(132)
     if not head:
         raise NotDicom("empty file")
+    if 128 < len(head) < 132 and b"DICM".startswith(head[128:]):
+        raise TruncatedHeader("the file ends inside its DICM prefix")
     if head[128:132] != b"DICM":
         first = reader.peek_window()
-        if _bare_data_set(first):
+        if _bare_data_set(first, reader.size):
             raise NoFileMeta(
                 "a bare data set without the 128-byte preamble, DICM prefix and file meta "
                 "(readable only with pydicom's force=True)"
@@ -444,11 +496,13 @@ def _read(reader: RangedReader) -> Dataset:
     except RecursionError:
         raise UnreadableHeader("sequences nested too deeply to read") from None
     except Exception as exc:  # noqa: BLE001 - pydicom's failures on hostile bytes have no common base
-        if reader.cut or getattr(stream, "cut", False):
+        # pydicom failed where the file ended: it wanted more than the file holds
+        if reader.reached_end or getattr(stream, "cut", False):
             raise TruncatedHeader(f"the file ends inside its header ({_describe(exc)})") from None
         raise UnreadableHeader(_describe(exc)) from None
-    if reader.cut or getattr(stream, "cut", False) or _ends_past_the_object(dataset, stream):
-        raise TruncatedHeader("the file ends inside its header")
+    ended = _where_the_header_ends_early(dataset, reader, stream)
+    if ended:
+        raise TruncatedHeader(f"the file ends inside its header ({ended})")
     if pixel.get("tag") not in PIXEL_DATA_TAGS:
         _no_pixel_data(dataset)
     _check_pixel_data(reader, stream, pixel)
@@ -489,7 +543,7 @@ def _fetch_skipped_sequences(dataset: Dataset, stream) -> None:
     for tag, raw in list(dataset._dict.items()):
         if not isinstance(raw, RawDataElement) or raw.value is not None or not raw.length:
             continue
-        if raw_vr(raw) != "SQ" or raw.length > MAX_SEQUENCE_BYTES:
+        if raw_vr(raw, dataset) != "SQ" or raw.length > MAX_SEQUENCE_BYTES:
             continue
         stream.seek(raw.value_tell)
         value = stream.read(raw.length)
@@ -498,13 +552,13 @@ def _fetch_skipped_sequences(dataset: Dataset, stream) -> None:
 
 
 def _empty_skipped_values(dataset: Dataset) -> None:
-    """Make the values pydicom skipped for their size empty elements, so nothing ever tries to
-    read them later; the tags are kept in ``dataset.skipped_for_size`` (the metadata JSON has
-    those elements without a value)."""
+    """Make the values pydicom skipped for their size empty elements of the VR pydicom would
+    give them (`skipped_vr`), so nothing ever tries to read them later; the tags are kept in
+    ``dataset.skipped_for_size`` (the metadata JSON has those elements without a value)."""
     skipped = set()
     for tag, raw in list(dataset._dict.items()):
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
-            dataset._dict[tag] = raw._replace(value=b"", length=0)
+            dataset._dict[tag] = raw._replace(VR=skipped_vr(raw, dataset), value=b"", length=0)
             skipped.add(int(tag))
     dataset.skipped_for_size = frozenset(skipped)
 
@@ -518,7 +572,7 @@ def _count_kept_sequences(dataset: Dataset) -> None:
     is not parsed; one pydicom cannot parse is left to the conversion, which leaves it out.
     """
     for tag, raw in list(dataset._dict.items()):
-        if tag == VOI_LUT_TAG or isinstance(raw, RawDataElement) and too_many_items(raw):
+        if tag == VOI_LUT_TAG or isinstance(raw, RawDataElement) and too_many_items(raw, dataset):
             continue
         try:
             _count_sequence(dataset, raw)
@@ -560,21 +614,50 @@ def _count_sequence(parent: Dataset, element) -> None:
             _count_sequence(item, child)
 
 
-def _ends_past_the_object(dataset: Dataset, stream) -> bool:
-    """Whether a top-level value (read or skipped) ends past the end of the object."""
+def _where_the_header_ends_early(dataset: Dataset, reader: RangedReader, stream) -> str:
+    """Where a header pydicom parsed without a failure ends before its structure does, or "".
+
+    pydicom takes the end of a file for the end of whatever it was reading, so a cut file
+    parses "complete" unless one of these says otherwise: a read that got part of what it
+    asked for (the file ends inside an element's tag, VR or length), a value read shorter
+    than its length or of undefined length without its delimiter (at any depth), a value
+    skipped unread that ends past the object, a file meta shorter than its group length
+    says, or no data set at all after the file meta.
+    """
+    if reader.cut or getattr(stream, "cut", False):
+        return "inside an element"
+    if _READING.value_cut:
+        return "inside a value"
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and reader.size is not None:
+        past = _value_past(meta._dict.values(), reader.size)
+        if past:
+            return past
+        length = meta.get("FileMetaInformationGroupLength")
+        # (the group length's own element ends 12 bytes after the DICM prefix, at 144)
+        if isinstance(length, int) and 144 + length > reader.size:
+            return f"the file meta, of {length:,} bytes after its group length"
     size = getattr(stream, "size", None)
-    if size is None:
-        return False
-    for raw in dataset._dict.values():
+    past = _value_past(dataset._dict.values(), size) if size is not None else ""
+    if past:
+        return past
+    if not dataset._dict:
+        return "no data set after the file meta"
+    return ""
+
+
+def _value_past(elements, size: int) -> str:
+    """The first raw element of ``elements`` whose value ends past ``size``, described."""
+    for raw in elements:
         if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
             if raw.value_tell + raw.length > size:
-                return True
-    return False
+                return f"a value of {raw.length:,} bytes at offset {raw.value_tell:,}"
+    return ""
 
 
 def _no_pixel_data(dataset: Dataset) -> None:
     """Raise the reason of a complete header without pixel data."""
-    sop_class = element_text(dataset, 0x00080016, "UI")
+    sop_class = element_text(dataset, 0x00080016) or _file_meta_sop_class(dataset)
     name = UID(sop_class).name if sop_class else ""
     if "Image Storage" in name:
         raise MissingPixelData(
@@ -583,6 +666,13 @@ def _no_pixel_data(dataset: Dataset) -> None:
         )
     what = f"{name} ({sop_class})" if name and name != sop_class else (sop_class or "no SOP class")
     raise NotAnImage(f"no pixel data: not an image ({what})")
+
+
+def _file_meta_sop_class(dataset: Dataset) -> str:
+    """The SOP class the file meta names (Media Storage SOP Class UID), for a data set that
+    names none itself (one cut at an element boundary before its own)."""
+    meta = getattr(dataset, "file_meta", None)
+    return element_text(meta, 0x00020002) if meta is not None else ""
 
 
 def _check_pixel_data(reader: RangedReader, stream, pixel: dict) -> None:
@@ -615,14 +705,39 @@ def _check_pixel_data(reader: RangedReader, stream, pixel: dict) -> None:
         )
 
 
-def _bare_data_set(data: bytes) -> bool:
-    """Whether ``data`` (a first range without ``DICM``) starts like a DICOM data set: the
-    first elements parse (as pydicom would with force=True) into ascending standard tags."""
+def _bare_data_set(data: bytes, size: int | None) -> bool:
+    """Whether ``data`` (a first range without ``DICM``) starts like a DICOM data set: its
+    first whole elements parse (as pydicom would with force=True) into ascending standard tags.
+
+    The range may end inside an element (a data set larger than the first range): that end is
+    no evidence against it. The elements judged are those whose value ends within the object
+    (of ``size`` bytes, None if unknown), in the range or after it.
+    """
+    window = RangedReader(lambda start, end: data[start:end], len(data))
+    seen: list[tuple[int, int, int]] = []
+
+    def first_elements(tag, vr, length) -> bool:
+        seen.append((int(tag), window.tell(), length))
+        return len(seen) > _BARE_ELEMENTS_JUDGED
+
     try:
-        dataset = read_partial(io.BytesIO(data), force=True, defer_size=LARGE_VALUE_BYTES)
-    except Exception:  # noqa: BLE001 - any failure means it does not start like a data set
-        return False
-    tags = [int(tag) for tag in list(dataset._dict)[:8]]
+        read_partial(
+            cast(BinaryIO, window),
+            stop_when=first_elements,
+            force=True,
+            defer_size=LARGE_VALUE_BYTES,
+        )
+    except HeaderTooComplex:
+        raise
+    except Exception:  # noqa: BLE001 - a failure inside the range: not a data set
+        if not window.reached_end:
+            return False
+    end = size if size is not None else float("inf")
+    tags = [
+        tag
+        for tag, value_at, length in seen[:_BARE_ELEMENTS_JUDGED]
+        if length == 0xFFFFFFFF or value_at + length <= end
+    ]
     if len(tags) < 2 or tags != sorted(tags) or len(set(tags)) != len(tags):
         return False
     known = 0

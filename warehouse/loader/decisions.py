@@ -138,6 +138,9 @@ def file_image(
     catalogue = loaded(state.catalogue, "the run's image catalogue")
     state.progress.finished("image")
     state.count_header_read(header.requests, header.bytes_read)
+    if header.messages:  # the file's, for the operators: never a log line per image
+        report.count("image headers pydicom warned about (see the report's notes)")
+        report.note(task.key, "pydicom: " + "; ".join(header.messages))
 
     def refuse(reason: Reason, detail: str, **facts: object) -> list[Task]:
         report.skip(task.key, reason, detail, stamp=input_stamp(task), facts=facts or None)

@@ -4,7 +4,6 @@ header, and the writes and copies that file them (with how each finished)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,12 +25,11 @@ from warehouse.core.reasons import Reason
 from warehouse.core.run import ByteBudget, loaded
 from warehouse.dicom.identity import ImageIdentity, image_identity
 from warehouse.dicom.jsonrep import header_json
-from warehouse.dicom.reader import HeaderRead, read_header
+from warehouse.dicom.problems import HeaderProblem
+from warehouse.dicom.reader import HeaderRead, read_header, with_pydicom_messages
 from warehouse.loader.state import FiledCentres, LoaderState
 from warehouse.loader.tasks import Task
 from warehouse.storage.base import Storage
-
-logger = logging.getLogger("warehouseloader")
 
 
 def read_clinical(
@@ -76,13 +74,16 @@ def read_image(
     Raises
     ------
     HeaderProblem, UnsafeIdentifier, StorageError
-        Each with its report reason.
+        Each with its report reason (its detail naming pydicom's messages about the file).
     """
     problem = image_name_problem(task.payload.name)
     if problem:
         raise UnsafeIdentifier(problem)
     header = read_header(storage, task.key, task.size, max_header_bytes=max_header_bytes)
-    identity = image_identity(header.dataset)
+    try:
+        identity = image_identity(header.dataset)
+    except (HeaderProblem, UnsafeIdentifier) as exc:
+        raise with_pydicom_messages(exc, header.messages) from None
     centre = centre_of(identity.patient_id) if centre_of is not None else None
     return task, header, identity, centre
 
@@ -91,19 +92,18 @@ def metadata_file(state: LoaderState, task: Task) -> list[Task]:
     """Turn a metadata task's header into the DICOM JSON write task.
 
     Elements that cannot be converted are left out of the JSON (the image is still filed),
-    and those over a size bound are written without their value; they are counted and logged
-    with the image's key (the first ten tags).
+    and those over a size bound are written without their value; they are counted, and noted
+    in the run report against the image's key (the first ten tags).
     """
     left_out: list[str] = []
     data = header_json(task.payload, left_out)
     if left_out:
         state.report.count("metadata elements left out (cannot be converted)", len(left_out))
         more = f" and {len(left_out) - 10:,} more" if len(left_out) > 10 else ""
-        logger.warning(
-            "%s: metadata JSON without %s%s (cannot be converted, or over a size bound)",
+        state.report.note(
             task.key,
-            left_out[:10],
-            more,
+            f"metadata JSON without {left_out[:10]}{more} (cannot be converted, or over a "
+            "size bound)",
         )
     return [Task("write", task.key, len(data), task.target, data)]
 
