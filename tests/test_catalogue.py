@@ -999,3 +999,38 @@ def test_a_merge_with_no_settled_part_writes_no_index(local_store, monkeypatch):
     assert code == 0 and len(_images(store)) == 9
     pointer = json.loads(store.read("catalogue/index/latest.json"))
     assert pointer["through"] == part_keys(store)[-1] and pointer["images"] == 9
+
+
+def test_saved_counts_are_decoded_when_first_asked_for_and_a_bad_entry_is_said():
+    """`merge.counted_scan` decodes the studies, images per study and summary only when asked
+    (a run whose last batch stands never asks), and an entry it cannot decode then fails with
+    what to do, never a traceback."""
+    import gzip
+
+    def saved(studies):
+        document = {
+            "rows": 3,
+            "through": "catalogue/images/2026-01-01T00-00-00.000000Z.parquet",
+            "beyond": [],
+            "unsized_metadata": 0,
+            "studies": studies,
+            "study_images": [["training", "ct", "P1", "S1", "2026-01-01", 3]],
+            "image_bytes": [["training", "ct", 30]],
+            "metadata_bytes": [["training", "ct", 9]],
+            "summary": [],
+        }
+        return gzip.compress(json.dumps(document).encode())
+
+    scan = merge.counted_scan(
+        saved([["training", "ct", "P1", "S1", "k.json", "2026-01-01"]]), "/x", "b/images.parquet"
+    )
+    assert scan.rows == 3 and scan.image_bytes[("training", "ct")] == 30
+    assert scan.studies == {("training", "ct", "P1", "S1"): ("k.json", dt.date(2026, 1, 1))}
+    assert scan.study_images[("training", "ct", "P1", "S1", dt.date(2026, 1, 1))] == 3
+
+    bad = merge.counted_scan(
+        saved([["training", "ct", "P1", "S1", "k.json", "not a date"]]), "/x", "b/images.parquet"
+    )
+    assert bad.image_bytes[("training", "ct")] == 30  # (what the storage table needs: decoded)
+    with pytest.raises(merge.InvalidCounts, match="WAREHOUSE_RECONCILE=true"):
+        _ = bad.studies

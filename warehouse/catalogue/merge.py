@@ -53,7 +53,7 @@ from warehouse.catalogue.rows import (
     read_in_order,
     read_part,
 )
-from warehouse.core.errors import ObjectNotFound
+from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import KEY_PATIENT, KEY_STUDY
 from warehouse.core.reasons import Reason
 from warehouse.core.report import RunReport
@@ -135,18 +135,56 @@ class CatalogueScan:
     rows: int = 0
     through: str | None = None
     new_parts: int = 0
-    studies: dict[tuple, tuple[str, dt.date | None]] = field(default_factory=dict)
-    study_images: Counter = field(default_factory=Counter)
+    _studies: dict[tuple, tuple[str, dt.date | None]] = field(default_factory=dict, repr=False)
+    _study_images: Counter = field(default_factory=Counter, repr=False)
     image_bytes: Counter = field(default_factory=Counter)
     metadata_bytes: Counter = field(default_factory=Counter)
     unsized_metadata: int = 0
-    summary: Counter = field(default_factory=Counter)
+    _summary: Counter = field(default_factory=Counter, repr=False)
     gone: int = 0
     touched: set[tuple] = field(default_factory=set)
     index: SavedIndex | None = None
     reused: str | None = None
     beyond: list[str] | None = field(default_factory=list)
     previous: PreviousCatalogue | None = None
+    #: The saved counts (`counted_scan`) not decoded yet: a run whose last batch stands never
+    #: needs its studies, images per study or summary.
+    _saved: dict | None = field(default=None, repr=False)
+
+    @property
+    def studies(self) -> dict[tuple, tuple[str, dt.date | None]]:
+        """See the class's attributes."""
+        self._decode_saved()
+        return self._studies
+
+    @property
+    def study_images(self) -> Counter:
+        """See the class's attributes."""
+        self._decode_saved()
+        return self._study_images
+
+    @property
+    def summary(self) -> Counter:
+        """See the class's attributes."""
+        self._decode_saved()
+        return self._summary
+
+    def _decode_saved(self) -> None:
+        doc, self._saved = self._saved, None
+        if doc is None:
+            return
+        try:
+            for *study, key, filed in doc["studies"]:
+                self._studies[tuple(study)] = (key, _day(filed))
+            for *study, filed, n in doc["study_images"]:
+                self._study_images[(*study, _day(filed))] = int(n)
+            for group, patient, upload, *rest, n in doc["summary"]:
+                self._summary[(group, patient, _day(upload), *rest)] = int(n)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InvalidCounts(
+                f"the last batch's catalogue counts cannot be used ({exc}): rerun with "
+                "WAREHOUSE_RECONCILE=true"
+            ) from None
 
 
 def _parts_after(storage: Storage, through: str | None) -> dict[str, dt.datetime]:
@@ -346,6 +384,10 @@ def counts_document(scan: CatalogueScan) -> bytes:
     return gzip.compress(json.dumps(document).encode("utf-8"), mtime=0)
 
 
+class InvalidCounts(ExpectedError):
+    """The last batch's saved counts, taken for its catalogue, cannot be decoded."""
+
+
 def counted_scan(data: bytes, path: str, reused: str) -> CatalogueScan:
     """Rebuild the counts `counts_document` saved, for the rows of ``reused``.
 
@@ -362,15 +404,12 @@ def counted_scan(data: bytes, path: str, reused: str) -> CatalogueScan:
         if beyond is not None and not all(isinstance(key, str) for key in beyond):
             raise ValueError("beyond is not a list of part keys")
         scan.beyond = beyond
-        for *study, key, filed in doc["studies"]:
-            scan.studies[tuple(study)] = (key, _day(filed))
-        for *study, filed, n in doc["study_images"]:
-            scan.study_images[(*study, _day(filed))] = int(n)
         for name in ("image_bytes", "metadata_bytes"):
             for group, folder, n in doc[name]:
                 getattr(scan, name)[(group, folder)] = int(n)
-        for group, patient, upload, *rest, n in doc["summary"]:
-            scan.summary[(group, patient, _day(upload), *rest)] = int(n)
+        if not all(isinstance(doc[name], list) for name in ("studies", "study_images", "summary")):
+            raise ValueError("studies, study_images and summary are lists")
+        scan._saved = doc  # (decoded when first asked for)
     except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"not the counts of a catalogue: {exc}") from None
     if scan.through is not None and not isinstance(scan.through, str):
