@@ -872,6 +872,15 @@ def test_combining_two_indexes_keeps_every_row_in_hash_order_old_before_new():
         assert got.raw_size.tolist() == [row[5] for row in by_raw]
         assert got.raw_time.tolist() == [row[6] for row in by_raw]
         assert got.parts == ["o0", "o1", "o2", "n0", "n1"]
+        # consuming the old index gives the same, and lets go of its buffers (no view kept)
+        consumed = index.combined(_index_of(rows["old"], 3), made["new"], consume=True)
+        assert consumed.raw.tolist() == got.raw.tolist()
+        assert consumed.sop.tolist() == got.sop.tolist()
+    old = _index_of([(1, 1, 0, 1, 1, 1, 1, 1)] * 10, 3)
+    index.combined(old, _index_of([(2, 1, 0, 2, 2, 1, 1, 1)], 2), consume=True)
+    for name in ("sop", "sop_size", "sop_part", "target", "raw_day", "raw", "raw_size"):
+        array = getattr(old, name)
+        assert len(array) == 0 and array.base is None, name
 
 
 def _index_of(rows: list[tuple], parts: int) -> index.IndexArrays:

@@ -328,7 +328,8 @@ def combined(old: IndexArrays, new: IndexArrays, *, consume: bool = False) -> In
         assert values is not None
         arrays[name] = np.insert(getattr(old, name), at, values)
         if consume:
-            setattr(old, name, getattr(old, name)[:0])
+            # (a new empty array: a [:0] view would keep the whole buffer alive)
+            setattr(old, name, np.empty(0, dtype=getattr(old, name).dtype))
     return IndexArrays(**arrays, parts=[*old.parts, *new.parts])
 
 
