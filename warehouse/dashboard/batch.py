@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import io
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -140,11 +141,19 @@ class Batch:
     data: dict[str, bytes] = field(default_factory=dict)
     images: str | None = None
     images_from: str | None = None
+    _latest: pd.DataFrame | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Let go of the tables, pages and files (once written); ``latest`` stays as it was."""
+        self._latest = self.latest()
+        self.tables, self.pages, self.files, self.data = {}, {}, {}, {}
 
     def latest(self) -> pd.DataFrame:
         """The ``latest.csv`` table: ``archive``, ``path``: ``<batch>/<archive>.csv`` for each
         table (``<batch>/images.parquet`` for the catalogue), then ``<batch>/dashboard.html``
         and ``<batch>/public.html``."""
+        if self._latest is not None:
+            return self._latest
         archives = [name for name in TABLE_ORDER if name in self.tables]
         paths = [f"{self.name}/{a}.csv" for a in archives]
         if self.images is not None or self.images_from is not None:
@@ -356,11 +365,19 @@ def _content_type(key: str) -> str:
     return _CONTENT_TYPES.get(key[key.rfind(".") :], "application/octet-stream")
 
 
-def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
+def write_batch(
+    store: Storage,
+    batch: Batch,
+    workers: int = 8,
+    make_images: Callable[[], object] | None = None,
+) -> list[str]:
     """Write the batch folder, then ``latest.csv`` once every other file is written.
 
     A reader of ``latest.csv`` therefore never sees a batch that is not complete; when any
-    write fails, ``latest.csv`` keeps naming the previous batch.
+    write fails, ``latest.csv`` keeps naming the previous batch. The tables, files and pages
+    are written first and let go (`Batch.release`); then ``make_images``, when given, makes
+    the catalogue file ``batch.images`` names, which is written last: the largest file is made
+    while the rest of the batch no longer takes memory.
 
     Parameters
     ----------
@@ -370,6 +387,8 @@ def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
         What to write.
     workers : int
         Concurrent writes.
+    make_images : callable, optional
+        Writes the local file ``batch.images``.
 
     Returns
     -------
@@ -396,8 +415,14 @@ def write_batch(store: Storage, batch: Batch, workers: int = 8) -> list[str]:
         for key, data in iter_batch_files(batch):
             submit(store.write, key, data, _content_type(key))
             written.append(key)
+        for future in pending:
+            future.result()
+        pending = set()
+        batch.release()
         images_key = f"{batch.name}/{IMAGES_FILE}"
         if batch.images is not None:
+            if make_images is not None:
+                make_images()
             submit(store.write_file, images_key, batch.images, _content_type(IMAGES_FILE))
             written.append(images_key)
         elif batch.images_from is not None:
@@ -481,14 +506,22 @@ def publish_batch(
             inputs=inputs,
         )
         batch.data = data
+        collected.release()  # (the tables hold what the rows said)
+        make_images = None
         if view.catalogue.rows:
             fingerprint = clinical_fingerprint(batch.tables["patient_clean"])
             if joined_as_before(view.catalogue, fingerprint):
                 batch.images_from = view.catalogue.reused  # nothing new: copied as it is
             else:
                 batch.images = os.path.join(view.workdir, IMAGES_FILE)
-                summary = clinical_summary(batch.tables["patient_clean"])
-                write_joined(view.catalogue, summary, batch.images, fingerprint, store)
+                make_images = functools.partial(
+                    write_joined,
+                    view.catalogue,
+                    clinical_summary(batch.tables["patient_clean"]),
+                    batch.images,
+                    fingerprint,
+                    store,
+                )
         state.batch = batch.name
         for name, table in batch.tables.items():
             run_logger.info("%s: %d rows", name, len(table))
@@ -497,7 +530,7 @@ def publish_batch(
         index = view.catalogue.index
         if index is not None and publish_index(storage, view.catalogue, now) is not None:
             run_logger.info("catalogue index written (%d images)", index.images)
-        state.written = write_batch(store, batch, state.settings.workers)
+        state.written = write_batch(store, batch, state.settings.workers, make_images)
     except ExpectedError as exc:
         report.fail(f"tables not written: {exc}")
         run_logger.error("tables not written: %s", exc)

@@ -316,6 +316,11 @@ class Collected:
         else:
             raise TypeError(f"cannot collect {item!r}")
 
+    def release(self) -> None:
+        """Let go of every row (once the tables are built from them)."""
+        self.patients = []
+        self.studies = {modality: [] for modality in IMAGE_FOLDERS}
+
     def patient_rows(self) -> list[dict]:
         """The patient table's rows, by the pseudonym of their folder."""
         return [p.row for p in sorted(self.patients, key=lambda p: p.patient.pseudonym)]
