@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 
@@ -20,6 +21,15 @@ from warehouse import cli, dataprocess, select, submittingcentres, warehouseload
 from warehouse.core.config import Settings, settings_from_env
 
 SITE = "Split Trust"
+
+
+@pytest.fixture(autouse=True)
+def _environment():
+    """The environment as it was before each test: the front door sets variables in-process."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _warehouse(args, env=None, cwd=builders.REPO) -> subprocess.CompletedProcess:
@@ -129,8 +139,8 @@ def test_a_flag_sets_its_variable_before_the_command_runs(monkeypatch):
         return 77
 
     for name in ("WAREHOUSE_BUCKET", "DRY_RUN", "WAREHOUSE_RECONCILE", "WAREHOUSE_PROCESSES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WAREHOUSE_WORKERS", "5")  # a flag not given leaves the variable
+        os.environ.pop(name, None)
+    os.environ["WAREHOUSE_WORKERS"] = "5"  # a flag not given leaves the variable
     monkeypatch.setattr(warehouseloader, "main", fake_main)
     args = ["load", "--bucket", "s3://b", "--dry-run", "--log-format", "json", "--reconcile"]
     assert cli.main(args) == 77

@@ -94,6 +94,7 @@ def command_parser() -> argparse.ArgumentParser:
   WAREHOUSE_BUCKET   the warehouse (name, s3://name or file:///path); its catalogue is read
                      from <bucket>-processed
   WAREHOUSE_WORKERS  parallel downloads (default 32)
+  (`warehouse select --bucket B --workers N ...` sets both)
 
 A selection may not mix training and validation images unless --both-groups is given.
 exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad arguments,
