@@ -4,6 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo/bucket
 
+# What `make demo` prints is what it runs: commands that run as written from the checkout
+# (tests/test_readme_commands.py runs them on a demo tree of its own).
+DEMO_SELECT = $(BIN)/warehouse select --bucket file://$(DEMO_DIR) --group training --modality xray --positive
+DEMO_STATUS = $(BIN)/warehouse status --bucket file://$(DEMO_DIR)
+
 .PHONY: help venv venv-dev demo test lint format docs bench graphs clean
 
 help:  ## list the targets
@@ -49,8 +54,10 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed 's/^/  /'
 	@echo "Image catalogue: one row per filed image, $$(find $(DEMO_DIR)/catalogue/images -name '*.parquet' | wc -l) part(s) in $(DEMO_DIR)/catalogue/images/ ($$(cat $(DEMO_DIR)/catalogue/images/*.parquet | wc -c) bytes);"
 	@echo "  the whole catalogue in the batch: $$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p') ($$($(BIN)/python -c 'import sys, pyarrow.parquet as pq; print(pq.read_metadata(sys.argv[1]).num_rows)' $(DEMO_DIR)-processed/$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p' | sed 's/\.csv$$/.parquet/')) rows)"
-	@echo "A selection: python -m warehouse.select --group training --modality xray --positive"
-	@WAREHOUSE_BUCKET=file://$(DEMO_DIR) $(BIN)/python -m warehouse.select --group training --modality xray --positive | sed 's/^/  /'
+	@echo "A selection (every command runs from $(BIN)/): $(DEMO_SELECT)"
+	@$(DEMO_SELECT) | sed 's/^/  /'
+	@echo "The state of the warehouse: $(DEMO_STATUS)"
+	@$(DEMO_STATUS) | sed 's/^/  /'
 	@echo
 	@echo "Pages to open in a browser (self-contained, no network needed):"
 	@tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^dashboard,/  internal dashboard: $(subst /,\/,$(abspath $(DEMO_DIR)))-processed\//p'

@@ -37,6 +37,7 @@ TOOLS = (
     "warehouse-batch-delete",
     "warehouse-sharded-run",
     "warehouse-select",
+    "warehouse",
 )
 #: What the wheel build does not need (and must not see: a stale build/ would leak into it).
 NOT_SOURCES = shutil.ignore_patterns(

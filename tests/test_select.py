@@ -4,6 +4,7 @@ catalogue and nothing else."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import duckdb
@@ -460,3 +461,149 @@ def test_a_catalogue_that_cannot_be_read_is_refused(local_store, monkeypatch, ca
     assert _run(monkeypatch, local_store, "--group", "training") == 2
     err = capsys.readouterr().err
     assert "is not a Parquet file" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ rough edges (issue 22)
+
+
+def test_an_unknown_centre_is_refused_naming_the_known_ones(local_store, monkeypatch, capsys):
+    _warehouse(local_store)
+    capsys.readouterr()
+    assert _run(monkeypatch, local_store, "--group", "training", "--centre", "split trust") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--centre 'split trust': no image of that centre in the catalogue" in err
+    assert f"(did you mean {SPLIT!r}?)" in err
+    assert f"the catalogue's 2 centres: {OTHER!r}, {SPLIT!r}" in err
+
+
+def test_the_known_centres_are_bounded_and_escaped(local_store, monkeypatch, capsys):
+    _warehouse(local_store)
+    processed = local_store.processed()
+    key, catalogue = read_catalogue(processed)
+    many = pd.concat([catalogue] * 3, ignore_index=True)
+    centres = [f"Centre {n:02}" for n in range(len(many))]
+    centres[0] = "A Evil\x1b[2J\nTrust\u202e"
+    many["SubmittingCentre"] = centres
+    processed.write(key, many.to_parquet(index=False))
+    capsys.readouterr()
+    assert _run(monkeypatch, local_store, "--centre", "Nowhere") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\u202e" not in err
+    assert "centres: 'A Evil\\x1b[2J\\nTrust\\u202e', 'Centre 01', " in err
+    assert f"the catalogue's {len(many)} centres: " in err
+    assert f", and {len(many) - select_command.SHOWN_CENTRES} more" in err
+    assert "'Centre 29', and " in err and "Centre 30" not in err  # the first 30, sorted
+
+
+def test_a_reversed_date_range_is_refused_before_anything_is_read(local_store, monkeypatch, capsys):
+    # (no catalogue: were it read, the message would say "run dataprocess first")
+    args = ("--group", "training", "--since", "2021-03-01", "--until", "2021-01-01")
+    assert _run(monkeypatch, local_store, *args) == 2
+    assert capsys.readouterr().err == (
+        "warehouse-select: --since 2021-03-01 is after --until 2021-01-01\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "folder"),
+    [("CT", "ct"), ("Ct", "ct"), ("MR", "mri"), ("MRI", "mri"), ("DX", "xray"), ("CR", "xray")],
+)
+def test_modality_and_group_in_any_case(local_store, monkeypatch, capsys, given, folder):
+    _warehouse(local_store)
+    capsys.readouterr()
+    assert _run(monkeypatch, local_store, "--group", "training", "--modality", folder) == 0
+    expected = capsys.readouterr().out
+    assert _run(monkeypatch, local_store, "--group", "Training", "--modality", given) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_an_unknown_modality_is_a_usage_error(local_store, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        _run(monkeypatch, local_store, "--modality", "PET")
+    assert stopped.value.code == 2
+    assert "'PET' is not a modality (choose from ct, mri, xray" in capsys.readouterr().err
+
+
+def test_a_download_of_nothing_creates_its_folder(local_store, monkeypatch, capsys, tmp_path):
+    _warehouse(local_store)
+    target = tmp_path / "nested" / "none"
+    args = ("--group", "training", "--query", "Rows < 0", "--download", str(target))
+    assert _run(monkeypatch, local_store, *args, "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "selected: 0 images" in out
+    assert f"downloaded into {target}: 0 files written, 0 already there" in out
+    assert target.is_dir() and not list(target.iterdir())
+
+
+def test_a_bad_selection_creates_no_folder(local_store, monkeypatch, tmp_path):
+    _warehouse(local_store)
+    target = tmp_path / "never"
+    assert _run(monkeypatch, local_store, "--centre", "x", "--download", str(target)) == 2
+    assert not target.exists()
+
+
+def test_ctrl_c_during_a_download_is_one_line_130_and_resumable(
+    local_store, monkeypatch, capsys, tmp_path
+):
+    _warehouse(local_store)
+    target = tmp_path / "selection"
+    args = ("--group", "training", "--download", str(target), "--no-progress")
+    real_download = select_command.download
+
+    def interrupted(storage, folder, items, submit, on_done, window):
+        seen = []
+
+        def done(item, count):
+            on_done(item, count)
+            seen.append(item)
+            if len(seen) == 3:
+                raise KeyboardInterrupt  # as Ctrl-C arrives in the main thread
+
+        return real_download(storage, folder, items, submit, done, window)
+
+    monkeypatch.setattr(select_command, "download", interrupted)
+    capsys.readouterr()
+    assert _run(monkeypatch, local_store, *args) == 130
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("warehouse-select: download stopped by Ctrl-C after 3 of ")
+    assert "rerun the same command to resume" in captured.err
+    assert "Traceback" not in captured.err
+    assert not list(target.rglob(".tmp-*"))
+    partial = [p for p in target.rglob("*") if p.is_file()]
+    assert len(partial) >= 3
+    for path in partial:  # every file there is whole
+        assert path.read_bytes() == local_store.read(str(path.relative_to(target)))
+    monkeypatch.setattr(select_command, "download", real_download)
+    assert _run(monkeypatch, local_store, *args) == 0
+    filed = _filed(local_store, group="training")
+    expected = {k.key for k, _ in filed} | {k.metadata_key for k, _ in filed}
+    out = capsys.readouterr().out
+    assert f"{len(expected) - len(partial)} files written, {len(partial)} already there" in out
+    got = {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()}
+    assert got == expected
+
+
+def test_a_missing_store_or_a_bad_bucket_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WAREHOUSE_BUCKET", f"file://{tmp_path}/missing")
+    assert select_command.main(["--group", "training"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("WAREHOUSE_BUCKET", "/a/path/without/file/scheme")
+    assert select_command.main(["--group", "training"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a bucket name" in err and err.count("\n") == 1
+
+
+def test_a_read_that_fails_exits_1(local_store, monkeypatch, capsys):
+    _warehouse(local_store)
+    processed = local_store.processed()
+    key, _ = read_catalogue(processed)
+    (processed.root / key).chmod(0)
+    if os.access(processed.root / key, os.R_OK):  # root reads whatever the mode
+        (processed.root / key).chmod(0o644)
+        (processed.root / key).unlink()
+        (processed.root / key).mkdir()  # a directory cannot be read as a file either
+    capsys.readouterr()
+    assert _run(monkeypatch, local_store, "--group", "training") == 1
+    assert capsys.readouterr().err.count("\n") == 1
