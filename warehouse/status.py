@@ -25,7 +25,7 @@ from warehouse.catalogue.batches import LATEST_KEY, InvalidLatest, batch_folder,
 from warehouse.core.config import ConfigError, settings_from_env
 from warehouse.core.errors import ExpectedError, ObjectNotFound, StoreUnavailable
 from warehouse.core.lease import LEASE_KEY, LeaseError, LeaseRecord
-from warehouse.core.report import latest_report_key
+from warehouse.core.report import latest_report_key, report_time
 from warehouse.core.report_page import unfiled_by_prefix
 from warehouse.core.run import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_OK
 from warehouse.core.text import bounded, escape_controls
@@ -39,17 +39,6 @@ REPORTING_GRAPHS = ("warehouseloader", "dataprocess")
 SHOWN_CHARS = 300
 #: The most raw prefixes (and reasons of each) printed; ``--json`` has them all.
 SHOWN_PREFIXES = 50
-
-
-def _utc(text: object) -> dt.datetime | None:
-    """Parse an ISO 8601 time of a report (UTC when it names no zone); None if it is not one."""
-    if not isinstance(text, str):
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def _stamp(when: dt.datetime | None) -> str | None:
@@ -119,7 +108,7 @@ def last_run(storage: Storage, graph: str) -> dict:
         run |= {"outcome": "unreadable" if problem else "none", "meaning": problem}
         return run
     state, meaning = outcome(report)
-    started, finished = _utc(report.get("started")), _utc(report.get("finished"))
+    started, finished = report_time(report.get("started")), report_time(report.get("finished"))
     counts = report.get("counts")
     run |= {
         "run_id": report.get("run_id"),

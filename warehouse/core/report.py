@@ -241,6 +241,17 @@ def utc_stamp(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
 
 
+def report_time(value: object) -> dt.datetime | None:
+    """Read a time a run report holds: ISO 8601, UTC when it names no zone; None if not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
 def report_key(graph: str, started: dt.datetime) -> str:
     """Where a run's report goes: ``reports/<graph>/<UTC timestamp>.json`` (the run's start;
     a sharded run's combined report too)."""

@@ -34,6 +34,7 @@ import pandas as pd
 
 from warehouse.core import keys
 from warehouse.core.config import PipelineConfig, nfc
+from warehouse.core.report import report_time
 
 __all__ = [
     "COMPLEMENT_MARK",
@@ -603,17 +604,6 @@ def storage_use(storage: pd.DataFrame) -> list[dict]:
     ]
 
 
-def _iso_time(value: Any) -> dt.datetime | None:
-    """An ISO 8601 time as the run reports write it (UTC when it names no zone), or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        stamp = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=dt.UTC)
-
-
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -646,7 +636,7 @@ def loader_report_problem(report: Mapping) -> str:
         if report.get(name) is not None and not isinstance(report[name], str):
             return f"{name} is {_shown(report[name])}, not text"
     for name in ("started", "finished"):
-        if report.get(name) is not None and _iso_time(report[name]) is None:
+        if report.get(name) is not None and report_time(report[name]) is None:
             return f"{name} is {_shown(report[name])}, not an ISO 8601 time"
     if report.get("completed") is not None and not isinstance(report["completed"], bool):
         return f"completed is {_shown(report['completed'])}, not true or false"
@@ -671,7 +661,7 @@ def loader_report_problem(report: Mapping) -> str:
             if problem.get(name) is not None and not isinstance(problem[name], str):
                 return f"problems[{index}].{name} is {_shown(problem[name])}, not text"
         modified = problem.get("modified")
-        if modified not in (None, "") and _iso_time(modified) is None:
+        if modified not in (None, "") and report_time(modified) is None:
             return f"problems[{index}].modified is {_shown(modified)}, not an ISO 8601 time"
     return ""
 
@@ -693,7 +683,7 @@ def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | N
     problems = [p for p in report.get("problems") or () if isinstance(p, Mapping)]
 
     def newest_first(problem: Mapping) -> tuple:
-        stamp = _iso_time(problem.get("modified"))
+        stamp = report_time(problem.get("modified"))
         return (stamp is None, -(stamp.timestamp() if stamp else 0), str(problem.get("key")))
 
     reasons = {str(k): int(v) for k, v in (report.get("not_filed") or {}).items()}
