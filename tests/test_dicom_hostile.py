@@ -271,18 +271,22 @@ def expected_cut_reason(starts: list[int], header_end: int, point: int) -> set[s
     return {Reason.TRUNCATED_HEADER.value}
 
 
+def _real_layouts():
+    """Yield each real file whose header pydicom reads: its path, bytes and `header_layout`."""
+    for path in real_files():
+        with open(path, "rb") as handle:
+            data = handle.read()
+        layout = header_layout(data)
+        if layout is not None:
+            yield path, data, layout
+
+
 def test_every_byte_cut_of_the_file_meta_and_first_elements_is_a_truncated_header():
     """Every real Part 10 file cut at every byte from inside its DICM prefix to the end of
     its first data set elements: "truncated DICOM header", or at an element boundary "image
     without pixel data" / "not an image". pydicom's own reading says where elements start."""
     files = cuts = 0
-    for path in real_files():
-        with open(path, "rb") as handle:
-            data = handle.read()
-        layout = header_layout(data)
-        if layout is None:
-            continue
-        starts, header_end = layout
+    for path, data, (starts, header_end) in _real_layouts():
         files += 1
         end = starts[FIRST_ELEMENTS] if len(starts) > FIRST_ELEMENTS else header_end
         for point in range(129, min(end + 1, len(data))):
@@ -298,13 +302,7 @@ def test_cuts_through_the_rest_of_every_header_are_truncated_headers():
     every top-level element boundary (the last byte of a value, the first of a tag): each
     has its true reason."""
     cuts = 0
-    for path in real_files():
-        with open(path, "rb") as handle:
-            data = handle.read()
-        layout = header_layout(data)
-        if layout is None:
-            continue
-        starts, header_end = layout
+    for path, data, (starts, header_end) in _real_layouts():
         begin = starts[FIRST_ELEMENTS] if len(starts) > FIRST_ELEMENTS else header_end
         points = set(np.linspace(begin, header_end, 60, dtype=int).tolist())
         points |= {p + d for p in starts[FIRST_ELEMENTS:] + [header_end] for d in (-1, 1)}

@@ -218,15 +218,21 @@ def _check_stopped_run(store, process, out, err, name, code) -> dict:
     return report
 
 
-def _rerun_files_the_rest(store, reference, stopped: dict) -> None:
-    before = _warehouse(store)
+def _rerun_completes(store, reference) -> str:
+    """Rerun the loader: it ends well and the warehouse is the one-go run's; its output."""
     rerun = builders.python_m(
         "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{store.root}")
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"images copied: {stopped['counts'][NOT_REACHED]}\n" in rerun.stdout
+    assert _warehouse(store) == reference
+    return rerun.stdout
+
+
+def _rerun_files_the_rest(store, reference, stopped: dict) -> None:
+    before = _warehouse(store)
+    out = _rerun_completes(store, reference)
+    assert f"images copied: {stopped['counts'][NOT_REACHED]}\n" in out
     after = _warehouse(store)
-    assert after == reference
     # exactly the rest: what the stopped run filed is the same bytes, the rest is new
     assert all(after[key] == data for key, data in before.items())
     filed_by_the_stopped_run = sum(1 for key in before if key.endswith(".dcm"))
@@ -284,11 +290,7 @@ def test_a_second_signal_exits_at_once_and_quietly(buckets, tmp_path):
     assert len(err.splitlines()) < 30, err
     assert "run summary" not in out
     # the next run takes the lease over (its holder is gone) and files everything
-    rerun = builders.python_m(
-        "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{store.root}")
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert _warehouse(store) == reference
+    _rerun_completes(store, reference)
 
 
 def test_a_run_that_does_not_stop_in_time_ends_at_once_with_its_report(buckets, tmp_path):
@@ -305,11 +307,7 @@ def test_a_run_that_does_not_stop_in_time_ends_at_once_with_its_report(buckets, 
     assert report["stopped"] == "SIGTERM"
     assert report["fatal"].startswith("the run did not stop within 1 s of SIGTERM")
     assert LEASE_KEY not in builders.snapshot(store)
-    rerun = builders.python_m(
-        "warehouseloader", env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{store.root}")
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert _warehouse(store) == reference
+    _rerun_completes(store, reference)
 
 
 def test_a_sharded_run_passes_the_signal_on_and_reports_it(buckets, tmp_path):
