@@ -17,7 +17,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-_LIST_QUEUE_SIZE = 4096
+#: Listed objects handed from a listing thread to the consumer at a time.
+_LIST_CHUNK = 256
+#: Chunks of listed objects held between the listing threads and the consumer (memory bound).
+_LIST_QUEUE_SIZE = 4096 // _LIST_CHUNK
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +187,16 @@ class Storage:
         def list_prefix(prefix: str) -> None:
             if stop.is_set():  # the consumer has gone: the folders still queued are not listed
                 return
+            # (handed over in chunks: a queue hand-off costs more than a listed key)
+            chunk: list[ObjectInfo] = []
             for info in self.list(prefix):
-                if not put(info):
-                    return
+                chunk.append(info)
+                if len(chunk) == _LIST_CHUNK:
+                    if not put(chunk):
+                        return
+                    chunk = []
+            if chunk:
+                put(chunk)
 
         def produce() -> None:
             try:
@@ -198,9 +208,8 @@ class Storage:
                     else:
                         prefixes_split = prefixes
                     for folders, objects in pool.map(self.list_folders, prefixes_split):
-                        for info in objects:
-                            if not put(info):
-                                return
+                        if objects and not put(list(objects)):
+                            return
                         futures.extend(pool.submit(list_prefix, f) for f in folders)
                     for future in futures:
                         future.result()
@@ -218,7 +227,7 @@ class Storage:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield from item
         finally:
             stop.set()
             producer.join(timeout=5)
