@@ -1043,3 +1043,45 @@ def test_saved_counts_are_decoded_when_first_asked_for_and_a_bad_entry_is_said()
     assert bad.image_bytes[("training", "ct")] == 30  # (what the storage table needs: decoded)
     with pytest.raises(merge.InvalidCounts, match="WAREHOUSE_RECONCILE=true"):
         _ = bad.studies
+
+
+def test_saved_counts_head_is_read_without_the_body():
+    """The counts a batch saves are a head line (what deciding that the last batch stands
+    needs) and a body line: a run that only reads the head never parses the body, so a body
+    that is not even JSON is said only when the studies are asked for."""
+    import gzip
+
+    head = {
+        "rows": 5,
+        "through": "catalogue/images/2026-01-01T00-00-00.000000Z.parquet",
+        "beyond": ["catalogue/images/2026-01-02T00-00-00.000000Z.parquet"],
+        "unsized_metadata": 1,
+        "image_bytes": [["validation", "xray", 70]],
+        "metadata_bytes": [["validation", "xray", 7]],
+        "study_count": 2,
+    }
+    body = {
+        "studies": [
+            ["validation", "xray", "P1", "S1", "a.json", "2026-01-01"],
+            ["validation", "xray", "P2", "S2", "b.json", None],
+        ],
+        "study_images": [],
+        "summary": [],
+    }
+    good = gzip.compress((json.dumps(head) + "\n" + json.dumps(body)).encode())
+    scan = merge.counted_scan(good, "/x", "b/images.parquet")
+    assert (scan.rows, scan.unsized_metadata, scan.study_count) == (5, 1, 2)
+    assert scan.beyond == head["beyond"] and scan.metadata_bytes[("validation", "xray")] == 7
+    assert scan.studies[("validation", "xray", "P2", "S2")] == ("b.json", None)
+
+    broken = gzip.compress((json.dumps(head) + "\n{not json").encode())
+    scan = merge.counted_scan(broken, "/x", "b/images.parquet")
+    assert scan.study_count == 2 and scan.image_bytes[("validation", "xray")] == 70
+    with pytest.raises(merge.InvalidCounts, match="WAREHOUSE_RECONCILE=true"):
+        _ = scan.summary
+
+    no_count = gzip.compress(
+        (json.dumps({k: v for k, v in head.items() if k != "study_count"}) + "\n{}").encode()
+    )
+    with pytest.raises(ValueError, match="not the counts of a catalogue"):
+        merge.counted_scan(no_count, "/x", "b/images.parquet")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import gzip
+import io
 import itertools
 import json
 import logging
@@ -149,9 +150,17 @@ class CatalogueScan:
     reused: str | None = None
     beyond: list[str] | None = field(default_factory=list)
     previous: PreviousCatalogue | None = None
-    #: The saved counts (`counted_scan`) not decoded yet: a run whose last batch stands never
-    #: needs its studies, images per study or summary.
-    _saved: dict | None = field(default=None, repr=False)
+    #: The saved counts' body (`counted_scan`) not decoded yet: a run whose last batch stands
+    #: never needs its studies, images per study or summary.
+    _saved: bytes | dict | None = field(default=None, repr=False)
+    _study_count: int | None = field(default=None, repr=False)
+
+    @property
+    def study_count(self) -> int:
+        """How many studies the catalogue holds (without decoding saved counts)."""
+        if self._saved is not None and self._study_count is not None:
+            return self._study_count
+        return len(self.studies)
 
     @property
     def studies(self) -> dict[tuple, tuple[str, dt.date | None]]:
@@ -176,13 +185,15 @@ class CatalogueScan:
         if doc is None:
             return
         try:
+            if isinstance(doc, bytes):
+                doc = json.loads(doc)
             for *study, key, filed in doc["studies"]:
                 self._studies[tuple(study)] = (key, _day(filed))
             for *study, filed, n in doc["study_images"]:
                 self._study_images[(*study, _day(filed))] = int(n)
             for group, patient, upload, *rest, n in doc["summary"]:
                 self._summary[(group, patient, _day(upload), *rest)] = int(n)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise InvalidCounts(
                 f"the last batch's catalogue counts cannot be used ({exc}): rerun with "
                 "WAREHOUSE_RECONCILE=true"
@@ -371,19 +382,28 @@ def _iso(value: dt.date | None) -> str | None:
 
 
 def counts_document(scan: CatalogueScan) -> bytes:
-    """Save what a merge counted (compressed JSON), for a next run that merges no part."""
-    document = {
+    """Save what a merge counted, for a next run that merges no part.
+
+    Compressed JSON lines: a head (what a run needs to decide that the last batch stands: rows,
+    parts, sizes by folder), then a body (studies, images per study, summary) that only a run
+    building a new batch decodes.
+    """
+    head = {
         "rows": scan.rows,
         "through": scan.through,
         "beyond": scan.beyond,
         "unsized_metadata": scan.unsized_metadata,
-        "studies": [[*study, key, _iso(filed)] for study, (key, filed) in scan.studies.items()],
-        "study_images": [[*k[:-1], _iso(k[-1]), n] for k, n in scan.study_images.items()],
         "image_bytes": [[*k, n] for k, n in scan.image_bytes.items()],
         "metadata_bytes": [[*k, n] for k, n in scan.metadata_bytes.items()],
+        "study_count": scan.study_count,
+    }
+    body = {
+        "studies": [[*study, key, _iso(filed)] for study, (key, filed) in scan.studies.items()],
+        "study_images": [[*k[:-1], _iso(k[-1]), n] for k, n in scan.study_images.items()],
         "summary": [[*k[:2], _iso(k[2]), *k[3:], n] for k, n in scan.summary.items()],
     }
-    return gzip.compress(json.dumps(document).encode("utf-8"), mtime=0)
+    text = json.dumps(head) + "\n" + json.dumps(body)  # (json.dumps writes no newline)
+    return gzip.compress(text.encode("utf-8"), mtime=0)
 
 
 class InvalidCounts(ExpectedError):
@@ -399,7 +419,10 @@ def counted_scan(data: bytes, path: str, reused: str) -> CatalogueScan:
         When ``data`` is not such a document.
     """
     try:
-        doc = json.loads(gzip.decompress(data))
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
+            doc = json.loads(unzipped.readline())
+            # (a document of an older version is one line: head and body together)
+            body = doc if "studies" in doc else unzipped.read()
         scan = CatalogueScan(path, rows=int(doc["rows"]), through=doc["through"], reused=reused)
         scan.unsized_metadata = int(doc["unsized_metadata"])
         beyond = doc["beyond"]
@@ -409,10 +432,26 @@ def counted_scan(data: bytes, path: str, reused: str) -> CatalogueScan:
         for name in ("image_bytes", "metadata_bytes"):
             for group, folder, n in doc[name]:
                 getattr(scan, name)[(group, folder)] = int(n)
-        if not all(isinstance(doc[name], list) for name in ("studies", "study_images", "summary")):
-            raise ValueError("studies, study_images and summary are lists")
-        scan._saved = doc  # (decoded when first asked for)
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        if isinstance(body, dict):
+            if not all(
+                isinstance(body[name], list) for name in ("studies", "study_images", "summary")
+            ):
+                raise ValueError("studies, study_images and summary are lists")
+            scan._study_count = len(body["studies"])
+        elif isinstance(doc.get("study_count"), int):
+            scan._study_count = doc["study_count"]
+        else:
+            raise ValueError("no study count")
+        scan._saved = body  # (decoded when first asked for)
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         raise ValueError(f"not the counts of a catalogue: {exc}") from None
     if scan.through is not None and not isinstance(scan.through, str):
         raise ValueError("not the counts of a catalogue: through is not a part key")

@@ -372,7 +372,7 @@ def clinical_inputs(
         index.objects,
         len(index.clinical_files),
         view.catalogue.rows,
-        len(view.catalogue.studies),
+        view.catalogue.study_count,
     )
     if view.unchanged:
         return  # (the last batch stands: no row is built)
