@@ -585,7 +585,7 @@ class ChangedObject(SelectionError):
     version of it to fall back on (``key`` names it)."""
 
     def __init__(self, key: str, detail: str):
-        super().__init__(f"{_shown(key)}: {detail}")
+        super().__init__(f"{_printable(repr(key))}: {detail}")
         self.key = key
 
 
@@ -596,7 +596,8 @@ class ChangedObjects(SelectionError):
     def __init__(self, keys: list[str], written: int, skipped: int):
         self.keys = sorted(keys)
         self.written, self.skipped = written, skipped
-        shown = ", ".join(_shown(key) for key in self.keys[:_SHOWN_KEYS])
+        # (keys of checked rows: the warehouse layout's, at most 1,024 bytes; shown whole)
+        shown = ", ".join(_printable(repr(key)) for key in self.keys[:_SHOWN_KEYS])
         more = f" and {len(keys) - _SHOWN_KEYS:,} more" if len(keys) > _SHOWN_KEYS else ""
         super().__init__(
             f"{len(keys):,} objects of the release changed since it was written and have no "
@@ -823,6 +824,12 @@ def _fetch_pinned(storage: Storage, path: Path, item: Fetch) -> int:
                 written += len(chunk)
         if digest is not None and digest[0].hexdigest() != digest[1]:
             raise ChangedObject(item.key, "its content is not the release's (checksum)")
+        if (
+            item.version_id is None
+            and item.etag is None
+            and storage.read_range(item.key, size, size + 1)
+        ):  # no ETag to read it by: a longer object is a changed one
+            raise ChangedObject(item.key, f"it is longer than {size:,} bytes")
         os.replace(temporary, path)
     except OSError as exc:
         raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None
