@@ -402,11 +402,10 @@ def _selection(storage, args: argparse.Namespace, pool: ThreadPoolExecutor) -> l
 
 def _release_line(name: str, document: dict, where: str) -> str:
     """One line saying what a release holds (its document's values escaped)."""
-    counts = document.get("counts") if isinstance(document.get("counts"), dict) else {}
-    pins = document.get("pins") if isinstance(document.get("pins"), dict) else {}
+    counts, pins = document.get("counts"), document.get("pins")
 
-    def number(mapping: dict, field: str) -> str:
-        value = mapping.get(field)
+    def number(mapping: object, field: str) -> str:
+        value = mapping.get(field) if isinstance(mapping, dict) else None
         return f"{value:,}" if isinstance(value, int) else "?"
 
     created = escape_controls(str(document.get("created")))[:40]
@@ -571,8 +570,8 @@ def _download(storage, args: argparse.Namespace, items: list, workers: int) -> i
     except ChangedObjects as exc:
         bar.close()
         print(f"{PROG}: release {args.release}: {exc}", file=sys.stderr)
-        done = f"{exc.written:,} files written, {exc.skipped:,} already there"
-        print(f"downloaded into {args.download}: {done}")
+        counted = f"{exc.written:,} files written, {exc.skipped:,} already there"
+        print(f"downloaded into {args.download}: {counted}")
         return EXIT_CHANGED
     except ExpectedError as exc:
         bar.close()
