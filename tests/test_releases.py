@@ -133,6 +133,8 @@ def test_a_release_later_downloads_byte_for_byte_the_first_set(
     assert _run(monkeypatch, store, *SELECTION, "--release", "xray-v1") == 0
     out = capsys.readouterr().out
     assert "release xray-v1 written to " in out and ": 6 images, 3 patients" in out
+    how = "S3 version" if isinstance(store, S3Storage) else "SHA-256 (no version)"
+    assert f"images pinned 6 by {how}" in out
     _more_uploads(store)
     assert len(_selected_files(store)) > len(first)  # the selection today is larger
     if isinstance(store, S3Storage):  # a versioned bucket keeps what was replaced or deleted

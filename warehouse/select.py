@@ -410,11 +410,19 @@ def _release_line(name: str, document: dict, where: str) -> str:
 
     created = escape_controls(str(document.get("created")))[:40]
     batch = escape_controls(str(document.get("batch")))[:60]
+    pinned = ", ".join(
+        f"{number(pins, field)} by {how}"
+        for field, how in (
+            ("images_with_version", "S3 version"),
+            ("images_by_etag_only", "ETag only (no version)"),
+            ("images_by_sha256", "SHA-256 (no version)"),
+        )
+        if number(pins, field) not in ("0", "?")
+    )
     return (
         f"release {name} {where}: {number(counts, 'images')} images, "
         f"{number(counts, 'patients')} patients, {number(counts, 'image_bytes')} bytes; "
-        f"written {created} from batch {batch}; {number(pins, 'images_with_version')} images "
-        "pinned by S3 version"
+        f"written {created} from batch {batch}; images pinned {pinned or 'by nothing'}"
     )
 
 
