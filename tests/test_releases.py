@@ -188,6 +188,11 @@ def test_an_existing_release_name_is_refused(local_store, monkeypatch, capsys):
     processed = local_store.processed()
     before = builders.snapshot(processed, "releases/")
     capsys.readouterr()
+
+    def pinned_anyway(*args):
+        raise AssertionError("a name already written is refused before any file is pinned")
+
+    monkeypatch.setattr(select_command, "pins_of", pinned_anyway)
     args = ("--group", "training", "--release", "same")
     assert _run(monkeypatch, local_store, *args) == 2
     err = capsys.readouterr().err

@@ -50,6 +50,7 @@ from warehouse.catalogue.releases import (
     name_problem,
     pins_of,
     read_release,
+    refuse_written,
     release_document,
     release_fetches,
     write_release,
@@ -378,6 +379,7 @@ def _selection(storage, args: argparse.Namespace, pool: ThreadPoolExecutor) -> l
     if args.release is not None:
         if chosen.empty:
             raise SelectionError("the selection holds no image: no release written")
+        refuse_written(processed, args.release)  # before every file is pinned
         pins = pins_of(storage, [item.key for item in items], pool.submit)
         frame = manifest_frame(labelled, pins)
         manifest = manifest_bytes(frame, types)

@@ -329,6 +329,26 @@ def _existing(processed: Storage, release_key: str, name: str) -> ReleaseExists:
     )
 
 
+def refuse_written(processed: Storage, name: str) -> None:
+    """Refuse release ``name`` when its ``release.json`` is written (one read).
+
+    Checked before a selection is pinned, and again by `write_release`.
+
+    Raises
+    ------
+    ReleaseExists
+        When it is written.
+    StorageError
+        When the read fails.
+    """
+    _, release_key = release_keys(name)
+    try:
+        processed.read(release_key)
+    except ObjectNotFound:
+        return
+    raise _existing(processed, release_key, name)
+
+
 def write_release(processed: Storage, name: str, manifest: bytes, document: dict) -> None:
     """Write release ``name``: its manifest, then its ``release.json``, each only if absent.
 
@@ -346,12 +366,7 @@ def write_release(processed: Storage, name: str, manifest: bytes, document: dict
         When a read or write fails.
     """
     manifest_key, release_key = release_keys(name)
-    try:
-        processed.read(release_key)
-    except ObjectNotFound:
-        pass
-    else:
-        raise _existing(processed, release_key, name)
+    refuse_written(processed, name)
     try:
         processed.write_if_absent(manifest_key, manifest, "application/vnd.apache.parquet")
     except PreconditionFailed:
