@@ -8,6 +8,7 @@ DEMO_DIR ?= demo/bucket
 # (tests/test_readme_commands.py runs them on a demo tree of its own).
 DEMO_SELECT = $(BIN)/warehouse select --bucket file://$(DEMO_DIR) --group training --modality xray --positive
 DEMO_STATUS = $(BIN)/warehouse status --bucket file://$(DEMO_DIR)
+DEMO_RELEASE = $(BIN)/warehouse select --bucket file://$(DEMO_DIR) --group training --modality xray --positive --release demo-xray-positive
 
 .PHONY: help venv venv-dev demo test lint format docs bench graphs clean
 
@@ -56,6 +57,8 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@echo "  the whole catalogue in the batch: $$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p') ($$($(BIN)/python -c 'import sys, pyarrow.parquet as pq; print(pq.read_metadata(sys.argv[1]).num_rows)' $(DEMO_DIR)-processed/$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p' | sed 's/\.csv$$/.parquet/')) rows)"
 	@echo "A selection (every command runs from $(BIN)/): $(DEMO_SELECT)"
 	@$(DEMO_SELECT) | sed 's/^/  /'
+	@echo "The same selection written once as a release (--release NAME --download DIR fetches exactly it later): $(DEMO_RELEASE)"
+	@$(DEMO_RELEASE) | sed 's/^/  /'
 	@echo "The state of the warehouse: $(DEMO_STATUS)"
 	@$(DEMO_STATUS) | sed 's/^/  /'
 	@echo

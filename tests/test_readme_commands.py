@@ -72,7 +72,7 @@ def _demo_commands() -> list[str]:
         for line in body
     ]
     make = MAKEFILE.read_text()
-    for name in ("DEMO_SELECT", "DEMO_STATUS"):
+    for name in ("DEMO_SELECT", "DEMO_STATUS", "DEMO_RELEASE"):
         command = re.search(rf"^{name} = (.+)$", make, re.M).group(1)
         lines.append(command.replace("$(BIN)", ".venv/bin").replace("$(DEMO_DIR)", "demo/bucket"))
     return lines
@@ -80,7 +80,7 @@ def _demo_commands() -> list[str]:
 
 def test_make_demo_prints_what_it_runs():
     recipe = MAKEFILE.read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
-    for name in ("DEMO_SELECT", "DEMO_STATUS"):
+    for name in ("DEMO_SELECT", "DEMO_STATUS", "DEMO_RELEASE"):
         assert re.search(rf'^\t@echo ".*: \$\({name}\)"$', recipe, re.M), name
         assert re.search(rf"^\t@\$\({name}\) ", recipe, re.M), name
 

@@ -3,6 +3,11 @@
     python -m warehouse.select --group training --modality ct --positive --since 2020-03-01
     python -m warehouse.select --group training --modality xray --download data/xray
     python -m warehouse.select --group training --query "Manufacturer = 'ACME' AND Rows > 1000"
+    python -m warehouse.select --group training --modality ct --positive --release ct-pos-v1
+    python -m warehouse.select --release ct-pos-v1 --download data/ct-pos-v1
+    python -m warehouse.select --releases
+    python -m warehouse.select --sql "SELECT Manufacturer, count(*) FROM images GROUP BY 1"
+    python -m warehouse.select --group training --modality ct --output ct.parquet
 
 Reads the newest ``images.parquet`` of ``<bucket>-processed`` (``latest.csv`` names it,
 ``dataprocess`` writes it), prints how many images, studies and patients and how many bytes
@@ -12,8 +17,11 @@ command to resume (files already there are skipped; Ctrl-C stops it with one lin
 and leaves no partial file). A download of 0 images still creates ``DIR``, so what follows
 finds the folder, empty. Arguments that cannot select what they mean are refused before
 anything is read (a reversed date range) or once the catalogue is read (a ``--centre`` the
-catalogue does not hold: the known centres are listed), exit 2. The rules are in
-``warehouse.catalogue.selection``.
+catalogue does not hold: the known centres are listed), exit 2. ``--release NAME`` writes
+the selection once as a release (``warehouse.catalogue.releases``), which ``--release NAME
+--download DIR`` fetches again exactly, later; ``--sql`` runs one read-only query over the
+batch's views and ``--output`` writes a selection (with its labels) or a query's result to a
+Parquet or CSV file. The rules are in ``warehouse.catalogue.selection``.
 """
 
 from __future__ import annotations
@@ -23,31 +31,75 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Iterable
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from warehouse import __version__
+from warehouse.catalogue.releases import (
+    list_releases,
+    manifest_bytes,
+    manifest_frame,
+    name_problem,
+    pins_of,
+    read_release,
+    refuse_written,
+    release_document,
+    release_fetches,
+    write_release,
+)
 from warehouse.catalogue.selection import (
+    RESULT_ROWS,
+    ChangedObjects,
     Filters,
     SelectionError,
+    batch_files,
     download,
     downloads,
+    frame_table,
+    open_views,
+    patient_outcomes,
     read_catalogue,
     select,
+    sql_result,
     summary,
+    with_labels,
 )
 from warehouse.core.config import ConfigError, settings_from_env
 from warehouse.core.errors import ExpectedError, StorageError, StoreUnavailable
 from warehouse.core.keys import GROUPS, MODALITY_FOLDERS
 from warehouse.core.text import escape_controls, quote
+from warehouse.dashboard.cells import csv_text
+from warehouse.storage.files import StoredFile
 from warehouse.storage.url import storage_from_url
 
 PROG = "warehouse-select"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: A release's download that cannot be exact: objects changed with no version to fall back on.
+EXIT_CHANGED = 3
+#: The file formats ``--output`` writes, by suffix.
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+#: Rows of a ``--sql`` result shown on the screen (``--output`` writes them all).
+SHOWN_ROWS = 20
+#: The arguments that make a selection (``--release NAME`` without them names a release).
+SELECTION_ARGUMENTS = (
+    "group",
+    "modality",
+    "centre",
+    "since",
+    "until",
+    "positive",
+    "negative",
+    "query",
+    "both_groups",
+)
 #: The image folders a ``--modality`` names (``CT`` and ``ct`` alike; ``DX``, ``CR`` and
 #: ``MR``, the DICOM modalities, name their folders).
 MODALITY_CHOICES = tuple(sorted(set(MODALITY_FOLDERS.values())))
@@ -84,6 +136,21 @@ def _group(text: str) -> str:
     )
 
 
+def _release_name(text: str) -> str:
+    problem = name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(escape_controls(problem))
+    return text
+
+
+def _output(text: str) -> Path:
+    if not text.lower().endswith(OUTPUT_SUFFIXES):
+        raise argparse.ArgumentTypeError(
+            f"{quote(text)} is not a .parquet or .csv file (the suffix says which to write)"
+        )
+    return Path(text)
+
+
 def command_parser() -> argparse.ArgumentParser:
     """The command line (``--help``)."""
     parser = argparse.ArgumentParser(
@@ -97,11 +164,17 @@ def command_parser() -> argparse.ArgumentParser:
   (`warehouse select --bucket B --workers N ...` sets both)
 
 A selection may not mix training and validation images unless --both-groups is given.
+--release NAME with selection arguments writes the selection once, as release NAME (in
+<bucket>-processed/releases/NAME/); without them it names a written release, which
+--download DIR fetches exactly (by S3 version where there is one, each file's size and
+checksum checked).
 exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad arguments,
   settings (a missing store too), or a selection refused (a bad query, mixed groups, a
   reversed date range, a centre the catalogue does not hold, no catalogue, a catalogue row
-  whose keys are not an image of the selection and its metadata); 130 stopped by Ctrl-C
-  (rerun the same command to resume)""",
+  whose keys are not an image of the selection and its metadata, a release name already
+  written or not there, a bad --sql); 3 a release's objects changed with no version to
+  fall back on (each named; the other files are downloaded); 130 stopped by Ctrl-C (rerun
+  the same command to resume)""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -141,6 +214,31 @@ exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad argum
         metavar="DIR",
         type=Path,
         help="fetch the selection into DIR (created, even for 0 images)",
+    )
+    parser.add_argument(
+        "--release",
+        metavar="NAME",
+        type=_release_name,
+        help="with selection arguments: write the selection once as release NAME (letters, "
+        "digits, . _ -; at most 64); alone: the release NAME written before (--download DIR "
+        "fetches exactly its files, --output FILE writes its manifest)",
+    )
+    parser.add_argument(
+        "--releases", action="store_true", help="list the releases written, and stop"
+    )
+    parser.add_argument(
+        "--sql",
+        metavar="SQL",
+        help="run one read-only SELECT over the newest batch's views images, patients (and "
+        "series, when the batch has it), with no access to files, network or extensions; "
+        "prints the first rows, --output FILE writes them all",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        type=_output,
+        help="write the selection with its labels (or the --sql result) to FILE, .parquet "
+        "or .csv (CSV cells that a spreadsheet would run as a formula start with ')",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -206,32 +304,254 @@ def _select(args: argparse.Namespace) -> int:
     except (ConfigError, StorageError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    selecting = any(getattr(args, name) for name in SELECTION_ARGUMENTS)
+    problem = _combination_problem(args, selecting)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="select")
     try:
-        key, catalogue = read_catalogue(storage.processed())
-        problem = centre_problem(catalogue, args.centre)
-        if problem:
-            raise SelectionError(problem)
-        chosen = select(catalogue, filters_of(args))
+        if args.releases:
+            return _list_releases(storage)
+        if args.sql is not None:
+            return _run_sql(storage, args)
+        if args.release is not None and not selecting:
+            items = _show_release(storage, args)
+        else:
+            items = _selection(storage, args, pool)
     except ExpectedError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         usage = isinstance(exc, SelectionError | StoreUnavailable)  # a missing store: a setting
         return EXIT_USAGE if usage else EXIT_FAILED
-    print(f"catalogue: {storage.processed().url}/{key} ({len(catalogue):,} images)")
-    for line in summary(chosen):
-        print(line)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if args.download is None:
         return EXIT_OK
-    try:
-        items = downloads(chosen, args.group or GROUPS)
-    except SelectionError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     try:
         args.download.mkdir(parents=True, exist_ok=True)  # there, even for 0 images
     except OSError as exc:
         print(f"{PROG}: cannot make the folder {str(args.download)!r}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return _download(storage, args, items, settings.workers)
+
+
+def _combination_problem(args: argparse.Namespace, selecting: bool) -> str | None:
+    """Why the arguments do not go together, or None (before anything is read)."""
+    if args.releases and (selecting or args.release or args.sql or args.download or args.output):
+        return "--releases lists the releases: give it alone"
+    if args.sql is not None and (selecting or args.release or args.download):
+        return (
+            "--sql runs a query of its own: it takes no selection argument, --release or "
+            "--download (only --output)"
+        )
+    return None
+
+
+def _selection(storage, args: argparse.Namespace, pool: ThreadPoolExecutor) -> list:
+    """Select and print what was selected; write the release or output asked for.
+
+    Returns the files a download fetches.
+    """
+    processed = storage.processed()
+    key, catalogue = read_catalogue(processed)
+    problem = centre_problem(catalogue, args.centre)
+    if problem:
+        raise SelectionError(problem)
+    chosen = select(catalogue, filters_of(args))
+    print(f"catalogue: {processed.url}/{key} ({len(catalogue):,} images)")
+    for line in summary(chosen):
+        print(line)
+    if args.download is None and args.release is None and args.output is None:
+        return []
+    items = (
+        []
+        if args.download is None and args.release is None
+        else downloads(chosen, args.group or GROUPS)
+    )
+    if args.release is None and args.output is None:
+        return items
+    batch = batch_files(processed)
+    if not key.startswith(batch.folder + "/"):
+        raise SelectionError("a new batch was published while the catalogue was read: run again")
+    labelled = with_labels(chosen, patient_outcomes(processed, batch))
+    images = batch.files["images"]
+    types = pq.ParquetFile(StoredFile(processed, images.key, images.size)).schema_arrow
+    if args.release is not None:
+        if chosen.empty:
+            raise SelectionError("the selection holds no image: no release written")
+        refuse_written(processed, args.release)  # before every file is pinned
+        pins = pins_of(storage, [item.key for item in items], pool.submit)
+        frame = manifest_frame(labelled, pins)
+        manifest = manifest_bytes(frame, types)
+        source = {
+            "warehouse": storage.url,
+            "batch": batch.folder,
+            "catalogue": key,
+            "product_version": __version__,
+        }
+        document = release_document(
+            args.release, frame, manifest, filters_of(args), source, dt.datetime.now(dt.UTC)
+        )
+        write_release(processed, args.release, manifest, document)
+        print(_release_line(args.release, document, f"written to {processed.url}/releases/"))
+        items = release_fetches(frame)
+    if args.output is not None:
+        table = frame_table(labelled, types)
+        count = write_output(args.output, table.schema, table.to_batches(RESULT_ROWS))
+        print(f"written {args.output}: {count:,} rows, {table.num_columns} columns")
+    return items
+
+
+def _release_line(name: str, document: dict, where: str) -> str:
+    """One line saying what a release holds (its document's values escaped)."""
+    counts, pins = document.get("counts"), document.get("pins")
+
+    def number(mapping: object, field: str) -> str:
+        value = mapping.get(field) if isinstance(mapping, dict) else None
+        return f"{value:,}" if isinstance(value, int) else "?"
+
+    created = escape_controls(str(document.get("created")))[:40]
+    batch = escape_controls(str(document.get("batch")))[:60]
+    pinned = ", ".join(
+        f"{number(pins, field)} by {how}"
+        for field, how in (
+            ("images_with_version", "S3 version"),
+            ("images_by_etag_only", "ETag only (no version)"),
+            ("images_by_sha256", "SHA-256 (no version)"),
+        )
+        if number(pins, field) not in ("0", "?")
+    )
+    return (
+        f"release {name} {where}: {number(counts, 'images')} images, "
+        f"{number(counts, 'patients')} patients, {number(counts, 'image_bytes')} bytes; "
+        f"written {created} from batch {batch}; images pinned {pinned or 'by nothing'}"
+    )
+
+
+def _show_release(storage, args: argparse.Namespace) -> list:
+    """Print what release ``args.release`` holds; write its manifest to ``--output``.
+
+    Returns the files a download fetches.
+    """
+    processed = storage.processed()
+    document, frame = read_release(processed, args.release)
+    print(_release_line(args.release, document, f"in {processed.url}/releases/"))
+    items = release_fetches(frame)
+    if args.output is not None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        count = write_output(args.output, table.schema, table.to_batches(RESULT_ROWS))
+        print(f"written {args.output}: {count:,} rows, {table.num_columns} columns")
+    return items
+
+
+def _list_releases(storage) -> int:
+    processed = storage.processed()
+    found = 0
+    for release in list_releases(processed):
+        found += 1
+        if release.document is None:
+            print(f"  {release.name}: {escape_controls(str(release.problem))}")
+        else:
+            print("  " + _release_line(release.name, release.document, "").replace(" :", ":"))
+    print(f"{found:,} releases in {processed.url}/releases/")
+    return EXIT_OK
+
+
+def _run_sql(storage, args: argparse.Namespace) -> int:
+    """Run ``--sql`` over the newest batch's views.
+
+    Prints its first rows, or writes them all to ``--output``.
+    """
+    processed = storage.processed()
+    with tempfile.TemporaryDirectory(prefix="warehouse-select-") as work:
+        batch, connection = open_views(processed, Path(work))
+        try:
+            print(f"views of {processed.url}/{batch.folder}/: {', '.join(batch.files)}")
+            reader = sql_result(connection, args.sql)
+            if args.output is not None:
+                count = write_output(args.output, reader.schema, reader)
+                print(f"written {args.output}: {count:,} rows, {len(reader.schema)} columns")
+            else:
+                _print_rows(reader)
+        finally:
+            connection.close()
+    return EXIT_OK
+
+
+def _print_rows(reader: pa.RecordBatchReader) -> None:
+    """Print the first `SHOWN_ROWS` rows of a result, every character escaped, and its count."""
+    shown: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        if count < SHOWN_ROWS:
+            shown.append(batch.slice(0, SHOWN_ROWS - count))
+        count += batch.num_rows
+    table = pa.Table.from_batches(shown, schema=reader.schema)
+    text = table.to_pandas().to_string(index=False, max_colwidth=60)
+    for line in text.splitlines():
+        print(escape_controls(line))
+    more = (
+        f" (the first {SHOWN_ROWS} shown; --output FILE writes them all)"
+        if count > SHOWN_ROWS
+        else ""
+    )
+    print(f"{count:,} rows{more}")
+
+
+def _csv_ready(batch: pa.RecordBatch) -> pd.DataFrame:
+    """Return a batch as the frame `cells.csv_text` writes.
+
+    List and struct values become Python lists and dicts (written as their text); the rest
+    is as pandas makes it.
+    """
+    frame = batch.to_pandas()
+    for index, field in enumerate(batch.schema):
+        if pa.types.is_nested(field.type):
+            frame[field.name] = pd.Series(batch.column(index).to_pylist(), dtype="object")
+    return frame
+
+
+def write_output(path: Path, schema: pa.Schema, batches: Iterable) -> int:
+    """Write ``batches`` (Arrow record batches of ``schema``) to ``path``, streamed.
+
+    Parquet or CSV, by its suffix; returns the rows written.
+
+    The file is written under a temporary name beside it and renamed into place, so it is
+    never seen half-written. CSV is written by `cells.csv_text`, the one CSV writer of the
+    product: a text cell a spreadsheet would run as a formula starts with ``'``.
+
+    Raises
+    ------
+    SelectionError
+        When the file cannot be written.
+    """
+    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:255])
+    count = 0
+    try:
+        with open(temporary, "wb") as handle:
+            if path.suffix.lower() == ".csv":
+                header = pa.RecordBatch.from_pylist([], schema=schema)
+                handle.write(csv_text(_csv_ready(header)).encode("utf-8"))
+                for batch in _batches(batches):
+                    handle.write(csv_text(_csv_ready(batch), header=False).encode("utf-8"))
+                    count += batch.num_rows
+            else:
+                with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+                    for batch in _batches(batches):
+                        writer.write_batch(batch)
+                        count += batch.num_rows
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return count
+
+
+def _batches(batches: Iterable) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        if batch.num_rows:
+            yield batch
 
 
 def _download(storage, args: argparse.Namespace, items: list, workers: int) -> int:
@@ -257,6 +577,12 @@ def _download(storage, args: argparse.Namespace, items: list, workers: int) -> i
         written, skipped = download(
             storage, args.download, items, pool.submit, done, window=4 * workers
         )
+    except ChangedObjects as exc:
+        bar.close()
+        print(f"{PROG}: release {args.release}: {exc}", file=sys.stderr)
+        counted = f"{exc.written:,} files written, {exc.skipped:,} already there"
+        print(f"downloaded into {args.download}: {counted}")
+        return EXIT_CHANGED
     except ExpectedError as exc:
         bar.close()
         print(f"{PROG}: download stopped: {exc} (rerun to resume)", file=sys.stderr)

@@ -18,8 +18,10 @@ download.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import os
+import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -30,9 +32,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pa_dataset
+import pyarrow.parquet as pq
 
-from warehouse.catalogue.batches import LATEST_KEY, InvalidLatest, latest_paths
-from warehouse.core.errors import ExpectedError
+from warehouse.catalogue.batches import LATEST_KEY, InvalidLatest, batch_folder, latest_paths
+from warehouse.core.errors import ExpectedError, ObjectNotFound, PreconditionFailed
 from warehouse.core.keys import (
     GROUPS,
     MAX_FILE_NAME_LENGTH,
@@ -42,7 +46,8 @@ from warehouse.core.keys import (
     is_safe_name,
     parse_image_key,
 )
-from warehouse.storage.base import Storage
+from warehouse.storage.base import ObjectInfo, Storage
+from warehouse.storage.files import StoredFile
 
 #: Bytes per ranged read of a download (memory stays at one chunk per worker).
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -74,6 +79,8 @@ LOCKED_SETTINGS: dict[str, str | bool] = {
 _ROWS_VIEW = "catalogue_rows"
 #: How much of a user's text (a query, a key) an error message shows.
 _SHOWN_CHARS = 200
+#: How many keys a message naming changed objects shows (the rest are counted).
+_SHOWN_KEYS = 20
 
 
 class SelectionError(ExpectedError):
@@ -132,25 +139,256 @@ class Filters:
     both_groups: bool = False
 
 
-def locked_connection(tables: Mapping[str, pd.DataFrame | pa.Table]) -> duckdb.DuckDBPyConnection:
+def locked_connection(tables: Mapping[str, object]) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection that can read ``tables`` and nothing else.
 
     Each table is registered as a view of its name. The connection runs with
     `LOCKED_SETTINGS`: external access (files, URLs, ``ATTACH``, ``COPY``, ``INSTALL``,
     ``LOAD``) and Python replacement scans are off, extensions are neither installed nor
     loaded on demand, and ``SET`` can change none of it. This is the one way SQL written by
-    someone else is run (``--query``; a ``--sql`` over more views would open its connection
-    here too).
+    someone else is run (``--query``, ``--sql`` and `warehouse.catalogue.open` open their
+    connections here).
 
     Parameters
     ----------
     tables : mapping
-        View name to its rows (a pandas frame or an Arrow table).
+        View name to its rows (a pandas frame, an Arrow table or an Arrow dataset).
     """
     connection = duckdb.connect(":memory:", config=dict(LOCKED_SETTINGS))
     for name, table in tables.items():
         connection.register(name, table)
     return connection
+
+
+#: The views SQL sees (``--sql``, `warehouse.catalogue.open`): view name -> its file in the
+#: batch folder. A view is there when the batch holds its file, so a batch written before a
+#: table existed (``series.parquet``) simply has no such view.
+VIEW_FILES = {
+    "images": "images.parquet",
+    "patients": "patient_clean.parquet",
+    "series": "series.parquet",
+}
+#: Rows a streamed result hands on at a time (to a file, to the screen).
+RESULT_ROWS = 16_384
+
+
+@dataclass(frozen=True)
+class BatchFiles:
+    """The newest batch: its folder, and the listed file of each of its views (`VIEW_FILES`)."""
+
+    folder: str
+    files: dict[str, ObjectInfo]
+
+
+def batch_files(processed: Storage) -> BatchFiles:
+    """The newest batch (``latest.csv`` names it) and the files of its views.
+
+    One read (``latest.csv``) and one listing of the batch folder.
+
+    Raises
+    ------
+    SelectionError
+        When there is no batch, or it has no ``images.parquet``.
+    StorageError
+        When a read fails.
+    """
+    try:
+        paths = latest_paths(processed)
+    except InvalidLatest as exc:
+        raise SelectionError(str(exc)) from None
+    if paths is None:
+        raise SelectionError(f"no {LATEST_KEY} in {processed.url}: run dataprocess first")
+    folder = batch_folder(paths)
+    if folder is None:
+        raise SelectionError(f"{LATEST_KEY} names no batch folder: run dataprocess again")
+    _, objects = processed.list_folders(folder + "/")
+    by_name = {info.key.rpartition("/")[2]: info for info in objects if not info.link}
+    files = {view: by_name[name] for view, name in VIEW_FILES.items() if name in by_name}
+    if "images" not in files:
+        raise SelectionError(
+            f"the batch {folder} has no {VIEW_FILES['images']} (no images filed, or written "
+            "by an older dataprocess): run dataprocess again"
+        )
+    return BatchFiles(folder, files)
+
+
+def copy_to_file(storage: Storage, info: ObjectInfo, path: Path) -> None:
+    """Copy object ``info`` of ``storage`` into the local file ``path``, `CHUNK_BYTES` at a
+    time (never whole in memory).
+
+    Raises
+    ------
+    StorageError
+        When a read fails.
+    SelectionError
+        When the object is shorter than listed.
+    """
+    with open(path, "wb") as handle:
+        written = 0
+        while written < info.size:
+            chunk = storage.read_range(info.key, written, min(info.size, written + CHUNK_BYTES))
+            if not chunk:
+                raise SelectionError(f"{info.key}: {written:,} bytes read of {info.size:,}")
+            handle.write(chunk)
+            written += len(chunk)
+
+
+def open_views(processed: Storage, work: Path) -> tuple[BatchFiles, duckdb.DuckDBPyConnection]:
+    """The newest batch's tables as the views of a `locked_connection`.
+
+    Each view's Parquet file (`VIEW_FILES`, those the batch holds) is copied into the folder
+    ``work`` (the caller's, a temporary one) and scanned from there by DuckDB as a dataset:
+    a query reads the columns and row groups it needs, never the whole table at once.
+
+    Raises
+    ------
+    SelectionError, StorageError
+        As `batch_files` and `copy_to_file`.
+    """
+    found = batch_files(processed)
+    tables = {}
+    for view, info in found.files.items():
+        path = work / f"{view}.parquet"
+        copy_to_file(processed, info, path)
+        try:
+            tables[view] = pa_dataset.dataset(path, format="parquet")
+        except (pa.ArrowException, OSError) as exc:
+            detail = _printable(str(exc).split("\n", 1)[0])
+            raise SelectionError(f"{info.key} is not a Parquet file: {detail}") from None
+    return found, locked_connection(tables)
+
+
+def read_only_relation(
+    connection: duckdb.DuckDBPyConnection, sql: str, label: str = "--sql"
+) -> duckdb.DuckDBPyRelation:
+    """Return the relation of one read-only statement of someone else's SQL on
+    ``connection`` (a `locked_connection`), not yet run.
+
+    Raises
+    ------
+    SelectionError
+        When ``sql`` is not one ``SELECT`` statement (a ``WITH``, ``DESCRIBE`` or
+        ``SUMMARIZE`` is one), or DuckDB refuses it: one line, starting with ``label`` and
+        the SQL quoted and bounded.
+    """
+    shown = _shown(sql)
+    try:
+        statements = connection.extract_statements(sql)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise SelectionError(f"{label} {shown}: one read-only statement (a SELECT) only")
+        return connection.sql(sql)
+    except duckdb.Error as exc:
+        detail = _printable(str(exc).split("\n", 1)[0])
+        raise SelectionError(f"{label} {shown}: {detail}") from None
+
+
+def sql_result(connection: duckdb.DuckDBPyConnection, sql: str) -> pa.RecordBatchReader:
+    """Run one read-only statement (`read_only_relation`) on ``connection``: its rows,
+    streamed, `RESULT_ROWS` at a time.
+
+    Raises
+    ------
+    SelectionError
+        As `read_only_relation`, or when DuckDB fails to run it.
+    """
+    relation = read_only_relation(connection, sql)
+    try:
+        return relation.to_arrow_reader(RESULT_ROWS)
+    except duckdb.Error as exc:
+        detail = _printable(str(exc).split("\n", 1)[0])
+        raise SelectionError(f"--sql {_shown(sql)}: {detail}") from None
+
+
+#: The outcome labels joined to each image of a selection (``--output``, a release's
+#: manifest) from the batch's cleaned patient table (``patient_clean``, by PatientID =
+#: Pseudonym): label -> the columns it is read from, the first holding a value winning. A
+#: positive patient's swab date is ``Date of Positive Covid Swab``, a negative one's
+#: ``SwabDate``; the clinical summary (group, ``covid_positive``, ``age``, ``sex``) is in the
+#: catalogue already.
+OUTCOME_LABELS = {
+    "death": ("death",),
+    "itu_admission": ("itu_admission",),
+    "intubation": ("intubation",),
+    "swab_date": ("swabdate", "date_of_positive_covid_swab"),
+}
+
+
+def patient_outcomes(processed: Storage, batch: BatchFiles) -> pd.DataFrame:
+    """Each patient's `OUTCOME_LABELS`, indexed by Pseudonym (the first row of each), read
+    from the batch's ``patient_clean.parquet`` (only those columns: ranged reads); empty when
+    the batch has no such table.
+
+    Raises
+    ------
+    SelectionError
+        When the table is not a Parquet file.
+    StorageError
+        When a read fails.
+    """
+    info = batch.files.get("patients")
+    empty = pd.DataFrame({name: pd.Series(dtype="object") for name in OUTCOME_LABELS})
+    if info is None:
+        return empty.rename_axis("Pseudonym")
+    try:
+        file = pq.ParquetFile(StoredFile(processed, info.key, info.size))
+        wanted = {c for sources in OUTCOME_LABELS.values() for c in sources} | {"Pseudonym"}
+        present = [name for name in file.schema_arrow.names if name in wanted]
+        table = file.read(columns=present).to_pandas()
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        detail = _printable(str(exc).split("\n", 1)[0])
+        raise SelectionError(f"{info.key} is not a Parquet file: {detail}") from None
+    if "Pseudonym" not in table.columns:
+        return empty.rename_axis("Pseudonym")
+    table = table.drop_duplicates("Pseudonym").set_index("Pseudonym")
+    out = pd.DataFrame(index=table.index)
+    for label, sources in OUTCOME_LABELS.items():
+        values = pd.Series(pd.NA, index=table.index, dtype="object")
+        for source in reversed(sources):  # the first source wins: filled last
+            if source in table.columns:
+                column = table[source]
+                values = column.where(column.notna(), values).astype("object")
+        if label == "swab_date":
+            days = pd.to_datetime(values, errors="coerce")
+            values = pd.Series([d.date() if pd.notna(d) else None for d in days], index=days.index)
+        else:
+            values = values.astype("boolean")
+        out[label] = values
+    return out
+
+
+def with_labels(chosen: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """``chosen`` with each image's patient's outcome labels (`patient_outcomes`) as more
+    columns (null for a patient without any); a column of the same name is replaced."""
+    out = chosen.drop(columns=[c for c in outcomes.columns if c in chosen.columns])
+    joined = outcomes.reindex(out["PatientID"].astype("object").to_numpy())
+    for label in outcomes.columns:
+        out[label] = joined[label].to_numpy()
+    return out
+
+
+#: The Arrow type of each outcome label (`OUTCOME_LABELS`) in a file written.
+LABEL_TYPES = {
+    "death": pa.bool_(),
+    "itu_admission": pa.bool_(),
+    "intubation": pa.bool_(),
+    "swab_date": pa.date32(),
+}
+
+
+def frame_table(frame: pd.DataFrame, types: pa.Schema | None = None) -> pa.Table:
+    """``frame`` (a selection, with labels) as an Arrow table, each column of the type
+    ``types`` (the catalogue's schema) or `LABEL_TYPES` give it, inferred otherwise; no
+    index. A pandas frame holds a nullable boolean, an integer with nulls or a date as
+    objects or floats: this gives them their types back."""
+    arrays, fields = [], []
+    for index, name in enumerate(frame.columns):
+        column = frame.iloc[:, index]
+        known = types.field(name).type if types is not None and name in types.names else None
+        kind = known or LABEL_TYPES.get(name)
+        array = pa.array(column, type=kind, from_pandas=True)
+        arrays.append(array)
+        fields.append(pa.field(str(name), array.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def expression_problem(expression: str) -> str | None:
@@ -324,10 +562,62 @@ def _size(count: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """One object to download: its key and, when known, its size."""
+    """One object to download: its key and, when known, its size.
+
+    An object of a release is pinned: its S3 ``version_id`` when it has one, its ``etag``
+    (S3) or ``sha256`` (a local store), and its size; what is written must be that content.
+    """
 
     key: str
     size: int | None
+    version_id: str | None = None
+    etag: str | None = None
+    sha256: str | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the object must be one exact content (an object of a release)."""
+        return self.version_id is not None or self.etag is not None or self.sha256 is not None
+
+
+class ChangedObject(SelectionError):
+    """An object of a release that is no longer the content the release pinned, with no
+    version of it to fall back on (``key`` names it)."""
+
+    def __init__(self, key: str, detail: str):
+        super().__init__(f"{_printable(repr(key))}: {detail}")
+        self.key = key
+
+
+class ChangedObjects(SelectionError):
+    """Objects of a release that changed with no version to fall back on (``keys``, every
+    one), the rest of the release downloaded."""
+
+    def __init__(self, keys: list[str], written: int, skipped: int):
+        self.keys = sorted(keys)
+        self.written, self.skipped = written, skipped
+        # (keys of checked rows: the warehouse layout's, at most 1,024 bytes; shown whole)
+        shown = ", ".join(_printable(repr(key)) for key in self.keys[:_SHOWN_KEYS])
+        more = f" and {len(keys) - _SHOWN_KEYS:,} more" if len(keys) > _SHOWN_KEYS else ""
+        super().__init__(
+            f"{len(keys):,} objects of the release changed since it was written and have no "
+            f"version to fall back on: {shown}{more}; not downloaded (every other file is)"
+        )
+
+
+#: A plain MD5 ETag (an object written in one part with SSE-S3 or no encryption): the MD5 of
+#: its content, checked after a download. A multipart ETag (``<hex>-<parts>``) is not.
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
+
+
+def content_digest(item: Fetch):
+    """The digest a download of ``item`` is checked with and the value it must have:
+    ``(hashlib object, hex)``, or None when nothing can be checked but the size."""
+    if item.sha256 is not None:
+        return hashlib.sha256(), item.sha256
+    if item.etag is not None and _MD5_ETAG.fullmatch(item.etag):
+        return hashlib.md5(usedforsecurity=False), item.etag
+    return None
 
 
 def row_problem(
@@ -429,32 +719,47 @@ def local_path(folder: Path, key: str) -> Path:
     raise SelectionError(f"a key outside the download folder: {_shown(key)}")
 
 
-def already_there(path: Path, size: int | None) -> bool:
-    """Whether a download can be skipped: the file exists (with ``size`` bytes, if known)."""
+def already_there(path: Path, item: Fetch) -> bool:
+    """Whether a download can be skipped: the file exists (with the item's size, if known;
+    for a pinned item, with its content digest too, when one can be checked)."""
     try:
         found = path.stat().st_size
     except FileNotFoundError:
         return False
-    return size is None or found == size
+    if item.size is not None and found != item.size:
+        return False
+    digest = content_digest(item) if item.pinned else None
+    if digest is None:
+        return True
+    hasher, expected = digest
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            hasher.update(chunk)
+    return hasher.hexdigest() == expected
 
 
 def fetch(storage: Storage, folder: Path, item: Fetch) -> int | None:
     """Download one object into ``folder``; the bytes written, None when it was there already.
 
     Large objects come in ranged reads of `CHUNK_BYTES`; the file is written under a
-    temporary name and renamed into place.
+    temporary name and renamed into place. A pinned item (`Fetch.pinned`) is read by its
+    version and ETag and its content checked (`content_digest`) before the rename.
 
     Raises
     ------
     StorageError
         When a read fails.
+    ChangedObject
+        When a pinned item's object is no longer the content pinned (nothing is written).
     SelectionError
         When the key has no place under ``folder`` (`local_path`), the object is shorter
         than its catalogued size, or the file cannot be written.
     """
     path = local_path(folder, item.key)
-    if already_there(path, item.size):
+    if already_there(path, item):
         return None
+    if item.pinned:
+        return _fetch_pinned(storage, path, item)
     # the name may be 255 bytes already: the temporary one is cut to fit
     temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:MAX_FILE_NAME_LENGTH])
     written = 0
@@ -488,6 +793,51 @@ def fetch(storage: Storage, folder: Path, item: Fetch) -> int | None:
     return written
 
 
+def _fetch_pinned(storage: Storage, path: Path, item: Fetch) -> int:
+    """Write the pinned content of ``item`` at ``path`` (`fetch`); the bytes written."""
+    size = item.size or 0
+    digest = content_digest(item)
+    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:MAX_FILE_NAME_LENGTH])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SelectionError(f"cannot make the folder {str(path.parent)!r}: {exc}") from None
+    written = 0
+    try:
+        with open(temporary, "wb") as handle:
+            while written < size:
+                try:
+                    chunk = storage.read_pinned(
+                        item.key,
+                        written,
+                        min(size, written + CHUNK_BYTES),
+                        version_id=item.version_id,
+                        etag=item.etag,
+                    )
+                except (ObjectNotFound, PreconditionFailed) as exc:
+                    raise ChangedObject(item.key, str(exc)) from None
+                if not chunk:
+                    raise ChangedObject(item.key, f"{written:,} bytes of {size:,}: it is shorter")
+                handle.write(chunk)
+                if digest is not None:
+                    digest[0].update(chunk)
+                written += len(chunk)
+        if digest is not None and digest[0].hexdigest() != digest[1]:
+            raise ChangedObject(item.key, "its content is not the release's (checksum)")
+        if (
+            item.version_id is None
+            and item.etag is None
+            and storage.read_range(item.key, size, size + 1)
+        ):  # no ETag to read it by: a longer object is a changed one
+            raise ChangedObject(item.key, f"it is longer than {size:,} bytes")
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return written
+
+
 def download(
     storage: Storage,
     folder: Path,
@@ -503,15 +853,22 @@ def download(
     ------
     StorageError, SelectionError
         The first failure, once every download already submitted has ended.
+    ChangedObjects
+        When objects of a release changed (`ChangedObject`): every one of them, once every
+        other item is downloaded.
     """
     pending: deque = deque()
     counts = {"written": 0, "skipped": 0}
     errors: list[Exception] = []
+    changed: list[str] = []
 
     def finish_oldest() -> None:
         item, future = pending.popleft()
         try:
             count = future.result()
+        except ChangedObject as exc:
+            changed.append(exc.key)
+            return
         except ExpectedError as exc:
             errors.append(exc)
             return
@@ -529,4 +886,6 @@ def download(
         finish_oldest()
     if errors:
         raise errors[0]
+    if changed:
+        raise ChangedObjects(changed, counts["written"], counts["skipped"])
     return counts["written"], counts["skipped"]

@@ -4,7 +4,9 @@ Nodes use the storage service only; they never touch boto3 or the file system th
 Besides plain reads and writes the port has conditional operations (create only if absent,
 replace or delete only if unchanged since read, judged by a token: the ETag on S3) for the run
 lease (`warehouse.core.lease`), and `Storage.check_store` to check up front that a store
-exists before anything reads or writes it.
+exists before anything reads or writes it. A release pins objects (`Storage.list_versions`,
+`Storage.read_pinned`): by S3 VersionId and ETag where the bucket keeps versions; a local
+store keeps none.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+
+from warehouse.core.errors import StorageError
 
 #: Listed objects handed from a listing thread to the consumer at a time.
 _LIST_CHUNK = 256
@@ -41,6 +45,21 @@ class ObjectInfo:
     last_modified: dt.datetime
     link: bool = False
     too_deep: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """The newest version of one listed object, as a release pins it.
+
+    ``version_id`` is S3's VersionId (None when the object has none: a bucket that never kept
+    versions, an object written before versioning was turned on, or a local store); ``etag``
+    is S3's ETag without its quotes (None on a local store).
+    """
+
+    key: str
+    size: int
+    etag: str | None = None
+    version_id: str | None = None
 
 
 class Storage:
@@ -89,6 +108,44 @@ class Storage:
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Return bytes ``start`` to ``end`` (exclusive) of an object; fewer at the end of it."""
         raise NotImplementedError
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        """Yield the newest version of each object under ``prefix`` (deleted ones left out).
+
+        On S3 one ListObjectVersions request per thousand versions, each with its VersionId
+        and ETag; a store without versions yields its listing (no VersionId, no ETag).
+        """
+        for info in self.list(prefix):
+            if not (info.link or info.too_deep):
+                yield ObjectVersion(info.key, info.size)
+
+    def read_pinned(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        *,
+        version_id: str | None = None,
+        etag: str | None = None,
+    ) -> bytes:
+        """Return bytes ``start`` to ``end`` of one version of an object: version
+        ``version_id`` when given, and only while its ETag is ``etag`` when given.
+
+        A store without versions refuses a ``version_id``, and cannot compare ETags: it
+        reads the object as it is (the caller checks its content).
+
+        Raises
+        ------
+        ObjectNotFound
+            If the object or that version does not exist.
+        PreconditionFailed
+            If its ETag is not ``etag``.
+        StorageError
+            If the store keeps no versions and ``version_id`` is given.
+        """
+        if version_id is not None:
+            raise StorageError(f"{self.url} keeps no versions: cannot read {key} by version")
+        return self.read_range(key, start, end)
 
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         """Create or replace an object atomically: readers see the old or the new, never part."""

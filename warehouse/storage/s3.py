@@ -16,7 +16,7 @@ from warehouse.core.errors import (
     StoreUnavailable,
 )
 from warehouse.core.text import bounded, escape_controls
-from warehouse.storage.base import ObjectInfo, Storage
+from warehouse.storage.base import ObjectInfo, ObjectVersion, Storage
 
 #: CopyObject's limit; larger objects are copied with a multipart (UploadPartCopy) copy.
 S3_COPY_LIMIT = 5 * 1024**3
@@ -226,6 +226,58 @@ class S3Storage(Storage):
         if end <= start:
             return b""
         return self._get(key, Range=f"bytes={start}-{end - 1}")
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        paginator = self.client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Versions", ()):
+                    if item.get("IsLatest"):  # a deleted object's newest is a delete marker
+                        version = item.get("VersionId")
+                        yield ObjectVersion(
+                            item["Key"],
+                            int(item["Size"]),
+                            str(item.get("ETag", "")).strip('"') or None,
+                            None if version in (None, "null") else str(version),
+                        )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "list the versions of", prefix) from None
+
+    def read_pinned(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        *,
+        version_id: str | None = None,
+        etag: str | None = None,
+    ) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if end <= start:
+            return b""
+        pins = {"VersionId": version_id} if version_id is not None else {}
+        if etag is not None:
+            pins["IfMatch"] = f'"{etag}"'
+        where = f"{self.url}/{key}" + (f" (version {version_id})" if version_id else "")
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}", **pins
+            )
+            return response["Body"].read()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "InvalidRange":
+                return b""
+            if code in ("PreconditionFailed", "412"):
+                raise PreconditionFailed(f"{where} has changed (its ETag is not {etag})") from None
+            if code in ("NoSuchKey", "NoSuchVersion", "404", "NotFound", "InvalidArgument"):
+                raise ObjectNotFound(f"{where} does not exist") from None
+            raise self._error(exc, "read", key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, "read", key) from None
 
     def _get(self, key: str, **kwargs) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from warehouse.core.errors import StorageError
 from warehouse.core.lease import RunLease
-from warehouse.storage.base import ObjectInfo, Storage
+from warehouse.storage.base import ObjectInfo, ObjectVersion, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ class DelegatingStorage(Storage):
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return self.inner.read_range(key, start, end)
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        return self.inner.list_versions(prefix)
+
+    def read_pinned(self, key, start, end, *, version_id=None, etag=None) -> bytes:
+        return self.inner.read_pinned(key, start, end, version_id=version_id, etag=etag)
 
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         self.inner.write(key, data, content_type)
