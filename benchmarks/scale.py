@@ -744,6 +744,8 @@ def evaluate(figures: dict) -> list[dict]:
             add("daily run: LIST <= 50 + new upload folders", label, figure, verdict)
         cpu_vs_base("rerun", "rerun, nothing new: CPU <= 2x the smallest size's", label)
         rss("dataprocess", "dataprocess: peak RSS <= 1 GB", label, DATAPROCESS_RSS_MB)
+        # (CPU proportional to the new studies: the same day's studies as at the smallest size)
+        cpu_vs_base("dataprocess", "dataprocess: CPU <= 2x the smallest size's", label)
         cpu_vs_base("dataprocess rerun", "dataprocess rerun: CPU <= 2x the smallest size's", label)
         sharded = sizes[label].get("sharded")
         if sharded:
@@ -905,7 +907,8 @@ def _parser() -> argparse.ArgumentParser:
   daily run of 1,000 images: CPU <= 2x the smallest size's, peak RSS <= 400 MB,
     LIST <= 50 + the new upload folders
   rerun with nothing new: CPU <= 2x the smallest size's
-  dataprocess: peak RSS <= 1 GB; a rerun with nothing new: CPU <= 2x the smallest size's
+  dataprocess: peak RSS <= 1 GB, CPU <= 2x the smallest size's (the same new studies);
+    a rerun with nothing new: CPU <= 2x the smallest size's
   reconcile at 10M from an S3 Inventory: peak RSS <= 2 GB (shown at every size);
   each shard at 1M: peak RSS <= 400 MB
 and what the runs filed: the day by the daily run, nothing by the rerun and the reconcile
