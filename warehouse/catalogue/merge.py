@@ -403,7 +403,8 @@ def counts_document(scan: CatalogueScan) -> bytes:
         "summary": [[*k[:2], _iso(k[2]), *k[3:], n] for k, n in scan.summary.items()],
     }
     text = json.dumps(head) + "\n" + json.dumps(body)  # (json.dumps writes no newline)
-    return gzip.compress(text.encode("utf-8"), mtime=0)
+    # (level 1: at ten million images level 9 took 1.6 s of CPU for a third fewer bytes)
+    return gzip.compress(text.encode("utf-8"), compresslevel=1, mtime=0)
 
 
 class InvalidCounts(ExpectedError):
