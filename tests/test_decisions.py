@@ -29,6 +29,7 @@ from warehouse.listing.warehouse import index_warehouse
 from warehouse.loader.decisions import file_clinical, file_image
 from warehouse.loader.memo import load_previous_report, memo_of, problems_of
 from warehouse.loader.planning import plan_inputs
+from warehouse.dicom.screen import load_profile
 from warehouse.loader.state import LoaderState
 from warehouse.loader.tasks import Task
 from warehouse.storage.local import LocalStorage
@@ -66,6 +67,7 @@ def new_state(store: LocalStorage, warehouse: dict[str, bytes] | None = None, **
         settings=Settings(bucket=store.url),
         report=RunReport("warehouseloader"),
         config=parse_config(config_bytes(**config)),
+        profile=load_profile(),
     )
     state.index = index_warehouse(store, 1, clinical_only=True)
     state.catalogue.load(store)
