@@ -24,12 +24,12 @@ from warehouse.core.patients import PatientGroups
 from warehouse.core.report import RunReport
 from warehouse.dicom.identity import ImageIdentity
 from warehouse.dicom.reader import HeaderRead
+from warehouse.dicom.screen import load_profile
 from warehouse.listing.raw import list_raw
 from warehouse.listing.warehouse import index_warehouse
 from warehouse.loader.decisions import file_clinical, file_image
 from warehouse.loader.memo import load_previous_report, memo_of, problems_of
 from warehouse.loader.planning import plan_inputs
-from warehouse.dicom.screen import load_profile
 from warehouse.loader.state import LoaderState
 from warehouse.loader.tasks import Task
 from warehouse.storage.local import LocalStorage
