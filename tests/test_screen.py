@@ -459,3 +459,29 @@ def test_select_help_says_null_rows_are_kept(capsys):
         "--exclude-identifying" in text
         and "(filed before the screen, null in that column) are kept" in text
     )
+
+
+def test_a_sharded_run_flags_and_refuses_as_one_process(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    (tmp_path / "bucket-processed").mkdir()
+    store = LocalStorage(root)
+    files, keys = policy_tree()
+    builders.put_tree(store, files)
+    result = builders.python_m(
+        "warehouseloader",
+        env=builders.graph_env(WAREHOUSE_BUCKET=f"file://{root}", WAREHOUSE_PROCESSES="2"),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(store.read("reports/warehouseloader/latest.json"))
+    assert report["shards"] == 2
+    assert sorted(f["key"] for f in report["flagged"]) == sorted(
+        [keys["a-named"], keys["a-burned"]]
+    )
+    assert sorted(p["key"] for p in report["problems"]) == sorted(
+        [keys["b-named"], keys["b-burned"]]
+    )
+    site_a = json.loads(store.read("feedback/raw-a/latest.json"))
+    assert sorted(f["key"] for f in site_a["flagged"]) == sorted(
+        [keys["a-named"], keys["a-burned"]]
+    )

@@ -193,8 +193,8 @@ class RunReport:
 
     def as_dict(self) -> dict:
         """The whole JSON run report (what ``latest.json`` holds): counts, reasons, every
-        input not filed by key, the notes about inputs (`note`), and the catalogue and feedback
-        records when the run has them."""
+        input not filed by key, the notes about inputs (`note`), the inputs filed with a flag
+        (`flag`), and the catalogue and feedback records when the run has them."""
         by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
         return (
             {
