@@ -485,3 +485,38 @@ def test_a_sharded_run_flags_and_refuses_as_one_process(tmp_path):
     assert sorted(f["key"] for f in site_a["flagged"]) == sorted(
         [keys["a-named"], keys["a-burned"]]
     )
+
+
+def test_counts_saved_before_the_screen_make_the_catalogue_merge_again():
+    """A batch's saved counts without the screen's (an older version): not reused, so the next
+    merge counts every row again (`merge.counted_scan` refuses them)."""
+    import gzip
+
+    from warehouse.catalogue import merge
+
+    document = {
+        "rows": 1,
+        "through": None,
+        "beyond": [],
+        "unsized_metadata": 0,
+        "studies": [],
+        "study_images": [],
+        "image_bytes": [],
+        "metadata_bytes": [],
+        "summary": [],
+    }
+    with pytest.raises(ValueError, match="screened"):
+        merge.counted_scan(gzip.compress(json.dumps(document).encode()), "/x", "b/images.parquet")
+
+
+def test_rows_written_before_the_column_read_it_as_null():
+    import pyarrow as pa
+
+    from warehouse.catalogue.merge import MERGED_SCHEMA
+    from warehouse.catalogue.rows import conformed
+
+    older = pa.table({"warehouse_key": ["k1", "k2"], "Rows": pa.array([512, 1024], pa.int64())})
+    table = conformed(older, MERGED_SCHEMA)
+    assert table.schema == MERGED_SCHEMA
+    assert table.column("identifying_attributes").to_pylist() == [None, None]
+    assert table.column("Rows").to_pylist() == [512, 1024]  # (cast to the schema's int32)
