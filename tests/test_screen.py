@@ -488,8 +488,10 @@ def test_a_sharded_run_flags_and_refuses_as_one_process(tmp_path):
 
 
 def test_counts_saved_before_the_screen_make_the_catalogue_merge_again():
-    """A batch's saved counts without the screen's (an older version): not reused, so the next
-    merge counts every row again (`merge.counted_scan` refuses them)."""
+    """A batch's saved counts without the screen's (an older version) are not reused.
+
+    The next merge counts every row again (`merge.counted_scan` refuses them).
+    """
     import gzip
 
     from warehouse.catalogue import merge
@@ -520,3 +522,30 @@ def test_rows_written_before_the_column_read_it_as_null():
     assert table.schema == MERGED_SCHEMA
     assert table.column("identifying_attributes").to_pylist() == [None, None]
     assert table.column("Rows").to_pylist() == [512, 1024]  # (cast to the schema's int32)
+
+
+def test_a_refusal_holds_while_the_policy_and_the_profile_are_the_same():
+    from warehouse.core.config import parse_config
+    from warehouse.loader.memo import still_holds
+
+    def config(policy):
+        doc = json.loads(builders.config(["raw-b"], split=["B Trust"]))
+        doc["identifying_data"] = {"raw-b": policy}
+        return parse_config(json.dumps(doc).encode())
+
+    facts = {"attributes": ["PatientName"], "prefix": "raw-b", "profile": PROFILE.digest}
+    problem = {"key": "raw-b/2021-03-02/images/x.dcm", "reason": "identifying data in the header"}
+    assert still_holds({**problem, "facts": facts}, config("refuse"), None, set())
+    assert not still_holds({**problem, "facts": facts}, config("report"), None, set())
+    changed = {**facts, "profile": "0123456789abcdef"}  # refused by another profile
+    assert not still_holds({**problem, "facts": changed}, config("refuse"), None, set())
+
+
+def test_the_benchmark_measures_the_screen_and_the_parse(capsys):
+    from benchmarks import screen as benchmark
+
+    assert benchmark.main(["--images", "8", "--rounds", "2"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["images"] == 8 and figures["flagged"] == 4  # every other header
+    assert figures["profile_attributes"] == len(PROFILE.attributes)
+    assert figures["screen_us_per_image"] > 0 and figures["parse_us_per_image"] > 0
