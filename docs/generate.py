@@ -121,6 +121,14 @@ REASON_MEANINGS: dict[Reason, str] = {
         "its SOPInstanceUID is filed already under another key with another size: the "
         "detail names both keys and sizes"
     ),
+    Reason.IDENTIFYING_DATA: (
+        "the header breaks the identifying-data profile (a patient name other than the "
+        "pseudonym, a full birth date, an address, `BurnedInAnnotation` YES, ...: "
+        "`warehouse/dicom/identifying_profile.json`) and its raw prefix's policy "
+        "(`identifying_data` in `config.json`) is `refuse`; the detail names the attributes, "
+        "never their values. Under `report`, the default, the image is filed and listed in "
+        "the report's and the site's `flagged`"
+    ),
     Reason.INVALID_PART: (
         "a catalogue part that is not Parquet of catalogue rows: left out of `dataprocess`'s "
         "merge; the loader reads the filed images it would have vouched for again (so the "
@@ -636,6 +644,13 @@ COLUMN_MEANINGS: dict[str, str] = {
     "PhotometricInterpretation": "as the header has it",
     "BitsStored": "bits per pixel sample",
     "TransferSyntaxUID": "from the file meta (the metadata JSON leaves it out)",
+    "identifying_attributes": (
+        "the attributes whose value broke the identifying-data profile "
+        "(`warehouse/dicom/identifying_profile.json`), by keyword, never their values: an "
+        "empty list when the header passed, null when it was not screened (rows written "
+        "before the screen, and images catalogued from their header by a full run); "
+        "`warehouse select --exclude-identifying` leaves out the rows with a keyword"
+    ),
     "filed": (
         "the date the row's catalogue part was written: when the image was filed (or, for an "
         "image a reconcile found in no part, when it was catalogued)"
@@ -678,8 +693,8 @@ def catalogue_columns_page() -> str:
     ]
     for field in rows.SCHEMA:
         tag = ""
-        if field.name in header:
-            number = tag_for_keyword(field.name)
+        number = tag_for_keyword(field.name) if field.name in header else None
+        if number is not None:  # (a column derived from the header has no tag of its own)
             tag = f"({number >> 16:04X},{number & 0xFFFF:04X})"
         lines.append(
             f"| `{field.name}` | `{field.type}` | {tag} | parts, `images.parquet` | "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import signal
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from warehouse.core.config import Settings
 from warehouse.storage.base import Storage
@@ -203,6 +206,18 @@ def rows_table(rows):
 
 #: The product's own objects a run reads besides its inputs (config, state, reports).
 _RUN_STATE = ("config.json", "reports/", "state/", "catalogue/")
+
+
+def catalogue_rows(storage: Storage) -> dict[str, dict]:
+    """Every row of the loader's catalogue parts in ``storage``, by warehouse key (read with
+    pyarrow directly, not the product's reader)."""
+    rows: dict[str, dict] = {}
+    for info in sorted(storage.list("catalogue/images/"), key=lambda i: i.key):
+        if info.key.endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(storage.read(info.key)))
+            for row in table.to_pylist():
+                rows[row["warehouse_key"]] = row
+    return rows
 
 
 def input_reads(keys) -> list[str]:

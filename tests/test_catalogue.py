@@ -166,7 +166,13 @@ def oracle_floats(value) -> list[float] | None:
 
 
 def oracle_row(
-    data: bytes, key: str, *, size: int, raw_key: str | None, metadata_size: int | None = None
+    data: bytes,
+    key: str,
+    *,
+    size: int,
+    raw_key: str | None,
+    metadata_size: int | None = None,
+    identifying: list[str] | None = None,
 ) -> dict:
     """The catalogue row of the image ``data`` filed at ``key``, from pydicom's reading (and
     its metadata file's size, when it is known)."""
@@ -204,6 +210,9 @@ def oracle_row(
         "PhotometricInterpretation": text("PhotometricInterpretation"),
         "BitsStored": oracle_int(_value(dataset, "BitsStored")),
         "TransferSyntaxUID": oracle_text(_value(meta, "TransferSyntaxUID")),
+        # what the screen flagged: given (the test trees' images are clean: []), null when
+        # not screened
+        "identifying_attributes": identifying,
     }
     assert sorted(row) == sorted(COLUMNS)  # the README's columns, no more, no fewer
     return row
@@ -221,6 +230,9 @@ def warehouse_rows(storage, raw_of: dict[str, str]) -> dict[str, dict]:
             size=size,
             raw_key=raw_of.get(key),
             metadata_size=listed.get(layout_of(key)["metadata_key"]),
+            # a row the loader made from its raw file is screened (the test trees' images are
+            # clean); one catalogued from the filed copy's header is not
+            identifying=[] if raw_of.get(key) else None,
         )
         for key, size in listed.items()
         if layout_of(key) is not None
@@ -766,6 +778,8 @@ def test_dataprocess_merges_only_the_new_parts_and_a_reconcile_catalogues_what_n
     assert code == 0
     recovered = _catalogue_columns(_images(store))
     expected.loc[expected.warehouse_key == gone, ["raw_key", "upload_date"]] = None
+    # (catalogued from the filed copy's header, its raw file gone: never screened)
+    expected.loc[expected.warehouse_key == gone, "identifying_attributes"] = None
     pd.testing.assert_frame_equal(recovered, _catalogue_columns(expected))
 
 
@@ -1027,6 +1041,7 @@ def test_saved_counts_are_decoded_when_first_asked_for_and_a_bad_entry_is_said()
             "image_bytes": [["training", "ct", 30]],
             "metadata_bytes": [["training", "ct", 9]],
             "summary": [],
+            "screened": [["raw-a", "clean", 3]],
         }
         return gzip.compress(json.dumps(document).encode())
 
@@ -1034,6 +1049,7 @@ def test_saved_counts_are_decoded_when_first_asked_for_and_a_bad_entry_is_said()
         saved([["training", "ct", "P1", "S1", "k.json", "2026-01-01"]]), "/x", "b/images.parquet"
     )
     assert scan.rows == 3 and scan.image_bytes[("training", "ct")] == 30
+    assert scan.screened == {("raw-a", "clean"): 3}
     assert scan.studies == {("training", "ct", "P1", "S1"): ("k.json", dt.date(2026, 1, 1))}
     assert scan.study_images[("training", "ct", "P1", "S1", dt.date(2026, 1, 1))] == 3
 
@@ -1059,6 +1075,7 @@ def test_saved_counts_head_is_read_without_the_body():
         "image_bytes": [["validation", "xray", 70]],
         "metadata_bytes": [["validation", "xray", 7]],
         "study_count": 2,
+        "screened": [["raw-a", "flagged", 1]],
     }
     body = {
         "studies": [
@@ -1072,6 +1089,7 @@ def test_saved_counts_head_is_read_without_the_body():
     scan = merge.counted_scan(good, "/x", "b/images.parquet")
     assert (scan.rows, scan.unsized_metadata, scan.study_count) == (5, 1, 2)
     assert scan.beyond == head["beyond"] and scan.metadata_bytes[("validation", "xray")] == 7
+    assert scan.screened == {("raw-a", "flagged"): 1}
     assert scan.studies[("validation", "xray", "P2", "S2")] == ("b.json", None)
 
     broken = gzip.compress((json.dumps(head) + "\n{not json").encode())

@@ -24,6 +24,7 @@ from warehouse.core.patients import PatientGroups
 from warehouse.core.report import RunReport
 from warehouse.dicom.identity import ImageIdentity
 from warehouse.dicom.reader import HeaderRead
+from warehouse.dicom.screen import load_profile
 from warehouse.listing.raw import list_raw
 from warehouse.listing.warehouse import index_warehouse
 from warehouse.loader.decisions import file_clinical, file_image
@@ -66,6 +67,7 @@ def new_state(store: LocalStorage, warehouse: dict[str, bytes] | None = None, **
         settings=Settings(bucket=store.url),
         report=RunReport("warehouseloader"),
         config=parse_config(config_bytes(**config)),
+        profile=load_profile(),
     )
     state.index = index_warehouse(store, 1, clinical_only=True)
     state.catalogue.load(store)

@@ -675,7 +675,8 @@ def test_the_dashboard_page_is_self_contained_and_escapes_its_data():
 def test_every_chart_names_its_data_after_itself():
     report = {"not_filed": {"invalid JSON": 2}, "problems": [], "counts": {}}
     config = parse_config(builders.config(["raw-a"], split=[A]))
-    inputs = pages.PageInputs(config=config, loader_report=report)
+    screened = {("raw-a", "flagged"): 1, ("raw-a", "clean"): 2}
+    inputs = pages.PageInputs(config=config, loader_report=report, screened=screened)
     charts = pages.dashboard_charts(tables_for_pages(), inputs)
     names = [c.name for c in charts]
     assert names == [
@@ -690,6 +691,7 @@ def test_every_chart_names_its_data_after_itself():
         "images_by_bodypartexamined",
         "images_by_viewposition",
         "storage_use",
+        "identifying_by_site",
         "loader_reasons",
     ]
     drawn = {c.name: c for c in charts if c.spec is not None}

@@ -205,6 +205,13 @@ exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad argum
         "\"Manufacturer = 'SIEMENS' AND Rows >= 2048\"",
     )
     parser.add_argument(
+        "--exclude-identifying",
+        action="store_true",
+        help="leave out the images whose header the identifying-data screen flagged (a "
+        "patient name, a full birth date, ...: column identifying_attributes); images never "
+        "screened (filed before the screen, null in that column) are kept",
+    )
+    parser.add_argument(
         "--both-groups",
         action="store_true",
         help="allow a selection of training and validation images together",
@@ -256,6 +263,7 @@ def filters_of(args: argparse.Namespace) -> Filters:
         positive=positive,
         query=args.query,
         both_groups=args.both_groups,
+        exclude_identifying=args.exclude_identifying,
     )
 
 

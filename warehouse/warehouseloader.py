@@ -25,6 +25,7 @@ from warehouse.core.config import (
     load_pipeline_config,
 )
 from warehouse.core.run import EXIT_INTERNAL, loaded
+from warehouse.dicom.screen import load_screen_profile
 from warehouse.loader import processes
 from warehouse.loader.decisions import file_clinical, file_image
 from warehouse.loader.inputs import run_inputs
@@ -55,8 +56,10 @@ TASKS_IN_QUEUE = 1024
 
 @use("storage", "state")
 def load_config(storage: Storage, state: LoaderState):
-    """Read and validate ``config.json``; nothing runs without a valid one."""
+    """Read and validate ``config.json`` and the identifying-data profile; nothing runs
+    without valid ones."""
     state.config = load_pipeline_config(storage, state.report)
+    state.profile = load_screen_profile(state.report)
     logger.info(
         "config: %d raw prefixes, %d sites, training_percentage %d",
         len(state.config.raw_prefixes),

@@ -50,6 +50,7 @@ from warehouse.catalogue.rows import (
     PARTS_PREFIX,
     SCHEMA,
     InvalidPart,
+    conformed,
     is_part_key,
     read_in_order,
     read_part,
@@ -78,6 +79,8 @@ SUMMARY_COLUMNS = (
     "BodyPartExamined",
     "ViewPosition",
 )
+#: What the identifying-data screen made of an image (`screen_status`).
+FLAGGED, CLEAN, NOT_SCREENED = "flagged", "clean", "not screened"
 #: The counts of a batch's merged catalogue, kept in the batch for the next run
 #: (`counts_document`).
 COUNTS_NAME = "rows/catalogue-counts.json.gz"
@@ -114,6 +117,9 @@ class CatalogueScan:
         Rows without their metadata file's size (catalogued by an older version).
     summary : Counter
         `SUMMARY_COLUMNS` values -> images (what the pages count).
+    screened : Counter
+        ``(raw prefix, screen status)`` -> images: what the identifying-data screen made of
+        each site's images (`screen_status`; the prefix is None when the raw key is not known).
     gone : int
         Rows left out because their image is no longer in the warehouse (a reconcile).
     touched : set
@@ -144,6 +150,7 @@ class CatalogueScan:
     metadata_bytes: Counter = field(default_factory=Counter)
     unsized_metadata: int = 0
     _summary: Counter = field(default_factory=Counter, repr=False)
+    screened: Counter = field(default_factory=Counter)
     gone: int = 0
     touched: set[tuple] = field(default_factory=set)
     index: SavedIndex | None = None
@@ -303,8 +310,11 @@ def previous_catalogue(processed: Storage, key: str | None) -> PreviousCatalogue
 
 def _batches_of(file: pq.ParquetFile, skip: np.ndarray) -> Iterator[pa.Table]:
     """Yield the rows of a merged catalogue but those of the keys hashed in ``skip`` (sorted)."""
-    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=MERGED_SCHEMA.names):
-        table = pa.Table.from_batches([batch]).cast(MERGED_SCHEMA)
+    present = set(file.schema_arrow.names)
+    columns = [name for name in MERGED_SCHEMA.names if name in present]
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        # (a catalogue written before a column existed: that column null)
+        table = conformed(pa.Table.from_batches([batch]), MERGED_SCHEMA)
         if len(skip):
             replaced = contains(skip, key_hashes(table.column("warehouse_key").to_pylist()))
             table = table.filter(pa.array(~replaced))
@@ -370,6 +380,29 @@ def _count(scan: CatalogueScan, rows: pa.Table) -> None:
     )
     for row in summary.to_pylist():
         scan.summary[tuple(row[name] for name in SUMMARY_COLUMNS)] += row["warehouse_key_count"]
+    screened = pa.table(
+        {"prefix": raw_prefixes(rows), "status": screen_status(rows), "n": rows["warehouse_key"]}
+    )
+    for row in screened.group_by(["prefix", "status"]).aggregate([("n", "count")]).to_pylist():
+        scan.screened[(row["prefix"], row["status"])] += row["n_count"]
+
+
+def raw_prefixes(rows: pa.Table) -> pa.Array:
+    """Each row's raw prefix (the site that uploaded it: the first folder of its raw key),
+    null when its raw key is not known.
+    """
+    parts = pc.split_pattern(rows.column("raw_key"), "/")
+    return pc.list_element(parts, 0).combine_chunks()
+
+
+def screen_status(rows: pa.Table) -> pa.Array:
+    """Each row's screen status from its ``identifying_attributes``: `FLAGGED` (a keyword),
+    `CLEAN` (an empty list) or `NOT_SCREENED` (null: a row written before the screen, or an
+    image catalogued from its header).
+    """
+    lengths = pc.list_value_length(rows.column("identifying_attributes"))
+    status = pc.if_else(pc.greater(lengths, 0), FLAGGED, CLEAN)
+    return pc.fill_null(status, NOT_SCREENED).combine_chunks()
 
 
 @functools.lru_cache(maxsize=8192)  # (a few thousand distinct dates, read many times)
@@ -396,6 +429,7 @@ def counts_document(scan: CatalogueScan) -> bytes:
         "image_bytes": [[*k, n] for k, n in scan.image_bytes.items()],
         "metadata_bytes": [[*k, n] for k, n in scan.metadata_bytes.items()],
         "study_count": scan.study_count,
+        "screened": [[*k, n] for k, n in scan.screened.items()],
     }
     body = {
         "studies": [[*study, key, _iso(filed)] for study, (key, filed) in scan.studies.items()],
@@ -433,6 +467,9 @@ def counted_scan(data: bytes, path: str, reused: str) -> CatalogueScan:
         for name in ("image_bytes", "metadata_bytes"):
             for group, folder, n in doc[name]:
                 getattr(scan, name)[(group, folder)] = int(n)
+        # (counts saved before the screen have none: the catalogue is merged and counted again)
+        for prefix, status, n in doc["screened"]:
+            scan.screened[(prefix, status)] = int(n)
         if isinstance(body, dict):
             if not all(
                 isinstance(body[name], list) for name in ("studies", "study_images", "summary")

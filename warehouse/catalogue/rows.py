@@ -70,6 +70,7 @@ SCHEMA = pa.schema(
         ("PhotometricInterpretation", pa.string()),
         ("BitsStored", pa.int32()),
         ("TransferSyntaxUID", pa.string()),
+        ("identifying_attributes", pa.list_(pa.string())),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -258,6 +259,7 @@ def image_row(
     raw_key: str | None,
     upload: str | None,
     metadata_size: int | None = None,
+    identifying: list[str] | None = None,
 ) -> tuple:
     """One catalogue row, in `COLUMNS` order, for the image filed at ``image``.
 
@@ -275,6 +277,9 @@ def image_row(
         The upload folder's date, ``YYYY-MM-DD`` (None when not known).
     metadata_size : int, optional
         The size of its metadata file, when it is written (`with_metadata_size` sets it later).
+    identifying : list of str, optional
+        The attributes the identifying-data screen flagged (`warehouse.dicom.screen`): empty
+        when it passed; None (null) when it was not screened.
     """
     return (
         image.key,
@@ -286,6 +291,7 @@ def image_row(
         int(size),
         metadata_size,
         *header_values(dataset),
+        identifying,
     )
 
 
@@ -425,18 +431,29 @@ def read_part(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
         raise InvalidPart(f"not a Parquet file: {exc}") from None
     if "warehouse_key" not in table.column_names:
         raise InvalidPart("no warehouse_key column")
+    return conformed(table, pa.schema([SCHEMA.field(n) for n in wanted]))
+
+
+def conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` as a table of ``schema``: THE way a reader of rows written by an older
+    version meets a column they lack (all null), and a column of another type (cast).
+
+    Raises
+    ------
+    InvalidPart
+        When a column cannot be cast to the schema's type.
+    """
     arrays = []
-    for name in wanted:
-        field = SCHEMA.field(name)
-        if name in table.column_names:
-            column = table.column(name)
+    for field in schema:
+        if field.name in table.column_names:
+            column = table.column(field.name)
             try:
                 arrays.append(column.cast(field.type) if column.type != field.type else column)
             except (pa.ArrowException, ValueError) as exc:
-                raise InvalidPart(f"column {name} is not {field.type}: {exc}") from None
+                raise InvalidPart(f"column {field.name} is not {field.type}: {exc}") from None
         else:
             arrays.append(pa.nulls(table.num_rows, type=field.type))
-    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in wanted]))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 #: Parts read ahead at most while parts are taken one at a time (memory: a few parts).

@@ -137,6 +137,8 @@ class Filters:
     positive: bool | None = None
     query: str | None = None
     both_groups: bool = False
+    #: Leave out the images the identifying-data screen flagged (`flagged_rows`).
+    exclude_identifying: bool = False
 
 
 def locked_connection(tables: Mapping[str, object]) -> duckdb.DuckDBPyConnection:
@@ -496,8 +498,9 @@ def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     """The catalogue rows that pass ``filters``.
 
     ``since`` and ``until`` bound the upload date (inclusive); ``positive`` keeps covid
-    positive (True) or negative (False) patients; ``query`` is a SQL expression on the
-    columns, run by DuckDB with no access outside the catalogue (`query_rows`:
+    positive (True) or negative (False) patients; ``exclude_identifying`` leaves out the
+    images the identifying-data screen flagged (`flagged_rows`); ``query`` is a SQL
+    expression on the columns, run by DuckDB with no access outside the catalogue (`query_rows`:
     ``"Manufacturer = 'SIEMENS' AND Rows >= 2048"``).
 
     Raises
@@ -522,6 +525,8 @@ def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
         positive = catalogue["covid_positive"].astype("boolean").fillna(False)
         keep &= positive if filters.positive else ~positive
     keep = keep.fillna(False).astype(bool)
+    if filters.exclude_identifying:
+        keep &= ~flagged_rows(catalogue)
     if filters.query:
         keep &= query_rows(catalogue, filters.query)
     chosen = catalogue[keep]
@@ -532,6 +537,20 @@ def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
             "or mix them knowingly with --both-groups (mixing is how hold-out leakage starts)"
         )
     return chosen
+
+
+def flagged_rows(catalogue: pd.DataFrame) -> pd.Series:
+    """Which rows the identifying-data screen flagged: an ``identifying_attributes`` list
+    with a keyword. A null (not screened: a row written before the screen, an image
+    catalogued from its header) and a catalogue without the column (an older batch) are not
+    flagged."""
+    if "identifying_attributes" not in catalogue.columns:
+        return pd.Series(False, index=catalogue.index)
+    return catalogue["identifying_attributes"].map(_has_keyword).astype(bool)
+
+
+def _has_keyword(value) -> bool:
+    return value is not None and hasattr(value, "__len__") and len(value) > 0
 
 
 def summary(chosen: pd.DataFrame) -> list[str]:

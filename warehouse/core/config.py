@@ -39,6 +39,11 @@ SITE_GROUPS = ("split", "training", "validation")
 #: config.json sets one: a bucket copied or restored gives every raw object a new
 #: last-modified time, and a default limit would then refuse every new file.
 DEFAULT_MAX_UPLOAD_DELAY_DAYS = None
+#: What the loader does with an image whose header breaks the identifying-data profile
+#: (`warehouse.dicom.screen`), per raw prefix: file it and report it (the default, so that
+#: nothing is blocked by surprise), or refuse it.
+SCREEN_POLICIES = ("report", "refuse")
+DEFAULT_SCREEN_POLICY = "report"
 #: A bound that keeps date arithmetic far from overflow (about a century).
 MAX_UPLOAD_DELAY_DAYS = 36_500
 
@@ -131,6 +136,22 @@ CONFIG_SCHEMA: dict = {
                     "a prefix of raw_prefixes (written the same way), and the centres it "
                     "may send (NFC-normalised like sites)"
                 ),
+            },
+        },
+        "identifying_data": {
+            "type": "object",
+            "default": {},
+            "description": (
+                "what the loader does with an image whose header breaks the identifying-data "
+                "profile (a patient name, a full birth date, ...), per raw prefix: report "
+                "(file it, and report the attributes by name) or refuse (do not file it); a "
+                "prefix not listed: report"
+            ),
+            "additionalProperties": {
+                "type": "string",
+                "enum": list(SCREEN_POLICIES),
+                "title": "<raw prefix>",
+                "description": "a prefix of raw_prefixes (written the same way): report or refuse",
             },
         },
         "max_upload_delay_days": {
@@ -500,6 +521,9 @@ class PipelineConfig:
     max_upload_delay_days : int or None
         How many days an upload folder's date may be before its object's last-modified time
         (None: no limit).
+    screen_policies : dict
+        Raw prefix -> ``"report"`` or ``"refuse"`` (``identifying_data``): read only through
+        `screen_policy`.
     """
 
     raw_prefixes: tuple[str, ...]
@@ -507,6 +531,7 @@ class PipelineConfig:
     site_rules: dict[str, str] = field(default_factory=dict)
     prefix_sites: dict[str, frozenset[str]] = field(default_factory=dict)
     max_upload_delay_days: int | None = DEFAULT_MAX_UPLOAD_DELAY_DAYS
+    screen_policies: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -520,6 +545,17 @@ class PipelineConfig:
                 for prefix, names in self.prefix_sites.items()
             },
         )
+        object.__setattr__(
+            self,
+            "screen_policies",
+            {normalise_prefix(prefix): policy for prefix, policy in self.screen_policies.items()},
+        )
+
+    def screen_policy(self, prefix: str) -> str:
+        """What the loader does with an image of raw ``prefix`` whose header breaks the
+        identifying-data profile: ``"report"`` (file it and report it; a prefix
+        ``identifying_data`` does not list) or ``"refuse"``."""
+        return self.screen_policies.get(normalise_prefix(prefix), DEFAULT_SCREEN_POLICY)
 
     def site_rule(self, centre: object) -> str | None:
         """The rule for a record's ``SubmittingCentre``: THE way a centre is matched.
@@ -581,6 +617,8 @@ def _expected(schema: dict) -> str:
             return "an object with " + "/".join(schema["properties"])
         values = schema.get("additionalProperties", {})
         return f"an object mapping {values.get('title', '<key>')} to {_expected(values)}"
+    if "enum" in schema:
+        return "one of " + ", ".join(str(value) for value in schema["enum"])
     return {"string": "a string"}.get(kind, "a JSON value")
 
 
@@ -632,7 +670,7 @@ def _schema_problem(error: jsonschema.ValidationError) -> list[str]:
             bound = f"at least {low}" if high is None else f"at most {high}"
             return [f"{where} must be {bound}, got {got}"]
         return [f"{where} must be between {low} and {high}, got {got}"]
-    if keyword in ("type", "minItems"):
+    if keyword in ("type", "minItems", "enum"):
         return [f"{where} must be {_expected(error.schema)}, got {got}"]
     # A keyword the schema does not use today: jsonschema's own message would show the value
     # in full.
@@ -797,6 +835,18 @@ def parse_config(data: bytes) -> PipelineConfig:
             problems.append(f"{where}: raw prefix {clean} is named twice in prefix_sites")
         else:
             prefix_sites[clean] = frozenset(nfc(name) for name in names)
+    policies: dict[str, str] = {}
+    for key, policy in doc.get("identifying_data", {}).items():
+        clean = normalise_prefix(key)
+        where = _path_text(["identifying_data", key])
+        if clean not in prefixes:
+            close = difflib.get_close_matches(clean, prefixes, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{where}: {quote(key)} is not one of raw_prefixes{hint}")
+        elif clean in policies:
+            problems.append(f"{where}: raw prefix {clean} is named twice in identifying_data")
+        else:
+            policies[clean] = policy
     _raise_problems(problems)
 
     return PipelineConfig(
@@ -805,6 +855,7 @@ def parse_config(data: bytes) -> PipelineConfig:
         site_rules=rules,
         prefix_sites=prefix_sites,
         max_upload_delay_days=doc.get("max_upload_delay_days", DEFAULT_MAX_UPLOAD_DELAY_DAYS),
+        screen_policies=policies,
     )
 
 

@@ -40,6 +40,10 @@ class Reason(StrEnum):
     DUPLICATE_IMAGE = "duplicate image"
     #: ... or with another size (both keys in the detail).
     CONFLICTING_DUPLICATE = "conflicting duplicate"
+    #: The header breaks the identifying-data profile (`warehouse.dicom.screen`) and its
+    #: site's policy is "refuse" (under "report" the image is filed, and `RunReport.flag`
+    #: records it with this wording).
+    IDENTIFYING_DATA = "identifying data in the header"
     #: A catalogue part that is not Parquet of catalogue rows (left out)...
     INVALID_PART = "invalid catalogue part"
     #: ... a run report (``latest.json``, the memo) that cannot be read or used...

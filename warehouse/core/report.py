@@ -62,6 +62,8 @@ class RunReport:
         self.problems: list[dict] = []
         #: Remarks about inputs that did not stop them (`note`): key and text.
         self.notes: list[dict] = []
+        #: Inputs filed with a problem their site should hear of (`flag`): key, reason, detail.
+        self.flagged: list[dict] = []
         self.fatal: str | None = None
         #: The signal that stopped the run (``SIGTERM``, ``SIGINT``), or None: a stopped run
         #: did not start every input, so its report is never the next run's memo.
@@ -127,6 +129,15 @@ class RunReport:
             self.notes.append({"key": key, "note": bounded(text)})
         _logger.info("%s: %s", key, text, extra={"event": "note", "key": key})
 
+    def flag(self, key: str, reason: Reason, detail: str) -> None:
+        """Record an input that was filed but has a problem its site should hear of (an image
+        whose header carries identifying data, under the "report" policy): in the report's
+        ``flagged`` list and in the site's feedback, not among the inputs not filed. The
+        detail is `bounded`."""
+        with self._lock:
+            self.flagged.append({"key": key, "reason": reason.value, "detail": bounded(detail)})
+        _logger.info("%s: %s (filed)", key, reason.value, extra={"event": "flagged", "key": key})
+
     def skip_again(self, problem: dict) -> None:
         """Record again an input the last run reported, unchanged and not read again."""
         with self._lock:
@@ -182,8 +193,8 @@ class RunReport:
 
     def as_dict(self) -> dict:
         """The whole JSON run report (what ``latest.json`` holds): counts, reasons, every
-        input not filed by key, the notes about inputs (`note`), and the catalogue and feedback
-        records when the run has them."""
+        input not filed by key, the notes about inputs (`note`), the inputs filed with a flag
+        (`flag`), and the catalogue and feedback records when the run has them."""
         by_key = sorted(self.problems, key=lambda p: (p["key"], p["reason"]))
         return (
             {
@@ -204,6 +215,7 @@ class RunReport:
                 "problems": by_key,
             }
             | ({"notes": _sorted_notes(self.notes)} if self.notes else {})
+            | ({"flagged": _sorted_flags(self.flagged)} if self.flagged else {})
             | (
                 ({"catalogue": self.catalogue} if self.catalogue is not None else {})
                 | (
@@ -229,6 +241,10 @@ class RunReport:
 
 def _sorted_notes(notes: Iterable[Mapping]) -> list:
     return sorted(notes, key=lambda n: (n["key"], n["note"]))
+
+
+def _sorted_flags(flags: Iterable[Mapping]) -> list:
+    return sorted(flags, key=lambda f: (f["key"], f["reason"]))
 
 
 def utc_stamp(when: dt.datetime) -> str:
@@ -611,6 +627,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
     reasons: dict[str, int] = {}
     problems: list[dict] = []
     notes: list[dict] = []
+    flagged: list[dict] = []
     summaries, fatal = [], []
     started, finished, listed = [], [], True
     shards = 0
@@ -634,6 +651,7 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
             reasons[name] = reasons.get(name, 0) + n
         problems.extend(report.get("problems", []))
         notes.extend(report.get("notes", []))
+        flagged.extend(report.get("flagged", []))
         started.append(report["started"])
         finished.append(report["finished"])
         listed = listed and bool(report.get("listed", True))
@@ -651,26 +669,30 @@ def combine_reports(parts: dict[str, dict | None], run_id: str, graph: str) -> d
     completed = all(s["completed"] for s in summaries) and bool(summaries)
     stopped = next((p["stopped"] for p in parts.values() if p and p.get("stopped")), None)
     now = dt.datetime.now(dt.UTC).isoformat()
-    return {
-        "graph": graph,
-        "version": next((p["version"] for p in parts.values() if p), None),
-        "run_id": run_id,
-        "started": min(started) if started else now,
-        "finished": max(finished) if finished else now,
-        "completed": completed,
-        "fatal": "; ".join(fatal) or None,
-        "stopped": stopped,
-        "counts": dict(sorted(counts.items())),
-        "counts_by_prefix": {
-            prefix: dict(sorted(its_counts.items()))
-            for prefix, its_counts in sorted(by_prefix.items())
-        },
-        "not_filed": dict(sorted(reasons.items())),
-        "problems": sorted(problems, key=lambda p: (p["key"], p["reason"])),
-        "shards": shards,
-        "parts": summaries,
-        "listed": listed,
-    } | ({"notes": _sorted_notes(notes)} if notes else {})
+    return (
+        {
+            "graph": graph,
+            "version": next((p["version"] for p in parts.values() if p), None),
+            "run_id": run_id,
+            "started": min(started) if started else now,
+            "finished": max(finished) if finished else now,
+            "completed": completed,
+            "fatal": "; ".join(fatal) or None,
+            "stopped": stopped,
+            "counts": dict(sorted(counts.items())),
+            "counts_by_prefix": {
+                prefix: dict(sorted(its_counts.items()))
+                for prefix, its_counts in sorted(by_prefix.items())
+            },
+            "not_filed": dict(sorted(reasons.items())),
+            "problems": sorted(problems, key=lambda p: (p["key"], p["reason"])),
+            "shards": shards,
+            "parts": summaries,
+            "listed": listed,
+        }
+        | ({"notes": _sorted_notes(notes)} if notes else {})
+        | ({"flagged": _sorted_flags(flagged)} if flagged else {})
+    )
 
 
 def _label(report: dict) -> str:

@@ -491,7 +491,9 @@ def publish_batch(
             _keep_last_batch(state, view.reusable.batch)
             return
         inputs = dataclasses.replace(
-            page_inputs(storage.url, view.pages), images=image_summary(view.catalogue.summary)
+            page_inputs(storage.url, view.pages),
+            images=image_summary(view.catalogue.summary),
+            screened=view.catalogue.screened,
         )
         # (before the tables: what they make in passing is let go before the tables are built)
         data = reusable_row_files(*collected.reusable())

@@ -10,7 +10,7 @@ Dates are ISO strings (``2021-01-04``). Groups are ``training`` and ``validation
 Internal figures (both groups): :func:`header_totals`, :func:`patients_over_time`,
 :func:`images_over_time`, :func:`status_by_centre`, :func:`modality_counts`,
 :func:`split_shares`, :func:`age_bands`, :func:`sexes`, :func:`equipment`,
-:func:`storage_use`, :func:`loader_run`.
+:func:`storage_use`, :func:`identifying_by_site`, :func:`loader_run`.
 
 Public figures (training only, counts under :data:`SUPPRESSION_THRESHOLD` suppressed, and
 the counts that would give one away): :func:`public_sections` decides, once, what the
@@ -51,6 +51,7 @@ __all__ = [
     "age_bands",
     "equipment",
     "header_totals",
+    "identifying_by_site",
     "images_over_time",
     "loader_report_problem",
     "loader_run",
@@ -664,6 +665,40 @@ def loader_report_problem(report: Mapping) -> str:
         if modified not in (None, "") and report_time(modified) is None:
             return f"problems[{index}].modified is {_shown(modified)}, not an ISO 8601 time"
     return ""
+
+
+#: Shown for images whose raw upload is not known (catalogued from their header).
+UNKNOWN_SITE = "(upload not known)"
+#: The identifying-data screen's statuses, in the order the chart stacks them.
+SCREEN_STATUSES = ("flagged", "clean", "not screened")
+
+
+def identifying_by_site(screened: Mapping[tuple, int] | None) -> list[dict]:
+    """Images by site (raw prefix) and what the identifying-data screen made of them.
+
+    Parameters
+    ----------
+    screened : mapping or None
+        ``(raw prefix or None, status) -> images`` (`catalogue.merge.CatalogueScan.screened`).
+
+    Returns
+    -------
+    list of dict
+        Records ``site``, ``status`` (`SCREEN_STATUSES`), ``images``, by site then status;
+        a site's ``flagged`` record is there even at 0.
+    """
+    counts: Counter = Counter()
+    sites = set()
+    for (prefix, status), n in (screened or {}).items():
+        site = prefix if isinstance(prefix, str) else UNKNOWN_SITE
+        sites.add(site)
+        counts[(site, str(status))] += int(n)
+    return [
+        {"site": site, "status": status, "images": counts[(site, status)]}
+        for site in sorted(sites)
+        for status in SCREEN_STATUSES
+        if counts[(site, status)] or status == "flagged"
+    ]
 
 
 def loader_run(report: Mapping | None, recent: int = RECENT_UNFILED) -> dict | None:

@@ -69,6 +69,9 @@ class PageInputs:
         Why there is no loader report.
     images : pandas.DataFrame or None
         The image catalogue (one row per filed image), when the batch has one.
+    screened : mapping or None
+        ``(raw prefix, screen status) -> images`` of the catalogue
+        (`catalogue.merge.CatalogueScan.screened`).
     """
 
     warehouse: str = ""
@@ -77,6 +80,7 @@ class PageInputs:
     loader_report: dict | None = None
     loader_note: str = ""
     images: pd.DataFrame | None = None
+    screened: Mapping[tuple, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -350,6 +354,42 @@ def _storage_chart(records: list[dict]) -> Chart:
     )
 
 
+def _identifying_chart(records: list[dict]) -> Chart:
+    def build(chart):
+        return (
+            chart.mark_bar()
+            .encode(
+                y=alt.Y("site:N", title=None),
+                x=alt.X("images:Q", title="images", axis=COUNT_AXIS),
+                color=alt.Color(
+                    "status:N",
+                    scale=alt.Scale(
+                        domain=list(figures.SCREEN_STATUSES),
+                        range=["#b5283c", "#6a9f58", "#9a9a9a"],
+                    ),
+                    title=None,
+                ),
+                order=alt.Order("status:N", sort="descending"),
+                tooltip=["site:N", "status:N", alt.Tooltip("images:Q", format=",")],
+            )
+            .properties(width=WIDTH)
+        )
+
+    flagged = sum(r["images"] for r in records if r["status"] == "flagged")
+    return _chart(
+        "identifying_by_site",
+        "Identifying data in image headers, by site",
+        f"Catalogued images by raw prefix (the uploading site): flagged ({flagged:,} in all) "
+        "when the header breaks the identifying-data profile (a patient name, a full birth "
+        "date, ...: filed under the site's report policy), clean, or not screened (filed "
+        "before the screen existed, or catalogued from the header). Blind to text burned "
+        "into the pixels and to free-text descriptions.",
+        records,
+        build,
+        empty="No catalogued image yet.",
+    )
+
+
 def dashboard_charts(
     tables: Mapping[str, pd.DataFrame],
     inputs: PageInputs,
@@ -466,6 +506,7 @@ def dashboard_charts(
         ),
         *_equipment_charts(figures.equipment(studies, study_images, catalogue)),
         _storage_chart(figures.storage_use(tables["storage"])),
+        _identifying_chart(figures.identifying_by_site(inputs.screened)),
     ]
     run = figures.loader_run(inputs.loader_report)
     charts.append(

@@ -23,6 +23,7 @@ from warehouse.core.reasons import Reason, problem_of
 from warehouse.core.run import loaded
 from warehouse.dicom.identity import ImageIdentity
 from warehouse.dicom.reader import HeaderRead
+from warehouse.dicom.screen import screen_header
 from warehouse.loader.state import LoaderState
 from warehouse.loader.tasks import Task, input_stamp
 
@@ -127,6 +128,48 @@ def retold(state: LoaderState, problem: dict) -> dict:
     return {**problem, "reason": Reason.SITE_NOT_IN_CONFIG.value, "detail": detail, "facts": facts}
 
 
+def screen_image(
+    state: LoaderState, task: Task, header: HeaderRead, patient: str
+) -> list[str] | None:
+    """Screen an image's header for identifying data (`warehouse.dicom.screen`).
+
+    Returns the keywords of the attributes its header breaks (empty: none), or None when its
+    raw prefix's policy (``identifying_data`` in ``config.json``) refuses it: reported here,
+    with the attributes by name (never their values) and what the refusal depends on (the
+    policy and the profile), so that the next run reads it again once either changes.
+    """
+    profile = loaded(state.profile, "the identifying-data profile")
+    broken = screen_header(header.dataset, profile, patient)
+    prefix = task.payload.prefix
+    if broken and loaded(state.config, "config.json").screen_policy(prefix) == "refuse":
+        state.report.skip(
+            task.key,
+            Reason.IDENTIFYING_DATA,
+            ", ".join(broken),
+            stamp=input_stamp(task),
+            facts={"attributes": broken, "prefix": prefix, "profile": profile.digest},
+        )
+        return None
+    return broken
+
+
+def flag_identifying(state: LoaderState, task: Task, broken: list[str]) -> None:
+    """Report an image filed although its header breaks the profile (the "report" policy).
+
+    It is counted under its raw prefix, and flagged with the attributes by name; nothing is
+    reported when ``broken`` is empty.
+    """
+    if not broken:
+        return
+    prefix = task.payload.prefix
+    state.report.count("images filed with identifying data in the header", prefix=prefix)
+    state.report.flag(
+        task.key,
+        Reason.IDENTIFYING_DATA,
+        f"{', '.join(broken)} (filed: the policy of {prefix} is report)",
+    )
+
+
 def file_image(
     state: LoaderState, read: tuple[Task, HeaderRead, ImageIdentity, str | None]
 ) -> list[Task]:
@@ -175,6 +218,9 @@ def file_image(
                 centre=centre,
                 patient=patient,
             )
+    identifying = screen_image(state, task, header, patient)
+    if identifying is None:
+        return []
     image_key, metadata_key = image_targets(
         group, identity.folder, patient, identity.study_uid, identity.series_uid, raw.name
     )
@@ -210,7 +256,12 @@ def file_image(
             raw.name,
         )
         return image_row(
-            header.dataset, where, size=task.size, raw_key=task.key, upload=raw.upload_date
+            header.dataset,
+            where,
+            size=task.size,
+            raw_key=task.key,
+            upload=raw.upload_date,
+            identifying=identifying,
         )
 
     if catalogue.target_filed(image_key):
@@ -223,6 +274,7 @@ def file_image(
         catalogue.claim_instance(sop, image_key, task.size, sourced=False)
         return []
     catalogue.claim_instance(sop, image_key, task.size)
+    flag_identifying(state, task, identifying)
     tasks = [
         Task("copy", task.key, task.size, image_key, None),
         Task("metadata", task.key, None, metadata_key, header.dataset),

@@ -18,6 +18,11 @@ group, no warehouse key. Each reason is read by the sites in one of three ways (
   centre" (and the images behind it) or "pseudonym differs only in case". A record for a
   pseudonym nobody holds is filed, so its feedback is empty too: the two cannot be told apart.
 
+Each file also lists ``flagged``: the site's images this run filed with a remark the site
+should hear of (an image whose header carries identifying data, under the ``report`` policy:
+`warehouse.dicom.screen`), with the attributes by name; a prefix with such images gets its
+files even when its unfiled inputs are unchanged.
+
 An image whose patient the site has no filed record of reads the same whatever the reason:
 the patient does not exist, is another centre's (``prefix_sites``), or differs only in case
 from a patient (the site's or another's). The one exception is the site's own doing: an image
@@ -112,6 +117,20 @@ def by_prefix(problems: Iterable[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
+def flags_by_prefix(flagged: Iterable[dict]) -> dict[str, list[dict]]:
+    """The run's flagged inputs (`RunReport.flag`: filed, with a remark for the site),
+    grouped by raw prefix and sorted by key; each says only what its detail says of the file."""
+    grouped: dict[str, list[dict]] = {}
+    for flag in flagged:
+        prefix = raw_prefix_of(flag.get("key", ""))
+        if prefix is not None:
+            entry = {"key": flag["key"], "reason": flag["reason"], "detail": flag["detail"]}
+            grouped.setdefault(prefix, []).append(entry)
+    for entries in grouped.values():
+        entries.sort(key=lambda f: (f["key"], f["reason"]))
+    return grouped
+
+
 def feedback_record(previous: Mapping | None) -> dict[str, str]:
     """Each raw prefix's newest timestamped feedback file, as the memo ``previous`` (the last
     run's whole report) keeps it: only keys under that prefix's own folder."""
@@ -149,7 +168,8 @@ def publish_feedback(storage: Storage, report: RunReport, previous: Mapping | No
     Each such prefix gets ``latest.json`` (the whole list: ``problems``, and ``key``, its
     timestamped twin) and ``<UTC timestamp>.json`` (``form`` "changes", ``latest``,
     ``previous``: the prefix's timestamped file before, or null for a base whose
-    ``changes.new`` is the whole list, and ``changes``). A prefix the memo names no
+    ``changes.new`` is the whole list, and ``changes``); both list ``flagged``, the prefix's
+    images this run filed with a remark (`flags_by_prefix`). A prefix the memo names no
     timestamped file of (an older memo, a write that failed) gets a base even when its list is
     unchanged, so that each prefix's chain of files can always be followed.
     ``report.feedback`` is set to each prefix's newest timestamped file (for the memo), as the
@@ -162,18 +182,19 @@ def publish_feedback(storage: Storage, report: RunReport, previous: Mapping | No
         get a base next time).
     """
     now = by_prefix(report.problems)
+    flagged = flags_by_prefix(report.flagged)
     before = by_prefix((previous or {}).get("problems") or ())
     record = feedback_record(previous)
     report.feedback = record
     stamp = utc_stamp(report.started)
     written = 0
-    for prefix in sorted(set(now) | set(before)):
+    for prefix in sorted(set(now) | set(before) | set(flagged)):
         entries = now.get(prefix, [])
-        if entries == before.get(prefix, []) and prefix in record:
+        if entries == before.get(prefix, []) and prefix not in flagged and prefix in record:
             continue
         earlier = record.pop(prefix, None)
         key, latest = feedback_key(prefix, f"{stamp}.json"), feedback_key(prefix, "latest.json")
-        shared = _document(prefix, report, entries)
+        shared = _document(prefix, report, entries) | {"flagged": flagged.get(prefix, [])}
         changes = shared | {
             "form": CHANGES_FORM,
             "latest": latest,

@@ -19,7 +19,9 @@ its reason still holds:
 - "pseudonym claimed by another centre" holds once the patient is filed (its binding is then
   fixed); "centre not allowed for this prefix" while ``prefix_sites`` still refuses it;
   "pseudonym differs only in case" while the other patient is filed and this one is not;
-- "duplicate image" and "conflicting duplicate" while the copy filed first is in the warehouse.
+- "duplicate image" and "conflicting duplicate" while the copy filed first is in the warehouse;
+- "identifying data in the header" while the raw prefix's policy is still ``refuse`` and the
+  screen's profile is the same (its digest).
 
 Failed reads and writes, and anything the report does not describe, are processed again.
 """
@@ -42,6 +44,7 @@ from warehouse.core.report import (
     latest_report_key,
 )
 from warehouse.dicom.reader import MAX_HEADER_ELEMENTS
+from warehouse.dicom.screen import profile_digest
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.storage.base import Storage
 
@@ -178,11 +181,8 @@ def still_holds(
     if reason is Reason.PSEUDONYM_CLAIMED:
         # a filed patient's binding (its first filed record) never changes
         return facts.get("pseudonym") in index.groups
-    if reason is Reason.CENTRE_NOT_ALLOWED:
-        prefix, centre = facts.get("prefix"), facts.get("centre")
-        if not isinstance(prefix, str) or not isinstance(centre, str):
-            return False
-        return not config.centre_allowed(prefix, centre)
+    if reason in _CONFIG_REASONS:
+        return _CONFIG_REASONS[reason](facts, config)
     if reason is Reason.CASE_VARIANT:
         return facts.get("variant") in index.groups and facts.get("pseudonym") not in index.groups
     if reason is Reason.INTERNAL_ERROR:
@@ -209,6 +209,32 @@ def still_holds(
         except UnknownSite:
             return False
     return False
+
+
+def _centre_still_refused(facts: dict, config: PipelineConfig) -> bool:
+    """Whether "centre not allowed for this prefix" holds: ``prefix_sites`` still refuses."""
+    prefix, centre = facts.get("prefix"), facts.get("centre")
+    if not isinstance(prefix, str) or not isinstance(centre, str):
+        return False
+    return not config.centre_allowed(prefix, centre)
+
+
+def _identifying_still_refused(facts: dict, config: PipelineConfig) -> bool:
+    """Whether "identifying data in the header" holds: the raw prefix's policy is still
+    ``refuse`` and the screen's profile is the one the image was refused by."""
+    prefix = facts.get("prefix")
+    return (
+        isinstance(prefix, str)
+        and config.screen_policy(prefix) == "refuse"
+        and facts.get("profile") == profile_digest()
+    )
+
+
+#: Reasons that hold while ``config.json`` says what it said, and the rule of each.
+_CONFIG_REASONS: dict[Reason, Callable[[dict, PipelineConfig], bool]] = {
+    Reason.CENTRE_NOT_ALLOWED: _centre_still_refused,
+    Reason.IDENTIFYING_DATA: _identifying_still_refused,
+}
 
 
 def _site_still_unconfigured(

@@ -233,6 +233,7 @@ def finish_run(
     if combined["listed"]:
         view = RunReport(graph, run_id)
         view.problems = combined["problems"]
+        view.flagged = combined.get("flagged", [])
         view.started = dt.datetime.fromisoformat(combined["started"])
         written = publish_feedback(storage, view, last)
         combined["feedback"] = dict(sorted((view.feedback or {}).items()))

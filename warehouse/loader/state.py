@@ -29,6 +29,7 @@ from warehouse.core.patients import (
 from warehouse.core.reasons import Reason
 from warehouse.core.run import ByteBudget, RunState, loaded
 from warehouse.core.stop import NOT_REACHED
+from warehouse.dicom.screen import Profile
 from warehouse.listing.folders import FolderState, save_state, window_days
 from warehouse.listing.warehouse import WarehouseIndex
 from warehouse.loader.feedback import publish_feedback
@@ -114,6 +115,8 @@ class LoaderState(RunState):
     """Everything one loader run shares between its nodes (one instance, a bonobo service)."""
 
     config: PipelineConfig | None = None
+    #: The identifying-data screen's profile, loaded with the config (`load_config`).
+    profile: Profile | None = None
     index: WarehouseIndex | None = None
     groups: PatientGroups | None = None
     header_requests: int = 0

@@ -75,6 +75,8 @@ def _describe(summary: dict[str, Any], seconds: float) -> str:
             f"{summary['unlisted_prefix_clinical'] + summary['unlisted_prefix_images']} files "
             f"under the unlisted prefix, {summary['other_files']} other files",
             "  faults: " + ", ".join(f"{kind} {n}" for kind, n in faults.items()),
+            f"  to file and flag: {summary['images_identifying']} images with a patient name "
+            "and a full birth date in the header (the identifying-data screen reports them)",
         ]
     return "\n".join(lines)
 

@@ -64,6 +64,11 @@ CLINICAL_FAULTS = (
     "group_conflict",
 )
 
+#: What a site that pseudonymised the PatientID but nothing else leaves in the header: a
+#: patient name and a full birth date (fictional), which the loader's identifying-data screen
+#: flags (`warehouse.dicom.screen`); the images are filed (the default policy, report).
+IDENTIFYING_HEADER = {"PatientName": "DOE^JANE", "PatientBirthDate": "19580314"}
+
 #: Files of other kinds, as ``(folder under the date folder, file name)``; "" is the date folder.
 OTHER_FILES = (("images", "notes.txt"), ("data", "readme.csv"), ("", "upload.log"))
 
@@ -84,6 +89,8 @@ class _Patient:
     files: list[tuple[str, str]] = field(default_factory=list)  # (upload date, data|status)
     older_status: bool = False
     corrected: bool = False
+    #: Header values its images carry beyond the pseudonymised ones (`IDENTIFYING_HEADER`).
+    identifying: dict[str, str] | None = None
 
 
 class _TreeWriter:
@@ -195,6 +202,7 @@ def _empty_summary(out: Path, seed: int, faults: bool) -> dict[str, Any]:
         "images_upper_case_suffix": 0,
         "images_large_header": 0,
         "images_voi_lut": 0,
+        "images_identifying": 0,
         "faults": {kind: 0 for kind in (*IMAGE_FAULTS, *CLINICAL_FAULTS)},
         "faulty_images": 0,
         "faulty_clinical": 0,
@@ -281,6 +289,7 @@ class _TreeBuilder:
                         rows=self.side,
                         columns=self.side,
                         header_padding=padding,
+                        extra=patient.identifying,
                         study_date=study_date,
                         series_number=series_number,
                         instance_number=instance,
@@ -293,6 +302,7 @@ class _TreeBuilder:
                         self.summary["images_large_header"] += bool(padding)
                         self.summary["images_voi_lut"] += voi_lut
                         self.summary["images_upper_case_suffix"] += upper
+                        self.summary["images_identifying"] += patient.identifying is not None
                     self.summary["sites"][patient.site.centre]["images"] += 1
                 if patient.site.kind in _SITE_WEIGHTS:
                     self.summary["series"] += 1
@@ -349,7 +359,9 @@ def generate_tree(
           ``images_by_modality``, ``studies``, ``series``;
         - details of those: ``patients_uuid_pseudonym``, ``patients_with_images``,
           ``patients_multi_date``, ``patients_corrected``, ``positives_with_older_status``,
-          ``images_upper_case_suffix``, ``images_large_header``, ``images_voi_lut``;
+          ``images_upper_case_suffix``, ``images_large_header``, ``images_voi_lut``,
+          ``images_identifying`` (with faults: one patient's images carry a patient name and
+          a full birth date, `IDENTIFYING_HEADER`: filed, and flagged by the loader's screen);
         - not to be filed: ``faults`` (each of :data:`IMAGE_FAULTS` and
           :data:`CLINICAL_FAULTS`), their totals ``faulty_images`` and ``faulty_clinical``,
           ``unconfigured_site_images``, ``unlisted_prefix_clinical``,
@@ -433,6 +445,10 @@ def generate_tree(
         for index in rng.choices(range(len(imaged)), weights, k=images):
             per_patient[index] += 1
     forced = list(STUDY_MODALITY_WEIGHTS)  # make sure every modality appears
+    if faults:  # one patient's images carry a name and a full birth date (no random draw)
+        chosen = [p for i, p in enumerate(imaged) if per_patient[i]]
+        if len(chosen) > 1:
+            chosen[1].identifying = dict(IDENTIFYING_HEADER)
     for index, patient in enumerate(imaged):
         if per_patient[index]:
             tree.patient_images(patient, per_patient[index], forced)
