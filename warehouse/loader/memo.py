@@ -19,7 +19,10 @@ its reason still holds:
 - "pseudonym claimed by another centre" holds once the patient is filed (its binding is then
   fixed); "centre not allowed for this prefix" while ``prefix_sites`` still refuses it;
   "pseudonym differs only in case" while the other patient is filed and this one is not;
-- "duplicate image" and "conflicting duplicate" while the copy filed first is in the warehouse.
+- "duplicate image" and "conflicting duplicate" while the copy filed first is in the warehouse;
+- "study (series, instance, identical file) filed under another patient" while that other
+  patient is filed (a study filed is not unfiled: only an operator who removes the patient
+  makes the image be read again).
 
 Failed reads and writes, and anything the report does not describe, are processed again.
 """
@@ -117,6 +120,17 @@ def recall(memo: dict[str, dict], raw: RawKey, size: int) -> dict | None:
     return problem
 
 
+#: Reasons that hold while a patient is filed, and the fact that names it: a filed patient's
+#: binding (its first filed record) never changes, and a study, series, instance or file
+#: filed under another patient stays that patient's.
+WHILE_FILED = {
+    Reason.PSEUDONYM_CLAIMED: "pseudonym",
+    Reason.STUDY_OF_ANOTHER_PATIENT: "other",
+    Reason.SERIES_OF_ANOTHER_PATIENT: "other",
+    Reason.INSTANCE_OF_ANOTHER_PATIENT: "other",
+    Reason.CONTENT_OF_ANOTHER_PATIENT: "other",
+}
+
 #: Reasons that depend on a limit, and the limit's name: a setting, or one of `PRODUCT_LIMITS`.
 LIMIT_REASONS = {
     Reason.HEADER_TOO_LARGE: "max_header_bytes",
@@ -175,9 +189,8 @@ def still_holds(
         name = LIMIT_REASONS[reason]
         limit = limit_in_force(name, settings)
         return limit is not None and facts.get(name) == limit
-    if reason is Reason.PSEUDONYM_CLAIMED:
-        # a filed patient's binding (its first filed record) never changes
-        return facts.get("pseudonym") in index.groups
+    if reason in WHILE_FILED:
+        return facts.get(WHILE_FILED[reason]) in index.groups
     if reason is Reason.CENTRE_NOT_ALLOWED:
         prefix, centre = facts.get("prefix"), facts.get("centre")
         if not isinstance(prefix, str) or not isinstance(centre, str):

@@ -43,6 +43,9 @@ class DelegatingStorage(Storage):
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return self.inner.read_range(key, start, end)
 
+    def content_digest(self, key: str) -> str | None:
+        return self.inner.content_digest(key)
+
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         self.inner.write(key, data, content_type)
 
