@@ -583,7 +583,7 @@ def _write_leaks(tree: _TreeBuilder, owners: list[_Patient]) -> None:
     second, third = others[:2]
     faults, seed = tree.summary["faults"], tree.seed
 
-    def upload(kind: str, number: int, patient: _Patient, **uids: Any) -> None:
+    def upload(kind: str, number: int, patient: _Patient, upper: bool = False, **uids: Any) -> None:
         blob = build_dicom(
             patient_id=patient.pseudonym,
             modality=modality,
@@ -594,7 +594,8 @@ def _write_leaks(tree: _TreeBuilder, owners: list[_Patient]) -> None:
             instance_number=number,
             **uids,
         )
-        tree.image(first.site, later[-1], uid(seed, "fault-file", kind, number), blob)
+        # (under the name it had, a sharded run files it in the shard of the first upload)
+        tree.image(first.site, later[-1], uids["sop_uid"], blob, upper)
         faults[kind] += 1
 
     for number, sop_uid in instances[:3]:
@@ -611,6 +612,7 @@ def _write_leaks(tree: _TreeBuilder, owners: list[_Patient]) -> None:
         "instance_of_another_patient",
         number,
         third,
+        upper=True,  # (the study's copy of this image has the name in lower case)
         study_uid=uid(seed, "fault-study", "instance", number),
         series_uid=uid(seed, "fault-series", "instance", number),
         sop_uid=sop_uid,
