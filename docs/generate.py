@@ -121,6 +121,23 @@ REASON_MEANINGS: dict[Reason, str] = {
         "its SOPInstanceUID is filed already under another key with another size: the "
         "detail names both keys and sizes"
     ),
+    Reason.STUDY_OF_ANOTHER_PATIENT: (
+        "its StudyInstanceUID is filed already (or earlier in the run) under another patient, "
+        "whatever the groups (a study has one patient: a site that pseudonymised a patient "
+        "again, a patient who moved): the detail names both pseudonyms and groups"
+    ),
+    Reason.SERIES_OF_ANOTHER_PATIENT: (
+        "its SeriesInstanceUID is filed already (or earlier in the run) under another patient: "
+        "the detail names both pseudonyms and groups"
+    ),
+    Reason.INSTANCE_OF_ANOTHER_PATIENT: (
+        "its SOPInstanceUID is filed already under another patient (the same instance under "
+        "the same patient is a duplicate image): the detail names both pseudonyms and groups"
+    ),
+    Reason.CONTENT_OF_ANOTHER_PATIENT: (
+        "the raw file's bytes (its `content_id`: ETag and size on S3, SHA-256 locally) are "
+        "filed already under another patient: the detail names both pseudonyms and groups"
+    ),
     Reason.IDENTIFYING_DATA: (
         "the header breaks the identifying-data profile (a patient name other than the "
         "pseudonym, a full birth date, an address, `BurnedInAnnotation` YES, ...: "
@@ -166,6 +183,11 @@ REASON_MEANINGS: dict[Reason, str] = {
     ),
     Reason.UNCONFIGURED_PREFIX: "a `raw-*` prefix that `config.json` does not list",
     Reason.WAREHOUSE_CONFLICT: "an existing inconsistency the loader never creates",
+    Reason.FILED_UNDER_TWO_PATIENTS: (
+        "a study, series or raw file content filed under two patients by runs that could not "
+        "see each other (two shards of one run): reported by each later run that sees it (the "
+        "next run from the shards' parts, a reconcile from the index) until an operator acts"
+    ),
     Reason.SYMLINK: (
         "a local store never follows links: a linked raw file or folder is reported and not "
         "read; a link on the warehouse side is reported and not trusted as filed (a write "
@@ -190,6 +212,7 @@ WAREHOUSE_SIDE = frozenset(
         Reason.NOT_IN_WAREHOUSE,
         Reason.FIELDS_LEFT_OUT,
         Reason.WAREHOUSE_CONFLICT,
+        Reason.FILED_UNDER_TWO_PATIENTS,
     }
 )
 
@@ -644,6 +667,11 @@ COLUMN_MEANINGS: dict[str, str] = {
     "PhotometricInterpretation": "as the header has it",
     "BitsStored": "bits per pixel sample",
     "TransferSyntaxUID": "from the file meta (the metadata JSON leaves it out)",
+    "content_id": (
+        "the identity of the raw file's bytes: `etag:<ETag>:<size>` on S3 (from the listing), "
+        "`sha256:<hex>` on a local store (null when not known: a raw file gone, a part written "
+        "before this column existed)"
+    ),
     "identifying_attributes": (
         "the attributes whose value broke the identifying-data profile "
         "(`warehouse/dicom/identifying_profile.json`), by keyword, never their values: an "

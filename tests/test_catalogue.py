@@ -4,6 +4,7 @@ images in the warehouse, whatever stopped a run before; the duplicate rule."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import math
@@ -172,10 +173,11 @@ def oracle_row(
     size: int,
     raw_key: str | None,
     metadata_size: int | None = None,
+    content_id: str | None = None,
     identifying: list[str] | None = None,
 ) -> dict:
     """The catalogue row of the image ``data`` filed at ``key``, from pydicom's reading (and
-    its metadata file's size, when it is known)."""
+    its metadata file's size and its raw file's content id, when they are known)."""
     dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     meta = dataset.file_meta
 
@@ -210,12 +212,21 @@ def oracle_row(
         "PhotometricInterpretation": text("PhotometricInterpretation"),
         "BitsStored": oracle_int(_value(dataset, "BitsStored")),
         "TransferSyntaxUID": oracle_text(_value(meta, "TransferSyntaxUID")),
+        "content_id": content_id,
         # what the screen flagged: given (the test trees' images are clean: []), null when
         # not screened
         "identifying_attributes": identifying,
     }
     assert sorted(row) == sorted(COLUMNS)  # the README's columns, no more, no fewer
     return row
+
+
+def oracle_content_id(storage, data: bytes) -> str:
+    """The content id of a raw file of bytes ``data`` (the filed copy's): on S3 its ETag (the
+    MD5 of a file uploaded in one part) and size, on a local store its SHA-256."""
+    if storage.url.startswith("s3://"):
+        return f"etag:{hashlib.md5(data).hexdigest()}:{len(data)}"
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
 def warehouse_rows(storage, raw_of: dict[str, str]) -> dict[str, dict]:
@@ -230,6 +241,7 @@ def warehouse_rows(storage, raw_of: dict[str, str]) -> dict[str, dict]:
             size=size,
             raw_key=raw_of.get(key),
             metadata_size=listed.get(layout_of(key)["metadata_key"]),
+            content_id=oracle_content_id(storage, storage.read(key)) if raw_of.get(key) else None,
             # a row the loader made from its raw file is screened (the test trees' images are
             # clean); one catalogued from the filed copy's header is not
             identifying=[] if raw_of.get(key) else None,
@@ -777,8 +789,9 @@ def test_dataprocess_merges_only_the_new_parts_and_a_reconcile_catalogues_what_n
     code, state = run_dataprocess(store, workers=4, reconcile=True)
     assert code == 0
     recovered = _catalogue_columns(_images(store))
-    expected.loc[expected.warehouse_key == gone, ["raw_key", "upload_date"]] = None
-    # (catalogued from the filed copy's header, its raw file gone: never screened)
+    # (nor the content of its raw file, gone; catalogued from the filed copy's header: never
+    # screened)
+    expected.loc[expected.warehouse_key == gone, ["raw_key", "upload_date", "content_id"]] = None
     expected.loc[expected.warehouse_key == gone, "identifying_attributes"] = None
     pd.testing.assert_frame_equal(recovered, _catalogue_columns(expected))
 

@@ -131,6 +131,7 @@ def test_reasons_page_lists_every_reason_with_what_a_site_reads():
         Reason.NOT_IN_WAREHOUSE,
         Reason.FIELDS_LEFT_OUT,
         Reason.WAREHOUSE_CONFLICT,
+        Reason.FILED_UNDER_TWO_PATIENTS,
     }
     for reason in Reason:
         _, meaning, site, member = rows[reason.value]

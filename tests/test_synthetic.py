@@ -235,6 +235,7 @@ def classify(root: Path) -> tuple[Counter, dict[str, set[str]]]:
         patients["positive" if kind == "data.json" else "negative"].add(pseudonym)
     patients["negative"] -= patients["positive"]
 
+    owners: dict[tuple[str, str], str] = {}
     for path in images:
         blob = path.read_bytes()
         if not blob:
@@ -259,9 +260,17 @@ def classify(root: Path) -> tuple[Counter, dict[str, set[str]]]:
         elif ds.Modality not in FILED_MODALITIES:
             counts["unsupported_modality"] += 1
         elif ds.PatientID in groups:
-            counts["images"] += 1
-            counts[f"modality_{ds.Modality}"] += 1
-            assert path.stem == ds.SOPInstanceUID
+            # (in key order, as the loader: a study or instance filed first is its patient's)
+            if owners.get(("study", ds.StudyInstanceUID), ds.PatientID) != ds.PatientID:
+                counts["study_of_another_patient"] += 1
+            elif owners.get(("sop", ds.SOPInstanceUID), ds.PatientID) != ds.PatientID:
+                counts["instance_of_another_patient"] += 1
+            else:
+                owners[("study", ds.StudyInstanceUID)] = ds.PatientID
+                owners[("sop", ds.SOPInstanceUID)] = ds.PatientID
+                counts["images"] += 1
+                counts[f"modality_{ds.Modality}"] += 1
+                assert path.stem == ds.SOPInstanceUID
         elif kind_of_site.get(centres.get(ds.PatientID)) is None and ds.PatientID in centres:
             counts["unconfigured_site_images"] += 1
         else:

@@ -9,6 +9,14 @@ the filed object's size and the part that lists it), of its warehouse key and of
 instance filed?", "is this key filed?" and "was this raw file filed?" are binary searches, and
 5 million images take about 140 MB instead of the gigabytes Python strings would.
 
+For the leakage checks (`warehouse.loader.decisions`) it keeps, for each StudyInstanceUID,
+SeriesInstanceUID and raw file content (the catalogue's ``content_id``) the index's parts
+list, the hash of the patient (PatientID) each is filed under: "does this study belong to
+another patient?" is a binary search too. These owner arrays hold each (hash, patient) pair
+once (a study of 500 images is one pair), sorted by hash; in the file each is padded at its
+start with zeros (0 stands for none) to the index's rows, and compressed, so the padding costs
+next to nothing and the file stays one table.
+
 The raw keys' hashes are sorted by upload date first: a daily run asks only about the raw
 files of open upload folders (recent dates), so it reads only the row groups of those dates
 (their statistics say which), whatever the warehouse's size.
@@ -56,8 +64,25 @@ POINTER_KEY = f"{INDEX_PREFIX}latest.json"
 #: chunks, only for the raw keys a run asks about (`raw_keys_filed`).
 INSTANCE_COLUMNS = ("sop", "sop_size", "sop_part", "target")
 RAW_COLUMNS = ("raw_day", "raw", "raw_size", "raw_time")
+#: What each owner array is made of in a part: the UID (or content id) and the patient.
+OWNER_KINDS = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "content": "content_id",
+}
+OWNER_COLUMNS = tuple(c for kind in OWNER_KINDS for c in (kind, f"{kind}_patient"))
+#: The columns of a catalogue part the index is made from (`part_arrays`).
+PART_COLUMNS = (
+    "raw_key",
+    "warehouse_key",
+    "SOPInstanceUID",
+    "object_size",
+    "upload_date",
+    "PatientID",
+    *OWNER_KINDS.values(),
+)
 #: The index's layout; a pointer to another (an older version's) names no usable index.
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3
 #: Rows of one row group of the index file (a chunk of the raw hashes read at a time).
 ROW_GROUP = 1 << 20
 _HASH = np.uint64
@@ -159,6 +184,57 @@ def raw_matches(
     return (days[at] == wanted_days) & (hashes[at] == wanted), at
 
 
+def owner_pairs(hashes: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the distinct (hash, patient) pairs of per-image ``hashes`` and ``patients``.
+
+    Sorted by hash then patient, without the pairs whose hash is 0 (none).
+    """
+    keep = hashes != 0
+    hashes, patients = hashes[keep], patients[keep]
+    order = np.lexsort((patients, hashes))
+    hashes, patients = hashes[order], patients[order]
+    if len(hashes) > 1:
+        new = np.ones(len(hashes), dtype=bool)
+        new[1:] = (hashes[1:] != hashes[:-1]) | (patients[1:] != patients[:-1])
+        hashes, patients = hashes[new], patients[new]
+    return hashes, patients
+
+
+def other_owner(hashes: np.ndarray, patients: np.ndarray, wanted: int, patient: int) -> int | None:
+    """Return a patient other than ``patient`` that owner arrays pair with ``wanted``.
+
+    The owner arrays are sorted by hash; the patient is a hash too; None when there is none.
+    """
+    if not wanted or not len(hashes):
+        return None
+    low = int(np.searchsorted(hashes, np.uint64(wanted), side="left"))
+    high = int(np.searchsorted(hashes, np.uint64(wanted), side="right"))
+    others = patients[low:high]
+    others = others[others != np.uint64(patient)]
+    return int(others[0]) if len(others) else None
+
+
+def shared_owners(hashes: np.ndarray, patients: np.ndarray) -> list[tuple[int, list[int]]]:
+    """Return the hashes owner arrays (sorted by hash) pair with more than one patient.
+
+    Each with its patients' hashes, sorted: what runs that could not see each other filed
+    (the shards of one run).
+    """
+    if len(hashes) < 2:
+        return []
+    same = hashes[1:] == hashes[:-1]
+    differs = same & (patients[1:] != patients[:-1])
+    if not differs.any():
+        return []
+    found = np.unique(hashes[1:][differs])
+    shared = []
+    for hashed in found.tolist():
+        low = int(np.searchsorted(hashes, np.uint64(hashed), side="left"))
+        high = int(np.searchsorted(hashes, np.uint64(hashed), side="right"))
+        shared.append((hashed, sorted(set(patients[low:high].tolist()))))
+    return shared
+
+
 def contains(sorted_hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Which of ``wanted`` are in ``sorted_hashes`` (sorted), as a boolean array."""
     if not len(sorted_hashes) or not len(wanted):
@@ -184,6 +260,9 @@ class IndexArrays:
         image whose raw key is not known), sorted by date then hash, with the size of the raw
         file each was filed from (the filed copy's) and when its part was written (seconds
         since 1970: the raw file was filed before); None when not read.
+    study, study_patient, series, series_patient, content, content_patient : numpy.ndarray
+        The owner arrays (`owner_pairs`): each StudyInstanceUID's, SeriesInstanceUID's and
+        raw file content's hash, sorted, with the hash of a patient it is filed under.
     parts : list of str
         The parts the index covers, by number.
     """
@@ -196,6 +275,12 @@ class IndexArrays:
     raw: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=_HASH))
     raw_size: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     raw_time: np.ndarray | None = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    study: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    study_patient: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    series: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    series_patient: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    content: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    content_patient: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
     parts: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -205,6 +290,10 @@ class IndexArrays:
     def through(self) -> str | None:
         """The newest part covered (parts sort by time): a run reads the parts after it."""
         return max(self.parts) if self.parts else None
+
+    def owners(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return the owner arrays of ``kind`` (a key of `OWNER_KINDS`): hashes, patients."""
+        return getattr(self, kind), getattr(self, f"{kind}_patient")
 
 
 @dataclass(frozen=True)
@@ -223,6 +312,10 @@ class PartArrays:
         Each row's object size (0 when unknown).
     raw_day : numpy.ndarray
         Each row's upload date (`day_numbers`).
+    patient : numpy.ndarray
+        `key_hash` of each row's PatientID.
+    owned : dict
+        `OWNER_KINDS` key -> `key_hash` of each row's UID or content id (0 for none).
     """
 
     key: str
@@ -232,13 +325,14 @@ class PartArrays:
     raw: np.ndarray
     size: np.ndarray
     raw_day: np.ndarray
+    patient: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=_HASH))
+    owned: dict = field(default_factory=dict)
 
 
 def part_arrays(key: str, written: dt.datetime, table: pa.Table) -> PartArrays:
     """Hash a part's rows into the arrays the index keeps.
 
-    ``table`` holds ``raw_key``, ``warehouse_key``, ``SOPInstanceUID``, ``object_size`` and
-    ``upload_date`` at least.
+    ``table`` holds the `PART_COLUMNS` (a part written before a column existed: null).
     """
     return PartArrays(
         key=key,
@@ -248,12 +342,19 @@ def part_arrays(key: str, written: dt.datetime, table: pa.Table) -> PartArrays:
         raw=key_hashes(table.column("raw_key").to_pylist()),
         size=np.asarray(table.column("object_size").fill_null(0), dtype=np.int64),
         raw_day=np.asarray(table.column("upload_date").cast(pa.int32()).fill_null(0), dtype=_DAY),
+        patient=key_hashes(table.column("PatientID").to_pylist()),
+        owned={
+            kind: key_hashes(table.column(column).to_pylist())
+            for kind, column in OWNER_KINDS.items()
+        },
     )
 
 
 def arrays_of_parts(parts: Iterable[PartArrays]) -> IndexArrays:
     """Build the index of parts' rows (``parts`` in the order of parts)."""
     sops, sizes, numbers, targets, raws, days, times, keys = [], [], [], [], [], [], [], []
+    owned: dict[str, list[np.ndarray]] = {kind: [] for kind in OWNER_KINDS}
+    patients = []
     for number, part in enumerate(parts):
         rows = len(part.target)
         keys.append(part.key)
@@ -264,9 +365,16 @@ def arrays_of_parts(parts: Iterable[PartArrays]) -> IndexArrays:
         targets.append(part.target)
         raws.append(part.raw)
         days.append(part.raw_day)
+        for kind in OWNER_KINDS:
+            owned[kind].append(part.owned.get(kind, np.zeros(rows, dtype=_HASH)))
+        patients.append(part.patient if len(part.patient) == rows else np.zeros(rows, _HASH))
     if not keys:
         return IndexArrays()
-    return _sorted(
+    every_patient = np.concatenate(patients)
+    owners = {}
+    for kind, hashes in owned.items():
+        owners[kind], owners[f"{kind}_patient"] = owner_pairs(np.concatenate(hashes), every_patient)
+    sorted_index = _sorted(
         np.concatenate(sops),
         np.concatenate(sizes),
         np.concatenate(numbers),
@@ -276,6 +384,9 @@ def arrays_of_parts(parts: Iterable[PartArrays]) -> IndexArrays:
         np.concatenate(times),
         keys,
     )
+    for name, values in owners.items():
+        setattr(sorted_index, name, values)
+    return sorted_index
 
 
 def _sorted(sop, sizes, numbers, target, raw, raw_sizes, raw_times, parts) -> IndexArrays:
@@ -330,31 +441,72 @@ def combined(old: IndexArrays, new: IndexArrays, *, consume: bool = False) -> In
         if consume:
             # (a new empty array: a [:0] view would keep the whole buffer alive)
             setattr(old, name, np.empty(0, dtype=getattr(old, name).dtype))
+    for kind in OWNER_KINDS:
+        (old_hashes, old_patients), (new_hashes, new_patients) = old.owners(kind), new.owners(kind)
+        arrays[kind], arrays[f"{kind}_patient"] = owner_pairs(
+            np.concatenate((old_hashes, new_hashes)), np.concatenate((old_patients, new_patients))
+        )
+        if consume:
+            setattr(old, kind, np.empty(0, dtype=_HASH))
+            setattr(old, f"{kind}_patient", np.empty(0, dtype=_HASH))
     return IndexArrays(**arrays, parts=[*old.parts, *new.parts])
 
 
-def _table(index: IndexArrays) -> pa.Table:
+_INDEX_TYPES = {
+    "sop": pa.uint64(),
+    "sop_size": pa.int64(),
+    "sop_part": pa.uint32(),
+    "target": pa.uint64(),
+    "raw_day": pa.int32(),
+    "raw": pa.uint64(),
+    "raw_size": pa.int64(),
+    "raw_time": pa.int64(),
+    **dict.fromkeys(OWNER_COLUMNS, pa.uint64()),
+}
+
+
+def _padded(values: np.ndarray, rows: int, start: int, stop: int) -> np.ndarray:
+    # rows start to stop of values padded at its start with zeros to rows (an owner array in
+    # the file: one pair per image at most, so never longer than the index)
+    pad = rows - len(values)
+    out = np.zeros(stop - start, dtype=_HASH)
+    first = max(start, pad)
+    if first < stop:
+        out[first - start :] = values[first - pad : stop - pad]
+    return out
+
+
+def _row_groups(index: IndexArrays) -> tuple[pa.Schema, Iterable[pa.Table]]:
+    # the index file's schema and its row groups, made one at a time (the padded owner
+    # columns are never whole in memory)
     if index.raw is None or index.raw_size is None or index.raw_time is None:
         raise ValueError("an index is written with its raw hashes")
     if index.raw_day is None:
         raise ValueError("an index is written with its raw hashes")
+    rows = len(index)
+    for name in OWNER_COLUMNS:
+        if len(getattr(index, name)) > rows:
+            raise ValueError(f"the index's {name} array is longer than the index")
     metadata = {
         "parts": json.dumps(index.parts),
         "through": json.dumps(index.through),
         "format": str(INDEX_FORMAT),
     }
-    return pa.table(
-        {
-            "sop": index.sop,
-            "sop_size": index.sop_size,
-            "sop_part": index.sop_part,
-            "target": index.target,
-            "raw_day": index.raw_day,
-            "raw": index.raw,
-            "raw_size": index.raw_size,
-            "raw_time": index.raw_time,
-        }
-    ).replace_schema_metadata(metadata)
+    schema = pa.schema(list(_INDEX_TYPES.items())).with_metadata(metadata)
+
+    def groups() -> Iterable[pa.Table]:
+        for start in range(0, rows, ROW_GROUP):
+            stop = min(rows, start + ROW_GROUP)
+            columns = {
+                name: getattr(index, name)[start:stop]
+                for name in _INDEX_TYPES
+                if name not in OWNER_COLUMNS
+            }
+            for name in OWNER_COLUMNS:
+                columns[name] = _padded(getattr(index, name), rows, start, stop)
+            yield pa.table(columns, schema=schema)
+
+    return schema, groups()
 
 
 @dataclass(frozen=True)
@@ -378,13 +530,13 @@ class SavedIndex:
 
 def save_index(index: IndexArrays, path: str) -> SavedIndex:
     """Write ``index`` to the local file ``path``, so its arrays need not be kept."""
-    pq.write_table(
-        _table(index),
-        path,
-        row_group_size=ROW_GROUP,
-        compression="none",
-        use_dictionary=False,  # (random hashes: a dictionary only slows the reads)
-    )
+    schema, groups = _row_groups(index)
+    # random hashes: neither a dictionary nor compression helps, except on the owner
+    # columns' padding of zeros
+    compression = {name: "zstd" if name in OWNER_COLUMNS else "none" for name in _INDEX_TYPES}
+    with pq.ParquetWriter(path, schema, compression=compression, use_dictionary=False) as writer:
+        for group in groups:
+            writer.write_table(group, row_group_size=ROW_GROUP)
     return SavedIndex(path, len(index), index.through)
 
 
@@ -478,7 +630,7 @@ def _parts_of(key: str, file: pq.ParquetFile) -> list[str]:
             raise ValueError("parts is not a list of keys")
     except (KeyError, ValueError) as exc:
         raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
-    missing = {*INSTANCE_COLUMNS, *RAW_COLUMNS} - set(file.schema_arrow.names)
+    missing = {*INSTANCE_COLUMNS, *RAW_COLUMNS, *OWNER_COLUMNS} - set(file.schema_arrow.names)
     if missing:
         raise InvalidIndex(f"{key} is not a catalogue index: no {', '.join(sorted(missing))}")
     return parts
@@ -531,7 +683,27 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
             raise InvalidIndex(f"{key}: its {name} column holds {start} of {rows} rows")
         return out
 
+    def owners(kind: str) -> tuple[np.ndarray, np.ndarray]:
+        # a row group at a time, its padding (hash 0) left out
+        hashes, patients = [], []
+        try:
+            for group in range(file.num_row_groups):
+                chunk = file.read_row_group(group, columns=[kind, f"{kind}_patient"])
+                values = np.asarray(chunk.column(0).to_numpy(), dtype=_HASH)
+                keep = values != 0
+                hashes.append(values[keep])
+                patients.append(np.asarray(chunk.column(1).to_numpy(), dtype=_HASH)[keep])
+        except (ValueError, pa.ArrowException, OSError) as exc:
+            raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
+        if not hashes:
+            return np.empty(0, dtype=_HASH), np.empty(0, dtype=_HASH)
+        return np.concatenate(hashes), np.concatenate(patients)
+
+    owned = {}
+    for kind in OWNER_KINDS:
+        owned[kind], owned[f"{kind}_patient"] = owners(kind)
     index = IndexArrays(
+        **owned,
         sop=column("sop", _HASH),
         sop_size=column("sop_size", np.int64) if with_raw else np.empty(0, dtype=np.int64),
         sop_part=column("sop_part", np.uint32),

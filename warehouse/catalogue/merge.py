@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from warehouse.catalogue.filed import FiledImages
 from warehouse.catalogue.index import (
+    PART_COLUMNS,
     IndexArrays,
     InvalidIndex,
     PartArrays,
@@ -85,7 +86,7 @@ FLAGGED, CLEAN, NOT_SCREENED = "flagged", "clean", "not screened"
 #: (`counts_document`).
 COUNTS_NAME = "rows/catalogue-counts.json.gz"
 #: The columns of a part the index keeps (as hashes and sizes).
-_INDEX_COLUMNS = ("raw_key", "warehouse_key", "SOPInstanceUID", "object_size", "upload_date")
+_INDEX_COLUMNS = PART_COLUMNS
 #: A study folder: its group, modality folder, patient and study folder names.
 _STUDY = ("group", "modality_folder", "patient_folder", "study_folder")
 

@@ -23,6 +23,14 @@ when the sizes are equal, "conflicting duplicate" when they differ (the filed ke
 the part that lists it, one GET, only when a hash matches). The shards of one sharded run do
 not see each other's images: two copies of an instance under file names of different shards,
 uploaded for the same run, are both filed.
+
+**Owners.** Each StudyInstanceUID, SeriesInstanceUID and raw file content (``content_id``)
+belongs to the patient it is filed under (`LoaderCatalogue.other_owner`: the index's owner
+arrays, the newer parts' rows, this run's claims), so that the loader refuses the same study,
+series or file under another patient (`warehouse.loader.decisions`). The shards of one run do
+not see each other's claims either: two images of one study under two patients, of file names
+of different shards, are both filed; the next run that reads their parts (or the next full run,
+from the index) reports them (`LoaderCatalogue.shared_owners`).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ import numpy as np
 import pyarrow as pa
 
 from warehouse.catalogue.index import (
+    OWNER_KINDS,
+    PART_COLUMNS,
     IndexArrays,
     InvalidIndex,
     PartArrays,
@@ -49,12 +59,14 @@ from warehouse.catalogue.index import (
     day_numbers,
     key_hash,
     key_hashes,
+    other_owner,
     part_arrays,
     raw_keys_filed,
     raw_matches,
     read_index,
     read_pointer,
     settled_parts,
+    shared_owners,
     write_index,
 )
 from warehouse.catalogue.rows import (
@@ -85,19 +97,20 @@ logger = logging.getLogger("warehouseloader")
 FLUSH_ROWS = 1000
 FLUSH_SECONDS = 60.0
 #: The columns a run reads of the parts newer than the index.
-_KNOWN_COLUMNS = [
-    "raw_key",
-    "warehouse_key",
-    "SOPInstanceUID",
-    "object_size",
-    "metadata_size",
-    "upload_date",
-]
+_KNOWN_COLUMNS = [*PART_COLUMNS, "metadata_size"]
 #: Newer parts a daily run keeps row by row; past them it takes them into the arrays as a
 #: full run does (and writes a fresh index at its end).
 RECENT_PARTS = 64
 _SOP, _KEY = COLUMNS.index("SOPInstanceUID"), COLUMNS.index("warehouse_key")
 _SIZE = COLUMNS.index("object_size")
+_PATIENT = COLUMNS.index("PatientID")
+_OWNED = {kind: COLUMNS.index(column) for kind, column in OWNER_KINDS.items()}
+
+
+def _owned(row: tuple) -> dict[str, str | None]:
+    """A catalogue row's UIDs and content id, by `OWNER_KINDS` key."""
+    return {kind: row[at] for kind, at in _OWNED.items()}
+
 
 #: What `LoaderCatalogue.raw_status` says of a raw file.
 RAW_UNKNOWN, RAW_FILED, RAW_CHANGED = 0, 1, 2
@@ -122,6 +135,29 @@ class FiledCopy:
     size: int
     sourced: bool = True
     metadata_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A patient a study, series or file content is filed under (`LoaderCatalogue.other_owner`).
+
+    Attributes
+    ----------
+    hashed : int
+        `key_hash` of its pseudonym.
+    patient : str or None
+        Its pseudonym, when a row names it (this run's and the newer parts'; the index keeps
+        hashes only).
+    key : str or None
+        The warehouse key of an image of it with that UID or content, when known.
+    value : str or None
+        The UID or content id, when known.
+    """
+
+    hashed: int
+    patient: str | None = None
+    key: str | None = None
+    value: str | None = None
 
 
 class LoaderCatalogue:
@@ -173,6 +209,9 @@ class LoaderCatalogue:
         self._recent_raw: dict[int, tuple[int, int]] = {}
         self._part_rows: dict[int, dict[int, list[FiledCopy]]] = {}
         self._run_copies: dict[int, list[FiledCopy]] = {}
+        #: kind (`OWNER_KINDS`) -> hash -> the owners this run claimed, and the newer parts'.
+        self._run_owners: dict[str, dict[int, list[Owner]]] = {k: {} for k in OWNER_KINDS}
+        self._recent_owners: dict[str, dict[int, list[Owner]]] = {k: {} for k in OWNER_KINDS}
         self._pending: dict[str, list] = {}
         self._listed_keys: set[str] = set()
         #: The images of the rows kept since the last part.
@@ -310,6 +349,14 @@ class LoaderCatalogue:
                 self._recent_sops.setdefault(key_hash(sop), []).append(copy)
             if raw:
                 self._recent_raw[key_hash(raw)] = (copy.size, written)
+        keys = table.column("warehouse_key").to_pylist()
+        patients = table.column("PatientID").to_pylist()
+        for kind, column in OWNER_KINDS.items():
+            values = table.column(column).to_pylist()
+            for key, patient, value in zip(keys, patients, values, strict=True):
+                if value and patient:
+                    owner = Owner(key_hash(patient), patient, key, value)
+                    _add_owner(self._recent_owners[kind], owner)
 
     def _unusable(self, key: str, exc: Exception) -> None:
         """A part or index that cannot be read: reported by name once, the run marked
@@ -435,6 +482,60 @@ class LoaderCatalogue:
             with self._lock:
                 self._run_copies.setdefault(key_hash(sop), []).append(copy)
 
+    def other_owner(self, kind: str, value: str | None, patient: str) -> Owner | None:
+        """Return another patient than ``patient`` that ``value`` is filed under.
+
+        ``value`` is a StudyInstanceUID, a SeriesInstanceUID or a content id (``kind``, a key
+        of `OWNER_KINDS`); filed by this run, in the newer parts or in the index. None when
+        there is none (or no value). No request: the index's owner arrays are read with its
+        instance arrays.
+        """
+        if not value:
+            return None
+        hashed, mine = key_hash(value), key_hash(patient)
+        with self._lock:
+            known = [
+                *self._run_owners[kind].get(hashed, ()),
+                *self._recent_owners[kind].get(hashed, ()),
+            ]
+        for owner in known:
+            if owner.hashed != mine:
+                return owner
+        other = other_owner(*self._instances().owners(kind), hashed, mine)
+        return None if other is None else Owner(other, value=value)
+
+    def claim_owners(self, values: dict[str, str | None], patient: str, image_key: str) -> None:
+        """Record that this run files ``image_key`` of ``patient`` with ``values``.
+
+        ``values``: `OWNER_KINDS` key -> the image's UID or content id; each is that
+        patient's from now on.
+        """
+        with self._lock:
+            for kind, value in values.items():
+                if value:
+                    owner = Owner(key_hash(patient), patient, image_key, value)
+                    _add_owner(self._run_owners[kind], owner)
+
+    def shared_owners(self) -> list[tuple[str, list[Owner]]]:
+        """Return what is filed under more than one patient already.
+
+        ``(kind, owners)`` of each UID or content that the newer parts (a daily run) or the
+        whole index (a full run) pair with two patients or more: what runs that could not see
+        each other filed (the shards of one run). The owners by pseudonym (a full run knows
+        their hashes only).
+        """
+        shared: list[tuple[str, list[Owner]]] = []
+        for kind in OWNER_KINDS:
+            if self._whole:
+                for _, patients in shared_owners(*self._index.owners(kind)):
+                    shared.append((kind, [Owner(patient) for patient in patients]))
+                continue
+            for owners in self._recent_owners[kind].values():
+                if len(owners) > 1:
+                    ordered = sorted(owners, key=lambda owner: (owner.patient or "", owner.key))
+                    shared.append((kind, ordered))
+        return shared
+
     def _copies_at(self, sop: str, image_key: str) -> list[FiledCopy]:
         """Every row the catalogue (and this run) holds of instance ``sop`` filed at
         ``image_key``."""
@@ -559,6 +660,8 @@ class LoaderCatalogue:
                     if row[_SOP]:
                         self._run_copies.setdefault(key_hash(row[_SOP]), []).append(copy)
                     self._recent_targets.add(key_hash(key))
+                if row[_PATIENT]:
+                    self.claim_owners(_owned(row), row[_PATIENT], key)
                 recovered += 1
             progress.step()
         self.report.count("filed images in no part catalogued", recovered)
@@ -691,6 +794,14 @@ class LoaderCatalogue:
             f"\n  catalogue: {images:,} images in {len(self.written_parts)} part(s): "
             f"{storage.url}/{where}"
         )
+
+
+def _add_owner(owners: dict[int, list[Owner]], owner: Owner) -> None:
+    """Keep ``owner`` under its value's hash: one per patient (its first image found)."""
+    assert owner.value is not None
+    found = owners.setdefault(key_hash(owner.value), [])
+    if all(known.hashed != owner.hashed for known in found):
+        found.append(owner)
 
 
 def _copies_of(table: pa.Table) -> Iterator[tuple[str | None, str, str | None, FiledCopy]]:

@@ -315,6 +315,8 @@ class RawKey:
     reason: str = ""
     #: When the listing saw the object last modified (ISO 8601), if it was listed.
     modified: str = ""
+    #: The identity of the object's bytes the listing gave (`listing.raw.content_id`), if any.
+    content_id: str = ""
 
 
 def parse_raw_key(key: str, prefix: str) -> RawKey:

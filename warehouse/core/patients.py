@@ -137,5 +137,10 @@ class PatientGroups:
             raise GroupConflict(pseudonym, existing, group)
         return existing
 
+    def pseudonyms(self) -> list[str]:
+        """Return the patients that have a group (a snapshot)."""
+        with self._lock:
+            return list(self._groups)
+
     def __len__(self) -> int:
         return len(self._groups)

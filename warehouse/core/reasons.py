@@ -44,6 +44,13 @@ class Reason(StrEnum):
     #: site's policy is "refuse" (under "report" the image is filed, and `RunReport.flag`
     #: records it with this wording).
     IDENTIFYING_DATA = "identifying data in the header"
+    #: The leakage checks (`warehouse.loader.decisions.owner_conflict`): a study, series, SOP
+    #: instance or raw file content filed already (or earlier in the run) under another
+    #: patient. A study has one patient, so the hold-out would leak through it.
+    STUDY_OF_ANOTHER_PATIENT = "study filed under another patient"
+    SERIES_OF_ANOTHER_PATIENT = "series filed under another patient"
+    INSTANCE_OF_ANOTHER_PATIENT = "instance filed under another patient"
+    CONTENT_OF_ANOTHER_PATIENT = "identical file filed under another patient"
     #: A catalogue part that is not Parquet of catalogue rows (left out)...
     INVALID_PART = "invalid catalogue part"
     #: ... a run report (``latest.json``, the memo) that cannot be read or used...
@@ -62,6 +69,9 @@ class Reason(StrEnum):
     IMPLAUSIBLE_TIME = "implausible modification time"
     UNCONFIGURED_PREFIX = "raw prefix not in config"
     WAREHOUSE_CONFLICT = "patient in both groups in the warehouse"
+    #: A study, series or file content filed under two patients by runs that could not see
+    #: each other (the shards of one run): found afterwards, reported until an operator acts.
+    FILED_UNDER_TWO_PATIENTS = "filed under two patients in the warehouse"
     #: A symbolic link in a local store: never followed, so neither read nor trusted as filed.
     SYMLINK = "symbolic link"
     READ_FAILED = "read failed"

@@ -42,6 +42,25 @@ class RawRefusal:
     modified: str
 
 
+def content_id(etag: str | None, size: int) -> str | None:
+    """Return the identity of an object's bytes from its listing: ``etag:<ETag>:<size>``.
+
+    The ETag without its quotes (S3's listing quotes it); None when the listing gave none (a
+    local store: `sha256_content_id` is computed from the bytes instead). Two objects with
+    the same ETag and size hold the same bytes (an ETag is the MD5 of the bytes, or of the
+    parts' MD5s for a multipart upload: the same bytes uploaded in other parts differ, so the
+    check can miss such a pair, never accuse a wrong one).
+    """
+    if not etag:
+        return None
+    return f"etag:{etag.strip(chr(34))}:{int(size)}"
+
+
+def sha256_content_id(digest: str | None) -> str | None:
+    """Return the identity of an object's bytes from their SHA-256 (hex): ``sha256:<hex>``."""
+    return f"sha256:{digest}" if digest else None
+
+
 def raw_refusal(info: ObjectInfo, now: dt.datetime) -> RawRefusal | None:
     """Why a listed raw object is refused before its place in the layout is looked at, or
     None: a folder too deep to list, an unsafe name (`keys.raw_name_problem`) or an
@@ -118,7 +137,11 @@ class RawListing:
         prefix = info.key.split("/", 1)[0]
         raw = parse_raw_key(info.key, prefix)
         if raw.kind != "other":
-            raw = replace(raw, modified=info.last_modified.isoformat())
+            raw = replace(
+                raw,
+                modified=info.last_modified.isoformat(),
+                content_id=content_id(info.etag, info.size) or "",
+            )
         if raw.kind == "clinical":
             self.clinical.append((raw, info.size))
         elif raw.kind == "image":

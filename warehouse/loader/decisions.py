@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from warehouse.catalogue.index import key_hash
 from warehouse.catalogue.rows import image_row, instance_uid
+from warehouse.catalogue.run import FiledCopy, Owner
 from warehouse.core.config import nfc
 from warehouse.core.keys import (
     ImageKey,
     clinical_target,
     image_targets,
+    parse_image_key,
+    patient_folder,
 )
 from warehouse.core.patients import (
     CaseVariant,
@@ -170,6 +174,127 @@ def flag_identifying(state: LoaderState, task: Task, broken: list[str]) -> None:
     )
 
 
+#: What the leakage checks look at, in their order (`owner_conflict`): each kind of the
+#: catalogue's owner arrays, its reason and what the run report calls it.
+OWNER_CHECKS = (
+    ("study", Reason.STUDY_OF_ANOTHER_PATIENT, "StudyInstanceUID"),
+    ("series", Reason.SERIES_OF_ANOTHER_PATIENT, "SeriesInstanceUID"),
+    ("content", Reason.CONTENT_OF_ANOTHER_PATIENT, "a file of the same content"),
+)
+
+
+def owner_conflict(
+    state: LoaderState, values: dict[str, str | None], patient: str, group: str
+) -> tuple[Reason, str, dict] | None:
+    """Why an image of ``patient`` (in ``group``) may not be filed because of whose its
+    study, series or content is: the first of `OWNER_CHECKS` filed already, or earlier in
+    this run, under another patient (its reason, detail and facts); None when none is.
+
+    A study has one patient, whatever the groups: the same study under a second pseudonym
+    (a site that pseudonymised a patient again, or a patient who moved between sites) would
+    put one patient on both sides of the hold-out. ``values`` gives the image's UIDs and
+    content id by kind. No request: the catalogue answers from its arrays.
+    """
+    catalogue = loaded(state.catalogue, "the run's image catalogue")
+    for kind, reason, label in OWNER_CHECKS:
+        owner = catalogue.other_owner(kind, values.get(kind), patient)
+        if owner is not None:
+            return another_patient(state, reason, f"{label} {owner.value}", owner, patient, group)
+    return None
+
+
+def another_patient(
+    state: LoaderState, reason: Reason, what: str, owner: Owner, patient: str, group: str
+) -> tuple[Reason, str, dict]:
+    """Return the run report's line of an image refused as another patient's.
+
+    ``what`` is filed under another patient (``owner``): the detail names both pseudonyms
+    and groups, for the operators (the site reads a neutral line: `warehouse.loader.feedback`).
+    """
+    other = owner.patient or state.pseudonym_of(owner.hashed)
+    groups = loaded(state.groups, "the patients' groups")
+    other_group = groups.get(other) if other is not None else None
+    named = (
+        f"patient {other!r} ({other_group or 'no group'})"
+        if other is not None
+        else f"another patient (hash {owner.hashed:016x}, not among the filed patients)"
+    )
+    where = f" as {owner.key}" if owner.key else ""
+    detail = f"{what} is filed under {named}{where}; this image is of {patient!r} ({group})"
+    facts = {
+        "patient": patient,
+        "group": group,
+        "other": other,
+        "other_group": other_group,
+        "value": owner.value,
+        "filed": owner.key,
+    }
+    return reason, detail, facts
+
+
+def report_shared_owners(state: LoaderState) -> int:
+    """Report what the catalogue holds filed under two patients already
+    (`LoaderCatalogue.shared_owners`: what a race of two shards let through), one line for
+    each owner after the first, against its image's key (or, known only by the index's
+    hashes, its patient's folder); return how many lines.
+
+    The images stay filed: an operator decides which patient a study is. Each run that sees
+    them (the next run reads the shards' parts; a full run reads the whole index) says so.
+    """
+    catalogue = loaded(state.catalogue, "the run's image catalogue")
+    groups = loaded(state.groups, "the patients' groups")
+    labels = {kind: label for kind, _, label in OWNER_CHECKS}
+    lines = 0
+    for kind, owners in catalogue.shared_owners():
+        named = []
+        for owner in owners:
+            patient = owner.patient or state.pseudonym_of(owner.hashed)
+            group = groups.get(patient) if patient is not None else None
+            named.append((owner, patient, group))
+        said = "; ".join(
+            f"{patient!r} ({group or 'no group'})" + (f" as {owner.key}" if owner.key else "")
+            if patient is not None
+            else f"a patient not among the filed ones (hash {owner.hashed:016x})"
+            for owner, patient, group in named
+        )
+        value = next((owner.value for owner in owners if owner.value), None)
+        what = f"{labels[kind]} {value or '(known by its hash only)'}"
+        detail = (
+            f"{what} is filed under {len(owners)} patients: {said}; filed by runs that could "
+            "not see each other (the shards of one run): an operator decides whose it is"
+        )
+        for owner, patient, group in named[1:]:
+            key = owner.key or (
+                patient_folder(group, patient) if patient and group else "catalogue/index/"
+            )
+            state.report.skip(key, Reason.FILED_UNDER_TWO_PATIENTS, detail)
+            lines += 1
+    return lines
+
+
+def duplicate_problem(
+    state: LoaderState, filed: FiledCopy, sop: str | None, task: Task, patient: str, group: str
+) -> tuple[Reason, str, dict]:
+    """Why an image of ``patient`` (in ``group``) whose SOP instance ``sop`` is filed as
+    ``filed`` already is not filed: "instance filed under another patient" when that copy is
+    another patient's, else "duplicate image" (the same size) or "conflicting duplicate"."""
+    elsewhere = parse_image_key(filed.key)
+    if elsewhere is not None and elsewhere.patient_id != patient:
+        owner = Owner(key_hash(elsewhere.patient_id), elsewhere.patient_id, filed.key, sop)
+        what = f"SOPInstanceUID {sop}"
+        return another_patient(
+            state, Reason.INSTANCE_OF_ANOTHER_PATIENT, what, owner, patient, group
+        )
+    facts = {"filed": filed.key, "sop": sop}
+    if filed.size == task.size:
+        return Reason.DUPLICATE_IMAGE, f"SOPInstanceUID {sop} is filed as {filed.key}", facts
+    detail = (
+        f"SOPInstanceUID {sop} is filed as {filed.key} ({filed.size:,} bytes); "
+        f"{task.key} has {task.size:,} bytes"
+    )
+    return Reason.CONFLICTING_DUPLICATE, detail, facts
+
+
 def file_image(
     state: LoaderState, read: tuple[Task, HeaderRead, ImageIdentity, str | None]
 ) -> list[Task]:
@@ -224,6 +349,15 @@ def file_image(
     image_key, metadata_key = image_targets(
         group, identity.folder, patient, identity.study_uid, identity.series_uid, raw.name
     )
+    owned = {
+        "study": identity.study_uid,
+        "series": identity.series_uid,
+        "content": raw.content_id or None,
+    }
+    conflict = owner_conflict(state, owned, patient, group)
+    if conflict is not None:
+        reason, detail, facts = conflict
+        return refuse(reason, detail, **facts)
     # A duplicate of an instance filed under another key is refused before it claims its own
     # target: a refused file holds no claim, so the reasons of the files behind it do not
     # depend on whether it was read in this run or remembered from the last.
@@ -235,15 +369,8 @@ def file_image(
             report.skip(task.key, Reason.DUPLICATE_TARGET, f"{image_key} is claimed by {claimant}")
             return []
     else:
-        facts = {"filed": filed.key, "sop": sop}
-        if filed.size == task.size:
-            detail = f"SOPInstanceUID {sop} is filed as {filed.key}"
-            return refuse(Reason.DUPLICATE_IMAGE, detail, **facts)
-        detail = (
-            f"SOPInstanceUID {sop} is filed as {filed.key} ({filed.size:,} bytes); "
-            f"{task.key} has {task.size:,} bytes"
-        )
-        return refuse(Reason.CONFLICTING_DUPLICATE, detail, **facts)
+        reason, detail, facts = duplicate_problem(state, filed, sop, task, patient, group)
+        return refuse(reason, detail, **facts)
 
     def row() -> tuple:
         where = ImageKey(
@@ -262,6 +389,7 @@ def file_image(
             raw_key=task.key,
             upload=raw.upload_date,
             identifying=identifying,
+            content_id=raw.content_id or None,
         )
 
     if catalogue.target_filed(image_key):
@@ -272,9 +400,11 @@ def file_image(
         state.settle(task)
         catalogue.source_found(row())
         catalogue.claim_instance(sop, image_key, task.size, sourced=False)
+        catalogue.claim_owners(owned, patient, image_key)
         return []
     catalogue.claim_instance(sop, image_key, task.size)
     flag_identifying(state, task, identifying)
+    catalogue.claim_owners(owned, patient, image_key)
     tasks = [
         Task("copy", task.key, task.size, image_key, None),
         Task("metadata", task.key, None, metadata_key, header.dataset),

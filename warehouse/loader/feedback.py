@@ -63,6 +63,24 @@ NEUTRAL_DETAILS = {
     Reason.CONFLICTING_DUPLICATE: (
         "an image with this SOPInstanceUID but other content is filed already from another upload"
     ),
+    # the leakage checks: the site learns that the study (series, instance, file) is another
+    # patient's, never whose, where it came from, nor any group
+    Reason.STUDY_OF_ANOTHER_PATIENT: (
+        "this image's study (its StudyInstanceUID) is filed already under another patient; "
+        "not filed (the warehouse operators decide)"
+    ),
+    Reason.SERIES_OF_ANOTHER_PATIENT: (
+        "this image's series (its SeriesInstanceUID) is filed already under another patient; "
+        "not filed (the warehouse operators decide)"
+    ),
+    Reason.INSTANCE_OF_ANOTHER_PATIENT: (
+        "this image (its SOPInstanceUID) is filed already under another patient; not filed "
+        "(the warehouse operators decide)"
+    ),
+    Reason.CONTENT_OF_ANOTHER_PATIENT: (
+        "a file of the same content is filed already under another patient; not filed (the "
+        "warehouse operators decide)"
+    ),
     Reason.RAW_CHANGED: (
         "this file was filed earlier and has changed since: not filed again (the warehouse "
         "operators decide)"

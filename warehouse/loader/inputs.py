@@ -41,7 +41,7 @@ from warehouse.listing.folders import (
 from warehouse.listing.inventory import Inventory, InventoryUnusable, bucket_name, open_inventory
 from warehouse.listing.raw import RawListing, list_raw
 from warehouse.listing.warehouse import WarehouseIndex, index_warehouse
-from warehouse.loader.decisions import retold
+from warehouse.loader.decisions import report_shared_owners, retold
 from warehouse.loader.memo import (
     load_previous_report,
     memo_of,
@@ -123,6 +123,7 @@ def run_inputs(storage: Storage, state: LoaderState, graph: str) -> Iterator[Tas
     state.folders = (previous or FolderState(), listing.listed, now)
     if not full:
         _carry_closed_problems(state, memo, index, listing)
+    report_shared_owners(state)
     knowledge = ImageKnowledge(
         filed={
             raw.key for (raw, _), s in zip(listing.images, statuses, strict=True) if s == RAW_FILED

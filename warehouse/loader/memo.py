@@ -20,6 +20,9 @@ its reason still holds:
   fixed); "centre not allowed for this prefix" while ``prefix_sites`` still refuses it;
   "pseudonym differs only in case" while the other patient is filed and this one is not;
 - "duplicate image" and "conflicting duplicate" while the copy filed first is in the warehouse;
+- "study (series, instance, identical file) filed under another patient" while that other
+  patient is filed (a study filed is not unfiled: only an operator who removes the patient
+  makes the image be read again);
 - "identifying data in the header" while the raw prefix's policy is still ``refuse`` and the
   screen's profile is the same (its digest).
 
@@ -120,6 +123,17 @@ def recall(memo: dict[str, dict], raw: RawKey, size: int) -> dict | None:
     return problem
 
 
+#: Reasons that hold while a patient is filed, and the fact that names it: a filed patient's
+#: binding (its first filed record) never changes, and a study, series, instance or file
+#: filed under another patient stays that patient's.
+WHILE_FILED = {
+    Reason.PSEUDONYM_CLAIMED: "pseudonym",
+    Reason.STUDY_OF_ANOTHER_PATIENT: "other",
+    Reason.SERIES_OF_ANOTHER_PATIENT: "other",
+    Reason.INSTANCE_OF_ANOTHER_PATIENT: "other",
+    Reason.CONTENT_OF_ANOTHER_PATIENT: "other",
+}
+
 #: Reasons that depend on a limit, and the limit's name: a setting, or one of `PRODUCT_LIMITS`.
 LIMIT_REASONS = {
     Reason.HEADER_TOO_LARGE: "max_header_bytes",
@@ -178,9 +192,8 @@ def still_holds(
         name = LIMIT_REASONS[reason]
         limit = limit_in_force(name, settings)
         return limit is not None and facts.get(name) == limit
-    if reason is Reason.PSEUDONYM_CLAIMED:
-        # a filed patient's binding (its first filed record) never changes
-        return facts.get("pseudonym") in index.groups
+    if reason in WHILE_FILED:
+        return facts.get(WHILE_FILED[reason]) in index.groups
     if reason in _CONFIG_REASONS:
         return _CONFIG_REASONS[reason](facts, config)
     if reason is Reason.CASE_VARIANT:

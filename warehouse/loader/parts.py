@@ -105,12 +105,14 @@ def snapshot_key(graph: str, run_id: str) -> str:
 
 
 def write_pending(storage: Storage, key: str, images: list[tuple[RawKey, int]]) -> None:
-    """Write a run's pending images (raw key, size, modification time) as Parquet."""
+    """Write a run's pending images (raw key, size, modification time, content id) as
+    Parquet."""
     table = pa.table(
         {
             "raw_key": pa.array([raw.key for raw, _ in images], type=pa.string()),
             "size": pa.array([size for _, size in images], type=pa.int64()),
             "modified": pa.array([raw.modified for raw, _ in images], type=pa.string()),
+            "content_id": pa.array([raw.content_id for raw, _ in images], type=pa.string()),
         }
     )
     buffer = io.BytesIO()
@@ -133,12 +135,16 @@ def load_pending(storage: Storage, handoff: Handoff) -> list[tuple[RawKey, int]]
         keys = table.column("raw_key").to_pylist()
         sizes = table.column("size").to_pylist()
         times = table.column("modified").to_pylist()
+        if "content_id" in table.column_names:
+            contents = table.column("content_id").to_pylist()
+        else:  # (written by an older version)
+            contents = [""] * len(keys)
     except (ObjectNotFound, pa.ArrowException, OSError, KeyError) as exc:
         raise ClinicalPhaseMissing(f"the run's pending images cannot be read: {exc}") from None
     images = []
-    for key, size, modified in zip(keys, sizes, times, strict=True):
+    for key, size, modified, content in zip(keys, sizes, times, contents, strict=True):
         raw = parse_raw_key(key, top_folder(key))
-        images.append((replace(raw, modified=modified), int(size)))
+        images.append((replace(raw, modified=modified, content_id=content or ""), int(size)))
     return sorted(images, key=lambda item: item[0].key)
 
 

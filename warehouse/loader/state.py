@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from warehouse import __version__
+from warehouse.catalogue.index import key_hash
 from warehouse.catalogue.run import LoaderCatalogue
 from warehouse.core.clinical import (
     InvalidClinicalFile,
@@ -153,6 +154,7 @@ class LoaderState(RunState):
     #: Raw images found filed already under another raw file (raw key -> stamp).
     settled: dict[str, tuple[int, str]] = field(default_factory=dict)
     _claimed: dict[str, str] = field(default_factory=dict)
+    _pseudonyms: dict[int, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -323,6 +325,22 @@ class LoaderState(RunState):
         return (
             {"stamp": input_stamp(item), "facts": facts} if facts else {"stamp": input_stamp(item)}
         )
+
+    def pseudonym_of(self, hashed: int) -> str | None:
+        """Return the patient whose pseudonym's `key_hash` is ``hashed`` (the index keeps
+        patients as hashes), among those with a group; None when none is.
+
+        Asked only of a leakage conflict (rare), so the hashes are made on the first call
+        and again when one is not found (a patient may have been given a group since).
+        """
+        with self._lock:
+            found = self._pseudonyms.get(hashed)
+        if found is None and self.groups is not None:
+            names = {key_hash(p): p for p in self.groups.pseudonyms()}
+            with self._lock:
+                self._pseudonyms = names
+            found = names.get(hashed)
+        return found
 
     def claim(self, target: str, key: str) -> str:
         """Claim a target key for the raw file ``key``; the raw file that has it (``key``

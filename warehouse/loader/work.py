@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from warehouse.core.clinical import (
     check_clinical_size,
@@ -27,6 +27,7 @@ from warehouse.dicom.identity import ImageIdentity, image_identity
 from warehouse.dicom.jsonrep import header_json
 from warehouse.dicom.problems import HeaderProblem
 from warehouse.dicom.reader import HeaderRead, read_header, with_pydicom_messages
+from warehouse.listing.raw import sha256_content_id
 from warehouse.loader.state import FiledCentres, LoaderState
 from warehouse.loader.tasks import Task
 from warehouse.storage.base import Storage
@@ -71,6 +72,10 @@ def read_image(
     """Worker: read one image's header (ranged reads) and take its identity (and, when
     ``centre_of`` is given, the centre its patient is bound to).
 
+    Where the listing gave no content id (a local store), the file's SHA-256 is computed here
+    and set as its raw key's ``content_id``: the leakage checks need it before the image is
+    filed (`decisions.owner_conflict`), and a local read costs no request.
+
     Raises
     ------
     HeaderProblem, UnsafeIdentifier, StorageError
@@ -85,6 +90,13 @@ def read_image(
     except (HeaderProblem, UnsafeIdentifier) as exc:
         raise with_pydicom_messages(exc, header.messages) from None
     centre = centre_of(identity.patient_id) if centre_of is not None else None
+    raw = task.payload
+    if not raw.content_id:
+        # a local store: the bytes hashed here, where they are read anyway (the S3 listing
+        # gave the ETag instead)
+        content = sha256_content_id(storage.content_digest(task.key))
+        if content:
+            task = task._replace(payload=replace(raw, content_id=content))
     return task, header, identity, centre
 
 

@@ -38,6 +38,9 @@ class ObjectInfo:
     ``too_deep`` is true for a folder of a local store at `keys.MAX_KEY_DEPTH` levels: what it
     holds is deeper than any key may be, so it is not listed; the folder is, so that it can be
     reported. Its key ends with ``/``, its size is 0 and its time is the folder's own.
+
+    ``etag`` is the object's ETag as an S3 listing gives it (quotes included), None where the
+    store gives none (a local store).
     """
 
     key: str
@@ -45,6 +48,7 @@ class ObjectInfo:
     last_modified: dt.datetime
     link: bool = False
     too_deep: bool = False
+    etag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,19 @@ class Storage:
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         """Create or replace an object atomically: readers see the old or the new, never part."""
         raise NotImplementedError
+
+    def content_digest(self, key: str) -> str | None:
+        """Return the SHA-256 (hex) of an object's bytes where reading them costs no request.
+
+        A local store reads the file; elsewhere None (on S3 the listing's ETag identifies the
+        bytes instead, without a request).
+
+        Raises
+        ------
+        ObjectNotFound, StorageError
+            When it cannot be read.
+        """
+        return None
 
     def write_file(self, key: str, path: str, content_type: str = "application/json") -> None:
         """Create or replace an object with the content of the local file ``path``,

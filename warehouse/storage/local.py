@@ -16,7 +16,7 @@ import stat
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from warehouse.core.errors import (
     ObjectNotFound,
@@ -27,6 +27,8 @@ from warehouse.core.errors import (
 )
 from warehouse.core.keys import MAX_KEY_DEPTH, raw_prefix_of
 from warehouse.storage.base import ObjectInfo, Storage
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +313,7 @@ class LocalStorage(Storage):
 
     # -- reading
 
-    def _read_object(self, key: str, consume: Callable[[BinaryIO], bytes]) -> bytes:
+    def _read_object(self, key: str, consume: Callable[[BinaryIO], _T]) -> _T:
         parts = self._parts(key)
         try:
             with self._folder(parts[:-1]) as folder:
@@ -334,6 +336,15 @@ class LocalStorage(Storage):
             return handle.read(max(0, end - start))
 
         return self._read_object(key, ranged)
+
+    def content_digest(self, key: str) -> str:
+        def digest(handle: BinaryIO) -> str:
+            sha = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                sha.update(chunk)
+            return sha.hexdigest()
+
+        return self._read_object(key, digest)
 
     # -- writing
 

@@ -198,7 +198,9 @@ class S3Storage(Storage):
 
     @staticmethod
     def _info(item: dict) -> ObjectInfo:
-        return ObjectInfo(item["Key"], int(item["Size"]), item["LastModified"])
+        return ObjectInfo(
+            item["Key"], int(item["Size"]), item["LastModified"], etag=item.get("ETag")
+        )
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         for page in self._paginate(Prefix=prefix):

@@ -49,6 +49,9 @@ class DelegatingStorage(Storage):
     def read_pinned(self, key, start, end, *, version_id=None, etag=None) -> bytes:
         return self.inner.read_pinned(key, start, end, version_id=version_id, etag=etag)
 
+    def content_digest(self, key: str) -> str | None:
+        return self.inner.content_digest(key)
+
     def write(self, key: str, data: bytes, content_type: str = "application/json") -> None:
         self.inner.write(key, data, content_type)
 

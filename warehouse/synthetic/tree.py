@@ -52,6 +52,10 @@ IMAGE_FAULTS = (
     "unsafe_study_uid",
     "unsafe_series_uid",
     "no_clinical_record",
+    # the leakage checks: a site re-sends a study under a second pseudonym, and uploads one
+    # image (its SOPInstanceUID, in a study and series of its own) for a second patient
+    "study_of_another_patient",
+    "instance_of_another_patient",
 )
 
 #: Faulty clinical file kinds (``*_data.json`` / ``*_status.json``), as summary keys.
@@ -232,6 +236,9 @@ class _TreeBuilder:
         self.summary = _empty_summary(out, seed, faults)
         self.site_dates = {s.uploader: s.upload_dates() for s in SITES}
         self.study_counter = 0
+        #: Each imaged patient's first study: its upload day, modality, date, study UID and
+        #: its first series' UID, number and instances' (number, SOPInstanceUID).
+        self.first_study: dict[str, tuple] = {}
 
     # -- clinical ------------------------------------------------------------------------
     def clinical_file(self, site: Site, day: str, pseudonym: str, kind: str, data: bytes) -> None:
@@ -275,6 +282,11 @@ class _TreeBuilder:
             )
             for series_number, size in enumerate(series_sizes, start=1):
                 series_uid = uid(seed, "series", study_uid, series_number)
+                instances = [(n, uid(seed, "image", series_uid, n)) for n in range(1, size + 1)]
+                self.first_study.setdefault(
+                    patient.pseudonym,
+                    (day, modality, study_date, study_uid, series_uid, series_number, instances),
+                )
                 for instance in range(1, size + 1):
                     sop_uid = uid(seed, "image", series_uid, instance)
                     padding = rng.randint(20, 200) * 1024 if rng.random() < 0.03 else 0
@@ -515,6 +527,7 @@ def _write_faults(tree: _TreeBuilder, cohort: list[_Patient], spare: list[str]) 
     faulty_dicom(12, "unsafe_study_uid", StudyInstanceUID="1.2." + "9" * 66)
     faulty_dicom(13, "unsafe_series_uid", SeriesInstanceUID="1.2.826.0.1\x01.5")
     faulty_dicom(14, "no_clinical_record", PatientID=spare.pop(0))
+    _write_leaks(tree, owners)
 
     # Clinical faults, each for a pseudonym of its own (those patients have no images).
     for index, kind in enumerate(CLINICAL_FAULTS[:4]):
@@ -565,6 +578,61 @@ def _write_faults(tree: _TreeBuilder, cohort: list[_Patient], spare: list[str]) 
         )
         tree.writer.write(relative, _other_file(name))
         summary["other_files"] += 1
+
+
+def _write_leaks(tree: _TreeBuilder, owners: list[_Patient]) -> None:
+    """A site re-sends a patient's filed study under a second pseudonym (another patient of
+    the site: "study filed under another patient"), and uploads one of its images again for a
+    third patient, in a study and series of its own (same SOPInstanceUID: "instance filed under
+    another patient"), both in an upload after the first. Nothing when no patient fits."""
+    for first in owners:
+        study = tree.first_study.get(first.pseudonym)
+        if study is None:
+            continue
+        day, modality, study_date, study_uid, series_uid, series_number, instances = study
+        later = [d for d in tree.site_dates[first.site.uploader] if d > day]
+        others = [p for p in owners if p is not first and p.site is first.site]
+        if later and len(others) >= 2:
+            break
+    else:
+        return
+    second, third = others[:2]
+    faults, seed = tree.summary["faults"], tree.seed
+
+    def upload(kind: str, number: int, patient: _Patient, upper: bool = False, **uids: Any) -> None:
+        blob = build_dicom(
+            patient_id=patient.pseudonym,
+            modality=modality,
+            rows=tree.side,
+            columns=tree.side,
+            study_date=study_date,
+            series_number=series_number,
+            instance_number=number,
+            **uids,
+        )
+        # (under the name it had, a sharded run files it in the shard of the first upload)
+        tree.image(first.site, later[-1], uids["sop_uid"], blob, upper)
+        faults[kind] += 1
+
+    for number, sop_uid in instances[:3]:
+        upload(
+            "study_of_another_patient",
+            number,
+            second,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+        )
+    number, sop_uid = instances[0]
+    upload(
+        "instance_of_another_patient",
+        number,
+        third,
+        upper=True,  # (the study's copy of this image has the name in lower case)
+        study_uid=uid(seed, "fault-study", "instance", number),
+        series_uid=uid(seed, "fault-series", "instance", number),
+        sop_uid=sop_uid,
+    )
 
 
 def _garbage(rng: random.Random) -> bytes:
