@@ -636,6 +636,10 @@ COLUMN_MEANINGS: dict[str, str] = {
     "PhotometricInterpretation": "as the header has it",
     "BitsStored": "bits per pixel sample",
     "TransferSyntaxUID": "from the file meta (the metadata JSON leaves it out)",
+    "content_id": (
+        "the identity of the raw file's bytes (S3: `etag:<ETag>:<size>` from the listing; local: "
+        "`sha256:<hex>`); null when unknown (rows catalogued before it was recorded)"
+    ),
     "filed": (
         "the date the row's catalogue part was written: when the image was filed (or, for an "
         "image a reconcile found in no part, when it was catalogued)"

@@ -70,11 +70,13 @@ SCHEMA = pa.schema(
         ("PhotometricInterpretation", pa.string()),
         ("BitsStored", pa.int32()),
         ("TransferSyntaxUID", pa.string()),
+        ("content_id", pa.string()),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
-#: The columns taken from the header (after the eight that say where the image is).
-HEADER_COLUMNS = COLUMNS[8:]
+#: The columns taken from the header (after the eight that say where the image is; the
+#: columns after them are not the header's).
+HEADER_COLUMNS = COLUMNS[8 : COLUMNS.index("TransferSyntaxUID") + 1]
 #: Where a row holds its metadata file's size (known once that file is written).
 METADATA_SIZE = COLUMNS.index("metadata_size")
 
@@ -258,6 +260,7 @@ def image_row(
     raw_key: str | None,
     upload: str | None,
     metadata_size: int | None = None,
+    content_id: str | None = None,
 ) -> tuple:
     """One catalogue row, in `COLUMNS` order, for the image filed at ``image``.
 
@@ -275,6 +278,8 @@ def image_row(
         The upload folder's date, ``YYYY-MM-DD`` (None when not known).
     metadata_size : int, optional
         The size of its metadata file, when it is written (`with_metadata_size` sets it later).
+    content_id : str, optional
+        The identity of the raw file's bytes (None: unknown).
     """
     return (
         image.key,
@@ -286,6 +291,7 @@ def image_row(
         int(size),
         metadata_size,
         *header_values(dataset),
+        content_id,
     )
 
 
