@@ -204,6 +204,7 @@ def oracle_row(
         "PhotometricInterpretation": text("PhotometricInterpretation"),
         "BitsStored": oracle_int(_value(dataset, "BitsStored")),
         "TransferSyntaxUID": oracle_text(_value(meta, "TransferSyntaxUID")),
+        "content_id": None,  # (no loader of this branch records it yet)
     }
     assert sorted(row) == sorted(COLUMNS)  # the README's columns, no more, no fewer
     return row

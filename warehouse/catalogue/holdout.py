@@ -45,9 +45,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from warehouse.catalogue.index import contains
-from warehouse.catalogue.merge import catalogue_batches
+from warehouse.catalogue.merge import CatalogueScan, catalogue_batches
 from warehouse.core.keys import GROUPS
 from warehouse.core.text import bounded
+from warehouse.storage.base import Storage
 
 #: The certificate's file in each batch folder.
 HOLDOUT_FILE = "holdout.json"
@@ -273,8 +274,10 @@ def _first_pass(
             if sum(len(p) for p in patients) > PART_PAIRS:
                 patients = [np.unique(np.concatenate(patients))]
         if clinical:
-            bits = np.array([group == GROUPS[1] for _, group, _ in clinical], dtype=np.uint64)
-            patients.append((_clinical_hashes(clinical) << np.uint64(1)) | bits)
+            validation = [group == GROUPS[1] for _, group, _ in clinical]
+            patients.append(
+                (_clinical_hashes(clinical) << np.uint64(1)) | np.array(validation, np.uint64)
+            )
         suspected = {}
         for kind, spill in spills.items():
             found = [suspects(value, held) for value, held in spill.parts()]
@@ -385,12 +388,13 @@ def _confirm(
         columns = ["PatientID", "group", *(KINDS[k] for k in job if k != PATIENT)]
         for batch in _batches(open_catalogue, columns):
             _, known = _patients(batch)
-            patients = groups = None
+            patients: list = []
+            groups: list = []
             for kind, wanted in job.items():
                 rows = _matches(batch, kind, wanted, known)
                 if not len(rows):
                     continue
-                if patients is None:
+                if not patients:
                     patients = batch["PatientID"].to_pylist()
                     groups = batch["group"].to_pylist()
                 values = patients if kind == PATIENT else batch[KINDS[kind]].to_pylist()
@@ -496,6 +500,21 @@ class CatalogueSource:
     through: str | None = None
 
 
+def catalogue_source(scan: CatalogueScan, processed: Storage) -> CatalogueSource:
+    """Return the catalogue a merge left.
+
+    Its local file, or the last batch's catalogue (in ``processed``) when it stands as it is
+    (``scan.reused``).
+    """
+    previous = scan.previous
+    if scan.reused is not None and previous is not None:
+        return CatalogueSource(lambda: previous.open(processed), previous.through)
+    path = scan.path
+    return CatalogueSource(
+        lambda: pq.ParquetFile(path) if os.path.exists(path) else None, scan.through
+    )
+
+
 def clinical_entries(clinical_files: dict) -> list[tuple[str, str, str]]:
     """Return ``(pseudonym, group, key)`` of each filed clinical file.
 
@@ -576,7 +595,7 @@ def certify(
             "violations": found[check].count,
             "listed": entries,
         }
-    total = sum(check["violations"] for check in checks.values())
+    total = sum(found[check].count for check in CHECKS)
     certificate = {
         "certificate": "hold-out",
         "format": HOLDOUT_FORMAT,
@@ -666,6 +685,7 @@ __all__ = [
     "HOLDOUT_FILE",
     "HOLDOUT_FORMAT",
     "CatalogueSource",
+    "catalogue_source",
     "certificate_bytes",
     "certificate_digest",
     "certify",

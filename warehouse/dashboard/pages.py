@@ -49,6 +49,8 @@ STATUS_COLOURS = alt.Scale(domain=["positive", "negative"], range=["#b5283c", "#
 WIDTH = 640
 #: Axes of counts: whole-number ticks only.
 COUNT_AXIS = alt.Axis(tickMinStep=1, format=",d")
+#: Violations of each hold-out check shown on the internal page (``holdout.json`` lists more).
+HOLDOUT_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class PageInputs:
         Why there is no loader report.
     images : pandas.DataFrame or None
         The image catalogue (one row per filed image), when the batch has one.
+    holdout : dict or None
+        The batch's hold-out certificate (`catalogue.holdout.certify`): shown at the top of
+        the internal page only.
     """
 
     warehouse: str = ""
@@ -77,6 +82,7 @@ class PageInputs:
     loader_report: dict | None = None
     loader_note: str = ""
     images: pd.DataFrame | None = None
+    holdout: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -542,6 +548,8 @@ def dashboard_page(
         specs=_specs(charts),
         run=figures.loader_run(inputs.loader_report),
         loader_note=inputs.loader_note,
+        holdout=inputs.holdout,
+        shown=HOLDOUT_SHOWN,
     )
 
 
