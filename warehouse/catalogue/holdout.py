@@ -64,7 +64,7 @@ CONFIRM_AT_ONCE = 250_000
 #: Rows read at a time.
 BATCH_ROWS = 16_384
 #: Value pairs a spilled part holds at most, about (16 bytes each): what one sort takes.
-PART_PAIRS = 1 << 20
+PART_PAIRS = 1 << 18
 #: A value shown in the certificate keeps at most this many characters (a header's UID is
 #: an upload's text).
 MAX_VALUE_CHARS = 256
