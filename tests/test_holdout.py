@@ -638,3 +638,19 @@ def test_a_last_catalogue_written_before_content_id_is_merged_with_it_unknown(lo
     assert certificate["holds"] is True  # (P1's c1 is no longer known: not compared)
     merged = pq.read_table(io.BytesIO(processed.read(f"{latest_batch(processed)}/images.parquet")))
     assert merged.column("content_id").to_pylist() == [None, None, None, "sha256:c1"]
+
+
+def test_the_benchmark_prints_its_figures_and_finds_what_it_planted(capsys):
+    from benchmarks import holdout as benchmark
+
+    assert benchmark.main(["--rows", "3000"]) == 0
+    printed = capsys.readouterr().out
+    figures = json.loads(printed[printed.index("{") :])
+    assert figures["rows"] >= 3003 and figures["cpu_seconds"] >= 0
+    assert figures["peak_rss_mb"] >= figures["before"]["peak_rss_mb"] > 0
+    # a study, an instance and a content of the first patient, planted in the other group
+    assert figures["violations"] == {
+        f"{kind}_{what}": 1
+        for kind in ("study", "instance", "content")
+        for what in ("in_both_groups", "under_two_patients")
+    }
