@@ -26,6 +26,7 @@ from warehouse import dataprocess
 from warehouse.catalogue import holdout
 from warehouse.catalogue.rows import SCHEMA, part_bytes
 from warehouse.core.config import Settings
+from warehouse.dashboard import batch as batch_module
 from warehouse.storage.base import Storage
 from warehouse.storage.local import LocalStorage
 from warehouse.synthetic import build_dicom
@@ -591,7 +592,9 @@ def test_the_internal_page_shows_the_certificate_at_its_top_green_or_red(tmp_pat
 # the certificate goes with the batch it describes
 
 
-def test_a_kept_batch_still_has_its_certificate_and_a_new_one_gets_its_own(local_store):
+def test_a_kept_batch_still_has_its_certificate_and_a_new_one_gets_its_own(
+    local_store, monkeypatch
+):
     rows = clean_rows() + [row("P2", "validation", "S1", "R9", "I9", "sha256:c9")]
     hand_made(local_store, rows)
     assert run_dataprocess(local_store)[0] == 0
@@ -608,15 +611,19 @@ def test_a_kept_batch_still_has_its_certificate_and_a_new_one_gets_its_own(local
     # a clinical file changes (the catalogue stands as it was): a new batch, a new certificate
     # over the same catalogue, read from the last batch's images.parquet
     local_store.write("training/data/P1/data_2021-03-01.json", clinical("P1", CENTRE_A, Age=40))
+    # (a batch is named by the second it is built in: this one is not the same second's)
+    monkeypatch.setattr(batch_module, "batch_name", lambda now: "2099-01-01T00-00-00Z")
     code, state = run_dataprocess(local_store)
     assert code == 0 and not state.kept
     later, second = certificate_of(local_store)
-    assert later == state.batch != batch and second["batch"] == later
+    assert later == state.batch == "2099-01-01T00-00-00Z" == second["batch"] != batch
     assert counts(second) == counts(first) and second["catalogue"] == first["catalogue"]
     assert second["digest"] == own_digest(second) != first["digest"]
 
 
-def test_a_last_catalogue_written_before_content_id_is_merged_with_it_unknown(local_store):
+def test_a_last_catalogue_written_before_content_id_is_merged_with_it_unknown(
+    local_store, monkeypatch
+):
     hand_made(local_store, clean_rows())
     assert run_dataprocess(local_store)[0] == 0
     processed = local_store.processed()
@@ -631,7 +638,9 @@ def test_a_last_catalogue_written_before_content_id_is_merged_with_it_unknown(lo
     newer = [row("P3", "training", "S3", "R3", "I4", "sha256:c1")]  # P1's content again
     local_store.write("catalogue/images/2021-03-03T00-00-00.000000Z.parquet", part(newer))
     local_store.write(newer[0]["metadata_key"], metadata_json(newer[0]))
+    monkeypatch.setattr(batch_module, "batch_name", lambda now: "2099-01-01T00-00-00Z")
     assert run_dataprocess(local_store)[0] == 0
+    assert latest_batch(processed) == "2099-01-01T00-00-00Z" != batch
     _, certificate = certificate_of(local_store)
     assert certificate["catalogue"]["rows"] == 4
     assert certificate["catalogue"]["unknown"]["content"] == 3  # (the older rows)
