@@ -55,6 +55,9 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed 's/^/  /'
 	@echo "Image catalogue: one row per filed image, $$(find $(DEMO_DIR)/catalogue/images -name '*.parquet' | wc -l) part(s) in $(DEMO_DIR)/catalogue/images/ ($$(cat $(DEMO_DIR)/catalogue/images/*.parquet | wc -c) bytes);"
 	@echo "  the whole catalogue in the batch: $$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p') ($$($(BIN)/python -c 'import sys, pyarrow.parquet as pq; print(pq.read_metadata(sys.argv[1]).num_rows)' $(DEMO_DIR)-processed/$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p' | sed 's/\.csv$$/.parquet/')) rows)"
+	@batch=$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's|^dashboard,\(.*\)/dashboard.html$$|\1|p'); \
+		echo "Hold-out certificate of the batch, $(DEMO_DIR)-processed/$$batch/holdout.json (top of dashboard.html):"; \
+		$(BIN)/python -c 'import json, sys; c = json.load(open(sys.argv[1])); print("  holds:", c["holds"], "| violations:", c["violations"], "| images checked:", c["catalogue"]["rows"], "|", c["digest"])' $(DEMO_DIR)-processed/$$batch/holdout.json
 	@echo "A selection (every command runs from $(BIN)/): $(DEMO_SELECT)"
 	@$(DEMO_SELECT) | sed 's/^/  /'
 	@echo "The same selection written once as a release (--release NAME --download DIR fetches exactly it later): $(DEMO_RELEASE)"

@@ -269,6 +269,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
         "rows/studies.parquet",
         "rows/catalogue-counts.json.gz",
         "rows/inputs.json",
+        "holdout.json",  # the hold-out certificate (tests/test_holdout.py)
     )
     stats = (
         "stats_patients.csv",
@@ -482,9 +483,9 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert store.log["writes"][-3].endswith("reports/dataprocess/latest.json")
     assert store.log["writes"][-2] == store.log["writes"][-4].removesuffix(".json") + ".html"
     assert store.log["writes"][-1].endswith("reports/dataprocess/latest.html")
-    # tables, the catalogue, stats, pages, reusable rows and inputs' digest, latest; the
-    # catalogue's index (and its pointer), before the batch
-    assert len(writes) == 12 + 1 + 5 + 2 + 4 + 1 + 4 + 2
+    # tables, the catalogue, stats, pages, reusable rows and inputs' digest, the hold-out
+    # certificate, latest; the catalogue's index (and its pointer), before the batch
+    assert len(writes) == 12 + 1 + 5 + 2 + 4 + 1 + 1 + 4 + 2
     assert writes.index("latest.json") < writes.index("images.parquet")
 
     printed = capsys.readouterr()

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -309,13 +309,26 @@ def previous_catalogue(processed: Storage, key: str | None) -> PreviousCatalogue
     return PreviousCatalogue(key, size, through, metadata.get(b"clinical"))
 
 
+def catalogue_batches(
+    file: pq.ParquetFile, columns: Iterable[str] | None = None, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.Table]:
+    """Yield a merged catalogue's rows, ``batch_rows`` at a time, as tables of `MERGED_SCHEMA`.
+
+    Only ``columns`` of it, when given. A column the file lacks (a catalogue written by an
+    older version) is all null.
+    """
+    fields = [MERGED_SCHEMA.field(name) for name in (columns or MERGED_SCHEMA.names)]
+    held = set(file.schema_arrow.names)
+    present = [f.name for f in fields if f.name in held]
+    if not file.metadata.num_rows:
+        return
+    for batch in file.iter_batches(batch_size=batch_rows, columns=present):
+        yield conformed(pa.Table.from_batches([batch]), pa.schema(fields))
+
+
 def _batches_of(file: pq.ParquetFile, skip: np.ndarray) -> Iterator[pa.Table]:
     """Yield the rows of a merged catalogue but those of the keys hashed in ``skip`` (sorted)."""
-    present = set(file.schema_arrow.names)
-    columns = [name for name in MERGED_SCHEMA.names if name in present]
-    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-        # (a catalogue written before a column existed: that column null)
-        table = conformed(pa.Table.from_batches([batch]), MERGED_SCHEMA)
+    for table in catalogue_batches(file):
         if len(skip):
             replaced = contains(skip, key_hashes(table.column("warehouse_key").to_pylist()))
             table = table.filter(pa.array(~replaced))
@@ -665,8 +678,7 @@ def write_joined(
     metadata = {**(source.schema_arrow.metadata or {}), b"clinical": fingerprint.encode()}
     writer = None
     try:
-        for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=MERGED_SCHEMA.names):
-            table = pa.Table.from_batches([batch]).cast(MERGED_SCHEMA)
+        for table in catalogue_batches(source):
             for name, column in summary_of(table).items():
                 table = table.append_column(name, column)
             if writer is None:

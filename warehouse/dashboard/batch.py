@@ -11,6 +11,8 @@ module puts them together and writes the result::
     <processed store>/<batch>/images.parquet         (the image catalogue; Parquet only)
     <processed store>/<batch>/rows/patients.parquet, studies.parquet  (what the next run reuses)
     <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
+    <processed store>/<batch>/holdout.json     (the hold-out certificate: internal, not named
+                                                by latest.csv)
     <processed store>/<batch>/dashboard.html, public.html             (the pages)
     <processed store>/latest.csv                                      (archive,path; last)
 
@@ -35,6 +37,13 @@ import pandas as pd
 import pyarrow as pa
 
 from warehouse.catalogue.batches import LATEST_KEY
+from warehouse.catalogue.holdout import (
+    HOLDOUT_FILE,
+    catalogue_source,
+    certificate_bytes,
+    certify,
+    clinical_entries,
+)
 from warehouse.catalogue.merge import (
     COUNTS_NAME,
     counts_document,
@@ -63,7 +72,7 @@ from warehouse.dashboard.tables import (
     storage_table,
     study_table,
 )
-from warehouse.dashboard.view import SharedView, reusable_row_files
+from warehouse.dashboard.view import DataprocessView, SharedView, reusable_row_files
 from warehouse.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -92,6 +101,7 @@ PAGES = {"dashboard": "dashboard.html", "public": "public.html"}
 _CONTENT_TYPES = {
     ".csv": "text/csv",
     ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
     ".parquet": "application/vnd.apache.parquet",
     ".txt": "text/plain",
 }
@@ -448,6 +458,36 @@ def _keep_last_batch(state: DataprocessState, batch: str | None) -> None:
     )
 
 
+def holdout_certificate(
+    storage: Storage, processed: Storage, view: DataprocessView, now: dt.datetime
+) -> dict:
+    """Check the hold-out over the run's whole catalogue and clinical folders
+    (`catalogue.holdout.certify`) for the batch built at ``now``; log what it says."""
+    certificate = certify(
+        catalogue_source(view.catalogue, processed),
+        clinical_entries(view.clinical.clinical_files),
+        batch=batch_name(now),
+        now=now,
+        workdir=view.workdir,
+        warehouse=storage.url,
+    )
+    if certificate["holds"]:
+        run_logger.info(
+            "hold-out certificate: holds (%d images, %d clinical files)",
+            certificate["catalogue"]["rows"],
+            certificate["clinical_files"],
+        )
+    else:
+        broken = {n: c["violations"] for n, c in certificate["checks"].items() if c["violations"]}
+        run_logger.warning(
+            "hold-out certificate: %d violations (%s); see %s in the batch",
+            certificate["violations"],
+            ", ".join(f"{name} {count}" for name, count in broken.items()),
+            HOLDOUT_FILE,
+        )
+    return certificate
+
+
 def publish_batch(
     storage: Storage,
     state: DataprocessState,
@@ -490,13 +530,16 @@ def publish_batch(
         if view.unchanged:
             _keep_last_batch(state, view.reusable.batch)
             return
+        certificate = holdout_certificate(storage, store, view, now)
         inputs = dataclasses.replace(
             page_inputs(storage.url, view.pages),
             images=image_summary(view.catalogue.summary),
             screened=view.catalogue.screened,
+            holdout=certificate,
         )
         # (before the tables: what they make in passing is let go before the tables are built)
         data = reusable_row_files(*collected.reusable())
+        data[HOLDOUT_FILE] = certificate_bytes(certificate)
         data[COUNTS_NAME] = counts_document(view.catalogue)
         data[INPUT_DIGEST] = digest_file(view.digest)
         batch = build_batch(

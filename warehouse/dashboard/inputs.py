@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from warehouse import __version__
+from warehouse.catalogue.holdout import HOLDOUT_FORMAT
 from warehouse.core.config import CONFIG_KEY, ConfigError, PipelineConfig, parse_config
 from warehouse.core.errors import ObjectNotFound
 from warehouse.core.report import latest_report_key
@@ -90,12 +91,12 @@ def inputs_digest(
 ) -> str:
     """Digest everything a batch is built from, but the time.
 
-    That is: the product's version, every clinical file as listed (patient, group, name,
-    date and stamp: a changed file changes it), the links and implausible times of the
-    clinical folders, the storage sizes, and the page sources, as JSON. The catalogue and the
-    study rows are not in it: a batch is the same as the last only when the catalogue also
-    stands as the last batch's (`catalogue.merge.CatalogueScan.reused`), which says no study
-    changed.
+    That is: the product's version and the hold-out certificate's format, every clinical file as
+    listed (patient, group, name, date and stamp: a changed file changes it), the links and
+    implausible times of the clinical folders, the storage sizes, and the page sources, as JSON.
+    The catalogue and the study rows are not in it: a batch is the same as the last only when
+    the catalogue also stands as the last batch's (`catalogue.merge.CatalogueScan.reused`),
+    which says no study changed.
 
     Parameters
     ----------
@@ -118,6 +119,7 @@ def inputs_digest(
         digest.update(b"\n")
 
     add(["version", __version__])
+    add(["holdout", HOLDOUT_FORMAT])  # (a batch without this certificate is built again)
     add(
         [
             [pseudonym, entry.group, entry.name, str(entry.last_modified), entry.stamp]

@@ -49,6 +49,8 @@ STATUS_COLOURS = alt.Scale(domain=["positive", "negative"], range=["#b5283c", "#
 WIDTH = 640
 #: Axes of counts: whole-number ticks only.
 COUNT_AXIS = alt.Axis(tickMinStep=1, format=",d")
+#: Violations of each hold-out check shown on the internal page (``holdout.json`` lists more).
+HOLDOUT_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class PageInputs:
     screened : mapping or None
         ``(raw prefix, screen status) -> images`` of the catalogue
         (`catalogue.merge.CatalogueScan.screened`).
+    holdout : dict or None
+        The batch's hold-out certificate (`catalogue.holdout.certify`): shown at the top of
+        the internal page only.
     """
 
     warehouse: str = ""
@@ -81,6 +86,7 @@ class PageInputs:
     loader_note: str = ""
     images: pd.DataFrame | None = None
     screened: Mapping[tuple, int] | None = None
+    holdout: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -583,6 +589,8 @@ def dashboard_page(
         specs=_specs(charts),
         run=figures.loader_run(inputs.loader_report),
         loader_note=inputs.loader_note,
+        holdout=inputs.holdout,
+        shown=HOLDOUT_SHOWN,
     )
 
 

@@ -1,0 +1,695 @@
+"""The hold-out certificate: what a batch's catalogue proves of its training/validation split.
+
+Written into each batch as ``holdout.json``.
+
+The checks run over the whole merged catalogue (one row per filed image) and the patients'
+clinical folders as listed (``<group>/data/<pseudonym>/``):
+
+* ``pseudonym_in_both_groups``: a pseudonym with images (the catalogue's ``PatientID``) or
+  clinical files in both groups;
+* ``<kind>_in_both_groups``: a StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID or file
+  content (``content_id``) filed in both groups;
+* ``<kind>_under_two_patients``: one of them filed under two pseudonyms (whatever the groups).
+
+Each check gives its count of violations (distinct values: a study under three patients is
+one violation), exact, and lists at most `MAX_LISTED` of them, the smallest values first, each
+with at most `MAX_HOLDERS` holders (pseudonym, group, a warehouse key). A null value is
+unknown and not compared (``content_id`` of rows catalogued before it was recorded): the
+certificate counts those rows.
+
+Memory stays flat whatever the catalogue's size. The catalogue is streamed in record batches;
+every value becomes a 64-bit hash in NumPy arrays (never a Python string a row): pairs of
+(value hash, patient hash and group bit), spilled to local files split by the hash's top bits,
+each part sorted on its own. A hash can only suggest a violation: the candidates are read
+again by their real values (a second pass over the catalogue, at most `CONFIRM_AT_ONCE`
+candidates a pass) and only those the real values confirm are counted, so a collision never
+makes a false violation. Two pseudonyms whose hashes collide would look like one patient
+(a violation between them missed): about n^2 / 2^64 for n patients, under 10^-7 at a
+million patients. A third pass finds the listed violations' holders. A clean catalogue costs
+one pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import heapq
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from warehouse.catalogue.index import contains
+from warehouse.catalogue.merge import CatalogueScan, catalogue_batches
+from warehouse.core.keys import GROUPS
+from warehouse.core.text import bounded
+from warehouse.storage.base import Storage
+
+#: The certificate's file in each batch folder.
+HOLDOUT_FILE = "holdout.json"
+#: Its layout's version (a reader checks it before trusting the fields).
+HOLDOUT_FORMAT = 1
+#: Violations listed per check (the count is always exact).
+MAX_LISTED = 100
+#: Holders (pseudonym, group) listed per violation.
+MAX_HOLDERS = 10
+#: Candidates confirmed by their real values in one pass over the catalogue (their values take
+#: a few hundred bytes each while they are checked).
+CONFIRM_AT_ONCE = 250_000
+#: Rows read at a time.
+BATCH_ROWS = 16_384
+#: Value pairs a spilled part holds at most, about (16 bytes each): what one sort takes.
+PART_PAIRS = 1 << 18
+#: A value shown in the certificate keeps at most this many characters (a header's UID is
+#: an upload's text).
+MAX_VALUE_CHARS = 256
+
+#: The kinds of value compared, and their catalogue column.
+KINDS = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+    "content": "content_id",
+}
+#: Kinds whose values repeat from row to row (hashed once per distinct value of a batch).
+_REPEATED = ("study", "series")
+PATIENT = "pseudonym"
+#: The checks, in the certificate's order.
+CHECKS = (
+    f"{PATIENT}_in_both_groups",
+    *(f"{kind}_{what}" for kind in KINDS for what in ("in_both_groups", "under_two_patients")),
+)
+#: What each check says, in the certificate (so that it reads on its own).
+MEANINGS = {
+    f"{PATIENT}_in_both_groups": "pseudonyms with images or clinical files in both groups",
+    **{
+        f"{kind}_in_both_groups": f"{column} values filed in both groups"
+        for kind, column in KINDS.items()
+    },
+    **{
+        f"{kind}_under_two_patients": f"{column} values filed under two or more pseudonyms"
+        for kind, column in KINDS.items()
+    },
+}
+_COLUMNS = ("PatientID", "group", *KINDS.values())
+_VALIDATION = 1  # the group bit (training: 0)
+_MASK = {"training": 1, "validation": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# reading the catalogue
+
+
+def _batches(
+    open_catalogue: Callable[[], pq.ParquetFile | None], columns: Iterable[str]
+) -> Iterator[dict[str, pa.Array]]:
+    """Yield the catalogue's ``columns`` (missing ones null), a record batch at a time."""
+    file = open_catalogue()
+    if file is None:
+        return
+    for table in catalogue_batches(file, columns, BATCH_ROWS):
+        yield {name: table.column(name).combine_chunks() for name in table.column_names}
+
+
+def _hashes(column: pa.Array, repeated: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's 64-bit hash (Python's, stable within the run) and whether it is known."""
+    known = column.is_valid().to_numpy(zero_copy_only=False)
+    if repeated:
+        encoded = pc.dictionary_encode(column)
+        distinct = np.fromiter(map(hash, encoded.dictionary.to_pylist()), dtype=np.int64)
+        indices = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)
+        values = distinct[indices] if len(distinct) else np.zeros(len(column), np.int64)
+    else:
+        values = np.fromiter(map(hash, column.to_pylist()), dtype=np.int64, count=len(column))
+    return values.view(np.uint64), known
+
+
+#: A patient's hash keeps 63 bits: shifted left, its group takes the low bit.
+_PATIENT_BITS = np.uint64((1 << 63) - 1)
+
+
+def _kind_hashes(column: pa.Array, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Hash a column of ``kind`` (a pseudonym: 63 bits); also tell which values are known."""
+    hashes, known = _hashes(column, kind in (PATIENT, *_REPEATED))
+    return (hashes & _PATIENT_BITS if kind == PATIENT else hashes), known
+
+
+def _value_hash(value: str, kind: str) -> np.uint64:
+    """Hash one value of ``kind``, as `_kind_hashes` does."""
+    return _kind_hashes(pa.array([value], pa.string()), kind)[0][0]
+
+
+def _patients(batch: dict[str, pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's patient hash shifted left, its group in the low bit; which rows have both."""
+    patient, known = _kind_hashes(batch["PatientID"], PATIENT)
+    group = batch["group"]
+    validation = pc.equal(group, GROUPS[1]).fill_null(False).to_numpy(zero_copy_only=False)
+    training = pc.equal(group, GROUPS[0]).fill_null(False).to_numpy(zero_copy_only=False)
+    return (patient << np.uint64(1)) | validation.astype(np.uint64), known & (validation | training)
+
+
+# --------------------------------------------------------------------------------------------
+# the first pass: hashed pairs, spilled and sorted
+
+
+class _Spill:
+    """Pairs ``(value hash, patient-and-group)`` of one kind, spilled to local files.
+
+    They are split by the value hash's top bits, so that each file can be sorted on its own.
+    """
+
+    def __init__(self, folder: str, kind: str, bits: int):
+        self.bits = bits
+        self.paths = [os.path.join(folder, f"{kind}-{n:04d}.u64") for n in range(1 << bits)]
+        self._files = [open(path, "wb") for path in self.paths]  # noqa: SIM115 - closed below
+
+    def add(self, value: np.ndarray, holder: np.ndarray) -> None:
+        if not len(value):
+            return
+        pairs = np.empty((len(value), 2), dtype=np.uint64)
+        pairs[:, 0], pairs[:, 1] = value, holder
+        if self.bits == 0:
+            self._files[0].write(pairs.tobytes())
+            return
+        part = value >> np.uint64(64 - self.bits)
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange((1 << self.bits) + 1))
+        pairs = pairs[order]
+        for n, file in enumerate(self._files):
+            if bounds[n] < bounds[n + 1]:
+                file.write(pairs[bounds[n] : bounds[n + 1]].tobytes())
+
+    def close(self) -> None:
+        for file in self._files:
+            file.close()
+
+    def parts(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield each file's pairs (value hashes, holders), then remove it."""
+        self.close()
+        for path in self.paths:
+            pairs = np.fromfile(path, dtype=np.uint64).reshape(-1, 2)
+            os.remove(path)
+            yield pairs[:, 0], pairs[:, 1]
+
+
+def _new_rows(value: np.ndarray, holder: np.ndarray) -> np.ndarray:
+    """Tell the rows that differ from the row before: the others need not be spilled again.
+
+    The catalogue is sorted by warehouse key, so the images of a series follow each other.
+    """
+    keep = np.ones(len(value), dtype=bool)
+    keep[1:] = (value[1:] != value[:-1]) | (holder[1:] != holder[:-1])
+    return keep
+
+
+def suspects(value: np.ndarray, holder: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Find the value hashes whose holders differ: by patient, or by group.
+
+    Parameters
+    ----------
+    value : numpy.ndarray
+        Value hashes (uint64), any order, repeats allowed.
+    holder : numpy.ndarray
+        The holder of each: the patient's hash shifted left, the group bit in bit 0.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The suspect value hashes (sorted, distinct), and for each whether two patients hold
+        it and whether both groups do.
+    """
+    if not len(value):
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+    order = np.lexsort((holder, value))
+    value, holder = value[order], holder[order]
+    starts = np.flatnonzero(np.concatenate([[True], value[1:] != value[:-1]]))
+    patient, group = holder >> np.uint64(1), holder & np.uint64(1)
+    two = np.minimum.reduceat(patient, starts) != np.maximum.reduceat(patient, starts)
+    both = np.minimum.reduceat(group, starts) != np.maximum.reduceat(group, starts)
+    flagged = two | both
+    return value[starts][flagged], two[flagged], both[flagged]
+
+
+@dataclass
+class _Counts:
+    """What the first pass counted of the catalogue."""
+
+    rows: int = 0
+    without_patient: int = 0
+    unknown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+
+
+def _first_pass(
+    open_catalogue: Callable[[], pq.ParquetFile | None],
+    clinical: list[tuple[str, str, str]],
+    folder: str,
+) -> tuple[_Counts, dict[str, np.ndarray]]:
+    """Hash every row; return the counts and, per kind (and `PATIENT`), the suspect hashes."""
+    counts = _Counts()
+    file = open_catalogue()
+    rows = file.metadata.num_rows if file is not None else 0
+    del file
+    bits = max(0, int(np.ceil(np.log2(max(1, rows) / PART_PAIRS))))
+    spills = {kind: _Spill(folder, kind, bits) for kind in KINDS}
+    patients: list[np.ndarray] = []
+    try:
+        for batch in _batches(open_catalogue, _COLUMNS):
+            holder, known = _patients(batch)
+            counts.rows += len(holder)
+            counts.without_patient += int(len(holder) - known.sum())
+            patients.append(np.unique(holder[known]))
+            for kind, column in KINDS.items():
+                value, valid = _kind_hashes(batch[column], kind)
+                counts.unknown[kind] += int((known & ~valid).sum())
+                chosen = known & valid
+                value, held = value[chosen], holder[chosen]
+                keep = _new_rows(value, held)
+                spills[kind].add(value[keep], held[keep])
+            if sum(len(p) for p in patients) > PART_PAIRS:
+                patients = [np.unique(np.concatenate(patients))]
+        if clinical:
+            validation = [group == GROUPS[1] for _, group, _ in clinical]
+            patients.append(
+                (_clinical_hashes(clinical) << np.uint64(1)) | np.array(validation, np.uint64)
+            )
+        suspected = {}
+        for kind, spill in spills.items():
+            found = [suspects(value, held) for value, held in spill.parts()]
+            suspected[kind] = np.concatenate([f[0] for f in found]) if found else _none()
+        held = np.unique(np.concatenate(patients)) if patients else _none()
+        # (the patient's hash is the value, the group its only holder bit)
+        suspected[PATIENT] = suspects(held >> np.uint64(1), held & np.uint64(1))[0]
+    finally:
+        for spill in spills.values():
+            spill.close()
+            for path in spill.paths:
+                if os.path.exists(path):
+                    os.remove(path)
+    return counts, suspected
+
+
+def _clinical_hashes(clinical: list[tuple[str, str, str]]) -> np.ndarray:
+    """Hash each clinical file's pseudonym (as `_kind_hashes` hashes a PatientID)."""
+    return _kind_hashes(pa.array([entry[0] for entry in clinical], pa.string()), PATIENT)[0]
+
+
+def _none() -> np.ndarray:
+    return np.zeros(0, dtype=np.uint64)
+
+
+# --------------------------------------------------------------------------------------------
+# the second pass: the suspects' real values
+
+
+@dataclass
+class _Value:
+    """One real value seen among the suspects.
+
+    Its first patient, whether another patient holds it, and the groups that do (bit 1
+    training, bit 2 validation).
+    """
+
+    patient: str
+    others: bool = False
+    groups: int = 0
+
+
+def _slices(suspected: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """Split the suspects into passes of at most `CONFIRM_AT_ONCE`."""
+    job: dict[str, np.ndarray] = {}
+    room = CONFIRM_AT_ONCE
+    for kind, hashes in suspected.items():
+        start = 0
+        while start < len(hashes):
+            taken = hashes[start : start + room]
+            job[kind] = taken
+            start += len(taken)
+            room -= len(taken)
+            if room == 0:
+                yield job
+                job, room = {}, CONFIRM_AT_ONCE
+    if job:
+        yield job
+
+
+def _matches(
+    batch: dict[str, pa.Array], kind: str, wanted: np.ndarray, holder_known: np.ndarray
+) -> np.ndarray:
+    """Find the rows of ``batch`` whose value of ``kind`` hashes to one of ``wanted``."""
+    column = batch["PatientID"] if kind == PATIENT else batch[KINDS[kind]]
+    value, valid = _kind_hashes(column, kind)
+    return np.flatnonzero(contains(wanted, value) & valid & holder_known)
+
+
+class _Violations:
+    """A check's confirmed violations: the exact count, and the `MAX_LISTED` smallest values."""
+
+    def __init__(self):
+        self.count = 0
+        self._heap: list[_Largest] = []  # (the largest value kept is on top)
+
+    def add(self, value: str) -> None:
+        self.count += 1
+        item = _Largest(value)
+        if len(self._heap) < MAX_LISTED:
+            heapq.heappush(self._heap, item)
+        elif value < self._heap[0].value:
+            heapq.heapreplace(self._heap, item)
+
+    def listed(self) -> list[str]:
+        return sorted(item.value for item in self._heap)
+
+
+@dataclass(frozen=True)
+class _Largest:
+    """A value ordered backwards, so that `heapq` keeps the largest on top."""
+
+    value: str
+
+    def __lt__(self, other: _Largest) -> bool:
+        return self.value > other.value
+
+
+def _confirm(
+    open_catalogue: Callable[[], pq.ParquetFile | None],
+    suspected: dict[str, np.ndarray],
+    clinical: list[tuple[str, str, str]],
+) -> dict[str, _Violations]:
+    """Read the suspects' real values and keep the violations they confirm."""
+    found = {check: _Violations() for check in CHECKS}
+    for job in _slices(suspected):
+        seen: dict[str, dict[str, _Value]] = {kind: {} for kind in job}
+        columns = ["PatientID", "group", *(KINDS[k] for k in job if k != PATIENT)]
+        for batch in _batches(open_catalogue, columns):
+            _, known = _patients(batch)
+            patients: list = []
+            groups: list = []
+            for kind, wanted in job.items():
+                rows = _matches(batch, kind, wanted, known)
+                if not len(rows):
+                    continue
+                if not patients:
+                    patients = batch["PatientID"].to_pylist()
+                    groups = batch["group"].to_pylist()
+                values = patients if kind == PATIENT else batch[KINDS[kind]].to_pylist()
+                for row in rows.tolist():
+                    _see(seen[kind], values[row], patients[row], groups[row])
+        if PATIENT in job and clinical:
+            for row in np.flatnonzero(contains(job[PATIENT], _clinical_hashes(clinical))):
+                pseudonym, group, _ = clinical[row]
+                _see(seen[PATIENT], pseudonym, pseudonym, group)
+        for kind, values in seen.items():
+            for value, state in values.items():
+                if state.groups == 3:
+                    found[f"{kind}_in_both_groups"].add(value)
+                if kind != PATIENT and state.others:
+                    found[f"{kind}_under_two_patients"].add(value)
+    return found
+
+
+def _see(values: dict[str, _Value], value: str, patient: str, group: str) -> None:
+    state = values.get(value)
+    if state is None:
+        state = values[value] = _Value(patient)
+    elif patient != state.patient:
+        state.others = True
+    state.groups |= _MASK[group]
+
+
+# --------------------------------------------------------------------------------------------
+# the third pass: the listed violations' holders
+
+
+def _holders(
+    open_catalogue: Callable[[], pq.ParquetFile | None],
+    listed: dict[str, set[str]],
+) -> dict[str, dict[str, dict[tuple[str, str], str]]]:
+    """Find the holders of the listed values.
+
+    For each listed value of each kind: ``(pseudonym, group)`` -> its smallest warehouse key,
+    for the `MAX_HOLDERS` smallest holders (and one more, which says there are more).
+    """
+    holders: dict[str, dict[str, dict[tuple[str, str], str]]] = {
+        kind: {value: {} for value in values} for kind, values in listed.items() if values
+    }
+    if not holders:
+        return holders
+    wanted = {
+        kind: np.unique(np.array([_value_hash(v, kind) for v in values], dtype=np.uint64))
+        for kind, values in holders.items()
+    }
+    columns = ["PatientID", "group", "warehouse_key", *(KINDS[k] for k in holders if k in KINDS)]
+    for batch in _batches(open_catalogue, columns):
+        _, known = _patients(batch)
+        cache: dict[str, list] = {}
+        for kind in holders:
+            rows = _matches(batch, kind, wanted[kind], known)
+            if not len(rows):
+                continue
+            for name in ("PatientID", "group", "warehouse_key"):
+                cache.setdefault(name, batch[name].to_pylist())
+            column = "PatientID" if kind == PATIENT else KINDS[kind]
+            values = cache.setdefault(column, batch[column].to_pylist())
+            for row in rows.tolist():
+                kept = holders[kind].get(values[row])
+                if kept is None:
+                    continue  # (another value of the same hash)
+                _hold(
+                    kept,
+                    (cache["PatientID"][row], cache["group"][row]),
+                    cache["warehouse_key"][row],
+                )
+    return holders
+
+
+def _hold(kept: dict[tuple[str, str], str], holder: tuple[str, str], key: str) -> None:
+    if holder in kept:
+        kept[holder] = min(kept[holder], key)
+    elif len(kept) < MAX_HOLDERS + 1:  # (one more than listed: says there are more)
+        kept[holder] = key
+    else:
+        largest = max(kept)
+        if holder < largest:
+            del kept[largest]
+            kept[holder] = key
+
+
+# --------------------------------------------------------------------------------------------
+# the certificate
+
+
+@dataclass(frozen=True)
+class CatalogueSource:
+    """The catalogue a certificate is about.
+
+    Attributes
+    ----------
+    open : callable
+        Opens it (each pass reads it from the start); returns None when there is none.
+    through : str or None
+        The newest catalogue part it covers.
+    """
+
+    open: Callable[[], pq.ParquetFile | None]
+    through: str | None = None
+
+
+def catalogue_source(scan: CatalogueScan, processed: Storage) -> CatalogueSource:
+    """Return the catalogue a merge left.
+
+    Its local file, or the last batch's catalogue (in ``processed``) when it stands as it is
+    (``scan.reused``).
+    """
+    previous = scan.previous
+    if scan.reused is not None and previous is not None:
+        return CatalogueSource(lambda: previous.open(processed), previous.through)
+    path = scan.path
+    return CatalogueSource(
+        lambda: pq.ParquetFile(path) if os.path.exists(path) else None, scan.through
+    )
+
+
+def clinical_entries(clinical_files: dict) -> list[tuple[str, str, str]]:
+    """Return ``(pseudonym, group, key)`` of each filed clinical file.
+
+    From `listing.warehouse.WarehouseIndex.clinical_files`.
+    """
+    return [
+        (pseudonym, entry.group, entry.key(pseudonym))
+        for pseudonym, entries in clinical_files.items()
+        for entry in entries
+        if entry.group in GROUPS
+    ]
+
+
+def _shown(value: str | None) -> str | None:
+    return None if value is None else bounded(value, MAX_VALUE_CHARS)
+
+
+def certify(
+    source: CatalogueSource,
+    clinical: list[tuple[str, str, str]],
+    *,
+    batch: str,
+    now: dt.datetime,
+    workdir: str,
+    warehouse: str = "",
+) -> dict:
+    """Check the hold-out over the whole catalogue and the clinical folders; the certificate.
+
+    Parameters
+    ----------
+    source : CatalogueSource
+        The merged catalogue.
+    clinical : list of tuple
+        ``(pseudonym, group, key)`` of each filed clinical file (`clinical_entries`).
+    batch : str
+        The batch the certificate goes with.
+    now : datetime.datetime
+        The batch's time.
+    workdir : str
+        A local folder for the spilled hashes (removed as they are read).
+    warehouse : str
+        The warehouse's URL.
+
+    Returns
+    -------
+    dict
+        The certificate (see the README, "The hold-out certificate"), with its ``digest``.
+    """
+    folder = os.path.join(workdir, "holdout")
+    os.makedirs(folder, exist_ok=True)
+    counts, suspected = _first_pass(source.open, clinical, folder)
+    found = (
+        _confirm(source.open, suspected, clinical)
+        if any(map(len, suspected.values()))
+        else {check: _Violations() for check in CHECKS}
+    )
+    listed = {check: found[check].listed() for check in CHECKS}
+    by_kind: dict[str, set[str]] = {}
+    for check, values in listed.items():
+        by_kind.setdefault(check.split("_", 1)[0], set()).update(values)
+    holders = _holders(source.open, by_kind)
+    clinical_keys: dict[tuple[str, str], str] = {}
+    for pseudonym, group, key in clinical:
+        if pseudonym in by_kind.get(PATIENT, ()):
+            known = clinical_keys.get((pseudonym, group))
+            clinical_keys[(pseudonym, group)] = key if known is None else min(known, key)
+    checks = {}
+    for check in CHECKS:
+        kind = check.split("_", 1)[0]
+        entries = [
+            _patient_entry(value, holders[kind][value], clinical_keys)
+            if kind == PATIENT
+            else _value_entry(value, holders[kind][value])
+            for value in listed[check]
+        ]
+        checks[check] = {
+            "meaning": MEANINGS[check],
+            "violations": found[check].count,
+            "listed": entries,
+        }
+    total = sum(found[check].count for check in CHECKS)
+    certificate = {
+        "certificate": "hold-out",
+        "format": HOLDOUT_FORMAT,
+        "batch": batch,
+        "created": _utc(now),
+        "warehouse": warehouse,
+        "catalogue": {
+            "rows": counts.rows,
+            "through": source.through,
+            "rows_without_patient_or_group": counts.without_patient,
+            "unknown": dict(counts.unknown),
+        },
+        "clinical_files": len(clinical),
+        "holds": total == 0,
+        "violations": total,
+        "listed_at_most": MAX_LISTED,
+        "holders_listed_at_most": MAX_HOLDERS,
+        "checks": checks,
+    }
+    certificate["digest"] = certificate_digest(certificate)
+    return certificate
+
+
+def _utc(now: dt.datetime) -> str:
+    if now.tzinfo is not None:
+        now = now.astimezone(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _value_entry(value: str, holders: dict[tuple[str, str], str]) -> dict:
+    chosen = sorted(holders)[:MAX_HOLDERS]
+    return {
+        "value": _shown(value),
+        "holders": [
+            {"pseudonym": p, "group": g, "warehouse_key": _shown(holders[(p, g)])}
+            for p, g in chosen
+        ],
+        "more_holders": len(holders) > MAX_HOLDERS,
+    }
+
+
+def _patient_entry(
+    pseudonym: str,
+    images: dict[tuple[str, str], str],
+    clinical_keys: dict[tuple[str, str], str],
+) -> dict:
+    groups = []
+    for group in GROUPS:
+        image = images.get((pseudonym, group))
+        clinical = clinical_keys.get((pseudonym, group))
+        if image is not None or clinical is not None:
+            groups.append({"group": group, "image": _shown(image), "clinical": _shown(clinical)})
+    return {"pseudonym": _shown(pseudonym), "groups": groups}
+
+
+def certificate_digest(certificate: dict) -> str:
+    """Return the digest a certificate carries.
+
+    ``sha256:`` and the SHA-256 of its canonical JSON (keys sorted, no spaces, ASCII) without
+    the ``digest`` field.
+
+    A reader checks a certificate with ``certificate_digest(doc) == doc["digest"]``.
+    """
+    body = {name: value for name, value in certificate.items() if name != "digest"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def certificate_bytes(certificate: dict) -> bytes:
+    """Return the certificate as the batch's ``holdout.json`` (indented JSON, UTF-8)."""
+    return (json.dumps(certificate, indent=1, ensure_ascii=True) + "\n").encode("utf-8")
+
+
+def summary(certificate: dict) -> dict:
+    """Return what a page shows of a certificate: its counts per check, no listed violation."""
+    return {
+        **{k: v for k, v in certificate.items() if k != "checks"},
+        "checks": {
+            name: {"meaning": check["meaning"], "violations": check["violations"]}
+            for name, check in certificate["checks"].items()
+        },
+    }
+
+
+__all__ = [
+    "CHECKS",
+    "HOLDOUT_FILE",
+    "HOLDOUT_FORMAT",
+    "CatalogueSource",
+    "catalogue_source",
+    "certificate_bytes",
+    "certificate_digest",
+    "certify",
+    "clinical_entries",
+    "summary",
+    "suspects",
+]
