@@ -165,6 +165,43 @@ def oracle_floats(value) -> list[float] | None:
     return numbers if numbers and None not in numbers else None
 
 
+#: The README's bound on a multi-valued text column (ImageType, ConvolutionKernel).
+_MOST_LIST_VALUES = 32
+
+
+def oracle_texts(value) -> list[str] | None:
+    """Multi-valued text: each value without its padding, in order (empty ones kept);
+    null when there is none, none is non-empty, or there are more than 32."""
+    items = _items(value)
+    if not items or len(items) > _MOST_LIST_VALUES:
+        return None
+    texts = [str(item).strip(" \x00") for item in items]
+    return texts if any(texts) else None
+
+
+def oracle_geometry(value, count: int) -> list[float] | None:
+    """Exactly ``count`` finite numbers (a position: 3, an orientation: 6), else null."""
+    numbers = oracle_floats(value)
+    return numbers if numbers is not None and len(numbers) == count else None
+
+
+def oracle_series_fields(dataset) -> dict:
+    """The columns added for the series table, from pydicom's reading of a data set."""
+    return {
+        "SeriesDescription": oracle_text(_value(dataset, "SeriesDescription")),
+        "StudyDescription": oracle_text(_value(dataset, "StudyDescription")),
+        "SeriesNumber": oracle_int(_value(dataset, "SeriesNumber")),
+        "InstanceNumber": oracle_int(_value(dataset, "InstanceNumber")),
+        "ImagePositionPatient": oracle_geometry(_value(dataset, "ImagePositionPatient"), 3),
+        "ImageOrientationPatient": oracle_geometry(_value(dataset, "ImageOrientationPatient"), 6),
+        "SliceLocation": oracle_float(_value(dataset, "SliceLocation")),
+        "ConvolutionKernel": oracle_texts(_value(dataset, "ConvolutionKernel")),
+        "ImageType": oracle_texts(_value(dataset, "ImageType")),
+        "KVP": oracle_float(_value(dataset, "KVP")),
+        "AcquisitionDate": oracle_date(_value(dataset, "AcquisitionDate")),
+    }
+
+
 def oracle_row(
     data: bytes, key: str, *, size: int, raw_key: str | None, metadata_size: int | None = None
 ) -> dict:
@@ -204,6 +241,7 @@ def oracle_row(
         "PhotometricInterpretation": text("PhotometricInterpretation"),
         "BitsStored": oracle_int(_value(dataset, "BitsStored")),
         "TransferSyntaxUID": oracle_text(_value(meta, "TransferSyntaxUID")),
+        **oracle_series_fields(dataset),
     }
     assert sorted(row) == sorted(COLUMNS)  # the README's columns, no more, no fewer
     return row
@@ -353,6 +391,37 @@ _FRAMES, _THICKNESS, _SPACING = (0x00280008, "IS"), (0x00180050, "DS"), (0x00280
         ({"PixelSpacing": None, "Rows": None}, {}, {"PixelSpacing": None, "Rows": None}),
         # no SOPInstanceUID in the data set: the file meta's MediaStorageSOPInstanceUID
         ({"SOPInstanceUID": None}, {}, {}),
+        # the series table's columns: multi-valued text as lists, geometry of its count
+        (
+            {"ImageType": ["DERIVED", "SECONDARY", "", "MPR "], "ConvolutionKernel": "B30f"},
+            {},
+            {"ImageType": ["DERIVED", "SECONDARY", "", "MPR"], "ConvolutionKernel": ["B30f"]},
+        ),
+        (
+            {"ConvolutionKernel": ["FC08", "FC51"], "KVP": "120", "SeriesNumber": "7"},
+            {},
+            {"ConvolutionKernel": ["FC08", "FC51"], "KVP": 120.0, "SeriesNumber": 7},
+        ),
+        ({"ImageType": ["X"] * 33}, {}, {"ImageType": None}),  # more than 32 values
+        ({"ImageType": ["X"] * 32}, {}, {"ImageType": ["X"] * 32}),
+        (
+            {"ImagePositionPatient": ["1.5", "-2", "3e1"], "AcquisitionDate": "20200229"},
+            {},
+            {"ImagePositionPatient": [1.5, -2.0, 30.0], "AcquisitionDate": dt.date(2020, 2, 29)},
+        ),
+        ({}, {"ImagePositionPatient": (0x00200032, "DS", b"1\\2")}, {"ImagePositionPatient": None}),
+        (
+            {},
+            {"ImageOrientationPatient": (0x00200037, "DS", b"1\\0\\0\\0\\1\\x")},
+            {"ImageOrientationPatient": None},
+        ),
+        ({}, {"InstanceNumber": (0x00200013, "IS", b"one")}, {"InstanceNumber": None}),
+        ({}, {"KVP": (0x00180060, "DS", b"Inf")}, {"KVP": None}),
+        (
+            {"AcquisitionDate": "20201301", "SeriesDescription": " AX  ", "SliceLocation": None},
+            {},
+            {"AcquisitionDate": None, "SeriesDescription": "AX", "SliceLocation": None},
+        ),
     ],
 )
 def test_rows_follow_the_column_rules(extra, raw, expected):
