@@ -265,6 +265,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     # reuse, and the digest of what the batch was built from
     data = (
         "images.parquet",
+        "series.parquet",
         "rows/patients.parquet",
         "rows/studies.parquet",
         "rows/catalogue-counts.json.gz",
@@ -287,7 +288,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert latest == (
         "archive,path\r\n"
         + "".join(f"{t},{batch}/{t}.csv\r\n" for t in tables)
-        + f"images,{batch}/images.parquet\r\n"
+        + f"images,{batch}/images.parquet\r\nseries,{batch}/series.parquet\r\n"
         + f"dashboard,{batch}/dashboard.html\r\npublic,{batch}/public.html\r\n"
     )
     for page in pages:
@@ -482,9 +483,9 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert store.log["writes"][-3].endswith("reports/dataprocess/latest.json")
     assert store.log["writes"][-2] == store.log["writes"][-4].removesuffix(".json") + ".html"
     assert store.log["writes"][-1].endswith("reports/dataprocess/latest.html")
-    # tables, the catalogue, stats, pages, reusable rows and inputs' digest, latest; the
-    # catalogue's index (and its pointer), before the batch
-    assert len(writes) == 12 + 1 + 5 + 2 + 4 + 1 + 4 + 2
+    # tables, the catalogue and its series, stats, pages, reusable rows and inputs' digest,
+    # latest; the catalogue's index (and its pointer), before the batch
+    assert len(writes) == 12 + 2 + 5 + 2 + 4 + 1 + 4 + 2
     assert writes.index("latest.json") < writes.index("images.parquet")
 
     printed = capsys.readouterr()
@@ -509,6 +510,7 @@ def test_a_modality_without_studies_has_no_table(local_store):
         "storage",
         "study_images",
         "images",
+        "series",
         "dashboard",
         "public",
     ]

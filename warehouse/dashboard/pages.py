@@ -31,6 +31,7 @@ import vl_convert
 from warehouse.core.config import PipelineConfig
 from warehouse.core.report_page import page_environment
 from warehouse.dashboard import figures
+from warehouse.dashboard.volumes import series_by_site
 
 __all__ = [
     "Chart",
@@ -69,6 +70,9 @@ class PageInputs:
         Why there is no loader report.
     images : pandas.DataFrame or None
         The image catalogue (one row per filed image), when the batch has one.
+    series : pandas.DataFrame or None
+        The series table's counts per group, patient and modality folder
+        (`catalogue.series.series_counts`), when the batch has one.
     """
 
     warehouse: str = ""
@@ -77,6 +81,7 @@ class PageInputs:
     loader_report: dict | None = None
     loader_note: str = ""
     images: pd.DataFrame | None = None
+    series: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -542,6 +547,11 @@ def dashboard_page(
         specs=_specs(charts),
         run=figures.loader_run(inputs.loader_report),
         loader_note=inputs.loader_note,
+        series=(
+            series_by_site(inputs.series, tables["patient_clean"]).to_dict("records")
+            if inputs.series is not None
+            else None
+        ),
     )
 
 
