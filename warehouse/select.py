@@ -37,6 +37,7 @@ from warehouse.catalogue.selection import (
     download,
     downloads,
     read_catalogue,
+    read_complete_volumes,
     select,
     summary,
 )
@@ -132,6 +133,12 @@ exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad argum
         "\"Manufacturer = 'SIEMENS' AND Rows >= 2048\"",
     )
     parser.add_argument(
+        "--complete-volumes",
+        action="store_true",
+        help="only images of series that are complete volumes (series.parquet's "
+        "complete_volume: regular spacing, one orientation, no gap, no duplicate position)",
+    )
+    parser.add_argument(
         "--both-groups",
         action="store_true",
         help="allow a selection of training and validation images together",
@@ -158,6 +165,7 @@ def filters_of(args: argparse.Namespace) -> Filters:
         positive=positive,
         query=args.query,
         both_groups=args.both_groups,
+        complete_volumes=args.complete_volumes,
     )
 
 
@@ -211,7 +219,8 @@ def _select(args: argparse.Namespace) -> int:
         problem = centre_problem(catalogue, args.centre)
         if problem:
             raise SelectionError(problem)
-        chosen = select(catalogue, filters_of(args))
+        volumes = read_complete_volumes(storage.processed()) if args.complete_volumes else None
+        chosen = select(catalogue, filters_of(args), volumes)
     except ExpectedError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         usage = isinstance(exc, SelectionError | StoreUnavailable)  # a missing store: a setting

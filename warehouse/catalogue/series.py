@@ -6,8 +6,9 @@ A series is the images of one ``SeriesInstanceUID`` of one study, patient and gr
 without a SeriesInstanceUID is in none). Its row counts its images and frames, the range of
 their ``InstanceNumber`` and the numbers missing from it, and, from each image's
 ``ImagePositionPatient`` and ``ImageOrientationPatient``, the spacing of its slices along the
-slice normal (the cross product of the row and column direction cosines; each image's
-position projected on it, sorted, and the steps between neighbours). The rules, with their
+slice normal (the cross product of the row and column direction cosines of one orientation of
+the series, the least in list order; each image's position projected on it, sorted, and the
+steps between neighbours). The rules, with their
 tolerances:
 
 - ``gaps``: an InstanceNumber between the first and the last is missing.
@@ -109,12 +110,15 @@ WITH images AS (
     FROM read_parquet($source)
     WHERE SeriesInstanceUID IS NOT NULL
 ),
+referenced AS (
+    SELECT *, min(o) OVER (PARTITION BY {_KEY}) AS r FROM images
+),
 projected AS (
     SELECT *,
-        p[1] * (o[2] * o[6] - o[3] * o[5])
-        + p[2] * (o[3] * o[4] - o[1] * o[6])
-        + p[3] * (o[1] * o[5] - o[2] * o[4]) AS along
-    FROM images
+        p[1] * (r[2] * r[6] - r[3] * r[5])
+        + p[2] * (r[3] * r[4] - r[1] * r[6])
+        + p[3] * (r[1] * r[5] - r[2] * r[4]) AS along
+    FROM referenced
 ),
 stepped AS (
     SELECT *,
