@@ -54,6 +54,7 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed 's/^/  /'
 	@echo "Image catalogue: one row per filed image, $$(find $(DEMO_DIR)/catalogue/images -name '*.parquet' | wc -l) part(s) in $(DEMO_DIR)/catalogue/images/ ($$(cat $(DEMO_DIR)/catalogue/images/*.parquet | wc -c) bytes);"
 	@echo "  the whole catalogue in the batch: $$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p') ($$($(BIN)/python -c 'import sys, pyarrow.parquet as pq; print(pq.read_metadata(sys.argv[1]).num_rows)' $(DEMO_DIR)-processed/$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^images,//p' | sed 's/\.csv$$/.parquet/')) rows)"
+	@echo "  its series table: $$($(BIN)/python -c 'import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]); print(f"{t.num_rows} series;", ", ".join(f"{f} {sum(t[f].to_pylist())}" for f in ("complete_volume", "gaps", "irregular_spacing", "mixed_orientation", "duplicate_positions", "single_image", "multi_frame")))' $(DEMO_DIR)-processed/$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^series,//p'))"
 	@echo "A selection (every command runs from $(BIN)/): $(DEMO_SELECT)"
 	@$(DEMO_SELECT) | sed 's/^/  /'
 	@echo "The state of the warehouse: $(DEMO_STATUS)"
