@@ -476,9 +476,11 @@ def batch_series(
         return None, None, None
     if scan.reused is not None and scan.previous is not None:
         previous = view.reusable.series_key
-        size = next((i.size for i in store.list(previous) if i.key == previous), None)
-        if previous is not None and size is not None and scan.previous.current:
-            return None, previous, series_counts(pq.ParquetFile(StoredFile(store, previous, size)))
+        if previous is not None and scan.previous.current:
+            size = next((i.size for i in store.list(previous) if i.key == previous), None)
+            if size is not None:
+                file = pq.ParquetFile(StoredFile(store, previous, size))
+                return None, previous, series_counts(file)
         source = os.path.join(view.workdir, "series-source.parquet")
         write_source(scan.previous.open(store), source)
     else:

@@ -151,7 +151,8 @@ def last_batch(processed: Storage) -> ReusableRows:
     batch = batch_folder(paths) if paths else None
     if batch is None:
         return ReusableRows()
-    rows = ReusableRows(batch, paths.get("images") if paths else None, paths.get("series"))
+    named = paths or {}
+    rows = ReusableRows(batch, named.get("images"), named.get("series"))
     if rows.images_key is not None and not rows.images_key.endswith(".parquet"):
         rows.images_key = None  # (an older batch: its catalogue is merged again)
     rows.saved = {info.key for info in processed.list(f"{batch}/rows/")}
