@@ -892,9 +892,14 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
     assert run_dataprocess(store, workers=4)[0] == 0
     second_batch, second = read_batch(store.processed())
 
-    assert copies == [(f"{first_batch}/images.parquet", f"{second_batch}/images.parquet")]
+    # (and its series table: the same rows make the same series)
+    assert copies == [
+        (f"{first_batch}/series.parquet", f"{second_batch}/series.parquet"),
+        (f"{first_batch}/images.parquet", f"{second_batch}/images.parquet"),
+    ]
     assert joined == [] and parts_read == []
     assert second["images.parquet"] == first["images.parquet"]
+    assert second["series.parquet"] == first["series.parquet"]
     for name in ("study_images.csv", "storage.csv", "xray.csv", "stats_images.csv"):
         assert second[name] == first[name], name
 
@@ -904,7 +909,8 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
     store.write(filed, json.dumps({**record, "Age": 77}).encode())
     assert run_dataprocess(store, workers=4)[0] == 0
     third_batch, third = read_batch(store.processed())
-    assert len(copies) == 1 and joined == [f"{second_batch}/images.parquet"]
+    assert joined == [f"{second_batch}/images.parquet"]
+    assert copies[2:] == [(f"{second_batch}/series.parquet", f"{third_batch}/series.parquet")]
     images = pd.read_parquet(io.BytesIO(third["images.parquet"]))
     assert set(images.loc[images["PatientID"] == "Covid1", "age"]) == {77.0}
     before = pd.read_parquet(io.BytesIO(second["images.parquet"]))
