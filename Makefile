@@ -58,6 +58,7 @@ demo: $(VENV)/.runtime  ## generate a synthetic upload tree in demo/bucket and r
 	@batch=$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's|^dashboard,\(.*\)/dashboard.html$$|\1|p'); \
 		echo "Hold-out certificate of the batch, $(DEMO_DIR)-processed/$$batch/holdout.json (top of dashboard.html):"; \
 		$(BIN)/python -c 'import json, sys; c = json.load(open(sys.argv[1])); print("  holds:", c["holds"], "| violations:", c["violations"], "| images checked:", c["catalogue"]["rows"], "|", c["digest"])' $(DEMO_DIR)-processed/$$batch/holdout.json
+	@echo "  its series table: $$($(BIN)/python -c 'import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]); print(f"{t.num_rows} series;", ", ".join(f"{f} {sum(t[f].to_pylist())}" for f in ("complete_volume", "gaps", "irregular_spacing", "mixed_orientation", "duplicate_positions", "single_image", "multi_frame")))' $(DEMO_DIR)-processed/$$(tr -d '\r' < $(DEMO_DIR)-processed/latest.csv | sed -n 's/^series,//p'))"
 	@echo "A selection (every command runs from $(BIN)/): $(DEMO_SELECT)"
 	@$(DEMO_SELECT) | sed 's/^/  /'
 	@echo "The same selection written once as a release (--release NAME --download DIR fetches exactly it later): $(DEMO_RELEASE)"

@@ -667,6 +667,30 @@ COLUMN_MEANINGS: dict[str, str] = {
     "PhotometricInterpretation": "as the header has it",
     "BitsStored": "bits per pixel sample",
     "TransferSyntaxUID": "from the file meta (the metadata JSON leaves it out)",
+    "SeriesDescription": "as the header has it (null in rows of parts written before it, until "
+    "a reconcile fills them: the same for the ten columns below)",
+    "StudyDescription": "as the header has it",
+    "SeriesNumber": "the series' number in its study",
+    "InstanceNumber": "the image's number in its series (the series table's gaps)",
+    "ImagePositionPatient": (
+        "x, y, z of the first pixel in mm (a list of exactly three numbers; any other count is "
+        "null)"
+    ),
+    "ImageOrientationPatient": (
+        "the row and column direction cosines (a list of exactly six numbers; any other count "
+        "is null)"
+    ),
+    "SliceLocation": "mm (as the header has it; the series table uses the positions)",
+    "ConvolutionKernel": (
+        "the reconstruction kernel, each value of it (a list: `list_contains(ConvolutionKernel, "
+        "'B30f')` in DuckDB)"
+    ),
+    "ImageType": (
+        "each value, in order (`ORIGINAL`, `PRIMARY`, `AXIAL`, ...; an empty one kept as `''`); "
+        "more than 32 values: null"
+    ),
+    "KVP": "peak kilovoltage",
+    "AcquisitionDate": "the acquisition's date",
     "content_id": (
         "the identity of the raw file's bytes: `etag:<ETag>:<size>` on S3 (from the listing), "
         "`sha256:<hex>` on a local store (null when not known: a raw file gone, a part written "

@@ -7,7 +7,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import math
+import os
 import random
 import re
 from concurrent.futures import Future
@@ -38,6 +40,7 @@ from warehouse.catalogue.rows import (
     read_part,
 )
 from warehouse.catalogue.run import combined_catalogue
+from warehouse.core.errors import StorageError
 from warehouse.core.keys import parse_image_key
 from warehouse.core.report import RunReport
 from warehouse.dashboard import batch as batch_module
@@ -166,6 +169,43 @@ def oracle_floats(value) -> list[float] | None:
     return numbers if numbers and None not in numbers else None
 
 
+#: The README's bound on a multi-valued text column (ImageType, ConvolutionKernel).
+_MOST_LIST_VALUES = 32
+
+
+def oracle_texts(value) -> list[str] | None:
+    """Multi-valued text: each value without its padding, in order (empty ones kept);
+    null when there is none, none is non-empty, or there are more than 32."""
+    items = _items(value)
+    if not items or len(items) > _MOST_LIST_VALUES:
+        return None
+    texts = [str(item).strip(" \x00") for item in items]
+    return texts if any(texts) else None
+
+
+def oracle_geometry(value, count: int) -> list[float] | None:
+    """Exactly ``count`` finite numbers (a position: 3, an orientation: 6), else null."""
+    numbers = oracle_floats(value)
+    return numbers if numbers is not None and len(numbers) == count else None
+
+
+def oracle_series_fields(dataset) -> dict:
+    """The columns added for the series table, from pydicom's reading of a data set."""
+    return {
+        "SeriesDescription": oracle_text(_value(dataset, "SeriesDescription")),
+        "StudyDescription": oracle_text(_value(dataset, "StudyDescription")),
+        "SeriesNumber": oracle_int(_value(dataset, "SeriesNumber")),
+        "InstanceNumber": oracle_int(_value(dataset, "InstanceNumber")),
+        "ImagePositionPatient": oracle_geometry(_value(dataset, "ImagePositionPatient"), 3),
+        "ImageOrientationPatient": oracle_geometry(_value(dataset, "ImageOrientationPatient"), 6),
+        "SliceLocation": oracle_float(_value(dataset, "SliceLocation")),
+        "ConvolutionKernel": oracle_texts(_value(dataset, "ConvolutionKernel")),
+        "ImageType": oracle_texts(_value(dataset, "ImageType")),
+        "KVP": oracle_float(_value(dataset, "KVP")),
+        "AcquisitionDate": oracle_date(_value(dataset, "AcquisitionDate")),
+    }
+
+
 def oracle_row(
     data: bytes,
     key: str,
@@ -212,6 +252,7 @@ def oracle_row(
         "PhotometricInterpretation": text("PhotometricInterpretation"),
         "BitsStored": oracle_int(_value(dataset, "BitsStored")),
         "TransferSyntaxUID": oracle_text(_value(meta, "TransferSyntaxUID")),
+        **oracle_series_fields(dataset),
         "content_id": content_id,
         # what the screen flagged: given (the test trees' images are clean: []), null when
         # not screened
@@ -377,6 +418,37 @@ _FRAMES, _THICKNESS, _SPACING = (0x00280008, "IS"), (0x00180050, "DS"), (0x00280
         ({"PixelSpacing": None, "Rows": None}, {}, {"PixelSpacing": None, "Rows": None}),
         # no SOPInstanceUID in the data set: the file meta's MediaStorageSOPInstanceUID
         ({"SOPInstanceUID": None}, {}, {}),
+        # the series table's columns: multi-valued text as lists, geometry of its count
+        (
+            {"ImageType": ["DERIVED", "SECONDARY", "", "MPR "], "ConvolutionKernel": "B30f"},
+            {},
+            {"ImageType": ["DERIVED", "SECONDARY", "", "MPR"], "ConvolutionKernel": ["B30f"]},
+        ),
+        (
+            {"ConvolutionKernel": ["FC08", "FC51"], "KVP": "120", "SeriesNumber": "7"},
+            {},
+            {"ConvolutionKernel": ["FC08", "FC51"], "KVP": 120.0, "SeriesNumber": 7},
+        ),
+        ({"ImageType": ["X"] * 33}, {}, {"ImageType": None}),  # more than 32 values
+        ({"ImageType": ["X"] * 32}, {}, {"ImageType": ["X"] * 32}),
+        (
+            {"ImagePositionPatient": ["1.5", "-2", "3e1"], "AcquisitionDate": "20200229"},
+            {},
+            {"ImagePositionPatient": [1.5, -2.0, 30.0], "AcquisitionDate": dt.date(2020, 2, 29)},
+        ),
+        ({}, {"ImagePositionPatient": (0x00200032, "DS", b"1\\2")}, {"ImagePositionPatient": None}),
+        (
+            {},
+            {"ImageOrientationPatient": (0x00200037, "DS", b"1\\0\\0\\0\\1\\x")},
+            {"ImageOrientationPatient": None},
+        ),
+        ({}, {"InstanceNumber": (0x00200013, "IS", b"one")}, {"InstanceNumber": None}),
+        ({}, {"KVP": (0x00180060, "DS", b"Inf")}, {"KVP": None}),
+        (
+            {"AcquisitionDate": "20201301", "SeriesDescription": " AX  ", "SliceLocation": None},
+            {},
+            {"AcquisitionDate": None, "SeriesDescription": "AX", "SliceLocation": None},
+        ),
     ],
 )
 def test_rows_follow_the_column_rules(extra, raw, expected):
@@ -847,9 +919,14 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
     assert run_dataprocess(store, workers=4)[0] == 0
     second_batch, second = read_batch(store.processed())
 
-    assert copies == [(f"{first_batch}/images.parquet", f"{second_batch}/images.parquet")]
+    # (and its series table: the same rows make the same series)
+    assert copies == [
+        (f"{first_batch}/series.parquet", f"{second_batch}/series.parquet"),
+        (f"{first_batch}/images.parquet", f"{second_batch}/images.parquet"),
+    ]
     assert joined == [] and parts_read == []
     assert second["images.parquet"] == first["images.parquet"]
+    assert second["series.parquet"] == first["series.parquet"]
     for name in ("study_images.csv", "storage.csv", "xray.csv", "stats_images.csv"):
         assert second[name] == first[name], name
 
@@ -859,7 +936,8 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
     store.write(filed, json.dumps({**record, "Age": 77}).encode())
     assert run_dataprocess(store, workers=4)[0] == 0
     third_batch, third = read_batch(store.processed())
-    assert len(copies) == 1 and joined == [f"{second_batch}/images.parquet"]
+    assert joined == [f"{second_batch}/images.parquet"]
+    assert copies[2:] == [(f"{second_batch}/series.parquet", f"{third_batch}/series.parquet")]
     images = pd.read_parquet(io.BytesIO(third["images.parquet"]))
     assert set(images.loc[images["PatientID"] == "Covid1", "age"]) == {77.0}
     before = pd.read_parquet(io.BytesIO(second["images.parquet"]))
@@ -1116,3 +1194,190 @@ def test_saved_counts_head_is_read_without_the_body():
     )
     with pytest.raises(ValueError, match="not the counts of a catalogue"):
         merge.counted_scan(no_count, "/x", "b/images.parquet")
+
+
+# --------------------------------------------------------------------------------------------
+# the series columns: every one against pydicom's reading, over pydicom's real files too;
+# older parts filled once by a reconcile
+
+
+def test_series_columns_of_pydicom_real_files_equal_pydicom_s_reading():
+    """Every real test file pydicom ships that the loader can parse: its row's series columns
+    equal pydicom's own reading of the file, and so do those the reconcile fills from the
+    metadata JSON the loader writes for it."""
+    from pydicom.data import get_testdata_files
+
+    from warehouse.catalogue.backfill import metadata_fields
+    from warehouse.dicom.jsonrep import header_json
+    from warehouse.dicom.problems import HeaderProblem
+
+    checked = 0
+    for path in sorted(get_testdata_files()):
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as handle:
+            data = handle.read()
+        try:
+            header = parse_header(data)
+        except HeaderProblem:
+            continue
+        expected = oracle_series_fields(pydicom.dcmread(io.BytesIO(data), force=True))
+        got = _row_of(data, "training/ct/P/1.2/1.3/x.dcm", None)
+        assert {name: got[name] for name in expected} == expected, path
+        assert metadata_fields(header_json(header)) == expected, path
+        checked += 1
+    assert checked >= 40  # (pydicom ships about sixty images)
+
+
+def test_metadata_fields_of_what_is_not_dicom_json():
+    from warehouse.catalogue.backfill import metadata_fields
+
+    assert metadata_fields(b"not json") is None
+    assert metadata_fields(b"[1, 2]") is None
+    nothing = metadata_fields(b"{}")
+    assert nothing is not None and set(nothing.values()) == {None}
+    # one element that cannot be read is null; the others stand
+    document = {
+        "00200013": {"vr": "IS", "Value": ["one"]},
+        "00180060": {"vr": "DS", "Value": [120]},
+        "00080008": {"vr": "CS", "Value": ["ORIGINAL", "PRIMARY"]},
+        "00200032": {"vr": "DS", "Value": [1, 2]},
+    }
+    fields = metadata_fields(json.dumps(document).encode())
+    assert fields["InstanceNumber"] is None and fields["KVP"] == 120.0
+    assert fields["ImageType"] == ["ORIGINAL", "PRIMARY"]
+    assert fields["ImagePositionPatient"] is None  # two numbers are not a position
+
+
+class MetadataReads(LocalStorage):
+    """The local store, recording the metadata files read (ranged) and failing the read of
+    those in ``fail``."""
+
+    def __init__(self, root, fail=()):
+        super().__init__(root)
+        self.fail, self.metadata_reads = set(fail), []
+
+    def read_range(self, key, start, end):
+        if "-metadata/" in key:
+            self.metadata_reads.append(key)
+            if key in self.fail:
+                raise StorageError(f"cannot read {key}: simulated")
+        return super().read_range(key, start, end)
+
+
+#: The columns the reconcile fills (the README's order).
+_SERIES = (
+    "SeriesDescription",
+    "StudyDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SliceLocation",
+    "ConvolutionKernel",
+    "ImageType",
+    "KVP",
+    "AcquisitionDate",
+)
+_OLD_TIMES = [dt.datetime(2021, 3, 2, h, tzinfo=dt.UTC) for h in (1, 2, 3)]
+
+
+def _as_older_parts(store) -> list[list[str]]:
+    """Write the loader's rows again as an older version wrote them: without the series
+    columns, in three parts of 2021-03-02 (and no index); each part's warehouse keys."""
+    rows = pd.concat([pd.read_parquet(io.BytesIO(store.read(k))) for k in part_keys(store)])
+    for info in list(store.list("catalogue/")):
+        (store.root / info.key).unlink()
+    rows = rows.drop(columns=list(_SERIES)).sort_values("warehouse_key")
+    keys = []
+    for number, chunk in enumerate(np.array_split(np.arange(len(rows)), 3)):
+        table = pa.Table.from_pandas(rows.iloc[chunk], preserve_index=False)
+        key = part_key(_OLD_TIMES[number])
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        store.write(key, buffer.getvalue())
+        when = _OLD_TIMES[number].timestamp()
+        os.utime(store.root / key, (when, when))
+        keys.append(list(table.column("warehouse_key").to_pylist()))
+    return keys
+
+
+def _series_tree() -> dict[str, bytes]:
+    files = {
+        "config.json": builders.config(["raw-a"], training=["Alpha Trust"]),
+        "raw-a/2021-03-01/data/Covid1_data.json": clinical("Covid1", "Alpha Trust"),
+    }
+    for number in range(1, 7):
+        name, data = image(
+            "Covid1",
+            "CT" if number < 5 else "DX",
+            "s1",
+            "r1" if number < 5 else "x1",
+            number,
+            instance_number=number,
+            extra={"ConvolutionKernel": ["FC08", "FC51"]} if number == 2 else {},
+        )
+        files[f"raw-a/2021-03-01/images/{name}"] = data
+    return files
+
+
+def test_a_reconcile_fills_older_parts_once_and_a_stop_half_way_loses_nothing(tmp_path, caplog):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    (tmp_path / "bucket-processed").mkdir()
+    store = MetadataReads(root)
+    builders.put_tree(store, _series_tree())
+    assert builders.run_loader(store, workers=2)[0] == 0
+    parts = _as_older_parts(store)
+    metadata_of = {key: parse_image_key(key).metadata_key for part in parts for key in part}
+
+    def expected(key):
+        return oracle_series_fields(pydicom.dcmread(io.BytesIO(store.read(key))))
+
+    # a daily run takes the older parts as they are: the columns null
+    assert run_dataprocess(store)[0] == 0
+    _, files = read_batch(store.processed())
+    images = pq.read_table(io.BytesIO(files["images.parquet"]))
+    assert all(images.column(name).null_count == images.num_rows for name in _SERIES)
+    assert store.metadata_reads == []
+
+    # a reconcile stopped by a failed read in the second part: the first is filled, written
+    # again (its first time kept), the others are as they were; no batch
+    failing = MetadataReads(root, fail={metadata_of[parts[1][0]]})
+    code, _ = run_dataprocess(failing, reconcile=True, workers=1)
+    assert code == 1
+    first = pq.ParquetFile(root / part_key(_OLD_TIMES[0]))
+    assert set(_SERIES) <= set(first.schema_arrow.names)
+    for key in part_keys(store)[1:]:
+        assert not set(_SERIES) & set(pq.read_schema(root / key).names)
+    assert {
+        r["warehouse_key"]: {n: r[n] for n in _SERIES}
+        for r in read_part(store.read(part_key(_OLD_TIMES[0]))).to_pylist()
+    } == {k: expected(k) for k in parts[0]}
+
+    # the rerun reads the metadata of the parts not filled only, and fills them
+    rerun = MetadataReads(root)
+    caplog.set_level(logging.INFO, logger="dataprocess")
+    code, state = run_dataprocess(rerun, reconcile=True)
+    assert code == 0
+    assert sorted(rerun.metadata_reads) == sorted(metadata_of[k] for k in parts[1] + parts[2])
+    assert state.report.counts["catalogue rows filled with the series columns"] == len(
+        parts[1]
+    ) + len(parts[2])
+    assert any("filling older parts' series columns: parts 3/3" in m for m in caplog.messages)
+    _, files = read_batch(store.processed())
+    images = pq.read_table(io.BytesIO(files["images.parquet"])).to_pylist()
+    assert {r["warehouse_key"]: {n: r[n] for n in _SERIES} for r in images} == {
+        key: expected(key) for key in metadata_of
+    }
+    assert {r["filed"] for r in images} == {dt.date(2021, 3, 2)}  # (filed when first written)
+    assert [
+        r["ConvolutionKernel"]
+        for r in images
+        if r["ConvolutionKernel"] and len(r["ConvolutionKernel"]) == 2
+    ] == [["FC08", "FC51"]]
+
+    # filled once: the next reconcile reads no metadata file
+    again = MetadataReads(root)
+    assert run_dataprocess(again, reconcile=True)[0] == 0
+    assert again.metadata_reads == []

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 import pytest
@@ -265,6 +266,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     # reuse, and the digest of what the batch was built from
     data = (
         "images.parquet",
+        "series.parquet",
         "rows/patients.parquet",
         "rows/studies.parquet",
         "rows/catalogue-counts.json.gz",
@@ -288,7 +290,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert latest == (
         "archive,path\r\n"
         + "".join(f"{t},{batch}/{t}.csv\r\n" for t in tables)
-        + f"images,{batch}/images.parquet\r\n"
+        + f"images,{batch}/images.parquet\r\nseries,{batch}/series.parquet\r\n"
         + f"dashboard,{batch}/dashboard.html\r\npublic,{batch}/public.html\r\n"
     )
     for page in pages:
@@ -483,9 +485,9 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert store.log["writes"][-3].endswith("reports/dataprocess/latest.json")
     assert store.log["writes"][-2] == store.log["writes"][-4].removesuffix(".json") + ".html"
     assert store.log["writes"][-1].endswith("reports/dataprocess/latest.html")
-    # tables, the catalogue, stats, pages, reusable rows and inputs' digest, the hold-out
-    # certificate, latest; the catalogue's index (and its pointer), before the batch
-    assert len(writes) == 12 + 1 + 5 + 2 + 4 + 1 + 1 + 4 + 2
+    # tables, the catalogue and its series, stats, pages, reusable rows and inputs' digest,
+    # the hold-out certificate, latest; the catalogue's index (and its pointer), before the batch
+    assert len(writes) == 12 + 2 + 5 + 2 + 4 + 1 + 1 + 4 + 2
     assert writes.index("latest.json") < writes.index("images.parquet")
 
     printed = capsys.readouterr()
@@ -510,6 +512,7 @@ def test_a_modality_without_studies_has_no_table(local_store):
         "storage",
         "study_images",
         "images",
+        "series",
         "dashboard",
         "public",
     ]
@@ -945,3 +948,66 @@ def test_a_hand_edited_loader_report_is_said_on_the_dashboard_and_the_batch_publ
         "started is 'yesterday', not an ISO 8601 time"
     ) in page
     assert latest_report(local_store)["completed"] is True
+
+
+#: The types the README gives the columns of a batch's ``images.parquet`` (those that an
+#: older dataprocess wrote otherwise, and the series table's).
+README_TYPES = {
+    "upload_date": pa.date32(),
+    "StudyDate": pa.date32(),
+    "AcquisitionDate": pa.date32(),
+    "filed": pa.date32(),
+    "Rows": pa.int32(),
+    "Columns": pa.int32(),
+    "NumberOfFrames": pa.int32(),
+    "BitsStored": pa.int32(),
+    "SeriesNumber": pa.int32(),
+    "InstanceNumber": pa.int32(),
+    "PatientAge": pa.float64(),
+    "KVP": pa.float64(),
+    "SliceLocation": pa.float64(),
+    "PixelSpacing": pa.list_(pa.float64()),
+    "ImagePositionPatient": pa.list_(pa.float64()),
+    "ImageOrientationPatient": pa.list_(pa.float64()),
+    "ImageType": pa.list_(pa.string()),
+    "ConvolutionKernel": pa.list_(pa.string()),
+    "SeriesDescription": pa.string(),
+}
+
+
+def _types(data: bytes) -> dict:
+    schema = pq.read_schema(io.BytesIO(data))
+    return {name: schema.field(name).type for name in README_TYPES}
+
+
+def test_images_parquet_has_the_readme_types_even_after_an_older_batch(local_store):
+    """A batch's images.parquet has the README's types; a last batch written by an older
+    version (timestamps for dates, int64 for counts, no series columns) is never copied as it
+    is: the next batch writes its rows again with the types and columns of this version."""
+    builders.put_tree(local_store, warehouse_files())
+    assert run_graph(local_store)[0] == 0
+    processed = local_store.processed()
+    batch, out = read_batch(processed)
+    assert _types(out["images.parquet"]) == README_TYPES
+
+    older = pq.read_table(io.BytesIO(out["images.parquet"]))
+    older = older.drop_columns([n for n in README_TYPES if n in ("AcquisitionDate", "KVP")])
+    for name in ("upload_date", "StudyDate", "filed"):
+        index = older.schema.get_field_index(name)
+        older = older.set_column(index, name, older.column(name).cast(pa.timestamp("ns")))
+    for name in ("Rows", "Columns", "NumberOfFrames", "BitsStored"):
+        index = older.schema.get_field_index(name)
+        older = older.set_column(index, name, older.column(name).cast(pa.int64()))
+    buffer = io.BytesIO()
+    pq.write_table(older, buffer)  # (its metadata, through and clinical, kept)
+    processed.write(f"{batch}/images.parquet", buffer.getvalue())
+    _CHANGES["the loader's report"](local_store)  # (a new batch, no new part)
+    code, state = run_graph(local_store)
+    assert code == 0 and not state.kept
+    _, again = read_batch(processed)
+    assert _types(again["images.parquet"]) == README_TYPES
+    rows = pq.read_table(io.BytesIO(again["images.parquet"])).to_pylist()
+    first = pq.read_table(io.BytesIO(out["images.parquet"])).to_pylist()
+    assert [r["StudyDate"] for r in rows] == [r["StudyDate"] for r in first]
+    assert [r["Rows"] for r in rows] == [r["Rows"] for r in first]
+    assert {r["KVP"] for r in rows} == {None}  # (what the older file lacked: null)

@@ -67,6 +67,7 @@ from warehouse.catalogue.selection import (
     open_views,
     patient_outcomes,
     read_catalogue,
+    read_complete_volumes,
     select,
     sql_result,
     summary,
@@ -212,6 +213,12 @@ exit codes: 0 done; 1 a read or a download failed (rerun to resume); 2 bad argum
         "screened (filed before the screen, null in that column) are kept",
     )
     parser.add_argument(
+        "--complete-volumes",
+        action="store_true",
+        help="only images of series that are complete volumes (series.parquet's "
+        "complete_volume: regular spacing, one orientation, no gap, no duplicate position)",
+    )
+    parser.add_argument(
         "--both-groups",
         action="store_true",
         help="allow a selection of training and validation images together",
@@ -264,6 +271,7 @@ def filters_of(args: argparse.Namespace) -> Filters:
         query=args.query,
         both_groups=args.both_groups,
         exclude_identifying=args.exclude_identifying,
+        complete_volumes=args.complete_volumes,
     )
 
 
@@ -365,7 +373,8 @@ def _selection(storage, args: argparse.Namespace, pool: ThreadPoolExecutor) -> l
     problem = centre_problem(catalogue, args.centre)
     if problem:
         raise SelectionError(problem)
-    chosen = select(catalogue, filters_of(args))
+    volumes = read_complete_volumes(processed) if args.complete_volumes else None
+    chosen = select(catalogue, filters_of(args), volumes)
     print(f"catalogue: {processed.url}/{key} ({len(catalogue):,} images)")
     for line in summary(chosen):
         print(line)

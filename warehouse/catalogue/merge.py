@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from warehouse.catalogue.backfill import ColumnFiller
 from warehouse.catalogue.filed import FiledImages
 from warehouse.catalogue.index import (
     PART_COLUMNS,
@@ -53,6 +54,7 @@ from warehouse.catalogue.rows import (
     InvalidPart,
     conformed,
     is_part_key,
+    part_written,
     read_in_order,
     read_part,
 )
@@ -222,8 +224,10 @@ def _stage_parts(
     submit: Callable,
     report: RunReport,
     folder: str,
+    filler: ColumnFiller | None = None,
 ) -> tuple[list[PartArrays], str | None]:
-    """Read the parts, oldest first, each once, into ``folder``.
+    """Read the parts, oldest first, each once, into ``folder`` (with ``filler``, a part
+    lacking the series columns is filled first: `backfill.ColumnFiller`).
 
     Each is copied to a local file named by its place and its rows' hashes are kept; returned
     with the first part that cannot be read (reported and left out; None when every part was
@@ -240,9 +244,12 @@ def _stage_parts(
             report.skip(key, Reason.INVALID_PART, str(exc))
             unreadable = unreadable or key
             continue
+        written = part_written(data, parts[key])
+        if filler is not None:
+            data = filler.fill(key, data, written)
         with open(_staged_path(folder, len(staged)), "wb") as out:
             out.write(data)
-        staged.append(part_arrays(key, parts[key], table))
+        staged.append(part_arrays(key, written, table))
     return staged, unreadable
 
 
@@ -284,6 +291,7 @@ class PreviousCatalogue:
     size: int
     through: str | None
     clinical: bytes | None
+    current: bool = True
 
     def open(self, processed: Storage) -> pq.ParquetFile:
         """Open it for reading (ranged reads)."""
@@ -300,13 +308,18 @@ def previous_catalogue(processed: Storage, key: str | None) -> PreviousCatalogue
     if size is None:
         return None
     try:
-        metadata = pq.ParquetFile(StoredFile(processed, key, size)).schema_arrow.metadata or {}
+        schema = pq.ParquetFile(StoredFile(processed, key, size)).schema_arrow
+        metadata = schema.metadata or {}
         through = json.loads(metadata[b"through"])
     except (KeyError, ValueError, pa.ArrowException, OSError):
         return None
     if through is not None and not isinstance(through, str):
         return None
-    return PreviousCatalogue(key, size, through, metadata.get(b"clinical"))
+    current = all(
+        name in schema.names and schema.field(name).type == MERGED_SCHEMA.field(name).type
+        for name in MERGED_SCHEMA.names
+    )
+    return PreviousCatalogue(key, size, through, metadata.get(b"clinical"), current)
 
 
 def catalogue_batches(
@@ -541,7 +554,9 @@ def scan_catalogue(
     build the catalogue's next index from the current one and those parts. With ``filed``
     (a reconcile's listing of the warehouse), rows of images no longer filed are left out.
     When no part was written since and the last batch saved its counts, its catalogue
-    stands as it is (``reused``): nothing is read or written but those counts.
+    stands as it is (``reused``): nothing is read or written but those counts. A reconcile
+    (``filed`` given) also fills the parts that lack the series columns from the metadata
+    files, and writes them again, as it reads them (`backfill.ColumnFiller`).
 
     Raises
     ------
@@ -564,7 +579,8 @@ def scan_catalogue(
                 logger.info("catalogue: no part since the last batch: its %d images", scan.rows)
                 return scan
     folder = f"{path}.parts"
-    staged, unreadable = _stage_parts(storage, new_parts, submit, report, folder)
+    filler = ColumnFiller(storage, submit, report, len(new_parts)) if filed is not None else None
+    staged, unreadable = _stage_parts(storage, new_parts, submit, report, folder, filler)
     settled = settled_parts(staged, unreadable, now)
     masks, replaced = _newest_masks(staged)
     scan = CatalogueScan(path, through=max([through or "", *(p.key for p in settled)]) or None)
@@ -640,12 +656,14 @@ def publish_index(storage: Storage, scan: CatalogueScan, now: dt.datetime) -> st
 def joined_as_before(scan: CatalogueScan, fingerprint: str) -> bool:
     """Tell whether the last batch's ``images.parquet`` is this batch's as it is.
 
-    It is when the merge took its rows as they are (``scan.reused``) and it joined the same
-    clinical values (its ``clinical`` metadata is ``fingerprint``).
+    It is when the merge took its rows as they are (``scan.reused``), it joined the same
+    clinical values (its ``clinical`` metadata is ``fingerprint``) and it has this version's
+    columns and types (a file of an older version is written again, streamed, with them).
     """
     return (
         scan.reused is not None
         and scan.previous is not None
+        and scan.previous.current
         and scan.previous.clinical == fingerprint.encode()
     )
 

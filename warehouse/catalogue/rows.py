@@ -70,22 +70,57 @@ SCHEMA = pa.schema(
         ("PhotometricInterpretation", pa.string()),
         ("BitsStored", pa.int32()),
         ("TransferSyntaxUID", pa.string()),
+        ("SeriesDescription", pa.string()),
+        ("StudyDescription", pa.string()),
+        ("SeriesNumber", pa.int32()),
+        ("InstanceNumber", pa.int32()),
+        ("ImagePositionPatient", pa.list_(pa.float64())),
+        ("ImageOrientationPatient", pa.list_(pa.float64())),
+        ("SliceLocation", pa.float64()),
+        ("ConvolutionKernel", pa.list_(pa.string())),
+        ("ImageType", pa.list_(pa.string())),
+        ("KVP", pa.float64()),
+        ("AcquisitionDate", pa.date32()),
         ("content_id", pa.string()),
         ("identifying_attributes", pa.list_(pa.string())),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
-#: The columns taken from the header (after the eight that say where the image is).
-HEADER_COLUMNS = COLUMNS[8 : COLUMNS.index("TransferSyntaxUID") + 1]
+#: The columns taken from the header: after the eight that say where the image is, before the
+#: loader's own (its raw file's content, what the identifying-data screen flagged).
+HEADER_COLUMNS = COLUMNS[8 : COLUMNS.index("content_id")]
 #: Where a row holds its metadata file's size (known once that file is written).
 METADATA_SIZE = COLUMNS.index("metadata_size")
+#: The header columns added after the first version of the catalogue: parts written before
+#: lack them (null), until a reconcile fills them from the metadata files
+#: (`warehouse.catalogue.backfill`).
+SERIES_COLUMNS = (
+    "SeriesDescription",
+    "StudyDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SliceLocation",
+    "ConvolutionKernel",
+    "ImageType",
+    "KVP",
+    "AcquisitionDate",
+)
+#: The most values a multi-valued text column keeps (ImageType, ConvolutionKernel): a value
+#: of more is not one of those (null), so an uploader's 16 KiB of backslashes cannot make a
+#: row of thousands of strings.
+MAX_LIST_VALUES = 32
+#: How many numbers a patient-geometry value holds (ImagePositionPatient: x, y, z;
+#: ImageOrientationPatient: the row and column direction cosines); any other count is null.
+GEOMETRY_VALUES = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6}
 
 #: Seconds between two progress lines of a pass over filed images' headers.
 PROGRESS_SECONDS = 10.0
 
 _INT32 = (-(2**31), 2**31 - 1)
 #: A conversion that cannot be made (a malformed value) gives null: what may go wrong.
-_CONVERSION_ERRORS = (
+CONVERSION_ERRORS = (
     ValueError,
     TypeError,
     LookupError,
@@ -122,7 +157,7 @@ def is_part_key(key: str) -> bool:
 def _raw_value(dataset: Dataset, keyword: str):
     try:
         element = dataset.get(keyword)
-    except _CONVERSION_ERRORS:
+    except CONVERSION_ERRORS:
         return None
     return element
 
@@ -139,7 +174,7 @@ def _text(value) -> str | None:
             text = "\\".join(str(v) for v in value)
         else:
             text = str(value)
-    except _CONVERSION_ERRORS:
+    except CONVERSION_ERRORS:
         return None
     text = text.rstrip(" \x00").strip()
     return text or None
@@ -152,7 +187,7 @@ def _integer(value) -> int | None:
         if _is_multi(value):
             value = value[0]
         number = int(float(str(value).strip()))
-    except _CONVERSION_ERRORS:
+    except CONVERSION_ERRORS:
         return None
     return number if _INT32[0] <= number <= _INT32[1] else None
 
@@ -164,7 +199,7 @@ def _real(value) -> float | None:
         if _is_multi(value):
             value = value[0]
         number = float(str(value).strip())
-    except _CONVERSION_ERRORS:
+    except CONVERSION_ERRORS:
         return None
     return number if number == number and abs(number) != float("inf") else None
 
@@ -178,6 +213,28 @@ def _reals(value) -> list[float] | None:
     if not numbers or len(reals) < len(numbers):
         return None
     return reals
+
+
+def _texts(value) -> list[str] | None:
+    """A multi-valued text (CS, SH) as the list of its values, each without its padding (an
+    empty value stays, as ``""``: the values are positional); null when there is none, or
+    more than `MAX_LIST_VALUES`."""
+    if value is None or value == "":
+        return None
+    items = list(value) if _is_multi(value) else [value]
+    if not items or len(items) > MAX_LIST_VALUES:
+        return None
+    try:
+        texts = [str(item).rstrip(" \x00").strip() for item in items]
+    except CONVERSION_ERRORS:
+        return None
+    return texts if any(texts) else None
+
+
+def _geometry(value, count: int) -> list[float] | None:
+    """Exactly ``count`` numbers (`_reals`), else null."""
+    numbers = _reals(value)
+    return numbers if numbers is not None and len(numbers) == count else None
 
 
 def dicom_date(value) -> dt.date | None:
@@ -212,12 +269,14 @@ def instance_uid(dataset: Dataset) -> str | None:
     )
 
 
-def header_values(dataset: Dataset) -> tuple:
-    """The catalogue's header fields of a parsed header, typed, in `HEADER_COLUMNS` order.
+def header_fields(dataset: Dataset) -> dict:
+    """The catalogue's header fields of a parsed header, typed, by column name.
 
     Identifiers and other text lose their DICOM padding; a value that is absent, empty or
     cannot be converted is None. SOPInstanceUID and SOPClassUID fall back on the file meta's
-    media storage UIDs; TransferSyntaxUID comes from the file meta.
+    media storage UIDs; TransferSyntaxUID comes from the file meta. Multi-valued text
+    (ImageType, ConvolutionKernel) is a list; ImagePositionPatient and
+    ImageOrientationPatient are lists of 3 and 6 numbers.
     """
     meta = getattr(dataset, "file_meta", None)
 
@@ -227,29 +286,58 @@ def header_values(dataset: Dataset) -> tuple:
     def from_meta(keyword):
         return _raw_value(meta, keyword) if meta is not None else None
 
-    return (
-        _text(value("PatientID")),
-        _text(value("StudyInstanceUID")),
-        _text(value("SeriesInstanceUID")),
-        instance_uid(dataset),
-        _text(value("SOPClassUID")) or _text(from_meta("MediaStorageSOPClassUID")),
-        _text(value("Modality")),
-        _text(value("BodyPartExamined")),
-        _text(value("ViewPosition")),
-        _text(value("PatientSex")),
-        dicom_age_years(_text(value("PatientAge"))),
-        dicom_date(value("StudyDate")),
-        _text(value("Manufacturer")),
-        _text(value("ManufacturerModelName")),
-        _integer(value("Rows")),
-        _integer(value("Columns")),
-        _reals(value("PixelSpacing")),
-        _real(value("SliceThickness")),
-        _integer(value("NumberOfFrames")),
-        _text(value("PhotometricInterpretation")),
-        _integer(value("BitsStored")),
-        _text(from_meta("TransferSyntaxUID")),
-    )
+    return {
+        "PatientID": _text(value("PatientID")),
+        "StudyInstanceUID": _text(value("StudyInstanceUID")),
+        "SeriesInstanceUID": _text(value("SeriesInstanceUID")),
+        "SOPInstanceUID": instance_uid(dataset),
+        "SOPClassUID": _text(value("SOPClassUID")) or _text(from_meta("MediaStorageSOPClassUID")),
+        "Modality": _text(value("Modality")),
+        "BodyPartExamined": _text(value("BodyPartExamined")),
+        "ViewPosition": _text(value("ViewPosition")),
+        "PatientSex": _text(value("PatientSex")),
+        "PatientAge": dicom_age_years(_text(value("PatientAge"))),
+        "StudyDate": dicom_date(value("StudyDate")),
+        "Manufacturer": _text(value("Manufacturer")),
+        "ManufacturerModelName": _text(value("ManufacturerModelName")),
+        "Rows": _integer(value("Rows")),
+        "Columns": _integer(value("Columns")),
+        "PixelSpacing": _reals(value("PixelSpacing")),
+        "SliceThickness": _real(value("SliceThickness")),
+        "NumberOfFrames": _integer(value("NumberOfFrames")),
+        "PhotometricInterpretation": _text(value("PhotometricInterpretation")),
+        "BitsStored": _integer(value("BitsStored")),
+        "TransferSyntaxUID": _text(from_meta("TransferSyntaxUID")),
+        **series_fields(dataset),
+    }
+
+
+def series_fields(dataset: Dataset) -> dict:
+    """The `SERIES_COLUMNS` of a parsed header (or of a metadata file read back as a data
+    set: `warehouse.catalogue.backfill`), typed as `header_fields` types them."""
+
+    def value(keyword):
+        return _raw_value(dataset, keyword)
+
+    return {
+        "SeriesDescription": _text(value("SeriesDescription")),
+        "StudyDescription": _text(value("StudyDescription")),
+        "SeriesNumber": _integer(value("SeriesNumber")),
+        "InstanceNumber": _integer(value("InstanceNumber")),
+        **{name: _geometry(value(name), count) for name, count in GEOMETRY_VALUES.items()},
+        "SliceLocation": _real(value("SliceLocation")),
+        "ConvolutionKernel": _texts(value("ConvolutionKernel")),
+        "ImageType": _texts(value("ImageType")),
+        "KVP": _real(value("KVP")),
+        "AcquisitionDate": dicom_date(value("AcquisitionDate")),
+    }
+
+
+def header_values(dataset: Dataset) -> tuple:
+    """The catalogue's header fields of a parsed header (`header_fields`), in `HEADER_COLUMNS`
+    order (a column no header gives is None)."""
+    fields = header_fields(dataset)
+    return tuple(fields.get(name) for name in HEADER_COLUMNS)
 
 
 def image_row(
@@ -407,12 +495,32 @@ class RowBuffer:
         return table
 
 
-def part_bytes(table: pa.Table) -> bytes:
-    """A part's content: ``table`` as Parquet (zstd), rows sorted by warehouse key."""
+#: A part's footer key holding when the part was first written (ISO 8601), kept when a
+#: reconcile writes the part again with the columns it lacked (`warehouse.catalogue.backfill`):
+#: its rows were filed then, not when it was written again.
+WRITTEN_METADATA = b"written"
+
+
+def part_bytes(table: pa.Table, written: dt.datetime | None = None) -> bytes:
+    """A part's content: ``table`` as Parquet (zstd), rows sorted by warehouse key; with
+    ``written``, the time the part was first written (`part_written` reads it)."""
     table = table.sort_by("warehouse_key") if table.num_rows else table
+    if written is not None:
+        table = table.replace_schema_metadata({WRITTEN_METADATA: written.isoformat()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
+
+
+def part_written(data: bytes, listed: dt.datetime) -> dt.datetime:
+    """When a part was first written: the time its footer keeps (`part_bytes`), else the time
+    it was ``listed`` as last modified."""
+    try:
+        metadata = pq.ParquetFile(io.BytesIO(data)).schema_arrow.metadata or {}
+        kept = dt.datetime.fromisoformat(metadata[WRITTEN_METADATA].decode("ascii"))
+    except (KeyError, ValueError, UnicodeError, pa.ArrowException, OSError):
+        return listed
+    return kept if kept.tzinfo is not None else listed
 
 
 class InvalidPart(ValueError):
@@ -423,7 +531,7 @@ def read_part(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
     """A part's rows as a table of `SCHEMA` (or of ``columns`` of it).
 
     A column a part does not have (written by an older version) is null; columns of other
-    types are cast to the schema's.
+    types are cast to the schema's (`conform`).
 
     Raises
     ------
@@ -460,6 +568,12 @@ def conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             arrays.append(pa.nulls(table.num_rows, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def lacks_columns(data: bytes, names: Iterable[str]) -> bool:
+    """Whether the Parquet file ``data`` (a part) lacks any of the columns ``names``."""
+    present = set(pq.ParquetFile(io.BytesIO(data)).schema_arrow.names)
+    return any(name not in present for name in names)
 
 
 #: Parts read ahead at most while parts are taken one at a time (memory: a few parts).

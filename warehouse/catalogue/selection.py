@@ -36,6 +36,7 @@ import pyarrow.dataset as pa_dataset
 import pyarrow.parquet as pq
 
 from warehouse.catalogue.batches import LATEST_KEY, InvalidLatest, batch_folder, latest_paths
+from warehouse.catalogue.series import SERIES_KEY
 from warehouse.core.errors import ExpectedError, ObjectNotFound, PreconditionFailed
 from warehouse.core.keys import (
     GROUPS,
@@ -139,6 +140,7 @@ class Filters:
     both_groups: bool = False
     #: Leave out the images the identifying-data screen flagged (`flagged_rows`).
     exclude_identifying: bool = False
+    complete_volumes: bool = False
 
 
 def locked_connection(tables: Mapping[str, object]) -> duckdb.DuckDBPyConnection:
@@ -494,14 +496,17 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
+def select(
+    catalogue: pd.DataFrame, filters: Filters, volumes: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """The catalogue rows that pass ``filters``.
 
     ``since`` and ``until`` bound the upload date (inclusive); ``positive`` keeps covid
     positive (True) or negative (False) patients; ``exclude_identifying`` leaves out the
     images the identifying-data screen flagged (`flagged_rows`); ``query`` is a SQL
     expression on the columns, run by DuckDB with no access outside the catalogue (`query_rows`:
-    ``"Manufacturer = 'SIEMENS' AND Rows >= 2048"``).
+    ``"Manufacturer = 'SIEMENS' AND Rows >= 2048"``); ``complete_volumes`` keeps the images
+    of the series ``volumes`` lists (`read_complete_volumes`).
 
     Raises
     ------
@@ -527,6 +532,8 @@ def select(catalogue: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     keep = keep.fillna(False).astype(bool)
     if filters.exclude_identifying:
         keep &= ~flagged_rows(catalogue)
+    if filters.complete_volumes:
+        keep &= in_series(catalogue, volumes)
     if filters.query:
         keep &= query_rows(catalogue, filters.query)
     chosen = catalogue[keep]
@@ -551,6 +558,48 @@ def flagged_rows(catalogue: pd.DataFrame) -> pd.Series:
 
 def _has_keyword(value) -> bool:
     return value is not None and hasattr(value, "__len__") and len(value) > 0
+
+
+def read_complete_volumes(processed: Storage) -> pd.DataFrame:
+    """The series of the newest batch's series table (``series.parquet``) that are complete
+    volumes: their `SERIES_KEY` columns.
+
+    Raises
+    ------
+    SelectionError
+        When there is no batch, or its batch has no series table (written by an older
+        dataprocess) or one that cannot be read.
+    StorageError
+        When a read fails.
+    """
+    try:
+        paths = latest_paths(processed)
+    except InvalidLatest as exc:
+        raise SelectionError(str(exc)) from None
+    if not paths or "series" not in paths:
+        raise SelectionError(
+            "--complete-volumes: the newest batch has no series table (series.parquet): "
+            "run dataprocess again"
+        )
+    key = paths["series"]
+    try:
+        series = pd.read_parquet(
+            io.BytesIO(processed.read(key)), columns=[*SERIES_KEY, "complete_volume"]
+        )
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        detail = _printable(str(exc).split("\n", 1)[0])
+        raise SelectionError(f"{key} is not a series table pandas can read: {detail}") from None
+    complete = series["complete_volume"].astype("boolean").fillna(False).astype(bool)
+    return series.loc[complete, list(SERIES_KEY)]
+
+
+def in_series(catalogue: pd.DataFrame, volumes: pd.DataFrame | None) -> pd.Series:
+    """Which rows of ``catalogue`` are images of a series of ``volumes`` (by `SERIES_KEY`)."""
+    if volumes is None or not len(volumes) or not len(catalogue):
+        return pd.Series(False, index=catalogue.index)
+    wanted = pd.MultiIndex.from_frame(volumes[list(SERIES_KEY)].astype("object"))
+    rows = pd.MultiIndex.from_frame(catalogue[list(SERIES_KEY)].astype("object"))
+    return pd.Series(rows.isin(wanted), index=catalogue.index)
 
 
 def summary(chosen: pd.DataFrame) -> list[str]:

@@ -9,6 +9,7 @@ module puts them together and writes the result::
     <processed store>/<batch>/patient.*, patient_clean.*, storage.*
     <processed store>/<batch>/study_images.*                          (when there are images)
     <processed store>/<batch>/images.parquet         (the image catalogue; Parquet only)
+    <processed store>/<batch>/series.parquet         (one row per series, with its flags)
     <processed store>/<batch>/rows/patients.parquet, studies.parquet  (what the next run reuses)
     <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
     <processed store>/<batch>/holdout.json     (the hold-out certificate: internal, not named
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from warehouse.catalogue.batches import LATEST_KEY
 from warehouse.catalogue.holdout import (
@@ -51,6 +53,7 @@ from warehouse.catalogue.merge import (
     publish_index,
     write_joined,
 )
+from warehouse.catalogue.series import series_counts, write_series, write_source
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import IMAGE_FOLDERS
@@ -74,6 +77,7 @@ from warehouse.dashboard.tables import (
 )
 from warehouse.dashboard.view import DataprocessView, SharedView, reusable_row_files
 from warehouse.storage.base import Storage
+from warehouse.storage.files import StoredFile
 
 if TYPE_CHECKING:
     from warehouse.dashboard.pages import PageInputs
@@ -93,6 +97,8 @@ TABLE_ORDER = (
 )
 #: The batch's image catalogue (named ``images`` in ``latest.csv``, after the tables).
 IMAGES_FILE = "images.parquet"
+#: The batch's series table (named ``series`` in ``latest.csv``, after ``images``).
+SERIES_FILE = "series.parquet"
 #: Pages in the order of ``latest.csv``, after the tables: archive name -> file name.
 #: The batch's pages and their file names (the pages module, and altair with it, is imported
 #: only when a batch is built).
@@ -142,6 +148,10 @@ class Batch:
     images_from : str or None
         Instead, the last batch's ``images.parquet`` (a key of the processed store), copied as
         it is.
+    series : str or None
+        The local file of ``series.parquet``, when the batch has images.
+    series_from : str or None
+        Instead, the last batch's ``series.parquet``, copied as it is.
     """
 
     name: str
@@ -151,6 +161,8 @@ class Batch:
     data: dict[str, bytes] = field(default_factory=dict)
     images: str | None = None
     images_from: str | None = None
+    series: str | None = None
+    series_from: str | None = None
     _latest: pd.DataFrame | None = field(default=None, repr=False)
 
     def release(self) -> None:
@@ -169,6 +181,9 @@ class Batch:
         if self.images is not None or self.images_from is not None:
             archives.append("images")
             paths.append(f"{self.name}/{IMAGES_FILE}")
+        if self.series is not None or self.series_from is not None:
+            archives.append("series")
+            paths.append(f"{self.name}/{SERIES_FILE}")
         for archive, file_name in PAGES.items():
             if archive in self.pages:
                 archives.append(archive)
@@ -429,6 +444,13 @@ def write_batch(
             future.result()
         pending = set()
         batch.release()
+        series_key = f"{batch.name}/{SERIES_FILE}"
+        if batch.series is not None:
+            submit(store.write_file, series_key, batch.series, _content_type(SERIES_FILE))
+            written.append(series_key)
+        elif batch.series_from is not None:
+            submit(store.copy, batch.series_from, series_key)
+            written.append(series_key)
         images_key = f"{batch.name}/{IMAGES_FILE}"
         if batch.images is not None:
             if make_images is not None:
@@ -442,6 +464,41 @@ def write_batch(
             future.result()
     store.write(LATEST_KEY, csv_bytes(batch.latest()), "text/csv")
     return [*written, LATEST_KEY]
+
+
+def batch_series(
+    view: DataprocessView, store: Storage
+) -> tuple[str | None, str | None, pd.DataFrame | None]:
+    """Make the batch's series table from its catalogue (`catalogue.series`).
+
+    When the catalogue is the last batch's as it was and that batch has a series table, it is
+    copied; otherwise it is computed into the run's folder, from the merged catalogue (or the
+    last batch's ``images.parquet``, copied there first).
+
+    Returns
+    -------
+    tuple
+        ``(local file, last batch's key to copy, counts per group, patient and modality
+        folder)``: the first two None when there are no images.
+    """
+    scan = view.catalogue
+    if not scan.rows:
+        return None, None, None
+    if scan.reused is not None and scan.previous is not None:
+        previous = view.reusable.series_key
+        if previous is not None and scan.previous.current:
+            size = next((i.size for i in store.list(previous) if i.key == previous), None)
+            if size is not None:
+                file = pq.ParquetFile(StoredFile(store, previous, size))
+                return None, previous, series_counts(file)
+        source = os.path.join(view.workdir, "series-source.parquet")
+        write_source(scan.previous.open(store), source)
+    else:
+        source = scan.path
+    path = os.path.join(view.workdir, SERIES_FILE)
+    rows = write_series(source, path, view.workdir)
+    run_logger.info("series: %d rows", rows)
+    return path, None, series_counts(pq.ParquetFile(path))
 
 
 #: The count a run reports when the last batch still holds (`publish_batch`).
@@ -531,11 +588,13 @@ def publish_batch(
             _keep_last_batch(state, view.reusable.batch)
             return
         certificate = holdout_certificate(storage, store, view, now)
+        series, series_from, series_counts_ = batch_series(view, store)
         inputs = dataclasses.replace(
             page_inputs(storage.url, view.pages),
             images=image_summary(view.catalogue.summary),
             screened=view.catalogue.screened,
             holdout=certificate,
+            series=series_counts_,
         )
         # (before the tables: what they make in passing is let go before the tables are built)
         data = reusable_row_files(*collected.reusable())
@@ -551,6 +610,7 @@ def publish_batch(
             inputs=inputs,
         )
         batch.data = data
+        batch.series, batch.series_from = series, series_from
         collected.release()  # (the tables hold what the rows said)
         make_images = None
         if view.catalogue.rows:

@@ -31,6 +31,7 @@ import vl_convert
 from warehouse.core.config import PipelineConfig
 from warehouse.core.report_page import page_environment
 from warehouse.dashboard import figures
+from warehouse.dashboard.volumes import series_by_site
 
 __all__ = [
     "Chart",
@@ -77,6 +78,9 @@ class PageInputs:
     holdout : dict or None
         The batch's hold-out certificate (`catalogue.holdout.certify`): shown at the top of
         the internal page only.
+    series : pandas.DataFrame or None
+        The series table's counts per group, patient and modality folder
+        (`catalogue.series.series_counts`), when the batch has one.
     """
 
     warehouse: str = ""
@@ -87,6 +91,7 @@ class PageInputs:
     images: pd.DataFrame | None = None
     screened: Mapping[tuple, int] | None = None
     holdout: dict | None = None
+    series: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -591,6 +596,11 @@ def dashboard_page(
         loader_note=inputs.loader_note,
         holdout=inputs.holdout,
         shown=HOLDOUT_SHOWN,
+        series=(
+            series_by_site(inputs.series, tables["patient_clean"]).to_dict("records")
+            if inputs.series is not None
+            else None
+        ),
     )
 
 

@@ -83,6 +83,8 @@ class ReusableRows:
         The last batch's folder.
     images_key : str or None
         Its merged image catalogue (``images.parquet``).
+    series_key : str or None
+        Its series table (``series.parquet``), when it has one.
     counts_key : str or None
         What its merge counted (`catalogue.merge.COUNTS_NAME`), when it saved that.
     patients : dict
@@ -102,6 +104,7 @@ class ReusableRows:
 
     batch: str | None = None
     images_key: str | None = None
+    series_key: str | None = None
     counts_key: str | None = None
     patients: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     studies: dict[StudySlot, tuple[str, str]] = field(default_factory=dict)
@@ -148,7 +151,8 @@ def last_batch(processed: Storage) -> ReusableRows:
     batch = batch_folder(paths) if paths else None
     if batch is None:
         return ReusableRows()
-    rows = ReusableRows(batch, paths.get("images") if paths else None)
+    named = paths or {}
+    rows = ReusableRows(batch, named.get("images"), named.get("series"))
     if rows.images_key is not None and not rows.images_key.endswith(".parquet"):
         rows.images_key = None  # (an older batch: its catalogue is merged again)
     rows.saved = {info.key for info in processed.list(f"{batch}/rows/")}
