@@ -176,17 +176,23 @@ def test_sql_cannot_read_files_nor_write(local_store, monkeypatch, capsys, tmp_p
 def test_the_series_view_is_there_when_the_batch_has_its_file(local_store, monkeypatch, capsys):
     _warehouse(local_store)
     sql = "SELECT sum(instances) AS total FROM series"
-    assert _run(monkeypatch, local_store, "--sql", sql) == 2
-    assert "series" in capsys.readouterr().err
-    processed = local_store.processed()
-    folder = latest_paths(processed)["images"].split("/")[0]
-    table = pa.table({"SeriesInstanceUID": ["1.2", "1.3"], "instances": [3, 4]})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    processed.write(f"{folder}/series.parquet", buffer.getvalue())
+    images = _batch_table(local_store, "images.parquet")
     assert _run(monkeypatch, local_store, "--sql", sql) == 0
     out = capsys.readouterr().out
-    assert ": images, patients, series" in out and out.splitlines()[-2].split() == ["7"]
+    assert ": images, patients, series" in out
+    assert out.splitlines()[-2].split() == [str(int(images["SeriesInstanceUID"].notna().sum()))]
+    # a batch of an older version, without series.parquet: no series view
+    processed = local_store.processed()
+    latest = processed.read("latest.csv").decode()
+    older = "".join(line for line in latest.splitlines(True) if not line.startswith("series,"))
+    assert older != latest
+    processed.write("latest.csv", older.encode())
+    folder = latest_paths(processed)["images"].split("/")[0]
+    (
+        local_store.root.parent / f"{local_store.root.name}-processed" / folder / "series.parquet"
+    ).unlink()
+    assert _run(monkeypatch, local_store, "--sql", sql) == 2
+    assert "series" in capsys.readouterr().err
 
 
 def test_sql_and_output_are_checked_before_anything_is_read(local_store, monkeypatch, capsys):
@@ -209,8 +215,10 @@ def test_the_python_api(store, tmp_path):
     images = _batch_table(store, "images.parquet")
     opened = warehouse.catalogue.open(store.url)
     with opened as catalogue:
-        assert catalogue.views == ("images", "patients")
-        assert catalogue.series is None
+        assert catalogue.views == ("images", "patients", "series")
+        assert catalogue.series is not None
+        series = catalogue.series.df()
+        assert len(series) == images["SeriesInstanceUID"].nunique()
         frame = catalogue.images.df()
         assert sorted(frame["warehouse_key"]) == sorted(images["warehouse_key"])
         ct = catalogue.images.filter("Modality = 'CT'").df()
