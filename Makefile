@@ -94,8 +94,9 @@ format: $(VENV)/.dev  ## format and fix what ruff can
 docs: $(VENV)/.runtime  ## write docs/reference/ again from the code (reasons, environment, config, catalogue)
 	$(BIN)/python docs/generate.py
 
-bench: $(VENV)/.dev  ## run the S3 benchmark (see README, Performance)
+bench: $(VENV)/.dev  ## run the S3 benchmark, then the hold-out checks' CPU per image (see README, Performance)
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.checks
 
 clean:  ## remove the virtual environment and generated data
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

@@ -364,3 +364,29 @@ def test_a_sharded_run_sees_what_is_filed_and_the_next_runs_report_what_two_shar
         f"{group_of(store, patient)}/data/{patient}/" for patient in (ALPHA, BETA)
     }
     assert TWO_PATIENTS not in _site_feedback(store)
+
+
+def test_the_checks_benchmark_times_the_lookups_and_finds_what_is_planted(capsys):
+    """`benchmarks.checks` (run by `make bench`) prints the checks' CPU per image.
+
+    The screen's and the leakage checks'; its lookups are the product's: a value claimed for
+    one patient is found under another.
+    """
+    from benchmarks import checks as benchmark
+    from warehouse.catalogue.run import LoaderCatalogue
+    from warehouse.core.report import RunReport
+
+    assert benchmark.main(["--owners", "1000", "--images", "400"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["leakage"]["images"] == 400 and figures["leakage"]["owners_per_kind"] == 1000
+    assert figures["leakage"]["leakage_us_per_image"] > 0
+    assert figures["screen"]["screen_us_per_image"] > 0
+    # (two hundred images a study and a patient: nothing is another patient's)
+    assert figures["leakage"]["found"] == 0
+
+    catalogue = LoaderCatalogue(RunReport("warehouseloader"))
+    catalogue._index = benchmark.owner_index(1000)
+    values = {"study": "1.2.3", "series": "1.2.3.4", "content": "sha256:00"}
+    catalogue.claim_owners(values, "Covid1", "training/ct/Covid1/a.dcm")
+    assert catalogue.other_owner("study", "1.2.3", "Covid2").patient == "Covid1"
+    assert catalogue.other_owner("study", "1.2.3", "Covid1") is None
