@@ -423,7 +423,7 @@ def clinical_templates(sites: list[Site], seed: int) -> dict[tuple[str, str], by
 def catalogue_rows(patient: Patient, contents: Contents) -> Iterator[dict]:
     """Yield the catalogue rows of a placeholder patient's images.
 
-    Each has the template's header fields, the placeholder's keys and identifiers.
+    Each has the template's header fields, the placeholder's keys, identifiers and content.
     """
     upload = dt.date.fromisoformat(patient.date)
     for image in images_of(patient):
@@ -441,6 +441,8 @@ def catalogue_rows(patient: Patient, contents: Contents) -> Iterator[dict]:
             "StudyInstanceUID": image.study,
             "SeriesInstanceUID": image.series,
             "SOPInstanceUID": image.sop,
+            # (one content per image, as a warehouse of real uploads holds: an S3 ETag's shape)
+            "content_id": f"etag:{image.sop}:{template.size}",
         }
 
 
