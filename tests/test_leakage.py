@@ -247,22 +247,25 @@ def _part_of_another_patient(storage, content: str) -> None:
     storage.write(part_key(when), buffer.getvalue().to_pybytes())
 
 
-@pytest.mark.parametrize("catalogue", ["newer part", "index"])
+@pytest.mark.parametrize("catalogue", ["newer part", "index, full run"])
 def test_identical_content_filed_under_another_patient_is_refused(store, monkeypatch, catalogue):
     """A raw file whose bytes the catalogue holds filed under Beta is refused for Alpha.
 
-    The product's own content id of each filed image is the one computed here.
+    By a daily run when a newer part holds it, by a full run when the index does (a daily run
+    does not read the index's contents: `test_a_daily_run_leaves_the_index_s_contents_to_the
+    _certificate`). The product's own content id of each filed image is the one computed here.
     """
     monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
     builders.put_tree(store, base_tree())
     assert builders.run_loader(store, workers=4)[0] == 0  # (the patients and their groups)
     data = dicom(ALPHA, "s1", "r1", "i1")
     _part_of_another_patient(store, content_id(store, data))
-    if catalogue == "index":
+    full = catalogue != "newer part"
+    if full:
         assert run_dataprocess(store, workers=4)[0] == 0
     key = "raw-a/2021-01-06/images/a1.dcm"
     store.write(key, data)
-    code, state = builders.run_loader(store, workers=4)
+    code, state = builders.run_loader(store, workers=4, reconcile=full)
     assert code == 0
     check_refused(store, state, key, CONTENT, content_id(store, data), other=BETA, mine=ALPHA)
     document = json.dumps(feedback(store, "raw-a"))
@@ -279,6 +282,37 @@ def test_identical_content_filed_under_another_patient_is_refused(store, monkeyp
         if row["PatientID"] == ALPHA
     ]
     assert [row["content_id"] for row in rows] == [content_id(store, other)]
+
+
+def test_a_daily_run_leaves_the_index_s_contents_to_the_certificate(store, monkeypatch):
+    """A content only the index holds under another patient: filed, then certified.
+
+    A daily run reads no content arrays of the index (16 bytes an image), so it files the
+    image, and the next batch's hold-out certificate counts it under two patients. (The loader
+    itself cannot file such a pair: identical bytes name one patient and one SOP instance.
+    Here Beta's row was written by hand, with Alpha's image's content.)
+    """
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    builders.put_tree(store, base_tree())
+    assert builders.run_loader(store, workers=4)[0] == 0
+    data = dicom(ALPHA, "s1", "r1", "i1")
+    _part_of_another_patient(store, content_id(store, data))
+    assert run_dataprocess(store, workers=4)[0] == 0  # (the index now holds Beta's row)
+    store.write("raw-a/2021-01-06/images/a1.dcm", data)
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0 and state.report.counts["images copied"] == 1
+    assert run_dataprocess(store, workers=4)[0] == 0
+    processed = store.processed()
+    latest = processed.read("latest.csv").decode()
+    batch = next(
+        line.split(",", 1)[1].split("/")[0]
+        for line in latest.splitlines()
+        if line.startswith("images,")
+    )
+    certificate = json.loads(processed.read(f"{batch}/holdout.json"))
+    check = certificate["checks"]["content_under_two_patients"]
+    assert check["violations"] == 1
+    assert sorted(h["pseudonym"] for h in check["listed"][0]["holders"]) == sorted([ALPHA, BETA])
 
 
 # ---------------------------------------------------------------------------- sharded runs
