@@ -1034,6 +1034,54 @@ def test_raw_lookups_by_day_and_hash_agree_with_a_sorted_list():
         assert all(pairs[a] == pair for a, pair, f in zip(at, wanted, found, strict=True) if f)
 
 
+def test_owner_arrays_are_read_without_their_row_groups_of_padding(local_store, monkeypatch):
+    """The owner arrays fill the end of the index's rows (zeros before): `read_index` reads
+    only the row groups that hold pairs (their statistics say so), and a daily run none of the
+    contents'; what it reads is what was written (oracle: the pairs as made here)."""
+    monkeypatch.setattr(index, "ROW_GROUP", 50)
+    rng = random.Random(5)
+    rows = [(n, 10, 0, n, rng.randrange(1, 1 << 60), 100, 1_000, 18000) for n in range(400)]
+    made = _index_of(rows, 3)
+
+    def pairs(count):
+        hashes = sorted(rng.randrange(1, 1 << 60) for _ in range(count))
+        return np.array(hashes, np.uint64), np.array(
+            [rng.randrange(1, 1 << 60) for _ in hashes], np.uint64
+        )
+
+    owners = {"study": pairs(30), "series": pairs(70), "content": pairs(400)}
+    for kind, (hashes, patients) in owners.items():
+        setattr(made, kind, hashes)
+        setattr(made, f"{kind}_patient", patients)
+    key = index.write_index(local_store, made, dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    size = len(local_store.read(key))
+    read: list[tuple[int, tuple]] = []
+    real_open = index._open
+
+    def recording_open(storage, name, length):
+        file, handle = real_open(storage, name, length)
+        real_read = file.read_row_group
+
+        def read_row_group(group, columns=None, **kwargs):
+            read.append((group, tuple(columns or ())))
+            return real_read(group, columns=columns, **kwargs)
+
+        file.read_row_group = read_row_group
+        return file, handle
+
+    monkeypatch.setattr(index, "_open", recording_open)
+    daily = index.read_index(local_store, key, size)
+    for kind in ("study", "series"):
+        hashes, patients = owners[kind]
+        assert daily.owners(kind)[0].tolist() == hashes.tolist()
+        assert daily.owners(kind)[1].tolist() == patients.tolist()
+        groups = sorted(g for g, columns in read if columns[:1] == (kind,))
+        assert groups == list(range(8 - -(-len(hashes) // 50), 8)), kind  # (8 of 50 rows)
+    assert len(daily.content) == 0 and not [g for g, c in read if c[:1] == ("content",)]
+    full = index.read_index(local_store, key, size, with_raw=True)
+    assert full.owners("content")[0].tolist() == owners["content"][0].tolist()
+
+
 def test_a_daily_run_reads_only_the_index_row_groups_of_the_dates_it_asks_about(
     local_store, monkeypatch
 ):

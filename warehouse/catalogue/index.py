@@ -691,10 +691,15 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
         return out
 
     def owners(kind: str) -> tuple[np.ndarray, np.ndarray]:
-        # a row group at a time, its padding (hash 0) left out
+        # a row group at a time, its padding (hash 0) left out; a row group of padding alone
+        # (its statistics say so: the pairs are at the end of the index) is not read
         hashes, patients = [], []
+        position = file.schema_arrow.get_field_index(kind)
         try:
             for group in range(file.num_row_groups):
+                stats = file.metadata.row_group(group).column(position).statistics
+                if stats is not None and stats.has_min_max and stats.max == 0:
+                    continue
                 chunk = file.read_row_group(group, columns=[kind, f"{kind}_patient"])
                 values = np.asarray(chunk.column(0).to_numpy(), dtype=_HASH)
                 keep = values != 0
