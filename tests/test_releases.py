@@ -361,3 +361,21 @@ def test_the_operators_may_write_and_fetch_releases():
     assert allows(policy, "s3:GetObjectVersion", f"{WAREHOUSE}/training/xray/P/1.2/1.3/x.dcm")
     assert allows(policy, "s3:PutObject", f"{PROCESSED}/releases/v1/release.json")
     assert allows(policy, "s3:GetObject", f"{PROCESSED}/releases/v1/manifest.parquet")
+
+
+def test_a_flag_alone_with_a_release_name_selects(local_store, monkeypatch, capsys):
+    """`--release NAME` with `--exclude-identifying` (or `--complete-volumes`) alone selects.
+
+    It is a selection to write, not the release of that name to show: here it is refused as
+    a selection (of both groups, or empty), and with `--both-groups` written.
+    """
+    _warehouse(local_store)
+    capsys.readouterr()
+    for flag in ("--exclude-identifying", "--complete-volumes"):
+        assert _run(monkeypatch, local_store, flag, "--release", "clean") == 2
+        # (a selection: of both groups, or, of complete volumes, none in these x-rays)
+        assert capsys.readouterr().err.startswith("warehouse-select: the selection holds ")
+    args = ("--both-groups", "--exclude-identifying", "--release", "clean")
+    assert _run(monkeypatch, local_store, *args) == 0
+    release = json.loads(local_store.processed().read("releases/clean/release.json"))
+    assert release["filters"]["exclude_identifying"] is True

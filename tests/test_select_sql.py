@@ -199,6 +199,9 @@ def test_sql_and_output_are_checked_before_anything_is_read(local_store, monkeyp
     bad = [
         ("--sql", "SELECT 1", "--group", "training"),
         ("--sql", "SELECT 1", "--release", "r1"),
+        ("--sql", "SELECT 1", "--exclude-identifying"),
+        ("--sql", "SELECT 1", "--complete-volumes"),
+        ("--releases", "--complete-volumes"),
         ("--releases", "--group", "training"),
     ]
     for args in bad:

@@ -100,6 +100,8 @@ SELECTION_ARGUMENTS = (
     "negative",
     "query",
     "both_groups",
+    "exclude_identifying",
+    "complete_volumes",
 )
 #: The image folders a ``--modality`` names (``CT`` and ``ct`` alike; ``DX``, ``CR`` and
 #: ``MR``, the DICOM modalities, name their folders).
