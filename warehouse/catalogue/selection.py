@@ -88,6 +88,25 @@ class SelectionError(ExpectedError):
     """A selection that cannot be made (no catalogue, a bad filter, mixed groups)."""
 
 
+def newest_batch_paths(processed: Storage) -> dict[str, str]:
+    """The newest batch's files as ``latest.csv`` names them (archive -> path).
+
+    Raises
+    ------
+    SelectionError
+        When there is no ``latest.csv`` or it cannot be used.
+    StorageError
+        When the read fails.
+    """
+    try:
+        paths = latest_paths(processed)
+    except InvalidLatest as exc:
+        raise SelectionError(str(exc)) from None
+    if paths is None:
+        raise SelectionError(f"no {LATEST_KEY} in {processed.url}: run dataprocess first")
+    return paths
+
+
 def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
     """The newest catalogue (``images.parquet`` of the batch ``latest.csv`` names): its key
     and its rows.
@@ -100,12 +119,7 @@ def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
     StorageError
         When a read fails.
     """
-    try:
-        paths = latest_paths(processed)
-    except InvalidLatest as exc:
-        raise SelectionError(str(exc)) from None
-    if paths is None:
-        raise SelectionError(f"no {LATEST_KEY} in {processed.url}: run dataprocess first")
+    paths = newest_batch_paths(processed)
     if "images" not in paths:
         raise SelectionError(
             f"the batch {LATEST_KEY} names has no image catalogue (no images filed, or "
@@ -196,12 +210,7 @@ def batch_files(processed: Storage) -> BatchFiles:
     StorageError
         When a read fails.
     """
-    try:
-        paths = latest_paths(processed)
-    except InvalidLatest as exc:
-        raise SelectionError(str(exc)) from None
-    if paths is None:
-        raise SelectionError(f"no {LATEST_KEY} in {processed.url}: run dataprocess first")
+    paths = newest_batch_paths(processed)
     folder = batch_folder(paths)
     if folder is None:
         raise SelectionError(f"{LATEST_KEY} names no batch folder: run dataprocess again")
@@ -572,11 +581,8 @@ def read_complete_volumes(processed: Storage) -> pd.DataFrame:
     StorageError
         When a read fails.
     """
-    try:
-        paths = latest_paths(processed)
-    except InvalidLatest as exc:
-        raise SelectionError(str(exc)) from None
-    if not paths or "series" not in paths:
+    paths = newest_batch_paths(processed)
+    if "series" not in paths:
         raise SelectionError(
             "--complete-volumes: the newest batch has no series table (series.parquet): "
             "run dataprocess again"
