@@ -988,6 +988,73 @@ def test_combining_two_indexes_keeps_every_row_in_hash_order_old_before_new():
         assert len(array) == 0 and array.base is None, name
 
 
+def test_combining_a_stored_index_an_array_at_a_time_gives_every_row_in_order(
+    local_store, tmp_path, monkeypatch
+):
+    """A stored index combined an array at a time holds every row in order.
+
+    `index.combine_saved` (the old index read from the store a column at a time, the result
+    written from spilled arrays) holds what a stable sort of the old rows then the new ones
+    gives (oracle: Python's sorted), its owner pairs the distinct (hash, patient) pairs of
+    both sides, over several row groups and the owner columns' padding.
+    """
+    monkeypatch.setattr(index, "ROW_GROUP", 4)
+    rng = random.Random(13)
+    for trial in range(30):
+        rows = {
+            side: [
+                (rng.randrange(1, 30), rng.randrange(1, 9), rng.randrange(parts))
+                + tuple(rng.randrange(1, 30) for _ in range(4))
+                + (rng.choice([0, 18000, 18001, 18005]),)
+                for _ in range(rng.randrange(0, 25))
+            ]
+            for side, parts in (("old", 3), ("new", 2))
+        }
+        made = {side: _index_of(rows[side], parts) for side, parts in (("old", 3), ("new", 2))}
+        pairs = {}
+        for side, built in made.items():
+            for kind in index.OWNER_KINDS:
+                # at most one pair an image: owner arrays never longer than the index
+                count = rng.randrange(0, len(built) + 1)
+                found = sorted({(rng.randrange(1, 9), rng.randrange(1, 4)) for _ in range(count)})
+                pairs[side, kind] = found
+                setattr(built, kind, np.array([h for h, _ in found], dtype=np.uint64))
+                setattr(built, f"{kind}_patient", np.array([p for _, p in found], np.uint64))
+        key = index.write_index(local_store, made["old"], dt.datetime(2026, 1, 1, 0, 0, trial))
+        size = next(i.size for i in local_store.list(key) if i.key == key)
+        saved = index.combine_saved(
+            local_store, key, size, made["new"], str(tmp_path / f"combined-{trial}.parquet")
+        )
+        every = [
+            *rows["old"],
+            *((s, z, p + 3, t, r, rz, rt, d) for s, z, p, t, r, rz, rt, d in rows["new"]),
+        ]
+        assert saved.images == len(every)
+        assert saved.through == "o2"  # (the newest part key: "o2" > "n1")
+        local_store.write_file("catalogue/index/combined.parquet", saved.path)
+        got = index.read_index(
+            local_store,
+            "catalogue/index/combined.parquet",
+            os.path.getsize(saved.path),
+            with_raw=True,
+        )
+        by_sop = sorted(every, key=lambda row: row[0])
+        by_raw = sorted(every, key=lambda row: (row[7], row[4]))
+        assert got.sop.tolist() == [row[0] for row in by_sop]
+        assert got.sop_size.tolist() == [row[1] for row in by_sop]
+        assert got.sop_part.tolist() == [row[2] for row in by_sop]
+        assert got.target.tolist() == sorted(row[3] for row in every)
+        assert got.raw_day.tolist() == [row[7] for row in by_raw]
+        assert got.raw.tolist() == [row[4] for row in by_raw]
+        assert got.raw_size.tolist() == [row[5] for row in by_raw]
+        assert got.raw_time.tolist() == [row[6] for row in by_raw]
+        assert got.parts == ["o0", "o1", "o2", "n0", "n1"]
+        for kind in index.OWNER_KINDS:
+            expected = sorted(set(pairs["old", kind]) | set(pairs["new", kind]))
+            hashes, patients = got.owners(kind)
+            assert list(zip(hashes.tolist(), patients.tolist(), strict=True)) == expected
+
+
 def _index_of(rows: list[tuple], parts: int) -> index.IndexArrays:
     """An index of ``rows`` (sop, size, part, target, raw, raw size, raw time, raw day), each
     array sorted stably with Python's sorted (the raw ones by day, then hash)."""

@@ -9,6 +9,7 @@ are the README's (0.2 mm along the slice normal, 0.01 on a direction cosine).
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import math
 import subprocess
@@ -371,3 +372,65 @@ def test_select_complete_volumes_without_a_series_table_is_refused(local_store):
     )
     assert result.returncode == 2
     assert "no series table" in result.stderr
+
+
+def test_a_day_s_new_images_bring_the_series_table_up_to_date(local_store, monkeypatch):
+    """A day's images bring the last batch's series table up to date, series by series.
+
+    A batch that adds a day's parts to the last batch's catalogue computes only the series
+    those rows change (`series.update_series`), and its table is what the construction says
+    of every series: the "regular" series sent in two uploads (its middle slice a day late:
+    a gap, then a whole volume), the X-ray a day late, the others unchanged.
+    """
+    from warehouse.catalogue import index
+    from warehouse.dashboard import batch as batch_module
+
+    # (parts settle at once: a batch's catalogue then covers them, as a day later it would)
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    files, series_uid = raw_tree()
+    late = {series_files()["regular"][1][0], image("Covid2", "DX", "s9", "x1", 1)[0]}
+    late_keys = {k for k in files if k.endswith(".dcm") and k.split("/")[-1] in late}
+    assert len(late_keys) == 2
+    day_one = {k: v for k, v in files.items() if k not in late_keys}
+    builders.put_tree(local_store, day_one)
+    assert builders.run_loader(local_store, workers=4)[0] == 0
+    updated = []
+    real_update = batch_module.update_series
+
+    def recording_update(*args, **kwargs):
+        updated.append(pq.read_table(args[1]).column("SeriesInstanceUID").unique().to_pylist())
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "update_series", recording_update)
+    assert run_dataprocess(local_store)[0] == 0
+    assert updated == []  # (the first batch: every series computed)
+    _, first = read_batch(local_store.processed())
+    before = {
+        row["SeriesInstanceUID"]: row
+        for row in pq.read_table(io.BytesIO(first["series.parquet"])).to_pylist()
+    }
+    assert before[series_uid["regular"]]["gaps"] is True
+    assert series_uid["xray"] not in before
+
+    builders.put_tree(
+        local_store, {k.replace("2021-03-01", "2021-03-02"): files[k] for k in late_keys}
+    )
+    assert builders.run_loader(local_store, workers=4)[0] == 0
+    assert run_dataprocess(local_store)[0] == 0
+    assert [sorted(uids) for uids in updated] == [
+        sorted([series_uid["regular"], series_uid["xray"]])
+    ]
+    _, second = read_batch(local_store.processed())
+    table = pq.read_table(io.BytesIO(second["series.parquet"]))
+    after = {row["SeriesInstanceUID"]: row for row in table.to_pylist()}
+    assert len(after) == table.num_rows == len(expected_rows()) + 1
+    check_rows(after, series_uid)
+    assert after[series_uid["xray"]]["single_image"] is True
+    for name, uid in series_uid.items():
+        if name not in ("regular", "xray"):
+            assert after[uid] == before[uid], name
+    keys = [
+        tuple(row[c] for c in ("group", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"))
+        for row in table.to_pylist()
+    ]
+    assert keys == sorted(keys)

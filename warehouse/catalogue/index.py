@@ -42,7 +42,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -471,48 +471,53 @@ _INDEX_TYPES = {
 }
 
 
-def _padded(values: np.ndarray, rows: int, start: int, stop: int) -> np.ndarray:
-    # rows start to stop of values padded at its start with zeros to rows (an owner array in
-    # the file: one pair per image at most, so never longer than the index)
-    pad = rows - len(values)
+#: Reads rows ``start`` to ``stop`` of one of an index's arrays, by column name.
+SliceReader = Callable[[str, int, int], np.ndarray]
+
+
+def _padded(read: SliceReader, name: str, length: int, rows: int, start: int, stop: int):
+    # rows start to stop of an owner array of ``length`` pairs, padded at its start with zeros
+    # to rows (one pair per image at most, so never longer than the index)
+    pad = rows - length
     out = np.zeros(stop - start, dtype=_HASH)
     first = max(start, pad)
     if first < stop:
-        out[first - start :] = values[first - pad : stop - pad]
+        out[first - start :] = read(name, first - pad, stop - pad)
     return out
 
 
-def _row_groups(index: IndexArrays) -> tuple[pa.Schema, Iterable[pa.Table]]:
-    # the index file's schema and its row groups, made one at a time (the padded owner
-    # columns are never whole in memory)
-    if index.raw is None or index.raw_size is None or index.raw_time is None:
-        raise ValueError("an index is written with its raw hashes")
-    if index.raw_day is None:
-        raise ValueError("an index is written with its raw hashes")
-    rows = len(index)
+def _write_index_file(
+    path: str, lengths: Mapping[str, int], read: SliceReader, parts: list[str]
+) -> None:
+    # the index file, one row group at a time from ``read`` (the padded owner columns are
+    # never whole in memory); ``lengths``: each array's length, by column
+    rows = lengths["target"]
+    if any(lengths[name] != rows for name in (*INSTANCE_COLUMNS, *RAW_COLUMNS)):
+        raise ValueError("an index is written with its raw hashes, as long as its instances")
     for name in OWNER_COLUMNS:
-        if len(getattr(index, name)) > rows:
+        if lengths[name] > rows:
             raise ValueError(f"the index's {name} array is longer than the index")
     metadata = {
-        "parts": json.dumps(index.parts),
-        "through": json.dumps(index.through),
+        "parts": json.dumps(parts),
+        "through": json.dumps(max(parts) if parts else None),
         "format": str(INDEX_FORMAT),
     }
     schema = pa.schema(list(_INDEX_TYPES.items())).with_metadata(metadata)
-
-    def groups() -> Iterable[pa.Table]:
+    # random hashes: neither a dictionary nor compression helps, except on the owner
+    # columns' padding of zeros
+    compression = {name: "zstd" if name in OWNER_COLUMNS else "none" for name in _INDEX_TYPES}
+    with pq.ParquetWriter(path, schema, compression=compression, use_dictionary=False) as writer:
         for start in range(0, rows, ROW_GROUP):
             stop = min(rows, start + ROW_GROUP)
             columns = {
-                name: getattr(index, name)[start:stop]
+                name: (
+                    _padded(read, name, lengths[name], rows, start, stop)
+                    if name in OWNER_COLUMNS
+                    else read(name, start, stop)
+                )
                 for name in _INDEX_TYPES
-                if name not in OWNER_COLUMNS
             }
-            for name in OWNER_COLUMNS:
-                columns[name] = _padded(getattr(index, name), rows, start, stop)
-            yield pa.table(columns, schema=schema)
-
-    return schema, groups()
+            writer.write_table(pa.table(columns, schema=schema), row_group_size=ROW_GROUP)
 
 
 @dataclass(frozen=True)
@@ -536,13 +541,12 @@ class SavedIndex:
 
 def save_index(index: IndexArrays, path: str) -> SavedIndex:
     """Write ``index`` to the local file ``path``, so its arrays need not be kept."""
-    schema, groups = _row_groups(index)
-    # random hashes: neither a dictionary nor compression helps, except on the owner
-    # columns' padding of zeros
-    compression = {name: "zstd" if name in OWNER_COLUMNS else "none" for name in _INDEX_TYPES}
-    with pq.ParquetWriter(path, schema, compression=compression, use_dictionary=False) as writer:
-        for group in groups:
-            writer.write_table(group, row_group_size=ROW_GROUP)
+    if any(getattr(index, name) is None for name in RAW_COLUMNS):
+        raise ValueError("an index is written with its raw hashes")
+    lengths = {name: len(getattr(index, name)) for name in _INDEX_TYPES}
+    _write_index_file(
+        path, lengths, lambda name, start, stop: getattr(index, name)[start:stop], index.parts
+    )
     return SavedIndex(path, len(index), index.through)
 
 
@@ -656,6 +660,45 @@ def check_index(storage: Storage, key: str, size: int) -> None:
     _parts_of(key, file)
 
 
+def _read_column(file: pq.ParquetFile, key: str, name: str) -> np.ndarray:
+    # one row group at a time into the array: no second copy of a whole column in Arrow
+    rows = file.metadata.num_rows
+    out = np.empty(rows, dtype=_INDEX_TYPES[name].to_pandas_dtype())
+    start = 0
+    try:
+        for group in range(file.num_row_groups):
+            values = file.read_row_group(group, columns=[name]).column(0).to_numpy()
+            out[start : start + len(values)] = values
+            start += len(values)
+    except (ValueError, pa.ArrowException, OSError) as exc:
+        raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
+    if start != rows:
+        raise InvalidIndex(f"{key}: its {name} column holds {start} of {rows} rows")
+    return out
+
+
+def _read_owners(file: pq.ParquetFile, key: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    # a row group at a time, its padding (hash 0) left out; a row group of padding alone
+    # (its statistics say so: the pairs are at the end of the index) is not read
+    hashes, patients = [], []
+    position = file.schema_arrow.get_field_index(kind)
+    try:
+        for group in range(file.num_row_groups):
+            stats = file.metadata.row_group(group).column(position).statistics
+            if stats is not None and stats.has_min_max and stats.max == 0:
+                continue
+            chunk = file.read_row_group(group, columns=[kind, f"{kind}_patient"])
+            values = np.asarray(chunk.column(0).to_numpy(), dtype=_HASH)
+            keep = values != 0
+            hashes.append(values[keep])
+            patients.append(np.asarray(chunk.column(1).to_numpy(), dtype=_HASH)[keep])
+    except (ValueError, pa.ArrowException, OSError) as exc:
+        raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
+    if not hashes:
+        return np.empty(0, dtype=_HASH), np.empty(0, dtype=_HASH)
+    return np.concatenate(hashes), np.concatenate(patients)
+
+
 def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False) -> IndexArrays:
     """Read the arrays of the index ``key`` of ``size`` bytes.
 
@@ -673,58 +716,24 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
     file, _ = _open(storage, key, size)
     parts = _parts_of(key, file)
 
-    rows = file.metadata.num_rows
-
-    def column(name: str, dtype) -> np.ndarray:
-        # one row group at a time into the array: no second copy of a whole column in Arrow
-        out = np.empty(rows, dtype=dtype)
-        start = 0
-        try:
-            for group in range(file.num_row_groups):
-                values = file.read_row_group(group, columns=[name]).column(0).to_numpy()
-                out[start : start + len(values)] = values
-                start += len(values)
-        except (ValueError, pa.ArrowException, OSError) as exc:
-            raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
-        if start != rows:
-            raise InvalidIndex(f"{key}: its {name} column holds {start} of {rows} rows")
-        return out
-
-    def owners(kind: str) -> tuple[np.ndarray, np.ndarray]:
-        # a row group at a time, its padding (hash 0) left out; a row group of padding alone
-        # (its statistics say so: the pairs are at the end of the index) is not read
-        hashes, patients = [], []
-        position = file.schema_arrow.get_field_index(kind)
-        try:
-            for group in range(file.num_row_groups):
-                stats = file.metadata.row_group(group).column(position).statistics
-                if stats is not None and stats.has_min_max and stats.max == 0:
-                    continue
-                chunk = file.read_row_group(group, columns=[kind, f"{kind}_patient"])
-                values = np.asarray(chunk.column(0).to_numpy(), dtype=_HASH)
-                keep = values != 0
-                hashes.append(values[keep])
-                patients.append(np.asarray(chunk.column(1).to_numpy(), dtype=_HASH)[keep])
-        except (ValueError, pa.ArrowException, OSError) as exc:
-            raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
-        if not hashes:
-            return np.empty(0, dtype=_HASH), np.empty(0, dtype=_HASH)
-        return np.concatenate(hashes), np.concatenate(patients)
-
     owned = {}
     for kind in OWNER_KINDS:
         if kind in DAILY_OWNER_KINDS or with_raw:
-            owned[kind], owned[f"{kind}_patient"] = owners(kind)
+            owned[kind], owned[f"{kind}_patient"] = _read_owners(file, key, kind)
+
+    def column(name: str) -> np.ndarray:
+        return _read_column(file, key, name)
+
     index = IndexArrays(
         **owned,
-        sop=column("sop", _HASH),
-        sop_size=column("sop_size", np.int64) if with_raw else np.empty(0, dtype=np.int64),
-        sop_part=column("sop_part", np.uint32),
-        target=column("target", _HASH),
-        raw_day=column("raw_day", _DAY) if with_raw else None,
-        raw=column("raw", _HASH) if with_raw else None,
-        raw_size=column("raw_size", np.int64) if with_raw else None,
-        raw_time=column("raw_time", np.int64) if with_raw else None,
+        sop=column("sop"),
+        sop_size=column("sop_size") if with_raw else np.empty(0, dtype=np.int64),
+        sop_part=column("sop_part"),
+        target=column("target"),
+        raw_day=column("raw_day") if with_raw else None,
+        raw=column("raw") if with_raw else None,
+        raw_size=column("raw_size") if with_raw else None,
+        raw_time=column("raw_time") if with_raw else None,
         parts=parts,
     )
     lengths = {len(index.sop), len(index.sop_part), len(index.target)}
@@ -733,6 +742,78 @@ def read_index(storage: Storage, key: str, size: int, *, with_raw: bool = False)
     if len(lengths) != 1:
         raise InvalidIndex(f"{key}: its columns differ in length")
     return index
+
+
+def combine_saved(storage: Storage, key: str, size: int, new: IndexArrays, path: str) -> SavedIndex:
+    """Save to ``path`` the index ``key`` (of ``size`` bytes) with ``new``'s parts after its own.
+
+    What `combined` then `save_index` make, one array at a time: each of the old index's
+    arrays is read, merged with ``new``'s and spilled to a local file beside ``path`` before
+    the next is read, and the index file is written from those files a row group at a time.
+    So the memory is one array of the index (and ``new``), not the whole index twice.
+
+    Raises
+    ------
+    InvalidIndex
+        When ``key`` is not an index.
+    StorageError
+        When it cannot be read.
+    """
+    if any(getattr(new, name) is None for name in RAW_COLUMNS):
+        raise ValueError("both indexes need their raw hashes to be combined")
+    file, _ = _open(storage, key, size)
+    parts = _parts_of(key, file)
+    shift = np.uint32(len(parts))
+    lengths: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as spill:
+
+        def spilled(name: str, values: np.ndarray) -> None:
+            values.tofile(os.path.join(spill, name))
+            lengths[name] = len(values)
+
+        def inserted(names: tuple[str, ...], at: np.ndarray, extra: dict | None = None) -> None:
+            for name in names:
+                values = getattr(new, name) if extra is None or name not in extra else extra[name]
+                spilled(name, np.insert(_read_column(file, key, name), at, values))
+
+        old = _read_column(file, key, "sop")
+        at = np.searchsorted(old, new.sop, side="right")
+        spilled("sop", np.insert(old, at, new.sop))
+        del old
+        inserted(("sop_size", "sop_part"), at, {"sop_part": new.sop_part + shift})
+        old = _read_column(file, key, "target")
+        spilled("target", np.insert(old, np.searchsorted(old, new.target), new.target))
+        del old
+        days, hashes = _read_column(file, key, "raw_day"), _read_column(file, key, "raw")
+        assert new.raw_day is not None and new.raw is not None
+        at = raw_positions(days, hashes, new.raw_day, new.raw, side="right")
+        spilled("raw_day", np.insert(days, at, new.raw_day))
+        spilled("raw", np.insert(hashes, at, new.raw))
+        del days, hashes
+        inserted(("raw_size", "raw_time"), at)
+        for kind in OWNER_KINDS:
+            (old_hashes, old_patients), (new_hashes, new_patients) = (
+                _read_owners(file, key, kind),
+                new.owners(kind),
+            )
+            pairs = owner_pairs(
+                np.concatenate((old_hashes, new_hashes)),
+                np.concatenate((old_patients, new_patients)),
+            )
+            del old_hashes, old_patients
+            spilled(kind, pairs[0])
+            spilled(f"{kind}_patient", pairs[1])
+            del pairs
+
+        def read(name: str, start: int, stop: int) -> np.ndarray:
+            dtype = np.dtype(_INDEX_TYPES[name].to_pandas_dtype())
+            with open(os.path.join(spill, name), "rb") as spilled_file:
+                spilled_file.seek(start * dtype.itemsize)
+                return np.fromfile(spilled_file, dtype=dtype, count=stop - start)
+
+        every = [*parts, *new.parts]
+        _write_index_file(path, lengths, read, every)
+    return SavedIndex(path, lengths["target"], max(every) if every else None)
 
 
 def raw_keys_filed(

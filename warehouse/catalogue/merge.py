@@ -33,17 +33,15 @@ from warehouse.catalogue.backfill import ColumnFiller
 from warehouse.catalogue.filed import FiledImages
 from warehouse.catalogue.index import (
     PART_COLUMNS,
-    IndexArrays,
     InvalidIndex,
     PartArrays,
     SavedIndex,
     arrays_of_parts,
-    combined,
+    combine_saved,
     contains,
     key_hashes,
     part_arrays,
     publish_saved_index,
-    read_index,
     read_pointer,
     save_index,
     settled_parts,
@@ -58,6 +56,7 @@ from warehouse.catalogue.rows import (
     read_in_order,
     read_part,
 )
+from warehouse.catalogue.series import SOURCE_COLUMNS
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import KEY_PATIENT, KEY_STUDY
 from warehouse.core.reasons import Reason
@@ -141,6 +140,10 @@ class CatalogueScan:
         part could not be read (the next run merges again).
     previous : PreviousCatalogue or None
         With ``reused``: the last batch's catalogue, as its footer describes it.
+    changed_series : ChangedSeries or None
+        When the merge added rows to the last batch's catalogue as it was (no reconcile, a
+        day's parts): the rows of the series they changed, so that the series table is
+        brought up to date from them (`series.update_series`); None: computed in full.
     """
 
     path: str
@@ -160,6 +163,7 @@ class CatalogueScan:
     reused: str | None = None
     beyond: list[str] | None = field(default_factory=list)
     previous: PreviousCatalogue | None = None
+    changed_series: ChangedSeries | None = None
     #: The saved counts' body (`counted_scan`) not decoded yet: a run whose last batch stands
     #: never needs its studies, images per study or summary.
     _saved: bytes | dict | None = field(default=None, repr=False)
@@ -210,12 +214,93 @@ class CatalogueScan:
             ) from None
 
 
+@dataclass(frozen=True)
+class ChangedSeries:
+    """The rows of the series a merge changed, for the series table to be brought up to date.
+
+    Attributes
+    ----------
+    path : str
+        A local Parquet file (`series.SOURCE_COLUMNS`): every merged row of those series.
+    series : int
+        How many series changed.
+    """
+
+    path: str
+    series: int
+
+
+class _ChangedSeriesRows:
+    """Writes the merged rows of the changed series to ``changed.path`` (a context manager)."""
+
+    def __init__(self, changed: ChangedSeries | None, series: set[str]):
+        self.changed = changed
+        self.wanted = pa.array(sorted(series), pa.string())
+        self.schema = pa.schema([MERGED_SCHEMA.field(name) for name in SOURCE_COLUMNS])
+        self.writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> _ChangedSeriesRows:
+        if self.changed is not None:
+            self.writer = pq.ParquetWriter(self.changed.path, self.schema, compression="zstd")
+        return self
+
+    def add(self, table: pa.Table) -> None:
+        """Write the rows of ``table`` that belong to a changed series."""
+        if self.writer is None or not len(self.wanted):
+            return
+        rows = table.filter(pc.is_in(table.column("SeriesInstanceUID"), self.wanted))
+        if rows.num_rows:
+            self.writer.write_table(rows.select(self.schema.names).cast(self.schema))
+
+    def __exit__(self, *exc_info) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _parts_after(storage: Storage, through: str | None) -> dict[str, dt.datetime]:
     return {
         info.key: info.last_modified
         for info in storage.list_after(PARTS_PREFIX, through)
         if not info.link and is_part_key(info.key)
     }
+
+
+@dataclass
+class NewRows:
+    """What a merge notes of the rows of the parts it reads, while they are few.
+
+    Attributes
+    ----------
+    keys : list of pyarrow.Array
+        Their warehouse keys (a row of the last batch's catalogue under one of them is
+        replaced), by part.
+    series : set of str
+        Their SeriesInstanceUIDs: the series whose rows change.
+    rows : int
+        The rows noted; past `NOTED_ROWS` nothing is (``keys`` and ``series`` are emptied, and
+        ``overflow`` set): the merge then compares hashes and computes every series again.
+    """
+
+    keys: list[pa.Array] = field(default_factory=list)
+    series: set[str] = field(default_factory=set)
+    rows: int = 0
+    overflow: bool = False
+
+    def note(self, table: pa.Table) -> None:
+        """Note a part's rows."""
+        if self.overflow:
+            return
+        self.rows += table.num_rows
+        if self.rows > NOTED_ROWS:
+            self.keys, self.series, self.overflow = [], set(), True
+            return
+        self.keys.append(table.column("warehouse_key").combine_chunks())
+        self.series.update(pc.unique(table.column("SeriesInstanceUID")).drop_null().to_pylist())
+
+
+#: The new rows a merge notes by their keys and series (`NewRows`): a day's parts hold a few
+#: thousand rows; a backlog of more is merged with hashes, and its series computed again.
+NOTED_ROWS = 200_000
 
 
 def _stage_parts(
@@ -225,6 +310,7 @@ def _stage_parts(
     report: RunReport,
     folder: str,
     filler: ColumnFiller | None = None,
+    noted: NewRows | None = None,
 ) -> tuple[list[PartArrays], str | None]:
     """Read the parts, oldest first, each once, into ``folder`` (with ``filler``, a part
     lacking the series columns is filled first: `backfill.ColumnFiller`).
@@ -232,7 +318,7 @@ def _stage_parts(
     Each is copied to a local file named by its place and its rows' hashes are kept; returned
     with the first part that cannot be read (reported and left out; None when every part was
     read). Only a few parts are in memory at a time, so a first merge of thousands of parts stays
-    in a flat bound.
+    in a flat bound. With ``noted``, the rows' keys and series are noted there.
     """
     os.makedirs(folder, exist_ok=True)
     staged: list[PartArrays] = []
@@ -250,6 +336,8 @@ def _stage_parts(
         with open(_staged_path(folder, len(staged)), "wb") as out:
             out.write(data)
         staged.append(part_arrays(key, written, table))
+        if noted is not None:
+            noted.note(table)
     return staged, unreadable
 
 
@@ -339,10 +427,21 @@ def catalogue_batches(
         yield conformed(pa.Table.from_batches([batch]), pa.schema(fields))
 
 
-def _batches_of(file: pq.ParquetFile, skip: np.ndarray) -> Iterator[pa.Table]:
-    """Yield the rows of a merged catalogue but those of the keys hashed in ``skip`` (sorted)."""
+def _batches_of(
+    file: pq.ParquetFile, skip: np.ndarray, noted: NewRows | None = None
+) -> Iterator[pa.Table]:
+    """Yield the rows of a merged catalogue but those of the keys hashed in ``skip`` (sorted).
+
+    When ``noted`` holds those keys themselves (`NewRows`: not overflowed), rows are matched
+    by key in Arrow, not hashed one by one in Python.
+    """
+    by_value = None
+    if noted is not None and not noted.overflow and len(skip):
+        by_value = pa.chunked_array(noted.keys, pa.string()).combine_chunks()
     for table in catalogue_batches(file):
-        if len(skip):
+        if by_value is not None:
+            table = table.filter(pc.invert(pc.is_in(table.column("warehouse_key"), by_value)))
+        elif len(skip):
             replaced = contains(skip, key_hashes(table.column("warehouse_key").to_pylist()))
             table = table.filter(pa.array(~replaced))
         yield table
@@ -580,15 +679,23 @@ def scan_catalogue(
                 return scan
     folder = f"{path}.parts"
     filler = ColumnFiller(storage, submit, report, len(new_parts)) if filed is not None else None
-    staged, unreadable = _stage_parts(storage, new_parts, submit, report, folder, filler)
+    noted = NewRows()
+    staged, unreadable = _stage_parts(storage, new_parts, submit, report, folder, filler, noted)
     settled = settled_parts(staged, unreadable, now)
     masks, replaced = _newest_masks(staged)
     scan = CatalogueScan(path, through=max([through or "", *(p.key for p in settled)]) or None)
     scan.new_parts = len(new_parts)
     scan.beyond = None if unreadable else sorted(k for k in new_parts if k > (scan.through or ""))
     metadata = {"through": json.dumps(scan.through)}
-    older = _batches_of(previous.open(processed), replaced) if previous else iter(())
-    with pq.ParquetWriter(path, MERGED_SCHEMA.with_metadata(metadata), compression="zstd") as out:
+    older = _batches_of(previous.open(processed), replaced, noted) if previous else iter(())
+    # (a reconcile may leave rows out: its series are all computed again)
+    if previous is not None and previous.current and filed is None and not noted.overflow:
+        scan.changed_series = ChangedSeries(f"{path}.series-rows.parquet", len(noted.series))
+    changed = _ChangedSeriesRows(scan.changed_series, noted.series)
+    with (
+        pq.ParquetWriter(path, MERGED_SCHEMA.with_metadata(metadata), compression="zstd") as out,
+        changed,
+    ):
         for table, new in itertools.chain(
             ((t, False) for t in older),
             ((t, True) for t in _newest_batches(staged, masks, folder)),
@@ -596,6 +703,7 @@ def scan_catalogue(
             table = _still_filed(table, filed, scan)
             if not table.num_rows:
                 continue
+            changed.add(table)
             out.write_table(table)
             scan.rows += table.num_rows
             _count(scan, table)
@@ -604,10 +712,7 @@ def scan_catalogue(
                 scan.touched.update(
                     tuple(row[name] for name in _STUDY) for row in touched.aggregate([]).to_pylist()
                 )
-    index = _next_index(storage, through, settled, report)
-    if index is not None:  # (saved: its arrays are not kept while the tables are built)
-        scan.index = save_index(index, f"{path}.index.parquet")
-        del index
+    scan.index = _next_index(storage, through, settled, report, f"{path}.index.parquet")
     logger.info(
         "catalogue: %d images, %d parts merged since the last batch", scan.rows, scan.new_parts
     )
@@ -619,15 +724,16 @@ def _next_index(
     through: str | None,
     settled: list[PartArrays],
     report: RunReport,
-) -> IndexArrays | None:
-    """The loader's index after a merge of the parts after ``through`` (None: every part):
-    the current index with the settled parts it lacks, or (every part merged) those parts
-    alone; None when it stays as it is (nothing new, none settled yet, or it cannot be
-    brought up to date without the parts before: the loader then reads them, and the next
-    full merge rebuilds it).
+    path: str,
+) -> SavedIndex | None:
+    """Save at ``path`` the loader's index after a merge of the parts after ``through`` (None:
+    every part): the current index with the settled parts it lacks (`combine_saved`: an array
+    at a time), or (every part merged) those parts alone; None when it stays as it is
+    (nothing new, none settled yet, or it cannot be brought up to date without the parts
+    before: the loader then reads them, and the next full merge rebuilds it).
     """
     if through is None:
-        return arrays_of_parts(settled) if settled else None
+        return save_index(arrays_of_parts(settled), path) if settled else None
     try:
         pointer = read_pointer(storage)
         if pointer is None:
@@ -638,12 +744,11 @@ def _next_index(
         new = [part for part in settled if part.key > covered]
         if not new:
             return None
-        old = read_index(storage, pointer["index"], pointer["size"], with_raw=True)
+        return combine_saved(storage, pointer["index"], pointer["size"], arrays_of_parts(new), path)
     except (InvalidIndex, ObjectNotFound) as exc:
         report.count("catalogue index not updated (the current one cannot be read)")
         logger.warning("the catalogue index cannot be read (%s): not updated", exc)
         return None
-    return combined(old, arrays_of_parts(new), consume=True)
 
 
 def publish_index(storage: Storage, scan: CatalogueScan, now: dt.datetime) -> str | None:

@@ -231,12 +231,76 @@ def write_series(source: str, path: str, workdir: str) -> int:
 
     Parquet (zstd), streamed.
     """
+    return _written(series_batches(source, workdir), path)
+
+
+def _written(batches: Iterator[pa.Table], path: str) -> int:
     rows = 0
     with pq.ParquetWriter(path, SERIES_SCHEMA, compression="zstd") as out:
-        for table in series_batches(source, workdir):
+        for table in batches:
             out.write_table(table)
             rows += table.num_rows
     return rows
+
+
+_COLUMNS = ", ".join(f'"{name}"' for name in SERIES_SCHEMA.names)
+# the last table's rows of the series with no changed row, then the changed series computed
+# again from all their rows (a series changed: its UID has a row in ``changed``)
+_UPDATE_SQL = f"""
+SELECT {_COLUMNS} FROM read_parquet($previous)
+WHERE SeriesInstanceUID NOT IN (
+    SELECT SeriesInstanceUID FROM read_parquet($changed) WHERE SeriesInstanceUID IS NOT NULL
+)
+UNION ALL
+SELECT {_COLUMNS} FROM ({_SQL.replace("$source", "$changed")})
+ORDER BY {_KEY}
+"""
+
+
+def previous_table(file: pq.ParquetFile, path: str) -> bool:
+    """Copy a batch's series table to the local file ``path``, streamed.
+
+    Returns
+    -------
+    bool
+        Whether it was copied: False (nothing written) when it is not a series table of
+        this version's columns and types (the table is then computed in full).
+    """
+    if file.schema_arrow.remove_metadata() != SERIES_SCHEMA:
+        return False
+    with pq.ParquetWriter(path, SERIES_SCHEMA, compression="zstd") as out:
+        for batch in file.iter_batches(batch_size=BATCH_ROWS):
+            out.write_table(pa.Table.from_batches([batch]))
+    return True
+
+
+def update_series(previous: str, changed: str, path: str, workdir: str) -> int:
+    """Write to ``path`` the series table ``previous`` brought up to date; return its rows.
+
+    ``changed`` holds every catalogue row (`SOURCE_COLUMNS`) of the series that changed
+    since (`catalogue.merge.ChangedSeries`): those are computed again, the others' rows are
+    kept as they are. The same table as `write_series` over the whole catalogue, at the cost
+    of the changed series and a pass over the last table (a row per series, not per image).
+    """
+    connection = _connection(workdir)
+    try:
+        relation = connection.sql(
+            _UPDATE_SQL,
+            params={
+                "previous": previous,
+                "changed": changed,
+                "spacing": SPACING_TOLERANCE_MM,
+                "orientation": ORIENTATION_TOLERANCE,
+                "fewest": MIN_VOLUME_IMAGES,
+            },
+        )
+        batches = (
+            pa.Table.from_batches([batch]).cast(SERIES_SCHEMA)
+            for batch in relation.to_arrow_reader(BATCH_ROWS)
+        )
+        return _written(batches, path)
+    finally:
+        connection.close()
 
 
 #: What `series_counts` counts per group, patient and modality folder: series, and each flag.

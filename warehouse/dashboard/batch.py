@@ -53,7 +53,13 @@ from warehouse.catalogue.merge import (
     publish_index,
     write_joined,
 )
-from warehouse.catalogue.series import series_counts, write_series, write_source
+from warehouse.catalogue.series import (
+    previous_table,
+    series_counts,
+    update_series,
+    write_series,
+    write_source,
+)
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import IMAGE_FOLDERS
@@ -331,6 +337,12 @@ def _as_text(value):
     return bounded_text(str(value))
 
 
+#: What `pandas.api.types.infer_dtype` says of a column that holds no dict, list or tuple.
+_PLAIN_KINDS = frozenset(
+    ("string", "integer", "floating", "mixed-integer-float", "boolean", "date", "datetime", "empty")
+)
+
+
 def arrow_ready(table: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``table`` that Parquet can store: raw JSON columns of mixed types become text.
 
@@ -345,7 +357,9 @@ def arrow_ready(table: pd.DataFrame) -> pd.DataFrame:
         if column.dtype != object:
             continue
         values = column.tolist()
-        if not any(_is_container(v) for v in values) and _arrow_accepts(values):
+        # (pandas tells a column of text, numbers or dates, no container in it, in C)
+        plain = pd.api.types.infer_dtype(column, skipna=True) in _PLAIN_KINDS
+        if (plain or not any(_is_container(v) for v in values)) and _arrow_accepts(values):
             continue
         out[name] = pd.Series([_as_text(v) for v in values], index=column.index, dtype="object")
     return out
@@ -496,9 +510,36 @@ def batch_series(
     else:
         source = scan.path
     path = os.path.join(view.workdir, SERIES_FILE)
-    rows = write_series(source, path, view.workdir)
-    run_logger.info("series: %d rows", rows)
+    previous = _previous_series(view, store)
+    if previous is not None and scan.changed_series is not None:
+        rows = update_series(previous, scan.changed_series.path, path, view.workdir)
+        run_logger.info(
+            "series: %d rows (%d changed series computed again)",
+            rows,
+            scan.changed_series.series,
+        )
+    else:
+        rows = write_series(source, path, view.workdir)
+        run_logger.info("series: %d rows", rows)
     return path, None, series_counts(pq.ParquetFile(path))
+
+
+def _previous_series(view: DataprocessView, store: Storage) -> str | None:
+    # the last batch's series table in a local file, when the merge added to its catalogue
+    # (`ChangedSeries`) and it has one of this version's columns
+    key = view.reusable.series_key
+    if key is None or view.catalogue.changed_series is None:
+        return None
+    size = next((i.size for i in store.list(key) if i.key == key), None)
+    if size is None:
+        return None
+    path = os.path.join(view.workdir, "series-previous.parquet")
+    try:
+        copied = previous_table(pq.ParquetFile(StoredFile(store, key, size)), path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        run_logger.warning("%s cannot be read (%s): the series are computed in full", key, exc)
+        return None
+    return path if copied else None
 
 
 #: The count a run reports when the last batch still holds (`publish_batch`).
