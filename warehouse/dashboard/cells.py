@@ -93,9 +93,9 @@ def _text_only(column: pd.Series) -> bool:
 
 
 def _written_column(column: pd.Series) -> pd.Series:
-    if _text_only(column):
-        # A column of text only (str or string dtype): the rare cells to change are found
-        # vectorised first.
+    if _text_only(column) or pd.api.types.infer_dtype(column, skipna=True) == "string":
+        # A column of text only (str or string dtype, or objects that are all text or
+        # missing): the rare cells to change are found vectorised first.
         formula = column.str.match(_FORMULA.pattern).astype("boolean").fillna(False)
         long = (column.str.len() > MAX_CELL_CHARS).astype("boolean").fillna(False)
         if not (formula | long).any():
