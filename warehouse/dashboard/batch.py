@@ -63,7 +63,7 @@ from warehouse.catalogue.series import (
 from warehouse.core.config import PipelineConfig
 from warehouse.core.errors import ExpectedError
 from warehouse.core.keys import IMAGE_FOLDERS
-from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text
+from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text, holds_container
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.extraction import Collected, DataprocessState
 from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
@@ -325,10 +325,6 @@ def csv_bytes(table: pd.DataFrame) -> bytes:
     return csv_text(table).encode("utf-8")
 
 
-def _is_container(value) -> bool:
-    return isinstance(value, dict | list | tuple)
-
-
 def _as_text(value):
     if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
         return None
@@ -357,9 +353,10 @@ def arrow_ready(table: pd.DataFrame) -> pd.DataFrame:
         if column.dtype != object:
             continue
         values = column.tolist()
-        # (pandas tells a column of text, numbers or dates, no container in it, in C)
+        # (pandas tells a column of text, numbers or dates, no container in it, in C; else
+        # the values' types are gathered in C too)
         plain = pd.api.types.infer_dtype(column, skipna=True) in _PLAIN_KINDS
-        if (plain or not any(_is_container(v) for v in values)) and _arrow_accepts(values):
+        if (plain or not holds_container(values)) and _arrow_accepts(values):
             continue
         out[name] = pd.Series([_as_text(v) for v in values], index=column.index, dtype="object")
     return out

@@ -76,6 +76,11 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def holds_container(values: list) -> bool:
+    """Whether ``values`` hold a dict, a list or a tuple (their types gathered in C)."""
+    return any(issubclass(kind, dict | list | tuple) for kind in set(map(type, values)))
+
+
 def _is_text_column(column: pd.Series) -> bool:
     dtype = column.dtype
     return not (
@@ -100,7 +105,15 @@ def _written_column(column: pd.Series) -> pd.Series:
         long = (column.str.len() > MAX_CELL_CHARS).astype("boolean").fillna(False)
         if not (formula | long).any():
             return column
-    return pd.Series([_cell(v) for v in column.tolist()], index=column.index, dtype="object")
+    values = column.tolist()
+    if not holds_container(values):
+        # no container: only its text cells may change, found vectorised
+        text = pd.Series([v if isinstance(v, str) else None for v in values], dtype="object")
+        if not (text.str.match(_FORMULA.pattern).fillna(False).astype(bool).any()) and not (
+            (text.str.len() > MAX_CELL_CHARS).any()
+        ):
+            return column
+    return pd.Series([_cell(v) for v in values], index=column.index, dtype="object")
 
 
 def csv_text(table: pd.DataFrame, *, header: bool = True) -> str:
