@@ -660,6 +660,13 @@ def check_index(storage: Storage, key: str, size: int) -> None:
     _parts_of(key, file)
 
 
+def _release_arrow_memory() -> None:
+    # Arrow's allocator (mimalloc) keeps what a row group's read freed rather than reuse it
+    # for the next: measured, reading the index at ten million objects held 125 MB more than
+    # its arrays
+    pa.default_memory_pool().release_unused()
+
+
 def _read_column(file: pq.ParquetFile, key: str, name: str) -> np.ndarray:
     # one row group at a time into the array: no second copy of a whole column in Arrow
     rows = file.metadata.num_rows
@@ -670,6 +677,8 @@ def _read_column(file: pq.ParquetFile, key: str, name: str) -> np.ndarray:
             values = file.read_row_group(group, columns=[name]).column(0).to_numpy()
             out[start : start + len(values)] = values
             start += len(values)
+            del values
+            _release_arrow_memory()
     except (ValueError, pa.ArrowException, OSError) as exc:
         raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
     if start != rows:
@@ -692,6 +701,8 @@ def _read_owners(file: pq.ParquetFile, key: str, kind: str) -> tuple[np.ndarray,
             keep = values != 0
             hashes.append(values[keep])
             patients.append(np.asarray(chunk.column(1).to_numpy(), dtype=_HASH)[keep])
+            del chunk, values
+            _release_arrow_memory()
     except (ValueError, pa.ArrowException, OSError) as exc:
         raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
     if not hashes:
