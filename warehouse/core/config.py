@@ -823,30 +823,11 @@ def parse_config(data: bytes) -> PipelineConfig:
             rules[key] = group
             spelling.setdefault(key, name)
 
-    prefix_sites: dict[str, frozenset[str]] = {}
-    for key, names in doc.get("prefix_sites", {}).items():
-        clean = normalise_prefix(key)
-        where = _path_text(["prefix_sites", key])
-        if clean not in prefixes:
-            close = difflib.get_close_matches(clean, prefixes, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(f"{where}: {quote(key)} is not one of raw_prefixes{hint}")
-        elif clean in prefix_sites:
-            problems.append(f"{where}: raw prefix {clean} is named twice in prefix_sites")
-        else:
-            prefix_sites[clean] = frozenset(nfc(name) for name in names)
-    policies: dict[str, str] = {}
-    for key, policy in doc.get("identifying_data", {}).items():
-        clean = normalise_prefix(key)
-        where = _path_text(["identifying_data", key])
-        if clean not in prefixes:
-            close = difflib.get_close_matches(clean, prefixes, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(f"{where}: {quote(key)} is not one of raw_prefixes{hint}")
-        elif clean in policies:
-            problems.append(f"{where}: raw prefix {clean} is named twice in identifying_data")
-        else:
-            policies[clean] = policy
+    prefix_sites = {
+        prefix: frozenset(nfc(name) for name in names)
+        for prefix, names in _by_raw_prefix(doc, "prefix_sites", prefixes, problems).items()
+    }
+    policies = _by_raw_prefix(doc, "identifying_data", prefixes, problems)
     _raise_problems(problems)
 
     return PipelineConfig(
@@ -857,6 +838,27 @@ def parse_config(data: bytes) -> PipelineConfig:
         max_upload_delay_days=doc.get("max_upload_delay_days", DEFAULT_MAX_UPLOAD_DELAY_DAYS),
         screen_policies=policies,
     )
+
+
+def _by_raw_prefix(doc: dict, name: str, prefixes: list[str], problems: list[str]) -> dict:
+    """The values of the object ``doc[name]`` by raw prefix (written as ``raw_prefixes``).
+
+    A key that is not one of ``prefixes`` (with the closest one as a hint) or that names a
+    prefix twice is added to ``problems`` and left out.
+    """
+    values: dict = {}
+    for key, value in doc.get(name, {}).items():
+        clean = normalise_prefix(key)
+        where = _path_text([name, key])
+        if clean not in prefixes:
+            close = difflib.get_close_matches(clean, prefixes, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{where}: {quote(key)} is not one of raw_prefixes{hint}")
+        elif clean in values:
+            problems.append(f"{where}: raw prefix {clean} is named twice in {name}")
+        else:
+            values[clean] = value
+    return values
 
 
 def config_help() -> str:
