@@ -1230,6 +1230,54 @@ def test_a_merge_with_no_settled_part_writes_no_index(local_store, monkeypatch):
     assert pointer["through"] == part_keys(store)[-1] and pointer["images"] == 9
 
 
+def test_the_index_is_rewritten_once_it_lacks_enough_parts_or_by_a_reconcile(
+    local_store, monkeypatch
+):
+    """A merge leaves the index as it is while it lacks fewer than `INDEX_AFTER_PARTS` settled
+    parts (the loader reads those), rewrites it once it lacks that many, and a reconcile
+    rewrites it whatever it lacks; a loader run between still refuses a copy of an image
+    only a part after the index lists."""
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    monkeypatch.setattr(merge, "INDEX_AFTER_PARTS", 2)
+    store = local_store
+
+    def pointer():
+        return json.loads(store.read("catalogue/index/latest.json"))
+
+    def day(n: int) -> None:
+        builders.put_tree(store, _tree(images=2, date=f"2021-02-0{n}", first=10 * n))
+        assert builders.run_loader(store, workers=4)[0] == 0
+
+    builders.put_tree(store, _tree(images=4))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    assert run_dataprocess(store, workers=4)[0] == 0
+    first = pointer()
+    assert first["images"] == 4 and first["through"] == part_keys(store)[-1]
+
+    day(1)  # one part the index lacks: left as it is
+    assert run_dataprocess(store, workers=4)[0] == 0
+    assert pointer() == first and len(_images(store)) == 6
+    # the loader knows the image of that part: a copy under another name is refused
+    name, data = image("Covid5", "DX", "s1", "r1", 10)  # (the day's first image, as _tree)
+    store.write(f"raw-a/2021-02-01/images/copy-{name}", data)
+    code, state = builders.run_loader(store, workers=4)
+    assert code == 0
+    refused = {p["key"]: p["reason"] for p in state.report.problems}
+    assert refused[f"raw-a/2021-02-01/images/copy-{name}"] == "duplicate image"
+
+    day(2)  # two parts lacking: rewritten, covering both
+    assert run_dataprocess(store, workers=4)[0] == 0
+    second = pointer()
+    assert second["index"] != first["index"]
+    assert second["images"] == 8 and second["through"] == part_keys(store)[-1]
+
+    day(3)  # one lacking again, but a reconcile rewrites it
+    assert run_dataprocess(store, workers=4, reconcile=True)[0] == 0
+    third = pointer()
+    assert third["index"] != second["index"]
+    assert third["images"] == 10 and third["through"] == part_keys(store)[-1]
+
+
 def test_saved_counts_are_decoded_when_first_asked_for_and_a_bad_entry_is_said():
     """`merge.counted_scan` decodes the studies, images per study and summary only when asked
     (a run whose last batch stands never asks), and an entry it cannot decode then fails with

@@ -298,6 +298,11 @@ class NewRows:
         self.series.update(pc.unique(table.column("SeriesInstanceUID")).drop_null().to_pylist())
 
 
+#: Settled parts the index must lack before a merge writes it again (a reconcile always
+#: does): the index is the whole catalogue's (356 MB at ten million objects), rewritten a few
+#: times a month rather than daily; the loader reads the parts after it (a day's: a few) and
+#: takes them into its arrays past `catalogue.run.RECENT_PARTS`, more than these.
+INDEX_AFTER_PARTS = 16
 #: The new rows a merge notes by their keys and series (`NewRows`): a day's parts hold a few
 #: thousand rows; a backlog of more is merged with hashes, and its series computed again.
 NOTED_ROWS = 200_000
@@ -712,7 +717,15 @@ def scan_catalogue(
                 scan.touched.update(
                     tuple(row[name] for name in _STUDY) for row in touched.aggregate([]).to_pylist()
                 )
-    scan.index = _next_index(storage, through, settled, report, f"{path}.index.parquet")
+    scan.index = _next_index(
+        storage,
+        through,
+        settled,
+        submit,
+        report,
+        f"{path}.index.parquet",
+        compact=filed is not None,
+    )
     logger.info(
         "catalogue: %d images, %d parts merged since the last batch", scan.rows, scan.new_parts
     )
@@ -723,14 +736,20 @@ def _next_index(
     storage: Storage,
     through: str | None,
     settled: list[PartArrays],
+    submit: Callable,
     report: RunReport,
     path: str,
+    compact: bool = False,
 ) -> SavedIndex | None:
     """Save at ``path`` the loader's index after a merge of the parts after ``through`` (None:
-    every part): the current index with the settled parts it lacks (`combine_saved`: an array
-    at a time), or (every part merged) those parts alone; None when it stays as it is
-    (nothing new, none settled yet, or it cannot be brought up to date without the parts
-    before: the loader then reads them, and the next full merge rebuilds it).
+    every part).
+
+    The current index with the settled parts it lacks (`combine_saved`: an array at a time):
+    those this merge read, and those the last batch merged that the index was not rewritten
+    with (read again, a few); or (every part merged) those parts alone. None when it stays
+    as it is: nothing new or none settled yet; fewer than `INDEX_AFTER_PARTS` parts lacking,
+    unless ``compact`` (the loader reads those); or it cannot be read (said), or a part it
+    lacks cannot (the loader reads them; the next merge tries again).
     """
     if through is None:
         return save_index(arrays_of_parts(settled), path) if settled else None
@@ -739,12 +758,21 @@ def _next_index(
         if pointer is None:
             return None
         covered = pointer.get("through") or ""
-        if covered < through:
-            return None  # (parts between the two are in neither)
         new = [part for part in settled if part.key > covered]
-        if not new:
+        between = {}
+        if covered < through:  # (merged by the last batch, not in the index)
+            between = {k: t for k, t in _parts_after(storage, covered).items() if k <= through}
+        if len(between) + len(new) < (1 if compact else INDEX_AFTER_PARTS):
             return None
-        return combine_saved(storage, pointer["index"], pointer["size"], arrays_of_parts(new), path)
+        older = []
+        for key, data in read_in_order(storage, sorted(between), submit):
+            table = read_part(data, _INDEX_COLUMNS)
+            older.append(part_arrays(key, part_written(data, between[key]), table))
+        lacking = arrays_of_parts([*older, *new])
+        return combine_saved(storage, pointer["index"], pointer["size"], lacking, path)
+    except InvalidPart as exc:
+        logger.warning("a part the index lacks cannot be read (%s): not updated", exc)
+        return None
     except (InvalidIndex, ObjectNotFound) as exc:
         report.count("catalogue index not updated (the current one cannot be read)")
         logger.warning("the catalogue index cannot be read (%s): not updated", exc)
