@@ -122,7 +122,7 @@ def measure(path: Path) -> dict:
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="holdout-bench-") as workdir:
         certificate = certify(
-            CatalogueSource(lambda: pq.ParquetFile(path)),
+            CatalogueSource.of_file(path),
             [],
             batch="bench",
             now=dt.datetime.now(dt.UTC),

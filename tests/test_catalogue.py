@@ -1278,6 +1278,99 @@ def test_the_index_is_rewritten_once_it_lacks_enough_parts_or_by_a_reconcile(
     assert third["images"] == 10 and third["through"] == part_keys(store)[-1]
 
 
+def _batch_contents(store) -> dict[str, object]:
+    """A batch's files as comparable values: tables sorted, the saved counts decoded and
+    sorted; what names the batch or its time (pages, dates, the certificate) left out."""
+    import gzip
+
+    _, files = read_batch(store.processed())
+    out: dict[str, object] = {}
+    for name, data in files.items():
+        if name.endswith(".html") or name in ("stats_date.txt", "holdout.json"):
+            continue
+        if name.endswith(".parquet"):
+            frame = pd.read_parquet(io.BytesIO(data))
+            frame = frame.astype(str).sort_values(list(frame.columns), ignore_index=True)
+            out[name] = frame.to_dict("list")
+        elif name.endswith(".gz"):
+            head, body = gzip.decompress(data).decode().split("\n")
+            out[name] = [
+                {
+                    k: sorted(map(json.dumps, v)) if isinstance(v, list) else v
+                    for k, v in doc.items()
+                }
+                for doc in (json.loads(head), json.loads(body))
+            ]
+        else:
+            out[name] = data
+    return out
+
+
+@pytest.mark.parametrize("settled", [False, True], ids=["parts-merged-again", "settled"])
+def test_a_day_s_parts_counted_in_layers_make_the_batch_a_full_merge_makes(
+    tmp_path, monkeypatch, settled
+):
+    """A batch counted in layers is the batch a full merge of the same warehouse makes.
+
+    Its merge adds the day's parts to the last batch's counts (`_layered_scan`: the replaced
+    rows counted out, the new ones in, the catalogue left in layers); the oracle is the same
+    run on a copy of the warehouse with the layers turned off, file by file: over new images
+    and patients, a run's rows written again in a newer part (they replace the batch's), and
+    parts merged again while they settle.
+    """
+    import shutil
+
+    if settled:
+        monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    (tmp_path / "a" / "bucket").mkdir(parents=True)
+    (tmp_path / "a" / "bucket-processed").mkdir()
+    store = LocalStorage(tmp_path / "a" / "bucket")
+    layered = []
+    real_layered = merge._layered_scan
+
+    def recording(*args, **kwargs):
+        scan = real_layered(*args, **kwargs)
+        layered.append(scan is not None)
+        return scan
+
+    monkeypatch.setattr(merge, "_layered_scan", recording)
+    builders.put_tree(store, _tree(images=12))
+    assert builders.run_loader(store, workers=4)[0] == 0
+    assert run_dataprocess(store, workers=4)[0] == 0
+    assert layered == []  # (a first batch is merged in full)
+    first_part = part_keys(store)[0]
+
+    days = [
+        _tree(patients=8, images=6, date="2021-02-01", first=12),
+        _tree(patients=8, images=4, date="2021-02-02", first=30),
+    ]
+    for number, uploads in enumerate(days):
+        builders.put_tree(store, uploads)
+        code, state = builders.run_loader(store, workers=4)
+        assert code == 0 and state.report.counts["images copied"] == len(uploads) - 9
+        if number == 1:
+            # the first run's rows written again in a newer part, two days later (as a run
+            # that files them again after a crash): they replace the rows the batch holds,
+            # each study's first image filed on another day
+            now = dt.datetime.now(dt.UTC)
+            rows = read_part(store.read(first_part))
+            again = part_bytes(rows, written=now + dt.timedelta(days=2))
+            store.write(part_key(now - dt.timedelta(seconds=1)), again)
+        copy = tmp_path / f"copy{number}"
+        shutil.copytree(tmp_path / "a", copy)
+        assert run_dataprocess(store, workers=4)[0] == 0
+        assert layered[-1] is True
+        with monkeypatch.context() as off:
+            off.setattr(merge, "_layered_scan", lambda *args, **kwargs: None)
+            full = LocalStorage(copy / "bucket")
+            assert run_dataprocess(full, workers=4)[0] == 0
+        got, want = _batch_contents(store), _batch_contents(full)
+        assert sorted(got) == sorted(want)
+        for name in want:
+            assert got[name] == want[name], (number, name)
+    assert len(_images(store)) == 12 + 6 + 4
+
+
 def test_saved_counts_are_decoded_when_first_asked_for_and_a_bad_entry_is_said():
     """`merge.counted_scan` decodes the studies, images per study and summary only when asked
     (a run whose last batch stands never asks), and an entry it cannot decode then fails with

@@ -444,7 +444,7 @@ def plain_counts(rows: list[dict], clinical_files=()) -> dict[str, int]:
 def certify_rows(tmp_path, rows, clinical_files=(), columns=None) -> dict:
     path = tmp_path / "catalogue.parquet"
     path.write_bytes(part(rows, columns))
-    source = holdout.CatalogueSource(lambda: pq.ParquetFile(path), "part-1")
+    source = holdout.CatalogueSource.of_file(path, "part-1")
     now = pd.Timestamp("2026-01-02T03:04:05Z").to_pydatetime()
     return holdout.certify(source, list(clinical_files), batch="B", now=now, workdir=str(tmp_path))
 

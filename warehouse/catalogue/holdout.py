@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from warehouse.catalogue.index import contains
-from warehouse.catalogue.merge import CatalogueScan, catalogue_batches
+from warehouse.catalogue.merge import CatalogueScan, catalogue_batches, merged_batches
 from warehouse.core.keys import GROUPS
 from warehouse.core.text import bounded
 from warehouse.storage.base import Storage
@@ -106,13 +106,10 @@ _MASK = {"training": 1, "validation": 2}
 
 
 def _batches(
-    open_catalogue: Callable[[], pq.ParquetFile | None], columns: Iterable[str]
+    read_catalogue: CatalogueReader, columns: Iterable[str]
 ) -> Iterator[dict[str, pa.Array]]:
     """Yield the catalogue's ``columns`` (missing ones null), a record batch at a time."""
-    file = open_catalogue()
-    if file is None:
-        return
-    for table in catalogue_batches(file, columns, BATCH_ROWS):
+    for table in read_catalogue(list(columns)):
         yield {name: table.column(name).combine_chunks() for name in table.column_names}
 
 
@@ -246,20 +243,21 @@ class _Counts:
 
 
 def _first_pass(
-    open_catalogue: Callable[[], pq.ParquetFile | None],
+    read_catalogue: CatalogueReader,
+    rows: int,
     clinical: list[tuple[str, str, str]],
     folder: str,
 ) -> tuple[_Counts, dict[str, np.ndarray]]:
-    """Hash every row; return the counts and, per kind (and `PATIENT`), the suspect hashes."""
+    """Hash every row; return the counts and, per kind (and `PATIENT`), the suspect hashes.
+
+    The spills are sized by ``rows``, about how many the catalogue holds.
+    """
     counts = _Counts()
-    file = open_catalogue()
-    rows = file.metadata.num_rows if file is not None else 0
-    del file
     bits = max(0, int(np.ceil(np.log2(max(1, rows) / PART_PAIRS))))
     spills = {kind: _Spill(folder, kind, bits) for kind in KINDS}
     patients: list[np.ndarray] = []
     try:
-        for batch in _batches(open_catalogue, _COLUMNS):
+        for batch in _batches(read_catalogue, _COLUMNS):
             holder, known = _patients(batch)
             counts.rows += len(holder)
             counts.without_patient += int(len(holder) - known.sum())
@@ -377,7 +375,7 @@ class _Largest:
 
 
 def _confirm(
-    open_catalogue: Callable[[], pq.ParquetFile | None],
+    read_catalogue: CatalogueReader,
     suspected: dict[str, np.ndarray],
     clinical: list[tuple[str, str, str]],
 ) -> dict[str, _Violations]:
@@ -386,7 +384,7 @@ def _confirm(
     for job in _slices(suspected):
         seen: dict[str, dict[str, _Value]] = {kind: {} for kind in job}
         columns = ["PatientID", "group", *(KINDS[k] for k in job if k != PATIENT)]
-        for batch in _batches(open_catalogue, columns):
+        for batch in _batches(read_catalogue, columns):
             _, known = _patients(batch)
             patients: list = []
             groups: list = []
@@ -427,7 +425,7 @@ def _see(values: dict[str, _Value], value: str, patient: str, group: str) -> Non
 
 
 def _holders(
-    open_catalogue: Callable[[], pq.ParquetFile | None],
+    read_catalogue: CatalogueReader,
     listed: dict[str, set[str]],
 ) -> dict[str, dict[str, dict[tuple[str, str], str]]]:
     """Find the holders of the listed values.
@@ -445,7 +443,7 @@ def _holders(
         for kind, values in holders.items()
     }
     columns = ["PatientID", "group", "warehouse_key", *(KINDS[k] for k in holders if k in KINDS)]
-    for batch in _batches(open_catalogue, columns):
+    for batch in _batches(read_catalogue, columns):
         _, known = _patients(batch)
         cache: dict[str, list] = {}
         for kind in holders:
@@ -484,35 +482,50 @@ def _hold(kept: dict[tuple[str, str], str], holder: tuple[str, str], key: str) -
 # the certificate
 
 
+#: Yields a catalogue's rows, the given columns of `MERGED_SCHEMA` (a missing one null), in
+#: tables of at most `BATCH_ROWS` rows, from the start at each call.
+CatalogueReader = Callable[[list[str]], Iterator[pa.Table]]
+
+
 @dataclass(frozen=True)
 class CatalogueSource:
     """The catalogue a certificate is about.
 
     Attributes
     ----------
-    open : callable
-        Opens it (each pass reads it from the start); returns None when there is none.
+    read : callable
+        Reads it (`CatalogueReader`: each pass reads it from the start).
     through : str or None
         The newest catalogue part it covers.
+    rows : int
+        About how many rows it holds (what the first pass's spills are sized by).
     """
 
-    open: Callable[[], pq.ParquetFile | None]
+    read: CatalogueReader
     through: str | None = None
+    rows: int = 0
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike, through: str | None = None) -> CatalogueSource:
+        """Return the catalogue in the local Parquet file ``path``."""
+
+        def read(columns: list[str]) -> Iterator[pa.Table]:
+            yield from catalogue_batches(pq.ParquetFile(path), columns, BATCH_ROWS)
+
+        return cls(read, through, pq.ParquetFile(path).metadata.num_rows)
 
 
 def catalogue_source(scan: CatalogueScan, processed: Storage) -> CatalogueSource:
-    """Return the catalogue a merge left.
+    """Return the catalogue a merge left (`catalogue.merge.merged_batches`).
 
-    Its local file, or the last batch's catalogue (in ``processed``) when it stands as it is
+    Its local file, its layers, or the last batch's catalogue when it stands as it is
     (``scan.reused``).
     """
-    previous = scan.previous
-    if scan.reused is not None and previous is not None:
-        return CatalogueSource(lambda: previous.open(processed), previous.through)
-    path = scan.path
-    return CatalogueSource(
-        lambda: pq.ParquetFile(path) if os.path.exists(path) else None, scan.through
-    )
+
+    def read(columns: list[str]) -> Iterator[pa.Table]:
+        return merged_batches(scan, processed, columns, BATCH_ROWS)
+
+    return CatalogueSource(read, scan.through, scan.rows)
 
 
 def clinical_entries(clinical_files: dict) -> list[tuple[str, str, str]]:
@@ -565,9 +578,9 @@ def certify(
     """
     folder = os.path.join(workdir, "holdout")
     os.makedirs(folder, exist_ok=True)
-    counts, suspected = _first_pass(source.open, clinical, folder)
+    counts, suspected = _first_pass(source.read, source.rows, clinical, folder)
     found = (
-        _confirm(source.open, suspected, clinical)
+        _confirm(source.read, suspected, clinical)
         if any(map(len, suspected.values()))
         else {check: _Violations() for check in CHECKS}
     )
@@ -575,7 +588,7 @@ def certify(
     by_kind: dict[str, set[str]] = {}
     for check, values in listed.items():
         by_kind.setdefault(check.split("_", 1)[0], set()).update(values)
-    holders = _holders(source.open, by_kind)
+    holders = _holders(source.read, by_kind)
     clinical_keys: dict[tuple[str, str], str] = {}
     for pseudonym, group, key in clinical:
         if pseudonym in by_kind.get(PATIENT, ()):

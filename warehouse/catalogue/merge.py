@@ -140,6 +140,9 @@ class CatalogueScan:
         part could not be read (the next run merges again).
     previous : PreviousCatalogue or None
         With ``reused``: the last batch's catalogue, as its footer describes it.
+    layers : Layers or None
+        When the merge left the catalogue as the last batch's rows and the day's parts
+        (`merged_batches` reads it), ``path`` not written.
     changed_series : ChangedSeries or None
         When the merge added rows to the last batch's catalogue as it was (no reconcile, a
         day's parts): the rows of the series they changed, so that the series table is
@@ -164,6 +167,7 @@ class CatalogueScan:
     beyond: list[str] | None = field(default_factory=list)
     previous: PreviousCatalogue | None = None
     changed_series: ChangedSeries | None = None
+    layers: Layers | None = None
     #: The saved counts' body (`counted_scan`) not decoded yet: a run whose last batch stands
     #: never needs its studies, images per study or summary.
     _saved: bytes | dict | None = field(default=None, repr=False)
@@ -193,6 +197,12 @@ class CatalogueScan:
         """See the class's attributes."""
         self._decode_saved()
         return self._summary
+
+    def prune(self) -> None:
+        """Drop the counts of images that rows counted out (`_count`) left at zero."""
+        for counter in (self.study_images, self.summary, self.screened):
+            for key in [key for key, n in counter.items() if n <= 0]:
+                del counter[key]
 
     def _decode_saved(self) -> None:
         doc, self._saved = self._saved, None
@@ -464,18 +474,26 @@ def _still_filed(table: pa.Table, filed: FiledImages | None, scan: CatalogueScan
 
 
 def _newest_batches(
-    staged: list[PartArrays], masks: list[np.ndarray], folder: str
+    staged: list[PartArrays], masks: list[np.ndarray], folder: str, keep: bool = False
 ) -> Iterator[pa.Table]:
-    """Yield the staged parts' newest rows (``masks``) with their ``filed`` date, by part."""
-    for number, (part, keep) in enumerate(zip(staged, masks, strict=True)):
-        if not keep.any():
+    """Yield the staged parts' newest rows (``masks``) with their ``filed`` date, by part.
+
+    Each staged file is removed once read, unless ``keep``.
+    """
+    for number, (part, newest) in enumerate(zip(staged, masks, strict=True)):
+        if not newest.any():
             continue
-        with open(_staged_path(folder, number), "rb") as staged_file:
-            table = read_part(staged_file.read())
-        os.remove(_staged_path(folder, number))
-        table = table.filter(pa.array(keep))
-        filed = pa.array([part.written.date()] * table.num_rows, type=pa.date32())
-        yield table.append_column(MERGED_SCHEMA.field("filed"), filed)
+        yield _staged_rows(_staged_path(folder, number), newest, part.written)
+        if not keep:
+            os.remove(_staged_path(folder, number))
+
+
+def _staged_rows(path: str, newest: np.ndarray, written: dt.datetime) -> pa.Table:
+    """A staged part's newest rows, with their ``filed`` date (when it was ``written``)."""
+    with open(path, "rb") as staged_file:
+        table = read_part(staged_file.read()).filter(pa.array(newest))
+    filed = pa.array([written.date()] * table.num_rows, type=pa.date32())
+    return table.append_column(MERGED_SCHEMA.field("filed"), filed)
 
 
 def _with_folders(table: pa.Table) -> pa.Table:
@@ -486,36 +504,48 @@ def _with_folders(table: pa.Table) -> pa.Table:
     )
 
 
-def _count(scan: CatalogueScan, rows: pa.Table) -> None:
-    """Count merged rows into ``scan`` (studies, images, bytes, the summary)."""
+def _count(scan: CatalogueScan, rows: pa.Table, sign: int = 1) -> None:
+    """Count merged rows into ``scan`` (rows, studies, images, bytes, the summary).
+
+    With ``sign`` -1, count them out (rows another part replaces: `CatalogueScan.prune`
+    after).
+    """
+    scan.rows += sign * rows.num_rows
     table = _with_folders(rows)
     firsts = table.group_by([*_STUDY, "filed"], use_threads=False).aggregate(
         [("metadata_key", "min"), ("warehouse_key", "count")]
     )
     for row in firsts.to_pylist():
         study = tuple(row[name] for name in _STUDY)
-        scan.study_images[(*study, row["filed"])] += row["warehouse_key_count"]
+        scan.study_images[(*study, row["filed"])] += sign * row["warehouse_key_count"]
         first = (row["metadata_key_min"], row["filed"])
         known = scan.studies.get(study)
-        if known is None or first[0] < known[0]:
+        if sign < 0:
+            # the study's first file is replaced: the row replacing it (the same key) is
+            # counted in after, and is the first again
+            if known is not None and known[0] == first[0]:
+                del scan.studies[study]
+        elif known is None or first[0] < known[0]:
             scan.studies[study] = first
     sizes = table.group_by(["group", "modality_folder"]).aggregate(
         [("object_size", "sum"), ("metadata_size", "sum")]
     )
     for row in sizes.to_pylist():
-        scan.image_bytes[(row["group"], row["modality_folder"])] += row["object_size_sum"] or 0
-        scan.metadata_bytes[(row["group"], row["modality_folder"])] += row["metadata_size_sum"] or 0
-    scan.unsized_metadata += table.column("metadata_size").null_count
+        where = (row["group"], row["modality_folder"])
+        scan.image_bytes[where] += sign * (row["object_size_sum"] or 0)
+        scan.metadata_bytes[where] += sign * (row["metadata_size_sum"] or 0)
+    scan.unsized_metadata += sign * table.column("metadata_size").null_count
     summary = table.group_by(list(SUMMARY_COLUMNS), use_threads=False).aggregate(
         [("warehouse_key", "count")]
     )
     for row in summary.to_pylist():
-        scan.summary[tuple(row[name] for name in SUMMARY_COLUMNS)] += row["warehouse_key_count"]
+        key = tuple(row[name] for name in SUMMARY_COLUMNS)
+        scan.summary[key] += sign * row["warehouse_key_count"]
     screened = pa.table(
         {"prefix": raw_prefixes(rows), "status": screen_status(rows), "n": rows["warehouse_key"]}
     )
     for row in screened.group_by(["prefix", "status"]).aggregate([("n", "count")]).to_pylist():
-        scan.screened[(row["prefix"], row["status"])] += row["n_count"]
+        scan.screened[(row["prefix"], row["status"])] += sign * row["n_count"]
 
 
 def raw_prefixes(rows: pa.Table) -> pa.Array:
@@ -671,52 +701,35 @@ def scan_catalogue(
     previous = previous_catalogue(processed, last.images)
     through = previous.through if previous is not None else None
     new_parts = _parts_after(storage, through)
+    saved = None
     if previous is not None and last.images and last.counts and filed is None:
         try:
-            scan = counted_scan(last.counts, path, last.images)
-            scan.previous = previous
+            saved = counted_scan(last.counts, path, last.images)
+            saved.previous = previous
         except ValueError as exc:
             logger.warning("the last batch's catalogue counts cannot be used (%s)", exc)
         else:
             # the parts after ``through`` are those the last batch merged already: its rows
-            if scan.through == through and scan.beyond == sorted(new_parts):
-                logger.info("catalogue: no part since the last batch: its %d images", scan.rows)
-                return scan
+            if saved.through == through and saved.beyond == sorted(new_parts):
+                logger.info("catalogue: no part since the last batch: its %d images", saved.rows)
+                return saved
     folder = f"{path}.parts"
     filler = ColumnFiller(storage, submit, report, len(new_parts)) if filed is not None else None
     noted = NewRows()
     staged, unreadable = _stage_parts(storage, new_parts, submit, report, folder, filler, noted)
     settled = settled_parts(staged, unreadable, now)
     masks, replaced = _newest_masks(staged)
-    scan = CatalogueScan(path, through=max([through or "", *(p.key for p in settled)]) or None)
+    covers = max([through or "", *(p.key for p in settled)]) or None
+    scan = None
+    if previous is not None and previous.current and saved is not None and not noted.overflow:
+        if unreadable is None and saved.through == through:
+            scan = _layered_scan(saved, processed, noted, staged, masks, folder)
+    if scan is None:
+        day = _Staged(staged, masks, folder, replaced, noted)
+        scan = _merged_scan(path, covers, previous, processed, filed, day)
+    scan.through = covers
     scan.new_parts = len(new_parts)
     scan.beyond = None if unreadable else sorted(k for k in new_parts if k > (scan.through or ""))
-    metadata = {"through": json.dumps(scan.through)}
-    older = _batches_of(previous.open(processed), replaced, noted) if previous else iter(())
-    # (a reconcile may leave rows out: its series are all computed again)
-    if previous is not None and previous.current and filed is None and not noted.overflow:
-        scan.changed_series = ChangedSeries(f"{path}.series-rows.parquet", len(noted.series))
-    changed = _ChangedSeriesRows(scan.changed_series, noted.series)
-    with (
-        pq.ParquetWriter(path, MERGED_SCHEMA.with_metadata(metadata), compression="zstd") as out,
-        changed,
-    ):
-        for table, new in itertools.chain(
-            ((t, False) for t in older),
-            ((t, True) for t in _newest_batches(staged, masks, folder)),
-        ):
-            table = _still_filed(table, filed, scan)
-            if not table.num_rows:
-                continue
-            changed.add(table)
-            out.write_table(table)
-            scan.rows += table.num_rows
-            _count(scan, table)
-            if new:
-                touched = _with_folders(table).group_by(list(_STUDY), use_threads=False)
-                scan.touched.update(
-                    tuple(row[name] for name in _STUDY) for row in touched.aggregate([]).to_pylist()
-                )
     scan.index = _next_index(
         storage,
         through,
@@ -730,6 +743,200 @@ def scan_catalogue(
         "catalogue: %d images, %d parts merged since the last batch", scan.rows, scan.new_parts
     )
     return scan
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """The parts a merge read: their arrays, newest rows, local folder, keys, noted rows."""
+
+    parts: list[PartArrays]
+    masks: list[np.ndarray]
+    folder: str
+    replaced: np.ndarray
+    noted: NewRows
+
+
+def _merged_scan(
+    path: str,
+    covers: str | None,
+    previous: PreviousCatalogue | None,
+    processed: Storage,
+    filed: FiledImages | None,
+    day: _Staged,
+) -> CatalogueScan:
+    """Merge the last batch's rows and the staged parts' into the local file ``path``.
+
+    Every row is counted: a first merge, a reconcile, a backlog, counts that cannot be used.
+    """
+    staged, masks, folder, replaced, noted = (
+        day.parts,
+        day.masks,
+        day.folder,
+        day.replaced,
+        day.noted,
+    )
+    scan = CatalogueScan(path)
+    older = _batches_of(previous.open(processed), replaced, noted) if previous else iter(())
+    # (a reconcile may leave rows out: its series are all computed again)
+    if previous is not None and previous.current and filed is None and not noted.overflow:
+        scan.changed_series = ChangedSeries(f"{path}.series-rows.parquet", len(noted.series))
+    changed = _ChangedSeriesRows(scan.changed_series, noted.series)
+    metadata = {"through": json.dumps(covers)}
+    schema = MERGED_SCHEMA.with_metadata(metadata)
+    with pq.ParquetWriter(path, schema, compression="zstd") as out, changed:
+        for table, new in itertools.chain(
+            ((t, False) for t in older),
+            ((t, True) for t in _newest_batches(staged, masks, folder)),
+        ):
+            table = _still_filed(table, filed, scan)
+            if not table.num_rows:
+                continue
+            changed.add(table)
+            out.write_table(table)
+            _count(scan, table)
+            if new:
+                _touch(scan, table)
+    return scan
+
+
+def _touch(scan: CatalogueScan, rows: pa.Table) -> None:
+    """Note the studies of new ``rows`` (their first metadata file may have changed)."""
+    touched = _with_folders(rows).group_by(list(_STUDY), use_threads=False)
+    scan.touched.update(
+        tuple(row[name] for name in _STUDY) for row in touched.aggregate([]).to_pylist()
+    )
+
+
+@dataclass(frozen=True)
+class Layers:
+    """A merged catalogue left as the last batch's rows and the day's parts (not one file).
+
+    Attributes
+    ----------
+    previous : PreviousCatalogue
+        The last batch's ``images.parquet``.
+    replaced : pyarrow.Array
+        The warehouse keys of its rows that the parts' rows replace.
+    staged : list of tuple
+        Each staged part's local file, the mask of its newest rows and when it was written.
+    """
+
+    previous: PreviousCatalogue
+    replaced: pa.Array
+    staged: list[tuple[str, np.ndarray, dt.datetime]]
+
+
+def _layered_scan(
+    saved: CatalogueScan,
+    processed: Storage,
+    noted: NewRows,
+    staged: list[PartArrays],
+    masks: list[np.ndarray],
+    folder: str,
+) -> CatalogueScan | None:
+    """Bring the last batch's saved counts (``saved``) up to date with the staged parts.
+
+    The rows of the last batch's catalogue that the parts replace are counted out (found by
+    key, a column of the catalogue read, then only the row groups that hold one), the parts'
+    newest rows counted in; the catalogue is left in layers (`Layers`, read by
+    `merged_batches`), not written again. What it reads and counts follows the day's parts,
+    not the catalogue's size. None when the saved counts cannot be decoded (the catalogue is
+    then merged and counted in full).
+    """
+    previous = saved.previous
+    assert previous is not None
+    try:
+        saved.studies  # noqa: B018 - decoded now: a fault falls back to a full merge
+    except InvalidCounts as exc:
+        logger.warning("%s: the catalogue is merged and counted again", exc)
+        return None
+    scan, saved.reused = saved, None
+    keys = pa.chunked_array(noted.keys, pa.string()).combine_chunks()
+    series = pa.array(sorted(noted.series), pa.string())
+    scan.changed_series = ChangedSeries(f"{scan.path}.series-rows.parquet", len(noted.series))
+    changed = _ChangedSeriesRows(scan.changed_series, noted.series)
+    with changed:
+        for rows, gone in _rows_of(previous.open(processed), keys, series):
+            if gone.num_rows:
+                _count(scan, gone, sign=-1)
+            changed.add(rows)
+        for table in _newest_batches(staged, masks, folder, keep=True):
+            changed.add(table)
+            _count(scan, table)
+            _touch(scan, table)
+    scan.prune()
+    scan.layers = Layers(
+        previous,
+        keys,
+        [
+            (_staged_path(folder, n), mask, part.written)
+            for n, (part, mask) in enumerate(zip(staged, masks, strict=True))
+        ],
+    )
+    return scan
+
+
+def _rows_of(
+    file: pq.ParquetFile, keys: pa.Array, series: pa.Array
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """Yield, by row group of a merged catalogue, the rows (not replaced) of the ``series``
+    and the rows whose warehouse key is one of ``keys`` (replaced).
+
+    A row group is read whole only when it holds one: the others, by two columns.
+    """
+    if not file.metadata.num_rows or not (len(keys) or len(series)):
+        return
+    held = set(file.schema_arrow.names)
+    for group in range(file.num_row_groups):
+        look = file.read_row_group(group, columns=["warehouse_key", "SeriesInstanceUID"])
+        gone = pc.is_in(look.column("warehouse_key"), keys)
+        wanted = pc.and_(pc.is_in(look.column("SeriesInstanceUID"), series), pc.invert(gone))
+        if not (pc.any(gone).as_py() or pc.any(wanted).as_py()):
+            continue
+        names = [name for name in MERGED_SCHEMA.names if name in held]
+        rows = conformed(file.read_row_group(group, columns=names), MERGED_SCHEMA)
+        yield rows.filter(wanted), rows.filter(gone)
+
+
+def merged_batches(
+    scan: CatalogueScan,
+    processed: Storage | None,
+    columns: Iterable[str] | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[pa.Table]:
+    """Yield the merged catalogue's rows (``columns`` of `MERGED_SCHEMA`, all by default).
+
+    From the local file a merge wrote, the last batch's catalogue when it stands as it is
+    (``scan.reused``), or its layers (``scan.layers``: the last batch's rows but those
+    replaced, then the parts' newest rows). Nothing when there is no catalogue.
+    """
+    names = list(columns or MERGED_SCHEMA.names)
+    layers = scan.layers
+    if layers is None and (scan.reused is None or scan.previous is None):
+        if os.path.exists(scan.path):
+            yield from catalogue_batches(pq.ParquetFile(scan.path), names, batch_rows)
+        return
+    if processed is None:
+        raise ValueError("the last batch's rows are read from the processed store")
+    if layers is None:
+        assert scan.previous is not None
+        yield from catalogue_batches(scan.previous.open(processed), names, batch_rows)
+        return
+    read = names if "warehouse_key" in names else [*names, "warehouse_key"]
+    for table in catalogue_batches(layers.previous.open(processed), read, batch_rows):
+        if len(layers.replaced):
+            keep = pc.invert(pc.is_in(table.column("warehouse_key"), layers.replaced))
+            table = table.filter(keep)
+        yield table.select(names)
+    schema = pa.schema([MERGED_SCHEMA.field(name) for name in names])
+    for path, newest, written in layers.staged:
+        if newest.any():
+            yield conformed(_staged_rows(path, newest, written), schema)
+
+
+def merged_metadata(scan: CatalogueScan) -> dict[bytes, bytes]:
+    """The metadata a merged catalogue's file keeps: the newest part it covers."""
+    return {b"through": json.dumps(scan.through).encode()}
 
 
 def _next_index(
@@ -810,7 +1017,7 @@ def write_joined(
 ) -> int:
     """Write the batch's ``images.parquet`` at ``path``, streamed.
 
-    The merged catalogue (or, ``scan.reused``, the last batch's rows, read from
+    The merged catalogue (`merged_batches`: the last batch's rows are read from
     ``processed``) with, for each row, the columns ``summary_of(rows)`` gives (each patient's
     clinical summary); ``fingerprint`` (`dashboard.images.clinical_fingerprint`) is kept in
     its metadata as ``clinical``.
@@ -820,16 +1027,10 @@ def write_joined(
     int
         Its size in bytes.
     """
-    if scan.reused is not None:
-        if processed is None or scan.previous is None:
-            raise ValueError("the last batch's rows are read from the processed store")
-        source = scan.previous.open(processed)
-    else:
-        source = pq.ParquetFile(scan.path)
-    metadata = {**(source.schema_arrow.metadata or {}), b"clinical": fingerprint.encode()}
+    metadata = {**merged_metadata(scan), b"clinical": fingerprint.encode()}
     writer = None
     try:
-        for table in catalogue_batches(source):
+        for table in merged_batches(scan, processed):
             for name, column in summary_of(table).items():
                 table = table.append_column(name, column)
             if writer is None:

@@ -35,7 +35,7 @@ images takes a flat amount of memory; the result is streamed into ``series.parqu
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import duckdb
 import pandas as pd
@@ -349,15 +349,12 @@ def series_counts(file: pq.ParquetFile) -> pd.DataFrame:
     return frame.astype({name: "int64" for name in COUNT_COLUMNS})
 
 
-def write_source(file: pq.ParquetFile, path: str) -> None:
-    """Copy the `SOURCE_COLUMNS` of a catalogue to the local file ``path``, streamed.
+def write_source(batches: Iterable[pa.Table], path: str) -> None:
+    """Write the `SOURCE_COLUMNS` of a catalogue's rows to a local file, streamed.
 
-    The catalogue is a batch's ``images.parquet``, maybe written by an older version: a
-    column it lacks is null.
+    ``batches`` are the rows (tables), ``path`` the file; a column they lack is null.
     """
     schema = pa.schema([SCHEMA.field(name) for name in SOURCE_COLUMNS])
-    present = set(file.schema_arrow.names)
-    names = [name for name in SOURCE_COLUMNS if name in present]
     with pq.ParquetWriter(path, schema, compression="zstd") as out:
-        for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=names):
-            out.write_table(conformed(pa.Table.from_batches([batch]), schema))
+        for table in batches:
+            out.write_table(conformed(table, schema))

@@ -50,10 +50,12 @@ from warehouse.catalogue.merge import (
     COUNTS_NAME,
     counts_document,
     joined_as_before,
+    merged_batches,
     publish_index,
     write_joined,
 )
 from warehouse.catalogue.series import (
+    SOURCE_COLUMNS,
     previous_table,
     series_counts,
     update_series,
@@ -483,8 +485,9 @@ def batch_series(
     """Make the batch's series table from its catalogue (`catalogue.series`).
 
     When the catalogue is the last batch's as it was and that batch has a series table, it is
-    copied; otherwise it is computed into the run's folder, from the merged catalogue (or the
-    last batch's ``images.parquet``, copied there first).
+    copied; when the merge noted the rows of the series it changed and the last batch has a
+    table, that table is brought up to date (`update_series`); otherwise it is computed into
+    the run's folder from the whole merged catalogue (`merged_batches`).
 
     Returns
     -------
@@ -502,10 +505,6 @@ def batch_series(
             if size is not None:
                 file = pq.ParquetFile(StoredFile(store, previous, size))
                 return None, previous, series_counts(file)
-        source = os.path.join(view.workdir, "series-source.parquet")
-        write_source(scan.previous.open(store), source)
-    else:
-        source = scan.path
     path = os.path.join(view.workdir, SERIES_FILE)
     previous = _previous_series(view, store)
     if previous is not None and scan.changed_series is not None:
@@ -515,9 +514,13 @@ def batch_series(
             rows,
             scan.changed_series.series,
         )
-    else:
-        rows = write_series(source, path, view.workdir)
-        run_logger.info("series: %d rows", rows)
+        return path, None, series_counts(pq.ParquetFile(path))
+    source = scan.path
+    if scan.reused is not None or scan.layers is not None:  # (no merged file: one is written)
+        source = os.path.join(view.workdir, "series-source.parquet")
+        write_source(merged_batches(scan, store, SOURCE_COLUMNS), source)
+    rows = write_series(source, path, view.workdir)
+    run_logger.info("series: %d rows", rows)
     return path, None, series_counts(pq.ParquetFile(path))
 
 
