@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.catalogue.rows import part_key
+from warehouse.catalogue.rows import part_key, release_arrow_memory
 from warehouse.core.errors import ObjectNotFound
 from warehouse.core.report import utc_stamp
 from warehouse.storage.base import Storage
@@ -660,13 +660,6 @@ def check_index(storage: Storage, key: str, size: int) -> None:
     _parts_of(key, file)
 
 
-def _release_arrow_memory() -> None:
-    # Arrow's allocator (mimalloc) keeps what a row group's read freed rather than reuse it
-    # for the next: measured, reading the index at ten million objects held 125 MB more than
-    # its arrays
-    pa.default_memory_pool().release_unused()
-
-
 def _read_column(file: pq.ParquetFile, key: str, name: str) -> np.ndarray:
     # one row group at a time into the array: no second copy of a whole column in Arrow
     rows = file.metadata.num_rows
@@ -678,7 +671,7 @@ def _read_column(file: pq.ParquetFile, key: str, name: str) -> np.ndarray:
             out[start : start + len(values)] = values
             start += len(values)
             del values
-            _release_arrow_memory()
+            release_arrow_memory()
     except (ValueError, pa.ArrowException, OSError) as exc:
         raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
     if start != rows:
@@ -702,7 +695,7 @@ def _read_owners(file: pq.ParquetFile, key: str, kind: str) -> tuple[np.ndarray,
             hashes.append(values[keep])
             patients.append(np.asarray(chunk.column(1).to_numpy(), dtype=_HASH)[keep])
             del chunk, values
-            _release_arrow_memory()
+            release_arrow_memory()
     except (ValueError, pa.ArrowException, OSError) as exc:
         raise InvalidIndex(f"{key} is not a catalogue index: {exc}") from None
     if not hashes:

@@ -55,6 +55,7 @@ from warehouse.catalogue.rows import (
     part_written,
     read_in_order,
     read_part,
+    release_arrow_memory,
 )
 from warehouse.catalogue.series import SOURCE_COLUMNS
 from warehouse.core.errors import ExpectedError, ObjectNotFound
@@ -440,6 +441,8 @@ def catalogue_batches(
         return
     for batch in file.iter_batches(batch_size=batch_rows, columns=present):
         yield conformed(pa.Table.from_batches([batch]), pa.schema(fields))
+        del batch
+        release_arrow_memory()
 
 
 def _batches_of(

@@ -548,6 +548,16 @@ def read_part(data: bytes, columns: Iterable[str] | None = None) -> pa.Table:
     return conformed(table, pa.schema([SCHEMA.field(n) for n in wanted]))
 
 
+def release_arrow_memory() -> None:
+    """Hand Arrow's allocator back what the last batch of rows freed.
+
+    Arrow's allocator (mimalloc) keeps freed memory for its next allocations rather than
+    reuse it at once: measured, reading the catalogue index at ten million objects a row
+    group at a time held 125 MB more than its arrays. Called between batches of a pass.
+    """
+    pa.default_memory_pool().release_unused()
+
+
 def conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` as a table of ``schema``: THE way a reader of rows written by an older
     version meets a column they lack (all null), and a column of another type (cast).
