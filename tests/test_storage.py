@@ -1287,3 +1287,25 @@ def test_aws_messages_are_quoted_on_one_line_and_bounded():
     assert "\n" not in problem and "\x1b" not in problem
     assert "(InvalidAccessKeyId: a\\nb\\x1b[2J" in problem
     assert len(problem) < 500
+
+
+def test_an_object_is_copied_to_a_local_file_in_a_few_large_ranged_reads(
+    store, tmp_path, monkeypatch
+):
+    """`files.copy_to_file` writes the object's bytes exactly, one ranged read a chunk."""
+    from warehouse.storage import files
+
+    monkeypatch.setattr(files, "COPY_CHUNK_BYTES", 1000)
+    data = os.urandom(4500)
+    store.write("catalogue/big.bin", data, "application/octet-stream")
+    ranges = []
+    real = type(store).read_range
+
+    def recording(self, key, start, end):
+        ranges.append((start, end))
+        return real(self, key, start, end)
+
+    monkeypatch.setattr(type(store), "read_range", recording)
+    files.copy_to_file(store, "catalogue/big.bin", len(data), str(tmp_path / "copy"))
+    assert (tmp_path / "copy").read_bytes() == data
+    assert ranges == [(0, 1000), (1000, 2000), (2000, 3000), (3000, 4000), (4000, 4500)]

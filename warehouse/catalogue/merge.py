@@ -63,7 +63,7 @@ from warehouse.core.keys import KEY_PATIENT, KEY_STUDY
 from warehouse.core.reasons import Reason
 from warehouse.core.report import RunReport
 from warehouse.storage.base import Storage
-from warehouse.storage.files import StoredFile
+from warehouse.storage.files import StoredFile, copy_to_file
 
 logger = logging.getLogger("dataprocess")
 
@@ -816,15 +816,16 @@ class Layers:
 
     Attributes
     ----------
-    previous : PreviousCatalogue
-        The last batch's ``images.parquet``.
+    previous : str
+        A local copy of the last batch's ``images.parquet`` (`storage.files.copy_to_file`:
+        each pass reads it whole, a few large reads made once).
     replaced : pyarrow.Array
         The warehouse keys of its rows that the parts' rows replace.
     staged : list of tuple
         Each staged part's local file, the mask of its newest rows and when it was written.
     """
 
-    previous: PreviousCatalogue
+    previous: str
     replaced: pa.Array
     staged: list[tuple[str, np.ndarray, dt.datetime]]
 
@@ -854,12 +855,14 @@ def _layered_scan(
         logger.warning("%s: the catalogue is merged and counted again", exc)
         return None
     scan, saved.reused = saved, None
+    local = f"{scan.path}.previous.parquet"
+    copy_to_file(processed, previous.key, previous.size, local)
     keys = pa.chunked_array(noted.keys, pa.string()).combine_chunks()
     series = pa.array(sorted(noted.series), pa.string())
     scan.changed_series = ChangedSeries(f"{scan.path}.series-rows.parquet", len(noted.series))
     changed = _ChangedSeriesRows(scan.changed_series, noted.series)
     with changed:
-        for rows, gone in _rows_of(previous.open(processed), keys, series):
+        for rows, gone in _rows_of(pq.ParquetFile(local), keys, series):
             if gone.num_rows:
                 _count(scan, gone, sign=-1)
             changed.add(rows)
@@ -869,7 +872,7 @@ def _layered_scan(
             _touch(scan, table)
     scan.prune()
     scan.layers = Layers(
-        previous,
+        local,
         keys,
         [
             (_staged_path(folder, n), mask, part.written)
@@ -915,18 +918,16 @@ def merged_batches(
     """
     names = list(columns or MERGED_SCHEMA.names)
     layers = scan.layers
-    if layers is None and (scan.reused is None or scan.previous is None):
-        if os.path.exists(scan.path):
+    if layers is None:
+        if scan.reused is not None and scan.previous is not None:
+            if processed is None:
+                raise ValueError("the last batch's rows are read from the processed store")
+            yield from catalogue_batches(scan.previous.open(processed), names, batch_rows)
+        elif os.path.exists(scan.path):
             yield from catalogue_batches(pq.ParquetFile(scan.path), names, batch_rows)
         return
-    if processed is None:
-        raise ValueError("the last batch's rows are read from the processed store")
-    if layers is None:
-        assert scan.previous is not None
-        yield from catalogue_batches(scan.previous.open(processed), names, batch_rows)
-        return
     read = names if "warehouse_key" in names else [*names, "warehouse_key"]
-    for table in catalogue_batches(layers.previous.open(processed), read, batch_rows):
+    for table in catalogue_batches(pq.ParquetFile(layers.previous), read, batch_rows):
         if len(layers.replaced):
             keep = pc.invert(pc.is_in(table.column("warehouse_key"), layers.replaced))
             table = table.filter(keep)

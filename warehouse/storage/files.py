@@ -83,3 +83,30 @@ class StoredFile(io.RawIOBase):
         buffer[: len(data)] = data
         self._position += len(data)
         return len(data)
+
+
+#: Bytes a copy of an object to a local file reads at a time (one ranged read each).
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def copy_to_file(storage: Storage, key: str, size: int, path: str) -> None:
+    """Copy ``key`` of ``storage`` (of ``size`` bytes) to the local file ``path``.
+
+    In ranged reads of `COPY_CHUNK_BYTES`, so that a file read whole several times (a Parquet
+    file read column by column, row group by row group) costs a few large requests, not
+    thousands of small ones, and never more than one chunk of memory.
+
+    Raises
+    ------
+    StorageError
+        When a read fails.
+    OSError
+        When the file cannot be written.
+    """
+    with open(path, "wb") as out:
+        for start in range(0, size, COPY_CHUNK_BYTES):
+            end = min(size, start + COPY_CHUNK_BYTES)
+            data = storage.read_range(key, start, end)
+            if len(data) != end - start:
+                raise OSError(f"{key}: read {len(data)} bytes of {end - start} at {start}")
+            out.write(data)
