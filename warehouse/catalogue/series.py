@@ -257,21 +257,15 @@ ORDER BY {_KEY}
 """
 
 
-def previous_table(file: pq.ParquetFile, path: str) -> bool:
-    """Copy a batch's series table to the local file ``path``, streamed.
+def is_series_table(path: str) -> bool:
+    """Tell whether the local file ``path`` is a series table of this version.
 
-    Returns
-    -------
-    bool
-        Whether it was copied: False (nothing written) when it is not a series table of
-        this version's columns and types (the table is then computed in full).
+    Its columns and types must be `SERIES_SCHEMA`'s; one that is not is computed again in full.
     """
-    if file.schema_arrow.remove_metadata() != SERIES_SCHEMA:
+    try:
+        return pq.read_schema(path).remove_metadata() == SERIES_SCHEMA
+    except (pa.ArrowException, OSError):
         return False
-    with pq.ParquetWriter(path, SERIES_SCHEMA, compression="zstd") as out:
-        for batch in file.iter_batches(batch_size=BATCH_ROWS):
-            out.write_table(pa.Table.from_batches([batch]))
-    return True
 
 
 def update_series(previous: str, changed: str, path: str, workdir: str) -> int:

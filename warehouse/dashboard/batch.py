@@ -56,7 +56,7 @@ from warehouse.catalogue.merge import (
 )
 from warehouse.catalogue.series import (
     SOURCE_COLUMNS,
-    previous_table,
+    is_series_table,
     series_counts,
     update_series,
     write_series,
@@ -85,7 +85,7 @@ from warehouse.dashboard.tables import (
 )
 from warehouse.dashboard.view import DataprocessView, SharedView, reusable_row_files
 from warehouse.storage.base import Storage
-from warehouse.storage.files import StoredFile
+from warehouse.storage.files import StoredFile, copy_to_file
 
 if TYPE_CHECKING:
     from warehouse.dashboard.pages import PageInputs
@@ -534,12 +534,11 @@ def _previous_series(view: DataprocessView, store: Storage) -> str | None:
     if size is None:
         return None
     path = os.path.join(view.workdir, "series-previous.parquet")
-    try:
-        copied = previous_table(pq.ParquetFile(StoredFile(store, key, size)), path)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        run_logger.warning("%s cannot be read (%s): the series are computed in full", key, exc)
+    copy_to_file(store, key, size, path)
+    if not is_series_table(path):
+        run_logger.warning("%s is not a series table of this version: computed in full", key)
         return None
-    return path if copied else None
+    return path
 
 
 #: The count a run reports when the last batch still holds (`publish_batch`).
