@@ -729,7 +729,21 @@ def fio2_percent(value: Any) -> int | None:
 
 
 def _per_value(column: pd.Series, rule: Callable[[Any], Any], dtype: str) -> pd.Series:
-    values = [rule(value) for value in column.tolist()]
+    # A rule is a function of the value alone, and a column repeats a few values (dates,
+    # "Yes"/"No", units) over many patients: each distinct value is cleaned once. Keyed by
+    # type too (1, 1.0 and True are equal keys); a dict or list is cleaned where it is.
+    done: dict[tuple[type, Any], Any] = {}
+    values = []
+    for value in column.tolist():
+        key = (type(value), value)
+        try:
+            hash(key)
+        except TypeError:  # (a dict or a list)
+            values.append(rule(value))
+            continue
+        if key not in done:
+            done[key] = rule(value)
+        values.append(done[key])
     return pd.Series(values, index=column.index, dtype=dtype)
 
 
