@@ -945,38 +945,54 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
     assert len(images) == len(before) == 12
 
 
+def _random_index_rows(rng: random.Random) -> dict[str, list[tuple]]:
+    """Random rows of an old index of 3 parts and a new one of 2: ``_index_of``'s tuples."""
+    return {
+        side: [
+            (rng.randrange(1, 30), rng.randrange(1, 9), rng.randrange(parts))
+            + tuple(rng.randrange(1, 30) for _ in range(4))
+            + (rng.choice([0, 18000, 18001, 18005]),)
+            for _ in range(rng.randrange(0, 25))
+        ]
+        for side, parts in (("old", 3), ("new", 2))
+    }
+
+
+def _old_then_new(rows: dict[str, list[tuple]]) -> list[tuple]:
+    """The old rows then the new ones, the new ones' part numbers after the old three."""
+    return [
+        *rows["old"],
+        *((s, z, p + 3, t, r, rz, rt, d) for s, z, p, t, r, rz, rt, d in rows["new"]),
+    ]
+
+
+def _check_sorted_rows(got: index.IndexArrays, every: list[tuple]) -> None:
+    """Each array of ``got`` is a stable sort of ``every`` by its hash (the raw arrays by
+    upload day, then hash), with Python's sorted as the oracle."""
+    by_sop = sorted(every, key=lambda row: row[0])
+    by_raw = sorted(every, key=lambda row: (row[7], row[4]))
+    assert got.sop.tolist() == [row[0] for row in by_sop]
+    assert got.sop_size.tolist() == [row[1] for row in by_sop]
+    assert got.sop_part.tolist() == [row[2] for row in by_sop]
+    assert got.target.tolist() == sorted(row[3] for row in every)
+    assert got.raw_day.tolist() == [row[7] for row in by_raw]
+    assert got.raw.tolist() == [row[4] for row in by_raw]
+    assert got.raw_size.tolist() == [row[5] for row in by_raw]
+    assert got.raw_time.tolist() == [row[6] for row in by_raw]
+    assert got.parts == ["o0", "o1", "o2", "n0", "n1"]
+
+
 def test_combining_two_indexes_keeps_every_row_in_hash_order_old_before_new():
     """`index.combined` inserts the new index's rows into the old one's order: each array
     equals a stable sort, by its hash (the raw arrays by upload day, then hash), of the old
     rows then the new ones (oracle: Python's sorted)."""
     rng = random.Random(7)
     for _ in range(100):
-        rows = {
-            side: [
-                (rng.randrange(1, 30), rng.randrange(1, 9), rng.randrange(parts))
-                + tuple(rng.randrange(1, 30) for _ in range(4))
-                + (rng.choice([0, 18000, 18001, 18005]),)
-                for _ in range(rng.randrange(0, 25))
-            ]
-            for side, parts in (("old", 3), ("new", 2))
-        }
+        rows = _random_index_rows(rng)
         made = {side: _index_of(rows[side], parts) for side, parts in (("old", 3), ("new", 2))}
         got = index.combined(made["old"], made["new"])
-        every = [
-            *rows["old"],
-            *((s, z, p + 3, t, r, rz, rt, d) for s, z, p, t, r, rz, rt, d in rows["new"]),
-        ]
-        by_sop = sorted(every, key=lambda row: row[0])
-        by_raw = sorted(every, key=lambda row: (row[7], row[4]))
-        assert got.sop.tolist() == [row[0] for row in by_sop]
-        assert got.sop_size.tolist() == [row[1] for row in by_sop]
-        assert got.sop_part.tolist() == [row[2] for row in by_sop]
-        assert got.target.tolist() == sorted(row[3] for row in every)
-        assert got.raw_day.tolist() == [row[7] for row in by_raw]
-        assert got.raw.tolist() == [row[4] for row in by_raw]
-        assert got.raw_size.tolist() == [row[5] for row in by_raw]
-        assert got.raw_time.tolist() == [row[6] for row in by_raw]
-        assert got.parts == ["o0", "o1", "o2", "n0", "n1"]
+        every = _old_then_new(rows)
+        _check_sorted_rows(got, every)
         # consuming the old index gives the same, and lets go of its buffers (no view kept)
         consumed = index.combined(_index_of(rows["old"], 3), made["new"], consume=True)
         assert consumed.raw.tolist() == got.raw.tolist()
@@ -1001,15 +1017,7 @@ def test_combining_a_stored_index_an_array_at_a_time_gives_every_row_in_order(
     monkeypatch.setattr(index, "ROW_GROUP", 4)
     rng = random.Random(13)
     for trial in range(30):
-        rows = {
-            side: [
-                (rng.randrange(1, 30), rng.randrange(1, 9), rng.randrange(parts))
-                + tuple(rng.randrange(1, 30) for _ in range(4))
-                + (rng.choice([0, 18000, 18001, 18005]),)
-                for _ in range(rng.randrange(0, 25))
-            ]
-            for side, parts in (("old", 3), ("new", 2))
-        }
+        rows = _random_index_rows(rng)
         made = {side: _index_of(rows[side], parts) for side, parts in (("old", 3), ("new", 2))}
         pairs = {}
         for side, built in made.items():
@@ -1025,10 +1033,7 @@ def test_combining_a_stored_index_an_array_at_a_time_gives_every_row_in_order(
         saved = index.combine_saved(
             local_store, key, size, made["new"], str(tmp_path / f"combined-{trial}.parquet")
         )
-        every = [
-            *rows["old"],
-            *((s, z, p + 3, t, r, rz, rt, d) for s, z, p, t, r, rz, rt, d in rows["new"]),
-        ]
+        every = _old_then_new(rows)
         assert saved.images == len(every)
         assert saved.through == "o2"  # (the newest part key: "o2" > "n1")
         local_store.write_file("catalogue/index/combined.parquet", saved.path)
@@ -1038,17 +1043,7 @@ def test_combining_a_stored_index_an_array_at_a_time_gives_every_row_in_order(
             os.path.getsize(saved.path),
             with_raw=True,
         )
-        by_sop = sorted(every, key=lambda row: row[0])
-        by_raw = sorted(every, key=lambda row: (row[7], row[4]))
-        assert got.sop.tolist() == [row[0] for row in by_sop]
-        assert got.sop_size.tolist() == [row[1] for row in by_sop]
-        assert got.sop_part.tolist() == [row[2] for row in by_sop]
-        assert got.target.tolist() == sorted(row[3] for row in every)
-        assert got.raw_day.tolist() == [row[7] for row in by_raw]
-        assert got.raw.tolist() == [row[4] for row in by_raw]
-        assert got.raw_size.tolist() == [row[5] for row in by_raw]
-        assert got.raw_time.tolist() == [row[6] for row in by_raw]
-        assert got.parts == ["o0", "o1", "o2", "n0", "n1"]
+        _check_sorted_rows(got, every)
         for kind in index.OWNER_KINDS:
             expected = sorted(set(pairs["old", kind]) | set(pairs["new", kind]))
             hashes, patients = got.owners(kind)
