@@ -1295,7 +1295,7 @@ def test_an_object_is_copied_to_a_local_file_in_a_few_large_ranged_reads(
     """`files.copy_to_file` writes the object's bytes exactly, one ranged read a chunk."""
     from warehouse.storage import files
 
-    monkeypatch.setattr(files, "COPY_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(files, "RANGE_CHUNK_BYTES", 1000)
     data = os.urandom(4500)
     store.write("catalogue/big.bin", data, "application/octet-stream")
     ranges = []
@@ -1306,6 +1306,9 @@ def test_an_object_is_copied_to_a_local_file_in_a_few_large_ranged_reads(
         return real(self, key, start, end)
 
     monkeypatch.setattr(type(store), "read_range", recording)
-    files.copy_to_file(store, "catalogue/big.bin", len(data), str(tmp_path / "copy"))
-    assert (tmp_path / "copy").read_bytes() == data
+    written = files.copy_to_file(store, "catalogue/big.bin", len(data), str(tmp_path / "copy"))
+    assert written == len(data) and (tmp_path / "copy").read_bytes() == data
     assert ranges == [(0, 1000), (1000, 2000), (2000, 3000), (3000, 4000), (4000, 4500)]
+    # an object shorter than the size asked for: what it holds, and the count says so
+    short = files.copy_to_file(store, "catalogue/big.bin", len(data) + 500, str(tmp_path / "s"))
+    assert short == len(data) and (tmp_path / "s").read_bytes() == data

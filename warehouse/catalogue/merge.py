@@ -856,7 +856,9 @@ def _layered_scan(
         return None
     scan, saved.reused = saved, None
     local = f"{scan.path}.previous.parquet"
-    copy_to_file(processed, previous.key, previous.size, local)
+    if copy_to_file(processed, previous.key, previous.size, local) < previous.size:
+        logger.warning("%s is shorter than listed: the catalogue is merged again", previous.key)
+        return None
     keys = pa.chunked_array(noted.keys, pa.string()).combine_chunks()
     series = pa.array(sorted(noted.series), pa.string())
     scan.changed_series = ChangedSeries(f"{scan.path}.series-rows.parquet", len(noted.series))

@@ -38,7 +38,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.catalogue.selection import (
-    CHUNK_BYTES,
     Fetch,
     Filters,
     SelectionError,
@@ -49,6 +48,7 @@ from warehouse.core.errors import ObjectNotFound, PreconditionFailed
 from warehouse.core.keys import GROUPS
 from warehouse.core.text import escape_controls, quote
 from warehouse.storage.base import Storage
+from warehouse.storage.files import ranged_chunks
 
 #: Where releases are, in the processed store.
 RELEASES_PREFIX = "releases/"
@@ -141,7 +141,7 @@ def _folder_of(key: str) -> str:
 
 
 def content_sha256(storage: Storage, key: str, size: int) -> str:
-    """Return the SHA-256 of the first ``size`` bytes of ``key``, read `CHUNK_BYTES` at a time.
+    """Return the SHA-256 of the first ``size`` bytes of ``key`` (`files.ranged_chunks`).
 
     Raises
     ------
@@ -152,12 +152,11 @@ def content_sha256(storage: Storage, key: str, size: int) -> str:
     """
     digest = hashlib.sha256()
     done = 0
-    while done < size:
-        chunk = storage.read_range(key, done, min(size, done + CHUNK_BYTES))
-        if not chunk:
-            raise ReleaseError(f"{key} changed while the release was written: run it again")
+    for chunk in ranged_chunks(storage, key, size):
         digest.update(chunk)
         done += len(chunk)
+    if done < size:
+        raise ReleaseError(f"{key} changed while the release was written: run it again")
     return digest.hexdigest()
 
 

@@ -48,10 +48,10 @@ from warehouse.core.keys import (
     parse_image_key,
 )
 from warehouse.storage.base import ObjectInfo, Storage
-from warehouse.storage.files import StoredFile
+from warehouse.storage.files import RANGE_CHUNK_BYTES, StoredFile, copy_to_file, ranged_chunks
 
 #: Bytes per ranged read of a download (memory stays at one chunk per worker).
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = RANGE_CHUNK_BYTES
 #: The catalogue's columns a selection, its summary and its download use.
 USED_COLUMNS = (
     "warehouse_key",
@@ -225,27 +225,6 @@ def batch_files(processed: Storage) -> BatchFiles:
     return BatchFiles(folder, files)
 
 
-def copy_to_file(storage: Storage, info: ObjectInfo, path: Path) -> None:
-    """Copy object ``info`` of ``storage`` into the local file ``path``, `CHUNK_BYTES` at a
-    time (never whole in memory).
-
-    Raises
-    ------
-    StorageError
-        When a read fails.
-    SelectionError
-        When the object is shorter than listed.
-    """
-    with open(path, "wb") as handle:
-        written = 0
-        while written < info.size:
-            chunk = storage.read_range(info.key, written, min(info.size, written + CHUNK_BYTES))
-            if not chunk:
-                raise SelectionError(f"{info.key}: {written:,} bytes read of {info.size:,}")
-            handle.write(chunk)
-            written += len(chunk)
-
-
 def open_views(processed: Storage, work: Path) -> tuple[BatchFiles, duckdb.DuckDBPyConnection]:
     """The newest batch's tables as the views of a `locked_connection`.
 
@@ -256,13 +235,15 @@ def open_views(processed: Storage, work: Path) -> tuple[BatchFiles, duckdb.DuckD
     Raises
     ------
     SelectionError, StorageError
-        As `batch_files` and `copy_to_file`.
+        As `batch_files`; SelectionError too when a table is shorter than listed.
     """
     found = batch_files(processed)
     tables = {}
     for view, info in found.files.items():
         path = work / f"{view}.parquet"
-        copy_to_file(processed, info, path)
+        written = copy_to_file(processed, info.key, info.size, path)
+        if written < info.size:
+            raise SelectionError(f"{info.key}: {written:,} bytes read of {info.size:,}")
         try:
             tables[view] = pa_dataset.dataset(path, format="parquet")
         except (pa.ArrowException, OSError) as exc:
@@ -848,17 +829,14 @@ def fetch(storage: Storage, folder: Path, item: Fetch) -> int | None:
                 handle.write(data)
                 written = len(data)
             else:
-                while written < item.size:
-                    chunk = storage.read_range(
-                        item.key, written, min(item.size, written + CHUNK_BYTES)
-                    )
-                    if not chunk:
-                        raise SelectionError(
-                            f"{item.key}: {written:,} bytes read of {item.size:,} (the object "
-                            "is smaller than the catalogue says: run dataprocess again)"
-                        )
+                for chunk in ranged_chunks(storage, item.key, item.size):
                     handle.write(chunk)
                     written += len(chunk)
+                if written < item.size:
+                    raise SelectionError(
+                        f"{item.key}: {written:,} bytes read of {item.size:,} (the object "
+                        "is smaller than the catalogue says: run dataprocess again)"
+                    )
         os.replace(temporary, path)
     except OSError as exc:
         raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None

@@ -534,6 +534,7 @@ def _previous_series(view: DataprocessView, store: Storage) -> str | None:
     if size is None:
         return None
     path = os.path.join(view.workdir, "series-previous.parquet")
+    # (a copy shorter than listed is no Parquet file: computed in full too)
     copy_to_file(store, key, size, path)
     if not is_series_table(path):
         run_logger.warning("%s is not a series table of this version: computed in full", key)

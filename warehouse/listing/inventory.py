@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.text import MAX_DETAIL_CHARS, bounded, escape_controls, quote
 from warehouse.storage.base import ObjectInfo, Storage
+from warehouse.storage.files import ranged_chunks
 from warehouse.storage.url import location_from_url
 
 #: The inventory configuration the CloudFormation template sets on the warehouse bucket; used
@@ -356,18 +357,17 @@ def _data_file(
 def _download(storage: Storage, key: str, file: InventoryFile, path: str, where: str) -> None:
     """Copy a data file to ``path`` in ranged reads, checking its size and MD5 as it comes."""
     digest = hashlib.md5(usedforsecurity=False)
-    offset, end = 0, file.size + 1  # one byte more than the manifest says: a longer file shows
+    offset = 0
+    # (one byte more than the manifest says: a longer file shows)
+    chunks = ranged_chunks(storage, key, file.size + 1, DOWNLOAD_CHUNK_BYTES)
     with open(path, "wb") as out:
-        while offset < end:
-            try:
-                chunk = storage.read_range(key, offset, min(offset + DOWNLOAD_CHUNK_BYTES, end))
-            except ObjectNotFound:
-                raise InventoryUnusable(where, "the data file does not exist") from None
-            if not chunk:
-                break
-            digest.update(chunk)
-            out.write(chunk)
-            offset += len(chunk)
+        try:
+            for chunk in chunks:
+                digest.update(chunk)
+                out.write(chunk)
+                offset += len(chunk)
+        except ObjectNotFound:
+            raise InventoryUnusable(where, "the data file does not exist") from None
     if offset != file.size:
         size = f"{offset}" if offset <= file.size else f"more than {file.size}"
         raise InventoryUnusable(where, f"the data file has {size} bytes, the manifest {file.size}")

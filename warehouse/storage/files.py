@@ -7,6 +7,8 @@ for are all that is fetched.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterator
 
 from warehouse.storage.base import Storage
 
@@ -85,16 +87,39 @@ class StoredFile(io.RawIOBase):
         return len(data)
 
 
-#: Bytes a copy of an object to a local file reads at a time (one ranged read each).
-COPY_CHUNK_BYTES = 8 * 1024 * 1024
+#: Bytes a chunked read of a whole object asks for at a time (one ranged read each).
+RANGE_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def copy_to_file(storage: Storage, key: str, size: int, path: str) -> None:
+def ranged_chunks(
+    storage: Storage, key: str, size: int, chunk_bytes: int | None = None
+) -> Iterator[bytes]:
+    """Yield bytes 0 to ``size`` of ``key``, one ranged read of `RANGE_CHUNK_BYTES` at a time.
+
+    ``chunk_bytes``, when given, instead. An object read whole that way is never whole in
+    memory, and a file read whole several times costs a few large requests, not one per
+    column chunk. It stops early at an empty read (the object is shorter than ``size``): the caller
+    compares the bytes it got with what it expected.
+
+    Raises
+    ------
+    StorageError
+        When a read fails.
+    """
+    step = chunk_bytes or RANGE_CHUNK_BYTES
+    done = 0
+    while done < size:
+        chunk = storage.read_range(key, done, min(size, done + step))
+        if not chunk:
+            return
+        yield chunk
+        done += len(chunk)
+
+
+def copy_to_file(storage: Storage, key: str, size: int, path: str | os.PathLike) -> int:
     """Copy ``key`` of ``storage`` (of ``size`` bytes) to the local file ``path``.
 
-    In ranged reads of `COPY_CHUNK_BYTES`, so that a file read whole several times (a Parquet
-    file read column by column, row group by row group) costs a few large requests, not
-    thousands of small ones, and never more than one chunk of memory.
+    By `ranged_chunks`; returns the bytes written (fewer than ``size``: the object is shorter).
 
     Raises
     ------
@@ -103,10 +128,9 @@ def copy_to_file(storage: Storage, key: str, size: int, path: str) -> None:
     OSError
         When the file cannot be written.
     """
+    written = 0
     with open(path, "wb") as out:
-        for start in range(0, size, COPY_CHUNK_BYTES):
-            end = min(size, start + COPY_CHUNK_BYTES)
-            data = storage.read_range(key, start, end)
-            if len(data) != end - start:
-                raise OSError(f"{key}: read {len(data)} bytes of {end - start} at {start}")
-            out.write(data)
+        for chunk in ranged_chunks(storage, key, size):
+            out.write(chunk)
+            written += len(chunk)
+    return written
