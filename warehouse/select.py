@@ -32,7 +32,6 @@ import logging
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,6 +71,7 @@ from warehouse.catalogue.selection import (
     sql_result,
     summary,
     with_labels,
+    written_in_place,
 )
 from warehouse.core.config import ConfigError, settings_from_env
 from warehouse.core.errors import ExpectedError, StorageError, StoreUnavailable
@@ -544,26 +544,19 @@ def write_output(path: Path, schema: pa.Schema, batches: Iterable) -> int:
     SelectionError
         When the file cannot be written.
     """
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:255])
     count = 0
-    try:
-        with open(temporary, "wb") as handle:
-            if path.suffix.lower() == ".csv":
-                header = pa.RecordBatch.from_pylist([], schema=schema)
-                handle.write(csv_text(_csv_ready(header)).encode("utf-8"))
+    with written_in_place(path) as handle:
+        if path.suffix.lower() == ".csv":
+            header = pa.RecordBatch.from_pylist([], schema=schema)
+            handle.write(csv_text(_csv_ready(header)).encode("utf-8"))
+            for batch in _batches(batches):
+                handle.write(csv_text(_csv_ready(batch), header=False).encode("utf-8"))
+                count += batch.num_rows
+        else:
+            with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
                 for batch in _batches(batches):
-                    handle.write(csv_text(_csv_ready(batch), header=False).encode("utf-8"))
+                    writer.write_batch(batch)
                     count += batch.num_rows
-            else:
-                with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
-                    for batch in _batches(batches):
-                        writer.write_batch(batch)
-                        count += batch.num_rows
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return count
 
 

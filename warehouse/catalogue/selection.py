@@ -17,6 +17,7 @@ download.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -24,9 +25,10 @@ import os
 import re
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import numpy as np
@@ -815,65 +817,77 @@ def fetch(storage: Storage, folder: Path, item: Fetch) -> int | None:
         return None
     if item.pinned:
         return _fetch_pinned(storage, path, item)
-    # the name may be 255 bytes already: the temporary one is cut to fit
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:MAX_FILE_NAME_LENGTH])
     written = 0
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SelectionError(f"cannot make the folder {str(path.parent)!r}: {exc}") from None
+    with written_in_place(path, make_folder=True) as handle:
+        if item.size is None:
+            data = storage.read(item.key)
+            handle.write(data)
+            written = len(data)
+        else:
+            for chunk in ranged_chunks(storage, item.key, item.size):
+                handle.write(chunk)
+                written += len(chunk)
+            if written < item.size:
+                raise SelectionError(
+                    f"{item.key}: {written:,} bytes read of {item.size:,} (the object "
+                    "is smaller than the catalogue says: run dataprocess again)"
+                )
+    return written
+
+
+@contextlib.contextmanager
+def written_in_place(path: Path, *, make_folder: bool = False) -> Iterator[BinaryIO]:
+    """Open a file that becomes ``path`` only once written whole.
+
+    It is written under a temporary name beside ``path`` (cut to fit a file name of
+    `MAX_FILE_NAME_LENGTH` bytes) and renamed into place when the ``with`` block ends
+    without an error; otherwise the temporary file is removed and ``path`` is left as it
+    was. With ``make_folder``, the folder of ``path`` is made first.
+
+    Raises
+    ------
+    SelectionError
+        When the folder or the file cannot be written.
+    """
+    if make_folder:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SelectionError(f"cannot make the folder {str(path.parent)!r}: {exc}") from None
+    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:MAX_FILE_NAME_LENGTH])
     try:
         with open(temporary, "wb") as handle:
-            if item.size is None:
-                data = storage.read(item.key)
-                handle.write(data)
-                written = len(data)
-            else:
-                for chunk in ranged_chunks(storage, item.key, item.size):
-                    handle.write(chunk)
-                    written += len(chunk)
-                if written < item.size:
-                    raise SelectionError(
-                        f"{item.key}: {written:,} bytes read of {item.size:,} (the object "
-                        "is smaller than the catalogue says: run dataprocess again)"
-                    )
+            yield handle
         os.replace(temporary, path)
     except OSError as exc:
         raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None
     finally:
         temporary.unlink(missing_ok=True)
-    return written
 
 
 def _fetch_pinned(storage: Storage, path: Path, item: Fetch) -> int:
     """Write the pinned content of ``item`` at ``path`` (`fetch`); the bytes written."""
     size = item.size or 0
     digest = content_digest(item)
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}"[:MAX_FILE_NAME_LENGTH])
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SelectionError(f"cannot make the folder {str(path.parent)!r}: {exc}") from None
     written = 0
-    try:
-        with open(temporary, "wb") as handle:
-            while written < size:
-                try:
-                    chunk = storage.read_pinned(
-                        item.key,
-                        written,
-                        min(size, written + CHUNK_BYTES),
-                        version_id=item.version_id,
-                        etag=item.etag,
-                    )
-                except (ObjectNotFound, PreconditionFailed) as exc:
-                    raise ChangedObject(item.key, str(exc)) from None
-                if not chunk:
-                    raise ChangedObject(item.key, f"{written:,} bytes of {size:,}: it is shorter")
-                handle.write(chunk)
-                if digest is not None:
-                    digest[0].update(chunk)
-                written += len(chunk)
+    with written_in_place(path, make_folder=True) as handle:
+        while written < size:
+            try:
+                chunk = storage.read_pinned(
+                    item.key,
+                    written,
+                    min(size, written + CHUNK_BYTES),
+                    version_id=item.version_id,
+                    etag=item.etag,
+                )
+            except (ObjectNotFound, PreconditionFailed) as exc:
+                raise ChangedObject(item.key, str(exc)) from None
+            if not chunk:
+                raise ChangedObject(item.key, f"{written:,} bytes of {size:,}: it is shorter")
+            handle.write(chunk)
+            if digest is not None:
+                digest[0].update(chunk)
+            written += len(chunk)
         if digest is not None and digest[0].hexdigest() != digest[1]:
             raise ChangedObject(item.key, "its content is not the release's (checksum)")
         if (
@@ -882,11 +896,6 @@ def _fetch_pinned(storage: Storage, path: Path, item: Fetch) -> int:
             and storage.read_range(item.key, size, size + 1)
         ):  # no ETag to read it by: a longer object is a changed one
             raise ChangedObject(item.key, f"it is longer than {size:,} bytes")
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise SelectionError(f"cannot write {str(path)!r}: {exc}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return written
 
 
