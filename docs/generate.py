@@ -731,14 +731,14 @@ def catalogue_columns_page() -> str:
         "The columns of the image catalogue ([catalogue.md](../catalogue.md)), in order: the "
         "loader's parts (`catalogue/images/*.parquet`) hold those of "
         "`warehouse.catalogue.rows.SCHEMA`, with its Arrow types; each batch's "
-        "`images.parquet` (written streamed with pyarrow, the same types) adds the date each "
-        "row's part was written (`filed`) and the patient's clinical summary from "
+        "catalogue `images/` (segments written streamed with pyarrow, the same types) adds "
+        "the date each row's part was written (`filed`) and the patient's clinical summary from "
         "`patient_clean` (`warehouse.dashboard.images.CLINICAL_COLUMNS`). The columns taken "
         "from the image's header name their DICOM tag. A value that is absent, empty or "
         "malformed is null, never an error; `raw_key` and `upload_date` are null for an image "
         "catalogued from its header whose raw file no run has read since. A batch has no "
         "`images.csv`: at millions of rows a CSV helps nobody; any Parquet reader (pandas, "
-        "DuckDB, `warehouse.select`) reads `images.parquet`.",
+        "DuckDB, `warehouse.select`) reads the folder `images/` as one table.",
         "",
         "| column | Arrow type | DICOM tag | in | meaning |",
         "|---|---|---|---|---|",
@@ -749,15 +749,15 @@ def catalogue_columns_page() -> str:
         if number is not None:  # (a column derived from the header has no tag of its own)
             tag = f"({number >> 16:04X},{number & 0xFFFF:04X})"
         lines.append(
-            f"| `{field.name}` | `{field.type}` | {tag} | parts, `images.parquet` | "
+            f"| `{field.name}` | `{field.type}` | {tag} | parts, `images/` | "
             f"{cell(COLUMN_MEANINGS[field.name])} |"
         )
     lines.append(
-        f"| `filed` | `date32[day]` | | `images.parquet` only | {cell(COLUMN_MEANINGS['filed'])} |"
+        f"| `filed` | `date32[day]` | | `images/` only | {cell(COLUMN_MEANINGS['filed'])} |"
     )
     for source, (name, arrow_type) in images.CLINICAL_COLUMNS.items():
         lines.append(
-            f"| `{name}` | `{arrow_type}` | | `images.parquet` only | "
+            f"| `{name}` | `{arrow_type}` | | `images/` only | "
             f"{cell(COLUMN_MEANINGS[name])}, from `patient_clean`'s `{source}` |"
         )
     return "\n".join(lines) + "\n"

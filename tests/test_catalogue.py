@@ -23,10 +23,10 @@ import pytest
 
 from tests import builders
 from tests.builders import clinical, image, rows_table
-from tests.test_dataprocess import read_batch
+from tests.test_dataprocess import catalogue_bytes, catalogue_table, read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT, sample_tree
-from warehouse.catalogue import index, merge
+from warehouse.catalogue import index, merge, segments
 from warehouse.catalogue import run as catalogue_run
 from warehouse.catalogue.merge import LastBatch, scan_catalogue
 from warehouse.catalogue.rows import (
@@ -802,7 +802,7 @@ def test_later_uploads_of_a_filed_instance_are_duplicates_or_conflicts(store):
 
 
 def _images(storage) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(read_batch(storage.processed())[1]["images.parquet"]))
+    return pd.read_parquet(io.BytesIO(catalogue_bytes(read_batch(storage.processed())[1])))
 
 
 def _oracle_frame(storage, raw_of: dict[str, str]) -> pd.DataFrame:
@@ -883,11 +883,11 @@ def _recording(read_in_order, reads: list):
 def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_counts(
     local_store, monkeypatch, settled
 ):
-    """No part since the last batch (but a new loader report): its images.parquet is copied
-    and its counts stand.
+    """No part since the last batch (but a new loader report): its catalogue's segments are
+    copied and its counts stand.
 
     No part nor catalogue row is read; a patient's changed clinical file makes the next batch
-    join the new value again.
+    join the new value again (the segment that holds their rows is written again).
     """
     store = local_store
     # (just written: the parts are merged again by each run until they settle, and the rows
@@ -907,13 +907,14 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
         return real_copy(self, source, target, size)
 
     monkeypatch.setattr(type(store.processed()), "copy", recording_copy)
-    real_write_joined = batch_module.write_joined
+    real_write_segments = batch_module.write_segments
 
-    def recording_write_joined(*args, **kwargs):
-        joined.append(args[0].reused)
-        return real_write_joined(*args, **kwargs)
+    def recording_write_segments(*args, **kwargs):
+        plans = real_write_segments(*args, **kwargs)
+        joined.extend(plan.rows for plan in plans if plan.path is not None)
+        return plans
 
-    monkeypatch.setattr(batch_module, "write_joined", recording_write_joined)
+    monkeypatch.setattr(batch_module, "write_segments", recording_write_segments)
     # a loader run with nothing new: no part, but a new loader report for the dashboard
     assert builders.run_loader(store, workers=4)[0] == 0
     assert run_dataprocess(store, workers=4)[0] == 0
@@ -922,10 +923,10 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
     # (and its series table: the same rows make the same series)
     assert copies == [
         (f"{first_batch}/series.parquet", f"{second_batch}/series.parquet"),
-        (f"{first_batch}/images.parquet", f"{second_batch}/images.parquet"),
+        (f"{first_batch}/images/000000.parquet", f"{second_batch}/images/000000.parquet"),
     ]
     assert joined == [] and parts_read == []
-    assert second["images.parquet"] == first["images.parquet"]
+    assert second["images/000000.parquet"] == first["images/000000.parquet"]
     assert second["series.parquet"] == first["series.parquet"]
     for name in ("study_images.csv", "storage.csv", "xray.csv", "stats_images.csv"):
         assert second[name] == first[name], name
@@ -936,11 +937,11 @@ def test_a_dataprocess_rerun_with_nothing_new_copies_the_catalogue_and_its_count
     store.write(filed, json.dumps({**record, "Age": 77}).encode())
     assert run_dataprocess(store, workers=4)[0] == 0
     third_batch, third = read_batch(store.processed())
-    assert joined == [f"{second_batch}/images.parquet"]
+    assert joined == [12]  # (its one segment, written again)
     assert copies[2:] == [(f"{second_batch}/series.parquet", f"{third_batch}/series.parquet")]
-    images = pd.read_parquet(io.BytesIO(third["images.parquet"]))
+    images = pd.read_parquet(io.BytesIO(catalogue_bytes(third)))
     assert set(images.loc[images["PatientID"] == "Covid1", "age"]) == {77.0}
-    before = pd.read_parquet(io.BytesIO(second["images.parquet"]))
+    before = pd.read_parquet(io.BytesIO(catalogue_bytes(second)))
     assert set(before.loc[before["PatientID"] == "Covid1", "age"]) != {77.0}
     assert len(images) == len(before) == 12
 
@@ -1280,10 +1281,16 @@ def _batch_contents(store) -> dict[str, object]:
 
     _, files = read_batch(store.processed())
     out: dict[str, object] = {}
+    # (the catalogue as one table: how its rows fall into segments is not the same)
+    files["images"] = catalogue_bytes(files)
+    manifest = json.loads(files.pop("images/_catalogue.json"))
+    out["images/_catalogue.json"] = (manifest["through"], manifest["rows"])
     for name, data in files.items():
         if name.endswith(".html") or name in ("stats_date.txt", "holdout.json"):
             continue
-        if name.endswith(".parquet"):
+        if name.startswith("images/"):
+            continue
+        if name.endswith(".parquet") or name == "images":
             frame = pd.read_parquet(io.BytesIO(data))
             frame = frame.astype(str).sort_values(list(frame.columns), ignore_index=True)
             out[name] = frame.to_dict("list")
@@ -1364,6 +1371,153 @@ def test_a_day_s_parts_counted_in_layers_make_the_batch_a_full_merge_makes(
         for name in want:
             assert got[name] == want[name], (number, name)
     assert len(_images(store)) == 12 + 6 + 4
+
+
+def _segment_files(files: dict[str, bytes]) -> list[bytes]:
+    return [files[k] for k in sorted(files) if k.startswith("images/") and k.endswith(".parquet")]
+
+
+def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkeypatch):
+    """A batch copies the last batch's segments that the day leaves as they are, writes the
+    day's rows as a new segment, writes again a segment that holds a patient whose clinical
+    summary changed, and merges its newest segments by `merged_tail`; the catalogue is, row
+    for row, what a full merge of a copy of the same warehouse makes."""
+    import shutil
+
+    monkeypatch.setattr(segments, "SMALL_SEGMENT_ROWS", 1)  # (sizes alone decide)
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    (tmp_path / "a" / "bucket").mkdir(parents=True)
+    (tmp_path / "a" / "bucket-processed").mkdir()
+    store = LocalStorage(tmp_path / "a" / "bucket")
+    copied: list[list[bool]] = []  # each batch's segments: copied (True) or written
+    real_write_segments = batch_module.write_segments
+
+    def recording(scan, *args, **kwargs):
+        plans = real_write_segments(scan, *args, **kwargs)
+        if scan.layers is not None or scan.reused is not None:  # (not the oracle's)
+            copied.append([plan.copy_from is not None for plan in plans])
+        return plans
+
+    monkeypatch.setattr(batch_module, "write_segments", recording)
+
+    def day_then_oracle(uploads, name):
+        builders.put_tree(store, uploads)
+        assert builders.run_loader(store, workers=4)[0] == 0
+        shutil.copytree(tmp_path / "a", tmp_path / name)
+        assert run_dataprocess(store, workers=4)[0] == 0
+        with monkeypatch.context() as off:  # the oracle: the same warehouse merged in full
+            off.setattr(merge, "_layered_scan", lambda *args, **kwargs: None)
+            full = LocalStorage(tmp_path / name / "bucket")
+            assert run_dataprocess(full, workers=4)[0] == 0
+        assert len(_segment_files(read_batch(full.processed())[1])) == 1
+        assert _batch_contents(store) == _batch_contents(full)
+        return read_batch(store.processed())[1]
+
+    builders.put_tree(store, _tree(images=12))  # Covid1 to Covid6
+    assert builders.run_loader(store, workers=4)[0] == 0
+    assert run_dataprocess(store, workers=4)[0] == 0
+    first = read_batch(store.processed())[1]
+    assert len(_segment_files(first)) == 1
+    first_part = part_keys(store)[0]
+
+    # three images (of Covid5, Covid6 and a new patient, Covid7): a segment of their own,
+    # the last batch's copied as it is (3 is less than half of 12)
+    second = day_then_oracle(_tree(patients=8, images=3, date="2021-02-01", first=12), "b")
+    assert _segment_files(second)[0] == _segment_files(first)[0]
+    assert copied[-1] == [True, False]
+    assert pq.read_table(io.BytesIO(_segment_files(second)[1])).num_rows == 3
+
+    # Covid1's age changes: the segment that holds Covid1 is written again, the other copied
+    filed = next(i.key for i in store.list("training/data/Covid1/"))
+    store.write(filed, json.dumps({**json.loads(store.read(filed)), "Age": 77}).encode())
+    assert run_dataprocess(store, workers=4)[0] == 0
+    third = read_batch(store.processed())[1]
+    assert copied[-1] == [False, True]
+    assert _segment_files(third)[1] == _segment_files(second)[1]
+    assert _segment_files(third)[0] != _segment_files(second)[0]
+    rows = pq.read_table(io.BytesIO(_segment_files(third)[0])).to_pylist()
+    assert {r["age"] for r in rows if r["PatientID"] == "Covid1"} == {77.0}
+    assert {r["age"] for r in rows if r["PatientID"] == "Covid2"} != {77.0}
+
+    # one image of the first day filed again (a newer part holds its row): the segment that
+    # holds its older row is written again without it, the day's segment holds the new one
+    now = dt.datetime.now(dt.UTC)
+    again = part_bytes(read_part(store.read(first_part)).slice(0, 1), written=now)
+    store.write(part_key(now - dt.timedelta(seconds=1)), again)
+    fourth = day_then_oracle({}, "c")
+    assert copied[-1] == [False, True, False]
+    assert [pq.read_table(io.BytesIO(f)).num_rows for f in _segment_files(fourth)] == [11, 3, 1]
+
+    # six more: 1 and 6 merge, then 3, then 11: one segment again
+    fifth = day_then_oracle(_tree(patients=8, images=6, date="2021-02-02", first=15), "d")
+    assert copied[-1] == [False] and len(_segment_files(fifth)) == 1
+    assert catalogue_table(fifth).num_rows == 12 + 3 + 6
+
+
+@pytest.mark.parametrize(
+    ("rows", "small", "merged"),
+    [
+        ([], 1, 0),
+        ([5], 1, 1),
+        ([1_000_000, 1_000], 1, 1),  # the day's rows: a segment of their own
+        ([1_000_000, 40_000, 40_000], 1, 2),  # 40k and 40k, then 80k is less than 500k
+        ([1_000_000, 400_000, 200_000], 1, 3),  # 200k is half of 400k; 600k, more than 500k
+        ([1_000_000, 20_000, 1_000], 30_000, 2),  # 20k is small: merged whatever the sizes
+        ([10, 10, 10], 1, 3),
+        ([10, 30, 1], 1, 1),
+    ],
+)
+def test_merged_tail_merges_the_newest_segments_by_their_sizes(rows, small, merged):
+    assert segments.merged_tail(rows, small) == merged
+
+
+def test_daily_segments_stay_few_and_each_row_is_written_a_few_times():
+    """A thousand days of a thousand rows over a million: at most about log2(days) segments
+    at any time, and the rows written in all stay within a small multiple of the rows added
+    (the binary counter's bound), far from a catalogue written in full every day."""
+    sizes, written, added = [1_000_000], 0, 0
+    most = 0
+    for _ in range(1_000):
+        sizes.append(1_000)
+        added += 1_000
+        tail = segments.merged_tail(sizes, small=1)
+        if tail > 1:
+            merged = sum(sizes[-tail:])
+            sizes[-tail:] = [merged]
+        written += sizes[-1]  # (the newest segment is written: the day's or a merge)
+        most = max(most, len(sizes))
+    assert sum(sizes) == 1_000_000 + added
+    assert most <= 2 + math.ceil(math.log2(1_000))
+    assert written <= 12 * added  # (a full rewrite a day: 1,000 times 1.5 million rows)
+
+
+def test_a_manifest_that_is_not_one_is_refused(local_store):
+    processed = local_store.processed()
+    good = segments.manifest_bytes("b/images/", [("000000.parquet", 10, 2)], "catalogue/x")
+    processed.write("b/images/_catalogue.json", good)
+    manifest = segments.read_manifest(processed, "b/images/")
+    assert manifest.segments == (segments.Segment("b/images/000000.parquet", 10, 2),)
+    assert manifest.through == "catalogue/x" and manifest.rows == 2
+    document = json.loads(good)
+    for bad, why in [
+        (b"{not json", "not a catalogue manifest"),
+        (json.dumps({**document, "format": 99}).encode(), "format 99"),
+        (json.dumps({**document, "through": 3}).encode(), "through is not a part key"),
+        (
+            json.dumps({**document, "segments": [{"file": "../x.parquet", "size": 1, "rows": 1}]}),
+            "is not a segment's file name",
+        ),
+        (
+            json.dumps({**document, "segments": [{"file": "a.parquet", "size": -1, "rows": 1}]}),
+            "size and rows are counts",
+        ),
+        (b" " * (segments.MANIFEST_MAX_BYTES + 1), "longer than"),
+    ]:
+        processed.write("b/images/_catalogue.json", bad if isinstance(bad, bytes) else bad.encode())
+        with pytest.raises(segments.InvalidManifest, match=re.escape(why)):
+            segments.read_manifest(processed, "b/images/")
+    with pytest.raises(segments.InvalidManifest, match="is missing"):
+        segments.read_manifest(processed, "c/images/")
 
 
 def test_saved_counts_are_decoded_when_first_asked_for_and_a_bad_entry_is_said():
@@ -1588,7 +1742,7 @@ def test_a_reconcile_fills_older_parts_once_and_a_stop_half_way_loses_nothing(tm
     # a daily run takes the older parts as they are: the columns null
     assert run_dataprocess(store)[0] == 0
     _, files = read_batch(store.processed())
-    images = pq.read_table(io.BytesIO(files["images.parquet"]))
+    images = pq.read_table(io.BytesIO(catalogue_bytes(files)))
     assert all(images.column(name).null_count == images.num_rows for name in _SERIES)
     assert store.metadata_reads == []
 
@@ -1617,7 +1771,7 @@ def test_a_reconcile_fills_older_parts_once_and_a_stop_half_way_loses_nothing(tm
     ) + len(parts[2])
     assert any("filling older parts' series columns: parts 3/3" in m for m in caplog.messages)
     _, files = read_batch(store.processed())
-    images = pq.read_table(io.BytesIO(files["images.parquet"])).to_pylist()
+    images = pq.read_table(io.BytesIO(catalogue_bytes(files))).to_pylist()
     assert {r["warehouse_key"]: {n: r[n] for n in _SERIES} for r in images} == {
         key: expected(key) for key in metadata_of
     }

@@ -252,6 +252,49 @@ def read_batch(processed: Storage) -> tuple[str, dict[str, bytes]]:
     return batch, files
 
 
+def catalogue_table(files: dict[str, bytes]) -> pa.Table:
+    """The catalogue of a batch's files (`read_batch`): its segments ``images/*.parquet`` in
+    name order, one table; checked against the manifest ``images/_catalogue.json``."""
+    names = sorted(k for k in files if k.startswith("images/") and k.endswith(".parquet"))
+    tables = [pq.read_table(io.BytesIO(files[name])) for name in names]
+    manifest = json.loads(files["images/_catalogue.json"])
+    assert [(s["file"], s["size"], s["rows"]) for s in manifest["segments"]] == [
+        (name.removeprefix("images/"), len(files[name]), table.num_rows)
+        for name, table in zip(names, tables, strict=True)
+    ]
+    assert names, "a batch with images has at least one segment"
+    return pa.concat_tables(tables)
+
+
+def stored_catalogue(processed: Storage, batch: str) -> pa.Table:
+    """The catalogue of the batch folder ``batch`` of ``processed`` (`catalogue_table`)."""
+    prefix = f"{batch}/"
+    files = {
+        info.key.removeprefix(prefix): processed.read(info.key)
+        for info in processed.list(f"{batch}/images/")
+    }
+    return catalogue_table(files)
+
+
+def replace_segment(processed: Storage, batch: str, table: pa.Table) -> None:
+    """Make ``table`` the one segment of the batch ``batch``'s catalogue (and its manifest say
+    so), as an older version might have written it."""
+    manifest = json.loads(processed.read(f"{batch}/images/_catalogue.json"))
+    assert len(manifest["segments"]) == 1
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    processed.write(f"{batch}/images/000000.parquet", buffer.getvalue())
+    manifest["segments"][0].update(size=len(buffer.getvalue()), rows=table.num_rows)
+    processed.write(f"{batch}/images/_catalogue.json", json.dumps(manifest).encode())
+
+
+def catalogue_bytes(files: dict[str, bytes]) -> bytes:
+    """`catalogue_table` as the bytes of one Parquet file."""
+    buffer = io.BytesIO()
+    pq.write_table(catalogue_table(files), buffer)
+    return buffer.getvalue()
+
+
 def csv(files, name) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(files[name]), dtype=str, keep_default_na=False)
 
@@ -265,11 +308,13 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     # the catalogue in Parquet only; the rows and the catalogue's counts the next run may
     # reuse, and the digest of what the batch was built from
     data = (
-        "images.parquet",
+        "images/000000.parquet",  # the catalogue in one segment (a first batch) ...
+        "images/_catalogue.json",  # ... and its manifest
         "series.parquet",
         "rows/patients.parquet",
         "rows/studies.parquet",
         "rows/catalogue-counts.json.gz",
+        "rows/clinical-summary.parquet",  # (the next batch tells whose summary changed)
         "rows/inputs.json",
         "holdout.json",  # the hold-out certificate (tests/test_holdout.py)
     )
@@ -290,7 +335,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert latest == (
         "archive,path\r\n"
         + "".join(f"{t},{batch}/{t}.csv\r\n" for t in tables)
-        + f"images,{batch}/images.parquet\r\nseries,{batch}/series.parquet\r\n"
+        + f"images,{batch}/images/\r\nseries,{batch}/series.parquet\r\n"
         + f"dashboard,{batch}/dashboard.html\r\npublic,{batch}/public.html\r\n"
     )
     for page in pages:
@@ -300,7 +345,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
     assert b"fewer than 10" in out["public.html"] and b"vegaEmbed" not in out["public.html"]
 
     # The image catalogue: the part's rows, joined with each patient's clinical summary.
-    catalogue = pd.read_parquet(io.BytesIO(out["images.parquet"]))
+    catalogue = pd.read_parquet(io.BytesIO(catalogue_bytes(out)))
     part = read_part(files[CATALOGUE_PART]).to_pandas()
     assert list(catalogue["warehouse_key"]) == list(part["warehouse_key"])
     assert list(catalogue.columns) == [
@@ -472,7 +517,7 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert reads[-1] == "reports/dataprocess/latest.json"
     assert reads[0] == "config.json"  # before anything else: a bucket without it is refused
     assert set(csv(out, "study_images.csv")["filed"]) == {"2021-03-02"}  # the part's date
-    filed = pd.read_parquet(io.BytesIO(out["images.parquet"]))["filed"]
+    filed = pd.read_parquet(io.BytesIO(catalogue_bytes(out)))["filed"]
     assert set(filed.astype(str)) == {"2021-03-02"}
     assert f"training/ct-metadata/Covid1/{STUDY['A']}/{SERIES['A2']}/b.json" not in reads
     assert "training/data/Covid1/status_2021-04-01.json" not in reads
@@ -487,8 +532,9 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert store.log["writes"][-1].endswith("reports/dataprocess/latest.html")
     # tables, the catalogue and its series, stats, pages, reusable rows and inputs' digest,
     # the hold-out certificate, latest; the catalogue's index (and its pointer), before the batch
-    assert len(writes) == 12 + 2 + 5 + 2 + 4 + 1 + 1 + 4 + 2
-    assert writes.index("latest.json") < writes.index("images.parquet")
+    assert len(writes) == 12 + 3 + 5 + 2 + 5 + 1 + 1 + 4 + 2
+    assert writes.index("latest.json") < writes.index("000000.parquet")
+    assert writes.index("000000.parquet") < writes.index("_catalogue.json")
 
     printed = capsys.readouterr()
     assert "dataprocess run summary" in printed.out
@@ -527,12 +573,12 @@ def test_a_modality_without_studies_has_no_table(local_store):
         if p["reason"] == "catalogued file not in the warehouse"
     )
     assert gone == sorted(k for k in warehouse_files() if "/xray-metadata/" in k)
-    images = pd.read_parquet(io.BytesIO(out["images.parquet"]))
+    images = pd.read_parquet(io.BytesIO(catalogue_bytes(out)))
     assert len(images) == 5
     # ... and a reconcile, which lists the warehouse, leaves their rows out of the catalogue.
     assert run_graph(local_store, reconcile=True)[0] == 0
     batch, out = read_batch(processed)
-    images = pd.read_parquet(io.BytesIO(out["images.parquet"]))
+    images = pd.read_parquet(io.BytesIO(catalogue_bytes(out)))
     assert set(images["modality_folder"]) == {"ct"} and len(images) == 3
     assert (
         latest_report(local_store)["counts"][
@@ -827,7 +873,7 @@ def test_warehouse_times_and_dates_past_pandas_range_leave_dates_empty(local_sto
     assert list(csv(out, "ct.csv")["last_modified"]) == [""]  # filed in 2300: left empty
     assert list(csv(out, "study_images.csv")["filed"]) == ["", ""]
     # The catalogue is Parquet dates (no pandas range): kept as they are.
-    images = pq.read_table(io.BytesIO(out["images.parquet"])).sort_by("Modality")
+    images = pq.read_table(io.BytesIO(catalogue_bytes(out))).sort_by("Modality")
     assert images.column("Modality").to_pylist() == ["CT", "DX"]
     assert images.column("upload_date").to_pylist() == [dt.date(2300, 1, 1), dt.date(2021, 1, 2)]
     # (year 1 is not a DICOM date the catalogue takes)
@@ -980,17 +1026,19 @@ def _types(data: bytes) -> dict:
     return {name: schema.field(name).type for name in README_TYPES}
 
 
-def test_images_parquet_has_the_readme_types_even_after_an_older_batch(local_store):
-    """A batch's images.parquet has the README's types; a last batch written by an older
-    version (timestamps for dates, int64 for counts, no series columns) is never copied as it
-    is: the next batch writes its rows again with the types and columns of this version."""
+@pytest.mark.parametrize("layout", ["segment", "one file"])
+def test_images_parquet_has_the_readme_types_even_after_an_older_batch(local_store, layout):
+    """A batch's catalogue has the README's types; a last batch written by an older
+    version (timestamps for dates, int64 for counts, no series columns; with ``one file``, an
+    ``images.parquet`` as batches had before segments) is never copied as it is: the next
+    batch writes its rows again with the types and columns of this version."""
     builders.put_tree(local_store, warehouse_files())
     assert run_graph(local_store)[0] == 0
     processed = local_store.processed()
     batch, out = read_batch(processed)
-    assert _types(out["images.parquet"]) == README_TYPES
+    assert _types(catalogue_bytes(out)) == README_TYPES
 
-    older = pq.read_table(io.BytesIO(out["images.parquet"]))
+    older = pq.read_table(io.BytesIO(catalogue_bytes(out)))
     older = older.drop_columns([n for n in README_TYPES if n in ("AcquisitionDate", "KVP")])
     for name in ("upload_date", "StudyDate", "filed"):
         index = older.schema.get_field_index(name)
@@ -998,16 +1046,24 @@ def test_images_parquet_has_the_readme_types_even_after_an_older_batch(local_sto
     for name in ("Rows", "Columns", "NumberOfFrames", "BitsStored"):
         index = older.schema.get_field_index(name)
         older = older.set_column(index, name, older.column(name).cast(pa.int64()))
-    buffer = io.BytesIO()
-    pq.write_table(older, buffer)  # (its metadata, through and clinical, kept)
-    processed.write(f"{batch}/images.parquet", buffer.getvalue())
+    if layout == "segment":
+        replace_segment(processed, batch, older)
+    else:  # (an older batch's one file: the part it covers in its footer)
+        buffer = io.BytesIO()
+        through = json.dumps(json.loads(out["images/_catalogue.json"])["through"]).encode()
+        pq.write_table(older.replace_schema_metadata({b"through": through}), buffer)
+        processed.write(f"{batch}/images.parquet", buffer.getvalue())
+        for name in ("000000.parquet", "_catalogue.json"):
+            (processed.root / batch / "images" / name).unlink()
+        latest = processed.read("latest.csv").replace(b"/images/\r\n", b"/images.parquet\r\n")
+        processed.write("latest.csv", latest)
     _CHANGES["the loader's report"](local_store)  # (a new batch, no new part)
     code, state = run_graph(local_store)
     assert code == 0 and not state.kept
     _, again = read_batch(processed)
-    assert _types(again["images.parquet"]) == README_TYPES
-    rows = pq.read_table(io.BytesIO(again["images.parquet"])).to_pylist()
-    first = pq.read_table(io.BytesIO(out["images.parquet"])).to_pylist()
+    assert _types(catalogue_bytes(again)) == README_TYPES
+    rows = pq.read_table(io.BytesIO(catalogue_bytes(again))).to_pylist()
+    first = pq.read_table(io.BytesIO(catalogue_bytes(out))).to_pylist()
     assert [r["StudyDate"] for r in rows] == [r["StudyDate"] for r in first]
     assert [r["Rows"] for r in rows] == [r["Rows"] for r in first]
     assert {r["KVP"] for r in rows} == {None}  # (what the older file lacked: null)

@@ -17,11 +17,11 @@ from html.parser import HTMLParser
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tests import builders
 from tests.builders import clinical, uid
+from tests.test_dataprocess import replace_segment, stored_catalogue
 from warehouse import dataprocess
 from warehouse.catalogue import holdout
 from warehouse.catalogue.rows import SCHEMA, part_bytes
@@ -613,7 +613,7 @@ def test_a_kept_batch_still_has_its_certificate_and_a_new_one_gets_its_own(
     assert first["batch"] == batch and first["digest"] == own_digest(first)
 
     # a clinical file changes (the catalogue stands as it was): a new batch, a new certificate
-    # over the same catalogue, read from the last batch's images.parquet
+    # over the same catalogue, read from the last batch's segments
     local_store.write("training/data/P1/data_2021-03-01.json", clinical("P1", CENTRE_A, Age=40))
     # (a batch is named by the second it is built in: this one is not the same second's)
     monkeypatch.setattr(batch_module, "batch_name", lambda now: "2099-01-01T00-00-00Z")
@@ -633,11 +633,8 @@ def test_a_last_catalogue_written_before_content_id_is_merged_with_it_unknown(
     processed = local_store.processed()
     batch = latest_batch(processed)
     # the last batch's catalogue as an older version wrote it: no content_id column
-    images = pq.read_table(io.BytesIO(processed.read(f"{batch}/images.parquet")))
-    older = images.drop_columns(["content_id"])
-    buffer = io.BytesIO()
-    pq.write_table(older.replace_schema_metadata(images.schema.metadata), buffer)
-    processed.write(f"{batch}/images.parquet", buffer.getvalue())
+    images = stored_catalogue(processed, batch)
+    replace_segment(processed, batch, images.drop_columns(["content_id"]))
 
     newer = [row("P3", "training", "S3", "R3", "I4", "sha256:c1")]  # P1's content again
     local_store.write("catalogue/images/2021-03-03T00-00-00.000000Z.parquet", part(newer))
@@ -649,7 +646,7 @@ def test_a_last_catalogue_written_before_content_id_is_merged_with_it_unknown(
     assert certificate["catalogue"]["rows"] == 4
     assert certificate["catalogue"]["unknown"]["content"] == 3  # (the older rows)
     assert certificate["holds"] is True  # (P1's c1 is no longer known: not compared)
-    merged = pq.read_table(io.BytesIO(processed.read(f"{latest_batch(processed)}/images.parquet")))
+    merged = stored_catalogue(processed, latest_batch(processed))
     assert merged.column("content_id").to_pylist() == [None, None, None, "sha256:c1"]
 
 

@@ -68,8 +68,8 @@ def table(warehouse, name: str) -> pd.DataFrame:
     path = warehouse["paths"].get(name)
     if path is None:
         return pd.DataFrame()
-    if str(path).endswith(".parquet"):  # (the catalogue: Parquet only) as the CSV's texts
-        frame = pd.read_parquet(path)
+    if name == "images" or str(path).endswith(".parquet"):  # (the catalogue: Parquet only)
+        frame = pd.read_parquet(path)  # (its folder of segments, as any reader reads it)
         return frame.astype(object).where(frame.notna(), "").astype(str)
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
@@ -181,7 +181,7 @@ def test_the_dashboard_figures_equal_the_tables(chromium, warehouse):
     assert rows(data["patients_over_time"], "date", "centre", "group", "patients") == cumulative(
         patients_by_day, "filename_earliest_date"
     )
-    # images by upload date, from the image catalogue (images.parquet)
+    # images by upload date, from the image catalogue (images/)
     catalogue = table(warehouse, "images")
     catalogue = catalogue.assign(
         centre=catalogue["PatientID"].map(centre), day=catalogue["upload_date"].str[:10]

@@ -20,7 +20,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from tests import builders
-from tests.test_dataprocess import read_batch, run_graph
+from tests.test_dataprocess import catalogue_bytes, read_batch, run_graph
 from tests.test_warehouseloader import CountingStorage
 from warehouse.catalogue.selection import Filters, select
 from warehouse.dicom import screen
@@ -424,7 +424,7 @@ def test_the_dashboard_counts_flagged_images_per_site_as_an_independent_count(lo
         }
     )
 
-    images = pd.read_parquet(io.BytesIO(batch["images.parquet"]))
+    images = pd.read_parquet(io.BytesIO(catalogue_bytes(batch)))
     kept = select(images, Filters(exclude_identifying=True, both_groups=True))
     assert len(images) == 6
     assert sorted(kept["raw_key"]) == sorted([keys["a-clean"], keys["b-clean"]])

@@ -10,10 +10,12 @@ import uuid
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from tests import builders
 from tests.builders import clinical, image
+from tests.test_dataprocess import replace_segment
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT
 from warehouse import select as select_command
@@ -296,13 +298,20 @@ def test_query_positions_follow_the_frame_not_its_labels():
 # ----------------------------------------------------------------- --download, trusting no row
 
 
+def _put(processed, key: str, rows: pd.DataFrame | pa.Table) -> None:
+    """Make ``rows`` the catalogue ``key`` (a batch's folder of one segment) holds."""
+    if isinstance(rows, pd.DataFrame):
+        rows = pa.Table.from_pandas(rows, preserve_index=False)
+    replace_segment(processed, key.split("/")[0], rows)
+
+
 def test_download_refuses_a_row_that_is_not_an_image_of_the_selection(
     local_store, monkeypatch, capsys, tmp_path
 ):
     _warehouse(local_store)
     processed = local_store.processed()
     key, catalogue = read_catalogue(processed)
-    original = processed.read(key)
+    original = pa.Table.from_pandas(catalogue, preserve_index=False)
     xray = catalogue[catalogue["modality_folder"] == "xray"]
     training = xray.index[xray["group"] == "training"]
     row, other = training[0], catalogue.loc[training[1]]
@@ -359,7 +368,7 @@ def test_download_refuses_a_row_that_is_not_an_image_of_the_selection(
         for column, value in values.items():
             edited[column] = edited[column].astype(object)
             edited.loc[row, column] = value
-        processed.write(key, edited.to_parquet(index=False))
+        _put(processed, key, edited)
         capsys.readouterr()
         assert _run(monkeypatch, local_store, *args, "--no-progress") == 2, what
         err = capsys.readouterr().err
@@ -369,7 +378,7 @@ def test_download_refuses_a_row_that_is_not_an_image_of_the_selection(
         ), (what, err)
         assert why in err and "\x00" not in err and "nothing downloaded" in err, (what, err)
         assert not target.exists(), what  # nothing at all was fetched
-    processed.write(key, original)
+    _put(processed, key, original)
     # the catalogue as dataprocess wrote it downloads exactly the selection
     assert _run(monkeypatch, local_store, *args, "--no-progress") == 0
     filed = _filed(local_store, group="training", folder="xray")
@@ -389,7 +398,7 @@ def test_download_names_a_bad_row_escaped(local_store, monkeypatch, capsys, tmp_
     edited = catalogue.copy()
     edited.loc[rows[0], ["warehouse_key", "metadata_key"]] = list(bad)
     edited.loc[rows[1], "metadata_key"] = "config.json"
-    processed.write(key, edited.to_parquet(index=False))
+    _put(processed, key, edited)
     capsys.readouterr()
     target = tmp_path / "selection"
     assert _run(monkeypatch, local_store, "--group", "training", "--download", str(target)) == 2
@@ -452,12 +461,12 @@ def test_a_catalogue_that_cannot_be_read_is_refused(local_store, monkeypatch, ca
     _warehouse(local_store)
     processed = local_store.processed()
     key, catalogue = read_catalogue(processed)
-    processed.write(key, catalogue.drop(columns=["metadata_key"]).to_parquet(index=False))
+    _put(processed, key, catalogue.drop(columns=["metadata_key"]))
     capsys.readouterr()
     assert _run(monkeypatch, local_store, "--group", "training") == 2
     err = capsys.readouterr().err
     assert "has no column metadata_key" in err and err.count("\n") == 1
-    processed.write(key, b"PAR1 not a parquet file")
+    processed.write(key + "000000.parquet", b"PAR1 not a parquet file")
     assert _run(monkeypatch, local_store, "--group", "training") == 2
     err = capsys.readouterr().err
     assert "is not a Parquet file" in err and err.count("\n") == 1
@@ -485,7 +494,7 @@ def test_the_known_centres_are_bounded_and_escaped(local_store, monkeypatch, cap
     centres = [f"Centre {n:02}" for n in range(len(many))]
     centres[0] = "A Evil\x1b[2J\nTrust\u202e"
     many["SubmittingCentre"] = centres
-    processed.write(key, many.to_parquet(index=False))
+    _put(processed, key, many)
     capsys.readouterr()
     assert _run(monkeypatch, local_store, "--centre", "Nowhere") == 2
     err = capsys.readouterr().err
@@ -598,7 +607,7 @@ def test_a_missing_store_or_a_bad_bucket_is_a_usage_error(tmp_path, monkeypatch,
 def test_a_read_that_fails_exits_1(local_store, monkeypatch, capsys):
     _warehouse(local_store)
     processed = local_store.processed()
-    key, _ = read_catalogue(processed)
+    key = read_catalogue(processed)[0] + "000000.parquet"  # (its one segment)
     (processed.root / key).chmod(0)
     if os.access(processed.root / key, os.R_OK):  # root reads whatever the mode
         (processed.root / key).chmod(0o644)

@@ -20,6 +20,7 @@ import warehouse.catalogue
 from tests import builders
 from tests.builders import clinical, image
 from tests.test_dataprocess import run_graph as run_dataprocess
+from tests.test_dataprocess import stored_catalogue
 from tests.test_warehouseloader import SPLIT
 from warehouse import select as select_command
 from warehouse.catalogue.batches import latest_paths
@@ -50,9 +51,14 @@ def _warehouse(storage):
 
 
 def _batch_table(storage, name) -> pd.DataFrame:
-    """Read a file of the newest batch with pyarrow: the oracle, not the product's views."""
+    """Read a file of the newest batch with pyarrow: the oracle, not the product's views.
+
+    For ``images``, its catalogue's segments.
+    """
     processed = storage.processed()
     folder = latest_paths(processed)["images"].split("/")[0]
+    if name == "images":
+        return stored_catalogue(processed, folder).to_pandas()
     return pq.read_table(io.BytesIO(processed.read(f"{folder}/{name}"))).to_pandas()
 
 
@@ -64,7 +70,7 @@ def _run(monkeypatch, storage, *args):
 
 def test_sql_runs_one_query_over_the_views(store, monkeypatch, capsys):
     _warehouse(store)
-    images = _batch_table(store, "images.parquet")
+    images = _batch_table(store, "images")
     sql = "SELECT Modality, count(*) AS n FROM images GROUP BY Modality ORDER BY Modality"
     assert _run(monkeypatch, store, "--sql", sql) == 0
     out = capsys.readouterr().out
@@ -88,7 +94,7 @@ def test_sql_runs_one_query_over_the_views(store, monkeypatch, capsys):
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_sql_output_writes_every_row(store, monkeypatch, capsys, tmp_path, suffix):
     _warehouse(store)
-    images = _batch_table(store, "images.parquet")
+    images = _batch_table(store, "images")
     target = tmp_path / "out" / f"result{suffix}"
     target.parent.mkdir()
     sql = "SELECT warehouse_key, Rows, SubmittingCentre FROM images WHERE Modality = 'CT'"
@@ -112,7 +118,7 @@ def test_sql_output_writes_every_row(store, monkeypatch, capsys, tmp_path, suffi
 
 def test_selection_output_has_its_labels(local_store, monkeypatch, capsys, tmp_path):
     _warehouse(local_store)
-    images = _batch_table(local_store, "images.parquet")
+    images = _batch_table(local_store, "images")
     target = tmp_path / "selection.parquet"
     assert _run(monkeypatch, local_store, "--group", "training", "--output", str(target)) == 0
     got = pq.read_table(target)
@@ -176,7 +182,7 @@ def test_sql_cannot_read_files_nor_write(local_store, monkeypatch, capsys, tmp_p
 def test_the_series_view_is_there_when_the_batch_has_its_file(local_store, monkeypatch, capsys):
     _warehouse(local_store)
     sql = "SELECT sum(instances) AS total FROM series"
-    images = _batch_table(local_store, "images.parquet")
+    images = _batch_table(local_store, "images")
     assert _run(monkeypatch, local_store, "--sql", sql) == 0
     out = capsys.readouterr().out
     assert ": images, patients, series" in out
@@ -215,7 +221,7 @@ def test_sql_and_output_are_checked_before_anything_is_read(local_store, monkeyp
 
 def test_the_python_api(store, tmp_path):
     _warehouse(store)
-    images = _batch_table(store, "images.parquet")
+    images = _batch_table(store, "images")
     opened = warehouse.catalogue.open(store.url)
     with opened as catalogue:
         assert catalogue.views == ("images", "patients", "series")

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from tests import builders
 from tests.builders import clinical, image
 from tests.test_catalogue import _tree, part_keys, part_rows, store_delete
-from tests.test_dataprocess import read_batch
+from tests.test_dataprocess import catalogue_bytes, read_batch
 from tests.test_dataprocess import run_graph as run_dataprocess
 from tests.test_warehouseloader import SPLIT
 from warehouse.catalogue.rows import read_part
@@ -121,7 +121,7 @@ def test_provenance_is_never_borrowed_from_a_file_of_the_same_name_and_size(stor
     code, state = run_dataprocess(store, workers=4)
     assert code == 0
     _, out = read_batch(store.processed())
-    catalogue = pq.read_table(io.BytesIO(out["images.parquet"])).to_pylist()
+    catalogue = pq.read_table(io.BytesIO(catalogue_bytes(out))).to_pylist()
     assert {r["warehouse_key"]: r["raw_key"] for r in catalogue} == source
 
 

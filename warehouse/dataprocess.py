@@ -186,9 +186,10 @@ def command_parser():
         "Build the dashboard tables of the WAREHOUSE_BUCKET warehouse side (training/, "
         "validation/) and write them to <bucket>-processed: a folder <UTC time>/ with ct, xray, "
         "mri, patient, patient_clean, storage and study_images as CSV and Parquet, the image "
-        "catalogue images.parquet, the public statistics files and two pages (dashboard.html, "
-        "public.html), then latest.csv naming them. A run reads only what changed since the "
-        "last batch: the clinical folders are listed, images come from the catalogue.",
+        "catalogue images/ (Parquet segments), the public statistics files and two pages "
+        "(dashboard.html, public.html), then latest.csv naming them. A run reads only what "
+        "changed since the last batch: the clinical folders are listed, images come from the "
+        "catalogue.",
         """  <bucket>-processed  where the tables go: it must exist too (only dataprocess needs it)
   DRY_RUN            true/false: read and build everything, write nothing (default false)
   WAREHOUSE_RECONCILE true/false: reuse nothing from the last batch; merge every catalogue part

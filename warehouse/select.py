@@ -9,7 +9,7 @@
     python -m warehouse.select --sql "SELECT Manufacturer, count(*) FROM images GROUP BY 1"
     python -m warehouse.select --group training --modality ct --output ct.parquet
 
-Reads the newest ``images.parquet`` of ``<bucket>-processed`` (``latest.csv`` names it,
+Reads the newest catalogue (``images/``) of ``<bucket>-processed`` (``latest.csv`` names it,
 ``dataprocess`` writes it), prints how many images, studies and patients and how many bytes
 match, and with ``--download DIR`` fetches the images and their metadata files into ``DIR`` in
 the warehouse layout, through a bounded pool of workers, with a progress bar; rerun the same
@@ -159,7 +159,7 @@ def command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Select images of the WAREHOUSE_BUCKET warehouse from its catalogue "
-        "(images.parquet of the newest dataprocess batch), count them, and download them.",
+        "(images/ of the newest dataprocess batch), count them, and download them.",
         epilog="""environment:
   WAREHOUSE_BUCKET   the warehouse (name, s3://name or file:///path); its catalogue is read
                      from <bucket>-processed
@@ -393,8 +393,8 @@ def _selection(storage, args: argparse.Namespace, pool: ThreadPoolExecutor) -> l
     if not key.startswith(batch.folder + "/"):
         raise SelectionError("a new batch was published while the catalogue was read: run again")
     labelled = with_labels(chosen, patient_outcomes(processed, batch))
-    images = batch.files["images"]
-    types = pq.ParquetFile(StoredFile(processed, images.key, images.size)).schema_arrow
+    first, size = batch.files["images"][0]
+    types = pq.ParquetFile(StoredFile(processed, first, size)).schema_arrow
     if args.release is not None:
         if chosen.empty:
             raise SelectionError("the selection holds no image: no release written")

@@ -57,6 +57,12 @@ from warehouse.catalogue.rows import (
     read_part,
     release_arrow_memory,
 )
+from warehouse.catalogue.segments import (
+    InvalidManifest,
+    Segment,
+    is_segments_folder,
+    read_manifest,
+)
 from warehouse.catalogue.series import SOURCE_COLUMNS
 from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import KEY_PATIENT, KEY_STUDY
@@ -132,8 +138,8 @@ class CatalogueScan:
         The catalogue index of every part merged (for the loader), when it was built: saved
         to a local file, published once the batch is built.
     reused : str or None
-        When no part was written since the last batch: its ``images.parquet`` (a key of the
-        processed store), whose rows stand as they are (``path`` is then not written), the
+        When no part was written since the last batch: its catalogue (``images/``, a key of
+        the processed store), whose rows stand as they are (``path`` is then not written), the
         counts being those the last batch saved (`counts_document`).
     beyond : list of str or None
         The parts merged that ``through`` does not cover yet (not settled): merged again by
@@ -379,51 +385,87 @@ def _newest_masks(staged: list[PartArrays]) -> tuple[list[np.ndarray], np.ndarra
 
 @dataclass(frozen=True)
 class PreviousCatalogue:
-    """The last batch's merged catalogue, as its footer describes it.
+    """The last batch's merged catalogue: its segments and the newest part it covers.
 
     Attributes
     ----------
-    key, size : str, int
-        Its key in the processed store and its size.
+    key : str
+        What ``latest.csv`` names: its folder (``<batch>/images/``) or, from a batch of an
+        older version, its one file.
+    segments : tuple of Segment
+        Its files in order.
     through : str or None
         The newest part it covers.
-    clinical : bytes or None
-        The digest of the clinical values joined to its rows (None before batches kept it).
+    current : bool
+        Whether every segment has this version's columns and types.
     """
 
     key: str
-    size: int
+    segments: tuple[Segment, ...]
     through: str | None
-    clinical: bytes | None
     current: bool = True
 
-    def open(self, processed: Storage) -> pq.ParquetFile:
-        """Open it for reading (ranged reads)."""
-        return pq.ParquetFile(StoredFile(processed, self.key, self.size))
+    def files(self, processed: Storage) -> Iterator[pq.ParquetFile]:
+        """Open each segment for reading (ranged reads), in order."""
+        for segment in self.segments:
+            yield pq.ParquetFile(StoredFile(processed, segment.key, segment.size))
+
+    def copy_to(self, processed: Storage, folder: str) -> list[str] | None:
+        """Copy each segment to a local file in ``folder`` (`storage.files.copy_to_file`: a few
+        large reads); their paths, or None when one is shorter than listed.
+        """
+        paths = []
+        for number, segment in enumerate(self.segments):
+            path = os.path.join(folder, f"previous-{number:06d}.parquet")
+            if copy_to_file(processed, segment.key, segment.size, path) < segment.size:
+                logger.warning("%s is shorter than listed", segment.key)
+                return None
+            paths.append(path)
+        return paths
 
 
-def previous_catalogue(processed: Storage, key: str | None) -> PreviousCatalogue | None:
-    """The last batch's merged catalogue; None when there is none usable (then every part is
-    merged again).
-    """
-    if key is None:
-        return None
-    size = next((info.size for info in processed.list(key) if info.key == key), None)
-    if size is None:
-        return None
-    try:
-        schema = pq.ParquetFile(StoredFile(processed, key, size)).schema_arrow
-        metadata = schema.metadata or {}
-        through = json.loads(metadata[b"through"])
-    except (KeyError, ValueError, pa.ArrowException, OSError):
-        return None
-    if through is not None and not isinstance(through, str):
-        return None
-    current = all(
+def _is_current(schema: pa.Schema) -> bool:
+    return all(
         name in schema.names and schema.field(name).type == MERGED_SCHEMA.field(name).type
         for name in MERGED_SCHEMA.names
     )
-    return PreviousCatalogue(key, size, through, metadata.get(b"clinical"), current)
+
+
+def previous_catalogue(processed: Storage, key: str | None) -> PreviousCatalogue | None:
+    """The last batch's merged catalogue (``key``: its folder, or its one file from an older
+    version); None when there is none usable (then every part is merged again).
+    """
+    if key is None:
+        return None
+    try:
+        if is_segments_folder(key):
+            manifest = read_manifest(processed, key)
+            segments, through = manifest.segments, manifest.through
+            schemas = [
+                file.schema_arrow
+                for file in PreviousCatalogue(key, segments, None).files(processed)
+            ]
+        else:
+            size = next((info.size for info in processed.list(key) if info.key == key), None)
+            if size is None:
+                return None
+            file = pq.ParquetFile(StoredFile(processed, key, size))
+            schemas = [file.schema_arrow]
+            through = json.loads((schemas[0].metadata or {})[b"through"])
+            if through is not None and not isinstance(through, str):
+                raise ValueError("its footer's through is not a part key")
+            segments = (Segment(key, size, file.metadata.num_rows),)
+    except (
+        InvalidManifest,
+        ObjectNotFound,
+        KeyError,
+        ValueError,
+        pa.ArrowException,
+        OSError,
+    ) as exc:
+        logger.warning("the last batch's catalogue cannot be used (%s): merged again", exc)
+        return None
+    return PreviousCatalogue(key, segments, through, all(_is_current(s) for s in schemas))
 
 
 def catalogue_batches(
@@ -667,7 +709,7 @@ class LastBatch:
     Attributes
     ----------
     images : str or None
-        Its ``images.parquet``.
+        Its catalogue (``images/``, or ``images.parquet`` from an older version).
     counts : bytes or None
         Its `COUNTS_NAME` file.
     """
@@ -779,7 +821,10 @@ def _merged_scan(
         day.noted,
     )
     scan = CatalogueScan(path)
-    older = _batches_of(previous.open(processed), replaced, noted) if previous else iter(())
+    older = itertools.chain.from_iterable(
+        _batches_of(file, replaced, noted)
+        for file in (previous.files(processed) if previous else ())
+    )
     # (a reconcile may leave rows out: its series are all computed again)
     if previous is not None and previous.current and filed is None and not noted.overflow:
         scan.changed_series = ChangedSeries(f"{path}.series-rows.parquet", len(noted.series))
@@ -816,18 +861,21 @@ class Layers:
 
     Attributes
     ----------
-    previous : str
-        A local copy of the last batch's ``images.parquet`` (`storage.files.copy_to_file`:
-        each pass reads it whole, a few large reads made once).
+    previous : tuple of str
+        A local copy of each segment of the last batch's catalogue (`PreviousCatalogue.copy_to`:
+        each pass reads them whole, a few large reads made once).
     replaced : pyarrow.Array
         The warehouse keys of its rows that the parts' rows replace.
     staged : list of tuple
         Each staged part's local file, the mask of its newest rows and when it was written.
+    replacing : frozenset of int
+        The positions (in ``previous``) of the segments that hold a replaced row.
     """
 
-    previous: str
+    previous: tuple[str, ...]
     replaced: pa.Array
     staged: list[tuple[str, np.ndarray, dt.datetime]]
+    replacing: frozenset[int] = frozenset()
 
 
 def _layered_scan(
@@ -855,31 +903,35 @@ def _layered_scan(
         logger.warning("%s: the catalogue is merged and counted again", exc)
         return None
     scan, saved.reused = saved, None
-    local = f"{scan.path}.previous.parquet"
-    if copy_to_file(processed, previous.key, previous.size, local) < previous.size:
-        logger.warning("%s is shorter than listed: the catalogue is merged again", previous.key)
+    local = previous.copy_to(processed, folder)
+    if local is None:
+        logger.warning("the last batch's catalogue is copied short: it is merged again")
         return None
     keys = pa.chunked_array(noted.keys, pa.string()).combine_chunks()
     series = pa.array(sorted(noted.series), pa.string())
     scan.changed_series = ChangedSeries(f"{scan.path}.series-rows.parquet", len(noted.series))
     changed = _ChangedSeriesRows(scan.changed_series, noted.series)
+    replacing: set[int] = set()
     with changed:
-        for rows, gone in _rows_of(pq.ParquetFile(local), keys, series):
-            if gone.num_rows:
-                _count(scan, gone, sign=-1)
-            changed.add(rows)
+        for number, path in enumerate(local):
+            for rows, gone in _rows_of(pq.ParquetFile(path), keys, series):
+                if gone.num_rows:
+                    _count(scan, gone, sign=-1)
+                    replacing.add(number)
+                changed.add(rows)
         for table in _newest_batches(staged, masks, folder, keep=True):
             changed.add(table)
             _count(scan, table)
             _touch(scan, table)
     scan.prune()
     scan.layers = Layers(
-        local,
+        tuple(local),
         keys,
         [
             (_staged_path(folder, n), mask, part.written)
             for n, (part, mask) in enumerate(zip(staged, masks, strict=True))
         ],
+        frozenset(replacing),
     )
     return scan
 
@@ -924,25 +976,39 @@ def merged_batches(
         if scan.reused is not None and scan.previous is not None:
             if processed is None:
                 raise ValueError("the last batch's rows are read from the processed store")
-            yield from catalogue_batches(scan.previous.open(processed), names, batch_rows)
+            for file in scan.previous.files(processed):
+                yield from catalogue_batches(file, names, batch_rows)
         elif os.path.exists(scan.path):
             yield from catalogue_batches(pq.ParquetFile(scan.path), names, batch_rows)
         return
+    for path in layers.previous:
+        yield from kept_batches(path, layers.replaced, names, batch_rows)
+    yield from day_batches(layers, names)
+
+
+def kept_batches(
+    path: str,
+    replaced: pa.Array,
+    columns: Iterable[str] | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[pa.Table]:
+    """Yield the rows of the local catalogue file ``path`` but those whose warehouse key is
+    one of ``replaced`` (``columns`` of `MERGED_SCHEMA`, all by default).
+    """
+    names = list(columns or MERGED_SCHEMA.names)
     read = names if "warehouse_key" in names else [*names, "warehouse_key"]
-    for table in catalogue_batches(pq.ParquetFile(layers.previous), read, batch_rows):
-        if len(layers.replaced):
-            keep = pc.invert(pc.is_in(table.column("warehouse_key"), layers.replaced))
-            table = table.filter(keep)
+    for table in catalogue_batches(pq.ParquetFile(path), read, batch_rows):
+        if len(replaced):
+            table = table.filter(pc.invert(pc.is_in(table.column("warehouse_key"), replaced)))
         yield table.select(names)
-    schema = pa.schema([MERGED_SCHEMA.field(name) for name in names])
+
+
+def day_batches(layers: Layers, columns: Iterable[str] | None = None) -> Iterator[pa.Table]:
+    """Yield the newest rows of the parts a layered merge staged (`Layers`)."""
+    schema = pa.schema([MERGED_SCHEMA.field(name) for name in columns or MERGED_SCHEMA.names])
     for path, newest, written in layers.staged:
         if newest.any():
             yield conformed(_staged_rows(path, newest, written), schema)
-
-
-def merged_metadata(scan: CatalogueScan) -> dict[bytes, bytes]:
-    """The metadata a merged catalogue's file keeps: the newest part it covers."""
-    return {b"through": json.dumps(scan.through).encode()}
 
 
 def _next_index(
@@ -997,59 +1063,3 @@ def publish_index(storage: Storage, scan: CatalogueScan, now: dt.datetime) -> st
     if scan.index is None or storage.read_only:
         return None
     return publish_saved_index(storage, scan.index, now)
-
-
-def joined_as_before(scan: CatalogueScan, fingerprint: str) -> bool:
-    """Tell whether the last batch's ``images.parquet`` is this batch's as it is.
-
-    It is when the merge took its rows as they are (``scan.reused``), it joined the same
-    clinical values (its ``clinical`` metadata is ``fingerprint``) and it has this version's
-    columns and types (a file of an older version is written again, streamed, with them).
-    """
-    return (
-        scan.reused is not None
-        and scan.previous is not None
-        and scan.previous.current
-        and scan.previous.clinical == fingerprint.encode()
-    )
-
-
-def write_joined(
-    scan: CatalogueScan,
-    summary_of: Callable[[pa.Table], dict[str, pa.Array]],
-    path: str,
-    fingerprint: str,
-    processed: Storage | None = None,
-) -> int:
-    """Write the batch's ``images.parquet`` at ``path``, streamed.
-
-    The merged catalogue (`merged_batches`: the last batch's rows are read from
-    ``processed``) with, for each row, the columns ``summary_of(rows)`` gives (each patient's
-    clinical summary); ``fingerprint`` (`dashboard.images.clinical_fingerprint`) is kept in
-    its metadata as ``clinical``.
-
-    Returns
-    -------
-    int
-        Its size in bytes.
-    """
-    metadata = {**merged_metadata(scan), b"clinical": fingerprint.encode()}
-    writer = None
-    try:
-        for table in merged_batches(scan, processed):
-            for name, column in summary_of(table).items():
-                table = table.append_column(name, column)
-            if writer is None:
-                writer = pq.ParquetWriter(
-                    path, table.schema.with_metadata(metadata), compression="zstd"
-                )
-            writer.write_table(table)
-        if writer is None:  # no image: an empty table of the same columns
-            empty = MERGED_SCHEMA.empty_table()
-            for name, column in summary_of(empty).items():
-                empty = empty.append_column(name, column)
-            pq.write_table(empty.replace_schema_metadata(metadata), path)
-    finally:
-        if writer is not None:
-            writer.close()
-    return os.path.getsize(path)

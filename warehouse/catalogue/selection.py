@@ -1,18 +1,17 @@
 """Selecting images from the catalogue, and fetching a selection: the rules behind
 ``python -m warehouse.select``.
 
-The catalogue is the newest ``images.parquet`` of the processed store (``latest.csv`` names
-it). A selection is the rows that pass every filter given; it may not mix the training and
-validation groups unless that is asked for explicitly (mixing them is how hold-out leakage
-starts). A query is a SQL expression, run by DuckDB on a connection that can read the
-catalogue and nothing else (no files, no network, no extensions, no Python objects): a query
-string is often not the researcher's own, so it is data, never code. A download writes each
-selected image and its metadata file under the same keys in a local folder, atomically (a
+The catalogue is the newest ``images/`` (`catalogue.segments`) of the processed store
+(``latest.csv`` names it). A selection is the rows that pass every filter given; it may not mix
+the training and validation groups unless that is asked for explicitly (mixing them is how
+hold-out leakage starts). A query is a SQL expression, run by DuckDB on a connection that can
+read the catalogue and nothing else (no files, no network, no extensions, no Python objects): a
+query string is often not the researcher's own, so it is data, never code. A download writes
+each selected image and its metadata file under the same keys in a local folder, atomically (a
 temporary file, then a rename), so an interrupted download leaves no partial file; files
-already there are skipped (an image of the catalogued size, a metadata file that exists: it
-was renamed into place whole). The catalogue is not trusted either: a row whose keys are not
-an image of the selection and its own metadata file in the warehouse layout refuses the
-download.
+already there are skipped (an image of the catalogued size, a metadata file that exists: it was
+renamed into place whole). The catalogue is not trusted either: a row whose keys are not an
+image of the selection and its own metadata file in the warehouse layout refuses the download.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ import pyarrow.dataset as pa_dataset
 import pyarrow.parquet as pq
 
 from warehouse.catalogue.batches import LATEST_KEY, InvalidLatest, batch_folder, latest_paths
+from warehouse.catalogue.segments import InvalidManifest, is_segments_folder, read_manifest
 from warehouse.catalogue.series import SERIES_KEY
 from warehouse.core.errors import ExpectedError, ObjectNotFound, PreconditionFailed
 from warehouse.core.keys import (
@@ -49,7 +49,7 @@ from warehouse.core.keys import (
     is_safe_name,
     parse_image_key,
 )
-from warehouse.storage.base import ObjectInfo, Storage
+from warehouse.storage.base import Storage
 from warehouse.storage.files import RANGE_CHUNK_BYTES, StoredFile, copy_to_file, ranged_chunks
 
 #: Bytes per ranged read of a download (memory stays at one chunk per worker).
@@ -110,7 +110,7 @@ def newest_batch_paths(processed: Storage) -> dict[str, str]:
 
 
 def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
-    """The newest catalogue (``images.parquet`` of the batch ``latest.csv`` names): its key
+    """The newest catalogue (``images/`` of the batch ``latest.csv`` names): its key
     and its rows.
 
     Raises
@@ -130,16 +130,47 @@ def read_catalogue(processed: Storage) -> tuple[str, pd.DataFrame]:
     key = paths["images"]
     if key.endswith(".csv"):  # (a batch of an older dataprocess: the Parquet twin)
         key = key.removesuffix(".csv") + ".parquet"
-    data = processed.read(key)
+    tables = []
+    for segment, _ in catalogue_files(processed, key):
+        try:
+            tables.append(pq.read_table(pa.BufferReader(processed.read(segment))))
+        except (pa.ArrowException, ValueError, OSError) as exc:
+            detail = _printable(str(exc).split("\n", 1)[0])
+            raise SelectionError(f"{segment} is not a Parquet file: {detail}") from None
     try:
-        catalogue = pd.read_parquet(io.BytesIO(data))
-    except (pa.ArrowException, ValueError, OSError) as exc:
+        catalogue = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    except (pa.ArrowException, ValueError) as exc:
         detail = _printable(str(exc).split("\n", 1)[0])
-        raise SelectionError(f"{key} is not a Parquet file pandas can read: {detail}") from None
+        raise SelectionError(f"{key}: its segments do not make one table: {detail}") from None
     missing = [c for c in USED_COLUMNS if c not in catalogue.columns]
     if missing:
         raise SelectionError(f"{key} has no column {', '.join(missing)}: run dataprocess again")
     return key, catalogue
+
+
+def catalogue_files(processed: Storage, path: str) -> list[tuple[str, int]]:
+    """The files of the catalogue ``latest.csv`` names at ``path``: ``(key, bytes)`` each.
+
+    Its segments, as its manifest names them (`catalogue.segments`), or its one file (a batch
+    of an older version).
+
+    Raises
+    ------
+    SelectionError
+        When the manifest cannot be read, or the file is missing.
+    StorageError
+        When a read fails.
+    """
+    if is_segments_folder(path):
+        try:
+            manifest = read_manifest(processed, path)
+        except InvalidManifest as exc:
+            raise SelectionError(f"{_printable(str(exc))}: run dataprocess again") from None
+        return [(segment.key, segment.size) for segment in manifest.segments]
+    size = next((info.size for info in processed.list(path) if info.key == path), None)
+    if size is None:
+        raise SelectionError(f"{path} is missing: run dataprocess again")
+    return [(path, size)]
 
 
 @dataclass(frozen=True)
@@ -180,11 +211,11 @@ def locked_connection(tables: Mapping[str, object]) -> duckdb.DuckDBPyConnection
     return connection
 
 
-#: The views SQL sees (``--sql``, `warehouse.catalogue.open`): view name -> its file in the
-#: batch folder. A view is there when the batch holds its file, so a batch written before a
-#: table existed (``series.parquet``) simply has no such view.
+#: The views SQL sees (``--sql``, `warehouse.catalogue.open`) but ``images`` (the catalogue
+#: ``latest.csv`` names): view name -> its file in the batch folder. A view is there when the
+#: batch holds its file, so a batch written before a table existed (``series.parquet``)
+#: simply has no such view.
 VIEW_FILES = {
-    "images": "images.parquet",
     "patients": "patient_clean.parquet",
     "series": "series.parquet",
 }
@@ -194,21 +225,22 @@ RESULT_ROWS = 16_384
 
 @dataclass(frozen=True)
 class BatchFiles:
-    """The newest batch: its folder, and the listed file of each of its views (`VIEW_FILES`)."""
+    """The newest batch: its folder, and the files of each of its views (``images`` and
+    `VIEW_FILES`), ``(key, bytes)`` each."""
 
     folder: str
-    files: dict[str, ObjectInfo]
+    files: dict[str, list[tuple[str, int]]]
 
 
 def batch_files(processed: Storage) -> BatchFiles:
     """The newest batch (``latest.csv`` names it) and the files of its views.
 
-    One read (``latest.csv``) and one listing of the batch folder.
+    A read of ``latest.csv``, of the catalogue's manifest and one listing of the batch folder.
 
     Raises
     ------
     SelectionError
-        When there is no batch, or it has no ``images.parquet``.
+        When there is no batch, or it has no image catalogue.
     StorageError
         When a read fails.
     """
@@ -216,14 +248,18 @@ def batch_files(processed: Storage) -> BatchFiles:
     folder = batch_folder(paths)
     if folder is None:
         raise SelectionError(f"{LATEST_KEY} names no batch folder: run dataprocess again")
+    images = paths.get("images")
+    if images is None or not images.endswith((".parquet", "/")):
+        raise SelectionError(
+            f"the batch {folder} has no image catalogue (no images filed, or written by an "
+            "older dataprocess): run dataprocess again"
+        )
+    files = {"images": catalogue_files(processed, images)}
     _, objects = processed.list_folders(folder + "/")
     by_name = {info.key.rpartition("/")[2]: info for info in objects if not info.link}
-    files = {view: by_name[name] for view, name in VIEW_FILES.items() if name in by_name}
-    if "images" not in files:
-        raise SelectionError(
-            f"the batch {folder} has no {VIEW_FILES['images']} (no images filed, or written "
-            "by an older dataprocess): run dataprocess again"
-        )
+    for view, name in VIEW_FILES.items():
+        if name in by_name:
+            files[view] = [(by_name[name].key, by_name[name].size)]
     return BatchFiles(folder, files)
 
 
@@ -241,16 +277,19 @@ def open_views(processed: Storage, work: Path) -> tuple[BatchFiles, duckdb.DuckD
     """
     found = batch_files(processed)
     tables = {}
-    for view, info in found.files.items():
-        path = work / f"{view}.parquet"
-        written = copy_to_file(processed, info.key, info.size, path)
-        if written < info.size:
-            raise SelectionError(f"{info.key}: {written:,} bytes read of {info.size:,}")
+    for view, files in found.files.items():
+        paths = []
+        for number, (key, size) in enumerate(files):
+            path = work / f"{view}-{number:06d}.parquet"
+            written = copy_to_file(processed, key, size, path)
+            if written < size:
+                raise SelectionError(f"{key}: {written:,} bytes read of {size:,}")
+            paths.append(str(path))
         try:
-            tables[view] = pa_dataset.dataset(path, format="parquet")
+            tables[view] = pa_dataset.dataset(paths, format="parquet")
         except (pa.ArrowException, OSError) as exc:
             detail = _printable(str(exc).split("\n", 1)[0])
-            raise SelectionError(f"{info.key} is not a Parquet file: {detail}") from None
+            raise SelectionError(f"{view} is not a Parquet table: {detail}") from None
     return found, locked_connection(tables)
 
 
@@ -321,18 +360,19 @@ def patient_outcomes(processed: Storage, batch: BatchFiles) -> pd.DataFrame:
     StorageError
         When a read fails.
     """
-    info = batch.files.get("patients")
+    files = batch.files.get("patients")
     empty = pd.DataFrame({name: pd.Series(dtype="object") for name in OUTCOME_LABELS})
-    if info is None:
+    if not files:
         return empty.rename_axis("Pseudonym")
+    key, size = files[0]
     try:
-        file = pq.ParquetFile(StoredFile(processed, info.key, info.size))
+        file = pq.ParquetFile(StoredFile(processed, key, size))
         wanted = {c for sources in OUTCOME_LABELS.values() for c in sources} | {"Pseudonym"}
         present = [name for name in file.schema_arrow.names if name in wanted]
         table = file.read(columns=present).to_pandas()
     except (pa.ArrowException, ValueError, OSError) as exc:
         detail = _printable(str(exc).split("\n", 1)[0])
-        raise SelectionError(f"{info.key} is not a Parquet file: {detail}") from None
+        raise SelectionError(f"{key} is not a Parquet file: {detail}") from None
     if "Pseudonym" not in table.columns:
         return empty.rename_axis("Pseudonym")
     table = table.drop_duplicates("Pseudonym").set_index("Pseudonym")
@@ -749,7 +789,7 @@ def downloads(chosen: pd.DataFrame, groups: Iterable[str] = GROUPS) -> list[Fetc
     if refused:
         more = f"; {len(refused) - 1:,} more rows refused" if len(refused) > 1 else ""
         raise SelectionError(
-            f"the catalogue's {refused[0]}{more}; nothing downloaded (images.parquet does "
+            f"the catalogue's {refused[0]}{more}; nothing downloaded (the catalogue does "
             "not match the warehouse: was it edited? run dataprocess again)"
         )
     return fetches

@@ -204,7 +204,7 @@ def series_batches(source: str, workdir: str) -> Iterator[pa.Table]:
     ----------
     source : str
         A local Parquet file of catalogue rows (with the `SOURCE_COLUMNS`; a merged catalogue
-        or a batch's ``images.parquet``).
+        or a batch's catalogue segment).
     workdir : str
         A local folder for DuckDB's temporary files.
     """

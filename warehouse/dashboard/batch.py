@@ -8,7 +8,8 @@ module puts them together and writes the result::
     <processed store>/<batch>/ct.csv, ct.parquet, xray.*, mri.*       (modalities with studies)
     <processed store>/<batch>/patient.*, patient_clean.*, storage.*
     <processed store>/<batch>/study_images.*                          (when there are images)
-    <processed store>/<batch>/images.parquet         (the image catalogue; Parquet only)
+    <processed store>/<batch>/images/000000.parquet, ...  (the image catalogue in segments,
+                                                and its manifest _catalogue.json)
     <processed store>/<batch>/series.parquet         (one row per series, with its flags)
     <processed store>/<batch>/rows/patients.parquet, studies.parquet  (what the next run reuses)
     <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
@@ -49,10 +50,15 @@ from warehouse.catalogue.holdout import (
 from warehouse.catalogue.merge import (
     COUNTS_NAME,
     counts_document,
-    joined_as_before,
     merged_batches,
     publish_index,
-    write_joined,
+)
+from warehouse.catalogue.publish import SegmentPlan, write_segments
+from warehouse.catalogue.segments import (
+    MANIFEST_NAME,
+    SEGMENTS_FOLDER,
+    manifest_bytes,
+    segment_name,
 )
 from warehouse.catalogue.series import (
     SOURCE_COLUMNS,
@@ -69,7 +75,14 @@ from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text, hol
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
 from warehouse.dashboard.extraction import Collected, DataprocessState
 from warehouse.dashboard.figures import STUDY_IMAGE_COLUMNS
-from warehouse.dashboard.images import clinical_fingerprint, clinical_summary, image_summary
+from warehouse.dashboard.images import (
+    CLINICAL_SUMMARY_FILE,
+    changed_patients,
+    clinical_summary,
+    image_summary,
+    summary_bytes,
+    summary_table,
+)
 from warehouse.dashboard.inputs import (
     INPUT_DIGEST,
     PageSources,
@@ -103,8 +116,9 @@ TABLE_ORDER = (
     "storage",
     "study_images",
 )
-#: The batch's image catalogue (named ``images`` in ``latest.csv``, after the tables).
-IMAGES_FILE = "images.parquet"
+#: The batch's image catalogue, a folder of segments (named ``images`` in ``latest.csv``,
+#: after the tables).
+IMAGES_FOLDER = SEGMENTS_FOLDER
 #: The batch's series table (named ``series`` in ``latest.csv``, after ``images``).
 SERIES_FILE = "series.parquet"
 #: Pages in the order of ``latest.csv``, after the tables: archive name -> file name.
@@ -151,11 +165,8 @@ class Batch:
         The pages, archive name (``dashboard``, ``public``) -> HTML text.
     data : dict
         Files of the batch written as they are (the rows the next run reuses), name -> bytes.
-    images : str or None
-        The local file of ``images.parquet``, when the batch has images.
-    images_from : str or None
-        Instead, the last batch's ``images.parquet`` (a key of the processed store), copied as
-        it is.
+    images : bool
+        Whether the batch has an image catalogue (``images/``, written by `write_batch`).
     series : str or None
         The local file of ``series.parquet``, when the batch has images.
     series_from : str or None
@@ -167,8 +178,7 @@ class Batch:
     files: dict[str, str] = field(default_factory=dict)
     pages: dict[str, str] = field(default_factory=dict)
     data: dict[str, bytes] = field(default_factory=dict)
-    images: str | None = None
-    images_from: str | None = None
+    images: bool = False
     series: str | None = None
     series_from: str | None = None
     _latest: pd.DataFrame | None = field(default=None, repr=False)
@@ -180,15 +190,15 @@ class Batch:
 
     def latest(self) -> pd.DataFrame:
         """The ``latest.csv`` table: ``archive``, ``path``: ``<batch>/<archive>.csv`` for each
-        table (``<batch>/images.parquet`` for the catalogue), then ``<batch>/dashboard.html``
+        table (``<batch>/images/`` for the catalogue), then ``<batch>/dashboard.html``
         and ``<batch>/public.html``."""
         if self._latest is not None:
             return self._latest
         archives = [name for name in TABLE_ORDER if name in self.tables]
         paths = [f"{self.name}/{a}.csv" for a in archives]
-        if self.images is not None or self.images_from is not None:
+        if self.images:
             archives.append("images")
-            paths.append(f"{self.name}/{IMAGES_FILE}")
+            paths.append(f"{self.name}/{IMAGES_FOLDER}")
         if self.series is not None or self.series_from is not None:
             archives.append("series")
             paths.append(f"{self.name}/{SERIES_FILE}")
@@ -407,15 +417,17 @@ def write_batch(
     store: Storage,
     batch: Batch,
     workers: int = 8,
-    make_images: Callable[[], object] | None = None,
+    make_images: Callable[[], tuple[list[SegmentPlan], str | None]] | None = None,
 ) -> list[str]:
     """Write the batch folder, then ``latest.csv`` once every other file is written.
 
     A reader of ``latest.csv`` therefore never sees a batch that is not complete; when any
     write fails, ``latest.csv`` keeps naming the previous batch. The tables, files and pages
-    are written first and let go (`Batch.release`); then ``make_images``, when given, makes
-    the catalogue file ``batch.images`` names, which is written last: the largest file is made
-    while the rest of the batch no longer takes memory.
+    are written first and let go (`Batch.release`); then ``make_images``, when the batch has
+    images, writes the catalogue's changed segments locally and plans the others' copies
+    (`catalogue.publish.write_segments`), and the segments are written, then their manifest
+    (`catalogue.segments`): the largest files are made while the rest of the batch no
+    longer takes memory.
 
     Parameters
     ----------
@@ -426,7 +438,7 @@ def write_batch(
     workers : int
         Concurrent writes.
     make_images : callable, optional
-        Writes the local file ``batch.images``.
+        Returns the catalogue's segments (`SegmentPlan`) and the newest part it covers.
 
     Returns
     -------
@@ -464,19 +476,39 @@ def write_batch(
         elif batch.series_from is not None:
             submit(store.copy, batch.series_from, series_key)
             written.append(series_key)
-        images_key = f"{batch.name}/{IMAGES_FILE}"
-        if batch.images is not None:
-            if make_images is not None:
-                make_images()
-            submit(store.write_file, images_key, batch.images, _content_type(IMAGES_FILE))
-            written.append(images_key)
-        elif batch.images_from is not None:
-            submit(store.copy, batch.images_from, images_key)
-            written.append(images_key)
+        manifest = None
+        folder = f"{batch.name}/{IMAGES_FOLDER}"
+        if batch.images and make_images is not None:
+            segments, manifest = _submit_segments(store, folder, *make_images(), submit)
+            written += segments
         for future in pending:
             future.result()
+        if manifest is not None:  # (once its segments are all written)
+            store.write(folder + MANIFEST_NAME, manifest, _content_type(MANIFEST_NAME))
+            written.append(folder + MANIFEST_NAME)
     store.write(LATEST_KEY, csv_bytes(batch.latest()), "text/csv")
     return [*written, LATEST_KEY]
+
+
+def _submit_segments(
+    store: Storage,
+    folder: str,
+    plans: list[SegmentPlan],
+    through: str | None,
+    submit: Callable,
+) -> tuple[list[str], bytes]:
+    """Submit the writes and copies of the catalogue's segments into ``folder``; return their
+    keys and the manifest naming them (`catalogue.segments.manifest_bytes`)."""
+    keys, entries = [], []
+    for number, plan in enumerate(plans):
+        key = folder + segment_name(number)
+        if plan.copy_from is not None:
+            submit(store.copy, plan.copy_from, key, plan.size)
+        else:
+            submit(store.write_file, key, plan.path, _content_type(key))
+        keys.append(key)
+        entries.append((segment_name(number), plan.size, plan.rows))
+    return keys, manifest_bytes(folder, entries, through)
 
 
 def batch_series(
@@ -586,6 +618,41 @@ def holdout_certificate(
     return certificate
 
 
+def catalogue_segments(
+    view: DataprocessView, summary: pa.Table, changed: pa.Array | None, store: Storage
+) -> tuple[list[SegmentPlan], str | None]:
+    """The batch's catalogue segments (`write_segments`, with ``summary``: `summary_table`)
+    and the newest part they cover: only the segments whose rows or patients' clinical
+    summaries changed since the last batch (``changed``) are written."""
+    folder = os.path.join(view.workdir, "segments")
+    os.makedirs(folder, exist_ok=True)
+    plans = write_segments(view.catalogue, clinical_summary(summary), changed, store, folder)
+    written = [plan for plan in plans if plan.path is not None]
+    run_logger.info(
+        "catalogue: %d segments, %d written (%d rows), %d copied",
+        len(plans),
+        len(written),
+        sum(plan.rows for plan in written),
+        len(plans) - len(written),
+    )
+    return plans, view.catalogue.through
+
+
+def _last_summary(view: DataprocessView, store: Storage) -> bytes | None:
+    # the clinical summary the last batch saved, when it saved one
+    saved = f"{view.reusable.batch}/{CLINICAL_SUMMARY_FILE}"
+    return store.read(saved) if saved in view.reusable.saved else None
+
+
+def batch_time(now: dt.datetime, last: str | None) -> dt.datetime:
+    """The time a batch built at ``now`` is named by (`batch_name`): a second later when the
+    last batch (``last``) has that name, so that two runs in one second never share a folder.
+    """
+    if last is not None and batch_name(now) == last:
+        return now + dt.timedelta(seconds=1)
+    return now
+
+
 def publish_batch(
     storage: Storage,
     state: DataprocessState,
@@ -610,7 +677,7 @@ def publish_batch(
     collected : Collected
         The rows of the three branches.
     shared : SharedView
-        What the run read (the merged catalogue and its counts, for ``images.parquet``,
+        What the run read (the merged catalogue and its counts, for the catalogue's segments,
         ``study_images`` and the pages).
     unexpected_errors : int
         Errors the graph runner counted in the branches: any means nothing is published.
@@ -623,11 +690,11 @@ def publish_batch(
     store = storage.processed()
     state.processed_url = store.url
     try:
-        now = dt.datetime.now(dt.UTC)
         view = shared.view()
         if view.unchanged:
             _keep_last_batch(state, view.reusable.batch)
             return
+        now = batch_time(dt.datetime.now(dt.UTC), view.reusable.batch)
         certificate = holdout_certificate(storage, store, view, now)
         series, series_from, series_counts_ = batch_series(view, store)
         inputs = dataclasses.replace(
@@ -654,20 +721,12 @@ def publish_batch(
         batch.series, batch.series_from = series, series_from
         collected.release()  # (the tables hold what the rows said)
         make_images = None
+        summary = summary_table(batch.tables["patient_clean"])
+        data[CLINICAL_SUMMARY_FILE] = summary_bytes(summary)
         if view.catalogue.rows:
-            fingerprint = clinical_fingerprint(batch.tables["patient_clean"])
-            if joined_as_before(view.catalogue, fingerprint):
-                batch.images_from = view.catalogue.reused  # nothing new: copied as it is
-            else:
-                batch.images = os.path.join(view.workdir, IMAGES_FILE)
-                make_images = functools.partial(
-                    write_joined,
-                    view.catalogue,
-                    clinical_summary(batch.tables["patient_clean"]),
-                    batch.images,
-                    fingerprint,
-                    store,
-                )
+            batch.images = True
+            changed = changed_patients(_last_summary(view, store), summary)
+            make_images = functools.partial(catalogue_segments, view, summary, changed, store)
         state.batch = batch.name
         for name, table in batch.tables.items():
             run_logger.info("%s: %d rows", name, len(table))

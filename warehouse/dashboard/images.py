@@ -1,21 +1,22 @@
-"""The image catalogue in a dashboard batch: ``images.parquet``, the whole catalogue
-(`warehouse.catalogue.merge`) with each patient's clinical summary, written streamed; and the
-counts of images the pages draw from it.
+"""The image catalogue in a dashboard batch: ``images/``, the whole catalogue
+(`warehouse.catalogue.merge`) with each patient's clinical summary, in segments
+(`catalogue.segments`: only those the day changes are written); and the counts of images the
+pages draw from it.
 
 A batch has no ``images.csv``: at millions of rows a CSV helps nobody (a spreadsheet opens a
 million rows at most) and costs the run its memory; any Parquet reader (pandas, DuckDB, or
-``warehouse.select``) reads ``images.parquet``.
+``warehouse.select``) reads the folder ``images/`` as one table.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from warehouse.catalogue.merge import SUMMARY_COLUMNS
 
@@ -27,6 +28,10 @@ CLINICAL_COLUMNS = {
     "age_update": ("age", pa.float64()),
     "sex_update": ("sex", pa.string()),
 }
+
+
+#: The clinical summary a batch saves, for the next to tell which patients' changed.
+CLINICAL_SUMMARY_FILE = "rows/clinical-summary.parquet"
 
 
 def _values(column: pd.Series, arrow_type: pa.DataType) -> pa.Array:
@@ -60,39 +65,68 @@ def _clinical_columns(
     return ids, columns
 
 
-def clinical_summary(
-    patient_clean: pd.DataFrame | None,
-) -> Callable[[pa.Table], dict[str, pa.Array]]:
-    """The columns ``images.parquet`` adds to catalogue rows: for a table of rows, each
-    row's patient's `CLINICAL_COLUMNS` values (from the cleaned patient table, by
-    ``Pseudonym``; null for a patient without a row)."""
-    ids, columns = _clinical_columns(patient_clean)
+def clinical_summary(summary: pa.Table) -> Callable[[pa.Table], dict[str, pa.Array]]:
+    """The columns the catalogue's segments add to catalogue rows: for a table of rows, each
+    row's patient's `CLINICAL_COLUMNS` values (from ``summary``, `summary_table`, by
+    ``PatientID``; null for a patient without a row)."""
+    ids = summary.column("PatientID").combine_chunks()
 
     def summary_of(rows: pa.Table) -> dict[str, pa.Array]:
         positions = pc.index_in(rows.column("PatientID"), value_set=ids)
-        out = {}
-        for name, arrow_type in CLINICAL_COLUMNS.values():
-            known = columns.get(name)
-            if known is None or not len(known):
-                out[name] = pa.nulls(rows.num_rows, type=arrow_type)
-            else:
-                out[name] = pc.take(known, positions)
-        return out
+        return {
+            name: pc.take(summary.column(name), positions).combine_chunks()
+            if summary.num_rows
+            else pa.nulls(rows.num_rows, type=arrow_type)
+            for name, arrow_type in CLINICAL_COLUMNS.values()
+        }
 
     return summary_of
 
 
-def clinical_fingerprint(patient_clean: pd.DataFrame | None) -> str:
-    """Return a digest of what `clinical_summary` adds to rows.
-
-    Two batches whose digests are equal join the same values to the same catalogue rows.
-    """
+def summary_table(patient_clean: pd.DataFrame | None) -> pa.Table:
+    """What `clinical_summary` adds to rows, as a table: ``PatientID`` and each
+    `CLINICAL_COLUMNS` column (the batch saves it: `CLINICAL_SUMMARY_FILE`)."""
     ids, columns = _clinical_columns(patient_clean)
-    table = pa.table({"Pseudonym": ids, **columns})
+    fields = [pa.field("PatientID", pa.string())]
+    fields += [pa.field(name, arrow_type) for name, arrow_type in CLINICAL_COLUMNS.values()]
+    data = [ids] + [
+        columns.get(name, pa.nulls(len(ids), type=arrow_type))
+        for name, arrow_type in CLINICAL_COLUMNS.values()
+    ]
+    return pa.table(data, schema=pa.schema(fields))
+
+
+def summary_bytes(table: pa.Table) -> bytes:
+    """``table`` (`summary_table`) as the Parquet file the batch saves."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def changed_patients(previous: bytes | None, current: pa.Table) -> pa.Array | None:
+    """The patients whose clinical summary differs between the last batch's saved one
+    (``previous``, `summary_bytes`) and ``current``: added, removed or another value.
+
+    None when there is no saved summary or it is not one of this version (then every row's
+    summary is taken as changed).
+    """
+    if previous is None:
+        return None
+    try:
+        before = pq.read_table(pa.BufferReader(previous))
+        if before.schema.remove_metadata() != current.schema.remove_metadata():
+            return None
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    old = {row[0]: row[1:] for row in zip(*(c.to_pylist() for c in before.columns), strict=True)}
+    new = {row[0]: row[1:] for row in zip(*(c.to_pylist() for c in current.columns), strict=True)}
+    changed = {p for p, values in new.items() if old.get(p, _ABSENT) != values}
+    changed.update(p for p in old if p not in new)
+    return pa.array(sorted(changed), pa.string())
+
+
+#: A summary no patient has (a patient the last batch did not know).
+_ABSENT = object()
 
 
 def image_summary(counts: Counter) -> pd.DataFrame:

@@ -317,7 +317,7 @@ def _equipment_charts(kit: figures.Equipment) -> list[Chart]:
                     "",
                     None,
                     f"{attribute} is not in the study tables: it is shown once the batch has "
-                    "an image catalogue (images.parquet).",
+                    "an image catalogue (images/).",
                 )
             )
             continue

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from warehouse.catalogue.batches import InvalidLatest, batch_folder, latest_paths
 from warehouse.catalogue.filed import FiledImages, list_filed_images
 from warehouse.catalogue.merge import COUNTS_NAME, CatalogueScan, LastBatch, scan_catalogue
+from warehouse.catalogue.segments import is_segments_folder
 from warehouse.core.config import PipelineConfig
 from warehouse.core.keys import IMAGE_FOLDERS, METADATA_SUFFIX
 from warehouse.core.report import RunReport
@@ -82,7 +83,8 @@ class ReusableRows:
     batch : str or None
         The last batch's folder.
     images_key : str or None
-        Its merged image catalogue (``images.parquet``).
+        Its merged image catalogue (its folder ``images/``, or ``images.parquet`` from an
+        older version).
     series_key : str or None
         Its series table (``series.parquet``), when it has one.
     counts_key : str or None
@@ -153,7 +155,8 @@ def last_batch(processed: Storage) -> ReusableRows:
         return ReusableRows()
     named = paths or {}
     rows = ReusableRows(batch, named.get("images"), named.get("series"))
-    if rows.images_key is not None and not rows.images_key.endswith(".parquet"):
+    images = rows.images_key
+    if images is not None and not (images.endswith(".parquet") or is_segments_folder(images)):
         rows.images_key = None  # (an older batch: its catalogue is merged again)
     rows.saved = {info.key for info in processed.list(f"{batch}/rows/")}
     if rows.images_key is not None and f"{batch}/{COUNTS_NAME}" in rows.saved:
