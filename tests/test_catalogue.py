@@ -1377,15 +1377,20 @@ def _segment_files(files: dict[str, bytes]) -> list[bytes]:
     return [files[k] for k in sorted(files) if k.startswith("images/") and k.endswith(".parquet")]
 
 
-def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkeypatch):
+@pytest.mark.parametrize("settled", [True, False], ids=["parts settled", "parts just written"])
+def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkeypatch, settled):
     """A batch copies the last batch's segments that the day leaves as they are, writes the
     day's rows as a new segment, writes again a segment that holds a patient whose clinical
     summary changed, and merges its newest segments by `merged_tail`; the catalogue is, row
-    for row, what a full merge of a copy of the same warehouse makes."""
+    for row, what a full merge of a copy of the same warehouse makes.
+
+    Parts merged again while they settle (``parts just written``) change no segment: their
+    rows are in the last batch's catalogue as they are.
+    """
     import shutil
 
     monkeypatch.setattr(segments, "SMALL_SEGMENT_ROWS", 1)  # (sizes alone decide)
-    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0))
+    monkeypatch.setattr(index, "PART_SETTLE", dt.timedelta(0 if settled else 1))
     (tmp_path / "a" / "bucket").mkdir(parents=True)
     (tmp_path / "a" / "bucket-processed").mkdir()
     store = LocalStorage(tmp_path / "a" / "bucket")

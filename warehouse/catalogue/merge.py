@@ -894,6 +894,11 @@ def _layered_scan(
     `merged_batches`), not written again. What it reads and counts follows the day's parts,
     not the catalogue's size. None when the saved counts cannot be decoded (the catalogue is
     then merged and counted in full).
+
+    A part the last batch merged already (``saved.beyond``: not settled then, merged again
+    until it is) holds rows the last batch's catalogue has as they are: those that are still
+    the newest of their key are neither counted again nor replaced, so the segment that holds
+    them stands (`catalogue.publish`).
     """
     previous = saved.previous
     assert previous is not None
@@ -907,7 +912,14 @@ def _layered_scan(
     if local is None:
         logger.warning("the last batch's catalogue is copied short: it is merged again")
         return None
-    keys = pa.chunked_array(noted.keys, pa.string()).combine_chunks()
+    merged_before = set(saved.beyond or ())
+    again = [part.key in merged_before for part in staged]
+    keys = pa.chunked_array(
+        [k for k, before in zip(noted.keys, again, strict=True) if not before], pa.string()
+    ).combine_chunks()
+    masks = [
+        np.zeros_like(mask) if before else mask for mask, before in zip(masks, again, strict=True)
+    ]
     series = pa.array(sorted(noted.series), pa.string())
     scan.changed_series = ChangedSeries(f"{scan.path}.series-rows.parquet", len(noted.series))
     changed = _ChangedSeriesRows(scan.changed_series, noted.series)
