@@ -855,6 +855,10 @@ def _touch(scan: CatalogueScan, rows: pa.Table) -> None:
     )
 
 
+#: No warehouse key.
+_NO_KEYS = pa.array([], pa.string())
+
+
 @dataclass(frozen=True)
 class Layers:
     """A merged catalogue left as the last batch's rows and the day's parts (not one file).
@@ -876,6 +880,12 @@ class Layers:
     replaced: pa.Array
     staged: list[tuple[str, np.ndarray, dt.datetime]]
     replacing: frozenset[int] = frozenset()
+
+    def replaced_in(self, number: int) -> pa.Array:
+        """The replaced keys to leave out of the ``number``-th segment: none when it holds
+        no replaced row (its warehouse keys need not even be read).
+        """
+        return self.replaced if number in self.replacing else _NO_KEYS
 
 
 def _layered_scan(
@@ -993,8 +1003,8 @@ def merged_batches(
         elif os.path.exists(scan.path):
             yield from catalogue_batches(pq.ParquetFile(scan.path), names, batch_rows)
         return
-    for path in layers.previous:
-        yield from kept_batches(path, layers.replaced, names, batch_rows)
+    for number, path in enumerate(layers.previous):
+        yield from kept_batches(path, layers.replaced_in(number), names, batch_rows)
     yield from day_batches(layers, names)
 
 
@@ -1008,10 +1018,12 @@ def kept_batches(
     one of ``replaced`` (``columns`` of `MERGED_SCHEMA`, all by default).
     """
     names = list(columns or MERGED_SCHEMA.names)
+    if not len(replaced):  # (nothing to leave out: the keys are not read for it)
+        yield from catalogue_batches(pq.ParquetFile(path), names, batch_rows)
+        return
     read = names if "warehouse_key" in names else [*names, "warehouse_key"]
     for table in catalogue_batches(pq.ParquetFile(path), read, batch_rows):
-        if len(replaced):
-            table = table.filter(pc.invert(pc.is_in(table.column("warehouse_key"), replaced)))
+        table = table.filter(pc.invert(pc.is_in(table.column("warehouse_key"), replaced)))
         yield table.select(names)
 
 

@@ -63,6 +63,11 @@ class _Source:
     carried: tuple[str, int] | None = None
 
 
+def _no_keys(number: int) -> pa.Array:
+    # (a segment no row replaces)
+    return pa.array([], pa.string())
+
+
 def _holds(path: str, column: str, values: pa.Array) -> bool:
     """Tell whether a local catalogue file has a row whose ``column`` is one of ``values``."""
     if not len(values):
@@ -82,9 +87,8 @@ def _sources(
 ) -> list[_Source]:
     """List the segments the batch's catalogue is made of, before the newest are merged."""
     previous, layers = scan.previous, scan.layers
-    replacing: frozenset[int] = frozenset()
     if layers is not None:
-        locals_, replaced, replacing = list(layers.previous), layers.replaced, layers.replacing
+        locals_, replaced_in = list(layers.previous), layers.replaced_in
     elif scan.reused is not None and previous is not None and previous.current:
         if changed is not None and not len(changed):  # nothing new, no summary changed
             return [_Source(s.rows, [], (s.key, s.size)) for s in previous.segments]
@@ -92,15 +96,16 @@ def _sources(
         if copies is None:
             return [_Source(scan.rows, [lambda: merged_batches(scan, processed)])]
         # (no replaced row: a segment is written again only for a changed summary)
-        locals_, replaced = copies, pa.array([], pa.string())
+        locals_, replaced_in = copies, _no_keys
     else:  # one merged file: written as one segment
         return [_Source(scan.rows, [lambda: merged_batches(scan, processed)])]
     assert previous is not None
     sources = []
     for number, (segment, path) in enumerate(zip(previous.segments, locals_, strict=True)):
-        stale = changed is None or number in replacing or _holds(path, "PatientID", changed)
+        left_out = replaced_in(number)
+        stale = changed is None or len(left_out) > 0 or _holds(path, "PatientID", changed)
         rows: list[Callable[[], Iterator[pa.Table]]] = [
-            functools.partial(kept_batches, path, replaced)
+            functools.partial(kept_batches, path, left_out)
         ]
         sources.append(_Source(segment.rows, rows, None if stale else (segment.key, segment.size)))
     if layers is not None:
