@@ -705,6 +705,17 @@ def test_a_failed_write_leaves_latest_csv_alone(local_store):
     assert latest_report(local_store)["fatal"].startswith("tables not written")
 
 
+def test_a_batch_built_in_the_last_batch_s_second_is_named_a_second_later():
+    """Two runs in one second never share a batch folder (a batch would copy its catalogue's
+    segments onto themselves and read back the clinical summary it had just written)."""
+    from warehouse.dashboard.batch import batch_time
+
+    now = dt.datetime(2026, 11, 25, 9, 30, 0, 700_000, tzinfo=dt.UTC)
+    assert batch_name(batch_time(now, "2026-11-25T09-30-00Z")) == "2026-11-25T09-30-01Z"
+    assert batch_time(now, "2026-11-25T09-29-59Z") == now  # another second: as it is
+    assert batch_time(now, None) == now  # no last batch
+
+
 def test_batch_names_and_parquet_columns():
     stamp = dt.datetime(2026, 11, 25, 10, 30, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
     assert batch_name(stamp) == "2026-11-25T09-30-00Z"
