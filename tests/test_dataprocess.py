@@ -685,6 +685,32 @@ def test_a_rerun_with_nothing_changed_keeps_the_last_batch_and_a_change_builds_o
     assert state.written[-1] == "latest.csv" and store.log["writes"][-5].endswith("/latest.csv")
 
 
+def test_rows_reused_make_the_tables_of_a_run_that_reads_every_file(local_store):
+    """Rows known from the last batch, between the files read again, make the tables of a
+    reconcile, which reads every file (the patient table's columns in the same order)."""
+    builders.put_tree(local_store, warehouse_files())
+    assert run_graph(local_store)[0] == 0
+    _CHANGES["a clinical file rewritten"](local_store)
+    _CHANGES["a new clinical file"](local_store)
+    store = RecordingStorage(local_store)
+    assert run_graph(store)[0] == 0
+    # read: the two changed clinical files, and the one that could not be used last time
+    assert sorted(key for key in store.log["reads"] if "-metadata/" in key or "/data/" in key) == [
+        "training/data/Covid3/data_2021-05-01.json",
+        "validation/data/Covid4/status_2021-03-03.json",
+        "validation/data/Covid5/status_2021-03-04.json",
+    ]
+    _, reused = read_batch(local_store.processed())
+    assert run_graph(local_store, reconcile=True)[0] == 0
+    _, read_again = read_batch(local_store.processed())
+    tables = [name for name in read_again if name.endswith((".csv", ".parquet"))]
+    assert "patient_clean.csv" in tables and "ct.csv" in tables
+    for name in tables:
+        if name.endswith(".csv") or not name.startswith(("images/", "rows/", "series")):
+            assert reused[name] == read_again[name], name
+    assert list(csv(reused, "patient.csv")["Pseudonym"]) == ["Covid1", "Covid2", "Covid4", "Covid5"]
+
+
 def test_a_reconcile_builds_a_batch_though_nothing_changed(local_store):
     builders.put_tree(local_store, warehouse_files())
     assert run_graph(local_store)[0] == 0

@@ -214,7 +214,9 @@ def saved_row(value: dict | str) -> dict:
 
 
 def _as_json(value: dict | str) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    # (in the record's order: the patient table's columns are in first-seen order, so that a
+    # reused record makes the columns the file read again makes)
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def reusable_row_files(
