@@ -685,13 +685,18 @@ def test_a_rerun_with_nothing_changed_keeps_the_last_batch_and_a_change_builds_o
     assert state.written[-1] == "latest.csv" and store.log["writes"][-5].endswith("/latest.csv")
 
 
-def test_rows_reused_make_the_tables_of_a_run_that_reads_every_file(local_store):
-    """Rows known from the last batch, between the files read again, make the tables of a
-    reconcile, which reads every file (the patient table's columns in the same order)."""
+@pytest.mark.parametrize("at_once", [1, 2, 1024])
+def test_rows_reused_in_runs_make_the_tables_of_a_run_that_reads_every_file(
+    local_store, monkeypatch, at_once
+):
+    """Rows known from the last batch go between the nodes in runs (`extraction.in_runs`),
+    between the files read again: the tables are those of a reconcile, which reads every file.
+    """
     builders.put_tree(local_store, warehouse_files())
     assert run_graph(local_store)[0] == 0
     _CHANGES["a clinical file rewritten"](local_store)
     _CHANGES["a new clinical file"](local_store)
+    monkeypatch.setattr(dataprocess_extraction, "REUSED_AT_ONCE", at_once)
     store = RecordingStorage(local_store)
     assert run_graph(store)[0] == 0
     # read: the two changed clinical files, and the one that could not be used last time
@@ -709,6 +714,29 @@ def test_rows_reused_make_the_tables_of_a_run_that_reads_every_file(local_store)
         if name.endswith(".csv") or not name.startswith(("images/", "rows/", "series")):
             assert reused[name] == read_again[name], name
     assert list(csv(reused, "patient.csv")["Pseudonym"]) == ["Covid1", "Covid2", "Covid4", "Covid5"]
+
+
+def test_a_reused_row_that_cannot_be_made_is_reported_alone():
+    """One input of a run of reused rows that fails is reported against itself, the others'
+    rows are kept, in order."""
+    failed = []
+
+    def make_rows(read):
+        if read[0] == "b":
+            raise ValueError("no row")
+        return [read[1]]
+
+    run = dataprocess_extraction.Reused([("a", 1), ("b", 2), ("c", 3)])
+    rows = dataprocess_extraction.reused_rows(make_rows, lambda i, e: failed.append((i, e)), run)
+    assert rows == [(1, 3)] and isinstance(rows[0], dataprocess_extraction.Rows)
+    assert [(item, str(exc)) for item, exc in failed] == [("b", "no row")]
+    runs = list(
+        dataprocess_extraction.in_runs(
+            [("a", 1), ("b", None), ("c", 3), ("d", 4), ("e", 5), ("f", None)], size=2
+        )
+    )
+    assert runs == [(("a", 1),), ("b", None), (("c", 3), ("d", 4)), (("e", 5),), ("f", None)]
+    assert [type(r).__name__ for r in runs] == ["Reused", "tuple", "Reused", "Reused", "tuple"]
 
 
 def test_a_reconcile_builds_a_batch_though_nothing_changed(local_store):

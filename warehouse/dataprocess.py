@@ -33,11 +33,13 @@ from warehouse.dashboard.batch import publish_batch
 from warehouse.dashboard.extraction import (
     Collected,
     DataprocessState,
-    PatientFile,
+    Reused,
     clinical_inputs,
+    in_runs,
     patient_row,
     read_patient_record,
     read_study_row,
+    reused_rows,
     storage_sizes,
     study_row,
 )
@@ -53,44 +55,45 @@ GRAPH_NAME = "dataprocess"
 
 @use("warehouse_index", "state")
 def list_clinical_files(warehouse_index: SharedView, state: DataprocessState):
-    """Choose each patient's clinical file from the listed names (section 1.2); yield it (with
-    the record read from it last time, when the file has not changed since)."""
-    for patient in clinical_inputs(state.view(warehouse_index), state.report):
-        yield (patient,)
+    """Choose each patient's clinical file from the listed names (section 1.2); yield it with
+    the record read from it last time, when the file has not changed since (those in runs:
+    `in_runs`)."""
+    for item in in_runs(clinical_inputs(state.view(warehouse_index), state.report)):
+        yield (item,)
 
 
 @use("storage", "state")
 @pools.pooled
-def load_clinical_files(pool, patient, storage: Storage, state: DataprocessState):
+def load_clinical_files(pool, item, storage: Storage, state: DataprocessState):
     """Read the chosen clinical files concurrently (a record known from the last batch is
-    not read again); yield one patient row each, in input order."""
+    not read again); yield their patient rows in input order."""
     then = functools.partial(patient_row, state.report)
-    if isinstance(patient, tuple) and not isinstance(patient, PatientFile):
-        pool.put(patient, then=then, item=patient[0])
+    if isinstance(item, Reused):
+        pool.put(item, then=functools.partial(reused_rows, then, state.item_failed), item=item)
     else:
-        pool.submit(read_patient_record, storage, patient, then=then)
+        pool.submit(read_patient_record, storage, item[0], then=then)
     yield from pool.ready()
 
 
 @use("warehouse_index", "state")
 def list_image_metadata_files(warehouse_index: SharedView, state: DataprocessState):
     """Yield one metadata file per study folder (the first key in sort order), with the fields
-    read from it last time when its study has no newly catalogued image."""
-    for study, fields in state.view(warehouse_index).study_files():
-        yield ((study, fields),)
+    read from it last time when its study has no newly catalogued image (those in runs:
+    `in_runs`)."""
+    for item in in_runs(state.view(warehouse_index).study_files()):
+        yield (item,)
 
 
 @use("storage", "state")
 @pools.pooled
 def load_image_metadata_files(pool, item, storage: Storage, state: DataprocessState):
     """Read the studies' metadata files concurrently (unless known from the last batch);
-    yield one study row each, in input order."""
-    study, fields = item
+    yield their study rows in input order."""
     then = functools.partial(study_row, state.report)
-    if fields is not None:
-        pool.put((study, fields), then=then, item=study)
+    if isinstance(item, Reused):
+        pool.put(item, then=functools.partial(reused_rows, then, state.item_failed), item=item)
     else:
-        pool.submit(read_study_row, storage, study, then=then)
+        pool.submit(read_study_row, storage, item[0], then=then)
     yield from pool.ready()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from warehouse.core.clinical import (
@@ -49,6 +49,21 @@ PatientFile = namedtuple(
 PatientRow = namedtuple("PatientRow", "row patient record")
 StudyRow = namedtuple("StudyRow", "modality row study found")
 StorageSizes = namedtuple("StorageSizes", "sizes")
+#: Inputs known from the last batch (no file to read) go from node to node this many at a
+#: time: one item each would cost the graph's queues and threads more than its row does.
+REUSED_AT_ONCE = 1024
+
+
+class Reused(tuple):
+    """Consecutive inputs known from the last batch, ``(input, what was read)`` each: one item
+    between the nodes (`in_runs`)."""
+
+
+class Rows(tuple):
+    """Rows for the join node (`PatientRow` or `StudyRow`), several in one item: those of a
+    `Reused` run."""
+
+
 #: The count of warehouse objects listed with a time before 1990 or in the future.
 IMPLAUSIBLE_TIMES = "warehouse objects with an implausible modification time (dates left empty)"
 
@@ -291,6 +306,43 @@ def study_row(report: RunReport, read: tuple[StudyFile, dict | str]) -> list[Stu
     return [StudyRow(study.modality, row, study, found)]
 
 
+def in_runs(inputs: Iterable[tuple], size: int | None = None) -> Iterator[tuple | Reused]:
+    """Yield each ``(input, known)`` whose ``known`` is None (a file to read) on its own, and
+    consecutive known ones together (`Reused`, at most ``size``: `REUSED_AT_ONCE`), in input
+    order."""
+    size = size or REUSED_AT_ONCE
+    run: list[tuple] = []
+    for item in inputs:
+        if item[1] is None:
+            if run:
+                yield Reused(run)
+                run = []
+            yield item
+            continue
+        run.append(item)
+        if len(run) >= size:
+            yield Reused(run)
+            run = []
+    if run:
+        yield Reused(run)
+
+
+def reused_rows(
+    make_rows: Callable[[tuple], list],
+    item_failed: Callable[[object, BaseException], object],
+    run: Reused,
+) -> list[Rows]:
+    """The rows of a `Reused` run (``make_rows`` of each, in order), in one `Rows` item; an
+    input whose row cannot be made is reported against it (``item_failed``), the others kept."""
+    rows: list = []
+    for read in run:
+        try:
+            rows.extend(make_rows(read))
+        except Exception as exc:  # noqa: BLE001 - reported against its input; the run goes on
+            item_failed(read[0], exc)
+    return [Rows(rows)]
+
+
 class Collected:
     """The rows the join node receives from the three branches."""
 
@@ -300,7 +352,7 @@ class Collected:
         self.storage: dict[str, int] = {}
 
     def add(self, item) -> None:
-        """Keep one item (`PatientRow`, `StudyRow` or `StorageSizes`).
+        """Keep one item (`PatientRow`, `StudyRow`, `Rows` of them, or `StorageSizes`).
 
         Raises
         ------
@@ -311,6 +363,9 @@ class Collected:
             self.patients.append(item)
         elif isinstance(item, StudyRow):
             self.studies[item.modality].append(item)
+        elif isinstance(item, Rows):
+            for row in item:
+                self.add(row)
         elif isinstance(item, StorageSizes):
             self.storage = dict(item.sizes)
         else:
@@ -358,11 +413,11 @@ def _study_order(study: StudyFile) -> tuple:
 
 def clinical_inputs(
     view: DataprocessView, report: RunReport
-) -> Iterator[PatientFile | tuple[PatientFile, str]]:
+) -> Iterator[tuple[PatientFile, str | None]]:
     """Report the links in the clinical folders (never read) and count their implausible
     times, then choose each patient's clinical file from the listed names (`patient_files`):
-    the file to read, or the file and the record read from it last time when it has not
-    changed since (same key, size and time)."""
+    the file, with the record read from it last time when it has not changed since (same key,
+    size and time; else None: the file is read)."""
     index = view.clinical
     report_links(report, index.links, "warehouse")
     if index.implausible_times:  # their rows are kept, with no date
@@ -377,8 +432,7 @@ def clinical_inputs(
     if view.unchanged:
         return  # (the last batch stands: no row is built)
     for patient in patient_files(index, report):
-        record = view.reusable.patient_record(patient.pseudonym, patient.key, patient.stamp)
-        yield patient if record is None else (patient, record)
+        yield patient, view.reusable.patient_record(patient.pseudonym, patient.key, patient.stamp)
 
 
 def storage_sizes(view: DataprocessView) -> StorageSizes:
