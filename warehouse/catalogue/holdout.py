@@ -223,7 +223,8 @@ def suspects(value: np.ndarray, holder: np.ndarray) -> tuple[np.ndarray, np.ndar
     if not len(value):
         empty = np.zeros(0, dtype=np.uint64)
         return empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
-    order = np.lexsort((holder, value))
+    # (by value alone: the holders' order within a value changes neither minimum nor maximum)
+    order = np.argsort(value)
     value, holder = value[order], holder[order]
     starts = np.flatnonzero(np.concatenate([[True], value[1:] != value[:-1]]))
     patient, group = holder >> np.uint64(1), holder & np.uint64(1)
