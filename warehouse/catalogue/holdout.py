@@ -110,7 +110,12 @@ def _batches(
 ) -> Iterator[dict[str, pa.Array]]:
     """Yield the catalogue's ``columns`` (missing ones null), a record batch at a time."""
     for table in read_catalogue(list(columns)):
-        yield {name: table.column(name).combine_chunks() for name in table.column_names}
+        yield {name: _one_array(table.column(name)) for name in table.column_names}
+
+
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    # (a batch's column is one chunk: combining it would copy it)
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _hashes(column: pa.Array, repeated: bool) -> tuple[np.ndarray, np.ndarray]:
