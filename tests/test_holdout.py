@@ -664,3 +664,141 @@ def test_the_benchmark_prints_its_figures_and_finds_what_it_planted(capsys):
         for kind in ("study", "instance", "content")
         for what in ("in_both_groups", "under_two_patients")
     }
+
+
+# --------------------------------------------------------------------------------------------
+# the certificate of a day's rows (`holdout.certify_day`)
+
+
+#: A day's rows on top of the planted catalogue, and what they do.
+DAYS = {
+    "clean rows of a new patient": [
+        row("Pat40", "training", "1.2.40.0", "1.2.40.0.9", f"1.2.40.0.{i}", f"sha256:40.{i}")
+        for i in range(3)
+    ],
+    "new violations of every kind": [
+        row("Pat41", "validation", "1.2.0.0", "1.2.0.0.9", "1.2.0.0.0", "sha256:1.2.0.0.0"),
+        row("Pat10", "validation", "9.10", "9.10", "9.10.1", "sha256:1.2.12.1.1"),
+    ],
+    "another holder of a listed violation": [
+        # study 1.2.1.0 (Pat01 and Pat00) gets Pat05, with a smaller key than theirs
+        row("Pat05", "validation", "1.2.1.0", "9.5", "9.5.1", None, name="0-first"),
+        row("Pat09", "validation", "1.2.9.1", "1.2.9.1.9", "1.2.9.1.7", None),  # clean
+    ],
+    "no rows": [],
+}
+
+
+def _certify_day(tmp_path, before, day, clinical_files=(), last=None, name="day") -> dict | None:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "all.parquet").write_bytes(part(before + day))
+    (folder / "day.parquet").write_bytes(part(day or [row("X", "training", "x", "x", "x")]))
+    source = holdout.CatalogueSource.of_file(folder / "all.parquet", "part-2")
+    day_source = holdout.CatalogueSource.of_file(folder / "day.parquet")
+    now = pd.Timestamp("2026-01-02T03:04:05Z").to_pydatetime()
+    return holdout.certify_day(
+        source,
+        day_source.read if day else (lambda columns: iter(())),
+        list(clinical_files),
+        last if last is not None else certify_rows(folder, before, clinical_files),
+        batch="B",
+        now=now,
+        workdir=str(folder),
+    )
+
+
+@pytest.mark.parametrize("day", list(DAYS))
+def test_a_day_s_certificate_is_the_one_a_whole_pass_makes(tmp_path, day):
+    """Make, from the last certificate and the day's rows, the whole catalogue's certificate.
+
+    The one `certify` makes: counts (against a plain count), listed values, holders, digest.
+    """
+    before, added = planted_rows(), DAYS[day]
+    clinical_files = [("Pat12", "validation", "validation/data/Pat12/status_2021-03-01.json")]
+    made = _certify_day(tmp_path, before, added, clinical_files)
+    (tmp_path / "whole").mkdir()
+    whole = certify_rows(tmp_path / "whole", before + added, clinical_files)
+    whole["catalogue"]["through"] = "part-2"
+    whole["digest"] = holdout.certificate_digest(whole)
+    assert made == whole
+    assert counts(made) == plain_counts(before + added, clinical_files)
+    if day == "another holder of a listed violation":
+        listed = made["checks"]["study_under_two_patients"]["listed"]
+        entry = next(e for e in listed if e["value"] == "1.2.1.0")
+        assert [h["pseudonym"] for h in entry["holders"]] == ["Pat00", "Pat01", "Pat05"]
+
+
+def test_a_last_certificate_that_cannot_be_carried_means_a_whole_pass(tmp_path, monkeypatch):
+    """Carry no certificate that cannot be trusted or does not add up (None).
+
+    One that does not list every violation, was altered, is another warehouse's, or whose
+    rows and the day's are not the catalogue's.
+    """
+    before, day = planted_rows(), DAYS["clean rows of a new patient"]
+    (tmp_path / "last").mkdir()
+    last = certify_rows(tmp_path / "last", before)
+    assert _certify_day(tmp_path, before, day, last=last, name="carried") is not None
+    altered = json.loads(json.dumps(last))
+    altered["checks"]["study_under_two_patients"]["violations"] += 1
+    assert _certify_day(tmp_path, before, day, last=altered, name="altered") is None
+    altered["digest"] = holdout.certificate_digest(altered)  # (digested again: listed 1 short)
+    assert _certify_day(tmp_path, before, day, last=altered, name="short") is None
+    other = {**last, "warehouse": "s3://another"}
+    other["digest"] = holdout.certificate_digest(other)
+    assert _certify_day(tmp_path, before, day, last=other, name="other") is None
+    # the last certificate of fewer rows than the catalogue less the day's
+    assert _certify_day(tmp_path, before + day, day, last=last, name="more") is None
+    monkeypatch.setattr(holdout, "MAX_LISTED", 1)  # (the last lists 1 of each check's 2 or 3)
+    (tmp_path / "capped").mkdir()
+    capped = certify_rows(tmp_path / "capped", before)
+    assert _certify_day(tmp_path, before, day, last=capped, name="capped-day") is None
+
+
+def test_a_daily_batch_carries_the_last_certificate_and_a_replaced_row_checks_every_row(
+    local_store, monkeypatch
+):
+    """Carry a day's certificate from the last one; check every row after a replaced row.
+
+    Both count what a plain count of the catalogue's rows says.
+    """
+    calls = []
+    for name in ("certify", "certify_day"):
+        real = getattr(batch_module, name)
+        monkeypatch.setattr(
+            batch_module,
+            name,
+            lambda *args, _real=real, _name=name, **kwargs: (
+                calls.append(_name) or _real(*args, **kwargs)
+            ),
+        )
+    rows = clean_rows()
+    hand_made(local_store, rows)
+    assert run_dataprocess(local_store)[0] == 0
+    assert calls == ["certify"]  # (the first batch: no certificate to carry)
+
+    def new_part(stamp, added):
+        local_store.write(f"catalogue/images/{stamp}T00-00-00.000000Z.parquet", part(added))
+        for item in added:
+            local_store.write(item["metadata_key"], metadata_json(item))
+        # (a batch is named by the second it is built in: each one its own)
+        monkeypatch.setattr(batch_module, "batch_name", lambda now: f"{stamp}T00-00-00Z")
+
+    # a day: P3 (training) files P2's study (both groups, two patients) and P1's content
+    day = [row("P3", "training", "S2", "R7", "I7", "sha256:c1")]
+    new_part("2021-03-03", day)
+    calls.clear()
+    assert run_dataprocess(local_store)[0] == 0
+    _, certificate = certificate_of(local_store)
+    assert calls == ["certify_day"]
+    assert counts(certificate) == plain_counts(rows + day)
+    assert certificate["violations"] == 3 and certificate["digest"] == own_digest(certificate)
+
+    # a part that files P3's image again at its key, now under P4: its row is replaced
+    again = [{**day[0], "PatientID": "P4", "SOPInstanceUID": "I8", "content_id": "sha256:c8"}]
+    new_part("2021-03-04", again)
+    calls.clear()
+    assert run_dataprocess(local_store)[0] == 0
+    _, certificate = certificate_of(local_store)
+    assert calls == ["certify"]
+    assert counts(certificate) == plain_counts(rows + again)

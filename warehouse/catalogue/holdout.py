@@ -45,7 +45,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from warehouse.catalogue.index import contains
-from warehouse.catalogue.merge import CatalogueScan, catalogue_batches, merged_batches
+from warehouse.catalogue.merge import (
+    CatalogueScan,
+    catalogue_batches,
+    day_batches,
+    merged_batches,
+)
 from warehouse.core.keys import GROUPS
 from warehouse.core.text import bounded
 from warehouse.storage.base import Storage
@@ -253,14 +258,19 @@ def _first_pass(
     rows: int,
     clinical: list[tuple[str, str, str]],
     folder: str,
-) -> tuple[_Counts, dict[str, np.ndarray]]:
+    day: dict[str, pa.Array] | None = None,
+) -> tuple[_Counts, dict[str, np.ndarray], dict[str, dict[str, _Value]]]:
     """Hash every row; return the counts and, per kind (and `PATIENT`), the suspect hashes.
 
-    The spills are sized by ``rows``, about how many the catalogue holds.
+    The spills are sized by ``rows``, about how many the catalogue holds. With ``day`` (kind
+    -> the values of the rows added since the last certificate, `certify_day`), no kind is
+    hashed nor spilled: the rows holding one of those values are gathered by their real
+    values instead (the third item: kind -> value -> `_Value`); only the patients are hashed.
     """
     counts = _Counts()
     bits = max(0, int(np.ceil(np.log2(max(1, rows) / PART_PAIRS))))
-    spills = {kind: _Spill(folder, kind, bits) for kind in KINDS}
+    spills = {kind: _Spill(folder, kind, bits) for kind in KINDS} if day is None else {}
+    seen: dict[str, dict[str, _Value]] = {kind: {} for kind in KINDS}
     patients: list[np.ndarray] = []
     try:
         for batch in _batches(read_catalogue, _COLUMNS):
@@ -269,6 +279,9 @@ def _first_pass(
             counts.without_patient += int(len(holder) - known.sum())
             patients.append(np.unique(holder[known]))
             for kind, column in KINDS.items():
+                if day is not None:
+                    counts.unknown[kind] += _see_day(seen[kind], batch, column, day[kind], known)
+                    continue
                 value, valid = _kind_hashes(batch[column], kind)
                 counts.unknown[kind] += int((known & ~valid).sum())
                 chosen = known & valid
@@ -295,7 +308,30 @@ def _first_pass(
             for path in spill.paths:
                 if os.path.exists(path):
                     os.remove(path)
-    return counts, suspected
+    return counts, suspected, seen
+
+
+def _see_day(
+    seen: dict[str, _Value], batch: dict[str, pa.Array], column: str, wanted: pa.Array, known
+) -> int:
+    """Gather the rows of ``batch`` whose ``column`` holds one of ``wanted`` (real values).
+
+    Return how many rows with a known holder have no value there (unknown).
+    """
+    values = batch[column]
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    if len(wanted):
+        held = pc.is_in(values, value_set=wanted).fill_null(False)
+        rows = np.flatnonzero(held.to_numpy(zero_copy_only=False) & valid & known)
+        if len(rows):
+            taken = pa.array(rows)
+            patients = batch["PatientID"].take(taken).to_pylist()
+            groups = batch["group"].take(taken).to_pylist()
+            for value, patient, group in zip(
+                values.take(taken).to_pylist(), patients, groups, strict=True
+            ):
+                _see(seen, value, patient, group)
+    return int((known & ~valid).sum())
 
 
 def _clinical_hashes(clinical: list[tuple[str, str, str]]) -> np.ndarray:
@@ -534,6 +570,23 @@ def catalogue_source(scan: CatalogueScan, processed: Storage) -> CatalogueSource
     return CatalogueSource(read, scan.through, scan.rows)
 
 
+def day_rows(scan: CatalogueScan) -> CatalogueReader | None:
+    """Return a reader of the rows a merge added to the last batch's catalogue.
+
+    Only when it removed none of its rows (`certify_day`): the day's parts laid on it
+    (``scan.layers``) replacing no row and no image gone, or that catalogue as it is
+    (``scan.reused``: no row added). None otherwise (a full merge, a row replaced).
+    """
+    layers = scan.layers
+    if scan.gone or scan.previous is None:
+        return None
+    if layers is not None and not layers.replacing:
+        return lambda columns: day_batches(layers, columns)
+    if layers is None and scan.reused is not None:
+        return lambda columns: iter(())
+    return None
+
+
 def clinical_entries(clinical_files: dict) -> list[tuple[str, str, str]]:
     """Return ``(pseudonym, group, key)`` of each filed clinical file.
 
@@ -584,37 +637,60 @@ def certify(
     """
     folder = os.path.join(workdir, "holdout")
     os.makedirs(folder, exist_ok=True)
-    counts, suspected = _first_pass(source.read, source.rows, clinical, folder)
+    counts, suspected, _ = _first_pass(source.read, source.rows, clinical, folder)
     found = (
         _confirm(source.read, suspected, clinical)
         if any(map(len, suspected.values()))
         else {check: _Violations() for check in CHECKS}
     )
     listed = {check: found[check].listed() for check in CHECKS}
+    entries = _entries(source.read, listed, clinical)
+    checks = {check: _check(check, found[check].count, entries[check]) for check in CHECKS}
+    return _certificate(checks, counts, len(clinical), source.through, batch, now, warehouse)
+
+
+def _entries(
+    read_catalogue: CatalogueReader,
+    listed: dict[str, list[str]],
+    clinical: list[tuple[str, str, str]],
+) -> dict[str, list[dict]]:
+    """Each check's entries for its ``listed`` values, their holders found (`_holders`)."""
     by_kind: dict[str, set[str]] = {}
     for check, values in listed.items():
         by_kind.setdefault(check.split("_", 1)[0], set()).update(values)
-    holders = _holders(source.read, by_kind)
+    holders = _holders(read_catalogue, by_kind)
     clinical_keys: dict[tuple[str, str], str] = {}
     for pseudonym, group, key in clinical:
         if pseudonym in by_kind.get(PATIENT, ()):
             known = clinical_keys.get((pseudonym, group))
             clinical_keys[(pseudonym, group)] = key if known is None else min(known, key)
-    checks = {}
-    for check in CHECKS:
+    entries = {}
+    for check, values in listed.items():
         kind = check.split("_", 1)[0]
-        entries = [
+        entries[check] = [
             _patient_entry(value, holders[kind][value], clinical_keys)
             if kind == PATIENT
             else _value_entry(value, holders[kind][value])
-            for value in listed[check]
+            for value in values
         ]
-        checks[check] = {
-            "meaning": MEANINGS[check],
-            "violations": found[check].count,
-            "listed": entries,
-        }
-    total = sum(found[check].count for check in CHECKS)
+    return entries
+
+
+def _check(check: str, violations: int, entries: list[dict]) -> dict:
+    return {"meaning": MEANINGS[check], "violations": violations, "listed": entries}
+
+
+def _certificate(
+    checks: dict[str, dict],
+    counts: _Counts,
+    clinical_files: int,
+    through: str | None,
+    batch: str,
+    now: dt.datetime,
+    warehouse: str,
+) -> dict:
+    """Return the certificate of ``checks`` (in `CHECKS` order) and ``counts``, digested."""
+    total = sum(checks[check]["violations"] for check in CHECKS)
     certificate = {
         "certificate": "hold-out",
         "format": HOLDOUT_FORMAT,
@@ -623,19 +699,156 @@ def certify(
         "warehouse": warehouse,
         "catalogue": {
             "rows": counts.rows,
-            "through": source.through,
+            "through": through,
             "rows_without_patient_or_group": counts.without_patient,
             "unknown": dict(counts.unknown),
         },
-        "clinical_files": len(clinical),
+        "clinical_files": clinical_files,
         "holds": total == 0,
         "violations": total,
         "listed_at_most": MAX_LISTED,
         "holders_listed_at_most": MAX_HOLDERS,
-        "checks": checks,
+        "checks": {check: checks[check] for check in CHECKS},
     }
     certificate["digest"] = certificate_digest(certificate)
     return certificate
+
+
+def _carried_values(last: dict | None, warehouse: str) -> dict[str, list[str]] | None:
+    """Return each check's violations in the ``last`` certificate, by value.
+
+    Only when it lists them all and can be trusted (this format, its digest, this warehouse,
+    every value shown whole); None otherwise.
+    """
+    try:
+        if (
+            last is None
+            or last.get("format") != HOLDOUT_FORMAT
+            or last.get("warehouse") != warehouse
+            or certificate_digest(last) != last.get("digest")
+        ):
+            return None
+        carried = {}
+        for check in CHECKS:
+            entry = last["checks"][check]
+            key = "pseudonym" if check.startswith(PATIENT) else "value"
+            values = [item[key] for item in entry["listed"]]
+            if entry["violations"] != len(values) or not all(
+                isinstance(v, str) and len(v) < MAX_VALUE_CHARS for v in values
+            ):
+                return None
+            carried[check] = values
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return carried
+
+
+def certify_day(
+    source: CatalogueSource,
+    day: CatalogueReader,
+    clinical: list[tuple[str, str, str]],
+    last: dict | None,
+    *,
+    batch: str,
+    now: dt.datetime,
+    workdir: str,
+    warehouse: str = "",
+) -> dict | None:
+    """Check the hold-out from the ``last`` certificate and the rows added since (``day``).
+
+    For a catalogue that is the last certificate's plus ``day``'s rows, none removed: a
+    violation then stays one, and a new one holds a value of the day's rows. One pass over
+    the catalogue counts its rows and hashes its patients, as `certify` does, but no value is
+    hashed nor spilled: the rows that hold one of the day's values are gathered by their real
+    values (Arrow's ``is_in``), which decide those values' checks; the others' stand as the
+    last certificate says. The pseudonyms are checked in full (clinical files come and go).
+    The certificate is the one `certify` makes of the same catalogue.
+
+    Parameters
+    ----------
+    source : CatalogueSource
+        The whole catalogue (the last certificate's rows and the day's).
+    day : callable
+        Reads the rows added since the last certificate (`CatalogueReader`).
+    clinical : list of tuple
+        ``(pseudonym, group, key)`` of each filed clinical file (`clinical_entries`).
+    last : dict or None
+        The last batch's certificate (about the catalogue without the day's rows).
+    batch, now, workdir, warehouse
+        As `certify` takes them.
+
+    Returns
+    -------
+    dict or None
+        The certificate; None when the last one cannot be carried (none, another format or
+        warehouse, a digest that does not match, a check with more violations than it lists,
+        a value shown cut) or does not add up (its rows and the day's are not the
+        catalogue's): `certify` then checks the whole catalogue.
+    """
+    carried = _carried_values(last, warehouse)
+    if carried is None or last is None:
+        return None
+    values: dict[str, list] = {kind: [] for kind in KINDS}
+    day_rows = 0
+    for table in day(["PatientID", "group", *KINDS.values()]):
+        day_rows += table.num_rows
+        for kind, column in KINDS.items():
+            values[kind].append(pc.unique(table.column(column).drop_null()))
+    wanted = {
+        kind: pc.unique(pa.chunked_array(chunks, pa.string()))
+        if chunks
+        else pa.array([], pa.string())
+        for kind, chunks in values.items()
+    }
+    folder = os.path.join(workdir, "holdout")
+    os.makedirs(folder, exist_ok=True)
+    counts, suspected, seen = _first_pass(source.read, source.rows, clinical, folder, wanted)
+    if counts.rows != last["catalogue"]["rows"] + day_rows:
+        return None
+    patients = (
+        _confirm(source.read, {PATIENT: suspected[PATIENT]}, clinical)
+        if len(suspected[PATIENT])
+        else {check: _Violations() for check in CHECKS}
+    )
+    listed: dict[str, list[str]] = {}
+    violations: dict[str, int] = {}
+    carried_entries: dict[str, dict[str, dict]] = {}
+    for check in CHECKS:
+        kind, what = check.split("_", 1)
+        if kind == PATIENT:
+            listed[check] = patients[check].listed()
+            violations[check] = patients[check].count
+            continue
+        touched = seen[kind]
+        now_found = {v for v, state in touched.items() if _violates(what, state)}
+        before = set(carried[check])
+        if any(v in touched and v not in now_found for v in before):
+            return None  # (a violation gone: rows were removed after all)
+        found = before | now_found
+        violations[check] = len(found)
+        listed[check] = sorted(found)[:MAX_LISTED]
+        old = {entry["value"]: entry for entry in last["checks"][check]["listed"]}
+        carried_entries[check] = {v: old[v] for v in listed[check] if v not in touched}
+    recheck = {
+        check: [v for v in values if v not in carried_entries.get(check, {})]
+        for check, values in listed.items()
+    }
+    entries = _entries(source.read, recheck, clinical)
+    checks = {}
+    for check in CHECKS:
+        made = dict(zip(recheck[check], entries[check], strict=True))
+        kept = carried_entries.get(check, {})
+        checks[check] = _check(
+            check,
+            violations[check],
+            [kept[v] if v in kept else made[v] for v in listed[check]],
+        )
+    return _certificate(checks, counts, len(clinical), source.through, batch, now, warehouse)
+
+
+def _violates(what: str, state: _Value) -> bool:
+    """Whether a value seen so (`_Value`) breaks the check ``what`` of its kind."""
+    return state.groups == 3 if what == "in_both_groups" else state.others
 
 
 def _utc(now: dt.datetime) -> str:
@@ -708,7 +921,9 @@ __all__ = [
     "certificate_bytes",
     "certificate_digest",
     "certify",
+    "certify_day",
     "clinical_entries",
+    "day_rows",
     "summary",
     "suspects",
 ]

@@ -28,12 +28,13 @@ import dataclasses
 import datetime as dt
 import functools
 import io
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -45,7 +46,9 @@ from warehouse.catalogue.holdout import (
     catalogue_source,
     certificate_bytes,
     certify,
+    certify_day,
     clinical_entries,
+    day_rows,
 )
 from warehouse.catalogue.merge import (
     COUNTS_NAME,
@@ -69,7 +72,7 @@ from warehouse.catalogue.series import (
     write_source,
 )
 from warehouse.core.config import PipelineConfig
-from warehouse.core.errors import ExpectedError
+from warehouse.core.errors import ExpectedError, ObjectNotFound
 from warehouse.core.keys import IMAGE_FOLDERS
 from warehouse.dashboard.cells import bounded_table, bounded_text, csv_text, holds_container
 from warehouse.dashboard.cleaning import clean_patient_table, fill_from_dicom
@@ -591,16 +594,32 @@ def _keep_last_batch(state: DataprocessState, batch: str | None) -> None:
 def holdout_certificate(
     storage: Storage, processed: Storage, view: DataprocessView, now: dt.datetime
 ) -> dict:
-    """Check the hold-out over the run's whole catalogue and clinical folders
-    (`catalogue.holdout.certify`) for the batch built at ``now``; log what it says."""
-    certificate = certify(
-        catalogue_source(view.catalogue, processed),
-        clinical_entries(view.clinical.clinical_files),
-        batch=batch_name(now),
-        now=now,
-        workdir=view.workdir,
-        warehouse=storage.url,
-    )
+    """Check the hold-out over the run's whole catalogue and clinical folders for the batch
+    built at ``now``; log what it says.
+
+    From the last batch's certificate and the rows the merge added when it removed none
+    (`catalogue.holdout.certify_day`), else over every row (`catalogue.holdout.certify`).
+    """
+    source = catalogue_source(view.catalogue, processed)
+    clinical = clinical_entries(view.clinical.clinical_files)
+    options: dict[str, Any] = {
+        "batch": batch_name(now),
+        "now": now,
+        "workdir": view.workdir,
+        "warehouse": storage.url,
+    }
+    certificate = None
+    day = day_rows(view.catalogue)
+    if day is not None:
+        certificate = certify_day(
+            source, day, clinical, _last_certificate(view, processed), **options
+        )
+        if certificate is None:
+            run_logger.info(
+                "hold-out certificate: the last one cannot be carried: every row is checked"
+            )
+    if certificate is None:
+        certificate = certify(source, clinical, **options)
     if certificate["holds"]:
         run_logger.info(
             "hold-out certificate: holds (%d images, %d clinical files)",
@@ -616,6 +635,19 @@ def holdout_certificate(
             HOLDOUT_FILE,
         )
     return certificate
+
+
+def _last_certificate(view: DataprocessView, processed: Storage) -> dict | None:
+    # the last batch's certificate, when it is about the catalogue the merge started from
+    previous = view.catalogue.previous
+    if view.reusable.batch is None or previous is None:
+        return None
+    try:
+        last = json.loads(processed.read(f"{view.reusable.batch}/{HOLDOUT_FILE}"))
+        through = last["catalogue"]["through"]
+    except (ObjectNotFound, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return last if through == previous.through else None
 
 
 def catalogue_segments(
