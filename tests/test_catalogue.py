@@ -1404,6 +1404,14 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
         return plans
 
     monkeypatch.setattr(batch_module, "write_segments", recording)
+    looked: list[tuple[list, list]] = []  # the keys and series looked for in a segment
+    real_rows_of = merge._rows_of
+
+    def recording_rows_of(file, keys, series):
+        looked.append((keys.to_pylist(), series.to_pylist()))
+        return real_rows_of(file, keys, series)
+
+    monkeypatch.setattr(merge, "_rows_of", recording_rows_of)
 
     def day_then_oracle(uploads, name):
         builders.put_tree(store, uploads)
@@ -1431,6 +1439,10 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
     assert _segment_files(second)[0] == _segment_files(first)[0]
     assert copied[-1] == [True, False]
     assert pq.read_table(io.BytesIO(_segment_files(second)[1])).num_rows == 3
+    # (new studies only: no key of the day can be in the segment, nor, once the parts are
+    # settled, a series: the segment is not looked at; parts merged again bring the series
+    # of their rows, which are in it)
+    assert looked and all(keys == [] and (series == [] or not settled) for keys, series in looked)
 
     # Covid1's age changes: the segment that holds Covid1 is written again, the other copied
     filed = next(i.key for i in store.list("training/data/Covid1/"))
@@ -1449,7 +1461,10 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
     now = dt.datetime.now(dt.UTC)
     again = part_bytes(read_part(store.read(first_part)).slice(0, 1), written=now)
     store.write(part_key(now - dt.timedelta(seconds=1)), again)
+    looked.clear()
     fourth = day_then_oracle({}, "c")
+    (refiled,) = read_part(again).column("warehouse_key").to_pylist()
+    assert looked and all(keys == [refiled] for keys, _ in looked)
     assert copied[-1] == [False, True, False]
     assert [pq.read_table(io.BytesIO(f)).num_rows for f in _segment_files(fourth)] == [11, 3, 1]
 

@@ -712,10 +712,13 @@ class LastBatch:
         Its catalogue (``images/``, or ``images.parquet`` from an older version).
     counts : bytes or None
         Its `COUNTS_NAME` file.
+    series : str or None
+        Its series table (``series.parquet``), when it has one.
     """
 
     images: str | None = None
     counts: bytes | None = None
+    series: str | None = None
 
 
 def scan_catalogue(
@@ -768,7 +771,7 @@ def scan_catalogue(
     scan = None
     if previous is not None and previous.current and saved is not None and not noted.overflow:
         if unreadable is None and saved.through == through:
-            scan = _layered_scan(saved, processed, noted, staged, masks, folder)
+            scan = _layered_scan(saved, processed, noted, staged, masks, folder, last.series)
     if scan is None:
         day = _Staged(staged, masks, folder, replaced, noted)
         scan = _merged_scan(path, covers, previous, processed, filed, day)
@@ -895,15 +898,18 @@ def _layered_scan(
     staged: list[PartArrays],
     masks: list[np.ndarray],
     folder: str,
+    series_key: str | None = None,
 ) -> CatalogueScan | None:
     """Bring the last batch's saved counts (``saved``) up to date with the staged parts.
 
     The rows of the last batch's catalogue that the parts replace are counted out (found by
     key, a column of the catalogue read, then only the row groups that hold one), the parts'
     newest rows counted in; the catalogue is left in layers (`Layers`, read by
-    `merged_batches`), not written again. What it reads and counts follows the day's parts,
-    not the catalogue's size. None when the saved counts cannot be decoded (the catalogue is
-    then merged and counted in full).
+    `merged_batches`), not written again. Its segments are not even looked at when no key of
+    the day is in one of its study folders and none of the day's series is in its series
+    table (``series_key``; `_in_last_catalogue`): the usual day, new images of new studies.
+    What it reads and counts follows the day's parts, not the catalogue's size. None when
+    the saved counts cannot be decoded (the catalogue is then merged and counted in full).
 
     A part the last batch merged already (``saved.beyond``: not settled then, merged again
     until it is) holds rows the last batch's catalogue has as they are: those that are still
@@ -934,9 +940,10 @@ def _layered_scan(
     scan.changed_series = ChangedSeries(f"{scan.path}.series-rows.parquet", len(noted.series))
     changed = _ChangedSeriesRows(scan.changed_series, noted.series)
     replacing: set[int] = set()
+    look_keys, look_series = _in_last_catalogue(saved, processed, series_key, keys, series)
     with changed:
         for number, path in enumerate(local):
-            for rows, gone in _rows_of(pq.ParquetFile(path), keys, series):
+            for rows, gone in _rows_of(pq.ParquetFile(path), look_keys, look_series):
                 if gone.num_rows:
                     _count(scan, gone, sign=-1)
                     replacing.add(number)
@@ -956,6 +963,40 @@ def _layered_scan(
         frozenset(replacing),
     )
     return scan
+
+
+def _in_last_catalogue(
+    saved: CatalogueScan,
+    processed: Storage,
+    series_key: str | None,
+    keys: pa.Array,
+    series: pa.Array,
+) -> tuple[pa.Array, pa.Array]:
+    """Narrow the day's warehouse ``keys`` and ``series`` to those the last batch's catalogue
+    may hold.
+
+    A key of a study folder it holds (``saved.studies``; a warehouse key names the folders its
+    row's metadata key names, as the loader files them), a series its series table lists (all
+    the day's series when it has none or it cannot be read).
+    """
+    if len(keys):
+        studies = saved.studies
+        looked = []
+        for key in keys.to_pylist():
+            folders = key.split("/", KEY_STUDY + 1)[: KEY_STUDY + 1]
+            # (a key that names no study folder is looked for anyway)
+            looked.append(len(folders) <= KEY_STUDY or tuple(folders) in studies)
+        keys = keys.filter(pa.array(looked, pa.bool_()))
+    if len(series) and series_key is not None:
+        try:
+            size = next((i.size for i in processed.list(series_key) if i.key == series_key), None)
+            if size is not None:
+                file = pq.ParquetFile(StoredFile(processed, series_key, size))
+                listed = file.read(columns=["SeriesInstanceUID"]).column(0)
+                series = series.filter(pc.is_in(series, value_set=listed.combine_chunks()))
+        except (ObjectNotFound, KeyError, pa.ArrowException, OSError, ValueError) as exc:
+            logger.warning("%s cannot be read (%s): every segment is looked at", series_key, exc)
+    return keys, series
 
 
 def _rows_of(

@@ -359,7 +359,7 @@ def build_view(
         catalogue = scan_catalogue(
             storage,
             processed,
-            LastBatch(reusable.images_key, counts),
+            LastBatch(reusable.images_key, counts, reusable.series_key),
             submit,
             report,
             os.path.join(workdir, "catalogue.parquet"),
