@@ -919,3 +919,29 @@ def test_only_the_clinical_data_dictionary_fields_become_columns():
     # every raw column a cleaning rule reads is a dictionary field
     for name in ("Ethnicity", "Sex", "Age", "SwabDate", "SwabDates", "FiO2", "Systolic BP"):
         assert name in CLINICAL_FIELDS
+
+
+def test_a_cell_is_neutralised_by_its_start_only_whatever_its_column_holds():
+    """Neutralise a cell by its start only: a formula after a line break inside it is none.
+
+    A column of mixed values changes only its text cells that start like one or are long.
+    """
+    from warehouse.dashboard.cells import MAX_CELL_CHARS, csv_text
+
+    long = "y" * (MAX_CELL_CHARS + 5)
+    table = pd.DataFrame(
+        {
+            "mixed": ["ok", "two\n=lines", 3, None, 2.5],
+            "starts": ["plain", "=1+1", 7, "x", None],
+            "long": ["a", long, 1, "b", "c"],
+            "text": pd.Series(["a", "b\n+c", "d", None, "e"], dtype="string"),
+        }
+    )
+    rows = list(csv.reader(io.StringIO(csv_text(table), newline="")))
+    assert rows[1:] == [
+        ["ok", "plain", "a", "a"],
+        ["two\n=lines", "'=1+1", long[: MAX_CELL_CHARS - 1] + "\u2026", "b\n+c"],
+        ["3", "7", "1", "d"],
+        ["", "x", "b", ""],
+        ["2.5", "", "c", "e"],
+    ]

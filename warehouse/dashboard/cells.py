@@ -97,20 +97,27 @@ def _text_only(column: pd.Series) -> bool:
     return column.dtype != object and pd.api.types.is_string_dtype(column.dtype)
 
 
+#: `_FORMULA` at the start of any line: of a text cell, when the cells are joined by lines.
+_FORMULA_AT_LINE = re.compile(r"^" + _FORMULA.pattern, re.MULTILINE)
+
+
 def _written_column(column: pd.Series) -> pd.Series:
-    if _text_only(column) or pd.api.types.infer_dtype(column, skipna=True) == "string":
-        # A column of text only (str or string dtype, or objects that are all text or
-        # missing): the rare cells to change are found vectorised first.
+    if _text_only(column):
+        # A column of text only (str or string dtype): the rare cells to change are found
+        # vectorised first.
         formula = column.str.match(_FORMULA.pattern).astype("boolean").fillna(False)
         long = (column.str.len() > MAX_CELL_CHARS).astype("boolean").fillna(False)
         if not (formula | long).any():
             return column
     values = column.tolist()
     if not holds_container(values):
-        # no container: only its text cells may change, found vectorised
-        text = pd.Series([v if isinstance(v, str) else None for v in values], dtype="object")
-        if not (text.str.match(_FORMULA.pattern).fillna(False).astype(bool).any()) and not (
-            (text.str.len() > MAX_CELL_CHARS).any()
+        # no container: only its text cells may change; none does when none is long and none
+        # starts like a formula (searched at once in the cells joined by lines: a line break
+        # inside a cell can only send the column the long way, which changes nothing more)
+        texts = [value for value in values if isinstance(value, str)]
+        if not texts or (
+            max(map(len, texts)) <= MAX_CELL_CHARS
+            and _FORMULA_AT_LINE.search("\n".join(texts)) is None
         ):
             return column
     return pd.Series([_cell(v) for v in values], index=column.index, dtype="object")
