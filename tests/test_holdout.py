@@ -744,6 +744,12 @@ def test_a_last_certificate_that_cannot_be_carried_means_a_whole_pass(tmp_path, 
     assert _certify_day(tmp_path, before, day, last=altered, name="altered") is None
     altered["digest"] = holdout.certificate_digest(altered)  # (digested again: listed 1 short)
     assert _certify_day(tmp_path, before, day, last=altered, name="short") is None
+    # (the pseudonyms' check is made again in full: what the last one said of it is not used)
+    pseudonyms = json.loads(json.dumps(last))
+    pseudonyms["checks"]["pseudonym_in_both_groups"]["violations"] += 5
+    pseudonyms["digest"] = holdout.certificate_digest(pseudonyms)
+    made = _certify_day(tmp_path, before, day, last=pseudonyms, name="pseudonyms")
+    assert made is not None and counts(made) == plain_counts(before + day)
     other = {**last, "warehouse": "s3://another"}
     other["digest"] = holdout.certificate_digest(other)
     assert _certify_day(tmp_path, before, day, last=other, name="other") is None
