@@ -1412,6 +1412,16 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
         return real_rows_of(file, keys, series)
 
     monkeypatch.setattr(merge, "_rows_of", recording_rows_of)
+    series_copies: list[str] = []  # the last batch's series table, copied to a local file
+    real_copy_to_file = merge.copy_to_file
+
+    def recording_copy_to_file(storage, key, size, path):
+        if key.endswith("/series.parquet"):
+            series_copies.append(f"{storage.url}/{key}")
+        return real_copy_to_file(storage, key, size, path)
+
+    for module in (merge, batch_module):
+        monkeypatch.setattr(module, "copy_to_file", recording_copy_to_file)
 
     def day_then_oracle(uploads, name):
         builders.put_tree(store, uploads)
@@ -1429,7 +1439,7 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
     builders.put_tree(store, _tree(images=12))  # Covid1 to Covid6
     assert builders.run_loader(store, workers=4)[0] == 0
     assert run_dataprocess(store, workers=4)[0] == 0
-    first = read_batch(store.processed())[1]
+    first_batch, first = read_batch(store.processed())
     assert len(_segment_files(first)) == 1
     first_part = part_keys(store)[0]
 
@@ -1443,6 +1453,13 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
     # settled, a series: the segment is not looked at; parts merged again bring the series
     # of their rows, which are in it)
     assert looked and all(keys == [] and (series == [] or not settled) for keys, series in looked)
+    # (the last series table, read by the merge to narrow the series, is not read again to
+    # bring it up to date: one copy in the day's run; the oracle's, a full merge, copies it
+    # once too, to bring it up to date)
+    assert series_copies == [
+        f"{store.processed().url}/{first_batch}/series.parquet",
+        f"{LocalStorage(tmp_path / 'b' / 'bucket').processed().url}/{first_batch}/series.parquet",
+    ]
 
     # Covid1's age changes: the segment that holds Covid1 is written again, the other copied
     filed = next(i.key for i in store.list("training/data/Covid1/"))

@@ -241,10 +241,14 @@ class ChangedSeries:
         A local Parquet file (`series.SOURCE_COLUMNS`): every merged row of those series.
     series : int
         How many series changed.
+    previous : str or None
+        A local copy of the last batch's series table, when the merge read it
+        (`_in_last_catalogue`): the table brought up to date starts from it.
     """
 
     path: str
     series: int
+    previous: str | None = None
 
 
 class _ChangedSeriesRows:
@@ -937,10 +941,14 @@ def _layered_scan(
         np.zeros_like(mask) if before else mask for mask, before in zip(masks, again, strict=True)
     ]
     series = pa.array(sorted(noted.series), pa.string())
-    scan.changed_series = ChangedSeries(f"{scan.path}.series-rows.parquet", len(noted.series))
+    look_keys, look_series, previous_series = _in_last_catalogue(
+        saved, processed, series_key, keys, series, f"{scan.path}.series-previous.parquet"
+    )
+    scan.changed_series = ChangedSeries(
+        f"{scan.path}.series-rows.parquet", len(noted.series), previous_series
+    )
     changed = _ChangedSeriesRows(scan.changed_series, noted.series)
     replacing: set[int] = set()
-    look_keys, look_series = _in_last_catalogue(saved, processed, series_key, keys, series)
     with changed:
         for number, path in enumerate(local):
             for rows, gone in _rows_of(pq.ParquetFile(path), look_keys, look_series):
@@ -971,13 +979,15 @@ def _in_last_catalogue(
     series_key: str | None,
     keys: pa.Array,
     series: pa.Array,
-) -> tuple[pa.Array, pa.Array]:
+    copy: str,
+) -> tuple[pa.Array, pa.Array, str | None]:
     """Narrow the day's warehouse ``keys`` and ``series`` to those the last batch's catalogue
     may hold.
 
     A key of a study folder it holds (``saved.studies``; a warehouse key names the folders its
     row's metadata key names, as the loader files them), a series its series table lists (all
-    the day's series when it has none or it cannot be read).
+    the day's series when it has none or it cannot be read). The series table is read from a
+    local copy (``copy``, returned when made: the series table of the batch starts from it).
     """
     if len(keys):
         studies = saved.studies
@@ -987,16 +997,18 @@ def _in_last_catalogue(
             # (a key that names no study folder is looked for anyway)
             looked.append(len(folders) <= KEY_STUDY or tuple(folders) in studies)
         keys = keys.filter(pa.array(looked, pa.bool_()))
+    copied = None
     if len(series) and series_key is not None:
         try:
             size = next((i.size for i in processed.list(series_key) if i.key == series_key), None)
             if size is not None:
-                file = pq.ParquetFile(StoredFile(processed, series_key, size))
-                listed = file.read(columns=["SeriesInstanceUID"]).column(0)
+                copy_to_file(processed, series_key, size, copy)
+                listed = pq.read_table(copy, columns=["SeriesInstanceUID"]).column(0)
                 series = series.filter(pc.is_in(series, value_set=listed.combine_chunks()))
+                copied = copy
         except (ObjectNotFound, KeyError, pa.ArrowException, OSError, ValueError) as exc:
             logger.warning("%s cannot be read (%s): every segment is looked at", series_key, exc)
-    return keys, series
+    return keys, series, copied
 
 
 def _rows_of(

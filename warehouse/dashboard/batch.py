@@ -563,14 +563,17 @@ def _previous_series(view: DataprocessView, store: Storage) -> str | None:
     # the last batch's series table in a local file, when the merge added to its catalogue
     # (`ChangedSeries`) and it has one of this version's columns
     key = view.reusable.series_key
-    if key is None or view.catalogue.changed_series is None:
+    changed = view.catalogue.changed_series
+    if key is None or changed is None:
         return None
-    size = next((i.size for i in store.list(key) if i.key == key), None)
-    if size is None:
-        return None
-    path = os.path.join(view.workdir, "series-previous.parquet")
-    # (a copy shorter than listed is no Parquet file: computed in full too)
-    copy_to_file(store, key, size, path)
+    path = changed.previous  # (the merge's copy, when it made one)
+    if path is None:
+        size = next((i.size for i in store.list(key) if i.key == key), None)
+        if size is None:
+            return None
+        path = os.path.join(view.workdir, "series-previous.parquet")
+        # (a copy shorter than listed is no Parquet file: computed in full too)
+        copy_to_file(store, key, size, path)
     if not is_series_table(path):
         run_logger.warning("%s is not a series table of this version: computed in full", key)
         return None
