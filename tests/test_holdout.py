@@ -783,28 +783,26 @@ def test_a_daily_batch_carries_the_last_certificate_and_a_replaced_row_checks_ev
     assert run_dataprocess(local_store)[0] == 0
     assert calls == ["certify"]  # (the first batch: no certificate to carry)
 
-    def new_part(stamp, added):
+    def a_day(stamp, added) -> dict:
+        """A part of ``added`` rows, then a dataprocess run: its certificate."""
         local_store.write(f"catalogue/images/{stamp}T00-00-00.000000Z.parquet", part(added))
         for item in added:
             local_store.write(item["metadata_key"], metadata_json(item))
         # (a batch is named by the second it is built in: each one its own)
         monkeypatch.setattr(batch_module, "batch_name", lambda now: f"{stamp}T00-00-00Z")
+        calls.clear()
+        assert run_dataprocess(local_store)[0] == 0
+        return certificate_of(local_store)[1]
 
     # a day: P3 (training) files P2's study (both groups, two patients) and P1's content
     day = [row("P3", "training", "S2", "R7", "I7", "sha256:c1")]
-    new_part("2021-03-03", day)
-    calls.clear()
-    assert run_dataprocess(local_store)[0] == 0
-    _, certificate = certificate_of(local_store)
+    certificate = a_day("2021-03-03", day)
     assert calls == ["certify_day"]
     assert counts(certificate) == plain_counts(rows + day)
     assert certificate["violations"] == 3 and certificate["digest"] == own_digest(certificate)
 
     # a part that files P3's image again at its key, now under P4: its row is replaced
     again = [{**day[0], "PatientID": "P4", "SOPInstanceUID": "I8", "content_id": "sha256:c8"}]
-    new_part("2021-03-04", again)
-    calls.clear()
-    assert run_dataprocess(local_store)[0] == 0
-    _, certificate = certificate_of(local_store)
+    certificate = a_day("2021-03-04", again)
     assert calls == ["certify"]
     assert counts(certificate) == plain_counts(rows + again)
