@@ -317,6 +317,7 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
         "rows/clinical-summary.parquet",  # (the next batch tells whose summary changed)
         "rows/inputs.json",
         "holdout.json",  # the hold-out certificate (tests/test_holdout.py)
+        "holdout-hashes.parquet",  # ... and its values' hashes, for the next one
     )
     stats = (
         "stats_patients.csv",
@@ -531,8 +532,9 @@ def test_tables_of_a_hand_made_warehouse(local_store, capsys):
     assert store.log["writes"][-2] == store.log["writes"][-4].removesuffix(".json") + ".html"
     assert store.log["writes"][-1].endswith("reports/dataprocess/latest.html")
     # tables, the catalogue and its series, stats, pages, reusable rows and inputs' digest,
-    # the hold-out certificate, latest; the catalogue's index (and its pointer), before the batch
-    assert len(writes) == 12 + 3 + 5 + 2 + 5 + 1 + 1 + 4 + 2
+    # the hold-out certificate and its hashes, latest; the catalogue's index (and its pointer),
+    # before the batch
+    assert len(writes) == 12 + 3 + 5 + 2 + 5 + 2 + 1 + 4 + 2
     assert writes.index("latest.json") < writes.index("000000.parquet")
     assert writes.index("000000.parquet") < writes.index("_catalogue.json")
 

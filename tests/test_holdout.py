@@ -15,8 +15,11 @@ import re
 from collections import defaultdict
 from html.parser import HTMLParser
 
+import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests import builders
@@ -449,11 +452,12 @@ def certify_rows(tmp_path, rows, clinical_files=(), columns=None) -> dict:
     return holdout.certify(source, list(clinical_files), batch="B", now=now, workdir=str(tmp_path))
 
 
-def colliding_hashes(column: pa.Array, repeated: bool):
+def colliding_hashes(columns: list[pa.Array]) -> list[np.ndarray]:
     """A hash that collides all the time: the value's length, modulo 4."""
-    values = column.to_pylist()
-    hashes = pa.array([len(v) % 4 if v is not None else 0 for v in values], pa.uint64())
-    return hashes.to_numpy(), column.is_valid().to_numpy(zero_copy_only=False)
+    return [
+        np.array([len(v) % 4 if v is not None else 0 for v in c.to_pylist()], np.uint64)
+        for c in columns
+    ]
 
 
 def test_colliding_hashes_spilled_parts_and_candidates_a_few_at_a_time_change_nothing(
@@ -473,7 +477,7 @@ def test_colliding_hashes_spilled_parts_and_candidates_a_few_at_a_time_change_no
 
     # every value collides with a quarter of the others, the pairs are spilled to many
     # files, two rows are read at a time, and three candidates are confirmed a pass
-    monkeypatch.setattr(holdout, "_hashes", colliding_hashes)
+    monkeypatch.setattr(holdout, "_hash_columns", colliding_hashes)
     monkeypatch.setattr(holdout, "PART_PAIRS", 8)
     monkeypatch.setattr(holdout, "BATCH_ROWS", 2)
     monkeypatch.setattr(holdout, "CONFIRM_AT_ONCE", 3)
@@ -481,6 +485,7 @@ def test_colliding_hashes_spilled_parts_and_candidates_a_few_at_a_time_change_no
     collided = certify_rows(tmp_path / "b", rows, clinical_files)
     assert collided == reference
     assert list((tmp_path / "b" / "holdout").iterdir()) == []  # (the spilled files are gone)
+    assert (tmp_path / "b" / holdout.HASHES_FILE).exists()
 
 
 def test_the_listing_is_capped_and_the_count_exact(tmp_path, monkeypatch):
@@ -689,23 +694,91 @@ DAYS = {
 }
 
 
-def _certify_day(tmp_path, before, day, clinical_files=(), last=None, name="day") -> dict | None:
+def last_of(folder, rows, clinical_files=()) -> holdout.LastCertificate:
+    """The certificate of a catalogue of ``rows`` and the value hashes kept with it."""
+    folder.mkdir()
+    certificate = certify_rows(folder, rows, clinical_files)
+    return holdout.LastCertificate(certificate, pq.ParquetFile(folder / holdout.HASHES_FILE))
+
+
+def bound_to(last: holdout.LastCertificate, certificate: dict, path) -> holdout.LastCertificate:
+    """``certificate``, with a copy (at ``path``) of ``last``'s hashes that says it goes with it.
+
+    Written here with pyarrow: the same row groups, the metadata's ``certificate`` changed.
+    """
+    assert last.hashes is not None
+    about = json.loads(last.hashes.metadata.metadata[b"holdout"])
+    about["certificate"] = certificate["digest"]
+    with pq.ParquetWriter(path, last.hashes.schema_arrow) as writer:
+        for number in range(last.hashes.num_row_groups):
+            writer.write_table(last.hashes.read_row_group(number))
+        writer.add_key_value_metadata({b"holdout": json.dumps(about).encode()})
+    return holdout.LastCertificate(certificate, pq.ParquetFile(path))
+
+
+def _certify_day(
+    tmp_path, before, day, clinical_files=(), last=None, name="day", reads=None
+) -> dict | None:
     folder = tmp_path / name
     folder.mkdir()
     (folder / "all.parquet").write_bytes(part(before + day))
     (folder / "day.parquet").write_bytes(part(day or [row("X", "training", "x", "x", "x")]))
     source = holdout.CatalogueSource.of_file(folder / "all.parquet", "part-2")
+    if reads is not None:
+        source = holdout.CatalogueSource(reads(source.read), source.through, source.rows)
     day_source = holdout.CatalogueSource.of_file(folder / "day.parquet")
     now = pd.Timestamp("2026-01-02T03:04:05Z").to_pydatetime()
     return holdout.certify_day(
         source,
         day_source.read if day else (lambda columns: iter(())),
         list(clinical_files),
-        last if last is not None else certify_rows(folder, before, clinical_files),
+        last if last is not None else last_of(folder / "last", before, clinical_files),
         batch="B",
         now=now,
         workdir=str(folder),
     )
+
+
+def whole_certificate(tmp_path, rows, clinical_files=()) -> dict:
+    """What `certify` makes of ``rows`` (as through the day's part ``part-2``)."""
+    (tmp_path / "whole").mkdir()
+    whole = certify_rows(tmp_path / "whole", rows, clinical_files)
+    whole["catalogue"]["through"] = "part-2"
+    whole["digest"] = holdout.certificate_digest(whole)
+    return whole
+
+
+def kept_hashes(path) -> dict[str, list[int]]:
+    """A hashes file's hashes by kind, as its metadata groups its row groups."""
+    file = pq.ParquetFile(path)
+    about = json.loads(file.metadata.metadata[b"holdout"])
+    return {
+        kind: [h for n in groups for h in file.read_row_group(n).column(0).to_pylist()]
+        for kind, groups in about["row_groups"].items()
+    }
+
+
+def expected_hashes(rows: list[dict]) -> dict[str, list[int]]:
+    """Each kind's distinct hashes over the rows with a patient and a group, by DuckDB's SQL.
+
+    The patients' (63 bits, shifted left, the group bit) under ``pseudonym``.
+    """
+    names = ["PatientID", "group", *COLUMN.values()]
+    table = pa.table({name: pa.array([r[name] for r in rows], pa.string()) for name in names})
+    found = {}
+    holder = "PatientID IS NOT NULL AND \"group\" IN ('training', 'validation')"
+    patient = "((hash(PatientID) & 9223372036854775807) << 1) | (\"group\" = 'validation')::UBIGINT"
+    found["pseudonym"] = f"SELECT DISTINCT {patient} FROM catalogue WHERE {holder}"
+    for kind, column in COLUMN.items():
+        found[kind] = (
+            f"SELECT DISTINCT hash({column}) FROM catalogue WHERE {holder} AND {column} IS NOT NULL"
+        )
+    connection = duckdb.connect()
+    connection.register("catalogue", table)
+    return {
+        kind: sorted(v for (v,) in connection.execute(sql).fetchall())
+        for kind, sql in found.items()
+    }
 
 
 @pytest.mark.parametrize("day", list(DAYS))
@@ -713,52 +786,123 @@ def test_a_day_s_certificate_is_the_one_a_whole_pass_makes(tmp_path, day):
     """Make, from the last certificate and the day's rows, the whole catalogue's certificate.
 
     The one `certify` makes: counts (against a plain count), listed values, holders, digest.
+    The value hashes it keeps are those of the whole catalogue (as `certify` keeps them).
     """
     before, added = planted_rows(), DAYS[day]
     clinical_files = [("Pat12", "validation", "validation/data/Pat12/status_2021-03-01.json")]
     made = _certify_day(tmp_path, before, added, clinical_files)
-    (tmp_path / "whole").mkdir()
-    whole = certify_rows(tmp_path / "whole", before + added, clinical_files)
-    whole["catalogue"]["through"] = "part-2"
-    whole["digest"] = holdout.certificate_digest(whole)
-    assert made == whole
+    assert made == whole_certificate(tmp_path, before + added, clinical_files)
     assert counts(made) == plain_counts(before + added, clinical_files)
     if day == "another holder of a listed violation":
         listed = made["checks"]["study_under_two_patients"]["listed"]
         entry = next(e for e in listed if e["value"] == "1.2.1.0")
         assert [h["pseudonym"] for h in entry["holders"]] == ["Pat00", "Pat01", "Pat05"]
+    assert kept_hashes(tmp_path / "day" / holdout.HASHES_FILE) == expected_hashes(before + added)
+    assert kept_hashes(tmp_path / "whole" / holdout.HASHES_FILE) == expected_hashes(before + added)
+
+
+def test_a_usual_day_reads_no_row_of_the_catalogue_and_one_filed_value_reads_its_column(
+    tmp_path,
+):
+    """Read no catalogue row for a day of new values; for one filed value, its kind's column.
+
+    (The pseudonym check reads no row while no patient is in both groups.)
+    """
+    before = clean_rows()
+    passes: list[list[str]] = []
+
+    def recorded(read):
+        def reader(columns):
+            passes.append(sorted(columns))
+            return read(columns)
+
+        return reader
+
+    new = [row("P5", "training", "S5", "R5", "I5", "sha256:c5")]
+    made = _certify_day(tmp_path, before, new, name="new", reads=recorded)
+    assert made is not None and made["holds"] and passes == []
+
+    # P6 (validation) files P1's series again: the series' and the study's columns are read
+    again = [row("P6", "validation", "S6", "R1", "I6", "sha256:c6")]
+    made = _certify_day(tmp_path, before, again, name="again", reads=recorded)
+    assert made is not None
+    assert counts(made) == plain_counts(before + again)
+    assert made["checks"]["series_in_both_groups"]["violations"] == 1
+    assert passes[0] == sorted(["PatientID", "group", "SeriesInstanceUID"])
 
 
 def test_a_last_certificate_that_cannot_be_carried_means_a_whole_pass(tmp_path, monkeypatch):
     """Carry no certificate that cannot be trusted or does not add up (None).
 
     One that does not list every violation, was altered, is another warehouse's, or whose
-    rows and the day's are not the catalogue's.
+    rows and the day's are not the catalogue's; nor one without its value hashes or with
+    another's.
     """
     before, day = planted_rows(), DAYS["clean rows of a new patient"]
-    (tmp_path / "last").mkdir()
-    last = certify_rows(tmp_path / "last", before)
+    last = last_of(tmp_path / "last", before)
+    assert last.certificate is not None
     assert _certify_day(tmp_path, before, day, last=last, name="carried") is not None
-    altered = json.loads(json.dumps(last))
+    altered = json.loads(json.dumps(last.certificate))
     altered["checks"]["study_under_two_patients"]["violations"] += 1
-    assert _certify_day(tmp_path, before, day, last=altered, name="altered") is None
+    assert (
+        _certify_day(
+            tmp_path, before, day, last=bound_to(last, altered, tmp_path / "a.pq"), name="altered"
+        )
+        is None
+    )
     altered["digest"] = holdout.certificate_digest(altered)  # (digested again: listed 1 short)
-    assert _certify_day(tmp_path, before, day, last=altered, name="short") is None
+    assert (
+        _certify_day(
+            tmp_path, before, day, last=bound_to(last, altered, tmp_path / "s.pq"), name="short"
+        )
+        is None
+    )
     # (the pseudonyms' check is made again in full: what the last one said of it is not used)
-    pseudonyms = json.loads(json.dumps(last))
+    pseudonyms = json.loads(json.dumps(last.certificate))
     pseudonyms["checks"]["pseudonym_in_both_groups"]["violations"] += 5
     pseudonyms["digest"] = holdout.certificate_digest(pseudonyms)
-    made = _certify_day(tmp_path, before, day, last=pseudonyms, name="pseudonyms")
+    made = _certify_day(
+        tmp_path, before, day, last=bound_to(last, pseudonyms, tmp_path / "p.pq"), name="pseudonyms"
+    )
     assert made is not None and counts(made) == plain_counts(before + day)
-    other = {**last, "warehouse": "s3://another"}
+    # ... but not with hashes that go with another certificate, or none
+    other_hashes = holdout.LastCertificate(pseudonyms, last.hashes)
+    assert _certify_day(tmp_path, before, day, last=other_hashes, name="other-hashes") is None
+    no_hashes = holdout.LastCertificate(last.certificate, None)
+    assert _certify_day(tmp_path, before, day, last=no_hashes, name="no-hashes") is None
+    other = {**last.certificate, "warehouse": "s3://another"}
     other["digest"] = holdout.certificate_digest(other)
-    assert _certify_day(tmp_path, before, day, last=other, name="other") is None
+    assert (
+        _certify_day(
+            tmp_path, before, day, last=bound_to(last, other, tmp_path / "o.pq"), name="other"
+        )
+        is None
+    )
     # the last certificate of fewer rows than the catalogue less the day's
     assert _certify_day(tmp_path, before + day, day, last=last, name="more") is None
     monkeypatch.setattr(holdout, "MAX_LISTED", 1)  # (the last lists 1 of each check's 2 or 3)
-    (tmp_path / "capped").mkdir()
-    capped = certify_rows(tmp_path / "capped", before)
+    capped = last_of(tmp_path / "capped", before)
     assert _certify_day(tmp_path, before, day, last=capped, name="capped-day") is None
+
+
+def test_value_hashes_of_another_hash_or_out_of_order_mean_a_whole_pass(tmp_path, monkeypatch):
+    """Use no hashes file made by another hash function, nor one whose hashes are not sorted."""
+    before, day = planted_rows(), DAYS["clean rows of a new patient"]
+    last = last_of(tmp_path / "last", before)
+    assert last.hashes is not None
+    monkeypatch.setattr(holdout, "HASH_FUNCTION", "another-hash")
+    assert _certify_day(tmp_path, before, day, last=last, name="another") is None
+    monkeypatch.undo()
+    about = json.loads(last.hashes.metadata.metadata[b"holdout"])
+    backwards = tmp_path / "backwards.parquet"
+    with pq.ParquetWriter(backwards, last.hashes.schema_arrow) as writer:
+        for number in range(last.hashes.num_row_groups):
+            table = last.hashes.read_row_group(number)
+            writer.write_table(table.take(pa.array(range(table.num_rows - 1, -1, -1))))
+        writer.add_key_value_metadata({b"holdout": json.dumps(about).encode()})
+    reordered = holdout.LastCertificate(last.certificate, pq.ParquetFile(backwards))
+    assert _certify_day(tmp_path, before, day, last=reordered, name="backwards") is None
+    assert not (tmp_path / "backwards" / holdout.HASHES_FILE).exists()  # (no half-written one)
 
 
 def test_a_daily_batch_carries_the_last_certificate_and_a_replaced_row_checks_every_row(

@@ -31,14 +31,18 @@ one pass.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import heapq
 import json
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,9 +55,12 @@ from warehouse.catalogue.merge import (
     day_batches,
     merged_batches,
 )
+from warehouse.core.errors import ObjectNotFound
 from warehouse.core.keys import GROUPS
 from warehouse.core.text import bounded
 from warehouse.storage.base import Storage
+
+logger = logging.getLogger(__name__)
 
 #: The certificate's file in each batch folder.
 HOLDOUT_FILE = "holdout.json"
@@ -81,8 +88,6 @@ KINDS = {
     "instance": "SOPInstanceUID",
     "content": "content_id",
 }
-#: Kinds whose values repeat from row to row (hashed once per distinct value of a batch).
-_REPEATED = ("study", "series")
 PATIENT = "pseudonym"
 #: The checks, in the certificate's order.
 CHECKS = (
@@ -123,27 +128,65 @@ def _one_array(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def _hashes(column: pa.Array, repeated: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Each value's 64-bit hash (Python's, stable within the run) and whether it is known."""
-    known = column.is_valid().to_numpy(zero_copy_only=False)
-    if repeated:
-        encoded = pc.dictionary_encode(column)
-        distinct = np.fromiter(map(hash, encoded.dictionary.to_pylist()), dtype=np.int64)
-        indices = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)
-        values = distinct[indices] if len(distinct) else np.zeros(len(column), np.int64)
-    else:
-        values = np.fromiter(map(hash, column.to_pylist()), dtype=np.int64, count=len(column))
-    return values.view(np.uint64), known
+_CONNECTIONS = threading.local()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """Return this thread's DuckDB connection (one thread of its own: the batches are small)."""
+    connection = getattr(_CONNECTIONS, "connection", None)
+    if connection is None:
+        connection = _CONNECTIONS.connection = duckdb.connect(config={"threads": 1})
+    return connection
+
+
+#: What `_hash_columns` computes, as a hashes file records it (another DuckDB may hash
+#: otherwise: its file is then not used).
+HASH_FUNCTION = f"duckdb-{duckdb.__version__}-hash"
+
+
+def _hash_columns(columns: list[pa.Array]) -> list[np.ndarray]:
+    """Hash every value of each column (DuckDB's 64-bit ``hash``, in one query).
+
+    The same text hashes the same in every process (unlike Python's ``hash``), so that a batch
+    can keep its values' hashes for the next (`HASHES_FILE`); a null's hash means nothing.
+    """
+    if not columns or not len(columns[0]):
+        return [np.zeros(len(column), dtype=np.uint64) for column in columns]
+    names = [f"c{n}" for n in range(len(columns))]
+    table = pa.table(
+        {
+            name: column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+            for name, column in zip(names, columns, strict=True)
+        }
+    )
+    fetched = (
+        _connection()
+        .from_arrow(table)
+        .project(", ".join(f"hash({name}) AS {name}" for name in names))
+        .fetchnumpy()
+    )
+    return [np.asarray(fetched[name], dtype=np.uint64) for name in names]
 
 
 #: A patient's hash keeps 63 bits: shifted left, its group takes the low bit.
 _PATIENT_BITS = np.uint64((1 << 63) - 1)
 
 
+def _hashes_of(items: list[tuple[pa.Array, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Hash columns, each of a kind (a pseudonym: 63 bits); also tell which values are known."""
+    hashed = _hash_columns([column for column, _ in items])
+    return [
+        (
+            hashes & _PATIENT_BITS if kind == PATIENT else hashes,
+            column.is_valid().to_numpy(zero_copy_only=False),
+        )
+        for hashes, (column, kind) in zip(hashed, items, strict=True)
+    ]
+
+
 def _kind_hashes(column: pa.Array, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Hash a column of ``kind`` (a pseudonym: 63 bits); also tell which values are known."""
-    hashes, known = _hashes(column, kind in (PATIENT, *_REPEATED))
-    return (hashes & _PATIENT_BITS if kind == PATIENT else hashes), known
+    """Hash a column of ``kind`` (`_hashes_of`)."""
+    return _hashes_of([(column, kind)])[0]
 
 
 def _value_hash(value: str, kind: str) -> np.uint64:
@@ -151,13 +194,26 @@ def _value_hash(value: str, kind: str) -> np.uint64:
     return _kind_hashes(pa.array([value], pa.string()), kind)[0][0]
 
 
-def _patients(batch: dict[str, pa.Array]) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's patient hash shifted left, its group in the low bit; which rows have both."""
-    patient, known = _kind_hashes(batch["PatientID"], PATIENT)
-    group = batch["group"]
-    validation = pc.equal(group, GROUPS[1]).fill_null(False).to_numpy(zero_copy_only=False)
-    training = pc.equal(group, GROUPS[0]).fill_null(False).to_numpy(zero_copy_only=False)
-    return (patient << np.uint64(1)) | validation.astype(np.uint64), known & (validation | training)
+def _patients(
+    batch: dict[str, pa.Array], patient: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's patient hash shifted left, its group in the low bit; which rows have both.
+
+    ``patient``: the PatientID column's hashes, when they are made already.
+    """
+    hashes, _ = patient or _kind_hashes(batch["PatientID"], PATIENT)
+    validation = _in_group(batch, GROUPS[1])
+    return (hashes << np.uint64(1)) | validation.astype(np.uint64), _known(batch)
+
+
+def _in_group(batch: dict[str, pa.Array], group: str) -> np.ndarray:
+    return pc.equal(batch["group"], group).fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def _known(batch: dict[str, pa.Array]) -> np.ndarray:
+    """Which rows have a patient and a group (the others are not compared)."""
+    patient = batch["PatientID"].is_valid().to_numpy(zero_copy_only=False)
+    return patient & (_in_group(batch, GROUPS[0]) | _in_group(batch, GROUPS[1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +286,16 @@ def suspects(value: np.ndarray, holder: np.ndarray) -> tuple[np.ndarray, np.ndar
         The suspect value hashes (sorted, distinct), and for each whether two patients hold
         it and whether both groups do.
     """
+    distinct, two, both = _grouped(value, holder)
+    flagged = two | both
+    return distinct[flagged], two[flagged], both[flagged]
+
+
+def _grouped(value: np.ndarray, holder: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the distinct value hashes (sorted), whether two patients hold each, and both groups.
+
+    (`suspects`, before it keeps the suspects.)
+    """
     if not len(value):
         empty = np.zeros(0, dtype=np.uint64)
         return empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
@@ -240,8 +306,7 @@ def suspects(value: np.ndarray, holder: np.ndarray) -> tuple[np.ndarray, np.ndar
     patient, group = holder >> np.uint64(1), holder & np.uint64(1)
     two = np.minimum.reduceat(patient, starts) != np.maximum.reduceat(patient, starts)
     both = np.minimum.reduceat(group, starts) != np.maximum.reduceat(group, starts)
-    flagged = two | both
-    return value[starts][flagged], two[flagged], both[flagged]
+    return value[starts], two, both
 
 
 @dataclass
@@ -253,85 +318,117 @@ class _Counts:
     unknown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
 
+@dataclass
+class _Hashed:
+    """A batch of rows hashed (`_hashed`): each row's holder, and each kind's value hashes."""
+
+    holder: np.ndarray
+    known: np.ndarray
+    values: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _hashed(batch: dict[str, pa.Array], counts: _Counts) -> _Hashed:
+    """Hash a batch's patients and values of each kind (one query).
+
+    Count its rows into ``counts``: rows, rows without a patient or a group, rows of each
+    kind without a value.
+    """
+    hashes = _hashes_of([(batch["PatientID"], PATIENT), *((batch[c], k) for k, c in KINDS.items())])
+    holder, known = _patients(batch, hashes[0])
+    counts.rows += len(holder)
+    counts.without_patient += int(len(holder) - known.sum())
+    for kind, (_, valid) in zip(KINDS, hashes[1:], strict=True):
+        counts.unknown[kind] += int((known & ~valid).sum())
+    return _Hashed(holder, known, dict(zip(KINDS, hashes[1:], strict=True)))
+
+
 def _first_pass(
     read_catalogue: CatalogueReader,
     rows: int,
     clinical: list[tuple[str, str, str]],
     folder: str,
-    day: dict[str, pa.Array] | None = None,
-) -> tuple[_Counts, dict[str, np.ndarray], dict[str, dict[str, _Value]]]:
+    kept: _HashesWriter,
+) -> tuple[_Counts, dict[str, np.ndarray]]:
     """Hash every row; return the counts and, per kind (and `PATIENT`), the suspect hashes.
 
-    The spills are sized by ``rows``, about how many the catalogue holds. With ``day`` (kind
-    -> the values of the rows added since the last certificate, `certify_day`), no kind is
-    hashed nor spilled: the rows holding one of those values are gathered by their real
-    values instead (the third item: kind -> value -> `_Value`); only the patients are hashed.
+    The spills are sized by ``rows``, about how many the catalogue holds. Each kind's distinct
+    hashes (and the patients with their groups) go to ``kept``.
     """
     counts = _Counts()
     bits = max(0, int(np.ceil(np.log2(max(1, rows) / PART_PAIRS))))
-    spills = {kind: _Spill(folder, kind, bits) for kind in KINDS} if day is None else {}
-    seen: dict[str, dict[str, _Value]] = {kind: {} for kind in KINDS}
+    spills = {kind: _Spill(folder, kind, bits) for kind in KINDS}
     patients: list[np.ndarray] = []
     try:
         for batch in _batches(read_catalogue, _COLUMNS):
-            holder, known = _patients(batch)
-            counts.rows += len(holder)
-            counts.without_patient += int(len(holder) - known.sum())
-            patients.append(np.unique(holder[known]))
-            for kind, column in KINDS.items():
-                if day is not None:
-                    counts.unknown[kind] += _see_day(seen[kind], batch, column, day[kind], known)
-                    continue
-                value, valid = _kind_hashes(batch[column], kind)
-                counts.unknown[kind] += int((known & ~valid).sum())
-                chosen = known & valid
-                value, held = value[chosen], holder[chosen]
+            hashed = _hashed(batch, counts)
+            patients.append(np.unique(hashed.holder[hashed.known]))
+            for kind, (value, valid) in hashed.values.items():
+                chosen = hashed.known & valid
+                value, held = value[chosen], hashed.holder[chosen]
                 keep = _new_rows(value, held)
                 spills[kind].add(value[keep], held[keep])
             if sum(len(p) for p in patients) > PART_PAIRS:
                 patients = [np.unique(np.concatenate(patients))]
-        if clinical:
-            validation = [group == GROUPS[1] for _, group, _ in clinical]
-            patients.append(
-                (_clinical_hashes(clinical) << np.uint64(1)) | np.array(validation, np.uint64)
-            )
-        suspected = {}
-        for kind, spill in spills.items():
-            found = [suspects(value, held) for value, held in spill.parts()]
-            suspected[kind] = np.concatenate([f[0] for f in found]) if found else _none()
         held = np.unique(np.concatenate(patients)) if patients else _none()
-        # (the patient's hash is the value, the group its only holder bit)
-        suspected[PATIENT] = suspects(held >> np.uint64(1), held & np.uint64(1))[0]
+        kept.add(PATIENT, held)
+        suspected = {PATIENT: _suspected_patients(held, clinical)}
+        for kind, spill in spills.items():
+            found = []
+            for value, holder in spill.parts():
+                distinct, two, both = _grouped(value, holder)
+                found.append(distinct[two | both])
+                kept.add(kind, distinct)  # (the parts split the hashes by top bits: in order)
+            suspected[kind] = np.concatenate(found) if found else _none()
     finally:
         for spill in spills.values():
             spill.close()
             for path in spill.paths:
                 if os.path.exists(path):
                     os.remove(path)
-    return counts, suspected, seen
+    return counts, suspected
 
 
-def _see_day(
-    seen: dict[str, _Value], batch: dict[str, pa.Array], column: str, wanted: pa.Array, known
-) -> int:
-    """Gather the rows of ``batch`` whose ``column`` holds one of ``wanted`` (real values).
+def _suspected_patients(held: np.ndarray, clinical: list[tuple[str, str, str]]) -> np.ndarray:
+    """Return the pseudonyms' hashes held in both groups.
 
-    Return how many rows with a known holder have no value there (unknown).
+    By the catalogue's patients (``held``: hash shifted left, the group bit) or by the
+    clinical files.
     """
-    values = batch[column]
-    valid = values.is_valid().to_numpy(zero_copy_only=False)
-    if len(wanted):
-        held = pc.is_in(values, value_set=wanted).fill_null(False)
-        rows = np.flatnonzero(held.to_numpy(zero_copy_only=False) & valid & known)
-        if len(rows):
+    if clinical:
+        validation = np.array([group == GROUPS[1] for _, group, _ in clinical], np.uint64)
+        held = np.unique(
+            np.concatenate([held, (_clinical_hashes(clinical) << np.uint64(1)) | validation])
+        )
+    # (the patient's hash is the value, the group its only holder bit)
+    return suspects(held >> np.uint64(1), held & np.uint64(1))[0]
+
+
+def _gather(
+    read_catalogue: CatalogueReader, seen: dict[str, dict[str, _Value]], wanted: dict[str, pa.Array]
+) -> None:
+    """Gather the rows whose value of a kind is one of ``wanted``'s (real values).
+
+    Into ``seen`` (kind -> value -> `_Value`), reading only the columns of the kinds with a
+    value wanted.
+    """
+    kinds = [kind for kind, values in wanted.items() if len(values)]
+    if not kinds:
+        return
+    for batch in _batches(read_catalogue, ["PatientID", "group", *(KINDS[k] for k in kinds)]):
+        known = _known(batch)
+        for kind in kinds:
+            values = batch[KINDS[kind]]
+            held = pc.is_in(values, value_set=wanted[kind]).fill_null(False)
+            rows = np.flatnonzero(held.to_numpy(zero_copy_only=False) & known)
+            if not len(rows):
+                continue
             taken = pa.array(rows)
             patients = batch["PatientID"].take(taken).to_pylist()
             groups = batch["group"].take(taken).to_pylist()
             for value, patient, group in zip(
                 values.take(taken).to_pylist(), patients, groups, strict=True
             ):
-                _see(seen, value, patient, group)
-    return int((known & ~valid).sum())
+                _see(seen[kind], value, patient, group)
 
 
 def _clinical_hashes(clinical: list[tuple[str, str, str]]) -> np.ndarray:
@@ -521,6 +618,143 @@ def _hold(kept: dict[tuple[str, str], str], holder: tuple[str, str], key: str) -
 
 
 # --------------------------------------------------------------------------------------------
+# the value hashes a batch keeps for the next day's certificate
+
+
+#: The hashes of every value a batch's catalogue holds, beside its certificate (internal, not
+#: named by ``latest.csv``): what lets the next day's certificate read none of its rows.
+HASHES_FILE = "holdout-hashes.parquet"
+#: The hashes file's layout.
+HASHES_FORMAT = 1
+#: Hashes in one row group (8 MB).
+HASHES_ROW_GROUP = 1 << 20
+_HASHES_SCHEMA = pa.schema([("hash", pa.uint64())])
+_HASHES_KEY = b"holdout"
+
+
+class _HashesWriter:
+    """A hashes file being written.
+
+    For `PATIENT`, the catalogue's holders (the patients' hashes shifted left, the group bit),
+    and for each kind its values' hashes (of the rows with a holder); each sorted and
+    distinct, a kind after another, in row groups that the file's metadata gives by kind, with
+    the certificate it goes with (`finish`).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._writer = pq.ParquetWriter(
+            path, _HASHES_SCHEMA, compression="none", use_dictionary=False
+        )
+        self._groups: dict[str, list[int]] = {kind: [] for kind in (PATIENT, *KINDS)}
+        self._written = 0
+        self._finished = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def at(cls, path: str) -> Iterator[_HashesWriter]:
+        """Write a hashes file at ``path``; one not finished is removed."""
+        writer = cls(path)
+        try:
+            yield writer
+        finally:
+            if not writer._finished:
+                writer._writer.close()
+                os.remove(path)
+
+    def add(self, kind: str, hashes: np.ndarray) -> None:
+        """Add hashes of ``kind``, sorted and each greater than those added before."""
+        for start in range(0, len(hashes), HASHES_ROW_GROUP):
+            chunk = pa.array(hashes[start : start + HASHES_ROW_GROUP], pa.uint64())
+            self._writer.write_table(pa.table([chunk], schema=_HASHES_SCHEMA), HASHES_ROW_GROUP)
+            self._groups[kind].append(self._written)
+            self._written += 1
+
+    def finish(self, digest: str) -> None:
+        """Record the certificate the hashes go with (its ``digest``) and close the file."""
+        about = {
+            "format": HASHES_FORMAT,
+            "certificate": digest,
+            "hash": HASH_FUNCTION,
+            "row_groups": self._groups,
+        }
+        self._writer.add_key_value_metadata({_HASHES_KEY: json.dumps(about).encode("utf-8")})
+        self._writer.close()
+        self._finished = True
+
+
+def hashes_path(workdir: str) -> str:
+    """Return the local file a certificate made in ``workdir`` keeps its value hashes in.
+
+    (`HASHES_FILE`: `certify` and `certify_day` write it with the certificate.)
+    """
+    return os.path.join(workdir, HASHES_FILE)
+
+
+@dataclass(frozen=True)
+class LastCertificate:
+    """The last batch's certificate and the value hashes kept with it (`certify_day`).
+
+    Attributes
+    ----------
+    certificate : dict or None
+        Its ``holdout.json``.
+    hashes : pyarrow.parquet.ParquetFile or None
+        Its `HASHES_FILE`.
+    """
+
+    certificate: dict | None
+    hashes: pq.ParquetFile | None = None
+
+
+def _kept_groups(file: pq.ParquetFile, digest: str) -> dict[str, list[int]] | None:
+    """Return the row groups of each kind in a hashes file.
+
+    Only when it goes with the certificate of ``digest`` and hashes as this run does; None
+    otherwise.
+    """
+    try:
+        about = json.loads((file.metadata.metadata or {})[_HASHES_KEY])
+        groups = about["row_groups"]
+        numbers = [n for kind in (PATIENT, *KINDS) for n in groups[kind]]
+        usable = (
+            about["format"] == HASHES_FORMAT
+            and about["certificate"] == digest
+            and about["hash"] == HASH_FUNCTION
+            and all(isinstance(n, int) for n in numbers)
+            and sorted(numbers) == list(range(file.num_row_groups))
+        )
+    except (KeyError, TypeError, ValueError, RecursionError, OSError, pa.ArrowException) as exc:
+        logger.warning("the last batch's value hashes cannot be used (%s)", exc)
+        return None
+    return {kind: groups[kind] for kind in (PATIENT, *KINDS)} if usable else None
+
+
+def _read_kind(file: pq.ParquetFile, groups: list[int]) -> np.ndarray:
+    """Read a kind's hashes from a hashes file (its row ``groups``).
+
+    Raises
+    ------
+    ValueError
+        When they are not sorted and distinct.
+    """
+    chunks = [
+        file.read_row_group(n, columns=["hash"]).column(0).to_numpy().astype(np.uint64)
+        for n in groups
+    ]
+    hashes = np.concatenate(chunks) if chunks else _none()
+    if len(hashes) > 1 and not bool(np.all(hashes[1:] > hashes[:-1])):
+        raise ValueError("the hashes are not sorted and distinct")
+    return hashes
+
+
+def _merged(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Return the sorted distinct hashes of ``old`` (sorted, distinct) and ``new`` (sorted)."""
+    added = new[~contains(old, new)]
+    return np.insert(old, np.searchsorted(old, added), added) if len(added) else old
+
+
+# --------------------------------------------------------------------------------------------
 # the certificate
 
 
@@ -637,16 +871,21 @@ def certify(
     """
     folder = os.path.join(workdir, "holdout")
     os.makedirs(folder, exist_ok=True)
-    counts, suspected, _ = _first_pass(source.read, source.rows, clinical, folder)
-    found = (
-        _confirm(source.read, suspected, clinical)
-        if any(map(len, suspected.values()))
-        else {check: _Violations() for check in CHECKS}
-    )
-    listed = {check: found[check].listed() for check in CHECKS}
-    entries = _entries(source.read, listed, clinical)
-    checks = {check: _check(check, found[check].count, entries[check]) for check in CHECKS}
-    return _certificate(checks, counts, len(clinical), source.through, batch, now, warehouse)
+    with _HashesWriter.at(hashes_path(workdir)) as kept:
+        counts, suspected = _first_pass(source.read, source.rows, clinical, folder, kept)
+        found = (
+            _confirm(source.read, suspected, clinical)
+            if any(map(len, suspected.values()))
+            else {check: _Violations() for check in CHECKS}
+        )
+        listed = {check: found[check].listed() for check in CHECKS}
+        entries = _entries(source.read, listed, clinical)
+        checks = {check: _check(check, found[check].count, entries[check]) for check in CHECKS}
+        certificate = _certificate(
+            checks, counts, len(clinical), source.through, batch, now, warehouse
+        )
+        kept.finish(certificate["digest"])
+    return certificate
 
 
 def _entries(
@@ -749,22 +988,24 @@ def certify_day(
     source: CatalogueSource,
     day: CatalogueReader,
     clinical: list[tuple[str, str, str]],
-    last: dict | None,
+    last: LastCertificate,
     *,
     batch: str,
     now: dt.datetime,
     workdir: str,
     warehouse: str = "",
 ) -> dict | None:
-    """Check the hold-out from the ``last`` certificate and the rows added since (``day``).
+    """Check the hold-out from the ``last`` certificate, its value hashes, and the day's rows.
 
-    For a catalogue that is the last certificate's plus ``day``'s rows, none removed: a
-    violation then stays one, and a new one holds a value of the day's rows. One pass over
-    the catalogue counts its rows and hashes its patients, as `certify` does, but no value is
-    hashed nor spilled: the rows that hold one of the day's values are gathered by their real
-    values (Arrow's ``is_in``), which decide those values' checks; the others' stand as the
-    last certificate says. The pseudonyms are checked in full (clinical files come and go).
-    The certificate is the one `certify` makes of the same catalogue.
+    For a catalogue that is the last certificate's plus ``day``'s rows (those added since),
+    none removed: a violation then stays one, and a new one holds a value of the day's rows.
+    The last batch kept the hashes of every value its catalogue holds (`HASHES_FILE`): a value of
+    the day whose hash is not there is in no other row, and the day's rows decide its checks;
+    only the values whose hash is there (one already filed, or a collision) are gathered from
+    the catalogue by their real values, reading only their kinds' columns. A usual day (new
+    studies of new patients) reads no row of the catalogue. The pseudonyms are checked in full
+    (clinical files come and go): the last patients' hashes, the day's and the clinical
+    files'. The certificate is the one `certify` makes of the same catalogue.
 
     Parameters
     ----------
@@ -774,42 +1015,74 @@ def certify_day(
         Reads the rows added since the last certificate (`CatalogueReader`).
     clinical : list of tuple
         ``(pseudonym, group, key)`` of each filed clinical file (`clinical_entries`).
-    last : dict or None
-        The last batch's certificate (about the catalogue without the day's rows).
+    last : LastCertificate
+        The last batch's certificate (about the catalogue without the day's rows) and its
+        value hashes.
     batch, now, workdir, warehouse
-        As `certify` takes them.
+        As `certify` takes them (the day's value hashes are kept at `hashes_path`).
 
     Returns
     -------
     dict or None
         The certificate; None when the last one cannot be carried (none, another format or
         warehouse, a digest that does not match, a check with more violations than it lists,
-        a value shown cut) or does not add up (its rows and the day's are not the
+        a value shown cut), has no hashes that go with it (none, another certificate's or
+        hash function's, unreadable) or does not add up (its rows and the day's are not the
         catalogue's): `certify` then checks the whole catalogue.
     """
-    carried = _carried_values(last, warehouse)
-    if carried is None or last is None:
+    carried = _carried_values(last.certificate, warehouse)
+    hashes = last.hashes
+    if carried is None or last.certificate is None or hashes is None:
         return None
-    values: dict[str, list] = {kind: [] for kind in KINDS}
-    day_rows = 0
-    for table in day(["PatientID", "group", *KINDS.values()]):
-        day_rows += table.num_rows
-        for kind, column in KINDS.items():
-            values[kind].append(pc.unique(table.column(column).drop_null()))
-    wanted = {
-        kind: pc.unique(pa.chunked_array(chunks, pa.string()))
-        if chunks
-        else pa.array([], pa.string())
-        for kind, chunks in values.items()
-    }
-    folder = os.path.join(workdir, "holdout")
-    os.makedirs(folder, exist_ok=True)
-    counts, suspected, seen = _first_pass(source.read, source.rows, clinical, folder, wanted)
-    if counts.rows != last["catalogue"]["rows"] + day_rows:
+    groups = _kept_groups(hashes, last.certificate["digest"])
+    if groups is None:
         return None
+    added, wanted, day_kept = _day_values(day)
+    before = last.certificate["catalogue"]
+    counts = _Counts(
+        before["rows"] + added.rows,
+        before["rows_without_patient_or_group"] + added.without_patient,
+        {kind: before["unknown"][kind] + added.unknown[kind] for kind in KINDS},
+    )
+    if counts.rows != source.rows:
+        return None
+    with _HashesWriter.at(hashes_path(workdir)) as kept:
+        try:
+            hits, held = _look_up(hashes, groups, wanted, day_kept, kept)
+        except (ValueError, OSError, pa.ArrowException, ObjectNotFound) as exc:
+            logger.warning("the last batch's value hashes cannot be read (%s)", exc)
+            return None
+        seen: dict[str, dict[str, _Value]] = {kind: {} for kind in KINDS}
+        # a value whose hash the last catalogue does not hold is in the day's rows alone
+        _gather(day, seen, {k: v.filter(pa.array(~hits[k])) for k, v in wanted.items()})
+        _gather(source.read, seen, {k: v.filter(pa.array(hits[k])) for k, v in wanted.items()})
+        suspected = _suspected_patients(held, clinical)
+        checks = _checks_of_day(source, clinical, last.certificate, carried, seen, suspected)
+        if checks is None:
+            return None
+        certificate = _certificate(
+            checks, counts, len(clinical), source.through, batch, now, warehouse
+        )
+        kept.finish(certificate["digest"])
+    return certificate
+
+
+def _checks_of_day(
+    source: CatalogueSource,
+    clinical: list[tuple[str, str, str]],
+    last: dict,
+    carried: dict[str, list[str]],
+    seen: dict[str, dict[str, _Value]],
+    suspected_patients: np.ndarray,
+) -> dict[str, dict] | None:
+    """Return the checks of a day (`certify_day`).
+
+    The last certificate's violations, and those its values (``seen``) make; None when one of
+    the last violations is gone.
+    """
     patients = (
-        _confirm(source.read, {PATIENT: suspected[PATIENT]}, clinical)
-        if len(suspected[PATIENT])
+        _confirm(source.read, {PATIENT: suspected_patients}, clinical)
+        if len(suspected_patients)
         else {check: _Violations() for check in CHECKS}
     )
     listed: dict[str, list[str]] = {}
@@ -845,7 +1118,59 @@ def certify_day(
             violations[check],
             [kept[v] if v in kept else made[v] for v in listed[check]],
         )
-    return _certificate(checks, counts, len(clinical), source.through, batch, now, warehouse)
+    return checks
+
+
+def _day_values(
+    day: CatalogueReader,
+) -> tuple[_Counts, dict[str, pa.Array], dict[str, np.ndarray]]:
+    """Read the day's rows.
+
+    Return their counts, each kind's distinct values, and the hashes a hashes file keeps of
+    them (each kind's, of the rows with a holder, and the holders: `PATIENT`).
+    """
+    counts = _Counts()
+    values: dict[str, list] = {kind: [] for kind in KINDS}
+    hashes: dict[str, list] = {kind: [] for kind in (PATIENT, *KINDS)}
+    for batch in _batches(day, _COLUMNS):
+        hashed = _hashed(batch, counts)
+        hashes[PATIENT].append(hashed.holder[hashed.known])
+        for kind, (value, valid) in hashed.values.items():
+            hashes[kind].append(value[hashed.known & valid])
+            values[kind].append(pc.unique(batch[KINDS[kind]].drop_null()))
+    wanted = {
+        kind: pc.unique(pa.chunked_array(chunks, pa.string()))
+        if chunks
+        else pa.array([], pa.string())
+        for kind, chunks in values.items()
+    }
+    return counts, wanted, {k: np.unique(np.concatenate(v)) for k, v in hashes.items() if v}
+
+
+def _look_up(
+    file: pq.ParquetFile,
+    groups: dict[str, list[int]],
+    wanted: dict[str, pa.Array],
+    day_kept: dict[str, np.ndarray],
+    kept: _HashesWriter,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Look the day's values up in the last hashes ``file``, a kind at a time.
+
+    Return, per kind, which of ``wanted``'s values hash to one the last catalogue holds, and
+    the patients (`PATIENT`: the last ones and the day's). Each kind's hashes and the day's go
+    to ``kept``.
+    """
+    hits: dict[str, np.ndarray] = {}
+    held = _none()
+    for kind in (PATIENT, *KINDS):
+        old = _read_kind(file, groups[kind])
+        if kind == PATIENT:
+            held = _merged(old, day_kept.get(kind, _none()))
+        else:
+            hits[kind] = contains(old, _kind_hashes(wanted[kind], kind)[0])
+        kept.add(kind, held if kind == PATIENT else _merged(old, day_kept.get(kind, _none())))
+        del old
+    return hits, held
 
 
 def _violates(what: str, state: _Value) -> bool:
@@ -917,8 +1242,10 @@ def summary(certificate: dict) -> dict:
 __all__ = [
     "CHECKS",
     "HOLDOUT_FILE",
+    "HASHES_FILE",
     "HOLDOUT_FORMAT",
     "CatalogueSource",
+    "LastCertificate",
     "catalogue_source",
     "certificate_bytes",
     "certificate_digest",
@@ -926,6 +1253,7 @@ __all__ = [
     "certify_day",
     "clinical_entries",
     "day_rows",
+    "hashes_path",
     "summary",
     "suspects",
 ]

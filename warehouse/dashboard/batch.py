@@ -15,6 +15,8 @@ module puts them together and writes the result::
     <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
     <processed store>/<batch>/holdout.json     (the hold-out certificate: internal, not named
                                                 by latest.csv)
+    <processed store>/<batch>/holdout-hashes.parquet   (its values' hashes, for the next
+                                                day's certificate: internal too)
     <processed store>/<batch>/dashboard.html, public.html             (the pages)
     <processed store>/latest.csv                                      (archive,path; last)
 
@@ -42,13 +44,16 @@ import pyarrow.parquet as pq
 
 from warehouse.catalogue.batches import LATEST_KEY
 from warehouse.catalogue.holdout import (
+    HASHES_FILE,
     HOLDOUT_FILE,
+    LastCertificate,
     catalogue_source,
     certificate_bytes,
     certify,
     certify_day,
     clinical_entries,
     day_rows,
+    hashes_path,
 )
 from warehouse.catalogue.merge import (
     COUNTS_NAME,
@@ -174,6 +179,9 @@ class Batch:
         The local file of ``series.parquet``, when the batch has images.
     series_from : str or None
         Instead, the last batch's ``series.parquet``, copied as it is.
+    local : dict
+        Files of the batch written from local files, name -> path (the hold-out's value
+        hashes).
     """
 
     name: str
@@ -184,6 +192,7 @@ class Batch:
     images: bool = False
     series: str | None = None
     series_from: str | None = None
+    local: dict[str, str] = field(default_factory=dict)
     _latest: pd.DataFrame | None = field(default=None, repr=False)
 
     def release(self) -> None:
@@ -468,6 +477,9 @@ def write_batch(
         for key, data in iter_batch_files(batch):
             submit(store.write, key, data, _content_type(key))
             written.append(key)
+        for name, path in batch.local.items():
+            submit(store.write_file, f"{batch.name}/{name}", path, _content_type(name))
+            written.append(f"{batch.name}/{name}")
         for future in pending:
             future.result()
         pending = set()
@@ -640,17 +652,27 @@ def holdout_certificate(
     return certificate
 
 
-def _last_certificate(view: DataprocessView, processed: Storage) -> dict | None:
-    # the last batch's certificate, when it is about the catalogue the merge started from
+def _last_certificate(view: DataprocessView, processed: Storage) -> LastCertificate:
+    # the last batch's certificate, when it is about the catalogue the merge started from,
+    # and the value hashes kept with it (read as they are asked for)
     previous = view.catalogue.previous
     if view.reusable.batch is None or previous is None:
-        return None
+        return LastCertificate(None)
     try:
         last = json.loads(processed.read(f"{view.reusable.batch}/{HOLDOUT_FILE}"))
         through = last["catalogue"]["through"]
     except (ObjectNotFound, ValueError, KeyError, TypeError, RecursionError):
-        return None
-    return last if through == previous.through else None
+        return LastCertificate(None)
+    if through != previous.through:
+        return LastCertificate(None)
+    key = f"{view.reusable.batch}/{HASHES_FILE}"
+    try:
+        size = next((info.size for info in processed.list(key) if info.key == key), None)
+        hashes = None if size is None else pq.ParquetFile(StoredFile(processed, key, size))
+    except (ObjectNotFound, pa.ArrowException, OSError) as exc:
+        run_logger.warning("%s cannot be read (%s)", key, exc)
+        hashes = None
+    return LastCertificate(last, hashes)
 
 
 def catalogue_segments(
@@ -753,6 +775,7 @@ def publish_batch(
             inputs=inputs,
         )
         batch.data = data
+        batch.local[HASHES_FILE] = hashes_path(view.workdir)
         batch.series, batch.series_from = series, series_from
         collected.release()  # (the tables hold what the rows said)
         make_images = None
