@@ -295,17 +295,24 @@ class NewRows:
     keys : list of pyarrow.Array
         Their warehouse keys (a row of the last batch's catalogue under one of them is
         replaced), by part.
-    series : set of str
-        Their SeriesInstanceUIDs: the series whose rows change.
+    series : list of pyarrow.Array
+        Their SeriesInstanceUIDs (the series whose rows change), by part (`series_of`).
     rows : int
         The rows noted; past `NOTED_ROWS` nothing is (``keys`` and ``series`` are emptied, and
         ``overflow`` set): the merge then compares hashes and computes every series again.
     """
 
     keys: list[pa.Array] = field(default_factory=list)
-    series: set[str] = field(default_factory=set)
+    series: list[pa.Array] = field(default_factory=list)
     rows: int = 0
     overflow: bool = False
+
+    def series_of(self, chosen: Iterable[bool] | None = None) -> set[str]:
+        """Return the SeriesInstanceUIDs of the parts noted (of those ``chosen``, a flag a part)."""
+        arrays = self.series
+        if chosen is not None:
+            arrays = [a for a, kept in zip(arrays, chosen, strict=True) if kept]
+        return set(pa.chunked_array(arrays, pa.string()).to_pylist()) if arrays else set()
 
     def note(self, table: pa.Table) -> None:
         """Note a part's rows."""
@@ -313,10 +320,10 @@ class NewRows:
             return
         self.rows += table.num_rows
         if self.rows > NOTED_ROWS:
-            self.keys, self.series, self.overflow = [], set(), True
+            self.keys, self.series, self.overflow = [], [], True
             return
         self.keys.append(table.column("warehouse_key").combine_chunks())
-        self.series.update(pc.unique(table.column("SeriesInstanceUID")).drop_null().to_pylist())
+        self.series.append(pc.unique(table.column("SeriesInstanceUID")).drop_null())
 
 
 #: Settled parts the index must lack before a merge writes it again (a reconcile always
@@ -834,8 +841,11 @@ def _merged_scan(
     )
     # (a reconcile may leave rows out: its series are all computed again)
     if previous is not None and previous.current and filed is None and not noted.overflow:
-        scan.changed_series = ChangedSeries(f"{path}.series-rows.parquet", len(noted.series))
-    changed = _ChangedSeriesRows(scan.changed_series, noted.series)
+        series = noted.series_of()
+        scan.changed_series = ChangedSeries(f"{path}.series-rows.parquet", len(series))
+        changed = _ChangedSeriesRows(scan.changed_series, series)
+    else:
+        changed = _ChangedSeriesRows(None, set())
     metadata = {"through": json.dumps(covers)}
     schema = MERGED_SCHEMA.with_metadata(metadata)
     with pq.ParquetWriter(path, schema, compression="zstd") as out, changed:
@@ -940,14 +950,16 @@ def _layered_scan(
     masks = [
         np.zeros_like(mask) if before else mask for mask, before in zip(masks, again, strict=True)
     ]
-    series = pa.array(sorted(noted.series), pa.string())
+    # (a part merged already changes no series: the last batch's series table counts its rows)
+    day_series = noted.series_of(not before for before in again)
+    series = pa.array(sorted(day_series), pa.string())
     look_keys, look_series, previous_series = _in_last_catalogue(
         saved, processed, series_key, keys, series, f"{scan.path}.series-previous.parquet"
     )
     scan.changed_series = ChangedSeries(
-        f"{scan.path}.series-rows.parquet", len(noted.series), previous_series
+        f"{scan.path}.series-rows.parquet", len(day_series), previous_series
     )
-    changed = _ChangedSeriesRows(scan.changed_series, noted.series)
+    changed = _ChangedSeriesRows(scan.changed_series, day_series)
     replacing: set[int] = set()
     with changed:
         for number, path in enumerate(local):
