@@ -1413,11 +1413,14 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
 
     monkeypatch.setattr(merge, "_rows_of", recording_rows_of)
     series_copies: list[str] = []  # the last batch's series table, copied to a local file
+    segment_copies: list[str] = []  # ... and its catalogue's segments
     real_copy_to_file = merge.copy_to_file
 
     def recording_copy_to_file(storage, key, size, path):
         if key.endswith("/series.parquet"):
             series_copies.append(f"{storage.url}/{key}")
+        if "/images/" in key:
+            segment_copies.append(f"{storage.url}/{key}")
         return real_copy_to_file(storage, key, size, path)
 
     for module in (merge, batch_module):
@@ -1449,10 +1452,10 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
     assert _segment_files(second)[0] == _segment_files(first)[0]
     assert copied[-1] == [True, False]
     assert pq.read_table(io.BytesIO(_segment_files(second)[1])).num_rows == 3
-    # (new studies only: no key of the day can be in the segment, nor, once the parts are
-    # settled, a series: the segment is not looked at; parts merged again bring the series
-    # of their rows, which are in it)
-    assert looked and all(keys == [] and (series == [] or not settled) for keys, series in looked)
+    # (new studies only: no key of the day can be in the segment, nor a series (parts merged
+    # again bring none: their rows are in it as they are): the segment is not looked at, nor
+    # copied (it is carried; the new patient is looked for in its statistics or a column)
+    assert looked == [] and segment_copies == []
     # (the last series table, read by the merge to narrow the series, is not read again to
     # bring it up to date: one copy in the day's run; the oracle's, a full merge, copies it
     # once too, to bring it up to date)
@@ -1461,12 +1464,15 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
         f"{LocalStorage(tmp_path / 'b' / 'bucket').processed().url}/{first_batch}/series.parquet",
     ]
 
-    # Covid1's age changes: the segment that holds Covid1 is written again, the other copied
+    # Covid1's age changes: the segment that holds Covid1 is written again (copied locally to be
+    # read whole), the other copied as it is
+    second_batch = read_batch(store.processed())[0]
     filed = next(i.key for i in store.list("training/data/Covid1/"))
     store.write(filed, json.dumps({**json.loads(store.read(filed)), "Age": 77}).encode())
     assert run_dataprocess(store, workers=4)[0] == 0
     third = read_batch(store.processed())[1]
     assert copied[-1] == [False, True]
+    assert segment_copies == [f"{store.processed().url}/{second_batch}/images/000000.parquet"]
     assert _segment_files(third)[1] == _segment_files(second)[1]
     assert _segment_files(third)[0] != _segment_files(second)[0]
     rows = pq.read_table(io.BytesIO(_segment_files(third)[0])).to_pylist()
@@ -1489,6 +1495,31 @@ def test_a_batch_writes_only_the_catalogue_segments_that_change(tmp_path, monkey
     fifth = day_then_oracle(_tree(patients=8, images=6, date="2021-02-02", first=15), "d")
     assert copied[-1] == [False] and len(_segment_files(fifth)) == 1
     assert catalogue_table(fifth).num_rows == 12 + 3 + 6
+
+
+def test_a_segment_is_looked_at_only_where_its_statistics_allow_a_patient(tmp_path):
+    """Tell whether a segment holds one of some patients, reading only the row groups whose
+    statistics allow one: the same answer as a plain look at every row."""
+    from warehouse.catalogue import publish
+
+    patients = [f"Covid{n:03d}" for n in range(0, 60, 3)]  # sorted, as warehouse keys sort them
+    path = tmp_path / "segment.parquet"
+    pq.write_table(pa.table({"PatientID": patients}), path, row_group_size=4)
+    reads: list[int] = []
+    file = pq.ParquetFile(path)
+    real_read = file.read_row_group
+
+    def recording(group, *args, **kwargs):
+        reads.append(group)
+        return real_read(group, *args, **kwargs)
+
+    file.read_row_group = recording  # type: ignore[method-assign]
+    for wanted in (["Covid003"], ["Covid004"], ["Covid999", "Covid001"], ["Covid057", "A"], []):
+        reads.clear()
+        found = publish._holds(file, "PatientID", pa.array(wanted, pa.string()))
+        assert found == any(w in patients for w in wanted), wanted
+        # (a value between two row groups' ranges, or outside them all, reads none)
+        assert len(reads) <= sum(1 for w in wanted if "Covid000" <= w <= "Covid057"), wanted
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -421,18 +422,61 @@ class PreviousCatalogue:
         for segment in self.segments:
             yield pq.ParquetFile(StoredFile(processed, segment.key, segment.size))
 
-    def copy_to(self, processed: Storage, folder: str) -> list[str] | None:
-        """Copy each segment to a local file in ``folder`` (`storage.files.copy_to_file`: a few
-        large reads); their paths, or None when one is shorter than listed.
+
+class ShortSegment(ExpectedError):
+    """A segment of the last batch's catalogue is shorter than its manifest says."""
+
+
+class SegmentCopies:
+    """The last batch's catalogue segments: read where they are stored, a few columns or row
+    groups at a time, and copied to a local file only when a pass reads one whole.
+
+    A usual day reads a column or two of them, or nothing (`_layered_scan`,
+    `catalogue.publish`): not the whole catalogue, which is copied only for a pass over every
+    row (a certificate or a series table made in full, a segment written again).
+    """
+
+    def __init__(self, previous: PreviousCatalogue, processed: Storage, folder: str):
+        self.previous, self.processed, self.folder = previous, processed, folder
+        self._paths: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.previous.segments)
+
+    def path(self, number: int) -> str:
+        """Return the local copy of the ``number``-th segment (`storage.files.copy_to_file`: a
+        few large reads), made on first use.
+
+        Raises
+        ------
+        ShortSegment
+            When the segment is shorter than the last batch's manifest says.
         """
-        paths = []
-        for number, segment in enumerate(self.segments):
-            path = os.path.join(folder, f"previous-{number:06d}.parquet")
-            if copy_to_file(processed, segment.key, segment.size, path) < segment.size:
-                logger.warning("%s is shorter than listed", segment.key)
-                return None
-            paths.append(path)
-        return paths
+        with self._lock:
+            path = self._paths.get(number)
+            if path is None:
+                segment = self.previous.segments[number]
+                path = os.path.join(self.folder, f"previous-{number:06d}.parquet")
+                if copy_to_file(self.processed, segment.key, segment.size, path) < segment.size:
+                    raise ShortSegment(
+                        f"{segment.key} is shorter than the last batch's manifest says: "
+                        "rerun with WAREHOUSE_RECONCILE=true"
+                    )
+                self._paths[number] = path
+            return path
+
+    def file(self, number: int) -> pq.ParquetFile:
+        """Open the ``number``-th segment to read a few of its columns or row groups.
+
+        Its local copy once made, else the stored object by ranged reads.
+        """
+        with self._lock:
+            path = self._paths.get(number)
+        if path is not None:
+            return pq.ParquetFile(path)
+        segment = self.previous.segments[number]
+        return pq.ParquetFile(StoredFile(self.processed, segment.key, segment.size))
 
 
 def _is_current(schema: pa.Schema) -> bool:
@@ -882,9 +926,9 @@ class Layers:
 
     Attributes
     ----------
-    previous : tuple of str
-        A local copy of each segment of the last batch's catalogue (`PreviousCatalogue.copy_to`:
-        each pass reads them whole, a few large reads made once).
+    previous : SegmentCopies
+        The segments of the last batch's catalogue (a pass over every row reads local copies,
+        made once).
     replaced : pyarrow.Array
         The warehouse keys of its rows that the parts' rows replace.
     staged : list of tuple
@@ -893,7 +937,7 @@ class Layers:
         The positions (in ``previous``) of the segments that hold a replaced row.
     """
 
-    previous: tuple[str, ...]
+    previous: SegmentCopies
     replaced: pa.Array
     staged: list[tuple[str, np.ndarray, dt.datetime]]
     replacing: frozenset[int] = frozenset()
@@ -938,10 +982,7 @@ def _layered_scan(
         logger.warning("%s: the catalogue is merged and counted again", exc)
         return None
     scan, saved.reused = saved, None
-    local = previous.copy_to(processed, folder)
-    if local is None:
-        logger.warning("the last batch's catalogue is copied short: it is merged again")
-        return None
+    copies = SegmentCopies(previous, processed, folder)
     merged_before = set(saved.beyond or ())
     again = [part.key in merged_before for part in staged]
     keys = pa.chunked_array(
@@ -962,8 +1003,10 @@ def _layered_scan(
     changed = _ChangedSeriesRows(scan.changed_series, day_series)
     replacing: set[int] = set()
     with changed:
-        for number, path in enumerate(local):
-            for rows, gone in _rows_of(pq.ParquetFile(path), look_keys, look_series):
+        for number in range(len(copies)):
+            if not (len(look_keys) or len(look_series)):
+                break  # (the segments are not even opened)
+            for rows, gone in _rows_of(copies.file(number), look_keys, look_series):
                 if gone.num_rows:
                     _count(scan, gone, sign=-1)
                     replacing.add(number)
@@ -974,7 +1017,7 @@ def _layered_scan(
             _touch(scan, table)
     scan.prune()
     scan.layers = Layers(
-        tuple(local),
+        copies,
         keys,
         [
             (_staged_path(folder, n), mask, part.written)
@@ -1068,7 +1111,8 @@ def merged_batches(
         elif os.path.exists(scan.path):
             yield from catalogue_batches(pq.ParquetFile(scan.path), names, batch_rows)
         return
-    for number, path in enumerate(layers.previous):
+    for number in range(len(layers.previous)):
+        path = layers.previous.path(number)
         yield from kept_batches(path, layers.replaced_in(number), names, batch_rows)
     yield from day_batches(layers, names)
 

@@ -10,6 +10,7 @@ merge (a first batch, a reconcile, a backlog) writes one segment.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import os
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from warehouse.catalogue.merge import (
     MERGED_SCHEMA,
     CatalogueScan,
+    SegmentCopies,
     day_batches,
     kept_batches,
     merged_batches,
@@ -68,18 +70,44 @@ def _no_keys(number: int) -> pa.Array:
     return pa.array([], pa.string())
 
 
-def _holds(path: str, column: str, values: pa.Array) -> bool:
-    """Tell whether a local catalogue file has a row whose ``column`` is one of ``values``."""
+def _holds(file: pq.ParquetFile, column: str, values: pa.Array) -> bool:
+    """Tell whether a catalogue file has a row whose ``column`` (text) is one of ``values``.
+
+    A row group whose statistics say no value can be there is not read (the rows are sorted
+    by warehouse key, so a patient's are in a few row groups).
+    """
     if not len(values):
         return False
-    file = pq.ParquetFile(path)
     if column not in file.schema_arrow.names:
         return True  # (cannot tell: written again)
+    at = file.schema.names.index(column)
+    wanted = sorted(v for v in values.to_pylist() if v is not None)
     for group in range(file.num_row_groups):
+        if not _may_hold(file.metadata.row_group(group).column(at).statistics, wanted):
+            continue
         found = pc.is_in(file.read_row_group(group, columns=[column]).column(0), values)
         if pc.any(found).as_py():
             return True
     return False
+
+
+def _may_hold(statistics: pq.Statistics | None, wanted: list[str]) -> bool:
+    """Whether a column chunk of these ``statistics`` may hold one of ``wanted`` (sorted)."""
+    if statistics is None or not statistics.has_min_max:
+        return True
+    lowest, highest = statistics.min, statistics.max
+    if not isinstance(lowest, str) or not isinstance(highest, str):
+        return True
+    first = bisect.bisect_left(wanted, lowest)
+    return first < len(wanted) and wanted[first] <= highest
+
+
+def _kept_copy(copies: SegmentCopies, number: int, left_out: pa.Array) -> Iterator[pa.Table]:
+    """Yield the rows of the ``number``-th segment of the last batch but those left out.
+
+    From its local copy (made now); ``left_out``: the warehouse keys of the rows left out.
+    """
+    return kept_batches(copies.path(number), left_out)
 
 
 def _sources(
@@ -88,24 +116,25 @@ def _sources(
     """List the segments the batch's catalogue is made of, before the newest are merged."""
     previous, layers = scan.previous, scan.layers
     if layers is not None:
-        locals_, replaced_in = list(layers.previous), layers.replaced_in
+        copies, replaced_in = layers.previous, layers.replaced_in
     elif scan.reused is not None and previous is not None and previous.current:
         if changed is not None and not len(changed):  # nothing new, no summary changed
             return [_Source(s.rows, [], (s.key, s.size)) for s in previous.segments]
-        copies = previous.copy_to(processed, workdir)
-        if copies is None:
-            return [_Source(scan.rows, [lambda: merged_batches(scan, processed)])]
         # (no replaced row: a segment is written again only for a changed summary)
-        locals_, replaced_in = copies, _no_keys
+        copies, replaced_in = SegmentCopies(previous, processed, workdir), _no_keys
     else:  # one merged file: written as one segment
         return [_Source(scan.rows, [lambda: merged_batches(scan, processed)])]
     assert previous is not None
     sources = []
-    for number, (segment, path) in enumerate(zip(previous.segments, locals_, strict=True)):
+    for number, segment in enumerate(previous.segments):
         left_out = replaced_in(number)
-        stale = changed is None or len(left_out) > 0 or _holds(path, "PatientID", changed)
+        stale = (
+            changed is None
+            or len(left_out) > 0
+            or _holds(copies.file(number), "PatientID", changed)
+        )
         rows: list[Callable[[], Iterator[pa.Table]]] = [
-            functools.partial(kept_batches, path, left_out)
+            functools.partial(_kept_copy, copies, number, left_out)
         ]
         sources.append(_Source(segment.rows, rows, None if stale else (segment.key, segment.size)))
     if layers is not None:
