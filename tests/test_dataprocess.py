@@ -723,6 +723,38 @@ def test_rows_reused_in_runs_make_the_tables_of_a_run_that_reads_every_file(
     assert list(csv(reused, "patient.csv")["Pseudonym"]) == ["Covid1", "Covid2", "Covid4", "Covid5"]
 
 
+def test_what_a_run_holds_is_kept_out_of_the_cyclic_collector_until_its_end(
+    local_store, monkeypatch
+):
+    """Keep the view and the collected rows out of the cyclic collector's passes while the
+    batch is built (`gc.freeze`), and give them back at the end of the run, failed or not."""
+    import gc
+
+    from warehouse.dashboard import batch as batch_module
+
+    frozen: list[int] = []
+    real_build = batch_module.build_batch
+
+    def recording(*args, **kwargs):
+        frozen.append(gc.get_freeze_count())
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "build_batch", recording)
+    builders.put_tree(local_store, warehouse_files())
+    before = gc.get_freeze_count()
+    assert run_graph(local_store)[0] == 0
+    assert len(frozen) == 1 and frozen[0] > before
+    assert gc.get_freeze_count() == before
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(batch_module, "build_batch", failing)
+    _CHANGES["a new clinical file"](local_store)
+    assert run_graph(local_store)[0] != 0
+    assert gc.get_freeze_count() == before
+
+
 def test_a_reused_row_that_cannot_be_made_is_reported_alone():
     """One input of a run of reused rows that fails is reported against itself, the others'
     rows are kept, in order."""

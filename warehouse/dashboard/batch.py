@@ -746,6 +746,7 @@ def publish_batch(
         return
     store = storage.processed()
     state.processed_url = store.url
+    shared.keep()  # (the rows collected: held to the end)
     try:
         view = shared.view()
         if view.unchanged:
