@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import re
 from collections import defaultdict
 from html.parser import HTMLParser
@@ -829,6 +830,56 @@ def test_a_usual_day_reads_no_row_of_the_catalogue_and_one_filed_value_reads_its
     assert counts(made) == plain_counts(before + again)
     assert made["checks"]["series_in_both_groups"]["violations"] == 1
     assert passes[0] == sorted(["PatientID", "group", "SeriesInstanceUID"])
+
+
+def random_rows(rng: random.Random, n: int, start: int) -> list[dict]:
+    """Draw ``n`` rows from a few patients, groups and values.
+
+    So that days often hold values filed before (in the other group, under another patient),
+    and sometimes none.
+    """
+    rows = []
+    for number in range(start, start + n):
+        patient = f"Pat{rng.randrange(6)}"
+        group = rng.choice([*GROUPS, *GROUPS, None])
+        rows.append(
+            row(
+                patient if rng.random() > 0.05 else None,
+                group,
+                f"S{rng.randrange(8)}",
+                f"R{rng.randrange(12)}",
+                f"I{rng.randrange(40)}",
+                f"sha256:{rng.randrange(40)}" if rng.random() > 0.2 else None,
+                name=f"n{number}",
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_days_of_random_rows_carry_the_certificate_a_whole_pass_makes(tmp_path, seed):
+    """Carry the certificate and its value hashes over three days of random rows.
+
+    Each day's certificate is the one `certify` makes of the whole catalogue (its counts as a
+    plain count says), and the hashes it keeps are those of every row (DuckDB's SQL).
+    """
+    rng = random.Random(seed)
+    rows = random_rows(rng, 30, 0)
+    clinical_files = [(f"Pat{p}", rng.choice(GROUPS), f"data/Pat{p}.json") for p in range(3)]
+    last = last_of(tmp_path / "start", rows, clinical_files)
+    for day in range(3):
+        added = random_rows(rng, rng.randrange(0, 6), 100 * (day + 1))
+        made = _certify_day(tmp_path, rows, added, clinical_files, last=last, name=f"day{day}")
+        whole = whole_certificate(tmp_path / f"day{day}", rows + added, clinical_files)
+        assert made == whole
+        assert counts(made) == plain_counts(
+            [r for r in rows + added if r["PatientID"] is not None and r["group"] is not None],
+            clinical_files,
+        )
+        kept = tmp_path / f"day{day}" / holdout.HASHES_FILE
+        assert kept_hashes(kept) == expected_hashes(rows + added)
+        rows += added
+        last = holdout.LastCertificate(made, pq.ParquetFile(kept))
 
 
 def test_a_last_certificate_that_cannot_be_carried_means_a_whole_pass(tmp_path, monkeypatch):
