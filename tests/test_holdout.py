@@ -931,6 +931,12 @@ def test_a_last_certificate_that_cannot_be_carried_means_a_whole_pass(tmp_path, 
     )
     # the last certificate of fewer rows than the catalogue less the day's
     assert _certify_day(tmp_path, before + day, day, last=last, name="more") is None
+    # ... or without the counts the day's are added to (another layout)
+    uncounted = json.loads(json.dumps(last.certificate))
+    del uncounted["catalogue"]["unknown"]
+    uncounted["digest"] = holdout.certificate_digest(uncounted)
+    bound = bound_to(last, uncounted, tmp_path / "u.pq")
+    assert _certify_day(tmp_path, before, day, last=bound, name="uncounted") is None
     monkeypatch.setattr(holdout, "MAX_LISTED", 1)  # (the last lists 1 of each check's 2 or 3)
     capped = last_of(tmp_path / "capped", before)
     assert _certify_day(tmp_path, before, day, last=capped, name="capped-day") is None

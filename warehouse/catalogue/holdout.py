@@ -1038,12 +1038,15 @@ def certify_day(
     if groups is None:
         return None
     added, wanted, day_kept = _day_values(day)
-    before = last.certificate["catalogue"]
-    counts = _Counts(
-        before["rows"] + added.rows,
-        before["rows_without_patient_or_group"] + added.without_patient,
-        {kind: before["unknown"][kind] + added.unknown[kind] for kind in KINDS},
-    )
+    try:
+        before = last.certificate["catalogue"]
+        counts = _Counts(
+            int(before["rows"]) + added.rows,
+            int(before["rows_without_patient_or_group"]) + added.without_patient,
+            {kind: int(before["unknown"][kind]) + added.unknown[kind] for kind in KINDS},
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # (counts of another layout: counted again)
     if counts.rows != source.rows:
         return None
     with _HashesWriter.at(hashes_path(workdir)) as kept:
