@@ -316,8 +316,8 @@ def check_hand_made_batch(processed: Storage, files: dict[str, bytes]) -> dict[s
         "rows/catalogue-counts.json.gz",
         "rows/clinical-summary.parquet",  # (the next batch tells whose summary changed)
         "rows/inputs.json",
+        "rows/holdout-hashes.parquet",  # the hold-out's value hashes, for the next certificate
         "holdout.json",  # the hold-out certificate (tests/test_holdout.py)
-        "holdout-hashes.parquet",  # ... and its values' hashes, for the next one
     )
     stats = (
         "stats_patients.csv",
@@ -717,7 +717,8 @@ def test_rows_reused_in_runs_make_the_tables_of_a_run_that_reads_every_file(
             assert reused[name] == read_again[name], name
     # (the hold-out's value hashes: the same, beside another certificate's digest)
     hashes = [
-        pq.read_table(io.BytesIO(files["holdout-hashes.parquet"])) for files in (reused, read_again)
+        pq.read_table(io.BytesIO(files["rows/holdout-hashes.parquet"]))
+        for files in (reused, read_again)
     ]
     assert hashes[0].column("hash").to_pylist() == hashes[1].column("hash").to_pylist()
     assert list(csv(reused, "patient.csv")["Pseudonym"]) == ["Covid1", "Covid2", "Covid4", "Covid5"]

@@ -995,10 +995,18 @@ def test_a_daily_batch_carries_the_last_certificate_and_a_replaced_row_checks_ev
         assert run_dataprocess(local_store)[0] == 0
         return certificate_of(local_store)[1]
 
+    listed: list[str] = []  # (the last hashes file's size comes from the listing of its rows/)
+    real_list = LocalStorage.list
+    monkeypatch.setattr(
+        LocalStorage,
+        "list",
+        lambda self, prefix="": listed.append(prefix) or real_list(self, prefix),
+    )
     # a day: P3 (training) files P2's study (both groups, two patients) and P1's content
     day = [row("P3", "training", "S2", "R7", "I7", "sha256:c1")]
     certificate = a_day("2021-03-03", day)
     assert calls == ["certify_day"]
+    assert not any(prefix.endswith(holdout.HASHES_FILE) for prefix in listed)
     assert counts(certificate) == plain_counts(rows + day)
     assert certificate["violations"] == 3 and certificate["digest"] == own_digest(certificate)
 

@@ -11,12 +11,12 @@ module puts them together and writes the result::
     <processed store>/<batch>/images/000000.parquet, ...  (the image catalogue in segments,
                                                 and its manifest _catalogue.json)
     <processed store>/<batch>/series.parquet         (one row per series, with its flags)
-    <processed store>/<batch>/rows/patients.parquet, studies.parquet  (what the next run reuses)
+    <processed store>/<batch>/rows/patients.parquet, studies.parquet  (what the next run reuses;
+                                                rows/holdout-hashes.parquet: the certificate's
+                                                values' hashes, for the next day's)
     <processed store>/<batch>/stats_*.csv, stats_date.txt             (public statistics)
     <processed store>/<batch>/holdout.json     (the hold-out certificate: internal, not named
                                                 by latest.csv)
-    <processed store>/<batch>/holdout-hashes.parquet   (its values' hashes, for the next
-                                                day's certificate: internal too)
     <processed store>/<batch>/dashboard.html, public.html             (the pages)
     <processed store>/latest.csv                                      (archive,path; last)
 
@@ -127,6 +127,8 @@ TABLE_ORDER = (
 #: The batch's image catalogue, a folder of segments (named ``images`` in ``latest.csv``,
 #: after the tables).
 IMAGES_FOLDER = SEGMENTS_FOLDER
+#: The hold-out certificate's value hashes in the batch, with the rows the next run reuses.
+HASHES_KEY = f"rows/{HASHES_FILE}"
 #: The batch's series table (named ``series`` in ``latest.csv``, after ``images``).
 SERIES_FILE = "series.parquet"
 #: Pages in the order of ``latest.csv``, after the tables: archive name -> file name.
@@ -665,9 +667,9 @@ def _last_certificate(view: DataprocessView, processed: Storage) -> LastCertific
         return LastCertificate(None)
     if through != previous.through:
         return LastCertificate(None)
-    key = f"{view.reusable.batch}/{HASHES_FILE}"
+    key = f"{view.reusable.batch}/{HASHES_KEY}"
+    size = view.reusable.saved.get(key)  # (listed with the batch's other saved rows)
     try:
-        size = next((info.size for info in processed.list(key) if info.key == key), None)
         hashes = None if size is None else pq.ParquetFile(StoredFile(processed, key, size))
     except (ObjectNotFound, pa.ArrowException, OSError) as exc:
         run_logger.warning("%s cannot be read (%s)", key, exc)
@@ -776,7 +778,7 @@ def publish_batch(
             inputs=inputs,
         )
         batch.data = data
-        batch.local[HASHES_FILE] = hashes_path(view.workdir)
+        batch.local[HASHES_KEY] = hashes_path(view.workdir)
         batch.series, batch.series_from = series, series_from
         collected.release()  # (the tables hold what the rows said)
         make_images = None

@@ -101,8 +101,8 @@ class ReusableRows:
     inputs : str or None
         The digest of what the last batch was built from (`inputs.inputs_digest`), when it
         saved one.
-    saved : set
-        The keys of what it saved for the next run (``<batch>/rows/``).
+    saved : dict
+        The keys of what it saved for the next run (``<batch>/rows/``), with their sizes.
     """
 
     batch: str | None = None
@@ -112,7 +112,7 @@ class ReusableRows:
     patients: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     studies: dict[StudySlot, tuple[str, str]] = field(default_factory=dict)
     inputs: str | None = None
-    saved: set[str] = field(default_factory=set)
+    saved: dict[str, int] = field(default_factory=dict)
 
     def patient_record(self, pseudonym: str, key: str, stamp: int | None) -> str | None:
         """Return the record read last time from this file (same key, size, time): JSON text."""
@@ -159,7 +159,7 @@ def last_batch(processed: Storage) -> ReusableRows:
     images = rows.images_key
     if images is not None and not (images.endswith(".parquet") or is_segments_folder(images)):
         rows.images_key = None  # (an older batch: its catalogue is merged again)
-    rows.saved = {info.key for info in processed.list(f"{batch}/rows/")}
+    rows.saved = {info.key: info.size for info in processed.list(f"{batch}/rows/")}
     if rows.images_key is not None and f"{batch}/{COUNTS_NAME}" in rows.saved:
         rows.counts_key = f"{batch}/{COUNTS_NAME}"
     if f"{batch}/{INPUT_DIGEST}" in rows.saved:
